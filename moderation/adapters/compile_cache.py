@@ -1,0 +1,118 @@
+"""On-disk cache of compiled policies, keyed by policy content hash + model identity.
+
+One ``.npz`` per (policy, model): the prompt embeddings plus a JSON header. Writes are atomic
+(temp file + rename), so concurrent workers compiling the same policy never see a torn file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from moderation.compiled import (
+    CompiledCategory,
+    CompiledPolicy,
+    ModelIdentity,
+    TextEncoder,
+    compile_policy,
+    compiled_hash,
+)
+from moderation.policy import Policy, policy_hash
+
+__all__ = ["CompileCache"]
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+class CompileCache:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def path_for(self, policy: Policy, model: ModelIdentity) -> Path:
+        key = compiled_hash(policy, model)
+        return self.directory / f"{policy.id}-v{policy.version}-{key[:16]}.npz"
+
+    def load(self, policy: Policy, model: ModelIdentity) -> CompiledPolicy | None:
+        """The cached compiled policy, or None when absent or unreadable (then recompile)."""
+        path = self.path_for(policy, model)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(str(data["header"]))
+                if header.get("format") != FORMAT_VERSION or header["compiled_hash"] != (
+                    compiled_hash(policy, model)
+                ):
+                    return None
+                categories = []
+                for index, category in enumerate(policy.categories):
+                    entry = header["categories"][index]
+                    if entry["id"] != category.id:
+                        return None
+                    categories.append(
+                        CompiledCategory(
+                            category=category,
+                            prompts=tuple(entry["prompts"]),
+                            benign_prompts=tuple(entry["benign_prompts"]),
+                            positive=np.asarray(data[f"pos_{index}"], dtype=np.float32),
+                            benign=np.asarray(data[f"ben_{index}"], dtype=np.float32),
+                        )
+                    )
+        except (OSError, ValueError, KeyError, IndexError, json.JSONDecodeError) as exc:
+            log.warning("ignoring unreadable compiled policy %s: %s", path, exc)
+            return None
+        return CompiledPolicy(
+            policy=policy,
+            policy_hash=policy_hash(policy),
+            model=model,
+            logit_scale=float(header["logit_scale"]),
+            categories=tuple(categories),
+            compiled_hash=header["compiled_hash"],
+        )
+
+    def save(self, compiled: CompiledPolicy) -> Path:
+        path = self.path_for(compiled.policy, compiled.model)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        header = {
+            "format": FORMAT_VERSION,
+            "policy_id": compiled.id,
+            "policy_version": compiled.version,
+            "policy_hash": compiled.policy_hash,
+            "compiled_hash": compiled.compiled_hash,
+            "model": compiled.model.to_dict(),
+            "logit_scale": compiled.logit_scale,
+            "categories": [
+                {"id": c.id, "prompts": list(c.prompts), "benign_prompts": list(c.benign_prompts)}
+                for c in compiled.categories
+            ],
+        }
+        arrays: dict[str, np.ndarray] = {"header": np.array(json.dumps(header))}
+        for index, category in enumerate(compiled.categories):
+            arrays[f"pos_{index}"] = category.positive
+            arrays[f"ben_{index}"] = category.benign
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **arrays)  # type: ignore[arg-type]
+                handle.flush()
+                os.fsync(handle.fileno())
+            Path(tmp).replace(path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def get_or_compile(self, policy: Policy, encoder: TextEncoder) -> tuple[CompiledPolicy, bool]:
+        """The compiled policy and whether it came from the cache (no text encoded)."""
+        cached = self.load(policy, encoder.identity)
+        if cached is not None:
+            return cached, True
+        compiled = compile_policy(policy, encoder)
+        self.save(compiled)
+        return compiled, False

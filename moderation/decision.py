@@ -1,0 +1,229 @@
+"""Decisions and verdicts: from category scores to allow / review / block, with an explanation.
+
+Each category's score falls in one of three bands cut by its two thresholds::
+
+    score <  review           -> ALLOW
+    review <= score < block   -> REVIEW  (human review queue)
+    score >= block            -> BLOCK
+
+The verdict of an image is the most severe decision over every category of every policy applied
+(BLOCK > REVIEW > ALLOW); ties go to the higher category severity, then to the larger margin past
+the threshold. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict
+
+from moderation.policy import Action, Severity
+from moderation.scoring import CategorySlot, ScoreBatch
+
+__all__ = [
+    "CategoryResult",
+    "Decision",
+    "PolicyRef",
+    "PromptMatch",
+    "Verdict",
+    "bands",
+    "verdict_at",
+    "verdicts",
+]
+
+TOP_PROMPTS = 3
+
+
+class Decision(str, Enum):
+    ALLOW = "allow"
+    REVIEW = "review"
+    BLOCK = "block"
+
+    @property
+    def rank(self) -> int:
+        return {"allow": 0, "review": 1, "block": 2}[self.value]
+
+
+_BY_RANK = (Decision.ALLOW, Decision.REVIEW, Decision.BLOCK)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class PromptMatch(_Frozen):
+    prompt: str
+    kind: Literal["positive", "benign"]
+    probability: float
+    similarity: float
+
+
+class CategoryResult(_Frozen):
+    policy_id: str
+    policy_version: int
+    category_id: str
+    severity: Severity
+    score: float
+    decision: Decision
+    review_threshold: float
+    block_threshold: float
+    margin_review: float  # score - review threshold (>= 0: at least review)
+    margin_block: float  # score - block threshold (>= 0: blocked)
+    action: Action
+    reason_code: str | None
+    top_prompts: list[PromptMatch]
+
+    @property
+    def key(self) -> str:
+        return f"{self.policy_id}/{self.category_id}"
+
+
+class PolicyRef(_Frozen):
+    id: str
+    version: int
+    policy_hash: str
+    compiled_hash: str
+
+
+class Verdict(_Frozen):
+    """The outcome for one image, with enough context to explain and audit it."""
+
+    decision: Decision
+    action: Action
+    reason_code: str | None
+    policy_id: str | None  # the deciding category's policy (None when nothing was scored)
+    category_id: str | None
+    severity: Severity | None
+    score: float
+    categories: list[CategoryResult]  # every non-allow category, or the top-scoring one
+    scores: dict[str, float]  # "policy/category" -> score, for every category applied
+    policies: list[PolicyRef]
+    model: str
+
+    def explain(self) -> str:
+        if not self.categories:
+            return "allowed: no categories applied"
+        top = self.categories[0]
+        verb = {"allow": "allowed", "review": "sent to review", "block": "blocked"}[
+            self.decision.value
+        ]
+        bound = (
+            f"≥ block {top.block_threshold:.2f}"
+            if self.decision is Decision.BLOCK
+            else f"≥ review {top.review_threshold:.2f}"
+            if self.decision is Decision.REVIEW
+            else f"< review {top.review_threshold:.2f}"
+        )
+        prompt = top.top_prompts[0] if top.top_prompts else None
+        tail = f"; best match {prompt.prompt!r} (p={prompt.probability:.2f})" if prompt else ""
+        return f"{verb}: {top.key} ({top.severity.value}) score {top.score:.3f} {bound}{tail}"
+
+
+def bands(batch: ScoreBatch) -> NDArray[np.int8]:
+    """(N, C) band per image and category: 0 allow, 1 review, 2 block."""
+    review = np.array([s.category.category.thresholds.review for s in batch.slots], np.float32)
+    block = np.array([s.category.category.thresholds.block for s in batch.slots], np.float32)
+    return ((batch.scores >= review).astype(np.int8) + (batch.scores >= block).astype(np.int8))
+
+
+def _category_result(batch: ScoreBatch, row: int, col: int, band: int) -> CategoryResult:
+    slot: CategorySlot = batch.slots[col]
+    category = slot.category.category
+    sims = batch.similarities[row, slot.columns]
+    logits = batch.logit_scale * sims
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    names = [*slot.category.prompts, *slot.category.benign_prompts]
+    order = np.argsort(-probs)[:TOP_PROMPTS]
+    decision = _BY_RANK[band]
+    score = float(batch.scores[row, col])
+    band_action = getattr(category.actions, decision.value)
+    return CategoryResult.model_construct(
+        policy_id=slot.policy.id,
+        policy_version=slot.policy.version,
+        category_id=category.id,
+        severity=category.severity,
+        score=score,
+        decision=decision,
+        review_threshold=category.thresholds.review,
+        block_threshold=category.thresholds.block,
+        margin_review=score - category.thresholds.review,
+        margin_block=score - category.thresholds.block,
+        action=band_action.action,
+        reason_code=band_action.reason_code,
+        top_prompts=[
+            PromptMatch.model_construct(
+                prompt=names[i],
+                kind="positive" if i < slot.n_positive else "benign",
+                probability=float(probs[i]),
+                similarity=float(sims[i]),
+            )
+            for i in order
+        ],
+    )
+
+
+def _policy_refs(batch: ScoreBatch) -> list[PolicyRef]:
+    seen: dict[str, PolicyRef] = {}
+    for slot in batch.slots:
+        p = slot.policy
+        if p.id not in seen:
+            seen[p.id] = PolicyRef(
+                id=p.id, version=p.version, policy_hash=p.policy_hash,
+                compiled_hash=p.compiled_hash,
+            )
+    return list(seen.values())
+
+
+def verdict_at(
+    batch: ScoreBatch,
+    row: int,
+    *,
+    band_matrix: NDArray[np.int8] | None = None,
+    policy_refs: list[PolicyRef] | None = None,
+) -> Verdict:
+    """The verdict for image ``row`` of ``batch``."""
+    band_row = (bands(batch) if band_matrix is None else band_matrix)[row]
+    scores = batch.scores[row]
+    severity = np.array([s.category.category.severity.rank for s in batch.slots])
+    margins = np.array(
+        [
+            scores[c] - (s.category.category.thresholds.block if band_row[c] == 2
+                         else s.category.category.thresholds.review)
+            for c, s in enumerate(batch.slots)
+        ]
+    )
+    # Most severe first: band, then severity, then margin.
+    order = np.lexsort((-margins, -severity, -band_row))
+    flagged = [int(c) for c in order if band_row[c] > 0]
+    shown = flagged or [int(order[0])]
+    results = [_category_result(batch, row, c, int(band_row[c])) for c in shown]
+    top = results[0]
+    return Verdict.model_construct(
+        decision=top.decision,
+        action=top.action,
+        reason_code=top.reason_code,
+        policy_id=top.policy_id,
+        category_id=top.category_id,
+        severity=top.severity,
+        score=top.score,
+        categories=results,
+        scores={
+            f"{s.policy.id}/{s.category.id}": round(float(scores[c]), 6)
+            for c, s in enumerate(batch.slots)
+        },
+        policies=policy_refs if policy_refs is not None else _policy_refs(batch),
+        model=batch.slots[0].policy.model.id,
+    )
+
+
+def verdicts(batch: ScoreBatch) -> list[Verdict]:
+    """Verdicts for every image of ``batch``, in order."""
+    band_matrix = bands(batch)
+    refs = _policy_refs(batch)
+    return [
+        verdict_at(batch, i, band_matrix=band_matrix, policy_refs=refs) for i in range(len(batch))
+    ]

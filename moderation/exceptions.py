@@ -1,0 +1,166 @@
+"""The project's one exception tree.
+
+::
+
+    ModerationError
+    ├── TransientError              retry with backoff; the same call may succeed later
+    │   ├── ImageFetchTransient     network error, timeout, 5xx, S3 throttling
+    │   ├── QueueUnavailable        Redis down
+    │   └── AuditSinkUnavailable    S3 down (records go to the local spool)
+    └── PermanentError              retrying cannot help; fail the job at once with this reason
+        ├── PolicyError
+        │   ├── PolicyValidationError   file:line: field: message (one or many)
+        │   ├── DuplicatePolicyError
+        │   └── UnknownPolicyError
+        ├── ModelError
+        │   └── ModelUnavailableError   weights missing / not downloadable
+        ├── ImageError
+        │   ├── ImageDecodeError        corrupt, truncated, not an image
+        │   ├── ImageTooLargeError      byte size or pixel count (decompression bomb)
+        │   ├── UnsupportedImageFormat  format outside the allowlist
+        │   └── ImageFetchError         404, refused URL (SSRF guard), bad scheme
+        ├── ReviewError                 lease expired, not the holder, bad decision
+        └── AuditError                  chain broken, bad segment
+
+Every error carries a short stable ``code`` (used in job results and as a bounded metric label).
+"""
+
+from __future__ import annotations
+
+
+class ModerationError(Exception):
+    """Base class of every error raised by this project."""
+
+    code: str = "moderation_error"
+    transient: bool = False
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TransientError(ModerationError):
+    """The operation may succeed if retried later."""
+
+    code = "transient"
+    transient = True
+
+
+class PermanentError(ModerationError):
+    """Retrying cannot help."""
+
+    code = "permanent"
+
+
+# --- policies -------------------------------------------------------------------------------
+
+
+class PolicyError(PermanentError):
+    code = "policy_error"
+
+
+class PolicyIssue:
+    """One validation problem located in a policy file."""
+
+    __slots__ = ("field", "line", "message", "source")
+
+    def __init__(self, *, source: str, line: int | None, field: str, message: str) -> None:
+        self.source = source
+        self.line = line
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line is not None else self.source
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"PolicyIssue({self!s})"
+
+
+class PolicyValidationError(PolicyError):
+    """A policy file is malformed. ``issues`` lists every problem with file and line."""
+
+    code = "policy_invalid"
+
+    def __init__(self, issues: list[PolicyIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+class DuplicatePolicyError(PolicyError):
+    code = "policy_duplicate"
+
+    def __init__(self, policy_id: str, sources: list[str]) -> None:
+        self.policy_id = policy_id
+        super().__init__(f"policy id {policy_id!r} is defined more than once: {', '.join(sources)}")
+
+
+class UnknownPolicyError(PolicyError):
+    code = "policy_unknown"
+
+    def __init__(self, policy_id: str, known: list[str]) -> None:
+        self.policy_id = policy_id
+        super().__init__(f"unknown policy {policy_id!r}; known: {', '.join(sorted(known)) or 'none'}")
+
+
+# --- model ----------------------------------------------------------------------------------
+
+
+class ModelError(PermanentError):
+    code = "model_error"
+
+
+class ModelUnavailableError(ModelError):
+    code = "model_unavailable"
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+class ImageError(PermanentError):
+    code = "image_error"
+
+
+class ImageDecodeError(ImageError):
+    code = "image_corrupt"
+
+
+class ImageTooLargeError(ImageError):
+    code = "image_too_large"
+
+
+class UnsupportedImageFormat(ImageError):
+    code = "image_format"
+
+
+class ImageFetchError(ImageError):
+    code = "fetch_failed"
+
+
+class ImageFetchTransient(TransientError):
+    code = "fetch_transient"
+
+
+# --- queue / review / audit -----------------------------------------------------------------
+
+
+class QueueUnavailable(TransientError):
+    code = "queue_unavailable"
+
+
+class ReviewError(PermanentError):
+    code = "review_error"
+
+
+class AuditError(PermanentError):
+    code = "audit_error"
+
+
+class AuditSinkUnavailable(TransientError):
+    code = "audit_unavailable"

@@ -1,0 +1,114 @@
+"""One typed Settings object, built at the entry point from the environment and passed down.
+
+Every field can be set as ``MODERATION_<FIELD>`` (nested: ``MODERATION_AUDIT__BUCKET``). Tests
+build ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "AuditSettings",
+    "ImageLimits",
+    "ModelSettings",
+    "QueueSettings",
+    "ReviewSettings",
+    "S3Settings",
+    "Settings",
+]
+
+
+class ModelSettings(BaseModel):
+    """Which CLIP model to run. A local ``checkpoint`` wins over a ``pretrained`` tag."""
+
+    architecture: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+    checkpoint: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    #: When the configured weights cannot be loaded, run on the bundled synthetic test model
+    #: (loudly). Production deployments set this to false so a missing model is fatal.
+    fallback_to_test_model: bool = True
+    text_batch_size: int = 256
+    threads: int | None = None
+
+
+class ImageLimits(BaseModel):
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_side: int = 20_000
+    formats: list[str] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"]
+    )
+    #: Animated images: how many frames to sample (evenly spaced); the verdict is the most severe.
+    max_frames: int = 1
+    #: Decode JPEGs in draft mode to about this size before the model's own preprocessing.
+    draft_size: int = 448
+
+
+class S3Settings(BaseModel):
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 10.0
+    max_attempts: int = 3
+
+
+class QueueSettings(BaseModel):
+    """Celery / Redis pipeline settings (queue issue)."""
+
+    batch_size: int = 32
+    batch_wait_ms: int = 50
+    result_ttl_s: int = 7 * 24 * 3600
+    visibility_timeout_s: int = 300
+    http_timeout_s: float = 10.0
+    allow_private_hosts: list[str] = Field(default_factory=list)
+    callback_secret: SecretStr = SecretStr("change-me")
+    max_inline_bytes: int = 10 * 1024 * 1024
+
+
+class ReviewSettings(BaseModel):
+    """Human-review queue settings (review issue)."""
+
+    lease_s: int = 300
+    session_secret: SecretStr = SecretStr("dev-only-change-me")
+    pseudonym_secret: SecretStr = SecretStr("dev-only-change-me-too")
+
+
+class AuditSettings(BaseModel):
+    """Append-only audit log settings (audit issue). No bucket: segments go to ``local_dir``."""
+
+    bucket: str | None = None
+    prefix: str = "audit/"
+    local_dir: Path = Path(".moderation/audit")
+    spool_dir: Path = Path(".moderation/audit-spool")
+    retention_days: int = 2555
+    retention_mode: Literal["GOVERNANCE", "COMPLIANCE"] = "COMPLIANCE"
+    segment_max_records: int = 1000
+    segment_max_age_s: float = 5.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODERATION_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    policy_paths: list[Path] = Field(default_factory=lambda: [Path("policies")])
+    cache_dir: Path = Path(".moderation/cache")
+    model: ModelSettings = ModelSettings()
+    images: ImageLimits = ImageLimits()
+    redis_url: str | None = None  # None: the main job starts an embedded server
+    s3: S3Settings = S3Settings()
+    queue: QueueSettings = QueueSettings()
+    review: ReviewSettings = ReviewSettings()
+    audit: AuditSettings = AuditSettings()
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    log_level: str = "INFO"

@@ -1,0 +1,470 @@
+"""A small procedurally generated world of coloured shapes on patterned backgrounds.
+
+Pure PIL + numpy and deterministic: every image is a function of its seed. The world has
+``len(COLOURS) * len(SHAPES)`` object classes (``"a red star"``, ``"an orange ring"``, ...) and a few
+empty-background classes (``"a plain background"``, ...).
+
+Colours are continuous: an object may be painted with a colour interpolated between two neighbouring
+named colours (``mix``). Training labels such an object softly (``1 - mix`` for its own colour,
+``mix`` for the neighbour), so the model's probabilities track how far the paint really is between two
+names. That is what makes the ``"review"`` band of the test-world policy a property of the image: an
+orange-red star is genuinely half way between "a red star" and "an orange star".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageDraw, ImageFilter
+
+__all__ = [
+    "BACKGROUNDS",
+    "BACKGROUND_PHRASES",
+    "COLOURS",
+    "MIX_NEIGHBOURS",
+    "OBJECT_PHRASES",
+    "PHRASES",
+    "SHAPES",
+    "TEMPLATES",
+    "TRAIN_TEMPLATES",
+    "Band",
+    "Scene",
+    "draw",
+    "phrase",
+    "render",
+    "render_background",
+    "sample_images",
+    "sample_scene",
+    "training_example",
+]
+
+Band = Literal["block", "allow", "review"]
+RGB = tuple[int, int, int]
+FloatArray = NDArray[np.float64]
+
+IMAGE_SIZE: Final = 64
+_SUPERSAMPLE: Final = 4
+
+#: Named object colours (RGB before per-image jitter).
+COLOURS: Final[dict[str, RGB]] = {
+    "red": (215, 25, 30),
+    "orange": (245, 130, 20),
+    "yellow": (245, 220, 30),
+    "green": (40, 170, 60),
+    "blue": (30, 80, 220),
+    "purple": (135, 45, 175),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+SHAPES: Final[tuple[str, ...]] = (
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "heart",
+    "ring",
+    "arrow",
+)
+BACKGROUNDS: Final[tuple[str, ...]] = ("plain", "stripes", "dots", "gradient")
+
+#: Colour pairs that may be blended; the blend is labelled softly between the two names.
+MIX_NEIGHBOURS: Final[dict[str, tuple[str, ...]]] = {
+    "red": ("orange", "purple"),
+    "orange": ("red", "yellow"),
+    "yellow": ("orange", "green"),
+    "green": ("yellow", "blue"),
+    "blue": ("green", "purple"),
+    "purple": ("blue", "red"),
+    "white": ("black",),
+    "black": ("white",),
+}
+
+#: Templates of the test-world policy (used for zero-shot evaluation).
+TEMPLATES: Final[tuple[str, ...]] = ("a photo of {}", "an image containing {}", "a picture of {}", "{}")
+#: Captions seen in training: the policy templates plus a few more, so the text tower generalises.
+TRAIN_TEMPLATES: Final[tuple[str, ...]] = (
+    *TEMPLATES,
+    "a drawing of {}",
+    "an illustration of {}",
+    "a rendering of {}",
+    "there is {} here",
+)
+
+
+def phrase(colour: str, shape: str) -> str:
+    """The noun phrase naming an object class, e.g. ``"an orange star"``."""
+    article = "an" if colour[0] in "aeiou" else "a"
+    return f"{article} {colour} {shape}"
+
+
+OBJECT_PHRASES: Final[tuple[str, ...]] = tuple(phrase(c, s) for c in COLOURS for s in SHAPES)
+BACKGROUND_PHRASES: Final[tuple[str, ...]] = tuple(f"a {b} background" for b in BACKGROUNDS)
+#: Every caption class of the world: objects first, then empty backgrounds.
+PHRASES: Final[tuple[str, ...]] = OBJECT_PHRASES + BACKGROUND_PHRASES
+
+
+@dataclass(frozen=True, slots=True)
+class Scene:
+    """Everything needed to draw one image; ``draw(scene)`` is a pure function of it."""
+
+    shape: str | None  # None: an empty background
+    colour: str
+    mix_with: str | None
+    mix: float  # 0 = pure ``colour``, 0.5 = half way to ``mix_with``
+    rgb: RGB  # the paint actually used, after mixing and jitter
+    scale: float  # object radius as a fraction of the image side
+    centre: tuple[float, float]  # in [0, 1] image coordinates
+    rotation: float  # degrees
+    background: str
+    bg_colours: tuple[RGB, RGB]
+    bg_period: float
+    bg_angle: float
+    noise_sigma: float
+    blur: float
+    seed: int
+
+    @property
+    def phrase(self) -> str:
+        if self.shape is None:
+            return f"a {self.background} background"
+        return phrase(self.colour, self.shape)
+
+    def targets(self) -> dict[str, float]:
+        """Soft caption-class targets for training (sums to 1)."""
+        if self.shape is None:
+            return {self.phrase: 1.0}
+        if self.mix_with is None or self.mix <= 0.0:
+            return {self.phrase: 1.0}
+        return {self.phrase: 1.0 - self.mix, phrase(self.mix_with, self.shape): self.mix}
+
+
+# --------------------------------------------------------------------------------------------------
+# geometry
+
+
+def _polygon(shape: str) -> list[tuple[float, float]]:
+    """Outline of ``shape`` in unit coordinates (radius ~1, centred on the origin, y down)."""
+    if shape == "square":
+        return [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]
+    if shape == "triangle":
+        pts = [(-90.0 + 120.0 * k) for k in range(3)]
+        return [(math.cos(math.radians(a)), math.sin(math.radians(a)) + 0.15) for a in pts]
+    if shape == "star":
+        out: list[tuple[float, float]] = []
+        for k in range(10):
+            r = 1.0 if k % 2 == 0 else 0.42
+            a = math.radians(-90.0 + 36.0 * k)
+            out.append((r * math.cos(a), r * math.sin(a) + 0.08))
+        return out
+    if shape == "cross":
+        w = 0.3
+        return [
+            (-w, -1.0), (w, -1.0), (w, -w), (1.0, -w), (1.0, w), (w, w),
+            (w, 1.0), (-w, 1.0), (-w, w), (-1.0, w), (-1.0, -w), (-w, -w),
+        ]  # fmt: skip
+    if shape == "heart":
+        out = []
+        for k in range(48):
+            t = 2.0 * math.pi * k / 48
+            x = 16.0 * math.sin(t) ** 3
+            y = 13.0 * math.cos(t) - 5.0 * math.cos(2 * t) - 2.0 * math.cos(3 * t) - math.cos(4 * t)
+            out.append((x / 16.5, -y / 16.5 - 0.1))
+        return out
+    if shape == "arrow":
+        return [
+            (-1.0, -0.22), (0.15, -0.22), (0.15, -0.62), (1.0, 0.0),
+            (0.15, 0.62), (0.15, 0.22), (-1.0, 0.22),
+        ]  # fmt: skip
+    raise ValueError(f"no polygon for shape {shape!r}")
+
+
+def _mask(scene: Scene) -> FloatArray:
+    """Anti-aliased coverage mask of the object, shape (H, W), values in [0, 1]."""
+    big = IMAGE_SIZE * _SUPERSAMPLE
+    img = Image.new("L", (big, big), 0)
+    if scene.shape is None:
+        return np.zeros((IMAGE_SIZE, IMAGE_SIZE))
+    pen = ImageDraw.Draw(img)
+    radius = scene.scale * big
+    cx, cy = scene.centre[0] * big, scene.centre[1] * big
+
+    def box(r: float) -> tuple[float, float, float, float]:
+        return (cx - r, cy - r, cx + r, cy + r)
+
+    if scene.shape == "circle":
+        pen.ellipse(box(radius), fill=255)
+    elif scene.shape == "ring":
+        pen.ellipse(box(radius), fill=255)
+        pen.ellipse(box(radius * 0.55), fill=0)
+    else:
+        theta = math.radians(scene.rotation)
+        cos_t, sin_t = math.cos(theta), math.sin(theta)
+        pts = [
+            (cx + radius * (x * cos_t - y * sin_t), cy + radius * (x * sin_t + y * cos_t))
+            for x, y in _polygon(scene.shape)
+        ]
+        pen.polygon(pts, fill=255)
+    small = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float64) / 255.0
+
+
+def render_background(scene: Scene) -> FloatArray:
+    """The background of ``scene`` as float RGB, shape (H, W, 3), values in [0, 255]."""
+    n = IMAGE_SIZE
+    a = np.asarray(scene.bg_colours[0], dtype=np.float64)
+    b = np.asarray(scene.bg_colours[1], dtype=np.float64)
+    ys, xs = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
+    theta = math.radians(scene.bg_angle)
+    u = xs * math.cos(theta) + ys * math.sin(theta)
+    if scene.background == "plain":
+        w = np.zeros((n, n))
+    elif scene.background == "stripes":
+        w = ((u / scene.bg_period) % 1.0 < 0.5).astype(np.float64)
+    elif scene.background == "dots":
+        p = scene.bg_period
+        dx = (xs % p) - p / 2
+        dy = (ys % p) - p / 2
+        r = p * 0.22
+        w = np.clip(r + 0.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
+    elif scene.background == "gradient":
+        v = xs * math.cos(theta) + ys * math.sin(theta)
+        w = (v - v.min()) / max(float(v.max() - v.min()), 1e-6)
+    else:
+        raise ValueError(f"unknown background {scene.background!r}")
+    return a[None, None, :] * (1.0 - w[..., None]) + b[None, None, :] * w[..., None]
+
+
+def draw(scene: Scene) -> Image.Image:
+    """Render ``scene`` to a 64x64 RGB image (deterministic)."""
+    bg = render_background(scene)
+    m = _mask(scene)[..., None]
+    paint = np.asarray(scene.rgb, dtype=np.float64)[None, None, :]
+    img = bg * (1.0 - m) + paint * m
+    if scene.noise_sigma > 0:
+        rng = np.random.default_rng([scene.seed, 7])
+        img = img + rng.normal(0.0, scene.noise_sigma, size=img.shape)
+    out = Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
+    if scene.blur > 0:
+        out = out.filter(ImageFilter.GaussianBlur(scene.blur))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# sampling
+
+
+def _paint(colour: str, mix_with: str | None, mix: float, rng: np.random.Generator) -> RGB:
+    base = np.asarray(COLOURS[colour], dtype=np.float64)
+    if mix_with is not None and mix > 0:
+        base = (1.0 - mix) * base + mix * np.asarray(COLOURS[mix_with], dtype=np.float64)
+    jitter = rng.uniform(-12.0, 12.0, size=3)
+    r, g, b = (int(v) for v in np.clip(np.rint(base + jitter), 0, 255))
+    return (r, g, b)
+
+
+def _bg_colour(rng: np.random.Generator) -> FloatArray:
+    grey = rng.uniform(30.0, 225.0)
+    tint = rng.uniform(-22.0, 22.0, size=3)
+    return np.clip(grey + tint, 0.0, 255.0)
+
+
+def _bg_colours(paint: RGB | None, rng: np.random.Generator) -> tuple[RGB, RGB]:
+    """Two low-saturation background colours, both far from ``paint`` (so the object is visible)."""
+    target = None if paint is None else np.asarray(paint, dtype=np.float64)
+    best: tuple[FloatArray, FloatArray] | None = None
+    best_gap = -1.0
+    for _ in range(64):
+        a, b = _bg_colour(rng), _bg_colour(rng)
+        if abs(float(a.mean() - b.mean())) < 25.0:
+            continue
+        gap = (
+            1e9
+            if target is None
+            else min(float(np.linalg.norm(a - target)), float(np.linalg.norm(b - target)))
+        )
+        if gap >= 95.0:
+            best = (a, b)
+            break
+        if gap > best_gap:
+            best, best_gap = (a, b), gap
+    if best is None:  # pragma: no cover - 64 draws always yield a pair with distinct means
+        best = (np.full(3, 60.0), np.full(3, 200.0))
+
+    def as_rgb(v: FloatArray) -> RGB:
+        r, g, b = (int(x) for x in np.rint(v))
+        return (r, g, b)
+
+    return as_rgb(best[0]), as_rgb(best[1])
+
+
+def sample_scene(
+    rng: np.random.Generator,
+    *,
+    seed: int,
+    colour: str | None = None,
+    shape: str | None = None,
+    empty: bool = False,
+    mix_with: str | None = None,
+    mix: float = 0.0,
+    background: str | None = None,
+    scale: float | None = None,
+) -> Scene:
+    """Draw a random scene; the given keyword arguments pin the corresponding properties.
+
+    Raises:
+        ValueError: for an unknown colour, shape or background name.
+    """
+    if colour is not None and colour not in COLOURS:
+        raise ValueError(f"unknown colour {colour!r}")
+    if shape is not None and shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}")
+    if mix_with is not None and mix_with not in COLOURS:
+        raise ValueError(f"unknown colour {mix_with!r}")
+    if background is not None and background not in BACKGROUNDS:
+        raise ValueError(f"unknown background {background!r}")
+    colour = colour if colour is not None else str(rng.choice(list(COLOURS)))
+    obj_shape = None if empty else (shape if shape is not None else str(rng.choice(SHAPES)))
+    background = background if background is not None else str(rng.choice(BACKGROUNDS))
+    rgb = _paint(colour, mix_with, mix, rng)
+    scale = float(rng.uniform(0.2, 0.4)) if scale is None else scale
+    margin = scale * 1.05
+    centre = (float(rng.uniform(margin, 1 - margin)), float(rng.uniform(margin, 1 - margin)))
+    free_rotation = obj_shape in ("arrow", "circle", "ring")
+    rotation = float(rng.uniform(-180, 180) if free_rotation else rng.uniform(-25, 25))
+    bg_colours = _bg_colours(None if obj_shape is None else rgb, rng)
+    bg_period = float(rng.uniform(5.0, 14.0))
+    bg_angle = float(rng.choice([0.0, 45.0, 90.0, 135.0]) + rng.uniform(-8, 8))
+    noise_sigma = float(rng.uniform(0.0, 7.0))
+    blur = float(rng.uniform(0.2, 0.8)) if rng.random() < 0.2 else 0.0
+    return Scene(
+        shape=obj_shape,
+        colour=colour,
+        mix_with=mix_with,
+        mix=mix if mix_with is not None else 0.0,
+        rgb=rgb,
+        scale=scale,
+        centre=centre,
+        rotation=rotation,
+        background=background,
+        bg_colours=bg_colours,
+        bg_period=bg_period,
+        bg_angle=bg_angle,
+        noise_sigma=noise_sigma,
+        blur=blur,
+        seed=seed,
+    )
+
+
+def render(
+    colour: str,
+    shape: str,
+    *,
+    seed: int,
+    mix_with: str | None = None,
+    mix: float = 0.0,
+    background: str | None = None,
+    scale: float | None = None,
+) -> Image.Image:
+    """Render one object; unpinned properties (position, rotation, background...) come from ``seed``.
+
+    Args:
+        colour: a key of :data:`COLOURS`.
+        shape: one of :data:`SHAPES`.
+        seed: determines every random property of the image.
+        mix_with: blend the paint toward this colour (see :data:`MIX_NEIGHBOURS`).
+        mix: blend fraction in [0, 1]; 0.5 is exactly half way.
+        background: one of :data:`BACKGROUNDS`; random if omitted.
+        scale: object radius as a fraction of the image side (0.2-0.4 in training).
+
+    Raises:
+        ValueError: for unknown names or a ``mix`` outside [0, 1].
+    """
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must be in [0, 1], got {mix}")
+    rng = np.random.default_rng([seed, 1])
+    scene = sample_scene(
+        rng,
+        seed=seed,
+        colour=colour,
+        shape=shape,
+        mix_with=mix_with,
+        mix=mix,
+        background=background,
+        scale=scale,
+    )
+    return draw(scene)
+
+
+def training_example(rng: np.random.Generator, *, seed: int) -> Scene:
+    """One training scene: mostly pure objects, some colour blends, a few empty backgrounds."""
+    u = rng.random()
+    if u < 0.06:
+        return sample_scene(rng, seed=seed, empty=True)
+    colour = str(rng.choice(list(COLOURS)))
+    if u < 0.36:
+        neighbour = str(rng.choice(MIX_NEIGHBOURS[colour]))
+        return sample_scene(
+            rng, seed=seed, colour=colour, mix_with=neighbour, mix=float(rng.uniform(0.0, 0.5))
+        )
+    return sample_scene(rng, seed=seed, colour=colour)
+
+
+# --------------------------------------------------------------------------------------------------
+# moderation bands of the test-world policy (assets/testworld.yaml)
+
+#: Clearly forbidden objects: (colour, shape).
+_BLOCK: Final = (("red", "star"), ("black", "cross"), ("blue", "ring"))
+#: Look-alikes that must stay allowed.
+_ALLOW: Final = (
+    ("yellow", "star"), ("orange", "star"), ("purple", "star"), ("red", "circle"),
+    ("red", "heart"), ("red", "cross"), ("white", "cross"), ("black", "square"),
+    ("purple", "cross"), ("black", "star"), ("green", "ring"), ("purple", "ring"),
+    ("blue", "circle"), ("white", "ring"), ("yellow", "heart"), ("green", "arrow"),
+)  # fmt: skip
+#: Genuinely in-between paint: (colour, neighbour, shape); mixed about half way.
+_REVIEW: Final = (("red", "orange", "star"), ("black", "white", "cross"), ("blue", "purple", "ring"))
+_REVIEW_MIX: Final = (0.42, 0.58)
+
+
+def sample_images(kind: Band, n: int, seed: int) -> list[tuple[Image.Image, str]]:
+    """Fresh images for one decision band of the test-world policy, with a short label each.
+
+    ``"block"``: clear red stars, black crosses and blue rings. ``"allow"``: look-alikes (yellow star,
+    red circle, white cross, ...) and empty backgrounds. ``"review"``: objects painted half way between
+    a forbidden colour and its allowed neighbour (orange-red star, grey cross, violet ring).
+
+    Raises:
+        ValueError: for an unknown ``kind`` or a negative ``n``.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    out: list[tuple[Image.Image, str]] = []
+    for i in range(n):
+        sub = int(np.random.default_rng([seed, 0xBA5D, i]).integers(2**31))
+        rng = np.random.default_rng([sub, 2])
+        if kind == "block":
+            colour, shape = _BLOCK[i % len(_BLOCK)]
+            scene = sample_scene(rng, seed=sub, colour=colour, shape=shape)
+            label = f"{colour} {shape}"
+        elif kind == "allow":
+            if i % 8 == 7:
+                scene = sample_scene(rng, seed=sub, empty=True)
+                label = f"{scene.background} background"
+            else:
+                colour, shape = _ALLOW[(i - i // 8) % len(_ALLOW)]
+                scene = sample_scene(rng, seed=sub, colour=colour, shape=shape)
+                label = f"{colour} {shape}"
+        elif kind == "review":
+            colour, other, shape = _REVIEW[i % len(_REVIEW)]
+            mix = float(rng.uniform(*_REVIEW_MIX))
+            scene = sample_scene(rng, seed=sub, colour=colour, shape=shape, mix_with=other, mix=mix)
+            label = f"{colour}/{other} {shape} (mix {mix:.2f})"
+        else:
+            raise ValueError(f"unknown band {kind!r}")
+        out.append((draw(scene), label))
+    return out
