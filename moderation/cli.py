@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from moderation.exceptions import ModerationError, PolicyError
 from moderation.settings import Settings
+
+if TYPE_CHECKING:
+    from moderation.bootstrap import Runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 policy_app = typer.Typer(no_args_is_help=True, help="Validate, compile and inspect policies.")
@@ -31,10 +34,8 @@ err = Console(stderr=True)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
-def _settings(policy: Sequence[Path] | None = None) -> Settings:
+def _settings() -> Settings:
     settings = Settings()
-    if policy:
-        settings = settings.model_copy(update={"policy_paths": list(policy)})
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     return settings
 
@@ -58,17 +59,23 @@ def _expand(inputs: Sequence[Path]) -> Iterator[tuple[Path, bool]]:
             yield item, False
 
 
+def _runtime(settings: Settings, policy_paths: Sequence[Path] | None) -> Runtime:
+    from moderation.bootstrap import build_runtime
+
+    runtime = build_runtime(settings, policy_paths=policy_paths)
+    if runtime.model.note:
+        err.print(f"[bold yellow]warning[/]: {runtime.model.note}", highlight=False)
+    return runtime
+
+
 def score_paths(
-    paths: Sequence[Path], settings: Settings, *, progress: bool, batch_size: int = 32
+    paths: Sequence[Path], runtime: Runtime, *, progress: bool, batch_size: int = 32
 ) -> Iterator[dict[str, Any]]:
     """Score files; yields one result dict per path (``decision`` or ``error``), in order."""
     from moderation.adapters.images import decode_image
-    from moderation.bootstrap import build_runtime
     from moderation.service import most_severe
 
-    runtime = build_runtime(settings)
-    if runtime.model.note:
-        err.print(f"[bold yellow]warning[/]: {runtime.model.note}", highlight=False)
+    settings = runtime.settings
     moderator = runtime.moderator
     encoder = runtime.model.encoder
 
@@ -129,14 +136,15 @@ def score(
     batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 32,
 ) -> None:
     """Score images against policies; exit 1 if any input could not be scored."""
-    settings = _settings(policy)
+    settings = _settings()
     expanded = list(_expand(inputs))
     paths = [p for p, _ in expanded]
     show_progress = any(from_dir for _, from_dir in expanded) and sys.stderr.isatty()
     failed = 0
     table = Table("path", "decision", "score", "category", "why", show_lines=False)
     try:
-        for result in score_paths(paths, settings, progress=show_progress, batch_size=batch_size):
+        runtime = _runtime(settings, policy)
+        for result in score_paths(paths, runtime, progress=show_progress, batch_size=batch_size):
             failed += "error" in result
             if as_json:
                 print(json.dumps(result), flush=True)
@@ -213,6 +221,75 @@ def policy_compile(
         f"{len(compiled)} policies, {hits} from cache, "
         f"{model.encoder.texts_encoded - before} texts encoded, model {model.encoder.identity.id}"
     )
+
+
+BANDS = ("allow", "review", "block")
+
+
+@policy_app.command("test")
+def policy_test(
+    policy: Annotated[Path, typer.Argument(help="The draft policy file to test.")],
+    cases: Annotated[
+        Path,
+        typer.Option(help="Folder with allow/, review/ and block/ subfolders of example images."),
+    ],
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(help="The live policy file/folder, to list decisions the draft changes."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Test a policy before it goes live: every labelled example must get its expected decision.
+
+    Exit status 1 when any example is decided otherwise (or cannot be read).
+    """
+    settings = _settings()
+    labelled = [
+        (path, band)
+        for band in BANDS
+        for path, _ in _expand([cases / band])
+        if (cases / band).is_dir()
+    ]
+    if not labelled:
+        err.print(f"[red]error[/]: no images under {cases}/{{allow,review,block}}/")
+        raise typer.Exit(2)
+    try:
+        draft = list(score_paths([p for p, _ in labelled], _runtime(settings, [policy]),
+                                 progress=sys.stderr.isatty()))
+        live = (
+            list(score_paths([p for p, _ in labelled], _runtime(settings, against),
+                             progress=False))
+            if against else [None] * len(labelled)
+        )
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    confusion = {e: dict.fromkeys((*BANDS, "error"), 0) for e in BANDS}
+    failures = 0
+    table = Table("example", "expected", "draft", "score", "live", "")
+    for (path, expected), result, before in zip(labelled, draft, live, strict=True):
+        got = result.get("decision", "error")
+        confusion[expected][got] += 1
+        ok = got == expected
+        failures += not ok
+        was = before.get("decision", "error") if before else ""
+        if as_json:
+            print(json.dumps({"path": str(path), "expected": expected, "decision": got,
+                              "score": result.get("score"), "live": was or None, "ok": ok}))
+        else:
+            table.add_row(
+                str(path.relative_to(cases)), expected,
+                f"[{_STYLE.get(got, 'red')}]{got}[/]", f"{result.get('score', 0):.3f}",
+                f"{was}{' (changed)' if was and was != got else ''}",
+                "[green]ok[/]" if ok else "[bold red]FAIL[/]",
+            )
+    if not as_json:
+        out.print(table)
+        matrix = Table("expected \\ draft", *BANDS, "error", title="confusion")
+        for expected in BANDS:
+            matrix.add_row(expected, *(str(confusion[expected][b]) for b in (*BANDS, "error")))
+        out.print(matrix)
+        out.print(f"{len(labelled)} examples, {failures} failed")
+    raise typer.Exit(1 if failures else 0)
 
 
 @policy_app.command("schema")

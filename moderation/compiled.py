@@ -107,7 +107,8 @@ def compiled_hash(policy: Policy, model: ModelIdentity) -> str:
 
 def _normalize(x: Embeddings) -> Embeddings:
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    out: Embeddings = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
 
 
 def compile_policy(policy: Policy, encoder: TextEncoder) -> CompiledPolicy:

@@ -21,6 +21,7 @@
         │   └── ImageFetchError         404, refused URL (SSRF guard), bad scheme
         ├── ReviewError                 lease expired, not the holder, bad decision
         └── AuditError                  chain broken, bad segment
+            └── AuditSegmentCorrupt     gzip / JSON / header of a segment unreadable
 
 Every error carries a short stable ``code`` (used in job results and as a bounded metric label).
 """
@@ -77,7 +78,9 @@ class PolicyIssue:
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        if self.field:
+            return f"{where}: {self.field}: {self.message}"
+        return f"{where}: {self.message}"
 
     def __repr__(self) -> str:
         return f"PolicyIssue({self!s})"
@@ -106,7 +109,8 @@ class UnknownPolicyError(PolicyError):
 
     def __init__(self, policy_id: str, known: list[str]) -> None:
         self.policy_id = policy_id
-        super().__init__(f"unknown policy {policy_id!r}; known: {', '.join(sorted(known)) or 'none'}")
+        listed = ", ".join(sorted(known)) or "none"
+        super().__init__(f"unknown policy {policy_id!r}; known: {listed}")
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -158,8 +162,44 @@ class ReviewError(PermanentError):
     code = "review_error"
 
 
+class ReviewNotFound(ReviewError):
+    code = "review_not_found"
+
+
+class ReviewLeaseExpired(ReviewError):
+    """The reviewer's lease ran out (the item may already be with someone else)."""
+
+    code = "review_lease_expired"
+
+
+class ReviewNotLeaseHolder(ReviewError):
+    code = "review_not_lease_holder"
+
+
+class ReviewAlreadyDecided(ReviewError):
+    """A different decision was already recorded for this lease or item."""
+
+    code = "review_already_decided"
+
+
+class ReviewInvalidDecision(ReviewError):
+    code = "review_invalid_decision"
+
+
+class ReviewAuthError(ReviewError):
+    """Sign-in failed, the session is invalid, or the reviewer lacks the role."""
+
+    code = "review_auth"
+
+
 class AuditError(PermanentError):
     code = "audit_error"
+
+
+class AuditSegmentCorrupt(AuditError):
+    """An audit segment cannot be decoded (gzip, JSON or header error)."""
+
+    code = "audit_segment_corrupt"
 
 
 class AuditSinkUnavailable(TransientError):

