@@ -16,6 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from moderation.cli_audit import audit_app
+from moderation.cli_pipeline import pipeline_app
+from moderation.cli_review import review_app
 from moderation.exceptions import ModerationError, PolicyError
 from moderation.settings import Settings
 
@@ -27,6 +30,9 @@ policy_app = typer.Typer(no_args_is_help=True, help="Validate, compile and inspe
 testmodel_app = typer.Typer(no_args_is_help=True, help="The bundled synthetic test model.")
 app.add_typer(policy_app, name="policy")
 app.add_typer(testmodel_app, name="testmodel")
+app.add_typer(audit_app, name="audit")
+app.add_typer(review_app, name="review")
+app.add_typer(pipeline_app)  # top level: demo, api, worker, submit, dlq
 
 out = Console()
 err = Console(stderr=True)

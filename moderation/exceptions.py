@@ -6,8 +6,13 @@
     ├── TransientError              retry with backoff; the same call may succeed later
     │   ├── ImageFetchTransient     network error, timeout, 5xx, S3 throttling
     │   ├── QueueUnavailable        Redis down
+    │   ├── ApiUnavailable          moderation API unreachable / 5xx (client)
+    │   ├── JobWaitTimeout          a job did not end in time (client wait)
     │   └── AuditSinkUnavailable    S3 down (records go to the local spool)
     └── PermanentError              retrying cannot help; fail the job at once with this reason
+        ├── JobRequestError             queue pipeline requests
+        │   ├── JobRejected             the API refused a job (4xx)
+        │   └── JobNotFoundError        unknown or expired job id
         ├── PolicyError
         │   ├── PolicyValidationError   file:line: field: message (one or many)
         │   ├── DuplicatePolicyError
@@ -19,7 +24,12 @@
         │   ├── ImageTooLargeError      byte size or pixel count (decompression bomb)
         │   ├── UnsupportedImageFormat  format outside the allowlist
         │   └── ImageFetchError         404, refused URL (SSRF guard), bad scheme
+        │       ├── UrlRefusedError         bad scheme / internal address (SSRF guard)
+        │       └── ImageFetchTooLarge      remote object over images.max_bytes
         ├── ReviewError                 lease expired, not the holder, bad decision
+        │   ├── ReviewNotFound / ReviewLeaseExpired / ReviewNotLeaseHolder
+        │   ├── ReviewAlreadyDecided / ReviewInvalidDecision
+        │   └── ReviewAuthError          not signed in, bad credentials, CSRF, wrong role
         └── AuditError                  chain broken, bad segment
             └── AuditSegmentCorrupt     gzip / JSON / header of a segment unreadable
 
@@ -147,6 +157,18 @@ class ImageFetchError(ImageError):
     code = "fetch_failed"
 
 
+class UrlRefusedError(ImageFetchError):
+    """Bad scheme, odd IP spelling, or an internal address (SSRF guard)."""
+
+    code = "url_refused"
+
+
+class ImageFetchTooLarge(ImageFetchError):
+    """The remote object is larger than ``images.max_bytes`` (header or counted bytes)."""
+
+    code = "fetch_too_large"
+
+
 class ImageFetchTransient(TransientError):
     code = "fetch_transient"
 
@@ -156,6 +178,38 @@ class ImageFetchTransient(TransientError):
 
 class QueueUnavailable(TransientError):
     code = "queue_unavailable"
+
+
+class ApiUnavailable(TransientError):
+    """The moderation API could not be reached or answered 5xx (client side)."""
+
+    code = "api_unavailable"
+
+
+class JobWaitTimeout(TransientError):
+    """A job did not end within the time a caller was willing to wait."""
+
+    code = "job_wait_timeout"
+
+
+class JobRequestError(PermanentError):
+    """Queue pipeline: a job request is invalid or refers to nothing."""
+
+    code = "job_request_error"
+
+
+class JobRejected(JobRequestError):
+    """The API refused a job request (4xx: unknown policy, bad reference, oversize inline)."""
+
+    code = "job_rejected"
+
+    def __init__(self, message: str = "", *, status: int = 400, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+class JobNotFoundError(JobRequestError):
+    code = "job_not_found"
 
 
 class ReviewError(PermanentError):

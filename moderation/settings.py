@@ -39,6 +39,8 @@ class ModelSettings(BaseModel):
 
 
 class ImageLimits(BaseModel):
+    """Fetching and decoding limits for untrusted images (``adapters/fetch.py``, ``images.py``)."""
+
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     max_side: int = 20_000
@@ -49,6 +51,12 @@ class ImageLimits(BaseModel):
     max_frames: int = 1
     #: Decode JPEGs in draft mode to about this size before the model's own preprocessing.
     draft_size: int = 448
+    #: HTTP(S) fetches: TCP/TLS connect timeout (read timeout: ``queue.http_timeout_s``).
+    connect_timeout_s: float = 3.0
+    #: HTTP(S) fetches: redirects followed, each hop re-checked by the SSRF guard.
+    max_redirects: int = 5
+    #: HTTP(S) fetches: wall-clock cap on one whole download (a server trickling bytes).
+    fetch_deadline_s: float = 60.0
 
 
 class S3Settings(BaseModel):
@@ -72,6 +80,31 @@ class QueueSettings(BaseModel):
     allow_private_hosts: list[str] = Field(default_factory=list)
     callback_secret: SecretStr = SecretStr("change-me")
     max_inline_bytes: int = 10 * 1024 * 1024
+    #: Worker threads per process (fetch + decode + prepare); default 2 x batch_size.
+    concurrency: int | None = None
+    #: Broker messages reserved per worker thread (kombu QoS); the batcher needs a full batch.
+    prefetch_multiplier: int = 2
+    #: How often unacked messages of dead workers are checked / restored (seconds).
+    unacked_restore_interval_s: float = 2.0
+    unacked_restore_throttle_s: float = 1.0
+    #: Transient errors: retries with exponential backoff, then an error result.
+    max_retries: int = 4
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 60.0
+    #: Deliveries not explained by retries (worker crashes) before a job is dead-lettered.
+    max_deliveries: int = 4
+    #: Callback delivery attempts (exponential backoff) before giving up.
+    callback_max_attempts: int = 6
+    callback_backoff_s: float = 2.0
+    #: Seconds between checks of the policy files' content hash (hot reload); 0 disables.
+    policy_reload_s: float = 5.0
+    #: Inline image bytes live in Redis this long (the job must run before then).
+    inline_ttl_s: int = 24 * 3600
+    key_prefix: str = "mod:"
+    queue_name: str = "moderation"
+    callback_queue_name: str = "moderation-callbacks"
+    #: Batch endpoint: most jobs in one request.
+    max_batch_jobs: int = 1000
 
 
 class ReviewSettings(BaseModel):
@@ -80,6 +113,14 @@ class ReviewSettings(BaseModel):
     lease_s: int = 300
     session_secret: SecretStr = SecretStr("dev-only-change-me")
     pseudonym_secret: SecretStr = SecretStr("dev-only-change-me-too")
+    #: Redis key prefix of the review queue and the reviewer accounts.
+    key_prefix: str = "mod:review:"
+    #: Review priority doubles every this many seconds of waiting (nothing starves).
+    age_doubling_s: float = 900.0
+    #: Session cookie lifetime; reviewers sign in again after this.
+    session_ttl_s: int = 12 * 3600
+    #: Set true behind TLS so the session cookie is only sent over HTTPS.
+    cookie_secure: bool = False
 
 
 class AuditSettings(BaseModel):
@@ -93,6 +134,10 @@ class AuditSettings(BaseModel):
     retention_mode: Literal["GOVERNANCE", "COMPLIANCE"] = "COMPLIANCE"
     segment_max_records: int = 1000
     segment_max_age_s: float = 5.0
+    #: Spool files rotate at this size; uploaded ones are deleted.
+    spool_file_max_bytes: int = 64 * 1024 * 1024
+    #: Longest wait between upload retries while the store is unreachable (backoff doubles).
+    retry_max_s: float = 30.0
 
 
 class Settings(BaseSettings):

@@ -1,53 +1,145 @@
 """Safe image decoding: hostile bytes in, RGB ``PIL.Image`` frames out, or a clear ImageError.
 
-Defences, in order: byte cap; format allowlist (sniffed from content, never from a file name);
-pixel-count and side caps read from the header *before* any pixel is decoded (decompression
-bombs); JPEG draft mode (DCT-domain downscale, the cheap part of decoding huge photos); EXIF
-orientation applied; palette / alpha / CMYK / 16-bit / greyscale / bilevel converted to RGB
-(alpha composited on white, 16-bit scaled, not clipped); animated images: ``max_frames`` frames
-evenly spaced (1 = the first frame only).
+Defences, in order:
+
+1. **Byte cap** (``limits.max_bytes``); empty input refused.
+2. **Format allowlist** (``limits.formats``), sniffed from the content, never from a name or a
+   Content-Type: Pillow is only allowed to try the allowlisted parsers, so PDF/EPS/PSD/SVG and
+   friends never reach a parser. A refused file gets a message saying what it looks like.
+3. **Pixel-count and side caps** read from the header *before* any pixel is decoded
+   (decompression bombs: a 100 KB PNG that claims 50000×50000), checked again for every frame
+   or page that is decoded (a TIFF's second page may be larger than its first).
+4. **Fast downscale while decoding**: JPEG/MPO draft mode (libjpeg's DCT-domain scaling, 1/2,
+   1/4 or 1/8: the IDCT and colour conversion run on the small image) to the smallest scale
+   whose short side is still ≥ the target; other formats get an integer box reduction
+   (``Image.reduce``). Either way the short side ends in ``[target, 2·target)`` and the model's
+   own bicubic resize + crop (``ClipEncoder.prepare``) does the last, < 2× step. Pass the
+   model's input size as the target (``min_side=encoder.image_size``) on the scoring path.
+5. **EXIF orientation** applied (``ImageOps.exif_transpose``), so a phone photo is upright.
+6. **Mode conversion** to 8-bit RGB (:func:`to_rgb`): palette (with or without transparency),
+   alpha (composited on white: transparent pixels must not hide content as black), CMYK (Adobe
+   inverted CMYK handled by Pillow), 16-bit and 32-bit greyscale (scaled, not clipped),
+   greyscale, bilevel.
+7. **Animated images** (GIF, APNG, animated WebP, multi-page TIFF): ``limits.max_frames == 1``
+   (default) decodes the first frame only, without even counting frames. ``max_frames = k > 1``
+   samples ``k`` frames evenly spaced over the animation (first and last included); the caller
+   scores each and keeps the most severe verdict. Frame counting is capped at
+   ``_MAX_SCANNED_FRAMES`` frames.
+
+Every failure is an :class:`~moderation.exceptions.ImageError`; Pillow's parsers raise a zoo of
+exception types on malformed input, and all of them are translated here.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
-from collections.abc import Iterator
+import struct
+import zlib
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from moderation.exceptions import ImageDecodeError, ImageTooLargeError, UnsupportedImageFormat
+from moderation.exceptions import (
+    ImageDecodeError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageFormat,
+)
 from moderation.settings import ImageLimits
 
-__all__ = ["decode_image", "to_rgb"]
+__all__ = ["decode_image", "sniff_format", "to_rgb"]
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+_JPEG_LIKE = frozenset({"JPEG", "MPO"})
+_RASTER_FORMATS = frozenset(
+    {"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PSD", "ICO", "HEIC", "HEIF", "AVIF",
+     "JPEG2000", "QOI", "EPS"}
+)
+_MAX_SCANNED_FRAMES = 10_000
+
+# Magic numbers of things people upload instead of images (and image formats Pillow reads but
+# the allowlist may exclude): used only to word the error message.
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (8, b"WEBP", "WEBP"),
+    (0, b"8BPS", "PSD"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (4, b"ftypheic", "HEIC"),
+    (4, b"ftypheix", "HEIC"),
+    (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypavif", "AVIF"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG2000"),
+    (0, b"\xff\x4f\xff\x51", "JPEG2000"),
+    (0, b"qoif", "QOI"),
+    (0, b"%!PS", "EPS"),
+    (0, b"\xc5\xd0\xd3\xc6", "EPS"),
+    (0, b"%PDF", "PDF document"),
+    (0, b"PK\x03\x04", "ZIP archive"),
+    (0, b"\x1f\x8b", "gzip archive"),
+    (0, b"\x7fELF", "executable"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """A human name for what ``data`` looks like (image format or common non-image), or None."""
+    for offset, magic, name in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in data[:4096].lower()):
+        return "SVG"
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "HTML"
+    if head.startswith(b"<"):
+        return "XML/HTML"
+    try:
+        text = data[:1024].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text and sum(ch.isprintable() or ch.isspace() for ch in text) / len(text) > 0.95:
+        return "text"
+    return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB correctly."""
+    """Convert any PIL mode to 8-bit RGB correctly.
+
+    Raises:
+        ValueError: a mode Pillow cannot convert (translated by :func:`decode_image`).
+    """
     mode = image.mode
     if mode == "RGB":
         return image
-    if mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}:
+    if mode.startswith("I;16") or mode in {"I", "F"}:
         array = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16"):
-            array = array / 257.0
-        else:
-            low, high = float(array.min()), float(array.max())
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if mode.startswith("I;16") or (mode == "I" and low >= 0 and high <= 65535 and high > 255):
+            array = array / 257.0  # 16-bit range: scale, do not clip
+        elif mode == "F" and low >= 0.0 and high <= 1.0:
+            array = array * 255.0
+        elif not (low >= 0 and high <= 255):
             array = (array - low) * (255.0 / (high - low)) if high > low else array * 0.0
-        return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "L").convert("RGB")
+        grey = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
+        return grey.convert("RGB")
     if mode == "P":
-        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+        palette_mode = image.palette.mode if image.palette is not None else "RGB"
+        has_alpha = "transparency" in image.info or palette_mode == "RGBA"
+        image = image.convert("RGBA") if has_alpha else image.convert("RGB")
+        if image.mode == "RGB":
+            return image
         mode = image.mode
     if mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode == "CMYK":
-        return image.convert("RGB")
-    return image.convert("RGB")  # L, 1, YCbCr, LAB, HSV
+    if mode == "1":
+        return image.convert("L").convert("RGB")
+    return image.convert("RGB")  # L, CMYK, YCbCr, LAB, HSV, RGBX
 
 
 def _frame_indices(n_frames: int, wanted: int) -> list[int]:
@@ -57,26 +149,96 @@ def _frame_indices(n_frames: int, wanted: int) -> list[int]:
     return sorted({round(i * (n_frames - 1) / (wanted - 1)) for i in range(wanted)})
 
 
-def _frames(image: Image.Image, limits: ImageLimits) -> Iterator[Image.Image]:
-    n_frames = int(getattr(image, "n_frames", 1) or 1)
-    for index in _frame_indices(n_frames, limits.max_frames):
+def _count_frames(image: Image.Image) -> int:
+    if not getattr(image, "is_animated", False):
+        return 1
+    return max(1, min(int(getattr(image, "n_frames", 1) or 1), _MAX_SCANNED_FRAMES))
+
+
+def _check_size(width: int, height: int, limits: ImageLimits) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"invalid dimensions {width}x{height}")
+    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"{width}x{height} = {width * height} pixels exceeds the limit "
+            f"({limits.max_pixels} pixels, {limits.max_side} px a side): refusing to decode"
+        )
+
+
+def _shrink(image: Image.Image, target: int) -> Image.Image:
+    """Integer box reduction (``Image.reduce``) while the short side stays >= ``target``.
+
+    Cheap and alias-free; leaves the short side in ``[target, 2 * target)`` so the model's own
+    bicubic resize (a < 2x step) still sees enough pixels.
+    """
+    factor = min(image.size) // target if target > 0 else 0
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    allowed = [f.upper() for f in limits.formats]
+    Image.init()  # loads Pillow's plugin registry once (idempotent)
+    # MPO has no opener of its own (the JPEG opener returns MPO files); _decode re-checks.
+    openers = [f for f in dict.fromkeys([*allowed, *(["JPEG"] if "MPO" in allowed else [])])
+               if f in Image.OPEN]
+    try:
+        return Image.open(io.BytesIO(data), formats=openers)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"decompression bomb refused: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        looks_like = sniff_format(data)
+        if looks_like in _RASTER_FORMATS and looks_like not in allowed:
+            raise UnsupportedImageFormat(
+                f"format {looks_like} is not allowed (allowed: {', '.join(limits.formats)})"
+            ) from exc
+        if looks_like is not None and looks_like in allowed:
+            raise ImageDecodeError(f"corrupt {looks_like} header") from exc
+        what = f" (looks like {looks_like})" if looks_like else ""
+        raise ImageDecodeError(f"not a recognised image{what}") from exc
+    except MemoryError as exc:
+        raise ImageTooLargeError("image header needs too much memory") from exc
+    except Exception as exc:  # any parser failure on hostile bytes is "corrupt"
+        raise ImageDecodeError(f"corrupt image header: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(image: Image.Image, limits: ImageLimits, target: int) -> list[Image.Image]:
+    fmt = (image.format or "").upper()
+    if fmt not in {f.upper() for f in limits.formats}:  # defence in depth: open() filtered
+        raise UnsupportedImageFormat(
+            f"format {fmt or 'unknown'} is not allowed (allowed: {', '.join(limits.formats)})"
+        )
+    _check_size(*image.size, limits)
+    if fmt in _JPEG_LIKE and target > 0 and image.mode in {"RGB", "L", "CMYK", "YCbCr"}:
+        image.draft(image.mode, (target, target))  # smallest DCT scale with short side >= target
+    indices = [0] if limits.max_frames <= 1 else _frame_indices(
+        _count_frames(image), limits.max_frames
+    )
+    frames: list[Image.Image] = []
+    for index in indices:
         if index:
             image.seek(index)
-        yield image
+            _check_size(*image.size, limits)
+        image.load()
+        oriented = ImageOps.exif_transpose(image) if index == 0 else image.copy()
+        frames.append(_shrink(to_rgb(oriented), target))
+    return frames
 
 
-def _downscale(image: Image.Image, target: int) -> Image.Image:
-    """Shrink so the short side is about ``target`` (never below): the model crops anyway."""
-    short = min(image.size)
-    if target <= 0 or short <= target * 1.25:
-        return image
-    scale = target / short
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-
-
-def decode_image(data: bytes, limits: ImageLimits) -> list[Image.Image]:
+def decode_image(
+    data: bytes, limits: ImageLimits, *, min_side: int | None = None
+) -> list[Image.Image]:
     """Decode untrusted bytes into RGB frames (one unless ``limits.max_frames`` > 1).
+
+    Args:
+        data: the raw file.
+        limits: byte / pixel / side caps, format allowlist, frame sampling.
+        min_side: shrink (cheaply, never enlarging) while the short side stays >= this;
+            default ``limits.draft_size``; 0 keeps full size. Pass the model's input size
+            (``encoder.image_size``) on the scoring path: decoding is then several times
+            faster, and the model's preprocess does the final exact resize.
+
+    Returns:
+        One RGB image, or up to ``limits.max_frames`` evenly spaced frames of an animation.
 
     Raises:
         ImageTooLargeError: too many bytes, pixels, or too long a side (decompression bomb).
@@ -87,45 +249,22 @@ def decode_image(data: bytes, limits: ImageLimits) -> list[Image.Image]:
         raise ImageDecodeError("empty file (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(f"{len(data)} bytes exceeds the {limits.max_bytes}-byte limit")
+    target = limits.draft_size if min_side is None else min_side
+    image = _open(data, limits)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=None)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"decompression bomb refused: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not a recognised image (unknown or corrupt header)") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageDecodeError(f"corrupt image header: {exc}") from exc
-    try:
-        fmt = (image.format or "").upper()
-        if fmt not in {f.upper() for f in limits.formats}:
-            raise UnsupportedImageFormat(
-                f"format {fmt or 'unknown'} is not allowed (allowed: {', '.join(limits.formats)})"
-            )
-        width, height = image.size
-        if width <= 0 or height <= 0:
-            raise ImageDecodeError(f"invalid dimensions {width}x{height}")
-        if max(width, height) > limits.max_side or width * height > limits.max_pixels:
-            raise ImageTooLargeError(
-                f"{width}x{height} = {width * height} pixels exceeds the limit "
-                f"({limits.max_pixels} pixels, {limits.max_side} px a side): refusing to decode"
-            )
-        if fmt == "JPEG" and limits.draft_size > 0:
-            image.draft("RGB", (limits.draft_size, limits.draft_size))
-        frames: list[Image.Image] = []
-        for frame in _frames(image, limits):
-            frame.load()
-            oriented = ImageOps.exif_transpose(frame) if frame is image else frame
-            frames.append(_downscale(to_rgb(oriented.copy()), limits.draft_size))
-        return frames
-    except (UnsupportedImageFormat, ImageTooLargeError, ImageDecodeError):
+        return _decode(image, limits, target)
+    except ImageError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"decompression bomb refused: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
     except MemoryError as exc:
         raise ImageTooLargeError("image needs too much memory to decode") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+            zlib.error) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
+    except Exception as exc:  # Pillow parsers raise many types on fuzzed input; all mean corrupt
+        raise ImageDecodeError(
+            f"corrupt image ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
     finally:
         image.close()

@@ -43,13 +43,15 @@ class TrainConfig:
     steps: int = 600
     batch_size: int = 128
     lr: float = 1e-3
+    logit_scale_lr_mult: float = 10.0
     warmup_steps: int = 40
     weight_decay: float = 0.1
+    mix_prob: float = 0.3
     seed: int = 0
     threads: int = 2
     data_workers: int = 1
+    device: str = "cpu"
     eval_per_class: int = 16
-    eval_seed: int = 20_240_917
     out_dir: Path = field(default=ASSETS_DIR)
 
 
@@ -70,7 +72,8 @@ class _Batches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         targets = torch.zeros(n, len(world.PHRASES))
         for i in range(n):
             seed = int(np.random.default_rng([self._cfg.seed, step, i]).integers(2**31))
-            scene = world.training_example(np.random.default_rng([seed, 3]), seed=seed)
+            rng = np.random.default_rng([seed, 3])
+            scene = world.training_example(rng, seed=seed, mix_prob=self._cfg.mix_prob)
             images[i] = self._preprocess(world.draw(scene))
             for caption, weight in scene.targets().items():
                 targets[i, self._index[caption]] += weight
@@ -107,14 +110,19 @@ def soft_clip_loss(
     return (i2t + t2i) / 2
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    decay, no_decay, scale = [], [], []
     for name, p in model.named_parameters():
-        exempt = p.ndim < 2 or "logit_scale" in name or name.endswith(".bias")
-        (no_decay if exempt else decay).append(p)
+        if name == "logit_scale":
+            scale.append(p)
+        elif p.ndim < 2 or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+        {"params": scale, "weight_decay": 0.0, "lr_mult": cfg.logit_scale_lr_mult},
     ]
 
 
@@ -127,7 +135,10 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
     """Save the state dict in fp16 (open_clip's ``load_checkpoint`` casts back to fp32)."""
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach()
+        for k, v in model.state_dict().items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
 
@@ -141,9 +152,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True)
+    device = torch.device(cfg.device)
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
     register_config()
-    model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME)
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, device=device)
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     model.train()
 
@@ -154,7 +166,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     template_rng = torch.Generator().manual_seed(cfg.seed + 1)
 
     optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+        _param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True
     )
     loader = DataLoader(
         _Batches(cfg, preprocess),
@@ -169,9 +181,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     bar = tqdm(loader, total=cfg.steps, desc="train", unit="step", disable=not progress)
     for step, (images, targets) in enumerate(bar):
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = _lr_at(step, cfg) * group["lr_mult"]
         choice = torch.randint(n_templates, (n_classes,), generator=template_rng)
-        text = tokens[torch.arange(n_classes), choice]
+        text = tokens[torch.arange(n_classes), choice].to(device)
+        images, targets = images.to(device), targets.to(device)
         image_features = model.encode_image(images, normalize=True)
         text_features = model.encode_text(text, normalize=True)
         loss = soft_clip_loss(image_features, text_features, targets, model.logit_scale.exp())
@@ -180,15 +193,15 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0.0, math.log(100.0))
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{model.logit_scale.exp():.1f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{float(model.logit_scale.exp()):.1f}")
     bar.close()
     train_seconds = time.perf_counter() - started
 
     checkpoint = cfg.out_dir / CHECKPOINT_PATH.name
     save_checkpoint(model, checkpoint)
-    result = evaluate(n_per_class=cfg.eval_per_class, seed=cfg.eval_seed, checkpoint=checkpoint)
+    result = evaluate(n_per_class=cfg.eval_per_class, checkpoint=checkpoint)
     report: dict[str, Any] = {
         "model": MODEL_NAME,
         "params": sum(p.numel() for p in model.parameters()),
@@ -215,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--logit-scale-lr-mult", type=float, default=defaults.logit_scale_lr_mult)
+    parser.add_argument("--mix-prob", type=float, default=defaults.mix_prob)
+    parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--data-workers", type=int, default=defaults.data_workers)
@@ -226,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        logit_scale_lr_mult=args.logit_scale_lr_mult,
+        mix_prob=args.mix_prob,
+        device=args.device,
         seed=args.seed,
         threads=args.threads,
         data_workers=args.data_workers,

@@ -48,6 +48,8 @@ FloatArray = NDArray[np.float64]
 
 IMAGE_SIZE: Final = 64
 _SUPERSAMPLE: Final = 4
+#: Object radius range, as a fraction of the image side.
+SCALE_RANGE: tuple[float, float] = (0.22, 0.4)
 
 #: Named object colours (RGB before per-image jitter).
 COLOURS: Final[dict[str, RGB]] = {
@@ -331,7 +333,7 @@ def sample_scene(
     obj_shape = None if empty else (shape if shape is not None else str(rng.choice(SHAPES)))
     background = background if background is not None else str(rng.choice(BACKGROUNDS))
     rgb = _paint(colour, mix_with, mix, rng)
-    scale = float(rng.uniform(0.2, 0.4)) if scale is None else scale
+    scale = float(rng.uniform(*SCALE_RANGE)) if scale is None else scale
     margin = scale * 1.05
     centre = (float(rng.uniform(margin, 1 - margin)), float(rng.uniform(margin, 1 - margin)))
     free_rotation = obj_shape in ("arrow", "circle", "ring")
@@ -400,13 +402,15 @@ def render(
     return draw(scene)
 
 
-def training_example(rng: np.random.Generator, *, seed: int) -> Scene:
+def training_example(
+    rng: np.random.Generator, *, seed: int, mix_prob: float = 0.3, empty_prob: float = 0.06
+) -> Scene:
     """One training scene: mostly pure objects, some colour blends, a few empty backgrounds."""
     u = rng.random()
-    if u < 0.06:
+    if u < empty_prob:
         return sample_scene(rng, seed=seed, empty=True)
     colour = str(rng.choice(list(COLOURS)))
-    if u < 0.36:
+    if u < empty_prob + mix_prob:
         neighbour = str(rng.choice(MIX_NEIGHBOURS[colour]))
         return sample_scene(
             rng, seed=seed, colour=colour, mix_with=neighbour, mix=float(rng.uniform(0.0, 0.5))

@@ -1,0 +1,289 @@
+"""Redis job store: job records, inline image bytes, results with a TTL, delivery counters, the
+outcome stream, the dead-letter list and worker heartbeats.
+
+Keys (``P`` = ``settings.queue.key_prefix``)::
+
+    P job:<id>          the Job (JSON), created with SET NX: the idempotency key
+    P inline:<id>       inline image bytes (TTL ``inline_ttl_s``)
+    P result:<id>       the JobResult (JSON); a final result is never overwritten by another
+    P deliveries:<id>   task starts of this job (poison-message detection)
+    P effects:<id>      set once callback/review/audit side effects were dispatched
+    P outcomes          stream: one entry per job that ended (job_id, status) - exactly once
+    P dlq               hash job id -> dead-letter entry (JSON)
+    P worker:<name>     heartbeat of a live worker (JSON, short TTL): model, policies, notes
+
+Redis errors become :class:`~moderation.exceptions.QueueUnavailable` (transient).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import redis
+from pydantic import BaseModel
+
+from moderation.exceptions import QueueUnavailable
+from moderation.jobs import HumanDecision, Job, JobResult, JobStatus
+from moderation.settings import QueueSettings
+
+__all__ = ["DeadLetter", "JobStore"]
+
+T = TypeVar("T")
+
+_CREATE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
+  return 1
+end
+return 0
+"""
+
+# Write a final result unless one is already there; log the outcome once.
+_FINISH = """
+local old = redis.call('GET', KEYS[1])
+if old then
+  local status = cjson.decode(old)['status']
+  if status == 'done' or status == 'error' then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'job_id', ARGV[3], 'status', ARGV[4])
+return 1
+"""
+
+
+class DeadLetter(BaseModel):
+    job_id: str
+    reason: str
+    deliveries: int
+    at: datetime
+
+
+@contextmanager
+def _redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+    except redis.RedisError as exc:
+        raise QueueUnavailable(f"redis error: {exc}") from exc
+
+
+class JobStore:
+    """Job records and results in Redis. Thread-safe (redis-py pools connections)."""
+
+    def __init__(self, client: redis.Redis, settings: QueueSettings) -> None:
+        self.redis = client
+        self.settings = settings
+        self.prefix = settings.key_prefix
+        self._create = client.register_script(_CREATE)
+        self._finish = client.register_script(_FINISH)
+
+    @classmethod
+    def from_url(cls, url: str, settings: QueueSettings) -> JobStore:
+        """Connect lazily (the first command opens the connection)."""
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30,
+                                      health_check_interval=30)
+        return cls(client, settings)
+
+    def key(self, kind: str, job_id: str = "") -> str:
+        return f"{self.prefix}{kind}:{job_id}" if job_id else f"{self.prefix}{kind}"
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        with _redis_errors():
+            return fn()
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def create(self, job: Job, inline: bytes | None = None) -> tuple[Job, bool]:
+        """Store a new job (and its inline bytes) unless the id exists.
+
+        Returns:
+            The stored job (the existing one for a duplicate id) and whether it was created.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        created = self._call(
+            lambda: self._create(
+                keys=[self.key("job", job.id), self.key("result", job.id),
+                      self.key("inline", job.id)],
+                args=[job.model_dump_json(), JobResult.queued(job).model_dump_json(),
+                      self.settings.result_ttl_s, "1" if inline is not None else "0",
+                      inline or b"", self.settings.inline_ttl_s],
+            )
+        )
+        if created:
+            return job, True
+        existing = self.get_job(job.id)
+        return (existing or job), False
+
+    def delete(self, job_id: str) -> None:
+        """Remove every trace of a job (rollback when it could not be enqueued)."""
+        kinds = ("job", "inline", "result", "deliveries", "effects")
+        self._call(lambda: self.redis.delete(*(self.key(k, job_id) for k in kinds)))
+
+    def get_job(self, job_id: str) -> Job | None:
+        raw = self._call(lambda: self.redis.get(self.key("job", job_id)))
+        return Job.model_validate_json(raw) if raw else None
+
+    def inline_bytes(self, job_id: str) -> bytes | None:
+        raw = self._call(lambda: self.redis.get(self.key("inline", job_id)))
+        return raw if isinstance(raw, bytes) else None
+
+    # --- results -----------------------------------------------------------------------------
+
+    def get_result(self, job_id: str) -> JobResult | None:
+        raw = self._call(lambda: self.redis.get(self.key("result", job_id)))
+        return JobResult.model_validate_json(raw) if raw else None
+
+    def finish(self, result: JobResult) -> bool:
+        """Write a final result unless the job already has one (a redelivered task).
+
+        Returns:
+            True when this call ended the job; False when it had already ended (no-op).
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        won = self._call(
+            lambda: self._finish(
+                keys=[self.key("result", result.job_id), self.key("outcomes")],
+                args=[result.model_dump_json(), self.settings.result_ttl_s, result.job_id,
+                      result.status.value, 1_000_000],
+            )
+        )
+        if won and result.status is JobStatus.DONE:  # error results keep them for a requeue
+            self._call(lambda: self.redis.delete(self.key("inline", result.job_id)))
+        return bool(won)
+
+    def set_human(self, job_id: str, human: HumanDecision) -> JobResult | None:
+        """Attach a human decision to a job's result (replacing an earlier one for the same
+        review). Returns the updated result, or None for an unknown job.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        key = self.key("result", job_id)
+
+        def update(pipe: Any) -> JobResult | None:
+            raw = pipe.get(key)
+            if not raw:
+                return None
+            result = JobResult.model_validate_json(raw)
+            updated = result.model_copy(update={"human": human})
+            ttl = pipe.ttl(key)
+            pipe.multi()
+            pipe.set(key, updated.model_dump_json(),
+                     ex=ttl if ttl and ttl > 0 else self.settings.result_ttl_s)
+            return updated
+
+        updated: Any = self._call(
+            lambda: self.redis.transaction(update, key, value_from_callable=True)  # type: ignore[arg-type]
+        )
+        return updated if isinstance(updated, JobResult) else None
+
+    def outcomes(self, count: int = 100_000) -> list[tuple[str, str]]:
+        """(job_id, status) per ended job, oldest first, from the outcome stream."""
+        entries: Any = self._call(lambda: self.redis.xrange(self.key("outcomes"), count=count))
+        return [(f[b"job_id"].decode(), f[b"status"].decode()) for _, f in entries]
+
+    # --- deliveries and side effects ---------------------------------------------------------
+
+    def count_delivery(self, job_id: str) -> int:
+        key = self.key("deliveries", job_id)
+
+        def run() -> int:
+            pipe = self.redis.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, self.settings.result_ttl_s)
+            return int(pipe.execute()[0])
+
+        return self._call(run)
+
+    def effects_done(self, job_id: str) -> bool:
+        return bool(self._call(lambda: self.redis.exists(self.key("effects", job_id))))
+
+    def mark_effects_done(self, job_id: str) -> None:
+        self._call(lambda: self.redis.set(self.key("effects", job_id), b"1",
+                                          ex=self.settings.result_ttl_s))
+
+    # --- dead letters ------------------------------------------------------------------------
+
+    def dead_letter(self, job_id: str, *, reason: str, deliveries: int) -> None:
+        entry = DeadLetter(job_id=job_id, reason=reason, deliveries=deliveries,
+                           at=datetime.now(UTC))
+        self._call(lambda: self.redis.hset(self.key("dlq"), job_id, entry.model_dump_json()))
+
+    def dead_letters(self) -> list[DeadLetter]:
+        raw = self._call(lambda: self.redis.hgetall(self.key("dlq")))
+        entries = [DeadLetter.model_validate_json(v) for v in raw.values()]
+        return sorted(entries, key=lambda e: e.at)
+
+    def take_dead_letter(self, job_id: str) -> Job | None:
+        """Remove a job from the dead-letter list and make it runnable again (result back to
+        queued, delivery count reset). Returns the job, or None when it is not dead-lettered or
+        its record expired.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        if not self._call(lambda: self.redis.hdel(self.key("dlq"), job_id)):
+            return None
+        job = self.get_job(job_id)
+        if job is None:
+            return None
+
+        def reset() -> None:
+            pipe = self.redis.pipeline()
+            pipe.set(self.key("result", job_id), JobResult.queued(job).model_dump_json(),
+                     ex=self.settings.result_ttl_s)
+            pipe.delete(self.key("deliveries", job_id), self.key("effects", job_id))
+            pipe.execute()
+
+        self._call(reset)
+        return job
+
+    def purge_dead_letters(self) -> int:
+        def run() -> int:
+            pipe = self.redis.pipeline()
+            pipe.hlen(self.key("dlq"))
+            pipe.delete(self.key("dlq"))
+            return int(pipe.execute()[0])
+
+        return self._call(run)
+
+    # --- workers and queue -------------------------------------------------------------------
+
+    def heartbeat(self, name: str, info: dict[str, Any], ttl_s: int = 30) -> None:
+        payload = json.dumps({**info, "at": time.time()})
+        self._call(lambda: self.redis.set(self.key("worker", name), payload, ex=ttl_s))
+
+    def workers(self) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            keys = list(self.redis.scan_iter(match=self.key("worker", "*"), count=100))
+            values = self.redis.mget(keys) if keys else []
+            return [json.loads(v) for v in values if v]
+
+        return self._call(run)
+
+    def known_policies(self) -> dict[str, int]:
+        """Policy id -> version, as loaded by the live workers."""
+        known: dict[str, int] = {}
+        for worker in self.workers():
+            known.update({str(k): int(v) for k, v in worker.get("policies", {}).items()})
+        return known
+
+    def queue_depth(self) -> int:
+        return int(self._call(lambda: self.redis.llen(self.settings.queue_name)))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._call(self.redis.ping))
+        except QueueUnavailable:
+            return False

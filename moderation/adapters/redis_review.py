@@ -1,0 +1,580 @@
+"""The human-review queue and reviewer accounts on Redis (any Redis-protocol server, single node).
+
+Keys (prefix ``settings.review.key_prefix``, default ``mod:review:``)::
+
+    item:<rid>        hash: item JSON, state (queued | leased | final), policy, rank, lease fields,
+                      first (pending first decision JSON), final (final decision JSON)
+    q:<policy>        zset rid -> rank key (see moderation.review.model); waiting items
+    open:<policy>     zset rid -> created_at; every item not yet final (oldest-age SLA signal)
+    policies          set of policy ids that ever had items
+    leases            zset rid -> lease expiry (server time)
+    holder:<rv>       rid of the item reviewer <rv> holds (one at a time)
+    tok:<token>       "rid|rv" of every lease handed out (1 day): tells "expired" from "not yours"
+    decided           zset rid -> decided_at; reviewed items, for export
+    outbox            zset rid -> decided_at; final decisions whose on_final has not returned
+    day:<yyyy-mm-dd>  hash rv -> decisions made that day
+    user:<name>       hash: reviewer account; users: set of usernames
+
+Claiming is one Lua script (reap expired leases, skip items whose first review was by the caller,
+take the highest rank key across the allowed policies, lease it), so concurrent reviewers never
+get the same item. Deciding is a WATCH/MULTI transaction around the pure
+:func:`moderation.review.model.apply_decision`, so only the current lease holder's first submit
+counts; a retry of the same submit returns the recorded outcome. All times are the Redis server's
+clock. Redis connection errors become :class:`~moderation.exceptions.QueueUnavailable`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar, cast
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
+
+from moderation.exceptions import (
+    QueueUnavailable,
+    ReviewAlreadyDecided,
+    ReviewError,
+    ReviewLeaseExpired,
+    ReviewNotFound,
+    ReviewNotLeaseHolder,
+)
+from moderation.review.auth import ReviewerAccount, Role
+from moderation.review.model import (
+    FinalReviewDecision,
+    FirstDecision,
+    Lease,
+    ReviewDecision,
+    ReviewItem,
+    ReviewOutcome,
+    apply_decision,
+    rank_key,
+)
+
+__all__ = [
+    "Claim",
+    "DecideResult",
+    "PolicyStats",
+    "RedisReviewQueue",
+    "RedisReviewerStore",
+    "connect",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_TOKEN_TTL_S = 24 * 3600
+_SCAN = 64  # candidates looked at per policy queue when the top ones are excluded
+
+# KEYS: none (single-node Redis: keys are derived from the prefix inside the script)
+# ARGV: prefix, reviewer, lease_s, token, scan, policy...
+_CLAIM_LUA = """
+local P = ARGV[1]
+local reviewer = ARGV[2]
+local lease_s = tonumber(ARGV[3])
+local token = ARGV[4]
+local scan = tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+
+local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, 500)
+for _, rid in ipairs(expired) do
+  local ik = P .. 'item:' .. rid
+  local f = redis.call('HMGET', ik, 'policy', 'rank', 'lease_holder')
+  redis.call('ZREM', P .. 'leases', rid)
+  if f[1] then
+    redis.call('ZADD', P .. 'q:' .. f[1], f[2], rid)
+    redis.call('HSET', ik, 'state', 'queued')
+    redis.call('HDEL', ik, 'lease_token', 'lease_holder', 'lease_expires')
+    if f[3] and redis.call('GET', P .. 'holder:' .. f[3]) == rid then
+      redis.call('DEL', P .. 'holder:' .. f[3])
+    end
+  end
+end
+
+local held = redis.call('GET', P .. 'holder:' .. reviewer)
+if held then
+  local ik = P .. 'item:' .. held
+  local f = redis.call('HMGET', ik, 'lease_holder', 'lease_token', 'lease_expires', 'item', 'first')
+  if f[1] == reviewer and tonumber(f[3]) > now then
+    return {held, f[2], f[3], f[4], f[5] or ''}
+  end
+  redis.call('DEL', P .. 'holder:' .. reviewer)
+end
+
+local policies = {}
+for i = 6, #ARGV do policies[#policies + 1] = ARGV[i] end
+if #policies == 0 then policies = redis.call('SMEMBERS', P .. 'policies') end
+
+local best, best_rank, best_policy = nil, nil, nil
+for _, policy in ipairs(policies) do
+  local q = P .. 'q:' .. policy
+  local top = redis.call('ZREVRANGE', q, 0, scan - 1, 'WITHSCORES')
+  for i = 1, #top, 2 do
+    local rid = top[i]
+    local rank = tonumber(top[i + 1])
+    if best_rank ~= nil and rank <= best_rank then break end
+    if redis.call('HGET', P .. 'item:' .. rid, 'first_reviewer') ~= reviewer then
+      best, best_rank, best_policy = rid, rank, policy
+      break
+    end
+  end
+end
+if not best then return nil end
+
+local expires = now + lease_s
+local ik = P .. 'item:' .. best
+redis.call('ZREM', P .. 'q:' .. best_policy, best)
+redis.call('HSET', ik, 'state', 'leased', 'lease_token', token, 'lease_holder', reviewer,
+           'lease_expires', tostring(expires))
+redis.call('ZADD', P .. 'leases', expires, best)
+redis.call('SET', P .. 'holder:' .. reviewer, best, 'PX', math.ceil(lease_s * 1000))
+redis.call('SET', P .. 'tok:' .. token, best .. '|' .. reviewer, 'EX', TOKEN_TTL)
+local f = redis.call('HMGET', ik, 'item', 'first')
+return {best, token, tostring(expires), f[1], f[2] or ''}
+""".replace("TOKEN_TTL", str(_TOKEN_TTL_S))
+
+# ARGV: prefix, rid, policy, rank
+_SUBMIT_LUA = """
+local P = ARGV[1]
+local ik = P .. 'item:' .. ARGV[2]
+if redis.call('EXISTS', ik) == 1 then return 0 end
+redis.call('HSET', ik, 'item', ARGV[5], 'state', 'queued', 'policy', ARGV[3], 'rank', ARGV[4])
+redis.call('ZADD', P .. 'q:' .. ARGV[3], ARGV[4], ARGV[2])
+redis.call('ZADD', P .. 'open:' .. ARGV[3], ARGV[6], ARGV[2])
+redis.call('SADD', P .. 'policies', ARGV[3])
+return 1
+"""
+
+
+def _translate(fn: Callable[P, T]) -> Callable[P, T]:
+    """Map Redis connection failures to QueueUnavailable (transient)."""
+
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise QueueUnavailable(f"review queue unavailable: {exc}") from exc
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client for ``url`` that returns str, with short timeouts."""
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=3.0,
+        health_check_interval=30,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A leased item as the reviewer sees it; ``first`` is set on a second review."""
+
+    item: ReviewItem
+    lease: Lease
+    first: FirstDecision | None
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class DecideResult:
+    outcome: ReviewOutcome
+    #: True when this exact decision had already been recorded (a retried submit).
+    replay: bool
+    #: Seconds from claim to this decision (None on a replay).
+    handling_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStats:
+    policy_id: str
+    waiting: int
+    in_review: int
+    oldest_age_s: float | None
+
+
+class RedisReviewQueue:
+    """The review queue. Implements the :class:`~moderation.ports.ReviewSink` port (``submit``)."""
+
+    def __init__(
+        self, client: redis.Redis, *, lease_s: float, age_doubling_s: float,
+        prefix: str = "mod:review:",
+    ) -> None:
+        self._r = client
+        self.lease_s = lease_s
+        self.age_doubling_s = age_doubling_s
+        self._p = prefix
+        self._claim = client.register_script(_CLAIM_LUA)
+        self._submit = client.register_script(_SUBMIT_LUA)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _k(self, *parts: str) -> str:
+        return self._p + ":".join(parts)
+
+    def now(self) -> float:
+        """The Redis server's clock (all lease times use it)."""
+        sec, usec = self._r.time()
+        return sec + usec / 1_000_000
+
+    # --- producer side --------------------------------------------------------------------
+
+    @_translate
+    def submit(self, item: ReviewItem) -> None:
+        """Enqueue an item. Submitting the same ``review_id`` again is a no-op.
+
+        Raises:
+            QueueUnavailable: Redis is unreachable.
+        """
+        rank = rank_key(
+            item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
+        )
+        self._submit(
+            args=[self._p, item.review_id, item.policy_id, repr(rank), item.model_dump_json(),
+                  repr(item.created_at)],
+        )
+
+    # --- reviewer side --------------------------------------------------------------------
+
+    @_translate
+    def claim(self, reviewer: str, *, policies: list[str] | None = None) -> Claim | None:
+        """Lease the highest-priority item the reviewer may take (or the one they already hold).
+
+        ``reviewer`` is the pseudonymous id. ``policies`` limits the queues looked at.
+        Returns None when nothing is waiting.
+
+        Raises:
+            QueueUnavailable: Redis is unreachable.
+        """
+        token = secrets.token_urlsafe(18)
+        raw = self._claim(args=[self._p, reviewer, self.lease_s, token, _SCAN, *(policies or [])])
+        if not raw:
+            return None
+        rid, tok, expires, item_json, first_json = cast(list[str], raw)
+        return Claim(
+            item=ReviewItem.model_validate_json(item_json),
+            lease=Lease(review_id=rid, reviewer=reviewer, token=tok, expires_at=float(expires)),
+            first=FirstDecision.model_validate_json(first_json) if first_json else None,
+            now=self.now(),
+        )
+
+    @_translate
+    def holds(self, reviewer: str, review_id: str) -> bool:
+        """Whether ``reviewer`` holds an unexpired lease on ``review_id`` right now."""
+        holder, expires = self._r.hmget(
+            self._k("item", review_id), ["lease_holder", "lease_expires"]
+        )
+        return holder == reviewer and expires is not None and float(expires) > self.now()
+
+    @_translate
+    def item(self, review_id: str) -> ReviewItem:
+        """Raises:
+        ReviewNotFound: no such item.
+        """
+        raw = self._r.hget(self._k("item", review_id), "item")
+        if raw is None:
+            raise ReviewNotFound(f"no review item {review_id}")
+        return ReviewItem.model_validate_json(cast(str, raw))
+
+    def _refuse_stale(self, h: dict[str, str], review_id: str, reviewer: str, token: str) -> None:
+        if h.get("lease_token") == token:
+            if h.get("lease_holder") != reviewer:
+                raise ReviewNotLeaseHolder("this lease belongs to another reviewer")
+            if float(h["lease_expires"]) <= self.now():
+                raise ReviewLeaseExpired(
+                    "your lease on this item expired; the decision was not recorded"
+                )
+            return
+        owner = self._r.get(self._k("tok", token))
+        if owner == f"{review_id}|{reviewer}":
+            if h.get("state") == "final":
+                raise ReviewAlreadyDecided("this item was already decided by someone else")
+            raise ReviewLeaseExpired(
+                "your lease on this item expired and it went back to the queue; "
+                "the decision was not recorded"
+            )
+        raise ReviewNotLeaseHolder("you do not hold a lease on this item")
+
+    @_translate
+    def decide(
+        self, review_id: str, *, reviewer: str, token: str, decision: ReviewDecision,
+        reason_code: str | None,
+    ) -> DecideResult:
+        """Record a decision from the current lease holder (see the module docstring).
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewLeaseExpired: the caller's lease ran out (the decision is not recorded).
+            ReviewNotLeaseHolder: the caller never held this lease.
+            ReviewAlreadyDecided: a different decision was already recorded for this lease.
+            ReviewInvalidDecision: bad reason code, or the first reviewer doing the second review.
+            QueueUnavailable: Redis is unreachable.
+        """
+        ik = self._k("item", review_id)
+        with self._r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(ik)  # type: ignore[no-untyped-call]
+                    h = cast(dict[str, str], pipe.hgetall(ik))
+                    if not h:
+                        raise ReviewNotFound(f"no review item {review_id}")
+                    replay = self._replay(h, token, decision, reason_code)
+                    if replay is not None:
+                        pipe.unwatch()
+                        return DecideResult(outcome=replay, replay=True)
+                    self._refuse_stale(h, review_id, reviewer, token)
+                    item = ReviewItem.model_validate_json(h["item"])
+                    first = FirstDecision.model_validate_json(h["first"]) if "first" in h else None
+                    now = self.now()
+                    outcome = apply_decision(
+                        item, first, reviewer=reviewer, decision=decision,
+                        reason_code=reason_code, token=token, now=now,
+                    )
+                    pipe.multi()
+                    self._write(pipe, item, reviewer, outcome, token, now,
+                                submitted=(decision, reason_code))
+                    pipe.execute()
+                    claimed_at = float(h["lease_expires"]) - self.lease_s
+                    return DecideResult(
+                        outcome=outcome, replay=False, handling_s=max(0.0, now - claimed_at)
+                    )
+                except WatchError:
+                    continue
+
+    @staticmethod
+    def _replay(
+        h: dict[str, str], token: str, decision: ReviewDecision, reason_code: str | None
+    ) -> ReviewOutcome | None:
+        recorded: tuple[ReviewDecision, str | None] | None = None
+        outcome: ReviewOutcome | None = None
+        if h.get("final_token") == token:
+            final = FinalReviewDecision.model_validate_json(h["final"])
+            recorded = (
+                ReviewDecision(h["final_submitted"]), h.get("final_submitted_reason") or None
+            )
+            outcome = ReviewOutcome(final=final)
+        elif "first" in h:
+            first = FirstDecision.model_validate_json(h["first"])
+            if first.token == token:
+                recorded = first.decision, first.reason_code
+                outcome = ReviewOutcome(pending=first)
+        if recorded is None:
+            return None
+        if recorded != (decision, reason_code):
+            raise ReviewAlreadyDecided(
+                f"a different decision ({recorded[0].value}) was already recorded for this lease"
+            )
+        return outcome
+
+    def _write(
+        self, pipe: Any, item: ReviewItem, reviewer: str, outcome: ReviewOutcome, token: str,
+        now: float, *, submitted: tuple[ReviewDecision, str | None],
+    ) -> None:
+        ik = self._k("item", item.review_id)
+        pipe.hdel(ik, "lease_token", "lease_holder", "lease_expires")
+        pipe.zrem(self._k("leases"), item.review_id)
+        pipe.delete(self._k("holder", reviewer))
+        day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+        pipe.hincrby(self._k("day", day), reviewer, 1)
+        pipe.expire(self._k("day", day), 8 * 24 * 3600)
+        if outcome.pending is not None:
+            rank = rank_key(
+                item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
+            )
+            pipe.hset(ik, mapping={
+                "state": "queued", "first": outcome.pending.model_dump_json(),
+                "first_reviewer": reviewer,
+            })
+            pipe.zadd(self._k("q", item.policy_id), {item.review_id: rank})
+            return
+        final = outcome.final
+        if final is None:  # pragma: no cover - ReviewOutcome holds exactly one of the two
+            return
+        pipe.hset(ik, mapping={
+            "state": "final", "final": final.model_dump_json(), "final_token": token,
+            # What the last reviewer submitted (a disagreement's final decision is "escalate").
+            "final_submitted": submitted[0].value, "final_submitted_reason": submitted[1] or "",
+        })
+        pipe.zrem(self._k("open", item.policy_id), item.review_id)
+        pipe.zadd(self._k("decided"), {item.review_id: now})
+        pipe.zadd(self._k("outbox"), {item.review_id: now})
+
+    @_translate
+    def release(self, review_id: str, *, reviewer: str | None = None) -> bool:
+        """Give an item back to the queue (reviewer skip, or admin requeue when ``reviewer`` is
+        None). Returns False when the item was not leased (by that reviewer).
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewAlreadyDecided: the item is final.
+        """
+        ik = self._k("item", review_id)
+        with self._r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(ik)  # type: ignore[no-untyped-call]
+                    h = cast(dict[str, str], pipe.hgetall(ik))
+                    if not h:
+                        raise ReviewNotFound(f"no review item {review_id}")
+                    if h.get("state") == "final":
+                        raise ReviewAlreadyDecided("the item is already decided")
+                    holder = h.get("lease_holder")
+                    if holder is None or (reviewer is not None and holder != reviewer):
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hdel(ik, "lease_token", "lease_holder", "lease_expires")
+                    pipe.hset(ik, "state", "queued")
+                    pipe.zrem(self._k("leases"), review_id)
+                    pipe.delete(self._k("holder", holder))
+                    pipe.zadd(self._k("q", h["policy"]), {review_id: float(h["rank"])})
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+
+    # --- final-decision delivery ----------------------------------------------------------
+
+    @_translate
+    def delivered(self, review_id: str) -> None:
+        """Mark a final decision's ``on_final`` as done (removes it from the outbox)."""
+        self._r.zrem(self._k("outbox"), review_id)
+
+    @_translate
+    def undelivered(self, *, older_than_s: float = 0.0) -> list[FinalReviewDecision]:
+        """Final decisions whose ``on_final`` has not returned (crash or downstream error)."""
+        cutoff = self.now() - older_than_s
+        rids = cast(list[str], self._r.zrangebyscore(self._k("outbox"), "-inf", cutoff))
+        out = []
+        for rid in rids:
+            raw = self._r.hget(self._k("item", rid), "final")
+            if raw is not None:
+                out.append(FinalReviewDecision.model_validate_json(cast(str, raw)))
+        return out
+
+    # --- stats and export -----------------------------------------------------------------
+
+    @_translate
+    def policies(self) -> list[str]:
+        return sorted(cast(set[str], self._r.smembers(self._k("policies"))))
+
+    @_translate
+    def stats(self) -> list[PolicyStats]:
+        """Queue depth (waiting, in review) and oldest open item age per policy."""
+        now = self.now()
+        leased: dict[str, int] = {}
+        for rid in cast(list[str], self._r.zrange(self._k("leases"), 0, -1)):
+            policy = cast(str | None, self._r.hget(self._k("item", rid), "policy"))
+            if policy is not None:
+                leased[policy] = leased.get(policy, 0) + 1
+        out = []
+        for policy in self.policies():
+            oldest = cast(
+                list[tuple[str, float]],
+                self._r.zrange(self._k("open", policy), 0, 0, withscores=True),
+            )
+            out.append(
+                PolicyStats(
+                    policy_id=policy,
+                    waiting=self._r.zcard(self._k("q", policy)),
+                    in_review=leased.get(policy, 0),
+                    oldest_age_s=max(0.0, now - oldest[0][1]) if oldest else None,
+                )
+            )
+        return out
+
+    @_translate
+    def decisions_on(self, day: str | None = None) -> dict[str, int]:
+        """Decisions per pseudonymous reviewer on a UTC day (default today)."""
+        day = day or datetime.fromtimestamp(self.now(), UTC).strftime("%Y-%m-%d")
+        raw = cast(dict[str, str], self._r.hgetall(self._k("day", day)))
+        return {k: int(v) for k, v in raw.items()}
+
+    @_translate
+    def export(self) -> Iterator[dict[str, Any]]:
+        """Reviewed items as labelled rows (oldest decision first), for threshold calibration."""
+        start = 0
+        while True:
+            rids = cast(list[str], self._r.zrange(self._k("decided"), start, start + 199))
+            if not rids:
+                return
+            start += len(rids)
+            for rid in rids:
+                h = cast(dict[str, str], self._r.hgetall(self._k("item", rid)))
+                if "final" not in h:
+                    continue
+                item = ReviewItem.model_validate_json(h["item"])
+                final = FinalReviewDecision.model_validate_json(h["final"])
+                yield {
+                    "review_id": rid,
+                    "job_id": item.job_id,
+                    "image_ref": item.image_ref,
+                    "policy_id": item.policy_id,
+                    "policy_version": item.policy_version,
+                    "category": item.category_id,
+                    "severity": item.severity.value,
+                    "human_label": final.decision.value,
+                    "reason_code": final.reason_code,
+                    "model_score": item.score,
+                    "model_decision": item.verdict.decision.value,
+                    "scores": dict(item.verdict.scores),
+                    "model": item.verdict.model,
+                    "reviewers": final.reviewers,
+                    "decided_at": final.decided_at,
+                }
+
+
+class RedisReviewerStore:
+    """Reviewer accounts in Redis hashes (``user:<name>``), implementing ``ReviewerStore``."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "mod:review:") -> None:
+        self._r = client
+        self._p = prefix
+
+    @_translate
+    def create(self, account: ReviewerAccount) -> None:
+        """Raises:
+        ReviewError: the username is taken (code ``review_user_exists``).
+        """
+        key = self._p + "user:" + account.username
+        created = self._r.hsetnx(key, "password_hash", account.password_hash)
+        if not created:
+            raise ReviewError(f"reviewer {account.username!r} exists", code="review_user_exists")
+        self._r.hset(key, mapping={
+            "role": account.role.value, "disabled": "1" if account.disabled else "0",
+            "created_at": repr(account.created_at),
+        })
+        self._r.sadd(self._p + "users", account.username)
+
+    @_translate
+    def get(self, username: str) -> ReviewerAccount | None:
+        h = cast(dict[str, str], self._r.hgetall(self._p + "user:" + username))
+        if "password_hash" not in h or "role" not in h:
+            return None
+        return ReviewerAccount(
+            username=username, role=Role(h["role"]), password_hash=h["password_hash"],
+            disabled=h.get("disabled") == "1", created_at=float(h.get("created_at", "0")),
+        )
+
+    @_translate
+    def all(self) -> list[ReviewerAccount]:
+        names = sorted(cast(set[str], self._r.smembers(self._p + "users")))
+        return [a for a in (self.get(n) for n in names) if a is not None]
+
+    @_translate
+    def set_disabled(self, username: str, disabled: bool) -> None:
+        """Raises:
+        ReviewError: no such reviewer (code ``review_unknown_user``).
+        """
+        if self.get(username) is None:
+            raise ReviewError(f"no reviewer {username!r}", code="review_unknown_user")
+        self._r.hset(self._p + "user:" + username, "disabled", "1" if disabled else "0")
+

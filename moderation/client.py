@@ -1,0 +1,245 @@
+"""Python client of the moderation API (httpx), sync and async.
+
+::
+
+    from moderation.client import ModerationClient
+
+    with ModerationClient("http://127.0.0.1:8000") as client:
+        job_id = client.submit("s3://uploads/cat.jpg", id="upload-8812")
+        result = client.wait(job_id, timeout=30)
+        print(result.status, result.decision)
+
+``submit`` takes a reference string (``s3://``, ``http(s)://``), raw ``bytes`` or a local
+``Path`` (sent inline). The same ``id`` submitted twice is processed once.
+
+Errors: :class:`~moderation.exceptions.JobRejected` (4xx, with the server's code and message),
+:class:`~moderation.exceptions.JobNotFoundError` (404), :class:`~moderation.exceptions.
+ApiUnavailable` (connection error or 5xx), :class:`~moderation.exceptions.JobWaitTimeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from moderation.exceptions import ApiUnavailable, JobNotFoundError, JobRejected, JobWaitTimeout
+from moderation.jobs import JobResult
+
+__all__ = ["AsyncModerationClient", "ImageInput", "ModerationClient"]
+
+ImageInput = str | bytes | Path
+
+
+def _job_body(
+    image: ImageInput,
+    *,
+    policies: Sequence[str] | None = None,
+    id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    callback_url: str | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if isinstance(image, Path):
+        image = image.read_bytes()
+    if isinstance(image, bytes):
+        body["image_base64"] = base64.b64encode(image).decode()
+    else:
+        body["image_url"] = image
+    if policies is not None:
+        body["policies"] = list(policies)
+    if id is not None:
+        body["id"] = id
+    if metadata:
+        body["metadata"] = metadata
+    if callback_url is not None:
+        body["callback_url"] = callback_url
+    return body
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code < 400:
+        return response.json()
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {}
+    if isinstance(payload, dict) and isinstance(payload.get("detail"), list):  # 422 validation
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
+            for d in payload["detail"]
+        )
+        payload = {"code": "invalid_request", "message": message}
+    code = str(payload.get("code", "http_error")) if isinstance(payload, dict) else "http_error"
+    message = str(payload.get("message", response.text)) if isinstance(payload, dict) \
+        else response.text
+    if response.status_code == 404:
+        raise JobNotFoundError(message)
+    if response.status_code >= 500:
+        raise ApiUnavailable(f"HTTP {response.status_code}: {message}")
+    raise JobRejected(message, status=response.status_code, code=code)
+
+
+class ModerationClient:
+    """Blocking client. Thread-safe (one httpx connection pool)."""
+
+    def __init__(self, base_url: str, *, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> ModerationClient:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, url: str, **kw: Any) -> Any:
+        try:
+            return _check(self._http.request(method, url, **kw))
+        except httpx.TransportError as exc:
+            raise ApiUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+
+    def submit(
+        self,
+        image: ImageInput,
+        *,
+        policies: Sequence[str] | None = None,
+        id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        callback_url: str | None = None,
+    ) -> str:
+        """Enqueue one image; returns the job id.
+
+        Raises:
+            JobRejected: the API refused the request (4xx).
+            ApiUnavailable: the API is unreachable or failed (5xx).
+        """
+        body = _job_body(image, policies=policies, id=id, metadata=metadata,
+                         callback_url=callback_url)
+        return str(self._request("POST", "/v1/jobs", json=body)["id"])
+
+    def submit_many(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        policies: Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+        chunk: int = 500,
+    ) -> list[str]:
+        """Enqueue many images (batch endpoint, ``chunk`` per request); returns job ids in order.
+
+        Raises:
+            JobRejected: a chunk was refused (no job of that chunk was enqueued).
+            ApiUnavailable: the API is unreachable or failed (5xx).
+        """
+        bodies = [
+            _job_body(image, policies=policies, id=ids[i] if ids else None)
+            for i, image in enumerate(images)
+        ]
+        out: list[str] = []
+        for start in range(0, len(bodies), chunk):
+            answer = self._request("POST", "/v1/jobs:batch",
+                                   json={"jobs": bodies[start : start + chunk]})
+            out.extend(str(j["id"]) for j in answer["jobs"])
+        return out
+
+    def get(self, job_id: str) -> JobResult:
+        """The job's current result (status ``queued`` until it ends).
+
+        Raises:
+            JobNotFoundError: unknown or expired job id.
+            ApiUnavailable: the API is unreachable or failed (5xx).
+        """
+        return JobResult.model_validate(self._request("GET", f"/v1/jobs/{job_id}"))
+
+    def wait(self, job_id: str, timeout: float = 60.0, *, poll_s: float = 0.1) -> JobResult:
+        """Poll until the job ends (verdict or error).
+
+        Raises:
+            JobWaitTimeout: it did not end within ``timeout`` seconds.
+            JobNotFoundError, ApiUnavailable: as for :meth:`get`.
+        """
+        deadline = time.monotonic() + timeout
+        delay = poll_s
+        while True:
+            result = self.get(job_id)
+            if result.status.final:
+                return result
+            if time.monotonic() >= deadline:
+                raise JobWaitTimeout(f"job {job_id} still {result.status.value} after {timeout}s")
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 2.0)
+
+    def wait_many(self, job_ids: Sequence[str], timeout: float = 300.0) -> list[JobResult]:
+        """Wait for every job; results in the order of ``job_ids``.
+
+        Raises:
+            JobWaitTimeout: not all ended within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        return [self.wait(j, max(0.0, deadline - time.monotonic())) for j in job_ids]
+
+
+class AsyncModerationClient:
+    """The same operations for asyncio callers."""
+
+    def __init__(self, base_url: str, *, timeout: float = 30.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> AsyncModerationClient:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, url: str, **kw: Any) -> Any:
+        try:
+            return _check(await self._http.request(method, url, **kw))
+        except httpx.TransportError as exc:
+            raise ApiUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+
+    async def submit(
+        self,
+        image: ImageInput,
+        *,
+        policies: Sequence[str] | None = None,
+        id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        callback_url: str | None = None,
+    ) -> str:
+        """Enqueue one image; returns the job id. Raises as :meth:`ModerationClient.submit`."""
+        body = _job_body(image, policies=policies, id=id, metadata=metadata,
+                         callback_url=callback_url)
+        return str((await self._request("POST", "/v1/jobs", json=body))["id"])
+
+    async def get(self, job_id: str) -> JobResult:
+        """The job's current result. Raises as :meth:`ModerationClient.get`."""
+        return JobResult.model_validate(await self._request("GET", f"/v1/jobs/{job_id}"))
+
+    async def wait(self, job_id: str, timeout: float = 60.0, *, poll_s: float = 0.1) -> JobResult:
+        """Poll until the job ends. Raises as :meth:`ModerationClient.wait`."""
+        deadline = time.monotonic() + timeout
+        delay = poll_s
+        while True:
+            result = await self.get(job_id)
+            if result.status.final:
+                return result
+            if time.monotonic() >= deadline:
+                raise JobWaitTimeout(f"job {job_id} still {result.status.value} after {timeout}s")
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 2.0)

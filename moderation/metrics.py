@@ -1,0 +1,187 @@
+"""Prometheus metrics of the pipeline, on an explicit registry, with bounded labels only.
+
+Labels are policy ids, category ids, decisions, outcome kinds, stages and error codes: all come
+from configuration or the exception tree, never from a job, URL or image.
+
+Multiprocess mode (API + several worker processes): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
+directory shared by every process *before* the first call to :func:`metrics` in each process; the
+API's ``/metrics`` then aggregates every process's values (:func:`render`). Nothing is created at
+import time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "STAGES",
+    "PipelineMetrics",
+    "ReviewQueueGauges",
+    "metrics",
+    "multiprocess_dir",
+    "render",
+    "render_review_gauges",
+]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
+_REVIEW_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+STAGES = ("fetch", "decode", "queue_wait", "inference", "total")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class PipelineMetrics:
+    """Every pipeline metric. One instance per process (see :func:`metrics`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.jobs = Counter(
+            "moderation_jobs_total", "Jobs that ended, by outcome (verdict / error / dead_letter).",
+            ["outcome"], registry=registry,
+        )
+        self.submitted = Counter(
+            "moderation_jobs_submitted_total", "Jobs accepted by the API (new, not duplicates).",
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "moderation_decisions_total", "Verdicts by deciding policy, category and decision.",
+            ["policy", "category", "decision"], registry=registry,
+        )
+        self.errors = Counter(
+            "moderation_errors_total", "Errors by stable error code.", ["code"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "moderation_retries_total", "Transient-error retries, by error code.", ["code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "moderation_stage_seconds", "Latency per pipeline stage; 'total' is end to end "
+            "(submit to result).", ["stage"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.batch_size = Histogram(
+            "moderation_batch_size", "Images per forward pass of the image encoder.",
+            buckets=_BATCH_BUCKETS, registry=registry,
+        )
+        self.callbacks = Counter(
+            "moderation_callbacks_total", "Callback deliveries by result (ok / retry / failed).",
+            ["result"], registry=registry,
+        )
+        self.policy_reloads = Counter(
+            "moderation_policy_reloads_total", "Hot reloads of the compiled policy set.",
+            registry=registry,
+        )
+        # --- review metrics (review queue engineer) go below this line -----------------------
+        self.review_decisions = Counter(
+            "moderation_review_decisions_total",
+            "Human review decisions by policy and decision (allow / remove / escalate final; "
+            "pending_second: a critical removal waiting for its second reviewer).",
+            ["policy", "decision"], registry=registry,
+        )
+        self.review_handling = Histogram(
+            "moderation_review_handling_seconds",
+            "Seconds from claiming a review item to deciding it (reviewer throughput).",
+            ["policy"], buckets=_REVIEW_BUCKETS, registry=registry,
+        )
+
+
+_lock = threading.Lock()
+_instance: PipelineMetrics | None = None
+
+
+def metrics() -> PipelineMetrics:
+    """This process's metrics, created on first use (multiprocess mode if the env says so)."""
+    global _instance
+    with _lock:
+        if _instance is None:
+            _instance = PipelineMetrics(CollectorRegistry(auto_describe=True))
+        return _instance
+
+
+class _QueueDepth(Collector):
+    def __init__(self, depth: int | None) -> None:
+        self.depth = depth
+
+    def collect(self) -> Iterator[Metric]:
+        if self.depth is not None:
+            family = GaugeMetricFamily("moderation_queue_depth",
+                                       "Messages waiting in the moderation queue.")
+            family.add_metric([], float(self.depth))
+            yield family
+
+
+def render(*, queue_depth: int | None = None, path: str | None = None) -> tuple[bytes, str]:
+    """The exposition text (aggregated over processes in multiprocess mode) and content type.
+
+    ``path``: a multiprocess directory to aggregate (default: ``PROMETHEUS_MULTIPROC_DIR``).
+    """
+    path = path or multiprocess_dir()
+    if path:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    else:
+        registry = metrics().registry
+    body = generate_latest(registry)
+    if queue_depth is not None:
+        extra = CollectorRegistry()
+        extra.register(_QueueDepth(queue_depth))
+        body += generate_latest(extra)
+    return body, CONTENT_TYPE_LATEST
+
+
+# --- review queue gauges (review queue engineer) ---------------------------------------------
+
+
+class ReviewQueueGauges(Collector):
+    """Review queue depth and oldest open item age per policy, read at scrape time.
+
+    ``read`` returns ``(policy, waiting, in_review, oldest_age_s)`` per policy, e.g. from
+    ``RedisReviewQueue.stats()``; the oldest age is the SLA signal.
+    """
+
+    def __init__(
+        self, read: Callable[[], Iterable[tuple[str, int, int, float | None]]]
+    ) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "moderation_review_queue_depth", "Review items waiting or in review, per policy.",
+            labels=["policy", "state"],
+        )
+        oldest = GaugeMetricFamily(
+            "moderation_review_oldest_age_seconds",
+            "Age of the oldest review item not yet decided, per policy (SLA signal).",
+            labels=["policy"],
+        )
+        for policy, waiting, in_review, oldest_age in self._read():
+            depth.add_metric([policy, "waiting"], float(waiting))
+            depth.add_metric([policy, "in_review"], float(in_review))
+            oldest.add_metric([policy], float(oldest_age or 0.0))
+        yield depth
+        yield oldest
+
+
+def render_review_gauges(
+    read: Callable[[], Iterable[tuple[str, int, int, float | None]]],
+) -> bytes:
+    """Exposition text of :class:`ReviewQueueGauges` (append it to :func:`render`'s body)."""
+    registry = CollectorRegistry()
+    registry.register(ReviewQueueGauges(read))
+    return generate_latest(registry)

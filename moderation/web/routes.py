@@ -1,0 +1,451 @@
+"""The reviewers' web page and its JSON API, as one FastAPI router to mount into the API app.
+
+Pages (HTML, sign-in required, else a redirect to the sign-in page)::
+
+    GET  {prefix}/            the review page: next item, keyboard-first
+    GET  {prefix}/overview    depth per policy, oldest age, my decisions today
+    GET  {prefix}/login       POST {prefix}/login       POST {prefix}/logout
+
+API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF token)::
+
+    POST {prefix}/api/next            claim the next item (or the one already held)
+    POST {prefix}/api/decide          {review_id, token, decision, reason_code}
+    POST {prefix}/api/skip            {review_id}: give the item back
+    GET  {prefix}/api/image/{id}      the image, only to the reviewer holding its lease
+    GET  {prefix}/api/overview
+    GET  {prefix}/api/admin/stats     admin: queues, decisions per (pseudonymous) reviewer today
+    POST {prefix}/api/admin/requeue   admin: {review_id}, take an item back from its holder
+    POST {prefix}/api/admin/redeliver admin: retry on_final for decisions whose delivery failed
+
+Every state-changing request carries the session's CSRF token (``X-CSRF-Token`` header or
+``csrf`` form field). Images are fetched server-side through the injected ``image_loader``,
+decoded safely and re-encoded as PNG (no metadata, no exotic formats reach the browser), and sent
+with ``Cache-Control: no-store``. Every response carries a strict CSP (no inline script or style),
+``X-Frame-Options: DENY`` and ``nosniff``.
+"""
+
+
+# No ``from __future__ import annotations`` here: FastAPI must evaluate the ``Depends(...)``
+# annotations of the endpoints, which name functions local to build_review_router.
+
+import io
+import logging
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+
+from moderation.adapters.images import decode_image
+from moderation.adapters.redis_review import Claim, PolicyStats, RedisReviewQueue
+from moderation.exceptions import (
+    ImageError,
+    ModerationError,
+    ReviewAlreadyDecided,
+    ReviewAuthError,
+    ReviewError,
+    ReviewInvalidDecision,
+    ReviewLeaseExpired,
+    ReviewNotFound,
+    ReviewNotLeaseHolder,
+    TransientError,
+)
+from moderation.review.auth import ReviewerStore, Role, Session, SessionCodec, verify_password
+from moderation.review.model import FinalReviewDecision, ReviewDecision
+from moderation.settings import Settings
+
+__all__ = ["ImageLoader", "OnFinal", "build_review_router"]
+
+log = logging.getLogger(__name__)
+
+OnFinal = Callable[[FinalReviewDecision], None]
+#: Returns the image bytes for an item's ``image_ref`` (or its job id when it has no ref).
+ImageLoader = Callable[[str], bytes]
+
+_HERE = Path(__file__).resolve().parent
+_STATIC = {
+    "app.css": "text/css; charset=utf-8",
+    "review.js": "text/javascript; charset=utf-8",
+    "overview.js": "text/javascript; charset=utf-8",
+}
+SESSION_COOKIE = "mr_session"
+PRE_COOKIE = "mr_pre"
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def _secure(response: Response) -> None:
+    response.headers.setdefault("Content-Security-Policy", _CSP)
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers.setdefault("Cache-Control", "no-store")
+
+
+def _status_for(exc: ModerationError) -> int:
+    if isinstance(exc, ReviewAuthError):
+        return 403 if exc.code in {"review_csrf", "review_forbidden"} else 401
+    if isinstance(exc, ReviewNotFound):
+        return 404
+    if isinstance(exc, ReviewLeaseExpired | ReviewNotLeaseHolder | ReviewAlreadyDecided):
+        return 409
+    if isinstance(exc, ReviewInvalidDecision | ReviewError):
+        return 400
+    if isinstance(exc, ImageError):
+        return 422
+    if isinstance(exc, TransientError):
+        return 503
+    return 500
+
+
+def _secure_route(prefix: str) -> type[APIRoute]:
+    """A route class that adds the security headers and maps the exception tree to HTTP answers
+    (a router cannot install middleware or exception handlers of its own)."""
+
+    class SecureRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            return _wrap(super().get_route_handler(), prefix)
+
+    return SecureRoute
+
+
+def _wrap(
+    original: Callable[[Request], Coroutine[Any, Any, Response]], prefix: str
+) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+
+    async def handler(request: Request) -> Response:
+        try:
+            response = await original(request)
+        except ModerationError as exc:
+            status = _status_for(exc)
+            is_page = request.method == "GET" and "/api/" not in request.url.path
+            if status == 401 and is_page:
+                response = RedirectResponse(f"{prefix}/login", status_code=303)
+            else:
+                response = JSONResponse(
+                    {"error": exc.code, "message": str(exc)}, status_code=status
+                )
+        except RequestValidationError as exc:
+            response = JSONResponse(
+                {"error": "invalid_request", "message": str(exc.errors())}, status_code=422
+            )
+        except HTTPException as exc:
+            response = JSONResponse(
+                {"error": "http_error", "message": str(exc.detail)},
+                status_code=exc.status_code,
+            )
+        _secure(response)
+        return response
+
+    return handler
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    username: str
+    role: Role
+    pseudonym: str
+    session: Session
+
+
+class _NextBody(BaseModel):
+    policies: list[str] | None = None
+
+
+class _DecideBody(BaseModel):
+    review_id: str = Field(max_length=64)
+    token: str = Field(max_length=64)
+    decision: ReviewDecision
+    reason_code: str | None = Field(default=None, max_length=64)
+
+
+class _ItemBody(BaseModel):
+    review_id: str = Field(max_length=64)
+
+
+def _claim_payload(claim: Claim, prefix: str) -> dict[str, Any]:
+    item = claim.item
+    deciding = next(
+        (c for c in item.verdict.categories if c.category_id == item.category_id), None
+    )
+    return {
+        "review_id": item.review_id,
+        "token": claim.lease.token,
+        "seconds_left": round(claim.lease.seconds_left(claim.now), 1),
+        "job_id": item.job_id,
+        "policy_id": item.policy_id,
+        "policy_version": item.policy_version,
+        "category_id": item.category_id,
+        "severity": item.severity.value,
+        "score": item.score,
+        "thresholds": (
+            {"review": deciding.review_threshold, "block": deciding.block_threshold}
+            if deciding else None
+        ),
+        "top_prompts": (
+            [p.model_dump(mode="json") for p in deciding.top_prompts] if deciding else []
+        ),
+        "scores": item.verdict.scores,
+        "explanation": item.verdict.explain(),
+        "policy_text": item.policy_text.model_dump(mode="json"),
+        "reason_codes": item.reason_codes,
+        "age_s": round(max(0.0, claim.now - item.created_at), 1),
+        "second_review": claim.first is not None,
+        "image_url": f"{prefix}/api/image/{item.review_id}",
+    }
+
+
+def build_review_router(
+    settings: Settings,
+    queue: RedisReviewQueue,
+    users: ReviewerStore,
+    *,
+    on_final: OnFinal,
+    image_loader: ImageLoader,
+    prefix: str = "/review",
+) -> APIRouter:
+    """The reviewers' router. Mount with ``app.include_router(router)``.
+
+    ``on_final`` is called once for each decision that becomes final (after the second reviewer
+    for critical removals); if it raises a :class:`ModerationError` the decision stays in the
+    queue's outbox and ``POST {prefix}/api/admin/redeliver`` retries it.
+    """
+    review = settings.review
+    codec = SessionCodec(
+        session_secret=review.session_secret.get_secret_value(),
+        pseudonym_secret=review.pseudonym_secret.get_secret_value(),
+        ttl_s=review.session_ttl_s,
+    )
+    templates = Jinja2Templates(directory=str(_HERE / "templates"))
+    router = APIRouter(prefix=prefix, route_class=_secure_route(prefix), include_in_schema=False)
+
+    def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
+        response.set_cookie(
+            name, value, max_age=max_age, path=prefix, httponly=True, samesite="strict",
+            secure=review.cookie_secure,
+        )
+
+    def principal(request: Request) -> Principal:
+        session = codec.read(request.cookies.get(SESSION_COOKIE), now=time.time())
+        account = users.get(session.username)
+        if account is None or account.disabled:
+            raise ReviewAuthError("account disabled or removed", code="review_not_signed_in")
+        return Principal(
+            username=account.username, role=account.role,
+            pseudonym=codec.pseudonym(account.username), session=session,
+        )
+
+    def csrf_principal(
+        request: Request, who: Annotated[Principal, Depends(principal)]
+    ) -> Principal:
+        codec.check_csrf(who.session.nonce, request.headers.get("x-csrf-token"))
+        return who
+
+    def admin(who: Annotated[Principal, Depends(csrf_principal)]) -> Principal:
+        if who.role is not Role.ADMIN:
+            raise ReviewAuthError("admins only", code="review_forbidden")
+        return who
+
+    def admin_read(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if who.role is not Role.ADMIN:
+            raise ReviewAuthError("admins only", code="review_forbidden")
+        return who
+
+    def page(request: Request, name: str, who: Principal | None, **extra: Any) -> Response:
+        status_code = int(extra.pop("status_code", 200))
+        context = {
+            "base": prefix,
+            "who": who,
+            "csrf": codec.csrf_token(who.session.nonce) if who else "",
+            **extra,
+        }
+        return templates.TemplateResponse(
+            request, name, context, status_code=status_code
+        )
+
+    # --- sign in / out --------------------------------------------------------------------
+
+    @router.get("/login")
+    def login_form(request: Request) -> Response:
+        nonce = secrets.token_urlsafe(16)
+        response = page(request, "login.html", None, login_csrf=codec.csrf_token(nonce),
+                        error=None)
+        _cookie(response, PRE_COOKIE, nonce, 3600)
+        return response
+
+    @router.post("/login")
+    def login(
+        request: Request,
+        username: Annotated[str, Form(max_length=64)],
+        password: Annotated[str, Form(max_length=256)],
+        csrf: Annotated[str, Form(max_length=128)] = "",
+    ) -> Response:
+        nonce = request.cookies.get(PRE_COOKIE) or ""
+        codec.check_csrf(nonce, csrf if nonce else None)
+        try:
+            account = verify_password(users.get(username.strip().lower()), password)
+        except ReviewAuthError as exc:
+            new_nonce = secrets.token_urlsafe(16)
+            response = page(request, "login.html", None, login_csrf=codec.csrf_token(new_nonce),
+                            error=str(exc), status_code=401)
+            _cookie(response, PRE_COOKIE, new_nonce, 3600)
+            return response
+        _, cookie = codec.issue(account, now=time.time())
+        response = RedirectResponse(f"{prefix}/", status_code=303)
+        _cookie(response, SESSION_COOKIE, cookie, review.session_ttl_s)
+        response.delete_cookie(PRE_COOKIE, path=prefix)
+        return response
+
+    @router.post("/logout")
+    def logout(
+        who: Annotated[Principal, Depends(principal)],
+        csrf: Annotated[str, Form(max_length=128)] = "",
+    ) -> Response:
+        codec.check_csrf(who.session.nonce, csrf)
+        response = RedirectResponse(f"{prefix}/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path=prefix)
+        return response
+
+    # --- pages ----------------------------------------------------------------------------
+
+    @router.get("/")
+    def review_page(request: Request, who: Annotated[Principal, Depends(principal)]) -> Response:
+        return page(request, "review.html", who, lease_s=int(queue.lease_s))
+
+    @router.get("/overview")
+    def overview_page(
+        request: Request, who: Annotated[Principal, Depends(principal)]
+    ) -> Response:
+        return page(request, "overview.html", who)
+
+    @router.get("/static/{name}")
+    def static(name: str) -> Response:
+        if name not in _STATIC:
+            raise ReviewNotFound(f"no static file {name}")
+        response = Response((_HERE / "static" / name).read_bytes(), media_type=_STATIC[name])
+        response.headers["Cache-Control"] = "private, max-age=300"
+        return response
+
+    # --- reviewer API ---------------------------------------------------------------------
+
+    @router.post("/api/next")
+    def next_item(
+        who: Annotated[Principal, Depends(csrf_principal)], body: _NextBody | None = None
+    ) -> dict[str, Any]:
+        claim = queue.claim(who.pseudonym, policies=body.policies if body else None)
+        return {"item": _claim_payload(claim, prefix) if claim else None}
+
+    @router.post("/api/decide")
+    def decide(
+        body: _DecideBody, who: Annotated[Principal, Depends(csrf_principal)]
+    ) -> dict[str, Any]:
+        result = queue.decide(
+            body.review_id, reviewer=who.pseudonym, token=body.token, decision=body.decision,
+            reason_code=body.reason_code,
+        )
+        final = result.outcome.final
+        delivered: bool | None = None
+        if not result.replay:
+            _count(queue, body.review_id, final, result.handling_s)
+        if final is not None and not result.replay:
+            delivered = _deliver(queue, final, on_final)
+        return {
+            "status": "final" if final else "pending_second_review",
+            "decision": final.decision.value if final else body.decision.value,
+            "replay": result.replay,
+            "delivered": delivered,
+        }
+
+    @router.post("/api/skip")
+    def skip(body: _ItemBody, who: Annotated[Principal, Depends(csrf_principal)]) -> dict[str, Any]:
+        return {"released": queue.release(body.review_id, reviewer=who.pseudonym)}
+
+    @router.get("/api/image/{review_id}")
+    def image(review_id: str, who: Annotated[Principal, Depends(principal)]) -> Response:
+        if not queue.holds(who.pseudonym, review_id):
+            # Same answer whether the item does not exist or someone else holds it.
+            raise ReviewNotFound("no item with that id leased to you")
+        item = queue.item(review_id)
+        frames = decode_image(image_loader(item.image_ref or item.job_id), settings.images)
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format="PNG")
+        return Response(buffer.getvalue(), media_type="image/png",
+                        headers={"Cache-Control": "no-store, private"})
+
+    @router.get("/api/overview")
+    def overview(who: Annotated[Principal, Depends(principal)]) -> dict[str, Any]:
+        return {
+            "me": {"username": who.username, "role": who.role.value, "reviewer": who.pseudonym},
+            "my_decisions_today": queue.decisions_on().get(who.pseudonym, 0),
+            "queues": [
+                {"policy_id": s.policy_id, "waiting": s.waiting, "in_review": s.in_review,
+                 "oldest_age_s": None if s.oldest_age_s is None else round(s.oldest_age_s, 1)}
+                for s in queue.stats()
+            ],
+        }
+
+    # --- admin API ------------------------------------------------------------------------
+
+    @router.get("/api/admin/stats")
+    def admin_stats(who: Annotated[Principal, Depends(admin_read)]) -> dict[str, Any]:
+        return {
+            "queues": [_stats_dict(s) for s in queue.stats()],
+            "decisions_today": queue.decisions_on(),
+            "undelivered": len(queue.undelivered()),
+        }
+
+    @router.post("/api/admin/requeue")
+    def admin_requeue(
+        body: _ItemBody, who: Annotated[Principal, Depends(admin)]
+    ) -> dict[str, Any]:
+        return {"requeued": queue.release(body.review_id)}
+
+    @router.post("/api/admin/redeliver")
+    def admin_redeliver(who: Annotated[Principal, Depends(admin)]) -> dict[str, Any]:
+        pending = queue.undelivered(older_than_s=30.0)
+        ok = sum(_deliver(queue, final, on_final) for final in pending)
+        return {"pending": len(pending), "delivered": ok}
+
+    return router
+
+
+def _stats_dict(stats: PolicyStats) -> dict[str, Any]:
+    return {
+        "policy_id": stats.policy_id, "waiting": stats.waiting, "in_review": stats.in_review,
+        "oldest_age_s": stats.oldest_age_s,
+    }
+
+
+def _deliver(queue: RedisReviewQueue, final: FinalReviewDecision, on_final: OnFinal) -> bool:
+    try:
+        on_final(final)
+    except ModerationError as exc:
+        log.warning("on_final failed for review %s (%s); kept in the outbox", final.review_id,
+                    exc.code)
+        return False
+    queue.delivered(final.review_id)
+    return True
+
+
+def _count(
+    queue: RedisReviewQueue, review_id: str, final: FinalReviewDecision | None,
+    handling_s: float | None,
+) -> None:
+    from moderation.metrics import metrics
+
+    m = metrics()
+    policy = final.policy_id if final else queue.item(review_id).policy_id
+    decision = final.decision.value if final else "pending_second"
+    m.review_decisions.labels(policy, decision).inc()
+    if handling_s is not None:
+        m.review_handling.labels(policy).observe(handling_s)

@@ -1,0 +1,151 @@
+// The review page: claim the next item, show it blurred, decide with one key, repeat.
+"use strict";
+(function () {
+  const base = document.body.dataset.base;
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const $ = (id) => document.getElementById(id);
+  const image = $("image");
+  let current = null;      // the claimed item payload
+  let leaseEnd = 0;        // local clock, ms
+  let choosingReason = false;
+  let busy = false;
+  let pollTimer = null;
+
+  function status(text) { $("status").textContent = text; }
+
+  async function api(path, body) {
+    const response = await fetch(base + path, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify(body || {}),
+    });
+    if (response.status === 401) { window.location.assign(base + "/login"); throw new Error("signed out"); }
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) { const e = new Error(data.message || response.statusText); e.code = data.error; throw e; }
+    return data;
+  }
+
+  function text(id, value) { $(id).textContent = value; }
+
+  function render(item) {
+    current = item;
+    choosingReason = false;
+    $("reasons").hidden = true;
+    image.classList.add("blur");
+    image.src = item.image_url;
+    text("category", item.policy_id + " / " + item.category_id);
+    const sev = $("severity");
+    sev.textContent = item.severity;
+    sev.className = "sev " + item.severity;
+    text("score", item.score.toFixed(3));
+    text("thresholds", item.thresholds
+      ? "(review ≥ " + item.thresholds.review + ", block ≥ " + item.thresholds.block + ")" : "");
+    text("policy", item.policy_id + " v" + item.policy_version + " · waited " + Math.round(item.age_s) + " s");
+    text("category-text", item.policy_text.category_description);
+    text("prompts", item.policy_text.prompts.join(", "));
+    text("benign", item.policy_text.benign_prompts.join(", "));
+    const matches = $("matches");
+    matches.replaceChildren();
+    for (const m of item.top_prompts) {
+      const li = document.createElement("li");
+      li.textContent = m.prompt + " — " + m.kind + ", p=" + m.probability.toFixed(2);
+      matches.appendChild(li);
+    }
+    const reasons = $("reasons");
+    reasons.replaceChildren();
+    item.reason_codes.slice(0, 9).forEach((code, i) => {
+      const li = document.createElement("li");
+      li.textContent = "[" + (i + 1) + "] " + code;
+      reasons.appendChild(li);
+    });
+    $("second").hidden = !item.second_review;
+    leaseEnd = Date.now() + item.seconds_left * 1000;
+    $("empty").hidden = true;
+    $("item").hidden = false;
+    tick();
+  }
+
+  function tick() {
+    if (!current) return;
+    const left = Math.max(0, Math.round((leaseEnd - Date.now()) / 1000));
+    const lease = $("lease");
+    lease.textContent = left > 0 ? Math.floor(left / 60) + ":" + String(left % 60).padStart(2, "0") : "expired";
+    lease.classList.toggle("low", left < 30);
+  }
+  setInterval(tick, 1000);
+
+  async function next() {
+    if (pollTimer) { clearTimeout(pollTimer); pollTimer = null; }
+    try {
+      const data = await api("/api/next");
+      if (data.item) { render(data.item); }
+      else {
+        current = null;
+        $("item").hidden = true;
+        $("empty").hidden = false;
+        pollTimer = setTimeout(next, 5000);
+      }
+    } catch (err) { status("Could not load the next item: " + err.message); pollTimer = setTimeout(next, 5000); }
+  }
+
+  async function decide(decision, reasonCode) {
+    if (!current || busy) return;
+    busy = true;
+    const item = current;
+    try {
+      const data = await api("/api/decide", {
+        review_id: item.review_id, token: item.token, decision: decision,
+        reason_code: reasonCode || null,
+      });
+      status(data.status === "final" ? "Recorded: " + data.decision
+        : "Recorded: remove (waits for a second reviewer)");
+    } catch (err) {
+      status("Not recorded: " + err.message);
+    } finally {
+      busy = false;
+      current = null;
+      await next();
+    }
+  }
+
+  async function skip() {
+    if (!current || busy) return;
+    busy = true;
+    try { await api("/api/skip", { review_id: current.review_id }); status("Skipped"); }
+    catch (err) { status("Skip failed: " + err.message); }
+    finally { busy = false; current = null; await next(); }
+  }
+
+  function unblur(on) { image.classList.toggle("blur", !on); }
+
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || !current) return;
+    const key = event.key;
+    if (key === " ") { event.preventDefault(); unblur(true); return; }
+    if (event.repeat) return;
+    if (choosingReason) {
+      if (/^[1-9]$/.test(key)) {
+        const code = current.reason_codes[Number(key) - 1];
+        if (code) { choosingReason = false; $("reasons").hidden = true; decide("remove", code); }
+      } else if (key === "Escape") { choosingReason = false; $("reasons").hidden = true; status(""); }
+      return;
+    }
+    switch (key) {
+      case "a": decide("allow"); break;
+      case "e": decide("escalate"); break;
+      case "r": choosingReason = true; $("reasons").hidden = false; status("Remove: press the reason number (Esc cancels)"); break;
+      case "s": skip(); break;
+      case "u": image.classList.toggle("blur"); break;
+      case "g": image.classList.toggle("grey"); break;
+      default: return;
+    }
+    event.preventDefault();
+  });
+  document.addEventListener("keyup", (event) => { if (event.key === " ") unblur(false); });
+  image.addEventListener("mousedown", (event) => { event.preventDefault(); unblur(true); });
+  document.addEventListener("mouseup", () => { if (current) unblur(false); });
+  image.addEventListener("load", () => { image.alt = "item under review"; });
+
+  next();
+})();

@@ -1,0 +1,1 @@
+"""Generators for test inputs (built at test time; no binaries committed)."""

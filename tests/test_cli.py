@@ -1,0 +1,145 @@
+"""The ``moderation`` CLI end to end on the test model (in-process runner + one real subprocess)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from moderation import testmodel
+from moderation.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "MODERATION_MODEL__ARCHITECTURE": testmodel.MODEL_NAME,
+        "MODERATION_MODEL__CHECKPOINT": str(testmodel.CHECKPOINT_PATH),
+        "MODERATION_POLICY_PATHS": json.dumps([str(testmodel.POLICY_PATH)]),
+        "MODERATION_CACHE_DIR": str(tmp_path / "cache"),
+    }
+
+
+def _write_images(folder: Path, band: str, n: int, seed: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (image, label) in enumerate(testmodel.sample_images(band, n, seed)):  # type: ignore[arg-type]
+        path = folder / f"{i:02d}-{label.replace(' ', '_')}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def _hostile(folder: Path) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(good, "JPEG")
+    bomb = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(bomb, "PNG")
+    files = {
+        "truncated.jpg": good.getvalue()[:200],
+        "empty.png": b"",
+        "text.png": b"this is not an image",
+        "bomb.png": bomb.getvalue(),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {
+        "truncated.jpg": "image_corrupt",
+        "empty.png": "image_corrupt",
+        "text.png": "image_corrupt",
+        "bomb.png": "image_too_large",
+    }
+
+
+def test_score_folder_json_with_hostile_files(tmp_path: Path, env: dict[str, str]) -> None:
+    for band, seed in (("block", 1), ("allow", 2), ("review", 3)):
+        _write_images(tmp_path / "in" / band, band, 3, seed)
+    expected_errors = _hostile(tmp_path / "in" / "hostile")
+    result = CliRunner().invoke(app, ["score", str(tmp_path / "in"), "--json"], env=env)
+    assert result.exit_code == 1, result.output  # some inputs failed
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 9 + len(expected_errors)
+    by_name = {Path(r["path"]).name: r for r in lines}
+    for name, code in expected_errors.items():
+        assert by_name[name]["error"] == code and by_name[name]["message"]
+    for r in lines:
+        band = Path(r["path"]).parent.name
+        if band != "hostile":
+            assert r["decision"] == band, r
+            assert r["verdict"]["policies"][0]["id"] == "testworld"
+
+
+def test_score_exit_zero_when_everything_scored(tmp_path: Path, env: dict[str, str]) -> None:
+    paths = _write_images(tmp_path, "block", 2, 5)
+    result = CliRunner().invoke(app, ["score", *map(str, paths)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "block" in result.stdout and "2 inputs, 0 failed" in result.stdout
+
+
+def test_policy_check_reports_file_and_line(tmp_path: Path, env: dict[str, str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        testmodel.POLICY_PATH.read_text().replace("severity: critical", "severity: dire", 1)
+    )
+    result = CliRunner().invoke(app, ["policy", "check", str(bad)], env=env)
+    assert result.exit_code == 1
+    assert f"{bad}:" in result.stderr and ".severity:" in result.stderr
+    ok = CliRunner().invoke(app, ["policy", "check", str(REPO / "policies")], env=env)
+    assert ok.exit_code == 0 and ok.stdout.count("ok ") == len(list((REPO / "policies").glob("*.yaml")))
+
+
+def test_policy_compile_reuses_cache(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    first = runner.invoke(app, ["policy", "compile"], env=env)
+    second = runner.invoke(app, ["policy", "compile"], env=env)
+    assert first.exit_code == second.exit_code == 0, first.output
+    assert "0 from cache" in first.stdout
+    assert "1 from cache, 0 texts encoded" in second.stdout
+
+
+def test_policy_test_passes_and_catches_a_bad_draft(tmp_path: Path, env: dict[str, str]) -> None:
+    cases = tmp_path / "cases"
+    for band, seed in (("block", 11), ("allow", 12), ("review", 13)):
+        _write_images(cases / band, band, 2, seed)
+    runner = CliRunner()
+    good = runner.invoke(app, ["policy", "test", str(testmodel.POLICY_PATH), "--cases",
+                               str(cases)], env=env)
+    assert good.exit_code == 0, good.output
+    assert "6 examples, 0 failed" in good.stdout
+    # a draft that raises every block threshold to 0.999 stops blocking the clear cases
+    text = testmodel.POLICY_PATH.read_text()
+    import re
+
+    draft = tmp_path / "draft.yaml"
+    draft.write_text(re.sub(r"block: 0\.\d+", "block: 0.9999", text))
+    bad = runner.invoke(app, ["policy", "test", str(draft), "--cases", str(cases),
+                              "--against", str(testmodel.POLICY_PATH), "--json"], env=env)
+    assert bad.exit_code == 1
+    rows = [json.loads(line) for line in bad.stdout.splitlines() if line.startswith("{")]
+    failed = [r for r in rows if not r["ok"]]
+    assert failed and all(r["expected"] == "block" and r["live"] == "block" for r in failed)
+
+
+def test_policy_schema_is_json() -> None:
+    result = CliRunner().invoke(app, ["policy", "schema"])
+    schema = json.loads(result.stdout)
+    assert "categories" in schema["properties"]
+
+
+def test_console_script_runs_as_a_real_process(tmp_path: Path, env: dict[str, str]) -> None:
+    path = _write_images(tmp_path, "allow", 1, 9)[0]
+    exe = Path(sys.executable).with_name("moderation")
+    proc = subprocess.run([str(exe), "score", str(path), "--json"], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["decision"] == "allow"

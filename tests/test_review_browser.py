@@ -1,0 +1,94 @@
+"""The review page in headless Chromium (Debian's package, driven by Playwright): sign in, see the
+image blurred, unblur with the key, decide with the keyboard, the next item appears."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.test_review_web import PASSWORD, ReviewSite, review_site  # noqa: F401 (fixture)
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="needs Debian's chromium at /usr/bin/chromium "
+                              "(scripts/ensure-test-deps.sh installs it)"),
+]
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def test_review_with_the_keyboard(site: ReviewSite, artifacts_dir: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    site.add_items(3)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(site.url + "/review/")
+            expect(page).to_have_url(site.url + "/review/login")
+            page.fill("#username", "alice")
+            page.fill("#password", PASSWORD)
+            page.click("#signin")
+            expect(page).to_have_url(site.url + "/review/")
+            image = page.locator("#image")
+            expect(page.locator("#item")).to_be_visible()
+            page.wait_for_function(
+                "() => { const i = document.getElementById('image');"
+                " return i.complete && i.naturalWidth > 0; }"
+            )
+            first = page.locator("#category").text_content()
+            first_src = image.get_attribute("src")
+            assert first == "testworld / restricted_logo"
+            assert "blur" in image.evaluate("e => getComputedStyle(e).filter")
+            expect(page.locator("#lease")).to_have_text(re.compile(r"^\d+:\d\d$"))
+            page.screenshot(path=artifacts_dir / "review-blurred.png")
+
+            page.keyboard.down(" ")
+            page.wait_for_function(
+                "() => !getComputedStyle(document.getElementById('image')).filter.includes('blur')"
+            )
+            page.screenshot(path=artifacts_dir / "review-unblurred.png")
+            page.keyboard.up(" ")
+            assert "blur" in image.evaluate("e => getComputedStyle(e).filter")
+            page.keyboard.press("g")
+            assert "grayscale" in image.evaluate("e => getComputedStyle(e).filter")
+            page.keyboard.press("g")
+
+            # Remove with reason 1, by keyboard only; the next item loads by itself.
+            page.keyboard.press("r")
+            expect(page.locator("#reasons")).to_be_visible()
+            page.keyboard.press("1")
+            expect(page.locator("#status")).to_contain_text("Recorded: remove")
+            page.wait_for_function(
+                f"() => document.getElementById('image').getAttribute('src') !== '{first_src}'"
+            )
+            assert "blur" in image.evaluate("e => getComputedStyle(e).filter")
+            page.screenshot(path=artifacts_dir / "review-next-item.png")
+            assert [f.decision.value for f in site.finals] == ["remove"]
+            assert site.finals[0].reason_code == "TW_LOGO"
+
+            second_src = image.get_attribute("src")
+            page.keyboard.press("a")
+            expect(page.locator("#status")).to_contain_text("Recorded: allow")
+            page.wait_for_function(
+                f"() => document.getElementById('image').getAttribute('src') !== '{second_src}'"
+            )
+            page.keyboard.press("a")
+            expect(page.locator("#empty")).to_be_visible()
+            assert sorted(f.decision.value for f in site.finals) == ["allow", "allow", "remove"]
+
+            page.goto(site.url + "/review/overview")
+            expect(page.locator("#mine")).to_have_text("3")
+            page.screenshot(path=artifacts_dir / "review-overview.png")
+            assert not [e for e in errors if "Content Security Policy" in e], errors
+        finally:
+            browser.close()
