@@ -85,7 +85,8 @@ class RandomInitTextTower:
 
 def random_unit(n: int, dim: int = DIM, seed: int = 0) -> NDArray[np.float32]:
     x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    out: NDArray[np.float32] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
 
 
 def _best(fn: Any, repeats: int) -> tuple[float, Any]:

@@ -90,7 +90,7 @@ def score_paths(
             size = path.stat().st_size
             if size > settings.images.max_bytes:
                 return None, "image_too_large", f"{size} bytes exceeds the limit"
-            frames = decode_image(path.read_bytes(), settings.images)
+            frames = decode_image(path.read_bytes(), settings.images, min_side=encoder.image_size)
             return [encoder.prepare(f) for f in frames], None, None
         except ModerationError as exc:
             return None, exc.code, str(exc)

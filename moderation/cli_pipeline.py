@@ -115,15 +115,19 @@ def api(
     """Serve the HTTP API (uvicorn)."""
     import uvicorn
 
+    from moderation.adapters.audit_log import open_audit_sink
     from moderation.api import create_app
 
     settings = _settings()
+    audit = open_audit_sink(settings)  # human review decisions: this process's own chain
     try:
-        app = create_app(settings)
+        app = create_app(settings, audit=audit)
+        uvicorn.run(app, host=host or settings.api_host, port=port or settings.api_port,
+                    log_level=settings.log_level.lower())
     except ModerationError as exc:
         raise _fail(exc) from exc
-    uvicorn.run(app, host=host or settings.api_host, port=port or settings.api_port,
-                log_level=settings.log_level.lower())
+    finally:
+        audit.close()
 
 
 # --- submit ----------------------------------------------------------------------------------
@@ -367,10 +371,12 @@ def run_api_server(settings: Settings, port: int, *, host: str = "127.0.0.1") ->
     it). For tests and benchmarks."""
     import uvicorn
 
+    from moderation.adapters.audit_log import open_audit_sink
     from moderation.api import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
-                                           log_level="warning"))
+    audit = open_audit_sink(settings)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, audit=audit), host=host,
+                                           port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="api", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -88,7 +88,7 @@ class HumanDecision(BaseModel):
 
     decision: Literal["allow", "remove", "escalate"]
     reason_code: str | None = None
-    reviewer: str  # pseudonymous reviewer id
+    reviewer: str  # pseudonymous reviewer id(s), comma-separated, first reviewer first
     review_id: str
     at: datetime = Field(default_factory=_now)
 

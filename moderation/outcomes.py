@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -168,7 +168,7 @@ class Outcomes:
         *,
         decision: Literal["allow", "remove", "escalate"],
         reason_code: str | None,
-        reviewer: str,
+        reviewers: Sequence[str],
         review_id: str,
     ) -> JobResult:
         """Attach a reviewer's decision to a job: audit record, updated result, callback.
@@ -177,7 +177,8 @@ class Outcomes:
             job_id: the job whose REVIEW verdict was decided.
             decision: allow / remove / escalate.
             reason_code: the reviewer's reason code.
-            reviewer: pseudonymous reviewer id (never a name or email).
+            reviewers: pseudonymous reviewer ids (never names or emails), first reviewer first;
+                two when a critical removal needed a second, independent reviewer.
             review_id: the review item's id (one audit record per review and reviewer).
 
         Returns:
@@ -192,20 +193,28 @@ class Outcomes:
         if job is None or result is None:
             raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")
         verdict = result.verdict
+        if not reviewers:
+            raise ValueError("a human decision needs at least one reviewer")
         if self.audit is not None:
             policy = next((p for p in verdict.policies if p.id == verdict.policy_id), None) \
                 if verdict else None
-            self.audit.write(record_for_review(
-                job_id=job_id, review_id=review_id, decision=decision,
-                reviewer_pseudonym=reviewer, content_sha256=result.content_sha256,
-                content_ref=job.image_ref, policy_id=verdict.policy_id if verdict else None,
-                policy_version=policy.version if policy else None,
-                category_id=verdict.category_id if verdict else None, reason_code=reason_code,
-                scores=dict(verdict.scores) if verdict else None,
-                details={"automated_decision": verdict.decision.value if verdict else None},
-            ))
-        human = HumanDecision(decision=decision, reason_code=reason_code, reviewer=reviewer,
-                              review_id=review_id)
+            for position, reviewer in enumerate(reviewers, start=1):
+                self.audit.write(record_for_review(
+                    job_id=job_id, review_id=review_id, decision=decision,
+                    reviewer_pseudonym=reviewer, content_sha256=result.content_sha256,
+                    content_ref=job.image_ref, policy_id=verdict.policy_id if verdict else None,
+                    policy_version=policy.version if policy else None,
+                    category_id=verdict.category_id if verdict else None,
+                    reason_code=reason_code,
+                    scores=dict(verdict.scores) if verdict else None,
+                    details={
+                        "automated_decision": verdict.decision.value if verdict else None,
+                        "reviewer_position": position,
+                        "reviewers": len(reviewers),
+                    },
+                ))
+        human = HumanDecision(decision=decision, reason_code=reason_code,
+                              reviewer=",".join(reviewers), review_id=review_id)
         updated = self.store.set_human(job_id, human)
         if updated is None:
             raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from moderation.batching import BatchStats, BatcherClosed, MicroBatcher
+from moderation.batching import BatcherClosed, BatchStats, MicroBatcher
 
 
 def test_concurrent_submitters_share_batches() -> None:

@@ -95,7 +95,8 @@ def test_policy_check_reports_file_and_line(tmp_path: Path, env: dict[str, str])
     assert result.exit_code == 1
     assert f"{bad}:" in result.stderr and ".severity:" in result.stderr
     ok = CliRunner().invoke(app, ["policy", "check", str(REPO / "policies")], env=env)
-    assert ok.exit_code == 0 and ok.stdout.count("ok ") == len(list((REPO / "policies").glob("*.yaml")))
+    n_files = len(list((REPO / "policies").glob("*.yaml")))
+    assert ok.exit_code == 0 and ok.stdout.count("ok ") == n_files
 
 
 def test_policy_compile_reuses_cache(env: dict[str, str]) -> None:

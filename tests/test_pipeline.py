@@ -34,7 +34,13 @@ from moderation.jobs import JobResult, JobStatus
 from moderation.metrics import render
 from moderation.outcomes import Outcomes, verify
 from moderation.settings import Settings
-from tests.pipeline_support import WorkerProcess, jpeg_bytes, pipeline_settings, png_bytes, start_api
+from tests.pipeline_support import (
+    WorkerProcess,
+    jpeg_bytes,
+    pipeline_settings,
+    png_bytes,
+    start_api,
+)
 from tests.servers import MotoServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -257,7 +263,7 @@ def test_signed_callback_and_human_decision(pipe: Pipeline) -> None:
         "moderation.deliver_callback", args=[job_id, url, b.decode()],
         queue=pipe.settings.queue.callback_queue_name))
     updated = outcomes.record_human_decision("cb-1", decision="remove", reason_code="TW_X",
-                                             reviewer="rv_1", review_id="r-1")
+                                             reviewers=["rv_1"], review_id="r-1")
     assert updated.decision is Decision.BLOCK
     headers, body = _callbacks_for(pipe, "cb-1", 2)[1]
     assert headers["X-Moderation-Event"] == "job.human_decision"

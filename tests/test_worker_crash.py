@@ -43,7 +43,8 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
     try:
         first.wait_ready(store)
         with ModerationClient(base) as client:
-            ids = client.submit_many(_small_images(N_JOBS), ids=[f"j{i:03d}" for i in range(N_JOBS)])
+            names = [f"j{i:03d}" for i in range(N_JOBS)]
+            ids = client.submit_many(_small_images(N_JOBS), ids=names)
             deadline = time.monotonic() + 120
             while len(store.outcomes()) < N_JOBS // 4:  # let it get going, then crash it
                 assert time.monotonic() < deadline, first.log()

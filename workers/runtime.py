@@ -267,7 +267,7 @@ class WorkerRuntime:
         digest = hashlib.sha256(data).hexdigest()
 
         def decode() -> list[Any]:
-            frames = decode_image(data, self.settings.images)
+            frames = decode_image(data, self.settings.images, min_side=self.encoder.image_size)
             return [self.encoder.prepare(frame) for frame in frames]
 
         prepared = self._timed("decode", decode)

@@ -24,6 +24,7 @@ from celery.signals import worker_ready, worker_shutdown
 from moderation.exceptions import ModerationError, PermanentError, QueueUnavailable
 from moderation.metrics import metrics
 from moderation.outcomes import SIGNATURE_HEADER, sign
+from moderation.settings import Settings
 from workers.celery_app import app, current_settings
 from workers.runtime import RetryLater, WorkerRuntime
 
@@ -40,16 +41,27 @@ def enqueue_callback(job_id: str, url: str, body: bytes) -> None:
     deliver_callback.apply_async(args=(job_id, url, body.decode()), ignore_result=True)
 
 
-def _open_sinks(settings: Any) -> dict[str, Any]:
-    """Audit and review sinks for the worker (wired by the lead when their adapters land)."""
-    sinks: dict[str, Any] = {}
-    try:
-        from moderation.adapters.audit_log import open_audit_sink  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        log.warning("no audit sink available (moderation.adapters.audit_log missing)")
-    else:
-        sinks["audit"] = open_audit_sink(settings)
-    return sinks
+def _loaded_policies() -> dict[str, Any]:
+    runtime = _runtime
+    return {} if runtime is None else {
+        pid: c.policy for pid, c in runtime.moderator.compiled.items()
+    }
+
+
+def _open_sinks(settings: Settings) -> dict[str, Any]:
+    """This process's audit sink (its own chain) and the review queue sink."""
+    from moderation.adapters.audit_log import open_audit_sink
+    from moderation.adapters.job_store import JobStore
+    from moderation.wiring import ReviewQueueSink, open_review_queue
+
+    assert settings.redis_url is not None
+    review = ReviewQueueSink(
+        open_review_queue(settings),
+        _loaded_policies,
+        store=JobStore.from_url(settings.redis_url, settings.queue),
+        keep_inline_s=settings.queue.result_ttl_s,
+    )
+    return {"audit": open_audit_sink(settings), "review": review}
 
 
 def worker_runtime() -> WorkerRuntime:
@@ -73,6 +85,10 @@ def _warm_up(**_: Any) -> None:
 def _shutdown(**_: Any) -> None:
     if _runtime is not None:
         _runtime.close()
+        audit = _runtime.outcomes.audit
+        close = getattr(audit, "close", None)
+        if close is not None:
+            close()
 
 
 @app.task(  # type: ignore[untyped-decorator]

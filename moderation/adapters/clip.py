@@ -59,18 +59,22 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class FastPreprocess:
-    """open_clip's eval preprocess (resize shortest side, bicubic; center crop; to tensor;
-    normalize) in one PIL call: the resize computes only the pixels the crop keeps
-    (``Image.resize(box=...)``), and the tensor is built without intermediate copies.
+    """open_clip's eval preprocess (resize shortest side, bicubic, antialiased; center crop; to
+    tensor; normalize), about 3x cheaper than the torchvision-on-PIL pipeline.
 
-    Gives the same tensor as the torchvision pipeline (same sizes, same crop offsets, same
-    filter; tests bound the difference). Build with :func:`fast_preprocess`.
+    Shrinking by 1.25x or more runs on the uint8 channels-last tensor (torch's vectorised
+    antialiased bicubic kernel, the same filter as Pillow's); other images go through Pillow
+    for the cropped region only. The crop is a view and normalisation one fused pass. Same
+    output sizes and crop offsets as torchvision; pixel values agree to within one 8-bit
+    level (tests bound the difference). Build with :func:`fast_preprocess`.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.size = size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255.0
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255.0
+        std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)  # (x / 255 - mean) / std == x * scale + shift
+        self.shift = -mean_t / std_t
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if image.mode != "RGB":
@@ -84,14 +88,22 @@ class FastPreprocess:
             new_w, new_h = int(s * width / height), s
         # torchvision CenterCrop offsets, in resized coordinates.
         top, left = round((new_h - s) / 2.0), round((new_w - s) / 2.0)
-        if (new_w, new_h) == (width, height):
-            out = image.crop((left, top, left + s, top + s))
-        else:
+        if min(width, height) < s * 1.25:
+            # Enlarging or barely shrinking: Pillow (exact match), computing only the cropped
+            # pixels; the image is small, so this is cheap too.
             sx, sy = width / new_w, height / new_h
             box = (left * sx, top * sy, (left + s) * sx, (top + s) * sy)
-            out = image.resize((s, s), Image.Resampling.BICUBIC, box=box)
-        pixels = torch.from_numpy(np.asarray(out, dtype=np.uint8).copy())
-        return pixels.permute(2, 0, 1).float().sub_(self.mean).div_(self.std).contiguous()
+            image = image.resize((s, s), Image.Resampling.BICUBIC, box=box)
+            new_w = new_h = s
+            top = left = 0
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None]
+        if (new_w, new_h) != pixels.shape[-1:-3:-1]:
+            pixels = torch.nn.functional.interpolate(
+                pixels, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
+            )
+        crop = pixels[0, :, top : top + s, left : left + s]
+        out = crop.to(torch.float32, memory_format=torch.contiguous_format)
+        return out.mul_(self.scale).add_(self.shift)
 
 
 def fast_preprocess(preprocess: Any) -> FastPreprocess | None:

@@ -56,7 +56,7 @@ __all__ = ["SCHEMES", "ImageFetcher", "parse_s3_ref"]
 
 SCHEMES = ("s3", "http", "https")
 _CHUNK = 64 * 1024
-_IDENTITY = {"Accept-Encoding": "identity", "Accept": "image/*"}
+_IDENTITY = {"Accept-Encoding": "identity", "Accept": "image/*,*/*;q=0.8"}
 _TRANSIENT_STATUS = frozenset({408, 425, 429})
 _S3_TRANSIENT_CODES = frozenset(
     {

@@ -8,7 +8,9 @@ Defences, in order:
    friends never reach a parser. A refused file gets a message saying what it looks like.
 3. **Pixel-count and side caps** read from the header *before* any pixel is decoded
    (decompression bombs: a 100 KB PNG that claims 50000×50000), checked again for every frame
-   or page that is decoded (a TIFF's second page may be larger than its first).
+   or page that is decoded (a TIFF's second page may be larger than its first). For JPEGs the
+   pixel cap applies to the draft-mode size actually decoded (see 4), so a 60 Mpx camera photo
+   is fine on the scoring path.
 4. **Fast downscale while decoding**: JPEG/MPO draft mode (libjpeg's DCT-domain scaling, 1/2,
    1/4 or 1/8: the IDCT and colour conversion run on the small image) to the smallest scale
    whose short side is still ≥ the target; other formats get an integer box reduction
@@ -23,8 +25,8 @@ Defences, in order:
 7. **Animated images** (GIF, APNG, animated WebP, multi-page TIFF): ``limits.max_frames == 1``
    (default) decodes the first frame only, without even counting frames. ``max_frames = k > 1``
    samples ``k`` frames evenly spaced over the animation (first and last included); the caller
-   scores each and keeps the most severe verdict. Frame counting is capped at
-   ``_MAX_SCANNED_FRAMES`` frames.
+   scores each and keeps the most severe verdict (samples are taken over at most the first
+   ``_MAX_SCANNED_FRAMES`` frames; the byte cap bounds the cost of counting them).
 
 Every failure is an :class:`~moderation.exceptions.ImageError`; Pillow's parsers raise a zoo of
 exception types on malformed input, and all of them are translated here.
@@ -155,10 +157,10 @@ def _count_frames(image: Image.Image) -> int:
     return max(1, min(int(getattr(image, "n_frames", 1) or 1), _MAX_SCANNED_FRAMES))
 
 
-def _check_size(width: int, height: int, limits: ImageLimits) -> None:
+def _check_size(width: int, height: int, limits: ImageLimits, *, pixels: bool = True) -> None:
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"invalid dimensions {width}x{height}")
-    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+    if max(width, height) > limits.max_side or (pixels and width * height > limits.max_pixels):
         raise ImageTooLargeError(
             f"{width}x{height} = {width * height} pixels exceeds the limit "
             f"({limits.max_pixels} pixels, {limits.max_side} px a side): refusing to decode"
@@ -173,6 +175,15 @@ def _shrink(image: Image.Image, target: int) -> Image.Image:
     """
     factor = min(image.size) // target if target > 0 else 0
     return image.reduce(factor) if factor >= 2 else image
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    """A copy turned upright per its EXIF Orientation; a corrupt EXIF block is ignored (the
+    pixels are fine, only the rotation hint is lost)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, KeyError, IndexError, TypeError, struct.error):
+        return image.copy()
 
 
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
@@ -207,9 +218,13 @@ def _decode(image: Image.Image, limits: ImageLimits, target: int) -> list[Image.
         raise UnsupportedImageFormat(
             f"format {fmt or 'unknown'} is not allowed (allowed: {', '.join(limits.formats)})"
         )
-    _check_size(*image.size, limits)
-    if fmt in _JPEG_LIKE and target > 0 and image.mode in {"RGB", "L", "CMYK", "YCbCr"}:
+    drafting = fmt in _JPEG_LIKE and target > 0 and image.mode in {"RGB", "L", "CMYK", "YCbCr"}
+    _check_size(*image.size, limits, pixels=not drafting)
+    if drafting:
         image.draft(image.mode, (target, target))  # smallest DCT scale with short side >= target
+        # The pixel cap bounds memory and work, so it applies to what is actually decoded: a
+        # 60 Mpx camera JPEG decodes at 1/8 scale; the same file at full size would be refused.
+        _check_size(*image.size, limits)
     indices = [0] if limits.max_frames <= 1 else _frame_indices(
         _count_frames(image), limits.max_frames
     )
@@ -219,7 +234,7 @@ def _decode(image: Image.Image, limits: ImageLimits, target: int) -> list[Image.
             image.seek(index)
             _check_size(*image.size, limits)
         image.load()
-        oriented = ImageOps.exif_transpose(image) if index == 0 else image.copy()
+        oriented = _oriented(image) if index == 0 else image.copy()
         frames.append(_shrink(to_rgb(oriented), target))
     return frames
 

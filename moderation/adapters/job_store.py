@@ -132,6 +132,10 @@ class JobStore:
         raw = self._call(lambda: self.redis.get(self.key("job", job_id)))
         return Job.model_validate_json(raw) if raw else None
 
+    def keep_inline(self, job_id: str, ttl_s: int) -> None:
+        """Keep a job's inline bytes for ``ttl_s`` more seconds (e.g. while it awaits review)."""
+        self._call(lambda: self.redis.expire(self.key("inline", job_id), ttl_s))
+
     def inline_bytes(self, job_id: str) -> bytes | None:
         raw = self._call(lambda: self.redis.get(self.key("inline", job_id)))
         return raw if isinstance(raw, bytes) else None

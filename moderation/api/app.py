@@ -33,6 +33,7 @@ from moderation.exceptions import (
 )
 from moderation.jobs import Job, JobResult, new_job_id
 from moderation.metrics import metrics, render
+from moderation.ports import AuditSink
 from moderation.settings import Settings
 
 __all__ = ["JobSender", "create_app"]
@@ -57,6 +58,19 @@ def _celery_sender(settings: Settings) -> JobSender:
             raise QueueUnavailable(f"cannot enqueue job {job_id}: {exc}") from exc
 
     return send
+
+
+def _celery_callback_sender(settings: Settings) -> Callable[[str, str, bytes], None]:
+    """Schedules ``moderation.deliver_callback`` (run by the workers) from the API process."""
+    from workers.celery_app import create_celery
+
+    celery = create_celery(settings)
+
+    def enqueue(job_id: str, url: str, body: bytes) -> None:
+        celery.send_task("moderation.deliver_callback", args=[job_id, url, body.decode()],
+                         queue=settings.queue.callback_queue_name, ignore_result=True)
+
+    return enqueue
 
 
 class _PolicyCatalog:
@@ -157,6 +171,8 @@ def create_app(
     *,
     store: JobStore | None = None,
     send: JobSender | None = None,
+    audit: AuditSink | None = None,
+    review: bool = True,
 ) -> FastAPI:
     """The API application.
 
@@ -164,6 +180,8 @@ def create_app(
         settings: ``redis_url`` (required), ``queue`` limits, ``policy_paths``.
         store: the job store (default: Redis at ``settings.redis_url``).
         send: publishes a job's broker message (default: the Celery app).
+        audit: where human review decisions are audited (the API process's own chain).
+        review: mount the reviewers' pages under ``/review`` (needs ``settings.redis_url``).
 
     Raises:
         QueueUnavailable: no Redis URL configured.
@@ -182,6 +200,15 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = job_store
+    review_queue = None
+    if review and settings.redis_url:
+        from moderation.wiring import mount_review
+
+        review_queue = mount_review(
+            app, settings, job_store, audit=audit,
+            enqueue_callback=_celery_callback_sender(settings) if send is None else None,
+        )
+    app.state.review_queue = review_queue
 
     @app.exception_handler(ModerationError)
     async def _moderation_error(_: Request, exc: ModerationError) -> JSONResponse:
@@ -278,6 +305,16 @@ def create_app(
         except QueueUnavailable:
             depth = None
         body, content_type = render(queue_depth=depth)
+        if review_queue is not None:
+            from moderation.metrics import render_review_gauges
+
+            try:
+                stats = review_queue.stats()
+                body += render_review_gauges(lambda: [
+                    (s.policy_id, s.waiting, s.in_review, s.oldest_age_s) for s in stats
+                ])
+            except QueueUnavailable:
+                log.warning("review queue stats unavailable for /metrics")
         return Response(body, media_type=content_type)
 
     return app

@@ -1,8 +1,10 @@
 """The project's own small CLIP-architecture test model and the synthetic world it was trained on.
 
-Production uses real open_clip weights; tests use this ~7.8M-parameter open_clip ``CLIP`` (config
-``assets/ModTest-ViT-T.json``) trained by :mod:`moderation.testmodel.train` on coloured shapes from
-:mod:`moderation.testmodel.world`, so they can assert real moderation decisions on real forward passes.
+Production uses real open_clip weights; tests use this ~8.7M-parameter open_clip ``CLIP`` (config
+``assets/ModTest-RN-T.json``: a small ModifiedResNet image tower, a 3-layer text transformer)
+trained by :mod:`moderation.testmodel.train` on coloured shapes from
+:mod:`moderation.testmodel.world`, so tests can assert real moderation decisions on real forward
+passes.
 
 Usage::
 
@@ -52,7 +54,7 @@ __all__ = [
     "sample_images",
 ]
 
-MODEL_NAME: Final = "ModTest-ViT-T"
+MODEL_NAME: Final = "ModTest-RN-T"
 ASSETS_DIR: Final = Path(__file__).resolve().parent / "assets"
 CONFIG_PATH: Final = ASSETS_DIR / f"{MODEL_NAME}.json"
 CHECKPOINT_PATH: Final = ASSETS_DIR / "modtest-clip.pt"

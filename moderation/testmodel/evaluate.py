@@ -196,7 +196,9 @@ def measure_policy(
         report["bands"][band] = {
             "decisions": dict(Counter(decisions)),
             "scores": per_category,
-            "mismatches": [lab for (_, lab), d in zip(samples, decisions, strict=True) if d != band],
+            "mismatches": [
+                lab for (_, lab), d in zip(samples, decisions, strict=True) if d != band
+            ],
         }
     return report
 
@@ -212,7 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = evaluate(args.n_per_class, args.seed, checkpoint=args.checkpoint)
     if args.policy:
-        result["policy"] = measure_policy(args.n_per_band, args.seed + 1, checkpoint=args.checkpoint)
+        result["policy"] = measure_policy(
+            args.n_per_band, args.seed + 1, checkpoint=args.checkpoint
+        )
     print(json.dumps(result, indent=2))
     return 0
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -42,11 +41,11 @@ class TrainConfig:
 
     steps: int = 600
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     logit_scale_lr_mult: float = 10.0
     warmup_steps: int = 40
     weight_decay: float = 0.1
-    mix_prob: float = 0.3
+    mix_prob: float = 0.4
     seed: int = 0
     threads: int = 2
     data_workers: int = 1
@@ -102,11 +101,11 @@ def soft_clip_loss(
         The mean of the image->text and text->image cross-entropies.
     """
     logits = logit_scale * image_features @ text_features.T
-    i2t = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    i2t = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
     mass = targets.sum(dim=0)
     present = mass > 0
     column_targets = (targets[:, present] / mass[present]).T  # (K', B)
-    t2i = -(column_targets * F.log_softmax(logits.T[present], dim=1)).sum(dim=1).mean()
+    t2i = -(column_targets * torch.log_softmax(logits.T[present], dim=1)).sum(dim=1).mean()
     return (i2t + t2i) / 2
 
 
@@ -195,7 +194,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
             model.logit_scale.clamp_(0.0, math.log(100.0))
         losses.append(float(loss.detach()))
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{float(model.logit_scale.exp()):.1f}")
+            bar.set_postfix(
+                loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{float(model.logit_scale.exp()):.1f}"
+            )
     bar.close()
     train_seconds = time.perf_counter() - started
 

@@ -1,14 +1,14 @@
 """A small procedurally generated world of coloured shapes on patterned backgrounds.
 
 Pure PIL + numpy and deterministic: every image is a function of its seed. The world has
-``len(COLOURS) * len(SHAPES)`` object classes (``"a red star"``, ``"an orange ring"``, ...) and a few
-empty-background classes (``"a plain background"``, ...).
+``len(COLOURS) * len(SHAPES)`` object classes (``"a red star"``, ``"an orange ring"``, ...) and a
+few empty-background classes (``"a plain background"``, ...).
 
-Colours are continuous: an object may be painted with a colour interpolated between two neighbouring
-named colours (``mix``). Training labels such an object softly (``1 - mix`` for its own colour,
-``mix`` for the neighbour), so the model's probabilities track how far the paint really is between two
-names. That is what makes the ``"review"`` band of the test-world policy a property of the image: an
-orange-red star is genuinely half way between "a red star" and "an orange star".
+Colours are continuous: an object may be painted with a colour interpolated between two
+neighbouring named colours (``mix``). Training labels such an object softly (``1 - mix`` for its
+own colour, ``mix`` for the neighbour), so the model's probabilities track how far the paint really
+is between two names. That is what makes the ``"review"`` band of the test-world policy a property
+of the image: an orange-red star is genuinely half way between "a red star" and "an orange star".
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ FloatArray = NDArray[np.float64]
 
 IMAGE_SIZE: Final = 64
 _SUPERSAMPLE: Final = 4
-#: Object radius range, as a fraction of the image side.
-SCALE_RANGE: tuple[float, float] = (0.22, 0.4)
+#: Object radius range, as a fraction of the image side (training and fresh images).
+SCALE_RANGE: Final = (0.25, 0.42)
+#: Radius range of the "clear" examples drawn by :func:`sample_images`.
+CLEAR_SCALE_RANGE: Final = (0.3, 0.42)
 
 #: Named object colours (RGB before per-image jitter).
 COLOURS: Final[dict[str, RGB]] = {
@@ -87,7 +89,12 @@ MIX_NEIGHBOURS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 #: Templates of the test-world policy (used for zero-shot evaluation).
-TEMPLATES: Final[tuple[str, ...]] = ("a photo of {}", "an image containing {}", "a picture of {}", "{}")
+TEMPLATES: Final[tuple[str, ...]] = (
+    "a photo of {}",
+    "an image containing {}",
+    "a picture of {}",
+    "{}",
+)
 #: Captions seen in training: the policy templates plus a few more, so the text tower generalises.
 TRAIN_TEMPLATES: Final[tuple[str, ...]] = (
     *TEMPLATES,
@@ -260,12 +267,16 @@ def draw(scene: Scene) -> Image.Image:
 # sampling
 
 
-def _paint(colour: str, mix_with: str | None, mix: float, rng: np.random.Generator) -> RGB:
+def _paint(
+    colour: str, mix_with: str | None, mix: float, rng: np.random.Generator, *, jitter: bool
+) -> RGB:
     base = np.asarray(COLOURS[colour], dtype=np.float64)
     if mix_with is not None and mix > 0:
         base = (1.0 - mix) * base + mix * np.asarray(COLOURS[mix_with], dtype=np.float64)
-    jitter = rng.uniform(-12.0, 12.0, size=3)
-    r, g, b = (int(v) for v in np.clip(np.rint(base + jitter), 0, 255))
+    noise = rng.uniform(-12.0, 12.0, size=3)
+    if not jitter:
+        noise[:] = 0.0
+    r, g, b = (int(v) for v in np.clip(np.rint(base + noise), 0, 255))
     return (r, g, b)
 
 
@@ -315,8 +326,13 @@ def sample_scene(
     mix: float = 0.0,
     background: str | None = None,
     scale: float | None = None,
+    clear: bool = False,
+    jitter: bool = True,
 ) -> Scene:
     """Draw a random scene; the given keyword arguments pin the corresponding properties.
+
+    ``clear=True`` draws an unmistakable example (large, sharp, little noise); ``jitter=False``
+    paints the exact (blended) colour instead of a slightly perturbed one.
 
     Raises:
         ValueError: for an unknown colour, shape or background name.
@@ -332,8 +348,9 @@ def sample_scene(
     colour = colour if colour is not None else str(rng.choice(list(COLOURS)))
     obj_shape = None if empty else (shape if shape is not None else str(rng.choice(SHAPES)))
     background = background if background is not None else str(rng.choice(BACKGROUNDS))
-    rgb = _paint(colour, mix_with, mix, rng)
-    scale = float(rng.uniform(*SCALE_RANGE)) if scale is None else scale
+    rgb = _paint(colour, mix_with, mix, rng, jitter=jitter)
+    scale_range = CLEAR_SCALE_RANGE if clear else SCALE_RANGE
+    scale = float(rng.uniform(*scale_range)) if scale is None else scale
     margin = scale * 1.05
     centre = (float(rng.uniform(margin, 1 - margin)), float(rng.uniform(margin, 1 - margin)))
     free_rotation = obj_shape in ("arrow", "circle", "ring")
@@ -341,8 +358,10 @@ def sample_scene(
     bg_colours = _bg_colours(None if obj_shape is None else rgb, rng)
     bg_period = float(rng.uniform(5.0, 14.0))
     bg_angle = float(rng.choice([0.0, 45.0, 90.0, 135.0]) + rng.uniform(-8, 8))
-    noise_sigma = float(rng.uniform(0.0, 7.0))
+    noise_sigma = float(rng.uniform(0.0, 3.0 if clear else 7.0))
     blur = float(rng.uniform(0.2, 0.8)) if rng.random() < 0.2 else 0.0
+    if clear:
+        blur = 0.0
     return Scene(
         shape=obj_shape,
         colour=colour,
@@ -371,8 +390,9 @@ def render(
     mix: float = 0.0,
     background: str | None = None,
     scale: float | None = None,
+    clear: bool = False,
 ) -> Image.Image:
-    """Render one object; unpinned properties (position, rotation, background...) come from ``seed``.
+    """Render one object; unpinned properties (position, rotation, background...) follow ``seed``.
 
     Args:
         colour: a key of :data:`COLOURS`.
@@ -381,7 +401,8 @@ def render(
         mix_with: blend the paint toward this colour (see :data:`MIX_NEIGHBOURS`).
         mix: blend fraction in [0, 1]; 0.5 is exactly half way.
         background: one of :data:`BACKGROUNDS`; random if omitted.
-        scale: object radius as a fraction of the image side (0.2-0.4 in training).
+        scale: object radius as a fraction of the image side (see :data:`SCALE_RANGE`).
+        clear: draw an unmistakable example (large, sharp, little noise).
 
     Raises:
         ValueError: for unknown names or a ``mix`` outside [0, 1].
@@ -398,6 +419,7 @@ def render(
         mix=mix,
         background=background,
         scale=scale,
+        clear=clear,
     )
     return draw(scene)
 
@@ -431,16 +453,21 @@ _ALLOW: Final = (
     ("blue", "circle"), ("white", "ring"), ("yellow", "heart"), ("green", "arrow"),
 )  # fmt: skip
 #: Genuinely in-between paint: (colour, neighbour, shape); mixed about half way.
-_REVIEW: Final = (("red", "orange", "star"), ("black", "white", "cross"), ("blue", "purple", "ring"))
-_REVIEW_MIX: Final = (0.42, 0.58)
+_REVIEW: Final = (
+    ("red", "orange", "star"),
+    ("black", "white", "cross"),
+    ("blue", "purple", "ring"),
+)
+_REVIEW_MIX: Final = (0.45, 0.55)
 
 
 def sample_images(kind: Band, n: int, seed: int) -> list[tuple[Image.Image, str]]:
     """Fresh images for one decision band of the test-world policy, with a short label each.
 
-    ``"block"``: clear red stars, black crosses and blue rings. ``"allow"``: look-alikes (yellow star,
-    red circle, white cross, ...) and empty backgrounds. ``"review"``: objects painted half way between
-    a forbidden colour and its allowed neighbour (orange-red star, grey cross, violet ring).
+    ``"block"``: clear red stars, black crosses and blue rings. ``"allow"``: look-alikes (yellow
+    star, red circle, white cross, ...) and empty backgrounds. ``"review"``: objects painted half
+    way between a forbidden colour and its allowed neighbour (orange-red star, grey cross, violet
+    ring).
 
     Raises:
         ValueError: for an unknown ``kind`` or a negative ``n``.
@@ -453,20 +480,29 @@ def sample_images(kind: Band, n: int, seed: int) -> list[tuple[Image.Image, str]
         rng = np.random.default_rng([sub, 2])
         if kind == "block":
             colour, shape = _BLOCK[i % len(_BLOCK)]
-            scene = sample_scene(rng, seed=sub, colour=colour, shape=shape)
+            scene = sample_scene(rng, seed=sub, colour=colour, shape=shape, clear=True)
             label = f"{colour} {shape}"
         elif kind == "allow":
             if i % 8 == 7:
-                scene = sample_scene(rng, seed=sub, empty=True)
+                scene = sample_scene(rng, seed=sub, empty=True, clear=True)
                 label = f"{scene.background} background"
             else:
                 colour, shape = _ALLOW[(i - i // 8) % len(_ALLOW)]
-                scene = sample_scene(rng, seed=sub, colour=colour, shape=shape)
+                scene = sample_scene(rng, seed=sub, colour=colour, shape=shape, clear=True)
                 label = f"{colour} {shape}"
         elif kind == "review":
             colour, other, shape = _REVIEW[i % len(_REVIEW)]
             mix = float(rng.uniform(*_REVIEW_MIX))
-            scene = sample_scene(rng, seed=sub, colour=colour, shape=shape, mix_with=other, mix=mix)
+            scene = sample_scene(
+                rng,
+                seed=sub,
+                colour=colour,
+                shape=shape,
+                mix_with=other,
+                mix=mix,
+                clear=True,
+                jitter=False,
+            )
             label = f"{colour}/{other} {shape} (mix {mix:.2f})"
         else:
             raise ValueError(f"unknown band {kind!r}")
