@@ -57,7 +57,8 @@ def bench_encoder(model_settings: Any, images: list[bytes], batch_size: int,
             "precision": encoder.precision}
 
 
-def bench_pipeline(settings: Any, images: list[bytes], tmp: Path) -> dict[str, Any]:
+def bench_pipeline(settings: Any, images: list[bytes], tmp: Path, *, workers: int = 1
+                   ) -> dict[str, Any]:
     import subprocess
 
     from moderation.adapters.embedded_redis import EmbeddedRedis
@@ -72,16 +73,20 @@ def bench_pipeline(settings: Any, images: list[bytes], tmp: Path) -> dict[str, A
         settings = settings.model_copy(update={"redis_url": redis.url})
         env = settings_env(settings)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        env["PYTHONPATH"] = str(ROOT)
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "moderation.cli", "worker", "--loglevel", "WARNING"],
-            env=env, cwd=ROOT, start_new_session=True,
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                            if p)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "moderation.cli", "worker", "--loglevel", "WARNING"],
+                env=env, cwd=ROOT, start_new_session=True,
+            )
+            for _ in range(workers)
+        ]
         try:
             store = JobStore.from_url(redis.url, settings.queue)
             deadline = time.monotonic() + 600
-            while not store.workers():
-                if worker.poll() is not None or time.monotonic() > deadline:
+            while len(store.workers()) < workers:
+                if any(w.poll() is not None for w in procs) or time.monotonic() > deadline:
                     raise SystemExit("worker did not start")
                 time.sleep(0.2)
             import socket
@@ -101,8 +106,10 @@ def bench_pipeline(settings: Any, images: list[bytes], tmp: Path) -> dict[str, A
             after = _batch_totals(render(path=str(metrics_dir))[0].decode())
             server.should_exit = True
         finally:
-            worker.terminate()
-            worker.wait(timeout=30)
+            for worker in procs:
+                worker.terminate()
+            for worker in procs:
+                worker.wait(timeout=30)
     batches = after[0] - before[0]
     errors = sum(r.error is not None for r in results)
     return {
@@ -128,6 +135,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default all)")
     parser.add_argument("--decode-images", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes (scale-out: one per GPU or per few cores)")
     args = parser.parse_args()
 
     from moderation import testmodel
@@ -147,7 +156,8 @@ def main() -> None:
             images) / 1024,
     }
     report.update(bench_encoder(model, images, args.batch_size, settings.images))
-    report.update(bench_pipeline(settings, images, tmp))
+    report["workers"] = args.workers
+    report.update(bench_pipeline(settings, images, tmp, workers=args.workers))
     report["pipeline_vs_encoder"] = report["pipeline_images_per_s"] / report[
         "encoder_images_per_s"]
     try:
