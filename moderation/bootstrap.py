@@ -17,12 +17,12 @@ from moderation.policy_files import load_policies
 from moderation.service import Moderator
 from moderation.settings import ModelSettings, Settings
 
-__all__ = ["Runtime", "build_runtime", "load_model", "test_model_settings"]
+__all__ = ["Runtime", "build_runtime", "bundled_model_settings", "load_model"]
 
 log = logging.getLogger(__name__)
 
 
-def test_model_settings(base: ModelSettings | None = None) -> ModelSettings:
+def bundled_model_settings(base: ModelSettings | None = None) -> ModelSettings:
     """Model settings of the bundled synthetic test model (same device/precision choice)."""
     from moderation import testmodel
 
@@ -74,7 +74,7 @@ def load_model(settings: ModelSettings) -> ModelChoice:
             f"({testmodel.POLICY_PATH.name}), not policies/. Verdicts are NOT meaningful for real "
             "content."
         )
-        encoder = load_clip(test_model_settings(settings), config_path=testmodel.CONFIG_PATH)
+        encoder = load_clip(bundled_model_settings(settings), config_path=testmodel.CONFIG_PATH)
         return ModelChoice(encoder=encoder, is_test_model=True, note=note)
 
 

@@ -23,7 +23,7 @@ def artifacts_dir() -> Path:
 def test_model_settings() -> Settings:
     """Settings for the bundled test model and the test-world policy, cache in a session dir."""
     from moderation import testmodel
-    from moderation.bootstrap import test_model_settings as tms
+    from moderation.bootstrap import bundled_model_settings as tms
 
     return Settings(
         model=tms(),

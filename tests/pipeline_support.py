@@ -40,12 +40,7 @@ def pipeline_settings(settings: Settings, redis_url: str, **queue: Any) -> Setti
         "callback_secret": "test-secret",
         **queue,
     }
-    model = settings.model
-    override = os.environ.get("MODERATION_TEST_CHECKPOINT")  # dev only: another checkpoint
-    if override:
-        model = model.model_copy(update={"checkpoint": Path(override)})
     return settings.model_copy(update={
-        "model": model,
         "redis_url": redis_url,
         "queue": settings.queue.model_copy(update=options),
     })

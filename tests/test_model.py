@@ -11,7 +11,7 @@ import pytest
 from moderation import testmodel
 from moderation.adapters.clip import file_sha256, load_clip
 from moderation.adapters.compile_cache import CompileCache
-from moderation.bootstrap import build_runtime, load_model, test_model_settings
+from moderation.bootstrap import build_runtime, bundled_model_settings, load_model
 from moderation.decision import Decision
 from moderation.exceptions import ModelUnavailableError
 from moderation.policy_files import load_policy_file, load_policy_text
@@ -20,7 +20,7 @@ from moderation.settings import ModelSettings, Settings
 
 def test_checkpoint_is_small_and_loads_through_open_clip() -> None:
     assert testmodel.CHECKPOINT_PATH.stat().st_size <= 20 * 1024 * 1024
-    encoder = load_clip(test_model_settings(), config_path=testmodel.CONFIG_PATH)
+    encoder = load_clip(bundled_model_settings(), config_path=testmodel.CONFIG_PATH)
     assert encoder.identity.architecture == testmodel.MODEL_NAME
     assert encoder.identity.weights_sha256 == file_sha256(testmodel.CHECKPOINT_PATH)
     assert encoder.device.type == "cpu" and encoder.precision == "fp32"
@@ -104,6 +104,6 @@ def test_missing_real_weights_fall_back_loudly_or_fail(tmp_path: Path) -> None:
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    settings = test_model_settings().model_copy(update={"checkpoint": bad})
+    settings = bundled_model_settings().model_copy(update={"checkpoint": bad})
     with pytest.raises(ModelUnavailableError, match="cannot load open_clip"):
         load_clip(settings, config_path=testmodel.CONFIG_PATH)

@@ -128,7 +128,7 @@ def pipe(test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory
     shutil.copy(testmodel.POLICY_PATH, policy_file)
     metrics_dir = tmp / "metrics"
     metrics_dir.mkdir()
-    redis = ValkeyServer()
+    redis = ValkeyServer(port=free_port())
     redis.start()
     moto = MotoServer()
     moto.start()

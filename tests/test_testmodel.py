@@ -109,7 +109,7 @@ def test_policy_bands_land_where_they_belong(
     templates = policy["defaults"]["templates"]
     samples = world.sample_images(band, 9, seed=31_337)
     images = ev.encode_images(model, preprocess, [im for im, _ in samples])  # type: ignore[arg-type]
-    scale = float(model.logit_scale.exp())  # type: ignore[attr-defined]
+    scale = float(model.logit_scale.detach().exp())  # type: ignore[attr-defined]
     worst = ["allow"] * len(samples)
     rank = {"allow": 0, "review": 1, "block": 2}
     for cat in policy["categories"]:

@@ -162,7 +162,9 @@ class JobStore:
                       result.status.value, 1_000_000],
             )
         )
-        if won and result.status is JobStatus.DONE:  # error results keep them for a requeue
+        awaiting_review = result.verdict is not None and result.verdict.decision.value == "review"
+        if won and result.status is JobStatus.DONE and not awaiting_review:
+            # Error results keep inline bytes for a requeue; REVIEW verdicts for the reviewer.
             self._call(lambda: self.redis.delete(self.key("inline", result.job_id)))
         return bool(won)
 

@@ -175,7 +175,7 @@ def measure_policy(
     policy = yaml.safe_load(policy_path.read_text())
     templates = policy["defaults"]["templates"]
     default_benign = list(policy["defaults"]["benign_prompts"])
-    scale = float(model.logit_scale.exp())  # type: ignore[operator]
+    scale = float(model.logit_scale.detach().exp())  # type: ignore[operator]
     report: dict[str, Any] = {"logit_scale": scale, "bands": {}}
     for band in ("block", "allow", "review"):
         samples = world.sample_images(band, n_per_band, seed)  # type: ignore[arg-type]

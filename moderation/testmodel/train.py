@@ -39,7 +39,7 @@ Preprocess = Callable[[Image.Image], torch.Tensor]
 class TrainConfig:
     """Hyper-parameters; the defaults produce the shipped checkpoint."""
 
-    steps: int = 600
+    steps: int = 900
     batch_size: int = 128
     lr: float = 2e-3
     logit_scale_lr_mult: float = 10.0

@@ -286,27 +286,32 @@ def _bg_colour(rng: np.random.Generator) -> FloatArray:
     return np.clip(grey + tint, 0.0, 255.0)
 
 
+def _segment_distance(p: FloatArray, a: FloatArray, b: FloatArray) -> float:
+    """Distance from colour ``p`` to the nearest colour on the blend from ``a`` to ``b``."""
+    ab = b - a
+    t = float(np.clip(np.dot(p - a, ab) / max(float(np.dot(ab, ab)), 1e-9), 0.0, 1.0))
+    return float(np.linalg.norm(p - (a + t * ab)))
+
+
 def _bg_colours(paint: RGB | None, rng: np.random.Generator) -> tuple[RGB, RGB]:
-    """Two low-saturation background colours, both far from ``paint`` (so the object is visible)."""
+    """Two low-saturation background colours such that no blend of them (gradients, stripe and dot
+    edges) comes near ``paint``: the object always stands out. Achromatic paint (white, black,
+    grey) gets a wider margin, since it differs from the background in brightness only."""
     target = None if paint is None else np.asarray(paint, dtype=np.float64)
-    best: tuple[FloatArray, FloatArray] | None = None
+    achromatic = target is not None and float(target.max() - target.min()) < 40.0
+    needed = 110.0 if achromatic else 90.0
+    best = (np.full(3, 60.0), np.full(3, 200.0))
     best_gap = -1.0
-    for _ in range(64):
+    for _ in range(200):
         a, b = _bg_colour(rng), _bg_colour(rng)
-        if abs(float(a.mean() - b.mean())) < 25.0:
+        if abs(float(a.mean() - b.mean())) < 20.0:
             continue
-        gap = (
-            1e9
-            if target is None
-            else min(float(np.linalg.norm(a - target)), float(np.linalg.norm(b - target)))
-        )
-        if gap >= 95.0:
+        gap = 1e9 if target is None else _segment_distance(target, a, b)
+        if gap >= needed:
             best = (a, b)
             break
         if gap > best_gap:
             best, best_gap = (a, b), gap
-    if best is None:  # pragma: no cover - 64 draws always yield a pair with distinct means
-        best = (np.full(3, 60.0), np.full(3, 200.0))
 
     def as_rgb(v: FloatArray) -> RGB:
         r, g, b = (int(x) for x in np.rint(v))
@@ -480,7 +485,9 @@ def sample_images(kind: Band, n: int, seed: int) -> list[tuple[Image.Image, str]
         rng = np.random.default_rng([sub, 2])
         if kind == "block":
             colour, shape = _BLOCK[i % len(_BLOCK)]
-            scene = sample_scene(rng, seed=sub, colour=colour, shape=shape, clear=True)
+            scene = sample_scene(
+                rng, seed=sub, colour=colour, shape=shape, clear=True, jitter=False
+            )
             label = f"{colour} {shape}"
         elif kind == "allow":
             if i % 8 == 7:
