@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -12,11 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from moderation.cli_audit import audit_app
+from moderation.cli_common import err, out
+from moderation.cli_common import fail as _fail
+from moderation.cli_common import load_settings as _settings
 from moderation.cli_pipeline import pipeline_app
 from moderation.cli_review import review_app
 from moderation.exceptions import ModerationError, PolicyError
@@ -34,21 +35,10 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(review_app, name="review")
 app.add_typer(pipeline_app)  # top level: demo, api, worker, submit, dlq
 
-out = Console()
-err = Console(stderr=True)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
-def _settings() -> Settings:
-    settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    return settings
-
-
-def _fail(exc: ModerationError, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 # --- score -----------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,9 +15,10 @@ from pathlib import Path
 from typing import Annotated, TextIO
 
 import typer
-from rich.console import Console
 
 from moderation.audit import DSA_FIELDS, AuditRecord, dedupe, dsa_statement
+from moderation.cli_common import err, fail, out
+from moderation.cli_common import load_settings as _settings
 from moderation.exceptions import ModerationError, PolicyError
 from moderation.settings import Settings
 
@@ -26,18 +26,11 @@ __all__ = ["audit_app"]
 
 audit_app = typer.Typer(no_args_is_help=True, help="Verify, show and export the audit log.")
 
-out = Console()
-err = Console(stderr=True)
 
 _FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
 From = Annotated[datetime | None, typer.Option("--from", formats=_FORMATS, help="UTC start.")]
 To = Annotated[datetime | None, typer.Option("--to", formats=_FORMATS, help="UTC end.")]
 
-
-def _settings() -> Settings:
-    settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    return settings
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -46,10 +39,10 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _fail(exc: ModerationError) -> typer.Exit:
-    err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
+
+def _fail(exc: ModerationError) -> typer.Exit:
+    return fail(exc, 2)
 
 @audit_app.command("verify")
 def verify(

@@ -24,9 +24,11 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel, SecretStr
-from rich.console import Console
 from rich.table import Table
 
+from moderation.cli_common import err, out
+from moderation.cli_common import fail as _fail
+from moderation.cli_common import load_settings as _settings
 from moderation.exceptions import ModerationError
 from moderation.settings import Settings
 
@@ -36,20 +38,9 @@ pipeline_app = typer.Typer(no_args_is_help=True, help="Queue pipeline: API, work
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-letter list: inspect, requeue, purge.")
 pipeline_app.add_typer(dlq_app, name="dlq")
 
-out = Console()
-err = Console(stderr=True)
 log = logging.getLogger(__name__)
 
 
-def _settings() -> Settings:
-    settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    return settings
-
-
-def _fail(exc: ModerationError, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _plain(value: Any) -> Any:
@@ -264,6 +255,36 @@ def demo_inputs(n_per_band: int = 2, seed: int = 7) -> list[tuple[str, str, byte
 _STYLE = {"allow": "green", "review": "yellow", "block": "bold red", "error": "red"}
 
 
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _demo_reviewer(settings: Settings) -> str | None:
+    """A reviewer account ``demo`` with a fresh random password (None if it already exists)."""
+    import secrets
+
+    from moderation.adapters.redis_review import RedisReviewerStore, connect
+    from moderation.review.auth import ReviewerAccount, Role, hash_password
+
+    password = secrets.token_urlsafe(9)
+    users = RedisReviewerStore(connect(settings.redis_url or ""),
+                               prefix=settings.review.key_prefix)
+    try:
+        users.create(ReviewerAccount(username="demo", role=Role.REVIEWER,
+                                     password_hash=hash_password(password), disabled=False,
+                                     created_at=time.time()))
+    except ModerationError:
+        return None
+    return password
+
+
 def _wait_for_worker(store: Any, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -323,7 +344,11 @@ def demo(
         err.print(f"worker ready: model {info.get('model')}, policies {info.get('policies')}",
                   highlight=False)
         api_port = settings.api_port if port is None else (port or _free_port())
+        if port is None and not _port_free(settings.api_host, api_port):
+            api_port = _free_port()
+            err.print(f"port {settings.api_port} is busy: serving on {api_port}")
         server = run_api_server(settings, api_port, host=settings.api_host)
+        demo_password = _demo_reviewer(settings)
         base = f"http://{settings.api_host}:{api_port}"
         inputs = demo_inputs(samples)
         with ModerationClient(base) as client:
@@ -342,6 +367,10 @@ def demo(
                               f"{error.code}: {error.message}" if error else "")
         out.print(table)
         out.print(f"API: {base}  (docs {base}/docs, metrics {base}/metrics)")
+        if demo_password:
+            out.print(f"Reviewer page: {base}/review/  (user [bold]demo[/], password "
+                      f"[bold]{demo_password}[/]: the review-band images are waiting there)",
+                      highlight=False)
         if serve:
             out.print("The API stays up; press Ctrl-C to stop.")
             while not server.should_exit:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from moderation.cli_common import err, fail, load_settings, out
 from moderation.exceptions import ModerationError
 from moderation.settings import Settings
 
@@ -27,8 +27,6 @@ review_app = typer.Typer(no_args_is_help=True, help="Human review: accounts, sta
 user_app = typer.Typer(no_args_is_help=True, help="Reviewer and admin accounts.")
 review_app.add_typer(user_app, name="user")
 
-out = Console()
-err = Console(stderr=True)
 
 CSV_FIELDS = [
     "review_id", "job_id", "image_ref", "policy_id", "policy_version", "category", "severity",
@@ -46,10 +44,10 @@ def _redis(settings: Settings) -> redis.Redis:
     return connect(settings.redis_url)
 
 
-def _fail(exc: ModerationError) -> typer.Exit:
-    err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
 
+
+def _fail(exc: ModerationError) -> typer.Exit:
+    return fail(exc, 1)
 
 @user_app.command("add")
 def user_add(
@@ -65,7 +63,7 @@ def user_add(
     from moderation.adapters.redis_review import RedisReviewerStore
     from moderation.review.auth import ReviewerAccount, Role, check_username, hash_password
 
-    settings = Settings()
+    settings = load_settings()
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -87,7 +85,7 @@ def user_list() -> None:
     from moderation.adapters.redis_review import RedisReviewerStore
     from moderation.review.model import pseudonym
 
-    settings = Settings()
+    settings = load_settings()
     secret = settings.review.pseudonym_secret.get_secret_value()
     table = Table("username", "role", "status", "reviewer id")
     try:
@@ -108,7 +106,7 @@ def user_disable(
     """Disable (or re-enable) an account; its open sessions stop working at once."""
     from moderation.adapters.redis_review import RedisReviewerStore
 
-    settings = Settings()
+    settings = load_settings()
     try:
         RedisReviewerStore(_redis(settings), prefix=settings.review.key_prefix).set_disabled(
             username, not enable
@@ -130,7 +128,7 @@ def _queue(settings: Settings) -> RedisReviewQueue:
 @review_app.command("stats")
 def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Queue depth and oldest open item per policy; decisions per reviewer today."""
-    settings = Settings()
+    settings = load_settings()
     try:
         queue = _queue(settings)
         rows = queue.stats()
@@ -163,7 +161,7 @@ def export(
 ) -> None:
     """Write reviewed items as a labelled dataset (image ref, category, human label, model
     scores) for threshold calibration."""
-    settings = Settings()
+    settings = load_settings()
     kind = fmt if fmt != "auto" else ("csv" if out_path.suffix.lower() == ".csv" else "jsonl")
     n = 0
     try:

@@ -20,14 +20,21 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def test_model_settings() -> Settings:
-    """Settings for the bundled test model and the test-world policy, cache in a session dir."""
+def test_model_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings for the bundled test model and the test-world policy; every local path (compile
+    cache, audit folder and spool) in a session temp dir, never in the checkout."""
     from moderation import testmodel
     from moderation.bootstrap import bundled_model_settings as tms
 
+    root = tmp_path_factory.mktemp("session")
+    base = Settings()
     return Settings(
         model=tms(),
         policy_paths=[testmodel.POLICY_PATH],
+        cache_dir=root / "cache",
+        audit=base.audit.model_copy(
+            update={"local_dir": root / "audit", "spool_dir": root / "audit-spool"}
+        ),
     )
 
 

@@ -33,7 +33,8 @@ def _write_images(folder: Path, band: str, n: int, seed: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (image, label) in enumerate(testmodel.sample_images(band, n, seed)):  # type: ignore[arg-type]
-        path = folder / f"{i:02d}-{label.replace(' ', '_')}.png"
+        safe = "".join(c if c.isalnum() else "_" for c in label)
+        path = folder / f"{i:02d}-{safe}.png"
         image.save(path)
         paths.append(path)
     return paths

@@ -48,7 +48,7 @@ def test_checkpoint_is_fp16_small_and_loads_through_open_clip() -> None:
     loaded = model.state_dict()
     for key, value in state.items():
         torch.testing.assert_close(loaded[key].to(value.dtype), value, rtol=0, atol=0)
-    assert 1.0 < float(model.logit_scale.exp()) <= 100.0
+    assert 1.0 < float(model.logit_scale.detach().exp()) <= 100.0
     assert preprocess(world.render("red", "star", seed=1)).shape == (3, 64, 64)
 
 
@@ -114,7 +114,7 @@ def test_policy_bands_land_where_they_belong(
     rank = {"allow": 0, "review": 1, "block": 2}
     for cat in policy["categories"]:
         pos = ev.encode_phrases(model, tokenizer, cat["prompts"], templates)  # type: ignore[arg-type]
-        benign = cat["benign_prompts"] + policy["defaults"]["benign_prompts"]
+        benign = ev.benign_for(policy, cat)
         ben = ev.encode_phrases(model, tokenizer, benign, templates)  # type: ignore[arg-type]
         th = cat["thresholds"]
         for i, score in enumerate(ev.category_scores(images, pos, ben, scale)):

@@ -31,6 +31,7 @@ from moderation.testmodel import (
 )
 
 __all__ = [
+    "benign_for",
     "category_scores",
     "decide",
     "encode_images",
@@ -107,6 +108,19 @@ def category_scores(
     return result
 
 
+def benign_for(policy: dict[str, Any], category: dict[str, Any]) -> list[str]:
+    """A category's contrast prompts: its own, then the defaults; deduplicated, minus positives."""
+    positives = {p.casefold() for p in category["prompts"]}
+    seen: set[str] = set()
+    out: list[str] = []
+    for prompt in [*category.get("benign_prompts", []), *policy["defaults"]["benign_prompts"]]:
+        key = prompt.casefold()
+        if key not in seen and key not in positives:
+            seen.add(key)
+            out.append(prompt)
+    return out
+
+
 def decide(score: float, review: float, block: float) -> str:
     """allow below ``review``, block at or above ``block``, review in between."""
     return "block" if score >= block else "review" if score >= review else "allow"
@@ -174,18 +188,17 @@ def measure_policy(
     model, preprocess, tokenizer = load_model(checkpoint)
     policy = yaml.safe_load(policy_path.read_text())
     templates = policy["defaults"]["templates"]
-    default_benign = list(policy["defaults"]["benign_prompts"])
     scale = float(model.logit_scale.detach().exp())  # type: ignore[operator]
     report: dict[str, Any] = {"logit_scale": scale, "bands": {}}
-    for band in ("block", "allow", "review"):
-        samples = world.sample_images(band, n_per_band, seed)  # type: ignore[arg-type]
+    bands: tuple[world.Band, ...] = ("block", "allow", "review")
+    for band in bands:
+        samples = world.sample_images(band, n_per_band, seed)
         emb = encode_images(model, preprocess, [im for im, _ in samples])
         worst = np.zeros(len(samples), dtype=int)
         per_category: dict[str, dict[str, float]] = {}
         for cat in policy["categories"]:
             pos = encode_phrases(model, tokenizer, cat["prompts"], templates)
-            ben_prompts = list(dict.fromkeys(cat.get("benign_prompts", []) + default_benign))
-            ben = encode_phrases(model, tokenizer, ben_prompts, templates)
+            ben = encode_phrases(model, tokenizer, benign_for(policy, cat), templates)
             scores = category_scores(emb, pos, ben, scale)
             th = cat["thresholds"]
             ranks = [_DECISION_RANK[decide(float(s), th["review"], th["block"])] for s in scores]

@@ -25,8 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from moderation.testmodel import ASSETS_DIR, CHECKPOINT_PATH, MODEL_NAME, register_config, world
 
@@ -177,27 +184,35 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
         persistent_workers=False,
     )
     losses: list[float] = []
-    bar = tqdm(loader, total=cfg.steps, desc="train", unit="step", disable=not progress)
-    for step, (images, targets) in enumerate(bar):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, cfg) * group["lr_mult"]
-        choice = torch.randint(n_templates, (n_classes,), generator=template_rng)
-        text = tokens[torch.arange(n_classes), choice].to(device)
-        images, targets = images.to(device), targets.to(device)
-        image_features = model.encode_image(images, normalize=True)
-        text_features = model.encode_text(text, normalize=True)
-        loss = soft_clip_loss(image_features, text_features, targets, model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0.0, math.log(100.0))
-        losses.append(float(loss.detach()))
-        if step % 10 == 0:
-            bar.set_postfix(
-                loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{float(model.logit_scale.exp()):.1f}"
-            )
-    bar.close()
+    columns = (
+        TextColumn("train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("train", total=cfg.steps, status="")
+        for step, (images, targets) in enumerate(loader):
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, cfg) * group["lr_mult"]
+            choice = torch.randint(n_templates, (n_classes,), generator=template_rng)
+            text = tokens[torch.arange(n_classes), choice].to(device)
+            images, targets = images.to(device), targets.to(device)
+            image_features = model.encode_image(images, normalize=True)
+            text_features = model.encode_text(text, normalize=True)
+            loss = soft_clip_loss(image_features, text_features, targets, model.logit_scale.exp())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0.0, math.log(100.0))
+            losses.append(float(loss.detach()))
+            bar.advance(task)
+            if step % 10 == 0:
+                scale = float(model.logit_scale.detach().exp())
+                bar.update(task, status=f"loss {np.mean(losses[-20:]):.3f}  scale {scale:.1f}")
     train_seconds = time.perf_counter() - started
 
     checkpoint = cfg.out_dir / CHECKPOINT_PATH.name
@@ -210,7 +225,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,
         "final_loss": float(np.mean(losses[-20:])),
-        "logit_scale": float(model.logit_scale.exp()),
+        "logit_scale": float(model.logit_scale.detach().exp()),
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
         "torch_threads": cfg.threads,

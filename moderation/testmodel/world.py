@@ -75,8 +75,12 @@ SHAPES: Final[tuple[str, ...]] = (
     "arrow",
 )
 BACKGROUNDS: Final[tuple[str, ...]] = ("plain", "stripes", "dots", "gradient")
+#: Backgrounds of the "clear" examples: no pattern edges to merge with the object's outline.
+CLEAR_BACKGROUNDS: Final[tuple[str, ...]] = ("plain", "gradient")
 
-#: Colour pairs that may be blended; the blend is labelled softly between the two names.
+#: Colour pairs that may be blended; the blend is labelled softly between the two names. White and
+#: black are never blended: grey paint would blur the only cue (brightness) that separates an
+#: achromatic object from the neutral background.
 MIX_NEIGHBOURS: Final[dict[str, tuple[str, ...]]] = {
     "red": ("orange", "purple"),
     "orange": ("red", "yellow"),
@@ -84,8 +88,8 @@ MIX_NEIGHBOURS: Final[dict[str, tuple[str, ...]]] = {
     "green": ("yellow", "blue"),
     "blue": ("green", "purple"),
     "purple": ("blue", "red"),
-    "white": ("black",),
-    "black": ("white",),
+    "white": (),
+    "black": (),
 }
 
 #: Templates of the test-world policy (used for zero-shot evaluation).
@@ -273,7 +277,8 @@ def _paint(
     base = np.asarray(COLOURS[colour], dtype=np.float64)
     if mix_with is not None and mix > 0:
         base = (1.0 - mix) * base + mix * np.asarray(COLOURS[mix_with], dtype=np.float64)
-    noise = rng.uniform(-12.0, 12.0, size=3)
+    # blends get less jitter, so their soft label stays an accurate description of the paint
+    noise = rng.uniform(-1.0, 1.0, size=3) * (4.0 if mix > 0 else 12.0)
     if not jitter:
         noise[:] = 0.0
     r, g, b = (int(v) for v in np.clip(np.rint(base + noise), 0, 255))
@@ -293,13 +298,15 @@ def _segment_distance(p: FloatArray, a: FloatArray, b: FloatArray) -> float:
     return float(np.linalg.norm(p - (a + t * ab)))
 
 
-def _bg_colours(paint: RGB | None, rng: np.random.Generator) -> tuple[RGB, RGB]:
+def _bg_colours(
+    paint: RGB | None, rng: np.random.Generator, *, extra_margin: float = 0.0
+) -> tuple[RGB, RGB]:
     """Two low-saturation background colours such that no blend of them (gradients, stripe and dot
     edges) comes near ``paint``: the object always stands out. Achromatic paint (white, black,
     grey) gets a wider margin, since it differs from the background in brightness only."""
     target = None if paint is None else np.asarray(paint, dtype=np.float64)
     achromatic = target is not None and float(target.max() - target.min()) < 40.0
-    needed = 110.0 if achromatic else 90.0
+    needed = (110.0 if achromatic else 90.0) + extra_margin
     best = (np.full(3, 60.0), np.full(3, 200.0))
     best_gap = -1.0
     for _ in range(200):
@@ -336,8 +343,9 @@ def sample_scene(
 ) -> Scene:
     """Draw a random scene; the given keyword arguments pin the corresponding properties.
 
-    ``clear=True`` draws an unmistakable example (large, sharp, little noise); ``jitter=False``
-    paints the exact (blended) colour instead of a slightly perturbed one.
+    ``clear=True`` draws an unmistakable example (large, sharp, little noise, an unpatterned
+    high-contrast background); ``jitter=False`` paints the exact (blended) colour instead of a
+    slightly perturbed one.
 
     Raises:
         ValueError: for an unknown colour, shape or background name.
@@ -352,15 +360,17 @@ def sample_scene(
         raise ValueError(f"unknown background {background!r}")
     colour = colour if colour is not None else str(rng.choice(list(COLOURS)))
     obj_shape = None if empty else (shape if shape is not None else str(rng.choice(SHAPES)))
-    background = background if background is not None else str(rng.choice(BACKGROUNDS))
+    backgrounds = CLEAR_BACKGROUNDS if clear else BACKGROUNDS
+    background = background if background is not None else str(rng.choice(backgrounds))
     rgb = _paint(colour, mix_with, mix, rng, jitter=jitter)
     scale_range = CLEAR_SCALE_RANGE if clear else SCALE_RANGE
     scale = float(rng.uniform(*scale_range)) if scale is None else scale
-    margin = scale * 1.05
+    margin = min(scale * (1.2 if clear else 1.05), 0.5)  # clear objects never touch the border
     centre = (float(rng.uniform(margin, 1 - margin)), float(rng.uniform(margin, 1 - margin)))
     free_rotation = obj_shape in ("arrow", "circle", "ring")
     rotation = float(rng.uniform(-180, 180) if free_rotation else rng.uniform(-25, 25))
-    bg_colours = _bg_colours(None if obj_shape is None else rgb, rng)
+    paint = None if obj_shape is None else rgb
+    bg_colours = _bg_colours(paint, rng, extra_margin=30.0 if clear else 0.0)
     bg_period = float(rng.uniform(5.0, 14.0))
     bg_angle = float(rng.choice([0.0, 45.0, 90.0, 135.0]) + rng.uniform(-8, 8))
     noise_sigma = float(rng.uniform(0.0, 3.0 if clear else 7.0))
@@ -407,7 +417,8 @@ def render(
         mix: blend fraction in [0, 1]; 0.5 is exactly half way.
         background: one of :data:`BACKGROUNDS`; random if omitted.
         scale: object radius as a fraction of the image side (see :data:`SCALE_RANGE`).
-        clear: draw an unmistakable example (large, sharp, little noise).
+        clear: draw an unmistakable example (large, sharp, little noise, plain or gradient
+            high-contrast background).
 
     Raises:
         ValueError: for unknown names or a ``mix`` outside [0, 1].
@@ -430,18 +441,21 @@ def render(
 
 
 def training_example(
-    rng: np.random.Generator, *, seed: int, mix_prob: float = 0.3, empty_prob: float = 0.06
+    rng: np.random.Generator, *, seed: int, mix_prob: float = 0.4, empty_prob: float = 0.06
 ) -> Scene:
-    """One training scene: mostly pure objects, some colour blends, a few empty backgrounds."""
+    """One training scene: mostly pure objects, some colour blends, a few empty backgrounds.
+
+    Blend fractions have density rising toward 0.5, so the model sees many borderline paints and
+    learns where "half way" lies precisely.
+    """
     u = rng.random()
     if u < empty_prob:
         return sample_scene(rng, seed=seed, empty=True)
     colour = str(rng.choice(list(COLOURS)))
-    if u < empty_prob + mix_prob:
+    if u < empty_prob + mix_prob and MIX_NEIGHBOURS[colour]:
         neighbour = str(rng.choice(MIX_NEIGHBOURS[colour]))
-        return sample_scene(
-            rng, seed=seed, colour=colour, mix_with=neighbour, mix=float(rng.uniform(0.0, 0.5))
-        )
+        mix = 0.5 * float(np.sqrt(rng.random()))
+        return sample_scene(rng, seed=seed, colour=colour, mix_with=neighbour, mix=mix)
     return sample_scene(rng, seed=seed, colour=colour)
 
 
@@ -457,13 +471,12 @@ _ALLOW: Final = (
     ("purple", "cross"), ("black", "star"), ("green", "ring"), ("purple", "ring"),
     ("blue", "circle"), ("white", "ring"), ("yellow", "heart"), ("green", "arrow"),
 )  # fmt: skip
-#: Genuinely in-between paint: (colour, neighbour, shape); mixed about half way.
+#: Genuinely in-between paint: (colour, neighbour, shape), blended exactly half way.
 _REVIEW: Final = (
     ("red", "orange", "star"),
-    ("black", "white", "cross"),
     ("blue", "purple", "ring"),
+    ("red", "purple", "star"),
 )
-_REVIEW_MIX: Final = (0.45, 0.55)
 
 
 def sample_images(kind: Band, n: int, seed: int) -> list[tuple[Image.Image, str]]:
@@ -471,8 +484,8 @@ def sample_images(kind: Band, n: int, seed: int) -> list[tuple[Image.Image, str]
 
     ``"block"``: clear red stars, black crosses and blue rings. ``"allow"``: look-alikes (yellow
     star, red circle, white cross, ...) and empty backgrounds. ``"review"``: objects painted half
-    way between a forbidden colour and its allowed neighbour (orange-red star, grey cross, violet
-    ring).
+    way between a forbidden colour and an allowed neighbour (orange-red star, violet ring,
+    crimson-magenta star).
 
     Raises:
         ValueError: for an unknown ``kind`` or a negative ``n``.
@@ -495,22 +508,23 @@ def sample_images(kind: Band, n: int, seed: int) -> list[tuple[Image.Image, str]
                 label = f"{scene.background} background"
             else:
                 colour, shape = _ALLOW[(i - i // 8) % len(_ALLOW)]
-                scene = sample_scene(rng, seed=sub, colour=colour, shape=shape, clear=True)
+                scene = sample_scene(
+                    rng, seed=sub, colour=colour, shape=shape, clear=True, jitter=False
+                )
                 label = f"{colour} {shape}"
         elif kind == "review":
             colour, other, shape = _REVIEW[i % len(_REVIEW)]
-            mix = float(rng.uniform(*_REVIEW_MIX))
             scene = sample_scene(
                 rng,
                 seed=sub,
                 colour=colour,
                 shape=shape,
                 mix_with=other,
-                mix=mix,
+                mix=0.5,
                 clear=True,
                 jitter=False,
             )
-            label = f"{colour}/{other} {shape} (mix {mix:.2f})"
+            label = f"{colour}/{other} {shape} (half way)"
         else:
             raise ValueError(f"unknown band {kind!r}")
         out.append((draw(scene), label))
