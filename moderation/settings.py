@@ -96,6 +96,11 @@ class QueueSettings(BaseModel):
     #: Callback delivery attempts (exponential backoff) before giving up.
     callback_max_attempts: int = 6
     callback_backoff_s: float = 2.0
+    #: Lost-message sweep: a job still pending this long after it was published, whose message
+    #: is neither queued nor unacked, is published again (None: 2 x visibility_timeout_s).
+    lost_after_s: float | None = None
+    #: How often a worker runs the lost-message sweep (seconds; 0 disables).
+    sweep_interval_s: float = 15.0
     #: Seconds between checks of the policy files' content hash (hot reload); 0 disables.
     policy_reload_s: float = 5.0
     #: Inline image bytes live in Redis this long (the job must run before then).

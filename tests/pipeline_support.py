@@ -36,6 +36,7 @@ def pipeline_settings(settings: Settings, redis_url: str, **queue: Any) -> Setti
         "callback_backoff_s": 0.2,
         "callback_max_attempts": 3,
         "policy_reload_s": 1.0,
+        "sweep_interval_s": 1.0,
         "http_timeout_s": 3.0,
         "callback_secret": "test-secret",
         **queue,

@@ -66,3 +66,29 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_job_whose_message_was_lost_is_published_again(
+    settings: Settings, redis_url: str, tmp_path: Path
+) -> None:
+    """kombu pops a message before it records it as unacked, so a worker killed in between
+    loses it. The job record is the source of truth: the sweeper publishes such a job again."""
+    from moderation.jobs import Job
+
+    s = pipeline_settings(settings, redis_url, lost_after_s=1.0)
+    store = JobStore.from_url(redis_url, s.queue)
+    job = Job(id="lost-1", image_ref="inline:")
+    _, created = store.create(job, _small_images(1)[0])  # recorded, but no message published
+    assert created and store.redis.llen(s.queue.queue_name) == 0
+    worker = WorkerProcess(s, tmp_path / "w.log").start()
+    try:
+        worker.wait_ready(store)
+        deadline = time.monotonic() + 60
+        while (result := store.get_result("lost-1")) is not None and not result.status.final:
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.1)
+        assert result is not None and result.status is JobStatus.DONE
+        assert "published again" in worker.log() or "publishing it again" in worker.log()
+        assert store.redis.zscore(store.key("pending"), "lost-1") is None
+    finally:
+        worker.stop()

@@ -87,10 +87,12 @@ class WorkerRuntime:
         source: ImageSource | None = None,
         runtime: Runtime | None = None,
         name: str | None = None,
+        republish: Callable[[str], None] | None = None,
     ) -> None:
         if not settings.redis_url:
             raise ValueError("WorkerRuntime needs settings.redis_url")
         self.settings = settings
+        self.republish = republish
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.store = JobStore.from_url(settings.redis_url, settings.queue)
         self.runtime = runtime or build_runtime(settings)
@@ -164,13 +166,40 @@ class WorkerRuntime:
         log.info("policies reloaded: %s", moderator.policy_versions)
         return True
 
+    def sweep_lost(self) -> list[str]:
+        """Publish again the jobs whose broker message was lost (see JobStore.lost_jobs)."""
+        if self.republish is None:
+            return []
+        q = self.settings.queue
+        lost = self.store.lost_jobs(
+            older_than_s=q.lost_after_s if q.lost_after_s is not None
+            else 2.0 * q.visibility_timeout_s
+        )
+        for job_id in lost:
+            if self.store.get_job(job_id) is None:  # expired record: nothing to run
+                self.store.forget_pending(job_id)
+                continue
+            log.warning("job %s: its message was lost (worker died mid-delivery?); "
+                        "publishing it again", job_id)
+            self.republish(job_id)
+            self.store.mark_republished(job_id)
+            self._metrics.retries.labels("lost_message").inc()
+        return lost
+
     def _loop(self) -> None:
-        last_reload = time.monotonic()
+        last_reload = last_sweep = time.monotonic()
         while not self._stop.is_set():
             try:
                 self.store.heartbeat(self.name, self.info())
             except ModerationError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            sweep = self.settings.queue.sweep_interval_s
+            if sweep > 0 and time.monotonic() - last_sweep >= sweep:
+                last_sweep = time.monotonic()
+                try:
+                    self.sweep_lost()
+                except Exception:  # the heartbeat thread must survive anything
+                    log.exception("lost-message sweep failed")
             interval = self.settings.queue.policy_reload_s
             if interval > 0 and time.monotonic() - last_reload >= interval:
                 last_reload = time.monotonic()
@@ -178,7 +207,8 @@ class WorkerRuntime:
                     self.reload_policies()
                 except Exception:  # the heartbeat thread must survive anything
                     log.exception("policy reload check failed")
-            self._stop.wait(min(5.0, interval) if interval > 0 else 5.0)
+            waits = [5.0] + [x for x in (interval, sweep) if x > 0]
+            self._stop.wait(min(waits))
 
     def close(self) -> None:
         self._stop.set()
@@ -208,6 +238,7 @@ class WorkerRuntime:
         job = self.store.get_job(job_id)
         if job is None:
             log.warning("job %s has no record (expired or never created); dropping", job_id)
+            self.store.forget_pending(job_id)
             return Processed(job_id, "missing")
         current = self.store.get_result(job_id)
         if current is not None and current.status.final:

@@ -41,6 +41,12 @@ def enqueue_callback(job_id: str, url: str, body: bytes) -> None:
     deliver_callback.apply_async(args=(job_id, url, body.decode()), ignore_result=True)
 
 
+def _republish(job_id: str) -> None:
+    """Publish a job's message again (its first one was lost); task id = job id."""
+    moderate.apply_async(args=[job_id], task_id=job_id,
+                         queue=current_settings().queue.queue_name, ignore_result=True)
+
+
 def _loaded_policies() -> dict[str, Any]:
     runtime = _runtime
     return {} if runtime is None else {
@@ -71,7 +77,7 @@ def worker_runtime() -> WorkerRuntime:
         if _runtime is None:
             settings = current_settings()
             _runtime = WorkerRuntime(settings, enqueue_callback=enqueue_callback,
-                                     **_open_sinks(settings))
+                                     republish=_republish, **_open_sinks(settings))
         return _runtime
 
 

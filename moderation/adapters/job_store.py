@@ -11,6 +11,14 @@ Keys (``P`` = ``settings.queue.key_prefix``)::
     P outcomes          stream: one entry per job that ended (job_id, status) - exactly once
     P dlq               hash job id -> dead-letter entry (JSON)
     P worker:<name>     heartbeat of a live worker (JSON, short TTL): model, policies, notes
+    P pending           sorted set job id -> time it was (re)published; removed when it ends
+    P sweep-lock        one worker at a time reconciles pending jobs with the broker
+
+Why ``pending``: kombu's Redis transport pops a message (BRPOP) *before* it records it as
+unacked, so a worker killed in that window loses the message for good (celery/celery#4354,
+celery/kombu#305). The job record is the source of truth instead: a job that is still pending
+long after it was published, whose message is neither in the queue nor unacked, is republished
+(:meth:`lost_jobs`). Tasks are idempotent, so a spurious republish costs one no-op delivery.
 
 Redis errors become :class:`~moderation.exceptions.QueueUnavailable` (transient).
 """
@@ -39,6 +47,7 @@ _CREATE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
   if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
   return 1
 end
 return 0
@@ -53,6 +62,7 @@ if old then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'job_id', ARGV[3], 'status', ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[3])
 return 1
 """
 
@@ -112,10 +122,10 @@ class JobStore:
         created = self._call(
             lambda: self._create(
                 keys=[self.key("job", job.id), self.key("result", job.id),
-                      self.key("inline", job.id)],
+                      self.key("inline", job.id), self.key("pending")],
                 args=[job.model_dump_json(), JobResult.queued(job).model_dump_json(),
                       self.settings.result_ttl_s, "1" if inline is not None else "0",
-                      inline or b"", self.settings.inline_ttl_s],
+                      inline or b"", self.settings.inline_ttl_s, time.time(), job.id],
             )
         )
         if created:
@@ -126,7 +136,12 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         """Remove every trace of a job (rollback when it could not be enqueued)."""
         kinds = ("job", "inline", "result", "deliveries", "effects")
-        self._call(lambda: self.redis.delete(*(self.key(k, job_id) for k in kinds)))
+
+        def run() -> None:
+            self.redis.delete(*(self.key(k, job_id) for k in kinds))
+            self.redis.zrem(self.key("pending"), job_id)
+
+        self._call(run)
 
     def get_job(self, job_id: str) -> Job | None:
         raw = self._call(lambda: self.redis.get(self.key("job", job_id)))
@@ -157,7 +172,8 @@ class JobStore:
         """
         won = self._call(
             lambda: self._finish(
-                keys=[self.key("result", result.job_id), self.key("outcomes")],
+                keys=[self.key("result", result.job_id), self.key("outcomes"),
+                      self.key("pending")],
                 args=[result.model_dump_json(), self.settings.result_ttl_s, result.job_id,
                       result.status.value, 1_000_000],
             )
@@ -250,6 +266,7 @@ class JobStore:
             pipe.set(self.key("result", job_id), JobResult.queued(job).model_dump_json(),
                      ex=self.settings.result_ttl_s)
             pipe.delete(self.key("deliveries", job_id), self.key("effects", job_id))
+            pipe.zadd(self.key("pending"), {job_id: time.time()})
             pipe.execute()
 
         self._call(reset)
@@ -284,6 +301,58 @@ class JobStore:
         for worker in self.workers():
             known.update({str(k): int(v) for k, v in worker.get("policies", {}).items()})
         return known
+
+    # --- lost messages -------------------------------------------------------------------------
+
+    def _in_broker(self, max_scan: int) -> set[str] | None:
+        """Task ids of messages waiting in the queue or unacked, or None if the queue is too
+        long to scan this time."""
+        queue = self.settings.queue_name
+        if int(self.redis.llen(queue)) > max_scan:
+            return None
+        raw = [*self.redis.lrange(queue, 0, max_scan), *self.redis.hvals("unacked")]
+        ids: set[str] = set()
+        for item in raw:
+            try:
+                payload = json.loads(item)
+                message = payload[0] if isinstance(payload, list) else payload
+                ids.add(str(message["headers"]["id"]))
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue
+        return ids
+
+    def lost_jobs(self, *, older_than_s: float, max_scan: int = 20_000,
+                  limit: int = 1000) -> list[str]:
+        """Jobs published more than ``older_than_s`` ago that have not ended and whose message
+        is neither waiting in the queue nor unacked: their message was lost. Empty when another
+        worker is sweeping or the queue is too long to scan.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+
+        def run() -> list[str]:
+            lock = self.key("sweep-lock")
+            if not self.redis.set(lock, "1", nx=True, ex=max(5, int(older_than_s))):
+                return []
+            stale = [j.decode() if isinstance(j, bytes) else str(j) for j in
+                     self.redis.zrangebyscore(self.key("pending"), 0, time.time() - older_than_s,
+                                              start=0, num=limit)]
+            if not stale:
+                return []
+            in_broker = self._in_broker(max_scan)
+            if in_broker is None:
+                return []
+            return [job_id for job_id in stale if job_id not in in_broker]
+
+        return self._call(run)
+
+    def mark_republished(self, job_id: str) -> None:
+        """Restart the lost-message clock of a job that was published again."""
+        self._call(lambda: self.redis.zadd(self.key("pending"), {job_id: time.time()}, xx=True))
+
+    def forget_pending(self, job_id: str) -> None:
+        self._call(lambda: self.redis.zrem(self.key("pending"), job_id))
 
     def queue_depth(self) -> int:
         return int(self._call(lambda: self.redis.llen(self.settings.queue_name)))
