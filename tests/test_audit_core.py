@@ -41,7 +41,7 @@ def make_record(i: int, decision: str = "block", **kw: object) -> AuditRecord:
         "policy_id": "testworld",
         "policy_version": 1,
         "compiled_policy_hash": "c" * 64,
-        "model_id": "ModTest-ViT-T",
+        "model_id": "ModTest-RN-T",
         "weights_sha256": "w" * 64,
         "category_id": "contraband_symbol",
         "scores": {"testworld/contraband_symbol": 0.91},

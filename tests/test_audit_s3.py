@@ -20,6 +20,7 @@ from moderation.adapters.audit_log import iter_records, open_audit_sink, verify_
 from moderation.adapters.s3_audit import S3SegmentStore
 from moderation.audit import AuditRecord, dedupe, record_for_review
 from moderation.settings import Settings
+from tests.audit_support import make_record
 from tests.servers import MotoServer
 
 ACCESS_KEY = "AKIAAUDITTESTKEY7Q3Z"
@@ -73,21 +74,7 @@ def client(server: MotoServer) -> Any:
 
 
 def rec(job: str) -> AuditRecord:
-    return AuditRecord(
-        kind="automated",
-        job_id=job,
-        content_sha256="ab" * 32,
-        content_ref=f"s3://in/{job}",
-        policy_id="testworld",
-        policy_version=1,
-        compiled_policy_hash="c" * 64,
-        model_id="ModTest-ViT-T",
-        weights_sha256="d" * 64,
-        category_id="contraband_symbol",
-        scores={"testworld/contraband_symbol": 0.93},
-        decision="block",
-        reason_code="TW_X",
-    )
+    return make_record(job, ref=f"s3://in/{job}")
 
 
 @pytest.fixture

@@ -21,26 +21,13 @@ from moderation.adapters.local_audit import LocalSegmentStore
 from moderation.audit import AuditRecord, dedupe
 from moderation.exceptions import AuditError, AuditSinkUnavailable
 from moderation.settings import Settings
+from tests.audit_support import make_record
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def rec(job: str, decision: str = "block") -> AuditRecord:
-    return AuditRecord(
-        kind="automated",
-        job_id=job,
-        content_sha256="ab" * 32,
-        content_ref=f"mem://{job}",
-        policy_id="testworld",
-        policy_version=1,
-        compiled_policy_hash="c" * 64,
-        model_id="ModTest-ViT-T",
-        weights_sha256="d" * 64,
-        category_id="contraband_symbol",
-        scores={"testworld/contraband_symbol": 0.9},
-        decision=decision,
-        reason_code="TW_X",
-    )
+    return make_record(job, decision)
 
 
 def fast(settings: Settings, **audit: object) -> Settings:

@@ -71,7 +71,7 @@ def make_verdict(policy: Policy, category_id: str, score: float) -> Verdict:
                 for c in policy.categories},
         policies=[PolicyRef(id=policy.id, version=policy.version, policy_hash="p" * 64,
                             compiled_hash="c" * 64)],
-        model="ModTest-ViT-T@test",
+        model="ModTest-RN-T@test",
     )
 
 

@@ -234,7 +234,8 @@ def item_from_verdict(
             policy_description=policy.description,
             category_description=category.description,
             prompts=list(category.prompts),
-            benign_prompts=policy.benign_for(category),
+            # The category's own look-alikes; the policy-wide contrast set is generic and long.
+            benign_prompts=list(category.benign_prompts) or policy.benign_for(category)[:12],
         ),
         reason_codes=reason_codes_for(policy, category.id),
         created_at=created_at if created_at is not None else datetime.now(UTC).timestamp(),
