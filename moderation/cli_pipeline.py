@@ -88,6 +88,10 @@ def worker(
     except ModerationError as exc:
         raise _fail(exc) from exc
     q = settings.queue
+    if q.worker_metrics_port:
+        from moderation.metrics import serve
+
+        serve(q.worker_metrics_port)
     argv = [
         "worker", "--pool", "threads",
         "--concurrency", str(concurrency or q.concurrency or 2 * q.batch_size),

@@ -126,6 +126,20 @@ class _QueueDepth(Collector):
             yield family
 
 
+def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other hosts
+    """Serve this host's metrics (all processes in multiprocess mode) on ``addr:port`` from a
+    daemon thread: how a worker on another host than the API is scraped."""
+    from prometheus_client import start_http_server
+
+    path = multiprocess_dir()
+    if path:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    else:
+        registry = metrics().registry
+    start_http_server(port, addr=addr, registry=registry)
+
+
 def render(*, queue_depth: int | None = None, path: str | None = None) -> tuple[bytes, str]:
     """The exposition text (aggregated over processes in multiprocess mode) and content type.
 

@@ -99,6 +99,8 @@ class QueueSettings(BaseModel):
     #: Lost-message sweep: a job still pending this long after it was published, whose message
     #: is neither queued nor unacked, is published again (None: 2 x visibility_timeout_s).
     lost_after_s: float | None = None
+    #: A worker serves its host's Prometheus metrics on this port (None: only through the API).
+    worker_metrics_port: int | None = None
     #: How often a worker runs the lost-message sweep (seconds; 0 disables).
     sweep_interval_s: float = 15.0
     #: Seconds between checks of the policy files' content hash (hot reload); 0 disables.

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 
 from moderation.adapters.job_store import JobStore
@@ -74,8 +75,11 @@ def test_a_job_whose_message_was_lost_is_published_again(
     """kombu pops a message before it records it as unacked, so a worker killed in between
     loses it. The job record is the source of truth: the sweeper publishes such a job again."""
     from moderation.jobs import Job
+    from tests.servers import free_port
 
-    s = pipeline_settings(settings, redis_url, lost_after_s=1.0)
+    metrics_port = free_port()
+    s = pipeline_settings(settings, redis_url, lost_after_s=1.0,
+                          worker_metrics_port=metrics_port)
     store = JobStore.from_url(redis_url, s.queue)
     job = Job(id="lost-1", image_ref="inline:")
     _, created = store.create(job, _small_images(1)[0])  # recorded, but no message published
@@ -90,5 +94,7 @@ def test_a_job_whose_message_was_lost_is_published_again(
         assert result is not None and result.status is JobStatus.DONE
         assert "published again" in worker.log() or "publishing it again" in worker.log()
         assert store.redis.zscore(store.key("pending"), "lost-1") is None
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert 'moderation_retries_total{code="lost_message"} 1.0' in scraped
     finally:
         worker.stop()
