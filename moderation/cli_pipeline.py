@@ -128,6 +128,11 @@ def api(
 # --- submit ----------------------------------------------------------------------------------
 
 
+def _client_key(settings: Settings) -> str | None:
+    """The API key the CLI client sends: the first configured one, if any."""
+    return settings.api_keys[0].get_secret_value() if settings.api_keys else None
+
+
 def _api_url(settings: Settings, url: str | None) -> str:
     return url or f"http://{settings.api_host}:{settings.api_port}"
 
@@ -148,7 +153,8 @@ def submit(
     settings = _settings()
     inputs: list[ImageInput] = [Path(i) if Path(i).is_file() else i for i in images]
     try:
-        with ModerationClient(_api_url(settings, api_url)) as client:
+        with ModerationClient(_api_url(settings, api_url),
+                              api_key=_client_key(settings)) as client:
             ids = client.submit_many(inputs, policies=policy)
             if not wait:
                 for ref, job_id in zip(images, ids, strict=True):

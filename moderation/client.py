@@ -86,12 +86,17 @@ def _check(response: httpx.Response) -> Any:
     raise JobRejected(message, status=response.status_code, code=code)
 
 
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 class ModerationClient:
     """Blocking client. Thread-safe (one httpx connection pool)."""
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0,
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 30.0,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
+                                  headers=_auth_headers(api_key))
 
     def __enter__(self) -> ModerationClient:
         return self
@@ -193,9 +198,10 @@ class ModerationClient:
 class AsyncModerationClient:
     """The same operations for asyncio callers."""
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0,
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 30.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
+                                       headers=_auth_headers(api_key))
 
     async def __aenter__(self) -> AsyncModerationClient:
         return self

@@ -163,4 +163,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    #: Keys upstream services send as ``Authorization: Bearer <key>`` on ``/v1/*``. Empty: the
+    #: job API is open (the embedded demo); set them in every real deployment.
+    api_keys: list[SecretStr] = Field(default_factory=list)
     log_level: str = "INFO"

@@ -153,3 +153,29 @@ def test_broker_down_rolls_back_the_job(settings: Settings, redis_url: str) -> N
     response = asyncio.run(go())
     assert response.status_code == 503
     assert store.get_job("j1") is None and store.get_result("j1") is None
+
+
+def test_api_keys_guard_the_job_api_when_configured(settings: Settings, redis_url: str) -> None:
+    from pydantic import SecretStr
+
+    s = pipeline_settings(settings, redis_url).model_copy(
+        update={"api_keys": [SecretStr("key-one"), SecretStr("key-two")]})
+    server, base = start_api(s)
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            body = {"image_base64": _image(), "id": "keyed-1"}
+            assert client.post("/v1/jobs", json=body).status_code == 401
+            wrong = client.post("/v1/jobs", json=body, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and wrong.json()["code"] == "unauthorized"
+            ok = client.post("/v1/jobs", json=body, headers={"Authorization": "Bearer key-two"})
+            assert ok.status_code == 202, ok.text
+            assert client.get("/v1/jobs/keyed-1").status_code == 401
+            read = client.get("/v1/jobs/keyed-1", headers={"Authorization": "Bearer key-one"})
+            assert read.status_code == 200 and read.json()["status"] == "queued"
+            assert client.get("/healthz").status_code == 200  # probes stay open
+        from moderation.client import ModerationClient
+
+        with ModerationClient(base, api_key="key-one") as api:
+            assert api.get("keyed-1").status.value == "queued"
+    finally:
+        server.should_exit = True

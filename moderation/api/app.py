@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from moderation.adapters.job_store import JobStore
@@ -240,7 +241,22 @@ def create_app(
         return JobAccepted(id=stored.id, status=status, duplicate=not created,
                            url=f"/v1/jobs/{stored.id}")
 
-    @app.post("/v1/jobs", status_code=202, response_model=JobAccepted,
+    keys = [k.get_secret_value().encode() for k in settings.api_keys]
+
+    def authorized(request: Request) -> None:
+        """``Authorization: Bearer <key>`` on /v1/* when API keys are configured."""
+        if not keys:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # Compare against every key (constant time each), so timing reveals nothing.
+        matches = [hmac.compare_digest(given.strip().encode(), key) for key in keys]
+        if scheme.lower() != "bearer" or not any(matches):
+            raise _reject(401, "unauthorized",
+                          "missing or wrong API key (Authorization: Bearer <key>)")
+
+    guarded = [Depends(authorized)]
+
+    @app.post("/v1/jobs", status_code=202, response_model=JobAccepted, dependencies=guarded,
               responses={200: {"model": JobAccepted}, 400: {"model": ErrorBody},
                          413: {"model": ErrorBody}, 503: {"model": ErrorBody}})
     def submit_job(req: JobRequest, response: Response) -> JobAccepted:
@@ -252,6 +268,7 @@ def create_app(
         return accepted
 
     @app.post("/v1/jobs:batch", status_code=202, response_model=BatchAccepted,
+              dependencies=guarded,
               responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}})
     def submit_batch(req: BatchRequest) -> BatchAccepted:
         """Enqueue many images. Every job is validated before any is enqueued."""
@@ -270,7 +287,7 @@ def create_app(
                 raise
         return BatchAccepted(jobs=[enqueue(job, inline) for job, inline in validated])
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobResult,
+    @app.get("/v1/jobs/{job_id}", response_model=JobResult, dependencies=guarded,
              responses={404: {"model": ErrorBody}})
     def get_job(job_id: str) -> JobResult:
         """Status, and the verdict or error once the job ended."""
