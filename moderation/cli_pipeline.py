@@ -83,6 +83,7 @@ def worker(
     from workers.celery_app import configure
 
     settings = _settings()
+    _warn_insecure(settings)
     try:
         celery = configure(settings)
     except ModerationError as exc:
@@ -114,6 +115,7 @@ def api(
     from moderation.api import create_app
 
     settings = _settings()
+    _warn_insecure(settings)
     audit = open_audit_sink(settings)  # human review decisions: this process's own chain
     try:
         app = create_app(settings, audit=audit)
@@ -126,6 +128,13 @@ def api(
 
 
 # --- submit ----------------------------------------------------------------------------------
+
+
+def _warn_insecure(settings: Settings) -> None:
+    for name in settings.insecure_defaults():
+        err.print(f"[bold yellow]warning[/]: {name} is at its development default; set "
+                  "MODERATION_" + name.split(" ")[0].upper().replace(".", "__")
+                  + " before production use", highlight=False)
 
 
 def _client_key(settings: Settings) -> str | None:

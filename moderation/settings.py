@@ -163,6 +163,21 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    def insecure_defaults(self) -> list[str]:
+        """Settings still at their development defaults (secrets in this file, an open API)."""
+        fields = {
+            "queue.callback_secret": (self.queue.callback_secret, QueueSettings()),
+            "review.session_secret": (self.review.session_secret, ReviewSettings()),
+            "review.pseudonym_secret": (self.review.pseudonym_secret, ReviewSettings()),
+        }
+        found = [
+            name for name, (value, default) in fields.items()
+            if value == getattr(default, name.split(".")[1])
+        ]
+        if not self.api_keys:
+            found.append("api_keys (the job API is open)")
+        return found
+
     #: Keys upstream services send as ``Authorization: Bearer <key>`` on ``/v1/*``. Empty: the
     #: job API is open (the embedded demo); set them in every real deployment.
     api_keys: list[SecretStr] = Field(default_factory=list)
