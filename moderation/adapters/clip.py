@@ -217,6 +217,21 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+def _cached_weights(architecture: str, tag: str) -> Path | None:
+    """The local file of a pretrained tag's weights in the Hugging Face cache, if there."""
+    cfg = open_clip.get_pretrained_cfg(architecture, tag)
+    hub = str((cfg or {}).get("hf_hub") or "").strip("/")
+    if not hub:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(hub, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
 def _check_tag_obtainable(architecture: str, tag: str) -> None:
     """Fail fast when a pretrained tag is neither cached nor downloadable (instead of the hub
     client's minute of retries)."""
@@ -226,13 +241,8 @@ def _check_tag_obtainable(architecture: str, tag: str) -> None:
         raise ModelUnavailableError(
             f"open_clip has no pretrained tag {tag!r} for {architecture}; known: {known}"
         )
-    hub = str(cfg.get("hf_hub") or "").strip("/")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-            if isinstance(try_to_load_from_cache(hub, filename), str):
-                return
+    if _cached_weights(architecture, tag) is not None:
+        return
     if not _hub_reachable():
         raise ModelUnavailableError(
             f"open_clip weights {architecture}/{tag} are not in the local cache and the hub is "
@@ -293,6 +303,10 @@ def load_clip(settings: ModelSettings, *, config_path: Path | None = None) -> Cl
             ".safetensors file."
         ) from exc
     model.eval()
+    if weights_sha256 is None and pretrained:
+        # The audit log names the exact weights: hash the file the tag resolved to.
+        cached = _cached_weights(architecture, pretrained)
+        weights_sha256 = file_sha256(cached) if cached is not None else None
     tokenizer = open_clip.get_tokenizer(architecture)
     identity = ModelIdentity(
         architecture=architecture,
