@@ -187,28 +187,25 @@ class WorkerRuntime:
         return lost
 
     def _loop(self) -> None:
-        last_reload = last_sweep = time.monotonic()
+        q = self.settings.queue
+        periodic: list[tuple[float, Callable[[], object], str]] = [
+            (q.sweep_interval_s, self.sweep_lost, "lost-message sweep"),
+            (q.policy_reload_s, self.reload_policies, "policy reload check"),
+        ]
+        last = [time.monotonic()] * len(periodic)
         while not self._stop.is_set():
             try:
                 self.store.heartbeat(self.name, self.info())
             except ModerationError as exc:
                 log.warning("heartbeat failed: %s", exc)
-            sweep = self.settings.queue.sweep_interval_s
-            if sweep > 0 and time.monotonic() - last_sweep >= sweep:
-                last_sweep = time.monotonic()
-                try:
-                    self.sweep_lost()
-                except Exception:  # the heartbeat thread must survive anything
-                    log.exception("lost-message sweep failed")
-            interval = self.settings.queue.policy_reload_s
-            if interval > 0 and time.monotonic() - last_reload >= interval:
-                last_reload = time.monotonic()
-                try:
-                    self.reload_policies()
-                except Exception:  # the heartbeat thread must survive anything
-                    log.exception("policy reload check failed")
-            waits = [5.0] + [x for x in (interval, sweep) if x > 0]
-            self._stop.wait(min(waits))
+            for i, (every, task, what) in enumerate(periodic):
+                if every > 0 and time.monotonic() - last[i] >= every:
+                    last[i] = time.monotonic()
+                    try:
+                        task()
+                    except Exception:  # the heartbeat thread must survive anything
+                        log.exception("%s failed", what)
+            self._stop.wait(min([5.0] + [every for every, _, _ in periodic if every > 0]))
 
     def close(self) -> None:
         self._stop.set()
