@@ -126,18 +126,23 @@ class _QueueDepth(Collector):
             yield family
 
 
+def _host_registry(path: str | None) -> CollectorRegistry:
+    """Every process of this host in multiprocess mode (``path`` or PROMETHEUS_MULTIPROC_DIR),
+    else this process's own registry."""
+    path = path or multiprocess_dir()
+    if not path:
+        return metrics().registry
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return registry
+
+
 def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other hosts
     """Serve this host's metrics (all processes in multiprocess mode) on ``addr:port`` from a
     daemon thread: how a worker on another host than the API is scraped."""
     from prometheus_client import start_http_server
 
-    path = multiprocess_dir()
-    if path:
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
-    else:
-        registry = metrics().registry
-    start_http_server(port, addr=addr, registry=registry)
+    start_http_server(port, addr=addr, registry=_host_registry(None))
 
 
 def render(*, queue_depth: int | None = None, path: str | None = None) -> tuple[bytes, str]:
@@ -145,13 +150,7 @@ def render(*, queue_depth: int | None = None, path: str | None = None) -> tuple[
 
     ``path``: a multiprocess directory to aggregate (default: ``PROMETHEUS_MULTIPROC_DIR``).
     """
-    path = path or multiprocess_dir()
-    if path:
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
-    else:
-        registry = metrics().registry
-    body = generate_latest(registry)
+    body = generate_latest(_host_registry(path))
     if queue_depth is not None:
         extra = CollectorRegistry()
         extra.register(_QueueDepth(queue_depth))
