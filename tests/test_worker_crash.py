@@ -1,13 +1,15 @@
 """`kill -9` a worker in the middle of 300 jobs, start a new one: every job ends exactly once.
 
 Proof of "exactly one": the job store's outcome stream gets one entry per job that *ended*
-(compare-and-set on the result), so each of the 300 ids must appear there exactly once, while the
-per-job delivery counters show that the killed worker's unacknowledged messages were delivered
-again (more deliveries than jobs).
+(compare-and-set on the result), so each of the 300 ids must appear there exactly once. The
+messages the killed worker had reserved but not acknowledged are read from the broker's
+``unacked`` hash right after the kill: each of them must be delivered again and end exactly once
+(after the kill, unless it had ended before the kill and only its acknowledgement was lost).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,6 +34,17 @@ def _small_images(n: int) -> list[bytes]:
     return [png_bytes(base[i % len(base)]) for i in range(n)]
 
 
+def _unacked_task_ids(store: JobStore) -> set[str]:
+    """Task (= job) ids of the messages in kombu's ``unacked`` hash: reserved by a worker and
+    not acknowledged yet."""
+    ids = set()
+    for raw in store.redis.hvals("unacked"):
+        payload = json.loads(raw)
+        message = payload[0] if isinstance(payload, list) else payload
+        ids.add(str(message["headers"]["id"]))
+    return ids
+
+
 def test_kill_9_mid_run_loses_and_duplicates_nothing(
     settings: Settings, redis_url: str, tmp_path: Path
 ) -> None:
@@ -51,8 +64,10 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
                 assert time.monotonic() < deadline, first.log()
                 time.sleep(0.05)
             first.kill9()
-            done_at_kill = len(store.outcomes())
-            assert done_at_kill < N_JOBS, "the worker finished before it could be killed"
+            ended_before_kill = {job for job, _ in store.outcomes()}
+            unacked_at_kill = _unacked_task_ids(store)
+            assert len(ended_before_kill) < N_JOBS, "the worker finished before it was killed"
+            assert unacked_at_kill, "the killed worker held no unacknowledged message"
             second = WorkerProcess(s, tmp_path / "w2.log").start()
             results = client.wait_many(ids, timeout=180)
         assert all(r.status is JobStatus.DONE for r in results), [
@@ -60,8 +75,12 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
         ended = Counter(job for job, _ in store.outcomes())
         assert set(ended) == set(ids)  # none lost
         assert max(ended.values()) == 1  # none ended twice
-        deliveries = sum(int(store.redis.get(store.key("deliveries", j)) or 0) for j in ids)
-        assert deliveries > N_JOBS  # the killed worker's reserved messages were redelivered
+        # Every message the dead worker held came back and its job ended once: after the kill,
+        # or before it when only the acknowledgement was lost (then the redelivery is a no-op).
+        assert unacked_at_kill <= set(ids)
+        redelivered = unacked_at_kill - ended_before_kill
+        assert redelivered, "no reserved-but-unfinished message to prove redelivery with"
+        assert all(ended[j] == 1 for j in unacked_at_kill)
     finally:
         server.should_exit = True
         first.stop()
