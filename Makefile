@@ -17,6 +17,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure-test-deps.sh
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 

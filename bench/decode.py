@@ -26,8 +26,9 @@ import numpy as np
 from PIL import Image
 
 
-def make_jpegs(n: int, *, size_kb: int = 500, width: int = 1600, height: int = 1200,
-               seed: int = 0) -> list[bytes]:
+def make_jpegs(
+    n: int, *, size_kb: int = 500, width: int = 1600, height: int = 1200, seed: int = 0
+) -> list[bytes]:
     """Photographic-looking JPEGs (smooth colour fields + texture + sensor-like noise), with the
     noise level tuned so the files come out at about ``size_kb``."""
     rng = np.random.default_rng(seed)
@@ -37,14 +38,11 @@ def make_jpegs(n: int, *, size_kb: int = 500, width: int = 1600, height: int = 1
         detail = Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8))
         pixels = (
             np.asarray(base.resize((width, height), Image.Resampling.BICUBIC), np.float32) * 0.7
-            + np.asarray(detail.resize((width, height), Image.Resampling.BICUBIC), np.float32)
-            * 0.3
+            + np.asarray(detail.resize((width, height), Image.Resampling.BICUBIC), np.float32) * 0.3
             + rng.normal(0.0, sigma, (height, width, 3)).astype(np.float32)
         )
         buffer = io.BytesIO()
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
-            buffer, "JPEG", quality=90
-        )
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
         return buffer.getvalue()
 
     sigma, images = 5.0, []

@@ -36,8 +36,13 @@ def main() -> None:
 
     results = []
     for precision in args.precisions.split(","):
-        settings = ModelSettings(architecture=args.model, pretrained=None, device=args.device,
-                                 precision=precision, fallback_to_test_model=False)  # type: ignore[arg-type]
+        settings = ModelSettings(
+            architecture=args.model,
+            pretrained=None,
+            device=args.device,
+            precision=precision,
+            fallback_to_test_model=False,
+        )  # type: ignore[arg-type]
         if precision != "fp32" and not torch.cuda.is_available():
             continue
         encoder = load_clip(settings)
@@ -52,9 +57,14 @@ def main() -> None:
             for _ in range(n_batches):
                 encoder.encode_prepared(prepared)
             elapsed = time.perf_counter() - started
-            results.append({"precision": precision, "batch": batch,
-                            "images_per_s": round(n_batches * batch / elapsed, 1),
-                            "device": str(encoder.device)})
+            results.append(
+                {
+                    "precision": precision,
+                    "batch": batch,
+                    "images_per_s": round(n_batches * batch / elapsed, 1),
+                    "device": str(encoder.device),
+                }
+            )
         del encoder
     print(json.dumps({"model": args.model, "results": results}, indent=2))
 

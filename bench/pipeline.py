@@ -40,50 +40,62 @@ def _images(n: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-def bench_encoder(model_settings: Any, images: list[bytes], batch_size: int,
-                  limits: Any) -> dict[str, Any]:
+def bench_encoder(
+    model_settings: Any, images: list[bytes], batch_size: int, limits: Any
+) -> dict[str, Any]:
     from moderation.adapters.clip import load_clip
     from moderation.adapters.images import decode_image
 
     encoder = load_clip(model_settings)
-    prepared = [encoder.prepare(decode_image(data, limits, min_side=encoder.image_size)[0])
-                for data in images]
+    prepared = [
+        encoder.prepare(decode_image(data, limits, min_side=encoder.image_size)[0])
+        for data in images
+    ]
     encoder.encode_prepared(prepared[:batch_size])  # warm-up
     started = time.perf_counter()
     for i in range(0, len(prepared), batch_size):
         encoder.encode_prepared(prepared[i : i + batch_size])
     elapsed = time.perf_counter() - started
-    return {"encoder_images_per_s": len(prepared) / elapsed, "device": str(encoder.device),
-            "precision": encoder.precision}
+    return {
+        "encoder_images_per_s": len(prepared) / elapsed,
+        "device": str(encoder.device),
+        "precision": encoder.precision,
+    }
 
 
-def bench_pipeline(settings: Any, images: list[bytes], tmp: Path, *, workers: int = 1
-                   ) -> dict[str, Any]:
+def bench_pipeline(
+    settings: Any, images: list[bytes], tmp: Path, *, workers: int = 1
+) -> dict[str, Any]:
     import subprocess
 
     from moderation.adapters.embedded_redis import EmbeddedRedis
-    from moderation.adapters.job_store import JobStore
-    from moderation.cli_pipeline import run_api_server, settings_env
+    from moderation.adapters.redis_jobs import RedisJobStore
+    from moderation.api import create_app
+    from moderation.api.server import serve_in_thread
     from moderation.client import ModerationClient
+    from moderation.compose import build_api
     from moderation.metrics import render
 
     metrics_dir = tmp / "metrics"
     metrics_dir.mkdir()
     with EmbeddedRedis(data_dir=tmp / "redis") as redis:
         settings = settings.model_copy(update={"redis_url": redis.url})
-        env = settings_env(settings)
+        env = settings.to_env()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
-                                            if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+        )
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "moderation.cli", "worker", "--loglevel", "WARNING"],
-                env=env, cwd=ROOT, start_new_session=True,
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
             )
             for _ in range(workers)
         ]
         try:
-            store = JobStore.from_url(redis.url, settings.queue)
+            store = RedisJobStore.from_url(redis.url, settings.queue)
             deadline = time.monotonic() + 600
             while len(store.workers()) < workers:
                 if any(w.poll() is not None for w in procs) or time.monotonic() > deadline:
@@ -94,7 +106,8 @@ def bench_pipeline(settings: Any, images: list[bytes], tmp: Path, *, workers: in
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
-            server = run_api_server(settings, port)
+            api = build_api(settings)
+            server = serve_in_thread(create_app(api), port)
             with ModerationClient(f"http://127.0.0.1:{port}", timeout=120) as client:
                 warm = settings.queue.batch_size
                 client.wait_many(client.submit_many(images[:warm]), timeout=600)
@@ -105,6 +118,7 @@ def bench_pipeline(settings: Any, images: list[bytes], tmp: Path, *, workers: in
                 elapsed = time.perf_counter() - started
             after = _batch_totals(render(path=str(metrics_dir))[0].decode())
             server.should_exit = True
+            api.close()
         finally:
             for worker in procs:
                 worker.terminate()
@@ -121,10 +135,15 @@ def bench_pipeline(settings: Any, images: list[bytes], tmp: Path, *, workers: in
 
 
 def _batch_totals(text: str) -> tuple[float, float]:
-    values = dict(line.rsplit(" ", 1) for line in text.splitlines()
-                  if line.startswith("moderation_batch_size_"))
-    return (float(values.get("moderation_batch_size_count", 0)),
-            float(values.get("moderation_batch_size_sum", 0)))
+    values = dict(
+        line.rsplit(" ", 1)
+        for line in text.splitlines()
+        if line.startswith("moderation_batch_size_")
+    )
+    return (
+        float(values.get("moderation_batch_size_count", 0)),
+        float(values.get("moderation_batch_size_sum", 0)),
+    )
 
 
 def main() -> None:
@@ -135,38 +154,56 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default all)")
     parser.add_argument("--decode-images", type=int, default=40)
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes (scale-out: one per GPU or per few cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (scale-out: one per GPU or per few cores)",
+    )
     args = parser.parse_args()
 
     from moderation import testmodel
     from moderation.settings import ModelSettings, Settings
 
-    model = ModelSettings(architecture=args.model, pretrained=None, device=args.device,
-                          fallback_to_test_model=False, threads=args.threads)
+    model = ModelSettings(
+        architecture=args.model,
+        pretrained=None,
+        device=args.device,
+        fallback_to_test_model=False,
+        threads=args.threads,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     settings = Settings(model=model, policy_paths=[testmodel.POLICY_PATH], cache_dir=tmp / "cache")
-    settings = settings.model_copy(update={"queue": settings.queue.model_copy(update={
-        "batch_size": args.batch_size, "batch_wait_ms": 20,
-        "concurrency": 2 * args.batch_size, "visibility_timeout_s": 1800})})
+    settings = settings.model_copy(
+        update={
+            "queue": settings.queue.model_copy(
+                update={
+                    "batch_size": args.batch_size,
+                    "batch_wait_ms": 20,
+                    "concurrency": 2 * args.batch_size,
+                    "visibility_timeout_s": 1800,
+                }
+            )
+        }
+    )
     images = _images(args.images)
     report: dict[str, Any] = {
-        "images": args.images, "model": args.model, "batch_size": args.batch_size,
-        "threads": args.threads or os.cpu_count(), "mean_jpeg_kb": sum(map(len, images)) / len(
-            images) / 1024,
+        "images": args.images,
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "threads": args.threads or os.cpu_count(),
+        "mean_jpeg_kb": sum(map(len, images)) / len(images) / 1024,
     }
     report.update(bench_encoder(model, images, args.batch_size, settings.images))
     report["workers"] = args.workers
     report.update(bench_pipeline(settings, images, tmp, workers=args.workers))
-    report["pipeline_vs_encoder"] = report["pipeline_images_per_s"] / report[
-        "encoder_images_per_s"]
+    report["pipeline_vs_encoder"] = report["pipeline_images_per_s"] / report["encoder_images_per_s"]
     try:
         from bench.decode import measure_decode
 
         decode = measure_decode(args.decode_images, architecture=args.model)
         report["decode_images_per_s_per_core"] = decode["decode_images_per_s_per_core"]
-        report["naive_decode_images_per_s_per_core"] = decode[
-            "naive_decode_images_per_s_per_core"]
+        report["naive_decode_images_per_s_per_core"] = decode["naive_decode_images_per_s_per_core"]
     except ImportError as exc:
         report["decode_error"] = f"bench/decode.py unavailable: {exc}"
     print(json.dumps(report, indent=2))

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from moderation.compiled import CompiledPolicy, ModelIdentity, compile_policy
-from moderation.decision import verdicts
-from moderation.policy_files import load_policies
-from moderation.scoring import Scorer
+from moderation.adapters.policy_files import load_policies
+from moderation.core.compiled import CompiledPolicy, ModelIdentity, compile_policy
+from moderation.core.decision import verdicts
+from moderation.core.scoring import FeatureBatch, Scorer
+from moderation.signals import builtin_signals
 
 DIM = 512  # ViT-B-32 embedding width
 
@@ -112,18 +113,18 @@ def measure_scoring(
     encoder: Any = RandomInitTextTower() if text_tower else RandomTextEncoder()
     compiled: list[CompiledPolicy] = [compile_policy(p, encoder) for p in policies]
     compile_s = time.perf_counter() - started
-    scorer = Scorer(compiled)
-    embeddings = random_unit(n)
-    score_s, batch = _best(lambda: scorer.score(embeddings), repeats)
+    scorer = Scorer(compiled, builtin_signals().scorer_factories)
+    features = FeatureBatch(embeddings=random_unit(n))
+    score_s, batch = _best(lambda: scorer.score(features), repeats)
     verdict_s, result = _best(lambda: verdicts(batch), repeats)
     decisions = Counter(v.decision.value for v in result)
     flagged = sum(len(v.categories) for v in result if v.decision.value != "allow")
     return {
         "n_images": n,
-        "dim": scorer.dim,
+        "dim": DIM,
         "policies": [p.id for p in policies],
         "categories": len(scorer.slots),
-        "prompts": int(scorer.matrix.shape[1]),
+        "prompts": sum(len(c.positive) + len(c.benign) for p in compiled for c in p.categories),
         "compile_s": round(compile_s, 3),
         "compiled_with": "random-init ViT-B-32 text tower" if text_tower else "random unit",
         "score_s": round(score_s, 4),
@@ -142,9 +143,14 @@ def main() -> None:
     parser.add_argument("--text-tower", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(json.dumps(measure_scoring(args.n, policy_paths=args.policies,
-                                     text_tower=args.text_tower, repeats=args.repeats),
-                     indent=2))
+    print(
+        json.dumps(
+            measure_scoring(
+                args.n, policy_paths=args.policies, text_tower=args.text_tower, repeats=args.repeats
+            ),
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

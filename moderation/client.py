@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
+from moderation.core.jobs import JobResult
 from moderation.exceptions import ApiUnavailable, JobNotFoundError, JobRejected, JobWaitTimeout
-from moderation.jobs import JobResult
 
 __all__ = ["AsyncModerationClient", "ImageInput", "ModerationClient"]
 
@@ -64,26 +64,28 @@ def _job_body(
 
 
 def _check(response: httpx.Response) -> Any:
+    """The JSON body of a success; a problem-details answer (RFC 9457) raised as the matching
+    error of the exception tree."""
     if response.status_code < 400:
         return response.json()
     try:
         payload = response.json()
     except ValueError:
         payload = {}
-    if isinstance(payload, dict) and isinstance(payload.get("detail"), list):  # 422 validation
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
-            for d in payload["detail"]
-        )
-        payload = {"code": "invalid_request", "message": message}
-    code = str(payload.get("code", "http_error")) if isinstance(payload, dict) else "http_error"
-    message = str(payload.get("message", response.text)) if isinstance(payload, dict) \
-        else response.text
+    if not isinstance(payload, dict):
+        payload = {}
+    code = str(payload.get("code") or "http_error")
+    message = str(payload.get("detail") or response.text or response.reason_phrase)
     if response.status_code == 404:
         raise JobNotFoundError(message)
     if response.status_code >= 500:
         raise ApiUnavailable(f"HTTP {response.status_code}: {message}")
-    raise JobRejected(message, status=response.status_code, code=code)
+    raise JobRejected(
+        message,
+        status=response.status_code,
+        code=code,
+        index=payload.get("index") if isinstance(payload.get("index"), int) else None,
+    )
 
 
 def _auth_headers(api_key: str | None) -> dict[str, str]:
@@ -93,16 +95,24 @@ def _auth_headers(api_key: str | None) -> dict[str, str]:
 class ModerationClient:
     """Blocking client. Thread-safe (one httpx connection pool)."""
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
-                                  headers=_auth_headers(api_key))
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(api_key)
+        )
 
     def __enter__(self) -> ModerationClient:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -129,8 +139,9 @@ class ModerationClient:
             JobRejected: the API refused the request (4xx).
             ApiUnavailable: the API is unreachable or failed (5xx).
         """
-        body = _job_body(image, policies=policies, id=id, metadata=metadata,
-                         callback_url=callback_url)
+        body = _job_body(
+            image, policies=policies, id=id, metadata=metadata, callback_url=callback_url
+        )
         return str(self._request("POST", "/v1/jobs", json=body)["id"])
 
     def submit_many(
@@ -153,8 +164,9 @@ class ModerationClient:
         ]
         out: list[str] = []
         for start in range(0, len(bodies), chunk):
-            answer = self._request("POST", "/v1/jobs:batch",
-                                   json={"jobs": bodies[start : start + chunk]})
+            answer = self._request(
+                "POST", "/v1/jobs:batch", json={"jobs": bodies[start : start + chunk]}
+            )
             out.extend(str(j["id"]) for j in answer["jobs"])
         return out
 
@@ -198,16 +210,24 @@ class ModerationClient:
 class AsyncModerationClient:
     """The same operations for asyncio callers."""
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 30.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
-                                       headers=_auth_headers(api_key))
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(api_key)
+        )
 
     async def __aenter__(self) -> AsyncModerationClient:
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -229,8 +249,9 @@ class AsyncModerationClient:
         callback_url: str | None = None,
     ) -> str:
         """Enqueue one image; returns the job id. Raises as :meth:`ModerationClient.submit`."""
-        body = _job_body(image, policies=policies, id=id, metadata=metadata,
-                         callback_url=callback_url)
+        body = _job_body(
+            image, policies=policies, id=id, metadata=metadata, callback_url=callback_url
+        )
         return str((await self._request("POST", "/v1/jobs", json=body))["id"])
 
     async def get(self, job_id: str) -> JobResult:

@@ -203,9 +203,18 @@ class JobRejected(JobRequestError):
 
     code = "job_rejected"
 
-    def __init__(self, message: str = "", *, status: int = 400, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: int = 400,
+        code: str | None = None,
+        index: int | None = None,
+    ) -> None:
         super().__init__(message, code=code)
         self.status = status
+        #: The position of the refused job in a batch request.
+        self.index = index
 
 
 class JobNotFoundError(JobRequestError):

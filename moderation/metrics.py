@@ -52,39 +52,56 @@ class PipelineMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.jobs = Counter(
-            "moderation_jobs_total", "Jobs that ended, by outcome (verdict / error / dead_letter).",
-            ["outcome"], registry=registry,
+            "moderation_jobs_total",
+            "Jobs that ended, by outcome (verdict / error / dead_letter).",
+            ["outcome"],
+            registry=registry,
         )
         self.submitted = Counter(
-            "moderation_jobs_submitted_total", "Jobs accepted by the API (new, not duplicates).",
+            "moderation_jobs_submitted_total",
+            "Jobs accepted by the API (new, not duplicates).",
             registry=registry,
         )
         self.decisions = Counter(
-            "moderation_decisions_total", "Verdicts by deciding policy, category and decision.",
-            ["policy", "category", "decision"], registry=registry,
+            "moderation_decisions_total",
+            "Verdicts by deciding policy, category and decision.",
+            ["policy", "category", "decision"],
+            registry=registry,
         )
         self.errors = Counter(
-            "moderation_errors_total", "Errors by stable error code.", ["code"],
+            "moderation_errors_total",
+            "Errors by stable error code.",
+            ["code"],
             registry=registry,
         )
         self.retries = Counter(
-            "moderation_retries_total", "Transient-error retries, by error code.", ["code"],
+            "moderation_retries_total",
+            "Transient-error retries, by error code.",
+            ["code"],
             registry=registry,
         )
         self.latency = Histogram(
-            "moderation_stage_seconds", "Latency per pipeline stage; 'total' is end to end "
-            "(submit to result).", ["stage"], buckets=_LATENCY_BUCKETS, registry=registry,
+            "moderation_stage_seconds",
+            "Latency per pipeline stage; 'total' is end to end (submit to result).",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
         )
         self.batch_size = Histogram(
-            "moderation_batch_size", "Images per forward pass of the image encoder.",
-            buckets=_BATCH_BUCKETS, registry=registry,
+            "moderation_batch_size",
+            "Images per forward pass of the image encoder.",
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
         )
         self.callbacks = Counter(
-            "moderation_callbacks_total", "Callback deliveries by result (ok / retry / failed).",
-            ["result"], registry=registry,
+            "moderation_callbacks_total",
+            "Callback deliveries by result (ok / retry / failed).",
+            ["result"],
+            registry=registry,
         )
         self.policy_reloads = Counter(
-            "moderation_policy_reloads_total", "Hot reloads of the compiled policy set.",
+            "moderation_policy_reloads_total",
+            "Hot reloads of the compiled policy set.",
             registry=registry,
         )
         # --- review metrics (review queue engineer) go below this line -----------------------
@@ -92,12 +109,15 @@ class PipelineMetrics:
             "moderation_review_decisions_total",
             "Human review decisions by policy and decision (allow / remove / escalate final; "
             "pending_second: a critical removal waiting for its second reviewer).",
-            ["policy", "decision"], registry=registry,
+            ["policy", "decision"],
+            registry=registry,
         )
         self.review_handling = Histogram(
             "moderation_review_handling_seconds",
             "Seconds from claiming a review item to deciding it (reviewer throughput).",
-            ["policy"], buckets=_REVIEW_BUCKETS, registry=registry,
+            ["policy"],
+            buckets=_REVIEW_BUCKETS,
+            registry=registry,
         )
 
 
@@ -120,8 +140,9 @@ class _QueueDepth(Collector):
 
     def collect(self) -> Iterator[Metric]:
         if self.depth is not None:
-            family = GaugeMetricFamily("moderation_queue_depth",
-                                       "Messages waiting in the moderation queue.")
+            family = GaugeMetricFamily(
+                "moderation_queue_depth", "Messages waiting in the moderation queue."
+            )
             family.add_metric([], float(self.depth))
             yield family
 
@@ -168,14 +189,13 @@ class ReviewQueueGauges(Collector):
     ``RedisReviewQueue.stats()``; the oldest age is the SLA signal.
     """
 
-    def __init__(
-        self, read: Callable[[], Iterable[tuple[str, int, int, float | None]]]
-    ) -> None:
+    def __init__(self, read: Callable[[], Iterable[tuple[str, int, int, float | None]]]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
-            "moderation_review_queue_depth", "Review items waiting or in review, per policy.",
+            "moderation_review_queue_depth",
+            "Review items waiting or in review, per policy.",
             labels=["policy", "state"],
         )
         oldest = GaugeMetricFamily(

@@ -6,8 +6,11 @@ build ``Settings(...)`` directly.
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,7 +42,7 @@ class ModelSettings(BaseModel):
 
 
 class ImageLimits(BaseModel):
-    """Fetching and decoding limits for untrusted images (``adapters/fetch.py``, ``images.py``)."""
+    """Fetching and decoding limits for untrusted images (the image sources and the decoder)."""
 
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
@@ -70,7 +73,7 @@ class S3Settings(BaseModel):
 
 
 class QueueSettings(BaseModel):
-    """Celery / Redis pipeline settings (queue issue)."""
+    """The queue pipeline: Celery on Redis, workers, retries, callbacks."""
 
     batch_size: int = 32
     batch_wait_ms: int = 50
@@ -115,7 +118,7 @@ class QueueSettings(BaseModel):
 
 
 class ReviewSettings(BaseModel):
-    """Human-review queue settings (review issue)."""
+    """The human-review queue and the reviewers' pages."""
 
     lease_s: int = 300
     session_secret: SecretStr = SecretStr("dev-only-change-me")
@@ -131,7 +134,7 @@ class ReviewSettings(BaseModel):
 
 
 class AuditSettings(BaseModel):
-    """Append-only audit log settings (audit issue). No bucket: segments go to ``local_dir``."""
+    """The append-only audit log. No bucket: segments go to ``local_dir``."""
 
     bucket: str | None = None
     prefix: str = "audit/"
@@ -163,6 +166,11 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    #: Keys upstream services send as ``Authorization: Bearer <key>`` on ``/v1/*``. Empty: the
+    #: job API is open (the embedded demo); set them in every real deployment.
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    log_level: str = "INFO"
+
     def insecure_defaults(self) -> list[str]:
         """Settings still at their development defaults (secrets in this file, an open API)."""
         fields = {
@@ -171,14 +179,42 @@ class Settings(BaseSettings):
             "review.pseudonym_secret": (self.review.pseudonym_secret, ReviewSettings()),
         }
         found = [
-            name for name, (value, default) in fields.items()
+            name
+            for name, (value, default) in fields.items()
             if value == getattr(default, name.split(".")[1])
         ]
         if not self.api_keys:
             found.append("api_keys (the job API is open)")
         return found
 
-    #: Keys upstream services send as ``Authorization: Bearer <key>`` on ``/v1/*``. Empty: the
-    #: job API is open (the embedded demo); set them in every real deployment.
-    api_keys: list[SecretStr] = Field(default_factory=list)
-    log_level: str = "INFO"
+    def to_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """An environment that makes ``Settings()`` in a child process equal these settings
+        (secrets included): ``base`` (default ``os.environ``) without its ``MODERATION_*``
+        variables, plus one variable per field."""
+        env = {
+            k: v
+            for k, v in (os.environ if base is None else base).items()
+            if not k.startswith("MODERATION_")
+        }
+        for name in type(self).model_fields:
+            value = _plain(getattr(self, name))
+            if value is not None:
+                env[f"MODERATION_{name.upper()}"] = (
+                    value if isinstance(value, str) else json.dumps(value)
+                )
+        return env
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready data of a settings value, secrets revealed (for a child's environment)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return {k: _plain(getattr(value, k)) for k in type(value).model_fields}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

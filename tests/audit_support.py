@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moderation.audit import AuditRecord
+from moderation.core.audit import AuditRecord
 
 
 def make_record(job: str, decision: str = "block", *, ref: str | None = None) -> AuditRecord:
@@ -21,4 +21,40 @@ def make_record(job: str, decision: str = "block", *, ref: str | None = None) ->
         scores={"testworld/contraband_symbol": 0.9},
         decision=decision,
         reason_code="TW_X",
+    )
+
+
+def human_record(
+    job: str,
+    review_id: str,
+    reviewer: str,
+    *,
+    decision: str = "remove",
+    reason_code: str | None = "TW_CONTRABAND",
+    content_ref: str | None = None,
+) -> AuditRecord:
+    """The audit record of one reviewer's final decision on ``job``'s test-world item."""
+    from datetime import UTC, datetime
+
+    from moderation.core.audit import record_for_review
+    from moderation.core.review import HumanDecision, ReviewDecision
+
+    final = HumanDecision(
+        job_id=job,
+        review_id=review_id,
+        decision=ReviewDecision(decision),
+        reason_code=reason_code,
+        reviewers=[reviewer],
+        category_id="contraband_symbol",
+        policy_id="testworld",
+        policy_version=1,
+        decided_at=datetime.now(UTC),
+    )
+    return record_for_review(
+        final,
+        reviewer=reviewer,
+        position=1,
+        content_sha256="ab" * 32,
+        content_ref=content_ref or f"mem://{job}",
+        verdict=None,
     )

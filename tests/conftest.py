@@ -24,12 +24,11 @@ def test_model_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings for the bundled test model and the test-world policy; every local path (compile
     cache, audit folder and spool) in a session temp dir, never in the checkout."""
     from moderation import testmodel
-    from moderation.bootstrap import bundled_model_settings as tms
 
     root = tmp_path_factory.mktemp("session")
     base = Settings()
     return Settings(
-        model=tms(),
+        model=testmodel.model_settings(),
         policy_paths=[testmodel.POLICY_PATH],
         cache_dir=root / "cache",
         audit=base.audit.model_copy(
@@ -39,14 +38,14 @@ def test_model_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def runtime(test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A Runtime on the test model (loaded once per test process)."""
-    from moderation.bootstrap import build_runtime
+def scoring(test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The test model, the test-world policy and the scoring path (loaded once per process)."""
+    from moderation.compose import build_scoring
 
     settings = test_model_settings.model_copy(
         update={"cache_dir": tmp_path_factory.mktemp("compile-cache")}
     )
-    return build_runtime(settings)
+    return build_scoring(settings)
 
 
 @pytest.fixture

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moderation.adapters.job_store import JobStore
-from moderation.cli_pipeline import run_api_server, settings_env
+from moderation.adapters.redis_jobs import RedisJobStore
+from moderation.api import create_app
+from moderation.api.server import serve_in_thread
+from moderation.compose import build_api
 from moderation.settings import Settings
 from tests.servers import free_port
 
@@ -41,17 +43,25 @@ def pipeline_settings(settings: Settings, redis_url: str, **queue: Any) -> Setti
         "callback_secret": "test-secret",
         **queue,
     }
-    return settings.model_copy(update={
-        "redis_url": redis_url,
-        "queue": settings.queue.model_copy(update=options),
-    })
+    return settings.model_copy(
+        update={
+            "redis_url": redis_url,
+            "queue": settings.queue.model_copy(update=options),
+        }
+    )
 
 
 class WorkerProcess:
     """``moderation worker`` in its own process group (so ``kill -9`` is a real crash)."""
 
-    def __init__(self, settings: Settings, log_path: Path, *, metrics_dir: Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        *,
+        metrics_dir: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
         self.metrics_dir = metrics_dir
@@ -59,7 +69,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        env = settings_env(self.settings)
+        env = self.settings.to_env()
         env["PYTHONPATH"] = str(ROOT)
         env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")
         if self.metrics_dir is not None:
@@ -68,13 +78,17 @@ class WorkerProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moderation.cli", "worker", "--loglevel", "INFO"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         return self
 
-    def wait_ready(self, store: JobStore, timeout: float = 120.0, *, exclude: set[str] | None =
-                   None) -> dict[str, Any]:
+    def wait_ready(
+        self, store: RedisJobStore, timeout: float = 120.0, *, exclude: set[str] | None = None
+    ) -> dict[str, Any]:
         """Wait for this worker's heartbeat (model loaded)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -115,10 +129,21 @@ class WorkerProcess:
             pass
 
 
-def start_api(settings: Settings) -> tuple[Any, str]:
-    """The API (uvicorn, in a thread) on a free port: (server, base URL)."""
+def start_api(settings: Settings, **collaborators: Any) -> tuple[Any, str]:
+    """The API (uvicorn, in a thread) on a free port: (server, base URL). ``collaborators``
+    replace parts of :func:`moderation.compose.build_api` (e.g. ``publisher=``)."""
     port = free_port()
-    return run_api_server(settings, port), f"http://127.0.0.1:{port}"
+    process = build_api(settings, **collaborators)
+    server = serve_in_thread(create_app(process), port)
+    server.process = process  # closed by stop_api
+    return server, f"http://127.0.0.1:{port}"
+
+
+def stop_api(server: Any) -> None:
+    server.should_exit = True
+    process = getattr(server, "process", None)
+    if process is not None:
+        process.close()
 
 
 def png_bytes(image: Any) -> bytes:

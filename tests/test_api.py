@@ -11,20 +11,20 @@ from typing import Any
 import httpx
 import pytest
 
-from moderation.adapters.job_store import JobStore
+from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.settings import Settings
-from tests.pipeline_support import pipeline_settings, png_bytes, start_api
+from tests.pipeline_support import pipeline_settings, png_bytes, start_api, stop_api
 
 
 @pytest.fixture
-def api(settings: Settings, redis_url: str) -> Iterator[tuple[httpx.Client, JobStore]]:
+def api(settings: Settings, redis_url: str) -> Iterator[tuple[httpx.Client, RedisJobStore]]:
     s = pipeline_settings(settings, redis_url, max_inline_bytes=50_000)
     server, base = start_api(s)
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
-            yield client, JobStore.from_url(redis_url, s.queue)
+            yield client, RedisJobStore.from_url(redis_url, s.queue)
     finally:
-        server.should_exit = True
+        stop_api(server)
 
 
 def _image() -> str:
@@ -33,8 +33,12 @@ def _image() -> str:
     return base64.b64encode(png_bytes(sample_images("allow", 1, 3)[0][0])).decode()
 
 
-def _nothing_enqueued(store: JobStore) -> None:
-    assert store.queue_depth() == 0
+def _depth(store: RedisJobStore) -> int:
+    return int(store.redis.llen(store.settings.queue_name))
+
+
+def _nothing_enqueued(store: RedisJobStore) -> None:
+    assert _depth(store) == 0
     assert list(store.redis.scan_iter(match=store.key("job", "*"))) == []
 
 
@@ -50,71 +54,96 @@ def _nothing_enqueued(store: JobStore) -> None:
         ({"image_url": "   "}, 400, "missing_image", "empty"),
         ({"image_base64": "not base64!!"}, 400, "bad_base64", "base64"),
         ({"image_base64": ""}, 400, "empty_image", "empty"),
-        ({"image_base64": base64.b64encode(b"x" * 60_000).decode()}, 413, "inline_too_large",
-         "50000"),
-        ({"image_url": "s3://b/k", "callback_url": "gopher://x"}, 400, "bad_callback_url",
-         "gopher"),
+        (
+            {"image_base64": base64.b64encode(b"x" * 60_000).decode()},
+            413,
+            "inline_too_large",
+            "50000",
+        ),
+        (
+            {"image_url": "s3://b/k", "callback_url": "gopher://x"},
+            400,
+            "bad_callback_url",
+            "gopher",
+        ),
         ({"image_url": "s3://b/k", "id": "../../etc"}, 422, None, "id"),
         ({"image_url": "s3://b/k", "policies": []}, 400, "no_policies", "omit"),
     ],
 )
 def test_bad_requests_get_4xx_and_enqueue_nothing(
-    api: tuple[httpx.Client, JobStore], body: dict[str, Any], status: int, code: str | None,
+    api: tuple[httpx.Client, RedisJobStore],
+    body: dict[str, Any],
+    status: int,
+    code: str | None,
     words: str,
 ) -> None:
     client, store = api
     response = client.post("/v1/jobs", json=body)
     assert response.status_code == status, response.text
-    if code is not None:
-        assert response.json()["code"] == code
-    assert words in response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status and problem["type"] == f"/problems/{problem['code']}"
+    assert problem["code"] == (code or "invalid_request")
+    assert words in problem["detail"]
     _nothing_enqueued(store)
 
 
-def test_submit_is_202_at_once_and_idempotent_by_id(api: tuple[httpx.Client, JobStore]) -> None:
+def test_submit_is_202_at_once_and_idempotent_by_id(
+    api: tuple[httpx.Client, RedisJobStore],
+) -> None:
     client, store = api
-    body = {"image_base64": _image(), "id": "upload-1", "metadata": {"user": "u1"},
-            "policies": ["testworld"]}
+    body = {
+        "image_base64": _image(),
+        "id": "upload-1",
+        "metadata": {"user": "u1"},
+        "policies": ["testworld"],
+    }
     first = client.post("/v1/jobs", json=body)
     assert first.status_code == 202, first.text
-    assert first.json() == {"id": "upload-1", "status": "queued", "duplicate": False,
-                            "url": "/v1/jobs/upload-1"}
+    assert first.json() == {
+        "id": "upload-1",
+        "status": "queued",
+        "duplicate": False,
+        "url": "/v1/jobs/upload-1",
+    }
     second = client.post("/v1/jobs", json=body)
     assert second.status_code == 200
     assert second.json()["duplicate"] is True
-    assert store.queue_depth() == 1  # one broker message for two submits
+    assert _depth(store) == 1  # one broker message for two submits
     result = client.get("/v1/jobs/upload-1").json()
     assert result["status"] == "queued"
     assert result["metadata"] == {"user": "u1"}
     assert store.inline_bytes("upload-1") == base64.b64decode(body["image_base64"])
     generated = client.post("/v1/jobs", json={"image_url": "https://example.com/a.jpg"}).json()
     assert len(generated["id"]) == 32 and generated["id"] != "upload-1"
-    assert store.queue_depth() == 2
+    assert _depth(store) == 2
 
 
-def test_batch_validates_everything_before_enqueueing(api: tuple[httpx.Client, JobStore]) -> None:
+def test_batch_validates_everything_before_enqueueing(
+    api: tuple[httpx.Client, RedisJobStore],
+) -> None:
     client, store = api
     good = {"image_url": "s3://bucket/a.jpg"}
     bad = {"image_url": "file:///etc/passwd"}
     response = client.post("/v1/jobs:batch", json={"jobs": [good, good, bad]})
     assert response.status_code == 400
     assert response.json()["index"] == 2
-    assert "jobs[2]" in response.json()["message"]
+    assert "jobs[2]" in response.json()["detail"]
     _nothing_enqueued(store)
     ok = client.post("/v1/jobs:batch", json={"jobs": [good, {**good, "id": "x1"}]})
     assert ok.status_code == 202
     assert [j["status"] for j in ok.json()["jobs"]] == ["queued", "queued"]
-    assert store.queue_depth() == 2
+    assert _depth(store) == 2
 
 
-def test_unknown_job_is_404(api: tuple[httpx.Client, JobStore]) -> None:
+def test_unknown_job_is_404(api: tuple[httpx.Client, RedisJobStore]) -> None:
     client, _ = api
     response = client.get("/v1/jobs/does-not-exist")
     assert response.status_code == 404
     assert response.json()["code"] == "job_not_found"
 
 
-def test_health_readiness_metrics_and_openapi(api: tuple[httpx.Client, JobStore]) -> None:
+def test_health_readiness_metrics_and_openapi(api: tuple[httpx.Client, RedisJobStore]) -> None:
     client, _ = api
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
@@ -132,16 +161,15 @@ def test_health_readiness_metrics_and_openapi(api: tuple[httpx.Client, JobStore]
 
 def test_broker_down_rolls_back_the_job(settings: Settings, redis_url: str) -> None:
     """The job record is removed again when the broker message cannot be published."""
+    from moderation.adapters.memory import MemoryPublisher
     from moderation.api import create_app
+    from moderation.compose import build_api
     from moderation.exceptions import QueueUnavailable
 
     s = pipeline_settings(settings, redis_url)
-    store = JobStore.from_url(redis_url, s.queue)
-
-    def broken_send(job_id: str) -> None:
-        raise QueueUnavailable("broker down")
-
-    app = create_app(s, store=store, send=broken_send)
+    store = RedisJobStore.from_url(redis_url, s.queue)
+    broken = MemoryPublisher(fail=QueueUnavailable("broker down"))
+    app = create_app(build_api(s, store=store, publisher=broken))
     transport = httpx.ASGITransport(app=app)
 
     import asyncio
@@ -152,6 +180,7 @@ def test_broker_down_rolls_back_the_job(settings: Settings, redis_url: str) -> N
 
     response = asyncio.run(go())
     assert response.status_code == 503
+    assert response.json()["code"] == "queue_unavailable"
     assert store.get_job("j1") is None and store.get_result("j1") is None
 
 
@@ -159,7 +188,8 @@ def test_api_keys_guard_the_job_api_when_configured(settings: Settings, redis_ur
     from pydantic import SecretStr
 
     s = pipeline_settings(settings, redis_url).model_copy(
-        update={"api_keys": [SecretStr("key-one"), SecretStr("key-two")]})
+        update={"api_keys": [SecretStr("key-one"), SecretStr("key-two")]}
+    )
     server, base = start_api(s)
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
@@ -178,4 +208,4 @@ def test_api_keys_guard_the_job_api_when_configured(settings: Settings, redis_ur
         with ModerationClient(base, api_key="key-one") as api:
             assert api.get("keyed-1").status.value == "queued"
     finally:
-        server.should_exit = True
+        stop_api(server)

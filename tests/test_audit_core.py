@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from moderation.audit import (
+from moderation.core.audit import (
     GENESIS_HASH,
     AuditRecord,
     ChainVerifier,
@@ -22,7 +22,6 @@ from moderation.audit import (
     encode_segment,
     key_bounds,
     parse_segment_key,
-    record_for_review,
     seal,
     segment_key,
 )
@@ -224,21 +223,14 @@ def test_dedupe_keeps_first_write_of_each_record_id() -> None:
 
 
 def test_reviewer_ids_must_be_pseudonymous() -> None:
-    kw = dict(
-        job_id="j",
-        review_id="r1",
-        decision="remove",
-        content_sha256=None,
-        content_ref=None,
-        policy_id="testworld",
-        policy_version=1,
-        category_id="contraband_symbol",
-    )
-    record = record_for_review(reviewer_pseudonym="rv_3f9a0c1d2e4b5a6f", **kw)  # type: ignore[arg-type]
+    from tests.audit_support import human_record
+
+    record = human_record("j", "r1", "rv_3f9a0c1d2e4b5a6f")
     assert record.actor == "rv_3f9a0c1d2e4b5a6f" and record.kind == "human"
+    assert record.policy_version == 1 and record.details["review_id"] == "r1"
     for raw in ("alice@example.com", "alice", "rv_alice@example.com"):
         with pytest.raises(AuditError):
-            record_for_review(reviewer_pseudonym=raw, **kw)  # type: ignore[arg-type]
+            human_record("j", "r1", raw)
 
 
 def test_dsa_statements_only_for_restrictions() -> None:

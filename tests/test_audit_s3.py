@@ -16,11 +16,12 @@ import pytest
 from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
-from moderation.adapters.audit_log import iter_records, open_audit_sink, verify_store
 from moderation.adapters.s3_audit import S3SegmentStore
-from moderation.audit import AuditRecord, dedupe, record_for_review
+from moderation.compose import open_audit as open_audit_sink
+from moderation.core.audit import AuditRecord, dedupe
+from moderation.pipeline.audit import iter_records, verify_store
 from moderation.settings import Settings
-from tests.audit_support import make_record
+from tests.audit_support import human_record, make_record
 from tests.servers import MotoServer
 
 ACCESS_KEY = "AKIAAUDITTESTKEY7Q3Z"
@@ -206,19 +207,7 @@ def test_no_secret_in_records_or_logs_and_reviewers_are_pseudonymous(
     sink = open_audit_sink(cfg)
     for i in range(30):
         sink.write(rec(f"job-{i}"))
-    sink.write(
-        record_for_review(
-            job_id="job-3",
-            review_id="rev-9",
-            decision="remove",
-            reviewer_pseudonym="rv_5d41402abc4b2a76",
-            content_sha256="ab" * 32,
-            content_ref="s3://in/job-3",
-            policy_id="testworld",
-            policy_version=1,
-            category_id="contraband_symbol",
-        )
-    )
+    sink.write(human_record("job-3", "rev-9", "rv_5d41402abc4b2a76", content_ref="s3://in/job-3"))
     assert sink.flush(30)
     s3_server.pause()  # failures get logged too
     try:

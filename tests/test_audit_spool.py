@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from moderation.adapters.audit_log import iter_records, open_audit_sink, verify_store
 from moderation.adapters.local_audit import LocalSegmentStore
-from moderation.audit import AuditRecord, dedupe
+from moderation.compose import open_audit as open_audit_sink
+from moderation.core.audit import AuditRecord, dedupe
 from moderation.exceptions import AuditError, AuditSinkUnavailable
+from moderation.pipeline.audit import iter_records, verify_store
 from moderation.settings import Settings
-from tests.audit_support import make_record
+from tests.audit_support import human_record, make_record
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,8 +142,8 @@ def test_records_wait_in_the_spool_while_the_store_is_down(settings: Settings) -
 
 WRITER = """
 import sys
-from moderation.adapters.audit_log import open_audit_sink
-from moderation.audit import AuditRecord
+from moderation.compose import open_audit as open_audit_sink
+from moderation.core.audit import AuditRecord
 from moderation.settings import Settings
 sink = open_audit_sink(Settings())
 print("chain", sink.chain_id, flush=True)
@@ -226,25 +227,10 @@ def test_writer_killed_mid_burst_loses_and_duplicates_nothing(settings: Settings
 def test_cli_verify_names_a_deleted_segment_show_and_export(settings: Settings) -> None:
     env = _env(settings)
     settings = fast(settings, segment_max_records=10)
-    from moderation.audit import record_for_review
-
     with open_audit_sink(settings) as sink:
         for i in range(40):
             sink.write(rec(f"job-{i}", decision="block" if i % 2 else "allow"))
-        sink.write(
-            record_for_review(
-                job_id="job-4",
-                review_id="rev-1",
-                decision="remove",
-                reviewer_pseudonym="rv_0f1e2d3c4b5a6978",
-                content_sha256="ab" * 32,
-                content_ref="mem://job-4",
-                policy_id="testworld",
-                policy_version=1,
-                category_id="contraband_symbol",
-                reason_code="TW_CONTRABAND",
-            )
-        )
+        sink.write(human_record("job-4", "rev-1", "rv_0f1e2d3c4b5a6978", content_ref="mem://job-4"))
     shown = _cli(["show", "job-4", "--json"], env)
     assert shown.returncode == 0, shown.stderr
     history = [json.loads(line) for line in shown.stdout.splitlines()]

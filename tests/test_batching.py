@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from moderation.batching import BatcherClosed, BatchStats, MicroBatcher
+from moderation.pipeline.batching import BatcherClosed, BatchStats, MicroBatcher
 
 
 def test_concurrent_submitters_share_batches() -> None:
@@ -35,7 +35,9 @@ def test_concurrent_submitters_share_batches() -> None:
 def test_single_item_waits_at_most_max_wait() -> None:
     stats: list[BatchStats] = []
     batcher: MicroBatcher[str, str] = MicroBatcher(
-        lambda xs: [x.upper() for x in xs], max_batch=32, max_wait_s=0.02,
+        lambda xs: [x.upper() for x in xs],
+        max_batch=32,
+        max_wait_s=0.02,
         on_batch=stats.append,
     )
     assert batcher("a", timeout=5) == "A"

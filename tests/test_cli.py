@@ -114,8 +114,9 @@ def test_policy_test_passes_and_catches_a_bad_draft(tmp_path: Path, env: dict[st
     for band, seed in (("block", 11), ("allow", 12), ("review", 13)):
         _write_images(cases / band, band, 2, seed)
     runner = CliRunner()
-    good = runner.invoke(app, ["policy", "test", str(testmodel.POLICY_PATH), "--cases",
-                               str(cases)], env=env)
+    good = runner.invoke(
+        app, ["policy", "test", str(testmodel.POLICY_PATH), "--cases", str(cases)], env=env
+    )
     assert good.exit_code == 0, good.output
     assert "6 examples, 0 failed" in good.stdout
     # a draft that raises every block threshold to 0.999 stops blocking the clear cases
@@ -124,8 +125,20 @@ def test_policy_test_passes_and_catches_a_bad_draft(tmp_path: Path, env: dict[st
 
     draft = tmp_path / "draft.yaml"
     draft.write_text(re.sub(r"block: 0\.\d+", "block: 0.9999", text))
-    bad = runner.invoke(app, ["policy", "test", str(draft), "--cases", str(cases),
-                              "--against", str(testmodel.POLICY_PATH), "--json"], env=env)
+    bad = runner.invoke(
+        app,
+        [
+            "policy",
+            "test",
+            str(draft),
+            "--cases",
+            str(cases),
+            "--against",
+            str(testmodel.POLICY_PATH),
+            "--json",
+        ],
+        env=env,
+    )
     assert bad.exit_code == 1
     rows = [json.loads(line) for line in bad.stdout.splitlines() if line.startswith("{")]
     failed = [r for r in rows if not r["ok"]]
@@ -141,7 +154,12 @@ def test_policy_schema_is_json() -> None:
 def test_console_script_runs_as_a_real_process(tmp_path: Path, env: dict[str, str]) -> None:
     path = _write_images(tmp_path, "allow", 1, 9)[0]
     exe = Path(sys.executable).with_name("moderation")
-    proc = subprocess.run([str(exe), "score", str(path), "--json"], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "score", str(path), "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1])["decision"] == "allow"

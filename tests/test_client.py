@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from moderation.client import AsyncModerationClient, ModerationClient
+from moderation.core.jobs import JobStatus
 from moderation.exceptions import ApiUnavailable, JobNotFoundError, JobRejected, JobWaitTimeout
-from moderation.jobs import JobStatus
 from moderation.settings import Settings
-from tests.pipeline_support import pipeline_settings, start_api
+from tests.pipeline_support import pipeline_settings, start_api, stop_api
 from tests.servers import free_port
 
 
@@ -22,7 +22,7 @@ def base_url(settings: Settings, redis_url: str) -> Iterator[str]:
     try:
         yield base
     finally:
-        server.should_exit = True
+        stop_api(server)
 
 
 def test_submit_get_wait_and_errors(base_url: str, tmp_path: Path) -> None:
@@ -44,14 +44,15 @@ def test_submit_get_wait_and_errors(base_url: str, tmp_path: Path) -> None:
         assert invalid.value.status == 422 and "id" in str(invalid.value)
         with pytest.raises(JobNotFoundError):
             client.get("nope")
-        ids = client.submit_many(["s3://b/1.jpg", "https://example.com/2.jpg"],
-                                 ids=["m-1", "m-2"])
+        ids = client.submit_many(["s3://b/1.jpg", "https://example.com/2.jpg"], ids=["m-1", "m-2"])
         assert ids == ["m-1", "m-2"]
 
 
 def test_unreachable_api_is_transient() -> None:
-    with ModerationClient(f"http://127.0.0.1:{free_port()}", timeout=2) as client, \
-            pytest.raises(ApiUnavailable):
+    with (
+        ModerationClient(f"http://127.0.0.1:{free_port()}", timeout=2) as client,
+        pytest.raises(ApiUnavailable),
+    ):
         client.get("x")
 
 

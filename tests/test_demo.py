@@ -14,17 +14,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_demo_runs_everything_embedded(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")}
-    env.update({
-        # Deterministic fallback whether or not this machine could reach the model hub.
-        "MODERATION_MODEL__CHECKPOINT": str(tmp_path / "missing-weights.safetensors"),
-        "MODERATION_CACHE_DIR": str(tmp_path / "cache"),
-        "MODERATION_AUDIT__LOCAL_DIR": str(tmp_path / "audit"),
-        "MODERATION_AUDIT__SPOOL_DIR": str(tmp_path / "spool"),
-        "COLUMNS": "200",
-    })
+    env.update(
+        {
+            # Deterministic fallback whether or not this machine could reach the model hub.
+            "MODERATION_MODEL__CHECKPOINT": str(tmp_path / "missing-weights.safetensors"),
+            "MODERATION_CACHE_DIR": str(tmp_path / "cache"),
+            "MODERATION_AUDIT__LOCAL_DIR": str(tmp_path / "audit"),
+            "MODERATION_AUDIT__SPOOL_DIR": str(tmp_path / "spool"),
+            "COLUMNS": "200",
+        }
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "moderation.cli", "demo", "--no-serve", "--port", "0"],
-        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

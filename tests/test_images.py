@@ -205,8 +205,14 @@ def test_non_images_refused_with_a_clear_message(name: str) -> None:
     data = hostile.NON_IMAGES[name]
     with pytest.raises(ImageDecodeError, match="not a recognised image") as info:
         decode_image(data, LIMITS)
-    expected = {"text": "text", "html": "HTML", "svg": "SVG", "pdf": "PDF", "json": "text",
-                "elf": "executable"}[name]
+    expected = {
+        "text": "text",
+        "html": "HTML",
+        "svg": "SVG",
+        "pdf": "PDF",
+        "json": "text",
+        "elf": "executable",
+    }[name]
     assert expected in str(info.value)
 
 
@@ -237,9 +243,14 @@ def test_mutated_images_end_decoded_or_as_image_errors() -> None:
         hostile.encode(hostile.photo(48, 32, seed=i), fmt)
         for i, fmt in enumerate(["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"])
     ]
-    seeds += [hostile.exif_rotated_jpeg(), hostile.png16_gradient(), hostile.cmyk_jpeg(),
-              hostile.palette_with_transparency(), hostile.animated_gif(5),
-              hostile.two_page_tiff()]
+    seeds += [
+        hostile.exif_rotated_jpeg(),
+        hostile.png16_gradient(),
+        hostile.cmyk_jpeg(),
+        hostile.palette_with_transparency(),
+        hostile.animated_gif(5),
+        hostile.two_page_tiff(),
+    ]
     limits = ImageLimits(max_frames=3, max_pixels=2_000_000, max_side=4000)
     outcomes = {"decoded": 0, "error": 0}
     for i in range(400):
@@ -268,8 +279,19 @@ def test_mutated_images_end_decoded_or_as_image_errors() -> None:
 
 
 @pytest.mark.parametrize(
-    "size", [(1600, 1200), (1200, 1600), (400, 300), (298, 224), (224, 224), (100, 60),
-             (2000, 224), (225, 3000), (50, 50), (333, 233)]
+    "size",
+    [
+        (1600, 1200),
+        (1200, 1600),
+        (400, 300),
+        (298, 224),
+        (224, 224),
+        (100, 60),
+        (2000, 224),
+        (225, 3000),
+        (50, 50),
+        (333, 233),
+    ],
 )
 @pytest.mark.parametrize("model_size", [224, 64])
 def test_fast_preprocess_matches_open_clip(size: tuple[int, int], model_size: int) -> None:
@@ -290,9 +312,10 @@ def test_fast_preprocess_matches_open_clip(size: tuple[int, int], model_size: in
 
 def test_fast_preprocess_declines_other_pipelines() -> None:
     assert fast_preprocess(open_clip.image_transform(224, is_train=True)) is None
-    assert fast_preprocess(
-        open_clip.image_transform(224, is_train=False, resize_mode="squash")
-    ) is None
+    assert (
+        fast_preprocess(open_clip.image_transform(224, is_train=False, resize_mode="squash"))
+        is None
+    )
     assert fast_preprocess(lambda image: image) is None
 
 

@@ -11,16 +11,17 @@ import pytest
 from moderation import testmodel
 from moderation.adapters.clip import file_sha256, load_clip
 from moderation.adapters.compile_cache import CompileCache
-from moderation.bootstrap import build_runtime, bundled_model_settings, load_model
-from moderation.decision import Decision
+from moderation.adapters.policy_files import load_policy_file, load_policy_text
+from moderation.compose import build_scoring, load_model
+from moderation.core.decision import Decision
 from moderation.exceptions import ModelUnavailableError
-from moderation.policy_files import load_policy_file, load_policy_text
 from moderation.settings import ModelSettings, Settings
+from moderation.testmodel.samples import encoded
 
 
 def test_checkpoint_is_small_and_loads_through_open_clip() -> None:
     assert testmodel.CHECKPOINT_PATH.stat().st_size <= 20 * 1024 * 1024
-    encoder = load_clip(bundled_model_settings(), config_path=testmodel.CONFIG_PATH)
+    encoder = load_clip(testmodel.model_settings(), config_path=testmodel.CONFIG_PATH)
     assert encoder.identity.architecture == testmodel.MODEL_NAME
     assert encoder.identity.weights_sha256 == file_sha256(testmodel.CHECKPOINT_PATH)
     assert encoder.device.type == "cpu" and encoder.precision == "fp32"
@@ -40,25 +41,31 @@ def test_checkpoint_is_small_and_loads_through_open_clip() -> None:
     ("band", "expected"),
     [("block", Decision.BLOCK), ("allow", Decision.ALLOW), ("review", Decision.REVIEW)],
 )
-def test_test_world_policy_decisions_on_real_forward_passes(runtime, band, expected) -> None:  # type: ignore[no-untyped-def]
+def test_test_world_policy_decisions_on_real_forward_passes(scoring, band, expected) -> None:  # type: ignore[no-untyped-def]
     samples = testmodel.sample_images(band, 12, seed=2024)
-    found = runtime.moderator.moderate_images([img for img, _ in samples])
+    moderator = scoring.moderator
+    found = moderator.moderate([moderator.prepare(encoded(img)) for img, _ in samples])
     decisions = Counter(v.decision for v in found)
-    wrong = [(label, v.decision.value, round(v.score, 3))
-             for (_, label), v in zip(samples, found, strict=True) if v.decision != expected]
+    wrong = [
+        (label, v.decision.value, round(v.score, 3))
+        for (_, label), v in zip(samples, found, strict=True)
+        if v.decision != expected
+    ]
     assert decisions[expected] == len(samples), wrong
     for verdict in found:
-        assert verdict.model == runtime.model.encoder.identity.id
+        assert verdict.model == scoring.model.encoder.identity.id
         assert verdict.policies[0].id == "testworld"
         if expected is not Decision.ALLOW:
             top = verdict.categories[0]
             assert top.decision is expected
-            assert top.top_prompts and top.top_prompts[0].probability > 0
+            assert top.signal == "prompts"
+            assert top.evidence and top.evidence[0].score > 0
+            assert top.evidence[0].details["kind"] in ("positive", "benign")
             assert verdict.reason_code
 
 
-def test_compile_twice_encodes_no_text_the_second_time(tmp_path: Path, runtime) -> None:  # type: ignore[no-untyped-def]
-    encoder = runtime.model.encoder
+def test_compile_twice_encodes_no_text_the_second_time(tmp_path: Path, scoring) -> None:  # type: ignore[no-untyped-def]
+    encoder = scoring.model.encoder
     policy = load_policy_file(testmodel.POLICY_PATH)
     cache = CompileCache(tmp_path)
     before = encoder.texts_encoded
@@ -80,8 +87,8 @@ def test_compile_twice_encodes_no_text_the_second_time(tmp_path: Path, runtime) 
     assert hit3 is False and len(list(tmp_path.glob("*.npz"))) == 2
 
 
-def test_corrupt_cache_file_is_recompiled(tmp_path: Path, runtime) -> None:  # type: ignore[no-untyped-def]
-    encoder = runtime.model.encoder
+def test_corrupt_cache_file_is_recompiled(tmp_path: Path, scoring) -> None:  # type: ignore[no-untyped-def]
+    encoder = scoring.model.encoder
     policy = load_policy_file(testmodel.POLICY_PATH)
     cache = CompileCache(tmp_path)
     cache.get_or_compile(policy, encoder)
@@ -91,19 +98,24 @@ def test_corrupt_cache_file_is_recompiled(tmp_path: Path, runtime) -> None:  # t
 
 
 def test_missing_real_weights_fall_back_loudly_or_fail(tmp_path: Path) -> None:
-    missing = ModelSettings(architecture="ViT-B-32", pretrained=None,
-                            checkpoint=tmp_path / "nope.pt")
+    missing = ModelSettings(
+        architecture="ViT-B-32", pretrained=None, checkpoint=tmp_path / "nope.pt"
+    )
     with pytest.raises(ModelUnavailableError, match="does not exist"):
         load_model(missing.model_copy(update={"fallback_to_test_model": False}))
     choice = load_model(missing)
     assert choice.is_test_model and choice.note and "TEST model" in choice.note
-    runtime = build_runtime(Settings(model=missing, cache_dir=tmp_path / "c"))
-    assert list(runtime.policies) == ["testworld"]  # not policies/: meaningless to this model
+    fallback = build_scoring(Settings(model=missing, cache_dir=tmp_path / "c"))
+    # not policies/: meaningless to this model
+    assert list(fallback.policies.current.by_id) == ["testworld"]
+    assert "test-world policy" in (fallback.model.note or "")
+    named = load_model(missing, custom_policies=True)
+    assert "the policies you named" in (named.note or "")
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    settings = bundled_model_settings().model_copy(update={"checkpoint": bad})
+    settings = testmodel.model_settings().model_copy(update={"checkpoint": bad})
     with pytest.raises(ModelUnavailableError, match="cannot load open_clip"):
         load_clip(settings, config_path=testmodel.CONFIG_PATH)

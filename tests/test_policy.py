@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from moderation.adapters.policy_files import load_policies, load_policy_file, load_policy_text
+from moderation.core.policy import DEFAULT_TEMPLATES, Policy, PolicySet, policy_hash
 from moderation.exceptions import DuplicatePolicyError, PolicyValidationError, UnknownPolicyError
-from moderation.policy import DEFAULT_TEMPLATES, Policy, PolicySet, policy_hash
-from moderation.policy_files import load_policies, load_policy_file, load_policy_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,13 +109,19 @@ def test_category_without_any_contrast_prompt() -> None:
     ("old", "new", "expected"),
     [
         ("prompts: [a handgun]", "prompts: [a handgun, A Handgun]", "is listed twice"),
-        ("benign_prompts: [a toy water pistol]", "benign_prompts: [a handgun]",
-         "is both positive and benign"),
+        (
+            "benign_prompts: [a toy water pistol]",
+            "benign_prompts: [a handgun]",
+            "is both positive and benign",
+        ),
         ("version: 2", "version: 0", "greater than or equal to 1"),
         ("id: weapons", "id: Weapons!", "should match pattern"),
         ("review: 0.5", "review: 1.5", "less than or equal to 1"),
-        ("  benign_prompts: [a kitchen]", "  templates: [a photo of]\n  benign_prompts: [a]",
-         "must contain exactly one '{}'"),
+        (
+            "  benign_prompts: [a kitchen]",
+            "  templates: [a photo of]\n  benign_prompts: [a]",
+            "must contain exactly one '{}'",
+        ),
         ("reason_code: WEAPON_EXPLOSIVE", "reason_code: weapon explosive", "should match"),
     ],
 )
@@ -137,8 +143,10 @@ def test_empty_and_non_mapping_files() -> None:
 
 def test_hash_ignores_comments_and_formatting() -> None:
     a = load_policy_text(GOOD)
-    b = load_policy_text("# comment\n" + GOOD.replace("{review: 0.5, block: 0.85}",
-                                                      "{ review: 0.50,   block: 0.85 }"))
+    b = load_policy_text(
+        "# comment\n"
+        + GOOD.replace("{review: 0.5, block: 0.85}", "{ review: 0.50,   block: 0.85 }")
+    )
     c = load_policy_text(GOOD.replace("block: 0.85", "block: 0.86"))
     assert policy_hash(a) == policy_hash(b) != policy_hash(c)
 
@@ -174,9 +182,7 @@ def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
 
 def test_starter_policies_are_valid_and_cover_the_core_harms() -> None:
     policies = load_policies([REPO / "policies"])
-    assert {"nudity", "violence", "weapons", "drugs", "self_harm", "hate_symbols"} <= set(
-        policies
-    )
+    assert {"nudity", "violence", "weapons", "drugs", "self_harm", "hate_symbols"} <= set(policies)
     for policy_id in policies:
         for category in policies[policy_id].categories:
             assert policies[policy_id].benign_for(category), (policy_id, category.id)

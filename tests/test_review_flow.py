@@ -18,15 +18,16 @@ import httpx
 import pytest
 
 from moderation import testmodel
-from moderation.adapters.audit_log import iter_records, open_segment_store, verify_store
-from moderation.adapters.job_store import JobStore
-from moderation.adapters.redis_review import RedisReviewerStore, connect
+from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.client import ModerationClient
-from moderation.decision import Decision
-from moderation.outcomes import verify
-from moderation.review.auth import ReviewerAccount, Role, hash_password
+from moderation.compose import open_reviewers, open_segment_store
+from moderation.core.callbacks import verify
+from moderation.core.decision import Decision
+from moderation.core.reviewers import ReviewerAccount, Role
+from moderation.pipeline.audit import iter_records, verify_store
 from moderation.settings import Settings
-from tests.pipeline_support import WorkerProcess, pipeline_settings, png_bytes, start_api
+from moderation.web.auth import hash_password
+from tests.pipeline_support import WorkerProcess, pipeline_settings, png_bytes, start_api, stop_api
 from tests.servers import free_port
 
 SECRET = b"test-secret"
@@ -65,16 +66,24 @@ class Receiver:
 
 @pytest.fixture
 def flow(settings: Settings, redis_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    base = settings.model_copy(update={
-        "audit": settings.audit.model_copy(update={"segment_max_age_s": 0.3}),
-    })
+    base = settings.model_copy(
+        update={
+            "audit": settings.audit.model_copy(update={"segment_max_age_s": 0.3}),
+        }
+    )
     cfg = pipeline_settings(base, redis_url, allow_private_hosts=["localhost"])
-    users = RedisReviewerStore(connect(redis_url), prefix=cfg.review.key_prefix)
-    users.create(ReviewerAccount(username="alice", role=Role.REVIEWER,
-                                 password_hash=hash_password(PASSWORD), disabled=False,
-                                 created_at=time.time()))
+    users = open_reviewers(cfg)
+    users.create(
+        ReviewerAccount(
+            username="alice",
+            role=Role.REVIEWER,
+            password_hash=hash_password(PASSWORD),
+            disabled=False,
+            created_at=time.time(),
+        )
+    )
     receiver = Receiver()
-    store = JobStore.from_url(redis_url, cfg.queue)
+    store = RedisJobStore.from_url(redis_url, cfg.queue)
     worker = WorkerProcess(cfg, tmp_path / "worker.log").start()
     server = None
     try:
@@ -83,7 +92,7 @@ def flow(settings: Settings, redis_url: str, tmp_path: Path) -> Iterator[dict[st
         yield {"settings": cfg, "url": url, "receiver": receiver, "worker": worker}
     finally:
         if server is not None:
-            server.should_exit = True
+            stop_api(server)
         worker.stop()
         receiver.server.shutdown()
 
@@ -92,8 +101,12 @@ def _sign_in(url: str) -> tuple[httpx.Client, str]:
     client = httpx.Client(base_url=url, timeout=20)
     form = client.get("/review/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
-    assert client.post("/review/login", data={"username": "alice", "password": PASSWORD,
-                                              "csrf": csrf}).status_code == 303
+    assert (
+        client.post(
+            "/review/login", data={"username": "alice", "password": PASSWORD, "csrf": csrf}
+        ).status_code
+        == 303
+    )
     token = re.search(r'<meta name="csrf-token" content="([^"]+)"', client.get("/review/").text)
     assert token is not None
     return client, token.group(1)
@@ -120,14 +133,22 @@ def test_borderline_image_is_reviewed_and_the_decision_flows_back(flow: dict[str
         assert item is not None and item["job_id"] == job_id
         picture = reviewer.get(item["image_url"])  # inline bytes, served only to the holder
         assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
-        answer = reviewer.post("/review/api/decide", headers={"X-CSRF-Token": csrf}, json={
-            "review_id": item["review_id"], "token": item["token"], "decision": "allow"})
+        answer = reviewer.post(
+            "/review/api/decide",
+            headers={"X-CSRF-Token": csrf},
+            json={"review_id": item["review_id"], "token": item["token"], "decision": "allow"},
+        )
         assert answer.status_code == 200 and answer.json()["status"] == "final", answer.text
         assert answer.json()["delivered"] is True
 
         updated = api.get(job_id)
-        assert updated.human is not None and updated.human.decision == "allow"
-        assert updated.human.reviewer.startswith("rv_") and "alice" not in updated.human.reviewer
+        assert updated.human is not None and updated.human.decision.value == "allow"
+        assert updated.human.reviewers[0].startswith("rv_")
+        assert "alice" not in str(updated.human.reviewers)
+        assert (updated.human.policy_id, updated.human.category_id) == (
+            result.verdict.policy_id,
+            result.verdict.category_id,
+        )
 
     deadline = time.monotonic() + 30
     while len(receiver.events(job_id)) < 2 and time.monotonic() < deadline:

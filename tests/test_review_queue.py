@@ -8,26 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from moderation.adapters.redis_review import RedisReviewerStore, RedisReviewQueue, connect
-from moderation.decision import CategoryResult, Decision, PolicyRef, PromptMatch, Verdict
-from moderation.exceptions import (
-    ReviewAlreadyDecided,
-    ReviewAuthError,
-    ReviewError,
-    ReviewInvalidDecision,
-    ReviewLeaseExpired,
-    ReviewNotLeaseHolder,
-)
-from moderation.policy import Action, Policy, Severity
-from moderation.policy_files import load_policy_file
-from moderation.review.auth import (
-    ReviewerAccount,
-    Role,
-    SessionCodec,
-    hash_password,
-    verify_password,
-)
-from moderation.review.model import (
+from moderation.adapters.memory import MemoryReviewerStore, MemoryReviewQueue
+from moderation.adapters.policy_files import load_policy_file
+from moderation.adapters.redis_review import RedisReviewQueue
+from moderation.adapters.redis_reviewers import RedisReviewerStore
+from moderation.adapters.support.redis import connect as _connect
+from moderation.core.decision import CategoryResult, Decision, Evidence, PolicyRef, Verdict
+from moderation.core.image_ref import ImageRef
+from moderation.core.policy import Action, Policy, Severity
+from moderation.core.review import (
     FirstDecision,
     ReviewDecision,
     ReviewItem,
@@ -37,7 +26,18 @@ from moderation.review.model import (
     pseudonym,
     rank_key,
 )
+from moderation.core.reviewers import ReviewerAccount, Role
+from moderation.exceptions import (
+    ReviewAlreadyDecided,
+    ReviewAuthError,
+    ReviewError,
+    ReviewInvalidDecision,
+    ReviewLeaseExpired,
+    ReviewNotLeaseHolder,
+)
+from moderation.ports import ReviewerStore, ReviewQueue
 from moderation.testmodel import POLICY_PATH
+from moderation.web.auth import SessionCodec, hash_password, verify_password
 
 # --- helpers shared with the web and browser tests -----------------------------------------
 
@@ -50,44 +50,82 @@ def make_verdict(policy: Policy, category_id: str, score: float) -> Verdict:
     """A REVIEW verdict for one category of ``policy`` (what the pipeline would produce)."""
     category = policy.category(category_id)
     result = CategoryResult(
-        policy_id=policy.id, policy_version=policy.version, category_id=category.id,
-        severity=category.severity, score=score, decision=Decision.REVIEW,
-        review_threshold=category.thresholds.review, block_threshold=category.thresholds.block,
+        policy_id=policy.id,
+        policy_version=policy.version,
+        category_id=category.id,
+        signal="prompts",
+        severity=category.severity,
+        score=score,
+        decision=Decision.REVIEW,
+        review_threshold=category.thresholds.review,
+        block_threshold=category.thresholds.block,
         margin_review=score - category.thresholds.review,
-        margin_block=score - category.thresholds.block, action=Action.HUMAN_REVIEW,
+        margin_block=score - category.thresholds.block,
+        action=Action.HUMAN_REVIEW,
         reason_code=category.actions.review.reason_code,
-        top_prompts=[
-            PromptMatch(prompt=category.prompts[0], kind="positive", probability=0.55,
-                        similarity=0.31),
-            PromptMatch(prompt=policy.benign_for(category)[0], kind="benign", probability=0.3,
-                        similarity=0.27),
+        evidence=[
+            Evidence(
+                "prompts", category.prompts[0], 0.55, {"kind": "positive", "similarity": 0.31}
+            ),
+            Evidence(
+                "prompts",
+                policy.benign_for(category)[0],
+                0.3,
+                {"kind": "benign", "similarity": 0.27},
+            ),
         ],
     )
     return Verdict(
-        decision=Decision.REVIEW, action=Action.HUMAN_REVIEW, reason_code=result.reason_code,
-        policy_id=policy.id, category_id=category.id, severity=category.severity, score=score,
+        decision=Decision.REVIEW,
+        action=Action.HUMAN_REVIEW,
+        reason_code=result.reason_code,
+        policy_id=policy.id,
+        category_id=category.id,
+        severity=category.severity,
+        score=score,
         categories=[result],
-        scores={f"{policy.id}/{c.id}": (score if c.id == category_id else 0.05)
-                for c in policy.categories},
-        policies=[PolicyRef(id=policy.id, version=policy.version, policy_hash="p" * 64,
-                            compiled_hash="c" * 64)],
+        scores={
+            f"{policy.id}/{c.id}": (score if c.id == category_id else 0.05)
+            for c in policy.categories
+        },
+        policies=[
+            PolicyRef(
+                id=policy.id, version=policy.version, policy_hash="p" * 64, compiled_hash="c" * 64
+            )
+        ],
         model="ModTest-RN-T@test",
     )
 
 
 def make_item(
-    policy: Policy, job_id: str, *, category_id: str = "restricted_logo", score: float = 0.5,
+    policy: Policy,
+    job_id: str,
+    *,
+    category_id: str = "restricted_logo",
+    score: float = 0.5,
     created_at: float | None = None,
 ) -> ReviewItem:
     return item_from_verdict(
-        job_id=job_id, image_ref=f"s3://uploads/{job_id}.png",
-        verdict=make_verdict(policy, category_id, score), policy=policy, created_at=created_at,
+        job_id=job_id,
+        image=ImageRef(uri=f"s3://uploads/{job_id}.png"),
+        verdict=make_verdict(policy, category_id, score),
+        policy=policy,
+        created_at=created_at,
     )
 
 
-@pytest.fixture
-def queue(redis_url: str) -> Iterator[RedisReviewQueue]:
-    client = connect(redis_url)
+def connect(url: str):  # type: ignore[no-untyped-def]
+    return _connect(url, decode=True, socket_timeout=5.0)
+
+
+@pytest.fixture(params=["redis", "memory"])
+def queue(request: pytest.FixtureRequest) -> Iterator[ReviewQueue]:
+    """The Redis review queue on a real valkey server, and its in-memory twin: the same
+    contract."""
+    if request.param == "memory":
+        yield MemoryReviewQueue(lease_s=30, age_doubling_s=900)
+        return
+    client = connect(request.getfixturevalue("redis_url"))
     yield RedisReviewQueue(client, lease_s=30, age_doubling_s=900)
     client.close()
 
@@ -102,11 +140,16 @@ def test_priority_orders_by_severity_score_and_age_and_rank_key_agrees() -> None
     assert priority(Severity.LOW, 0.8, 0, age_doubling_s=900) > low
     # Age raises priority: a low item that waited log2(8) doublings catches a fresh critical one.
     assert priority(Severity.LOW, 0.4, 3 * 900 + 1, age_doubling_s=900) > crit
-    cases = [(Severity.LOW, 0.9, 0.0), (Severity.CRITICAL, 0.35, 500.0),
-             (Severity.MEDIUM, 0.6, 2000.0), (Severity.HIGH, 0.31, 4000.0)]
+    cases = [
+        (Severity.LOW, 0.9, 0.0),
+        (Severity.CRITICAL, 0.35, 500.0),
+        (Severity.MEDIUM, 0.6, 2000.0),
+        (Severity.HIGH, 0.31, 4000.0),
+    ]
     for now in (5000.0, 9000.0, 50000.0):
-        by_priority = sorted(cases, key=lambda c: -priority(c[0], c[1], now - c[2],
-                                                            age_doubling_s=900))
+        by_priority = sorted(
+            cases, key=lambda c: -priority(c[0], c[1], now - c[2], age_doubling_s=900)
+        )
         by_rank = sorted(cases, key=lambda c: -rank_key(c[0], c[1], c[2], age_doubling_s=900))
         assert by_priority == by_rank
 
@@ -124,37 +167,94 @@ def test_second_reviewer_rule_in_the_pure_model() -> None:
     medium = make_item(policy, "j2", category_id="restricted_logo")
     code = critical.reason_codes[0]
     assert code == "TW_CONTRABAND"
-    one = apply_decision(medium, None, reviewer="rv_a", decision=ReviewDecision.REMOVE,
-                         reason_code="TW_LOGO", token="t", now=1.0)
+    one = apply_decision(
+        medium,
+        None,
+        reviewer="rv_a",
+        decision=ReviewDecision.REMOVE,
+        reason_code="TW_LOGO",
+        token="t",
+        now=1.0,
+    )
     assert one.final is not None and one.final.reviewers == ["rv_a"]
-    first = apply_decision(critical, None, reviewer="rv_a", decision=ReviewDecision.REMOVE,
-                           reason_code=code, token="t1", now=1.0)
+    first = apply_decision(
+        critical,
+        None,
+        reviewer="rv_a",
+        decision=ReviewDecision.REMOVE,
+        reason_code=code,
+        token="t1",
+        now=1.0,
+    )
     assert first.final is None and isinstance(first.pending, FirstDecision)
     with pytest.raises(ReviewInvalidDecision, match="different reviewer"):
-        apply_decision(critical, first.pending, reviewer="rv_a", decision=ReviewDecision.REMOVE,
-                       reason_code=code, token="t2", now=2.0)
-    agree = apply_decision(critical, first.pending, reviewer="rv_b",
-                           decision=ReviewDecision.REMOVE, reason_code=code, token="t2", now=2.0)
+        apply_decision(
+            critical,
+            first.pending,
+            reviewer="rv_a",
+            decision=ReviewDecision.REMOVE,
+            reason_code=code,
+            token="t2",
+            now=2.0,
+        )
+    agree = apply_decision(
+        critical,
+        first.pending,
+        reviewer="rv_b",
+        decision=ReviewDecision.REMOVE,
+        reason_code=code,
+        token="t2",
+        now=2.0,
+    )
     assert agree.final is not None and agree.final.decision is ReviewDecision.REMOVE
     assert agree.final.reviewers == ["rv_a", "rv_b"]
-    disagree = apply_decision(critical, first.pending, reviewer="rv_b",
-                              decision=ReviewDecision.ALLOW, reason_code=None, token="t2", now=2.0)
+    disagree = apply_decision(
+        critical,
+        first.pending,
+        reviewer="rv_b",
+        decision=ReviewDecision.ALLOW,
+        reason_code=None,
+        token="t2",
+        now=2.0,
+    )
     assert disagree.final is not None and disagree.final.decision is ReviewDecision.ESCALATE
-    allow = apply_decision(critical, None, reviewer="rv_a", decision=ReviewDecision.ALLOW,
-                           reason_code=None, token="t", now=1.0)
+    allow = apply_decision(
+        critical,
+        None,
+        reviewer="rv_a",
+        decision=ReviewDecision.ALLOW,
+        reason_code=None,
+        token="t",
+        now=1.0,
+    )
     assert allow.final is not None and allow.final.decision is ReviewDecision.ALLOW
     with pytest.raises(ReviewInvalidDecision, match="reason code"):
-        apply_decision(medium, None, reviewer="rv_a", decision=ReviewDecision.REMOVE,
-                       reason_code="MADE_UP", token="t", now=1.0)
+        apply_decision(
+            medium,
+            None,
+            reviewer="rv_a",
+            decision=ReviewDecision.REMOVE,
+            reason_code="MADE_UP",
+            token="t",
+            now=1.0,
+        )
     with pytest.raises(ReviewInvalidDecision):
-        apply_decision(medium, None, reviewer="rv_a", decision=ReviewDecision.ALLOW,
-                       reason_code="TW_LOGO", token="t", now=1.0)
+        apply_decision(
+            medium,
+            None,
+            reviewer="rv_a",
+            decision=ReviewDecision.ALLOW,
+            reason_code="TW_LOGO",
+            token="t",
+            now=1.0,
+        )
 
 
 def test_sessions_and_csrf_reject_tampering() -> None:
     codec = SessionCodec(session_secret="s1", pseudonym_secret="p1", ttl_s=60)
-    account = ReviewerAccount(username="alice", role=Role.REVIEWER, password_hash="x",
-                              disabled=False, created_at=0)
+    account = ReviewerAccount(
+        username="alice", role=Role.REVIEWER, password_hash="x", disabled=False, created_at=0
+    )
     session, cookie = codec.issue(account, now=100.0)
     assert codec.read(cookie, now=120.0) == session
     with pytest.raises(ReviewAuthError):
@@ -175,7 +275,7 @@ def test_sessions_and_csrf_reject_tampering() -> None:
 # --- Redis queue --------------------------------------------------------------------------
 
 
-def test_twenty_concurrent_reviewers_never_get_the_same_item(queue: RedisReviewQueue) -> None:
+def test_twenty_concurrent_reviewers_never_get_the_same_item(queue: ReviewQueue) -> None:
     policy = world_policy()
     n_items = 60
     for i in range(n_items):
@@ -193,8 +293,13 @@ def test_twenty_concurrent_reviewers_never_get_the_same_item(queue: RedisReviewQ
                 if claim is None:
                     break
                 mine.append(claim.item.review_id)
-                queue.decide(claim.item.review_id, reviewer=name, token=claim.lease.token,
-                             decision=ReviewDecision.ALLOW, reason_code=None)
+                queue.decide(
+                    claim.item.review_id,
+                    reviewer=name,
+                    token=claim.lease.token,
+                    decision=ReviewDecision.ALLOW,
+                    reason_code=None,
+                )
             got[name] = mine
         except BaseException as exc:  # surfaced below
             errors.append(exc)
@@ -212,15 +317,16 @@ def test_twenty_concurrent_reviewers_never_get_the_same_item(queue: RedisReviewQ
     assert [s.waiting for s in queue.stats()] == [0]
 
 
-def test_highest_priority_first_and_resubmit_is_a_no_op(queue: RedisReviewQueue) -> None:
+def test_highest_priority_first_and_resubmit_is_a_no_op(queue: ReviewQueue) -> None:
     policy = world_policy()
     now = queue.now()
-    queue.submit(make_item(policy, "low", category_id="restricted_logo", score=0.4,
-                           created_at=now))
-    queue.submit(make_item(policy, "crit", category_id="contraband_symbol", score=0.4,
-                           created_at=now))
-    queue.submit(make_item(policy, "old", category_id="restricted_logo", score=0.4,
-                           created_at=now - 5 * 900))
+    queue.submit(make_item(policy, "low", category_id="restricted_logo", score=0.4, created_at=now))
+    queue.submit(
+        make_item(policy, "crit", category_id="contraband_symbol", score=0.4, created_at=now)
+    )
+    queue.submit(
+        make_item(policy, "old", category_id="restricted_logo", score=0.4, created_at=now - 5 * 900)
+    )
     queue.submit(make_item(policy, "crit", category_id="contraband_symbol", score=0.4))
     order = []
     for name in ("rv_1", "rv_2", "rv_3"):
@@ -231,63 +337,106 @@ def test_highest_priority_first_and_resubmit_is_a_no_op(queue: RedisReviewQueue)
     assert queue.claim("rv_4") is None
 
 
-def test_expired_lease_returns_and_late_decision_is_refused(redis_url: str) -> None:
-    client = connect(redis_url)
-    queue = RedisReviewQueue(client, lease_s=0.5, age_doubling_s=900)
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_expired_lease_returns_and_late_decision_is_refused(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    client = connect(request.getfixturevalue("redis_url")) if kind == "redis" else None
+    queue: ReviewQueue = (
+        RedisReviewQueue(client, lease_s=0.5, age_doubling_s=900)
+        if client is not None
+        else MemoryReviewQueue(lease_s=0.5)
+    )
     queue.submit(make_item(world_policy(), "job-x"))
     first = queue.claim("rv_slow")
     assert first is not None
     assert queue.claim("rv_fast") is None  # leased, invisible to others
     time.sleep(0.7)
     with pytest.raises(ReviewLeaseExpired, match="expired"):
-        queue.decide(first.item.review_id, reviewer="rv_slow", token=first.lease.token,
-                     decision=ReviewDecision.ALLOW, reason_code=None)
+        queue.decide(
+            first.item.review_id,
+            reviewer="rv_slow",
+            token=first.lease.token,
+            decision=ReviewDecision.ALLOW,
+            reason_code=None,
+        )
     again = queue.claim("rv_fast")
     assert again is not None and again.item.review_id == first.item.review_id
     assert again.lease.token != first.lease.token
     with pytest.raises(ReviewLeaseExpired, match="went back to the queue"):
-        queue.decide(first.item.review_id, reviewer="rv_slow", token=first.lease.token,
-                     decision=ReviewDecision.ALLOW, reason_code=None)
+        queue.decide(
+            first.item.review_id,
+            reviewer="rv_slow",
+            token=first.lease.token,
+            decision=ReviewDecision.ALLOW,
+            reason_code=None,
+        )
     with pytest.raises(ReviewNotLeaseHolder):
-        queue.decide(first.item.review_id, reviewer="rv_thief", token="guessed",
-                     decision=ReviewDecision.ALLOW, reason_code=None)
-    result = queue.decide(again.item.review_id, reviewer="rv_fast", token=again.lease.token,
-                          decision=ReviewDecision.ALLOW, reason_code=None)
+        queue.decide(
+            first.item.review_id,
+            reviewer="rv_thief",
+            token="guessed",
+            decision=ReviewDecision.ALLOW,
+            reason_code=None,
+        )
+    result = queue.decide(
+        again.item.review_id,
+        reviewer="rv_fast",
+        token=again.lease.token,
+        decision=ReviewDecision.ALLOW,
+        reason_code=None,
+    )
     assert result.outcome.final is not None and result.outcome.final.reviewers == ["rv_fast"]
-    client.close()
+    if client is not None:
+        client.close()
 
 
-def test_double_submit_is_harmless(queue: RedisReviewQueue) -> None:
+def test_double_submit_is_harmless(queue: ReviewQueue) -> None:
     queue.submit(make_item(world_policy(), "job-d"))
     claim = queue.claim("rv_a")
     assert claim is not None
-    args = {"reviewer": "rv_a", "token": claim.lease.token, "decision": ReviewDecision.REMOVE,
-            "reason_code": "TW_LOGO"}
+    args = {
+        "reviewer": "rv_a",
+        "token": claim.lease.token,
+        "decision": ReviewDecision.REMOVE,
+        "reason_code": "TW_LOGO",
+    }
     one = queue.decide(claim.item.review_id, **args)  # type: ignore[arg-type]
     two = queue.decide(claim.item.review_id, **args)  # type: ignore[arg-type]
     assert not one.replay and two.replay
     assert one.outcome.final == two.outcome.final
     with pytest.raises(ReviewAlreadyDecided):
-        queue.decide(claim.item.review_id, reviewer="rv_a", token=claim.lease.token,
-                     decision=ReviewDecision.ALLOW, reason_code=None)
+        queue.decide(
+            claim.item.review_id,
+            reviewer="rv_a",
+            token=claim.lease.token,
+            decision=ReviewDecision.ALLOW,
+            reason_code=None,
+        )
     assert [f.review_id for f in queue.undelivered()] == [claim.item.review_id]
     queue.delivered(claim.item.review_id)
     assert queue.undelivered() == []
     rows = list(queue.export())
     assert len(rows) == 1 and rows[0]["human_label"] == "remove"
     assert rows[0]["reason_code"] == "TW_LOGO" and rows[0]["category"] == "restricted_logo"
-    assert rows[0]["image_ref"] == "s3://uploads/job-d.png" and rows[0]["model_score"] == 0.5
+    assert rows[0]["image"] == "s3://uploads/job-d.png" and rows[0]["model_score"] == 0.5
 
 
-def _claim_decide(queue: RedisReviewQueue, reviewer: str, decision: ReviewDecision,
-                  code: str | None) -> object:
+def _claim_decide(
+    queue: ReviewQueue, reviewer: str, decision: ReviewDecision, code: str | None
+) -> object:
     claim = queue.claim(reviewer)
     assert claim is not None
-    return queue.decide(claim.item.review_id, reviewer=reviewer, token=claim.lease.token,
-                        decision=decision, reason_code=code)
+    return queue.decide(
+        claim.item.review_id,
+        reviewer=reviewer,
+        token=claim.lease.token,
+        decision=decision,
+        reason_code=code,
+    )
 
 
-def test_critical_removal_needs_a_second_independent_reviewer(queue: RedisReviewQueue) -> None:
+def test_critical_removal_needs_a_second_independent_reviewer(queue: ReviewQueue) -> None:
     queue.submit(make_item(world_policy(), "job-c", category_id="contraband_symbol"))
     first = _claim_decide(queue, "rv_a", ReviewDecision.REMOVE, "TW_CONTRABAND")
     assert first.outcome.pending is not None  # type: ignore[attr-defined]
@@ -295,29 +444,44 @@ def test_critical_removal_needs_a_second_independent_reviewer(queue: RedisReview
     assert queue.claim("rv_a") is None  # the first reviewer cannot be the second
     second = queue.claim("rv_b")
     assert second is not None and second.first is not None and second.first.reviewer == "rv_a"
-    result = queue.decide(second.item.review_id, reviewer="rv_b", token=second.lease.token,
-                          decision=ReviewDecision.REMOVE, reason_code="TW_CONTRABAND")
+    result = queue.decide(
+        second.item.review_id,
+        reviewer="rv_b",
+        token=second.lease.token,
+        decision=ReviewDecision.REMOVE,
+        reason_code="TW_CONTRABAND",
+    )
     final = result.outcome.final
     assert final is not None and final.decision is ReviewDecision.REMOVE
     assert final.reviewers == ["rv_a", "rv_b"]
     assert [f.review_id for f in queue.undelivered()] == [second.item.review_id]
 
 
-def test_disagreement_on_critical_removal_escalates(queue: RedisReviewQueue) -> None:
+def test_disagreement_on_critical_removal_escalates(queue: ReviewQueue) -> None:
     queue.submit(make_item(world_policy(), "job-e", category_id="contraband_symbol"))
     _claim_decide(queue, "rv_a", ReviewDecision.REMOVE, "TW_CONTRABAND")
     claim = queue.claim("rv_b")
     assert claim is not None
-    result = queue.decide(claim.item.review_id, reviewer="rv_b", token=claim.lease.token,
-                          decision=ReviewDecision.ALLOW, reason_code=None)
+    result = queue.decide(
+        claim.item.review_id,
+        reviewer="rv_b",
+        token=claim.lease.token,
+        decision=ReviewDecision.ALLOW,
+        reason_code=None,
+    )
     assert result.outcome.final is not None
     assert result.outcome.final.decision is ReviewDecision.ESCALATE
-    retry = queue.decide(claim.item.review_id, reviewer="rv_b", token=claim.lease.token,
-                         decision=ReviewDecision.ALLOW, reason_code=None)
+    retry = queue.decide(
+        claim.item.review_id,
+        reviewer="rv_b",
+        token=claim.lease.token,
+        decision=ReviewDecision.ALLOW,
+        reason_code=None,
+    )
     assert retry.replay and retry.outcome.final == result.outcome.final
 
 
-def test_policy_filter_stats_and_release(queue: RedisReviewQueue) -> None:
+def test_policy_filter_stats_and_release(queue: ReviewQueue) -> None:
     policy = world_policy()
     other = policy.model_copy(update={"id": "otherworld"})
     queue.submit(make_item(policy, "a1", created_at=queue.now() - 120))
@@ -334,17 +498,34 @@ def test_policy_filter_stats_and_release(queue: RedisReviewQueue) -> None:
     assert {s.policy_id: s.waiting for s in queue.stats()} == {"otherworld": 1, "testworld": 1}
 
 
-def test_reviewer_accounts_hash_passwords(redis_url: str) -> None:
-    client = connect(redis_url)
-    store = RedisReviewerStore(client)
-    store.create(ReviewerAccount(username="alice", role=Role.ADMIN,
-                                 password_hash=hash_password("correct horse"), disabled=False,
-                                 created_at=1.0))
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_reviewer_accounts_hash_passwords(kind: str, request: pytest.FixtureRequest) -> None:
+    client = connect(request.getfixturevalue("redis_url")) if kind == "redis" else None
+    store: ReviewerStore = (
+        RedisReviewerStore(client) if client is not None else MemoryReviewerStore()
+    )
+    store.create(
+        ReviewerAccount(
+            username="alice",
+            role=Role.ADMIN,
+            password_hash=hash_password("correct horse"),
+            disabled=False,
+            created_at=1.0,
+        )
+    )
     with pytest.raises(ReviewError, match="exists"):
-        store.create(ReviewerAccount(username="alice", role=Role.REVIEWER, password_hash="x",
-                                     disabled=False, created_at=1.0))
-    raw = client.hgetall("mod:review:user:alice")
-    assert "correct horse" not in str(raw) and raw["password_hash"].startswith("$argon2id$")
+        store.create(
+            ReviewerAccount(
+                username="alice",
+                role=Role.REVIEWER,
+                password_hash="x",
+                disabled=False,
+                created_at=1.0,
+            )
+        )
+    if client is not None:
+        raw = client.hgetall("mod:review:user:alice")
+        assert "correct horse" not in str(raw) and raw["password_hash"].startswith("$argon2id$")
     assert verify_password(store.get("alice"), "correct horse").role is Role.ADMIN
     with pytest.raises(ReviewAuthError):
         verify_password(store.get("alice"), "wrong horse!")
@@ -356,36 +537,49 @@ def test_reviewer_accounts_hash_passwords(redis_url: str) -> None:
     assert [a.username for a in store.all()] == ["alice"]
     with pytest.raises(ReviewError):
         hash_password("short")
-    client.close()
+    if client is not None:
+        client.close()
 
 
 def test_cli_accounts_stats_and_export(
-    redis_url: str, queue: RedisReviewQueue, tmp_path, monkeypatch  # type: ignore[no-untyped-def]
+    redis_url: str,
+    tmp_path,
+    monkeypatch,  # type: ignore[no-untyped-def]
 ) -> None:
     import csv
     import json
 
     from typer.testing import CliRunner
 
-    from moderation.cli_review import review_app
+    from moderation.cli.review import review_app
+
+    queue = RedisReviewQueue(connect(redis_url), lease_s=30, age_doubling_s=900)
 
     monkeypatch.setenv("MODERATION_REDIS_URL", redis_url)
     runner = CliRunner()
-    added = runner.invoke(review_app, ["user", "add", "carol", "--role", "admin",
-                                       "--password-stdin"], input="long enough pw\n")
+    added = runner.invoke(
+        review_app,
+        ["user", "add", "carol", "--role", "admin", "--password-stdin"],
+        input="long enough pw\n",
+    )
     assert added.exit_code == 0, added.output
     listed = runner.invoke(review_app, ["user", "list"])
     assert "carol" in listed.output and "admin" in listed.output and "rv_" in listed.output
-    assert runner.invoke(review_app, ["user", "add", "carol", "--password-stdin"],
-                         input="long enough pw\n").exit_code == 1
+    assert (
+        runner.invoke(
+            review_app, ["user", "add", "carol", "--password-stdin"], input="long enough pw\n"
+        ).exit_code
+        == 1
+    )
     assert runner.invoke(review_app, ["user", "disable", "carol"]).exit_code == 0
     assert "disabled" in runner.invoke(review_app, ["user", "list"]).output
 
     policy = world_policy()
     for i, decision in enumerate((ReviewDecision.ALLOW, ReviewDecision.REMOVE)):
         queue.submit(make_item(policy, f"cli-{i}", score=0.4 + i / 10))
-        _claim_decide(queue, "rv_x", decision,
-                      "TW_LOGO" if decision is ReviewDecision.REMOVE else None)
+        _claim_decide(
+            queue, "rv_x", decision, "TW_LOGO" if decision is ReviewDecision.REMOVE else None
+        )
     queue.submit(make_item(policy, "cli-open"))
     stats = json.loads(runner.invoke(review_app, ["stats", "--json"]).output)
     assert stats["queues"][0]["waiting"] == 1 and stats["decisions_today"] == {"rv_x": 2}
@@ -394,8 +588,12 @@ def test_cli_accounts_stats_and_export(
     assert runner.invoke(review_app, ["export", "--out", str(jsonl)]).exit_code == 0
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert sorted(r["human_label"] for r in rows) == ["allow", "remove"]
-    assert all(r["category"] == "restricted_logo" and r["image_ref"].startswith("s3://")
-               and "testworld/restricted_logo" in r["scores"] for r in rows)
+    assert all(
+        r["category"] == "restricted_logo"
+        and r["image"].startswith("s3://")
+        and "testworld/restricted_logo" in r["scores"]
+        for r in rows
+    )
     as_csv = tmp_path / "labels.csv"
     assert runner.invoke(review_app, ["export", "--out", str(as_csv)]).exit_code == 0
     with as_csv.open() as fh:

@@ -15,12 +15,15 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
-from moderation.adapters.redis_review import RedisReviewerStore, RedisReviewQueue, connect
-from moderation.review.auth import ReviewerAccount, Role, hash_password
-from moderation.review.model import FinalReviewDecision, pseudonym
+from moderation.adapters.redis_review import RedisReviewQueue
+from moderation.adapters.redis_reviewers import RedisReviewerStore
+from moderation.adapters.support.redis import connect as _connect
+from moderation.core.review import HumanDecision, pseudonym
+from moderation.core.reviewers import ReviewerAccount, Role
 from moderation.settings import ReviewSettings, Settings
 from moderation.testmodel import sample_images
 from moderation.web import build_review_router
+from moderation.web.auth import hash_password
 from tests.servers import free_port, wait_for_port
 from tests.test_review_queue import make_item, world_policy
 
@@ -33,7 +36,7 @@ class ReviewSite:
     queue: RedisReviewQueue
     users: RedisReviewerStore
     settings: Settings
-    finals: list[FinalReviewDecision] = field(default_factory=list)
+    finals: list[HumanDecision] = field(default_factory=list)
     images: dict[str, bytes] = field(default_factory=dict)
 
     def rv(self, username: str) -> str:
@@ -46,32 +49,51 @@ class ReviewSite:
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             self.images[f"s3://uploads/{job}.png"] = buffer.getvalue()
-            self.queue.submit(make_item(policy, job, category_id=category_id,
-                                        score=0.35 + 0.05 * i))
+            self.queue.submit(
+                make_item(policy, job, category_id=category_id, score=0.35 + 0.05 * i)
+            )
 
 
 @pytest.fixture(name="site")
 def review_site(redis_url: str) -> Iterator[ReviewSite]:
     """The review router in a small FastAPI app, served by uvicorn on a free port."""
-    settings = Settings(review=ReviewSettings(lease_s=60, session_secret="test-session-secret",
-                                              pseudonym_secret="test-pseudonym-secret"))
-    client = connect(redis_url)
-    queue = RedisReviewQueue(client, lease_s=settings.review.lease_s,
-                             age_doubling_s=settings.review.age_doubling_s)
+    settings = Settings(
+        review=ReviewSettings(
+            lease_s=60,
+            session_secret="test-session-secret",
+            pseudonym_secret="test-pseudonym-secret",
+        )
+    )
+    client = _connect(redis_url, decode=True)
+    queue = RedisReviewQueue(
+        client, lease_s=settings.review.lease_s, age_doubling_s=settings.review.age_doubling_s
+    )
     users = RedisReviewerStore(client)
     for name, role in (("alice", Role.REVIEWER), ("bob", Role.REVIEWER), ("root", Role.ADMIN)):
-        users.create(ReviewerAccount(username=name, role=role,
-                                     password_hash=hash_password(PASSWORD), disabled=False,
-                                     created_at=time.time()))
+        users.create(
+            ReviewerAccount(
+                username=name,
+                role=role,
+                password_hash=hash_password(PASSWORD),
+                disabled=False,
+                created_at=time.time(),
+            )
+        )
     state = ReviewSite(url="", queue=queue, users=users, settings=settings)
     app = FastAPI()
-    app.include_router(build_review_router(
-        settings, queue, users, on_final=state.finals.append,
-        image_loader=lambda ref: state.images[ref],
-    ))
+    app.include_router(
+        build_review_router(
+            settings,
+            queue,
+            users,
+            on_final=state.finals.append,
+            image_loader=lambda ref: state.images[ref.uri],
+        )
+    )
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for_port(port)
@@ -90,8 +112,10 @@ def sign_in(site: ReviewSite, username: str) -> tuple[httpx.Client, str]:
     form = client.get("/review/login")
     login_csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert login_csrf is not None
-    answer = client.post("/review/login", data={"username": username, "password": PASSWORD,
-                                                "csrf": login_csrf.group(1)})
+    answer = client.post(
+        "/review/login",
+        data={"username": username, "password": PASSWORD, "csrf": login_csrf.group(1)},
+    )
     assert answer.status_code == 303 and answer.headers["location"] == "/review/"
     page = client.get("/review/")
     assert page.status_code == 200
@@ -106,22 +130,28 @@ def test_unauthenticated_requests_are_refused(site: ReviewSite) -> None:
         page = anon.get("/review/")
         assert page.status_code == 303 and page.headers["location"] == "/review/login"
         assert anon.get("/review/overview").status_code == 303
-        for method, path in (("GET", "/review/api/overview"), ("POST", "/review/api/next"),
-                             ("GET", "/review/api/admin/stats"),
-                             ("GET", f"/review/api/image/{site.queue.policies()[0]}")):
+        for method, path in (
+            ("GET", "/review/api/overview"),
+            ("POST", "/review/api/next"),
+            ("GET", "/review/api/admin/stats"),
+            ("GET", f"/review/api/image/{site.queue.policies()[0]}"),
+        ):
             answer = anon.request(method, path)
             assert answer.status_code == 401, (method, path)
-            assert answer.json()["error"] == "review_not_signed_in"
+            assert answer.json()["code"] == "review_not_signed_in"
         anon.cookies.set("mr_session", "eyJ1IjoiYWxpY2UifQ.forged", path="/review")
         assert anon.post("/review/api/next").status_code == 401
         # Sign-in itself: wrong password, and a form without the pre-session CSRF token.
         form = anon.get("/review/login")
         csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
-        bad = anon.post("/review/login", data={"username": "alice", "password": "nope-nope-nope",
-                                               "csrf": csrf})
+        bad = anon.post(
+            "/review/login", data={"username": "alice", "password": "nope-nope-nope", "csrf": csrf}
+        )
         assert bad.status_code == 401 and "mr_session" not in bad.cookies
-        assert anon.post("/review/login", data={"username": "alice",
-                                                "password": PASSWORD}).status_code == 403
+        assert (
+            anon.post("/review/login", data={"username": "alice", "password": PASSWORD}).status_code
+            == 403
+        )
 
 
 def test_security_headers_csrf_and_roles(site: ReviewSite) -> None:
@@ -141,8 +171,12 @@ def test_security_headers_csrf_and_roles(site: ReviewSite) -> None:
     assert alice.post("/review/api/next", headers={"X-CSRF-Token": bob_csrf}).status_code == 403
     # Wrong role.
     assert alice.get("/review/api/admin/stats").status_code == 403
-    assert alice.post("/review/api/admin/requeue", json={"review_id": "x"},
-                      headers={"X-CSRF-Token": csrf}).status_code == 403
+    assert (
+        alice.post(
+            "/review/api/admin/requeue", json={"review_id": "x"}, headers={"X-CSRF-Token": csrf}
+        ).status_code
+        == 403
+    )
     root, root_csrf = sign_in(site, "root")
     stats = root.get("/review/api/admin/stats")
     assert stats.status_code == 200 and stats.json()["undelivered"] == 0
@@ -151,8 +185,11 @@ def test_security_headers_csrf_and_roles(site: ReviewSite) -> None:
     site.add_items(1)
     held = alice.post("/review/api/next", headers={"X-CSRF-Token": csrf}).json()["item"]
     assert alice.get(held["image_url"]).status_code == 200
-    requeued = root.post("/review/api/admin/requeue", json={"review_id": held["review_id"]},
-                         headers={"X-CSRF-Token": root_csrf})
+    requeued = root.post(
+        "/review/api/admin/requeue",
+        json={"review_id": held["review_id"]},
+        headers={"X-CSRF-Token": root_csrf},
+    )
     assert requeued.status_code == 200 and requeued.json() == {"requeued": True}
     assert alice.get(held["image_url"]).status_code == 404
     # Disabling an account ends its sessions at once; signing out ends this one.
@@ -181,11 +218,18 @@ def test_no_one_sees_another_reviewers_item_and_decisions_flow_once(site: Review
     assert "no-store" in image.headers["cache-control"]
     assert Image.open(io.BytesIO(image.content)).size[0] > 0
     assert bob.get(a_item["image_url"]).status_code == 404
-    stolen = bob.post("/review/api/decide", headers={"X-CSRF-Token": b_csrf}, json={
-        "review_id": a_item["review_id"], "token": b_item["token"], "decision": "allow"})
-    assert stolen.status_code == 409 and stolen.json()["error"] == "review_not_lease_holder"
-    decision = {"review_id": a_item["review_id"], "token": a_item["token"],
-                "decision": "remove", "reason_code": a_item["reason_codes"][0]}
+    stolen = bob.post(
+        "/review/api/decide",
+        headers={"X-CSRF-Token": b_csrf},
+        json={"review_id": a_item["review_id"], "token": b_item["token"], "decision": "allow"},
+    )
+    assert stolen.status_code == 409 and stolen.json()["code"] == "review_not_lease_holder"
+    decision = {
+        "review_id": a_item["review_id"],
+        "token": a_item["token"],
+        "decision": "remove",
+        "reason_code": a_item["reason_codes"][0],
+    }
     first = alice.post("/review/api/decide", headers={"X-CSRF-Token": a_csrf}, json=decision)
     assert first.status_code == 200 and first.json()["status"] == "final"
     assert first.json()["delivered"] is True and not first.json()["replay"]
@@ -209,16 +253,30 @@ def test_critical_removal_over_http_needs_a_second_reviewer(site: ReviewSite) ->
     bob, b_csrf = sign_in(site, "bob")
     item = alice.post("/review/api/next", headers={"X-CSRF-Token": a_csrf}).json()["item"]
     assert item["severity"] == "critical" and not item["second_review"]
-    answer = alice.post("/review/api/decide", headers={"X-CSRF-Token": a_csrf}, json={
-        "review_id": item["review_id"], "token": item["token"], "decision": "remove",
-        "reason_code": "TW_CONTRABAND"}).json()
+    answer = alice.post(
+        "/review/api/decide",
+        headers={"X-CSRF-Token": a_csrf},
+        json={
+            "review_id": item["review_id"],
+            "token": item["token"],
+            "decision": "remove",
+            "reason_code": "TW_CONTRABAND",
+        },
+    ).json()
     assert answer["status"] == "pending_second_review" and site.finals == []
     assert alice.post("/review/api/next", headers={"X-CSRF-Token": a_csrf}).json()["item"] is None
     second = bob.post("/review/api/next", headers={"X-CSRF-Token": b_csrf}).json()["item"]
     assert second["review_id"] == item["review_id"] and second["second_review"]
-    done = bob.post("/review/api/decide", headers={"X-CSRF-Token": b_csrf}, json={
-        "review_id": item["review_id"], "token": second["token"], "decision": "remove",
-        "reason_code": "TW_CONTRABAND"}).json()
+    done = bob.post(
+        "/review/api/decide",
+        headers={"X-CSRF-Token": b_csrf},
+        json={
+            "review_id": item["review_id"],
+            "token": second["token"],
+            "decision": "remove",
+            "reason_code": "TW_CONTRABAND",
+        },
+    ).json()
     assert done["status"] == "final" and done["decision"] == "remove"
     assert [f.reviewers for f in site.finals] == [[site.rv("alice"), site.rv("bob")]]
     for c in (alice, bob):

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from moderation.compiled import ModelIdentity, compile_policy
-from moderation.decision import Decision, bands, verdicts
-from moderation.policy_files import load_policy_text
-from moderation.scoring import Scorer
+from moderation.adapters.policy_files import load_policy_text
+from moderation.core.compiled import CompiledPolicy, ModelIdentity, compile_policy
+from moderation.core.decision import Decision, Verdict, bands, verdicts
+from moderation.core.scoring import FeatureBatch, ScoreBatch, Scorer
+from moderation.signals import builtin_signals
 
 DIM = 64
 
@@ -63,6 +64,16 @@ POLICY = textwrap.dedent(
 )
 
 
+class _Scorer:
+    """The core Scorer with the built-in signals, scoring plain embeddings."""
+
+    def __init__(self, policies: Sequence[CompiledPolicy]) -> None:
+        self.scorer = Scorer(policies, builtin_signals().scorer_factories)
+
+    def score(self, x: np.ndarray) -> ScoreBatch:
+        return self.scorer.score(FeatureBatch(embeddings=np.asarray(x, np.float32)))
+
+
 @pytest.fixture
 def compiled():  # type: ignore[no-untyped-def]
     return compile_policy(load_policy_text(POLICY), HashTextEncoder())
@@ -88,7 +99,7 @@ def test_compile_ensembles_templates_and_encodes_each_text_once() -> None:
 
 
 def test_score_is_softmax_mass_on_positive_prompts(compiled) -> None:  # type: ignore[no-untyped-def]
-    scorer = Scorer([compiled])
+    scorer = _Scorer([compiled])
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, DIM)).astype(np.float32)
     batch = scorer.score(x)
@@ -103,7 +114,7 @@ def test_score_is_softmax_mass_on_positive_prompts(compiled) -> None:  # type: i
 
 
 def test_bands_and_most_severe_verdict(compiled) -> None:  # type: ignore[no-untyped-def]
-    scorer = Scorer([compiled])
+    scorer = _Scorer([compiled])
     star, cross = compiled.categories
     red_star = star.positive[0]
     yellow_star = star.benign[0]
@@ -119,13 +130,18 @@ def test_bands_and_most_severe_verdict(compiled) -> None:  # type: ignore[no-unt
     assert b[0, 0] == 2 and b[1, 0] == 0 and b[2, 0] == 1
     found = verdicts(batch)
     assert [v.decision for v in found] == [
-        Decision.BLOCK, Decision.ALLOW, Decision.REVIEW, Decision.BLOCK,
+        Decision.BLOCK,
+        Decision.ALLOW,
+        Decision.REVIEW,
+        Decision.BLOCK,
     ]
     assert found[0].category_id == "star" and found[0].reason_code == "STAR"
     assert found[2].reason_code == "STAR_SUSPECTED"
     assert found[3].category_id == "cross" and found[3].reason_code is None
     top = found[0].categories[0]
-    assert top.top_prompts[0].prompt == "a red star" and top.top_prompts[0].kind == "positive"
+    assert top.signal == "prompts"
+    assert top.evidence[0].label == "a red star"
+    assert top.evidence[0].details["kind"] == "positive"
     assert top.margin_block == pytest.approx(top.score - 0.8)
     assert found[0].policies[0].version == 3
     assert "blocked: shapes/star (critical)" in found[0].explain()
@@ -135,7 +151,7 @@ def test_bands_and_most_severe_verdict(compiled) -> None:  # type: ignore[no-unt
 def test_ties_go_to_higher_severity(compiled) -> None:  # type: ignore[no-untyped-def]
     star, cross = compiled.categories
     both = _unit(star.positive[0] + cross.positive[0])
-    verdict = verdicts(Scorer([compiled]).score(both[None]))[0]
+    verdict = verdicts(_Scorer([compiled]).score(both[None]))[0]
     flagged = [c.category_id for c in verdict.categories]
     if len(flagged) == 2 and verdict.categories[0].decision == verdict.categories[1].decision:
         assert flagged[0] == "star"  # critical before medium
@@ -144,14 +160,19 @@ def test_ties_go_to_higher_severity(compiled) -> None:  # type: ignore[no-untype
 
 def test_scorer_rejects_mixed_models_and_bad_dims(compiled) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="at least one"):
-        Scorer([])
+        _Scorer([])
+    other = compile_policy(load_policy_text(POLICY), HashTextEncoder())
+    object.__setattr__(other, "model", ModelIdentity(architecture="other"))
+    with pytest.raises(ValueError, match="different models"):
+        _Scorer([compiled, other])
     with pytest.raises(ValueError, match="embedding dim"):
-        Scorer([compiled]).score(np.ones((2, DIM + 1), np.float32))
+        _Scorer([compiled]).score(np.ones((2, DIM + 1), np.float32))
 
 
 def test_verdict_json_round_trip(compiled) -> None:  # type: ignore[no-untyped-def]
-    from moderation.decision import Verdict
+    from moderation.core.jobs import JobResult, JobStatus
 
-    verdict = verdicts(Scorer([compiled]).score(compiled.categories[0].positive))[0]
-    again = Verdict.model_validate_json(verdict.model_dump_json())
-    assert again == verdict
+    verdict = verdicts(_Scorer([compiled]).score(compiled.categories[0].positive))[0]
+    assert Verdict.from_dict(verdict.to_dict()) == verdict
+    result = JobResult(job_id="j", status=JobStatus.DONE, verdict=verdict)
+    assert JobResult.model_validate_json(result.model_dump_json()).verdict == verdict

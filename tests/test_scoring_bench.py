@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 
 from bench.scoring import RandomTextEncoder, measure_scoring, random_unit
-from moderation.compiled import compile_policy
-from moderation.decision import (
-    CategoryResult,
-    Decision,
-    PromptMatch,
-    Verdict,
-    _construct,
-    verdict_at,
-    verdicts,
-)
-from moderation.policy_files import load_policies, load_policy_text
-from moderation.scoring import Scorer
+from moderation.adapters.policy_files import load_policies, load_policy_text
+from moderation.core.compiled import compile_policy
+from moderation.core.decision import Decision, Verdict, verdict_at, verdicts
+from moderation.core.scoring import FeatureBatch, Scorer
+from moderation.signals import builtin_signals
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +42,14 @@ def _scorer() -> Scorer:
     encoder = RandomTextEncoder(dim=512)
     policies = [compile_policy(p, encoder) for p in load_policies([ROOT / "policies"]).active()]
     policies.append(compile_policy(load_policy_text(SMALL), encoder))
-    return Scorer(policies)
+    return Scorer(policies, builtin_signals().scorer_factories)
+
+
+def _prompt_rows(scorer: Scorer) -> np.ndarray:
+    """Every prompt embedding of every category, as rows."""
+    return np.concatenate(
+        [np.concatenate([s.category.positive, s.category.benign]) for s in scorer.slots]
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -57,31 +57,30 @@ def test_batch_verdicts_equal_the_per_image_reference(seed: int) -> None:
     scorer = _scorer()
     embeddings = random_unit(300, seed=seed)
     # Mix in images close to one category's prompts, so all three bands occur.
-    embeddings[:50] = scorer.matrix.T[np.arange(50) % scorer.matrix.shape[1]]
-    batch = scorer.score(embeddings)
+    prompts = _prompt_rows(scorer)
+    embeddings[:50] = prompts[np.arange(50) % len(prompts)]
+    batch = scorer.score(FeatureBatch(embeddings=embeddings))
     fast = verdicts(batch)
     reference = [verdict_at(batch, i) for i in range(len(batch))]
     assert fast == reference
-    assert [v.model_dump_json() for v in fast] == [v.model_dump_json() for v in reference]
+    assert [v.to_dict() for v in fast] == [v.to_dict() for v in reference]
     assert {v.decision for v in fast} == set(Decision)
-    assert any(len(c.top_prompts) == 2 for v in fast for c in v.categories)  # the tiny policy
+    assert any(len(c.evidence) == 2 for v in fast for c in v.categories)  # the tiny policy
     for verdict in fast[:20]:
-        assert Verdict.model_validate_json(verdict.model_dump_json()) == verdict
+        assert Verdict.from_dict(verdict.to_dict()) == verdict
 
 
 def test_empty_batch() -> None:
-    assert verdicts(_scorer().score(np.zeros((0, 512), np.float32))) == []
+    assert verdicts(_scorer().score(FeatureBatch(embeddings=np.zeros((0, 512), np.float32)))) == []
 
 
-def test_fast_construct_matches_model_construct() -> None:
-    values = {"prompt": "a dot", "kind": "positive", "probability": 0.25, "similarity": 0.1}
-    fast, slow = _construct(PromptMatch, dict(values)), PromptMatch.model_construct(**values)
-    assert fast == slow and fast.model_fields_set == slow.model_fields_set
-    assert fast.model_dump_json() == slow.model_dump_json()
-    assert PromptMatch.model_validate(fast.model_dump()) == fast
-    with pytest.raises(Exception, match="frozen"):
-        fast.prompt = "x"
-    assert CategoryResult.model_fields.keys() >= {"top_prompts", "margin_block"}
+def test_results_are_frozen_slotted_values() -> None:
+    batch = _scorer().score(FeatureBatch(embeddings=random_unit(2)))
+    verdict = verdicts(batch)[0]
+    with pytest.raises(AttributeError):
+        verdict.score = 1.0  # type: ignore[misc]
+    assert not hasattr(verdict, "__dict__")
+    assert not hasattr(verdict.categories[0].evidence[0], "__dict__")
 
 
 def test_scoring_benchmark_reports_every_field() -> None:

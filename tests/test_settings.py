@@ -22,11 +22,14 @@ def test_environment_with_nested_fields(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_insecure_defaults_are_named() -> None:
     assert Settings().insecure_defaults() == [
-        "queue.callback_secret", "review.session_secret", "review.pseudonym_secret",
+        "queue.callback_secret",
+        "review.session_secret",
+        "review.pseudonym_secret",
         "api_keys (the job API is open)",
     ]
     hardened = Settings(
-        api_keys=["k"], queue={"callback_secret": "a"},
+        api_keys=["k"],
+        queue={"callback_secret": "a"},
         review={"session_secret": "b", "pseudonym_secret": "c"},
     )
     assert hardened.insecure_defaults() == []

@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from moderation.adapters.job_store import JobStore
+from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.client import ModerationClient
-from moderation.jobs import JobStatus
+from moderation.core.jobs import JobStatus
 from moderation.settings import Settings
-from tests.pipeline_support import WorkerProcess, pipeline_settings, png_bytes, start_api
+from tests.pipeline_support import WorkerProcess, pipeline_settings, png_bytes, start_api, stop_api
 
 pytestmark = pytest.mark.slow
 N_JOBS = 300
@@ -34,7 +34,7 @@ def _small_images(n: int) -> list[bytes]:
     return [png_bytes(base[i % len(base)]) for i in range(n)]
 
 
-def _unacked_task_ids(store: JobStore) -> set[str]:
+def _unacked_task_ids(store: RedisJobStore) -> set[str]:
     """Task (= job) ids of the messages in kombu's ``unacked`` hash: reserved by a worker and
     not acknowledged yet."""
     ids = set()
@@ -48,9 +48,15 @@ def _unacked_task_ids(store: JobStore) -> set[str]:
 def test_kill_9_mid_run_loses_and_duplicates_nothing(
     settings: Settings, redis_url: str, tmp_path: Path
 ) -> None:
-    s = pipeline_settings(settings, redis_url, batch_size=8, concurrency=8,
-                          prefetch_multiplier=4, visibility_timeout_s=6)
-    store = JobStore.from_url(redis_url, s.queue)
+    s = pipeline_settings(
+        settings,
+        redis_url,
+        batch_size=8,
+        concurrency=8,
+        prefetch_multiplier=4,
+        visibility_timeout_s=6,
+    )
+    store = RedisJobStore.from_url(redis_url, s.queue)
     first = WorkerProcess(s, tmp_path / "w1.log").start()
     server, base = start_api(s)
     second: WorkerProcess | None = None
@@ -71,7 +77,8 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
             second = WorkerProcess(s, tmp_path / "w2.log").start()
             results = client.wait_many(ids, timeout=180)
         assert all(r.status is JobStatus.DONE for r in results), [
-            r.error for r in results if r.status is not JobStatus.DONE][:3]
+            r.error for r in results if r.status is not JobStatus.DONE
+        ][:3]
         ended = Counter(job for job, _ in store.outcomes())
         assert set(ended) == set(ids)  # none lost
         assert max(ended.values()) == 1  # none ended twice
@@ -82,7 +89,7 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
         assert redelivered, "no reserved-but-unfinished message to prove redelivery with"
         assert all(ended[j] == 1 for j in unacked_at_kill)
     finally:
-        server.should_exit = True
+        stop_api(server)
         first.stop()
         if second is not None:
             second.stop()
@@ -93,14 +100,14 @@ def test_a_job_whose_message_was_lost_is_published_again(
 ) -> None:
     """kombu pops a message before it records it as unacked, so a worker killed in between
     loses it. The job record is the source of truth: the sweeper publishes such a job again."""
-    from moderation.jobs import Job
+    from moderation.core.image_ref import ImageRef
+    from moderation.core.jobs import Job
     from tests.servers import free_port
 
     metrics_port = free_port()
-    s = pipeline_settings(settings, redis_url, lost_after_s=1.0,
-                          worker_metrics_port=metrics_port)
-    store = JobStore.from_url(redis_url, s.queue)
-    job = Job(id="lost-1", image_ref="inline:")
+    s = pipeline_settings(settings, redis_url, lost_after_s=1.0, worker_metrics_port=metrics_port)
+    store = RedisJobStore.from_url(redis_url, s.queue)
+    job = Job(id="lost-1", image=ImageRef.for_inline("lost-1"))
     _, created = store.create(job, _small_images(1)[0])  # recorded, but no message published
     assert created and store.redis.llen(s.queue.queue_name) == 0
     worker = WorkerProcess(s, tmp_path / "w.log").start()

@@ -21,7 +21,7 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
-from moderation.compiled import ModelIdentity
+from moderation.core.compiled import ModelIdentity
 from moderation.exceptions import ModelUnavailableError
 from moderation.settings import ModelSettings
 
@@ -154,9 +154,11 @@ class ClipEncoder:
         self.dtype = _DTYPES[precision]
         self.text_batch_size = text_batch_size
         self._fast_preprocess = fast_preprocess(preprocess)
-        self.image_size = int(model.visual.image_size[0]
-                              if isinstance(model.visual.image_size, tuple | list)
-                              else model.visual.image_size)
+        self.image_size = int(
+            model.visual.image_size[0]
+            if isinstance(model.visual.image_size, tuple | list)
+            else model.visual.image_size
+        )
         self._logit_scale = float(model.logit_scale.exp().clamp(max=100).item())
         self.texts_encoded = 0  # for observability (compile cache tests and metrics)
         self.images_encoded = 0

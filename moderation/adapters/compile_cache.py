@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moderation.compiled import (
+from moderation.core.compiled import (
     CompiledCategory,
     CompiledPolicy,
     ModelIdentity,
@@ -22,7 +22,7 @@ from moderation.compiled import (
     compile_policy,
     compiled_hash,
 )
-from moderation.policy import Policy, policy_hash
+from moderation.core.policy import Policy, policy_hash
 
 __all__ = ["CompileCache"]
 

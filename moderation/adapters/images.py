@@ -53,8 +53,22 @@ __all__ = ["decode_image", "sniff_format", "to_rgb"]
 
 _JPEG_LIKE = frozenset({"JPEG", "MPO"})
 _RASTER_FORMATS = frozenset(
-    {"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PSD", "ICO", "HEIC", "HEIF", "AVIF",
-     "JPEG2000", "QOI", "EPS"}
+    {
+        "JPEG",
+        "PNG",
+        "GIF",
+        "BMP",
+        "TIFF",
+        "WEBP",
+        "PSD",
+        "ICO",
+        "HEIC",
+        "HEIF",
+        "AVIF",
+        "JPEG2000",
+        "QOI",
+        "EPS",
+    }
 )
 _MAX_SCANNED_FRAMES = 10_000
 
@@ -190,8 +204,11 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     allowed = [f.upper() for f in limits.formats]
     Image.init()  # loads Pillow's plugin registry once (idempotent)
     # MPO has no opener of its own (the JPEG opener returns MPO files); _decode re-checks.
-    openers = [f for f in dict.fromkeys([*allowed, *(["JPEG"] if "MPO" in allowed else [])])
-               if f in Image.OPEN]
+    openers = [
+        f
+        for f in dict.fromkeys([*allowed, *(["JPEG"] if "MPO" in allowed else [])])
+        if f in Image.OPEN
+    ]
     try:
         return Image.open(io.BytesIO(data), formats=openers)
     except Image.DecompressionBombError as exc:
@@ -225,8 +242,8 @@ def _decode(image: Image.Image, limits: ImageLimits, target: int) -> list[Image.
         # The pixel cap bounds memory and work, so it applies to what is actually decoded: a
         # 60 Mpx camera JPEG decodes at 1/8 scale; the same file at full size would be refused.
         _check_size(*image.size, limits)
-    indices = [0] if limits.max_frames <= 1 else _frame_indices(
-        _count_frames(image), limits.max_frames
+    indices = (
+        [0] if limits.max_frames <= 1 else _frame_indices(_count_frames(image), limits.max_frames)
     )
     frames: list[Image.Image] = []
     for index in indices:
@@ -274,12 +291,29 @@ def decode_image(
         raise ImageTooLargeError(f"decompression bomb refused: {exc}") from exc
     except MemoryError as exc:
         raise ImageTooLargeError("image needs too much memory to decode") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
-            zlib.error) as exc:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        IndexError,
+        struct.error,
+        zlib.error,
+    ) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
     except Exception as exc:  # Pillow parsers raise many types on fuzzed input; all mean corrupt
-        raise ImageDecodeError(
-            f"corrupt image ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from exc
+        raise ImageDecodeError(f"corrupt image ({type(exc).__name__}: {str(exc)[:200]})") from exc
     finally:
         image.close()
+
+
+class SafeDecoder:
+    """The :class:`~moderation.ports.ImageDecoder` of the pipeline: :func:`decode_image` with
+    fixed limits. Thread-safe (stateless)."""
+
+    def __init__(self, limits: ImageLimits) -> None:
+        self.limits = limits
+
+    def decode(self, data: bytes, *, min_side: int | None = None) -> list[Image.Image]:
+        """See :func:`decode_image`."""
+        return decode_image(data, self.limits, min_side=min_side)

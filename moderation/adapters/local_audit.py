@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from moderation.audit import Retention, key_bounds
+from moderation.core.audit import Retention, key_bounds
 from moderation.exceptions import AuditError, AuditSinkUnavailable
 
 __all__ = ["LocalSegmentStore"]

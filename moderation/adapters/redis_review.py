@@ -1,10 +1,10 @@
-"""The human-review queue and reviewer accounts on Redis (any Redis-protocol server, single node).
+"""The human-review queue on Redis (any Redis-protocol server, single node).
 
 Keys (prefix ``settings.review.key_prefix``, default ``mod:review:``)::
 
     item:<rid>        hash: item JSON, state (queued | leased | final), policy, rank, lease fields,
                       first (pending first decision JSON), final (final decision JSON)
-    q:<policy>        zset rid -> rank key (see moderation.review.model); waiting items
+    q:<policy>        zset rid -> rank key (see moderation.core.review); waiting items
     open:<policy>     zset rid -> created_at; every item not yet final (oldest-age SLA signal)
     policies          set of policy ids that ever had items
     leases            zset rid -> lease expiry (server time)
@@ -13,12 +13,13 @@ Keys (prefix ``settings.review.key_prefix``, default ``mod:review:``)::
     decided           zset rid -> decided_at; reviewed items, for export
     outbox            zset rid -> decided_at; final decisions whose on_final has not returned
     day:<yyyy-mm-dd>  hash rv -> decisions made that day
-    user:<name>       hash: reviewer account; users: set of usernames
+
+(Reviewer accounts live under the same prefix: :mod:`moderation.adapters.redis_reviewers`.)
 
 Claiming is one Lua script (reap expired leases, skip items whose first review was by the caller,
 take the highest rank key across the allowed policies, lease it), so concurrent reviewers never
 get the same item. Deciding is a WATCH/MULTI transaction around the pure
-:func:`moderation.review.model.apply_decision`, so only the current lease holder's first submit
+:func:`moderation.core.review.apply_decision`, so only the current lease holder's first submit
 counts; a retry of the same submit returns the recorded outcome. All times are the Redis server's
 clock. Redis connection errors become :class:`~moderation.exceptions.QueueUnavailable`.
 """
@@ -26,47 +27,35 @@ clock. Redis connection errors become :class:`~moderation.exceptions.QueueUnavai
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, cast
 
 import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from moderation.exceptions import (
-    QueueUnavailable,
-    ReviewAlreadyDecided,
-    ReviewError,
-    ReviewLeaseExpired,
-    ReviewNotFound,
-    ReviewNotLeaseHolder,
-)
-from moderation.review.auth import ReviewerAccount, Role
-from moderation.review.model import (
-    FinalReviewDecision,
+from moderation.adapters.support.redis import connect, translated
+from moderation.core.review import (
     FirstDecision,
+    HumanDecision,
     Lease,
     ReviewDecision,
     ReviewItem,
     ReviewOutcome,
     apply_decision,
+    export_row,
     rank_key,
 )
+from moderation.exceptions import (
+    ReviewAlreadyDecided,
+    ReviewLeaseExpired,
+    ReviewNotFound,
+    ReviewNotLeaseHolder,
+)
+from moderation.ports import Claim, DecideResult, ReviewStats
+from moderation.settings import ReviewSettings
 
-__all__ = [
-    "Claim",
-    "DecideResult",
-    "PolicyStats",
-    "RedisReviewQueue",
-    "RedisReviewerStore",
-    "connect",
-]
-
-P = ParamSpec("P")
-T = TypeVar("T")
+__all__ = ["RedisReviewQueue"]
 
 _TOKEN_TTL_S = 24 * 3600
 _SCAN = 64  # candidates looked at per policy queue when the top ones are excluded
@@ -152,60 +141,15 @@ return 1
 """
 
 
-def _translate(fn: Callable[P, T]) -> Callable[P, T]:
-    """Map Redis connection failures to QueueUnavailable (transient)."""
-
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise QueueUnavailable(f"review queue unavailable: {exc}") from exc
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
-
-
-def connect(url: str) -> redis.Redis:
-    """A Redis client for ``url`` that returns str, with short timeouts."""
-    return redis.Redis.from_url(
-        url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=3.0,
-        health_check_interval=30,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A leased item as the reviewer sees it; ``first`` is set on a second review."""
-
-    item: ReviewItem
-    lease: Lease
-    first: FirstDecision | None
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class DecideResult:
-    outcome: ReviewOutcome
-    #: True when this exact decision had already been recorded (a retried submit).
-    replay: bool
-    #: Seconds from claim to this decision (None on a replay).
-    handling_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyStats:
-    policy_id: str
-    waiting: int
-    in_review: int
-    oldest_age_s: float | None
-
-
 class RedisReviewQueue:
-    """The review queue. Implements the :class:`~moderation.ports.ReviewSink` port (``submit``)."""
+    """The :class:`~moderation.ports.ReviewQueue` on Redis."""
 
     def __init__(
-        self, client: redis.Redis, *, lease_s: float, age_doubling_s: float,
+        self,
+        client: redis.Redis,
+        *,
+        lease_s: float,
+        age_doubling_s: float,
         prefix: str = "mod:review:",
     ) -> None:
         self._r = client
@@ -214,6 +158,15 @@ class RedisReviewQueue:
         self._p = prefix
         self._claim = client.register_script(_CLAIM_LUA)
         self._submit = client.register_script(_SUBMIT_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, settings: ReviewSettings) -> RedisReviewQueue:
+        return cls(
+            connect(url, decode=True, socket_timeout=5.0),
+            lease_s=settings.lease_s,
+            age_doubling_s=settings.age_doubling_s,
+            prefix=settings.key_prefix,
+        )
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -227,7 +180,7 @@ class RedisReviewQueue:
 
     # --- producer side --------------------------------------------------------------------
 
-    @_translate
+    @translated("review queue")
     def submit(self, item: ReviewItem) -> None:
         """Enqueue an item. Submitting the same ``review_id`` again is a no-op.
 
@@ -238,13 +191,19 @@ class RedisReviewQueue:
             item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
         )
         self._submit(
-            args=[self._p, item.review_id, item.policy_id, repr(rank), item.model_dump_json(),
-                  repr(item.created_at)],
+            args=[
+                self._p,
+                item.review_id,
+                item.policy_id,
+                repr(rank),
+                item.model_dump_json(),
+                repr(item.created_at),
+            ],
         )
 
     # --- reviewer side --------------------------------------------------------------------
 
-    @_translate
+    @translated("review queue")
     def claim(self, reviewer: str, *, policies: list[str] | None = None) -> Claim | None:
         """Lease the highest-priority item the reviewer may take (or the one they already hold).
 
@@ -266,7 +225,7 @@ class RedisReviewQueue:
             now=self.now(),
         )
 
-    @_translate
+    @translated("review queue")
     def holds(self, reviewer: str, review_id: str) -> bool:
         """Whether ``reviewer`` holds an unexpired lease on ``review_id`` right now."""
         holder, expires = self._r.hmget(
@@ -274,7 +233,7 @@ class RedisReviewQueue:
         )
         return holder == reviewer and expires is not None and float(expires) > self.now()
 
-    @_translate
+    @translated("review queue")
     def item(self, review_id: str) -> ReviewItem:
         """Raises:
         ReviewNotFound: no such item.
@@ -303,9 +262,14 @@ class RedisReviewQueue:
             )
         raise ReviewNotLeaseHolder("you do not hold a lease on this item")
 
-    @_translate
+    @translated("review queue")
     def decide(
-        self, review_id: str, *, reviewer: str, token: str, decision: ReviewDecision,
+        self,
+        review_id: str,
+        *,
+        reviewer: str,
+        token: str,
+        decision: ReviewDecision,
         reason_code: str | None,
     ) -> DecideResult:
         """Record a decision from the current lease holder (see the module docstring).
@@ -335,12 +299,18 @@ class RedisReviewQueue:
                     first = FirstDecision.model_validate_json(h["first"]) if "first" in h else None
                     now = self.now()
                     outcome = apply_decision(
-                        item, first, reviewer=reviewer, decision=decision,
-                        reason_code=reason_code, token=token, now=now,
+                        item,
+                        first,
+                        reviewer=reviewer,
+                        decision=decision,
+                        reason_code=reason_code,
+                        token=token,
+                        now=now,
                     )
                     pipe.multi()
-                    self._write(pipe, item, reviewer, outcome, token, now,
-                                submitted=(decision, reason_code))
+                    self._write(
+                        pipe, item, reviewer, outcome, token, now, submitted=(decision, reason_code)
+                    )
                     pipe.execute()
                     claimed_at = float(h["lease_expires"]) - self.lease_s
                     return DecideResult(
@@ -356,9 +326,10 @@ class RedisReviewQueue:
         recorded: tuple[ReviewDecision, str | None] | None = None
         outcome: ReviewOutcome | None = None
         if h.get("final_token") == token:
-            final = FinalReviewDecision.model_validate_json(h["final"])
+            final = HumanDecision.model_validate_json(h["final"])
             recorded = (
-                ReviewDecision(h["final_submitted"]), h.get("final_submitted_reason") or None
+                ReviewDecision(h["final_submitted"]),
+                h.get("final_submitted_reason") or None,
             )
             outcome = ReviewOutcome(final=final)
         elif "first" in h:
@@ -375,8 +346,15 @@ class RedisReviewQueue:
         return outcome
 
     def _write(
-        self, pipe: Any, item: ReviewItem, reviewer: str, outcome: ReviewOutcome, token: str,
-        now: float, *, submitted: tuple[ReviewDecision, str | None],
+        self,
+        pipe: Any,
+        item: ReviewItem,
+        reviewer: str,
+        outcome: ReviewOutcome,
+        token: str,
+        now: float,
+        *,
+        submitted: tuple[ReviewDecision, str | None],
     ) -> None:
         ik = self._k("item", item.review_id)
         pipe.hdel(ik, "lease_token", "lease_holder", "lease_expires")
@@ -389,25 +367,35 @@ class RedisReviewQueue:
             rank = rank_key(
                 item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
             )
-            pipe.hset(ik, mapping={
-                "state": "queued", "first": outcome.pending.model_dump_json(),
-                "first_reviewer": reviewer,
-            })
+            pipe.hset(
+                ik,
+                mapping={
+                    "state": "queued",
+                    "first": outcome.pending.model_dump_json(),
+                    "first_reviewer": reviewer,
+                },
+            )
             pipe.zadd(self._k("q", item.policy_id), {item.review_id: rank})
             return
         final = outcome.final
         if final is None:  # pragma: no cover - ReviewOutcome holds exactly one of the two
             return
-        pipe.hset(ik, mapping={
-            "state": "final", "final": final.model_dump_json(), "final_token": token,
-            # What the last reviewer submitted (a disagreement's final decision is "escalate").
-            "final_submitted": submitted[0].value, "final_submitted_reason": submitted[1] or "",
-        })
+        pipe.hset(
+            ik,
+            mapping={
+                "state": "final",
+                "final": final.model_dump_json(),
+                "final_token": token,
+                # What the last reviewer submitted (a disagreement's final decision is "escalate").
+                "final_submitted": submitted[0].value,
+                "final_submitted_reason": submitted[1] or "",
+            },
+        )
         pipe.zrem(self._k("open", item.policy_id), item.review_id)
         pipe.zadd(self._k("decided"), {item.review_id: now})
         pipe.zadd(self._k("outbox"), {item.review_id: now})
 
-    @_translate
+    @translated("review queue")
     def release(self, review_id: str, *, reviewer: str | None = None) -> bool:
         """Give an item back to the queue (reviewer skip, or admin requeue when ``reviewer`` is
         None). Returns False when the item was not leased (by that reviewer).
@@ -443,13 +431,13 @@ class RedisReviewQueue:
 
     # --- final-decision delivery ----------------------------------------------------------
 
-    @_translate
+    @translated("review queue")
     def delivered(self, review_id: str) -> None:
         """Mark a final decision's ``on_final`` as done (removes it from the outbox)."""
         self._r.zrem(self._k("outbox"), review_id)
 
-    @_translate
-    def undelivered(self, *, older_than_s: float = 0.0) -> list[FinalReviewDecision]:
+    @translated("review queue")
+    def undelivered(self, *, older_than_s: float = 0.0) -> list[HumanDecision]:
         """Final decisions whose ``on_final`` has not returned (crash or downstream error)."""
         cutoff = self.now() - older_than_s
         rids = cast(list[str], self._r.zrangebyscore(self._k("outbox"), "-inf", cutoff))
@@ -457,17 +445,17 @@ class RedisReviewQueue:
         for rid in rids:
             raw = self._r.hget(self._k("item", rid), "final")
             if raw is not None:
-                out.append(FinalReviewDecision.model_validate_json(cast(str, raw)))
+                out.append(HumanDecision.model_validate_json(cast(str, raw)))
         return out
 
     # --- stats and export -----------------------------------------------------------------
 
-    @_translate
+    @translated("review queue")
     def policies(self) -> list[str]:
         return sorted(cast(set[str], self._r.smembers(self._k("policies"))))
 
-    @_translate
-    def stats(self) -> list[PolicyStats]:
+    @translated("review queue")
+    def stats(self) -> list[ReviewStats]:
         """Queue depth (waiting, in review) and oldest open item age per policy."""
         now = self.now()
         leased: dict[str, int] = {}
@@ -482,7 +470,7 @@ class RedisReviewQueue:
                 self._r.zrange(self._k("open", policy), 0, 0, withscores=True),
             )
             out.append(
-                PolicyStats(
+                ReviewStats(
                     policy_id=policy,
                     waiting=self._r.zcard(self._k("q", policy)),
                     in_review=leased.get(policy, 0),
@@ -491,14 +479,14 @@ class RedisReviewQueue:
             )
         return out
 
-    @_translate
+    @translated("review queue")
     def decisions_on(self, day: str | None = None) -> dict[str, int]:
         """Decisions per pseudonymous reviewer on a UTC day (default today)."""
         day = day or datetime.fromtimestamp(self.now(), UTC).strftime("%Y-%m-%d")
         raw = cast(dict[str, str], self._r.hgetall(self._k("day", day)))
         return {k: int(v) for k, v in raw.items()}
 
-    @_translate
+    @translated("review queue")
     def export(self) -> Iterator[dict[str, Any]]:
         """Reviewed items as labelled rows (oldest decision first), for threshold calibration."""
         start = 0
@@ -512,69 +500,5 @@ class RedisReviewQueue:
                 if "final" not in h:
                     continue
                 item = ReviewItem.model_validate_json(h["item"])
-                final = FinalReviewDecision.model_validate_json(h["final"])
-                yield {
-                    "review_id": rid,
-                    "job_id": item.job_id,
-                    "image_ref": item.image_ref,
-                    "policy_id": item.policy_id,
-                    "policy_version": item.policy_version,
-                    "category": item.category_id,
-                    "severity": item.severity.value,
-                    "human_label": final.decision.value,
-                    "reason_code": final.reason_code,
-                    "model_score": item.score,
-                    "model_decision": item.verdict.decision.value,
-                    "scores": dict(item.verdict.scores),
-                    "model": item.verdict.model,
-                    "reviewers": final.reviewers,
-                    "decided_at": final.decided_at,
-                }
-
-
-class RedisReviewerStore:
-    """Reviewer accounts in Redis hashes (``user:<name>``), implementing ``ReviewerStore``."""
-
-    def __init__(self, client: redis.Redis, *, prefix: str = "mod:review:") -> None:
-        self._r = client
-        self._p = prefix
-
-    @_translate
-    def create(self, account: ReviewerAccount) -> None:
-        """Raises:
-        ReviewError: the username is taken (code ``review_user_exists``).
-        """
-        key = self._p + "user:" + account.username
-        created = self._r.hsetnx(key, "password_hash", account.password_hash)
-        if not created:
-            raise ReviewError(f"reviewer {account.username!r} exists", code="review_user_exists")
-        self._r.hset(key, mapping={
-            "role": account.role.value, "disabled": "1" if account.disabled else "0",
-            "created_at": repr(account.created_at),
-        })
-        self._r.sadd(self._p + "users", account.username)
-
-    @_translate
-    def get(self, username: str) -> ReviewerAccount | None:
-        h = cast(dict[str, str], self._r.hgetall(self._p + "user:" + username))
-        if "password_hash" not in h or "role" not in h:
-            return None
-        return ReviewerAccount(
-            username=username, role=Role(h["role"]), password_hash=h["password_hash"],
-            disabled=h.get("disabled") == "1", created_at=float(h.get("created_at", "0")),
-        )
-
-    @_translate
-    def all(self) -> list[ReviewerAccount]:
-        names = sorted(cast(set[str], self._r.smembers(self._p + "users")))
-        return [a for a in (self.get(n) for n in names) if a is not None]
-
-    @_translate
-    def set_disabled(self, username: str, disabled: bool) -> None:
-        """Raises:
-        ReviewError: no such reviewer (code ``review_unknown_user``).
-        """
-        if self.get(username) is None:
-            raise ReviewError(f"no reviewer {username!r}", code="review_unknown_user")
-        self._r.hset(self._p + "user:" + username, "disabled", "1" if disabled else "0")
-
+                final = HumanDecision.model_validate_json(h["final"])
+                yield export_row(item, final)

@@ -25,7 +25,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from moderation.audit import Retention, key_bounds
+from moderation.core.audit import Retention, key_bounds
 from moderation.exceptions import AuditError, AuditSinkUnavailable
 from moderation.settings import AuditSettings, S3Settings
 

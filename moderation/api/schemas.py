@@ -6,33 +6,48 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from moderation.jobs import JOB_ID_PATTERN, JobStatus
+from moderation.core.jobs import JOB_ID_PATTERN, JobStatus
 
-__all__ = ["BatchAccepted", "BatchRequest", "ErrorBody", "JobAccepted", "JobRequest"]
+__all__ = ["BatchAccepted", "BatchRequest", "JobAccepted", "JobRequest"]
 
 
 class JobRequest(BaseModel):
     """One image to moderate: exactly one of ``image_url`` and ``image_base64``."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"image_url": "s3://uploads/2024/06/cat.jpg", "id": "upload-8812",
-                      "metadata": {"user": "u_19"},
-                      "callback_url": "https://example.com/hooks/moderation"}]
-    })
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "image_url": "s3://uploads/2024/06/cat.jpg",
+                    "id": "upload-8812",
+                    "metadata": {"user": "u_19"},
+                    "callback_url": "https://example.com/hooks/moderation",
+                }
+            ]
+        },
+    )
 
     image_url: str | None = Field(
-        None, max_length=4096, description="s3://bucket/key or http(s):// URL of the image.")
+        None, max_length=4096, description="s3://bucket/key or http(s):// URL of the image."
+    )
     image_base64: str | None = Field(
-        None, description="The image bytes, base64 (at most queue.max_inline_bytes decoded).")
+        None, description="The image bytes, base64 (at most queue.max_inline_bytes decoded)."
+    )
     policies: list[str] | None = Field(
-        None, max_length=64, description="Policy ids to apply; default: every active policy.")
+        None, max_length=64, description="Policy ids to apply; default: every active policy."
+    )
     id: str | None = Field(
-        None, pattern=JOB_ID_PATTERN,
-        description="Caller job id (idempotency key): the same id is processed once.")
-    metadata: dict[str, Any] = Field(default_factory=dict,
-                                     description="Opaque; echoed in the result and callback.")
+        None,
+        pattern=JOB_ID_PATTERN,
+        description="Caller job id (idempotency key): the same id is processed once.",
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Opaque; echoed in the result and callback."
+    )
     callback_url: str | None = Field(
-        None, max_length=4096, description="POSTed the HMAC-signed result when the job ends.")
+        None, max_length=4096, description="POSTed the HMAC-signed result when the job ends."
+    )
 
     @model_validator(mode="after")
     def _one_image(self) -> JobRequest:
@@ -56,9 +71,3 @@ class BatchRequest(BaseModel):
 
 class BatchAccepted(BaseModel):
     jobs: list[JobAccepted]
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    index: int | None = None  # position in a batch request

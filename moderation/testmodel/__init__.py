@@ -21,7 +21,7 @@ Nothing happens at import time; open_clip is imported only by :func:`register_co
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from moderation.testmodel.world import (
     BACKGROUND_PHRASES,
@@ -34,6 +34,9 @@ from moderation.testmodel.world import (
     render,
     sample_images,
 )
+
+if TYPE_CHECKING:
+    from moderation.settings import ModelSettings
 
 __all__ = [
     "ASSETS_DIR",
@@ -48,6 +51,8 @@ __all__ = [
     "TEMPLATES",
     "TRAIN_REPORT_PATH",
     "Band",
+    "config_path_for",
+    "model_settings",
     "phrase",
     "register_config",
     "render",
@@ -69,3 +74,24 @@ def register_config() -> None:
 
     if MODEL_NAME not in open_clip.list_models():
         open_clip.add_model_config(CONFIG_PATH)
+
+
+def config_path_for(architecture: str) -> Path | None:
+    """The model config JSON of ``architecture`` when it is the test model (open_clip does not
+    ship it), else None."""
+    return CONFIG_PATH if architecture == MODEL_NAME else None
+
+
+def model_settings(base: ModelSettings | None = None) -> ModelSettings:
+    """Model settings of the bundled test model (keeping ``base``'s device and precision)."""
+    from moderation.settings import ModelSettings
+
+    base = base or ModelSettings()
+    return base.model_copy(
+        update={
+            "architecture": MODEL_NAME,
+            "pretrained": None,
+            "checkpoint": CHECKPOINT_PATH,
+            "fallback_to_test_model": False,
+        }
+    )

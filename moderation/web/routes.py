@@ -18,7 +18,8 @@ API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF 
     POST {prefix}/api/admin/redeliver admin: retry on_final for decisions whose delivery failed
 
 Every state-changing request carries the session's CSRF token (``X-CSRF-Token`` header or
-``csrf`` form field). Images are fetched server-side through the injected ``image_loader``,
+``csrf`` form field). Errors are RFC 9457 problem details, like the API's. Images are fetched
+server-side through the injected ``image_loader`` (the image sources, by scheme),
 decoded safely and re-encoded as PNG (no metadata, no exotic formats reach the browser), and sent
 with ``Cache-Control: no-store``. Every response carries a strict CSP (no inline script or style),
 ``X-Frame-Options: DENY`` and ``nosniff``.
@@ -38,37 +39,31 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.exceptions import HTTPException, RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from moderation.adapters.images import decode_image
-from moderation.adapters.redis_review import Claim, PolicyStats, RedisReviewQueue
-from moderation.exceptions import (
-    ImageError,
-    ModerationError,
-    ReviewAlreadyDecided,
-    ReviewAuthError,
-    ReviewError,
-    ReviewInvalidDecision,
-    ReviewLeaseExpired,
-    ReviewNotFound,
-    ReviewNotLeaseHolder,
-    TransientError,
-)
-from moderation.review.auth import ReviewerStore, Role, Session, SessionCodec, verify_password
-from moderation.review.model import FinalReviewDecision, ReviewDecision
+from moderation.api.problems import http_problem, moderation_problem, status_for, validation_problem
+from moderation.core.image_ref import ImageRef
+from moderation.core.review import HumanDecision, ReviewDecision
+from moderation.core.reviewers import Role
+from moderation.exceptions import ModerationError, ReviewAuthError, ReviewNotFound
+from moderation.metrics import metrics
+from moderation.ports import Claim, ReviewerStore, ReviewQueue, ReviewStats
 from moderation.settings import Settings
+from moderation.web.auth import Session, SessionCodec, verify_password
 
 __all__ = ["ImageLoader", "OnFinal", "build_review_router"]
 
 log = logging.getLogger(__name__)
 
-OnFinal = Callable[[FinalReviewDecision], None]
-#: Returns the image bytes for an item's ``image_ref`` (or its job id when it has no ref).
-ImageLoader = Callable[[str], bytes]
+OnFinal = Callable[[HumanDecision], object]
+#: Returns the image bytes of a reference (the image sources, by scheme).
+ImageLoader = Callable[[ImageRef], bytes]
 
 _HERE = Path(__file__).resolve().parent
 _STATIC = {
@@ -92,22 +87,6 @@ def _secure(response: Response) -> None:
     response.headers.setdefault("Cache-Control", "no-store")
 
 
-def _status_for(exc: ModerationError) -> int:
-    if isinstance(exc, ReviewAuthError):
-        return 403 if exc.code in {"review_csrf", "review_forbidden"} else 401
-    if isinstance(exc, ReviewNotFound):
-        return 404
-    if isinstance(exc, ReviewLeaseExpired | ReviewNotLeaseHolder | ReviewAlreadyDecided):
-        return 409
-    if isinstance(exc, ReviewInvalidDecision | ReviewError):
-        return 400
-    if isinstance(exc, ImageError):
-        return 422
-    if isinstance(exc, TransientError):
-        return 503
-    return 500
-
-
 def _secure_route(prefix: str) -> type[APIRoute]:
     """A route class that adds the security headers and maps the exception tree to HTTP answers
     (a router cannot install middleware or exception handlers of its own)."""
@@ -127,23 +106,15 @@ def _wrap(
         try:
             response = await original(request)
         except ModerationError as exc:
-            status = _status_for(exc)
             is_page = request.method == "GET" and "/api/" not in request.url.path
-            if status == 401 and is_page:
+            if status_for(exc) == 401 and is_page:
                 response = RedirectResponse(f"{prefix}/login", status_code=303)
             else:
-                response = JSONResponse(
-                    {"error": exc.code, "message": str(exc)}, status_code=status
-                )
+                response = moderation_problem(exc)
         except RequestValidationError as exc:
-            response = JSONResponse(
-                {"error": "invalid_request", "message": str(exc.errors())}, status_code=422
-            )
+            response = validation_problem(exc.errors())
         except HTTPException as exc:
-            response = JSONResponse(
-                {"error": "http_error", "message": str(exc.detail)},
-                status_code=exc.status_code,
-            )
+            response = http_problem(exc)
         _secure(response)
         return response
 
@@ -175,9 +146,7 @@ class _ItemBody(BaseModel):
 
 def _claim_payload(claim: Claim, prefix: str) -> dict[str, Any]:
     item = claim.item
-    deciding = next(
-        (c for c in item.verdict.categories if c.category_id == item.category_id), None
-    )
+    deciding = next((c for c in item.verdict.categories if c.category_id == item.category_id), None)
     return {
         "review_id": item.review_id,
         "token": claim.lease.token,
@@ -190,11 +159,11 @@ def _claim_payload(claim: Claim, prefix: str) -> dict[str, Any]:
         "score": item.score,
         "thresholds": (
             {"review": deciding.review_threshold, "block": deciding.block_threshold}
-            if deciding else None
+            if deciding
+            else None
         ),
-        "top_prompts": (
-            [p.model_dump(mode="json") for p in deciding.top_prompts] if deciding else []
-        ),
+        "signal": deciding.signal if deciding else None,
+        "evidence": ([e.to_dict() for e in deciding.evidence] if deciding else []),
         "scores": item.verdict.scores,
         "explanation": item.verdict.explain(),
         "policy_text": item.policy_text.model_dump(mode="json"),
@@ -207,7 +176,7 @@ def _claim_payload(claim: Claim, prefix: str) -> dict[str, Any]:
 
 def build_review_router(
     settings: Settings,
-    queue: RedisReviewQueue,
+    queue: ReviewQueue,
     users: ReviewerStore,
     *,
     on_final: OnFinal,
@@ -231,7 +200,12 @@ def build_review_router(
 
     def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
         response.set_cookie(
-            name, value, max_age=max_age, path=prefix, httponly=True, samesite="strict",
+            name,
+            value,
+            max_age=max_age,
+            path=prefix,
+            httponly=True,
+            samesite="strict",
             secure=review.cookie_secure,
         )
 
@@ -241,8 +215,10 @@ def build_review_router(
         if account is None or account.disabled:
             raise ReviewAuthError("account disabled or removed", code="review_not_signed_in")
         return Principal(
-            username=account.username, role=account.role,
-            pseudonym=codec.pseudonym(account.username), session=session,
+            username=account.username,
+            role=account.role,
+            pseudonym=codec.pseudonym(account.username),
+            session=session,
         )
 
     def csrf_principal(
@@ -269,17 +245,14 @@ def build_review_router(
             "csrf": codec.csrf_token(who.session.nonce) if who else "",
             **extra,
         }
-        return templates.TemplateResponse(
-            request, name, context, status_code=status_code
-        )
+        return templates.TemplateResponse(request, name, context, status_code=status_code)
 
     # --- sign in / out --------------------------------------------------------------------
 
     @router.get("/login")
     def login_form(request: Request) -> Response:
         nonce = secrets.token_urlsafe(16)
-        response = page(request, "login.html", None, login_csrf=codec.csrf_token(nonce),
-                        error=None)
+        response = page(request, "login.html", None, login_csrf=codec.csrf_token(nonce), error=None)
         _cookie(response, PRE_COOKIE, nonce, 3600)
         return response
 
@@ -296,8 +269,14 @@ def build_review_router(
             account = verify_password(users.get(username.strip().lower()), password)
         except ReviewAuthError as exc:
             new_nonce = secrets.token_urlsafe(16)
-            response = page(request, "login.html", None, login_csrf=codec.csrf_token(new_nonce),
-                            error=str(exc), status_code=401)
+            response = page(
+                request,
+                "login.html",
+                None,
+                login_csrf=codec.csrf_token(new_nonce),
+                error=str(exc),
+                status_code=401,
+            )
             _cookie(response, PRE_COOKIE, new_nonce, 3600)
             return response
         _, cookie = codec.issue(account, now=time.time())
@@ -323,9 +302,7 @@ def build_review_router(
         return page(request, "review.html", who, lease_s=int(queue.lease_s))
 
     @router.get("/overview")
-    def overview_page(
-        request: Request, who: Annotated[Principal, Depends(principal)]
-    ) -> Response:
+    def overview_page(request: Request, who: Annotated[Principal, Depends(principal)]) -> Response:
         return page(request, "overview.html", who)
 
     @router.get("/static/{name}")
@@ -350,7 +327,10 @@ def build_review_router(
         body: _DecideBody, who: Annotated[Principal, Depends(csrf_principal)]
     ) -> dict[str, Any]:
         result = queue.decide(
-            body.review_id, reviewer=who.pseudonym, token=body.token, decision=body.decision,
+            body.review_id,
+            reviewer=who.pseudonym,
+            token=body.token,
+            decision=body.decision,
             reason_code=body.reason_code,
         )
         final = result.outcome.final
@@ -376,11 +356,14 @@ def build_review_router(
             # Same answer whether the item does not exist or someone else holds it.
             raise ReviewNotFound("no item with that id leased to you")
         item = queue.item(review_id)
-        frames = decode_image(image_loader(item.image_ref or item.job_id), settings.images)
+        frames = decode_image(image_loader(item.image), settings.images)
         buffer = io.BytesIO()
         frames[0].save(buffer, format="PNG")
-        return Response(buffer.getvalue(), media_type="image/png",
-                        headers={"Cache-Control": "no-store, private"})
+        return Response(
+            buffer.getvalue(),
+            media_type="image/png",
+            headers={"Cache-Control": "no-store, private"},
+        )
 
     @router.get("/api/overview")
     def overview(who: Annotated[Principal, Depends(principal)]) -> dict[str, Any]:
@@ -388,8 +371,12 @@ def build_review_router(
             "me": {"username": who.username, "role": who.role.value, "reviewer": who.pseudonym},
             "my_decisions_today": queue.decisions_on().get(who.pseudonym, 0),
             "queues": [
-                {"policy_id": s.policy_id, "waiting": s.waiting, "in_review": s.in_review,
-                 "oldest_age_s": None if s.oldest_age_s is None else round(s.oldest_age_s, 1)}
+                {
+                    "policy_id": s.policy_id,
+                    "waiting": s.waiting,
+                    "in_review": s.in_review,
+                    "oldest_age_s": None if s.oldest_age_s is None else round(s.oldest_age_s, 1),
+                }
                 for s in queue.stats()
             ],
         }
@@ -405,9 +392,7 @@ def build_review_router(
         }
 
     @router.post("/api/admin/requeue")
-    def admin_requeue(
-        body: _ItemBody, who: Annotated[Principal, Depends(admin)]
-    ) -> dict[str, Any]:
+    def admin_requeue(body: _ItemBody, who: Annotated[Principal, Depends(admin)]) -> dict[str, Any]:
         return {"requeued": queue.release(body.review_id)}
 
     @router.post("/api/admin/redeliver")
@@ -419,30 +404,33 @@ def build_review_router(
     return router
 
 
-def _stats_dict(stats: PolicyStats) -> dict[str, Any]:
+def _stats_dict(stats: ReviewStats) -> dict[str, Any]:
     return {
-        "policy_id": stats.policy_id, "waiting": stats.waiting, "in_review": stats.in_review,
+        "policy_id": stats.policy_id,
+        "waiting": stats.waiting,
+        "in_review": stats.in_review,
         "oldest_age_s": stats.oldest_age_s,
     }
 
 
-def _deliver(queue: RedisReviewQueue, final: FinalReviewDecision, on_final: OnFinal) -> bool:
+def _deliver(queue: ReviewQueue, final: HumanDecision, on_final: OnFinal) -> bool:
     try:
         on_final(final)
     except ModerationError as exc:
-        log.warning("on_final failed for review %s (%s); kept in the outbox", final.review_id,
-                    exc.code)
+        log.warning(
+            "on_final failed for review %s (%s); kept in the outbox", final.review_id, exc.code
+        )
         return False
     queue.delivered(final.review_id)
     return True
 
 
 def _count(
-    queue: RedisReviewQueue, review_id: str, final: FinalReviewDecision | None,
+    queue: ReviewQueue,
+    review_id: str,
+    final: HumanDecision | None,
     handling_s: float | None,
 ) -> None:
-    from moderation.metrics import metrics
-
     m = metrics()
     policy = final.policy_id if final else queue.item(review_id).policy_id
     decision = final.decision.value if final else "pending_second"

@@ -30,7 +30,9 @@ def photo(width: int = 320, height: int = 240, seed: int = 0) -> Image.Image:
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return (
-        struct.pack(">I", len(payload)) + kind + payload
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
         + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
     )
 
@@ -42,7 +44,9 @@ def png_claiming(width: int, height: int, *, bit_depth: int = 8, color_type: int
     row = b"\0" * (1 + min(width, 4096) * 3)
     idat = zlib.compress(row * 4, 9)
     return (
-        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
         + _png_chunk(b"IEND", b"")
     )
 
@@ -60,8 +64,16 @@ def animated_gif(n_frames: int, size: int = 16) -> bytes:
         Image.new("RGB", (size, size), (round(i * 255 / max(1, n_frames - 1)), 40, 200))
         for i in range(n_frames)
     ]
-    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=20,
-                  loop=0, optimize=False, disposal=1)
+    return encode(
+        frames[0],
+        "GIF",
+        save_all=True,
+        append_images=frames[1:],
+        duration=20,
+        loop=0,
+        optimize=False,
+        disposal=1,
+    )
 
 
 def exif_rotated_jpeg(orientation: int = 6) -> bytes:
@@ -94,15 +106,16 @@ def palette_with_transparency() -> bytes:
 def two_page_tiff(small: int = 10, large: int = 300) -> bytes:
     """A TIFF whose first page is tiny and whose second page is large."""
     first = Image.new("RGB", (small, small), (10, 20, 30))
-    return encode(first, "TIFF", save_all=True,
-                  append_images=[Image.new("RGB", (large, large), (1, 2, 3))])
+    return encode(
+        first, "TIFF", save_all=True, append_images=[Image.new("RGB", (large, large), (1, 2, 3))]
+    )
 
 
 NON_IMAGES: dict[str, bytes] = {
     "text": b"hello, this is definitely not an image\n" * 5,
     "html": b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)></body></html>",
     "svg": b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
-           b'<rect width="10" height="10"/></svg>',
+    b'<rect width="10" height="10"/></svg>',
     "pdf": b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n",
     "json": b'{"image": "s3://bucket/key.jpg"}',
     "elf": b"\x7fELF\x02\x01\x01" + b"\0" * 60,

@@ -22,7 +22,7 @@
     });
     if (response.status === 401) { window.location.assign(base + "/login"); throw new Error("signed out"); }
     const data = await response.json().catch(() => ({}));
-    if (!response.ok) { const e = new Error(data.message || response.statusText); e.code = data.error; throw e; }
+    if (!response.ok) { const e = new Error(data.detail || response.statusText); e.code = data.code; throw e; }
     return data;
   }
 
@@ -45,11 +45,14 @@
     text("category-text", item.policy_text.category_description);
     text("prompts", item.policy_text.prompts.join(", "));
     text("benign", item.policy_text.benign_prompts.join(", "));
+    text("signal", item.signal ? "(" + item.signal + ")" : "");
     const matches = $("matches");
     matches.replaceChildren();
-    for (const m of item.top_prompts) {
+    for (const e of item.evidence) {
       const li = document.createElement("li");
-      li.textContent = m.prompt + " — " + m.kind + ", p=" + m.probability.toFixed(2);
+      const extra = Object.entries(e.details || {})
+        .map(([k, v]) => k + "=" + (typeof v === "number" ? v.toFixed(2) : v)).join(", ");
+      li.textContent = e.label + " — " + e.score.toFixed(2) + (extra ? " (" + extra + ")" : "");
       matches.appendChild(li);
     }
     const reasons = $("reasons");

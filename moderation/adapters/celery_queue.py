@@ -1,0 +1,158 @@
+"""The Celery/Redis queue behind the :class:`~moderation.ports.TaskPublisher` and
+:class:`~moderation.ports.CallbackSender` ports, and the Celery configuration workers share.
+
+Task names are defined here, once: the API and the workers' lost-message sweep publish
+:data:`MODERATE_TASK` (message id = job id), callbacks go out as :data:`CALLBACK_TASK` on their
+own queue. The task functions themselves live in ``workers/tasks.py``; this module never imports
+them (messages are sent by name).
+
+Delivery guarantees: ``acks_late`` + ``reject_on_worker_lost`` (a message is acknowledged only
+after its task ran), a broker visibility timeout longer than any task, and a fast sweep of
+unacknowledged messages (``unacked_restore_interval``/``_throttle``) so the messages of a
+``kill -9``'d worker are redelivered within about ``visibility_timeout_s`` + a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from celery import Celery
+from kombu import Queue  # type: ignore[attr-defined]
+
+from moderation.adapters.support.redis import connect, redis_errors
+from moderation.exceptions import QueueUnavailable
+from moderation.settings import Settings
+
+__all__ = ["CALLBACK_TASK", "MODERATE_TASK", "CeleryQueue", "celery_config"]
+
+#: Processes one job: ``moderate(job_id)``; the message id is the job id.
+MODERATE_TASK = "moderation.moderate"
+#: Delivers one signed callback: ``deliver_callback(job_id, url, body)``.
+CALLBACK_TASK = "moderation.deliver_callback"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery configuration for ``settings`` (producers and workers alike).
+
+    Raises:
+        QueueUnavailable: no Redis URL is configured (the embedded server is started by the
+            ``moderation demo`` command, never by a worker).
+    """
+    if not settings.redis_url:
+        raise QueueUnavailable(
+            "no Redis URL configured: set MODERATION_REDIS_URL (or run `moderation demo`, which "
+            "starts an embedded server)"
+        )
+    q = settings.queue
+    concurrency = q.concurrency or 2 * q.batch_size
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": q.visibility_timeout_s,
+            "unacked_restore_interval": q.unacked_restore_interval_s,
+            "unacked_restore_throttle": max(1, round(q.unacked_restore_throttle_s)),
+        },
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,  # results live in the job store
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "task_track_started": False,
+        "task_default_queue": q.queue_name,
+        "task_queues": [Queue(q.queue_name), Queue(q.callback_queue_name)],  # type: ignore[no-untyped-call]
+        "task_routes": {CALLBACK_TASK: {"queue": q.callback_queue_name}},
+        "worker_pool": "threads",
+        "worker_concurrency": concurrency,
+        "worker_prefetch_multiplier": q.prefetch_multiplier,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_heartbeat": 0,
+    }
+
+
+class CeleryQueue:
+    """Publishes job and callback messages by task name (a producer app: no task modules).
+
+    Raises:
+        QueueUnavailable: no Redis URL is configured.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._celery = Celery("moderation-producer", set_as_current=False)
+        self._celery.conf.update(celery_config(settings))
+        self._redis = connect(settings.redis_url or "")
+        self._lock = threading.Lock()
+
+    # --- TaskPublisher -----------------------------------------------------------------------
+
+    def publish(self, job_id: str) -> None:
+        """Publish the job's message (message id = job id).
+
+        Raises:
+            QueueUnavailable: the broker refused it.
+        """
+        try:
+            self._celery.send_task(
+                MODERATE_TASK,
+                args=[job_id],
+                task_id=job_id,
+                queue=self.settings.queue.queue_name,
+                ignore_result=True,
+            )
+        except Exception as exc:  # kombu/redis raise many types; all mean "not enqueued"
+            raise QueueUnavailable(f"cannot enqueue job {job_id}: {exc}") from exc
+
+    def in_flight(self, max_scan: int = 20_000) -> set[str] | None:
+        """Ids of job messages waiting in the queue or unacknowledged (kombu's ``unacked``
+        hash); None when the queue is longer than ``max_scan``.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        queue = self.settings.queue.queue_name
+        with redis_errors("broker"):
+            if int(self._redis.llen(queue)) > max_scan:
+                return None
+            raw = [*self._redis.lrange(queue, 0, max_scan), *self._redis.hvals("unacked")]
+        ids: set[str] = set()
+        for item in raw:
+            try:
+                payload = json.loads(item)
+                message = payload[0] if isinstance(payload, list) else payload
+                ids.add(str(message["headers"]["id"]))
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue
+        return ids
+
+    def queue_depth(self) -> int:
+        """Messages waiting in the moderation queue.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        with redis_errors("broker"):
+            return int(self._redis.llen(self.settings.queue.queue_name))
+
+    # --- CallbackSender ----------------------------------------------------------------------
+
+    def send(self, job_id: str, url: str, body: bytes) -> None:
+        """Schedule delivery of a callback (a task on the callback queue).
+
+        Raises:
+            QueueUnavailable: the broker refused it.
+        """
+        try:
+            self._celery.send_task(
+                CALLBACK_TASK,
+                args=[job_id, url, body.decode()],
+                queue=self.settings.queue.callback_queue_name,
+                ignore_result=True,
+            )
+        except Exception as exc:  # kombu/redis raise many types; all mean "not enqueued"
+            raise QueueUnavailable(f"cannot schedule the callback of job {job_id}: {exc}") from exc

@@ -1,0 +1,347 @@
+"""Redis job store: job records, inline image bytes, results with a TTL, delivery counters, the
+outcome stream, the dead-letter list and worker heartbeats.
+
+Keys (``P`` = ``settings.queue.key_prefix``)::
+
+    P job:<id>          the Job (JSON), created with SET NX: the idempotency key
+    P inline:<id>       inline image bytes (TTL ``inline_ttl_s``)
+    P result:<id>       the JobResult (JSON); a final result is never overwritten by another
+    P deliveries:<id>   task starts of this job (poison-message detection)
+    P effects:<id>      set once callback/review/audit side effects were dispatched
+    P outcomes          stream: one entry per job that ended (job_id, status) - exactly once
+    P dlq               hash job id -> dead-letter entry (JSON)
+    P worker:<name>     heartbeat of a live worker (JSON, short TTL): model, policies, notes
+    P pending           sorted set job id -> time it was (re)published; removed when it ends
+    P lock:<name>       short-lived named locks (one worker at a time runs the lost-message sweep)
+
+Why ``pending``: kombu's Redis transport pops a message (BRPOP) *before* it records it as
+unacked, so a worker killed in that window loses the message for good (celery/celery#4354,
+celery/kombu#305). The job record is the source of truth instead: a job still pending long after
+it was published whose message is neither queued nor unacked was lost, and the lost-message sweep
+(:mod:`moderation.pipeline.maintenance`) publishes it again. Tasks are idempotent, so a spurious
+republish costs one no-op delivery.
+
+Redis errors become :class:`~moderation.exceptions.QueueUnavailable` (transient).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import redis
+
+from moderation.adapters.support.redis import connect, redis_errors
+from moderation.core.jobs import Job, JobResult, JobStatus
+from moderation.core.review import HumanDecision
+from moderation.exceptions import QueueUnavailable
+from moderation.ports import DeadLetter
+from moderation.settings import QueueSettings
+
+__all__ = ["RedisJobStore"]
+
+T = TypeVar("T")
+
+_CREATE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
+  return 1
+end
+return 0
+"""
+
+# Write a final result unless one is already there; log the outcome once.
+_FINISH = """
+local old = redis.call('GET', KEYS[1])
+if old then
+  local status = cjson.decode(old)['status']
+  if status == 'done' or status == 'error' then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'job_id', ARGV[3], 'status', ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[3])
+return 1
+"""
+
+
+class RedisJobStore:
+    """The :class:`~moderation.ports.JobStore` on Redis. Thread-safe (redis-py pools
+    connections)."""
+
+    def __init__(self, client: redis.Redis, settings: QueueSettings) -> None:
+        self.redis = client
+        self.settings = settings
+        self.prefix = settings.key_prefix
+        self._create = client.register_script(_CREATE)
+        self._finish = client.register_script(_FINISH)
+
+    @classmethod
+    def from_url(cls, url: str, settings: QueueSettings) -> RedisJobStore:
+        """Connect lazily (the first command opens the connection)."""
+        return cls(connect(url), settings)
+
+    def key(self, kind: str, job_id: str = "") -> str:
+        return f"{self.prefix}{kind}:{job_id}" if job_id else f"{self.prefix}{kind}"
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        with redis_errors("job store"):
+            return fn()
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def create(self, job: Job, inline: bytes | None = None) -> tuple[Job, bool]:
+        """Store a new job (and its inline bytes) unless the id exists.
+
+        Returns:
+            The stored job (the existing one for a duplicate id) and whether it was created.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        created = self._call(
+            lambda: self._create(
+                keys=[
+                    self.key("job", job.id),
+                    self.key("result", job.id),
+                    self.key("inline", job.image.inline_key if job.image.inline else job.id),
+                    self.key("pending"),
+                ],
+                args=[
+                    job.model_dump_json(),
+                    JobResult.queued(job).model_dump_json(),
+                    self.settings.result_ttl_s,
+                    "1" if inline is not None else "0",
+                    inline or b"",
+                    self.settings.inline_ttl_s,
+                    time.time(),
+                    job.id,
+                ],
+            )
+        )
+        if created:
+            return job, True
+        existing = self.get_job(job.id)
+        return (existing or job), False
+
+    def delete(self, job_id: str) -> None:
+        """Remove every trace of a job (rollback when it could not be enqueued)."""
+        kinds = ("job", "inline", "result", "deliveries", "effects")
+
+        def run() -> None:
+            self.redis.delete(*(self.key(k, job_id) for k in kinds))
+            self.redis.zrem(self.key("pending"), job_id)
+
+        self._call(run)
+
+    def get_job(self, job_id: str) -> Job | None:
+        raw = self._call(lambda: self.redis.get(self.key("job", job_id)))
+        return Job.model_validate_json(raw) if raw else None
+
+    def keep_inline(self, key: str, ttl_s: int) -> None:
+        """Keep inline bytes for ``ttl_s`` more seconds (e.g. while their job awaits review)."""
+        self._call(lambda: self.redis.expire(self.key("inline", key), ttl_s))
+
+    def inline_bytes(self, key: str) -> bytes | None:
+        raw = self._call(lambda: self.redis.get(self.key("inline", key)))
+        return raw if isinstance(raw, bytes) else None
+
+    # --- results -----------------------------------------------------------------------------
+
+    def get_result(self, job_id: str) -> JobResult | None:
+        raw = self._call(lambda: self.redis.get(self.key("result", job_id)))
+        return JobResult.model_validate_json(raw) if raw else None
+
+    def finish(self, result: JobResult) -> bool:
+        """Write a final result unless the job already has one (a redelivered task).
+
+        Returns:
+            True when this call ended the job; False when it had already ended (no-op).
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        won = self._call(
+            lambda: self._finish(
+                keys=[self.key("result", result.job_id), self.key("outcomes"), self.key("pending")],
+                args=[
+                    result.model_dump_json(),
+                    self.settings.result_ttl_s,
+                    result.job_id,
+                    result.status.value,
+                    1_000_000,
+                ],
+            )
+        )
+        awaiting_review = result.verdict is not None and result.verdict.decision.value == "review"
+        if won and result.status is JobStatus.DONE and not awaiting_review:
+            # Error results keep inline bytes for a requeue; REVIEW verdicts for the reviewer.
+            self._call(lambda: self.redis.delete(self.key("inline", result.job_id)))
+        return bool(won)
+
+    def set_human(self, job_id: str, human: HumanDecision) -> JobResult | None:
+        """Attach a human decision to a job's result (replacing an earlier one for the same
+        review). Returns the updated result, or None for an unknown job.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        key = self.key("result", job_id)
+
+        def update(pipe: Any) -> JobResult | None:
+            raw = pipe.get(key)
+            if not raw:
+                return None
+            result = JobResult.model_validate_json(raw)
+            updated = result.model_copy(update={"human": human})
+            ttl = pipe.ttl(key)
+            pipe.multi()
+            pipe.set(
+                key,
+                updated.model_dump_json(),
+                ex=ttl if ttl and ttl > 0 else self.settings.result_ttl_s,
+            )
+            return updated
+
+        updated: Any = self._call(
+            lambda: self.redis.transaction(update, key, value_from_callable=True)  # type: ignore[arg-type]
+        )
+        return updated if isinstance(updated, JobResult) else None
+
+    def outcomes(self, count: int = 100_000) -> list[tuple[str, str]]:
+        """(job_id, status) per ended job, oldest first, from the outcome stream."""
+        entries: Any = self._call(lambda: self.redis.xrange(self.key("outcomes"), count=count))
+        return [(f[b"job_id"].decode(), f[b"status"].decode()) for _, f in entries]
+
+    # --- deliveries and side effects ---------------------------------------------------------
+
+    def count_delivery(self, job_id: str) -> int:
+        key = self.key("deliveries", job_id)
+
+        def run() -> int:
+            pipe = self.redis.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, self.settings.result_ttl_s)
+            return int(pipe.execute()[0])
+
+        return self._call(run)
+
+    def effects_done(self, job_id: str) -> bool:
+        return bool(self._call(lambda: self.redis.exists(self.key("effects", job_id))))
+
+    def mark_effects_done(self, job_id: str) -> None:
+        self._call(
+            lambda: self.redis.set(self.key("effects", job_id), b"1", ex=self.settings.result_ttl_s)
+        )
+
+    # --- dead letters ------------------------------------------------------------------------
+
+    def dead_letter(self, job_id: str, *, reason: str, deliveries: int) -> None:
+        entry = DeadLetter(
+            job_id=job_id, reason=reason, deliveries=deliveries, at=datetime.now(UTC)
+        )
+        self._call(lambda: self.redis.hset(self.key("dlq"), job_id, entry.model_dump_json()))
+
+    def dead_letters(self) -> list[DeadLetter]:
+        raw = self._call(lambda: self.redis.hgetall(self.key("dlq")))
+        entries = [DeadLetter.model_validate_json(v) for v in raw.values()]
+        return sorted(entries, key=lambda e: e.at)
+
+    def take_dead_letter(self, job_id: str) -> Job | None:
+        """Remove a job from the dead-letter list and make it runnable again (result back to
+        queued, delivery count reset). Returns the job, or None when it is not dead-lettered or
+        its record expired.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        if not self._call(lambda: self.redis.hdel(self.key("dlq"), job_id)):
+            return None
+        job = self.get_job(job_id)
+        if job is None:
+            return None
+
+        def reset() -> None:
+            pipe = self.redis.pipeline()
+            pipe.set(
+                self.key("result", job_id),
+                JobResult.queued(job).model_dump_json(),
+                ex=self.settings.result_ttl_s,
+            )
+            pipe.delete(self.key("deliveries", job_id), self.key("effects", job_id))
+            pipe.zadd(self.key("pending"), {job_id: time.time()})
+            pipe.execute()
+
+        self._call(reset)
+        return job
+
+    def purge_dead_letters(self) -> int:
+        def run() -> int:
+            pipe = self.redis.pipeline()
+            pipe.hlen(self.key("dlq"))
+            pipe.delete(self.key("dlq"))
+            return int(pipe.execute()[0])
+
+        return self._call(run)
+
+    # --- workers and queue -------------------------------------------------------------------
+
+    def heartbeat(self, name: str, info: dict[str, Any], ttl_s: int = 30) -> None:
+        payload = json.dumps({**info, "at": time.time()})
+        self._call(lambda: self.redis.set(self.key("worker", name), payload, ex=ttl_s))
+
+    def workers(self) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            keys = list(self.redis.scan_iter(match=self.key("worker", "*"), count=100))
+            values = self.redis.mget(keys) if keys else []
+            return [json.loads(v) for v in values if v]
+
+        return self._call(run)
+
+    def known_policies(self) -> dict[str, int]:
+        """Policy id -> version, as loaded by the live workers."""
+        known: dict[str, int] = {}
+        for worker in self.workers():
+            known.update({str(k): int(v) for k, v in worker.get("policies", {}).items()})
+        return known
+
+    # --- pending index and locks ------------------------------------------------------------
+
+    def stale_pending(self, older_than_s: float, limit: int = 1000) -> list[str]:
+        """Jobs published more than ``older_than_s`` ago that have not ended.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        raw = self._call(
+            lambda: self.redis.zrangebyscore(
+                self.key("pending"), 0, time.time() - older_than_s, start=0, num=limit
+            )
+        )
+        return [j.decode() if isinstance(j, bytes) else str(j) for j in raw]
+
+    def try_lock(self, name: str, ttl_s: float) -> bool:
+        return bool(
+            self._call(
+                lambda: self.redis.set(
+                    self.key("lock", name), b"1", nx=True, px=max(1, int(ttl_s * 1000))
+                )
+            )
+        )
+
+    def mark_republished(self, job_id: str) -> None:
+        """Restart the lost-message clock of a job that was published again."""
+        self._call(lambda: self.redis.zadd(self.key("pending"), {job_id: time.time()}, xx=True))
+
+    def forget_pending(self, job_id: str) -> None:
+        self._call(lambda: self.redis.zrem(self.key("pending"), job_id))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._call(self.redis.ping))
+        except QueueUnavailable:
+            return False

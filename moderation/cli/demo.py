@@ -1,0 +1,195 @@
+"""``moderation demo``: the one-command default.
+
+With no ``MODERATION_REDIS_URL`` it starts an embedded valkey server, a worker process and the
+API, submits the test-world sample images plus a few hostile inputs, prints their verdicts and
+leaves the API running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from moderation.cli.common import err, fail, load_settings, out
+from moderation.cli.score import DECISION_STYLE
+from moderation.exceptions import ModerationError
+from moderation.ports import JobStore
+from moderation.settings import Settings
+
+__all__ = ["demo"]
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _demo_reviewer(settings: Settings) -> str | None:
+    """A reviewer account ``demo`` with a fresh random password (None if it already exists)."""
+    from moderation.compose import open_reviewers
+    from moderation.core.reviewers import ReviewerAccount, Role
+    from moderation.web.auth import hash_password
+
+    password = secrets.token_urlsafe(9)
+    try:
+        open_reviewers(settings).create(
+            ReviewerAccount(
+                username="demo",
+                role=Role.REVIEWER,
+                password_hash=hash_password(password),
+                disabled=False,
+                created_at=time.time(),
+            )
+        )
+    except ModerationError:
+        return None
+    return password
+
+
+def _wait_for_worker(
+    store: JobStore, proc: subprocess.Popen[bytes], timeout: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = store.workers()
+        if workers:
+            return workers[0]
+        if proc.poll() is not None:
+            raise ModerationError(f"the worker exited with status {proc.returncode}")
+        time.sleep(0.2)
+    raise ModerationError(f"no worker became ready within {timeout:.0f}s")
+
+
+def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def demo(
+    port: Annotated[int | None, typer.Option(help="API port (0: any free port)")] = None,
+    serve: Annotated[bool, typer.Option(help="Keep the API running after the demo")] = True,
+    samples: Annotated[int, typer.Option(min=1, max=50, help="Images per band")] = 2,
+) -> None:
+    """Start everything (embedded Redis if none is configured), moderate sample images, print
+    their verdicts, and keep the API running until Ctrl-C."""
+    from moderation.adapters.embedded_redis import EmbeddedRedis
+    from moderation.api import create_app
+    from moderation.api.server import serve_in_thread
+    from moderation.client import ModerationClient
+    from moderation.compose import ApiProcess, build_api, open_job_store
+    from moderation.testmodel.samples import demo_inputs
+
+    settings = load_settings()
+    embedded: EmbeddedRedis | None = None
+    worker_proc: subprocess.Popen[bytes] | None = None
+    server: Any = None
+    process: ApiProcess | None = None
+    os.environ.setdefault(
+        "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="moderation-metrics-")
+    )
+    try:
+        if not settings.redis_url:
+            embedded = EmbeddedRedis(data_dir=Path(tempfile.mkdtemp(prefix="moderation-redis-")))
+            settings = settings.model_copy(update={"redis_url": embedded.start()})
+            err.print(
+                f"no MODERATION_REDIS_URL: started an embedded valkey at {settings.redis_url}",
+                highlight=False,
+            )
+        store = open_job_store(settings)
+        worker_proc = subprocess.Popen(
+            [sys.executable, "-m", "moderation.cli", "worker", "--loglevel", "WARNING"],
+            env=settings.to_env(),
+            start_new_session=True,
+        )
+        err.print("starting a worker (loading the model)...")
+        info = _wait_for_worker(store, worker_proc, timeout=300)
+        if info.get("model_note"):
+            err.print(f"[bold yellow]warning[/]: {info['model_note']}", highlight=False)
+        err.print(
+            f"worker ready: model {info.get('model')}, policies {info.get('policies')}",
+            highlight=False,
+        )
+        api_port = settings.api_port if port is None else (port or _free_port())
+        if port is None and not _port_free(settings.api_host, api_port):
+            api_port = _free_port()
+            err.print(f"port {settings.api_port} is busy: serving on {api_port}")
+        process = build_api(settings)
+        server = serve_in_thread(create_app(process), api_port, host=settings.api_host)
+        demo_password = _demo_reviewer(settings)
+        base = f"http://{settings.api_host}:{api_port}"
+        inputs = demo_inputs(samples)
+        with ModerationClient(base) as client:
+            ids = client.submit_many([data for _, _, data in inputs])
+            results = client.wait_many(ids, timeout=300)
+        table = Table("input", "expected", "decision", "score", "why", title="Verdicts")
+        for (label, expected, _), result in zip(inputs, results, strict=True):
+            if result.verdict is not None:
+                v = result.verdict
+                decision = v.decision.value
+                table.add_row(
+                    label,
+                    expected,
+                    f"[{DECISION_STYLE[decision]}]{decision}[/]",
+                    f"{v.score:.3f}",
+                    v.explain(),
+                )
+            else:
+                error = result.error
+                table.add_row(
+                    label,
+                    expected,
+                    "[red]error[/]",
+                    "",
+                    f"{error.code}: {error.message}" if error else "",
+                )
+        out.print(table)
+        out.print(f"API: {base}  (docs {base}/docs, metrics {base}/metrics)")
+        if demo_password:
+            out.print(
+                f"Reviewer page: {base}/review/  (user [bold]demo[/], password "
+                f"[bold]{demo_password}[/]: the review-band images are waiting there)",
+                highlight=False,
+            )
+        if serve:
+            out.print("The API stays up; press Ctrl-C to stop.")
+            while not server.should_exit:
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    finally:
+        if server is not None:
+            server.should_exit = True
+        _stop_process(worker_proc)
+        if process is not None:
+            process.close()
+        if embedded is not None:
+            embedded.stop()

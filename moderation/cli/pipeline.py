@@ -1,0 +1,171 @@
+"""Queue pipeline commands: ``moderation api | worker | submit | dlq``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moderation.cli.common import api_url, client_key, err, fail, load_settings, out, warn_insecure
+from moderation.exceptions import ModerationError
+
+__all__ = ["pipeline_app"]
+
+pipeline_app = typer.Typer(no_args_is_help=True, help="Queue pipeline: API, workers, demo.")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead-letter list: inspect, requeue, purge.")
+pipeline_app.add_typer(dlq_app, name="dlq")
+
+
+@pipeline_app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Threads (default 2 x batch)")] = None,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run a Celery worker (thread pool + in-process micro-batcher) on the Redis broker.
+
+    The worker process is Celery's own (``celery -A workers.celery_app worker``); it reads the
+    same MODERATION_* settings from the environment.
+    """
+    from celery.bin.celery import main as celery_main
+
+    settings = load_settings()
+    warn_insecure(settings)
+    if not settings.redis_url:
+        raise fail(ModerationError("set MODERATION_REDIS_URL (or run `moderation demo`)"))
+    q = settings.queue
+    if q.worker_metrics_port:
+        from moderation.metrics import serve
+
+        serve(q.worker_metrics_port)
+    sys.argv = [
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(concurrency or q.concurrency or 2 * q.batch_size),
+        "--queues",
+        f"{q.queue_name},{q.callback_queue_name}",
+        "--hostname",
+        f"moderation-{os.getpid()}@%h",
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    celery_main()
+
+
+@pipeline_app.command()
+def api(
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option(help="0: any free port")] = None,
+) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    import uvicorn
+
+    from moderation.api import create_app
+    from moderation.compose import build_api
+
+    settings = load_settings()
+    warn_insecure(settings)
+    try:
+        process = build_api(settings)
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    try:
+        uvicorn.run(
+            create_app(process),
+            host=host or settings.api_host,
+            port=settings.api_port if port is None else port,
+            log_level=settings.log_level.lower(),
+        )
+    finally:
+        process.close()
+
+
+@pipeline_app.command()
+def submit(
+    images: Annotated[
+        list[str], typer.Argument(help="Files (sent inline) or s3:// / https:// refs")
+    ],
+    policy: Annotated[list[str] | None, typer.Option("--policy", "-p")] = None,
+    url: Annotated[str | None, typer.Option("--api")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for and print the results")] = True,
+    timeout: Annotated[float, typer.Option()] = 120.0,
+) -> None:
+    """Submit images to the API; print job ids (and results with --wait)."""
+    from moderation.client import ImageInput, ModerationClient
+
+    settings = load_settings()
+    inputs: list[ImageInput] = [Path(i) if Path(i).is_file() else i for i in images]
+    try:
+        with ModerationClient(api_url(settings, url), api_key=client_key(settings)) as client:
+            ids = client.submit_many(inputs, policies=policy)
+            if not wait:
+                for ref, job_id in zip(images, ids, strict=True):
+                    print(json.dumps({"input": ref, "id": job_id}))
+                return
+            failed = 0
+            for ref, result in zip(images, client.wait_many(ids, timeout), strict=True):
+                failed += result.error is not None
+                print(json.dumps({"input": ref, **result.model_dump(mode="json")}))
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    raise typer.Exit(1 if failed else 0)
+
+
+@dlq_app.command("list")
+def dlq_list() -> None:
+    """Print dead-lettered jobs as JSON lines."""
+    from moderation.compose import open_job_store
+
+    settings = load_settings()
+    try:
+        for entry in open_job_store(settings).dead_letters():
+            print(entry.model_dump_json())
+    except ModerationError as exc:
+        raise fail(exc) from exc
+
+
+@dlq_app.command("requeue")
+def dlq_requeue(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Default: every dead letter")] = None,
+) -> None:
+    """Put dead-lettered jobs back on the queue (delivery count reset)."""
+    from moderation.compose import open_job_store, open_queue
+
+    settings = load_settings()
+    try:
+        store = open_job_store(settings)
+        queue = open_queue(settings)
+        wanted = job_ids or [e.job_id for e in store.dead_letters()]
+        requeued = 0
+        for job_id in wanted:
+            if store.take_dead_letter(job_id) is None:
+                err.print(f"[yellow]skip[/] {job_id}: not dead-lettered (or expired)")
+                continue
+            queue.publish(job_id)
+            requeued += 1
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    out.print(f"requeued {requeued} job(s)")
+
+
+@dlq_app.command("purge")
+def dlq_purge() -> None:
+    """Forget every dead letter (their error results stay until they expire)."""
+    from moderation.compose import open_job_store
+
+    settings = load_settings()
+    try:
+        n = open_job_store(settings).purge_dead_letters()
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    out.print(f"purged {n} dead letter(s)")

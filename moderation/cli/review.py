@@ -1,0 +1,211 @@
+"""``moderation review``: reviewer accounts, queue stats and the labelled-dataset export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.table import Table
+
+from moderation.cli.common import err, fail, load_settings, out
+from moderation.exceptions import ModerationError
+from moderation.ports import ReviewerStore, ReviewQueue
+from moderation.settings import Settings
+
+__all__ = ["review_app"]
+
+review_app = typer.Typer(no_args_is_help=True, help="Human review: accounts, stats, export.")
+user_app = typer.Typer(no_args_is_help=True, help="Reviewer and admin accounts.")
+review_app.add_typer(user_app, name="user")
+
+CSV_FIELDS = [
+    "review_id",
+    "job_id",
+    "image",
+    "content_sha256",
+    "policy_id",
+    "policy_version",
+    "category",
+    "signal",
+    "severity",
+    "human_label",
+    "reason_code",
+    "model_score",
+    "model_decision",
+    "scores",
+    "model",
+    "reviewers",
+    "decided_at",
+]
+
+
+def _redis_url(settings: Settings) -> str:
+    if not settings.redis_url:
+        err.print("[bold red]error[/]: set MODERATION_REDIS_URL to the review queue's Redis")
+        raise typer.Exit(2)
+    return settings.redis_url
+
+
+def _users(settings: Settings) -> ReviewerStore:
+    from moderation.compose import open_reviewers
+
+    _redis_url(settings)
+    return open_reviewers(settings)
+
+
+def _queue(settings: Settings) -> ReviewQueue:
+    from moderation.compose import open_review_queue
+
+    _redis_url(settings)
+    return open_review_queue(settings)
+
+
+def _fail(exc: ModerationError) -> typer.Exit:
+    return fail(exc, 1)
+
+
+@user_app.command("add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="Lower-case login name.")],
+    role: Annotated[Literal["reviewer", "admin"], typer.Option(help="reviewer or admin")] = (
+        "reviewer"
+    ),
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+) -> None:
+    """Create an account; the password is stored only as an argon2id hash."""
+    from moderation.core.reviewers import ReviewerAccount, Role, check_username
+    from moderation.web.auth import hash_password
+
+    settings = load_settings()
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        account = ReviewerAccount(
+            username=check_username(username),
+            role=Role(role),
+            password_hash=hash_password(password),
+            disabled=False,
+            created_at=time.time(),
+        )
+        _users(settings).create(account)
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    out.print(f"added {role} {username}", highlight=False)
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List accounts (name, role, status, pseudonymous id)."""
+    from moderation.core.review import pseudonym
+
+    settings = load_settings()
+    secret = settings.review.pseudonym_secret.get_secret_value()
+    table = Table("username", "role", "status", "reviewer id")
+    try:
+        accounts = _users(settings).all()
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    for a in accounts:
+        table.add_row(
+            a.username,
+            a.role.value,
+            "disabled" if a.disabled else "active",
+            pseudonym(secret, a.username),
+        )
+    out.print(table)
+
+
+@user_app.command("disable")
+def user_disable(
+    username: str,
+    enable: Annotated[bool, typer.Option("--enable", help="Re-enable instead.")] = False,
+) -> None:
+    """Disable (or re-enable) an account; its open sessions stop working at once."""
+    settings = load_settings()
+    try:
+        _users(settings).set_disabled(username, not enable)
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    out.print(f"{'enabled' if enable else 'disabled'} {username}", highlight=False)
+
+
+@review_app.command("stats")
+def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Queue depth and oldest open item per policy; decisions per reviewer today."""
+    settings = load_settings()
+    try:
+        queue = _queue(settings)
+        rows = queue.stats()
+        today = queue.decisions_on()
+        undelivered = len(queue.undelivered())
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "queues": [
+                        {
+                            "policy_id": s.policy_id,
+                            "waiting": s.waiting,
+                            "in_review": s.in_review,
+                            "oldest_age_s": s.oldest_age_s,
+                        }
+                        for s in rows
+                    ],
+                    "decisions_today": today,
+                    "undelivered": undelivered,
+                }
+            )
+        )
+        return
+    table = Table("policy", "waiting", "in review", "oldest")
+    for s in rows:
+        oldest = "-" if s.oldest_age_s is None else f"{s.oldest_age_s:.0f} s"
+        table.add_row(s.policy_id, str(s.waiting), str(s.in_review), oldest)
+    out.print(table)
+    out.print(
+        f"decisions today: {sum(today.values())} by {len(today)} reviewers; "
+        f"undelivered final decisions: {undelivered}"
+    )
+
+
+@review_app.command("export")
+def export(
+    out_path: Annotated[Path, typer.Option("--out", help="Output file (.jsonl or .csv).")],
+    fmt: Annotated[
+        Literal["auto", "jsonl", "csv"], typer.Option("--format", help="Default: from suffix.")
+    ] = "auto",
+) -> None:
+    """Write reviewed items as a labelled dataset (image ref, category, human label, model
+    scores) for threshold calibration."""
+    settings = load_settings()
+    kind = fmt if fmt != "auto" else ("csv" if out_path.suffix.lower() == ".csv" else "jsonl")
+    n = 0
+    try:
+        rows = _queue(settings).export()
+        with out_path.open("w", encoding="utf-8", newline="") as fh:
+            if kind == "csv":
+                writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+                writer.writeheader()
+                for row in rows:
+                    row["scores"] = json.dumps(row["scores"], sort_keys=True)
+                    row["reviewers"] = " ".join(row["reviewers"])
+                    writer.writerow(row)
+                    n += 1
+            else:
+                for row in rows:
+                    fh.write(json.dumps(row, sort_keys=True) + "\n")
+                    n += 1
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    err.print(f"wrote {n} reviewed items to {out_path} ({kind})", highlight=False)

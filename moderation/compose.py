@@ -1,0 +1,494 @@
+"""Composition roots: one per process kind, built from :class:`~moderation.settings.Settings`.
+
+::
+
+    build_scoring(settings)   model + policies + moderator           (CLI: score, policy tools)
+    build_api(settings)       job store, queue, submit use case,      (moderation api, demo)
+                              outcomes, review queue, audit log
+    build_worker(settings)    the above + micro-batcher, processor,   (workers/tasks.py)
+                              maintenance thread, callback delivery
+
+This is the only module that knows which adapter implements which port. Every process that
+decides anything, or records a human decision, has an audit log; one that cannot open its audit
+log refuses to start (:class:`~moderation.exceptions.AuditError`).
+
+To add an image source: write ``adapters/<name>_source.py`` and register it in
+:func:`build_sources`. To add a signal: write ``signals/<name>.py`` and register it in
+:func:`build_signals`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from moderation.adapters.audit_log import AuditLog
+from moderation.adapters.celery_queue import CeleryQueue
+from moderation.adapters.clip import ClipEncoder, load_clip
+from moderation.adapters.compile_cache import CompileCache
+from moderation.adapters.http_callbacks import CallbackDelivery
+from moderation.adapters.http_source import HttpSource
+from moderation.adapters.images import SafeDecoder
+from moderation.adapters.local_audit import LocalSegmentStore
+from moderation.adapters.policy_files import load_policies, policy_files_hash
+from moderation.adapters.redis_jobs import RedisJobStore
+from moderation.adapters.redis_review import RedisReviewQueue
+from moderation.adapters.redis_reviewers import RedisReviewerStore
+from moderation.adapters.s3_audit import S3SegmentStore
+from moderation.adapters.s3_source import S3Source
+from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
+from moderation.core.compiled import CompiledPolicy
+from moderation.core.policy import PolicySet
+from moderation.exceptions import ModelUnavailableError, QueueUnavailable
+from moderation.metrics import metrics
+from moderation.pipeline.batching import BatchStats, MicroBatcher
+from moderation.pipeline.maintenance import WorkerMaintenance
+from moderation.pipeline.moderator import Moderator
+from moderation.pipeline.outcomes import Outcomes
+from moderation.pipeline.policies import ActivePolicies
+from moderation.pipeline.process import Processor
+from moderation.pipeline.sources import ImageSources, InlineSource
+from moderation.pipeline.submit import PolicyCatalog, Submitter
+from moderation.ports import (
+    AuditSink,
+    CallbackSender,
+    JobStore,
+    ReviewerStore,
+    ReviewQueue,
+    SegmentStore,
+    TaskPublisher,
+)
+from moderation.settings import ModelSettings, Settings
+from moderation.signals import Signals, builtin_signals
+
+__all__ = [
+    "ApiProcess",
+    "ModelChoice",
+    "Scoring",
+    "WorkerProcess",
+    "build_api",
+    "build_policies",
+    "build_scoring",
+    "build_signals",
+    "build_sources",
+    "build_worker",
+    "compile_policies",
+    "load_model",
+    "open_audit",
+    "open_job_store",
+    "open_queue",
+    "open_review_queue",
+    "open_reviewers",
+    "open_segment_store",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    encoder: ClipEncoder
+    is_test_model: bool
+    note: str | None  # why the fallback happened, for the operator
+
+
+def load_model(settings: ModelSettings, *, custom_policies: bool = False) -> ModelChoice:
+    """Load the configured model; fall back (loudly) to the bundled test model when allowed.
+
+    Args:
+        settings: which model, where its weights are, device and precision.
+        custom_policies: the caller named its own policy files (the fallback note then says
+            that the test model scores those, not the test-world policy).
+
+    Raises:
+        ModelUnavailableError: the configured weights are unavailable and fallback is off.
+    """
+    from moderation import testmodel
+
+    try:
+        encoder = load_clip(settings, config_path=testmodel.config_path_for(settings.architecture))
+        return ModelChoice(
+            encoder=encoder, note=None, is_test_model=settings.architecture == testmodel.MODEL_NAME
+        )
+    except ModelUnavailableError as exc:
+        if not settings.fallback_to_test_model:
+            raise
+        scored = (
+            "the policies you named"
+            if custom_policies
+            else f"the test-world policy ({testmodel.POLICY_PATH.name}), not policies/"
+        )
+        note = (
+            f"{exc}\nFalling back to the bundled synthetic TEST model ({testmodel.MODEL_NAME}): "
+            f"its world is coloured shapes, and it scores {scored}. Verdicts are NOT meaningful "
+            "for real content."
+        )
+        encoder = load_clip(testmodel.model_settings(settings), config_path=testmodel.CONFIG_PATH)
+        return ModelChoice(encoder=encoder, is_test_model=True, note=note)
+
+
+def policy_paths_for(settings: Settings, model: ModelChoice) -> list[Path]:
+    """The policy files a process serves: ``settings.policy_paths``, or the test-world policy
+    when the real model was unavailable and the test model stands in."""
+    from moderation import testmodel
+
+    if model.is_test_model and model.note is not None:
+        return [testmodel.POLICY_PATH]
+    return list(settings.policy_paths)
+
+
+# --- registries --------------------------------------------------------------------------------
+
+
+def build_signals(settings: Settings) -> Signals:
+    """Every signal this process knows (the policy files may name any of them)."""
+    return builtin_signals()
+
+
+def build_sources(settings: Settings, store: JobStore | None) -> ImageSources:
+    """Every image source, by scheme (inline bytes need the job store)."""
+    sources: list[Any] = [HttpSource(settings), S3Source(settings)]
+    if store is not None:
+        sources.append(InlineSource(store))
+    return ImageSources(sources)
+
+
+def build_policies(
+    settings: Settings, encoder: ClipEncoder, signals: Signals, paths: Sequence[Path]
+) -> ActivePolicies:
+    """The policies under ``paths``, compiled through the on-disk cache, hot-reloadable.
+
+    Raises:
+        PolicyValidationError, DuplicatePolicyError, UnknownSignalError.
+    """
+    cache = CompileCache(settings.cache_dir)
+    names = set(signals)
+
+    def compile_all(policies: PolicySet) -> list[CompiledPolicy]:
+        return [cache.get_or_compile(policies[pid], encoder)[0] for pid in policies]
+
+    return ActivePolicies(
+        load=lambda: load_policies(paths, signals=names),
+        compile=compile_all,
+        fingerprint=lambda: policy_files_hash(paths),
+        signals=signals,
+    )
+
+
+def open_segment_store(settings: Settings) -> SegmentStore:
+    """The configured audit store: S3 when ``settings.audit.bucket`` is set, else a folder."""
+    if settings.audit.bucket:
+        return S3SegmentStore(settings.s3, settings.audit)
+    return LocalSegmentStore(settings.audit.local_dir, prefix=settings.audit.prefix)
+
+
+def open_audit(settings: Settings, *, store: SegmentStore | None = None) -> AuditLog:
+    """This process's audit log (its own chain, spool and uploader).
+
+    Raises:
+        AuditError: the spool cannot be opened: the process must not start.
+    """
+    return AuditLog.open(store or open_segment_store(settings), settings.audit)
+
+
+def check_callback_url(url: str) -> None:
+    """Scheme and syntax of a callback URL (addresses are vetted when it is called).
+
+    Raises:
+        UrlRefusedError: not an http(s) URL.
+    """
+    check_url(url, ANY_ADDRESS)
+
+
+def _redis_url(settings: Settings) -> str:
+    if not settings.redis_url:
+        raise QueueUnavailable(
+            "no Redis URL configured: set MODERATION_REDIS_URL (or run "
+            "`moderation demo`, which starts an embedded server)"
+        )
+    return settings.redis_url
+
+
+def open_job_store(settings: Settings) -> RedisJobStore:
+    """The job store at ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    return RedisJobStore.from_url(_redis_url(settings), settings.queue)
+
+
+def open_queue(settings: Settings) -> CeleryQueue:
+    """The broker (publisher of job and callback messages).
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    return CeleryQueue(settings)
+
+
+def open_review_queue(settings: Settings) -> RedisReviewQueue:
+    """Raises:
+    QueueUnavailable: no Redis URL configured.
+    """
+    return RedisReviewQueue.from_url(_redis_url(settings), settings.review)
+
+
+def open_reviewers(settings: Settings) -> RedisReviewerStore:
+    """Raises:
+    QueueUnavailable: no Redis URL configured.
+    """
+    return RedisReviewerStore.from_url(_redis_url(settings), prefix=settings.review.key_prefix)
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Scoring:
+    """What local scoring needs: the model, the policies and the scoring path."""
+
+    settings: Settings
+    model: ModelChoice
+    policies: ActivePolicies
+    moderator: Moderator
+    policy_paths: list[Path]
+
+    def compile(self, paths: Sequence[Path]) -> ActivePolicies:
+        """Other policy files (a draft) compiled for the same model, to score against."""
+        return build_policies(self.settings, self.model.encoder, self.policies.signals, paths)
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    compiled: list[CompiledPolicy]
+    cache_hits: int
+    texts_encoded: int
+    files: list[Path]
+    model: ModelChoice
+
+
+def compile_policies(settings: Settings, paths: Sequence[Path] | None = None) -> CompileReport:
+    """Compile policies into the on-disk cache (reused when unchanged), for ``policy compile``.
+
+    Raises:
+        ModelUnavailableError, PolicyValidationError, DuplicatePolicyError.
+    """
+    model = load_model(settings.model, custom_policies=paths is not None)
+    files = list(paths) if paths is not None else policy_paths_for(settings, model)
+    policies = load_policies(files, signals=set(build_signals(settings)))
+    cache = CompileCache(settings.cache_dir)
+    before = model.encoder.texts_encoded
+    compiled, hits, written = [], 0, []
+    for pid in policies:
+        item, hit = cache.get_or_compile(policies[pid], model.encoder)
+        compiled.append(item)
+        hits += int(hit)
+        written.append(cache.path_for(item.policy, item.model))
+    return CompileReport(
+        compiled=compiled,
+        cache_hits=hits,
+        files=written,
+        model=model,
+        texts_encoded=model.encoder.texts_encoded - before,
+    )
+
+
+def build_scoring(settings: Settings, *, policy_paths: Sequence[Path] | None = None) -> Scoring:
+    """Model, policies and the scoring path, for the CLI and the policy tools.
+
+    Raises:
+        ModelUnavailableError, PolicyValidationError, DuplicatePolicyError.
+    """
+    model = load_model(settings.model, custom_policies=policy_paths is not None)
+    paths = list(policy_paths) if policy_paths is not None else policy_paths_for(settings, model)
+    policies = build_policies(settings, model.encoder, build_signals(settings), paths)
+    moderator = Moderator(
+        encoder=model.encoder, decoder=SafeDecoder(settings.images), policies=policies
+    )
+    return Scoring(
+        settings=settings, model=model, policies=policies, moderator=moderator, policy_paths=paths
+    )
+
+
+@dataclass
+class ApiProcess:
+    """The API's collaborators."""
+
+    settings: Settings
+    store: JobStore
+    publisher: TaskPublisher
+    submitter: Submitter
+    sources: ImageSources
+    outcomes: Outcomes
+    audit: AuditSink
+    review_queue: ReviewQueue
+    reviewers: ReviewerStore
+
+    def close(self) -> None:
+        self.audit.close()
+
+
+def build_api(
+    settings: Settings,
+    *,
+    store: JobStore | None = None,
+    publisher: TaskPublisher | None = None,
+    callbacks: CallbackSender | None = None,
+    audit: AuditSink | None = None,
+    review_queue: ReviewQueue | None = None,
+    reviewers: ReviewerStore | None = None,
+) -> ApiProcess:
+    """The API process. Each collaborator can be replaced (tests pass in-memory twins).
+
+    Raises:
+        QueueUnavailable: no Redis URL configured (and no store given).
+        AuditError: the audit log cannot be opened.
+    """
+    queue = open_queue(settings) if publisher is None or callbacks is None else None
+    store = store or open_job_store(settings)
+    publisher = publisher or queue
+    callbacks = callbacks or queue
+    assert publisher is not None and callbacks is not None
+    sources = build_sources(settings, store)
+    paths = list(settings.policy_paths)
+
+    def policy_ids() -> set[str]:
+        return set(load_policies(paths))
+
+    submitter = Submitter(
+        store=store,
+        publisher=publisher,
+        sources=sources,
+        catalog=PolicyCatalog(store, policy_ids),
+        settings=settings.queue,
+        check_callback_url=check_callback_url,
+    )
+    audit = audit or open_audit(settings)
+    outcomes = Outcomes(
+        store, audit=audit, callbacks=callbacks, keep_inline_s=settings.queue.result_ttl_s
+    )
+    return ApiProcess(
+        settings=settings,
+        store=store,
+        publisher=publisher,
+        submitter=submitter,
+        sources=sources,
+        outcomes=outcomes,
+        audit=audit,
+        review_queue=review_queue or open_review_queue(settings),
+        reviewers=reviewers or open_reviewers(settings),
+    )
+
+
+@dataclass
+class WorkerProcess:
+    """A worker process's collaborators. :meth:`start` starts its background threads."""
+
+    settings: Settings
+    name: str
+    model: ModelChoice
+    store: JobStore
+    policies: ActivePolicies
+    processor: Processor
+    maintenance: WorkerMaintenance
+    batcher: MicroBatcher[Any, NDArray[np.float32]]
+    delivery: CallbackDelivery
+    audit: AuditSink
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+    def start(self) -> None:
+        if self.model.note:
+            log.warning("%s", self.model.note)
+        self.maintenance.beat()
+        self.maintenance.start()
+
+    def close(self) -> None:
+        self.maintenance.stop()
+        self.batcher.close()
+        for close in self.closers:
+            close()
+        self.audit.close()
+
+
+def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProcess:
+    """A worker process: model, policies, micro-batcher, processor, maintenance, audit.
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+        ModelUnavailableError, PolicyError: the model or the policies cannot be loaded.
+        AuditError: the audit log cannot be opened.
+    """
+    q = settings.queue
+    store = open_job_store(settings)
+    queue = open_queue(settings)
+    audit = open_audit(settings)
+    model = load_model(settings.model)
+    policies = build_policies(
+        settings, model.encoder, build_signals(settings), policy_paths_for(settings, model)
+    )
+    moderator = Moderator(
+        encoder=model.encoder, decoder=SafeDecoder(settings.images), policies=policies
+    )
+    m = metrics()
+
+    def on_batch(stats: BatchStats) -> None:
+        m.batch_size.observe(stats.size)
+        m.latency.labels("inference").observe(stats.run_s)
+
+    batcher: MicroBatcher[Any, NDArray[np.float32]] = MicroBatcher(
+        lambda inputs: list(model.encoder.encode_prepared(inputs)),
+        max_batch=q.batch_size,
+        max_wait_s=q.batch_wait_ms / 1000.0,
+        on_batch=on_batch,
+    )
+    sources = build_sources(settings, store)
+    outcomes = Outcomes(
+        store,
+        audit=audit,
+        callbacks=queue,
+        review=open_review_queue(settings),
+        policies=lambda: policies.current.policies,
+        weights_sha256=model.encoder.identity.weights_sha256,
+        keep_inline_s=q.result_ttl_s,
+    )
+    processor = Processor(
+        store=store,
+        sources=sources,
+        moderator=moderator,
+        batcher=batcher,
+        outcomes=outcomes,
+        settings=q,
+    )
+    worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
+    maintenance = WorkerMaintenance(
+        name=worker_name,
+        store=store,
+        publisher=queue,
+        policies=policies,
+        settings=q,
+        info=lambda: {"model": model.encoder.identity.id, "model_note": model.note},
+    )
+    return WorkerProcess(
+        settings=settings,
+        name=worker_name,
+        model=model,
+        store=store,
+        policies=policies,
+        processor=processor,
+        maintenance=maintenance,
+        batcher=batcher,
+        delivery=CallbackDelivery(settings),
+        audit=audit,
+    )

@@ -1,0 +1,218 @@
+"""Audit records: one decision, automated or human, as it is kept forever. Pure: no I/O.
+
+A record's ``prev_hash`` links it to the record before it in its writer's chain; the chain writer
+(the audit adapter) fills it in, then the record's hash seals it (:func:`moderation.core.audit.
+segments.seal`). Editing any field of any record changes its hash and breaks the link from the
+next record. Every job that ends leaves a record: its verdict, or its error; every human decision
+leaves one per reviewer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from moderation.core.decision import Verdict
+from moderation.core.review import HumanDecision
+from moderation.exceptions import AuditError
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditRecord",
+    "record_for_error",
+    "record_for_review",
+    "record_for_verdict",
+]
+
+GENESIS_HASH = "0" * 64
+_PSEUDONYM = re.compile(r"rv_[A-Za-z0-9_-]{1,64}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AuditRecord(BaseModel):
+    """One decision, automated or human, as it is kept forever."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    record_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    kind: Literal["automated", "human"]
+    at: datetime = Field(default_factory=_now)
+    job_id: str
+    content_sha256: str | None
+    content_ref: str | None
+    policy_id: str | None
+    policy_version: int | None
+    compiled_policy_hash: str | None
+    model_id: str | None
+    weights_sha256: str | None
+    category_id: str | None
+    scores: dict[str, float] = Field(default_factory=dict)
+    thresholds: dict[str, dict[str, float]] = Field(default_factory=dict)
+    decision: str
+    action: str | None = None
+    reason_code: str | None = None
+    actor: str = "system"  # "system" or a pseudonymous reviewer id ("rv_…")
+    details: dict[str, Any] = Field(default_factory=dict)
+    #: EU DSA statement-of-reasons category (the policy category's ``dsa_category``), if known.
+    dsa_category: str | None = None
+    #: When the content was posted or created, if the caller knows (DSA ``content_date``).
+    content_date: datetime | None = None
+    prev_hash: str | None = None
+
+    def canonical_json(self) -> str:
+        """Everything but nothing else: the bytes the hash covers."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def record_hash(self) -> str:
+        """The sha256 (hex) of :meth:`canonical_json`."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def chained(self, prev_hash: str) -> AuditRecord:
+        """A copy linked to the record whose hash is ``prev_hash``."""
+        return self.model_copy(update={"prev_hash": prev_hash})
+
+
+def _derived_id(*parts: str) -> str:
+    """A record id derived from ids, so a retried task rewrites the same record (deduplicated
+    on read) instead of adding another."""
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()[:32]
+
+
+def record_for_verdict(
+    *,
+    job_id: str,
+    verdict: Verdict,
+    content_sha256: str | None,
+    content_ref: str | None,
+    weights_sha256: str | None = None,
+    dsa_category: str | None = None,
+    content_date: datetime | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """The audit record of an automated verdict; its id is derived from the job id."""
+    deciding = verdict.deciding
+    policy = next((p for p in verdict.policies if p.id == verdict.policy_id), None)
+    thresholds = {
+        c.key: {"review": c.review_threshold, "block": c.block_threshold}
+        for c in verdict.categories
+    }
+    return AuditRecord(
+        record_id=_derived_id("auto", job_id),
+        kind="automated",
+        job_id=job_id,
+        content_sha256=content_sha256,
+        content_ref=content_ref,
+        policy_id=verdict.policy_id,
+        policy_version=policy.version if policy else None,
+        compiled_policy_hash=policy.compiled_hash if policy else None,
+        model_id=verdict.model,
+        weights_sha256=weights_sha256,
+        category_id=verdict.category_id,
+        scores=dict(verdict.scores),
+        thresholds=thresholds,
+        decision=verdict.decision.value,
+        action=verdict.action.value,
+        reason_code=verdict.reason_code,
+        actor="system",
+        dsa_category=dsa_category,
+        content_date=content_date,
+        details={
+            "explanation": verdict.explain(),
+            "severity": verdict.severity.value if verdict.severity else None,
+            "signal": deciding.signal if deciding else None,
+            "policies": [p.to_dict() for p in verdict.policies],
+            "evidence": [e.to_dict() for e in deciding.evidence] if deciding else [],
+            **(details or {}),
+        },
+    )
+
+
+def record_for_error(
+    *,
+    job_id: str,
+    code: str,
+    message: str,
+    attempts: int,
+    transient: bool,
+    content_sha256: str | None,
+    content_ref: str | None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """The audit record of a job that ended in an error (decision ``error``): the log accounts
+    for every job, not only the decided ones. Its id is derived from the job id."""
+    return AuditRecord(
+        record_id=_derived_id("auto", job_id),
+        kind="automated",
+        job_id=job_id,
+        content_sha256=content_sha256,
+        content_ref=content_ref,
+        policy_id=None,
+        policy_version=None,
+        compiled_policy_hash=None,
+        model_id=None,
+        weights_sha256=None,
+        category_id=None,
+        decision="error",
+        reason_code=code,
+        actor="system",
+        details={"error": message, "attempts": attempts, "transient": transient, **(details or {})},
+    )
+
+
+def record_for_review(
+    decision: HumanDecision,
+    *,
+    reviewer: str,
+    position: int,
+    content_sha256: str | None,
+    content_ref: str | None,
+    verdict: Verdict | None,
+    dsa_category: str | None = None,
+    content_date: datetime | None = None,
+) -> AuditRecord:
+    """The audit record of one reviewer's part in a human decision (one record per reviewer;
+    ``position`` 1 is the first reviewer). Its id is derived from the review and the reviewer.
+
+    Raises:
+        AuditError: ``reviewer`` is not a pseudonymous reviewer id (``rv_…``).
+    """
+    if not _PSEUDONYM.fullmatch(reviewer):
+        raise AuditError(
+            "reviewer ids in audit records must be pseudonymous ('rv_' + letters/digits)",
+            code="audit_not_pseudonymous",
+        )
+    return AuditRecord(
+        record_id=_derived_id("human", decision.review_id, reviewer),
+        kind="human",
+        at=decision.decided_at,
+        job_id=decision.job_id,
+        content_sha256=content_sha256,
+        content_ref=content_ref,
+        policy_id=decision.policy_id,
+        policy_version=decision.policy_version,
+        compiled_policy_hash=None,
+        model_id=None,
+        weights_sha256=None,
+        category_id=decision.category_id,
+        scores=dict(verdict.scores) if verdict else {},
+        decision=decision.decision.value,
+        reason_code=decision.reason_code,
+        actor=reviewer,
+        details={
+            "review_id": decision.review_id,
+            "automated_decision": verdict.decision.value if verdict else None,
+            "reviewer_position": position,
+            "reviewers": len(decision.reviewers),
+        },
+        dsa_category=dsa_category,
+        content_date=content_date,
+    )

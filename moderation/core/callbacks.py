@@ -1,0 +1,50 @@
+"""Signed callbacks: the body upstream services receive and how they check it. Pure.
+
+``POST callback_url`` with the JSON body ``{"event": ..., "result": JobResult}`` and headers
+``X-Moderation-Event``, ``X-Moderation-Job-Id`` and ``X-Moderation-Signature: t=<unix time>,
+v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`` (see :func:`sign`, :func:`verify`). Receivers drop
+duplicates by job id and event: delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Literal
+
+from moderation.core.jobs import JobResult
+
+__all__ = ["SIGNATURE_HEADER", "Event", "callback_body", "sign", "verify"]
+
+Event = Literal["job.finished", "job.human_decision"]
+SIGNATURE_HEADER = "X-Moderation-Signature"
+
+
+def sign(secret: bytes, body: bytes, timestamp: int) -> str:
+    """The ``X-Moderation-Signature`` header value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def verify(
+    secret: bytes, body: bytes, header: str, *, tolerance_s: int = 300, now: float | None = None
+) -> bool:
+    """Check a callback signature (for receivers): right MAC and a fresh timestamp."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+        mac = parts["v1"]
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
+        return False
+    expected = sign(secret, body, timestamp).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, mac)
+
+
+def callback_body(event: Event, result: JobResult) -> bytes:
+    return json.dumps(
+        {"event": event, "result": result.model_dump(mode="json")}, separators=(",", ":")
+    ).encode()

@@ -1,0 +1,293 @@
+"""Decisions and verdicts: from category scores to allow / review / block, with an explanation.
+
+Each category's score falls in one of three bands cut by its two thresholds::
+
+    score <  review           -> ALLOW
+    review <= score < block   -> REVIEW  (human review queue)
+    score >= block            -> BLOCK
+
+The verdict of an image is the most severe decision over every category of every policy applied
+(BLOCK > REVIEW > ALLOW); ties go to the higher category severity, then to the larger margin past
+the threshold. Which signal scored a category does not matter here: prompts, hash banks and any
+other signal meet in the same bands and the same most-severe rule. Pure: no I/O.
+
+Verdicts are frozen, slotted dataclasses: a worker builds thousands a second, and plain slotted
+objects cost a fraction of validated models (and of the garbage collector's time). Pydantic
+models that hold them (a job result, a review item) validate and serialize them like models;
+``to_dict`` and ``from_dict`` do it directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+from numpy.typing import NDArray
+
+from moderation.core.data import Data
+from moderation.core.policy import Action, Severity
+from moderation.core.scoring import CategorySlot, Evidence, ScoreBatch
+
+__all__ = [
+    "CategoryResult",
+    "Decision",
+    "Evidence",
+    "PolicyRef",
+    "Verdict",
+    "bands",
+    "most_severe",
+    "verdict_at",
+    "verdicts",
+]
+
+
+class Decision(str, Enum):
+    ALLOW = "allow"
+    REVIEW = "review"
+    BLOCK = "block"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {Decision.ALLOW: 0, Decision.REVIEW: 1, Decision.BLOCK: 2}
+_BY_RANK = (Decision.ALLOW, Decision.REVIEW, Decision.BLOCK)
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryResult(Data):
+    """How one category scored an image, with its signal's evidence."""
+
+    policy_id: str
+    policy_version: int
+    category_id: str
+    signal: str
+    severity: Severity
+    score: float
+    decision: Decision
+    review_threshold: float
+    block_threshold: float
+    margin_review: float  # score - review threshold (>= 0: at least review)
+    margin_block: float  # score - block threshold (>= 0: blocked)
+    action: Action
+    reason_code: str | None
+    evidence: list[Evidence]
+
+    @property
+    def key(self) -> str:
+        return f"{self.policy_id}/{self.category_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRef(Data):
+    id: str
+    version: int
+    policy_hash: str
+    compiled_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict(Data):
+    """The outcome for one image, with enough context to explain and audit it."""
+
+    decision: Decision
+    action: Action
+    reason_code: str | None
+    policy_id: str | None  # the deciding category's policy (None when nothing was scored)
+    category_id: str | None
+    severity: Severity | None
+    score: float
+    categories: list[CategoryResult]  # every non-allow category, or the top-scoring one
+    scores: dict[str, float]  # "policy/category" -> score, for every category applied
+    policies: list[PolicyRef]
+    model: str
+
+    @property
+    def deciding(self) -> CategoryResult | None:
+        """The category that decided the verdict."""
+        return self.categories[0] if self.categories else None
+
+    def explain(self) -> str:
+        top = self.deciding
+        if top is None:
+            return "allowed: no categories applied"
+        verb = {"allow": "allowed", "review": "sent to review", "block": "blocked"}[
+            self.decision.value
+        ]
+        bound = (
+            f"≥ block {top.block_threshold:.2f}"
+            if self.decision is Decision.BLOCK
+            else f"≥ review {top.review_threshold:.2f}"
+            if self.decision is Decision.REVIEW
+            else f"< review {top.review_threshold:.2f}"
+        )
+        best = top.evidence[0] if top.evidence else None
+        tail = f"; best match {best.label!r} ({best.score:.2f})" if best else ""
+        return f"{verb}: {top.key} ({top.severity.value}) score {top.score:.3f} {bound}{tail}"
+
+
+def most_severe(items: Sequence[Verdict]) -> Verdict:
+    """The most severe of several verdicts (the frames of one animated image): decision, then
+    severity, then score."""
+    return max(
+        items, key=lambda v: (v.decision.rank, v.severity.rank if v.severity else 0, v.score)
+    )
+
+
+def _thresholds(slots: Sequence[CategorySlot]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    review = np.array([s.category.category.thresholds.review for s in slots], np.float32)
+    block = np.array([s.category.category.thresholds.block for s in slots], np.float32)
+    return review, block
+
+
+def bands(batch: ScoreBatch) -> NDArray[np.int8]:
+    """(N, C) band per image and category: 0 allow, 1 review, 2 block."""
+    review, block = _thresholds(batch.slots)
+    return (batch.scores >= review).astype(np.int8) + (batch.scores >= block).astype(np.int8)
+
+
+def _policy_refs(batch: ScoreBatch) -> list[PolicyRef]:
+    seen: dict[str, PolicyRef] = {}
+    for slot in batch.slots:
+        p = slot.policy
+        if p.id not in seen:
+            seen[p.id] = PolicyRef(p.id, p.version, p.policy_hash, p.compiled_hash)
+    return list(seen.values())
+
+
+def _category_result(
+    slot: CategorySlot, score: float, band: int, evidence: list[Evidence]
+) -> CategoryResult:
+    category = slot.category.category
+    action = getattr(category.actions, _BY_RANK[band].value)
+    review, block = category.thresholds.review, category.thresholds.block
+    return CategoryResult(
+        policy_id=slot.policy.id,
+        policy_version=slot.policy.version,
+        category_id=category.id,
+        signal=category.signal,
+        severity=category.severity,
+        score=score,
+        decision=_BY_RANK[band],
+        review_threshold=review,
+        block_threshold=block,
+        margin_review=score - review,
+        margin_block=score - block,
+        action=action.action,
+        reason_code=action.reason_code,
+        evidence=evidence,
+    )
+
+
+def _verdict(
+    results: list[CategoryResult], scores: dict[str, float], refs: list[PolicyRef], model: str
+) -> Verdict:
+    head = results[0]
+    return Verdict(
+        decision=head.decision,
+        action=head.action,
+        reason_code=head.reason_code,
+        policy_id=head.policy_id,
+        category_id=head.category_id,
+        severity=head.severity,
+        score=head.score,
+        categories=results,
+        scores=scores,
+        policies=refs,
+        model=model,
+    )
+
+
+def verdict_at(batch: ScoreBatch, row: int) -> Verdict:
+    """The verdict for image ``row`` of ``batch``: the plain reference that :func:`verdicts`
+    computes for a whole batch at once."""
+    band_row = bands(batch)[row]
+    scores = batch.scores[row]
+    margins = [
+        float(scores[c])
+        - (
+            s.category.category.thresholds.block
+            if band_row[c] == 2
+            else s.category.category.thresholds.review
+        )
+        for c, s in enumerate(batch.slots)
+    ]
+    order = sorted(
+        range(len(batch.slots)),
+        key=lambda c: (
+            -int(band_row[c]),
+            -batch.slots[c].category.category.severity.rank,
+            -margins[c],
+        ),
+    )
+    shown = [c for c in order if band_row[c] > 0] or order[:1]
+    cols = np.array(shown, np.intp)
+    evidence = batch.evidence(np.full(len(cols), row, np.intp), cols)
+    results = [
+        _category_result(batch.slots[c], float(scores[c]), int(band_row[c]), ev)
+        for c, ev in zip(shown, evidence, strict=True)
+    ]
+    return _verdict(
+        results,
+        {s.key: round(float(scores[c]), 6) for c, s in enumerate(batch.slots)},
+        _policy_refs(batch),
+        batch.slots[0].policy.model.id,
+    )
+
+
+def verdicts(batch: ScoreBatch) -> list[Verdict]:
+    """Verdicts for every image of ``batch``, in order.
+
+    Same result as ``[verdict_at(batch, i) for i in range(len(batch))]``: the numeric work
+    (bands, margins, ordering) is done for the whole batch at once, evidence is asked only for the
+    categories a verdict shows, and only the result objects are built per image.
+    """
+    n, n_slots = batch.scores.shape
+    if n == 0:
+        return []
+    slots = batch.slots
+    review, block = _thresholds(slots)
+    band_matrix = bands(batch)
+    severity = np.broadcast_to(
+        np.array([s.category.category.severity.rank for s in slots]), (n, n_slots)
+    )
+    margins = batch.scores - np.where(band_matrix == 2, block, review)
+    orders = np.lexsort((-margins, -severity, -band_matrix), axis=-1)
+    n_shown = np.maximum((band_matrix > 0).sum(axis=1), 1)
+    # The (image, category) pairs the verdicts show, row-major in display order.
+    shown = np.arange(n_slots)[None, :] < n_shown[:, None]
+    rows = np.repeat(np.arange(n), n_shown)
+    cols = orders[shown]
+    evidence = batch.evidence(rows, cols)
+
+    refs = _policy_refs(batch)
+    model = slots[0].policy.model.id
+    keys = [s.key for s in slots]
+    scores = batch.scores.astype(np.float64).tolist()
+    pair_cols = cols.tolist()
+    pair_bands = band_matrix[rows, cols].tolist()
+    counts = n_shown.tolist()
+    out: list[Verdict] = []
+    start = 0
+    for i in range(n):
+        row_scores = scores[i]
+        end = start + counts[i]
+        results = [
+            _category_result(slots[c], row_scores[c], band, evidence[pair])
+            for pair, c, band in zip(
+                range(start, end), pair_cols[start:end], pair_bands[start:end], strict=True
+            )
+        ]
+        start = end
+        out.append(
+            _verdict(
+                results,
+                {k: round(v, 6) for k, v in zip(keys, row_scores, strict=True)},
+                refs,
+                model,
+            )
+        )
+    return out

@@ -1,0 +1,47 @@
+"""Where a job's image is: one reference type for every source. Pure.
+
+An :class:`ImageRef` is a URI whose scheme names the image source that reads it
+(:class:`moderation.ports.ImageSource`, registered by scheme): ``s3://bucket/key``,
+``https://host/path``, or ``inline:<key>`` for bytes sent with the request and kept in the job
+store. A new source brings a new scheme; nothing else changes shape.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["INLINE_SCHEME", "ImageRef"]
+
+#: Bytes uploaded with the request, kept in the job store under the job's key.
+INLINE_SCHEME = "inline"
+
+
+class ImageRef(BaseModel):
+    """A URI naming an image: ``scheme:rest``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str
+
+    @property
+    def scheme(self) -> str:
+        """The lower-cased scheme (``""`` when the URI has none)."""
+        head, sep, _ = self.uri.partition(":")
+        plain = head.replace("+", "").replace("-", "").replace(".", "")
+        return head.lower() if sep and head.isascii() and plain.isalnum() else ""
+
+    @property
+    def inline(self) -> bool:
+        return self.scheme == INLINE_SCHEME
+
+    @property
+    def inline_key(self) -> str:
+        """The job-store key of inline bytes (``inline:<key>``)."""
+        return self.uri.partition(":")[2]
+
+    @classmethod
+    def for_inline(cls, key: str) -> ImageRef:
+        return cls(uri=f"{INLINE_SCHEME}:{key}")
+
+    def __str__(self) -> str:
+        return self.uri

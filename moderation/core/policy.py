@@ -1,0 +1,334 @@
+"""Policy schema: what trust-and-safety authors write in YAML.
+
+Pure: pydantic models and validation only. Reading files (with line numbers for errors) lives in
+:mod:`moderation.adapters.policy_files`.
+
+Each category names the *signal* that scores it (``signal:``, default ``prompts``: CLIP zero-shot
+prompts, see :mod:`moderation.signals.prompts`). The prompt fields (``prompts``,
+``benign_prompts``, ``templates``) configure the prompts signal and are refused on categories of
+another signal; every other signal brings its own field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from moderation.exceptions import DuplicatePolicyError, UnknownPolicyError
+
+__all__ = [
+    "DEFAULT_SIGNAL",
+    "DEFAULT_TEMPLATES",
+    "Action",
+    "Actions",
+    "BandAction",
+    "Category",
+    "Policy",
+    "PolicyDefaults",
+    "PolicySet",
+    "Severity",
+    "Thresholds",
+    "policy_hash",
+]
+
+#: Default prompt-template ensemble (CLIP paper, section 3.1.4: ensembling over templates).
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of {}",
+    "an image containing {}",
+    "a picture of {}",
+    "a close-up photo of {}",
+    "{}",
+)
+
+#: The signal of a category that names none: CLIP zero-shot prompts.
+DEFAULT_SIGNAL = "prompts"
+
+Identifier = Annotated[
+    str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$", strip_whitespace=True)
+]
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=300, strip_whitespace=True)]
+ReasonCode = Annotated[
+    str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_.-]{1,63}$", strip_whitespace=True)
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Severity(str, Enum):
+    """How harmful a category is. Orders verdicts and review priority."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.LOW: 1, Severity.MEDIUM: 2, Severity.HIGH: 3, Severity.CRITICAL: 4}
+
+
+class Action(str, Enum):
+    """What the platform does with the content in a band."""
+
+    NONE = "none"
+    HUMAN_REVIEW = "human_review"
+    REMOVE = "remove"
+    BLUR = "blur"
+    AGE_RESTRICT = "age_restrict"
+    ESCALATE = "escalate"
+
+
+class BandAction(_Strict):
+    action: Action
+    reason_code: ReasonCode | None = None
+
+
+class Actions(_Strict):
+    """Action and reason code for each band of a category."""
+
+    allow: BandAction = BandAction(action=Action.NONE)
+    review: BandAction = BandAction(action=Action.HUMAN_REVIEW)
+    block: BandAction = BandAction(action=Action.REMOVE)
+
+
+class Thresholds(_Strict):
+    """Two cut points on the score: ``[0, review)`` allow, ``[review, block)`` review, ``>= block``
+    block."""
+
+    review: float = Field(ge=0.0, le=1.0, description="Scores at or above this go to human review.")
+    block: float = Field(ge=0.0, le=1.0, description="Scores at or above this are blocked.")
+
+    @field_validator("block")
+    @classmethod
+    def _block_above_review(cls, value: float, info: Any) -> float:
+        review = info.data.get("review")
+        if review is not None and value <= review:
+            raise ValueError(f"must be greater than review ({review})")
+        return value
+
+
+def _check_templates(templates: list[str]) -> list[str]:
+    for template in templates:
+        if template.count("{}") != 1:
+            raise ValueError(f"template {template!r} must contain exactly one '{{}}'")
+    if len(set(templates)) != len(templates):
+        raise ValueError("templates must be unique")
+    return templates
+
+
+def _check_unique(prompts: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for prompt in prompts:
+        key = prompt.casefold()
+        if key in seen:
+            raise ValueError(f"prompt {prompt!r} is listed twice")
+        seen.add(key)
+    return prompts
+
+
+class Category(_Strict):
+    """One kind of harm a policy detects."""
+
+    id: Identifier
+    description: str = Field(min_length=1)
+    severity: Severity
+    signal: Identifier = Field(
+        default=DEFAULT_SIGNAL,
+        description="What scores this category: 'prompts' (CLIP zero-shot, the default) or "
+        "another registered signal.",
+    )
+    prompts: list[Prompt] = Field(
+        default_factory=list,
+        validate_default=True,
+        description="Positive prompts: what to detect (signal: prompts).",
+    )
+    benign_prompts: list[Prompt] = Field(
+        default_factory=list,
+        description="Contrast prompts: look-alikes that are allowed. Scores are relative to these.",
+    )
+    templates: list[str] | None = Field(
+        default=None, min_length=1, description="Overrides defaults.templates for this category."
+    )
+    thresholds: Thresholds
+    actions: Actions = Actions()
+    dsa_category: str | None = Field(
+        default=None,
+        description="EU DSA statement-of-reasons category, e.g. STATEMENT_CATEGORY_VIOLENCE.",
+    )
+
+    _unique_prompts = field_validator("prompts", "benign_prompts")(_check_unique)
+
+    @field_validator("prompts", "benign_prompts", "templates")
+    @classmethod
+    def _prompt_fields_for_prompt_signal(cls, value: list[str] | None, info: Any) -> Any:
+        signal = info.data.get("signal", DEFAULT_SIGNAL)
+        if signal == DEFAULT_SIGNAL:
+            if info.field_name == "prompts" and not value:
+                raise ValueError("a prompts category needs at least one positive prompt")
+        elif value:
+            raise ValueError(
+                f"only for signal {DEFAULT_SIGNAL!r} (this category's signal is {signal!r})"
+            )
+        return value
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _check_templates(value)
+
+    @field_validator("benign_prompts")
+    @classmethod
+    def _benign_not_positive(cls, value: list[str], info: Any) -> list[str]:
+        positives = {p.casefold() for p in info.data.get("prompts") or []}
+        for prompt in value:
+            if prompt.casefold() in positives:
+                raise ValueError(f"prompt {prompt!r} is both positive and benign")
+        return value
+
+
+class PolicyDefaults(_Strict):
+    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
+    benign_prompts: list[Prompt] = Field(
+        default_factory=list,
+        description="Contrast prompts shared by every category (everyday, harmless content).",
+    )
+
+    _templates = field_validator("templates")(_check_templates)
+    _unique = field_validator("benign_prompts")(_check_unique)
+
+
+class Policy(_Strict):
+    """A versioned moderation policy: a set of categories with prompts, thresholds and actions."""
+
+    id: Identifier
+    version: int = Field(ge=1)
+    description: str = Field(min_length=1)
+    active: bool = True
+    owner: str | None = None
+    defaults: PolicyDefaults = PolicyDefaults()
+    categories: list[Category] = Field(min_length=1)
+
+    def category(self, category_id: str) -> Category:
+        for category in self.categories:
+            if category.id == category_id:
+                return category
+        raise KeyError(category_id)
+
+    def templates_for(self, category: Category) -> list[str]:
+        return category.templates if category.templates is not None else self.defaults.templates
+
+    def benign_for(self, category: Category) -> list[str]:
+        """Contrast prompts of a prompts category: its own, then the policy defaults
+        (deduplicated). Empty for a category of another signal."""
+        if category.signal != DEFAULT_SIGNAL:
+            return []
+        out: list[str] = []
+        seen: set[str] = set()
+        positives = {p.casefold() for p in category.prompts}
+        for prompt in [*category.benign_prompts, *self.defaults.benign_prompts]:
+            key = prompt.casefold()
+            if key not in seen and key not in positives:
+                seen.add(key)
+                out.append(prompt)
+        return out
+
+    def semantic_problems(
+        self, signals: Collection[str] | None = None
+    ) -> list[tuple[tuple[str | int, ...], str]]:
+        """Cross-field problems pydantic cannot see, as (path, message).
+
+        Args:
+            signals: the names of the registered signals; None skips that check.
+        """
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        seen: dict[str, int] = {}
+        for index, category in enumerate(self.categories):
+            if signals is not None and category.signal not in signals:
+                known = ", ".join(sorted(signals))
+                problems.append(
+                    (
+                        ("categories", index, "signal"),
+                        f"unknown signal {category.signal!r}; known: {known}",
+                    )
+                )
+            if category.id in seen:
+                problems.append(
+                    (
+                        ("categories", index, "id"),
+                        f"duplicate category id {category.id!r} (first at categories"
+                        f"[{seen[category.id]}])",
+                    )
+                )
+            else:
+                seen[category.id] = index
+            if category.signal == DEFAULT_SIGNAL and not self.benign_for(category):
+                problems.append(
+                    (
+                        ("categories", index, "benign_prompts"),
+                        "no contrast prompts: give benign_prompts here or defaults.benign_prompts"
+                        " (a score is relative to what looks similar but is allowed)",
+                    )
+                )
+        return problems
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def policy_hash(policy: Policy) -> str:
+    """sha256 of the policy's canonical JSON: comments and formatting do not change it."""
+    return hashlib.sha256(policy.canonical_json().encode()).hexdigest()
+
+
+class PolicySet(Mapping[str, Policy]):
+    """Policies by id, validated once: duplicate ids are an error."""
+
+    def __init__(self, policies: Iterable[tuple[Policy, str]] = ()) -> None:
+        self._policies: dict[str, Policy] = {}
+        self._sources: dict[str, str] = {}
+        for policy, source in policies:
+            if policy.id in self._policies:
+                raise DuplicatePolicyError(policy.id, [self._sources[policy.id], source])
+            self._policies[policy.id] = policy
+            self._sources[policy.id] = source
+
+    def __getitem__(self, policy_id: str) -> Policy:
+        return self._policies[policy_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._policies)
+
+    def __len__(self) -> int:
+        return len(self._policies)
+
+    def source(self, policy_id: str) -> str:
+        return self._sources[policy_id]
+
+    def active(self) -> list[Policy]:
+        return [p for p in self._policies.values() if p.active]
+
+    def select(self, policy_ids: Iterable[str] | None) -> list[Policy]:
+        """The named policies, or every active one when ``policy_ids`` is None or empty.
+
+        Raises:
+            UnknownPolicyError: a named policy does not exist.
+        """
+        ids = list(policy_ids or [])
+        if not ids:
+            return self.active()
+        out = []
+        for policy_id in ids:
+            if policy_id not in self._policies:
+                raise UnknownPolicyError(policy_id, list(self._policies))
+            out.append(self._policies[policy_id])
+        return out

@@ -1,0 +1,334 @@
+"""Human review: items, leases, decisions, priority and the second-reviewer rule. Pure: no I/O.
+
+Priority
+--------
+A waiting item's priority at time ``t`` is::
+
+    priority(t) = W[severity] × max(score, 0.01) × 2 ** ((t − created_at) / age_doubling_s)
+
+    W = {low: 1, medium: 2, high: 4, critical: 8}
+
+Severity and score put the worst content first; the age factor doubles the priority every
+``age_doubling_s`` seconds (default 900 s), so nothing starves: an item whose ``W × score`` is
+``k`` times smaller than a fresh arrival's overtakes it after ``log2(k) × age_doubling_s`` seconds
+(at most ``log2(8 / 0.01) ≈ 9.6`` doublings). Because the age factor is exponential, the order of
+two waiting items never changes over time, so the queue stores one static sort key per item::
+
+    rank_key = log2(W × score) − created_at / age_doubling_s      (higher is served first)
+
+Decisions and the second-reviewer rule
+--------------------------------------
+A reviewer decides ``allow``, ``remove`` (with a reason code from the policy) or ``escalate``.
+Every decision is final at once, except ``remove`` in a category of severity ``critical``: that
+needs a second, independent reviewer (not the first one). The second reviewer agreeing (``remove``)
+makes the removal final; any other second decision is a disagreement and the item is escalated
+(final decision ``escalate``, both reviewers recorded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from moderation.core.decision import Verdict
+from moderation.core.image_ref import ImageRef
+from moderation.core.policy import Policy, Severity
+from moderation.exceptions import ReviewInvalidDecision
+
+__all__ = [
+    "SEVERITY_WEIGHT",
+    "FirstDecision",
+    "HumanDecision",
+    "Lease",
+    "PolicyText",
+    "ReviewDecision",
+    "ReviewItem",
+    "ReviewOutcome",
+    "apply_decision",
+    "export_row",
+    "item_from_verdict",
+    "priority",
+    "pseudonym",
+    "rank_key",
+    "reason_codes_for",
+    "review_id_for",
+]
+
+SEVERITY_WEIGHT: dict[Severity, float] = {
+    Severity.LOW: 1.0,
+    Severity.MEDIUM: 2.0,
+    Severity.HIGH: 4.0,
+    Severity.CRITICAL: 8.0,
+}
+MIN_SCORE = 0.01
+
+
+class ReviewDecision(str, Enum):
+    ALLOW = "allow"
+    REMOVE = "remove"
+    ESCALATE = "escalate"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PolicyText(_Frozen):
+    """What the reviewer reads next to the image: the category's written policy."""
+
+    policy_description: str
+    category_description: str
+    prompts: list[str]
+    benign_prompts: list[str]
+
+
+class ReviewItem(_Frozen):
+    """One image waiting for a human decision, with everything needed to decide it."""
+
+    review_id: str
+    job_id: str
+    image: ImageRef
+    content_sha256: str | None = None
+    verdict: Verdict
+    policy_id: str
+    policy_version: int
+    category_id: str
+    severity: Severity
+    score: float
+    policy_text: PolicyText
+    #: Reason codes a reviewer may pick for ``remove`` (this category's first).
+    reason_codes: list[str] = Field(min_length=1)
+    created_at: float  # unix seconds
+
+    @property
+    def critical(self) -> bool:
+        return self.severity is Severity.CRITICAL
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A reviewer's exclusive, time-limited claim on an item."""
+
+    review_id: str
+    reviewer: str
+    token: str
+    expires_at: float
+
+    def seconds_left(self, now: float) -> float:
+        return max(0.0, self.expires_at - now)
+
+
+class FirstDecision(_Frozen):
+    """A recorded decision that is not final yet (a critical removal awaiting a second review)."""
+
+    reviewer: str
+    decision: ReviewDecision
+    reason_code: str | None
+    token: str
+    at: float
+
+
+class HumanDecision(_Frozen):
+    """A final human decision on a job's REVIEW verdict: what the review queue hands on once,
+    what the job result carries and what the audit log records. One shape all the way."""
+
+    job_id: str
+    review_id: str
+    decision: ReviewDecision
+    reason_code: str | None
+    #: Pseudonymous reviewer ids (``rv_…``), first reviewer first; two when a critical removal
+    #: needed a second, independent reviewer.
+    reviewers: list[str] = Field(min_length=1)
+    category_id: str
+    policy_id: str
+    policy_version: int
+    decided_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewOutcome:
+    """The result of applying one decision: either final or waiting for a second reviewer."""
+
+    final: HumanDecision | None = None
+    pending: FirstDecision | None = None
+
+
+def priority(severity: Severity, score: float, age_s: float, *, age_doubling_s: float) -> float:
+    """Priority of a waiting item (see the module docstring)."""
+    age_factor: float = 2.0 ** (age_s / age_doubling_s)
+    return SEVERITY_WEIGHT[severity] * max(score, MIN_SCORE) * age_factor
+
+
+def rank_key(
+    severity: Severity, score: float, created_at: float, *, age_doubling_s: float
+) -> float:
+    """Static sort key: ``rank_key(a) > rank_key(b)`` iff ``priority(a, t) > priority(b, t)``."""
+    weight = SEVERITY_WEIGHT[severity] * max(score, MIN_SCORE)
+    return math.log2(weight) - created_at / age_doubling_s
+
+
+def pseudonym(secret: str, username: str) -> str:
+    """The reviewer id that leaves the review system: ``rv_`` + HMAC-SHA256 prefix."""
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha256).hexdigest()
+    return "rv_" + digest[:16]
+
+
+def reason_codes_for(policy: Policy, category_id: str) -> list[str]:
+    """Reason codes a reviewer may give for removal: the category's own (block band first), then
+    every other code of the policy, deduplicated.
+
+    Raises:
+        KeyError: the category is not in the policy.
+    """
+    own = policy.category(category_id)
+    ordered = [own, *(c for c in policy.categories if c.id != category_id)]
+    codes: list[str] = []
+    for category in ordered:
+        for band in (category.actions.block, category.actions.review):
+            if band.reason_code and band.reason_code not in codes:
+                codes.append(band.reason_code)
+    return codes or [f"{policy.id.upper().replace('-', '_')}_VIOLATION"]
+
+
+def review_id_for(job_id: str) -> str:
+    """The review id of a job's review: derived from the job id, so a resubmit collapses."""
+    return "rev_" + hashlib.sha256(job_id.encode()).hexdigest()[:24]
+
+
+def item_from_verdict(
+    *,
+    job_id: str,
+    image: ImageRef,
+    verdict: Verdict,
+    policy: Policy,
+    content_sha256: str | None = None,
+    created_at: float | None = None,
+    review_id: str | None = None,
+) -> ReviewItem:
+    """Build the review item for a REVIEW verdict, with the deciding category's policy text.
+
+    Raises:
+        ReviewInvalidDecision: the verdict names no category, or one that ``policy`` lacks.
+    """
+    if verdict.category_id is None or verdict.policy_id != policy.id:
+        raise ReviewInvalidDecision(
+            f"verdict for job {job_id} has no category of policy {policy.id!r} to review"
+        )
+    try:
+        category = policy.category(verdict.category_id)
+    except KeyError as exc:
+        raise ReviewInvalidDecision(
+            f"policy {policy.id!r} has no category {verdict.category_id!r}"
+        ) from exc
+    return ReviewItem(
+        review_id=review_id or review_id_for(job_id),
+        job_id=job_id,
+        image=image,
+        content_sha256=content_sha256,
+        verdict=verdict,
+        policy_id=policy.id,
+        policy_version=policy.version,
+        category_id=category.id,
+        severity=category.severity,
+        score=verdict.score,
+        policy_text=PolicyText(
+            policy_description=policy.description,
+            category_description=category.description,
+            prompts=list(category.prompts),
+            # The category's own look-alikes; the policy-wide contrast set is generic and long.
+            benign_prompts=list(category.benign_prompts) or policy.benign_for(category)[:12],
+        ),
+        reason_codes=reason_codes_for(policy, category.id),
+        created_at=created_at if created_at is not None else datetime.now(UTC).timestamp(),
+    )
+
+
+def apply_decision(
+    item: ReviewItem,
+    first: FirstDecision | None,
+    *,
+    reviewer: str,
+    decision: ReviewDecision,
+    reason_code: str | None,
+    token: str,
+    now: float,
+) -> ReviewOutcome:
+    """Apply one reviewer's decision to an item (see the module docstring for the rules).
+
+    ``reviewer`` is the pseudonymous id. ``first`` is the pending first decision, if any.
+
+    Raises:
+        ReviewInvalidDecision: removal without a valid reason code, a reason code on a
+            non-removal, or the first reviewer deciding the second review too.
+    """
+    if decision is ReviewDecision.REMOVE:
+        if reason_code not in item.reason_codes:
+            raise ReviewInvalidDecision(
+                f"removal needs a reason code from the policy: {', '.join(item.reason_codes)}"
+            )
+    elif reason_code is not None:
+        raise ReviewInvalidDecision("a reason code is only given with a removal")
+
+    def final(d: ReviewDecision, code: str | None, reviewers: list[str]) -> ReviewOutcome:
+        return ReviewOutcome(
+            final=HumanDecision(
+                job_id=item.job_id,
+                review_id=item.review_id,
+                decision=d,
+                reason_code=code,
+                reviewers=reviewers,
+                category_id=item.category_id,
+                policy_id=item.policy_id,
+                policy_version=item.policy_version,
+                decided_at=datetime.fromtimestamp(now, UTC),
+            )
+        )
+
+    if first is None:
+        if decision is ReviewDecision.REMOVE and item.critical:
+            return ReviewOutcome(
+                pending=FirstDecision(
+                    reviewer=reviewer,
+                    decision=decision,
+                    reason_code=reason_code,
+                    token=token,
+                    at=now,
+                )
+            )
+        return final(decision, reason_code, [reviewer])
+    if reviewer == first.reviewer:
+        raise ReviewInvalidDecision("the second review must be done by a different reviewer")
+    if decision is ReviewDecision.REMOVE:
+        return final(decision, reason_code, [first.reviewer, reviewer])
+    return final(ReviewDecision.ESCALATE, None, [first.reviewer, reviewer])
+
+
+def export_row(item: ReviewItem, final: HumanDecision) -> dict[str, Any]:
+    """One reviewed item as a labelled row (``moderation review export``, the policy tools)."""
+    deciding = next((c for c in item.verdict.categories if c.category_id == item.category_id), None)
+    return {
+        "review_id": item.review_id,
+        "job_id": item.job_id,
+        "image": item.image.uri,
+        "content_sha256": item.content_sha256,
+        "policy_id": item.policy_id,
+        "policy_version": item.policy_version,
+        "category": item.category_id,
+        "signal": deciding.signal if deciding else None,
+        "severity": item.severity.value,
+        "human_label": final.decision.value,
+        "reason_code": final.reason_code,
+        "model_score": item.score,
+        "model_decision": item.verdict.decision.value,
+        "scores": dict(item.verdict.scores),
+        "model": item.verdict.model,
+        "reviewers": list(final.reviewers),
+        "decided_at": final.decided_at.isoformat(),
+    }

@@ -1,0 +1,206 @@
+r"""Category scores from signals: the generic half of scoring. Pure: numpy only.
+
+A *signal* turns images into per-category scores in ``[0, 1]`` (the CLIP prompts signal, a hash
+bank, a classifier; see :mod:`moderation.signals`). Each category of a compiled policy names its
+signal; a :class:`Scorer` groups the categories of the policies it serves by signal, asks each
+signal for a scorer of its categories, and stacks their scores into one ``(N, C)`` matrix::
+
+    scores[i, c] = signal(c).score(features of image i)[c]        ∈ [0, 1]
+
+Every category is scored independently, so adding a category never changes another's score.
+Besides its scores, a signal explains them: :meth:`SignalScores.evidence` returns what made a
+category score high for an image (the top prompts, the matched bank entry), asked only for the
+categories a verdict shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from moderation.core.compiled import CompiledCategory, CompiledPolicy
+from moderation.core.data import Data
+from moderation.exceptions import PolicyError
+
+__all__ = [
+    "CategorySlot",
+    "Evidence",
+    "FeatureBatch",
+    "ScoreBatch",
+    "Scorer",
+    "SignalScorer",
+    "SignalScorerFactory",
+    "SignalScores",
+    "UnknownSignalError",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence(Data):
+    """One reason behind a category's score, as its signal reports it.
+
+    ``label`` is what matched (a prompt, a bank entry), ``score`` how strongly (a probability, a
+    similarity); ``details`` holds the signal's own fields (prompt kind and cosine similarity;
+    bank, distance and hash quality).
+    """
+
+    signal: str
+    label: str
+    score: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class UnknownSignalError(PolicyError):
+    """A compiled category names a signal that is not registered in this process."""
+
+    code = "signal_unknown"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CategorySlot:
+    """One category of one compiled policy, and its column in a score matrix."""
+
+    policy: CompiledPolicy
+    category: CompiledCategory
+    column: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.policy.id}/{self.category.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureBatch:
+    """What signals score, for N images (one row per image or animation frame).
+
+    Attributes:
+        embeddings: (N, D) L2-normalized image embeddings of the model the policies were
+            compiled for.
+        features: per signal name, one value per row that the signal extracted from the decoded
+            image itself (:meth:`moderation.ports.Signal.features`); absent for signals that
+            need nothing but the embedding.
+    """
+
+    embeddings: NDArray[np.float32]
+    features: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+class SignalScores(Protocol):
+    """A signal's scores of N rows against its C_s categories."""
+
+    @property
+    def scores(self) -> NDArray[np.float32]:
+        """(N, C_s) scores in [0, 1], columns in the order of the scorer's slots."""
+        ...
+
+    def evidence(self, rows: NDArray[np.intp], cols: NDArray[np.intp]) -> list[list[Evidence]]:
+        """The evidence of each (row, local column) pair, strongest first."""
+        ...
+
+
+class SignalScorer(Protocol):
+    """Scores batches against a fixed list of categories of one signal."""
+
+    def score(self, batch: FeatureBatch) -> SignalScores: ...
+
+
+#: Builds the scorer of one signal for the given categories (``Signal.scorer``).
+SignalScorerFactory = Callable[[Sequence[CategorySlot]], SignalScorer]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreBatch:
+    """Scores of N rows against C categories, with the evidence behind them.
+
+    Attributes:
+        scores: (N, C) category scores in [0, 1].
+        slots: the C categories, in column order.
+    """
+
+    scores: NDArray[np.float32]
+    slots: tuple[CategorySlot, ...]
+    parts: tuple[tuple[SignalScores, NDArray[np.intp]], ...]
+    part_of: NDArray[np.intp]  # (C,) index into parts of each column's signal
+    local: NDArray[np.intp]  # (C,) the column's index within its signal's scores
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def evidence(self, rows: NDArray[np.intp], cols: NDArray[np.intp]) -> list[list[Evidence]]:
+        """Evidence of each (row, column) pair, asked of each column's signal."""
+        out: list[list[Evidence]] = [[] for _ in range(len(rows))]
+        which = self.part_of[cols]
+        for index, (part, _) in enumerate(self.parts):
+            selected = np.flatnonzero(which == index)
+            if not len(selected):
+                continue
+            found = part.evidence(rows[selected], self.local[cols[selected]])
+            for position, items in zip(selected.tolist(), found, strict=True):
+                out[position] = items
+        return out
+
+
+class Scorer:
+    """Scores feature batches against a fixed list of compiled policies.
+
+    Raises:
+        ValueError: the list is empty or its policies come from different models.
+        UnknownSignalError: a category names a signal missing from ``signals``.
+    """
+
+    def __init__(
+        self, policies: Sequence[CompiledPolicy], signals: Mapping[str, SignalScorerFactory]
+    ) -> None:
+        if not policies:
+            raise ValueError("Scorer needs at least one compiled policy")
+        models = {p.model.id for p in policies}
+        if len(models) != 1:
+            raise ValueError(f"compiled policies come from different models: {sorted(models)}")
+        self.policies = tuple(policies)
+        self.model_id = next(iter(models))
+        slots: list[CategorySlot] = []
+        groups: dict[str, list[CategorySlot]] = {}
+        for policy in policies:
+            for category in policy.categories:
+                slot = CategorySlot(policy=policy, category=category, column=len(slots))
+                slots.append(slot)
+                groups.setdefault(category.signal, []).append(slot)
+        self.slots = tuple(slots)
+        self._scorers: list[tuple[SignalScorer, NDArray[np.intp]]] = []
+        self._part_of = np.zeros(len(slots), np.intp)
+        self._local = np.zeros(len(slots), np.intp)
+        for name, group in groups.items():
+            factory = signals.get(name)
+            if factory is None:
+                raise UnknownSignalError(
+                    f"category {group[0].key} uses signal {name!r}, which is not registered "
+                    f"(registered: {', '.join(sorted(signals)) or 'none'})"
+                )
+            columns = np.array([s.column for s in group], np.intp)
+            self._part_of[columns] = len(self._scorers)
+            self._local[columns] = np.arange(len(group))
+            self._scorers.append((factory(group), columns))
+
+    def score(self, batch: FeatureBatch) -> ScoreBatch:
+        """Score every row of ``batch`` against every category."""
+        n = len(batch)
+        scores = np.empty((n, len(self.slots)), dtype=np.float32)
+        parts: list[tuple[SignalScores, NDArray[np.intp]]] = []
+        for scorer, columns in self._scorers:
+            part = scorer.score(batch)
+            scores[:, columns] = part.scores
+            parts.append((part, columns))
+        return ScoreBatch(
+            scores=scores,
+            slots=self.slots,
+            parts=tuple(parts),
+            part_of=self._part_of,
+            local=self._local,
+        )

@@ -1,0 +1,121 @@
+"""From image bytes to verdicts: the one scoring path of every entry point.
+
+Two halves, so that the CPU side and the accelerator side can overlap:
+
+* :meth:`Moderator.prepare` (CPU threads): safe decode, the model's preprocessing of each frame,
+  each image signal's features (e.g. a perceptual hash), and the content hash;
+* :meth:`Moderator.decide`: given the frames' image embeddings (one batched forward pass, done by
+  the caller or the worker's micro-batcher), every signal's scores and the verdicts; an
+  animation's verdict is the most severe of its frames'.
+
+The queue worker (:mod:`moderation.pipeline.process`), local scoring
+(:mod:`moderation.pipeline.score`) and the policy tools all go through here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from moderation.core.decision import Verdict, most_severe
+from moderation.core.scoring import FeatureBatch
+from moderation.pipeline.policies import ActivePolicies, CompiledSet
+from moderation.ports import Encoder, ImageDecoder
+
+__all__ = ["Moderator", "PreparedImage"]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedImage:
+    """A decoded image ready to score: the encoder input and image-signal features per frame."""
+
+    content_sha256: str
+    inputs: tuple[Any, ...]
+    features: Mapping[str, tuple[Any, ...]]
+
+    @property
+    def frames(self) -> int:
+        return len(self.inputs)
+
+
+class Moderator:
+    """Prepares images and decides them against the policies in service. Thread-safe."""
+
+    def __init__(
+        self, *, encoder: Encoder, decoder: ImageDecoder, policies: ActivePolicies
+    ) -> None:
+        self.encoder = encoder
+        self.decoder = decoder
+        self.policies = policies
+
+    def prepare(self, data: bytes) -> PreparedImage:
+        """Decode and preprocess untrusted bytes (CPU only).
+
+        Raises:
+            ImageError: corrupt, too large, or a format outside the allowlist.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        frames = self.decoder.decode(data, min_side=self.encoder.image_size)
+        inputs = tuple(self.encoder.prepare(frame) for frame in frames)
+        features = {
+            signal.name: tuple(signal.features(frame) for frame in frames)
+            for signal in self.policies.signals.image_signals
+        }
+        return PreparedImage(content_sha256=digest, inputs=inputs, features=features)
+
+    def embed(self, inputs: Sequence[Any]) -> NDArray[np.float32]:
+        """One forward pass over prepared frames."""
+        return self.encoder.encode_prepared(inputs)
+
+    def decide(
+        self,
+        images: Sequence[PreparedImage],
+        embeddings: NDArray[np.float32],
+        policy_ids: Iterable[str] | None = None,
+        *,
+        compiled: CompiledSet | None = None,
+    ) -> list[Verdict]:
+        """One verdict per image.
+
+        Args:
+            images: prepared images.
+            embeddings: (total frames, D) embeddings of every frame of ``images``, in order.
+            policy_ids: the policies to apply (default: every active one).
+            compiled: the policy set to use (default: the one in service now).
+
+        Raises:
+            UnknownPolicyError: a named policy is not loaded.
+        """
+        if not images:
+            return []
+        compiled = compiled or self.policies.current
+        names = {name for image in images for name in image.features}
+        batch = FeatureBatch(
+            embeddings=embeddings,
+            features={
+                name: [f for image in images for f in image.features[name]] for name in names
+            },
+        )
+        per_frame = compiled.verdicts(batch, policy_ids)
+        out: list[Verdict] = []
+        start = 0
+        for image in images:
+            out.append(most_severe(per_frame[start : start + image.frames]))
+            start += image.frames
+        return out
+
+    def moderate(
+        self,
+        images: Sequence[PreparedImage],
+        policy_ids: Iterable[str] | None = None,
+        *,
+        compiled: CompiledSet | None = None,
+    ) -> list[Verdict]:
+        """Embed and decide prepared images in one forward pass (no queue)."""
+        inputs = [x for image in images for x in image.inputs]
+        return self.decide(images, self.embed(inputs), policy_ids, compiled=compiled)

@@ -1,0 +1,143 @@
+"""The policies a process serves: compiled, with a scorer per requested subset, hot-swappable.
+
+:class:`CompiledSet` is immutable: one set of compiled policies and the signals that score them.
+:class:`ActivePolicies` holds the set in service and swaps in a new one when the policy files
+change (``reload``); readers take ``current`` once per job, so a job is always scored by one
+consistent set, and verdicts name the policy versions they used (``Verdict.policies``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+from moderation.core.compiled import CompiledPolicy, ModelIdentity
+from moderation.core.decision import Verdict, verdicts
+from moderation.core.policy import Policy, PolicySet
+from moderation.core.scoring import FeatureBatch, Scorer
+from moderation.exceptions import ModerationError, PolicyError, UnknownPolicyError
+from moderation.metrics import metrics
+from moderation.signals import Signals
+
+__all__ = ["ActivePolicies", "CompiledSet"]
+
+log = logging.getLogger(__name__)
+
+
+class CompiledSet:
+    """Compiled policies in service; a scorer per requested subset is built once and cached.
+
+    Raises:
+        PolicyError: no policies.
+        UnknownSignalError: a category names a signal that is not registered.
+    """
+
+    def __init__(self, compiled: Sequence[CompiledPolicy], signals: Signals) -> None:
+        if not compiled:
+            raise PolicyError("no policies to serve", code="policy_none")
+        self.signals = signals
+        self.by_id = {p.id: p for p in compiled}
+        self.default_ids = tuple(p.id for p in compiled if p.policy.active) or tuple(self.by_id)
+        self._scorers: dict[tuple[str, ...], Scorer] = {}
+        self._lock = threading.Lock()
+        self.scorer(None)  # every category's signal is checked now, not on the first job
+
+    @property
+    def versions(self) -> dict[str, int]:
+        return {pid: p.version for pid, p in self.by_id.items()}
+
+    @property
+    def policies(self) -> dict[str, Policy]:
+        return {pid: p.policy for pid, p in self.by_id.items()}
+
+    @property
+    def model(self) -> ModelIdentity:
+        return next(iter(self.by_id.values())).model
+
+    def ids_for(self, policy_ids: Iterable[str] | None) -> tuple[str, ...]:
+        """The policy ids a request names (sorted), or every active one.
+
+        Raises:
+            UnknownPolicyError: a named policy is not loaded.
+        """
+        ids = tuple(sorted(set(policy_ids))) if policy_ids else self.default_ids
+        for pid in ids:
+            if pid not in self.by_id:
+                raise UnknownPolicyError(pid, list(self.by_id))
+        return ids
+
+    def scorer(self, policy_ids: Iterable[str] | None) -> Scorer:
+        """The scorer of the named policies (default: every active one).
+
+        Raises:
+            UnknownPolicyError: a named policy is not loaded.
+        """
+        ids = self.ids_for(policy_ids)
+        with self._lock:
+            scorer = self._scorers.get(ids)
+            if scorer is None:
+                scorer = Scorer([self.by_id[pid] for pid in ids], self.signals.scorer_factories)
+                self._scorers[ids] = scorer
+            return scorer
+
+    def verdicts(
+        self, batch: FeatureBatch, policy_ids: Iterable[str] | None = None
+    ) -> list[Verdict]:
+        """One verdict per row of ``batch``."""
+        if len(batch) == 0:
+            return []
+        return verdicts(self.scorer(policy_ids).score(batch))
+
+
+class ActivePolicies:
+    """The compiled set in service. Thread-safe: ``current`` is one reference read.
+
+    Args:
+        load: reads and validates the policy files.
+        compile: compiles a policy set (through the compile cache).
+        fingerprint: a content hash of the policy files, cheap enough to poll.
+        signals: the registered signals.
+
+    Raises:
+        PolicyError: the initial policies cannot be loaded or compiled.
+    """
+
+    def __init__(
+        self,
+        *,
+        load: Callable[[], PolicySet],
+        compile: Callable[[PolicySet], list[CompiledPolicy]],
+        fingerprint: Callable[[], str],
+        signals: Signals,
+    ) -> None:
+        self._load = load
+        self._compile = compile
+        self._fingerprint = fingerprint
+        self.signals = signals
+        self.fingerprint = fingerprint()
+        self._current = CompiledSet(compile(load()), signals)
+
+    @property
+    def current(self) -> CompiledSet:
+        return self._current
+
+    def reload(self, *, force: bool = False) -> bool:
+        """Swap in the current policy files if they changed. Returns whether it swapped.
+
+        A broken policy edit is logged and ignored: the previous set stays in service.
+        """
+        fingerprint = self._fingerprint()
+        if fingerprint == self.fingerprint and not force:
+            return False
+        try:
+            fresh = CompiledSet(self._compile(self._load()), self.signals)
+        except ModerationError as exc:
+            log.error("policy reload failed, keeping the loaded set: %s", exc)
+            self.fingerprint = fingerprint
+            return False
+        self._current = fresh  # one reference assignment: atomic for readers
+        self.fingerprint = fingerprint
+        metrics().policy_reloads.inc()
+        log.info("policies reloaded: %s", fresh.versions)
+        return True
