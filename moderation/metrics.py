@@ -27,7 +27,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 __all__ = [
-    "STAGES",
     "PipelineMetrics",
     "ReviewQueueGauges",
     "metrics",
@@ -39,7 +38,6 @@ __all__ = [
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 _REVIEW_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
-STAGES = ("fetch", "decode", "queue_wait", "inference", "total")
 
 
 def multiprocess_dir() -> str | None:
@@ -104,7 +102,7 @@ class PipelineMetrics:
             "Hot reloads of the compiled policy set.",
             registry=registry,
         )
-        # --- review metrics (review queue engineer) go below this line -----------------------
+        # --- human review ---------------------------------------------------------------------
         self.review_decisions = Counter(
             "moderation_review_decisions_total",
             "Human review decisions by policy and decision (allow / remove / escalate final; "
@@ -179,7 +177,7 @@ def render(*, queue_depth: int | None = None, path: str | None = None) -> tuple[
     return body, CONTENT_TYPE_LATEST
 
 
-# --- review queue gauges (review queue engineer) ---------------------------------------------
+# --- review queue gauges ---------------------------------------------
 
 
 class ReviewQueueGauges(Collector):

@@ -161,7 +161,6 @@ class ClipEncoder:
         )
         self._logit_scale = float(model.logit_scale.exp().clamp(max=100).item())
         self.texts_encoded = 0  # for observability (compile cache tests and metrics)
-        self.images_encoded = 0
 
     @property
     def identity(self) -> ModelIdentity:
@@ -190,7 +189,6 @@ class ClipEncoder:
             x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.to(self.dtype)
         features = self.model.encode_image(x, normalize=True)
-        self.images_encoded += len(batch)
         return np.asarray(features.float().cpu().numpy(), dtype=np.float32)
 
     def encode_images(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:

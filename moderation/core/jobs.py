@@ -96,6 +96,27 @@ class JobResult(BaseModel):
             job_id=job.id, status=JobStatus.QUEUED, metadata=job.metadata, created_at=job.created_at
         )
 
+    @classmethod
+    def ended(
+        cls,
+        job: Job,
+        *,
+        verdict: Verdict | None = None,
+        error: JobError | None = None,
+        content_sha256: str | None = None,
+    ) -> JobResult:
+        """The final result of ``job``: its verdict (``done``) or its error (``error``)."""
+        return cls(
+            job_id=job.id,
+            status=JobStatus.ERROR if error is not None else JobStatus.DONE,
+            verdict=verdict,
+            error=error,
+            content_sha256=content_sha256,
+            metadata=job.metadata,
+            created_at=job.created_at,
+            finished_at=_now(),
+        )
+
 
 _HUMAN = {
     ReviewDecision.ALLOW: Decision.ALLOW,

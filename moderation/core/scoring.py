@@ -164,7 +164,6 @@ class Scorer:
         if len(models) != 1:
             raise ValueError(f"compiled policies come from different models: {sorted(models)}")
         self.policies = tuple(policies)
-        self.model_id = next(iter(models))
         slots: list[CategorySlot] = []
         groups: dict[str, list[CategorySlot]] = {}
         for policy in policies:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from moderation.core.audit import record_for_error, record_for_review, record_for_verdict
 from moderation.core.callbacks import callback_body
 from moderation.core.decision import Decision, Verdict
-from moderation.core.jobs import Job, JobError, JobResult, JobStatus
+from moderation.core.jobs import Job, JobError, JobResult
 from moderation.core.policy import Policy
 from moderation.core.review import HumanDecision, item_from_verdict
 from moderation.exceptions import JobNotFoundError, ReviewInvalidDecision
@@ -86,15 +86,7 @@ class Outcomes:
                 dsa_category=self._dsa_category(verdict),
             )
         )
-        result = JobResult(
-            job_id=job.id,
-            status=JobStatus.DONE,
-            verdict=verdict,
-            content_sha256=content_sha256,
-            metadata=job.metadata,
-            created_at=job.created_at,
-            finished_at=datetime.now(UTC),
-        )
+        result = JobResult.ended(job, verdict=verdict, content_sha256=content_sha256)
         won = self.store.finish(result)
         if won:
             m = metrics()
@@ -124,15 +116,7 @@ class Outcomes:
                 content_ref=job.image.uri,
             )
         )
-        result = JobResult(
-            job_id=job.id,
-            status=JobStatus.ERROR,
-            error=error,
-            content_sha256=content_sha256,
-            metadata=job.metadata,
-            created_at=job.created_at,
-            finished_at=datetime.now(UTC),
-        )
+        result = JobResult.ended(job, error=error, content_sha256=content_sha256)
         won = self.store.finish(result)
         if won:
             m = metrics()

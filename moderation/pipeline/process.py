@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from moderation.core.decision import Verdict
 from moderation.core.jobs import Job, JobError
 from moderation.exceptions import PermanentError, TransientError
 from moderation.metrics import metrics
@@ -124,7 +125,7 @@ class Processor:
         m = metrics()
         m.latency.labels("queue_wait").observe(max(0.0, time.time() - job.created_at.timestamp()))
         try:
-            return self._run(job)
+            verdict, digest = self._decide(job)
         except TransientError as exc:
             m.errors.labels(exc.code).inc()
             if retries < self.settings.max_retries:
@@ -157,6 +158,10 @@ class Processor:
                 ),
             )
             return Processed(job_id, "error")
+        # Errors from here on (Redis, the audit log, the broker) are not the job's: they
+        # propagate, the delivery is retried and the job ends as decided, exactly once.
+        won = self.outcomes.finish_verdict(job, verdict, content_sha256=digest)
+        return Processed(job_id, "verdict" if won else "duplicate")
 
     @staticmethod
     def _timed(stage: str, fn: Callable[[], T]) -> T:
@@ -166,7 +171,9 @@ class Processor:
         finally:
             metrics().latency.labels(stage).observe(time.perf_counter() - started)
 
-    def _run(self, job: Job) -> Processed:
+    def _decide(self, job: Job) -> tuple[Verdict, str]:
+        """The job's verdict and its content hash (fetch, prepare, one batched forward pass,
+        decide)."""
         compiled = self.moderator.policies.current  # one policy set for the whole job
         compiled.ids_for(job.policies)  # unknown policy: permanent error before any work
         data = self._timed("fetch", lambda: self.sources.fetch(job.image))
@@ -174,5 +181,4 @@ class Processor:
         futures = [self.batcher.submit(x) for x in image.inputs]
         embeddings = np.stack([f.result() for f in futures])
         verdict = self.moderator.decide([image], embeddings, job.policies, compiled=compiled)[0]
-        won = self.outcomes.finish_verdict(job, verdict, content_sha256=image.content_sha256)
-        return Processed(job.id, "verdict" if won else "duplicate")
+        return verdict, image.content_sha256

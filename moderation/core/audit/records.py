@@ -72,10 +72,6 @@ class AuditRecord(BaseModel):
         """Everything but nothing else: the bytes the hash covers."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
-    def record_hash(self) -> str:
-        """The sha256 (hex) of :meth:`canonical_json`."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
-
     def chained(self, prev_hash: str) -> AuditRecord:
         """A copy linked to the record whose hash is ``prev_hash``."""
         return self.model_copy(update={"prev_hash": prev_hash})

