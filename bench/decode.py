@@ -5,8 +5,11 @@ naive:  ``PIL.Image.open(...).convert("RGB")`` + open_clip preprocess (full-size
 ours:   ``moderation.adapters.images.decode_image(data, limits, min_side=<model input size>)``
         (all the safety checks, EXIF, mode conversion, JPEG draft mode: DCT-domain downscale
         to the smallest 1/2^k scale whose short side is still >= the model's input) + what
-        ``ClipEncoder.prepare`` runs (``FastPreprocess``: the same resize-shortest-side +
-        center-crop + normalize, computing only the cropped pixels).
+        ``ClipEncoder.prepare`` runs on the CPU (``CropPreprocess``: the same
+        resize-shortest-side + center-crop with Pillow, computing only the cropped pixels, to
+        uint8; normalisation happens per batch on the device).
+torchvision: ``torchvision.io.decode_jpeg`` (libjpeg-turbo, full size: it has no DCT-domain
+        downscale) + the same resize and crop in torch: the other CPU decoder we could use.
 
 One thread (torch pinned to 1), so the numbers are per core. Prints JSON::
 
@@ -90,34 +93,56 @@ def measure_decode(
 def _measure(
     n_images: int, size_kb: int, architecture: str, repeats: int, seed: int
 ) -> dict[str, Any]:
+    import warnings
+
     import open_clip
     import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-    from moderation.adapters.clip import fast_preprocess
+    from moderation.adapters.clip import standard_geometry
     from moderation.adapters.images import decode_image
+    from moderation.adapters.support.preprocess import CropPreprocess, DeviceJpeg
     from moderation.settings import ImageLimits
 
     cfg = open_clip.get_model_config(architecture)
     image_size = int(cfg["vision_cfg"]["image_size"]) if cfg else 224
     preprocess = open_clip.image_transform(image_size, is_train=False)
-    prepare = fast_preprocess(preprocess) or preprocess  # what ClipEncoder.prepare runs
+    geometry = standard_geometry(preprocess)
+    assert geometry is not None
+    _, mean, std = geometry
+    crop = CropPreprocess(image_size)  # what ClipEncoder.prepare runs
     limits = ImageLimits()
     images = make_jpegs(n_images, size_kb=size_kb, seed=seed)
+    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    device_path = DeviceJpeg(image_size, limits, torch.device("cpu"))
 
     def naive(data: bytes) -> torch.Tensor:
         return preprocess(Image.open(io.BytesIO(data)).convert("RGB"))  # type: ignore[no-any-return]
 
-    def ours(data: bytes) -> torch.Tensor:
-        tensor: torch.Tensor = prepare(decode_image(data, limits, min_side=image_size)[0])
-        return tensor
+    def ours(data: bytes) -> np.ndarray:
+        return crop(decode_image(data, limits, min_side=image_size)[0])
 
-    naive(images[0]), ours(images[0])  # warm-up
-    diffs = [float((naive(d) - ours(d)).abs().mean()) for d in images[:5]]
+    def tv(data: bytes) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            chw = decode_jpeg(
+                torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB
+            )
+        return device_path._crop(chw)
+
+    def as_model_input(pixels: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(torch.float32)
+        return (x / 255.0 - mean_t) / std_t
+
+    naive(images[0]), ours(images[0]), tv(images[0])  # warm-up
+    diffs = [float((naive(d) - as_model_input(ours(d))).abs().mean()) for d in images[:5]]
     naive_rate = _rate(naive, images, repeats)
     ours_rate = _rate(ours, images, repeats)
+    tv_rate = _rate(tv, images, repeats)
     return {
         "decode_images_per_s_per_core": round(ours_rate, 1),
         "naive_decode_images_per_s_per_core": round(naive_rate, 1),
+        "torchvision_decode_images_per_s_per_core": round(tv_rate, 1),
         "ratio": round(ours_rate / naive_rate, 2),
         "n_images": n_images,
         "mean_kb": round(sum(map(len, images)) / len(images) / 1024, 1),

@@ -1,9 +1,12 @@
 """Pipeline benchmark: bare image encoder vs the whole pipeline on the same images, model and
 threads; plus decode throughput (from bench/decode.py). Prints one JSON object.
 
-    python bench/pipeline.py [--images 256] [--model ViT-B-32] [--batch-size 32] [--device auto]
+    python bench/pipeline.py [--images 256] [--model ViT-B-32|test] [--batch-size 32]
+        [--device auto] [--workers 1] [--upload multipart|json] [--profile DIR]
 
 The encoder has random weights (``pretrained=None``): speed does not depend on their values.
+``--model test`` runs the bundled test model instead: it is tiny, so on a CPU it stands in for a
+fast accelerator and shows what the rest of the pipeline costs per image.
 ``pipeline_images_per_s`` is client submit (inline JPEG bytes, batch endpoint) -> API -> Redis
 (embedded valkey) -> Celery worker (thread pool + micro-batcher) -> verdict, timed from the first
 submit to the last result. On a GPU the worker runs CUDA + bf16 automatically.
@@ -43,10 +46,13 @@ def _images(n: int, seed: int = 0) -> list[bytes]:
 def bench_encoder(
     model_settings: Any, images: list[bytes], batch_size: int, limits: Any
 ) -> dict[str, Any]:
+    from moderation import testmodel
     from moderation.adapters.clip import load_clip
     from moderation.adapters.images import decode_image
 
-    encoder = load_clip(model_settings)
+    encoder = load_clip(
+        model_settings, config_path=testmodel.config_path_for(model_settings.architecture)
+    )
     prepared = [
         encoder.prepare(decode_image(data, limits, min_side=encoder.image_size)[0])
         for data in images
@@ -63,17 +69,69 @@ def bench_encoder(
     }
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_profilers(pids: dict[str, int], folder: Path, rate: int) -> list[Any]:
+    """py-spy on each process (raw collapsed stacks), until stopped with SIGINT."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return [
+        subprocess.Popen(
+            [
+                str(spy),
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--full-filenames",
+                "--output",
+                str(folder / f"{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+
+
+def _stop_profilers(profilers: list[Any]) -> None:
+    import signal
+
+    for proc in profilers:
+        proc.send_signal(signal.SIGINT)
+    for proc in profilers:
+        proc.wait(timeout=60)
+
+
 def bench_pipeline(
-    settings: Any, images: list[bytes], tmp: Path, *, workers: int = 1
+    settings: Any,
+    images: list[bytes],
+    tmp: Path,
+    *,
+    workers: int = 1,
+    profile: Path | None = None,
+    profile_rate: int = 250,
+    upload: str = "multipart",
 ) -> dict[str, Any]:
+    """The whole pipeline: this process is the client; the API (uvicorn) and each worker run in
+    their own process, as in production."""
     import subprocess
 
     from moderation.adapters.embedded_redis import EmbeddedRedis
     from moderation.adapters.redis_jobs import RedisJobStore
-    from moderation.api import create_app
-    from moderation.api.server import serve_in_thread
     from moderation.client import ModerationClient
-    from moderation.compose import build_api
     from moderation.metrics import render
 
     metrics_dir = tmp / "metrics"
@@ -88,12 +146,21 @@ def bench_pipeline(
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "moderation.cli", "worker", "--loglevel", "WARNING"],
-                env=env,
+                env={**env, "MODERATION_WORKER_SLOT": str(i)},
                 cwd=ROOT,
                 start_new_session=True,
+                stdout=subprocess.DEVNULL,
             )
-            for _ in range(workers)
+            for i in range(workers)
         ]
+        port = _free_port()
+        api = subprocess.Popen(
+            [sys.executable, "-m", "moderation.cli", "api", "--port", str(port)],
+            env={**env, "MODERATION_LOG_LEVEL": "WARNING"},
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+        )
         try:
             store = RedisJobStore.from_url(redis.url, settings.queue)
             deadline = time.monotonic() + 600
@@ -101,37 +168,57 @@ def bench_pipeline(
                 if any(w.poll() is not None for w in procs) or time.monotonic() > deadline:
                     raise SystemExit("worker did not start")
                 time.sleep(0.2)
-            import socket
-
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            api = build_api(settings)
-            server = serve_in_thread(create_app(api), port)
-            with ModerationClient(f"http://127.0.0.1:{port}", timeout=120) as client:
+            base = f"http://127.0.0.1:{port}"
+            with ModerationClient(base, timeout=120) as client:
+                while True:
+                    try:
+                        client.healthz()
+                        break
+                    except Exception:
+                        if api.poll() is not None or time.monotonic() > deadline:
+                            raise SystemExit("the API did not start") from None
+                        time.sleep(0.2)
+                submit = client.upload_many if upload == "multipart" else client.submit_many
                 warm = settings.queue.batch_size
-                client.wait_many(client.submit_many(images[:warm]), timeout=600)
+                client.wait_many(submit(images[:warm]), timeout=600)
                 before = _batch_totals(render(path=str(metrics_dir))[0].decode())
+                profilers = (
+                    _start_profilers(
+                        {"api": api.pid, **{f"worker-{i}": w.pid for i, w in enumerate(procs)}},
+                        profile,
+                        profile_rate,
+                    )
+                    if profile
+                    else []
+                )
                 started = time.perf_counter()
-                ids = client.submit_many(images, chunk=100)
+                ids = submit(images, chunk=100)
                 results = client.wait_many(ids, timeout=1800)
                 elapsed = time.perf_counter() - started
+                _stop_profilers(profilers)
             after = _batch_totals(render(path=str(metrics_dir))[0].decode())
-            server.should_exit = True
-            api.close()
         finally:
-            for worker in procs:
-                worker.terminate()
-            for worker in procs:
-                worker.wait(timeout=30)
+            for proc in [api, *procs]:
+                proc.terminate()
+            for proc in [api, *procs]:
+                proc.wait(timeout=30)
     batches = after[0] - before[0]
     errors = sum(r.error is not None for r in results)
-    return {
+    out: dict[str, Any] = {
         "pipeline_images_per_s": len(images) / elapsed,
         "pipeline_errors": errors,
         "batches": batches,
         "mean_batch_size": (after[1] - before[1]) / batches if batches else None,
+        "upload": upload,
     }
+    if profile:
+        from bench.stages import report
+
+        out["stages_ms_per_image"] = {
+            process: {stage: v["ms_per_image"] for stage, v in stages.items()}
+            for process, stages in report(profile, len(images), profile_rate).items()
+        }
+    return out
 
 
 def _batch_totals(text: str) -> tuple[float, float]:
@@ -155,6 +242,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default all)")
     parser.add_argument("--decode-images", type=int, default=40)
     parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record every process with py-spy into this folder",
+    )
+    parser.add_argument(
+        "--upload",
+        choices=["multipart", "json"],
+        default="multipart",
+        help="how the client sends image bytes",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -172,6 +271,8 @@ def main() -> None:
         fallback_to_test_model=False,
         threads=args.threads,
     )
+    if args.model == "test":
+        model = testmodel.model_settings(model)
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     settings = Settings(model=model, policy_paths=[testmodel.POLICY_PATH], cache_dir=tmp / "cache")
     settings = settings.model_copy(
@@ -196,12 +297,18 @@ def main() -> None:
     }
     report.update(bench_encoder(model, images, args.batch_size, settings.images))
     report["workers"] = args.workers
-    report.update(bench_pipeline(settings, images, tmp, workers=args.workers))
+    report.update(
+        bench_pipeline(
+            settings, images, tmp, workers=args.workers, profile=args.profile, upload=args.upload
+        )
+    )
     report["pipeline_vs_encoder"] = report["pipeline_images_per_s"] / report["encoder_images_per_s"]
     try:
         from bench.decode import measure_decode
 
-        decode = measure_decode(args.decode_images, architecture=args.model)
+        if args.model == "test":
+            testmodel.register_config()
+        decode = measure_decode(args.decode_images, architecture=model.architecture)
         report["decode_images_per_s_per_core"] = decode["decode_images_per_s_per_core"]
         report["naive_decode_images_per_s_per_core"] = decode["naive_decode_images_per_s_per_core"]
     except ImportError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -170,6 +171,62 @@ class ModerationClient:
             out.extend(str(j["id"]) for j in answer["jobs"])
         return out
 
+    def healthz(self) -> bool:
+        """Whether the API process answers (``GET /healthz``).
+
+        Raises:
+            ApiUnavailable: it does not.
+        """
+        return bool(self._request("GET", "/healthz").get("status") == "ok")
+
+    def upload_many(
+        self,
+        images: Iterable[bytes | Path],
+        *,
+        policies: Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+        chunk: int = 500,
+    ) -> list[str]:
+        """Enqueue many images as raw bytes (multipart ``/v1/jobs:upload``: no base64, no JSON
+        around the bytes), ``chunk`` per request; returns job ids in order.
+
+        Raises:
+            JobRejected: a chunk was refused (no job of that chunk was enqueued).
+            ApiUnavailable: the API is unreachable or failed (5xx).
+        """
+        blobs = [image.read_bytes() if isinstance(image, Path) else image for image in images]
+        out: list[str] = []
+        for start in range(0, len(blobs), chunk):
+            part = blobs[start : start + chunk]
+            files = [
+                ("image", (f"{start + i}", data, "application/octet-stream"))
+                for i, data in enumerate(part)
+            ]
+            fields: dict[str, Any] = {}
+            if policies:
+                fields["policies"] = list(policies)
+            if ids is not None:
+                fields["jobs"] = json.dumps(
+                    [{"id": job_id} for job_id in ids[start : start + chunk]]
+                )
+            answer = self._request("POST", "/v1/jobs:upload", files=files, data=fields)
+            out.extend(str(j["id"]) for j in answer["jobs"])
+        return out
+
+    def lookup(self, job_ids: Sequence[str]) -> list[JobResult | None]:
+        """The current results of many jobs in one request (None for an unknown id).
+
+        Raises:
+            ApiUnavailable: the API is unreachable or failed (5xx).
+        """
+        out: list[JobResult | None] = []
+        for start in range(0, len(job_ids), 1000):
+            answer = self._request(
+                "POST", "/v1/jobs:lookup", json={"ids": list(job_ids[start : start + 1000])}
+            )
+            out.extend(None if r is None else JobResult.model_validate(r) for r in answer["jobs"])
+        return out
+
     def get(self, job_id: str) -> JobResult:
         """The job's current result (status ``queued`` until it ends).
 
@@ -197,14 +254,36 @@ class ModerationClient:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, 2.0)
 
-    def wait_many(self, job_ids: Sequence[str], timeout: float = 300.0) -> list[JobResult]:
-        """Wait for every job; results in the order of ``job_ids``.
+    def wait_many(
+        self, job_ids: Sequence[str], timeout: float = 300.0, *, poll_s: float = 0.1
+    ) -> list[JobResult]:
+        """Wait for every job (polling the unfinished ones together); results in the order of
+        ``job_ids``.
 
         Raises:
             JobWaitTimeout: not all ended within ``timeout`` seconds.
+            JobNotFoundError: an id is unknown or expired.
         """
         deadline = time.monotonic() + timeout
-        return [self.wait(j, max(0.0, deadline - time.monotonic())) for j in job_ids]
+        done: dict[str, JobResult] = {}
+        waiting = list(dict.fromkeys(job_ids))
+        delay = poll_s
+        while True:
+            for job_id, result in zip(waiting, self.lookup(waiting), strict=True):
+                if result is None:
+                    raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")
+                if result.status.final:
+                    done[job_id] = result
+            waiting = [j for j in waiting if j not in done]
+            if not waiting:
+                return [done[j] for j in job_ids]
+            if time.monotonic() >= deadline:
+                raise JobWaitTimeout(
+                    f"{len(waiting)} of {len(done) + len(waiting)} jobs "
+                    f"still running after {timeout}s"
+                )
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 1.0)
 
 
 class AsyncModerationClient:

@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.s3_audit import S3SegmentStore
 from moderation.adapters.s3_source import S3Source
+from moderation.adapters.support.slots import claim_slot
 from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
 from moderation.core.compiled import CompiledPolicy
 from moderation.core.policy import PolicySet
@@ -55,6 +57,7 @@ from moderation.pipeline.moderator import Moderator
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.policies import ActivePolicies
 from moderation.pipeline.process import Processor
+from moderation.pipeline.publishing import CoalescingPublisher
 from moderation.pipeline.sources import ImageSources, InlineSource
 from moderation.pipeline.submit import PolicyCatalog, Submitter
 from moderation.ports import (
@@ -66,7 +69,7 @@ from moderation.ports import (
     SegmentStore,
     TaskPublisher,
 )
-from moderation.settings import ModelSettings, Settings
+from moderation.settings import ImageLimits, ModelSettings, Settings
 from moderation.signals import Signals, builtin_signals
 
 __all__ = [
@@ -103,13 +106,21 @@ class ModelChoice:
     note: str | None  # why the fallback happened, for the operator
 
 
-def load_model(settings: ModelSettings, *, custom_policies: bool = False) -> ModelChoice:
+def load_model(
+    settings: ModelSettings,
+    *,
+    custom_policies: bool = False,
+    limits: ImageLimits | None = None,
+    slot: int = 0,
+) -> ModelChoice:
     """Load the configured model; fall back (loudly) to the bundled test model when allowed.
 
     Args:
         settings: which model, where its weights are, device and precision.
         custom_policies: the caller named its own policy files (the fallback note then says
             that the test model scores those, not the test-world policy).
+        limits: the image limits (device-decoded JPEGs are held to them too).
+        slot: this worker's position on its host (which GPU it takes).
 
     Raises:
         ModelUnavailableError: the configured weights are unavailable and fallback is off.
@@ -117,7 +128,12 @@ def load_model(settings: ModelSettings, *, custom_policies: bool = False) -> Mod
     from moderation import testmodel
 
     try:
-        encoder = load_clip(settings, config_path=testmodel.config_path_for(settings.architecture))
+        encoder = load_clip(
+            settings,
+            config_path=testmodel.config_path_for(settings.architecture),
+            limits=limits,
+            slot=slot,
+        )
         return ModelChoice(
             encoder=encoder, note=None, is_test_model=settings.architecture == testmodel.MODEL_NAME
         )
@@ -134,7 +150,12 @@ def load_model(settings: ModelSettings, *, custom_policies: bool = False) -> Mod
             f"its world is coloured shapes, and it scores {scored}. Verdicts are NOT meaningful "
             "for real content."
         )
-        encoder = load_clip(testmodel.model_settings(settings), config_path=testmodel.CONFIG_PATH)
+        encoder = load_clip(
+            testmodel.model_settings(settings),
+            config_path=testmodel.CONFIG_PATH,
+            limits=limits,
+            slot=slot,
+        )
         return ModelChoice(encoder=encoder, is_test_model=True, note=note)
 
 
@@ -337,6 +358,9 @@ class ApiProcess:
     reviewers: ReviewerStore
 
     def close(self) -> None:
+        close = getattr(self.publisher, "close", None)
+        if close is not None:
+            close()
         self.audit.close()
 
 
@@ -358,6 +382,11 @@ def build_api(
     """
     queue = open_queue(settings) if publisher is None or callbacks is None else None
     store = store or open_job_store(settings)
+    q = settings.queue
+    if publisher is None and queue is not None and q.publish_wait_ms > 0:
+        publisher = CoalescingPublisher(
+            queue, max_jobs=q.jobs_per_message, max_wait_s=q.publish_wait_ms / 1000.0
+        )
     publisher = publisher or queue
     callbacks = callbacks or queue
     assert publisher is not None and callbacks is not None
@@ -406,6 +435,7 @@ class WorkerProcess:
     batcher: MicroBatcher[Any, NDArray[np.float32]]
     delivery: CallbackDelivery
     audit: AuditSink
+    publisher: TaskPublisher
     closers: list[Callable[[], object]] = field(default_factory=list)
 
     def start(self) -> None:
@@ -434,7 +464,10 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     store = open_job_store(settings)
     queue = open_queue(settings)
     audit = open_audit(settings)
-    model = load_model(settings.model)
+    slot = settings.worker_slot
+    if slot is None:
+        slot = claim_slot(settings.worker_slots_dir)
+    model = load_model(settings.model, limits=settings.images, slot=slot)
     policies = build_policies(
         settings, model.encoder, build_signals(settings), policy_paths_for(settings, model)
     )
@@ -448,10 +481,13 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         m.latency.labels("inference").observe(stats.run_s)
 
     batcher: MicroBatcher[Any, NDArray[np.float32]] = MicroBatcher(
-        lambda inputs: list(model.encoder.encode_prepared(inputs)),
+        start=model.encoder.start,  # two batches in flight on a GPU
         max_batch=q.batch_size,
         max_wait_s=q.batch_wait_ms / 1000.0,
         on_batch=on_batch,
+    )
+    pool = ThreadPoolExecutor(
+        q.decode_threads or max(2, os.cpu_count() or 2), thread_name_prefix="decode"
     )
     sources = build_sources(settings, store)
     outcomes = Outcomes(
@@ -470,6 +506,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         batcher=batcher,
         outcomes=outcomes,
         settings=q,
+        pool=pool,
     )
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     maintenance = WorkerMaintenance(
@@ -491,4 +528,6 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         batcher=batcher,
         delivery=CallbackDelivery(settings),
         audit=audit,
+        publisher=queue,
+        closers=[lambda: pool.shutdown(wait=False)],
     )

@@ -115,6 +115,11 @@ class Encoder(Protocol):
 
     def prepare(self, image: Any) -> Any: ...
 
+    def prepare_encoded(self, data: bytes) -> Any | None:
+        """An input decoded on the device instead (a JPEG's checked header on a GPU), or None
+        to decode the file on the CPU."""
+        ...
+
     def encode_prepared(self, batch: Sequence[Any]) -> NDArray[np.float32]: ...
 
     def encode_texts(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
@@ -153,42 +158,64 @@ class DeadLetter(BaseModel):
 
 class JobStore(Protocol):
     """Job records, inline bytes, results (a final result is written once), delivery counters,
-    the outcome log, dead letters, the pending index and worker heartbeats.
+    the outcome log, dead letters, the pending index and worker heartbeats. The hot path reads
+    and writes whole batches (``*_many``, one round trip each); the single-job forms come from
+    :class:`SingleJobOps`.
 
     Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
     """
 
-    def create(self, job: Job, inline: bytes | None = None) -> tuple[Job, bool]:
-        """Store a new job (and its inline bytes) unless the id exists: (stored job, created)."""
+    def create_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> list[tuple[Job, bool]]:
+        """Store new jobs (and inline bytes) unless their ids exist: (stored job, created)."""
         ...
+
+    def create(self, job: Job, inline: bytes | None = None) -> tuple[Job, bool]: ...
 
     def delete(self, job_id: str) -> None:
         """Remove every trace of a job (rollback when it could not be published)."""
         ...
 
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]: ...
+
     def get_job(self, job_id: str) -> Job | None: ...
+
+    def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
     def inline_bytes(self, key: str) -> bytes | None: ...
 
     def keep_inline(self, key: str, ttl_s: int) -> None: ...
 
+    def get_results(self, job_ids: Sequence[str]) -> list[JobResult | None]: ...
+
     def get_result(self, job_id: str) -> JobResult | None: ...
 
-    def finish(self, result: JobResult) -> bool:
-        """Write a final result unless one exists; True when this call ended the job."""
+    def result_json(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored results as JSON bytes, for answering readers without re-serializing."""
         ...
+
+    def finish_many(self, results: Sequence[JobResult]) -> list[bool]:
+        """Write final results unless one exists; True where this call ended the job."""
+        ...
+
+    def finish(self, result: JobResult) -> bool: ...
 
     def set_human(self, job_id: str, human: HumanDecision) -> JobResult | None:
         """Attach a human decision to a job's result; None for an unknown job."""
         ...
 
+    def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]: ...
+
     def effects_done(self, job_id: str) -> bool: ...
+
+    def mark_effects_done_many(self, job_ids: Sequence[str]) -> None: ...
 
     def mark_effects_done(self, job_id: str) -> None: ...
 
-    def count_delivery(self, job_id: str) -> int:
-        """Count one more start of this job; returns the count."""
+    def count_deliveries(self, job_ids: Sequence[str]) -> list[int]:
+        """Count one more start of each job; returns the counts."""
         ...
+
+    def count_delivery(self, job_id: str) -> int: ...
 
     def outcomes(self, count: int = 100_000) -> list[tuple[str, str]]:
         """(job id, status) per ended job, oldest first: one entry per job."""
@@ -227,13 +254,70 @@ class JobStore(Protocol):
     def ping(self) -> bool: ...
 
 
-class TaskPublisher(Protocol):
-    """Publishes the message that makes a worker process a job (message id = job id).
+class SingleJobOps:
+    """The single-job forms of a job store's batch operations (mixin)."""
 
-    Raises: ``QueueUnavailable`` when the broker refuses the message.
+    def create_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> list[tuple[Job, bool]]:
+        raise NotImplementedError
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
+        raise NotImplementedError
+
+    def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        raise NotImplementedError
+
+    def get_results(self, job_ids: Sequence[str]) -> list[JobResult | None]:
+        raise NotImplementedError
+
+    def finish_many(self, results: Sequence[JobResult]) -> list[bool]:
+        raise NotImplementedError
+
+    def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]:
+        raise NotImplementedError
+
+    def mark_effects_done_many(self, job_ids: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def count_deliveries(self, job_ids: Sequence[str]) -> list[int]:
+        raise NotImplementedError
+
+    def create(self, job: Job, inline: bytes | None = None) -> tuple[Job, bool]:
+        return self.create_many([(job, inline)])[0]
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self.get_jobs([job_id])[0]
+
+    def inline_bytes(self, key: str) -> bytes | None:
+        return self.inline_bytes_many([key])[0]
+
+    def get_result(self, job_id: str) -> JobResult | None:
+        return self.get_results([job_id])[0]
+
+    def finish(self, result: JobResult) -> bool:
+        return self.finish_many([result])[0]
+
+    def effects_done(self, job_id: str) -> bool:
+        return self.effects_done_many([job_id])[0]
+
+    def mark_effects_done(self, job_id: str) -> None:
+        self.mark_effects_done_many([job_id])
+
+    def count_delivery(self, job_id: str) -> int:
+        return self.count_deliveries([job_id])[0]
+
+
+class TaskPublisher(Protocol):
+    """Publishes the messages that make workers process jobs: one message per batch of job
+    ids (at most ``queue.jobs_per_message`` each), so a submitted batch is one forward pass.
+
+    Raises: ``QueueUnavailable`` when the broker refuses a message.
     """
 
-    def publish(self, job_id: str) -> None: ...
+    def publish(self, job_ids: Sequence[str], *, retries: int = 0, countdown: float = 0.0) -> None:
+        """Publish ``job_ids`` (split into messages of at most ``jobs_per_message``);
+        ``retries``: transient-error retries they already had; ``countdown``: run them no
+        sooner than this many seconds from now."""
+        ...
 
     def in_flight(self, max_scan: int = 20_000) -> set[str] | None:
         """Ids of job messages waiting in the queue or delivered and unacknowledged; None when
@@ -350,6 +434,10 @@ class AuditSink(Protocol):
     """
 
     def write(self, record: AuditRecord) -> None: ...
+
+    def write_many(self, records: list[AuditRecord]) -> None:
+        """Append several records in order, durable together (one fsync)."""
+        ...
 
     def close(self, timeout: float = 10.0) -> bool: ...
 

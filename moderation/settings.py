@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +34,17 @@ class ModelSettings(BaseModel):
     pretrained: str | None = "laion2b_s34b_b79k"
     checkpoint: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Which GPU on a host with several: a fixed index, or (None) the worker's slot on this host
+    #: modulo the number of GPUs, so that N worker processes spread over the GPUs.
+    device_index: int | None = None
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    #: Decode JPEGs on the GPU (nvJPEG) and resize them there: "auto" does when CUDA is present
+    #: and no signal needs the decoded image on the CPU.
+    device_decode: Literal["auto", "on", "off"] = "auto"
+    #: Run the image tower as a traced graph (TorchScript): one call that does not take the
+    #: interpreter lock per operation, so decode and I/O threads cannot stall the forward pass.
+    #: Checked against the eager model at load; falls back to eager if they differ.
+    traced: bool = True
     #: When the configured weights cannot be loaded, run on the bundled synthetic test model
     #: (loudly). Production deployments set this to false so a missing model is fatal.
     fallback_to_test_model: bool = True
@@ -75,18 +86,29 @@ class S3Settings(BaseModel):
 class QueueSettings(BaseModel):
     """The queue pipeline: Celery on Redis, workers, retries, callbacks."""
 
+    #: Images per forward pass (the micro-batcher's largest batch).
     batch_size: int = 32
+    #: How long the micro-batcher waits for a batch to fill after its first image.
     batch_wait_ms: int = 50
+    #: Jobs per broker message: a submitted batch is published as messages of at most this
+    #: many jobs (one fetch/decode/forward/write round for all of them).
+    jobs_per_message: int = 64
+    #: How long the API gathers single submissions into one message (milliseconds; 0: each
+    #: request publishes its own).
+    publish_wait_ms: float = 5.0
+    #: Threads per worker process that fetch, decode and preprocess images (default: the CPU
+    #: count, at least 2).
+    decode_threads: int | None = None
     result_ttl_s: int = 7 * 24 * 3600
     visibility_timeout_s: int = 300
     http_timeout_s: float = 10.0
     allow_private_hosts: list[str] = Field(default_factory=list)
     callback_secret: SecretStr = SecretStr("change-me")
     max_inline_bytes: int = 10 * 1024 * 1024
-    #: Worker threads per process (fetch + decode + prepare); default 2 x batch_size.
+    #: Messages a worker process handles at once (each a batch of jobs); default 8.
     concurrency: int | None = None
     #: Broker messages reserved per worker thread (kombu QoS); the batcher needs a full batch.
-    prefetch_multiplier: int = 2
+    prefetch_multiplier: int = 1
     #: How often unacked messages of dead workers are checked / restored (seconds).
     unacked_restore_interval_s: float = 2.0
     unacked_restore_throttle_s: float = 1.0
@@ -166,6 +188,10 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    #: This worker's position among the worker processes of its host (which GPU it uses: slot
+    #: modulo the GPU count). None: the lowest free slot in ``worker_slots_dir``.
+    worker_slot: int | None = None
+    worker_slots_dir: Path = Path(tempfile.gettempdir()) / "moderation-worker-slots"
     #: Keys upstream services send as ``Authorization: Bearer <key>`` on ``/v1/*``. Empty: the
     #: job API is open (the embedded demo); set them in every real deployment.
     api_keys: list[SecretStr] = Field(default_factory=list)

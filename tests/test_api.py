@@ -33,8 +33,17 @@ def _image() -> str:
     return base64.b64encode(png_bytes(sample_images("allow", 1, 3)[0][0])).decode()
 
 
+def _queued(store: RedisJobStore) -> list[str]:
+    """The job ids of the messages waiting in the broker queue (oldest first)."""
+    from moderation.adapters.celery_queue import message_job_ids
+
+    raw = store.redis.lrange(store.settings.queue_name, 0, -1)
+    return [job for message in reversed(raw) for job in message_job_ids(message)]
+
+
 def _depth(store: RedisJobStore) -> int:
-    return int(store.redis.llen(store.settings.queue_name))
+    """Jobs waiting in the broker queue."""
+    return len(_queued(store))
 
 
 def _nothing_enqueued(store: RedisJobStore) -> None:
@@ -109,7 +118,7 @@ def test_submit_is_202_at_once_and_idempotent_by_id(
     second = client.post("/v1/jobs", json=body)
     assert second.status_code == 200
     assert second.json()["duplicate"] is True
-    assert _depth(store) == 1  # one broker message for two submits
+    assert _queued(store) == ["upload-1"]  # one message for two submits of the same id
     result = client.get("/v1/jobs/upload-1").json()
     assert result["status"] == "queued"
     assert result["metadata"] == {"user": "u1"}
@@ -134,6 +143,7 @@ def test_batch_validates_everything_before_enqueueing(
     assert ok.status_code == 202
     assert [j["status"] for j in ok.json()["jobs"]] == ["queued", "queued"]
     assert _depth(store) == 2
+    assert store.redis.llen(store.settings.queue_name) == 1  # one message for the batch
 
 
 def test_unknown_job_is_404(api: tuple[httpx.Client, RedisJobStore]) -> None:

@@ -104,7 +104,9 @@ class CrashAfterPut(LocalSegmentStore):
 
 
 def test_upload_retried_after_success_rewrites_the_same_key(settings: Settings) -> None:
-    settings = fast(settings, segment_max_records=50)
+    # Segments are cut by count only here (not by age), so that a slow, loaded machine still
+    # packs 50 + 50 + 20.
+    settings = fast(settings, segment_max_records=50, segment_max_age_s=3600.0)
     store = CrashAfterPut(settings.audit.local_dir, prefix=settings.audit.prefix)
     with open_audit_sink(settings, store=store) as sink:
         for i in range(120):

@@ -72,3 +72,60 @@ def test_submit_after_close_and_bad_options() -> None:
         batcher.submit(1)
     with pytest.raises(ValueError):
         MicroBatcher(lambda xs: xs, max_batch=0, max_wait_s=0.0)
+
+
+def test_two_batches_in_flight_when_start_returns_before_the_result() -> None:
+    """With ``start`` (a device queue), batch k+1 is launched before batch k's results are
+    collected, from whatever was already waiting; results still map back in order."""
+    events: list[str] = []
+    release: dict[int, threading.Event] = {}
+
+    class Launched:
+        def __init__(self, items: list[int], number: int) -> None:
+            self.items, self.number = items, number
+
+        def ready(self) -> bool:
+            return release[self.number].is_set()
+
+        def result(self) -> list[int]:
+            release[self.number].wait(5)
+            events.append(f"result {self.number}")
+            return [10 * i for i in self.items]
+
+    launched: list[int] = []
+
+    def start(items: list[int]) -> Launched:
+        number = len(launched)
+        launched.append(number)
+        release[number] = threading.Event()
+        events.append(f"start {number}")
+        if number == 0:
+            # While batch 0 is "on the device", more items arrive; let it finish only once
+            # batch 1 could have been launched.
+            threading.Timer(0.2, release[0].set).start()
+        else:
+            release[number].set()
+        return Launched(items, number)
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(start=start, max_batch=4, max_wait_s=0.0)
+    first = batcher.submit(1)
+    time.sleep(0.05)
+    rest = [batcher.submit(i) for i in (2, 3)]
+    assert first.result(5) == 10 and [f.result(5) for f in rest] == [20, 30]
+    batcher.close()
+    assert events.index("start 1") < events.index("result 0")
+
+
+def test_an_item_whose_result_is_an_exception_fails_alone() -> None:
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        lambda xs: [ValueError(f"bad {x}") if x < 0 else x for x in xs],  # type: ignore[misc]
+        max_batch=8,
+        max_wait_s=0.05,
+    )
+    futures = [batcher.submit(x) for x in (1, -2, 3)]
+    assert futures[0].result(5) == 1 and futures[2].result(5) == 3
+    with pytest.raises(ValueError, match="bad -2"):
+        futures[1].result(5)
+    batcher.close()
+    with pytest.raises(ValueError, match="exactly one"):
+        MicroBatcher(max_batch=1, max_wait_s=0.0)

@@ -63,3 +63,47 @@ def test_async_client(base_url: str) -> None:
             return (await client.get(job_id)).status
 
     assert asyncio.run(go()) is JobStatus.QUEUED
+
+
+def test_raw_byte_uploads_and_batched_lookups(base_url: str, redis_url: str) -> None:
+    """Multipart upload: the bytes travel as they are (no base64); lookups answer many ids in
+    one request, straight from the stored JSON."""
+    import httpx
+
+    from moderation.adapters.redis_jobs import RedisJobStore
+    from moderation.settings import QueueSettings
+
+    images = [bytes([i]) * (1000 + i) for i in range(3)]
+    with ModerationClient(base_url) as client:
+        ids = client.upload_many(images, ids=["u-1", "u-2", "u-3"], policies=["testworld"])
+        assert ids == ["u-1", "u-2", "u-3"]
+        again = client.upload_many([b"different"], ids=["u-1"])
+        assert again == ["u-1"]  # idempotent by id
+        found = client.lookup(["u-2", "missing", "u-1"])
+        assert found[1] is None
+        assert [r.job_id for r in found if r] == ["u-2", "u-1"]
+        assert all(r.status is JobStatus.QUEUED for r in found if r)
+        with pytest.raises(JobWaitTimeout, match="3 of 3 jobs still running"):
+            client.wait_many(ids, timeout=0.3)
+        with pytest.raises(JobRejected) as refused:
+            client.upload_many([b"x"], policies=["nope"])
+        assert refused.value.code == "policy_unknown"
+    store = RedisJobStore.from_url(redis_url, QueueSettings())
+    assert [store.inline_bytes(job) for job in ids] == images
+    with httpx.Client(base_url=base_url) as http:
+        no_image = http.post(
+            "/v1/jobs:upload", data={"policies": "testworld"}, files={"other": ("a", b"x")}
+        )
+        assert no_image.status_code == 400 and no_image.json()["code"] == "missing_image"
+        bad = http.post(
+            "/v1/jobs:upload",
+            files=[("image", ("a", b"x")), ("image", ("b", b"y"))],
+            data={"jobs": '[{"id": "only-one"}]'},
+        )
+        assert bad.status_code == 400 and bad.json()["code"] == "bad_options"
+        assert http.post("/v1/jobs:lookup", json={"ids": []}).status_code == 422
+        spec = http.get("/openapi.json").json()
+        assert (
+            "multipart/form-data"
+            in spec["paths"]["/v1/jobs:upload"]["post"]["requestBody"]["content"]
+        )

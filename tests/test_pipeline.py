@@ -310,7 +310,7 @@ def test_signed_callback_and_human_decision(pipe: Pipeline, tmp_path: Path) -> N
 def test_duplicate_delivery_of_a_finished_job_is_a_no_op(pipe: Pipeline) -> None:
     image = png_bytes(testmodel.sample_images("allow", 1, 31)[0][0])
     first = pipe.run(image, id="dup-1")
-    open_queue(pipe.settings).publish("dup-1")
+    open_queue(pipe.settings).publish(["dup-1"])
     deadline = time.monotonic() + 20
     while pipe.worker.log().count("moderate[dup-1] succeeded in") < 2:
         assert time.monotonic() < deadline, "the second delivery never ran"
@@ -334,7 +334,7 @@ def test_dead_letter_then_requeue_from_the_cli(pipe: Pipeline) -> None:
     store.create(job, image)
     for _ in range(pipe.settings.queue.max_deliveries):  # as if it crashed the worker 4 times
         store.count_delivery(job.id)
-    open_queue(pipe.settings).publish(job.id)
+    open_queue(pipe.settings).publish([job.id])
     dead = pipe.client.wait(job.id, 30)
     assert dead.status is JobStatus.ERROR and dead.error is not None
     assert dead.error.code == "poison_message"

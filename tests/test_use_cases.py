@@ -187,9 +187,9 @@ def test_verdicts_are_real_and_side_effects_follow_the_audit_record_and_the_resu
 ) -> None:
     ref = world.images.put("borderline.png", png("review", 31))
     order: list[str] = []
-    finish, write, send = world.store.finish, world.audit.write, world.callbacks.send
-    world.store.finish = lambda r: order.append("result") or finish(r)  # type: ignore[method-assign]
-    world.audit.write = lambda r: order.append("audit") or write(r)  # type: ignore[method-assign]
+    finish, write, send = world.store.finish_many, world.audit.write_many, world.callbacks.send
+    world.store.finish_many = lambda r: order.append("result") or finish(r)  # type: ignore[method-assign]
+    world.audit.write_many = lambda r: order.append("audit") or write(r)  # type: ignore[method-assign]
     world.callbacks.send = lambda *a: order.append("callback") or send(*a)  # type: ignore[method-assign]
     job_id = world.submit(image_url=ref.uri, callback_url="https://hooks.example/x")
     assert world.run(job_id) == "verdict"
@@ -355,3 +355,88 @@ def test_local_scoring_uses_the_same_path(world: World, scoring: Any) -> None:
     world.run(job_id)
     queued = world.result(job_id).verdict
     assert queued is not None and queued.score == pytest.approx(results[0].verdict.score, abs=1e-4)
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def test_a_batch_message_is_one_forward_pass_and_each_job_ends_on_its_own(world: World) -> None:
+    good = [
+        world.submit(image_bytes=png(band, 40 + i))
+        for i, band in enumerate(["block", "allow", "review", "allow"])
+    ]
+    corrupt = world.submit(image_bytes=png("allow", 50)[:60])
+    ended = world.submit(image_bytes=png("allow", 51))
+    world.run(ended)
+    sizes: list[int] = []
+    encoder_batcher = world.processor.batcher
+    original = encoder_batcher._on_batch
+    encoder_batcher._on_batch = lambda stats: sizes.append(stats.size)
+    audit_before = len(world.audit.records)
+    ids = [*good, corrupt, ended, "never-created"]
+    done = world.processor.process_many(ids)
+    encoder_batcher._on_batch = original
+    assert [d.outcome for d in done] == ["verdict"] * 4 + ["error", "duplicate", "missing"]
+    assert sizes == [4]  # the four good images went through one forward pass together
+    assert world.result(corrupt).error.code == "image_corrupt"  # type: ignore[union-attr]
+    assert {r.job_id for r in world.audit.records[audit_before:]} == {*good, corrupt}
+    assert [j for j, _ in world.store.outcomes()].count(ended) == 1
+
+
+def test_transient_errors_in_a_batch_are_retried_per_job(world: World) -> None:
+    class Flaky(MemorySource):
+        schemes = ("flaky",)
+
+        def check(self, ref: ImageRef) -> None:
+            pass
+
+        def fetch(self, ref: ImageRef) -> bytes:
+            raise ImageFetchTransient("origin answered 503")
+
+    world.processor.sources = ImageSources([Flaky(), world.images, InlineSource(world.store)])
+    world.submitter.sources = world.processor.sources
+    flaky = world.submit(image_url="flaky://x")
+    fine = world.submit(image_bytes=png("block", 52))
+    done = world.processor.process_many([flaky, fine], retries=1)
+    assert [(d.outcome, d.retry_in) for d in done] == [
+        ("retry", world.processor.backoff(1)),
+        ("verdict", None),
+    ]
+    assert world.result(flaky).status is JobStatus.QUEUED
+
+
+def test_a_redelivered_batch_is_split_so_a_poison_image_takes_down_only_itself(
+    world: World,
+) -> None:
+    ids = [world.submit(image_bytes=png("allow", 60 + i)) for i in range(3)]
+    world.store.count_deliveries(ids)  # the first delivery started them, then the worker died
+    done = world.processor.process_many(ids)
+    assert [d.outcome for d in done] == ["split"] * 3
+    assert all(world.result(j).status is JobStatus.QUEUED for j in ids)
+    assert [d.outcome for d in (world.processor.process_many([j]) for j in ids) for d in d] == [
+        "verdict"
+    ] * 3
+
+
+def test_the_api_side_publisher_gathers_single_submissions_into_one_message() -> None:
+    import threading
+
+    from moderation.pipeline.publishing import CoalescingPublisher
+
+    inner = MemoryPublisher()
+    publisher = CoalescingPublisher(inner, max_jobs=8, max_wait_s=0.2)
+    threads = [threading.Thread(target=publisher.publish, args=([f"j{i}"],)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    publisher.publish([f"big{i}" for i in range(5)])  # half a message or more: straight through
+    publisher.close()
+    sizes = [len(ids) for ids, _, _ in inner.messages]
+    assert sorted(inner.published) == sorted(
+        [f"j{i}" for i in range(6)] + [f"big{i}" for i in range(5)]
+    )
+    assert len(sizes) < 7 and 5 in sizes  # six single submissions did not make six messages
+    inner.fail = QueueUnavailable("down")
+    with pytest.raises(QueueUnavailable):
+        CoalescingPublisher(inner, max_jobs=8, max_wait_s=0.0).publish(["x"])

@@ -1,7 +1,9 @@
 """Thin Celery tasks: deserialize ids, call the use case, map errors to retries.
 
-``moderate(job_id)`` (the task id *is* the job id) calls
-:meth:`moderation.pipeline.process.Processor.process`; ``deliver_callback(job_id, url, body)``
+``moderate(job_ids, retries=0)`` calls :meth:`moderation.pipeline.process.Processor.process_many`
+for a message's batch of jobs and publishes again what it asks for: jobs with a transient error
+(after their backoff, with ``retries + 1``) and, for a redelivered batch, each job on its own;
+``deliver_callback(job_id, url, body)``
 calls :meth:`moderation.adapters.http_callbacks.CallbackDelivery.deliver`. Everything they need is
 built once per process by :func:`moderation.compose.build_worker`, on first use (Celery wants
 start-up hooks to return within seconds, and the model takes longer to load).
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter, defaultdict
 from typing import Any
 
 from celery import Task
@@ -19,7 +22,6 @@ from celery.signals import worker_ready, worker_shutdown
 from moderation.adapters.celery_queue import CALLBACK_TASK, MODERATE_TASK
 from moderation.compose import WorkerProcess, build_worker
 from moderation.exceptions import AuditSinkUnavailable, QueueUnavailable
-from moderation.pipeline.process import RetryLater
 from workers.celery_app import app, current_settings
 
 __all__ = ["deliver_callback", "moderate", "worker"]
@@ -66,14 +68,23 @@ def _shutdown(**_: Any) -> None:
     max_retries=None,
     ignore_result=True,
 )
-def moderate(self: Task, job_id: str) -> str:
+def moderate(self: Task, job_ids: list[str] | str, retries: int = 0) -> dict[str, int]:
+    ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+    w = worker()
     try:
-        return worker().processor.process(job_id, retries=int(self.request.retries)).outcome
-    except RetryLater as exc:
-        log.info("job %s: %s; retry in %.1fs", job_id, exc.error, exc.countdown)
-        raise self.retry(countdown=exc.countdown, exc=exc.error) from exc
-    except (QueueUnavailable, AuditSinkUnavailable) as exc:  # cannot even end the job now
+        done = w.processor.process_many(ids, retries=retries)
+    except (QueueUnavailable, AuditSinkUnavailable) as exc:  # cannot even end the jobs now
         raise self.retry(countdown=5.0, exc=exc) from exc
+    later: dict[float, list[str]] = defaultdict(list)
+    for item in done:
+        if item.outcome == "retry" and item.retry_in is not None:
+            later[item.retry_in].append(item.job_id)
+        elif item.outcome == "split":
+            w.publisher.publish([item.job_id], retries=retries)
+    for countdown, retry_ids in later.items():
+        log.info("jobs %s: transient errors; retry in %.1fs", retry_ids[:5], countdown)
+        w.publisher.publish(retry_ids, retries=retries + 1, countdown=countdown)
+    return dict(Counter(item.outcome for item in done))
 
 
 @app.task(  # type: ignore[untyped-decorator]

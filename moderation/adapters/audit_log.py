@@ -103,7 +103,12 @@ class AuditLog:
         return self._chain.chain_id
 
     def write(self, record: AuditRecord) -> None:
-        """Append ``record`` to this process's chain; returns once it is fsync'd in the spool.
+        """Append one record; see :meth:`write_many`."""
+        self.write_many([record])
+
+    def write_many(self, records: list[AuditRecord]) -> None:
+        """Append ``records``, in order, to this process's chain; returns once they are fsync'd
+        in the spool (one fsync for all).
 
         Raises:
             AuditError: the log is closed.
@@ -112,7 +117,7 @@ class AuditLog:
         if self._closed:
             raise AuditError("audit log is closed", code="audit_closed")
         try:
-            self._chain.append(record)
+            self._chain.append_many(records)
         except OSError as exc:
             raise AuditSinkUnavailable(f"audit spool write failed: {exc.strerror}") from exc
         with self._cond:

@@ -2,9 +2,10 @@
 :class:`~moderation.ports.CallbackSender` ports, and the Celery configuration workers share.
 
 Task names are defined here, once: the API and the workers' lost-message sweep publish
-:data:`MODERATE_TASK` (message id = job id), callbacks go out as :data:`CALLBACK_TASK` on their
-own queue. The task functions themselves live in ``workers/tasks.py``; this module never imports
-them (messages are sent by name).
+:data:`MODERATE_TASK` with a batch of job ids (a submitted batch becomes one message per
+``queue.jobs_per_message`` jobs), callbacks go out as :data:`CALLBACK_TASK` on their own queue.
+The task functions themselves live in ``workers/tasks.py``; this module never imports them
+(messages are sent by name).
 
 Delivery guarantees: ``acks_late`` + ``reject_on_worker_lost`` (a message is acknowledged only
 after its task ran), a broker visibility timeout longer than any task, and a fast sweep of
@@ -14,8 +15,11 @@ unacknowledged messages (``unacked_restore_interval``/``_throttle``) so the mess
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -25,9 +29,10 @@ from moderation.adapters.support.redis import connect, redis_errors
 from moderation.exceptions import QueueUnavailable
 from moderation.settings import Settings
 
-__all__ = ["CALLBACK_TASK", "MODERATE_TASK", "CeleryQueue", "celery_config"]
+__all__ = ["CALLBACK_TASK", "MODERATE_TASK", "CeleryQueue", "celery_config", "message_job_ids"]
 
-#: Processes one job: ``moderate(job_id)``; the message id is the job id.
+#: Processes a batch of jobs: ``moderate(job_ids, retries=0)``. A one-job message's id is the
+#: job id.
 MODERATE_TASK = "moderation.moderate"
 #: Delivers one signed callback: ``deliver_callback(job_id, url, body)``.
 CALLBACK_TASK = "moderation.deliver_callback"
@@ -46,7 +51,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "starts an embedded server)"
         )
     q = settings.queue
-    concurrency = q.concurrency or 2 * q.batch_size
+    concurrency = q.concurrency or 8
     return {
         "broker_url": settings.redis_url,
         "broker_connection_retry_on_startup": True,
@@ -75,6 +80,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def message_job_ids(raw: bytes | str) -> list[str]:
+    """The job ids a stored broker message carries (kombu's JSON envelope around Celery's
+    ``[args, kwargs, embed]`` body); empty for anything else."""
+    try:
+        payload = json.loads(raw)
+        message = payload[0] if isinstance(payload, list) else payload
+        if message.get("headers", {}).get("task") != MODERATE_TASK:
+            return []
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        ids = args[0]
+        return [str(i) for i in (ids if isinstance(ids, list) else [ids])]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return []
+
+
 class CeleryQueue:
     """Publishes job and callback messages by task name (a producer app: no task modules).
 
@@ -91,26 +114,35 @@ class CeleryQueue:
 
     # --- TaskPublisher -----------------------------------------------------------------------
 
-    def publish(self, job_id: str) -> None:
-        """Publish the job's message (message id = job id).
+    def publish(self, job_ids: Sequence[str], *, retries: int = 0, countdown: float = 0.0) -> None:
+        """Publish ``job_ids`` as messages of at most ``queue.jobs_per_message`` jobs.
 
         Raises:
-            QueueUnavailable: the broker refused it.
+            QueueUnavailable: the broker refused a message.
         """
-        try:
-            self._celery.send_task(
-                MODERATE_TASK,
-                args=[job_id],
-                task_id=job_id,
-                queue=self.settings.queue.queue_name,
-                ignore_result=True,
-            )
-        except Exception as exc:  # kombu/redis raise many types; all mean "not enqueued"
-            raise QueueUnavailable(f"cannot enqueue job {job_id}: {exc}") from exc
+        if isinstance(job_ids, str):
+            raise TypeError("publish takes a sequence of job ids, not one id")
+        q = self.settings.queue
+        step = max(1, q.jobs_per_message)
+        for start in range(0, len(job_ids), step):
+            chunk = list(job_ids[start : start + step])
+            try:
+                self._celery.send_task(
+                    MODERATE_TASK,
+                    args=[chunk],
+                    kwargs={"retries": retries},
+                    task_id=chunk[0] if len(chunk) == 1 else f"batch-{uuid.uuid4().hex}",
+                    queue=q.queue_name,
+                    ignore_result=True,
+                    countdown=countdown if countdown > 0 else None,
+                )
+            except Exception as exc:  # kombu/redis raise many types; all mean "not enqueued"
+                raise QueueUnavailable(f"cannot enqueue jobs {chunk[:3]}...: {exc}") from exc
 
     def in_flight(self, max_scan: int = 20_000) -> set[str] | None:
-        """Ids of job messages waiting in the queue or unacknowledged (kombu's ``unacked``
-        hash); None when the queue is longer than ``max_scan``.
+        """Ids of the jobs whose messages wait in the queue or are unacknowledged (kombu's
+        ``unacked`` hash, which also holds messages with a countdown); None when the queue is
+        longer than ``max_scan``.
 
         Raises:
             QueueUnavailable: Redis is down.
@@ -122,12 +154,7 @@ class CeleryQueue:
             raw = [*self._redis.lrange(queue, 0, max_scan), *self._redis.hvals("unacked")]
         ids: set[str] = set()
         for item in raw:
-            try:
-                payload = json.loads(item)
-                message = payload[0] if isinstance(payload, list) else payload
-                ids.add(str(message["headers"]["id"]))
-            except (ValueError, KeyError, IndexError, TypeError):
-                continue
+            ids.update(message_job_ids(item))
         return ids
 
     def queue_depth(self) -> int:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import socket
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
+from moderation.adapters.support.preprocess import CropPreprocess, DeviceJpeg, JpegInput, Normalizer
 from moderation.core.compiled import ModelIdentity
-from moderation.exceptions import ModelUnavailableError
-from moderation.settings import ModelSettings
+from moderation.exceptions import ModelUnavailableError, ModerationError
+from moderation.pipeline.batching import Done, Pending
+from moderation.settings import ImageLimits, ModelSettings
 
-__all__ = ["ClipEncoder", "FastPreprocess", "fast_preprocess", "file_sha256", "load_clip"]
+__all__ = ["PAD_SIZES", "ClipEncoder", "file_sha256", "load_clip", "standard_geometry"]
 
 log = logging.getLogger(__name__)
 _config_lock = threading.Lock()
@@ -39,12 +42,23 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _pick_device(requested: str) -> torch.device:
+def pick_device(requested: str, index: int | None = None, slot: int = 0) -> torch.device:
+    """The torch device for a ``device`` setting: on CUDA, GPU ``index``, or this worker's slot
+    on the host modulo the number of GPUs.
+
+    Raises:
+        ModelUnavailableError: CUDA was asked for but none is visible.
+    """
     if requested == "cuda" and not torch.cuda.is_available():
         raise ModelUnavailableError("MODERATION_MODEL__DEVICE=cuda but no CUDA device is visible")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+    if kind != "cuda":
+        return torch.device(kind)
+    count = torch.cuda.device_count()
+    chosen = index if index is not None else slot % max(1, count)
+    if not 0 <= chosen < count:
+        raise ModelUnavailableError(f"GPU index {chosen} does not exist ({count} visible)")
+    return torch.device("cuda", chosen)
 
 
 def _pick_precision(requested: str, device: torch.device) -> str:
@@ -58,57 +72,10 @@ def _pick_precision(requested: str, device: torch.device) -> str:
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class FastPreprocess:
-    """open_clip's eval preprocess (resize shortest side, bicubic, antialiased; center crop; to
-    tensor; normalize), about 3x cheaper than the torchvision-on-PIL pipeline.
-
-    Shrinking by 1.25x or more runs on the uint8 channels-last tensor (torch's vectorised
-    antialiased bicubic kernel, the same filter as Pillow's); other images go through Pillow
-    for the cropped region only. The crop is a view and normalisation one fused pass. Same
-    output sizes and crop offsets as torchvision; pixel values agree to within one 8-bit
-    level (tests bound the difference). Build with :func:`fast_preprocess`.
-    """
-
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.size = size
-        std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)  # (x / 255 - mean) / std == x * scale + shift
-        self.shift = -mean_t / std_t
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        width, height = image.size
-        s = self.size
-        # torchvision Resize(int): short side -> s, long side truncated like this.
-        if width <= height:
-            new_w, new_h = s, int(s * height / width)
-        else:
-            new_w, new_h = int(s * width / height), s
-        # torchvision CenterCrop offsets, in resized coordinates.
-        top, left = round((new_h - s) / 2.0), round((new_w - s) / 2.0)
-        if min(width, height) < s * 1.25:
-            # Enlarging or barely shrinking: Pillow (exact match), computing only the cropped
-            # pixels; the image is small, so this is cheap too.
-            sx, sy = width / new_w, height / new_h
-            box = (left * sx, top * sy, (left + s) * sx, (top + s) * sy)
-            image = image.resize((s, s), Image.Resampling.BICUBIC, box=box)
-            new_w = new_h = s
-            top = left = 0
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None]
-        if (new_w, new_h) != pixels.shape[-1:-3:-1]:
-            pixels = torch.nn.functional.interpolate(
-                pixels, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
-            )
-        crop = pixels[0, :, top : top + s, left : left + s]
-        out = crop.to(torch.float32, memory_format=torch.contiguous_format)
-        return out.mul_(self.scale).add_(self.shift)
-
-
-def fast_preprocess(preprocess: Any) -> FastPreprocess | None:
-    """A :class:`FastPreprocess` equivalent to ``preprocess``, or None when ``preprocess`` is
-    not open_clip's standard eval pipeline (then the caller keeps using it as is)."""
+def standard_geometry(preprocess: Any) -> tuple[int, tuple[float, ...], tuple[float, ...]] | None:
+    """(input size, mean, std) when ``preprocess`` is open_clip's standard eval pipeline (resize
+    short side bicubic, centre crop, RGB, to tensor, normalize), else None (the encoder then
+    runs that preprocess as it is)."""
     from torchvision import transforms as tv
 
     steps = list(getattr(preprocess, "transforms", []))
@@ -128,11 +95,87 @@ def fast_preprocess(preprocess: Any) -> FastPreprocess | None:
         and isinstance(normalize, tv.Normalize)
     ):
         return None
-    return FastPreprocess(resize.size, normalize.mean, normalize.std)
+    return resize.size, tuple(normalize.mean), tuple(normalize.std)
+
+
+#: Batch sizes a GPU batch is padded to, so that the kernels (and CUDA graphs or torch.compile,
+#: where enabled) see a few fixed shapes.
+PAD_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def padded_size(n: int) -> int:
+    return next((size for size in PAD_SIZES if size >= n), n)
+
+
+class _Slots:
+    """Two reusable host buffers for a batch's uint8 crops (pinned on CUDA): batch k+1 fills one
+    while batch k's copy to the device may still read the other."""
+
+    def __init__(self, size: int, *, pinned: bool) -> None:
+        self.size = size
+        self.pinned = pinned
+        self.buffers: list[torch.Tensor | None] = [None, None]
+        self.busy = [False, False]
+        self.turn = 0
+        self.cond = threading.Condition()
+
+    def take(self, n: int) -> tuple[int, torch.Tensor]:
+        with self.cond:
+            index = self.turn
+            self.turn ^= 1
+            while self.busy[index]:
+                self.cond.wait()
+            self.busy[index] = True
+        buffer = self.buffers[index]
+        if buffer is None or buffer.shape[0] < n:
+            capacity = padded_size(max(n, 8))
+            buffer = torch.empty(
+                (capacity, self.size, self.size, 3), dtype=torch.uint8, pin_memory=self.pinned
+            )
+            self.buffers[index] = buffer
+        return index, buffer
+
+    def release(self, index: int) -> None:
+        with self.cond:
+            self.busy[index] = False
+            self.cond.notify_all()
+
+
+class _DeviceBatch:
+    """A batch launched on the GPU; :meth:`result` waits for its embeddings (copied to pinned host
+    memory on the same stream right after the forward pass)."""
+
+    def __init__(
+        self, host: torch.Tensor, done: Any, n: int, release: Any, errors: dict[int, BaseException]
+    ) -> None:
+        self.host = host
+        self.done = done
+        self.n = n
+        self.release = release
+        self.errors = errors
+
+    def ready(self) -> bool:
+        return bool(self.done.query())
+
+    def result(self) -> list[Any]:
+        try:
+            self.done.synchronize()
+            out = self.host[: self.n].numpy().copy()
+        finally:
+            self.release()
+        return [self.errors.get(i, row) for i, row in enumerate(out)]
 
 
 class ClipEncoder:
-    """Image and text towers of one open_clip model. Thread-safe for inference."""
+    """Image and text towers of one open_clip model. Thread-safe for inference.
+
+    Images take two steps: :meth:`prepare` on the decode threads (a uint8 crop, or for JPEGs on
+    a GPU just the checked header: :meth:`prepare_encoded`) and :meth:`start` on the batching
+    thread, which copies the batch into a reused host buffer (pinned on CUDA), moves it to the
+    device, decodes device JPEGs there, normalises and casts it on the device, pads it to a fixed
+    size (GPU) and queues the forward pass. On CUDA ``start`` returns at once and the copy runs
+    on its own stream, so the micro-batcher keeps two batches in flight.
+    """
 
     def __init__(
         self,
@@ -144,6 +187,8 @@ class ClipEncoder:
         device: torch.device,
         precision: str,
         text_batch_size: int = 256,
+        limits: ImageLimits | None = None,
+        device_decode: bool = False,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
@@ -153,14 +198,66 @@ class ClipEncoder:
         self.precision = precision
         self.dtype = _DTYPES[precision]
         self.text_batch_size = text_batch_size
-        self._fast_preprocess = fast_preprocess(preprocess)
         self.image_size = int(
             model.visual.image_size[0]
             if isinstance(model.visual.image_size, tuple | list)
             else model.visual.image_size
         )
+        self.dim = int(model.visual.output_dim)
         self._logit_scale = float(model.logit_scale.exp().clamp(max=100).item())
         self.texts_encoded = 0  # for observability (compile cache tests and metrics)
+        cuda = device.type == "cuda"
+        geometry = standard_geometry(preprocess)
+        self._crop = CropPreprocess(self.image_size) if geometry else None
+        self._normalize = (
+            Normalizer(geometry[1], geometry[2], device, self.dtype) if geometry else None
+        )
+        self._device_jpeg = (
+            DeviceJpeg(self.image_size, limits or ImageLimits(), device)
+            if geometry and device_decode
+            else None
+        )
+        self._slots = _Slots(self.image_size, pinned=cuda)
+        self._out: list[torch.Tensor | None] = [None, None]
+        self._copy_stream = torch.cuda.Stream(device) if cuda else None  # type: ignore[no-untyped-call]
+        self._pad = cuda
+        self._lock = threading.Lock()
+        self._visual: Any = model.visual
+        self.traced = False
+
+    def trace(self, *, tolerance: float = 1e-3) -> bool:
+        """Replace the image tower by a traced graph (TorchScript) when it reproduces the eager
+        embeddings within ``tolerance`` on two batch sizes; returns whether it did.
+
+        A traced forward runs as one call without taking the interpreter lock per operation:
+        with decode and I/O threads busy in Python, an eager forward pass waits for the lock
+        between every two operations (measured: several times slower on 2 cores)."""
+        size = self.image_size
+        with torch.inference_mode():
+            generator = torch.Generator().manual_seed(0)
+            samples = [
+                torch.rand((n, 3, size, size), generator=generator).to(self.device, self.dtype)
+                for n in (2, 3)
+            ]
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                        self.model.visual, samples[0], check_trace=False
+                    )
+                    traced = torch.jit.freeze(traced.eval())
+                    for x in samples:
+                        eager, got = self.model.visual(x).float(), traced(x).float()
+                        scale = float(eager.abs().max()) or 1.0
+                        if float((eager - got).abs().max()) > tolerance * scale:
+                            log.warning("traced image tower differs from eager; keeping eager")
+                            return False
+            except Exception as exc:  # tracing support varies by architecture: eager is fine
+                log.warning("cannot trace the image tower (%s); keeping eager", exc)
+                return False
+        self._visual = traced
+        self.traced = True
+        return True
 
     @property
     def identity(self) -> ModelIdentity:
@@ -170,26 +267,128 @@ class ClipEncoder:
     def logit_scale(self) -> float:
         return self._logit_scale
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        """The model's own preprocessing (resize, crop, normalize) to a CPU tensor.
+    @property
+    def decodes_on_device(self) -> bool:
+        """Whether JPEGs are decoded on the device (:meth:`prepare_encoded`)."""
+        return self._device_jpeg is not None
 
-        Uses :class:`FastPreprocess` when the model's preprocess is open_clip's standard one.
-        """
-        if self._fast_preprocess is not None:
-            return self._fast_preprocess(image)
+    def prepare(self, image: Image.Image) -> Any:
+        """The CPU half of the model's preprocessing for one decoded frame: a uint8 crop (or,
+        for a non-standard preprocess, that preprocess's tensor)."""
+        if self._crop is not None:
+            return self._crop(image)
         tensor: torch.Tensor = self.preprocess(image)
         return tensor
 
+    def prepare_encoded(self, data: bytes) -> JpegInput | None:
+        """For device decoding: a JPEG's checked header, or None (decode it on the CPU).
+
+        Raises:
+            ImageError: the header is refused (too large, corrupt, format not allowed).
+        """
+        return self._device_jpeg.probe(data) if self._device_jpeg is not None else None
+
+    def encode_prepared(self, batch: Sequence[Any]) -> NDArray[np.float32]:
+        """Embeddings of prepared inputs, one forward pass (waits for the result).
+
+        Raises:
+            ImageDecodeError: a device-decoded JPEG failed to decode.
+        """
+        rows = self.start(batch).result()
+        for row in rows:
+            if isinstance(row, BaseException):
+                raise row
+        if not rows:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack(rows).astype(np.float32, copy=False)
+
     @torch.inference_mode()
-    def encode_prepared(self, batch: Sequence[torch.Tensor]) -> NDArray[np.float32]:
-        if not batch:
-            return np.zeros((0, self.model.visual.output_dim), dtype=np.float32)
-        x = torch.stack(list(batch))
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        x = x.to(self.dtype)
-        features = self.model.encode_image(x, normalize=True)
-        return np.asarray(features.float().cpu().numpy(), dtype=np.float32)
+    def start(self, batch: Sequence[Any]) -> Pending[Any]:
+        """Launch one forward pass over prepared inputs; ``result()`` gives one embedding per
+        input (or the exception of an input that failed to decode on the device)."""
+        n = len(batch)
+        if n == 0:
+            return Done([])
+        if self._normalize is None:  # a custom preprocess: float tensors as it made them
+            x = torch.stack(list(batch)).to(self.device, self.dtype)
+            return Done(list(self._forward(x).float().cpu().numpy()))
+        with self._lock:
+            return self._start(batch)
+
+    def _start(self, batch: Sequence[Any]) -> Pending[Any]:
+        assert self._normalize is not None
+        n = len(batch)
+        size = padded_size(n) if self._pad else n
+        jpegs = [i for i, x in enumerate(batch) if isinstance(x, JpegInput)]
+        crops = [i for i, x in enumerate(batch) if not isinstance(x, JpegInput)]
+        errors: dict[int, BaseException] = {}
+        slot, host = self._slots.take(size)
+        if self._copy_stream is None:  # CPU: compute now, the buffer is free again after
+            try:
+                if crops:
+                    np.stack([batch[i] for i in crops], out=host.numpy()[: len(crops)])
+                x = self._assemble(host, crops, jpegs, batch, size, errors)
+                rows = self._forward(self._normalize.normalize(x)).float().numpy()
+            finally:
+                self._slots.release(slot)
+            return Done([errors.get(i, row) for i, row in enumerate(rows[:n])])
+        try:
+            if crops:
+                np.stack([batch[i] for i in crops], out=host.numpy()[: len(crops)])
+            with torch.cuda.stream(self._copy_stream):
+                x = self._assemble(host, crops, jpegs, batch, size, errors)
+                copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                copied.record()
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(copied)
+            x.record_stream(compute)
+            features = self._forward(self._normalize.normalize(x))[:n].float()
+            out = self._out[slot]
+            if out is None or out.shape[0] < n:
+                out = torch.empty(
+                    (padded_size(max(n, 8)), self.dim), dtype=torch.float32, pin_memory=True
+                )
+                self._out[slot] = out
+            out[:n].copy_(features, non_blocking=True)
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done.record(compute)
+        except BaseException:
+            self._slots.release(slot)
+            raise
+        return _DeviceBatch(out, done, n, lambda: self._slots.release(slot), errors)
+
+    def _assemble(
+        self,
+        host: torch.Tensor,
+        crops: list[int],
+        jpegs: list[int],
+        batch: Sequence[Any],
+        size: int,
+        errors: dict[int, BaseException],
+    ) -> torch.Tensor:
+        """The NHWC uint8 batch on the device: CPU crops copied in, JPEGs decoded in place."""
+        if not jpegs:
+            return host[:size].to(self.device, non_blocking=True)
+        x = torch.zeros(
+            (size, self.image_size, self.image_size, 3), dtype=torch.uint8, device=self.device
+        )
+        if crops:
+            x[crops] = host[: len(crops)].to(self.device, non_blocking=True)
+        assert self._device_jpeg is not None
+        items = [batch[i] for i in jpegs]
+        try:
+            x[jpegs] = self._device_jpeg.decode(items)
+        except ModerationError:  # one bad file: decode them one by one to find it
+            for index, item in zip(jpegs, items, strict=True):
+                try:
+                    x[index] = self._device_jpeg.decode([item])[0]
+                except ModerationError as exc:
+                    errors[index] = exc
+        return x
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        features: torch.Tensor = self._visual(x)
+        return torch.nn.functional.normalize(features, dim=-1)
 
     def encode_images(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
         return self.encode_prepared([self.prepare(image) for image in images])
@@ -259,12 +458,23 @@ def register_model_config(config: Path) -> None:
             open_clip.add_model_config(config)
 
 
-def load_clip(settings: ModelSettings, *, config_path: Path | None = None) -> ClipEncoder:
+def load_clip(
+    settings: ModelSettings,
+    *,
+    config_path: Path | None = None,
+    limits: ImageLimits | None = None,
+    slot: int = 0,
+    device_decode: bool | None = None,
+) -> ClipEncoder:
     """Build model + preprocess + tokenizer from one architecture name.
 
     Args:
         settings: architecture, weights (checkpoint path or pretrained tag), device, precision.
         config_path: a JSON model config for an architecture open_clip does not ship.
+        limits: the image limits device-decoded JPEGs are held to.
+        slot: this worker's position among the host's workers (picks its GPU).
+        device_decode: decode JPEGs on the device; None follows ``settings.device_decode``
+            ("auto": when the device is CUDA).
 
     Raises:
         ModelUnavailableError: the architecture is unknown or the weights cannot be loaded.
@@ -276,8 +486,12 @@ def load_clip(settings: ModelSettings, *, config_path: Path | None = None) -> Cl
     architecture = settings.architecture
     if architecture not in open_clip.list_models():
         raise ModelUnavailableError(f"unknown open_clip architecture {architecture!r}")
-    device = _pick_device(settings.device)
+    device = pick_device(settings.device, settings.device_index, slot)
     precision = _pick_precision(settings.precision, device)
+    if device_decode is None:
+        device_decode = settings.device_decode == "on" or (
+            settings.device_decode == "auto" and device.type == "cuda"
+        )
     checkpoint = settings.checkpoint
     weights_sha256: str | None = None
     if checkpoint is not None:
@@ -312,9 +526,10 @@ def load_clip(settings: ModelSettings, *, config_path: Path | None = None) -> Cl
         architecture=architecture,
         pretrained=None if checkpoint is not None else pretrained,
         weights_sha256=weights_sha256,
+        precision=precision,
+        device=device.type,
     )
-    log.info("loaded %s on %s (%s)", identity.id, device, precision)
-    return ClipEncoder(
+    encoder = ClipEncoder(
         model=model,
         preprocess=preprocess,
         tokenizer=tokenizer,
@@ -322,4 +537,16 @@ def load_clip(settings: ModelSettings, *, config_path: Path | None = None) -> Cl
         device=device,
         precision=precision,
         text_batch_size=settings.text_batch_size,
+        limits=limits,
+        device_decode=device_decode,
     )
+    if settings.traced:
+        encoder.trace()
+    log.info(
+        "loaded %s on %s (%s%s)",
+        identity.id,
+        device,
+        precision,
+        ", traced" if encoder.traced else "",
+    )
+    return encoder

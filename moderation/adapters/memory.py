@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +40,7 @@ from moderation.exceptions import (
     ReviewNotFound,
     ReviewNotLeaseHolder,
 )
-from moderation.ports import Claim, DeadLetter, DecideResult, ReviewStats
+from moderation.ports import Claim, DeadLetter, DecideResult, ReviewStats, SingleJobOps
 
 __all__ = [
     "MemoryAuditSink",
@@ -81,7 +81,7 @@ class MemorySource:
 
 
 @dataclass
-class MemoryJobStore:
+class MemoryJobStore(SingleJobOps):
     """The :class:`~moderation.ports.JobStore` twin."""
 
     jobs: dict[str, Job] = field(default_factory=dict)
@@ -96,16 +96,20 @@ class MemoryJobStore:
     beats: dict[str, dict[str, Any]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def create(self, job: Job, inline: bytes | None = None) -> tuple[Job, bool]:
+    def create_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> list[tuple[Job, bool]]:
+        out = []
         with self._lock:
-            if job.id in self.jobs:
-                return self.jobs[job.id], False
-            self.jobs[job.id] = job
-            self.results[job.id] = JobResult.queued(job)
-            if inline is not None:
-                self.inline[job.image.inline_key] = inline
-            self.pending[job.id] = time.time()
-            return job, True
+            for job, inline in jobs:
+                if job.id in self.jobs:
+                    out.append((self.jobs[job.id], False))
+                    continue
+                self.jobs[job.id] = job
+                self.results[job.id] = JobResult.queued(job)
+                if inline is not None:
+                    self.inline[job.image.inline_key] = inline
+                self.pending[job.id] = time.time()
+                out.append((job, True))
+        return out
 
     def delete(self, job_id: str) -> None:
         with self._lock:
@@ -113,30 +117,40 @@ class MemoryJobStore:
                 table.pop(job_id, None)
             self.effects.discard(job_id)
 
-    def get_job(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id)
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
+        return [self.jobs.get(job_id) for job_id in job_ids]
 
-    def inline_bytes(self, key: str) -> bytes | None:
-        return self.inline.get(key)
+    def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [self.inline.get(key) for key in keys]
 
     def keep_inline(self, key: str, ttl_s: int) -> None:
         pass  # nothing expires here
 
-    def get_result(self, job_id: str) -> JobResult | None:
-        return self.results.get(job_id)
+    def get_results(self, job_ids: Sequence[str]) -> list[JobResult | None]:
+        return [self.results.get(job_id) for job_id in job_ids]
 
-    def finish(self, result: JobResult) -> bool:
+    def result_json(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        return [
+            r.model_dump_json().encode() if r is not None else None
+            for r in self.get_results(job_ids)
+        ]
+
+    def finish_many(self, results: Sequence[JobResult]) -> list[bool]:
+        out = []
         with self._lock:
-            current = self.results.get(result.job_id)
-            if current is not None and current.status.final:
-                return False
-            self.results[result.job_id] = result
-            self.ended.append((result.job_id, result.status.value))
-            self.pending.pop(result.job_id, None)
-            review = result.verdict is not None and result.verdict.decision.value == "review"
-            if result.status is JobStatus.DONE and not review:
-                self.inline.pop(result.job_id, None)
-            return True
+            for result in results:
+                current = self.results.get(result.job_id)
+                if current is not None and current.status.final:
+                    out.append(False)
+                    continue
+                self.results[result.job_id] = result
+                self.ended.append((result.job_id, result.status.value))
+                self.pending.pop(result.job_id, None)
+                review = result.verdict is not None and result.verdict.decision.value == "review"
+                if result.status is JobStatus.DONE and not review:
+                    self.inline.pop(result.job_id, None)
+                out.append(True)
+        return out
 
     def set_human(self, job_id: str, human: HumanDecision) -> JobResult | None:
         with self._lock:
@@ -147,16 +161,17 @@ class MemoryJobStore:
             self.results[job_id] = updated
             return updated
 
-    def effects_done(self, job_id: str) -> bool:
-        return job_id in self.effects
+    def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]:
+        return [job_id in self.effects for job_id in job_ids]
 
-    def mark_effects_done(self, job_id: str) -> None:
-        self.effects.add(job_id)
+    def mark_effects_done_many(self, job_ids: Sequence[str]) -> None:
+        self.effects.update(job_ids)
 
-    def count_delivery(self, job_id: str) -> int:
+    def count_deliveries(self, job_ids: Sequence[str]) -> list[int]:
         with self._lock:
-            self.deliveries[job_id] = self.deliveries.get(job_id, 0) + 1
-            return self.deliveries[job_id]
+            for job_id in job_ids:
+                self.deliveries[job_id] = self.deliveries.get(job_id, 0) + 1
+            return [self.deliveries[job_id] for job_id in job_ids]
 
     def outcomes(self, count: int = 100_000) -> list[tuple[str, str]]:
         return list(self.ended[:count])
@@ -224,16 +239,21 @@ class MemoryJobStore:
 
 @dataclass
 class MemoryPublisher:
-    """The :class:`~moderation.ports.TaskPublisher` twin: records what was published. ``fail``
-    makes it refuse (a broker that is down)."""
+    """The :class:`~moderation.ports.TaskPublisher` twin: records the messages published (job
+    ids, retries, countdown). ``fail`` makes it refuse (a broker that is down)."""
 
-    published: list[str] = field(default_factory=list)
+    messages: list[tuple[list[str], int, float]] = field(default_factory=list)
     fail: Exception | None = None
 
-    def publish(self, job_id: str) -> None:
+    @property
+    def published(self) -> list[str]:
+        """Every job id published, in order."""
+        return [job_id for ids, _, _ in self.messages for job_id in ids]
+
+    def publish(self, job_ids: Sequence[str], *, retries: int = 0, countdown: float = 0.0) -> None:
         if self.fail is not None:
             raise self.fail
-        self.published.append(job_id)
+        self.messages.append((list(job_ids), retries, countdown))
 
     def in_flight(self, max_scan: int = 20_000) -> set[str] | None:
         return set(self.published)
@@ -262,11 +282,14 @@ class MemoryAuditSink:
     closed: bool = False
 
     def write(self, record: AuditRecord) -> None:
+        self.write_many([record])
+
+    def write_many(self, records: list[AuditRecord]) -> None:
         if self.fail is not None:
             raise self.fail
         if self.closed:
             raise AuditError("audit log is closed", code="audit_closed")
-        self.records.append(record)
+        self.records.extend(records)
 
     def close(self, timeout: float = 10.0) -> bool:
         self.closed = True

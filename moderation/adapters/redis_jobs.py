@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -38,7 +38,7 @@ from moderation.adapters.support.redis import connect, redis_errors
 from moderation.core.jobs import Job, JobResult, JobStatus
 from moderation.core.review import HumanDecision
 from moderation.exceptions import QueueUnavailable
-from moderation.ports import DeadLetter
+from moderation.ports import DeadLetter, SingleJobOps
 from moderation.settings import QueueSettings
 
 __all__ = ["RedisJobStore"]
@@ -55,7 +55,8 @@ end
 return 0
 """
 
-# Write a final result unless one is already there; log the outcome once.
+# Write a final result unless one is already there; log the outcome once; drop the inline bytes
+# when they are no longer needed (ARGV[6] == '1': decided, not waiting for a reviewer).
 _FINISH = """
 local old = redis.call('GET', KEYS[1])
 if old then
@@ -65,11 +66,12 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'job_id', ARGV[3], 'status', ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[3])
+if ARGV[6] == '1' then redis.call('DEL', KEYS[4]) end
 return 1
 """
 
 
-class RedisJobStore:
+class RedisJobStore(SingleJobOps):
     """The :class:`~moderation.ports.JobStore` on Redis. Thread-safe (redis-py pools
     connections)."""
 
@@ -94,39 +96,49 @@ class RedisJobStore:
 
     # --- jobs --------------------------------------------------------------------------------
 
-    def create(self, job: Job, inline: bytes | None = None) -> tuple[Job, bool]:
-        """Store a new job (and its inline bytes) unless the id exists.
+    def create_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> list[tuple[Job, bool]]:
+        """Store new jobs (and their inline bytes) unless their ids exist, in one round trip.
 
         Returns:
-            The stored job (the existing one for a duplicate id) and whether it was created.
+            Per job, the stored job (the existing one for a duplicate id) and whether it was
+            created.
 
         Raises:
             QueueUnavailable: Redis is down.
         """
-        created = self._call(
-            lambda: self._create(
-                keys=[
-                    self.key("job", job.id),
-                    self.key("result", job.id),
-                    self.key("inline", job.image.inline_key if job.image.inline else job.id),
-                    self.key("pending"),
-                ],
-                args=[
-                    job.model_dump_json(),
-                    JobResult.queued(job).model_dump_json(),
-                    self.settings.result_ttl_s,
-                    "1" if inline is not None else "0",
-                    inline or b"",
-                    self.settings.inline_ttl_s,
-                    time.time(),
-                    job.id,
-                ],
-            )
-        )
-        if created:
-            return job, True
-        existing = self.get_job(job.id)
-        return (existing or job), False
+        now = time.time()
+
+        def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for job, inline in jobs:
+                self._create(
+                    keys=[
+                        self.key("job", job.id),
+                        self.key("result", job.id),
+                        self.key("inline", job.image.inline_key if job.image.inline else job.id),
+                        self.key("pending"),
+                    ],
+                    args=[
+                        job.model_dump_json(),
+                        JobResult.queued(job).model_dump_json(),
+                        self.settings.result_ttl_s,
+                        "1" if inline is not None else "0",
+                        inline or b"",
+                        self.settings.inline_ttl_s,
+                        now,
+                        job.id,
+                    ],
+                    client=pipe,
+                )
+            return list(pipe.execute())
+
+        created = self._call(run)
+        duplicates = [job.id for (job, _), won in zip(jobs, created, strict=True) if not won]
+        existing = dict(zip(duplicates, self.get_jobs(duplicates), strict=True))
+        return [
+            (job, True) if won else (existing.get(job.id) or job, False)
+            for (job, _), won in zip(jobs, created, strict=True)
+        ]
 
     def delete(self, job_id: str) -> None:
         """Remove every trace of a job (rollback when it could not be enqueued)."""
@@ -138,50 +150,70 @@ class RedisJobStore:
 
         self._call(run)
 
-    def get_job(self, job_id: str) -> Job | None:
-        raw = self._call(lambda: self.redis.get(self.key("job", job_id)))
-        return Job.model_validate_json(raw) if raw else None
+    def _mget(self, kind: str, ids: Sequence[str]) -> list[Any]:
+        if not ids:
+            return []
+        return list(self._call(lambda: self.redis.mget([self.key(kind, i) for i in ids])))
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
+        return [Job.model_validate_json(raw) if raw else None for raw in self._mget("job", job_ids)]
 
     def keep_inline(self, key: str, ttl_s: int) -> None:
         """Keep inline bytes for ``ttl_s`` more seconds (e.g. while their job awaits review)."""
         self._call(lambda: self.redis.expire(self.key("inline", key), ttl_s))
 
-    def inline_bytes(self, key: str) -> bytes | None:
-        raw = self._call(lambda: self.redis.get(self.key("inline", key)))
-        return raw if isinstance(raw, bytes) else None
+    def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [raw if isinstance(raw, bytes) else None for raw in self._mget("inline", keys)]
 
     # --- results -----------------------------------------------------------------------------
 
-    def get_result(self, job_id: str) -> JobResult | None:
-        raw = self._call(lambda: self.redis.get(self.key("result", job_id)))
-        return JobResult.model_validate_json(raw) if raw else None
+    def get_results(self, job_ids: Sequence[str]) -> list[JobResult | None]:
+        return [
+            JobResult.model_validate_json(raw) if raw else None
+            for raw in self._mget("result", job_ids)
+        ]
 
-    def finish(self, result: JobResult) -> bool:
-        """Write a final result unless the job already has one (a redelivered task).
+    def result_json(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored results as their JSON bytes (what the API returns as is)."""
+        return [raw if isinstance(raw, bytes) else None for raw in self._mget("result", job_ids)]
+
+    def finish_many(self, results: Sequence[JobResult]) -> list[bool]:
+        """Write final results unless their jobs already have one (a redelivered task), in one
+        round trip; inline bytes go with a decision (they stay for errors, which may be
+        requeued, and for REVIEW verdicts, which reviewers look at).
 
         Returns:
-            True when this call ended the job; False when it had already ended (no-op).
+            Per result: True when this call ended the job; False when it had already ended.
 
         Raises:
             QueueUnavailable: Redis is down.
         """
-        won = self._call(
-            lambda: self._finish(
-                keys=[self.key("result", result.job_id), self.key("outcomes"), self.key("pending")],
-                args=[
-                    result.model_dump_json(),
-                    self.settings.result_ttl_s,
-                    result.job_id,
-                    result.status.value,
-                    1_000_000,
-                ],
-            )
-        )
-        awaiting_review = result.verdict is not None and result.verdict.decision.value == "review"
-        if won and result.status is JobStatus.DONE and not awaiting_review:
-            # Error results keep inline bytes for a requeue; REVIEW verdicts for the reviewer.
-            self._call(lambda: self.redis.delete(self.key("inline", result.job_id)))
-        return bool(won)
+
+        def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for result in results:
+                review = result.verdict is not None and result.verdict.decision.value == "review"
+                drop = result.status is JobStatus.DONE and not review
+                self._finish(
+                    keys=[
+                        self.key("result", result.job_id),
+                        self.key("outcomes"),
+                        self.key("pending"),
+                        self.key("inline", result.job_id),
+                    ],
+                    args=[
+                        result.model_dump_json(),
+                        self.settings.result_ttl_s,
+                        result.job_id,
+                        result.status.value,
+                        1_000_000,
+                        "1" if drop else "0",
+                    ],
+                    client=pipe,
+                )
+            return list(pipe.execute())
+
+        return [bool(won) for won in self._call(run)] if results else []
 
     def set_human(self, job_id: str, human: HumanDecision) -> JobResult | None:
         """Attach a human decision to a job's result (replacing an earlier one for the same
@@ -219,24 +251,31 @@ class RedisJobStore:
 
     # --- deliveries and side effects ---------------------------------------------------------
 
-    def count_delivery(self, job_id: str) -> int:
-        key = self.key("deliveries", job_id)
+    def count_deliveries(self, job_ids: Sequence[str]) -> list[int]:
+        """Count one more start of each job; returns the counts (one round trip)."""
 
-        def run() -> int:
-            pipe = self.redis.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, self.settings.result_ttl_s)
-            return int(pipe.execute()[0])
+        def run() -> list[int]:
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                key = self.key("deliveries", job_id)
+                pipe.incr(key)
+                pipe.expire(key, self.settings.result_ttl_s)
+            return [int(n) for n in pipe.execute()[::2]]
 
-        return self._call(run)
+        return self._call(run) if job_ids else []
 
-    def effects_done(self, job_id: str) -> bool:
-        return bool(self._call(lambda: self.redis.exists(self.key("effects", job_id))))
+    def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]:
+        return [raw is not None for raw in self._mget("effects", job_ids)]
 
-    def mark_effects_done(self, job_id: str) -> None:
-        self._call(
-            lambda: self.redis.set(self.key("effects", job_id), b"1", ex=self.settings.result_ttl_s)
-        )
+    def mark_effects_done_many(self, job_ids: Sequence[str]) -> None:
+        def run() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.set(self.key("effects", job_id), b"1", ex=self.settings.result_ttl_s)
+            pipe.execute()
+
+        if job_ids:
+            self._call(run)
 
     # --- dead letters ------------------------------------------------------------------------
 

@@ -15,12 +15,15 @@ import base64
 import binascii
 import hmac
 import inspect
+import json
 import logging
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from moderation import exceptions
@@ -30,7 +33,14 @@ from moderation.api.problems import (
     handle_moderation_error,
     handle_validation_error,
 )
-from moderation.api.schemas import BatchAccepted, BatchRequest, JobAccepted, JobRequest
+from moderation.api.schemas import (
+    BatchAccepted,
+    BatchRequest,
+    JobAccepted,
+    JobRequest,
+    LookupAnswer,
+    LookupRequest,
+)
 from moderation.compose import ApiProcess
 from moderation.core.jobs import JobResult
 from moderation.exceptions import JobNotFoundError, JobRejected, ModerationError
@@ -89,6 +99,78 @@ def _problem_codes() -> dict[str, str]:
             doc = inspect.getdoc(cls) or ""
             out.setdefault(cls.code, doc.splitlines()[0] if doc else cls.__name__)
     return out
+
+
+async def _upload_requests(form: FormData) -> list[SubmitRequest]:
+    """The submit requests of a multipart upload.
+
+    Raises:
+        JobRejected: no image, or a ``jobs`` option list that does not fit the images.
+    """
+    files = [part for part in form.getlist("image") if isinstance(part, UploadFile)]
+    if not files:
+        raise JobRejected(
+            "no image part: send each image as a form part named 'image'", code="missing_image"
+        )
+    shared = {
+        "policies": [str(p) for p in form.getlist("policies")] or None,
+        "callback_url": str(form["callback_url"]) if "callback_url" in form else None,
+    }
+    options: list[dict[str, Any]] = [{} for _ in files]
+    if "jobs" in form:
+        try:
+            given = json.loads(str(form["jobs"]))
+        except ValueError as exc:
+            raise JobRejected(f"jobs is not JSON: {exc}", code="bad_options") from exc
+        if (
+            not isinstance(given, list)
+            or len(given) != len(files)
+            or not all(isinstance(o, dict) and set(o) <= _OPTIONS for o in given)
+        ):
+            raise JobRejected(
+                f"jobs must be a JSON array of {len(files)} objects with keys from "
+                f"{sorted(_OPTIONS)} (one per image part)",
+                code="bad_options",
+            )
+        options = given
+    requests = []
+    for index, (part, extra) in enumerate(zip(files, options, strict=True)):
+        policies = extra.get("policies", shared["policies"])
+        try:
+            requests.append(
+                SubmitRequest(
+                    image_bytes=await part.read(),
+                    id=extra.get("id"),
+                    policies=list(policies) if policies is not None else None,
+                    metadata=dict(extra.get("metadata") or {}),
+                    callback_url=extra.get("callback_url", shared["callback_url"]),
+                )
+            )
+        except (TypeError, ValueError) as exc:
+            raise JobRejected(f"jobs[{index}]: {exc}", code="bad_options", index=index) from exc
+    return requests
+
+
+_OPTIONS = {"id", "metadata", "policies", "callback_url"}
+
+#: The multipart body of ``/v1/jobs:upload``, for the OpenAPI document.
+UPLOAD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["image"],
+    "properties": {
+        "image": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "One part per image (raw bytes).",
+        },
+        "jobs": {
+            "type": "string",
+            "description": "JSON array of per-image options: id, metadata, policies, callback_url.",
+        },
+        "policies": {"type": "array", "items": {"type": "string"}},
+        "callback_url": {"type": "string"},
+    },
+}
 
 
 def create_app(api: ApiProcess) -> FastAPI:
@@ -171,18 +253,58 @@ def create_app(api: ApiProcess) -> FastAPI:
                 ) from exc
         return BatchAccepted(jobs=[_accepted(a) for a in submitter.submit(requests)])
 
+    @app.post(
+        "/v1/jobs:upload",
+        status_code=202,
+        response_model=BatchAccepted,
+        dependencies=guarded,
+        responses=_responses(400, 401, 413, 422, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": UPLOAD_SCHEMA}},
+            }
+        },
+    )
+    async def upload(request: Request) -> BatchAccepted:
+        """Enqueue images sent as raw bytes: one ``image`` part per image (no base64, no JSON
+        around the bytes). Optional ``jobs``: a JSON array of per-image options (``id``,
+        ``metadata``, ``policies``, ``callback_url``), in the order of the images; ``policies``
+        and ``callback_url`` fields apply to every image."""
+        limit = settings.queue.max_batch_jobs
+        form = await request.form(max_files=limit, max_fields=limit + 16)
+        try:
+            requests = await _upload_requests(form)
+        finally:
+            await form.close()
+        accepted = await run_in_threadpool(submitter.submit, requests)
+        return BatchAccepted(jobs=[_accepted(a) for a in accepted])
+
+    @app.post(
+        "/v1/jobs:lookup",
+        dependencies=guarded,
+        response_model=LookupAnswer,
+        responses=_responses(401, 422, 503),
+    )
+    def lookup(req: LookupRequest) -> Response:
+        """The results of many jobs at once, in the order asked (``null`` for an unknown or
+        expired id): what a client polls instead of one request per job."""
+        found = store.result_json(req.ids)
+        body = b'{"jobs":[' + b",".join(raw or b"null" for raw in found) + b"]}"
+        return Response(body, media_type="application/json")
+
     @app.get(
         "/v1/jobs/{job_id}",
         response_model=JobResult,
         dependencies=guarded,
         responses=_responses(401, 404, 503),
     )
-    def get_job(job_id: str) -> JobResult:
+    def get_job(job_id: str) -> Response:
         """Status, and the verdict or error once the job ended."""
-        result = store.get_result(job_id)
-        if result is None:
+        raw = store.result_json([job_id])[0]
+        if raw is None:
             raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")
-        return result
+        return Response(raw, media_type="application/json")
 
     @app.get("/problems/{code}", response_class=HTMLResponse, include_in_schema=False)
     def problem_page(code: str) -> HTMLResponse:

@@ -6,9 +6,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from moderation.core.jobs import JOB_ID_PATTERN, JobStatus
+from moderation.core.jobs import JOB_ID_PATTERN, JobResult, JobStatus
 
-__all__ = ["BatchAccepted", "BatchRequest", "JobAccepted", "JobRequest"]
+__all__ = [
+    "BatchAccepted",
+    "BatchRequest",
+    "JobAccepted",
+    "JobRequest",
+    "LookupAnswer",
+    "LookupRequest",
+]
 
 
 class JobRequest(BaseModel):
@@ -71,3 +78,15 @@ class BatchRequest(BaseModel):
 
 class BatchAccepted(BaseModel):
     jobs: list[JobAccepted]
+
+
+class LookupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(min_length=1, max_length=1000)
+
+
+class LookupAnswer(BaseModel):
+    jobs: list[JobResult | None] = Field(
+        description="The result of each id asked for, in order; null for an unknown id."
+    )

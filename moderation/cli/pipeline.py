@@ -146,13 +146,16 @@ def dlq_requeue(
         store = open_job_store(settings)
         queue = open_queue(settings)
         wanted = job_ids or [e.job_id for e in store.dead_letters()]
-        requeued = 0
+        taken = []
         for job_id in wanted:
             if store.take_dead_letter(job_id) is None:
                 err.print(f"[yellow]skip[/] {job_id}: not dead-lettered (or expired)")
                 continue
-            queue.publish(job_id)
-            requeued += 1
+            taken.append(job_id)
+        # One message per job: each of them crashed a worker before.
+        for job_id in taken:
+            queue.publish([job_id])
+        requeued = len(taken)
     except ModerationError as exc:
         raise fail(exc) from exc
     out.print(f"requeued {requeued} job(s)")

@@ -40,6 +40,11 @@ class ModelIdentity:
     architecture: str
     pretrained: str | None = None
     weights_sha256: str | None = None
+    #: What the embeddings were computed in: "fp32" / "bf16" / "fp16" on "cpu" / "cuda". Not part
+    #: of :attr:`id` (same weights, same space) but part of a compiled policy's hash: text
+    #: embeddings compiled in fp32 on a CPU are not reused by a bf16 GPU worker.
+    precision: str | None = None
+    device: str | None = None
 
     @property
     def id(self) -> str:
@@ -47,12 +52,19 @@ class ModelIdentity:
             return f"{self.architecture}@sha256:{self.weights_sha256[:16]}"
         return f"{self.architecture}/{self.pretrained or 'random'}"
 
+    @property
+    def compute(self) -> str:
+        """Precision and device, e.g. ``bf16/cuda`` (``unknown`` when not recorded)."""
+        return f"{self.precision or 'unknown'}/{self.device or 'unknown'}"
+
     def to_dict(self) -> dict[str, str | None]:
         return {
             "id": self.id,
             "architecture": self.architecture,
             "pretrained": self.pretrained,
             "weights_sha256": self.weights_sha256,
+            "precision": self.precision,
+            "device": self.device,
         }
 
 
@@ -111,7 +123,10 @@ class CompiledPolicy:
 
 
 def compiled_hash(policy: Policy, model: ModelIdentity) -> str:
-    return hashlib.sha256(f"{policy_hash(policy)}\n{model.id}".encode()).hexdigest()
+    """The compiled policy's key: the policy's content, the model and where it computed."""
+    return hashlib.sha256(
+        f"{policy_hash(policy)}\n{model.id}\n{model.compute}".encode()
+    ).hexdigest()
 
 
 def _normalize(x: Embeddings) -> Embeddings:

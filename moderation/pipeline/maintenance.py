@@ -48,15 +48,17 @@ def sweep_lost(
     if in_flight is None:
         return []
     lost = [job_id for job_id in stale if job_id not in in_flight]
-    for job_id in lost:
-        if store.get_job(job_id) is None:  # expired record: nothing to run
-            store.forget_pending(job_id)
-            continue
+    alive = [job for job in store.get_jobs(lost) if job is not None]
+    for job_id in set(lost) - {job.id for job in alive}:  # expired record: nothing to run
+        store.forget_pending(job_id)
+    if alive:
         log.warning(
-            "job %s: its message was lost (worker died mid-delivery?); publishing it again", job_id
+            "jobs %s: their message was lost (worker died mid-delivery?); publishing them again",
+            ", ".join(job.id for job in alive[:10]),
         )
-        publisher.publish(job_id)
-        store.mark_republished(job_id)
+        publisher.publish([job.id for job in alive])
+    for job in alive:
+        store.mark_republished(job.id)
         metrics().retries.labels("lost_message").inc()
     return lost
 

@@ -2,8 +2,10 @@
 
 Two halves, so that the CPU side and the accelerator side can overlap:
 
-* :meth:`Moderator.prepare` (CPU threads): safe decode, the model's preprocessing of each frame,
-  each image signal's features (e.g. a perceptual hash), and the content hash;
+* :meth:`Moderator.prepare` (CPU threads): safe decode, the CPU half of the model's
+  preprocessing of each frame (a uint8 crop), each image signal's features (e.g. a perceptual
+  hash), and the content hash. When the encoder decodes JPEGs on its device (a GPU) and no
+  signal needs the decoded image, only the header is checked here;
 * :meth:`Moderator.decide`: given the frames' image embeddings (one batched forward pass, done by
   the caller or the worker's micro-batcher), every signal's scores and the verdicts; an
   animation's verdict is the most severe of its frames'.
@@ -60,11 +62,16 @@ class Moderator:
             ImageError: corrupt, too large, or a format outside the allowlist.
         """
         digest = hashlib.sha256(data).hexdigest()
+        image_signals = self.policies.signals.image_signals
+        if not image_signals:  # the encoder may decode this file itself (a JPEG on a GPU)
+            encoded = self.encoder.prepare_encoded(data)
+            if encoded is not None:
+                return PreparedImage(content_sha256=digest, inputs=(encoded,), features={})
         frames = self.decoder.decode(data, min_side=self.encoder.image_size)
         inputs = tuple(self.encoder.prepare(frame) for frame in frames)
         features = {
             signal.name: tuple(signal.features(frame) for frame in frames)
-            for signal in self.policies.signals.image_signals
+            for signal in image_signals
         }
         return PreparedImage(content_sha256=digest, inputs=inputs, features=features)
 

@@ -19,7 +19,7 @@ the ``job.human_decision`` callback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from moderation.core.audit import record_for_error, record_for_review, record_for_verdict
@@ -71,76 +71,118 @@ class Outcomes:
         self.keep_inline_s = keep_inline_s
 
     def finish_verdict(self, job: Job, verdict: Verdict, *, content_sha256: str | None) -> bool:
-        """End ``job`` with ``verdict``. Returns False when it had already ended (no-op).
+        """End ``job`` with ``verdict``; see :meth:`finish_many`."""
+        return self.finish_many([(job, verdict, content_sha256)])[0]
+
+    def finish_many(self, decided: Sequence[tuple[Job, Verdict, str | None]]) -> list[bool]:
+        """End jobs with their verdicts: their audit records (durable together), then their
+        results (one store round trip), then their side effects. Returns, per job, False when
+        it had already ended (a no-op).
 
         Raises:
             AuditSinkUnavailable, QueueUnavailable: transient; the task retries.
         """
-        self.audit.write(
-            record_for_verdict(
-                job_id=job.id,
-                verdict=verdict,
-                content_sha256=content_sha256,
-                content_ref=job.image.uri,
-                weights_sha256=self.weights_sha256,
-                dsa_category=self._dsa_category(verdict),
-            )
+        if not decided:
+            return []
+        self.audit.write_many(
+            [
+                record_for_verdict(
+                    job_id=job.id,
+                    verdict=verdict,
+                    content_sha256=digest,
+                    content_ref=job.image.uri,
+                    weights_sha256=self.weights_sha256,
+                    dsa_category=self._dsa_category(verdict),
+                )
+                for job, verdict, digest in decided
+            ]
         )
-        result = JobResult.ended(job, verdict=verdict, content_sha256=content_sha256)
-        won = self.store.finish(result)
-        if won:
-            m = metrics()
-            m.jobs.labels("verdict").inc()
-            m.decisions.labels(
-                verdict.policy_id or "none", verdict.category_id or "none", verdict.decision.value
-            ).inc()
-            m.latency.labels("total").observe((datetime.now(UTC) - job.created_at).total_seconds())
-        self.complete_effects(job)
+        won = self.store.finish_many(
+            [
+                JobResult.ended(job, verdict=verdict, content_sha256=digest)
+                for job, verdict, digest in decided
+            ]
+        )
+        m = metrics()
+        now = datetime.now(UTC)
+        for (job, verdict, _), ended in zip(decided, won, strict=True):
+            if ended:
+                m.jobs.labels("verdict").inc()
+                m.decisions.labels(
+                    verdict.policy_id or "none",
+                    verdict.category_id or "none",
+                    verdict.decision.value,
+                ).inc()
+                m.latency.labels("total").observe((now - job.created_at).total_seconds())
+        self.complete_effects_many([job for job, _, _ in decided])
         return won
 
     def finish_error(self, job: Job, error: JobError, *, content_sha256: str | None = None) -> bool:
-        """End ``job`` with an error result (audited like a verdict). Returns False when it had
-        already ended.
+        """End ``job`` with an error result; see :meth:`finish_errors`."""
+        return self.finish_errors([(job, error, content_sha256)])[0]
+
+    def finish_errors(self, failed: Sequence[tuple[Job, JobError, str | None]]) -> list[bool]:
+        """End jobs with error results, audited like verdicts (records first, then results,
+        then side effects). Returns, per job, False when it had already ended.
 
         Raises:
             AuditSinkUnavailable, QueueUnavailable: transient; the task retries.
         """
-        self.audit.write(
-            record_for_error(
-                job_id=job.id,
-                code=error.code,
-                message=error.message,
-                attempts=error.attempts,
-                transient=error.transient,
-                content_sha256=content_sha256,
-                content_ref=job.image.uri,
-            )
+        if not failed:
+            return []
+        self.audit.write_many(
+            [
+                record_for_error(
+                    job_id=job.id,
+                    code=error.code,
+                    message=error.message,
+                    attempts=error.attempts,
+                    transient=error.transient,
+                    content_sha256=digest,
+                    content_ref=job.image.uri,
+                )
+                for job, error, digest in failed
+            ]
         )
-        result = JobResult.ended(job, error=error, content_sha256=content_sha256)
-        won = self.store.finish(result)
-        if won:
-            m = metrics()
-            m.jobs.labels("dead_letter" if error.code == "poison_message" else "error").inc()
-            m.errors.labels(error.code).inc()
-        self.complete_effects(job)
+        won = self.store.finish_many(
+            [
+                JobResult.ended(job, error=error, content_sha256=digest)
+                for job, error, digest in failed
+            ]
+        )
+        m = metrics()
+        for (_, error, _), ended in zip(failed, won, strict=True):
+            if ended:
+                m.jobs.labels("dead_letter" if error.code == "poison_message" else "error").inc()
+                m.errors.labels(error.code).inc()
+        self.complete_effects_many([job for job, _, _ in failed])
         return won
 
     def complete_effects(self, job: Job) -> None:
         """Run the side effects of an ended job unless they already ran (idempotent)."""
-        if self.store.effects_done(job.id):
+        self.complete_effects_many([job])
+
+    def complete_effects_many(self, jobs: Sequence[Job]) -> None:
+        """Run the side effects of ended jobs whose effects have not run yet (idempotent): a
+        REVIEW verdict's review item, the ``job.finished`` callback; then mark them done."""
+        done = self.store.effects_done_many([job.id for job in jobs])
+        todo = [job for job, ran in zip(jobs, done, strict=True) if not ran]
+        if not todo:
             return
-        result = self.store.get_result(job.id)
-        if result is None or not result.status.final:
-            return
-        if (
-            self.review is not None
-            and result.verdict is not None
-            and result.verdict.decision is Decision.REVIEW
-        ):
-            self._send_to_review(job, result.verdict, result.content_sha256)
-        if job.callback_url:
-            self.callbacks.send(job.id, job.callback_url, callback_body("job.finished", result))
-        self.store.mark_effects_done(job.id)
+        finished = []
+        for job, result in zip(todo, self.store.get_results([j.id for j in todo]), strict=True):
+            if result is None or not result.status.final:
+                continue
+            if (
+                self.review is not None
+                and result.verdict is not None
+                and result.verdict.decision is Decision.REVIEW
+            ):
+                self._send_to_review(job, result.verdict, result.content_sha256)
+            if job.callback_url:
+                self.callbacks.send(job.id, job.callback_url, callback_body("job.finished", result))
+            finished.append(job.id)
+        self.store.mark_effects_done_many(finished)
 
     def _send_to_review(self, job: Job, verdict: Verdict, content_sha256: str | None) -> None:
         assert self.review is not None

@@ -1,24 +1,30 @@
-"""Processing one delivery of a job: the use case a worker's task calls.
+"""Processing one delivery of a batch of jobs: the use case a worker's task calls.
 
 ::
 
-    job id ─► job record ─► already ended? ─► side effects only (a redelivery)
-                       └─► count the delivery ─► dead-letter a poison message
-                       └─► fetch (image source by scheme) ─► prepare (decode, preprocess, signal
-                           features) ─► micro-batcher (one forward pass for many jobs) ─► decide
-                           ─► outcomes (audit, result, review, callback)
+    job ids ─► job records + results (one round trip) ─► already ended? side effects only
+                      └─► count the deliveries ─► dead-letter poison messages
+                      └─► fetch (inline bytes in one round trip, remote images concurrently)
+                          ─► prepare on the decode threads (safe decode, crop, signal features)
+                          ─► micro-batcher (one forward pass, shared with other messages)
+                          ─► decide all at once ─► outcomes for all at once (audit records in
+                             one fsync, results in one round trip, review, callbacks)
 
-Transient errors (fetch timeouts, 5xx, Redis or S3 hiccups) raise :class:`RetryLater` while
-retries are left, then end the job as an error result; permanent ones (corrupt image, 404, refused
-URL, unknown policy) end it at once. A job whose deliveries keep killing the worker is
-dead-lettered after ``queue.max_deliveries``. Every ending is audited.
+Per-job guarantees hold inside a batch: each job ends exactly once (compare-and-set results), a
+job's errors are its own (a corrupt image fails that job, not its neighbours), and transient
+errors are retried per job (:attr:`Processed.retry_in`: the task republishes those ids with a
+countdown). A redelivered batch whose jobs were started before (the worker died) is split into
+one message per job, so a poison image can only take itself down; it is dead-lettered after
+``queue.max_deliveries`` such crashes. Every ending is audited.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -27,10 +33,10 @@ from numpy.typing import NDArray
 
 from moderation.core.decision import Verdict
 from moderation.core.jobs import Job, JobError
-from moderation.exceptions import PermanentError, TransientError
+from moderation.exceptions import ModerationError, PermanentError, TransientError
 from moderation.metrics import metrics
 from moderation.pipeline.batching import MicroBatcher
-from moderation.pipeline.moderator import Moderator
+from moderation.pipeline.moderator import Moderator, PreparedImage
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.sources import ImageSources
 from moderation.ports import JobStore
@@ -41,12 +47,12 @@ __all__ = ["Processed", "Processor", "RetryLater"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Outcome = Literal["verdict", "error", "duplicate", "missing", "dead_letter"]
+Outcome = Literal["verdict", "error", "duplicate", "missing", "dead_letter", "retry", "split"]
 
 
 class RetryLater(Exception):
-    """Raised by :meth:`Processor.process` when the delivery should be retried after
-    ``countdown`` seconds (a transient error with retries left)."""
+    """Raised by :meth:`Processor.process` when the job should be retried after ``countdown``
+    seconds (a transient error with retries left)."""
 
     def __init__(self, error: TransientError, countdown: float) -> None:
         super().__init__(str(error))
@@ -58,12 +64,14 @@ class RetryLater(Exception):
 class Processed:
     job_id: str
     outcome: Outcome
+    #: For ``retry``: publish the job again after this many seconds.
+    retry_in: float | None = None
+    error: TransientError | None = None
 
 
 class Processor:
-    """Processes job deliveries. Thread-safe: many task threads call :meth:`process` at once
-    and meet in the micro-batcher.
-    """
+    """Processes job deliveries. Thread-safe: several messages are processed at once and meet in
+    the micro-batcher."""
 
     def __init__(
         self,
@@ -71,9 +79,10 @@ class Processor:
         store: JobStore,
         sources: ImageSources,
         moderator: Moderator,
-        batcher: MicroBatcher[Any, NDArray[np.float32]],
+        batcher: MicroBatcher[Any, Any],
         outcomes: Outcomes,
         settings: QueueSettings,
+        pool: Executor | None = None,
     ) -> None:
         self.store = store
         self.sources = sources
@@ -81,87 +90,89 @@ class Processor:
         self.batcher = batcher
         self.outcomes = outcomes
         self.settings = settings
+        self.pool = pool
 
     def backoff(self, retries: int) -> float:
         q = self.settings
         return float(min(q.retry_backoff_max_s, q.retry_backoff_s * (2**retries)))
 
     def process(self, job_id: str, *, retries: int = 0) -> Processed:
-        """Process one delivery of job ``job_id``.
-
-        Args:
-            job_id: the job (and message) id.
-            retries: how many transient-error retries preceded this delivery.
-
-        Returns:
-            What happened; a finished job's second delivery is a no-op ("duplicate").
+        """Process one delivery of one job (see :meth:`process_many`).
 
         Raises:
             RetryLater: a transient error with retries left.
-            QueueUnavailable, AuditSinkUnavailable: the job cannot even be ended now (the
-                message stays unacknowledged and comes back).
         """
-        job = self.store.get_job(job_id)
-        if job is None:
-            log.warning("job %s has no record (expired or never created); dropping", job_id)
-            self.store.forget_pending(job_id)
-            return Processed(job_id, "missing")
-        current = self.store.get_result(job_id)
-        if current is not None and current.status.final:
-            self.outcomes.complete_effects(job)
-            return Processed(job_id, "duplicate")
-        deliveries = self.store.count_delivery(job_id)
-        crashes = deliveries - 1 - retries
-        if crashes >= self.settings.max_deliveries:
-            reason = (
-                f"dead-lettered: {deliveries} deliveries, {crashes} without a result "
-                "(the worker died processing it)"
+        done = self.process_many([job_id], retries=retries)[0]
+        if done.outcome == "retry":
+            assert done.error is not None and done.retry_in is not None
+            raise RetryLater(done.error, done.retry_in)
+        return done
+
+    def process_many(self, job_ids: Sequence[str], *, retries: int = 0) -> list[Processed]:
+        """Process one delivery of a message carrying ``job_ids``.
+
+        Args:
+            job_ids: the jobs of the message.
+            retries: how many transient-error retries preceded this delivery.
+
+        Returns:
+            What happened to each job, in order. ``retry``: publish it again after
+            ``retry_in`` seconds; ``split``: publish each of these jobs in its own message (a
+            redelivered batch); ``duplicate``: it had already ended (side effects completed).
+
+        Raises:
+            QueueUnavailable, AuditSinkUnavailable: the jobs cannot even be ended now (the
+                message stays unacknowledged and comes back; every step is idempotent).
+        """
+        out: dict[str, Processed] = {}
+        jobs = self.store.get_jobs(job_ids)
+        results = self.store.get_results(job_ids)
+        live: list[Job] = []
+        ended: list[Job] = []
+        for job_id, job, result in zip(job_ids, jobs, results, strict=True):
+            if job is None:
+                log.warning("job %s has no record (expired or never created); dropping", job_id)
+                self.store.forget_pending(job_id)
+                out[job_id] = Processed(job_id, "missing")
+            elif result is not None and result.status.final:
+                ended.append(job)
+                out[job_id] = Processed(job_id, "duplicate")
+            else:
+                live.append(job)
+        if ended:
+            self.outcomes.complete_effects_many(ended)
+        deliveries = self.store.count_deliveries([job.id for job in live])
+        runnable: list[Job] = []
+        poisoned: list[tuple[Job, JobError, str | None]] = []
+        crashed = False
+        for job, count in zip(live, deliveries, strict=True):
+            crashes = count - 1 - retries
+            if crashes >= self.settings.max_deliveries:
+                reason = (
+                    f"dead-lettered: {count} deliveries, {crashes} without a result "
+                    "(the worker died processing it)"
+                )
+                self.store.dead_letter(job.id, reason=reason, deliveries=count)
+                poisoned.append(
+                    (job, JobError(code="poison_message", message=reason, attempts=count), None)
+                )
+                out[job.id] = Processed(job.id, "dead_letter")
+            else:
+                runnable.append(job)
+                crashed = crashed or crashes > 0
+        self.outcomes.finish_errors(poisoned)
+        if crashed and len(job_ids) > 1:
+            # A worker died on this message before: run its jobs one per message, so that a
+            # poison image takes down only itself.
+            for job in runnable:
+                out[job.id] = Processed(job.id, "split")
+            return [out[job_id] for job_id in job_ids]
+        if runnable:
+            metrics().latency.labels("queue_wait").observe(
+                max(0.0, time.time() - min(job.created_at.timestamp() for job in runnable))
             )
-            self.store.dead_letter(job_id, reason=reason, deliveries=deliveries)
-            self.outcomes.finish_error(
-                job, JobError(code="poison_message", message=reason, attempts=deliveries)
-            )
-            return Processed(job_id, "dead_letter")
-        m = metrics()
-        m.latency.labels("queue_wait").observe(max(0.0, time.time() - job.created_at.timestamp()))
-        try:
-            verdict, digest = self._decide(job)
-        except TransientError as exc:
-            m.errors.labels(exc.code).inc()
-            if retries < self.settings.max_retries:
-                m.retries.labels(exc.code).inc()
-                raise RetryLater(exc, self.backoff(retries)) from exc
-            self.outcomes.finish_error(
-                job,
-                JobError(
-                    code=exc.code,
-                    transient=True,
-                    attempts=retries + 1,
-                    message=f"{exc} (gave up after {retries + 1} attempts)",
-                ),
-            )
-            return Processed(job_id, "error")
-        except PermanentError as exc:
-            self.outcomes.finish_error(
-                job, JobError(code=exc.code, message=str(exc), attempts=retries + 1)
-            )
-            return Processed(job_id, "error")
-        except Exception as exc:  # a bug must not make the job vanish: end it, loudly
-            log.exception("job %s: unexpected error", job_id)
-            m.errors.labels("internal_error").inc()
-            self.outcomes.finish_error(
-                job,
-                JobError(
-                    code="internal_error",
-                    message=f"internal error: {type(exc).__name__}: {exc}",
-                    attempts=retries + 1,
-                ),
-            )
-            return Processed(job_id, "error")
-        # Errors from here on (Redis, the audit log, the broker) are not the job's: they
-        # propagate, the delivery is retried and the job ends as decided, exactly once.
-        won = self.outcomes.finish_verdict(job, verdict, content_sha256=digest)
-        return Processed(job_id, "verdict" if won else "duplicate")
+            out.update(self._run(runnable, retries))
+        return [out[job_id] for job_id in job_ids]
 
     @staticmethod
     def _timed(stage: str, fn: Callable[[], T]) -> T:
@@ -171,14 +182,109 @@ class Processor:
         finally:
             metrics().latency.labels(stage).observe(time.perf_counter() - started)
 
-    def _decide(self, job: Job) -> tuple[Verdict, str]:
-        """The job's verdict and its content hash (fetch, prepare, one batched forward pass,
-        decide)."""
-        compiled = self.moderator.policies.current  # one policy set for the whole job
-        compiled.ids_for(job.policies)  # unknown policy: permanent error before any work
-        data = self._timed("fetch", lambda: self.sources.fetch(job.image))
-        image = self._timed("decode", lambda: self.moderator.prepare(data))
-        futures = [self.batcher.submit(x) for x in image.inputs]
-        embeddings = np.stack([f.result() for f in futures])
-        verdict = self.moderator.decide([image], embeddings, job.policies, compiled=compiled)[0]
-        return verdict, image.content_sha256
+    def _run(self, jobs: list[Job], retries: int) -> dict[str, Processed]:
+        """Decide ``jobs`` and end each one: verdict, error, or a retry for transient errors."""
+        decided, failed = self._decide(jobs)
+        errors: list[tuple[Job, JobError, str | None]] = []
+        out: dict[str, Processed] = {}
+        m = metrics()
+        for job, exc, digest in failed:
+            m.errors.labels(getattr(exc, "code", "internal_error")).inc()
+            if isinstance(exc, TransientError) and retries < self.settings.max_retries:
+                m.retries.labels(exc.code).inc()
+                out[job.id] = Processed(job.id, "retry", self.backoff(retries), exc)
+                continue
+            if isinstance(exc, TransientError):
+                error = JobError(
+                    code=exc.code,
+                    transient=True,
+                    attempts=retries + 1,
+                    message=f"{exc} (gave up after {retries + 1} attempts)",
+                )
+            elif isinstance(exc, PermanentError):
+                error = JobError(code=exc.code, message=str(exc), attempts=retries + 1)
+            else:
+                error = JobError(
+                    code="internal_error",
+                    attempts=retries + 1,
+                    message=f"internal error: {type(exc).__name__}: {exc}",
+                )
+            errors.append((job, error, digest))
+            out[job.id] = Processed(job.id, "error")
+        # Errors from here on (Redis, the audit log) are not the jobs': they propagate, the
+        # message is delivered again and the jobs end as decided, exactly once.
+        won = self.outcomes.finish_many(decided)
+        for (job, _, _), ended in zip(decided, won, strict=True):
+            out[job.id] = Processed(job.id, "verdict" if ended else "duplicate")
+        self.outcomes.finish_errors(errors)
+        return out
+
+    def _decide(
+        self, jobs: list[Job]
+    ) -> tuple[list[tuple[Job, Verdict, str | None]], list[tuple[Job, Exception, str | None]]]:
+        """Verdicts of ``jobs`` (one policy set for all), and the jobs that failed with why."""
+        compiled = self.moderator.policies.current
+        failed: list[tuple[Job, Exception, str | None]] = []
+        wanted: list[Job] = []
+        for job in jobs:
+            try:
+                compiled.ids_for(job.policies)  # unknown policy: fail before any work
+                wanted.append(job)
+            except ModerationError as exc:
+                failed.append((job, exc, None))
+        fetched = self._timed(
+            "fetch", lambda: self.sources.fetch_many([job.image for job in wanted], pool=self.pool)
+        )
+
+        def prepare(data: bytes | ModerationError) -> PreparedImage | Exception:
+            if isinstance(data, Exception):
+                return data
+            try:
+                return self.moderator.prepare(data)
+            except Exception as exc:  # corrupt, too large, or a bug: that job's error only
+                if not isinstance(exc, ModerationError):
+                    log.exception("preparing an image failed unexpectedly")
+                return exc
+
+        started = time.perf_counter()
+        prepared = list(
+            self.pool.map(prepare, fetched)
+            if self.pool is not None and len(fetched) > 1
+            else map(prepare, fetched)
+        )
+        metrics().latency.labels("decode").observe(
+            (time.perf_counter() - started) / max(1, len(fetched))
+        )
+        ready: list[tuple[Job, PreparedImage, list[Future[Any]]]] = []
+        for job, image in zip(wanted, prepared, strict=True):
+            if isinstance(image, Exception):
+                failed.append((job, image, None))
+            else:
+                ready.append((job, image, []))
+        # Every frame of the message in one go: they share forward passes (up to the batch size).
+        pending = iter(self.batcher.submit_many([x for _, image, _ in ready for x in image.inputs]))
+        ready = [(job, image, [next(pending) for _ in image.inputs]) for job, image, _ in ready]
+        groups: dict[tuple[str, ...] | None, list[tuple[Job, PreparedImage, NDArray[Any]]]] = (
+            defaultdict(list)
+        )
+        for job, image, futures in ready:
+            try:
+                embeddings = np.stack([f.result() for f in futures])
+            except Exception as exc:  # a frame the device could not decode, or a forward error
+                failed.append((job, exc, image.content_sha256))
+                continue
+            key = tuple(sorted(job.policies)) if job.policies else None
+            groups[key].append((job, image, embeddings))
+        decided: list[tuple[Job, Verdict, str | None]] = []
+        for policy_ids, members in groups.items():
+            verdicts = self.moderator.decide(
+                [image for _, image, _ in members],
+                np.concatenate([e for _, _, e in members]),
+                policy_ids,
+                compiled=compiled,
+            )
+            decided += [
+                (job, verdict, image.content_sha256)
+                for (job, image, _), verdict in zip(members, verdicts, strict=True)
+            ]
+        return decided, failed

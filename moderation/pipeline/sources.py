@@ -8,10 +8,11 @@ line in :mod:`moderation.compose`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
 
 from moderation.core.image_ref import INLINE_SCHEME, ImageRef
-from moderation.exceptions import ImageFetchError, UrlRefusedError
+from moderation.exceptions import ImageFetchError, ModerationError, UrlRefusedError
 from moderation.ports import ImageSource, JobStore
 
 __all__ = ["DuplicateSchemeError", "ImageSources", "InlineSource"]
@@ -38,12 +39,22 @@ class InlineSource:
         """Raises:
         ImageFetchError: the bytes expired (code ``inline_expired``).
         """
-        data = self.store.inline_bytes(ref.inline_key)
-        if data is None:
-            raise ImageFetchError(
+        result = self.fetch_many([ref])[0]
+        if isinstance(result, ModerationError):
+            raise result
+        return result
+
+    def fetch_many(self, refs: Sequence[ImageRef]) -> list[bytes | ModerationError]:
+        """Every ref's bytes in one store round trip (an error where they expired)."""
+        found = self.store.inline_bytes_many([ref.inline_key for ref in refs])
+        return [
+            data
+            if data is not None
+            else ImageFetchError(
                 f"the inline image {ref.inline_key} has expired", code="inline_expired"
             )
-        return data
+            for ref, data in zip(refs, found, strict=True)
+        ]
 
 
 class ImageSources:
@@ -93,3 +104,34 @@ class ImageSources:
             ImageFetchError, ImageFetchTransient: from the source.
         """
         return self.source_for(ref).fetch(ref)
+
+    def fetch_many(
+        self, refs: Sequence[ImageRef], *, pool: Executor | None = None
+    ) -> list[bytes | ModerationError]:
+        """Every ref's bytes, or the error that ref ended with: inline bytes in one store round
+        trip, remote images concurrently on ``pool``."""
+        out: list[bytes | ModerationError | None] = [None] * len(refs)
+        inline = [i for i, ref in enumerate(refs) if ref.inline]
+        if inline:
+            source = self.source_for(refs[inline[0]])
+            if isinstance(source, InlineSource):
+                for i, got in zip(
+                    inline, source.fetch_many([refs[i] for i in inline]), strict=True
+                ):
+                    out[i] = got
+
+        def one(ref: ImageRef) -> bytes | ModerationError:
+            try:
+                return self.fetch(ref)
+            except ModerationError as exc:
+                return exc
+
+        rest = [i for i in range(len(refs)) if out[i] is None]
+        fetched = (
+            pool.map(one, [refs[i] for i in rest])
+            if pool is not None and len(rest) > 1
+            else map(one, [refs[i] for i in rest])
+        )
+        for i, got in zip(rest, fetched, strict=True):
+            out[i] = got
+        return [x for x in out if x is not None]

@@ -184,21 +184,34 @@ class Submitter:
                     exc.args = (exc.message,)
                     exc.index = index
                 raise
-        return [self._enqueue(job, inline) for job, inline in validated]
+        return self._enqueue(validated)
 
-    def _enqueue(self, job: Job, inline: bytes | None) -> Accepted:
-        stored, created = self.store.create(job, inline)
-        if not created:
-            existing = self.store.get_result(stored.id)
-            return Accepted(
-                id=stored.id,
-                duplicate=True,
-                status=existing.status if existing else JobStatus.QUEUED,
-            )
-        try:
-            self.publisher.publish(job.id)
-        except ModerationError:
-            self.store.delete(job.id)
-            raise
-        metrics().submitted.inc()
-        return Accepted(id=job.id, status=JobStatus.QUEUED, duplicate=False)
+    def _enqueue(self, validated: list[tuple[Job, bytes | None]]) -> list[Accepted]:
+        """Create the jobs (one store round trip), publish the new ones (one message per
+        ``jobs_per_message``), roll them back if the broker refuses."""
+        stored = self.store.create_many(validated)
+        created = [job.id for job, won in stored if won]
+        if created:
+            try:
+                self.publisher.publish(created)
+            except ModerationError:
+                for job_id in created:
+                    self.store.delete(job_id)
+                raise
+            metrics().submitted.inc(len(created))
+        duplicates = [job.id for job, won in stored if not won]
+        existing = dict(zip(duplicates, self.store.get_results(duplicates), strict=True))
+        out = []
+        for job, won in stored:
+            if won:
+                out.append(Accepted(id=job.id, status=JobStatus.QUEUED, duplicate=False))
+            else:
+                result = existing.get(job.id)
+                out.append(
+                    Accepted(
+                        id=job.id,
+                        duplicate=True,
+                        status=result.status if result else JobStatus.QUEUED,
+                    )
+                )
+        return out

@@ -150,17 +150,25 @@ class Chain:
     # --- write side -------------------------------------------------------------------------
 
     def append(self, record: AuditRecord) -> None:
+        self.append_many([record])
+
+    def append_many(self, records: list[AuditRecord]) -> None:
+        """Link and write records in order; returns once all are fsync'd (one fsync for all,
+        shared with concurrent writers)."""
+        if not records:
+            return
         with self._lock:
-            line, digest = seal(record, self._last_hash)
-            data = line + b"\n"
-            if self._size and self._size + len(data) > self._file_max_bytes:
-                self._rotate()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-            self._last_hash = digest
-            self._size += len(data)
-            self._written += 1
+            for record in records:
+                line, digest = seal(record, self._last_hash)
+                data = line + b"\n"
+                if self._size and self._size + len(data) > self._file_max_bytes:
+                    self._rotate()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                self._last_hash = digest
+                self._size += len(data)
+                self._written += 1
             ticket = self._written
             if self.oldest_unsent is None:
                 self.oldest_unsent = time.monotonic()
