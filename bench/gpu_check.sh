@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# One prepared GPU check (run on a CUDA machine): encoder throughput by precision and batch,
-# the whole pipeline on CUDA + bf16 with 1 and 4 worker processes, and scoring. JSON to $OUT.
+# One prepared GPU check (run on a CUDA machine; about 6 minutes): the bare encoder (ViT-B-32 by
+# precision, tracing and batch size, two batches in flight), then the whole pipeline in both
+# model modes (ViT-B-32 and the tiny test model, which shows what the rest of the pipeline costs
+# per image when the accelerator is nearly free), with 1 and 4 worker processes (each takes a
+# GPU by its slot on the host), JPEGs decoded on the GPU; CPU decode throughput; scoring.
+# Everything lands as JSON in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -11,12 +15,21 @@ if [ -d .whl ]; then
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, open_clip; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'open_clip', open_clip.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 120 python3 bench/encoder.py --device cuda --batches 32,128,256,512 --images 4096 \
-  > "$OUT/encoder.json" 2> "$OUT/encoder.err"; cat "$OUT/encoder.json"
-timeout 180 python3 bench/pipeline.py --device cuda --images 2048 --batch-size 128 \
-  --decode-images 40 > "$OUT/pipeline-w1.json" 2> "$OUT/pipeline-w1.err"; cat "$OUT/pipeline-w1.json"
-timeout 180 python3 bench/pipeline.py --device cuda --images 4096 --batch-size 128 --workers 4 \
-  --decode-images 10 > "$OUT/pipeline-w4.json" 2> "$OUT/pipeline-w4.err"; cat "$OUT/pipeline-w4.json"
-timeout 45 python3 bench/scoring.py > "$OUT/scoring.json" 2>&1; tail -c 600 "$OUT/scoring.json"
-tail -n 5 "$OUT"/*.err
+python3 -c "import torch, open_clip; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'gpus', torch.cuda.device_count(), 'open_clip', open_clip.__version__)" | tee -a "$OUT/gpu.txt"
+run() {  # name timeout command...
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" "$@" > "$OUT/$name.json" 2> "$OUT/$name.err"
+  echo "== $name (exit $?)"; tail -c 1500 "$OUT/$name.json"
+}
+run encoder 150 python3 bench/encoder.py --device cuda --precisions bf16,fp16,fp32 \
+  --traced on,off --batches 64,256,512,1024 --images 8192
+run pipeline-vit-w1 120 python3 bench/pipeline.py --device cuda --images 4096 --batch-size 256 \
+  --decode-images 20
+run pipeline-vit-w4 120 python3 bench/pipeline.py --device cuda --images 8192 --batch-size 256 \
+  --workers 4 --decode-images 5
+run pipeline-test-w1 90 python3 bench/pipeline.py --model test --device cuda --images 4096 \
+  --batch-size 256 --decode-images 5
+run pipeline-test-w4 90 python3 bench/pipeline.py --model test --device cuda --images 8192 \
+  --batch-size 256 --workers 4 --decode-images 5
+run scoring 45 python3 bench/scoring.py
+tail -n 3 "$OUT"/*.err

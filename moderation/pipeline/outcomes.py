@@ -97,12 +97,11 @@ class Outcomes:
                 for job, verdict, digest in decided
             ]
         )
-        won = self.store.finish_many(
-            [
-                JobResult.ended(job, verdict=verdict, content_sha256=digest)
-                for job, verdict, digest in decided
-            ]
-        )
+        results = [
+            JobResult.ended(job, verdict=verdict, content_sha256=digest)
+            for job, verdict, digest in decided
+        ]
+        won = self.store.finish_many(results)
         m = metrics()
         now = datetime.now(UTC)
         for (job, verdict, _), ended in zip(decided, won, strict=True):
@@ -114,7 +113,14 @@ class Outcomes:
                     verdict.decision.value,
                 ).inc()
                 m.latency.labels("total").observe((now - job.created_at).total_seconds())
-        self.complete_effects_many([job for job, _, _ in decided])
+        self._effects(
+            [
+                (job, result)
+                for (job, _, _), result, ended in zip(decided, results, won, strict=True)
+                if ended
+            ],
+            [job for (job, _, _), ended in zip(decided, won, strict=True) if not ended],
+        )
         return won
 
     def finish_error(self, job: Job, error: JobError, *, content_sha256: str | None = None) -> bool:
@@ -144,18 +150,24 @@ class Outcomes:
                 for job, error, digest in failed
             ]
         )
-        won = self.store.finish_many(
-            [
-                JobResult.ended(job, error=error, content_sha256=digest)
-                for job, error, digest in failed
-            ]
-        )
+        results = [
+            JobResult.ended(job, error=error, content_sha256=digest)
+            for job, error, digest in failed
+        ]
+        won = self.store.finish_many(results)
         m = metrics()
         for (_, error, _), ended in zip(failed, won, strict=True):
             if ended:
                 m.jobs.labels("dead_letter" if error.code == "poison_message" else "error").inc()
                 m.errors.labels(error.code).inc()
-        self.complete_effects_many([job for job, _, _ in failed])
+        self._effects(
+            [
+                (job, result)
+                for (job, _, _), result, ended in zip(failed, results, won, strict=True)
+                if ended
+            ],
+            [job for (job, _, _), ended in zip(failed, won, strict=True) if not ended],
+        )
         return won
 
     def complete_effects(self, job: Job) -> None:
@@ -165,12 +177,20 @@ class Outcomes:
     def complete_effects_many(self, jobs: Sequence[Job]) -> None:
         """Run the side effects of ended jobs whose effects have not run yet (idempotent): a
         REVIEW verdict's review item, the ``job.finished`` callback; then mark them done."""
+        self._effects([], jobs)
+
+    def _effects(self, ended: Sequence[tuple[Job, JobResult]], others: Sequence[Job]) -> None:
+        """Side effects of ``ended`` (their results just written by this call) and of
+        ``others`` (ended earlier, results read back), unless they already ran."""
+        jobs = [job for job, _ in ended] + list(others)
         done = self.store.effects_done_many([job.id for job in jobs])
+        known = {job.id: result for job, result in ended}
         todo = [job for job, ran in zip(jobs, done, strict=True) if not ran]
-        if not todo:
-            return
+        unknown = [job.id for job in todo if job.id not in known]
+        known.update(zip(unknown, self.store.get_results(unknown), strict=True))  # type: ignore[arg-type]
         finished = []
-        for job, result in zip(todo, self.store.get_results([j.id for j in todo]), strict=True):
+        for job in todo:
+            result = known.get(job.id)
             if result is None or not result.status.final:
                 continue
             if (
