@@ -13,6 +13,12 @@ Keys (``P`` = ``settings.queue.key_prefix``)::
     P worker:<name>     heartbeat of a live worker (JSON, short TTL): model, policies, notes
     P pending           sorted set job id -> time it was (re)published; removed when it ends
     P lock:<name>       short-lived named locks (one worker at a time runs the lost-message sweep)
+    P queued            hash job id -> bytes it holds (inline image + record) until it ends
+    P queued_bytes      the sum of ``queued``: compared with ``queue.max_queued_bytes`` on create
+
+Job ids here are scoped ids (``<tenant>/<id>``, :mod:`moderation.core.jobs`). Inline bytes are
+dropped when a job ends, except for a REVIEW verdict (the reviewer needs them) and a dead letter
+(``dlq requeue`` runs it again).
 
 Why ``pending``: kombu's Redis transport pops a message (BRPOP) *before* it records it as
 unacked, so a worker killed in that window loses the message for good (celery/celery#4354,
@@ -28,16 +34,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
 
 from moderation.adapters.support.redis import connect, redis_errors
-from moderation.core.jobs import Job, JobResult, JobStatus
+from moderation.core.jobs import Job, JobResult, keeps_inline
 from moderation.core.review import HumanDecision
-from moderation.exceptions import QueueUnavailable
+from moderation.exceptions import QueueFull, QueueUnavailable
 from moderation.ports import DeadLetter
 from moderation.settings import QueueSettings
 
@@ -45,17 +51,23 @@ __all__ = ["RedisJobStore"]
 
 T = TypeVar("T")
 
+# 1: created; 0: the id exists; -1: over the cap on queued bytes (nothing written).
 _CREATE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-  if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
-  return 1
-end
-return 0
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local size = tonumber(ARGV[9])
+local total = tonumber(redis.call('GET', KEYS[6]) or '0')
+if total + size > tonumber(ARGV[10]) then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
+redis.call('HSET', KEYS[5], ARGV[8], size)
+redis.call('INCRBY', KEYS[6], size)
+return 1
 """
 
-# Write a final result unless one is already there; log the outcome once.
+# Write a final result unless one is already there; log the outcome once; the job's bytes no
+# longer count as queued.
 _FINISH = """
 local old = redis.call('GET', KEYS[1])
 if old then
@@ -65,6 +77,21 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'job_id', ARGV[3], 'status', ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[3])
+local size = redis.call('HGET', KEYS[4], ARGV[3])
+if size then
+  redis.call('HDEL', KEYS[4], ARGV[3])
+  redis.call('DECRBY', KEYS[5], size)
+end
+return 1
+"""
+
+# Forget a job's queued bytes (rollback of a create).
+_UNQUEUE = """
+local size = redis.call('HGET', KEYS[1], ARGV[1])
+if size then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('DECRBY', KEYS[2], size)
+end
 return 1
 """
 
@@ -79,6 +106,7 @@ class RedisJobStore:
         self.prefix = settings.key_prefix
         self._create = client.register_script(_CREATE)
         self._finish = client.register_script(_FINISH)
+        self._unqueue = client.register_script(_UNQUEUE)
 
     @classmethod
     def from_url(cls, url: str, settings: QueueSettings) -> RedisJobStore:
@@ -101,8 +129,12 @@ class RedisJobStore:
             The stored job (the existing one for a duplicate id) and whether it was created.
 
         Raises:
+            QueueFull: the job's bytes would take the queued bytes over
+                ``queue.max_queued_bytes`` (nothing was stored).
             QueueUnavailable: Redis is down.
         """
+        record = job.model_dump_json()
+        size = len(record) + (len(inline) if inline is not None else 0)
         created = self._call(
             lambda: self._create(
                 keys=[
@@ -110,9 +142,11 @@ class RedisJobStore:
                     self.key("result", job.id),
                     self.key("inline", job.image.inline_key if job.image.inline else job.id),
                     self.key("pending"),
+                    self.key("queued"),
+                    self.key("queued_bytes"),
                 ],
                 args=[
-                    job.model_dump_json(),
+                    record,
                     JobResult.queued(job).model_dump_json(),
                     self.settings.result_ttl_s,
                     "1" if inline is not None else "0",
@@ -120,9 +154,17 @@ class RedisJobStore:
                     self.settings.inline_ttl_s,
                     time.time(),
                     job.id,
+                    size,
+                    self.settings.max_queued_bytes,
                 ],
             )
         )
+        if created == -1:
+            raise QueueFull(
+                "too many bytes are waiting for the workers "
+                f"(cap {self.settings.max_queued_bytes}); retry later",
+                retry_after_s=self.settings.queue_full_retry_s,
+            )
         if created:
             return job, True
         existing = self.get_job(job.id)
@@ -135,12 +177,23 @@ class RedisJobStore:
         def run() -> None:
             self.redis.delete(*(self.key(k, job_id) for k in kinds))
             self.redis.zrem(self.key("pending"), job_id)
+            self._unqueue(keys=[self.key("queued"), self.key("queued_bytes")], args=[job_id])
 
         self._call(run)
 
     def get_job(self, job_id: str) -> Job | None:
         raw = self._call(lambda: self.redis.get(self.key("job", job_id)))
         return Job.model_validate_json(raw) if raw else None
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
+        if not job_ids:
+            return []
+        raw = self._call(lambda: self.redis.mget([self.key("job", j) for j in job_ids]))
+        return [Job.model_validate_json(r) if r else None for r in raw]
+
+    def queued_bytes(self) -> int:
+        raw = self._call(lambda: self.redis.get(self.key("queued_bytes")))
+        return int(raw or 0)
 
     def keep_inline(self, key: str, ttl_s: int) -> None:
         """Keep inline bytes for ``ttl_s`` more seconds (e.g. while their job awaits review)."""
@@ -167,7 +220,13 @@ class RedisJobStore:
         """
         won = self._call(
             lambda: self._finish(
-                keys=[self.key("result", result.job_id), self.key("outcomes"), self.key("pending")],
+                keys=[
+                    self.key("result", result.job_id),
+                    self.key("outcomes"),
+                    self.key("pending"),
+                    self.key("queued"),
+                    self.key("queued_bytes"),
+                ],
                 args=[
                     result.model_dump_json(),
                     self.settings.result_ttl_s,
@@ -177,9 +236,7 @@ class RedisJobStore:
                 ],
             )
         )
-        awaiting_review = result.verdict is not None and result.verdict.decision.value == "review"
-        if won and result.status is JobStatus.DONE and not awaiting_review:
-            # Error results keep inline bytes for a requeue; REVIEW verdicts for the reviewer.
+        if won and not keeps_inline(result):
             self._call(lambda: self.redis.delete(self.key("inline", result.job_id)))
         return bool(won)
 

@@ -84,6 +84,7 @@ class Outcomes:
                 content_ref=job.image.uri,
                 weights_sha256=self.weights_sha256,
                 dsa_category=self._dsa_category(verdict),
+                tenant=job.tenant,
             )
         )
         result = JobResult.ended(job, verdict=verdict, content_sha256=content_sha256)
@@ -91,6 +92,7 @@ class Outcomes:
         if won:
             m = metrics()
             m.jobs.labels("verdict").inc()
+            m.tenant_jobs.labels(job.tenant, "verdict").inc()
             m.decisions.labels(
                 verdict.policy_id or "none", verdict.category_id or "none", verdict.decision.value
             ).inc()
@@ -114,13 +116,16 @@ class Outcomes:
                 transient=error.transient,
                 content_sha256=content_sha256,
                 content_ref=job.image.uri,
+                tenant=job.tenant,
             )
         )
         result = JobResult.ended(job, error=error, content_sha256=content_sha256)
         won = self.store.finish(result)
         if won:
             m = metrics()
-            m.jobs.labels("dead_letter" if error.code == "poison_message" else "error").inc()
+            outcome = "dead_letter" if error.code == "poison_message" else "error"
+            m.jobs.labels(outcome).inc()
+            m.tenant_jobs.labels(job.tenant, outcome).inc()
             m.errors.labels(error.code).inc()
         self.complete_effects(job)
         return won
@@ -139,7 +144,9 @@ class Outcomes:
         ):
             self._send_to_review(job, result.verdict, result.content_sha256)
         if job.callback_url:
-            self.callbacks.send(job.id, job.callback_url, callback_body("job.finished", result))
+            self.callbacks.send(
+                job.public_id, job.callback_url, callback_body("job.finished", result)
+            )
         self.store.mark_effects_done(job.id)
 
     def _send_to_review(self, job: Job, verdict: Verdict, content_sha256: str | None) -> None:
@@ -197,6 +204,7 @@ class Outcomes:
                     content_ref=job.image.uri,
                     verdict=result.verdict,
                     dsa_category=self._dsa_category(result.verdict) if result.verdict else None,
+                    tenant=job.tenant,
                 )
             )
         updated = self.store.set_human(decision.job_id, decision)
@@ -204,6 +212,6 @@ class Outcomes:
             raise JobNotFoundError(f"no job {decision.job_id!r} (unknown or expired)")
         if job.callback_url:
             self.callbacks.send(
-                job.id, job.callback_url, callback_body("job.human_decision", updated)
+                job.public_id, job.callback_url, callback_body("job.human_decision", updated)
             )
         return updated
