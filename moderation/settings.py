@@ -202,8 +202,8 @@ class RateLimits(BaseModel):
     bucket of ``burst`` jobs refilled at ``rate_per_s``, and an optional quota of jobs per UTC
     day. Over either: 429 with ``Retry-After``."""
 
-    rate_per_s: float = Field(default=100.0, gt=0)
-    burst: int = Field(default=2000, ge=1)
+    rate_per_s: float = Field(default=1000.0, gt=0)
+    burst: int = Field(default=5000, ge=1)
     daily_jobs: int | None = Field(default=None, ge=1)
 
 

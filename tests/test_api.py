@@ -5,6 +5,7 @@ accepted job stays queued in the broker where the test can count it."""
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -302,3 +303,63 @@ def test_api_keys_guard_the_job_api_when_configured(settings: Settings, redis_ur
             assert api.get("keyed-1").status.value == "queued"
     finally:
         stop_api(server)
+
+
+def test_tenant_rate_limits_and_the_queued_bytes_cap_over_http(
+    settings: Settings, redis_url: str
+) -> None:
+    import os
+
+    from pydantic import SecretStr
+
+    from moderation.settings import ApiKey, TenantSettings
+
+    acme, globex = "a" * 40, "g" * 40
+    s = pipeline_settings(settings, redis_url, max_queued_bytes=400_000).model_copy(
+        update={
+            "api_keys": [
+                ApiKey(tenant="acme", key=SecretStr(acme)),
+                ApiKey(tenant="globex", key=SecretStr(globex)),
+            ],
+            "tenants": {"acme": TenantSettings(rate_per_s=0.5, burst=3)},
+        }
+    )
+    server, base = start_api(s)
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            as_acme = {"Authorization": f"Bearer {acme}"}
+            as_globex = {"Authorization": f"Bearer {globex}"}
+            job = {"image_url": "s3://bucket/a.jpg"}
+            limited_before = _counter(client, "rate_limited", "acme")
+            full_before = _counter(client, "queue_full", "globex")
+            for _ in range(3):
+                assert client.post("/v1/jobs", json=job, headers=as_acme).status_code == 202
+            limited = client.post("/v1/jobs", json=job, headers=as_acme)
+            assert limited.status_code == 429, limited.text
+            assert limited.headers["retry-after"] == "2"
+            assert limited.headers["content-type"] == "application/problem+json"
+            assert limited.json()["code"] == "rate_limited" and limited.json()["retry_after_s"] > 1
+            assert client.post("/v1/jobs", json=job, headers=as_globex).status_code == 202
+            # The global cap on bytes waiting for workers (no worker runs here).
+            blob = base64.b64encode(os.urandom(100_000)).decode()
+            answers = [
+                client.post("/v1/jobs", json={"image_base64": blob}, headers=as_globex)
+                for _ in range(5)
+            ]
+            assert [a.status_code for a in answers] == [202, 202, 202, 503, 503]
+            full = answers[-1]
+            assert full.json()["code"] == "queue_full" and full.headers["retry-after"] == "30"
+            metrics = client.get("/metrics").text
+            assert _counter(client, "rate_limited", "acme") - limited_before == 1
+            assert _counter(client, "queue_full", "globex") - full_before == 2
+            assert re.search(r"^moderation_queued_bytes 3\d{5}\.0$", metrics, re.M), metrics
+    finally:
+        stop_api(server)
+
+
+def _counter(client: httpx.Client, code: str, tenant: str) -> float:
+    text = client.get("/metrics").text
+    found = re.search(
+        rf'^moderation_jobs_rejected_total{{code="{code}",tenant="{tenant}"}} (\S+)$', text, re.M
+    )
+    return float(found.group(1)) if found else 0.0

@@ -10,7 +10,13 @@ import pytest
 
 from moderation.client import AsyncModerationClient, ModerationClient
 from moderation.core.jobs import JobStatus
-from moderation.exceptions import ApiUnavailable, JobNotFoundError, JobRejected, JobWaitTimeout
+from moderation.exceptions import (
+    ApiUnavailable,
+    JobConflict,
+    JobNotFoundError,
+    JobRejected,
+    JobWaitTimeout,
+)
 from moderation.settings import Settings
 from tests.pipeline_support import pipeline_settings, start_api, stop_api
 from tests.servers import free_port
@@ -31,7 +37,10 @@ def test_submit_get_wait_and_errors(base_url: str, tmp_path: Path) -> None:
     with ModerationClient(base_url) as client:
         job_id = client.submit(image, id="c-1", metadata={"k": "v"})
         assert job_id == "c-1"
-        assert client.submit(b"other bytes", id="c-1") == "c-1"  # idempotent
+        assert client.submit(image, id="c-1", metadata={"k": "v"}) == "c-1"  # idempotent
+        with pytest.raises(JobConflict) as conflict:  # the same id for another request
+            client.submit(b"other bytes", id="c-1")
+        assert conflict.value.status == 409 and conflict.value.existing_id == "c-1"
         result = client.get(job_id)
         assert result.status is JobStatus.QUEUED and result.metadata == {"k": "v"}
         with pytest.raises(JobWaitTimeout):

@@ -375,6 +375,23 @@ def test_inline_bytes_are_just_another_source(world: World) -> None:
     assert job_id not in world.store.inline  # decided (not REVIEW): the bytes are dropped
 
 
+def test_heic_and_avif_uploads_get_real_verdicts(world: World) -> None:
+    """What phones upload today is decoded (pillow-heif, Pillow's AVIF) and scored like a PNG."""
+    import io
+
+    import pillow_heif
+
+    image = testmodel.sample_images("block", 1, 9)[0][0].convert("RGB")
+    heic = io.BytesIO()
+    pillow_heif.from_pillow(image).save(heic, quality=90)
+    avif = io.BytesIO()
+    image.save(avif, "AVIF", quality=90, speed=10)
+    for data in (heic.getvalue(), avif.getvalue()):
+        job_id = world.submit(image_bytes=data)
+        assert world.run(job_id) == "verdict", world.result(job_id).error
+        assert world.result(job_id).verdict.decision is Decision.BLOCK  # type: ignore[union-attr]
+
+
 # --- process -----------------------------------------------------------------------------------
 
 

@@ -32,8 +32,8 @@ class Tenant:
     name: str
     #: Policy ids it may name, applied when a request names none (None: every active policy).
     policies: tuple[str, ...] | None = None
-    rate_per_s: float = 100.0
-    burst: int = 2000
+    rate_per_s: float = 1000.0
+    burst: int = 5000
     daily_jobs: int | None = None
 
 

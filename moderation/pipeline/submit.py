@@ -382,9 +382,10 @@ class Submitter:
         job = valid.job
         stored, created = self.store.create(job, valid.inline)
         if not created:
-            if _differs(stored, job):  # raced with a different request for the same id
+            if _differs(stored, job):
                 raise JobConflict(
-                    f"id {job.public_id!r} was taken meanwhile by a different request",
+                    f"id {job.public_id!r} is taken by a job submitted with a different "
+                    "request; resubmit the same request, or use a new id",
                     existing_id=stored.public_id,
                 )
             existing = self.store.get_result(stored.id)
