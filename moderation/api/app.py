@@ -233,9 +233,7 @@ def create_app(api: ApiProcess) -> FastAPI:
         },
         tags=["jobs"],
     )
-    def submit_job(
-        req: JobRequest, response: Response, caller: Caller
-    ) -> JobAccepted:
+    def submit_job(req: JobRequest, response: Response, caller: Caller) -> JobAccepted:
         """Enqueue one image. 202 with the job id; 200 when the same request with this id
         exists; 409 when the id is taken by a different request."""
         accepted = submitter.submit([_request(req, max_inline)], tenant=caller)[0]
