@@ -236,3 +236,41 @@ def test_api_port_zero_binds_a_free_port_and_says_which(tmp_path: Path, redis_ur
         proc.terminate()
         proc.wait(20)
     assert b"DEVELOPMENT MODE" in (proc.stderr.read() if proc.stderr else b"")
+
+
+def test_review_user_logout_and_disable_end_every_session(tmp_path: Path, redis_url: str) -> None:
+    import time
+
+    from moderation.adapters.redis_reviewers import RedisReviewerStore
+    from moderation.adapters.redis_sessions import RedisReviewerSessions
+    from moderation.adapters.support.redis import connect
+    from moderation.core.reviewers import ReviewerAccount, ReviewerSession, Role
+
+    client = connect(redis_url, decode=True)
+    users = RedisReviewerStore(client)
+    sessions = RedisReviewerSessions(client, idle_s=600, max_s=3600)
+    users.create(
+        ReviewerAccount(
+            username="alice", role=Role.REVIEWER, password_hash="x", disabled=False, created_at=0
+        )
+    )
+    now = time.time()
+    for key in ("k1", "k2"):
+        sessions.create(key, ReviewerSession("alice", now, now, "n"))
+    env = {
+        "MODERATION_REDIS_URL": redis_url,
+        "MODERATION_AUDIT__LOCAL_DIR": str(tmp_path / "audit"),
+        "MODERATION_AUDIT__SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    runner = CliRunner()
+    ended = runner.invoke(app, ["review", "user", "logout", "alice"], env=env)
+    assert ended.exit_code == 0, ended.output
+    assert "ended 2 session(s) of alice" in ended.stdout
+    assert sessions.count("alice") == 0
+    unknown = runner.invoke(app, ["review", "user", "logout", "nobody"], env=env)
+    assert unknown.exit_code == 1 and "no reviewer" in unknown.stderr
+    sessions.create("k3", ReviewerSession("alice", now, now, "n"))
+    disabled = runner.invoke(app, ["review", "user", "disable", "alice"], env=env)
+    assert disabled.exit_code == 0 and "ended 1 session(s)" in disabled.stdout
+    assert sessions.touch("k3", now + 1) is None
+    client.close()
