@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from moderation.core.jobs import DEFAULT_TENANT, TENANT_PATTERN
@@ -210,7 +211,7 @@ class RateLimits(BaseModel):
 class TenantSettings(BaseModel):
     """What one tenant may do; unset fields fall back to ``Settings.rate_limits``."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     #: Policy ids this tenant may name, and those applied when a request names none
     #: (None: every active policy).
@@ -273,8 +274,6 @@ class Settings(BaseSettings):
     @field_validator("tenants")
     @classmethod
     def _tenant_names(cls, tenants: dict[str, TenantSettings]) -> dict[str, TenantSettings]:
-        import re
-
         for name in tenants:
             if not re.match(TENANT_PATTERN, name):
                 raise ValueError(f"tenant name {name!r} must match {TENANT_PATTERN}")
