@@ -274,7 +274,13 @@ def main() -> None:
     if args.model == "test":
         model = testmodel.model_settings(model)
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    settings = Settings(model=model, policy_paths=[testmodel.POLICY_PATH], cache_dir=tmp / "cache")
+    settings = Settings(
+        environment="development",  # embedded, open API
+        model=model,
+        policy_paths=[testmodel.POLICY_PATH],
+        cache_dir=tmp / "cache",
+        rate_limits={"rate_per_s": 1e9, "burst": 10**9},  # measure the pipeline, not a quota
+    )
     settings = settings.model_copy(
         update={
             "queue": settings.queue.model_copy(

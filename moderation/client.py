@@ -12,7 +12,9 @@
 ``submit`` takes a reference string (``s3://``, ``http(s)://``), raw ``bytes`` or a local
 ``Path`` (sent inline). The same ``id`` submitted twice is processed once.
 
-Errors: :class:`~moderation.exceptions.JobRejected` (4xx, with the server's code and message),
+Errors: :class:`~moderation.exceptions.JobRejected` (4xx, with the server's code and message;
+:class:`~moderation.exceptions.JobConflict` for a 409 id conflict, with ``existing_id``;
+:class:`~moderation.exceptions.RateLimited` for a 429, with ``retry_after_s``),
 :class:`~moderation.exceptions.JobNotFoundError` (404), :class:`~moderation.exceptions.
 ApiUnavailable` (connection error or 5xx), :class:`~moderation.exceptions.JobWaitTimeout`.
 """
@@ -31,7 +33,14 @@ from typing import Any
 import httpx
 
 from moderation.core.jobs import JobResult
-from moderation.exceptions import ApiUnavailable, JobNotFoundError, JobRejected, JobWaitTimeout
+from moderation.exceptions import (
+    ApiUnavailable,
+    JobConflict,
+    JobNotFoundError,
+    JobRejected,
+    JobWaitTimeout,
+    RateLimited,
+)
 
 __all__ = ["AsyncModerationClient", "ImageInput", "ModerationClient"]
 
@@ -77,15 +86,24 @@ def _check(response: httpx.Response) -> Any:
         payload = {}
     code = str(payload.get("code") or "http_error")
     message = str(payload.get("detail") or response.text or response.reason_phrase)
+    index = payload.get("index") if isinstance(payload.get("index"), int) else None
     if response.status_code == 404:
         raise JobNotFoundError(message)
     if response.status_code >= 500:
         raise ApiUnavailable(f"HTTP {response.status_code}: {message}")
+    if response.status_code == 409 and code == "id_conflict":
+        raise JobConflict(message, existing_id=str(payload.get("job_id") or ""), index=index)
+    if response.status_code == 429:
+        try:
+            wait = float(response.headers.get("retry-after", "1"))
+        except ValueError:
+            wait = 1.0
+        raise RateLimited(message, code=code, retry_after_s=wait)
     raise JobRejected(
         message,
         status=response.status_code,
         code=code,
-        index=payload.get("index") if isinstance(payload.get("index"), int) else None,
+        index=index,
     )
 
 

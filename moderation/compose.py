@@ -10,7 +10,9 @@
 
 This is the only module that knows which adapter implements which port. Every process that
 decides anything, or records a human decision, has an audit log; one that cannot open its audit
-log refuses to start (:class:`~moderation.exceptions.AuditError`).
+log refuses to start (:class:`~moderation.exceptions.AuditError`). Outside development mode, the
+API and the workers refuse to start with empty, short or development-default secrets or API keys
+(:class:`~moderation.exceptions.InsecureSettingsError`, :meth:`Settings.enforce_security`).
 
 To add an image source: write ``adapters/<name>_source.py`` and register it in
 :func:`build_sources`. To add a signal: write ``signals/<name>.py`` and register it in
@@ -39,16 +41,22 @@ from moderation.adapters.http_callbacks import CallbackDelivery
 from moderation.adapters.http_source import HttpSource
 from moderation.adapters.images import SafeDecoder
 from moderation.adapters.local_audit import LocalSegmentStore
+from moderation.adapters.passwords import verify_password
 from moderation.adapters.policy_files import load_policies, policy_files_hash
 from moderation.adapters.redis_jobs import RedisJobStore
+from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
+from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
 from moderation.adapters.s3_audit import S3SegmentStore
 from moderation.adapters.s3_source import S3Source
 from moderation.adapters.support.slots import claim_slot
 from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
+from moderation.core.admission import Tenant
 from moderation.core.compiled import CompiledPolicy
 from moderation.core.policy import PolicySet
+from moderation.core.review import pseudonym
+from moderation.core.reviewers import LoginPolicy
 from moderation.exceptions import ModelUnavailableError, QueueUnavailable
 from moderation.metrics import metrics
 from moderation.pipeline.batching import BatchStats, MicroBatcher
@@ -58,18 +66,22 @@ from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.policies import ActivePolicies
 from moderation.pipeline.process import Processor
 from moderation.pipeline.publishing import CoalescingPublisher
+from moderation.pipeline.signin import ReviewerAuth
 from moderation.pipeline.sources import ImageSources, InlineSource
 from moderation.pipeline.submit import PolicyCatalog, Submitter
 from moderation.ports import (
     AuditSink,
     CallbackSender,
     JobStore,
+    LoginThrottle,
+    RateLimiter,
+    ReviewerSessions,
     ReviewerStore,
     ReviewQueue,
     SegmentStore,
     TaskPublisher,
 )
-from moderation.settings import ImageLimits, ModelSettings, Settings
+from moderation.settings import ImageLimits, ModelSettings, ReviewSettings, Settings
 from moderation.signals import Signals, builtin_signals
 
 __all__ = [
@@ -79,9 +91,11 @@ __all__ = [
     "WorkerProcess",
     "build_api",
     "build_policies",
+    "build_reviewer_auth",
     "build_scoring",
     "build_signals",
     "build_sources",
+    "build_tenants",
     "build_worker",
     "compile_policies",
     "load_model",
@@ -89,6 +103,7 @@ __all__ = [
     "open_job_store",
     "open_queue",
     "open_review_queue",
+    "open_reviewer_sessions",
     "open_reviewers",
     "open_segment_store",
 ]
@@ -273,6 +288,87 @@ def open_reviewers(settings: Settings) -> RedisReviewerStore:
     return RedisReviewerStore.from_url(_redis_url(settings), prefix=settings.review.key_prefix)
 
 
+def open_reviewer_sessions(settings: Settings) -> RedisReviewerSessions:
+    """Raises:
+    QueueUnavailable: no Redis URL configured.
+    """
+    r = settings.review
+    return RedisReviewerSessions.from_url(
+        _redis_url(settings), idle_s=r.session_idle_s, max_s=r.session_ttl_s, prefix=r.key_prefix
+    )
+
+
+def build_tenants(settings: Settings) -> dict[str, Tenant]:
+    """Every configured tenant, with its policy set and limits (``default`` as well when no API
+    keys are configured: the open API of development mode)."""
+    base = settings.rate_limits
+    out: dict[str, Tenant] = {}
+    for name in settings.tenant_names():
+        own = settings.tenants.get(name)
+        out[name] = Tenant(
+            name=name,
+            policies=tuple(own.policies) if own and own.policies is not None else None,
+            rate_per_s=own.rate_per_s if own and own.rate_per_s is not None else base.rate_per_s,
+            burst=own.burst if own and own.burst is not None else base.burst,
+            daily_jobs=own.daily_jobs if own and own.daily_jobs is not None else base.daily_jobs,
+        )
+    return out
+
+
+def login_policies(review: ReviewSettings) -> tuple[LoginPolicy, LoginPolicy]:
+    """Sign-in throttling per account and per client address."""
+
+    def policy(lockout_after: int) -> LoginPolicy:
+        return LoginPolicy(
+            free_failures=review.login_free_failures,
+            delay_s=review.login_delay_s,
+            max_delay_s=review.login_max_delay_s,
+            lockout_after=lockout_after,
+            lockout_s=float(review.login_lockout_s),
+            window_s=float(review.login_window_s),
+        )
+
+    return policy(review.login_lockout_after), policy(review.login_lockout_after_address)
+
+
+def build_reviewer_auth(
+    settings: Settings,
+    users: ReviewerStore,
+    *,
+    sessions: ReviewerSessions | None = None,
+    throttle: LoginThrottle | None = None,
+    audit: AuditSink | None = None,
+) -> ReviewerAuth:
+    """Reviewer sign-in, sessions and throttling (Redis unless given).
+
+    Raises:
+        QueueUnavailable: no Redis URL configured (and no sessions or throttle given).
+    """
+    r = settings.review
+    secret = r.pseudonym_secret.get_secret_value()
+    account, address = login_policies(r)
+    return ReviewerAuth(
+        users=users,
+        sessions=sessions or open_reviewer_sessions(settings),
+        throttle=throttle or RedisLoginThrottle.from_url(_redis_url(settings), prefix=r.key_prefix),
+        check_password=verify_password,
+        pseudonym=lambda username: pseudonym(secret, username),
+        account_policy=account,
+        address_policy=address,
+        audit=audit,
+    )
+
+
+def enforce_security(settings: Settings) -> None:
+    """Refuse an unsafe production configuration; warn loudly in development mode.
+
+    Raises:
+        InsecureSettingsError: production with weak secrets or keys.
+    """
+    for problem in settings.enforce_security():
+        log.warning("DEVELOPMENT MODE: %s (refused in production)", problem)
+
+
 # --- processes ---------------------------------------------------------------------------------
 
 
@@ -356,6 +452,8 @@ class ApiProcess:
     audit: AuditSink
     review_queue: ReviewQueue
     reviewers: ReviewerStore
+    reviewer_auth: ReviewerAuth
+    tenants: dict[str, Tenant]
 
     def close(self) -> None:
         close = getattr(self.publisher, "close", None)
@@ -373,13 +471,16 @@ def build_api(
     audit: AuditSink | None = None,
     review_queue: ReviewQueue | None = None,
     reviewers: ReviewerStore | None = None,
+    limiter: RateLimiter | None = None,
 ) -> ApiProcess:
     """The API process. Each collaborator can be replaced (tests pass in-memory twins).
 
     Raises:
+        InsecureSettingsError: production with weak secrets or keys.
         QueueUnavailable: no Redis URL configured (and no store given).
         AuditError: the audit log cannot be opened.
     """
+    enforce_security(settings)
     queue = open_queue(settings) if publisher is None or callbacks is None else None
     store = store or open_job_store(settings)
     q = settings.queue
@@ -403,11 +504,14 @@ def build_api(
         catalog=PolicyCatalog(store, policy_ids),
         settings=settings.queue,
         check_callback_url=check_callback_url,
+        limiter=limiter
+        or RedisRateLimiter.from_url(_redis_url(settings), prefix=settings.queue.key_prefix),
     )
     audit = audit or open_audit(settings)
     outcomes = Outcomes(
         store, audit=audit, callbacks=callbacks, keep_inline_s=settings.queue.result_ttl_s
     )
+    reviewers = reviewers or open_reviewers(settings)
     return ApiProcess(
         settings=settings,
         store=store,
@@ -417,7 +521,9 @@ def build_api(
         outcomes=outcomes,
         audit=audit,
         review_queue=review_queue or open_review_queue(settings),
-        reviewers=reviewers or open_reviewers(settings),
+        reviewers=reviewers,
+        reviewer_auth=build_reviewer_auth(settings, reviewers, audit=audit),
+        tenants=build_tenants(settings),
     )
 
 
@@ -456,10 +562,12 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     """A worker process: model, policies, micro-batcher, processor, maintenance, audit.
 
     Raises:
+        InsecureSettingsError: production with weak secrets or keys.
         QueueUnavailable: no Redis URL configured.
         ModelUnavailableError, PolicyError: the model or the policies cannot be loaded.
         AuditError: the audit log cannot be opened.
     """
+    enforce_security(settings)
     q = settings.queue
     store = open_job_store(settings)
     queue = open_queue(settings)

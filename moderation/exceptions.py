@@ -6,12 +6,17 @@
     ├── TransientError              retry with backoff; the same call may succeed later
     │   ├── ImageFetchTransient     network error, timeout, 5xx, S3 throttling
     │   ├── QueueUnavailable        Redis down
+    │   ├── QueueFull               the global cap on queued bytes is reached (503)
     │   ├── ApiUnavailable          moderation API unreachable / 5xx (client)
     │   ├── JobWaitTimeout          a job did not end in time (client wait)
     │   └── AuditSinkUnavailable    S3 down (records go to the local spool)
     └── PermanentError              retrying cannot help; fail the job at once with this reason
+        ├── ConfigurationError          settings that cannot work
+        │   └── InsecureSettingsError   production start with weak secrets or keys
         ├── JobRequestError             queue pipeline requests
         │   ├── JobRejected             the API refused a job (4xx)
+        │   │   ├── JobConflict         the id exists with a different request (409)
+        │   │   └── RateLimited         the tenant's rate or quota is used up (429)
         │   └── JobNotFoundError        unknown or expired job id
         ├── PolicyError
         │   ├── PolicyValidationError   file:line: field: message (one or many)
@@ -30,6 +35,7 @@
         │   ├── ReviewNotFound / ReviewLeaseExpired / ReviewNotLeaseHolder
         │   ├── ReviewAlreadyDecided / ReviewInvalidDecision
         │   └── ReviewAuthError          not signed in, bad credentials, CSRF, wrong role
+        │       └── LoginThrottled       too many failed sign-ins: wait (429)
         └── AuditError                  chain broken, bad segment
             └── AuditSegmentCorrupt     gzip / JSON / header of a segment unreadable
 
@@ -180,6 +186,17 @@ class QueueUnavailable(TransientError):
     code = "queue_unavailable"
 
 
+class QueueFull(TransientError):
+    """The global cap on bytes waiting for workers (``queue.max_queued_bytes``) is reached:
+    new jobs are refused until workers catch up."""
+
+    code = "queue_full"
+
+    def __init__(self, message: str = "", *, retry_after_s: float = 30.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ApiUnavailable(TransientError):
     """The moderation API could not be reached or answered 5xx (client side)."""
 
@@ -217,8 +234,43 @@ class JobRejected(JobRequestError):
         self.index = index
 
 
+class JobConflict(JobRejected):
+    """A job with this id exists and was submitted with a different request (409). The same
+    request again is an idempotent duplicate, not a conflict."""
+
+    code = "id_conflict"
+
+    def __init__(self, message: str = "", *, existing_id: str, index: int | None = None) -> None:
+        super().__init__(message, status=409, code="id_conflict", index=index)
+        #: The id of the job that holds this id (as the caller sees it).
+        self.existing_id = existing_id
+
+
+class RateLimited(JobRejected):
+    """A tenant's rate limit (``rate_limited``) or daily quota (``quota_exceeded``) is used up
+    (429); ``retry_after_s`` says when a retry can succeed."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str = "", *, code: str, retry_after_s: float) -> None:
+        super().__init__(message, status=429, code=code)
+        self.retry_after_s = retry_after_s
+
+
 class JobNotFoundError(JobRequestError):
     code = "job_not_found"
+
+
+class ConfigurationError(PermanentError):
+    """The settings cannot work (found at start-up)."""
+
+    code = "configuration_error"
+
+
+class InsecureSettingsError(ConfigurationError):
+    """A production start with empty, short or development-default secrets or API keys."""
+
+    code = "insecure_settings"
 
 
 class ReviewError(PermanentError):
@@ -253,6 +305,17 @@ class ReviewAuthError(ReviewError):
     """Sign-in failed, the session is invalid, or the reviewer lacks the role."""
 
     code = "review_auth"
+
+
+class LoginThrottled(ReviewAuthError):
+    """Too many failed sign-ins for this account or client address: the next attempt is
+    refused, without checking the password, for ``retry_after_s`` seconds."""
+
+    code = "review_login_throttled"
+
+    def __init__(self, message: str = "", *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class AuditError(PermanentError):

@@ -1,7 +1,8 @@
 """Prometheus metrics of the pipeline, on an explicit registry, with bounded labels only.
 
-Labels are policy ids, category ids, decisions, outcome kinds, stages and error codes: all come
-from configuration or the exception tree, never from a job, URL or image.
+Labels are policy ids, category ids, decisions, outcome kinds, stages, error codes, tenant names,
+route templates, HTTP methods and status classes: all come from configuration, the route table
+or the exception tree, never from a job, URL, image or client.
 
 Multiprocess mode (API + several worker processes): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
 directory shared by every process *before* the first call to :func:`metrics` in each process; the
@@ -33,6 +34,7 @@ __all__ = [
     "multiprocess_dir",
     "render",
     "render_review_gauges",
+    "status_class",
 ]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -57,7 +59,48 @@ class PipelineMetrics:
         )
         self.submitted = Counter(
             "moderation_jobs_submitted_total",
-            "Jobs accepted by the API (new, not duplicates).",
+            "Jobs accepted by the API (new, not duplicates), per tenant.",
+            ["tenant"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "moderation_jobs_rejected_total",
+            "Submissions refused by the API, per tenant and error code (rate_limited, "
+            "quota_exceeded, queue_full, id_conflict, inline_too_large, ...).",
+            ["tenant", "code"],
+            registry=registry,
+        )
+        self.tenant_jobs = Counter(
+            "moderation_tenant_jobs_total",
+            "Jobs that ended, per tenant and outcome (verdict / error / dead_letter).",
+            ["tenant", "outcome"],
+            registry=registry,
+        )
+        # --- the HTTP edge --------------------------------------------------------------------
+        self.http_requests = Counter(
+            "moderation_http_requests_total",
+            "HTTP requests per route template, method and status class (2xx, 4xx, 5xx).",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.http_seconds = Histogram(
+            "moderation_http_request_seconds",
+            "HTTP request duration per route template and method.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.login_failures = Counter(
+            "moderation_login_failures_total",
+            "Failed reviewer sign-ins by reason (bad_credentials; throttled: refused without "
+            "checking the password during a delay or lockout).",
+            ["reason"],
+            registry=registry,
+        )
+        self.login_lockouts = Counter(
+            "moderation_login_lockouts_total",
+            "Sign-in lockouts started, by scope (account / address).",
+            ["scope"],
             registry=registry,
         )
         self.decisions = Counter(
@@ -132,17 +175,23 @@ def metrics() -> PipelineMetrics:
         return _instance
 
 
-class _QueueDepth(Collector):
-    def __init__(self, depth: int | None) -> None:
-        self.depth = depth
+def status_class(status: int) -> str:
+    """``2xx``, ``4xx``, ... (a bounded label)."""
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+class _ScrapeGauges(Collector):
+    """Gauges read at scrape time from Redis (None: unknown, not exported)."""
+
+    def __init__(self, values: dict[str, tuple[str, float | None]]) -> None:
+        self.values = values
 
     def collect(self) -> Iterator[Metric]:
-        if self.depth is not None:
-            family = GaugeMetricFamily(
-                "moderation_queue_depth", "Messages waiting in the moderation queue."
-            )
-            family.add_metric([], float(self.depth))
-            yield family
+        for name, (doc, value) in self.values.items():
+            if value is not None:
+                family = GaugeMetricFamily(name, doc)
+                family.add_metric([], float(value))
+                yield family
 
 
 def _host_registry(path: str | None) -> CollectorRegistry:
@@ -164,15 +213,38 @@ def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped fro
     start_http_server(port, addr=addr, registry=_host_registry(None))
 
 
-def render(*, queue_depth: int | None = None, path: str | None = None) -> tuple[bytes, str]:
-    """The exposition text (aggregated over processes in multiprocess mode) and content type.
+def render(
+    *,
+    queue_depth: int | None = None,
+    workers_alive: int | None = None,
+    queued_bytes: int | None = None,
+    path: str | None = None,
+) -> tuple[bytes, str]:
+    """The exposition text (aggregated over processes in multiprocess mode) and content type,
+    plus the gauges read from Redis at scrape time: ``moderation_queue_depth``,
+    ``moderation_workers_alive`` (workers with a live heartbeat: alert when it is 0) and
+    ``moderation_queued_bytes``.
 
     ``path``: a multiprocess directory to aggregate (default: ``PROMETHEUS_MULTIPROC_DIR``).
     """
     body = generate_latest(_host_registry(path))
-    if queue_depth is not None:
+    gauges = {
+        "moderation_queue_depth": ("Messages waiting in the moderation queue.", queue_depth),
+        "moderation_workers_alive": (
+            "Workers with a live heartbeat (seen by Redis within its TTL). Alert when 0.",
+            workers_alive,
+        ),
+        "moderation_queued_bytes": (
+            "Bytes of jobs waiting for a worker (inline images + records); new jobs are "
+            "refused (503 queue_full) at queue.max_queued_bytes.",
+            queued_bytes,
+        ),
+    }
+    if any(v is not None for _, v in gauges.values()):
         extra = CollectorRegistry()
-        extra.register(_QueueDepth(queue_depth))
+        extra.register(
+            _ScrapeGauges({k: (d, None if v is None else float(v)) for k, (d, v) in gauges.items()})
+        )
         body += generate_latest(extra)
     return body, CONTENT_TYPE_LATEST
 

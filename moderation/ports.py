@@ -10,8 +10,11 @@ Each port has a real adapter (:mod:`moderation.adapters`) and a small in-memory 
     Encoder          clip.ClipEncoder                          the bundled test model
     Signal           signals.prompts.PromptSignal, ...         (pure)
     JobStore         redis_jobs.RedisJobStore                  MemoryJobStore
+    RateLimiter      redis_limits.RedisRateLimiter             MemoryRateLimiter
     ReviewQueue      redis_review.RedisReviewQueue             MemoryReviewQueue
-    ReviewerStore    redis_review.RedisReviewerStore           MemoryReviewerStore
+    ReviewerStore    redis_reviewers.RedisReviewerStore        MemoryReviewerStore
+    ReviewerSessions redis_sessions.RedisReviewerSessions      MemoryReviewerSessions
+    LoginThrottle    redis_sessions.RedisLoginThrottle         MemoryLoginThrottle
     AuditSink        audit_log.AuditLog                        MemoryAuditSink
     SegmentStore     s3_audit.S3SegmentStore, local_audit      MemorySegmentStore
     TaskPublisher    celery_queue.CeleryQueue                  MemoryPublisher
@@ -32,6 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
+from moderation.core.admission import Admission, Tenant
 from moderation.core.audit import AuditRecord, Retention
 from moderation.core.compiled import ModelIdentity
 from moderation.core.image_ref import ImageRef
@@ -44,7 +48,7 @@ from moderation.core.review import (
     ReviewItem,
     ReviewOutcome,
 )
-from moderation.core.reviewers import ReviewerAccount
+from moderation.core.reviewers import ReviewerAccount, ReviewerSession
 from moderation.core.scoring import CategorySlot, SignalScorer
 
 __all__ = [
@@ -57,8 +61,11 @@ __all__ = [
     "ImageDecoder",
     "ImageSource",
     "JobStore",
+    "LoginThrottle",
+    "RateLimiter",
     "ReviewQueue",
     "ReviewStats",
+    "ReviewerSessions",
     "ReviewerStore",
     "SegmentStore",
     "Signal",
@@ -166,7 +173,16 @@ class JobStore(Protocol):
     """
 
     def create_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> list[tuple[Job, bool]]:
-        """Store new jobs (and inline bytes) unless their ids exist: (stored job, created)."""
+        """Store new jobs (and inline bytes) unless their ids exist: (stored job, created).
+
+        The bytes of a new job (inline image + record) count towards the queued bytes until it
+        ends; new jobs that would take them over the store's cap raise ``QueueFull`` (and none
+        of them is stored).
+        """
+        ...
+
+    def queued_bytes(self) -> int:
+        """Bytes of jobs that have not ended (inline images + records)."""
         ...
 
     def create(self, job: Job, inline: bytes | None = None) -> tuple[Job, bool]: ...
@@ -252,6 +268,18 @@ class JobStore(Protocol):
         ...
 
     def ping(self) -> bool: ...
+
+
+class RateLimiter(Protocol):
+    """Per-tenant admission of new jobs (:mod:`moderation.core.admission`), shared by every API
+    process.
+
+    Raises: ``QueueUnavailable`` when the store cannot be reached.
+    """
+
+    def admit(self, tenant: Tenant, n: int) -> Admission:
+        """Admit ``n`` new jobs of ``tenant`` (all or none)."""
+        ...
 
 
 class SingleJobOps:
@@ -422,6 +450,57 @@ class ReviewerStore(Protocol):
     def all(self) -> list[ReviewerAccount]: ...
 
     def set_disabled(self, username: str, disabled: bool) -> None: ...
+
+
+class ReviewerSessions(Protocol):
+    """Server-side reviewer sessions, by :func:`~moderation.core.reviewers.session_key`. A
+    session unused for ``idle_s`` or older than ``max_s`` is gone.
+
+    Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
+    """
+
+    def create(self, key: str, session: ReviewerSession) -> None: ...
+
+    def touch(self, key: str, now: float) -> ReviewerSession | None:
+        """The live session under ``key``, its ``last_seen`` moved to ``now``; None when it
+        does not exist, was ended, or timed out (then it is removed)."""
+        ...
+
+    def end(self, key: str) -> bool:
+        """End one session; True when it existed."""
+        ...
+
+    def end_all(self, username: str) -> int:
+        """End every session of ``username``; returns how many there were."""
+        ...
+
+    def count(self, username: str) -> int:
+        """Live sessions of ``username``."""
+        ...
+
+
+class LoginThrottle(Protocol):
+    """Failed sign-ins per key (``account:<name>``, ``address:<ip>``) and the time until which
+    a key may not sign in (:class:`~moderation.core.reviewers.LoginPolicy` decides).
+
+    Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
+    """
+
+    def blocked_for(self, keys: Sequence[str], now: float) -> float:
+        """Seconds until every key may try again (0: now)."""
+        ...
+
+    def fail(self, key: str, now: float, *, window_s: float) -> int:
+        """Count one failure of ``key``; returns the failures within the window."""
+        ...
+
+    def block(self, key: str, until: float) -> None:
+        """Refuse ``key`` until ``until`` (unix time); never shortens an existing block."""
+        ...
+
+    def clear(self, key: str) -> None:
+        """Forget the failures of ``key`` (after a successful sign-in)."""
+        ...
 
 
 # --- audit -------------------------------------------------------------------------------------

@@ -8,23 +8,34 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from moderation.core.jobs import DEFAULT_TENANT, TENANT_PATTERN
+from moderation.exceptions import InsecureSettingsError
+
 __all__ = [
+    "MIN_SECRET_BYTES",
+    "ApiKey",
     "AuditSettings",
     "ImageLimits",
     "ModelSettings",
     "QueueSettings",
+    "RateLimits",
     "ReviewSettings",
     "S3Settings",
     "Settings",
+    "TenantSettings",
 ]
+
+#: Secrets and API keys shorter than this are refused outside development mode.
+MIN_SECRET_BYTES = 32
 
 
 class ModelSettings(BaseModel):
@@ -58,8 +69,20 @@ class ImageLimits(BaseModel):
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     max_side: int = 20_000
+    #: Pillow format names. HEIC/HEIF photos decode through pillow-heif (format ``HEIF``; ``HEIC``
+    #: is accepted as an alias), AVIF through Pillow's own AVIF plugin.
     formats: list[str] = Field(
-        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"]
+        default_factory=lambda: [
+            "JPEG",
+            "PNG",
+            "WEBP",
+            "GIF",
+            "BMP",
+            "TIFF",
+            "MPO",
+            "HEIF",
+            "AVIF",
+        ]
     )
     #: Animated images: how many frames to sample (evenly spaced); the verdict is the most severe.
     max_frames: int = 1
@@ -137,6 +160,17 @@ class QueueSettings(BaseModel):
     callback_queue_name: str = "moderation-callbacks"
     #: Batch endpoint: most jobs in one request.
     max_batch_jobs: int = 1000
+    #: Batch endpoint: most inline image bytes (decoded) in one request, all jobs together.
+    max_batch_bytes: int = 16 * 1024 * 1024
+    #: ``metadata`` of one job: most bytes (compact JSON) and deepest nesting.
+    max_metadata_bytes: int = 16 * 1024
+    max_metadata_depth: int = 8
+    #: Global cap on bytes waiting in Redis for a worker (inline images + job records of jobs
+    #: that have not ended). Over it, new jobs get 503 + Retry-After instead of Redis running
+    #: out of memory while workers are down.
+    max_queued_bytes: int = 1024 * 1024 * 1024
+    #: Retry-After (seconds) sent with a 503 ``queue_full``.
+    queue_full_retry_s: int = 30
 
 
 class ReviewSettings(BaseModel):
@@ -149,8 +183,22 @@ class ReviewSettings(BaseModel):
     key_prefix: str = "mod:review:"
     #: Review priority doubles every this many seconds of waiting (nothing starves).
     age_doubling_s: float = 900.0
-    #: Session cookie lifetime; reviewers sign in again after this.
+    #: Absolute session lifetime: reviewers sign in again after this, however active.
     session_ttl_s: int = 12 * 3600
+    #: A session unused for this long ends (server-side; the cookie alone is worthless).
+    session_idle_s: int = 30 * 60
+    #: Sign-in throttling, per account and per client address: failures within
+    #: ``login_window_s`` are counted; after ``login_free_failures`` each further failure makes
+    #: the next attempt wait ``login_delay_s`` doubling up to ``login_max_delay_s``; at
+    #: ``login_lockout_after`` (per account) / ``login_lockout_after_address`` (per address)
+    #: failures, sign-in is locked for ``login_lockout_s``.
+    login_window_s: int = 15 * 60
+    login_free_failures: int = 3
+    login_delay_s: float = 1.0
+    login_max_delay_s: float = 60.0
+    login_lockout_after: int = 10
+    login_lockout_after_address: int = 50
+    login_lockout_s: int = 15 * 60
     #: Set true behind TLS so the session cookie is only sent over HTTPS.
     cookie_secure: bool = False
 
@@ -170,6 +218,47 @@ class AuditSettings(BaseModel):
     spool_file_max_bytes: int = 64 * 1024 * 1024
     #: Longest wait between upload retries while the store is unreachable (backoff doubles).
     retry_max_s: float = 30.0
+
+
+class RateLimits(BaseModel):
+    """Admission of new jobs per tenant (kept in Redis, shared by every API process): a token
+    bucket of ``burst`` jobs refilled at ``rate_per_s``, and an optional quota of jobs per UTC
+    day. Over either: 429 with ``Retry-After``."""
+
+    rate_per_s: float = Field(default=1000.0, gt=0)
+    burst: int = Field(default=5000, ge=1)
+    daily_jobs: int | None = Field(default=None, ge=1)
+
+
+class TenantSettings(BaseModel):
+    """What one tenant may do; unset fields fall back to ``Settings.rate_limits``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Policy ids this tenant may name, and those applied when a request names none
+    #: (None: every active policy).
+    policies: list[str] | None = None
+    rate_per_s: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+    daily_jobs: int | None = Field(default=None, ge=1)
+
+
+class ApiKey(BaseModel):
+    """One API key and the tenant it belongs to. A plain string (the old ``api_keys`` format)
+    is read as a key of tenant ``default``."""
+
+    tenant: str = Field(default=DEFAULT_TENANT, pattern=TENANT_PATTERN)
+    key: SecretStr
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_string(cls, value: Any) -> Any:
+        if isinstance(value, str | SecretStr):
+            return {"tenant": DEFAULT_TENANT, "key": value}
+        return value
+
+
+Environment = Literal["development", "production"]
 
 
 class Settings(BaseSettings):
@@ -192,26 +281,94 @@ class Settings(BaseSettings):
     #: modulo the GPU count). None: the lowest free slot in ``worker_slots_dir``.
     worker_slot: int | None = None
     worker_slots_dir: Path = Path(tempfile.gettempdir()) / "moderation-worker-slots"
-    #: Keys upstream services send as ``Authorization: Bearer <key>`` on ``/v1/*``. Empty: the
-    #: job API is open (the embedded demo); set them in every real deployment.
-    api_keys: list[SecretStr] = Field(default_factory=list)
+    #: Requests other than job submissions (the reviewers' pages and API): most body bytes.
+    api_max_request_bytes: int = 64 * 1024
+    #: ``production`` (the default) refuses to start with empty, short or development-default
+    #: secrets or API keys; ``development`` (the demo, tests) starts with a loud warning.
+    environment: Environment = "production"
+    #: Keys upstream services send as ``Authorization: Bearer <key>`` on ``/v1/*``, each with
+    #: its tenant: ``[{"tenant": "acme", "key": "..."}]``. A plain string is a key of tenant
+    #: ``default`` (the format before tenants). Empty: the job API is open, as tenant
+    #: ``default`` (development mode only).
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    #: Per-tenant policy sets and limits, by tenant name (optional).
+    tenants: dict[str, TenantSettings] = Field(default_factory=dict)
+    #: Default admission limits of every tenant.
+    rate_limits: RateLimits = RateLimits()
     log_level: str = "INFO"
 
-    def insecure_defaults(self) -> list[str]:
-        """Settings still at their development defaults (secrets in this file, an open API)."""
-        fields = {
-            "queue.callback_secret": (self.queue.callback_secret, QueueSettings()),
-            "review.session_secret": (self.review.session_secret, ReviewSettings()),
-            "review.pseudonym_secret": (self.review.pseudonym_secret, ReviewSettings()),
-        }
-        found = [
-            name
-            for name, (value, default) in fields.items()
-            if value == getattr(default, name.split(".")[1])
-        ]
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, tenants: dict[str, TenantSettings]) -> dict[str, TenantSettings]:
+        for name in tenants:
+            if not re.match(TENANT_PATTERN, name):
+                raise ValueError(f"tenant name {name!r} must match {TENANT_PATTERN}")
+        return tenants
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> Settings:
+        seen: dict[str, str] = {}
+        for entry in self.api_keys:
+            key = entry.key.get_secret_value()
+            if key in seen and seen[key] != entry.tenant:
+                raise ValueError(
+                    f"one API key is configured for tenants {seen[key]!r} and {entry.tenant!r}"
+                )
+            seen[key] = entry.tenant
+        return self
+
+    @property
+    def development(self) -> bool:
+        return self.environment == "development"
+
+    def tenant_names(self) -> list[str]:
+        """Every tenant this configuration knows (the bounded set used as a metric label)."""
+        names = {k.tenant for k in self.api_keys} | set(self.tenants)
         if not self.api_keys:
-            found.append("api_keys (the job API is open)")
+            names.add(DEFAULT_TENANT)
+        return sorted(names)
+
+    def security_problems(self) -> list[str]:
+        """What would make this configuration unsafe in production: empty, short (under
+        ``MIN_SECRET_BYTES``) or development-default secrets, and a missing, empty or short API
+        key. Never shows a secret's value."""
+        secrets = {
+            "queue.callback_secret": (self.queue.callback_secret, QueueSettings().callback_secret),
+            "review.session_secret": (self.review.session_secret, ReviewSettings().session_secret),
+            "review.pseudonym_secret": (
+                self.review.pseudonym_secret,
+                ReviewSettings().pseudonym_secret,
+            ),
+        }
+        found = []
+        for name, (value, default) in secrets.items():
+            problem = _secret_problem(value, default)
+            if problem:
+                found.append(f"{name} {problem}")
+        if not self.api_keys:
+            found.append("api_keys is empty (the job API is open to anyone)")
+        for entry in self.api_keys:
+            problem = _secret_problem(entry.key, None)
+            if problem:
+                found.append(f"an API key of tenant {entry.tenant!r} {problem}")
         return found
+
+    def enforce_security(self) -> list[str]:
+        """Fail closed: in production, refuse a configuration with :meth:`security_problems`;
+        in development, return them (to be shown as warnings).
+
+        Raises:
+            InsecureSettingsError: ``environment`` is production and a problem was found.
+        """
+        problems = self.security_problems()
+        if problems and not self.development:
+            raise InsecureSettingsError(
+                "refusing to start in production with unsafe settings: "
+                + "; ".join(problems)
+                + f". Use secrets of at least {MIN_SECRET_BYTES} random bytes, or set "
+                "MODERATION_ENVIRONMENT=development on a development machine."
+            )
+        return problems
 
     def to_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """An environment that makes ``Settings()`` in a child process equal these settings
@@ -229,6 +386,18 @@ class Settings(BaseSettings):
                     value if isinstance(value, str) else json.dumps(value)
                 )
         return env
+
+
+def _secret_problem(value: SecretStr | str, default: SecretStr | None) -> str | None:
+    # A plain str gets here from model_copy(update=...), which does not validate.
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    if not raw.strip():
+        return "is empty"
+    if default is not None and raw == default.get_secret_value():
+        return "is the development default"
+    if len(raw.encode()) < MIN_SECRET_BYTES:
+        return f"is shorter than {MIN_SECRET_BYTES} bytes"
+    return None
 
 
 def _plain(value: Any) -> Any:

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # System packages the test-suite needs that pip cannot provide: Debian's chromium for the
-# reviewer-page browser tests (Playwright drives /usr/bin/chromium; browser downloads are not used).
+# reviewer-page browser tests (Playwright drives /usr/bin/chromium; browser downloads are not
+# used) and promtool (Debian's prometheus package) for the alerting-rule tests.
 set -euo pipefail
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "installing Debian's chromium for the browser tests" >&2
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
-fi
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+updated=""
+install() {  # install PACKAGE [apt-get options...]
+  local package="$1"; shift
+  echo "installing Debian's $package for the tests" >&2
+  if [ -z "$updated" ]; then $SUDO apt-get update -qq; updated=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" "$package" >/dev/null
+}
+command -v chromium >/dev/null 2>&1 || install chromium
+command -v promtool >/dev/null 2>&1 || install prometheus --no-install-recommends

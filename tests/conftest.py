@@ -28,6 +28,7 @@ def test_model_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     root = tmp_path_factory.mktemp("session")
     base = Settings()
     return Settings(
+        environment="development",  # tests of the production checks build their own settings
         model=testmodel.model_settings(),
         policy_paths=[testmodel.POLICY_PATH],
         cache_dir=root / "cache",

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.api import create_app
 from moderation.api.server import serve_in_thread
@@ -40,7 +42,7 @@ def pipeline_settings(settings: Settings, redis_url: str, **queue: Any) -> Setti
         "policy_reload_s": 1.0,
         "sweep_interval_s": 1.0,
         "http_timeout_s": 3.0,
-        "callback_secret": "test-secret",
+        "callback_secret": SecretStr("test-secret"),
         **queue,
     }
     return settings.model_copy(
@@ -156,3 +158,56 @@ def jpeg_bytes(image: Any, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def raw_exchange(
+    base: str, head: str, body_chunks: Any = (), *, timeout: float = 30.0
+) -> tuple[int, dict[str, str], bytes, int]:
+    """Send a raw HTTP/1.1 request (``head`` without the blank line) and whatever
+    ``body_chunks`` yields, stopping when the server answers or closes; returns (status,
+    headers, body, bytes of the body sent). For what an HTTP client refuses to send: a
+    Content-Length it does not deliver, an endless chunked body."""
+    import select
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base)
+    sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=timeout)
+    sent = 0
+    received = b""
+    try:
+        sock.sendall(head.encode() + b"\r\n\r\n")
+        for chunk in body_chunks:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break  # the server answered (or closed) before the body was complete
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                break
+            sent += len(chunk)
+        sock.settimeout(timeout)
+        while b"\r\n\r\n" not in received or not _complete(received):
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            received += data
+    finally:
+        sock.close()
+    head_bytes, _, payload = received.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines and lines[0] else 0
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return status, headers, payload, sent
+
+
+def _complete(received: bytes) -> bool:
+    head, _, payload = received.partition(b"\r\n\r\n")
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            return len(payload) >= int(value.strip())
+    return False

@@ -163,3 +163,114 @@ def test_console_script_runs_as_a_real_process(tmp_path: Path, env: dict[str, st
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1])["decision"] == "allow"
+
+
+def test_score_folder_reports_every_skipped_file_with_its_reason(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    import pillow_heif
+
+    folder = tmp_path / "in"
+    _write_images(folder, "block", 1, 4)
+    image = testmodel.sample_images("block", 1, 4)[0][0].convert("RGB")
+    pillow_heif.from_pillow(image).save(folder / "phone.HEIC", quality=90)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "README").write_text("no suffix")
+    (folder / "nested").mkdir()
+    (folder / "nested" / "data.json").write_text("{}")
+    result = CliRunner().invoke(app, ["score", str(folder), "--json"], env=env)
+    assert result.exit_code == 0, result.output  # skipping is reported, not a failure
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    skipped = {Path(r["path"]).name: r["skipped"] for r in rows if "skipped" in r}
+    assert skipped == {
+        "notes.txt": "not an image suffix (.txt)",
+        "README": "not an image suffix (none)",
+        "data.json": "not an image suffix (.json)",
+    }
+    scored = {Path(r["path"]).name: r["decision"] for r in rows if "decision" in r}
+    assert scored["phone.HEIC"] == "block" and len(scored) == 2
+    table = CliRunner().invoke(app, ["score", str(folder)], env=env)
+    assert table.exit_code == 0, table.output
+    for name in ("notes.txt", "README", "data.json"):
+        assert f"skipped {folder}" in table.stderr and name in table.stderr
+    assert "2 inputs, 0 failed, 3 skipped" in table.stdout
+
+
+def test_api_port_zero_binds_a_free_port_and_says_which(tmp_path: Path, redis_url: str) -> None:
+    import re
+    import time
+
+    import httpx
+
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")},
+        "MODERATION_ENVIRONMENT": "development",
+        "MODERATION_REDIS_URL": redis_url,
+        "MODERATION_AUDIT__LOCAL_DIR": str(tmp_path / "audit"),
+        "MODERATION_AUDIT__SPOOL_DIR": str(tmp_path / "spool"),
+        "PYTHONPATH": str(REPO),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moderation.cli", "api", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        match = re.fullmatch(r"serving the API on http://127\.0\.0\.1:(\d+)\s*", line)
+        assert match is not None, line
+        port = int(match.group(1))
+        assert port not in (0, 8000)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert b"DEVELOPMENT MODE" in (proc.stderr.read() if proc.stderr else b"")
+
+
+def test_review_user_logout_and_disable_end_every_session(tmp_path: Path, redis_url: str) -> None:
+    import time
+
+    from moderation.adapters.redis_reviewers import RedisReviewerStore
+    from moderation.adapters.redis_sessions import RedisReviewerSessions
+    from moderation.adapters.support.redis import connect
+    from moderation.core.reviewers import ReviewerAccount, ReviewerSession, Role
+
+    client = connect(redis_url, decode=True)
+    users = RedisReviewerStore(client)
+    sessions = RedisReviewerSessions(client, idle_s=600, max_s=3600)
+    users.create(
+        ReviewerAccount(
+            username="alice", role=Role.REVIEWER, password_hash="x", disabled=False, created_at=0
+        )
+    )
+    now = time.time()
+    for key in ("k1", "k2"):
+        sessions.create(key, ReviewerSession("alice", now, now, "n"))
+    env = {
+        "MODERATION_REDIS_URL": redis_url,
+        "MODERATION_AUDIT__LOCAL_DIR": str(tmp_path / "audit"),
+        "MODERATION_AUDIT__SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    runner = CliRunner()
+    ended = runner.invoke(app, ["review", "user", "logout", "alice"], env=env)
+    assert ended.exit_code == 0, ended.output
+    assert "ended 2 session(s) of alice" in ended.stdout
+    assert sessions.count("alice") == 0
+    unknown = runner.invoke(app, ["review", "user", "logout", "nobody"], env=env)
+    assert unknown.exit_code == 1 and "no reviewer" in unknown.stderr
+    sessions.create("k3", ReviewerSession("alice", now, now, "n"))
+    disabled = runner.invoke(app, ["review", "user", "disable", "alice"], env=env)
+    assert disabled.exit_code == 0 and "ended 1 session(s)" in disabled.stdout
+    assert sessions.touch("k3", now + 1) is None
+    client.close()

@@ -10,7 +10,13 @@ import pytest
 
 from moderation.client import AsyncModerationClient, ModerationClient
 from moderation.core.jobs import JobStatus
-from moderation.exceptions import ApiUnavailable, JobNotFoundError, JobRejected, JobWaitTimeout
+from moderation.exceptions import (
+    ApiUnavailable,
+    JobConflict,
+    JobNotFoundError,
+    JobRejected,
+    JobWaitTimeout,
+)
 from moderation.settings import Settings
 from tests.pipeline_support import pipeline_settings, start_api, stop_api
 from tests.servers import free_port
@@ -31,7 +37,10 @@ def test_submit_get_wait_and_errors(base_url: str, tmp_path: Path) -> None:
     with ModerationClient(base_url) as client:
         job_id = client.submit(image, id="c-1", metadata={"k": "v"})
         assert job_id == "c-1"
-        assert client.submit(b"other bytes", id="c-1") == "c-1"  # idempotent
+        assert client.submit(image, id="c-1", metadata={"k": "v"}) == "c-1"  # idempotent
+        with pytest.raises(JobConflict) as conflict:  # the same id for another request
+            client.submit(b"other bytes", id="c-1")
+        assert conflict.value.status == 409 and conflict.value.existing_id == "c-1"
         result = client.get(job_id)
         assert result.status is JobStatus.QUEUED and result.metadata == {"k": "v"}
         with pytest.raises(JobWaitTimeout):
@@ -77,8 +86,10 @@ def test_raw_byte_uploads_and_batched_lookups(base_url: str, redis_url: str) -> 
     with ModerationClient(base_url) as client:
         ids = client.upload_many(images, ids=["u-1", "u-2", "u-3"], policies=["testworld"])
         assert ids == ["u-1", "u-2", "u-3"]
-        again = client.upload_many([b"different"], ids=["u-1"])
-        assert again == ["u-1"]  # idempotent by id
+        again = client.upload_many(images[:1], ids=["u-1"], policies=["testworld"])
+        assert again == ["u-1"]  # the same request again: idempotent by id
+        with pytest.raises(JobConflict):
+            client.upload_many([b"different"], ids=["u-1"], policies=["testworld"])
         found = client.lookup(["u-2", "missing", "u-1"])
         assert found[1] is None
         assert [r.job_id for r in found if r] == ["u-2", "u-1"]

@@ -354,6 +354,25 @@ def test_internal_hosts_refused(
     assert why in message
 
 
+@pytest.mark.parametrize(
+    "host",
+    ["0177.0.0.1", "127.1", "0x7f.1", "2130706433", "017700000001", "127.0.1", "10.1", "192.168.1"],
+)
+def test_a_refused_ipv4_spelling_names_the_address_the_resolver_would_use(host: str) -> None:
+    """The message names what ``socket.inet_aton`` makes of the spelling (``127.1`` is
+    127.0.0.1, not 0.127.0.1)."""
+    import ipaddress
+    import socket
+
+    from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
+    from moderation.exceptions import UrlRefusedError
+
+    expected = ipaddress.IPv4Address(socket.inet_aton(host))
+    with pytest.raises(UrlRefusedError) as refused:
+        check_url(f"http://{host}/x.png", ANY_ADDRESS)
+    assert f"non-canonical IPv4 spelling of {expected} " in str(refused.value)
+
+
 def test_hostname_resolving_to_loopback_refused(
     guarded: ImageFetcher, server: LocalServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -60,6 +60,51 @@ def test_allowed_formats_decode(fmt: str) -> None:
     assert frames[0].size == (64, 48)
 
 
+def _heic_bytes(image: Image.Image) -> bytes:
+    import pillow_heif
+
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=80)
+    return buffer.getvalue()
+
+
+def _avif(image: Image.Image) -> bytes:
+    """Real AVIF bytes (AV1), written by Pillow's own AVIF plugin."""
+    return hostile.encode(image, "AVIF", quality=80, speed=10)
+
+
+@pytest.mark.parametrize(("name", "magic"), [("HEIC", b"ftypheic"), ("AVIF", b"ftypavif")])
+def test_phone_formats_heic_and_avif_decode(name: str, magic: bytes) -> None:
+    original = hostile.photo(96, 64, seed=3)
+    data = _heic_bytes(original) if name == "HEIC" else _avif(original)
+    assert data[4:12] == magic  # what phones upload, not a renamed PNG
+    (frame,) = decode_image(data, LIMITS, min_side=0)
+    assert frame.mode == "RGB" and frame.size == (96, 64)
+    error = np.abs(np.asarray(frame, np.float32) - np.asarray(original, np.float32)).mean()
+    assert error < 12  # lossy, but the same picture
+    assert sniff_format(data) == ("HEIF" if name == "HEIC" else "AVIF")
+
+
+@pytest.mark.parametrize("name", ["HEIC", "AVIF"])
+def test_phone_formats_keep_the_bomb_and_allowlist_limits(name: str) -> None:
+    big = Image.new("RGB", (1600, 1200), (200, 30, 30))
+    data = _heic_bytes(big) if name == "HEIC" else _avif(big)
+    assert len(data) < 20_000  # small file, many pixels
+    strict = ImageLimits(max_pixels=1_000_000)
+    with pytest.raises(ImageTooLargeError, match="refusing to decode"):
+        decode_image(data, strict)
+    with pytest.raises(ImageTooLargeError):
+        decode_image(data, ImageLimits(max_side=1000))
+    without = ImageLimits(formats=["JPEG", "PNG"])
+    with pytest.raises(UnsupportedImageFormat, match="is not allowed"):
+        decode_image(data, without)
+    (frame,) = decode_image(data, LIMITS, min_side=224)  # allowed by default, box-reduced
+    assert frame.size == (320, 240)  # reduce(5): the short side stays >= 224
+    assert decode_image(data, ImageLimits(formats=["heic", "avif"]))  # HEIC names HEIF
+    with pytest.raises(ImageError):
+        decode_image(data[: len(data) // 2], LIMITS)  # truncated
+
+
 def test_jpeg_draft_mode_downscales_but_never_below_target() -> None:
     data = hostile.encode(hostile.photo(1600, 1200), "JPEG", quality=90)
     (frame,) = decode_image(data, LIMITS, min_side=224)

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_review_web import PASSWORD, ReviewSite, review_site  # noqa: F401 (fixture)
+from moderation.settings import ReviewSettings
+from tests.test_review_web import (  # noqa: F401 (fixtures)
+    PASSWORD,
+    ReviewSite,
+    review_settings,
+    review_site,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -101,3 +107,79 @@ def test_review_with_the_keyboard(site: ReviewSite, artifacts_dir: Path) -> None
             assert not [e for e in errors if "Content Security Policy" in e], errors
         finally:
             browser.close()
+
+
+def test_sign_out_ends_the_session_of_every_copy_of_the_cookie(
+    site: ReviewSite, artifacts_dir: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(site.url + "/review/login")
+            page.fill("#username", "alice")
+            page.fill("#password", PASSWORD)
+            page.click("#signin")
+            expect(page).to_have_url(site.url + "/review/")
+            copied = [c for c in context.cookies() if c["name"] == "mr_session"]
+            assert copied and copied[0]["httpOnly"] and copied[0]["sameSite"] == "Strict"
+            page.click("#signout")
+            expect(page).to_have_url(site.url + "/review/login")
+            page.screenshot(path=artifacts_dir / "review-signed-out.png")
+            # Another browser with the cookie copied before sign-out: the session is gone.
+            thief = browser.new_context()
+            thief.add_cookies(copied)
+            stolen = thief.new_page()
+            stolen.goto(site.url + "/review/")
+            expect(stolen).to_have_url(site.url + "/review/login")
+            expect(stolen.locator("#signin")).to_be_visible()
+        finally:
+            browser.close()
+
+
+@pytest.mark.parametrize(
+    "review_settings",
+    [
+        ReviewSettings(
+            session_secret="test-session-secret",
+            pseudonym_secret="test-pseudonym-secret",
+            login_free_failures=1,
+            login_delay_s=0.2,
+            login_lockout_after=3,
+            login_lockout_s=300,
+        )
+    ],
+)
+def test_repeated_wrong_passwords_lock_the_account_out(
+    site: ReviewSite, artifacts_dir: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(site.url + "/review/login")
+            for attempt in range(3):
+                page.fill("#username", "alice")
+                page.fill("#password", f"wrong-password-{attempt}")
+                page.click("#signin")
+                expect(page.locator(".error")).to_contain_text(
+                    re.compile("wrong username or password|too many failed sign-ins")
+                )
+                page.wait_for_timeout(250)  # past the short delay, so each one is checked
+            page.fill("#username", "alice")
+            page.fill("#password", PASSWORD)
+            page.click("#signin")
+            expect(page.locator(".error")).to_contain_text("too many failed sign-ins")
+            expect(page.locator(".error")).to_contain_text("min")
+            expect(page).to_have_url(site.url + "/review/login")
+            page.screenshot(path=artifacts_dir / "review-locked-out.png")
+            assert "mr_session" not in {c["name"] for c in page.context.cookies()}
+        finally:
+            browser.close()
+    locked = [r for r in site.audit.records if r.decision == "login_locked"]
+    assert locked and locked[0].details["scope"] == "account"

@@ -14,10 +14,14 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from PIL import Image
+from starlette.exceptions import HTTPException
 
+from moderation.adapters.memory import MemoryAuditSink
 from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
+from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
 from moderation.adapters.support.redis import connect as _connect
+from moderation.compose import build_reviewer_auth
 from moderation.core.review import HumanDecision, pseudonym
 from moderation.core.reviewers import ReviewerAccount, Role
 from moderation.settings import ReviewSettings, Settings
@@ -36,6 +40,8 @@ class ReviewSite:
     queue: RedisReviewQueue
     users: RedisReviewerStore
     settings: Settings
+    audit: MemoryAuditSink
+    sessions: RedisReviewerSessions
     finals: list[HumanDecision] = field(default_factory=list)
     images: dict[str, bytes] = field(default_factory=dict)
 
@@ -54,16 +60,22 @@ class ReviewSite:
             )
 
 
-@pytest.fixture(name="site")
-def review_site(redis_url: str) -> Iterator[ReviewSite]:
-    """The review router in a small FastAPI app, served by uvicorn on a free port."""
-    settings = Settings(
-        review=ReviewSettings(
-            lease_s=60,
-            session_secret="test-session-secret",
-            pseudonym_secret="test-pseudonym-secret",
-        )
+@pytest.fixture
+def review_settings() -> ReviewSettings:
+    """Review settings of the site (tests override the sign-in throttle)."""
+    return ReviewSettings(
+        lease_s=60,
+        session_secret="test-session-secret",
+        pseudonym_secret="test-pseudonym-secret",
     )
+
+
+@pytest.fixture(name="site")
+def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[ReviewSite]:
+    """The review router in a small FastAPI app, served by uvicorn on a free port."""
+    from moderation.api.problems import handle_http_error
+
+    settings = Settings(environment="development", review=review_settings)
     client = _connect(redis_url, decode=True)
     queue = RedisReviewQueue(
         client, lease_s=settings.review.lease_s, age_doubling_s=settings.review.age_doubling_s
@@ -79,13 +91,30 @@ def review_site(redis_url: str) -> Iterator[ReviewSite]:
                 created_at=time.time(),
             )
         )
-    state = ReviewSite(url="", queue=queue, users=users, settings=settings)
+    audit = MemoryAuditSink()
+    sessions = RedisReviewerSessions(
+        client,
+        idle_s=review_settings.session_idle_s,
+        max_s=review_settings.session_ttl_s,
+        prefix=review_settings.key_prefix,
+    )
+    auth = build_reviewer_auth(
+        settings,
+        users,
+        sessions=sessions,
+        throttle=RedisLoginThrottle(client, prefix=review_settings.key_prefix),
+        audit=audit,
+    )
+    state = ReviewSite(
+        url="", queue=queue, users=users, settings=settings, audit=audit, sessions=sessions
+    )
     app = FastAPI()
+    app.add_exception_handler(HTTPException, handle_http_error)
     app.include_router(
         build_review_router(
             settings,
             queue,
-            users,
+            auth,
             on_final=state.finals.append,
             image_loader=lambda ref: state.images[ref.uri],
         )
@@ -195,11 +224,105 @@ def test_security_headers_csrf_and_roles(site: ReviewSite) -> None:
     # Disabling an account ends its sessions at once; signing out ends this one.
     site.users.set_disabled("bob", True)
     assert bob.post("/review/api/next", headers={"X-CSRF-Token": bob_csrf}).status_code == 401
+    copied = alice.cookies.get("mr_session")
     out = alice.post("/review/logout", data={"csrf": csrf})
     assert out.status_code == 303
     assert alice.get("/review/api/overview").status_code == 401
+    # The session ended on the server: a copy of the cookie taken before sign-out is worthless.
+    with httpx.Client(base_url=site.url, timeout=10) as thief:
+        thief.cookies.set("mr_session", copied or "", path="/review")
+        stolen = thief.get("/review/api/overview")
+        assert stolen.status_code == 401 and stolen.json()["code"] == "review_not_signed_in"
     for c in (alice, bob, root):
         c.close()
+
+
+def test_an_admin_ends_every_session_of_an_account(site: ReviewSite) -> None:
+    alice_1, csrf_1 = sign_in(site, "alice")
+    alice_2, _ = sign_in(site, "alice")
+    root, root_csrf = sign_in(site, "root")
+    assert site.sessions.count("alice") == 2
+    refused = alice_1.post(
+        "/review/api/admin/sessions/end",
+        json={"username": "alice"},
+        headers={"X-CSRF-Token": csrf_1},
+    )
+    assert refused.status_code == 403  # reviewers cannot
+    ended = root.post(
+        "/review/api/admin/sessions/end",
+        json={"username": "alice"},
+        headers={"X-CSRF-Token": root_csrf},
+    )
+    assert ended.status_code == 200 and ended.json() == {"username": "alice", "ended": 2}
+    for client in (alice_1, alice_2):
+        assert client.get("/review/api/overview").status_code == 401
+        assert client.get("/review/").status_code == 303  # pages send them to sign in
+    assert root.get("/review/api/overview").status_code == 200
+    unknown = root.post(
+        "/review/api/admin/sessions/end",
+        json={"username": "nobody"},
+        headers={"X-CSRF-Token": root_csrf},
+    )
+    assert unknown.status_code == 404
+    record = next(r for r in site.audit.records if r.decision == "sessions_ended")
+    assert record.kind == "security" and record.actor == site.rv("alice")
+    assert record.details == {"by": site.rv("root"), "sessions": 2}
+    for c in (alice_1, alice_2, root):
+        c.close()
+
+
+def _login(client: httpx.Client, username: str, password: str) -> httpx.Response:
+    form = client.get("/review/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    return client.post(
+        "/review/login", data={"username": username, "password": password, "csrf": csrf.group(1)}
+    )
+
+
+@pytest.mark.parametrize(
+    "review_settings",
+    [
+        ReviewSettings(
+            session_secret="test-session-secret",
+            pseudonym_secret="test-pseudonym-secret",
+            login_free_failures=2,
+            login_delay_s=1.0,
+            login_lockout_after=4,
+            login_lockout_s=600,
+        )
+    ],
+)
+def test_sign_in_slows_down_then_locks_out_over_http(site: ReviewSite) -> None:
+    from moderation.metrics import metrics
+
+    failures = metrics().login_failures
+    before = failures.labels("bad_credentials")._value.get()
+    with httpx.Client(base_url=site.url, timeout=10) as attacker:
+        assert _login(attacker, "alice", "wrong-password-1").status_code == 401
+        assert _login(attacker, "alice", "wrong-password-2").status_code == 401
+        third = _login(attacker, "alice", "wrong-password-3")
+        assert third.status_code == 401  # checked; the next attempt must wait 1 s
+        early = _login(attacker, "alice", PASSWORD)
+        assert early.status_code == 429 and early.headers["retry-after"] == "1"
+        assert "too many failed sign-ins" in early.text
+        time.sleep(1.05)
+        assert _login(attacker, "alice", "wrong-password-4").status_code == 401  # 4th: locked
+        locked = _login(attacker, "alice", PASSWORD)
+        assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 590
+        assert "mr_session" not in attacker.cookies
+    assert failures.labels("bad_credentials")._value.get() - before == 4
+    events = [(r.decision, r.details.get("client")) for r in site.audit.records]
+    assert events.count(("login_failed", "127.0.0.1")) == 4
+    assert ("login_locked", "127.0.0.1") in events
+    # Other accounts are not locked out; this address only waits its own short delay (4 of its
+    # failures, 2 free: 2 s).
+    with httpx.Client(base_url=site.url, timeout=10) as other:
+        wait = _login(other, "bob", PASSWORD)
+        assert wait.status_code == 429 and int(wait.headers["retry-after"]) <= 2
+    time.sleep(2.05)
+    bob, _ = sign_in(site, "bob")
+    bob.close()
 
 
 def test_no_one_sees_another_reviewers_item_and_decisions_flow_once(site: ReviewSite) -> None:

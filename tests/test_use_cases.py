@@ -3,8 +3,10 @@
 The bundled test model scores (a real forward pass); the job store, review queue, audit sink,
 publisher, callback sender and image source are the twins of :mod:`moderation.adapters.memory`.
 These pin down the rules of :mod:`moderation.pipeline`: validation before anything is stored,
-idempotency, the order of side effects (audit, then result, then review and callback), that every
-ending is audited, retries, dead letters, human decisions and the lost-message sweep.
+idempotency and id conflicts, tenant isolation, admission (token bucket, daily quota, queued-byte
+cap) on a fake clock, the order of side effects (audit, then result, then review and callback),
+that every ending is audited, retries, dead letters, human decisions, the lost-message sweep, and
+reviewer sign-in (sessions, throttling, lockout).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from moderation.adapters.memory import (
     MemoryCallbacks,
     MemoryJobStore,
     MemoryPublisher,
+    MemoryRateLimiter,
     MemoryReviewQueue,
     MemorySource,
 )
+from moderation.core.admission import DAY_S, Tenant
 from moderation.core.decision import Decision
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult, JobStatus
@@ -34,9 +38,12 @@ from moderation.core.review import HumanDecision, ReviewDecision
 from moderation.exceptions import (
     AuditSinkUnavailable,
     ImageFetchTransient,
+    JobConflict,
     JobNotFoundError,
     JobRejected,
+    QueueFull,
     QueueUnavailable,
+    RateLimited,
 )
 from moderation.pipeline.batching import MicroBatcher
 from moderation.pipeline.maintenance import sweep_lost
@@ -47,6 +54,18 @@ from moderation.pipeline.sources import ImageSources, InlineSource
 from moderation.pipeline.submit import PolicyCatalog, SubmitRequest, Submitter
 from moderation.settings import QueueSettings
 from moderation.testmodel.samples import encoded
+
+DEFAULT = Tenant("default")
+ACME = Tenant("acme")
+GLOBEX = Tenant("globex")
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def png(band: str, seed: int) -> bytes:
@@ -72,9 +91,15 @@ class World:
     outcomes: Outcomes
     processor: Processor
     queue: QueueSettings
+    clock: FakeClock
 
-    def submit(self, **kw: Any) -> str:
-        return self.submitter.submit([SubmitRequest(**kw)])[0].id
+    def submit(self, tenant: Tenant = DEFAULT, **kw: Any) -> str:
+        """Submit one job; returns its scoped id (the store's key)."""
+        from moderation.core.jobs import scoped_id
+
+        return scoped_id(
+            tenant.name, self.submitter.submit([SubmitRequest(**kw)], tenant=tenant)[0].id
+        )
 
     def run(self, job_id: str, retries: int = 0) -> str:
         return self.processor.process(job_id, retries=retries).outcome
@@ -88,7 +113,12 @@ class World:
 @pytest.fixture
 def world(scoring: Any) -> Iterator[World]:
     queue = QueueSettings(
-        max_retries=2, max_deliveries=3, max_inline_bytes=200_000, max_batch_jobs=10
+        max_retries=2,
+        max_deliveries=3,
+        max_inline_bytes=200_000,
+        max_batch_jobs=10,
+        max_batch_bytes=400_000,
+        max_metadata_bytes=4096,
     )
     store = MemoryJobStore()
     publisher = MemoryPublisher()
@@ -98,6 +128,7 @@ def world(scoring: Any) -> Iterator[World]:
     images = MemorySource()
     sources = ImageSources([images, InlineSource(store)])
     policies = scoring.policies
+    clock = FakeClock()
     submitter = Submitter(
         store=store,
         publisher=publisher,
@@ -105,6 +136,7 @@ def world(scoring: Any) -> Iterator[World]:
         catalog=PolicyCatalog(store, lambda: set(policies.current.by_id)),
         settings=queue,
         check_callback_url=_no_callback_check,
+        limiter=MemoryRateLimiter(clock=clock),
     )
     outcomes = Outcomes(
         store,
@@ -127,7 +159,17 @@ def world(scoring: Any) -> Iterator[World]:
         settings=queue,
     )
     yield World(
-        store, publisher, callbacks, audit, review, images, submitter, outcomes, processor, queue
+        store,
+        publisher,
+        callbacks,
+        audit,
+        review,
+        images,
+        submitter,
+        outcomes,
+        processor,
+        queue,
+        clock,
     )
     batcher.close()
 
@@ -148,27 +190,181 @@ def test_a_batch_is_validated_completely_before_anything_is_stored(world: World)
         (SubmitRequest(image_url="mem://a", policies=[]), 400, "no_policies"),
         (SubmitRequest(image_url="mem://a", callback_url="http://plain"), 400, "bad_callback_url"),
     ]
+    cases += [
+        (SubmitRequest(image_url="mem://a", metadata={"x": "y" * 5000}), 413, "metadata_too_large"),
+        (SubmitRequest(image_url="mem://a", metadata=_nested(9)), 400, "metadata_too_deep"),
+    ]
     for bad, status, code in cases:
         with pytest.raises(JobRejected) as info:
-            world.submitter.submit([good, good, bad])
+            world.submitter.submit([good, good, bad], tenant=DEFAULT)
         assert (info.value.status, info.value.code, info.value.index) == (status, code, 2)
         assert "jobs[2]" in str(info.value)
     with pytest.raises(JobRejected) as too_many:
-        world.submitter.submit([good] * 11)
+        world.submitter.submit([good] * 11, tenant=DEFAULT)
     assert too_many.value.code == "batch_too_large"
+    big = SubmitRequest(image_bytes=b"\xff" * 150_000)
+    with pytest.raises(JobRejected) as too_heavy:  # 3 x 150 kB > max_batch_bytes (400 kB)
+        world.submitter.submit([big, big, big], tenant=DEFAULT)
+    assert (too_heavy.value.status, too_heavy.value.code) == (413, "batch_too_large")
     assert world.store.jobs == {} and world.publisher.published == []
 
 
-def test_submit_is_idempotent_by_id_and_rolls_back_when_the_broker_refuses(world: World) -> None:
-    first = world.submitter.submit([SubmitRequest(image_url="mem://a", id="up-1")])[0]
-    again = world.submitter.submit([SubmitRequest(image_url="mem://b", id="up-1")])[0]
-    assert (first.duplicate, again.duplicate) == (False, True)
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+def test_an_id_is_a_duplicate_for_the_same_request_and_a_conflict_for_another(
+    world: World,
+) -> None:
+    first = world.submitter.submit([SubmitRequest(image_url="mem://a", id="up-1")], tenant=DEFAULT)
+    again = world.submitter.submit([SubmitRequest(image_url="mem://a", id="up-1")], tenant=DEFAULT)
+    assert (first[0].duplicate, again[0].duplicate) == (False, True)
+    with pytest.raises(JobConflict) as conflict:
+        world.submitter.submit([SubmitRequest(image_url="mem://b", id="up-1")], tenant=DEFAULT)
+    assert (conflict.value.status, conflict.value.existing_id) == (409, "up-1")
+    with pytest.raises(JobConflict):  # other metadata is another request too
+        world.submitter.submit(
+            [SubmitRequest(image_url="mem://a", id="up-1", metadata={"u": 1})], tenant=DEFAULT
+        )
     assert world.publisher.published == ["up-1"]
     assert world.store.jobs["up-1"].image == ImageRef(uri="mem://a")
+    # In a batch: a conflict with a stored job, or inside the batch, enqueues nothing at all.
+    fresh = SubmitRequest(image_url="mem://c", id="up-2")
+    for batch, index in (
+        ([fresh, SubmitRequest(image_url="mem://b", id="up-1")], 1),
+        ([fresh, SubmitRequest(image_url="mem://d", id="up-2")], 1),
+    ):
+        with pytest.raises(JobConflict) as info:
+            world.submitter.submit(batch, tenant=DEFAULT)
+        assert info.value.index == index
+    assert world.publisher.published == ["up-1"] and "up-2" not in world.store.jobs
+    # The same inline bytes are the same request; other bytes are not.
+    data = png("allow", 2)
+    world.submit(image_bytes=data, id="up-3")
+    assert world.submitter.submit([SubmitRequest(image_bytes=data, id="up-3")], tenant=DEFAULT)[
+        0
+    ].duplicate
+    with pytest.raises(JobConflict):
+        world.submit(image_bytes=data + b"x", id="up-3")
+
+
+def test_the_job_record_is_rolled_back_when_the_broker_refuses(world: World) -> None:
     world.publisher.fail = QueueUnavailable("broker down")
     with pytest.raises(QueueUnavailable):
         world.submit(image_bytes=png("allow", 2), id="up-2")
     assert "up-2" not in world.store.jobs and "up-2" not in world.store.inline
+    assert world.store.queued_bytes() == 0
+
+
+def test_tenants_own_their_ids_and_read_only_their_jobs(world: World) -> None:
+    ours = world.submitter.submit(
+        [SubmitRequest(image_url="mem://a", id="upload-8812")], tenant=ACME
+    )
+    theirs = world.submitter.submit(
+        [SubmitRequest(image_url="mem://b", id="upload-8812")], tenant=GLOBEX
+    )
+    # Same id, two tenants: two jobs, neither a duplicate of the other.
+    assert [ours[0].id, theirs[0].id] == ["upload-8812", "upload-8812"]
+    assert not ours[0].duplicate and not theirs[0].duplicate
+    assert world.publisher.published == ["acme/upload-8812", "globex/upload-8812"]
+    assert world.store.jobs["acme/upload-8812"].tenant == "acme"
+    mine = world.submitter.result("upload-8812", tenant=ACME)
+    assert (mine.job_id, mine.tenant) == ("upload-8812", "acme")
+    with pytest.raises(JobNotFoundError):
+        world.submitter.result("upload-8812", tenant=DEFAULT)
+    only_acme = world.submitter.submit(
+        [SubmitRequest(image_url="mem://c", id="a-only")], tenant=ACME
+    )
+    with pytest.raises(JobNotFoundError):
+        world.submitter.result(only_acme[0].id, tenant=GLOBEX)
+    # Processing, audit and callbacks carry the tenant; the callback shows the tenant's own id.
+    ref = world.images.put("x.png", png("block", 4))
+    job_id = world.submit(
+        ACME, image_url=ref.uri, id="cb-1", callback_url="https://hooks.example/x"
+    )
+    assert job_id == "acme/cb-1" and world.run(job_id) == "verdict"
+    assert (
+        world.audit.records[-1].tenant == "acme" and world.audit.records[-1].job_id == "acme/cb-1"
+    )
+    sent_id, _, body = world.callbacks.sent[-1]
+    assert sent_id == "cb-1" and b'"job_id":"cb-1"' in body and b'"tenant":"acme"' in body
+
+
+def test_a_tenant_policy_set_is_the_default_and_the_limit(world: World, scoring: Any) -> None:
+    catalog = PolicyCatalog(world.store, lambda: {"testworld", "other"})
+    submitter = Submitter(
+        store=world.store,
+        publisher=world.publisher,
+        sources=world.submitter.sources,
+        catalog=catalog,
+        settings=world.queue,
+        check_callback_url=_no_callback_check,
+    )
+    restricted = Tenant("acme", policies=("testworld",))
+    submitter.submit([SubmitRequest(image_url="mem://a", id="p1")], tenant=restricted)
+    assert world.store.jobs["acme/p1"].policies == ["testworld"]
+    with pytest.raises(JobRejected) as refused:
+        submitter.submit(
+            [SubmitRequest(image_url="mem://a", policies=["other"])], tenant=restricted
+        )
+    assert (refused.value.status, refused.value.code) == (400, "policy_not_allowed")
+    submitter.submit([SubmitRequest(image_url="mem://a", policies=["other"])], tenant=GLOBEX)
+    with pytest.raises(JobRejected) as unknown:
+        submitter.submit(
+            [SubmitRequest(image_url="mem://a")], tenant=Tenant("x", policies=("gone",))
+        )
+    assert unknown.value.code == "policy_unknown"
+
+
+def test_rate_limits_and_quotas_per_tenant_on_a_fake_clock(world: World) -> None:
+    slow = Tenant("acme", rate_per_s=2.0, burst=3)
+    one = SubmitRequest(image_url="mem://a")
+    for _ in range(3):
+        world.submitter.submit([one], tenant=slow)
+    with pytest.raises(RateLimited) as limited:
+        world.submitter.submit([one], tenant=slow)
+    assert (limited.value.status, limited.value.code) == (429, "rate_limited")
+    assert limited.value.retry_after_s == pytest.approx(0.5)
+    world.submitter.submit([one], tenant=GLOBEX)  # another tenant has its own bucket
+    world.clock.now += 0.5
+    world.submitter.submit([one], tenant=slow)
+    with pytest.raises(RateLimited):
+        world.submitter.submit([one, one], tenant=slow)  # all or nothing
+    world.clock.now += 1.0
+    world.submitter.submit([one, one], tenant=slow)
+    with pytest.raises(JobRejected) as over_burst:
+        world.submitter.submit([one] * 4, tenant=slow)
+    assert (over_burst.value.status, over_burst.value.code) == (413, "batch_over_burst")
+    # A daily quota, reset at the next UTC midnight.
+    quota = Tenant("globex", daily_jobs=2)
+    world.clock.now = 20 * DAY_S + 3600.0
+    world.submitter.submit([one, one], tenant=quota)
+    with pytest.raises(RateLimited) as used_up:
+        world.submitter.submit([one], tenant=quota)
+    assert used_up.value.code == "quota_exceeded"
+    assert used_up.value.retry_after_s == pytest.approx(DAY_S - 3600.0)
+    world.clock.now = 21 * DAY_S + 1.0
+    world.submitter.submit([one], tenant=quota)
+    from moderation.metrics import metrics
+
+    rejected = metrics().rejected.labels("acme", "rate_limited")._value.get()
+    assert rejected >= 2
+
+
+def test_over_the_queued_bytes_cap_new_jobs_wait_and_ended_jobs_free_it(world: World) -> None:
+    data = png("allow", 12)
+    job_id = world.submit(image_bytes=data)
+    held = world.store.queued_bytes()
+    assert held > len(data)
+    world.store.max_queued_bytes = held + 100
+    with pytest.raises(QueueFull):
+        world.submit(image_bytes=data + b"\0")
+    assert world.run(job_id) == "verdict"
+    assert world.store.queued_bytes() == 0
+    world.submit(image_bytes=data + b"\0")
 
 
 def test_inline_bytes_are_just_another_source(world: World) -> None:
@@ -177,6 +373,23 @@ def test_inline_bytes_are_just_another_source(world: World) -> None:
     assert world.run(job_id) == "verdict"
     assert world.result(job_id).verdict.decision is Decision.BLOCK  # type: ignore[union-attr]
     assert job_id not in world.store.inline  # decided (not REVIEW): the bytes are dropped
+
+
+def test_heic_and_avif_uploads_get_real_verdicts(world: World) -> None:
+    """What phones upload today is decoded (pillow-heif, Pillow's AVIF) and scored like a PNG."""
+    import io
+
+    import pillow_heif
+
+    image = testmodel.sample_images("block", 1, 9)[0][0].convert("RGB")
+    heic = io.BytesIO()
+    pillow_heif.from_pillow(image).save(heic, quality=90)
+    avif = io.BytesIO()
+    image.save(avif, "AVIF", quality=90, speed=10)
+    for data in (heic.getvalue(), avif.getvalue()):
+        job_id = world.submit(image_bytes=data)
+        assert world.run(job_id) == "verdict", world.result(job_id).error
+        assert world.result(job_id).verdict.decision is Decision.BLOCK  # type: ignore[union-attr]
 
 
 # --- process -----------------------------------------------------------------------------------
@@ -233,6 +446,7 @@ def test_every_ending_is_audited_errors_too(world: World) -> None:
     missing = world.submit(image_url="mem://nowhere.png")
     for job_id, code in ((corrupt, "image_corrupt"), (missing, "not_found")):
         assert world.run(job_id) == "error"
+        assert job_id not in world.store.inline  # errors keep no image bytes
         result = world.result(job_id)
         assert result.status is JobStatus.ERROR and result.error is not None
         assert result.error.code == code
@@ -282,6 +496,7 @@ def test_a_poison_message_is_dead_lettered_and_audited(world: World) -> None:
         world.store.count_delivery(job_id)
     assert world.run(job_id) == "dead_letter"
     assert world.result(job_id).error.code == "poison_message"  # type: ignore[union-attr]
+    assert job_id in world.store.inline  # kept: `dlq requeue` runs it again
     assert [d.job_id for d in world.store.dead_letters()] == [job_id]
     assert world.audit.records[-1].reason_code == "poison_message"
     assert world.store.take_dead_letter(job_id) is not None
@@ -440,3 +655,149 @@ def test_the_api_side_publisher_gathers_single_submissions_into_one_message() ->
     inner.fail = QueueUnavailable("down")
     with pytest.raises(QueueUnavailable):
         CoalescingPublisher(inner, max_jobs=8, max_wait_s=0.0).publish(["x"])
+
+
+# --- reviewer sign-in ---------------------------------------------------------------------------
+
+
+@dataclass
+class Desk:
+    auth: Any
+    sessions: Any
+    throttle: Any
+    audit: MemoryAuditSink
+    clock: FakeClock
+    checked: list[str]
+
+
+@pytest.fixture
+def desk() -> Desk:
+    from moderation.adapters.memory import (
+        MemoryLoginThrottle,
+        MemoryReviewerSessions,
+        MemoryReviewerStore,
+    )
+    from moderation.core.reviewers import LoginPolicy, ReviewerAccount, Role
+    from moderation.exceptions import ReviewAuthError
+    from moderation.pipeline.signin import ReviewerAuth
+
+    users = MemoryReviewerStore()
+    for name in ("alice", "bob"):
+        users.create(
+            ReviewerAccount(
+                username=name, role=Role.REVIEWER, password_hash="h", disabled=False, created_at=0
+            )
+        )
+    checked: list[str] = []
+
+    def check(account: Any, password: str) -> Any:  # stands in for argon2 (timed elsewhere)
+        checked.append(password)
+        if account is None or password != "right-password" or account.disabled:
+            raise ReviewAuthError("wrong username or password", code="review_bad_credentials")
+        return account
+
+    clock = FakeClock()
+    sessions = MemoryReviewerSessions(idle_s=600, max_s=3600)
+    throttle = MemoryLoginThrottle()
+    audit = MemoryAuditSink()
+    policy = LoginPolicy(
+        free_failures=2, delay_s=1.0, max_delay_s=8.0, lockout_after=6, lockout_s=900, window_s=900
+    )
+    auth = ReviewerAuth(
+        users=users,
+        sessions=sessions,
+        throttle=throttle,
+        check_password=check,
+        pseudonym=lambda name: f"rv_{name}",
+        account_policy=policy,
+        address_policy=LoginPolicy(free_failures=5, lockout_after=20, lockout_s=900),
+        audit=audit,
+        clock=clock,
+    )
+    return Desk(auth, sessions, throttle, audit, clock, checked)
+
+
+def test_failed_sign_ins_wait_longer_then_lock_even_the_right_password_out(desk: Desk) -> None:
+    from moderation.exceptions import LoginThrottled, ReviewAuthError
+
+    waits: list[float] = []
+    for attempt in range(6):
+        desk.clock.now += waits[-1] if waits else 0.0  # wait exactly as long as told
+        with pytest.raises(ReviewAuthError) as info:
+            desk.auth.sign_in("alice", f"wrong-{attempt}", client="10.0.0.1")
+        assert not isinstance(info.value, LoginThrottled)
+        waits.append(desk.throttle.blocked_for(["account:alice"], desk.clock.now))
+    assert waits == [0.0, 0.0, 1.0, 2.0, 4.0, 900.0]  # growing delays, then the lockout
+    checked = len(desk.checked)
+    with pytest.raises(LoginThrottled) as locked:
+        desk.auth.sign_in("alice", "right-password", client="10.9.9.9")  # another address too
+    assert locked.value.retry_after_s == pytest.approx(900.0)
+    assert len(desk.checked) == checked  # refused without checking the password
+    # Another account from the same address is not locked out with alice (the address has
+    # only its own, shorter wait: 6 failures, 5 free).
+    address_wait = desk.throttle.blocked_for(["address:10.0.0.1"], desk.clock.now)
+    assert address_wait == pytest.approx(1.0)
+    desk.clock.now += address_wait
+    token, _ = desk.auth.sign_in("bob", "right-password", client="10.0.0.1")
+    assert token
+    desk.clock.now += 900.0
+    desk.auth.sign_in("alice", "right-password", client="10.0.0.1")
+    assert desk.throttle.blocked_for(["account:alice"], desk.clock.now) == 0.0
+    events = [(r.kind, r.decision, r.actor) for r in desk.audit.records]
+    assert events.count(("security", "login_failed", "rv_alice")) == 6
+    assert ("security", "login_locked", "rv_alice") in events
+    assert all("wrong-" not in str(r.details) for r in desk.audit.records)  # no passwords
+
+
+def test_an_address_trying_many_accounts_is_throttled(desk: Desk) -> None:
+    from moderation.exceptions import LoginThrottled, ReviewAuthError
+
+    for n in range(20):
+        with pytest.raises(ReviewAuthError):
+            desk.auth.sign_in(f"user{n}", "guess", client="203.0.113.7")
+        desk.clock.now += desk.throttle.blocked_for(["address:203.0.113.7"], desk.clock.now)
+        desk.clock.now -= 0.001 if n == 19 else 0.0
+    with pytest.raises(LoginThrottled):
+        desk.auth.sign_in("bob", "right-password", client="203.0.113.7")
+    desk.auth.sign_in("bob", "right-password", client="198.51.100.1")
+
+
+def test_sessions_end_at_logout_idle_timeout_lifetime_and_by_an_admin(desk: Desk) -> None:
+    from moderation.exceptions import ReviewAuthError
+
+    token, _session = desk.auth.sign_in("alice", "right-password", client="10.0.0.1")
+    assert desk.auth.session(token)[1].username == "alice"
+    desk.auth.sign_out(token)
+    with pytest.raises(ReviewAuthError):  # a copied cookie is worthless after sign-out
+        desk.auth.session(token)
+    # Idle timeout: 600 s without a request.
+    token, _ = desk.auth.sign_in("alice", "right-password", client="10.0.0.1")
+    desk.clock.now += 599
+    desk.auth.session(token)
+    desk.clock.now += 599
+    desk.auth.session(token)  # each request restarts the idle clock
+    desk.clock.now += 600
+    with pytest.raises(ReviewAuthError):
+        desk.auth.session(token)
+    # Absolute lifetime: 3600 s however active.
+    token, _ = desk.auth.sign_in("alice", "right-password", client="10.0.0.1")
+    for _ in range(6):
+        desk.clock.now += 500
+        desk.auth.session(token)
+    desk.clock.now += 600
+    with pytest.raises(ReviewAuthError):
+        desk.auth.session(token)
+    # An admin ends every session of an account, and it is audited.
+    tokens = [desk.auth.sign_in("bob", "right-password", client="10.0.0.2")[0] for _ in range(3)]
+    assert desk.auth.end_sessions("bob", by="rv_root") == 3
+    for t in tokens:
+        with pytest.raises(ReviewAuthError):
+            desk.auth.session(t)
+    ended = [r for r in desk.audit.records if r.decision == "sessions_ended"]
+    assert ended[-1].actor == "rv_bob" and ended[-1].details == {"by": "rv_root", "sessions": 3}
+    # Disabling an account ends its session at the next request.
+    token, _ = desk.auth.sign_in("alice", "right-password", client="10.0.0.1")
+    desk.auth.users.set_disabled("alice", True)
+    with pytest.raises(ReviewAuthError):
+        desk.auth.session(token)
+    assert desk.sessions.count("alice") == 0

@@ -6,6 +6,10 @@ Defences, in order:
 2. **Format allowlist** (``limits.formats``), sniffed from the content, never from a name or a
    Content-Type: Pillow is only allowed to try the allowlisted parsers, so PDF/EPS/PSD/SVG and
    friends never reach a parser. A refused file gets a message saying what it looks like.
+   HEIC/HEIF (iPhone photos) decode through the pillow-heif plugin (format ``HEIF``; ``HEIC`` in
+   the allowlist means the same), registered on first use without thumbnails, depth or
+   auxiliary images and with libheif's own security limits on; AVIF through Pillow's built-in
+   plugin. Both go through every limit below like any other format.
 3. **Pixel-count and side caps** read from the header *before* any pixel is decoded
    (decompression bombs: a 100 KB PNG that claims 50000×50000), checked again for every frame
    or page that is decoded (a TIFF's second page may be larger than its first). For JPEGs the
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -49,7 +54,7 @@ from moderation.exceptions import (
 )
 from moderation.settings import ImageLimits
 
-__all__ = ["decode_image", "sniff_format", "to_rgb"]
+__all__ = ["allowed_formats", "decode_image", "sniff_format", "to_rgb"]
 
 _JPEG_LIKE = frozenset({"JPEG", "MPO"})
 _RASTER_FORMATS = frozenset(
@@ -71,6 +76,35 @@ _RASTER_FORMATS = frozenset(
     }
 )
 _MAX_SCANNED_FRAMES = 10_000
+#: Allowlist spellings that name the same Pillow format.
+_ALIASES = {"HEIC": "HEIF", "JPG": "JPEG", "TIF": "TIFF"}
+_plugins_lock = threading.Lock()
+_plugins_ready: list[bool] = []
+
+
+def _register_plugins() -> None:
+    """Register the HEIF plugin with Pillow once per process (on first decode, not at import)."""
+    if _plugins_ready:
+        return
+    with _plugins_lock:
+        if _plugins_ready:
+            return
+        Image.init()  # Pillow's own plugins (AVIF among them) first
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:  # pragma: no cover - a declared dependency
+            pass
+        else:
+            register_heif_opener(
+                thumbnails=False, depth_images=False, aux_images=False, decode_threads=1
+            )
+        _plugins_ready.append(True)
+
+
+def allowed_formats(limits: ImageLimits) -> list[str]:
+    """The allowlist as Pillow format names (aliases resolved, upper case)."""
+    return list(dict.fromkeys(_ALIASES.get(f.upper(), f.upper()) for f in limits.formats))
+
 
 # Magic numbers of things people upload instead of images (and image formats Pillow reads but
 # the allowlist may exclude): used only to word the error message.
@@ -85,10 +119,15 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (8, b"WEBP", "WEBP"),
     (0, b"8BPS", "PSD"),
     (0, b"\x00\x00\x01\x00", "ICO"),
-    (4, b"ftypheic", "HEIC"),
-    (4, b"ftypheix", "HEIC"),
-    (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypheic", "HEIF"),
+    (4, b"ftypheix", "HEIF"),
+    (4, b"ftyphevc", "HEIF"),
+    (4, b"ftypheim", "HEIF"),
+    (4, b"ftypheis", "HEIF"),
+    (4, b"ftypmsf1", "HEIF"),
     (4, b"ftypavif", "AVIF"),
+    (4, b"ftypavis", "AVIF"),
+    (4, b"ftypmif1", "HEIF"),
     (0, b"\x00\x00\x00\x0cjP  ", "JPEG2000"),
     (0, b"\xff\x4f\xff\x51", "JPEG2000"),
     (0, b"qoif", "QOI"),
@@ -201,8 +240,8 @@ def _oriented(image: Image.Image) -> Image.Image:
 
 
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
-    allowed = [f.upper() for f in limits.formats]
-    Image.init()  # loads Pillow's plugin registry once (idempotent)
+    allowed = allowed_formats(limits)
+    _register_plugins()
     # MPO has no opener of its own (the JPEG opener returns MPO files); _decode re-checks.
     openers = [
         f
@@ -231,7 +270,7 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
 
 def _decode(image: Image.Image, limits: ImageLimits, target: int) -> list[Image.Image]:
     fmt = (image.format or "").upper()
-    if fmt not in {f.upper() for f in limits.formats}:  # defence in depth: open() filtered
+    if fmt not in allowed_formats(limits):  # defence in depth: open() filtered
         raise UnsupportedImageFormat(
             f"format {fmt or 'unknown'} is not allowed (allowed: {', '.join(limits.formats)})"
         )

@@ -10,14 +10,15 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from moderation.core.admission import Admission, Bucket, Tenant, take
 from moderation.core.audit import AuditRecord, Retention, key_bounds
 from moderation.core.image_ref import ImageRef
-from moderation.core.jobs import Job, JobResult, JobStatus
+from moderation.core.jobs import Job, JobResult, keeps_inline
 from moderation.core.review import (
     FirstDecision,
     HumanDecision,
@@ -29,11 +30,12 @@ from moderation.core.review import (
     export_row,
     rank_key,
 )
-from moderation.core.reviewers import ReviewerAccount
+from moderation.core.reviewers import ReviewerAccount, ReviewerSession, session_alive
 from moderation.exceptions import (
     AuditError,
     AuditSinkUnavailable,
     ImageFetchError,
+    QueueFull,
     ReviewAlreadyDecided,
     ReviewError,
     ReviewLeaseExpired,
@@ -46,8 +48,11 @@ __all__ = [
     "MemoryAuditSink",
     "MemoryCallbacks",
     "MemoryJobStore",
+    "MemoryLoginThrottle",
     "MemoryPublisher",
+    "MemoryRateLimiter",
     "MemoryReviewQueue",
+    "MemoryReviewerSessions",
     "MemoryReviewerStore",
     "MemorySegmentStore",
     "MemorySource",
@@ -94,11 +99,21 @@ class MemoryJobStore(SingleJobOps):
     pending: dict[str, float] = field(default_factory=dict)
     locks: dict[str, float] = field(default_factory=dict)
     beats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Bytes of each job that has not ended, and the cap on their sum (QueueFull over it).
+    queued: dict[str, int] = field(default_factory=dict)
+    max_queued_bytes: int = 1 << 62
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def create_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> list[tuple[Job, bool]]:
         out = []
         with self._lock:
+            sizes = {
+                job.id: len(job.model_dump_json()) + (len(inline) if inline else 0)
+                for job, inline in jobs
+                if job.id not in self.jobs
+            }
+            if sum(self.queued.values()) + sum(sizes.values()) > self.max_queued_bytes:
+                raise QueueFull(f"queued bytes would exceed {self.max_queued_bytes}")
             for job, inline in jobs:
                 if job.id in self.jobs:
                     out.append((self.jobs[job.id], False))
@@ -108,17 +123,28 @@ class MemoryJobStore(SingleJobOps):
                 if inline is not None:
                     self.inline[job.image.inline_key] = inline
                 self.pending[job.id] = time.time()
+                self.queued[job.id] = sizes[job.id]
                 out.append((job, True))
         return out
 
     def delete(self, job_id: str) -> None:
         with self._lock:
-            for table in (self.jobs, self.inline, self.results, self.deliveries, self.pending):
+            for table in (
+                self.jobs,
+                self.inline,
+                self.results,
+                self.deliveries,
+                self.pending,
+                self.queued,
+            ):
                 table.pop(job_id, None)
             self.effects.discard(job_id)
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
         return [self.jobs.get(job_id) for job_id in job_ids]
+
+    def queued_bytes(self) -> int:
+        return sum(self.queued.values())
 
     def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self.inline.get(key) for key in keys]
@@ -146,8 +172,8 @@ class MemoryJobStore(SingleJobOps):
                 self.results[result.job_id] = result
                 self.ended.append((result.job_id, result.status.value))
                 self.pending.pop(result.job_id, None)
-                review = result.verdict is not None and result.verdict.decision.value == "review"
-                if result.status is JobStatus.DONE and not review:
+                self.queued.pop(result.job_id, None)
+                if not keeps_inline(result):
                     self.inline.pop(result.job_id, None)
                 out.append(True)
         return out
@@ -263,6 +289,20 @@ class MemoryPublisher:
 
 
 @dataclass
+class MemoryRateLimiter:
+    """The :class:`~moderation.ports.RateLimiter` twin: :func:`moderation.core.admission.take`
+    on a dict, on ``clock`` (a fake clock in tests)."""
+
+    clock: Callable[[], float] = time.time
+    buckets: dict[str, Bucket] = field(default_factory=dict)
+
+    def admit(self, tenant: Tenant, n: int) -> Admission:
+        admission, bucket = take(self.buckets.get(tenant.name), n, self.clock(), tenant)
+        self.buckets[tenant.name] = bucket
+        return admission
+
+
+@dataclass
 class MemoryCallbacks:
     """The :class:`~moderation.ports.CallbackSender` twin: records scheduled callbacks."""
 
@@ -364,6 +404,70 @@ class MemoryReviewerStore:
             disabled=disabled,
             created_at=account.created_at,
         )
+
+
+@dataclass
+class MemoryReviewerSessions:
+    """The :class:`~moderation.ports.ReviewerSessions` twin (same timeout rule)."""
+
+    idle_s: float = 1800.0
+    max_s: float = 43200.0
+    sessions: dict[str, ReviewerSession] = field(default_factory=dict)
+
+    def create(self, key: str, session: ReviewerSession) -> None:
+        self.sessions[key] = session
+
+    def touch(self, key: str, now: float) -> ReviewerSession | None:
+        session = self.sessions.get(key)
+        if session is None:
+            return None
+        if not session_alive(session, now, idle_s=self.idle_s, max_s=self.max_s):
+            del self.sessions[key]
+            return None
+        touched = ReviewerSession(
+            username=session.username,
+            created_at=session.created_at,
+            last_seen=now,
+            nonce=session.nonce,
+        )
+        self.sessions[key] = touched
+        return touched
+
+    def end(self, key: str) -> bool:
+        return self.sessions.pop(key, None) is not None
+
+    def end_all(self, username: str) -> int:
+        mine = [k for k, s in self.sessions.items() if s.username == username]
+        for key in mine:
+            del self.sessions[key]
+        return len(mine)
+
+    def count(self, username: str) -> int:
+        return sum(s.username == username for s in self.sessions.values())
+
+
+@dataclass
+class MemoryLoginThrottle:
+    """The :class:`~moderation.ports.LoginThrottle` twin."""
+
+    failures: dict[str, tuple[int, float]] = field(default_factory=dict)  # key -> (n, expires)
+    blocks: dict[str, float] = field(default_factory=dict)
+
+    def blocked_for(self, keys: Sequence[str], now: float) -> float:
+        return max([0.0, *(self.blocks.get(k, 0.0) - now for k in keys)])
+
+    def fail(self, key: str, now: float, *, window_s: float) -> int:
+        count, expires = self.failures.get(key, (0, 0.0))
+        count = count + 1 if expires > now else 1
+        self.failures[key] = (count, now + window_s)
+        return count
+
+    def block(self, key: str, until: float) -> None:
+        self.blocks[key] = max(until, self.blocks.get(key, 0.0))
+
+    def clear(self, key: str) -> None:
+        self.failures.pop(key, None)
+        self.blocks.pop(key, None)
 
 
 @dataclass

@@ -13,6 +13,12 @@ Keys (``P`` = ``settings.queue.key_prefix``)::
     P worker:<name>     heartbeat of a live worker (JSON, short TTL): model, policies, notes
     P pending           sorted set job id -> time it was (re)published; removed when it ends
     P lock:<name>       short-lived named locks (one worker at a time runs the lost-message sweep)
+    P queued            hash job id -> bytes it holds (inline image + record) until it ends
+    P queued_bytes      the sum of ``queued``: compared with ``queue.max_queued_bytes`` on create
+
+Job ids here are scoped ids (``<tenant>/<id>``, :mod:`moderation.core.jobs`). Inline bytes are
+dropped when a job ends, except for a REVIEW verdict (the reviewer needs them) and a dead letter
+(``dlq requeue`` runs it again).
 
 Why ``pending``: kombu's Redis transport pops a message (BRPOP) *before* it records it as
 unacked, so a worker killed in that window loses the message for good (celery/celery#4354,
@@ -35,9 +41,9 @@ from typing import Any, TypeVar
 import redis
 
 from moderation.adapters.support.redis import connect, redis_errors
-from moderation.core.jobs import Job, JobResult, JobStatus
+from moderation.core.jobs import Job, JobResult, keeps_inline
 from moderation.core.review import HumanDecision
-from moderation.exceptions import QueueUnavailable
+from moderation.exceptions import QueueFull, QueueUnavailable
 from moderation.ports import DeadLetter, SingleJobOps
 from moderation.settings import QueueSettings
 
@@ -45,18 +51,23 @@ __all__ = ["RedisJobStore"]
 
 T = TypeVar("T")
 
+# 1: created; 0: the id exists; -1: over the cap on queued bytes (nothing written).
 _CREATE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-  if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
-  return 1
-end
-return 0
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local size = tonumber(ARGV[9])
+local total = tonumber(redis.call('GET', KEYS[6]) or '0')
+if total + size > tonumber(ARGV[10]) then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
+redis.call('HSET', KEYS[5], ARGV[8], size)
+redis.call('INCRBY', KEYS[6], size)
+return 1
 """
 
-# Write a final result unless one is already there; log the outcome once; drop the inline bytes
-# when they are no longer needed (ARGV[6] == '1': decided, not waiting for a reviewer).
+# Write a final result unless one is already there; log the outcome once; the job's bytes no
+# longer count as queued; drop the inline bytes unless they are still needed (ARGV[6] == '1').
 _FINISH = """
 local old = redis.call('GET', KEYS[1])
 if old then
@@ -66,7 +77,22 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'job_id', ARGV[3], 'status', ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[3])
-if ARGV[6] == '1' then redis.call('DEL', KEYS[4]) end
+local size = redis.call('HGET', KEYS[4], ARGV[3])
+if size then
+  redis.call('HDEL', KEYS[4], ARGV[3])
+  redis.call('DECRBY', KEYS[5], size)
+end
+if ARGV[6] == '1' then redis.call('DEL', KEYS[6]) end
+return 1
+"""
+
+# Forget a job's queued bytes (rollback of a create).
+_UNQUEUE = """
+local size = redis.call('HGET', KEYS[1], ARGV[1])
+if size then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('DECRBY', KEYS[2], size)
+end
 return 1
 """
 
@@ -81,6 +107,7 @@ class RedisJobStore(SingleJobOps):
         self.prefix = settings.key_prefix
         self._create = client.register_script(_CREATE)
         self._finish = client.register_script(_FINISH)
+        self._unqueue = client.register_script(_UNQUEUE)
 
     @classmethod
     def from_url(cls, url: str, settings: QueueSettings) -> RedisJobStore:
@@ -104,6 +131,8 @@ class RedisJobStore(SingleJobOps):
             created.
 
         Raises:
+            QueueFull: the job's bytes would take the queued bytes over
+                ``queue.max_queued_bytes`` (nothing was stored).
             QueueUnavailable: Redis is down.
         """
         now = time.time()
@@ -111,15 +140,19 @@ class RedisJobStore(SingleJobOps):
         def run() -> list[Any]:
             pipe = self.redis.pipeline(transaction=False)
             for job, inline in jobs:
+                record = job.model_dump_json()
+                size = len(record) + (len(inline) if inline is not None else 0)
                 self._create(
                     keys=[
                         self.key("job", job.id),
                         self.key("result", job.id),
                         self.key("inline", job.image.inline_key if job.image.inline else job.id),
                         self.key("pending"),
+                        self.key("queued"),
+                        self.key("queued_bytes"),
                     ],
                     args=[
-                        job.model_dump_json(),
+                        record,
                         JobResult.queued(job).model_dump_json(),
                         self.settings.result_ttl_s,
                         "1" if inline is not None else "0",
@@ -127,12 +160,24 @@ class RedisJobStore(SingleJobOps):
                         self.settings.inline_ttl_s,
                         now,
                         job.id,
+                        size,
+                        self.settings.max_queued_bytes,
                     ],
                     client=pipe,
                 )
-            return list(pipe.execute())
+            return [int(x) for x in pipe.execute()]
 
         created = self._call(run)
+        if -1 in created:
+            # Over the cap on queued bytes: the whole batch is refused, nothing stays.
+            for (job, _), won in zip(jobs, created, strict=True):
+                if won == 1:
+                    self.delete(job.id)
+            raise QueueFull(
+                "too many bytes are waiting for the workers "
+                f"(cap {self.settings.max_queued_bytes}); retry later",
+                retry_after_s=self.settings.queue_full_retry_s,
+            )
         duplicates = [job.id for (job, _), won in zip(jobs, created, strict=True) if not won]
         existing = dict(zip(duplicates, self.get_jobs(duplicates), strict=True))
         return [
@@ -147,6 +192,7 @@ class RedisJobStore(SingleJobOps):
         def run() -> None:
             self.redis.delete(*(self.key(k, job_id) for k in kinds))
             self.redis.zrem(self.key("pending"), job_id)
+            self._unqueue(keys=[self.key("queued"), self.key("queued_bytes")], args=[job_id])
 
         self._call(run)
 
@@ -157,6 +203,10 @@ class RedisJobStore(SingleJobOps):
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
         return [Job.model_validate_json(raw) if raw else None for raw in self._mget("job", job_ids)]
+
+    def queued_bytes(self) -> int:
+        raw = self._call(lambda: self.redis.get(self.key("queued_bytes")))
+        return int(raw or 0)
 
     def keep_inline(self, key: str, ttl_s: int) -> None:
         """Keep inline bytes for ``ttl_s`` more seconds (e.g. while their job awaits review)."""
@@ -179,8 +229,8 @@ class RedisJobStore(SingleJobOps):
 
     def finish_many(self, results: Sequence[JobResult]) -> list[bool]:
         """Write final results unless their jobs already have one (a redelivered task), in one
-        round trip; inline bytes go with a decision (they stay for errors, which may be
-        requeued, and for REVIEW verdicts, which reviewers look at).
+        round trip; their bytes no longer count as queued, and their inline bytes go unless
+        they are still needed (:func:`moderation.core.jobs.keeps_inline`).
 
         Returns:
             Per result: True when this call ended the job; False when it had already ended.
@@ -192,13 +242,13 @@ class RedisJobStore(SingleJobOps):
         def run() -> list[Any]:
             pipe = self.redis.pipeline(transaction=False)
             for result in results:
-                review = result.verdict is not None and result.verdict.decision.value == "review"
-                drop = result.status is JobStatus.DONE and not review
                 self._finish(
                     keys=[
                         self.key("result", result.job_id),
                         self.key("outcomes"),
                         self.key("pending"),
+                        self.key("queued"),
+                        self.key("queued_bytes"),
                         self.key("inline", result.job_id),
                     ],
                     args=[
@@ -207,7 +257,7 @@ class RedisJobStore(SingleJobOps):
                         result.job_id,
                         result.status.value,
                         1_000_000,
-                        "1" if drop else "0",
+                        "0" if keeps_inline(result) else "1",
                     ],
                     client=pipe,
                 )

@@ -1,12 +1,17 @@
 """The HTTP API: upstream services enqueue images and read results; reviewers' pages under
 ``/review``.
 
-``POST /v1/jobs`` (202 + job id at once; 200 for a duplicate id), ``POST /v1/jobs:batch``,
-``GET /v1/jobs/{id}``, ``/healthz``, ``/readyz``, ``/metrics``; OpenAPI at ``/openapi.json`` and
-``/docs``. The endpoints parse and authenticate, then call the submit use case
-(:class:`moderation.pipeline.submit.Submitter`); every error is RFC 9457 problem details
-(:mod:`moderation.api.problems`). Internal addresses in image URLs are refused by the worker's
-SSRF guard (also after DNS resolution and redirects), so they end as error results, not 4xx.
+``POST /v1/jobs`` (202 + job id at once; 200 for a duplicate id; 409 for the same id with a
+different request), ``POST /v1/jobs:batch``, ``GET /v1/jobs/{id}``, ``/healthz``, ``/readyz``,
+``/metrics``; OpenAPI at ``/openapi.json`` and ``/docs``.
+
+Every ``/v1`` call authenticates with ``Authorization: Bearer <key>``; the key names the tenant
+(:class:`~moderation.core.admission.Tenant`), which is passed to the submit use case
+(:class:`moderation.pipeline.submit.Submitter`): ids, reads, limits and policy sets are the
+tenant's own. Bodies are limited while they stream in (:mod:`moderation.api.edge`). Every error
+is RFC 9457 problem details (:mod:`moderation.api.problems`). Internal addresses in image URLs
+are refused by the worker's SSRF guard (also after DNS resolution and redirects), so they end as
+error results, not 4xx.
 """
 
 from __future__ import annotations
@@ -17,33 +22,43 @@ import hmac
 import inspect
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from moderation import exceptions
+from moderation.api.edge import BodyLimit, HttpMetrics, body_limits
 from moderation.api.problems import (
+    PROBLEM_JSON,
     Problem,
     handle_http_error,
     handle_moderation_error,
+    handle_unexpected_error,
     handle_validation_error,
 )
 from moderation.api.schemas import (
+    POLICY_ID_PATTERN,
+    URL_PATTERN,
     BatchAccepted,
     BatchRequest,
+    Health,
     JobAccepted,
     JobRequest,
     LookupAnswer,
     LookupRequest,
+    Readiness,
 )
 from moderation.compose import ApiProcess
-from moderation.core.jobs import JobResult
-from moderation.exceptions import JobNotFoundError, JobRejected, ModerationError
+from moderation.core.admission import Tenant
+from moderation.core.jobs import DEFAULT_TENANT, JOB_ID_PATTERN, JobResult
+from moderation.exceptions import JobRejected, ModerationError
 from moderation.metrics import render, render_review_gauges
 from moderation.pipeline.submit import Accepted, SubmitRequest
 
@@ -51,14 +66,45 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (400, 401, 404, 413, 422, 503)
+_DESCRIPTIONS = {
+    400: "The request is well formed but refused (problem details; `code` says why, e.g. "
+    "policy_unknown, policy_not_allowed, metadata_too_deep).",
+    401: "Missing or wrong API key (`WWW-Authenticate: Bearer`).",
+    404: "No such job of your tenant (unknown, another tenant's, or expired).",
+    409: "id_conflict: the id is taken by a job submitted with a different request; `job_id` "
+    "names it.",
+    413: "Too large: request body (request_too_large), inline image, batch, or metadata.",
+    422: "The request does not match the schema (`errors` lists the fields).",
+    429: "rate_limited or quota_exceeded for your tenant; retry after `Retry-After` seconds.",
+    500: "An internal error (a bug; nothing internal is shown).",
+    503: "Redis or the broker is unavailable, or too many bytes wait for the workers "
+    "(queue_full); retry after `Retry-After` seconds.",
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer"},
+    }
+}
+_WWW_AUTH = {
+    "WWW-Authenticate": {"description": "The authentication scheme.", "schema": {"type": "string"}}
 }
 
 
 def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: _PROBLEMS[s] for s in statuses}
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {
+            "model": Problem,
+            "description": _DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        if status in (429, 503):
+            entry["headers"] = _RETRY_AFTER
+        if status == 401:
+            entry["headers"] = _WWW_AUTH
+        out[status] = entry
+    return out
 
 
 def _decode_inline(req: JobRequest, max_bytes: int) -> bytes | None:
@@ -99,6 +145,13 @@ def _problem_codes() -> dict[str, str]:
             doc = inspect.getdoc(cls) or ""
             out.setdefault(cls.code, doc.splitlines()[0] if doc else cls.__name__)
     return out
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="An API key of your tenant: `Authorization: Bearer <key>`.",
+)
 
 
 async def _upload_requests(form: FormData) -> list[SubmitRequest]:
@@ -153,24 +206,76 @@ async def _upload_requests(form: FormData) -> list[SubmitRequest]:
 
 _OPTIONS = {"id", "metadata", "policies", "callback_url"}
 
-#: The multipart body of ``/v1/jobs:upload``, for the OpenAPI document.
+#: The multipart body of ``/v1/jobs:upload``, for the OpenAPI document (limits and policy ids
+#: are filled in by ``openapi()``).
 UPLOAD_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["image"],
     "properties": {
         "image": {
             "type": "array",
-            "items": {"type": "string", "format": "binary"},
+            "minItems": 1,
+            "items": {"type": "string", "format": "binary", "minLength": 1},
             "description": "One part per image (raw bytes).",
         },
         "jobs": {
-            "type": "string",
-            "description": "JSON array of per-image options: id, metadata, policies, callback_url.",
+            "type": "array",
+            "description": "Per-image options, in the order of the images (as many as images).",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "id": {"type": "string", "pattern": JOB_ID_PATTERN},
+                    "metadata": {"type": "object"},
+                    "policies": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "string", "pattern": POLICY_ID_PATTERN},
+                    },
+                    "callback_url": {"type": "string", "pattern": URL_PATTERN},
+                },
+            },
         },
-        "policies": {"type": "array", "items": {"type": "string"}},
-        "callback_url": {"type": "string"},
+        "policies": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "string", "pattern": POLICY_ID_PATTERN},
+        },
+        "callback_url": {"type": "string", "pattern": URL_PATTERN, "maxLength": 4096},
     },
 }
+UPLOAD_ENCODING = {"jobs": {"contentType": "application/json"}}
+
+
+def _caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Tenant:
+    """The tenant of the request's API key (``default`` when no keys are configured, which only
+    development mode allows).
+
+    Raises:
+        JobRejected: 401, no key or not a configured one.
+    """
+    keys: list[tuple[bytes, str]] = request.app.state.tenant_keys
+    tenants: dict[str, Tenant] = request.app.state.tenants
+    if not keys:
+        return tenants[DEFAULT_TENANT]
+    given = credentials.credentials.strip().encode() if credentials else b""
+    found: str | None = None
+    for key, name in keys:  # every key, constant time each: timing reveals nothing
+        if hmac.compare_digest(given, key) and given:
+            found = name
+    if found is None:
+        raise JobRejected(
+            "missing or wrong API key (Authorization: Bearer <key>)",
+            status=401,
+            code="unauthorized",
+        )
+    return tenants[found]
+
+
+Caller = Annotated[Tenant, Depends(_caller)]
 
 
 def create_app(api: ApiProcess) -> FastAPI:
@@ -178,16 +283,23 @@ def create_app(api: ApiProcess) -> FastAPI:
     settings = api.settings
     submitter = api.submitter
     store = api.store
+    tenants = api.tenants
     app = FastAPI(
         title="Moderation API",
         version="1",
-        description="Enqueue images for policy-driven moderation; read verdicts. Errors are "
-        "RFC 9457 problem details (application/problem+json).",
+        description="Enqueue images for policy-driven moderation; read verdicts. Every /v1 call "
+        "authenticates with `Authorization: Bearer <key>`; the key names your tenant, and ids, "
+        "reads, limits and policy sets are your tenant's own. Errors are RFC 9457 problem "
+        "details (application/problem+json) with a stable `code`.",
     )
     app.state.api = api
     app.add_exception_handler(ModerationError, handle_moderation_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(HTTPException, handle_http_error)
+    app.add_exception_handler(Exception, handle_unexpected_error)
+    limits, default_limit = body_limits(settings)
+    app.add_middleware(BodyLimit, limits=limits, default=default_limit)
+    app.add_middleware(HttpMetrics, routes=lambda: list(app.router.routes))
 
     from moderation.web import build_review_router
 
@@ -195,41 +307,36 @@ def create_app(api: ApiProcess) -> FastAPI:
         build_review_router(
             settings,
             api.review_queue,
-            api.reviewers,
+            api.reviewer_auth,
             on_final=api.outcomes.record_human_decision,
             image_loader=api.sources.fetch,
         )
     )
 
-    keys = [k.get_secret_value().encode() for k in settings.api_keys]
-
-    def authorized(request: Request) -> None:
-        """``Authorization: Bearer <key>`` on /v1/* when API keys are configured."""
-        if not keys:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        # Compare against every key (constant time each), so timing reveals nothing.
-        matches = [hmac.compare_digest(given.strip().encode(), key) for key in keys]
-        if scheme.lower() != "bearer" or not any(matches):
-            raise JobRejected(
-                "missing or wrong API key (Authorization: Bearer <key>)",
-                status=401,
-                code="unauthorized",
-            )
-
-    guarded = [Depends(authorized)]
+    app.state.tenant_keys = [
+        (k.key.get_secret_value().encode(), k.tenant) for k in settings.api_keys
+    ]
+    app.state.tenants = tenants
     max_inline = settings.queue.max_inline_bytes
 
     @app.post(
         "/v1/jobs",
         status_code=202,
         response_model=JobAccepted,
-        dependencies=guarded,
-        responses={200: {"model": JobAccepted}, **_responses(400, 401, 413, 422, 503)},
+        responses={
+            200: {
+                "model": JobAccepted,
+                "description": "Duplicate: this request with this id "
+                "was already submitted (nothing new is queued).",
+            },
+            **_responses(400, 401, 409, 413, 422, 429, 500, 503),
+        },
+        tags=["jobs"],
     )
-    def submit_job(req: JobRequest, response: Response) -> JobAccepted:
-        """Enqueue one image. 202 with the job id; 200 when the id already exists."""
-        accepted = submitter.submit([_request(req, max_inline)])[0]
+    def submit_job(req: JobRequest, response: Response, caller: Caller) -> JobAccepted:
+        """Enqueue one image. 202 with the job id; 200 when the same request with this id
+        exists; 409 when the id is taken by a different request."""
+        accepted = submitter.submit([_request(req, max_inline)], tenant=caller)[0]
         if accepted.duplicate:
             response.status_code = 200
         return _accepted(accepted)
@@ -238,11 +345,12 @@ def create_app(api: ApiProcess) -> FastAPI:
         "/v1/jobs:batch",
         status_code=202,
         response_model=BatchAccepted,
-        dependencies=guarded,
-        responses=_responses(400, 401, 413, 422, 503),
+        responses=_responses(400, 401, 409, 413, 422, 429, 500, 503),
+        tags=["jobs"],
     )
-    def submit_batch(req: BatchRequest) -> BatchAccepted:
-        """Enqueue many images. Every job is validated before any is enqueued."""
+    def submit_batch(req: BatchRequest, caller: Caller) -> BatchAccepted:
+        """Enqueue many images. Every job is validated before any is enqueued; a refused job is
+        named by `index`."""
         requests = []
         for index, item in enumerate(req.jobs):
             try:
@@ -251,60 +359,60 @@ def create_app(api: ApiProcess) -> FastAPI:
                 raise JobRejected(
                     f"jobs[{index}]: {exc}", status=exc.status, code=exc.code, index=index
                 ) from exc
-        return BatchAccepted(jobs=[_accepted(a) for a in submitter.submit(requests)])
+        return BatchAccepted(jobs=[_accepted(a) for a in submitter.submit(requests, tenant=caller)])
 
     @app.post(
         "/v1/jobs:upload",
         status_code=202,
         response_model=BatchAccepted,
-        dependencies=guarded,
-        responses=_responses(400, 401, 413, 422, 503),
+        responses=_responses(400, 401, 409, 413, 422, 429, 500, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"multipart/form-data": {"schema": UPLOAD_SCHEMA}},
+                "content": {
+                    "multipart/form-data": {"schema": UPLOAD_SCHEMA, "encoding": UPLOAD_ENCODING}
+                },
             }
         },
+        tags=["jobs"],
     )
-    async def upload(request: Request) -> BatchAccepted:
+    async def upload(request: Request, caller: Caller) -> BatchAccepted:
         """Enqueue images sent as raw bytes: one ``image`` part per image (no base64, no JSON
         around the bytes). Optional ``jobs``: a JSON array of per-image options (``id``,
         ``metadata``, ``policies``, ``callback_url``), in the order of the images; ``policies``
-        and ``callback_url`` fields apply to every image."""
+        and ``callback_url`` fields apply to every image. Validated like ``/v1/jobs:batch``."""
         limit = settings.queue.max_batch_jobs
         form = await request.form(max_files=limit, max_fields=limit + 16)
         try:
             requests = await _upload_requests(form)
         finally:
             await form.close()
-        accepted = await run_in_threadpool(submitter.submit, requests)
+        accepted = await run_in_threadpool(submitter.submit, requests, tenant=caller)
         return BatchAccepted(jobs=[_accepted(a) for a in accepted])
 
     @app.post(
         "/v1/jobs:lookup",
-        dependencies=guarded,
         response_model=LookupAnswer,
-        responses=_responses(401, 422, 503),
+        responses=_responses(401, 422, 500, 503),
+        tags=["jobs"],
     )
-    def lookup(req: LookupRequest) -> Response:
-        """The results of many jobs at once, in the order asked (``null`` for an unknown or
-        expired id): what a client polls instead of one request per job."""
-        found = store.result_json(req.ids)
-        body = b'{"jobs":[' + b",".join(raw or b"null" for raw in found) + b"]}"
-        return Response(body, media_type="application/json")
+    def lookup(req: LookupRequest, caller: Caller) -> LookupAnswer:
+        """The results of many of your jobs at once, in the order asked (``null`` for an
+        unknown or expired id): what a client polls instead of one request per job."""
+        return LookupAnswer(jobs=submitter.results(req.ids, tenant=caller))
 
     @app.get(
         "/v1/jobs/{job_id}",
         response_model=JobResult,
-        dependencies=guarded,
-        responses=_responses(401, 404, 503),
+        responses=_responses(401, 404, 422, 500, 503),
+        tags=["jobs"],
     )
-    def get_job(job_id: str) -> Response:
-        """Status, and the verdict or error once the job ended."""
-        raw = store.result_json([job_id])[0]
-        if raw is None:
-            raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")
-        return Response(raw, media_type="application/json")
+    def get_job(
+        job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN, description="Your job id.")],
+        caller: Caller,
+    ) -> JobResult:
+        """Status, and the verdict or error once the job ended (your tenant's jobs only)."""
+        return submitter.result(job_id, tenant=caller)
 
     @app.get("/problems/{code}", response_class=HTMLResponse, include_in_schema=False)
     def problem_page(code: str) -> HTMLResponse:
@@ -317,32 +425,48 @@ def create_app(api: ApiProcess) -> FastAPI:
             f"<h1>{html.escape(code)}</h1><p>{html.escape(text)}</p>"
         )
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    def healthz() -> Health:
         """The process is alive."""
-        return {"status": "ok"}
+        return Health(status="ok")
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Redis does not answer."}},
+        tags=["operations"],
+    )
     def readyz() -> JSONResponse:
-        """Redis answers and at least one worker is alive (heartbeat)."""
+        """Ready when this process's own dependency (Redis) answers. Workers are listed but not
+        required: jobs wait in the queue while they restart (watch the
+        ``moderation_workers_alive`` metric instead)."""
         redis_ok = store.ping()
-        workers: list[dict[str, Any]] = store.workers() if redis_ok else []
-        ready = redis_ok and bool(workers)
-        body = {
-            "status": "ready" if ready else "not ready",
-            "redis": redis_ok,
-            "workers": [{k: w.get(k) for k in ("name", "model", "policies")} for w in workers],
-        }
-        return JSONResponse(body, status_code=200 if ready else 503)
+        workers: list[dict[str, Any]] = []
+        if redis_ok:
+            try:
+                workers = store.workers()
+            except ModerationError:
+                workers = []
+        body = Readiness(
+            status="ready" if redis_ok else "not ready",
+            redis=redis_ok,
+            workers=[{k: w.get(k) for k in ("name", "model", "policies")} for w in workers],
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if redis_ok else 503)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        tags=["operations"],
+    )
     def prometheus() -> Response:
-        """Prometheus metrics of the API and every worker process on this host."""
-        try:
-            depth: int | None = api.publisher.queue_depth()
-        except ModerationError:
-            depth = None
-        body, content_type = render(queue_depth=depth)
+        """Prometheus metrics of the API and every worker process on this host, plus gauges
+        read from Redis (queue depth, live workers, queued bytes)."""
+        depth = _quiet(api.publisher.queue_depth)
+        alive = _quiet(lambda: len(store.workers()))
+        queued = _quiet(store.queued_bytes)
+        body, content_type = render(queue_depth=depth, workers_alive=alive, queued_bytes=queued)
         try:
             stats = api.review_queue.stats()
             body += render_review_gauges(
@@ -352,4 +476,53 @@ def create_app(api: ApiProcess) -> FastAPI:
             log.warning("review queue stats unavailable for /metrics")
         return Response(body, media_type=content_type)
 
+    def openapi() -> dict[str, Any]:
+        """The OpenAPI document, with what the models cannot say: the configured size limits
+        and the policy ids in service (regenerated when they change)."""
+        known = sorted(_quiet(submitter.catalog.known) or [])
+        cached = app.openapi_schema
+        if cached is not None and cached.get("x-policies") == known:
+            return cached
+        spec = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=[
+                {"name": "jobs", "description": "Submit images, read verdicts."},
+                {"name": "operations", "description": "Health, readiness, metrics."},
+            ],
+        )
+        for operation in (op for item in spec["paths"].values() for op in item.values()):
+            for status, answer in operation.get("responses", {}).items():
+                content = answer.get("content", {})
+                if status[0] in "45" and PROBLEM_JSON in content:
+                    answer["content"] = {PROBLEM_JSON: content[PROBLEM_JSON]}  # one shape
+        schemas = spec["components"]["schemas"]
+        request = schemas["JobRequest"]["properties"]
+        request["image_base64"]["maxLength"] = (max_inline + 2) // 3 * 4
+        if known:
+            request["policies"]["items"]["enum"] = known
+        schemas["BatchRequest"]["properties"]["jobs"]["maxItems"] = settings.queue.max_batch_jobs
+        upload = spec["paths"]["/v1/jobs:upload"]["post"]["requestBody"]["content"][
+            "multipart/form-data"
+        ]["schema"]["properties"]
+        upload["image"]["maxItems"] = upload["jobs"]["maxItems"] = settings.queue.max_batch_jobs
+        upload["image"]["items"]["maxLength"] = settings.queue.max_inline_bytes
+        if known:
+            upload["policies"]["items"]["enum"] = known
+            upload["jobs"]["items"]["properties"]["policies"]["items"]["enum"] = known
+        spec["x-policies"] = known
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _quiet(read: Any) -> Any:
+    """``read()``, or None when Redis or the broker is unavailable (metrics and docs degrade)."""
+    try:
+        return read()
+    except ModerationError:
+        return None

@@ -9,12 +9,16 @@
 ``type`` is stable per error ``code`` (the codes of :mod:`moderation.exceptions`) and resolves to
 a page describing it (``GET /problems/{code}``); ``code`` repeats it for clients that switch on
 it; ``index`` names the refused job of a batch; ``errors`` lists the fields of a request that did
-not validate. The API (``/v1``), the reviewers' pages (``/review``), request-validation errors and
-404/405 all answer in this shape.
+not validate; ``job_id`` names the existing job of a 409 id conflict; ``retry_after_s`` repeats
+the ``Retry-After`` header of a 429 or 503. The API (``/v1``), the reviewers' pages (``/review``),
+request-validation errors, 404/405, oversize bodies (413), rate limits (429) and unexpected
+errors (500) all answer in this shape; a 401 carries ``WWW-Authenticate``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -27,9 +31,13 @@ from starlette.exceptions import HTTPException
 
 from moderation.exceptions import (
     ImageError,
+    JobConflict,
     JobNotFoundError,
     JobRejected,
+    LoginThrottled,
     ModerationError,
+    QueueFull,
+    RateLimited,
     ReviewAlreadyDecided,
     ReviewAuthError,
     ReviewError,
@@ -39,15 +47,21 @@ from moderation.exceptions import (
 )
 
 __all__ = [
+    "API_REALM",
     "PROBLEM_JSON",
     "FieldError",
     "Problem",
+    "handle_unexpected_error",
     "problem_for",
     "problem_response",
     "status_for",
 ]
 
+log = logging.getLogger(__name__)
+
 PROBLEM_JSON = "application/problem+json"
+#: ``WWW-Authenticate`` of a 401 from the job API.
+API_REALM = 'Bearer realm="moderation"'
 
 
 class FieldError(BaseModel):
@@ -71,6 +85,12 @@ class Problem(BaseModel):
         default=None, description="Position of the refused job in a batch request."
     )
     errors: list[FieldError] | None = None
+    job_id: str | None = Field(
+        default=None, description="409 id_conflict: the id of the job that holds this id."
+    )
+    retry_after_s: float | None = Field(
+        default=None, description="429 / 503: seconds to wait (also the Retry-After header)."
+    )
 
 
 def status_for(exc: ModerationError) -> int:
@@ -79,6 +99,8 @@ def status_for(exc: ModerationError) -> int:
         return exc.status
     if isinstance(exc, JobNotFoundError | ReviewNotFound):
         return 404
+    if isinstance(exc, LoginThrottled):
+        return 429
     if isinstance(exc, ReviewAuthError):
         return 403 if exc.code in {"review_csrf", "review_forbidden"} else 401
     if isinstance(exc, ReviewLeaseExpired | ReviewNotLeaseHolder | ReviewAlreadyDecided):
@@ -116,9 +138,26 @@ def problem_response(problem: Problem, headers: Mapping[str, str] | None = None)
     )
 
 
-def moderation_problem(exc: ModerationError) -> JSONResponse:
-    index = exc.index if isinstance(exc, JobRejected) else None
-    return problem_response(problem_for(status_for(exc), exc.code, str(exc), index=index))
+def _retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
+def moderation_problem(exc: ModerationError, *, realm: str = API_REALM) -> JSONResponse:
+    """The problem answer of an error of the exception tree (``realm``: the
+    ``WWW-Authenticate`` value of a 401)."""
+    status = status_for(exc)
+    extra: dict[str, Any] = {"index": exc.index if isinstance(exc, JobRejected) else None}
+    headers: dict[str, str] = {}
+    if isinstance(exc, JobConflict):
+        extra["job_id"] = exc.existing_id
+    if isinstance(exc, RateLimited | QueueFull | LoginThrottled):
+        extra["retry_after_s"] = round(exc.retry_after_s, 3)
+        headers["Retry-After"] = _retry_after(exc.retry_after_s)
+    elif status == 503:
+        headers["Retry-After"] = "5"
+    if status == 401:
+        headers["WWW-Authenticate"] = realm
+    return problem_response(problem_for(status, exc.code, str(exc), **extra), headers=headers)
 
 
 def validation_problem(errors: Sequence[Any]) -> JSONResponse:
@@ -137,7 +176,10 @@ def http_problem(exc: HTTPException) -> JSONResponse:
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     code = phrase.lower().replace(" ", "_").replace("-", "_")
     detail = str(exc.detail) if exc.detail else phrase
-    return problem_response(problem_for(status, code, detail), headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", API_REALM)
+    return problem_response(problem_for(status, code, detail), headers=headers)
 
 
 async def handle_moderation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -153,3 +195,11 @@ async def handle_validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def handle_http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return http_problem(exc)
+
+
+async def handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: 500 as problem details (logged with its traceback; nothing internal is shown)."""
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        problem_for(500, "internal_error", "internal error; the operators have the details")
+    )

@@ -1,21 +1,74 @@
-"""Request and response bodies of the HTTP API (also the OpenAPI schema)."""
+"""Request and response bodies of the HTTP API (also the OpenAPI schema).
+
+The schema is the contract: a request it allows is accepted, except for what only the server can
+know (a policy withdrawn since the document was read, a tenant's policy set, an id already used
+for a different request, rate limits and quotas, metadata size and depth). Hence the patterns
+below: ``image_url`` is ``s3://bucket/key`` or an http(s) URL with a host *name*, ``image_base64``
+is canonical non-empty base64, and an explicit ``null`` is refused like any other wrong type.
+The server is more lenient than the URL and base64 patterns (an IP-literal host is accepted when
+the SSRF guard allows it; malformed references get a 400 with a ``code``), never stricter.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from moderation.core.jobs import JOB_ID_PATTERN, JobResult, JobStatus
 
 __all__ = [
+    "BASE64_PATTERN",
+    "IMAGE_URL_PATTERN",
+    "POLICY_ID_PATTERN",
+    "URL_PATTERN",
     "BatchAccepted",
     "BatchRequest",
+    "Health",
     "JobAccepted",
     "JobRequest",
     "LookupAnswer",
     "LookupRequest",
+    "Readiness",
 ]
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: A DNS host name whose last label starts with a letter (so never an IPv4 spelling).
+_HOST = rf"(?:{_LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?"
+#: An http(s) URL with a host name (not an IP literal), an optional port and any path.
+URL_PATTERN = rf"^https?://{_HOST}(?::[1-9][0-9]{{0,3}})?(?:[/?#][!-~]*)?$"
+#: ``s3://bucket/key`` or :data:`URL_PATTERN`.
+IMAGE_URL_PATTERN = (
+    r"^(?:s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[!-~]+"
+    rf"|https?://{_HOST}(?::[1-9][0-9]{{0,3}})?(?:[/?#][!-~]*)?)$"
+)
+#: Canonical, non-empty base64.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{2}==)$"
+POLICY_ID_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
+
+PolicyId = Annotated[str, StringConstraints(pattern=POLICY_ID_PATTERN)]
+# Constraints sit on the inner type so the schema keeps them (minItems, pattern) next to the
+# union with a None that the schema skips (an omitted field, never an explicit null).
+_Url = Annotated[str, Field(max_length=4096)]
+_Policies = Annotated[list[PolicyId], Field(min_length=1, max_length=64)]
+_JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+
+
+def _no_defaults(schema: dict[str, Any]) -> None:
+    """Optional fields are absent, never ``null``: drop the ``null`` defaults from the schema and
+    require exactly one of the two image fields."""
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", 0) is None:
+            del prop["default"]
+    schema["oneOf"] = [{"required": ["image_url"]}, {"required": ["image_base64"]}]
 
 
 class JobRequest(BaseModel):
@@ -23,38 +76,48 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "image_url": "s3://uploads/2024/06/cat.jpg",
-                    "id": "upload-8812",
-                    "metadata": {"user": "u_19"},
-                    "callback_url": "https://example.com/hooks/moderation",
-                }
-            ]
-        },
+        json_schema_extra=lambda schema, _: _no_defaults(schema),
     )
 
-    image_url: str | None = Field(
-        None, max_length=4096, description="s3://bucket/key or http(s):// URL of the image."
-    )
-    image_base64: str | None = Field(
-        None, description="The image bytes, base64 (at most queue.max_inline_bytes decoded)."
-    )
-    policies: list[str] | None = Field(
-        None, max_length=64, description="Policy ids to apply; default: every active policy."
-    )
-    id: str | None = Field(
+    image_url: _Url | SkipJsonSchema[None] = Field(
         None,
-        pattern=JOB_ID_PATTERN,
-        description="Caller job id (idempotency key): the same id is processed once.",
+        json_schema_extra={"pattern": IMAGE_URL_PATTERN},
+        description="s3://bucket/key or http(s):// URL of the image.",
+        examples=["s3://uploads/2024/06/cat.jpg"],
+    )
+    image_base64: str | SkipJsonSchema[None] = Field(
+        None,
+        json_schema_extra={"pattern": BASE64_PATTERN},
+        description="The image bytes, base64 (at most queue.max_inline_bytes decoded).",
+    )
+    policies: _Policies | SkipJsonSchema[None] = Field(
+        None,
+        description="Policy ids to apply (at least one); omit it for every active policy (or "
+        "the tenant's policy set).",
+    )
+    id: _JobId | SkipJsonSchema[None] = Field(
+        None,
+        description="Caller job id (idempotency key, per tenant): the same request with the same "
+        "id is processed once (200, duplicate); a different request with it is a 409.",
+        examples=["upload-8812"],
     )
     metadata: dict[str, Any] = Field(
-        default_factory=dict, description="Opaque; echoed in the result and callback."
+        default_factory=dict,
+        description="Opaque (at most queue.max_metadata_bytes as compact JSON, "
+        "queue.max_metadata_depth levels); echoed in the result and callback.",
     )
-    callback_url: str | None = Field(
-        None, max_length=4096, description="POSTed the HMAC-signed result when the job ends."
+    callback_url: _Url | SkipJsonSchema[None] = Field(
+        None,
+        json_schema_extra={"pattern": URL_PATTERN},
+        description="POSTed the HMAC-signed result when the job ends.",
     )
+
+    @field_validator("image_url", "image_base64", "policies", "id", "callback_url", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("omit the field instead of sending null")
+        return value
 
     @model_validator(mode="after")
     def _one_image(self) -> JobRequest:
@@ -64,7 +127,7 @@ class JobRequest(BaseModel):
 
 
 class JobAccepted(BaseModel):
-    id: str
+    id: str = Field(description="The job id (yours, or the one generated for you).")
     status: JobStatus
     duplicate: bool = Field(description="True when a job with this id already existed.")
     url: str
@@ -73,17 +136,36 @@ class JobAccepted(BaseModel):
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    jobs: list[JobRequest] = Field(min_length=1)
+    jobs: list[JobRequest] = Field(min_length=1, description="At most queue.max_batch_jobs.")
 
 
 class BatchAccepted(BaseModel):
     jobs: list[JobAccepted]
 
 
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class WorkerInfo(BaseModel):
+    name: str | None = None
+    model: str | None = None
+    policies: dict[str, int] | None = None
+
+
+class Readiness(BaseModel):
+    """Whether this API process can take jobs: its own dependencies (Redis) answer. Workers are
+    reported, not required: jobs wait in the queue while workers restart."""
+
+    status: Literal["ready", "not ready"]
+    redis: bool
+    workers: list[WorkerInfo]
+
+
 class LookupRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[str] = Field(min_length=1, max_length=1000)
+    ids: list[_JobId] = Field(min_length=1, max_length=1000)
 
 
 class LookupAnswer(BaseModel):

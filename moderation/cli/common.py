@@ -38,7 +38,21 @@ err = Console(stderr=True)
 #: Libraries whose INFO lines are per-request noise on a terminal.
 _QUIET = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer")
 #: File suffixes a folder walk picks up as images.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+    }
+)
 
 
 def load_settings() -> Settings:
@@ -57,20 +71,29 @@ def fail(exc: ModerationError, code: int = 2) -> typer.Exit:
 
 
 def warn_insecure(settings: Settings) -> None:
-    """Warn about every setting still at its development default."""
-    for name in settings.insecure_defaults():
+    """Fail closed on unsafe secrets: in production, exit with every problem named; in
+    development mode, warn loudly about each.
+
+    Raises:
+        typer.Exit: production with weak secrets or keys (status 2).
+    """
+    try:
+        problems = settings.enforce_security()
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    if problems:
         err.print(
-            f"[bold yellow]warning[/]: {name} is at its development default; set "
-            "MODERATION_"
-            + name.split(" ")[0].upper().replace(".", "__")
-            + " before production use",
+            "[bold yellow]DEVELOPMENT MODE[/] (MODERATION_ENVIRONMENT=development): "
+            "these settings would be refused in production:",
             highlight=False,
         )
+    for problem in problems:
+        err.print(f"[bold yellow]warning[/]: {problem}", highlight=False, soft_wrap=True)
 
 
 def client_key(settings: Settings) -> str | None:
     """The API key the CLI client sends: the first configured one, if any."""
-    return settings.api_keys[0].get_secret_value() if settings.api_keys else None
+    return settings.api_keys[0].key.get_secret_value() if settings.api_keys else None
 
 
 def api_url(settings: Settings, url: str | None) -> str:

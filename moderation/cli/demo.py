@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from moderation.cli.common import err, fail, load_settings, out
+from moderation.cli.common import err, fail, load_settings, out, warn_insecure
 from moderation.cli.score import DECISION_STYLE
 from moderation.exceptions import ModerationError
 from moderation.ports import JobStore
@@ -107,6 +107,11 @@ def demo(
     from moderation.testmodel.samples import demo_inputs
 
     settings = load_settings()
+    if "environment" not in settings.model_fields_set:
+        # The demo is a development tool: its embedded defaults (open API, development secrets)
+        # are refused in production. MODERATION_ENVIRONMENT=production makes it fail closed too.
+        settings = settings.model_copy(update={"environment": "development"})
+    warn_insecure(settings)
     embedded: EmbeddedRedis | None = None
     worker_proc: subprocess.Popen[bytes] | None = None
     server: Any = None

@@ -67,7 +67,9 @@ def api(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option(help="0: any free port")] = None,
 ) -> None:
-    """Serve the HTTP API (uvicorn)."""
+    """Serve the HTTP API (uvicorn). ``--port 0`` binds a free port and prints it."""
+    import socket
+
     import uvicorn
 
     from moderation.api import create_app
@@ -75,19 +77,30 @@ def api(
 
     settings = load_settings()
     warn_insecure(settings)
+    bind_host = host or settings.api_host
+    bind_port = settings.api_port if port is None else port
+    try:
+        family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind_host, bind_port))
+    except OSError as exc:
+        raise fail(ModerationError(f"cannot listen on {bind_host}:{bind_port}: {exc}")) from exc
     try:
         process = build_api(settings)
     except ModerationError as exc:
+        sock.close()
         raise fail(exc) from exc
+    shown = f"[{bind_host}]" if family == socket.AF_INET6 else bind_host
+    print(f"serving the API on http://{shown}:{sock.getsockname()[1]}", flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(process), log_level=settings.log_level.lower())
+    )
     try:
-        uvicorn.run(
-            create_app(process),
-            host=host or settings.api_host,
-            port=settings.api_port if port is None else port,
-            log_level=settings.log_level.lower(),
-        )
+        server.run(sockets=[sock])
     finally:
         process.close()
+        sock.close()
 
 
 @pipeline_app.command()

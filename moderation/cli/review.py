@@ -124,18 +124,47 @@ def user_list() -> None:
     out.print(table)
 
 
+def _end_sessions(settings: Settings, users: ReviewerStore, username: str) -> int:
+    from moderation.compose import build_reviewer_auth, open_audit
+
+    audit = open_audit(settings)
+    try:
+        return build_reviewer_auth(settings, users, audit=audit).end_sessions(username, by="cli")
+    finally:
+        audit.close()
+
+
 @user_app.command("disable")
 def user_disable(
     username: str,
     enable: Annotated[bool, typer.Option("--enable", help="Re-enable instead.")] = False,
 ) -> None:
-    """Disable (or re-enable) an account; its open sessions stop working at once."""
+    """Disable (or re-enable) an account; disabling ends its open sessions at once."""
     settings = load_settings()
+    ended = 0
     try:
-        _users(settings).set_disabled(username, not enable)
+        users = _users(settings)
+        users.set_disabled(username, not enable)
+        if not enable:
+            ended = _end_sessions(settings, users, username)
     except ModerationError as exc:
         raise _fail(exc) from exc
-    out.print(f"{'enabled' if enable else 'disabled'} {username}", highlight=False)
+    what = "enabled" if enable else f"disabled (ended {ended} session(s))"
+    out.print(f"{username}: {what}", highlight=False)
+
+
+@user_app.command("logout")
+def user_logout(username: str) -> None:
+    """End every session of an account (it must sign in again); audited."""
+    settings = load_settings()
+    try:
+        users = _users(settings)
+        if users.get(username) is None:
+            raise ModerationError(f"no reviewer {username!r}", code="review_unknown_user")
+        ended = _end_sessions(settings, users, username)
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    out.print(f"ended {ended} session(s) of {username}", highlight=False)
 
 
 @review_app.command("stats")

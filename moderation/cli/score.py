@@ -109,7 +109,9 @@ def score(
         if as_json:
             print(json.dumps({"path": str(item.path), "skipped": item.skipped}), flush=True)
         else:
-            err.print(f"[yellow]skipped[/] {item.path}: {item.skipped}", highlight=False)
+            err.print(
+                f"[yellow]skipped[/] {item.path}: {item.skipped}", highlight=False, soft_wrap=True
+            )
     if not as_json:
         out.print(table)
         out.print(f"{len(wanted)} inputs, {failed} failed, {len(skipped)} skipped")

@@ -1,7 +1,8 @@
 """Signed callbacks: the body upstream services receive and how they check it. Pure.
 
-``POST callback_url`` with the JSON body ``{"event": ..., "result": JobResult}`` and headers
-``X-Moderation-Event``, ``X-Moderation-Job-Id`` and ``X-Moderation-Signature: t=<unix time>,
+``POST callback_url`` with the JSON body ``{"event": ..., "result": JobResult}`` (the tenant's
+own job id, and its tenant) and headers ``X-Moderation-Event``, ``X-Moderation-Job-Id`` (the
+tenant's own id) and ``X-Moderation-Signature: t=<unix time>,
 v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`` (see :func:`sign`, :func:`verify`). Receivers drop
 duplicates by job id and event: delivery is at least once.
 """
@@ -45,6 +46,8 @@ def verify(
 
 
 def callback_body(event: Event, result: JobResult) -> bytes:
+    """The body of a callback: the result as its tenant sees it (its own job id, its tenant)."""
     return json.dumps(
-        {"event": event, "result": result.model_dump(mode="json")}, separators=(",", ":")
+        {"event": event, "result": result.for_caller().model_dump(mode="json")},
+        separators=(",", ":"),
     ).encode()

@@ -2,10 +2,20 @@
 
 A job ends exactly once, as a verdict (``done``) or an error result (``error``); a human decision
 on a reviewed job may later be attached to its result (``human``) without changing that.
+
+Tenants. Every job belongs to the tenant whose API key submitted it. Job ids are namespaced per
+tenant: the id a tenant chooses (``upload-8812``) is stored as ``<tenant>/<id>`` (the *scoped*
+id: Redis keys, broker message, audit records, review items), so two tenants may use the same id
+and neither can read, squat or overwrite the other's job. Tenant ``default`` (the single tenant
+of a deployment without named tenants, and of every job stored before tenants existed) keeps
+bare ids, so an upgrade changes no key. Callers only ever see their own ids
+(:meth:`JobResult.for_caller`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from enum import Enum
@@ -18,21 +28,68 @@ from moderation.core.image_ref import ImageRef
 from moderation.core.review import HumanDecision, ReviewDecision
 
 __all__ = [
+    "DEFAULT_TENANT",
     "JOB_ID_PATTERN",
+    "TENANT_PATTERN",
     "Job",
     "JobError",
     "JobResult",
     "JobStatus",
     "final_decision",
+    "keeps_inline",
     "new_job_id",
+    "public_id",
+    "request_fingerprint",
+    "scoped_id",
+    "tenant_of",
 ]
 
 #: Caller-chosen job ids (idempotency keys): short, printable, safe in Redis keys and URLs.
+#: No ``/``: it separates the tenant in a scoped id.
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+#: Tenant names come from configuration (a bounded set: also a metric label).
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+#: The tenant of a deployment without named tenants (and of jobs stored before tenants).
+DEFAULT_TENANT = "default"
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def scoped_id(tenant: str, job_id: str) -> str:
+    """The store-wide id of a tenant's job id (``acme/upload-1``; bare for ``default``)."""
+    return job_id if tenant == DEFAULT_TENANT else f"{tenant}/{job_id}"
+
+
+def public_id(scoped: str) -> str:
+    """The id the owning tenant sees for a scoped id."""
+    return scoped.rpartition("/")[2]
+
+
+def tenant_of(scoped: str) -> str:
+    """The tenant part of a scoped id."""
+    tenant, sep, _ = scoped.rpartition("/")
+    return tenant if sep else DEFAULT_TENANT
+
+
+def request_fingerprint(
+    *,
+    image: str,
+    policies: list[str] | None,
+    metadata: dict[str, Any],
+    callback_url: str | None,
+) -> str:
+    """A hash of what a request asks for (``image``: the URL, or ``sha256:<hex>`` of inline
+    bytes): the same id with a different fingerprint is a conflict, not a duplicate."""
+    canonical = json.dumps(
+        {"image": image, "policies": policies, "metadata": metadata, "callback": callback_url},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _now() -> datetime:
@@ -50,7 +107,7 @@ class JobStatus(str, Enum):
 
 
 class Job(BaseModel):
-    """One image to moderate."""
+    """One image to moderate. ``id`` is the scoped id (see the module docstring)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -60,6 +117,15 @@ class Job(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     callback_url: str | None = None
     created_at: datetime = Field(default_factory=_now)
+    tenant: str = DEFAULT_TENANT
+    #: :func:`request_fingerprint` of the request that created the job (None: stored before
+    #: fingerprints existed; any resubmission then counts as a duplicate).
+    fingerprint: str | None = None
+
+    @property
+    def public_id(self) -> str:
+        """The id the tenant chose (or was given)."""
+        return public_id(self.id)
 
 
 class JobError(BaseModel):
@@ -85,15 +151,26 @@ class JobResult(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
     finished_at: datetime | None = None
+    tenant: str | None = None
 
     @property
     def decision(self) -> Decision | None:
         return final_decision(self)
 
+    def for_caller(self) -> JobResult:
+        """The result as its tenant sees it: ``job_id`` is the tenant's own id."""
+        return self.model_copy(
+            update={"job_id": public_id(self.job_id), "tenant": self.tenant or DEFAULT_TENANT}
+        )
+
     @classmethod
     def queued(cls, job: Job) -> JobResult:
         return cls(
-            job_id=job.id, status=JobStatus.QUEUED, metadata=job.metadata, created_at=job.created_at
+            job_id=job.id,
+            status=JobStatus.QUEUED,
+            metadata=job.metadata,
+            created_at=job.created_at,
+            tenant=job.tenant,
         )
 
     @classmethod
@@ -115,6 +192,7 @@ class JobResult(BaseModel):
             metadata=job.metadata,
             created_at=job.created_at,
             finished_at=_now(),
+            tenant=job.tenant,
         )
 
 
@@ -130,3 +208,12 @@ def final_decision(result: JobResult) -> Decision | None:
     if result.human is not None:
         return _HUMAN[result.human.decision]
     return result.verdict.decision if result.verdict is not None else None
+
+
+def keeps_inline(result: JobResult) -> bool:
+    """Whether an ended job's inline image bytes stay in the store: only for a REVIEW verdict
+    (the reviewer looks at them) and a dead letter (``dlq requeue`` runs it again). Every other
+    ending, errors included, drops them at once."""
+    if result.verdict is not None and result.verdict.decision is Decision.REVIEW:
+        return True
+    return result.error is not None and result.error.code == "poison_message"

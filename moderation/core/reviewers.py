@@ -1,19 +1,39 @@
-"""Reviewer accounts: who may review, with which role. Pure: no I/O.
+"""Reviewer accounts, sessions and sign-in throttling: the rules. Pure: no I/O.
 
 Accounts are kept behind the :class:`~moderation.ports.ReviewerStore` port; passwords only as
 argon2id hashes (:mod:`moderation.web.auth`). Outside the review system a reviewer is known only by
 a keyed pseudonym (:func:`moderation.core.review.pseudonym`).
+
+Sessions are server-side (:class:`~moderation.ports.ReviewerSessions`): the cookie holds a random
+token, the store keeps only its hash. A session ends at sign-out, when an admin ends the
+account's sessions, after ``idle_s`` without a request, and ``max_s`` after sign-in whatever
+happens (:func:`session_alive`).
+
+Sign-in throttling (:class:`LoginPolicy`) counts failures per account and per client address::
+
+    failures f <= free            no wait
+    free < f < lockout_after      next attempt waits min(max_delay_s, delay_s * 2 ** (f - free - 1))
+    f >= lockout_after            locked for lockout_s
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from enum import Enum
 
 from moderation.exceptions import ReviewError
 
-__all__ = ["ReviewerAccount", "Role", "check_username"]
+__all__ = [
+    "LoginPolicy",
+    "ReviewerAccount",
+    "ReviewerSession",
+    "Role",
+    "check_username",
+    "session_alive",
+    "session_key",
+]
 
 _USERNAME = re.compile(r"^[a-z][a-z0-9_.-]{1,63}$")
 
@@ -44,3 +64,48 @@ def check_username(username: str) -> str:
             code="review_bad_username",
         )
     return username
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewerSession:
+    """A signed-in reviewer. ``nonce`` keys the session's CSRF token."""
+
+    username: str
+    created_at: float
+    last_seen: float
+    nonce: str
+
+
+def session_key(token: str) -> str:
+    """What the session store keeps for a cookie token (its SHA-256): a copy of the store gives
+    no usable cookie."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def session_alive(session: ReviewerSession, now: float, *, idle_s: float, max_s: float) -> bool:
+    """Whether a session may still be used at ``now`` (idle timeout and absolute lifetime)."""
+    return now - session.last_seen < idle_s and now - session.created_at < max_s
+
+
+@dataclass(frozen=True, slots=True)
+class LoginPolicy:
+    """How failed sign-ins slow down the next attempt (see the module docstring)."""
+
+    free_failures: int = 3
+    delay_s: float = 1.0
+    max_delay_s: float = 60.0
+    lockout_after: int = 10
+    lockout_s: float = 900.0
+    #: Failures older than this are forgotten.
+    window_s: float = 900.0
+
+    def wait_after(self, failures: int) -> float:
+        """Seconds the next attempt must wait after ``failures`` failures in the window."""
+        if failures >= self.lockout_after:
+            return self.lockout_s
+        if failures <= self.free_failures:
+            return 0.0
+        return float(min(self.max_delay_s, self.delay_s * 2 ** (failures - self.free_failures - 1)))
+
+    def locked(self, failures: int) -> bool:
+        return failures >= self.lockout_after

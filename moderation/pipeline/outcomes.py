@@ -93,6 +93,7 @@ class Outcomes:
                     content_ref=job.image.uri,
                     weights_sha256=self.weights_sha256,
                     dsa_category=self._dsa_category(verdict),
+                    tenant=job.tenant,
                 )
                 for job, verdict, digest in decided
             ]
@@ -107,6 +108,7 @@ class Outcomes:
         for (job, verdict, _), ended in zip(decided, won, strict=True):
             if ended:
                 m.jobs.labels("verdict").inc()
+                m.tenant_jobs.labels(job.tenant, "verdict").inc()
                 m.decisions.labels(
                     verdict.policy_id or "none",
                     verdict.category_id or "none",
@@ -146,6 +148,7 @@ class Outcomes:
                     transient=error.transient,
                     content_sha256=digest,
                     content_ref=job.image.uri,
+                    tenant=job.tenant,
                 )
                 for job, error, digest in failed
             ]
@@ -156,9 +159,11 @@ class Outcomes:
         ]
         won = self.store.finish_many(results)
         m = metrics()
-        for (_, error, _), ended in zip(failed, won, strict=True):
+        for (job, error, _), ended in zip(failed, won, strict=True):
             if ended:
-                m.jobs.labels("dead_letter" if error.code == "poison_message" else "error").inc()
+                outcome = "dead_letter" if error.code == "poison_message" else "error"
+                m.jobs.labels(outcome).inc()
+                m.tenant_jobs.labels(job.tenant, outcome).inc()
                 m.errors.labels(error.code).inc()
         self._effects(
             [
@@ -200,7 +205,9 @@ class Outcomes:
             ):
                 self._send_to_review(job, result.verdict, result.content_sha256)
             if job.callback_url:
-                self.callbacks.send(job.id, job.callback_url, callback_body("job.finished", result))
+                self.callbacks.send(
+                    job.public_id, job.callback_url, callback_body("job.finished", result)
+                )
             finished.append(job.id)
         self.store.mark_effects_done_many(finished)
 
@@ -259,6 +266,7 @@ class Outcomes:
                     content_ref=job.image.uri,
                     verdict=result.verdict,
                     dsa_category=self._dsa_category(result.verdict) if result.verdict else None,
+                    tenant=job.tenant,
                 )
             )
         updated = self.store.set_human(decision.job_id, decision)
@@ -266,6 +274,6 @@ class Outcomes:
             raise JobNotFoundError(f"no job {decision.job_id!r} (unknown or expired)")
         if job.callback_url:
             self.callbacks.send(
-                job.id, job.callback_url, callback_body("job.human_decision", updated)
+                job.public_id, job.callback_url, callback_body("job.human_decision", updated)
             )
         return updated

@@ -1,30 +1,59 @@
 """Submitting jobs: the use case behind ``POST /v1/jobs`` and ``/v1/jobs:batch``.
 
-Every request of a submission is validated before anything is stored (unknown policy, missing or
-oversize image, unsupported scheme, bad callback URL: :class:`~moderation.exceptions.JobRejected`
-with an HTTP status and a stable code). Then each job is created with set-if-absent semantics
-(the id is an idempotency key) and its message published; if the broker refuses the message the
-job record is rolled back, so nothing is half-enqueued. A crash between the two is repaired by the
-lost-message sweep (the job stays in the pending index).
+Every submission belongs to a tenant (:class:`~moderation.core.admission.Tenant`, resolved at
+the HTTP edge from the API key and passed in explicitly). Job ids are namespaced per tenant
+(:func:`~moderation.core.jobs.scoped_id`): a tenant reads, squats or collides only with its own
+ids.
+
+Every request of a submission is validated before anything is stored (unknown or not-allowed
+policy, missing or oversize image, metadata too large or too deep, unsupported scheme, bad
+callback URL, the batch's total inline bytes, an id already used for a different request:
+:class:`~moderation.exceptions.JobRejected` with an HTTP status and a stable code). Then the
+tenant's admission (token bucket and daily quota, :class:`~moderation.ports.RateLimiter`) takes
+one token per new job, or refuses the whole submission with ``Retry-After``; the global cap on
+queued bytes refuses it with 503 when workers are far behind. Then each job is created with
+set-if-absent semantics (the id is an idempotency key: the same request again is a duplicate,
+a different request with the same id a 409 conflict) and its message published; if the broker
+refuses the message the job record is rolled back, so nothing is half-enqueued. A crash between
+the two is repaired by the lost-message sweep (the job stays in the pending index).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from moderation.core.admission import Tenant
 from moderation.core.image_ref import ImageRef
-from moderation.core.jobs import Job, JobStatus, new_job_id
-from moderation.exceptions import ImageFetchError, JobRejected, ModerationError, PolicyError
+from moderation.core.jobs import (
+    Job,
+    JobResult,
+    JobStatus,
+    new_job_id,
+    request_fingerprint,
+    scoped_id,
+)
+from moderation.exceptions import (
+    ImageFetchError,
+    JobConflict,
+    JobNotFoundError,
+    JobRejected,
+    ModerationError,
+    PolicyError,
+    QueueFull,
+    RateLimited,
+)
 from moderation.metrics import metrics
 from moderation.pipeline.sources import ImageSources
-from moderation.ports import JobStore, TaskPublisher
+from moderation.ports import JobStore, RateLimiter, TaskPublisher
 from moderation.settings import QueueSettings
 
-__all__ = ["Accepted", "PolicyCatalog", "SubmitRequest", "Submitter"]
+__all__ = ["Accepted", "PolicyCatalog", "SubmitRequest", "Submitter", "metadata_depth"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +72,7 @@ class SubmitRequest:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
+    #: The job id as the tenant sees it (its own id, or the one generated for it).
     id: str
     status: JobStatus
     duplicate: bool
@@ -80,8 +110,33 @@ def _reject(status: int, code: str, message: str) -> JobRejected:
     return JobRejected(message, status=status, code=code)
 
 
+def metadata_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0, ``{}`` and ``[]`` are 1). Iterative."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Sequence[Any] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+@dataclass(frozen=True, slots=True)
+class _Valid:
+    job: Job
+    inline: bytes | None
+    caller_id: bool  # the caller chose the id (a conflict is possible)
+
+
 class Submitter:
-    """Validates and enqueues jobs. Thread-safe."""
+    """Validates, admits and enqueues jobs. Thread-safe."""
 
     def __init__(
         self,
@@ -92,6 +147,7 @@ class Submitter:
         catalog: PolicyCatalog,
         settings: QueueSettings,
         check_callback_url: Callable[[str], None],
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.store = store
         self.publisher = publisher
@@ -99,14 +155,73 @@ class Submitter:
         self.catalog = catalog
         self.settings = settings
         self.check_callback_url = check_callback_url
+        self.limiter = limiter
 
-    def validate(self, request: SubmitRequest, known: set[str]) -> tuple[Job, bytes | None]:
-        """The job a request describes, and its inline bytes.
+    # --- validation --------------------------------------------------------------------------
+
+    def _policies(
+        self, request: SubmitRequest, known: set[str], tenant: Tenant
+    ) -> list[str] | None:
+        allowed = set(tenant.policies) if tenant.policies is not None else None
+        if request.policies is None:
+            if tenant.policies is None:
+                return None
+            missing = sorted(set(tenant.policies) - known)
+            if missing:
+                raise _reject(
+                    400,
+                    "policy_unknown",
+                    f"the policy set of tenant {tenant.name} names unknown policies "
+                    f"{', '.join(missing)}; known: {', '.join(sorted(known)) or 'none'}",
+                )
+            return list(tenant.policies)
+        if not request.policies:
+            raise _reject(
+                400, "no_policies", "policies is empty; omit it to apply every active policy"
+            )
+        unknown = sorted(set(request.policies) - known)
+        if unknown:
+            raise _reject(
+                400,
+                "policy_unknown",
+                f"unknown policy {', '.join(unknown)}; known: {', '.join(sorted(known)) or 'none'}",
+            )
+        if allowed is not None:
+            refused = sorted(set(request.policies) - allowed)
+            if refused:
+                raise _reject(
+                    400,
+                    "policy_not_allowed",
+                    f"policy {', '.join(refused)} is not in this tenant's policy set "
+                    f"({', '.join(sorted(allowed))})",
+                )
+        return list(request.policies)
+
+    def _check_metadata(self, metadata: dict[str, Any]) -> None:
+        depth = metadata_depth(metadata)
+        if depth > self.settings.max_metadata_depth:
+            raise _reject(
+                400,
+                "metadata_too_deep",
+                f"metadata is nested {depth} levels deep; at most "
+                f"{self.settings.max_metadata_depth}",
+            )
+        size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > self.settings.max_metadata_bytes:
+            raise _reject(
+                413,
+                "metadata_too_large",
+                f"metadata is {size} bytes (compact JSON); at most "
+                f"{self.settings.max_metadata_bytes}",
+            )
+
+    def validate(self, request: SubmitRequest, known: set[str], tenant: Tenant) -> _Valid:
+        """The job a request describes (with its scoped id), and its inline bytes.
 
         Raises:
             JobRejected: the request is invalid (status 400 or 413, stable code).
         """
-        job_id = request.id or new_job_id()
+        job_id = scoped_id(tenant.name, request.id or new_job_id())
         inline = request.image_bytes
         if (request.image_url is None) == (inline is None):
             raise _reject(400, "missing_image", "give exactly one of image_url and image_base64")
@@ -121,6 +236,7 @@ class Submitter:
                     f"{self.settings.max_inline_bytes}: upload it and send image_url",
                 )
             image = ImageRef.for_inline(job_id)
+            what = "sha256:" + hashlib.sha256(inline).hexdigest()
         else:
             uri = (request.image_url or "").strip()
             if not uri:
@@ -132,19 +248,9 @@ class Submitter:
                 self.sources.check(image)
             except ImageFetchError as exc:
                 raise _reject(400, exc.code, str(exc)) from exc
-        if request.policies is not None:
-            if not request.policies:
-                raise _reject(
-                    400, "no_policies", "policies is empty; omit it to apply every active policy"
-                )
-            unknown = sorted(set(request.policies) - known)
-            if unknown:
-                raise _reject(
-                    400,
-                    "policy_unknown",
-                    f"unknown policy {', '.join(unknown)}; known: "
-                    f"{', '.join(sorted(known)) or 'none'}",
-                )
+            what = uri
+        policies = self._policies(request, known, tenant)
+        self._check_metadata(request.metadata)
         if request.callback_url is not None:
             try:
                 self.check_callback_url(request.callback_url)
@@ -153,44 +259,141 @@ class Submitter:
         job = Job(
             id=job_id,
             image=image,
-            policies=request.policies,
+            policies=policies,
             metadata=request.metadata,
             callback_url=request.callback_url,
+            tenant=tenant.name,
+            fingerprint=request_fingerprint(
+                image=what,
+                policies=policies,
+                metadata=request.metadata,
+                callback_url=request.callback_url,
+            ),
         )
-        return job, inline
+        return _Valid(job, inline, caller_id=request.id is not None)
 
-    def submit(self, requests: Sequence[SubmitRequest]) -> list[Accepted]:
-        """Validate every request, then enqueue each job (idempotent by id).
+    def _conflicts(self, valid: list[_Valid]) -> None:
+        """An id used twice in the batch, or already stored, for a different request."""
+        first: dict[str, tuple[int, _Valid]] = {}
+        for index, v in enumerate(valid):
+            seen = first.setdefault(v.job.id, (index, v))
+            if seen[1].job.fingerprint != v.job.fingerprint:
+                raise JobConflict(
+                    f"jobs[{index}]: id {v.job.public_id!r} is also jobs[{seen[0]}], "
+                    "with a different request",
+                    existing_id=v.job.public_id,
+                    index=index,
+                )
+        if len(valid) == 1:
+            return  # nothing else to enqueue first: create() finds a conflict without a read
+        chosen = [(i, v) for i, v in enumerate(valid) if v.caller_id]
+        stored = self.store.get_jobs([v.job.id for _, v in chosen]) if chosen else []
+        for (index, v), existing in zip(chosen, stored, strict=True):
+            if existing is not None and _differs(existing, v.job):
+                raise JobConflict(
+                    f"id {v.job.public_id!r} is taken by a job submitted with a different "
+                    "request; resubmit the same request, or use a new id",
+                    existing_id=existing.public_id,
+                    index=index,
+                )
+
+    # --- submission --------------------------------------------------------------------------
+
+    def submit(self, requests: Sequence[SubmitRequest], *, tenant: Tenant) -> list[Accepted]:
+        """Validate every request, admit the tenant's new jobs, then enqueue each job
+        (idempotent by id).
 
         Raises:
-            JobRejected: a request is invalid (``index`` names it in a batch); nothing was
-                enqueued.
+            JobRejected: a request is invalid (``index`` names it in a batch), JobConflict (409)
+                or RateLimited (429); nothing was enqueued.
+            QueueFull: too many bytes wait for the workers (503); nothing was enqueued.
             QueueUnavailable: Redis or the broker is down.
         """
-        if len(requests) > self.settings.max_batch_jobs:
+        try:
+            return self._submit(requests, tenant)
+        except JobRejected as exc:
+            metrics().rejected.labels(tenant.name, exc.code).inc()
+            raise
+        except QueueFull as exc:
+            metrics().rejected.labels(tenant.name, exc.code).inc()
+            raise
+
+    def _submit(self, requests: Sequence[SubmitRequest], tenant: Tenant) -> list[Accepted]:
+        q = self.settings
+        if len(requests) > q.max_batch_jobs:
             raise _reject(
-                413,
-                "batch_too_large",
-                f"{len(requests)} jobs; at most {self.settings.max_batch_jobs}",
+                413, "batch_too_large", f"{len(requests)} jobs; at most {q.max_batch_jobs}"
             )
         known = self.catalog.known()
-        validated = []
+        valid: list[_Valid] = []
         for index, request in enumerate(requests):
             try:
-                validated.append(self.validate(request, known))
+                valid.append(self.validate(request, known, tenant))
             except JobRejected as exc:
                 if len(requests) > 1:
                     exc.message = f"jobs[{index}]: {exc.message}"
                     exc.args = (exc.message,)
                     exc.index = index
                 raise
-        return self._enqueue(validated)
+        inline_total = sum(len(v.inline) for v in valid if v.inline is not None)
+        if len(valid) > 1 and inline_total > q.max_batch_bytes:
+            raise _reject(
+                413,
+                "batch_too_large",
+                f"the batch carries {inline_total} inline image bytes; at most "
+                f"{q.max_batch_bytes} per request",
+            )
+        self._conflicts(valid)
+        if inline_total and self.store.queued_bytes() + inline_total > q.max_queued_bytes:
+            raise QueueFull(
+                "too many bytes are waiting for the workers; retry later",
+                retry_after_s=q.queue_full_retry_s,
+            )
+        self._admit(tenant, len(valid))
+        return self._enqueue(valid)
 
-    def _enqueue(self, validated: list[tuple[Job, bytes | None]]) -> list[Accepted]:
+    def _admit(self, tenant: Tenant, n: int) -> None:
+        if self.limiter is None:
+            return
+        if n > tenant.burst:
+            raise _reject(
+                413,
+                "batch_over_burst",
+                f"{n} jobs in one request; tenant {tenant.name} may send at most "
+                f"{tenant.burst} at once",
+            )
+        admission = self.limiter.admit(tenant, n)
+        if admission.granted:
+            return
+        if admission.reason == "quota":
+            raise RateLimited(
+                f"tenant {tenant.name} used its quota of {tenant.daily_jobs} jobs today (UTC)",
+                code="quota_exceeded",
+                retry_after_s=admission.retry_after_s,
+            )
+        raise RateLimited(
+            f"tenant {tenant.name} sends more than {tenant.rate_per_s:g} jobs/s "
+            f"(bursts of {tenant.burst}); retry in {admission.retry_after_s:.1f} s",
+            code="rate_limited",
+            retry_after_s=admission.retry_after_s,
+        )
+
+    def _enqueue(self, valid: list[_Valid]) -> list[Accepted]:
         """Create the jobs (one store round trip), publish the new ones (one message per
-        ``jobs_per_message``), roll them back if the broker refuses."""
-        stored = self.store.create_many(validated)
+        ``jobs_per_message``) and roll them back if the broker refuses. An id already stored
+        for a different request is a conflict (409), and then nothing of the batch stays."""
+        stored = self.store.create_many([(v.job, v.inline) for v in valid])
         created = [job.id for job, won in stored if won]
+        for index, (v, (existing, won)) in enumerate(zip(valid, stored, strict=True)):
+            if not won and _differs(existing, v.job):
+                for job_id in created:
+                    self.store.delete(job_id)
+                raise JobConflict(
+                    f"id {v.job.public_id!r} is taken by a job submitted with a different "
+                    "request; resubmit the same request, or use a new id",
+                    existing_id=existing.public_id,
+                    index=index if len(valid) > 1 else None,
+                )
         if created:
             try:
                 self.publisher.publish(created)
@@ -198,20 +401,56 @@ class Submitter:
                 for job_id in created:
                     self.store.delete(job_id)
                 raise
-            metrics().submitted.inc(len(created))
+            counts: dict[str, int] = {}
+            for job, won in stored:
+                if won:
+                    counts[job.tenant] = counts.get(job.tenant, 0) + 1
+            for tenant, n in counts.items():
+                metrics().submitted.labels(tenant).inc(n)
         duplicates = [job.id for job, won in stored if not won]
-        existing = dict(zip(duplicates, self.store.get_results(duplicates), strict=True))
+        existing_results = dict(zip(duplicates, self.store.get_results(duplicates), strict=True))
         out = []
         for job, won in stored:
             if won:
-                out.append(Accepted(id=job.id, status=JobStatus.QUEUED, duplicate=False))
+                out.append(Accepted(id=job.public_id, status=JobStatus.QUEUED, duplicate=False))
             else:
-                result = existing.get(job.id)
+                result = existing_results.get(job.id)
                 out.append(
                     Accepted(
-                        id=job.id,
+                        id=job.public_id,
                         duplicate=True,
                         status=result.status if result else JobStatus.QUEUED,
                     )
                 )
         return out
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def result(self, job_id: str, *, tenant: Tenant) -> JobResult:
+        """The result of one of ``tenant``'s jobs, as the tenant sees it.
+
+        Raises:
+            JobNotFoundError: no such job of this tenant (another tenant's job is not found
+                either), or it expired.
+            QueueUnavailable: Redis is down.
+        """
+        result = self.store.get_result(scoped_id(tenant.name, job_id))
+        if result is None:
+            raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")
+        return result.for_caller()
+
+    def results(self, job_ids: Sequence[str], *, tenant: Tenant) -> list[JobResult | None]:
+        """The results of many of ``tenant``'s jobs in one store round trip (None for an
+        unknown or expired id, or another tenant's).
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        found = self.store.get_results([scoped_id(tenant.name, j) for j in job_ids])
+        return [r.for_caller() if r is not None else None for r in found]
+
+
+def _differs(stored: Job, new: Job) -> bool:
+    """Whether a stored job was submitted with another request than ``new`` (unknown for jobs
+    stored before fingerprints: treated as the same)."""
+    return stored.fingerprint is not None and stored.fingerprint != new.fingerprint

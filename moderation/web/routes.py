@@ -16,6 +16,12 @@ API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF 
     GET  {prefix}/api/admin/stats     admin: queues, decisions per (pseudonymous) reviewer today
     POST {prefix}/api/admin/requeue   admin: {review_id}, take an item back from its holder
     POST {prefix}/api/admin/redeliver admin: retry on_final for decisions whose delivery failed
+    POST {prefix}/api/admin/sessions/end  admin: {username}, end every session of that account
+
+Sessions are server-side (:class:`moderation.pipeline.signin.ReviewerAuth`): sign-out, an admin,
+disabling the account, the idle timeout and the absolute lifetime end them, whatever a copied
+cookie says. Sign-in is throttled per account and per client address (429 + ``Retry-After``,
+the password is not even checked while throttled).
 
 Every state-changing request carries the session's CSRF token (``X-CSRF-Token`` header or
 ``csrf`` form field). Errors are RFC 9457 problem details, like the API's. Images are fetched
@@ -31,8 +37,8 @@ with ``Cache-Control: no-store``. Every response carries a strict CSP (no inline
 
 import io
 import logging
+import math
 import secrets
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +56,18 @@ from moderation.adapters.images import decode_image
 from moderation.api.problems import http_problem, moderation_problem, status_for, validation_problem
 from moderation.core.image_ref import ImageRef
 from moderation.core.review import HumanDecision, ReviewDecision
-from moderation.core.reviewers import Role
-from moderation.exceptions import ModerationError, ReviewAuthError, ReviewNotFound
+from moderation.core.reviewers import ReviewerSession, Role
+from moderation.exceptions import (
+    LoginThrottled,
+    ModerationError,
+    ReviewAuthError,
+    ReviewNotFound,
+)
 from moderation.metrics import metrics
-from moderation.ports import Claim, ReviewerStore, ReviewQueue, ReviewStats
+from moderation.pipeline.signin import ReviewerAuth
+from moderation.ports import Claim, ReviewQueue, ReviewStats
 from moderation.settings import Settings
-from moderation.web.auth import Session, SessionCodec, verify_password
+from moderation.web.auth import SessionCodec
 
 __all__ = ["ImageLoader", "OnFinal", "build_review_router"]
 
@@ -110,7 +122,7 @@ def _wrap(
             if status_for(exc) == 401 and is_page:
                 response = RedirectResponse(f"{prefix}/login", status_code=303)
             else:
-                response = moderation_problem(exc)
+                response = moderation_problem(exc, realm=f'Cookie realm="{prefix}"')
         except RequestValidationError as exc:
             response = validation_problem(exc.errors())
         except HTTPException as exc:
@@ -126,7 +138,7 @@ class Principal:
     username: str
     role: Role
     pseudonym: str
-    session: Session
+    session: ReviewerSession
 
 
 class _NextBody(BaseModel):
@@ -142,6 +154,10 @@ class _DecideBody(BaseModel):
 
 class _ItemBody(BaseModel):
     review_id: str = Field(max_length=64)
+
+
+class _UserBody(BaseModel):
+    username: str = Field(max_length=64)
 
 
 def _claim_payload(claim: Claim, prefix: str) -> dict[str, Any]:
@@ -177,7 +193,7 @@ def _claim_payload(claim: Claim, prefix: str) -> dict[str, Any]:
 def build_review_router(
     settings: Settings,
     queue: ReviewQueue,
-    users: ReviewerStore,
+    auth: ReviewerAuth,
     *,
     on_final: OnFinal,
     image_loader: ImageLoader,
@@ -185,15 +201,15 @@ def build_review_router(
 ) -> APIRouter:
     """The reviewers' router. Mount with ``app.include_router(router)``.
 
-    ``on_final`` is called once for each decision that becomes final (after the second reviewer
-    for critical removals); if it raises a :class:`ModerationError` the decision stays in the
-    queue's outbox and ``POST {prefix}/api/admin/redeliver`` retries it.
+    ``auth`` signs reviewers in and out and resolves their server-side sessions. ``on_final`` is
+    called once for each decision that becomes final (after the second reviewer for critical
+    removals); if it raises a :class:`ModerationError` the decision stays in the queue's outbox
+    and ``POST {prefix}/api/admin/redeliver`` retries it.
     """
     review = settings.review
     codec = SessionCodec(
         session_secret=review.session_secret.get_secret_value(),
         pseudonym_secret=review.pseudonym_secret.get_secret_value(),
-        ttl_s=review.session_ttl_s,
     )
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
     router = APIRouter(prefix=prefix, route_class=_secure_route(prefix), include_in_schema=False)
@@ -210,10 +226,7 @@ def build_review_router(
         )
 
     def principal(request: Request) -> Principal:
-        session = codec.read(request.cookies.get(SESSION_COOKIE), now=time.time())
-        account = users.get(session.username)
-        if account is None or account.disabled:
-            raise ReviewAuthError("account disabled or removed", code="review_not_signed_in")
+        session, account = auth.session(request.cookies.get(SESSION_COOKIE))
         return Principal(
             username=account.username,
             role=account.role,
@@ -265,32 +278,39 @@ def build_review_router(
     ) -> Response:
         nonce = request.cookies.get(PRE_COOKIE) or ""
         codec.check_csrf(nonce, csrf if nonce else None)
+        client = request.client.host if request.client else "unknown"
         try:
-            account = verify_password(users.get(username.strip().lower()), password)
+            token, _ = auth.sign_in(username, password, client=client)
         except ReviewAuthError as exc:
             new_nonce = secrets.token_urlsafe(16)
+            throttled = isinstance(exc, LoginThrottled)
             response = page(
                 request,
                 "login.html",
                 None,
                 login_csrf=codec.csrf_token(new_nonce),
                 error=str(exc),
-                status_code=401,
+                status_code=429 if throttled else 401,
             )
+            if isinstance(exc, LoginThrottled):
+                response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+            else:
+                response.headers["WWW-Authenticate"] = f'Cookie realm="{prefix}"'
             _cookie(response, PRE_COOKIE, new_nonce, 3600)
             return response
-        _, cookie = codec.issue(account, now=time.time())
         response = RedirectResponse(f"{prefix}/", status_code=303)
-        _cookie(response, SESSION_COOKIE, cookie, review.session_ttl_s)
+        _cookie(response, SESSION_COOKIE, token, review.session_ttl_s)
         response.delete_cookie(PRE_COOKIE, path=prefix)
         return response
 
     @router.post("/logout")
     def logout(
+        request: Request,
         who: Annotated[Principal, Depends(principal)],
         csrf: Annotated[str, Form(max_length=128)] = "",
     ) -> Response:
         codec.check_csrf(who.session.nonce, csrf)
+        auth.sign_out(request.cookies.get(SESSION_COOKIE))
         response = RedirectResponse(f"{prefix}/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=prefix)
         return response
@@ -400,6 +420,15 @@ def build_review_router(
         pending = queue.undelivered(older_than_s=30.0)
         ok = sum(_deliver(queue, final, on_final) for final in pending)
         return {"pending": len(pending), "delivered": ok}
+
+    @router.post("/api/admin/sessions/end")
+    def admin_end_sessions(
+        body: _UserBody, who: Annotated[Principal, Depends(admin)]
+    ) -> dict[str, Any]:
+        name = body.username.strip().lower()
+        if auth.users.get(name) is None:
+            raise ReviewNotFound(f"no reviewer {name!r}", code="review_unknown_user")
+        return {"username": name, "ended": auth.end_sessions(name, by=who.pseudonym)}
 
     return router
 

@@ -180,7 +180,13 @@ def check_ip(ip: IPAddress, *, host: str, allowlist: Allowlist) -> None:
 
 
 def _parse_inet_aton(host: str) -> int | None:
-    """The 32-bit value the C resolver gives a numeric host (``inet_aton`` rules), else None."""
+    """The 32-bit value the C resolver's ``inet_aton`` gives a numeric host, else None.
+
+    One to four parts, each decimal, octal (leading ``0``) or hex (``0x``); the last part fills
+    every byte the earlier ones leave: ``a`` = 32 bits, ``a.b`` = 8 + 24, ``a.b.c`` = 8 + 8 + 16,
+    ``a.b.c.d`` = 8 x 4. So ``127.1`` is 127.0.0.1 and ``0177.0.0.1`` is 127.0.0.1, as
+    ``socket.inet_aton`` says (which also accepts trailing garbage; this does not).
+    """
     parts = host.split(".")
     if not 1 <= len(parts) <= 4 or any(not p for p in parts):
         return None
@@ -201,10 +207,10 @@ def _parse_inet_aton(host: str) -> int | None:
     *head, last = values
     if any(v > 255 for v in head) or last >= 1 << (8 * (5 - len(values))):
         return None
-    value = 0
-    for v in head:
-        value = value << 8 | v
-    return value << (8 * (4 - len(values))) | last
+    value = last
+    for index, v in enumerate(head):
+        value |= v << (8 * (3 - index))
+    return value
 
 
 def _literal_ip(host: str) -> IPAddress | None:

@@ -8,6 +8,7 @@ from moderation.core.audit.records import (
     AuditRecord,
     record_for_error,
     record_for_review,
+    record_for_security,
     record_for_verdict,
 )
 from moderation.core.audit.segments import (
@@ -42,6 +43,7 @@ __all__ = [
     "parse_segment_key",
     "record_for_error",
     "record_for_review",
+    "record_for_security",
     "record_for_verdict",
     "seal",
     "segment_key",

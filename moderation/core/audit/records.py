@@ -25,10 +25,15 @@ from moderation.exceptions import AuditError
 __all__ = [
     "GENESIS_HASH",
     "AuditRecord",
+    "SecurityEvent",
     "record_for_error",
     "record_for_review",
+    "record_for_security",
     "record_for_verdict",
 ]
+
+#: Security events of the reviewers' sign-in (kind ``security``; ``decision`` names the event).
+SecurityEvent = Literal["login_failed", "login_locked", "sessions_ended"]
 
 GENESIS_HASH = "0" * 64
 _PSEUDONYM = re.compile(r"rv_[A-Za-z0-9_-]{1,64}")
@@ -44,7 +49,8 @@ class AuditRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     record_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
-    kind: Literal["automated", "human"]
+    #: ``security``: a sign-in event of the reviewers' pages (no job; ``job_id`` is empty).
+    kind: Literal["automated", "human", "security"]
     at: datetime = Field(default_factory=_now)
     job_id: str
     content_sha256: str | None
@@ -67,10 +73,17 @@ class AuditRecord(BaseModel):
     #: When the content was posted or created, if the caller knows (DSA ``content_date``).
     content_date: datetime | None = None
     prev_hash: str | None = None
+    #: The tenant whose job this is (None: records written before tenants existed).
+    tenant: str | None = None
 
     def canonical_json(self) -> str:
-        """Everything but nothing else: the bytes the hash covers."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Everything but nothing else: the bytes the hash covers. Fields added after records
+        were first written (``tenant``) are left out while unset, so older records keep their
+        canonical form and hash."""
+        data = self.model_dump(mode="json")
+        if data.get("tenant") is None:
+            data.pop("tenant", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def chained(self, prev_hash: str) -> AuditRecord:
         """A copy linked to the record whose hash is ``prev_hash``."""
@@ -93,6 +106,7 @@ def record_for_verdict(
     dsa_category: str | None = None,
     content_date: datetime | None = None,
     details: dict[str, Any] | None = None,
+    tenant: str | None = None,
 ) -> AuditRecord:
     """The audit record of an automated verdict; its id is derived from the job id."""
     deciding = verdict.deciding
@@ -121,6 +135,7 @@ def record_for_verdict(
         actor="system",
         dsa_category=dsa_category,
         content_date=content_date,
+        tenant=tenant,
         details={
             "explanation": verdict.explain(),
             "severity": verdict.severity.value if verdict.severity else None,
@@ -142,6 +157,7 @@ def record_for_error(
     content_sha256: str | None,
     content_ref: str | None,
     details: dict[str, Any] | None = None,
+    tenant: str | None = None,
 ) -> AuditRecord:
     """The audit record of a job that ended in an error (decision ``error``): the log accounts
     for every job, not only the decided ones. Its id is derived from the job id."""
@@ -160,6 +176,7 @@ def record_for_error(
         decision="error",
         reason_code=code,
         actor="system",
+        tenant=tenant,
         details={"error": message, "attempts": attempts, "transient": transient, **(details or {})},
     )
 
@@ -174,6 +191,7 @@ def record_for_review(
     verdict: Verdict | None,
     dsa_category: str | None = None,
     content_date: datetime | None = None,
+    tenant: str | None = None,
 ) -> AuditRecord:
     """The audit record of one reviewer's part in a human decision (one record per reviewer;
     ``position`` 1 is the first reviewer). Its id is derived from the review and the reviewer.
@@ -211,4 +229,28 @@ def record_for_review(
         },
         dsa_category=dsa_category,
         content_date=content_date,
+        tenant=tenant,
+    )
+
+
+def record_for_security(
+    event: SecurityEvent, *, actor: str, details: dict[str, Any] | None = None
+) -> AuditRecord:
+    """The audit record of a sign-in event: a failed or locked-out sign-in, or an admin ending
+    an account's sessions. ``actor`` is the account's pseudonym (``rv_…``, also for a username
+    that does not exist); ``details`` say from where and why (never a password)."""
+    return AuditRecord(
+        kind="security",
+        job_id="",
+        content_sha256=None,
+        content_ref=None,
+        policy_id=None,
+        policy_version=None,
+        compiled_policy_hash=None,
+        model_id=None,
+        weights_sha256=None,
+        category_id=None,
+        decision=event,
+        actor=actor,
+        details=dict(details or {}),
     )

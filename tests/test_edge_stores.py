@@ -1,0 +1,159 @@
+"""The stores behind the hostile-proof edge, on a real valkey server and as in-memory twins,
+held to the same contract: reviewer sessions (idle timeout, absolute lifetime, end, end all),
+the sign-in throttle, per-tenant admission (token bucket and daily quota, Lua on the server's
+clock) and the job store's queued-bytes cap and inline-byte rule."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from moderation.adapters.memory import (
+    MemoryJobStore,
+    MemoryLoginThrottle,
+    MemoryRateLimiter,
+    MemoryReviewerSessions,
+)
+from moderation.adapters.redis_jobs import RedisJobStore
+from moderation.adapters.redis_limits import RedisRateLimiter
+from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
+from moderation.adapters.support.redis import connect
+from moderation.core.admission import Tenant
+from moderation.core.image_ref import ImageRef
+from moderation.core.jobs import Job, JobError, JobResult
+from moderation.core.reviewers import ReviewerSession
+from moderation.exceptions import QueueFull
+from moderation.settings import QueueSettings
+
+
+@pytest.fixture(params=["redis", "memory"])
+def sessions(request: pytest.FixtureRequest) -> Iterator[Any]:
+    if request.param == "memory":
+        yield MemoryReviewerSessions(idle_s=60, max_s=300)
+        return
+    url = request.getfixturevalue("redis_url")
+    client = connect(url, decode=True)
+    yield RedisReviewerSessions(client, idle_s=60, max_s=300, prefix="t:")
+    client.close()
+
+
+def _session(name: str, now: float) -> ReviewerSession:
+    return ReviewerSession(username=name, created_at=now, last_seen=now, nonce="n-" + name)
+
+
+def test_sessions_time_out_and_end(sessions: Any) -> None:
+    now = time.time()
+    sessions.create("k1", _session("alice", now))
+    touched = sessions.touch("k1", now + 59)
+    assert touched is not None and touched.last_seen == pytest.approx(now + 59)
+    assert touched.nonce == "n-alice" and touched.username == "alice"
+    assert sessions.touch("k1", now + 118) is not None  # the idle clock restarted
+    assert sessions.touch("k1", now + 178.5) is None  # 60 s idle: gone
+    assert sessions.touch("k1", now + 179) is None
+    sessions.create("k2", _session("alice", now))
+    for step in range(1, 6):
+        assert sessions.touch("k2", now + 55 * step) is not None
+    assert sessions.touch("k2", now + 300) is None  # absolute lifetime, however active
+    sessions.create("k3", _session("alice", now))
+    sessions.create("k4", _session("alice", now))
+    sessions.create("k5", _session("bob", now))
+    assert sessions.count("alice") == 2
+    assert sessions.end("k3") is True and sessions.end("k3") is False
+    assert sessions.end_all("alice") == 1
+    assert sessions.touch("k4", now + 1) is None
+    assert sessions.touch("k5", now + 1) is not None and sessions.count("bob") == 1
+
+
+def test_redis_keeps_no_usable_token_and_forgets_dead_sessions(redis_url: str) -> None:
+    client = connect(redis_url, decode=True)
+    store = RedisReviewerSessions(client, idle_s=2, max_s=300, prefix="t:")
+    store.create("0" * 64, _session("alice", time.time()))
+    assert 0 < int(client.ttl("t:session:" + "0" * 64)) <= 2  # Redis drops it when idle
+    client.close()
+
+
+@pytest.fixture(params=["redis", "memory"])
+def throttle(request: pytest.FixtureRequest) -> Iterator[Any]:
+    if request.param == "memory":
+        yield MemoryLoginThrottle()
+        return
+    client = connect(request.getfixturevalue("redis_url"), decode=True)
+    yield RedisLoginThrottle(client, prefix="t:")
+    client.close()
+
+
+def test_the_login_throttle_counts_blocks_and_clears(throttle: Any) -> None:
+    now = time.time()
+    assert [throttle.fail("account:alice", now, window_s=60) for _ in range(3)] == [1, 2, 3]
+    assert throttle.fail("address:10.0.0.1", now, window_s=60) == 1
+    assert throttle.blocked_for(["account:alice", "address:10.0.0.1"], now) == 0.0
+    throttle.block("account:alice", now + 30)
+    throttle.block("account:alice", now + 10)  # never shortened
+    assert throttle.blocked_for(["account:alice", "address:10.0.0.1"], now) == pytest.approx(30)
+    throttle.clear("account:alice")
+    assert throttle.blocked_for(["account:alice"], now) == 0.0
+    assert throttle.fail("account:alice", now, window_s=60) == 1
+
+
+@pytest.fixture(params=["redis", "memory"])
+def limiter(request: pytest.FixtureRequest) -> Iterator[Any]:
+    if request.param == "memory":
+        yield MemoryRateLimiter()
+        return
+    client = connect(request.getfixturevalue("redis_url"))
+    yield RedisRateLimiter(client, prefix="t:")
+    client.close()
+
+
+def test_admission_is_a_token_bucket_and_a_daily_quota(limiter: Any) -> None:
+    slow = Tenant("acme", rate_per_s=0.5, burst=3)
+    assert limiter.admit(slow, 2).granted
+    assert limiter.admit(slow, 1).granted
+    refused = limiter.admit(slow, 1)
+    assert not refused.granted and refused.reason == "rate"
+    assert 1.5 < refused.retry_after_s <= 2.0  # one token at 0.5/s
+    assert limiter.admit(Tenant("globex", rate_per_s=0.5, burst=3), 3).granted  # its own bucket
+    quota = Tenant("initech", rate_per_s=1000.0, burst=1000, daily_jobs=5)
+    assert limiter.admit(quota, 5).granted
+    over = limiter.admit(quota, 1)
+    assert not over.granted and over.reason == "quota"
+    assert 0 < over.retry_after_s <= 86_400
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request: pytest.FixtureRequest) -> Iterator[Any]:
+    settings = QueueSettings(max_queued_bytes=4000)
+    if request.param == "memory":
+        yield MemoryJobStore(max_queued_bytes=4000)
+        return
+    yield RedisJobStore.from_url(request.getfixturevalue("redis_url"), settings)
+
+
+def _job(job_id: str, tenant: str = "default") -> Job:
+    return Job(id=job_id, image=ImageRef.for_inline(job_id), tenant=tenant)
+
+
+def test_queued_bytes_are_capped_and_freed_when_jobs_end(store: Any) -> None:
+    a, b, c = _job("acme/a", "acme"), _job("acme/b", "acme"), _job("c")
+    store.create(a, b"x" * 1500)
+    store.create(b, b"x" * 1500)
+    held = store.queued_bytes()
+    assert held > 3000
+    with pytest.raises(QueueFull):
+        store.create(c, b"x" * 1500)
+    assert store.get_job("c") is None and store.queued_bytes() == held
+    assert store.create(a, b"x" * 1500)[1] is False  # a duplicate is never "full"
+    assert store.get_jobs(["acme/a", "nope", "acme/b"])[0] == a
+    assert store.get_jobs(["acme/a", "nope", "acme/b"])[1] is None
+    error = JobResult.ended(a, error=JobError(code="image_corrupt", message="x"))
+    assert store.finish(error)
+    assert store.inline_bytes("acme/a") is None  # an error keeps no image bytes
+    store.delete("acme/b")
+    assert store.queued_bytes() == 0
+    store.create(c, b"x" * 1500)
+    poison = JobResult.ended(c, error=JobError(code="poison_message", message="x"))
+    assert store.finish(poison)
+    assert store.inline_bytes("c") == b"x" * 1500  # a dead letter keeps them for a requeue

