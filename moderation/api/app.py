@@ -116,6 +116,7 @@ def create_app(api: ApiProcess) -> FastAPI:
             api.reviewers,
             on_final=api.outcomes.record_human_decision,
             image_loader=api.sources.fetch,
+            banks=api.banks,
         )
     )
 

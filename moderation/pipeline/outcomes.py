@@ -13,7 +13,9 @@ Order, chosen so that a crash at any point loses nothing and duplicates nothing 
    a duplicate).
 
 A human decision follows the same order: one audit record per reviewer, then the result, then
-the ``job.human_decision`` callback.
+the ``job.human_decision`` callback; then, for a final removal a reviewer asked to bank ("remove
+and add to bank"), the image's PDQ hash goes into the bank and that is audited too (idempotent:
+a redelivered decision finds the hash banked and rewrites the same record).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from moderation.core.audit import record_for_error, record_for_review, record_for_verdict
 from moderation.core.callbacks import callback_body
@@ -31,6 +34,9 @@ from moderation.core.review import HumanDecision, item_from_verdict
 from moderation.exceptions import JobNotFoundError, ReviewInvalidDecision
 from moderation.metrics import metrics
 from moderation.ports import AuditSink, CallbackSender, JobStore, ReviewQueue
+
+if TYPE_CHECKING:
+    from moderation.pipeline.banks import BankService
 
 __all__ = ["Outcomes"]
 
@@ -49,6 +55,7 @@ class Outcomes:
         policies: the policies in service by id, for the review item's policy text.
         weights_sha256: the model weights' hash, recorded with every automated decision.
         keep_inline_s: how long inline images of REVIEW verdicts are kept for the reviewer.
+        banks: carries out reviewers' "add to bank" requests (None: not offered).
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class Outcomes:
         policies: Callable[[], Mapping[str, Policy]] = dict,
         weights_sha256: str | None = None,
         keep_inline_s: int = 7 * 24 * 3600,
+        banks: BankService | None = None,
     ) -> None:
         self.store = store
         self.audit = audit
@@ -69,13 +77,26 @@ class Outcomes:
         self.policies = policies
         self.weights_sha256 = weights_sha256
         self.keep_inline_s = keep_inline_s
+        self.banks = banks
 
-    def finish_verdict(self, job: Job, verdict: Verdict, *, content_sha256: str | None) -> bool:
+    def finish_verdict(
+        self,
+        job: Job,
+        verdict: Verdict,
+        *,
+        content_sha256: str | None,
+        fingerprints: Mapping[str, Any] | None = None,
+    ) -> bool:
         """End ``job`` with ``verdict``. Returns False when it had already ended (no-op).
+
+        Args:
+            fingerprints: the image's content identifiers from the image signals (``pdq`` and
+                ``pdq_quality``), kept with the result and in the audit record.
 
         Raises:
             AuditSinkUnavailable, QueueUnavailable: transient; the task retries.
         """
+        pdq = dict(fingerprints or {})
         self.audit.write(
             record_for_verdict(
                 job_id=job.id,
@@ -84,9 +105,16 @@ class Outcomes:
                 content_ref=job.image.uri,
                 weights_sha256=self.weights_sha256,
                 dsa_category=self._dsa_category(verdict),
+                details={f"content_{k}": v for k, v in pdq.items()},
             )
         )
-        result = JobResult.ended(job, verdict=verdict, content_sha256=content_sha256)
+        result = JobResult.ended(
+            job,
+            verdict=verdict,
+            content_sha256=content_sha256,
+            content_pdq=pdq.get("pdq"),
+            content_pdq_quality=pdq.get("pdq_quality"),
+        )
         won = self.store.finish(result)
         if won:
             m = metrics()
@@ -137,13 +165,14 @@ class Outcomes:
             and result.verdict is not None
             and result.verdict.decision is Decision.REVIEW
         ):
-            self._send_to_review(job, result.verdict, result.content_sha256)
+            self._send_to_review(job, result)
         if job.callback_url:
             self.callbacks.send(job.id, job.callback_url, callback_body("job.finished", result))
         self.store.mark_effects_done(job.id)
 
-    def _send_to_review(self, job: Job, verdict: Verdict, content_sha256: str | None) -> None:
-        assert self.review is not None
+    def _send_to_review(self, job: Job, result: JobResult) -> None:
+        assert self.review is not None and result.verdict is not None
+        verdict = result.verdict
         policy = self.policies().get(verdict.policy_id or "")
         if policy is None:
             log.error(
@@ -159,7 +188,9 @@ class Outcomes:
                 image=job.image,
                 verdict=verdict,
                 policy=policy,
-                content_sha256=content_sha256,
+                content_sha256=result.content_sha256,
+                content_pdq=result.content_pdq,
+                content_pdq_quality=result.content_pdq_quality,
             )
         except ReviewInvalidDecision as exc:
             log.error("job %s: cannot build its review item: %s", job.id, exc)
@@ -205,5 +236,14 @@ class Outcomes:
         if job.callback_url:
             self.callbacks.send(
                 job.id, job.callback_url, callback_body("job.human_decision", updated)
+            )
+        if self.banks is not None:
+            self.banks.add_reviewed(
+                decision,
+                pdq=result.content_pdq,
+                quality=result.content_pdq_quality,
+                content_sha256=result.content_sha256,
+                content_ref=job.image.uri,
+                audit=self.audit,
             )
         return updated

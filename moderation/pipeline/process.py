@@ -30,7 +30,7 @@ from moderation.core.jobs import Job, JobError
 from moderation.exceptions import PermanentError, TransientError
 from moderation.metrics import metrics
 from moderation.pipeline.batching import MicroBatcher
-from moderation.pipeline.moderator import Moderator
+from moderation.pipeline.moderator import Moderator, PreparedImage
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.sources import ImageSources
 from moderation.ports import JobStore
@@ -125,7 +125,7 @@ class Processor:
         m = metrics()
         m.latency.labels("queue_wait").observe(max(0.0, time.time() - job.created_at.timestamp()))
         try:
-            verdict, digest = self._decide(job)
+            verdict, image = self._decide(job)
         except TransientError as exc:
             m.errors.labels(exc.code).inc()
             if retries < self.settings.max_retries:
@@ -160,7 +160,9 @@ class Processor:
             return Processed(job_id, "error")
         # Errors from here on (Redis, the audit log, the broker) are not the job's: they
         # propagate, the delivery is retried and the job ends as decided, exactly once.
-        won = self.outcomes.finish_verdict(job, verdict, content_sha256=digest)
+        won = self.outcomes.finish_verdict(
+            job, verdict, content_sha256=image.content_sha256, fingerprints=image.fingerprints
+        )
         return Processed(job_id, "verdict" if won else "duplicate")
 
     @staticmethod
@@ -171,9 +173,9 @@ class Processor:
         finally:
             metrics().latency.labels(stage).observe(time.perf_counter() - started)
 
-    def _decide(self, job: Job) -> tuple[Verdict, str]:
-        """The job's verdict and its content hash (fetch, prepare, one batched forward pass,
-        decide)."""
+    def _decide(self, job: Job) -> tuple[Verdict, PreparedImage]:
+        """The job's verdict and its prepared image (content hashes, fingerprints) (fetch,
+        prepare, one batched forward pass, decide)."""
         compiled = self.moderator.policies.current  # one policy set for the whole job
         compiled.ids_for(job.policies)  # unknown policy: permanent error before any work
         data = self._timed("fetch", lambda: self.sources.fetch(job.image))
@@ -181,4 +183,4 @@ class Processor:
         futures = [self.batcher.submit(x) for x in image.inputs]
         embeddings = np.stack([f.result() for f in futures])
         verdict = self.moderator.decide([image], embeddings, job.policies, compiled=compiled)[0]
-        return verdict, image.content_sha256
+        return verdict, image
