@@ -6,18 +6,24 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
+from typer.testing import CliRunner
 
 from moderation.adapters import redis_banks
 from moderation.adapters.redis_banks import RedisBankStore
+from moderation.cli import app as cli_app
 from moderation.core.banks import EntryData
 from moderation.exceptions import BankBusy, BankExists, BankFileError, BankNotFound
 from moderation.pipeline.banks import BankService, BankSync
 from moderation.ports import BankRequest
+from moderation.settings import Settings
 from moderation.signals.hash_bank import LoadedBanks
+from moderation.testmodel.robustness import world_images
 
 
 def _entries(n: int, seed: int, **meta: str) -> list[EntryData]:
@@ -171,3 +177,62 @@ def test_scoring_goes_on_while_a_big_import_is_loaded(store: RedisBankStore) -> 
     during_build = [e for t, e in answered if imported_at <= t <= built_at]
     assert during_import and during_build  # answered all along
     assert set(during_import + during_build) == {7}
+
+
+def test_the_bank_command_line(redis_url: str, settings: Settings, tmp_path: Path) -> None:
+    env = settings.model_copy(update={"redis_url": redis_url}).to_env(base={})
+    runner = CliRunner()
+
+    def bank(*args: str) -> Any:
+        return runner.invoke(cli_app, ["bank", *args], env=env)
+
+    assert bank("create", "feed", "--description", "a feed").exit_code == 0
+    assert bank("create", "feed").exit_code == 1
+    entries = _entries(30, 9)
+    good = tmp_path / "feed.csv"
+    good.write_text(
+        "id,indicator,type,tags\n"
+        + "".join(f"{i},{e.pdq},HASH_PDQ,tvec\n" for i, e in enumerate(entries))
+    )
+    imported = bank("import", "feed", str(good))
+    assert imported.exit_code == 0, imported.output
+    assert (
+        "feed: 30 added, 0 already in the bank" in imported.output
+        and "format te" in imported.output
+    )
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(f"{entries[0].pdq}\t1\n{entries[1].pdq[:-1]}\t2\nxyz\n")
+    refused = bank("import", "feed", str(bad))
+    assert refused.exit_code == 1
+    assert f"{bad}:2: indicator: a PDQ hash is 64 hex digits, got 63" in refused.output
+    assert f"{bad}:3:" in refused.output
+    listed = bank("list")
+    assert listed.exit_code == 0 and "feed" in listed.output and "30" in listed.output
+    entries_out = bank("list", "feed", "--limit", "3")
+    assert entries[0].pdq in entries_out.output and "30 entries" in entries_out.output
+    exported = bank("export", "feed", "--format", "hma", "--tsv")
+    assert exported.exit_code == 0
+    rows = exported.output.strip().splitlines()
+    assert len(rows) == 30 and rows[0].split("\t")[:2] == [entries[0].pdq, "0"]
+    out_file = tmp_path / "out.csv"
+    assert bank("export", "feed", "--out", str(out_file)).exit_code == 0
+    assert out_file.read_text().startswith("id,indicator,type,status,tags")
+    flat = tmp_path / "flat.png"
+    world_images(1, seed=5, size=300)[0].save(flat)  # PDQ quality 12
+    low = bank("add", "feed", str(flat))
+    assert low.exit_code == 1 and "PDQ quality 12 is below 50" in low.output
+    path = tmp_path / "img.png"
+    world_images(1, seed=0, size=300)[0].save(path)
+    added = bank("add", "feed", str(path), "--label", "from cli")
+    assert added.exit_code == 0 and "feed #30:" in added.output and "(added)" in added.output
+    again = bank("add", "feed", str(path))
+    assert "(already in the bank)" in again.output
+    assert bank("add", "feed", "--hash", "12345").exit_code == 1
+    matched = bank("match", str(path), "--json")
+    assert matched.exit_code == 0
+    assert '"entry_id": 30' in matched.output and '"label": "from cli"' in matched.output
+    removed = bank("remove", "feed", "--hash", entries[3].pdq, "0")
+    assert removed.exit_code == 0 and "2 entries removed" in removed.output
+    assert bank("remove", "feed", "0").exit_code == 1
+    assert bank("delete", "feed").exit_code == 2
+    assert bank("delete", "feed", "--yes").exit_code == 0

@@ -30,7 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 from moderation.cli.common import err, fail, load_settings, out, read_image_file
 from moderation.core.banks import EntryData
@@ -78,7 +78,7 @@ def create(
         info = _service(load_settings()).create(name, description=description)
     except ModerationError as exc:
         raise fail(exc, 1) from exc
-    out.print(f"created bank {info.name}")
+    out.print(f"created bank {info.name}", soft_wrap=True)
 
 
 @bank_app.command("import")
@@ -120,7 +120,8 @@ def import_(
     out.print(
         f"{report.bank}: {report.added} added, {report.already_in_bank} already in the bank, "
         f"{report.duplicates_in_file} repeated in the file ({report.rows} rows, format "
-        f"{report.format.value})"
+        f"{report.format.value})",
+        soft_wrap=True,
     )
 
 
@@ -183,7 +184,9 @@ def add(
         raise fail(exc, 1) from exc
     for (what, entry), entry_id, new in zip(entries, report.ids, report.new, strict=True):
         state = "added" if new else "already in the bank"
-        out.print(f"{name} #{entry_id}: {entry.pdq}  {what}  ({state})", highlight=False)
+        out.print(
+            f"{name} #{entry_id}: {entry.pdq}  {what}  ({state})", highlight=False, soft_wrap=True
+        )
 
 
 @bank_app.command()
@@ -197,7 +200,7 @@ def remove(
         removed = _service(load_settings()).remove(name, ids=ids or [], hashes=hashes or [])
     except ModerationError as exc:
         raise fail(exc, 1) from exc
-    out.print(f"{name}: {removed} entries removed")
+    out.print(f"{name}: {removed} entries removed", soft_wrap=True)
     raise typer.Exit(0 if removed else 1)
 
 
@@ -223,7 +226,15 @@ def list_(
             out.print(table)
             return
         info = service.info(name)
-        table = Table("id", "pdq", "label", "source", "added", "reference", "quality")
+        table = Table(
+            "id",
+            Column("pdq", no_wrap=True, min_width=64),
+            "label",
+            "source",
+            "added",
+            "reference",
+            "quality",
+        )
         for count, entry in enumerate(service.entries(name)):
             if count >= limit:
                 break
@@ -237,7 +248,7 @@ def list_(
                 "" if entry.quality is None else str(entry.quality),
             )
         out.print(table)
-        out.print(f"{info.entries} entries in {name} (showing up to {limit})")
+        out.print(f"{info.entries} entries in {name} (showing up to {limit})", soft_wrap=True)
     except ModerationError as exc:
         raise fail(exc, 1) from exc
 
@@ -323,6 +334,7 @@ def match(
                 f"{path}: PDQ {feature.hex} quality {feature.quality}"
                 + (" (too low to match)" if low else ""),
                 highlight=False,
+                soft_wrap=True,
             )
             for h in hits:
                 out.print(
@@ -331,6 +343,7 @@ def match(
                     + (f", ref {h.entry.reference_id}" if h.entry.reference_id else "")
                     + ")",
                     highlight=False,
+                    soft_wrap=True,
                 )
             if not hits and not low:
                 out.print("  no match", highlight=False)
@@ -351,5 +364,5 @@ def delete(
         deleted = _service(load_settings()).delete(name)
     except ModerationError as exc:
         raise fail(exc, 1) from exc
-    out.print(f"deleted bank {name}" if deleted else f"no bank {name}")
+    out.print(f"deleted bank {name}" if deleted else f"no bank {name}", soft_wrap=True)
     raise typer.Exit(0 if deleted else 1)
