@@ -49,6 +49,9 @@
     text("category-text", item.policy_text.category_description);
     text("prompts", item.policy_text.prompts.join(", "));
     text("benign", item.policy_text.benign_prompts.join(", "));
+    // A bank category has no prompts: say nothing rather than "Looks for: ".
+    $("prompts").parentElement.hidden = item.policy_text.prompts.length === 0;
+    $("benign").parentElement.hidden = item.policy_text.benign_prompts.length === 0;
     text("signal", item.signal ? "(" + item.signal + ")" : "");
     const matches = $("matches");
     matches.replaceChildren();
