@@ -246,6 +246,7 @@ class MultiIndex:
 
     WIDTHS = (22, 21, 21)  # per 64-bit word
     MAX_RADIUS = 47
+    QUERY_BLOCK = 4
 
     def __init__(self, codes: HashArray) -> None:
         self.words = _as_words(codes)
@@ -288,6 +289,23 @@ class MultiIndex:
         q = _as_words(queries)
         if radius > self.MAX_RADIUS:
             return self._scan(q, radius)
+        if len(q) <= self.QUERY_BLOCK:
+            return self._probe(q, radius)
+        # A few queries at a time: the candidate arrays stay small enough for the caches.
+        parts = [
+            self._probe(q[start : start + self.QUERY_BLOCK], radius)
+            for start in range(0, len(q), self.QUERY_BLOCK)
+        ]
+        offsets = range(0, len(q), self.QUERY_BLOCK)
+        return (
+            np.concatenate([p[0] + start for p, start in zip(parts, offsets, strict=True)]),
+            np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]),
+        )
+
+    def _probe(
+        self, q: NDArray[np.uint64], radius: int
+    ) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.int32]]:
         flips, extra = divmod(radius, len(self.chunks))
         probes = []
         for c, (word, shift, width) in enumerate(self.chunks):
