@@ -30,20 +30,18 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import socket
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 from numpy.typing import NDArray
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from moderation.core.banks import EntryData, Segment  # noqa: E402
-from moderation.signals.hash_bank import (  # noqa: E402
+from moderation.core.banks import EntryData, Segment
+from moderation.signals.hash_bank import (
     DEFAULT_FLAT_MAX,
     MATCH_THRESHOLD,
     BankIndex,
@@ -147,7 +145,6 @@ def bench_size(n: int, n_queries: int, *, compare_tx: bool) -> dict[str, Any]:
             "brute_force": latency(lambda q: brute.search(q, RADIUS), queries),
         }
     )
-    del brute
     if compare_tx:
         out["threatexchange_PDQIndex"] = bench_threatexchange(codes, queries)
     return out
@@ -188,9 +185,11 @@ def bench_import(n: int) -> dict[str, Any]:
     from moderation.adapters.redis_banks import RedisBankStore
     from moderation.pipeline.banks import BankService, BankSync
     from moderation.signals.hash_bank import LoadedBanks
-    from tests.servers import free_port
 
-    server = ValkeyServer(port=free_port())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ValkeyServer(port=port)
     server.start()
     try:
         store = RedisBankStore.from_url(server.connection_url)
