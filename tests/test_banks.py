@@ -406,6 +406,17 @@ def test_the_loaded_banks_follow_the_store(background: bool) -> None:
     service.delete("b")
     sync.refresh()
     assert loaded.get("b") is None
+    # Deleted and created again between two checks, with as many rows: another bank.
+    service.create("b")
+    service.add("b", [EntryData(pdq=h) for h in hashes[:100]])
+    sync.refresh()
+    assert sync.idle(30)
+    service.delete("b")
+    service.create("b")
+    service.add("b", [EntryData(pdq=h) for h in hashes[200:320]])
+    sync.refresh()
+    assert sync.idle(30)
+    assert ids(hashes[0]) == [] and ids(hashes[200]) == [0]
     sync.close()
 
 

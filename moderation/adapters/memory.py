@@ -621,6 +621,7 @@ class MemoryBankStore:
             bank = self._bank(name)
             return BankManifest(
                 name=name,
+                epoch=bank.info.created_at.isoformat(),
                 version=bank.info.version,
                 segments=tuple(bank.segments),
                 removed=frozenset(bank.removed),

@@ -158,14 +158,15 @@ class RedisBankStore:
     def manifest(self, name: str) -> BankManifest:
         self._check(name)
         with redis_errors("bank store"), self.redis.pipeline(transaction=True) as pipe:
-            pipe.hget(self._k(name, "info"), "version")
+            pipe.hmget(self._k(name, "info"), ["version", "created_at"])
             pipe.hgetall(self._k(name, "segments"))
             pipe.smembers(self._k(name, "removed"))
-            version, segments, removed = pipe.execute()
+            (version, created), segments, removed = pipe.execute()
         if version is None:
             raise BankNotFound(f"no bank {name!r}")
         return BankManifest(
             name=name,
+            epoch=created.decode() if created else "",
             version=int(version),
             segments=tuple(sorted(_segments(segments), key=lambda s: s.first_id)),
             removed=frozenset(int(i) for i in removed),

@@ -147,6 +147,8 @@ class BankManifest(BaseModel):
     version: int
     segments: tuple[Segment, ...]
     removed: frozenset[int]
+    #: When the bank was created: a bank deleted and created again under its name is another.
+    epoch: str = ""
 
     @property
     def rows(self) -> int:

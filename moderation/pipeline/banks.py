@@ -102,7 +102,13 @@ def load_index(
     manifest = manifest or store.manifest(name)
     codes = load_codes(store, name, manifest.segments)
     return BankIndex.build(
-        name, manifest.version, codes, manifest.segments, manifest.removed, flat_max=flat_max
+        name,
+        manifest.version,
+        codes,
+        manifest.segments,
+        manifest.removed,
+        flat_max=flat_max,
+        epoch=manifest.epoch,
     )
 
 
@@ -544,7 +550,11 @@ class BankSync:
                     changed = True
             for name, info in infos.items():
                 loaded = self.banks.get(name)
-                if loaded is not None and loaded.version == info.version:
+                if (
+                    loaded is not None
+                    and loaded.version == info.version
+                    and loaded.epoch == info.created_at.isoformat()
+                ):
                     continue
                 changed |= self._advance(name)
             self._seen = version
@@ -574,8 +584,8 @@ class BankSync:
     def _append(self, loaded: BankIndex, manifest: BankManifest) -> BankIndex | None:
         """``loaded`` plus the rows appended since, with the new removed set; None when the
         bank changed otherwise (recreated, reordered): a full build is needed."""
-        if manifest.version < loaded.version:
-            return None
+        if manifest.epoch != loaded.epoch or manifest.version < loaded.version:
+            return None  # recreated, or older than what is loaded
         old = loaded.segments
         new = manifest.segments
         if len(new) < len(old):

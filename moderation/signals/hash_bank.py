@@ -374,6 +374,10 @@ class FlatIndex:
     ) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.int32]]:
         if self.count == 0 or len(queries) == 0:
             return _empty_matches()
+        # This thread's OpenMP team: one. A few queries are too little work to split, and teams
+        # spawned from many worker threads at once oversubscribe the cores and spin (measured:
+        # p50 from 0.1 ms to 17 ms under load). The setting is per calling thread.
+        faiss.omp_set_num_threads(1)
         limits, dist, rows = self.index.range_search(np.ascontiguousarray(queries), radius + 1)
         qids = np.repeat(np.arange(len(queries)), np.diff(limits).astype(np.intp))
         return qids, rows.astype(np.intp), dist.astype(np.int32)
@@ -414,6 +418,8 @@ class BankIndex:
     delta_codes: HashArray
     segments: tuple[Segment, ...]
     removed: frozenset[int] = frozenset()
+    #: The bank's creation stamp (a bank created again under the same name is another bank).
+    epoch: str = ""
     row_start: NDArray[np.int64] = field(init=False)
     first_id: NDArray[np.int64] = field(init=False)
 
@@ -434,6 +440,7 @@ class BankIndex:
         removed: Iterable[int] = (),
         *,
         flat_max: int = DEFAULT_FLAT_MAX,
+        epoch: str = "",
     ) -> BankIndex:
         """A full build: every row in the base index."""
         if len(codes) != sum(s.count for s in segments):
@@ -447,6 +454,7 @@ class BankIndex:
             delta_codes=codes[:0],
             segments=tuple(segments),
             removed=frozenset(removed),
+            epoch=epoch,
         )
 
     def updated(
@@ -468,6 +476,7 @@ class BankIndex:
             delta_codes=delta_codes if delta_codes is not None else self.delta_codes,
             segments=tuple(segments),
             removed=frozenset(removed),
+            epoch=self.epoch,
         )
 
     @property
