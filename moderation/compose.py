@@ -271,7 +271,7 @@ def build_banks(settings: Settings, store: RedisBankStore | None = None) -> Bank
     )
 
 
-def bank_sync(settings: Settings, store: RedisBankStore, banks: LoadedBanks) -> BankSync:
+def _bank_sync(settings: Settings, store: RedisBankStore, banks: LoadedBanks) -> BankSync:
     b = settings.banks
     return BankSync(
         store,
@@ -366,7 +366,7 @@ def build_scoring(settings: Settings, *, policy_paths: Sequence[Path] | None = N
     policies = build_policies(settings, model.encoder, build_signals(settings, banks), paths)
     named = bank_names(policies.current.policies.values())
     if named and settings.redis_url:
-        bank_sync(settings, open_bank_store(settings), banks).load(named)
+        _bank_sync(settings, open_bank_store(settings), banks).load(named)
     elif named:
         log.warning(
             "policies use hash banks (%s) but no Redis is configured: those categories match "
@@ -510,7 +510,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     audit = open_audit(settings)
     model = load_model(settings.model)
     banks = LoadedBanks()
-    sync = bank_sync(settings, open_bank_store(settings), banks)
+    sync = _bank_sync(settings, open_bank_store(settings), banks)
     policies = build_policies(
         settings, model.encoder, build_signals(settings, banks), policy_paths_for(settings, model)
     )

@@ -288,8 +288,11 @@ def test_add_remove_export_and_match(service: BankService) -> None:
         ],
     )
     assert report.ids == [0, 1] and report.new == [True, True]
-    again = service.add("known", [EntryData(pdq=features[1].hex), EntryData(pdq="0" * 64)])
-    assert again.ids == [1, 2] and again.new == [False, True]
+    again = service.add(
+        "known",
+        [EntryData(pdq=features[1].hex), EntryData(pdq="0" * 64), EntryData(pdq="0" * 64)],
+    )
+    assert again.ids == [1, 2, 2] and again.new == [False, True, False]
     copy = image_feature(DECODER, _jpeg(images[0]))
     (hit,) = service.match(copy, ["known"])
     assert (hit.entry.id, hit.entry.label, hit.entry.reference_id) == (0, "img0", "r0")

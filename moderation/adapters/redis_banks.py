@@ -356,8 +356,19 @@ class RedisBankStore:
     # --- reading entries ---------------------------------------------------------------------
 
     def entries(self, name: str, ids: Sequence[int]) -> dict[int, BankEntry]:
-        manifest = self.manifest(name)
-        wanted = [(i, manifest.segment_of(i)) for i in ids if i not in manifest.removed]
+        self._check(name)
+        if not ids:
+            return {}
+        with redis_errors("bank store"), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._k(name, "segments"))
+            pipe.smismember(self._k(name, "removed"), list(ids))
+            raw_segments, removed = pipe.execute()
+        segments = _segments(raw_segments)
+
+        def segment_of(entry_id: int) -> Segment | None:
+            return next((s for s in segments if s.first_id <= entry_id < s.end_id), None)
+
+        wanted = [(i, segment_of(i)) for i, gone in zip(ids, removed, strict=True) if not gone]
         found = [(i, s) for i, s in wanted if s is not None]
         if not found:
             return {}

@@ -221,17 +221,24 @@ class BankService:
             out: list[int] = [-1] * len(entries)
             fresh: list[EntryData] = []
             positions: list[int] = []
+            first_of: dict[str, int] = {}  # a hash given twice is added once
+            repeats: list[tuple[int, int]] = []
             for i, entry in enumerate(entries):
                 if present is not None and present[i]:
                     out[i] = int(ids[safe[i]])
                     if progress is not None:
                         progress(1)
+                elif entry.pdq in first_of:
+                    repeats.append((i, first_of[entry.pdq]))
                 else:
+                    first_of[entry.pdq] = i
                     fresh.append(entry)
                     positions.append(i)
             new_ids = self.store.append(name, fresh, progress=progress)
             for i, entry_id in zip(positions, new_ids, strict=True):
                 out[i] = entry_id
+            for i, first in repeats:
+                out[i] = out[first]
         fresh_positions = set(positions)
         return AddReport(
             bank=name, ids=out, new=[i in fresh_positions for i in range(len(entries))]
