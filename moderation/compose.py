@@ -80,6 +80,7 @@ __all__ = [
     "ModelChoice",
     "Scoring",
     "WorkerProcess",
+    "bank_names",
     "build_api",
     "build_banks",
     "build_policies",

@@ -221,6 +221,8 @@ def test_a_banked_image_is_blocked_end_to_end_and_removal_reaches_every_worker(
     assert "known-bad" in version
     target = build_banks(banked.settings).info("known-bad").version
     banked.wait_workers(lambda w: bank_version(w, "known-bad") >= target)
+    ready = httpx.get(banked.url + "/readyz").json()
+    assert [w["banks"]["known-bad"]["entries"] for w in ready["workers"]] == [1, 1]
 
     # A JPEG (quality 50) re-encoding of the banked image, through the API and a worker.
     result = banked.run(_jpeg(image), "bank-e2e-copy")

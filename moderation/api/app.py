@@ -210,7 +210,9 @@ def create_app(api: ApiProcess) -> FastAPI:
         body = {
             "status": "ready" if ready else "not ready",
             "redis": redis_ok,
-            "workers": [{k: w.get(k) for k in ("name", "model", "policies")} for w in workers],
+            "workers": [
+                {k: w.get(k) for k in ("name", "model", "policies", "banks")} for w in workers
+            ],
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
