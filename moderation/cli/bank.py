@@ -94,7 +94,7 @@ def import_(
 ) -> None:
     """Import a bank file: all of it or nothing (every problem as file:line), duplicates
     skipped."""
-    from moderation.pipeline.bank_files import BankFormat, EntryDefaults
+    from moderation.pipeline.bank_files import BankFormat, EntryDefaults, data_rows
 
     if fmt is not None and fmt not in FORMATS:
         raise fail(BankError(f"--format must be one of {', '.join(FORMATS)}"), 2)
@@ -103,17 +103,25 @@ def import_(
     except (OSError, UnicodeDecodeError) as exc:
         raise fail(BankError(f"cannot read {file}: {exc}"), 1) from exc
     service = _service(load_settings())
-    rows = sum(1 for line in text.splitlines() if line.strip())
+    rows = data_rows(text)
     try:
-        with _progress(f"importing into {name}") as bar:
-            task = bar.add_task("import", total=rows)
+        with _progress("{task.description}") as bar:
+            checking = bar.add_task("checking rows", total=rows)
+            writing = bar.add_task(f"importing into {name}", total=rows, start=False)
+
+            def written(n: int) -> None:
+                bar.update(checking, completed=rows)
+                bar.start_task(writing)
+                bar.advance(writing, n)
+
             report = service.import_text(
                 name,
                 text,
                 source=str(file),
                 fmt=BankFormat(fmt) if fmt else None,
                 defaults=EntryDefaults(source=source or f"file:{file.name}", label=label),
-                progress=lambda n: bar.advance(task, n),
+                progress=written,
+                checked=lambda n: bar.advance(checking, n),
             )
     except ModerationError as exc:
         raise fail(exc, 1) from exc

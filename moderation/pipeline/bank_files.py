@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -35,7 +35,14 @@ from moderation.core.banks import EntryData
 from moderation.exceptions import BankFileError, InvalidHashError, PolicyIssue
 from moderation.signals.hash_bank import parse_pdq
 
-__all__ = ["BankFormat", "EntryDefaults", "ParsedBankFile", "parse_bank_text", "write_bank_file"]
+__all__ = [
+    "BankFormat",
+    "EntryDefaults",
+    "ParsedBankFile",
+    "data_rows",
+    "parse_bank_text",
+    "write_bank_file",
+]
 
 MAX_FILE_ERRORS = 1000
 
@@ -69,9 +76,13 @@ _PDQ_TYPES = {"hash_pdq", "pdq"}
 
 
 class _Reader:
-    def __init__(self, source: str, defaults: EntryDefaults) -> None:
+    def __init__(
+        self, source: str, defaults: EntryDefaults, progress: Callable[[int], object] | None
+    ) -> None:
         self.source = source
         self.defaults = defaults
+        self.progress = progress
+        self.rows = 0
         self.now = defaults.added_at or datetime.now(UTC)
         self.issues: list[PolicyIssue] = []
         self.parsed: ParsedBankFile | None = None
@@ -95,6 +106,9 @@ class _Reader:
         quality: str = "",
     ) -> None:
         assert self.parsed is not None
+        self.rows += 1
+        if self.progress is not None and self.rows % 10_000 == 0:
+            self.progress(10_000)
         errors = len(self.issues)
         try:
             value = parse_pdq(pdq)
@@ -155,12 +169,23 @@ def _detect(cells: list[str]) -> BankFormat | None:
     return None
 
 
+def data_rows(text: str) -> int:
+    """How many rows of entries a bank file has (for progress bars): non-empty lines, less the
+    header of the formats that have one."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not lines:
+        return 0
+    first = next(csv.reader([lines[0]], delimiter=_delimiter(lines[0])))
+    return len(lines) - (_detect(first) in (BankFormat.TE, BankFormat.TX))
+
+
 def parse_bank_text(
     text: str,
     *,
     source: str = "<string>",
     fmt: BankFormat | None = None,
     defaults: EntryDefaults | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> ParsedBankFile:
     """Every entry of a bank file, validated.
 
@@ -169,12 +194,13 @@ def parse_bank_text(
         source: the file name used in messages.
         fmt: the format (default: detected from the first line).
         defaults: metadata for rows without their own.
+        progress: called with the number of rows read, every 10,000 rows.
 
     Raises:
         BankFileError: with every problem found (up to 1,000), each as ``file:line: column:
             message``; nothing should be imported.
     """
-    reader = _Reader(source, defaults or EntryDefaults())
+    reader = _Reader(source, defaults or EntryDefaults(), progress)
     lines = text.splitlines()
     first_index = next(
         (i for i, line in enumerate(lines) if line.strip() and not line.startswith("#")), None

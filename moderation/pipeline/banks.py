@@ -253,15 +253,17 @@ class BankService:
         fmt: BankFormat | None = None,
         defaults: EntryDefaults | None = None,
         progress: Progress | None = None,
+        checked: Progress | None = None,
     ) -> ImportReport:
         """Import a bank file: every row validated first (``BankFileError`` with ``file:line``
         errors refuses the whole file), then all new entries in one atomic addition.
+        ``checked`` is told of rows validated, ``progress`` of rows written.
 
         Raises:
             BankFileError, BankNotFound, BankBusy, QueueUnavailable.
         """
         self.store.info(name)  # an unknown bank fails before the file is read
-        parsed = parse_bank_text(text, source=source, fmt=fmt, defaults=defaults)
+        parsed = parse_bank_text(text, source=source, fmt=fmt, defaults=defaults, progress=checked)
         report = self.add(name, parsed.entries, progress=progress)
         return ImportReport(
             bank=name,
