@@ -537,6 +537,28 @@ def test_a_banked_image_is_blocked_with_its_match_explained(banked: dict[str, An
     json.dumps(record.details)  # the record is plain JSON
 
 
+def test_a_bank_match_and_a_prompt_score_meet_in_the_most_severe_rule(
+    banked: dict[str, Any],
+) -> None:
+    """A borderline image the prompts send to review (critical category) is blocked once it is
+    banked; the verdict lists both categories, the block first, each with its own evidence."""
+    moderator: Moderator = banked["moderator"]
+    image = testmodel.sample_images("review", 3, seed=1)[2][0]  # crimson-magenta star
+    prepared = moderator.prepare(_png(image))
+    before = moderator.moderate([prepared])[0]
+    assert before.decision is Decision.REVIEW and before.category_id == "contraband_symbol"
+    banked["service"].add("known-bad", [EntryData(pdq=prepared.fingerprints["pdq"])])
+    banked["sync"].refresh()
+    after = moderator.moderate([moderator.prepare(_png(image))])[0]
+    assert after.decision is Decision.BLOCK and after.category_id == "banked"
+    shown = [(c.category_id, c.decision, c.signal) for c in after.categories]
+    assert shown[:2] == [
+        ("banked", Decision.BLOCK, "hash_bank"),
+        ("contraband_symbol", Decision.REVIEW, "prompts"),
+    ]
+    assert after.categories[1].evidence[0].signal == "prompts"
+
+
 def test_unrelated_flat_and_removed_images_do_not_match(banked: dict[str, Any]) -> None:
     moderator: Moderator = banked["moderator"]
     different = moderator.prepare(_png(world_images(1, seed=77, size=384)[0]))
