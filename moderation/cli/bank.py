@@ -92,8 +92,7 @@ def import_(
     source: Annotated[str | None, typer.Option(help="Source of rows without one.")] = None,
     label: Annotated[str, typer.Option(help="Label of rows without one.")] = "",
 ) -> None:
-    """Import a bank file: all of it or nothing (every problem as file:line), duplicates
-    skipped."""
+    """Import a bank file, all or nothing (problems as file:line); duplicates skipped."""
     from moderation.pipeline.bank_files import BankFormat, EntryDefaults, data_rows
 
     if fmt is not None and fmt not in FORMATS:
@@ -295,8 +294,9 @@ def match(
     max_distance: Annotated[int, typer.Option(help="Largest Hamming distance.")] = 31,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
 ) -> None:
-    """The bank entries each image matches (hashed as workers hash it). Exit status 0 when
-    an image matched, 1 when none did (like grep)."""
+    """The bank entries each image matches; exit status 0 if one did, 1 if none (like grep).
+
+    Images are hashed exactly as workers hash them."""
     from moderation.adapters.images import SafeDecoder
     from moderation.pipeline.banks import image_feature
     from moderation.signals import LoadedBanks

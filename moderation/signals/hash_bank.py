@@ -489,8 +489,16 @@ class BankIndex:
 
     @property
     def nbytes(self) -> int:
-        """Resident bytes of the index (hashes, postings, offsets)."""
-        return self.base.nbytes + self.delta.nbytes + 2 * 8 * len(self.segments)
+        """Resident bytes of the index: hashes (faiss keeps its own copy of a flat index's),
+        postings, offsets."""
+        copies = self.base_codes.nbytes if isinstance(self.base, FlatIndex) else 0
+        return (
+            self.base.nbytes
+            + copies
+            + self.delta.nbytes
+            + self.delta_codes.nbytes
+            + 2 * 8 * len(self.segments)
+        )
 
     def entry_id(self, rows: NDArray[np.intp]) -> NDArray[np.int64]:
         seg = np.searchsorted(self.row_start, rows, side="right") - 1
