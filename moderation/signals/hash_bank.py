@@ -239,7 +239,8 @@ class MultiIndex:
     Memory per hash: 32 bytes of hash + 12 × 4 bytes of posting (ids sorted by chunk value), plus
     a fixed 134 MB of bucket offsets: 934 MB for 10 M hashes. faiss's ``IndexBinaryMultiHash``
     (what ``threatexchange``'s ``PDQIndex`` wraps) keeps 8-byte ids in hash maps of vectors:
-    351 MB per million hashes measured here, 3.5 GB for 10 M, so it does not fit the budget.
+    351 MB per million hashes measured here (``PDQIndex``: 650 MB), 3.5 GB or more for 10 M,
+    so it does not fit the budget (``bench/banks.py`` compares them).
 
     Radii above :attr:`MAX_RADIUS` (where probing costs more than scanning) scan every hash.
     """
