@@ -17,6 +17,10 @@ API and the workers refuse to start with empty, short or development-default sec
 To add an image source: write ``adapters/<name>_source.py`` and register it in
 :func:`build_sources`. To add a signal: write ``signals/<name>.py`` and register it in
 :func:`build_signals`.
+
+Hash banks: workers load every bank before their first job and keep them current
+(:class:`~moderation.pipeline.banks.BankSync` on the maintenance thread); the API carries out
+reviewers' "add to bank" requests; local scoring loads the banks once when Redis is configured.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +47,7 @@ from moderation.adapters.images import SafeDecoder
 from moderation.adapters.local_audit import LocalSegmentStore
 from moderation.adapters.passwords import verify_password
 from moderation.adapters.policy_files import load_policies, policy_files_hash
+from moderation.adapters.redis_banks import RedisBankStore
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.adapters.redis_review import RedisReviewQueue
@@ -54,11 +59,12 @@ from moderation.adapters.support.slots import claim_slot
 from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
 from moderation.core.admission import Tenant
 from moderation.core.compiled import CompiledPolicy
-from moderation.core.policy import PolicySet
+from moderation.core.policy import Policy, PolicySet
 from moderation.core.review import pseudonym
 from moderation.core.reviewers import LoginPolicy
 from moderation.exceptions import ModelUnavailableError, QueueUnavailable
 from moderation.metrics import metrics
+from moderation.pipeline.banks import BankService, BankSync
 from moderation.pipeline.batching import BatchStats, MicroBatcher
 from moderation.pipeline.maintenance import WorkerMaintenance
 from moderation.pipeline.moderator import Moderator
@@ -82,14 +88,16 @@ from moderation.ports import (
     TaskPublisher,
 )
 from moderation.settings import ImageLimits, ModelSettings, ReviewSettings, Settings
-from moderation.signals import Signals, builtin_signals
+from moderation.signals import LoadedBanks, Signals, builtin_signals
 
 __all__ = [
     "ApiProcess",
     "ModelChoice",
     "Scoring",
     "WorkerProcess",
+    "bank_names",
     "build_api",
+    "build_banks",
     "build_policies",
     "build_reviewer_auth",
     "build_scoring",
@@ -100,6 +108,7 @@ __all__ = [
     "compile_policies",
     "load_model",
     "open_audit",
+    "open_bank_store",
     "open_job_store",
     "open_queue",
     "open_review_queue",
@@ -187,9 +196,10 @@ def policy_paths_for(settings: Settings, model: ModelChoice) -> list[Path]:
 # --- registries --------------------------------------------------------------------------------
 
 
-def build_signals(settings: Settings) -> Signals:
-    """Every signal this process knows (the policy files may name any of them)."""
-    return builtin_signals()
+def build_signals(settings: Settings, banks: LoadedBanks | None = None) -> Signals:
+    """Every signal this process knows (the policy files may name any of them); hash-bank
+    categories match against ``banks`` (none: they match nothing)."""
+    return builtin_signals(banks)
 
 
 def build_sources(settings: Settings, store: JobStore | None) -> ImageSources:
@@ -272,6 +282,46 @@ def open_queue(settings: Settings) -> CeleryQueue:
         QueueUnavailable: no Redis URL configured.
     """
     return CeleryQueue(settings)
+
+
+def open_bank_store(settings: Settings) -> RedisBankStore:
+    """The hash banks at ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    return RedisBankStore.from_url(_redis_url(settings), prefix=settings.banks.key_prefix)
+
+
+def build_banks(settings: Settings, store: RedisBankStore | None = None) -> BankService:
+    """The bank use cases (``moderation bank``, reviewers' additions).
+
+    Raises:
+        QueueUnavailable: no Redis URL configured (and no store given).
+    """
+    b = settings.banks
+    return BankService(
+        store or open_bank_store(settings),
+        flat_max=b.flat_max,
+        review_banks=b.review_banks,
+        request_ttl_s=b.request_ttl_s,
+    )
+
+
+def _bank_sync(settings: Settings, store: RedisBankStore, banks: LoadedBanks) -> BankSync:
+    b = settings.banks
+    return BankSync(
+        store,
+        banks,
+        flat_max=b.flat_max,
+        rebuild_after=b.rebuild_after,
+        cache_size=b.metadata_cache,
+    )
+
+
+def bank_names(policies: Iterable[Policy]) -> set[str]:
+    """The banks that categories of ``policies`` name."""
+    return {c.bank.name for p in policies for c in p.categories if c.bank is not None}
 
 
 def open_review_queue(settings: Settings) -> RedisReviewQueue:
@@ -430,7 +480,17 @@ def build_scoring(settings: Settings, *, policy_paths: Sequence[Path] | None = N
     """
     model = load_model(settings.model, custom_policies=policy_paths is not None)
     paths = list(policy_paths) if policy_paths is not None else policy_paths_for(settings, model)
-    policies = build_policies(settings, model.encoder, build_signals(settings), paths)
+    banks = LoadedBanks()
+    policies = build_policies(settings, model.encoder, build_signals(settings, banks), paths)
+    named = bank_names(policies.current.policies.values())
+    if named and settings.redis_url:
+        _bank_sync(settings, open_bank_store(settings), banks).load(named)
+    elif named:
+        log.warning(
+            "policies use hash banks (%s) but no Redis is configured: those categories match "
+            "nothing (set MODERATION_REDIS_URL)",
+            ", ".join(sorted(named)),
+        )
     moderator = Moderator(
         encoder=model.encoder, decoder=SafeDecoder(settings.images), policies=policies
     )
@@ -454,6 +514,8 @@ class ApiProcess:
     reviewers: ReviewerStore
     reviewer_auth: ReviewerAuth
     tenants: dict[str, Tenant]
+    #: Reviewers' "add to bank" (None: not offered).
+    banks: BankService | None = None
 
     def close(self) -> None:
         close = getattr(self.publisher, "close", None)
@@ -472,6 +534,7 @@ def build_api(
     review_queue: ReviewQueue | None = None,
     reviewers: ReviewerStore | None = None,
     limiter: RateLimiter | None = None,
+    banks: BankService | None = None,
 ) -> ApiProcess:
     """The API process. Each collaborator can be replaced (tests pass in-memory twins).
 
@@ -508,8 +571,14 @@ def build_api(
         or RedisRateLimiter.from_url(_redis_url(settings), prefix=settings.queue.key_prefix),
     )
     audit = audit or open_audit(settings)
+    if banks is None and settings.redis_url:
+        banks = build_banks(settings)
     outcomes = Outcomes(
-        store, audit=audit, callbacks=callbacks, keep_inline_s=settings.queue.result_ttl_s
+        store,
+        audit=audit,
+        callbacks=callbacks,
+        keep_inline_s=settings.queue.result_ttl_s,
+        banks=banks,
     )
     reviewers = reviewers or open_reviewers(settings)
     return ApiProcess(
@@ -524,6 +593,7 @@ def build_api(
         reviewers=reviewers,
         reviewer_auth=build_reviewer_auth(settings, reviewers, audit=audit),
         tenants=build_tenants(settings),
+        banks=banks,
     )
 
 
@@ -542,16 +612,21 @@ class WorkerProcess:
     delivery: CallbackDelivery
     audit: AuditSink
     publisher: TaskPublisher
+    banks: BankSync | None = None
     closers: list[Callable[[], object]] = field(default_factory=list)
 
     def start(self) -> None:
         if self.model.note:
             log.warning("%s", self.model.note)
+        if self.banks is not None:
+            self.banks.load()  # every bank in memory before the first job is scored
         self.maintenance.beat()
         self.maintenance.start()
 
     def close(self) -> None:
         self.maintenance.stop()
+        if self.banks is not None:
+            self.banks.close()
         self.batcher.close()
         for close in self.closers:
             close()
@@ -576,8 +651,10 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     if slot is None:
         slot = claim_slot(settings.worker_slots_dir)
     model = load_model(settings.model, limits=settings.images, slot=slot)
+    banks = LoadedBanks()
+    sync = _bank_sync(settings, open_bank_store(settings), banks)
     policies = build_policies(
-        settings, model.encoder, build_signals(settings), policy_paths_for(settings, model)
+        settings, model.encoder, build_signals(settings, banks), policy_paths_for(settings, model)
     )
     moderator = Moderator(
         encoder=model.encoder, decoder=SafeDecoder(settings.images), policies=policies
@@ -623,7 +700,12 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         publisher=queue,
         policies=policies,
         settings=q,
-        info=lambda: {"model": model.encoder.identity.id, "model_note": model.note},
+        info=lambda: {
+            "model": model.encoder.identity.id,
+            "model_note": model.note,
+            "banks": banks.describe(),
+        },
+        tasks=[(settings.banks.reload_s, sync.refresh, "bank reload check")],
     )
     return WorkerProcess(
         settings=settings,
@@ -637,5 +719,6 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         delivery=CallbackDelivery(settings),
         audit=audit,
         publisher=queue,
+        banks=sync,
         closers=[lambda: pool.shutdown(wait=False)],
     )

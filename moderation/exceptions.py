@@ -36,8 +36,13 @@
         │   ├── ReviewAlreadyDecided / ReviewInvalidDecision
         │   └── ReviewAuthError          not signed in, bad credentials, CSRF, wrong role
         │       └── LoginThrottled       too many failed sign-ins: wait (429)
-        └── AuditError                  chain broken, bad segment
-            └── AuditSegmentCorrupt     gzip / JSON / header of a segment unreadable
+        ├── AuditError                  chain broken, bad segment
+        │   └── AuditSegmentCorrupt     gzip / JSON / header of a segment unreadable
+        └── BankError                   hash banks (known-bad content)
+            ├── BankFileError           file:line: column: message (one or many)
+            ├── InvalidHashError        a PDQ hash of the wrong length, or not hex
+            ├── BankNotFound / BankExists / BankEntryNotFound
+            └── BankBusy                another import or edit of the bank is running
 
 Every error carries a short stable ``code`` (used in job results and as a bounded metric label).
 """
@@ -82,7 +87,7 @@ class PolicyError(PermanentError):
 
 
 class PolicyIssue:
-    """One validation problem located in a policy file."""
+    """One validation problem located in a file (a policy, a bank file)."""
 
     __slots__ = ("field", "line", "message", "source")
 
@@ -330,3 +335,48 @@ class AuditSegmentCorrupt(AuditError):
 
 class AuditSinkUnavailable(TransientError):
     code = "audit_unavailable"
+
+
+# --- hash banks -----------------------------------------------------------------------------
+
+
+class BankError(PermanentError):
+    code = "bank_error"
+
+
+class BankNotFound(BankError):
+    code = "bank_not_found"
+
+
+class BankExists(BankError):
+    code = "bank_exists"
+
+
+class BankEntryNotFound(BankError):
+    code = "bank_entry_not_found"
+
+
+class BankBusy(BankError):
+    """Another import or edit holds the bank's write lock; try again when it is done."""
+
+    code = "bank_busy"
+
+
+class InvalidHashError(BankError):
+    """A PDQ hash that is not 64 hexadecimal digits."""
+
+    code = "bank_invalid_hash"
+
+
+class BankFileError(BankError):
+    """A bank file is malformed. ``issues`` lists every problem with file and line; nothing of
+    the file was imported."""
+
+    code = "bank_file_invalid"
+
+    def __init__(self, issues: list[PolicyIssue], *, shown: int = 50) -> None:
+        self.issues = issues
+        lines = [str(i) for i in issues[:shown]]
+        if len(issues) > shown:
+            lines.append(f"... and {len(issues) - shown} more problems")
+        super().__init__("\n".join(lines))

@@ -8,7 +8,8 @@ Each port has a real adapter (:mod:`moderation.adapters`) and a small in-memory 
                      pipeline.sources.InlineSource (inline)
     ImageDecoder     images.SafeDecoder                        (itself: pure Pillow, no I/O)
     Encoder          clip.ClipEncoder                          the bundled test model
-    Signal           signals.prompts.PromptSignal, ...         (pure)
+    Signal           signals.prompts.PromptSignal,             (pure)
+                     signals.hash_bank.HashBankSignal
     JobStore         redis_jobs.RedisJobStore                  MemoryJobStore
     RateLimiter      redis_limits.RedisRateLimiter             MemoryRateLimiter
     ReviewQueue      redis_review.RedisReviewQueue             MemoryReviewQueue
@@ -19,6 +20,7 @@ Each port has a real adapter (:mod:`moderation.adapters`) and a small in-memory 
     SegmentStore     s3_audit.S3SegmentStore, local_audit      MemorySegmentStore
     TaskPublisher    celery_queue.CeleryQueue                  MemoryPublisher
     CallbackSender   celery_queue.CeleryQueue                  MemoryCallbacks
+    BankStore        redis_banks.RedisBankStore                MemoryBankStore
 
 Adapters translate their library's errors into :mod:`moderation.exceptions` (transient vs
 permanent) at the boundary; nothing outside an adapter sees a redis, boto3, httpx or kombu error.
@@ -26,7 +28,8 @@ permanent) at the boundary; nothing outside an adapter sees a redis, boto3, http
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -37,6 +40,7 @@ from pydantic import BaseModel, ConfigDict
 
 from moderation.core.admission import Admission, Tenant
 from moderation.core.audit import AuditRecord, Retention
+from moderation.core.banks import BankEntry, BankInfo, BankManifest, EntryData, Segment
 from moderation.core.compiled import ModelIdentity
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult
@@ -53,6 +57,8 @@ from moderation.core.scoring import CategorySlot, SignalScorer
 
 __all__ = [
     "AuditSink",
+    "BankRequest",
+    "BankStore",
     "CallbackSender",
     "Claim",
     "DeadLetter",
@@ -139,9 +145,16 @@ class Signal(Protocol):
     name: str
     #: Whether :meth:`features` must run on each decoded image (False: embedding only).
     needs_image: bool
+    #: Decoded frames keep at least this short side (when the image has it) for :meth:`features`.
+    min_side: int
 
     def features(self, image: Any) -> Any:
         """What this signal needs from one decoded RGB frame (runs on the decode threads)."""
+        ...
+
+    def fingerprint(self, feature: Any) -> dict[str, Any]:
+        """Content identifiers in one frame's feature, kept with the job result and audit
+        record (``{"pdq": ..., "pdq_quality": ...}``); ``{}`` for none."""
         ...
 
     def scorer(self, slots: Sequence[CategorySlot]) -> SignalScorer:
@@ -546,3 +559,86 @@ class SegmentStore(Protocol):
     def describe(self) -> str:
         """Where this store is, for messages (no credentials)."""
         ...
+
+
+# --- hash banks ----------------------------------------------------------------------------------
+
+
+class BankRequest(BaseModel):
+    """A reviewer's request to add a reviewed image to a bank once its removal is final."""
+
+    model_config = ConfigDict(frozen=True)
+
+    review_id: str
+    bank: str
+    reviewer: str  # pseudonymous id
+    at: datetime
+
+
+class BankStore(Protocol):
+    """Hash banks: named sets of PDQ hashes with their metadata (:mod:`moderation.core.banks`).
+
+    Entries live in *segments* (runs of consecutive ids, hashes packed 32 bytes each), so a worker
+    loads a bank of millions of hashes in a few large reads and, after a change, reads only what
+    was appended. Additions are atomic: readers see all of an import or none of it. Removed ids
+    are kept in a set (tombstones). Every change moves the bank's version and the store's
+    :meth:`version`, which workers poll.
+
+    Raises (every method): ``QueueUnavailable`` when the store cannot be reached;
+    ``BankNotFound`` for an unknown bank.
+    """
+
+    def create(self, name: str, *, description: str = "") -> BankInfo:
+        """Raises: BankExists."""
+        ...
+
+    def delete(self, name: str) -> bool: ...
+
+    def info(self, name: str) -> BankInfo: ...
+
+    def banks(self) -> list[BankInfo]: ...
+
+    def version(self) -> int:
+        """Moves whenever any bank changes (cheap enough to poll every second)."""
+        ...
+
+    def manifest(self, name: str) -> BankManifest: ...
+
+    def read_hashes(self, name: str, segment: Segment, start: int = 0) -> bytes:
+        """The packed hashes of rows ``start ..`` of a committed segment (32 bytes each)."""
+        ...
+
+    def writing(self, name: str) -> AbstractContextManager[None]:
+        """Hold the bank's write lock (one writer at a time; imports check for duplicates
+        under it).
+
+        Raises: BankBusy when another writer holds it.
+        """
+        ...
+
+    def append(
+        self,
+        name: str,
+        entries: Sequence[EntryData],
+        *,
+        progress: Callable[[int], object] | None = None,
+    ) -> list[int]:
+        """Add entries (all or none become visible, atomically); returns their ids in order.
+        Call under :meth:`writing`."""
+        ...
+
+    def remove(self, name: str, ids: Iterable[int]) -> int:
+        """Tombstone live entries; returns how many were live."""
+        ...
+
+    def entries(self, name: str, ids: Sequence[int]) -> dict[int, BankEntry]:
+        """Metadata of the live entries among ``ids``."""
+        ...
+
+    def scan(self, name: str) -> Iterator[BankEntry]:
+        """Every live entry, in id order."""
+        ...
+
+    def request_addition(self, request: BankRequest, ttl_s: int) -> None: ...
+
+    def addition_request(self, review_id: str) -> BankRequest | None: ...

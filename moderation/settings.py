@@ -24,6 +24,7 @@ __all__ = [
     "MIN_SECRET_BYTES",
     "ApiKey",
     "AuditSettings",
+    "BankSettings",
     "ImageLimits",
     "ModelSettings",
     "QueueSettings",
@@ -261,6 +262,26 @@ class ApiKey(BaseModel):
 Environment = Literal["development", "production"]
 
 
+class BankSettings(BaseModel):
+    """Hash banks of known-bad images (``moderation bank``, ``signal: hash_bank`` categories)."""
+
+    #: Redis key prefix of the banks.
+    key_prefix: str = "mod:bank:"
+    #: Seconds between a worker's checks for bank changes (removals apply within this).
+    reload_s: float = 1.0
+    #: Banks up to this many hashes are searched by brute force; bigger ones by multi-index.
+    flat_max: int = 262_144
+    #: Hashes added since a bank's last full index build before it is rebuilt (in the
+    #: background; until then they are searched by brute force).
+    rebuild_after: int = 65_536
+    #: Matched entries whose metadata a worker keeps in memory.
+    metadata_cache: int = 10_000
+    #: Banks reviewers may add removals to from the review page (created on first use).
+    review_banks: list[str] = Field(default_factory=lambda: ["reviewer-removals"])
+    #: How long a reviewer's "add to bank" waits for the removal to become final.
+    request_ttl_s: int = 30 * 24 * 3600
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MODERATION_", env_nested_delimiter="__", extra="ignore"
@@ -275,6 +296,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     review: ReviewSettings = ReviewSettings()
     audit: AuditSettings = AuditSettings()
+    banks: BankSettings = BankSettings()
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     #: This worker's position among the worker processes of its host (which GPU it uses: slot

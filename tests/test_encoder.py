@@ -113,6 +113,7 @@ def test_workers_take_distinct_slots_and_a_gpu_by_slot(tmp_path: Path) -> None:
             p.wait()
     assert slots == [0, 1, 2]
     assert claim_slot(tmp_path) == 0  # the slots went with their processes
+    assert claim_slot(tmp_path) == 0  # asking again (a retried worker start) keeps its slot
     assert pick_device("cpu", None, slot=3).type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(ModelUnavailableError, match="no CUDA"):

@@ -41,6 +41,10 @@ class RedPixelSignal:
 
     name = "red_pixels"
     needs_image = True
+    min_side = 0
+
+    def fingerprint(self, feature: float) -> dict[str, Any]:
+        return {}
 
     def features(self, image: Image.Image) -> float:
         rgb = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.int16)
@@ -134,7 +138,8 @@ def test_a_category_names_its_signal_and_an_unknown_one_is_refused_with_its_line
     with pytest.raises(PolicyValidationError) as info:
         load_policy_text(POLICY, source="mixed.yaml", signals=set(builtin_signals()))
     assert str(info.value).startswith(
-        "mixed.yaml:16: categories[1].signal: unknown signal 'red_pixels'; known: prompts"
+        "mixed.yaml:16: categories[1].signal: unknown signal 'red_pixels'; known: hash_bank, "
+        "prompts"
     )
     bad = POLICY.replace(
         "    signal: red_pixels\n", "    signal: red_pixels\n    prompts: [a red blob]\n"

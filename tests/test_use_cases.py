@@ -413,8 +413,15 @@ def test_verdicts_are_real_and_side_effects_follow_the_audit_record_and_the_resu
     assert (record.job_id, record.decision, record.kind) == (job_id, "review", "automated")
     assert record.details["signal"] == "prompts" and record.details["evidence"]
     assert record.weights_sha256 == "w" * 64
+    # Every image's PDQ hash and quality go with its SHA-256: result, audit record, review item.
+    result = world.result(job_id)
+    assert result.content_pdq is not None and len(result.content_pdq) == 64
+    assert result.content_pdq_quality is not None and record.content_sha256
+    assert record.details["content_pdq"] == result.content_pdq
+    assert record.details["content_pdq_quality"] == result.content_pdq_quality
     claim = world.review.claim("rv_alice")
     assert claim is not None and claim.item.job_id == job_id and claim.item.image == ref
+    assert claim.item.content_pdq == result.content_pdq
     # A redelivery of the finished job is a no-op: no second record, result or callback.
     assert world.run(job_id) == "duplicate"
     assert order == ["audit", "result", "callback"]

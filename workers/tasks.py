@@ -37,8 +37,13 @@ def worker() -> WorkerProcess:
     global _worker
     with _lock:
         if _worker is None:
-            _worker = build_worker(current_settings())
-            _worker.start()
+            candidate = build_worker(current_settings())
+            try:
+                candidate.start()  # loads the banks: may fail while Redis is down
+            except BaseException:
+                candidate.close()
+                raise
+            _worker = candidate
         return _worker
 
 

@@ -310,6 +310,7 @@ def create_app(api: ApiProcess) -> FastAPI:
             api.reviewer_auth,
             on_final=api.outcomes.record_human_decision,
             image_loader=api.sources.fetch,
+            banks=api.banks,
         )
     )
 
@@ -450,7 +451,9 @@ def create_app(api: ApiProcess) -> FastAPI:
         body = Readiness(
             status="ready" if redis_ok else "not ready",
             redis=redis_ok,
-            workers=[{k: w.get(k) for k in ("name", "model", "policies")} for w in workers],
+            workers=[
+                {k: w.get(k) for k in ("name", "model", "policies", "banks")} for w in workers
+            ],
         )
         return JSONResponse(body.model_dump(), status_code=200 if redis_ok else 503)
 

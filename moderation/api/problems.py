@@ -30,6 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from moderation.exceptions import (
+    BankBusy,
+    BankEntryNotFound,
+    BankExists,
+    BankNotFound,
     ImageError,
     JobConflict,
     JobNotFoundError,
@@ -97,10 +101,12 @@ def status_for(exc: ModerationError) -> int:
     """The HTTP status of an error of the exception tree."""
     if isinstance(exc, JobRejected):
         return exc.status
-    if isinstance(exc, JobNotFoundError | ReviewNotFound):
+    if isinstance(exc, JobNotFoundError | ReviewNotFound | BankNotFound | BankEntryNotFound):
         return 404
     if isinstance(exc, LoginThrottled):
         return 429
+    if isinstance(exc, BankBusy | BankExists):
+        return 409
     if isinstance(exc, ReviewAuthError):
         return 403 if exc.code in {"review_csrf", "review_forbidden"} else 401
     if isinstance(exc, ReviewLeaseExpired | ReviewNotLeaseHolder | ReviewAlreadyDecided):

@@ -151,6 +151,8 @@ class WorkerInfo(BaseModel):
     name: str | None = None
     model: str | None = None
     policies: dict[str, int] | None = None
+    #: Per hash bank: loaded version, live entries and resident index bytes.
+    banks: dict[str, dict[str, int]] | None = None
 
 
 class Readiness(BaseModel):

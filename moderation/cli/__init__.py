@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from moderation.cli.audit import audit_app
+from moderation.cli.bank import bank_app
 from moderation.cli.demo import demo
 from moderation.cli.pipeline import pipeline_app
 from moderation.cli.policy import policy_app
@@ -21,6 +22,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(testmodel_app, name="testmodel")
 app.add_typer(audit_app, name="audit")
 app.add_typer(review_app, name="review")
+app.add_typer(bank_app, name="bank")
 app.add_typer(pipeline_app)  # top level: api, worker, submit, dlq
 
 

@@ -148,6 +148,9 @@ class JobResult(BaseModel):
     error: JobError | None = None
     human: HumanDecision | None = None
     content_sha256: str | None = None
+    #: The image's PDQ perceptual hash (64 hex digits) and PDQ quality (0-100).
+    content_pdq: str | None = None
+    content_pdq_quality: int | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
     finished_at: datetime | None = None
@@ -181,6 +184,8 @@ class JobResult(BaseModel):
         verdict: Verdict | None = None,
         error: JobError | None = None,
         content_sha256: str | None = None,
+        content_pdq: str | None = None,
+        content_pdq_quality: int | None = None,
     ) -> JobResult:
         """The final result of ``job``: its verdict (``done``) or its error (``error``)."""
         return cls(
@@ -189,6 +194,8 @@ class JobResult(BaseModel):
             verdict=verdict,
             error=error,
             content_sha256=content_sha256,
+            content_pdq=content_pdq,
+            content_pdq_quality=content_pdq_quality,
             metadata=job.metadata,
             created_at=job.created_at,
             finished_at=_now(),

@@ -6,7 +6,8 @@ Pure: pydantic models and validation only. Reading files (with line numbers for 
 Each category names the *signal* that scores it (``signal:``, default ``prompts``: CLIP zero-shot
 prompts, see :mod:`moderation.signals.prompts`). The prompt fields (``prompts``,
 ``benign_prompts``, ``templates``) configure the prompts signal and are refused on categories of
-another signal; every other signal brings its own field.
+another signal; every other signal brings its own field: a hash-bank category
+(``signal: hash_bank``) names its bank, ``bank: {name, max_distance, min_quality}``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from moderation.exceptions import DuplicatePolicyError, UnknownPolicyError
 __all__ = [
     "DEFAULT_SIGNAL",
     "DEFAULT_TEMPLATES",
+    "HASH_BANK_SIGNAL",
     "Action",
     "Actions",
     "BandAction",
+    "BankRef",
     "Category",
     "Policy",
     "PolicyDefaults",
@@ -47,6 +50,8 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 
 #: The signal of a category that names none: CLIP zero-shot prompts.
 DEFAULT_SIGNAL = "prompts"
+#: The signal of categories backed by a bank of known-bad PDQ hashes.
+HASH_BANK_SIGNAL = "hash_bank"
 
 Identifier = Annotated[
     str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$", strip_whitespace=True)
@@ -117,6 +122,26 @@ class Thresholds(_Strict):
         return value
 
 
+class BankRef(_Strict):
+    """The bank behind a ``hash_bank`` category and how close a match must be."""
+
+    name: Annotated[
+        str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", strip_whitespace=True)
+    ] = Field(description="The bank's name (`moderation bank list`).")
+    max_distance: int = Field(
+        default=31,
+        ge=0,
+        le=64,
+        description="Largest Hamming distance (bits of 256) that matches; PDQ's usual is 31.",
+    )
+    min_quality: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="Image hashes of lower PDQ quality (flat, featureless images) never match.",
+    )
+
+
 def _check_templates(templates: list[str]) -> list[str]:
     for template in templates:
         if template.count("{}") != 1:
@@ -159,6 +184,11 @@ class Category(_Strict):
     templates: list[str] | None = Field(
         default=None, min_length=1, description="Overrides defaults.templates for this category."
     )
+    bank: BankRef | None = Field(
+        default=None,
+        validate_default=True,
+        description="The bank of known-bad hashes behind this category (signal: hash_bank).",
+    )
     thresholds: Thresholds
     actions: Actions = Actions()
     dsa_category: str | None = Field(
@@ -178,6 +208,18 @@ class Category(_Strict):
         elif value:
             raise ValueError(
                 f"only for signal {DEFAULT_SIGNAL!r} (this category's signal is {signal!r})"
+            )
+        return value
+
+    @field_validator("bank")
+    @classmethod
+    def _bank_for_hash_bank_signal(cls, value: BankRef | None, info: Any) -> BankRef | None:
+        signal = info.data.get("signal", DEFAULT_SIGNAL)
+        if signal == HASH_BANK_SIGNAL and value is None:
+            raise ValueError("a hash_bank category needs a bank: {name: ..., max_distance: 31}")
+        if signal != HASH_BANK_SIGNAL and value is not None:
+            raise ValueError(
+                f"only for signal {HASH_BANK_SIGNAL!r} (this category's signal is {signal!r})"
             )
         return value
 
@@ -282,7 +324,12 @@ class Policy(_Strict):
         return problems
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        for category in data["categories"]:
+            # A category without a bank hashes as before banks existed (compile caches stay).
+            if category.get("bank") is None:
+                category.pop("bank", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def policy_hash(policy: Policy) -> str:

@@ -96,6 +96,9 @@ class ReviewItem(_Frozen):
     job_id: str
     image: ImageRef
     content_sha256: str | None = None
+    #: The image's PDQ hash and quality (for "remove and add to bank").
+    content_pdq: str | None = None
+    content_pdq_quality: int | None = None
     verdict: Verdict
     policy_id: str
     policy_version: int
@@ -211,6 +214,8 @@ def item_from_verdict(
     content_sha256: str | None = None,
     created_at: float | None = None,
     review_id: str | None = None,
+    content_pdq: str | None = None,
+    content_pdq_quality: int | None = None,
 ) -> ReviewItem:
     """Build the review item for a REVIEW verdict, with the deciding category's policy text.
 
@@ -232,6 +237,8 @@ def item_from_verdict(
         job_id=job_id,
         image=image,
         content_sha256=content_sha256,
+        content_pdq=content_pdq,
+        content_pdq_quality=content_pdq_quality,
         verdict=verdict,
         policy_id=policy.id,
         policy_version=policy.version,

@@ -1,5 +1,5 @@
-"""A worker's periodic duties, on one background thread: heartbeat, policy hot reload and the
-lost-message sweep, from one table of periodic tasks.
+"""A worker's periodic duties, on one background thread: heartbeat, policy hot reload, the
+lost-message sweep and any extra tasks (the bank reload check), from one table of periodic tasks.
 
 * **Heartbeat** (every loop): the worker's name, model and loaded policy versions, with a short
   TTL, so the API knows which policies are served and operators see live workers.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from moderation.exceptions import ModerationError
@@ -76,6 +76,7 @@ class WorkerMaintenance:
         policies: ActivePolicies,
         settings: QueueSettings,
         info: Callable[[], dict[str, Any]],
+        tasks: Sequence[tuple[float, Callable[[], object], str]] = (),
     ) -> None:
         self.name = name
         self.store = store
@@ -94,6 +95,7 @@ class WorkerMaintenance:
                 "lost-message sweep",
             ),
             (q.policy_reload_s, policies.reload, "policy reload check"),
+            *tasks,
         ]
 
     def beat(self) -> None:

@@ -2,10 +2,11 @@
 
 Two halves, so that the CPU side and the accelerator side can overlap:
 
-* :meth:`Moderator.prepare` (CPU threads): safe decode, the CPU half of the model's
-  preprocessing of each frame (a uint8 crop), each image signal's features (e.g. a perceptual
-  hash), and the content hash. When the encoder decodes JPEGs on its device (a GPU) and no
-  signal needs the decoded image, only the header is checked here;
+* :meth:`Moderator.prepare` (CPU threads): safe decode (at the largest short side the model or
+  an image signal needs), the CPU half of the model's preprocessing of each frame (a uint8 crop),
+  each image signal's features (e.g. a perceptual hash) and fingerprints, and the content hash.
+  When the encoder decodes JPEGs on its device (a GPU) and no signal needs the decoded image,
+  only the header is checked here;
 * :meth:`Moderator.decide`: given the frames' image embeddings (one batched forward pass, done by
   the caller or the worker's micro-batcher), every signal's scores and the verdicts; an
   animation's verdict is the most severe of its frames'.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,8 @@ class PreparedImage:
     content_sha256: str
     inputs: tuple[Any, ...]
     features: Mapping[str, tuple[Any, ...]]
+    #: Content identifiers from the image signals (the PDQ hash and its quality), first frame.
+    fingerprints: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def frames(self) -> int:
@@ -62,18 +65,26 @@ class Moderator:
             ImageError: corrupt, too large, or a format outside the allowlist.
         """
         digest = hashlib.sha256(data).hexdigest()
-        image_signals = self.policies.signals.image_signals
-        if not image_signals:  # the encoder may decode this file itself (a JPEG on a GPU)
+        signals = self.policies.signals.image_signals
+        if not signals:  # the encoder may decode this file itself (a JPEG on a GPU)
             encoded = self.encoder.prepare_encoded(data)
             if encoded is not None:
                 return PreparedImage(content_sha256=digest, inputs=(encoded,), features={})
-        frames = self.decoder.decode(data, min_side=self.encoder.image_size)
+        min_side = max([self.encoder.image_size, *(s.min_side for s in signals)])
+        frames = self.decoder.decode(data, min_side=min_side)
         inputs = tuple(self.encoder.prepare(frame) for frame in frames)
         features = {
-            signal.name: tuple(signal.features(frame) for frame in frames)
-            for signal in image_signals
+            signal.name: tuple(signal.features(frame) for frame in frames) for signal in signals
         }
-        return PreparedImage(content_sha256=digest, inputs=inputs, features=features)
+        fingerprints = {
+            key: value
+            for signal in signals
+            if features[signal.name]
+            for key, value in signal.fingerprint(features[signal.name][0]).items()
+        }
+        return PreparedImage(
+            content_sha256=digest, inputs=inputs, features=features, fingerprints=fingerprints
+        )
 
     def embed(self, inputs: Sequence[Any]) -> NDArray[np.float32]:
         """One forward pass over prepared frames."""

@@ -13,7 +13,9 @@ Order, chosen so that a crash at any point loses nothing and duplicates nothing 
    a duplicate).
 
 A human decision follows the same order: one audit record per reviewer, then the result, then
-the ``job.human_decision`` callback.
+the ``job.human_decision`` callback; then, for a final removal a reviewer asked to bank ("remove
+and add to bank"), the image's PDQ hash goes into the bank and that is audited too (idempotent:
+a redelivered decision finds the hash banked and rewrites the same record).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from moderation.core.audit import record_for_error, record_for_review, record_for_verdict
 from moderation.core.callbacks import callback_body
@@ -32,9 +35,22 @@ from moderation.exceptions import JobNotFoundError, ReviewInvalidDecision
 from moderation.metrics import metrics
 from moderation.ports import AuditSink, CallbackSender, JobStore, ReviewQueue
 
-__all__ = ["Outcomes"]
+if TYPE_CHECKING:
+    from moderation.pipeline.banks import BankService
+
+__all__ = ["Decided", "Outcomes"]
 
 log = logging.getLogger(__name__)
+
+
+class Decided(NamedTuple):
+    """A job with its verdict, ready to end."""
+
+    job: Job
+    verdict: Verdict
+    content_sha256: str | None = None
+    #: The image's content identifiers from the image signals (``pdq``, ``pdq_quality``).
+    fingerprints: Mapping[str, Any] | None = None
 
 
 class Outcomes:
@@ -49,6 +65,7 @@ class Outcomes:
         policies: the policies in service by id, for the review item's policy text.
         weights_sha256: the model weights' hash, recorded with every automated decision.
         keep_inline_s: how long inline images of REVIEW verdicts are kept for the reviewer.
+        banks: carries out reviewers' "add to bank" requests (None: not offered).
     """
 
     def __init__(
@@ -61,6 +78,7 @@ class Outcomes:
         policies: Callable[[], Mapping[str, Policy]] = dict,
         weights_sha256: str | None = None,
         keep_inline_s: int = 7 * 24 * 3600,
+        banks: BankService | None = None,
     ) -> None:
         self.store = store
         self.audit = audit
@@ -69,15 +87,27 @@ class Outcomes:
         self.policies = policies
         self.weights_sha256 = weights_sha256
         self.keep_inline_s = keep_inline_s
+        self.banks = banks
 
-    def finish_verdict(self, job: Job, verdict: Verdict, *, content_sha256: str | None) -> bool:
+    def finish_verdict(
+        self,
+        job: Job,
+        verdict: Verdict,
+        *,
+        content_sha256: str | None,
+        fingerprints: Mapping[str, Any] | None = None,
+    ) -> bool:
         """End ``job`` with ``verdict``; see :meth:`finish_many`."""
-        return self.finish_many([(job, verdict, content_sha256)])[0]
+        return self.finish_many([Decided(job, verdict, content_sha256, fingerprints)])[0]
 
-    def finish_many(self, decided: Sequence[tuple[Job, Verdict, str | None]]) -> list[bool]:
+    def finish_many(self, decided: Sequence[Decided]) -> list[bool]:
         """End jobs with their verdicts: their audit records (durable together), then their
         results (one store round trip), then their side effects. Returns, per job, False when
         it had already ended (a no-op).
+
+        Args:
+            fingerprints: the image's content identifiers from the image signals (``pdq`` and
+                ``pdq_quality``), kept with the result and in the audit record.
 
         Raises:
             AuditSinkUnavailable, QueueUnavailable: transient; the task retries.
@@ -87,41 +117,48 @@ class Outcomes:
         self.audit.write_many(
             [
                 record_for_verdict(
-                    job_id=job.id,
-                    verdict=verdict,
-                    content_sha256=digest,
-                    content_ref=job.image.uri,
+                    job_id=d.job.id,
+                    verdict=d.verdict,
+                    content_sha256=d.content_sha256,
+                    content_ref=d.job.image.uri,
                     weights_sha256=self.weights_sha256,
-                    dsa_category=self._dsa_category(verdict),
-                    tenant=job.tenant,
+                    dsa_category=self._dsa_category(d.verdict),
+                    details={f"content_{k}": v for k, v in (d.fingerprints or {}).items()},
+                    tenant=d.job.tenant,
                 )
-                for job, verdict, digest in decided
+                for d in decided
             ]
         )
         results = [
-            JobResult.ended(job, verdict=verdict, content_sha256=digest)
-            for job, verdict, digest in decided
+            JobResult.ended(
+                d.job,
+                verdict=d.verdict,
+                content_sha256=d.content_sha256,
+                content_pdq=(d.fingerprints or {}).get("pdq"),
+                content_pdq_quality=(d.fingerprints or {}).get("pdq_quality"),
+            )
+            for d in decided
         ]
         won = self.store.finish_many(results)
         m = metrics()
         now = datetime.now(UTC)
-        for (job, verdict, _), ended in zip(decided, won, strict=True):
+        for d, ended in zip(decided, won, strict=True):
             if ended:
                 m.jobs.labels("verdict").inc()
-                m.tenant_jobs.labels(job.tenant, "verdict").inc()
+                m.tenant_jobs.labels(d.job.tenant, "verdict").inc()
                 m.decisions.labels(
-                    verdict.policy_id or "none",
-                    verdict.category_id or "none",
-                    verdict.decision.value,
+                    d.verdict.policy_id or "none",
+                    d.verdict.category_id or "none",
+                    d.verdict.decision.value,
                 ).inc()
-                m.latency.labels("total").observe((now - job.created_at).total_seconds())
+                m.latency.labels("total").observe((now - d.job.created_at).total_seconds())
         self._effects(
             [
-                (job, result)
-                for (job, _, _), result, ended in zip(decided, results, won, strict=True)
+                (d.job, result)
+                for d, result, ended in zip(decided, results, won, strict=True)
                 if ended
             ],
-            [job for (job, _, _), ended in zip(decided, won, strict=True) if not ended],
+            [d.job for d, ended in zip(decided, won, strict=True) if not ended],
         )
         return won
 
@@ -203,7 +240,7 @@ class Outcomes:
                 and result.verdict is not None
                 and result.verdict.decision is Decision.REVIEW
             ):
-                self._send_to_review(job, result.verdict, result.content_sha256)
+                self._send_to_review(job, result)
             if job.callback_url:
                 self.callbacks.send(
                     job.public_id, job.callback_url, callback_body("job.finished", result)
@@ -211,8 +248,9 @@ class Outcomes:
             finished.append(job.id)
         self.store.mark_effects_done_many(finished)
 
-    def _send_to_review(self, job: Job, verdict: Verdict, content_sha256: str | None) -> None:
-        assert self.review is not None
+    def _send_to_review(self, job: Job, result: JobResult) -> None:
+        assert self.review is not None and result.verdict is not None
+        verdict = result.verdict
         policy = self.policies().get(verdict.policy_id or "")
         if policy is None:
             log.error(
@@ -228,7 +266,9 @@ class Outcomes:
                 image=job.image,
                 verdict=verdict,
                 policy=policy,
-                content_sha256=content_sha256,
+                content_sha256=result.content_sha256,
+                content_pdq=result.content_pdq,
+                content_pdq_quality=result.content_pdq_quality,
             )
         except ReviewInvalidDecision as exc:
             log.error("job %s: cannot build its review item: %s", job.id, exc)
@@ -275,5 +315,14 @@ class Outcomes:
         if job.callback_url:
             self.callbacks.send(
                 job.public_id, job.callback_url, callback_body("job.human_decision", updated)
+            )
+        if self.banks is not None:
+            self.banks.add_reviewed(
+                decision,
+                pdq=result.content_pdq,
+                quality=result.content_pdq_quality,
+                content_sha256=result.content_sha256,
+                content_ref=job.image.uri,
+                audit=self.audit,
             )
         return updated

@@ -31,13 +31,12 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from moderation.core.decision import Verdict
 from moderation.core.jobs import Job, JobError
 from moderation.exceptions import ModerationError, PermanentError, TransientError
 from moderation.metrics import metrics
 from moderation.pipeline.batching import MicroBatcher
 from moderation.pipeline.moderator import Moderator, PreparedImage
-from moderation.pipeline.outcomes import Outcomes
+from moderation.pipeline.outcomes import Decided, Outcomes
 from moderation.pipeline.sources import ImageSources
 from moderation.ports import JobStore
 from moderation.settings import QueueSettings
@@ -214,14 +213,14 @@ class Processor:
         # Errors from here on (Redis, the audit log) are not the jobs': they propagate, the
         # message is delivered again and the jobs end as decided, exactly once.
         won = self.outcomes.finish_many(decided)
-        for (job, _, _), ended in zip(decided, won, strict=True):
-            out[job.id] = Processed(job.id, "verdict" if ended else "duplicate")
+        for d, ended in zip(decided, won, strict=True):
+            out[d.job.id] = Processed(d.job.id, "verdict" if ended else "duplicate")
         self.outcomes.finish_errors(errors)
         return out
 
     def _decide(
         self, jobs: list[Job]
-    ) -> tuple[list[tuple[Job, Verdict, str | None]], list[tuple[Job, Exception, str | None]]]:
+    ) -> tuple[list[Decided], list[tuple[Job, Exception, str | None]]]:
         """Verdicts of ``jobs`` (one policy set for all), and the jobs that failed with why."""
         compiled = self.moderator.policies.current
         failed: list[tuple[Job, Exception, str | None]] = []
@@ -275,7 +274,7 @@ class Processor:
                 continue
             key = tuple(sorted(job.policies)) if job.policies else None
             groups[key].append((job, image, embeddings))
-        decided: list[tuple[Job, Verdict, str | None]] = []
+        decided: list[Decided] = []
         for policy_ids, members in groups.items():
             verdicts = self.moderator.decide(
                 [image for _, image, _ in members],
@@ -284,7 +283,7 @@ class Processor:
                 compiled=compiled,
             )
             decided += [
-                (job, verdict, image.content_sha256)
+                Decided(job, verdict, image.content_sha256, image.fingerprints)
                 for (job, image, _), verdict in zip(members, verdicts, strict=True)
             ]
         return decided, failed

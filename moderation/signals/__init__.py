@@ -7,7 +7,9 @@ decoded image on the decode threads (``features``; e.g. a perceptual hash), and 
 for the categories that use it (``scorer``): scores in ``[0, 1]`` per category plus the evidence
 that explains them. Decisions, verdicts, review items and audit records treat every signal alike.
 
-Built in: :class:`~moderation.signals.prompts.PromptSignal` (CLIP zero-shot prompts).
+Built in: :class:`~moderation.signals.prompts.PromptSignal` (CLIP zero-shot prompts) and
+:class:`~moderation.signals.hash_bank.HashBankSignal` (PDQ hashes matched against banks of
+known-bad images).
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from moderation.core.scoring import SignalScorerFactory
 from moderation.exceptions import PolicyError
 from moderation.ports import Signal
+from moderation.signals.hash_bank import HashBankSignal, LoadedBanks
 from moderation.signals.prompts import PromptSignal
 
-__all__ = ["DuplicateSignalError", "PromptSignal", "Signals", "builtin_signals"]
+__all__ = [
+    "DuplicateSignalError",
+    "HashBankSignal",
+    "LoadedBanks",
+    "PromptSignal",
+    "Signals",
+    "builtin_signals",
+]
 
 
 class DuplicateSignalError(PolicyError):
@@ -56,6 +66,7 @@ class Signals(Mapping[str, Signal]):
         return [s for s in self._by_name.values() if s.needs_image]
 
 
-def builtin_signals() -> Signals:
-    """The signals every process has: CLIP prompts."""
-    return Signals([PromptSignal()])
+def builtin_signals(banks: LoadedBanks | None = None) -> Signals:
+    """The signals every process has: CLIP prompts and hash banks (matched against ``banks``;
+    none loaded: bank categories match nothing)."""
+    return Signals([PromptSignal(), HashBankSignal(banks)])

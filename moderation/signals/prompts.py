@@ -37,10 +37,14 @@ class PromptSignal:
 
     name = DEFAULT_SIGNAL
     needs_image = False
+    min_side = 0
 
     def features(self, image: Any) -> None:
         """Nothing beyond the image embedding."""
         return
+
+    def fingerprint(self, feature: Any) -> dict[str, Any]:
+        return {}
 
     def scorer(self, slots: Sequence[CategorySlot]) -> PromptScorer:
         return PromptScorer(slots)

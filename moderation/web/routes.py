@@ -9,7 +9,7 @@ Pages (HTML, sign-in required, else a redirect to the sign-in page)::
 API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF token)::
 
     POST {prefix}/api/next            claim the next item (or the one already held)
-    POST {prefix}/api/decide          {review_id, token, decision, reason_code}
+    POST {prefix}/api/decide          {review_id, token, decision, reason_code, add_to_bank}
     POST {prefix}/api/skip            {review_id}: give the item back
     GET  {prefix}/api/image/{id}      the image, only to the reviewer holding its lease
     GET  {prefix}/api/overview
@@ -61,9 +61,11 @@ from moderation.exceptions import (
     LoginThrottled,
     ModerationError,
     ReviewAuthError,
+    ReviewInvalidDecision,
     ReviewNotFound,
 )
 from moderation.metrics import metrics
+from moderation.pipeline.banks import BankService
 from moderation.pipeline.signin import ReviewerAuth
 from moderation.ports import Claim, ReviewQueue, ReviewStats
 from moderation.settings import Settings
@@ -150,6 +152,9 @@ class _DecideBody(BaseModel):
     token: str = Field(max_length=64)
     decision: ReviewDecision
     reason_code: str | None = Field(default=None, max_length=64)
+    #: "Remove and add to bank": the bank to put the image's PDQ hash in once the removal is
+    #: final.
+    add_to_bank: str | None = Field(default=None, max_length=64)
 
 
 class _ItemBody(BaseModel):
@@ -160,7 +165,7 @@ class _UserBody(BaseModel):
     username: str = Field(max_length=64)
 
 
-def _claim_payload(claim: Claim, prefix: str) -> dict[str, Any]:
+def _claim_payload(claim: Claim, prefix: str, banks: BankService | None) -> dict[str, Any]:
     item = claim.item
     deciding = next((c for c in item.verdict.categories if c.category_id == item.category_id), None)
     return {
@@ -187,6 +192,9 @@ def _claim_payload(claim: Claim, prefix: str) -> dict[str, Any]:
         "age_s": round(max(0.0, claim.now - item.created_at), 1),
         "second_review": claim.first is not None,
         "image_url": f"{prefix}/api/image/{item.review_id}",
+        "content_pdq": item.content_pdq,
+        "content_pdq_quality": item.content_pdq_quality,
+        "bank_targets": banks.bank_targets(item) if banks is not None else [],
     }
 
 
@@ -198,13 +206,15 @@ def build_review_router(
     on_final: OnFinal,
     image_loader: ImageLoader,
     prefix: str = "/review",
+    banks: BankService | None = None,
 ) -> APIRouter:
     """The reviewers' router. Mount with ``app.include_router(router)``.
 
     ``auth`` signs reviewers in and out and resolves their server-side sessions. ``on_final`` is
     called once for each decision that becomes final (after the second reviewer for critical
     removals); if it raises a :class:`ModerationError` the decision stays in the queue's outbox
-    and ``POST {prefix}/api/admin/redeliver`` retries it.
+    and ``POST {prefix}/api/admin/redeliver`` retries it. ``banks`` offers "remove and add to
+    bank" (the request is recorded here; ``on_final`` carries it out).
     """
     review = settings.review
     codec = SessionCodec(
@@ -340,12 +350,18 @@ def build_review_router(
         who: Annotated[Principal, Depends(csrf_principal)], body: _NextBody | None = None
     ) -> dict[str, Any]:
         claim = queue.claim(who.pseudonym, policies=body.policies if body else None)
-        return {"item": _claim_payload(claim, prefix) if claim else None}
+        return {"item": _claim_payload(claim, prefix, banks) if claim else None}
 
     @router.post("/api/decide")
     def decide(
         body: _DecideBody, who: Annotated[Principal, Depends(csrf_principal)]
     ) -> dict[str, Any]:
+        if body.add_to_bank is not None:
+            if body.decision is not ReviewDecision.REMOVE:
+                raise ReviewInvalidDecision("only a removal can add the image to a bank")
+            if banks is None:
+                raise ReviewInvalidDecision("adding to banks is not available here")
+            banks.check_request(queue.item(body.review_id), bank=body.add_to_bank)
         result = queue.decide(
             body.review_id,
             reviewer=who.pseudonym,
@@ -353,6 +369,10 @@ def build_review_router(
             decision=body.decision,
             reason_code=body.reason_code,
         )
+        if body.add_to_bank is not None and banks is not None and not result.replay:
+            banks.request_addition(
+                queue.item(body.review_id), bank=body.add_to_bank, reviewer=who.pseudonym
+            )
         final = result.outcome.final
         delivered: bool | None = None
         if not result.replay:

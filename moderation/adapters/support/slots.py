@@ -13,16 +13,22 @@ from pathlib import Path
 
 __all__ = ["claim_slot"]
 
-_held: list[int] = []  # the lock files' descriptors stay open for the life of the process
+#: Slot per folder held by this process; the lock files' descriptors stay open for its life.
+_held: dict[Path, int] = {}
+_slot_of: dict[Path, int] = {}
 
 
 def claim_slot(folder: Path, *, limit: int = 1024) -> int:
-    """The lowest free slot number on this host (held until the process exits).
+    """The lowest free slot number on this host (held until the process exits). A process
+    asking again (a worker whose start failed and is retried) gets the slot it already holds.
 
     Raises:
         OSError: the folder cannot be created or no slot below ``limit`` is free.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _held:
+        return _slot_of[key]
     for slot in range(limit):
         fd = os.open(folder / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -30,6 +36,7 @@ def claim_slot(folder: Path, *, limit: int = 1024) -> int:
         except BlockingIOError:
             os.close(fd)
             continue
-        _held.append(fd)
+        _held[key] = fd
+        _slot_of[key] = slot
         return slot
     raise OSError(f"no free worker slot in {folder}")

@@ -6,6 +6,7 @@ from moderation.core.audit.dsa import DSA_FIELDS, dsa_statement
 from moderation.core.audit.records import (
     GENESIS_HASH,
     AuditRecord,
+    record_for_bank_addition,
     record_for_error,
     record_for_review,
     record_for_security,
@@ -41,6 +42,7 @@ __all__ = [
     "encode_segment",
     "key_bounds",
     "parse_segment_key",
+    "record_for_bank_addition",
     "record_for_error",
     "record_for_review",
     "record_for_security",

@@ -26,6 +26,7 @@ __all__ = [
     "GENESIS_HASH",
     "AuditRecord",
     "SecurityEvent",
+    "record_for_bank_addition",
     "record_for_error",
     "record_for_review",
     "record_for_security",
@@ -253,4 +254,56 @@ def record_for_security(
         decision=event,
         actor=actor,
         details=dict(details or {}),
+    )
+
+
+def record_for_bank_addition(
+    decision: HumanDecision,
+    *,
+    reviewer: str,
+    bank: str,
+    entry_id: int,
+    pdq: str,
+    quality: int | None,
+    created: bool,
+    content_sha256: str | None,
+    content_ref: str | None,
+) -> AuditRecord:
+    """The audit record of a reviewer's removal put into a bank ("remove and add to bank"):
+    decision ``add_to_bank``, the bank, entry and hash in ``details``. Its id is derived from the
+    review and the bank, so a redelivered decision rewrites the same record.
+
+    Raises:
+        AuditError: ``reviewer`` is not a pseudonymous reviewer id.
+    """
+    if not _PSEUDONYM.fullmatch(reviewer):
+        raise AuditError(
+            "reviewer ids in audit records must be pseudonymous ('rv_' + letters/digits)",
+            code="audit_not_pseudonymous",
+        )
+    return AuditRecord(
+        record_id=_derived_id("bank", decision.review_id, bank),
+        kind="human",
+        at=decision.decided_at,
+        job_id=decision.job_id,
+        content_sha256=content_sha256,
+        content_ref=content_ref,
+        policy_id=decision.policy_id,
+        policy_version=decision.policy_version,
+        compiled_policy_hash=None,
+        model_id=None,
+        weights_sha256=None,
+        category_id=decision.category_id,
+        decision="add_to_bank",
+        reason_code=decision.reason_code,
+        actor=reviewer,
+        details={
+            "review_id": decision.review_id,
+            "bank": bank,
+            "entry_id": entry_id,
+            "content_pdq": pdq,
+            "content_pdq_quality": quality,
+            "new_entry": created,
+            "reviewers": list(decision.reviewers),
+        },
     )

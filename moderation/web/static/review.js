@@ -8,6 +8,8 @@
   let current = null;      // the claimed item payload
   let leaseEnd = 0;        // local clock, ms
   let choosingReason = false;
+  let bankTarget = null;   // "remove and add to bank": the bank chosen with b
+  let choosingBank = false;
   let busy = false;
   let pollTimer = null;
 
@@ -31,6 +33,8 @@
   function render(item) {
     current = item;
     choosingReason = false;
+    choosingBank = false;
+    bankTarget = null;
     $("reasons").hidden = true;
     image.classList.add("blur");
     image.src = item.image_url;
@@ -45,16 +49,22 @@
     text("category-text", item.policy_text.category_description);
     text("prompts", item.policy_text.prompts.join(", "));
     text("benign", item.policy_text.benign_prompts.join(", "));
+    // A bank category has no prompts: say nothing rather than "Looks for: ".
+    $("prompts").parentElement.hidden = item.policy_text.prompts.length === 0;
+    $("benign").parentElement.hidden = item.policy_text.benign_prompts.length === 0;
     text("signal", item.signal ? "(" + item.signal + ")" : "");
     const matches = $("matches");
     matches.replaceChildren();
     for (const e of item.evidence) {
       const li = document.createElement("li");
-      const extra = Object.entries(e.details || {})
-        .map(([k, v]) => k + "=" + (typeof v === "number" ? v.toFixed(2) : v)).join(", ");
-      li.textContent = e.label + " — " + e.score.toFixed(2) + (extra ? " (" + extra + ")" : "");
+      li.textContent = e.signal === "hash_bank" ? bankEvidence(e) : genericEvidence(e);
       matches.appendChild(li);
     }
+    const targets = item.bank_targets || [];
+    $("bank-key").hidden = targets.length === 0;
+    text("bank-name", targets.join(" / "));
+    text("pdq", item.content_pdq
+      ? "PDQ " + item.content_pdq.slice(0, 16) + "… quality " + item.content_pdq_quality : "");
     const reasons = $("reasons");
     reasons.replaceChildren();
     item.reason_codes.slice(0, 9).forEach((code, i) => {
@@ -67,6 +77,33 @@
     $("empty").hidden = true;
     $("item").hidden = false;
     tick();
+  }
+
+  function fmt(v) {
+    if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(2);
+    return v === null || v === undefined ? "–" : String(v);
+  }
+
+  function genericEvidence(e) {
+    const extra = Object.entries(e.details || {}).map(([k, v]) => k + "=" + fmt(v)).join(", ");
+    return e.label + " — " + e.score.toFixed(2) + (extra ? " (" + extra + ")" : "");
+  }
+
+  // A bank match: which bank and entry, how close, and the entry's metadata.
+  function bankEvidence(e) {
+    const d = e.details || {};
+    if (d.entry_id === undefined) return e.label;
+    const parts = [
+      "bank " + d.bank + " entry #" + d.entry_id,
+      "distance " + d.distance + "/256 (≤ " + d.max_distance + ")",
+      "quality " + fmt(d.quality),
+    ];
+    if (d.label) parts.push("label: " + d.label);
+    if (d.source) parts.push("source: " + d.source);
+    if (d.added_at) parts.push("added " + String(d.added_at).slice(0, 10));
+    if (d.reference_id) parts.push("ref " + d.reference_id);
+    if (d.variant && d.variant !== "frame") parts.push("matched " + d.variant);
+    return parts.join(" · ");
   }
 
   function tick() {
@@ -92,17 +129,18 @@
     } catch (err) { status("Could not load the next item: " + err.message); pollTimer = setTimeout(next, 5000); }
   }
 
-  async function decide(decision, reasonCode) {
+  async function decide(decision, reasonCode, bank) {
     if (!current || busy) return;
     busy = true;
     const item = current;
     try {
       const data = await api("/api/decide", {
         review_id: item.review_id, token: item.token, decision: decision,
-        reason_code: reasonCode || null,
+        reason_code: reasonCode || null, add_to_bank: bank || null,
       });
-      status(data.status === "final" ? "Recorded: " + data.decision
-        : "Recorded: remove (waits for a second reviewer)");
+      const banked = bank ? " + added to bank " + bank : "";
+      status(data.status === "final" ? "Recorded: " + data.decision + banked
+        : "Recorded: remove" + banked + " (waits for a second reviewer)");
     } catch (err) {
       status("Not recorded: " + err.message);
     } finally {
@@ -120,6 +158,22 @@
     finally { busy = false; current = null; await next(); }
   }
 
+  function chooseReason() {
+    choosingReason = true;
+    $("reasons").hidden = false;
+    status((bankTarget ? "Remove and add to bank " + bankTarget : "Remove")
+      + ": press the reason number (Esc cancels)");
+  }
+
+  // "Remove and add to bank": the image's PDQ hash goes into the bank once the removal is final.
+  function chooseBank() {
+    const targets = current.bank_targets || [];
+    if (targets.length === 0) { status("This image has no usable PDQ hash: it cannot be banked"); return; }
+    if (targets.length === 1) { bankTarget = targets[0]; chooseReason(); return; }
+    choosingBank = true;
+    status("Add to which bank? " + targets.map((b, i) => "[" + (i + 1) + "] " + b).join("  ") + " (Esc cancels)");
+  }
+
   function unblur(on) { image.classList.toggle("blur", !on); }
 
   document.addEventListener("keydown", (event) => {
@@ -127,17 +181,25 @@
     const key = event.key;
     if (key === " ") { event.preventDefault(); unblur(true); return; }
     if (event.repeat) return;
+    if (choosingBank) {
+      const targets = current.bank_targets || [];
+      if (/^[1-9]$/.test(key) && targets[Number(key) - 1]) {
+        choosingBank = false; bankTarget = targets[Number(key) - 1]; chooseReason();
+      } else if (key === "Escape") { choosingBank = false; bankTarget = null; status(""); }
+      return;
+    }
     if (choosingReason) {
       if (/^[1-9]$/.test(key)) {
         const code = current.reason_codes[Number(key) - 1];
-        if (code) { choosingReason = false; $("reasons").hidden = true; decide("remove", code); }
-      } else if (key === "Escape") { choosingReason = false; $("reasons").hidden = true; status(""); }
+        if (code) { choosingReason = false; $("reasons").hidden = true; decide("remove", code, bankTarget); bankTarget = null; }
+      } else if (key === "Escape") { choosingReason = false; bankTarget = null; $("reasons").hidden = true; status(""); }
       return;
     }
     switch (key) {
       case "a": decide("allow"); break;
       case "e": decide("escalate"); break;
-      case "r": choosingReason = true; $("reasons").hidden = false; status("Remove: press the reason number (Esc cancels)"); break;
+      case "r": bankTarget = null; chooseReason(); break;
+      case "b": chooseBank(); break;
       case "s": skip(); break;
       case "u": image.classList.toggle("blur"); break;
       case "g": image.classList.toggle("grey"); break;
