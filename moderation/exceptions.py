@@ -16,6 +16,7 @@
         ├── PolicyError
         │   ├── PolicyValidationError   file:line: field: message (one or many)
         │   ├── DuplicatePolicyError
+        │   ├── PolicyVersionConflict   a shadow with its live version's number, other content
         │   └── UnknownPolicyError
         ├── ModelError
         │   └── ModelUnavailableError   weights missing / not downloadable
@@ -30,8 +31,12 @@
         │   ├── ReviewNotFound / ReviewLeaseExpired / ReviewNotLeaseHolder
         │   ├── ReviewAlreadyDecided / ReviewInvalidDecision
         │   └── ReviewAuthError          not signed in, bad credentials, CSRF, wrong role
-        └── AuditError                  chain broken, bad segment
-            └── AuditSegmentCorrupt     gzip / JSON / header of a segment unreadable
+        ├── AuditError                  chain broken, bad segment
+        │   └── AuditSegmentCorrupt     gzip / JSON / header of a segment unreadable
+        └── QualityError                the policy-quality tools (eval, calibrate, backtest)
+            ├── DatasetError            a labels file cannot be read (file:line)
+            ├── CalibrationUnsupported  the data cannot support a target
+            └── EmbeddingModelMismatch  stored embeddings come from another model
 
 Every error carries a short stable ``code`` (used in job results and as a bounded metric label).
 """
@@ -109,9 +114,16 @@ class PolicyValidationError(PolicyError):
 class DuplicatePolicyError(PolicyError):
     code = "policy_duplicate"
 
-    def __init__(self, policy_id: str, sources: list[str]) -> None:
+    def __init__(self, policy_id: str, sources: list[str], *, shadow: bool = False) -> None:
         self.policy_id = policy_id
-        super().__init__(f"policy id {policy_id!r} is defined more than once: {', '.join(sources)}")
+        what = "has more than one shadow version" if shadow else "is defined more than once"
+        super().__init__(f"policy id {policy_id!r} {what}: {', '.join(sources)}")
+
+
+class PolicyVersionConflict(PolicyError):
+    """Two files give the same policy id and version different content (live vs shadow)."""
+
+    code = "policy_version_conflict"
 
 
 class UnknownPolicyError(PolicyError):
@@ -267,3 +279,30 @@ class AuditSegmentCorrupt(AuditError):
 
 class AuditSinkUnavailable(TransientError):
     code = "audit_unavailable"
+
+
+# --- policy quality -----------------------------------------------------------------------------
+
+
+class QualityError(PermanentError):
+    """The policy-quality tools: evaluation, calibration, backtests, promotion."""
+
+    code = "quality_error"
+
+
+class DatasetError(QualityError):
+    """A labelled dataset cannot be read (the message names file and line)."""
+
+    code = "dataset_invalid"
+
+
+class CalibrationUnsupported(QualityError):
+    """The labelled data cannot support a calibration target."""
+
+    code = "calibration_unsupported"
+
+
+class EmbeddingModelMismatch(QualityError):
+    """Stored embeddings come from another model than the policies are compiled for."""
+
+    code = "embedding_model_mismatch"

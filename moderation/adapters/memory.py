@@ -7,17 +7,20 @@ They are not for production: nothing survives the process.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from moderation.core.audit import AuditRecord, Retention, key_bounds
+from moderation.core.embeddings import StoredEmbedding
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult, JobStatus
+from moderation.core.policy import Policy, PolicyMode, PolicySet
 from moderation.core.review import (
     FirstDecision,
     HumanDecision,
@@ -45,7 +48,9 @@ from moderation.ports import Claim, DeadLetter, DecideResult, ReviewStats
 __all__ = [
     "MemoryAuditSink",
     "MemoryCallbacks",
+    "MemoryEmbeddingStore",
     "MemoryJobStore",
+    "MemoryPolicyFiles",
     "MemoryPublisher",
     "MemoryReviewQueue",
     "MemoryReviewerStore",
@@ -537,3 +542,69 @@ class MemoryReviewQueue:
         for entry in sorted(decided, key=lambda e: e.final.decided_at if e.final else 0):
             assert entry.final is not None
             yield export_row(entry.item, entry.final)
+
+
+class MemoryEmbeddingStore:
+    """The :class:`~moderation.ports.EmbeddingStore` twin: a list in time order, trimmed to
+    ``retention_s`` and ``max_items`` on every write."""
+
+    def __init__(
+        self,
+        *,
+        retention_s: float = 30 * 24 * 3600,
+        max_items: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.retention_s = retention_s
+        self.max_items = max_items
+        self.clock = clock
+        self.items: list[StoredEmbedding] = []
+        self._lock = threading.Lock()
+
+    def add(self, item: StoredEmbedding) -> None:
+        with self._lock:
+            now = self.clock()
+            self.items.append(dataclasses.replace(item, at=now))
+            self.items = [i for i in self.items if i.at >= now - self.retention_s]
+            if self.max_items is not None:
+                self.items = self.items[-self.max_items :]
+
+    def scan(
+        self, *, since: float, until: float | None = None, page: int = 1000
+    ) -> Iterator[list[StoredEmbedding]]:
+        with self._lock:
+            found = [i for i in self.items if i.at >= since and (until is None or i.at <= until)]
+        for start in range(0, len(found), page):
+            yield found[start : start + page]
+
+    def count(self) -> int:
+        return len(self.items)
+
+
+class MemoryPolicyFiles:
+    """The :class:`~moderation.ports.PolicyFiles` twin: validated policies by source name."""
+
+    def __init__(self, policies: list[tuple[Policy, str]]) -> None:
+        self.files: dict[str, Policy] = {source: policy for policy, source in policies}
+        self.retired: dict[str, Policy] = {}
+
+    def load(self) -> PolicySet:
+        return PolicySet((policy, source) for source, policy in self.files.items())
+
+    def promotion_plan(self, shadow_source: str, live_source: str | None) -> dict[str, str]:
+        if live_source is None:
+            return {"live_file": shadow_source, "from_file": shadow_source, "retired_file": ""}
+        old = self.files[live_source]
+        return {
+            "live_file": live_source,
+            "from_file": shadow_source,
+            "retired_file": f"retired/{live_source}.v{old.version}",
+        }
+
+    def promote(self, plan: dict[str, str]) -> None:
+        shadow = self.files[plan["from_file"]]
+        if plan["retired_file"]:
+            self.retired[plan["retired_file"]] = self.files[plan["live_file"]]
+        self.files[plan["live_file"]] = shadow.model_copy(update={"mode": PolicyMode.LIVE})
+        if plan["from_file"] != plan["live_file"]:
+            del self.files[plan["from_file"]]

@@ -14,12 +14,16 @@ Order, chosen so that a crash at any point loses nothing and duplicates nothing 
 
 A human decision follows the same order: one audit record per reviewer, then the result, then
 the ``job.human_decision`` callback.
+
+Shadow policy versions are recorded with the verdict, never acted on: their verdicts go into the
+job's automated audit record (``details.shadow``) and, once the job is ended by this call, into
+``moderation_shadow_decisions_total``; nothing else (result, review, callback) sees them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from moderation.core.audit import record_for_error, record_for_review, record_for_verdict
@@ -28,6 +32,7 @@ from moderation.core.decision import Decision, Verdict
 from moderation.core.jobs import Job, JobError, JobResult
 from moderation.core.policy import Policy
 from moderation.core.review import HumanDecision, item_from_verdict
+from moderation.core.shadow import ShadowVerdict
 from moderation.exceptions import JobNotFoundError, ReviewInvalidDecision
 from moderation.metrics import metrics
 from moderation.ports import AuditSink, CallbackSender, JobStore, ReviewQueue
@@ -70,8 +75,18 @@ class Outcomes:
         self.weights_sha256 = weights_sha256
         self.keep_inline_s = keep_inline_s
 
-    def finish_verdict(self, job: Job, verdict: Verdict, *, content_sha256: str | None) -> bool:
+    def finish_verdict(
+        self,
+        job: Job,
+        verdict: Verdict,
+        *,
+        content_sha256: str | None,
+        shadows: Sequence[ShadowVerdict] = (),
+    ) -> bool:
         """End ``job`` with ``verdict``. Returns False when it had already ended (no-op).
+
+        ``shadows``: the shadow policy versions' verdicts on the same image (recorded and
+        measured, never acted on).
 
         Raises:
             AuditSinkUnavailable, QueueUnavailable: transient; the task retries.
@@ -84,6 +99,7 @@ class Outcomes:
                 content_ref=job.image.uri,
                 weights_sha256=self.weights_sha256,
                 dsa_category=self._dsa_category(verdict),
+                details={"shadow": [s.to_dict() for s in shadows]} if shadows else None,
             )
         )
         result = JobResult.ended(job, verdict=verdict, content_sha256=content_sha256)
@@ -95,6 +111,13 @@ class Outcomes:
                 verdict.policy_id or "none", verdict.category_id or "none", verdict.decision.value
             ).inc()
             m.latency.labels("total").observe((datetime.now(UTC) - job.created_at).total_seconds())
+            for shadow in shadows:
+                m.shadow_decisions.labels(
+                    shadow.policy_id,
+                    str(shadow.version),
+                    shadow.live_decision.value if shadow.live_decision else "none",
+                    shadow.decision.value,
+                ).inc()
         self.complete_effects(job)
         return won
 

@@ -6,7 +6,9 @@
                        └─► count the delivery ─► dead-letter a poison message
                        └─► fetch (image source by scheme) ─► prepare (decode, preprocess, signal
                            features) ─► micro-batcher (one forward pass for many jobs) ─► decide
+                           ─► shadow policy versions (same frames; recorded, never acted on)
                            ─► outcomes (audit, result, review, callback)
+                           ─► embedding history (``embeddings.store``; best effort)
 
 Transient errors (fetch timeouts, 5xx, Redis or S3 hiccups) raise :class:`RetryLater` while
 retries are left, then end the job as an error result; permanent ones (corrupt image, 404, refused
@@ -27,9 +29,11 @@ from numpy.typing import NDArray
 
 from moderation.core.decision import Verdict
 from moderation.core.jobs import Job, JobError
+from moderation.core.shadow import ShadowVerdict
 from moderation.exceptions import PermanentError, TransientError
 from moderation.metrics import metrics
 from moderation.pipeline.batching import MicroBatcher
+from moderation.pipeline.history import EmbeddingHistory
 from moderation.pipeline.moderator import Moderator
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.sources import ImageSources
@@ -60,6 +64,14 @@ class Processed:
     outcome: Outcome
 
 
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    verdict: Verdict
+    content_sha256: str
+    embeddings: NDArray[np.float32]
+    shadows: list[ShadowVerdict]
+
+
 class Processor:
     """Processes job deliveries. Thread-safe: many task threads call :meth:`process` at once
     and meet in the micro-batcher.
@@ -74,6 +86,7 @@ class Processor:
         batcher: MicroBatcher[Any, NDArray[np.float32]],
         outcomes: Outcomes,
         settings: QueueSettings,
+        history: EmbeddingHistory | None = None,
     ) -> None:
         self.store = store
         self.sources = sources
@@ -81,6 +94,7 @@ class Processor:
         self.batcher = batcher
         self.outcomes = outcomes
         self.settings = settings
+        self.history = history
 
     def backoff(self, retries: int) -> float:
         q = self.settings
@@ -125,7 +139,7 @@ class Processor:
         m = metrics()
         m.latency.labels("queue_wait").observe(max(0.0, time.time() - job.created_at.timestamp()))
         try:
-            verdict, digest = self._decide(job)
+            decided = self._decide(job)
         except TransientError as exc:
             m.errors.labels(exc.code).inc()
             if retries < self.settings.max_retries:
@@ -160,7 +174,16 @@ class Processor:
             return Processed(job_id, "error")
         # Errors from here on (Redis, the audit log, the broker) are not the job's: they
         # propagate, the delivery is retried and the job ends as decided, exactly once.
-        won = self.outcomes.finish_verdict(job, verdict, content_sha256=digest)
+        won = self.outcomes.finish_verdict(
+            job,
+            decided.verdict,
+            content_sha256=decided.content_sha256,
+            shadows=decided.shadows,
+        )
+        if won and self.history is not None:
+            self.history.record(
+                job, decided.verdict, decided.embeddings, content_sha256=decided.content_sha256
+            )
         return Processed(job_id, "verdict" if won else "duplicate")
 
     @staticmethod
@@ -171,9 +194,9 @@ class Processor:
         finally:
             metrics().latency.labels(stage).observe(time.perf_counter() - started)
 
-    def _decide(self, job: Job) -> tuple[Verdict, str]:
-        """The job's verdict and its content hash (fetch, prepare, one batched forward pass,
-        decide)."""
+    def _decide(self, job: Job) -> _Decided:
+        """The job's verdict, content hash, frame embeddings and shadow verdicts (fetch,
+        prepare, one batched forward pass, decide, shadow)."""
         compiled = self.moderator.policies.current  # one policy set for the whole job
         compiled.ids_for(job.policies)  # unknown policy: permanent error before any work
         data = self._timed("fetch", lambda: self.sources.fetch(job.image))
@@ -181,4 +204,7 @@ class Processor:
         futures = [self.batcher.submit(x) for x in image.inputs]
         embeddings = np.stack([f.result() for f in futures])
         verdict = self.moderator.decide([image], embeddings, job.policies, compiled=compiled)[0]
-        return verdict, image.content_sha256
+        shadows = self.moderator.shadow(
+            [image], embeddings, [verdict], job.policies, compiled=compiled
+        )[0]
+        return _Decided(verdict, image.content_sha256, embeddings, shadows)

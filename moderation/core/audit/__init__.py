@@ -7,6 +7,7 @@ from moderation.core.audit.records import (
     GENESIS_HASH,
     AuditRecord,
     record_for_error,
+    record_for_promotion,
     record_for_review,
     record_for_verdict,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "key_bounds",
     "parse_segment_key",
     "record_for_error",
+    "record_for_promotion",
     "record_for_review",
     "record_for_verdict",
     "seal",
