@@ -4,8 +4,9 @@ Why a stream: every worker already talks to Redis, and a stream is exactly an ap
 keyed by time. Each decided job is one ``XADD`` (pipelined with the trim, one round trip), so
 nothing is buffered in the worker and a crash loses nothing that was acknowledged; entry ids
 *are* millisecond timestamps, so ``--since``/``--until`` are plain ``XRANGE`` bounds and the
-retention limit is ``MINID`` trimming (approximate: whole radix-tree nodes, cheap), with a
-``MAXLEN`` cap as a memory bound.
+retention limit is ``MINID`` trimming (approximate: whole radix-tree nodes, cheap; reads skip
+what an approximate trim left behind, so the limit is exact for readers), with a ``MAXLEN`` cap
+as a memory bound.
 
 Size: an entry is the float16 embedding (1 KiB for a 512-d ViT-B-32 image embedding, 256 bytes
 for the 128-d test model) plus about 200 bytes of context; 100,000 entries of ViT-B-32 take about
@@ -75,6 +76,7 @@ class RedisEmbeddingStore:
     def scan(
         self, *, since: float, until: float | None = None, page: int = 1000
     ) -> Iterator[list[StoredEmbedding]]:
+        since = max(since, time.time() - self.settings.retention_s)
         start = f"{max(int(since * 1000), 0)}-0"
         end = "+" if until is None else f"{int(until * 1000)}-18446744073709551615"
         while True:

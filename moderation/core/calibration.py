@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moderation.core.data import Data
-from moderation.core.evaluation import wilson
+from moderation.core.evaluation import wilson, z_for
 
 __all__ = ["ThresholdProposal", "examples_needed", "propose_thresholds"]
 
@@ -88,16 +88,18 @@ def _low(k: int, n: int, confidence: float) -> float:
 
 
 def examples_needed(target: float, confidence: float) -> int | None:
-    """The fewest labelled examples, all correct, whose Wilson lower bound reaches ``target``
-    (None above 1,000,000)."""
+    """The fewest labelled examples, all correct, whose Wilson lower bound reaches ``target``:
+    with every one correct the bound is ``n / (n + z²)``, so ``n ≥ target · z² / (1 − target)``
+    (None for a target of 1, which no finite sample shows)."""
     if target <= 0:
         return 0
-    n = 1
-    while n <= 1_000_000:
-        if _low(n, n, confidence) >= target:
-            return n
-        n = n + 1 if n < 64 else int(n * 1.05) + 1
-    return None
+    if target >= 1:
+        return None
+    z = z_for(confidence)
+    n = max(1, math.ceil(target * z * z / (1.0 - target) - 1e-9))
+    while _low(n, n, confidence) < target:  # guard against rounding at the boundary
+        n += 1
+    return n
 
 
 def _round_down(chosen: float, scores: FloatArray) -> float:
