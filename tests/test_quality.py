@@ -476,13 +476,14 @@ def test_embeddings_in_redis_keep_their_fields_and_their_retention(redis_url: st
     store3 = RedisEmbeddingStore.from_url(
         redis_url, EmbeddingSettings(key="mod:e3", retention_s=3600)
     )
-    store3.redis.xadd("mod:e3", {"j": "old", "m": "m", "n": 1, "e": b"\0\0"}, id="1000-0")
+    old = {"x": '{"j":"old","m":"m","n":1}', "e": b"\0\0"}
+    store3.redis.xadd("mod:e3", old, id="1000-0")  # type: ignore[arg-type]
     store3.add(item)
     assert [i.job_id for page in store3.scan(since=0) for i in page] == ["j1"]
     exact = RedisEmbeddingStore.from_url(redis_url, EmbeddingSettings(key="mod:e4"))
-    exact.redis.xadd("mod:e4", {"j": "old", "m": "m", "n": 1, "e": b"\0\0"}, id="1000-0")
+    exact.redis.xadd("mod:e4", old, id="1000-0")  # type: ignore[arg-type]
     for _ in range(250):  # approximate MINID trimming frees whole nodes of old entries
-        exact.redis.xadd("mod:e4", {"j": "old", "m": "m", "n": 1, "e": b"\0\0"})
+        exact.redis.xadd("mod:e4", old)  # type: ignore[arg-type]
     assert exact.count() == 251
     exact.settings = EmbeddingSettings(key="mod:e4", retention_s=0)
     exact.add(item)
@@ -688,3 +689,36 @@ def test_promoting_files_keeps_the_folder_valid_at_every_step(tmp_path: Path) ->
     assert load_policy_file(live).version == 2 and load_policy_file(live).mode is PolicyMode.LIVE
     assert "mode: live" in live.read_text() and "# every other object" in live.read_text()
     assert load_policy_file(folder / "retired" / "testworld.v1.yaml").version == 1
+
+
+def test_a_history_store_that_is_down_never_fails_a_job(
+    shadow_world: tuple[Processor, Submitter, MemoryAuditSink, MemoryJobStore, Scoring],
+) -> None:
+    from moderation.exceptions import QueueUnavailable
+
+    processor, submitter, _, store, _ = shadow_world
+
+    class Down(MemoryEmbeddingStore):
+        def add(self, item: StoredEmbedding) -> None:
+            raise QueueUnavailable("embedding store down")
+
+    processor.history = EmbeddingHistory(Down())
+    before = _counter("moderation_embeddings_stored_total", result="failed")
+    data = encoded(world.sample_images("block", 1, 3)[0][0])
+    job = submitter.submit([SubmitRequest(image_bytes=data)])[0]
+    assert processor.process(job.id).outcome == "verdict"
+    result = store.get_result(job.id)
+    assert result is not None and result.verdict is not None
+    assert _counter("moderation_embeddings_stored_total", result="failed") == before + 1
+    kept = MemoryEmbeddingStore()
+    processor.history = EmbeddingHistory(kept)
+    again = submitter.submit([SubmitRequest(image_bytes=data)])[0]
+    assert processor.process(again.id).outcome == "verdict"
+    (item,) = next(kept.scan(since=0))
+    assert (item.job_id, item.decision, item.model_id) == (
+        again.id,
+        "block",
+        result.verdict.model,
+    )
+    assert item.embeddings.dtype == np.float16 and item.versions == {"testworld": 1}
+    assert item.deciding == f"testworld/{result.verdict.category_id}"

@@ -11,6 +11,7 @@ import dataclasses
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -545,7 +546,7 @@ class MemoryReviewQueue:
 
 
 class MemoryEmbeddingStore:
-    """The :class:`~moderation.ports.EmbeddingStore` twin: a list in time order, trimmed to
+    """The :class:`~moderation.ports.EmbeddingStore` twin: a deque in time order, trimmed to
     ``retention_s`` and ``max_items`` on every write."""
 
     def __init__(
@@ -558,20 +559,22 @@ class MemoryEmbeddingStore:
         self.retention_s = retention_s
         self.max_items = max_items
         self.clock = clock
-        self.items: list[StoredEmbedding] = []
+        self.items: deque[StoredEmbedding] = deque()
         self._lock = threading.Lock()
 
     def add(self, item: StoredEmbedding) -> None:
         with self._lock:
             now = self.clock()
             self.items.append(dataclasses.replace(item, at=now))
-            self.items = [i for i in self.items if i.at >= now - self.retention_s]
-            if self.max_items is not None:
-                self.items = self.items[-self.max_items :]
+            while self.items and self.items[0].at < now - self.retention_s:
+                self.items.popleft()
+            while self.max_items is not None and len(self.items) > self.max_items:
+                self.items.popleft()
 
     def scan(
         self, *, since: float, until: float | None = None, page: int = 1000
     ) -> Iterator[list[StoredEmbedding]]:
+        since = max(since, self.clock() - self.retention_s)
         with self._lock:
             found = [i for i in self.items if i.at >= since and (until is None or i.at <= until)]
         for start in range(0, len(found), page):

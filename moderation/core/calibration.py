@@ -3,9 +3,11 @@ r"""Proposing thresholds from labelled scores: the maths of ``moderation calibra
 For one category, given each labelled image's score ``s`` and ground truth ``y``:
 
 * **block** (automatic action) — the *lowest* threshold ``b`` whose blocked set meets the target
-  precision, so blocking catches as much as the precision target allows::
+  precision, so blocking catches as much as the precision target allows (only the scores of
+  violating images are candidates: lowering the threshold between two of them would add benign
+  images and no recall)::
 
-      b = min { t : L(TP(t), TP(t) + FP(t)) ≥ target_precision }
+      b = min { t ∈ scores of violating images : L(TP(t), TP(t) + FP(t)) ≥ target_precision }
 
 * **review** (the human band) — the *highest* threshold ``r`` whose flagged set (review or
   block) meets the target recall, so humans see as little as the recall target allows::
@@ -142,6 +144,9 @@ def propose_thresholds(
     last = np.r_[np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), n - 1] if n else np.zeros(0, int)
     thresholds = s_sorted[last]
     tp_at, fp_at = tp[last], fp[last]
+    # a threshold only gains recall at a violating image's score: between two of them it would
+    # only add benign images, so candidates are the scores some violating image has
+    gains = np.diff(np.r_[0, tp_at]) > 0
 
     # --- block: lowest threshold whose precision lower bound meets the target ----------------
     block, block_ok = current[1], False
@@ -151,7 +156,7 @@ def propose_thresholds(
         lows = np.array(
             [_low(int(a), int(a + b), confidence) for a, b in zip(tp_at, fp_at, strict=True)]
         )
-        feasible = np.flatnonzero(lows >= target_precision)
+        feasible = np.flatnonzero((lows >= target_precision) & gains)
         if len(feasible):
             pick = int(feasible.max())  # thresholds descend: the largest index is the lowest
             block, block_ok = _round_down(float(thresholds[pick]), s), True

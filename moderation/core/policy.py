@@ -28,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -177,6 +178,14 @@ class ExemplarImage(_Strict):
         return {"path": value} if isinstance(value, str) else value
 
 
+#: In a policy file an exemplar is written as its path (the pinned ``{path, sha256}`` form is
+#: accepted too); the JSON Schema for editors shows the plain form.
+ExemplarEntry = Annotated[
+    ExemplarImage,
+    WithJsonSchema({"type": "string", "description": "Image path, relative to the policy file."}),
+]
+
+
 class Exemplars(_Strict):
     """Example images of a prompts category: known violating ones and known benign look-alikes.
 
@@ -185,10 +194,10 @@ class Exemplars(_Strict):
     exemplar is decided by it, so a false positive is fixed by adding it under ``benign``.
     """
 
-    positive: list[ExemplarImage] = Field(
+    positive: list[ExemplarEntry] = Field(
         default_factory=list, description="Images that violate this category."
     )
-    benign: list[ExemplarImage] = Field(
+    benign: list[ExemplarEntry] = Field(
         default_factory=list, description="Allowed look-alikes (e.g. known false positives)."
     )
     radius: float = Field(
