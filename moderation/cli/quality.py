@@ -11,6 +11,7 @@ import difflib
 import getpass
 import json
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -300,7 +301,11 @@ def calibrate(
             tofile=str(target),
         )
     )
-    (err if as_json else out).print(Syntax(diff, "diff", theme="ansi_dark", word_wrap=True))
+    console = err if as_json else out
+    if console.is_terminal:
+        console.print(Syntax(diff, "diff", theme="ansi_dark", word_wrap=True))
+    else:  # a pipe or a file: the diff as is, never wrapped (it applies as a patch)
+        (sys.stderr if as_json else sys.stdout).write(diff)
     err.print(
         f"wrote {target}: {old.id} v{version}, mode shadow (deploy it to measure it on live "
         f"traffic; `moderation policy promote {old.id}` makes it live)",
