@@ -31,6 +31,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/scoring.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/backtest.py
 
 train-testmodel: $(STAMP)
 	$(PY) -m moderation.testmodel.train

@@ -41,13 +41,15 @@ from moderation.adapters.audit_log import AuditLog
 from moderation.adapters.celery_queue import CeleryQueue
 from moderation.adapters.clip import ClipEncoder, load_clip
 from moderation.adapters.compile_cache import CompileCache
+from moderation.adapters.file_source import FileSource, read_file
 from moderation.adapters.http_callbacks import CallbackDelivery
 from moderation.adapters.http_source import HttpSource
 from moderation.adapters.images import SafeDecoder
 from moderation.adapters.local_audit import LocalSegmentStore
 from moderation.adapters.passwords import verify_password
-from moderation.adapters.policy_files import load_policies, policy_files_hash
+from moderation.adapters.policy_files import exemplar_path, load_policies, policy_files_hash
 from moderation.adapters.redis_banks import RedisBankStore
+from moderation.adapters.redis_embeddings import RedisEmbeddingStore
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.adapters.redis_review import RedisReviewQueue
@@ -66,6 +68,8 @@ from moderation.exceptions import ModelUnavailableError, QueueUnavailable
 from moderation.metrics import metrics
 from moderation.pipeline.banks import BankService, BankSync
 from moderation.pipeline.batching import BatchStats, MicroBatcher
+from moderation.pipeline.exemplars import ExemplarImages
+from moderation.pipeline.history import EmbeddingHistory
 from moderation.pipeline.maintenance import WorkerMaintenance
 from moderation.pipeline.moderator import Moderator
 from moderation.pipeline.outcomes import Outcomes
@@ -78,6 +82,8 @@ from moderation.pipeline.submit import PolicyCatalog, Submitter
 from moderation.ports import (
     AuditSink,
     CallbackSender,
+    EmbeddingStore,
+    ImageDecoder,
     JobStore,
     LoginThrottle,
     RateLimiter,
@@ -109,6 +115,7 @@ __all__ = [
     "load_model",
     "open_audit",
     "open_bank_store",
+    "open_embedding_store",
     "open_job_store",
     "open_queue",
     "open_review_queue",
@@ -202,33 +209,83 @@ def build_signals(settings: Settings, banks: LoadedBanks | None = None) -> Signa
     return builtin_signals(banks)
 
 
-def build_sources(settings: Settings, store: JobStore | None) -> ImageSources:
-    """Every image source, by scheme (inline bytes need the job store)."""
+def build_sources(
+    settings: Settings, store: JobStore | None, *, local_files: bool = False
+) -> ImageSources:
+    """Every image source, by scheme (inline bytes need the job store). ``local_files`` adds
+    ``file://`` (never public: only the policy tools of the CLI read local datasets)."""
     sources: list[Any] = [HttpSource(settings), S3Source(settings)]
     if store is not None:
         sources.append(InlineSource(store))
+    if local_files:
+        sources.append(FileSource(max_bytes=settings.images.max_bytes))
     return ImageSources(sources)
 
 
+def image_check(decoder: ImageDecoder) -> Callable[[bytes], None]:
+    """Checks that bytes decode (policy files' exemplar images)."""
+
+    def check(data: bytes) -> None:
+        decoder.decode(data)
+
+    return check
+
+
+def compile_policy_set(
+    policies: PolicySet,
+    *,
+    cache: CompileCache,
+    encoder: ClipEncoder,
+    decoder: ImageDecoder,
+) -> list[tuple[CompiledPolicy, bool, Path]]:
+    """Every live and shadow policy of ``policies`` compiled through ``cache`` (exemplar images
+    encoded on a miss): (compiled, from cache, cache file)."""
+    out = []
+    for policy, source in policies.every():
+        images = ExemplarImages(
+            encoder=encoder, decoder=decoder, read=_exemplar_reader(Path(source).parent)
+        )
+        compiled, hit = cache.get_or_compile(policy, encoder, images)
+        out.append((compiled, hit, cache.path_for(policy, encoder.identity)))
+    return out
+
+
+def _exemplar_reader(base: Path) -> Callable[[str], bytes]:
+    def read(path: str) -> bytes:
+        return read_file(exemplar_path(base, path))
+
+    return read
+
+
 def build_policies(
-    settings: Settings, encoder: ClipEncoder, signals: Signals, paths: Sequence[Path]
+    settings: Settings,
+    encoder: ClipEncoder,
+    signals: Signals,
+    paths: Sequence[Path],
+    *,
+    lone_shadows_live: bool = False,
 ) -> ActivePolicies:
-    """The policies under ``paths``, compiled through the on-disk cache, hot-reloadable.
+    """The policies under ``paths`` (live and shadow), compiled through the on-disk cache,
+    hot-reloadable. ``lone_shadows_live``: a shadow version without a live one is served as
+    live (the policy tools evaluate a candidate file whatever its mode).
 
     Raises:
-        PolicyValidationError, DuplicatePolicyError, UnknownSignalError.
+        PolicyValidationError, DuplicatePolicyError, PolicyVersionConflict, UnknownSignalError.
     """
     cache = CompileCache(settings.cache_dir)
     names = set(signals)
+    decoder = SafeDecoder(settings.images)
 
     def compile_all(policies: PolicySet) -> list[CompiledPolicy]:
-        return [cache.get_or_compile(policies[pid], encoder)[0] for pid in policies]
+        found = compile_policy_set(policies, cache=cache, encoder=encoder, decoder=decoder)
+        return [compiled for compiled, _, _ in found]
 
     return ActivePolicies(
-        load=lambda: load_policies(paths, signals=names),
+        load=lambda: load_policies(paths, signals=names, check_image=image_check(decoder)),
         compile=compile_all,
         fingerprint=lambda: policy_files_hash(paths),
         signals=signals,
+        lone_shadows_live=lone_shadows_live,
     )
 
 
@@ -282,6 +339,16 @@ def open_queue(settings: Settings) -> CeleryQueue:
         QueueUnavailable: no Redis URL configured.
     """
     return CeleryQueue(settings)
+
+
+def open_embedding_store(settings: Settings) -> EmbeddingStore:
+    """The stored-embeddings history (``embeddings.redis_url``, else ``redis_url``).
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    url = settings.embeddings.redis_url or _redis_url(settings)
+    return RedisEmbeddingStore.from_url(url, settings.embeddings)
 
 
 def open_bank_store(settings: Settings) -> RedisBankStore:
@@ -433,8 +500,17 @@ class Scoring:
     policy_paths: list[Path]
 
     def compile(self, paths: Sequence[Path]) -> ActivePolicies:
-        """Other policy files (a draft) compiled for the same model, to score against."""
-        return build_policies(self.settings, self.model.encoder, self.policies.signals, paths)
+        """Other policy files (a draft, live or shadow) compiled for the same model, to score
+        against."""
+        return build_policies(
+            self.settings, self.model.encoder, self.policies.signals, paths, lone_shadows_live=True
+        )
+
+    def sources(self) -> ImageSources:
+        """The image sources of the policy tools: local files, S3, HTTP(S) and, with a Redis
+        URL configured, the inline images of jobs (a review export names those)."""
+        store = open_job_store(self.settings) if self.settings.redis_url else None
+        return build_sources(self.settings, store, local_files=True)
 
 
 @dataclass(frozen=True)
@@ -454,15 +530,16 @@ def compile_policies(settings: Settings, paths: Sequence[Path] | None = None) ->
     """
     model = load_model(settings.model, custom_policies=paths is not None)
     files = list(paths) if paths is not None else policy_paths_for(settings, model)
-    policies = load_policies(files, signals=set(build_signals(settings)))
+    decoder = SafeDecoder(settings.images)
+    policies = load_policies(
+        files, signals=set(build_signals(settings)), check_image=image_check(decoder)
+    )
     cache = CompileCache(settings.cache_dir)
     before = model.encoder.texts_encoded
-    compiled, hits, written = [], 0, []
-    for pid in policies:
-        item, hit = cache.get_or_compile(policies[pid], model.encoder)
-        compiled.append(item)
-        hits += int(hit)
-        written.append(cache.path_for(item.policy, item.model))
+    found = compile_policy_set(policies, cache=cache, encoder=model.encoder, decoder=decoder)
+    compiled = [item for item, _, _ in found]
+    hits = sum(hit for _, hit, _ in found)
+    written = [path for _, _, path in found]
     return CompileReport(
         compiled=compiled,
         cache_hits=hits,
@@ -481,7 +558,13 @@ def build_scoring(settings: Settings, *, policy_paths: Sequence[Path] | None = N
     model = load_model(settings.model, custom_policies=policy_paths is not None)
     paths = list(policy_paths) if policy_paths is not None else policy_paths_for(settings, model)
     banks = LoadedBanks()
-    policies = build_policies(settings, model.encoder, build_signals(settings, banks), paths)
+    policies = build_policies(
+        settings,
+        model.encoder,
+        build_signals(settings, banks),
+        paths,
+        lone_shadows_live=policy_paths is not None,
+    )
     named = bank_names(policies.current.policies.values())
     if named and settings.redis_url:
         _bank_sync(settings, open_bank_store(settings), banks).load(named)
@@ -692,6 +775,9 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         outcomes=outcomes,
         settings=q,
         pool=pool,
+        history=(
+            EmbeddingHistory(open_embedding_store(settings)) if settings.embeddings.store else None
+        ),
     )
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     maintenance = WorkerMaintenance(

@@ -21,6 +21,7 @@
         ├── PolicyError
         │   ├── PolicyValidationError   file:line: field: message (one or many)
         │   ├── DuplicatePolicyError
+        │   ├── PolicyVersionConflict   a shadow with its live version's number, other content
         │   └── UnknownPolicyError
         ├── ModelError
         │   └── ModelUnavailableError   weights missing / not downloadable
@@ -38,11 +39,15 @@
         │       └── LoginThrottled       too many failed sign-ins: wait (429)
         ├── AuditError                  chain broken, bad segment
         │   └── AuditSegmentCorrupt     gzip / JSON / header of a segment unreadable
-        └── BankError                   hash banks (known-bad content)
-            ├── BankFileError           file:line: column: message (one or many)
-            ├── InvalidHashError        a PDQ hash of the wrong length, or not hex
-            ├── BankNotFound / BankExists / BankEntryNotFound
-            └── BankBusy                another import or edit of the bank is running
+        ├── BankError                   hash banks (known-bad content)
+        │   ├── BankFileError           file:line: column: message (one or many)
+        │   ├── InvalidHashError        a PDQ hash of the wrong length, or not hex
+        │   ├── BankNotFound / BankExists / BankEntryNotFound
+        │   └── BankBusy                another import or edit of the bank is running
+        └── QualityError                the policy-quality tools (eval, calibrate, backtest)
+            ├── DatasetError            a labels file cannot be read (file:line)
+            ├── CalibrationUnsupported  the data cannot support a target
+            └── EmbeddingModelMismatch  stored embeddings come from another model
 
 Every error carries a short stable ``code`` (used in job results and as a bounded metric label).
 """
@@ -120,9 +125,16 @@ class PolicyValidationError(PolicyError):
 class DuplicatePolicyError(PolicyError):
     code = "policy_duplicate"
 
-    def __init__(self, policy_id: str, sources: list[str]) -> None:
+    def __init__(self, policy_id: str, sources: list[str], *, shadow: bool = False) -> None:
         self.policy_id = policy_id
-        super().__init__(f"policy id {policy_id!r} is defined more than once: {', '.join(sources)}")
+        what = "has more than one shadow version" if shadow else "is defined more than once"
+        super().__init__(f"policy id {policy_id!r} {what}: {', '.join(sources)}")
+
+
+class PolicyVersionConflict(PolicyError):
+    """Two files give the same policy id and version different content (live vs shadow)."""
+
+    code = "policy_version_conflict"
 
 
 class UnknownPolicyError(PolicyError):
@@ -380,3 +392,30 @@ class BankFileError(BankError):
         if len(issues) > shown:
             lines.append(f"... and {len(issues) - shown} more problems")
         super().__init__("\n".join(lines))
+
+
+# --- policy quality -----------------------------------------------------------------------------
+
+
+class QualityError(PermanentError):
+    """The policy-quality tools: evaluation, calibration, backtests, promotion."""
+
+    code = "quality_error"
+
+
+class DatasetError(QualityError):
+    """A labelled dataset cannot be read (the message names file and line)."""
+
+    code = "dataset_invalid"
+
+
+class CalibrationUnsupported(QualityError):
+    """The labelled data cannot support a calibration target."""
+
+    code = "calibration_unsupported"
+
+
+class EmbeddingModelMismatch(QualityError):
+    """Stored embeddings come from another model than the policies are compiled for."""
+
+    code = "embedding_model_mismatch"

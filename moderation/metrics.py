@@ -145,6 +145,20 @@ class PipelineMetrics:
             "Hot reloads of the compiled policy set.",
             registry=registry,
         )
+        # --- policy quality ---------------------------------------------------------------------
+        self.shadow_decisions = Counter(
+            "moderation_shadow_decisions_total",
+            "Shadow policy verdicts (never acted on) by policy, shadow version, the live "
+            "version's decision for that policy and the shadow's ('none': not live yet).",
+            ["policy", "version", "live", "shadow"],
+            registry=registry,
+        )
+        self.embeddings_stored = Counter(
+            "moderation_embeddings_stored_total",
+            "Image embeddings kept for policy backtests, by result (ok / failed).",
+            ["result"],
+            registry=registry,
+        )
         # --- human review ---------------------------------------------------------------------
         self.review_decisions = Counter(
             "moderation_review_decisions_total",

@@ -21,6 +21,8 @@ Each port has a real adapter (:mod:`moderation.adapters`) and a small in-memory 
     TaskPublisher    celery_queue.CeleryQueue                  MemoryPublisher
     CallbackSender   celery_queue.CeleryQueue                  MemoryCallbacks
     BankStore        redis_banks.RedisBankStore                MemoryBankStore
+    EmbeddingStore   redis_embeddings.RedisEmbeddingStore      MemoryEmbeddingStore
+    PolicyFiles      policy_files.PolicyFolder                 MemoryPolicyFiles
 
 Adapters translate their library's errors into :mod:`moderation.exceptions` (transient vs
 permanent) at the boundary; nothing outside an adapter sees a redis, boto3, httpx or kombu error.
@@ -42,8 +44,10 @@ from moderation.core.admission import Admission, Tenant
 from moderation.core.audit import AuditRecord, Retention
 from moderation.core.banks import BankEntry, BankInfo, BankManifest, EntryData, Segment
 from moderation.core.compiled import ModelIdentity
+from moderation.core.embeddings import StoredEmbedding
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult
+from moderation.core.policy import PolicySet
 from moderation.core.review import (
     FirstDecision,
     HumanDecision,
@@ -63,11 +67,13 @@ __all__ = [
     "Claim",
     "DeadLetter",
     "DecideResult",
+    "EmbeddingStore",
     "Encoder",
     "ImageDecoder",
     "ImageSource",
     "JobStore",
     "LoginThrottle",
+    "PolicyFiles",
     "RateLimiter",
     "ReviewQueue",
     "ReviewStats",
@@ -642,3 +648,60 @@ class BankStore(Protocol):
     def request_addition(self, request: BankRequest, ttl_s: int) -> None: ...
 
     def addition_request(self, review_id: str) -> BankRequest | None: ...
+
+
+# --- stored embeddings -------------------------------------------------------------------------
+
+
+class EmbeddingStore(Protocol):
+    """Processed items' image embeddings, kept for a retention period for policy backtests.
+
+    Append-only; entries older than the retention limit are dropped by the store itself. A job
+    may appear more than once (a redelivery); readers keep the last entry of a job.
+
+    Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
+    """
+
+    def add(self, item: StoredEmbedding) -> None:
+        """Keep ``item`` (its ``at`` is set to the time of writing)."""
+        ...
+
+    def add_many(self, items: Sequence[StoredEmbedding]) -> None:
+        """Keep ``items`` (one round trip)."""
+        ...
+
+    def scan(
+        self, *, since: float, until: float | None = None, page: int = 1000
+    ) -> Iterator[list[StoredEmbedding]]:
+        """Entries written in ``[since, until]`` (unix seconds), oldest first, in pages."""
+        ...
+
+    def count(self) -> int:
+        """How many entries the store holds now."""
+        ...
+
+
+# --- policy files ------------------------------------------------------------------------------
+
+
+class PolicyFiles(Protocol):
+    """The policy files a deployment serves (folders in a checkout of the policy repository).
+
+    Raises (every method): ``PolicyError`` subclasses.
+    """
+
+    def load(self) -> PolicySet:
+        """Every live and shadow policy, validated."""
+        ...
+
+    def promotion_plan(self, shadow_source: str, live_source: str | None) -> dict[str, str]:
+        """What promoting the shadow file would change: ``live_file`` (where the promoted
+        version will be live), ``from_file`` (the shadow file, removed) and ``retired_file``
+        (where the old live version is kept, not served; empty when there is none)."""
+        ...
+
+    def promote(self, plan: dict[str, str]) -> None:
+        """Carry out a plan so that a process reloading at any moment sees a valid set: the old
+        live file is copied aside, the promoted text replaces it atomically (the shadow file,
+        identical but for its mode, is then ignored), and the shadow file is removed."""
+        ...

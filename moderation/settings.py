@@ -25,6 +25,7 @@ __all__ = [
     "ApiKey",
     "AuditSettings",
     "BankSettings",
+    "EmbeddingSettings",
     "ImageLimits",
     "ModelSettings",
     "QueueSettings",
@@ -282,6 +283,21 @@ class BankSettings(BaseModel):
     request_ttl_s: int = 30 * 24 * 3600
 
 
+class EmbeddingSettings(BaseModel):
+    """Stored image embeddings, for ``moderation policy backtest`` (off by default: they are data
+    derived from users' images; ``moderation demo`` turns them on)."""
+
+    #: Workers keep each decided item's image embedding (float16) with the model identity.
+    store: bool = False
+    #: The Redis that holds them (None: ``redis_url``). Give long histories a Redis of their own.
+    redis_url: str | None = None
+    key: str = "mod:embeddings"
+    #: Retention limit: entries older than this are dropped on write.
+    retention_s: int = 30 * 24 * 3600
+    #: Memory bound: at most about this many entries (None: no cap).
+    max_items: int | None = 1_000_000
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MODERATION_", env_nested_delimiter="__", extra="ignore"
@@ -297,6 +313,7 @@ class Settings(BaseSettings):
     review: ReviewSettings = ReviewSettings()
     audit: AuditSettings = AuditSettings()
     banks: BankSettings = BankSettings()
+    embeddings: EmbeddingSettings = EmbeddingSettings()
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     #: This worker's position among the worker processes of its host (which GPU it uses: slot

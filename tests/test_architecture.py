@@ -31,6 +31,8 @@ IO_LIBRARIES = {
     "argon2",
     "PIL",
     "yaml",
+    "matplotlib",
+    "jinja2",
 }
 
 

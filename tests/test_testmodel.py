@@ -4,16 +4,17 @@ images, draws deterministic worlds, and lands the policy bands where they belong
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from moderation import testmodel
+from moderation.pipeline.score import score_local
 from moderation.testmodel import evaluate as ev
 from moderation.testmodel import world
+from moderation.testmodel.samples import encoded
 
 
 def _pixels(image: object) -> bytes:
@@ -95,30 +96,24 @@ def test_blend_targets_are_soft() -> None:
     assert len(world.PHRASES) == 64 + 4
 
 
-@pytest.fixture(scope="module")
-def loaded() -> tuple[object, object, object]:
-    return ev.load_model()
-
-
 @pytest.mark.parametrize("band", ["block", "allow", "review"])
-def test_policy_bands_land_where_they_belong(
-    band: world.Band, loaded: tuple[object, object, object]
-) -> None:
-    model, preprocess, tokenizer = loaded
-    policy = yaml.safe_load(Path(testmodel.POLICY_PATH).read_text())
-    templates = policy["defaults"]["templates"]
+def test_policy_bands_land_where_they_belong(band: world.Band, scoring: Any) -> None:
+    """The test-world policy, through the live scoring path, decides each band as its name."""
     samples = world.sample_images(band, 9, seed=31_337)
-    images = ev.encode_images(model, preprocess, [im for im, _ in samples])  # type: ignore[arg-type]
-    scale = float(model.logit_scale.detach().exp())  # type: ignore[attr-defined]
-    worst = ["allow"] * len(samples)
-    rank = {"allow": 0, "review": 1, "block": 2}
-    for cat in policy["categories"]:
-        pos = ev.encode_phrases(model, tokenizer, cat["prompts"], templates)  # type: ignore[arg-type]
-        benign = ev.benign_for(policy, cat)
-        ben = ev.encode_phrases(model, tokenizer, benign, templates)  # type: ignore[arg-type]
-        th = cat["thresholds"]
-        for i, score in enumerate(ev.category_scores(images, pos, ben, scale)):
-            decision = ev.decide(float(score), th["review"], th["block"])
-            worst[i] = max(worst[i], decision, key=rank.__getitem__)
-    wrong = [(lab, d) for (_, lab), d in zip(samples, worst, strict=True) if d != band]
+    items = [(label, lambda im=im: encoded(im)) for im, label in samples]
+    results = list(score_local(items, scoring.moderator))
+    wrong = [(r.name, r.verdict.decision.value) for r in results if r.verdict.decision != band]  # type: ignore[union-attr]
     assert not wrong
+
+
+def test_labelled_images_are_deterministic_and_labelled_by_their_paint() -> None:
+    first = world.labelled_images(60, seed=9)
+    again = world.labelled_images(60, seed=9)
+    assert [_pixels(i.image) for i in first] == [_pixels(i.image) for i in again]
+    assert {label for item in first for label in item.labels} == set(world.CATEGORY_OBJECTS)
+    for item in first:
+        assert len(item.labels) <= 1
+        for category in item.labels:
+            colour, shape = world.CATEGORY_OBJECTS[category]
+            assert item.description.startswith(colour) and shape in item.description
+            assert "toward" not in item.description or f"toward {colour}" not in item.description

@@ -1,15 +1,19 @@
 """On-disk cache of compiled policies, keyed by policy content hash + model identity.
 
-One ``.npz`` per (policy, model): the prompt embeddings plus a JSON header. Writes are atomic
-(temp file + rename), so concurrent workers compiling the same policy never see a torn file.
+One ``.npz`` per (policy, model): the prompt embeddings (and exemplar image embeddings) plus a
+JSON header. Writes are atomic (temp file + rename), so concurrent workers compiling the same
+policy never see a torn file. The key covers the exemplar images' content (their sha256 is part
+of the policy hash), and exemplar images are encoded only on a miss.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,16 @@ __all__ = ["CompileCache"]
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
+
+#: Encodes a policy's exemplar images on a cache miss: sha256 -> image embedding.
+ExemplarEncoder = Callable[[Policy], Mapping[str, np.ndarray]]
+
+
+def _exemplar_header(category: CompiledCategory) -> dict[str, list[str]]:
+    return {
+        "exemplars": list(category.exemplars),
+        "benign_exemplars": list(category.benign_exemplars),
+    }
 
 
 class CompileCache:
@@ -55,15 +69,22 @@ class CompileCache:
                     entry = header["categories"][index]
                     if entry["id"] != category.id:
                         return None
-                    categories.append(
-                        CompiledCategory(
-                            category=category,
-                            prompts=tuple(entry["prompts"]),
-                            benign_prompts=tuple(entry["benign_prompts"]),
-                            positive=np.asarray(data[f"pos_{index}"], dtype=np.float32),
-                            benign=np.asarray(data[f"ben_{index}"], dtype=np.float32),
-                        )
+                    compiled_category = CompiledCategory(
+                        category=category,
+                        prompts=tuple(entry["prompts"]),
+                        benign_prompts=tuple(entry["benign_prompts"]),
+                        positive=np.asarray(data[f"pos_{index}"], dtype=np.float32),
+                        benign=np.asarray(data[f"ben_{index}"], dtype=np.float32),
                     )
+                    if category.exemplars is not None:
+                        compiled_category = dataclasses.replace(
+                            compiled_category,
+                            exemplars=tuple(entry["exemplars"]),
+                            benign_exemplars=tuple(entry["benign_exemplars"]),
+                            exemplar_positive=np.asarray(data[f"xpos_{index}"], np.float32),
+                            exemplar_benign=np.asarray(data[f"xben_{index}"], np.float32),
+                        )
+                    categories.append(compiled_category)
         except (OSError, ValueError, KeyError, IndexError, json.JSONDecodeError) as exc:
             log.warning("ignoring unreadable compiled policy %s: %s", path, exc)
             return None
@@ -88,7 +109,19 @@ class CompileCache:
             "model": compiled.model.to_dict(),
             "logit_scale": compiled.logit_scale,
             "categories": [
-                {"id": c.id, "prompts": list(c.prompts), "benign_prompts": list(c.benign_prompts)}
+                {
+                    "id": c.id,
+                    "prompts": list(c.prompts),
+                    "benign_prompts": list(c.benign_prompts),
+                    **(
+                        {
+                            "exemplars": list(c.exemplars),
+                            "benign_exemplars": list(c.benign_exemplars),
+                        }
+                        if c.category.exemplars is not None
+                        else {}
+                    ),
+                }
                 for c in compiled.categories
             ],
         }
@@ -96,6 +129,9 @@ class CompileCache:
         for index, category in enumerate(compiled.categories):
             arrays[f"pos_{index}"] = category.positive
             arrays[f"ben_{index}"] = category.benign
+            if category.category.exemplars is not None:
+                arrays[f"xpos_{index}"] = category.exemplar_positive
+                arrays[f"xben_{index}"] = category.exemplar_benign
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -108,11 +144,20 @@ class CompileCache:
             raise
         return path
 
-    def get_or_compile(self, policy: Policy, encoder: TextEncoder) -> tuple[CompiledPolicy, bool]:
-        """The compiled policy and whether it came from the cache (no text encoded)."""
+    def get_or_compile(
+        self,
+        policy: Policy,
+        encoder: TextEncoder,
+        exemplars: ExemplarEncoder | None = None,
+    ) -> tuple[CompiledPolicy, bool]:
+        """The compiled policy and whether it came from the cache (no text or image encoded).
+
+        ``exemplars`` encodes the policy's exemplar images on a miss (required when it has any).
+        """
         cached = self.load(policy, encoder.identity)
         if cached is not None:
             return cached, True
-        compiled = compile_policy(policy, encoder)
+        images = exemplars(policy) if exemplars is not None else None
+        compiled = compile_policy(policy, encoder, images)
         self.save(compiled)
         return compiled, False

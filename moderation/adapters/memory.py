@@ -7,9 +7,11 @@ They are not for production: nothing survives the process.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,8 +28,10 @@ from moderation.core.banks import (
     Segment,
     is_bank_name,
 )
+from moderation.core.embeddings import StoredEmbedding
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult, keeps_inline
+from moderation.core.policy import Policy, PolicyMode, PolicySet
 from moderation.core.review import (
     FirstDecision,
     HumanDecision,
@@ -67,8 +71,10 @@ __all__ = [
     "MemoryAuditSink",
     "MemoryBankStore",
     "MemoryCallbacks",
+    "MemoryEmbeddingStore",
     "MemoryJobStore",
     "MemoryLoginThrottle",
+    "MemoryPolicyFiles",
     "MemoryPublisher",
     "MemoryRateLimiter",
     "MemoryReviewQueue",
@@ -832,3 +838,74 @@ class MemoryBankStore:
 
     def addition_request(self, review_id: str) -> BankRequest | None:
         return self._requests.get(review_id)
+
+
+class MemoryEmbeddingStore:
+    """The :class:`~moderation.ports.EmbeddingStore` twin: a deque in time order, trimmed to
+    ``retention_s`` and ``max_items`` on every write."""
+
+    def __init__(
+        self,
+        *,
+        retention_s: float = 30 * 24 * 3600,
+        max_items: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.retention_s = retention_s
+        self.max_items = max_items
+        self.clock = clock
+        self.items: deque[StoredEmbedding] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, item: StoredEmbedding) -> None:
+        self.add_many([item])
+
+    def add_many(self, items: Sequence[StoredEmbedding]) -> None:
+        with self._lock:
+            now = self.clock()
+            self.items.extend(dataclasses.replace(item, at=now) for item in items)
+            while self.items and self.items[0].at < now - self.retention_s:
+                self.items.popleft()
+            while self.max_items is not None and len(self.items) > self.max_items:
+                self.items.popleft()
+
+    def scan(
+        self, *, since: float, until: float | None = None, page: int = 1000
+    ) -> Iterator[list[StoredEmbedding]]:
+        since = max(since, self.clock() - self.retention_s)
+        with self._lock:
+            found = [i for i in self.items if i.at >= since and (until is None or i.at <= until)]
+        for start in range(0, len(found), page):
+            yield found[start : start + page]
+
+    def count(self) -> int:
+        return len(self.items)
+
+
+class MemoryPolicyFiles:
+    """The :class:`~moderation.ports.PolicyFiles` twin: validated policies by source name."""
+
+    def __init__(self, policies: list[tuple[Policy, str]]) -> None:
+        self.files: dict[str, Policy] = {source: policy for policy, source in policies}
+        self.retired: dict[str, Policy] = {}
+
+    def load(self) -> PolicySet:
+        return PolicySet((policy, source) for source, policy in self.files.items())
+
+    def promotion_plan(self, shadow_source: str, live_source: str | None) -> dict[str, str]:
+        if live_source is None:
+            return {"live_file": shadow_source, "from_file": shadow_source, "retired_file": ""}
+        old = self.files[live_source]
+        return {
+            "live_file": live_source,
+            "from_file": shadow_source,
+            "retired_file": f"retired/{live_source}.v{old.version}",
+        }
+
+    def promote(self, plan: dict[str, str]) -> None:
+        shadow = self.files[plan["from_file"]]
+        if plan["retired_file"]:
+            self.retired[plan["retired_file"]] = self.files[plan["live_file"]]
+        self.files[plan["live_file"]] = shadow.model_copy(update={"mode": PolicyMode.LIVE})
+        if plan["from_file"] != plan["live_file"]:
+            del self.files[plan["from_file"]]

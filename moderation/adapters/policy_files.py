@@ -1,28 +1,49 @@
-"""Reading policy YAML files with precise ``file:line: field: message`` errors."""
+"""Reading policy YAML files with precise ``file:line: field: message`` errors, and writing new
+versions of them.
+
+Exemplar images (``categories[i].exemplars``) are resolved here: each path is relative to its
+policy file; the file must exist, be readable and (when the caller passes ``check_image``)
+decode; its sha256 is filled into the policy, so the image's content is part of the policy hash.
+
+New versions (``moderation calibrate``, ``moderation policy promote``) are written by editing
+the YAML text in place (:func:`edit_policy_text`): comments, order and formatting survive, and a
+diff against the old file shows exactly what changed.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from moderation.core.policy import Policy, PolicySet
-from moderation.exceptions import PolicyIssue, PolicyValidationError
+from moderation.core.policy import Policy, PolicyMode, PolicySet
+from moderation.exceptions import ModerationError, PolicyIssue, PolicyValidationError
 
 __all__ = [
+    "ImageCheck",
+    "PolicyFolder",
+    "edit_policy_text",
+    "exemplar_path",
     "find_policy_files",
     "load_policies",
     "load_policy_file",
     "load_policy_text",
     "policy_files_hash",
+    "write_text_atomic",
 ]
 
 PathKey = tuple[str | int, ...]
 MAX_POLICY_BYTES = 1_000_000
+MAX_EXEMPLAR_BYTES = 20 * 1024 * 1024
+
+#: Checks that bytes are an image the pipeline can decode; raises ModerationError if not.
+ImageCheck = Callable[[bytes], None]
 
 
 def _field_name(path: Sequence[str | int]) -> str:
@@ -101,8 +122,74 @@ def _pydantic_message(error: Any) -> str:
     return message
 
 
+def exemplar_path(base_dir: Path, path: str) -> Path:
+    """Where an exemplar written as ``path`` in a policy file under ``base_dir`` is."""
+    return base_dir / path
+
+
+def _resolve_exemplars(
+    data: dict[str, Any],
+    policy: Policy,
+    located: _Located,
+    base_dir: Path | None,
+    check_image: ImageCheck | None,
+) -> list[PolicyIssue]:
+    """Fill in each exemplar's sha256 in ``data`` (the plain YAML data), or say what is wrong."""
+    issues: list[PolicyIssue] = []
+
+    def issue(path: PathKey, message: str) -> None:
+        issues.append(
+            PolicyIssue(
+                source=located.source,
+                line=located.line_of(path),
+                field=_field_name(path),
+                message=message,
+            )
+        )
+
+    for index, category in enumerate(policy.categories):
+        if category.exemplars is None:
+            continue
+        for kind in ("positive", "benign"):
+            for position, exemplar in enumerate(getattr(category.exemplars, kind)):
+                path: PathKey = ("categories", index, "exemplars", kind, position)
+                if base_dir is None:
+                    issue(path, "exemplars need a policy file (their paths are relative to it)")
+                    continue
+                if Path(exemplar.path).is_absolute():
+                    issue(path, f"{exemplar.path}: must be relative to the policy file")
+                    continue
+                file = exemplar_path(base_dir, exemplar.path)
+                try:
+                    if file.stat().st_size > MAX_EXEMPLAR_BYTES:
+                        issue(path, f"{exemplar.path}: larger than {MAX_EXEMPLAR_BYTES} bytes")
+                        continue
+                    raw = file.read_bytes()
+                except OSError as exc:
+                    issue(path, f"{exemplar.path}: cannot read ({exc.strerror or exc})")
+                    continue
+                digest = hashlib.sha256(raw).hexdigest()
+                if exemplar.sha256 is not None and exemplar.sha256 != digest:
+                    issue(path, f"{exemplar.path}: sha256 is {digest}, not the pinned one")
+                    continue
+                if check_image is not None:
+                    try:
+                        check_image(raw)
+                    except ModerationError as exc:
+                        issue(path, f"{exemplar.path}: not a usable image ({exc.code}: {exc})")
+                        continue
+                entries = data["categories"][index]["exemplars"][kind]
+                entries[position] = {"path": exemplar.path, "sha256": digest}
+    return issues
+
+
 def load_policy_text(
-    text: str, *, source: str = "<string>", signals: Collection[str] | None = None
+    text: str,
+    *,
+    source: str = "<string>",
+    signals: Collection[str] | None = None,
+    base_dir: Path | None = None,
+    check_image: ImageCheck | None = None,
 ) -> Policy:
     """Parse and validate one policy document.
 
@@ -111,6 +198,9 @@ def load_policy_text(
         source: the file name used in messages.
         signals: the registered signal names (a category naming another is an error); None
             skips that check.
+        base_dir: the folder exemplar paths are relative to (the policy file's).
+        check_image: decodes an exemplar's bytes (raises ModerationError when it cannot); None
+            checks only that the file can be read.
 
     Raises:
         PolicyValidationError: with every problem found, each located by file and line.
@@ -162,11 +252,21 @@ def load_policy_text(
                 for path, m in problems
             ]
         )
+    if any(c.exemplars is not None for c in policy.categories):
+        issues = _resolve_exemplars(data, policy, located, base_dir, check_image)
+        if issues:
+            raise PolicyValidationError(issues)
+        policy = Policy.model_validate(data)
     return policy
 
 
-def load_policy_file(path: str | Path, *, signals: Collection[str] | None = None) -> Policy:
-    """Read and validate one policy file.
+def load_policy_file(
+    path: str | Path,
+    *,
+    signals: Collection[str] | None = None,
+    check_image: ImageCheck | None = None,
+) -> Policy:
+    """Read and validate one policy file (exemplar paths are relative to its folder).
 
     Raises:
         PolicyValidationError: unreadable, too large, malformed, or invalid.
@@ -188,7 +288,9 @@ def load_policy_file(path: str | Path, *, signals: Collection[str] | None = None
         raise PolicyValidationError(
             [PolicyIssue(source=str(path), line=None, field="", message="not UTF-8 text")]
         ) from exc
-    return load_policy_text(text, source=str(path), signals=signals)
+    return load_policy_text(
+        text, source=str(path), signals=signals, base_dir=path.parent, check_image=check_image
+    )
 
 
 def find_policy_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -204,15 +306,20 @@ def find_policy_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load_policies(
-    paths: Iterable[str | Path], *, signals: Collection[str] | None = None
+    paths: Iterable[str | Path],
+    *,
+    signals: Collection[str] | None = None,
+    check_image: ImageCheck | None = None,
 ) -> PolicySet:
     """Load every policy under ``paths`` into a :class:`PolicySet`.
 
-    ``signals``: the registered signal names, checked against each category's ``signal``.
+    ``signals``: the registered signal names, checked against each category's ``signal``;
+    ``check_image``: decodes exemplar images (see :func:`load_policy_text`).
 
     Raises:
         PolicyValidationError: every invalid file's problems, together.
-        DuplicatePolicyError: two files declare the same policy id.
+        DuplicatePolicyError: two files declare the same live policy id (or two shadows).
+        PolicyVersionConflict: a shadow has its live policy's version but other content.
     """
     loaded: list[tuple[Policy, str]] = []
     issues: list[PolicyIssue] = []
@@ -230,7 +337,9 @@ def load_policies(
         )
     for file in files:
         try:
-            loaded.append((load_policy_file(file, signals=signals), str(file)))
+            loaded.append(
+                (load_policy_file(file, signals=signals, check_image=check_image), str(file))
+            )
         except PolicyValidationError as exc:
             issues.extend(exc.issues)
     if issues:
@@ -239,13 +348,196 @@ def load_policies(
 
 
 def policy_files_hash(paths: Sequence[Path]) -> str:
-    """Content hash of every policy file under ``paths`` (names and bytes): cheap to poll for
-    hot reload."""
+    """Content hash of every policy file under ``paths`` (names and bytes), and of the size and
+    modification time of the exemplar images they name: cheap to poll for hot reload."""
     digest = hashlib.sha256()
     for file in sorted(find_policy_files(paths)):
         digest.update(str(file).encode() + b"\0")
         try:
-            digest.update(file.read_bytes())
+            raw = file.read_bytes()
         except OSError:
             digest.update(b"<unreadable>")
+            continue
+        digest.update(raw)
+        if b"exemplars" in raw:
+            for exemplar in _exemplar_paths(raw):
+                try:
+                    stat = (file.parent / exemplar).stat()
+                    digest.update(f"{exemplar}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+                except OSError:
+                    digest.update(f"{exemplar}:missing".encode())
     return digest.hexdigest()
+
+
+def _exemplar_paths(raw: bytes) -> list[str]:
+    """The exemplar paths a policy file names (best effort: for the reload fingerprint)."""
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return []
+    found: list[str] = []
+    categories = data.get("categories") if isinstance(data, dict) else None
+    for category in categories if isinstance(categories, list) else []:
+        block = category.get("exemplars") if isinstance(category, dict) else None
+        if not isinstance(block, dict):
+            continue
+        for kind in ("positive", "benign"):
+            for item in block.get(kind) or []:
+                path = item.get("path") if isinstance(item, dict) else item
+                if isinstance(path, str):
+                    found.append(path)
+    return found
+
+
+# --- writing new versions ------------------------------------------------------------------
+
+
+def _number(value: float) -> str:
+    text = f"{value:.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def edit_policy_text(
+    text: str,
+    *,
+    version: int | None = None,
+    mode: PolicyMode | None = None,
+    thresholds: Mapping[str, tuple[float, float]] | None = None,
+    source: str = "<string>",
+) -> str:
+    """The policy YAML ``text`` with a new ``version``, ``mode`` and per-category
+    ``thresholds`` (category id -> (review, block)), edited in place: everything else, comments
+    included, is kept byte for byte. A missing ``mode`` key is added after ``version``.
+
+    Raises:
+        PolicyValidationError: the text is not a policy mapping, or a named category or one of
+            its thresholds is not found.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise PolicyValidationError(
+            [PolicyIssue(source=source, line=None, field="", message=f"invalid YAML: {exc}")]
+        ) from exc
+
+    def problem(message: str) -> PolicyValidationError:
+        return PolicyValidationError(
+            [PolicyIssue(source=source, line=None, field="", message=message)]
+        )
+
+    if not isinstance(root, yaml.MappingNode):
+        raise problem("a policy must be a mapping")
+    top = {k.value: (k, v) for k, v in root.value if isinstance(k, yaml.ScalarNode)}
+    edits: list[tuple[int, int, str]] = []  # (start, end, replacement)
+    if version is not None:
+        if "version" not in top:
+            raise problem("no version key to update")
+        node = top["version"][1]
+        edits.append((node.start_mark.index, node.end_mark.index, str(version)))
+    if mode is not None:
+        if "mode" in top:
+            node = top["mode"][1]
+            edits.append((node.start_mark.index, node.end_mark.index, mode.value))
+        else:
+            key, value = top.get("version") or top["id"]
+            end = text.find("\n", value.end_mark.index)
+            end = len(text) if end < 0 else end
+            indent = " " * key.start_mark.column
+            edits.append((end, end, f"\n{indent}mode: {mode.value}"))
+    wanted = dict(thresholds or {})
+    categories = top.get("categories", (None, None))[1]
+    if wanted and isinstance(categories, yaml.SequenceNode):
+        for item in categories.value:
+            if not isinstance(item, yaml.MappingNode):
+                continue
+            fields = {k.value: v for k, v in item.value if isinstance(k, yaml.ScalarNode)}
+            cid = getattr(fields.get("id"), "value", None)
+            if cid not in wanted:
+                continue
+            block = fields.get("thresholds")
+            if not isinstance(block, yaml.MappingNode):
+                raise problem(f"category {cid!r} has no thresholds mapping")
+            cuts = {k.value: v for k, v in block.value if isinstance(k, yaml.ScalarNode)}
+            for name, value in zip(("review", "block"), wanted.pop(cid), strict=True):
+                node = cuts.get(name)
+                if node is None:
+                    raise problem(f"category {cid!r} has no thresholds.{name}")
+                edits.append((node.start_mark.index, node.end_mark.index, _number(value)))
+    if wanted:
+        raise problem(f"categories not found: {', '.join(sorted(wanted))}")
+    out = text
+    for start, end, replacement in sorted(edits, reverse=True):
+        out = out[:start] + replacement + out[end:]
+    return out
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file + rename in the same folder): a reader
+    (a worker's hot reload) sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- the policy folder (PolicyFiles port) --------------------------------------------------
+
+
+class PolicyFolder:
+    """The policy files under ``paths`` (:class:`~moderation.ports.PolicyFiles`)."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        *,
+        signals: Collection[str] | None = None,
+        check_image: ImageCheck | None = None,
+    ) -> None:
+        self.paths = list(paths)
+        self.signals = signals
+        self.check_image = check_image
+
+    def load(self) -> PolicySet:
+        return load_policies(self.paths, signals=self.signals, check_image=self.check_image)
+
+    def promotion_plan(self, shadow_source: str, live_source: str | None) -> dict[str, str]:
+        shadow = Path(shadow_source)
+        policy = load_policy_file(shadow, signals=self.signals)
+        if live_source is None:
+            return {"live_file": str(shadow), "from_file": str(shadow), "retired_file": ""}
+        live = Path(live_source)
+        if live.parent.resolve() != shadow.parent.resolve() and any(
+            c.exemplars is not None for c in policy.categories
+        ):
+            raise PolicyValidationError(
+                [
+                    PolicyIssue(
+                        source=str(shadow),
+                        line=None,
+                        field="",
+                        message=f"has exemplars relative to its folder; put it next to "
+                        f"{live} before promoting it",
+                    )
+                ]
+            )
+        old = load_policy_file(live, signals=self.signals)
+        retired = live.parent / "retired" / f"{live.stem}.v{old.version}{live.suffix}"
+        return {"live_file": str(live), "from_file": str(shadow), "retired_file": str(retired)}
+
+    def promote(self, plan: dict[str, str]) -> None:
+        shadow, live = Path(plan["from_file"]), Path(plan["live_file"])
+        promoted = edit_policy_text(
+            shadow.read_text(encoding="utf-8"), mode=PolicyMode.LIVE, source=str(shadow)
+        )
+        if plan.get("retired_file"):
+            write_text_atomic(Path(plan["retired_file"]), live.read_text(encoding="utf-8"))
+        write_text_atomic(live, promoted)
+        if shadow != live:
+            shadow.unlink()

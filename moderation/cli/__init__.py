@@ -9,6 +9,7 @@ from moderation.cli.bank import bank_app
 from moderation.cli.demo import demo
 from moderation.cli.pipeline import pipeline_app
 from moderation.cli.policy import policy_app
+from moderation.cli.quality import backtest, calibrate, evaluate, promote
 from moderation.cli.review import review_app
 from moderation.cli.score import score
 from moderation.cli.testmodel import testmodel_app
@@ -18,6 +19,10 @@ __all__ = ["app", "main"]
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 app.command()(score)
 app.command()(demo)
+app.command("eval")(evaluate)
+app.command()(calibrate)
+policy_app.command("backtest")(backtest)
+policy_app.command("promote")(promote)
 app.add_typer(policy_app, name="policy")
 app.add_typer(testmodel_app, name="testmodel")
 app.add_typer(audit_app, name="audit")

@@ -4,12 +4,15 @@ ModerationError into a clear message and an exit status, and the local-file help
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from moderation.exceptions import (
     ImageFetchError,
@@ -28,6 +31,7 @@ __all__ = [
     "fail",
     "load_settings",
     "out",
+    "progress",
     "read_image_file",
     "warn_insecure",
 ]
@@ -142,3 +146,19 @@ def read_image_file(path: Path, max_bytes: int) -> bytes:
         raise ImageFetchError(
             f"cannot read file: {exc.strerror or exc}", code="unreadable"
         ) from exc
+
+
+@contextmanager
+def progress(what: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr when it is a terminal; yields ``advance(n)``."""
+    with Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not sys.stderr.isatty(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)

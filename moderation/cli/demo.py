@@ -122,7 +122,14 @@ def demo(
     try:
         if not settings.redis_url:
             embedded = EmbeddedRedis(data_dir=Path(tempfile.mkdtemp(prefix="moderation-redis-")))
-            settings = settings.model_copy(update={"redis_url": embedded.start()})
+            # A throwaway Redis: keep the demo's embeddings so `moderation policy backtest`
+            # has a history to re-score (off by default elsewhere: derived user data).
+            settings = settings.model_copy(
+                update={
+                    "redis_url": embedded.start(),
+                    "embeddings": settings.embeddings.model_copy(update={"store": True}),
+                }
+            )
             err.print(
                 f"no MODERATION_REDIS_URL: started an embedded valkey at {settings.redis_url}",
                 highlight=False,

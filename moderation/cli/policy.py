@@ -25,23 +25,25 @@ def policy_check(
     paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders.")] = None,
 ) -> None:
     """Validate policy files; print every problem as file:line: field: message."""
+    from moderation.adapters.images import SafeDecoder
     from moderation.adapters.policy_files import load_policies
-    from moderation.compose import build_signals
+    from moderation.compose import build_signals, image_check
 
     settings = load_settings()
     try:
         policies = load_policies(
-            paths or settings.policy_paths, signals=set(build_signals(settings))
+            paths or settings.policy_paths,
+            signals=set(build_signals(settings)),
+            check_image=image_check(SafeDecoder(settings.images)),
         )
     except PolicyError as exc:
         raise fail(exc, 1) from exc
-    for policy_id in policies:
-        p = policies[policy_id]
+    for p, source in policies.every():
         signals = sorted({c.signal for c in p.categories})
         out.print(
-            f"[green]ok[/] {policies.source(policy_id)}: {p.id} v{p.version}, "
+            f"[green]ok[/] {source}: {p.id} v{p.version}, "
             f"{len(p.categories)} categories ({', '.join(signals)})"
-            f"{'' if p.active else ' (inactive)'}",
+            f"{'' if p.active else ' (inactive)'}{' (shadow)' if p.shadow else ''}",
             highlight=False,
         )
 

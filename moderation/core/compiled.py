@@ -5,14 +5,19 @@ compiled with empty ones (its signal brings its own data). A prompt's embedding 
 L2-normalized mean over the category's templates of the normalized
 text embeddings of ``template.format(prompt)`` (prompt ensembling, CLIP paper §3.1.4).
 
+A category's exemplar images (``exemplars.positive`` / ``exemplars.benign``) are compiled to
+their L2-normalized image embeddings (encoded by the caller: the core does no image work) and
+scored next to the prompts (:mod:`moderation.signals.prompts`).
+
 A compiled policy is identified by ``compiled_hash = sha256(policy_hash + model identity)`` so it
-can be cached on disk and reused as long as neither the policy nor the model changes.
+can be cached on disk and reused as long as neither the policy nor the model changes; the policy
+hash covers each exemplar's sha256, so a changed image recompiles the policy.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moderation.core.policy import DEFAULT_SIGNAL, Category, Policy, policy_hash
+from moderation.exceptions import PolicyError
 
 __all__ = [
     "CompiledCategory",
@@ -28,6 +34,7 @@ __all__ = [
     "TextEncoder",
     "compile_policy",
     "compiled_hash",
+    "exemplar_keys",
 ]
 
 Embeddings = NDArray[np.float32]
@@ -87,6 +94,16 @@ class CompiledCategory:
     benign_prompts: tuple[str, ...]
     positive: Embeddings  # (len(prompts), dim), rows L2-normalized; empty for other signals
     benign: Embeddings  # (len(benign_prompts), dim)
+    #: Exemplar image paths (as written in the policy) and their image embeddings.
+    exemplars: tuple[str, ...] = ()
+    benign_exemplars: tuple[str, ...] = ()
+    exemplar_positive: Embeddings = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    exemplar_benign: Embeddings = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    @property
+    def exemplar_radius(self) -> float:
+        block = self.category.exemplars
+        return block.radius if block is not None else 0.0
 
     @property
     def id(self) -> str:
@@ -135,8 +152,43 @@ def _normalize(x: Embeddings) -> Embeddings:
     return out
 
 
-def compile_policy(policy: Policy, encoder: TextEncoder) -> CompiledPolicy:
-    """Encode every (prompt, template) pair of ``policy`` once and build the compiled form."""
+def exemplar_keys(policy: Policy) -> dict[str, str]:
+    """Every exemplar image of ``policy``: sha256 -> path as written (the first one, for a
+    duplicate).
+
+    Raises:
+        PolicyError: an exemplar's sha256 is missing (the policy was not read by the loader).
+    """
+    out: dict[str, str] = {}
+    for category in policy.categories:
+        for exemplar in category.exemplars.all if category.exemplars else []:
+            if exemplar.sha256 is None:
+                raise PolicyError(
+                    f"policy {policy.id}: exemplar {exemplar.path} has no sha256 (load policies "
+                    "with the policy loader, which reads the images)",
+                    code="policy_exemplar_unresolved",
+                )
+            out.setdefault(exemplar.sha256, exemplar.path)
+    return out
+
+
+def compile_policy(
+    policy: Policy,
+    encoder: TextEncoder,
+    exemplar_embeddings: Mapping[str, Embeddings] | None = None,
+) -> CompiledPolicy:
+    """Encode every (prompt, template) pair of ``policy`` once and build the compiled form.
+
+    Args:
+        policy: the policy.
+        encoder: the text tower of the model.
+        exemplar_embeddings: sha256 -> L2-normalized image embedding of every exemplar image of
+            the policy (see :func:`exemplar_keys`).
+
+    Raises:
+        PolicyError: an exemplar's embedding is missing.
+    """
+    images = exemplar_embeddings or {}
     wanted: dict[tuple[str, tuple[str, ...]], None] = {}
     plans: list[tuple[Category, tuple[str, ...], list[str], list[str]]] = []
     for category in policy.categories:
@@ -171,21 +223,44 @@ def compile_policy(policy: Policy, encoder: TextEncoder) -> CompiledPolicy:
             return np.zeros((0, width), np.float32)
         return np.stack([table[(p, templates)] for p in prompts])
 
-    categories = tuple(
-        CompiledCategory(
-            category=category,
-            prompts=tuple(prompts),
-            benign_prompts=tuple(benign),
-            positive=stacked(prompts, templates),
-            benign=stacked(benign, templates),
+    def exemplar_rows(category: Category, kind: str) -> tuple[tuple[str, ...], Embeddings]:
+        block = category.exemplars
+        items = list(getattr(block, kind)) if block is not None else []
+        if not items:
+            return (), np.zeros((0, width), np.float32)
+        rows = []
+        for item in items:
+            found = images.get(item.sha256 or "")
+            if found is None:
+                raise PolicyError(
+                    f"policy {policy.id}: no image embedding for exemplar {item.path}",
+                    code="policy_exemplar_unresolved",
+                )
+            rows.append(np.asarray(found, np.float32).reshape(-1))
+        return tuple(item.path for item in items), _normalize(np.stack(rows))
+
+    categories = []
+    for category, templates, prompts, benign in plans:
+        names, positive_images = exemplar_rows(category, "positive")
+        benign_names, benign_images = exemplar_rows(category, "benign")
+        categories.append(
+            CompiledCategory(
+                category=category,
+                prompts=tuple(prompts),
+                benign_prompts=tuple(benign),
+                positive=stacked(prompts, templates),
+                benign=stacked(benign, templates),
+                exemplars=names,
+                benign_exemplars=benign_names,
+                exemplar_positive=positive_images,
+                exemplar_benign=benign_images,
+            )
         )
-        for category, templates, prompts, benign in plans
-    )
     return CompiledPolicy(
         policy=policy,
         policy_hash=policy_hash(policy),
         model=encoder.identity,
         logit_scale=float(encoder.logit_scale),
-        categories=categories,
+        categories=tuple(categories),
         compiled_hash=compiled_hash(policy, encoder.identity),
     )

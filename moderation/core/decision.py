@@ -37,6 +37,7 @@ __all__ = [
     "PolicyRef",
     "Verdict",
     "bands",
+    "decisions",
     "most_severe",
     "verdict_at",
     "verdicts",
@@ -291,3 +292,24 @@ def verdicts(batch: ScoreBatch) -> list[Verdict]:
             )
         )
     return out
+
+
+def decisions(
+    batch: ScoreBatch,
+) -> tuple[NDArray[np.int8], NDArray[np.intp], NDArray[np.float32]]:
+    """Per row of ``batch``: the verdict's decision rank (0 allow, 1 review, 2 block), its
+    deciding column and that column's score — what :func:`verdicts` decides, by the same
+    ordering (band, then severity, then margin), without building any verdict. For bulk
+    re-scoring (policy backtests)."""
+    n, n_slots = batch.scores.shape
+    if n == 0:
+        return np.zeros(0, np.int8), np.zeros(0, np.intp), np.zeros(0, np.float32)
+    review, block = _thresholds(batch.slots)
+    band_matrix = bands(batch)
+    severity = np.broadcast_to(
+        np.array([s.category.category.severity.rank for s in batch.slots]), (n, n_slots)
+    )
+    margins = batch.scores - np.where(band_matrix == 2, block, review)
+    deciding = np.lexsort((-margins, -severity, -band_matrix), axis=-1)[:, 0]
+    rows = np.arange(n)
+    return band_matrix[rows, deciding], deciding, batch.scores[rows, deciding]

@@ -5,9 +5,15 @@ Pure: pydantic models and validation only. Reading files (with line numbers for 
 
 Each category names the *signal* that scores it (``signal:``, default ``prompts``: CLIP zero-shot
 prompts, see :mod:`moderation.signals.prompts`). The prompt fields (``prompts``,
-``benign_prompts``, ``templates``) configure the prompts signal and are refused on categories of
-another signal; every other signal brings its own field: a hash-bank category
+``benign_prompts``, ``templates``, ``exemplars``) configure the prompts signal and are refused on
+categories of another signal; every other signal brings its own field: a hash-bank category
 (``signal: hash_bank``) names its bank, ``bank: {name, max_distance, min_quality}``.
+
+A policy file is either **live** (``mode: live``, the default: its verdicts are acted on) or a
+**shadow** version (``mode: shadow``: evaluated on live traffic, recorded and measured, never
+acted on; ``moderation policy promote`` makes it live). The mode is deployment state, not policy
+content: it is left out of the policy hash, so a promoted version keeps the hash it was measured
+under.
 """
 
 from __future__ import annotations
@@ -18,11 +24,24 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-from moderation.exceptions import DuplicatePolicyError, UnknownPolicyError
+from moderation.exceptions import (
+    DuplicatePolicyError,
+    PolicyVersionConflict,
+    UnknownPolicyError,
+)
 
 __all__ = [
+    "DEFAULT_EXEMPLAR_RADIUS",
     "DEFAULT_SIGNAL",
     "DEFAULT_TEMPLATES",
     "HASH_BANK_SIGNAL",
@@ -31,8 +50,11 @@ __all__ = [
     "BandAction",
     "BankRef",
     "Category",
+    "ExemplarImage",
+    "Exemplars",
     "Policy",
     "PolicyDefaults",
+    "PolicyMode",
     "PolicySet",
     "Severity",
     "Thresholds",
@@ -52,6 +74,9 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 DEFAULT_SIGNAL = "prompts"
 #: The signal of categories backed by a bank of known-bad PDQ hashes.
 HASH_BANK_SIGNAL = "hash_bank"
+
+#: Cosine distance within which an exemplar image decides (see :mod:`moderation.signals.prompts`).
+DEFAULT_EXEMPLAR_RADIUS = 0.05
 
 Identifier = Annotated[
     str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$", strip_whitespace=True)
@@ -161,6 +186,66 @@ def _check_unique(prompts: list[str]) -> list[str]:
     return prompts
 
 
+class ExemplarImage(_Strict):
+    """One example image: its path, relative to the policy file, and the sha256 of its bytes.
+
+    Authors write just the path; the policy loader reads the file and fills in ``sha256`` (an
+    author may pin it: the loader then checks it). The hash makes the image's content part of the
+    policy hash, so replacing the file recompiles the policy.
+    """
+
+    path: str = Field(min_length=1, max_length=500)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+
+#: In a policy file an exemplar is written as its path (the pinned ``{path, sha256}`` form is
+#: accepted too); the JSON Schema for editors shows the plain form.
+ExemplarEntry = Annotated[
+    ExemplarImage,
+    WithJsonSchema({"type": "string", "description": "Image path, relative to the policy file."}),
+]
+
+
+class Exemplars(_Strict):
+    """Example images of a prompts category: known violating ones and known benign look-alikes.
+
+    Their image embeddings join the category's prompt embeddings in the softmax (see
+    :mod:`moderation.signals.prompts`): an image within ``radius`` (cosine distance) of an
+    exemplar is decided by it, so a false positive is fixed by adding it under ``benign``.
+    """
+
+    positive: list[ExemplarEntry] = Field(
+        default_factory=list, description="Images that violate this category."
+    )
+    benign: list[ExemplarEntry] = Field(
+        default_factory=list, description="Allowed look-alikes (e.g. known false positives)."
+    )
+    radius: float = Field(
+        default=DEFAULT_EXEMPLAR_RADIUS,
+        gt=0.0,
+        le=1.0,
+        description="Cosine distance within which an exemplar decides (model dependent).",
+    )
+
+    @field_validator("benign")
+    @classmethod
+    def _not_both(cls, value: list[ExemplarImage], info: Any) -> list[ExemplarImage]:
+        positive = {e.path for e in info.data.get("positive") or []}
+        for item in value:
+            if item.path in positive:
+                raise ValueError(f"exemplar {item.path!r} is both positive and benign")
+        return value
+
+    @property
+    def all(self) -> list[ExemplarImage]:
+        return [*self.positive, *self.benign]
+
+
 class Category(_Strict):
     """One kind of harm a policy detects."""
 
@@ -184,6 +269,11 @@ class Category(_Strict):
     templates: list[str] | None = Field(
         default=None, min_length=1, description="Overrides defaults.templates for this category."
     )
+    exemplars: Exemplars | None = Field(
+        default=None,
+        description="Example images (paths relative to the policy file) that join the prompts "
+        "in scoring (signal: prompts).",
+    )
     bank: BankRef | None = Field(
         default=None,
         validate_default=True,
@@ -198,9 +288,9 @@ class Category(_Strict):
 
     _unique_prompts = field_validator("prompts", "benign_prompts")(_check_unique)
 
-    @field_validator("prompts", "benign_prompts", "templates")
+    @field_validator("prompts", "benign_prompts", "templates", "exemplars")
     @classmethod
-    def _prompt_fields_for_prompt_signal(cls, value: list[str] | None, info: Any) -> Any:
+    def _prompt_fields_for_prompt_signal(cls, value: Any, info: Any) -> Any:
         signal = info.data.get("signal", DEFAULT_SIGNAL)
         if signal == DEFAULT_SIGNAL:
             if info.field_name == "prompts" and not value:
@@ -238,6 +328,13 @@ class Category(_Strict):
         return value
 
 
+class PolicyMode(str, Enum):
+    """Whether a policy file's verdicts are acted on."""
+
+    LIVE = "live"
+    SHADOW = "shadow"
+
+
 class PolicyDefaults(_Strict):
     templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
     benign_prompts: list[Prompt] = Field(
@@ -256,6 +353,11 @@ class Policy(_Strict):
     version: int = Field(ge=1)
     description: str = Field(min_length=1)
     active: bool = True
+    mode: PolicyMode = Field(
+        default=PolicyMode.LIVE,
+        description="live: acted on. shadow: evaluated on live traffic, recorded and measured, "
+        "never acted on (`moderation policy promote` makes it live). Not part of the hash.",
+    )
     owner: str | None = None
     defaults: PolicyDefaults = PolicyDefaults()
     categories: list[Category] = Field(min_length=1)
@@ -323,12 +425,19 @@ class Policy(_Strict):
                 )
         return problems
 
+    @property
+    def shadow(self) -> bool:
+        return self.mode is PolicyMode.SHADOW
+
     def canonical_json(self) -> str:
-        data = self.model_dump(mode="json")
+        """The policy's content as canonical JSON: what its hash covers. ``mode`` is deployment
+        state and left out; an absent optional block (``exemplars``, ``bank``) is left out too, so
+        adding one to the schema does not change the hash of a policy that does not use it."""
+        data = self.model_dump(mode="json", exclude={"mode"})
         for category in data["categories"]:
-            # A category without a bank hashes as before banks existed (compile caches stay).
-            if category.get("bank") is None:
-                category.pop("bank", None)
+            for optional in ("exemplars", "bank"):
+                if category.get(optional) is None:
+                    category.pop(optional, None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
@@ -338,16 +447,48 @@ def policy_hash(policy: Policy) -> str:
 
 
 class PolicySet(Mapping[str, Policy]):
-    """Policies by id, validated once: duplicate ids are an error."""
+    """Live policies by id, validated once: duplicate ids are an error.
+
+    Shadow versions (``mode: shadow``) are kept apart (:meth:`shadows`): at most one per policy
+    id, with a version other than the live one's. A shadow identical to the live version (same
+    version and content: a promotion half done) is ignored. Iterating and indexing see live
+    policies only.
+
+    Raises:
+        DuplicatePolicyError: two live policies, or two shadows, share an id.
+        PolicyVersionConflict: a shadow has its live policy's version but other content.
+    """
 
     def __init__(self, policies: Iterable[tuple[Policy, str]] = ()) -> None:
         self._policies: dict[str, Policy] = {}
         self._sources: dict[str, str] = {}
+        shadows: list[tuple[Policy, str]] = []
         for policy, source in policies:
+            if policy.shadow:
+                shadows.append((policy, source))
+                continue
             if policy.id in self._policies:
                 raise DuplicatePolicyError(policy.id, [self._sources[policy.id], source])
             self._policies[policy.id] = policy
             self._sources[policy.id] = source
+        self._shadows: dict[str, Policy] = {}
+        self._shadow_sources: dict[str, str] = {}
+        for policy, source in shadows:
+            live = self._policies.get(policy.id)
+            if live is not None and live.version == policy.version:
+                if policy_hash(live) == policy_hash(policy):
+                    continue  # the promoted copy of this shadow is live already
+                raise PolicyVersionConflict(
+                    f"policy {policy.id!r} version {policy.version} is live in "
+                    f"{self._sources[policy.id]} and a different shadow in {source}: give the "
+                    "shadow a new version"
+                )
+            if policy.id in self._shadows:
+                raise DuplicatePolicyError(
+                    policy.id, [self._shadow_sources[policy.id], source], shadow=True
+                )
+            self._shadows[policy.id] = policy
+            self._shadow_sources[policy.id] = source
 
     def __getitem__(self, policy_id: str) -> Policy:
         return self._policies[policy_id]
@@ -360,6 +501,23 @@ class PolicySet(Mapping[str, Policy]):
 
     def source(self, policy_id: str) -> str:
         return self._sources[policy_id]
+
+    def shadows(self) -> list[Policy]:
+        """The shadow versions, at most one per policy id."""
+        return list(self._shadows.values())
+
+    def shadow(self, policy_id: str) -> Policy | None:
+        return self._shadows.get(policy_id)
+
+    def shadow_source(self, policy_id: str) -> str:
+        return self._shadow_sources[policy_id]
+
+    def every(self) -> list[tuple[Policy, str]]:
+        """Every policy, live then shadow, with its source."""
+        return [
+            *((p, self._sources[p.id]) for p in self._policies.values()),
+            *((p, self._shadow_sources[p.id]) for p in self._shadows.values()),
+        ]
 
     def active(self) -> list[Policy]:
         return [p for p in self._policies.values() if p.active]

@@ -102,7 +102,12 @@ class WorkerMaintenance:
         """Publish this worker's heartbeat now."""
         self.store.heartbeat(
             self.name,
-            {"name": self.name, **self.info(), "policies": self.policies.current.versions},
+            {
+                "name": self.name,
+                **self.info(),
+                "policies": self.policies.current.versions,
+                "shadow_policies": self.policies.current.shadow_versions,
+            },
         )
 
     def start(self) -> None:

@@ -13,11 +13,14 @@ Two halves, so that the CPU side and the accelerator side can overlap:
 
 The queue worker (:mod:`moderation.pipeline.process`), local scoring
 (:mod:`moderation.pipeline.score`) and the policy tools all go through here.
+:meth:`Moderator.shadow` scores the same frames against the shadow policy versions: their verdicts
+are recorded and measured, never acted on.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,10 +30,14 @@ from numpy.typing import NDArray
 
 from moderation.core.decision import Verdict, most_severe
 from moderation.core.scoring import FeatureBatch
+from moderation.core.shadow import ShadowVerdict, shadow_verdict
+from moderation.metrics import metrics
 from moderation.pipeline.policies import ActivePolicies, CompiledSet
 from moderation.ports import Encoder, ImageDecoder
 
 __all__ = ["Moderator", "PreparedImage"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +119,44 @@ class Moderator:
         if not images:
             return []
         compiled = compiled or self.policies.current
-        names = {name for image in images for name in image.features}
-        batch = FeatureBatch(
-            embeddings=embeddings,
-            features={
-                name: [f for image in images for f in image.features[name]] for name in names
-            },
-        )
-        per_frame = compiled.verdicts(batch, policy_ids)
-        out: list[Verdict] = []
-        start = 0
-        for image in images:
-            out.append(most_severe(per_frame[start : start + image.frames]))
-            start += image.frames
+        per_frame = compiled.verdicts(_batch(images, embeddings), policy_ids)
+        return _per_image(images, per_frame)
+
+    def shadow(
+        self,
+        images: Sequence[PreparedImage],
+        embeddings: NDArray[np.float32],
+        live: Sequence[Verdict],
+        policy_ids: Iterable[str] | None = None,
+        *,
+        compiled: CompiledSet | None = None,
+    ) -> list[list[ShadowVerdict]]:
+        """Per image, the verdict of every shadow version that applies (see
+        :meth:`CompiledSet.shadow_ids_for`) beside ``live``, its live verdict. Never raises: a
+        shadow version that fails to score is logged and counted
+        (``moderation_errors_total{code="shadow_error"}``), and left out.
+        """
+        out: list[list[ShadowVerdict]] = [[] for _ in images]
+        compiled = compiled or self.policies.current
+        if not images or not compiled.shadows:
+            return out
+        try:
+            shadow_ids = compiled.shadow_ids_for(policy_ids)
+        except Exception:
+            log.exception("shadow policies: cannot resolve the policies of a request")
+            return out
+        if not shadow_ids:
+            return out
+        batch = _batch(images, embeddings)
+        for policy_id in shadow_ids:
+            try:
+                found = _per_image(images, compiled.shadow_verdicts(batch, policy_id))
+                version = compiled.versions.get(policy_id)
+                for k, verdict in enumerate(found):
+                    out[k].append(shadow_verdict(verdict, live=live[k], live_version=version))
+            except Exception:  # a shadow version must never affect the live verdict
+                log.exception("shadow policy %s failed to score", policy_id)
+                metrics().errors.labels("shadow_error").inc()
         return out
 
     def moderate(
@@ -137,3 +169,22 @@ class Moderator:
         """Embed and decide prepared images in one forward pass (no queue)."""
         inputs = [x for image in images for x in image.inputs]
         return self.decide(images, self.embed(inputs), policy_ids, compiled=compiled)
+
+
+def _batch(images: Sequence[PreparedImage], embeddings: NDArray[np.float32]) -> FeatureBatch:
+    """The feature batch of every frame of ``images``."""
+    names = {name for image in images for name in image.features}
+    return FeatureBatch(
+        embeddings=embeddings,
+        features={name: [f for image in images for f in image.features[name]] for name in names},
+    )
+
+
+def _per_image(images: Sequence[PreparedImage], per_frame: Sequence[Verdict]) -> list[Verdict]:
+    """Each image's verdict: the most severe of its frames'."""
+    out: list[Verdict] = []
+    start = 0
+    for image in images:
+        out.append(most_severe(per_frame[start : start + image.frames]))
+        start += image.frames
+    return out

@@ -16,6 +16,10 @@ A human decision follows the same order: one audit record per reviewer, then the
 the ``job.human_decision`` callback; then, for a final removal a reviewer asked to bank ("remove
 and add to bank"), the image's PDQ hash goes into the bank and that is audited too (idempotent:
 a redelivered decision finds the hash banked and rewrites the same record).
+
+Shadow policy versions are recorded with the verdict, never acted on: their verdicts go into the
+job's automated audit record (``details.shadow``) and, once the job is ended by this call, into
+``moderation_shadow_decisions_total``; nothing else (result, review, callback) sees them.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from moderation.core.decision import Decision, Verdict
 from moderation.core.jobs import Job, JobError, JobResult
 from moderation.core.policy import Policy
 from moderation.core.review import HumanDecision, item_from_verdict
+from moderation.core.shadow import ShadowVerdict
 from moderation.exceptions import JobNotFoundError, ReviewInvalidDecision
 from moderation.metrics import metrics
 from moderation.ports import AuditSink, CallbackSender, JobStore, ReviewQueue
@@ -51,6 +56,16 @@ class Decided(NamedTuple):
     content_sha256: str | None = None
     #: The image's content identifiers from the image signals (``pdq``, ``pdq_quality``).
     fingerprints: Mapping[str, Any] | None = None
+    #: The shadow policy versions' verdicts on the same image.
+    shadows: tuple[ShadowVerdict, ...] = ()
+
+
+def _details(decided: Decided) -> dict[str, Any] | None:
+    """The audit record's ``details``: content fingerprints and shadow verdicts."""
+    details: dict[str, Any] = {f"content_{k}": v for k, v in (decided.fingerprints or {}).items()}
+    if decided.shadows:
+        details["shadow"] = [s.to_dict() for s in decided.shadows]
+    return details or None
 
 
 class Outcomes:
@@ -96,18 +111,22 @@ class Outcomes:
         *,
         content_sha256: str | None,
         fingerprints: Mapping[str, Any] | None = None,
+        shadows: Sequence[ShadowVerdict] = (),
     ) -> bool:
         """End ``job`` with ``verdict``; see :meth:`finish_many`."""
-        return self.finish_many([Decided(job, verdict, content_sha256, fingerprints)])[0]
+        return self.finish_many(
+            [Decided(job, verdict, content_sha256, fingerprints, tuple(shadows))]
+        )[0]
 
     def finish_many(self, decided: Sequence[Decided]) -> list[bool]:
         """End jobs with their verdicts: their audit records (durable together), then their
         results (one store round trip), then their side effects. Returns, per job, False when
         it had already ended (a no-op).
 
-        Args:
-            fingerprints: the image's content identifiers from the image signals (``pdq`` and
-                ``pdq_quality``), kept with the result and in the audit record.
+        Each :class:`Decided` may carry the image's ``fingerprints`` (``pdq`` and
+        ``pdq_quality`` from the image signals: kept with the result and in the audit record)
+        and the ``shadows``, the shadow policy versions' verdicts on the same image (recorded and
+        measured, never acted on).
 
         Raises:
             AuditSinkUnavailable, QueueUnavailable: transient; the task retries.
@@ -123,7 +142,7 @@ class Outcomes:
                     content_ref=d.job.image.uri,
                     weights_sha256=self.weights_sha256,
                     dsa_category=self._dsa_category(d.verdict),
-                    details={f"content_{k}": v for k, v in (d.fingerprints or {}).items()},
+                    details=_details(d),
                     tenant=d.job.tenant,
                 )
                 for d in decided
@@ -152,6 +171,13 @@ class Outcomes:
                     d.verdict.decision.value,
                 ).inc()
                 m.latency.labels("total").observe((now - d.job.created_at).total_seconds())
+                for shadow in d.shadows:
+                    m.shadow_decisions.labels(
+                        shadow.policy_id,
+                        str(shadow.version),
+                        shadow.live_decision.value if shadow.live_decision else "none",
+                        shadow.decision.value,
+                    ).inc()
         self._effects(
             [
                 (d.job, result)

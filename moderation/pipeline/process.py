@@ -7,8 +7,11 @@
                       └─► fetch (inline bytes in one round trip, remote images concurrently)
                           ─► prepare on the decode threads (safe decode, crop, signal features)
                           ─► micro-batcher (one forward pass, shared with other messages)
-                          ─► decide all at once ─► outcomes for all at once (audit records in
-                             one fsync, results in one round trip, review, callbacks)
+                          ─► decide all at once ─► shadow policy versions (same frames;
+                             recorded, never acted on)
+                          ─► outcomes for all at once (audit records in one fsync, results in
+                             one round trip, review, callbacks)
+                          ─► embedding history (``embeddings.store``; best effort, one round trip)
 
 Per-job guarantees hold inside a batch: each job ends exactly once (compare-and-set results), a
 job's errors are its own (a corrupt image fails that job, not its neighbours), and transient
@@ -35,6 +38,7 @@ from moderation.core.jobs import Job, JobError
 from moderation.exceptions import ModerationError, PermanentError, TransientError
 from moderation.metrics import metrics
 from moderation.pipeline.batching import MicroBatcher
+from moderation.pipeline.history import EmbeddingHistory
 from moderation.pipeline.moderator import Moderator, PreparedImage
 from moderation.pipeline.outcomes import Decided, Outcomes
 from moderation.pipeline.sources import ImageSources
@@ -82,6 +86,7 @@ class Processor:
         outcomes: Outcomes,
         settings: QueueSettings,
         pool: Executor | None = None,
+        history: EmbeddingHistory | None = None,
     ) -> None:
         self.store = store
         self.sources = sources
@@ -90,6 +95,7 @@ class Processor:
         self.outcomes = outcomes
         self.settings = settings
         self.pool = pool
+        self.history = history
 
     def backoff(self, retries: int) -> float:
         q = self.settings
@@ -183,7 +189,7 @@ class Processor:
 
     def _run(self, jobs: list[Job], retries: int) -> dict[str, Processed]:
         """Decide ``jobs`` and end each one: verdict, error, or a retry for transient errors."""
-        decided, failed = self._decide(jobs)
+        decided, embeddings, failed = self._decide(jobs)
         errors: list[tuple[Job, JobError, str | None]] = []
         out: dict[str, Processed] = {}
         m = metrics()
@@ -216,12 +222,23 @@ class Processor:
         for d, ended in zip(decided, won, strict=True):
             out[d.job.id] = Processed(d.job.id, "verdict" if ended else "duplicate")
         self.outcomes.finish_errors(errors)
+        if self.history is not None:
+            self.history.record_many(
+                [
+                    (d.job, d.verdict, embeddings[d.job.id], d.content_sha256)
+                    for d, ended in zip(decided, won, strict=True)
+                    if ended
+                ]
+            )
         return out
 
     def _decide(
         self, jobs: list[Job]
-    ) -> tuple[list[Decided], list[tuple[Job, Exception, str | None]]]:
-        """Verdicts of ``jobs`` (one policy set for all), and the jobs that failed with why."""
+    ) -> tuple[
+        list[Decided], dict[str, NDArray[np.float32]], list[tuple[Job, Exception, str | None]]
+    ]:
+        """Verdicts of ``jobs`` (one policy set for all, with the shadow versions' verdicts),
+        their frame embeddings by job id, and the jobs that failed with why."""
         compiled = self.moderator.policies.current
         failed: list[tuple[Job, Exception, str | None]] = []
         wanted: list[Job] = []
@@ -276,14 +293,15 @@ class Processor:
             groups[key].append((job, image, embeddings))
         decided: list[Decided] = []
         for policy_ids, members in groups.items():
-            verdicts = self.moderator.decide(
-                [image for _, image, _ in members],
-                np.concatenate([e for _, _, e in members]),
-                policy_ids,
-                compiled=compiled,
+            images = [image for _, image, _ in members]
+            stacked = np.concatenate([e for _, _, e in members])
+            verdicts = self.moderator.decide(images, stacked, policy_ids, compiled=compiled)
+            shadows = self.moderator.shadow(
+                images, stacked, verdicts, policy_ids, compiled=compiled
             )
             decided += [
-                Decided(job, verdict, image.content_sha256, image.fingerprints)
-                for (job, image, _), verdict in zip(members, verdicts, strict=True)
+                Decided(job, verdict, image.content_sha256, image.fingerprints, tuple(shadow))
+                for (job, image, _), verdict, shadow in zip(members, verdicts, shadows, strict=True)
             ]
-        return decided, failed
+        by_job = {job.id: e for members in groups.values() for job, _, e in members}
+        return decided, by_job, failed

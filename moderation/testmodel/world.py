@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter
 __all__ = [
     "BACKGROUNDS",
     "BACKGROUND_PHRASES",
+    "CATEGORY_OBJECTS",
     "COLOURS",
     "MIX_NEIGHBOURS",
     "OBJECT_PHRASES",
@@ -32,8 +33,10 @@ __all__ = [
     "TEMPLATES",
     "TRAIN_TEMPLATES",
     "Band",
+    "LabelledImage",
     "Scene",
     "draw",
+    "labelled_images",
     "phrase",
     "render",
     "render_background",
@@ -528,4 +531,97 @@ def sample_images(kind: Band, n: int, seed: int) -> list[tuple[Image.Image, str]
         else:
             raise ValueError(f"unknown band {kind!r}")
         out.append((draw(scene), label))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# labelled sets for evaluation and calibration
+
+#: The forbidden object of each category of the test-world policy.
+CATEGORY_OBJECTS: Final[dict[str, tuple[str, str]]] = {
+    "contraband_symbol": ("red", "star"),
+    "hate_symbol_analogue": ("black", "cross"),
+    "restricted_logo": ("blue", "ring"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledImage:
+    """A drawn image with its ground truth: the test-world categories it violates."""
+
+    image: Image.Image
+    labels: tuple[str, ...]
+    description: str
+
+
+def _violates(colour: str, mix_with: str | None, mix: float, shape: str | None) -> tuple[str, ...]:
+    """Ground truth: the object is a forbidden one when its paint is nearer the forbidden colour
+    than any other name (a blend counts as its nearer colour)."""
+    if shape is None:
+        return ()
+    nearer = mix_with if mix_with is not None and mix > 0.5 else colour
+    return tuple(c for c, obj in CATEGORY_OBJECTS.items() if obj == (nearer, shape))
+
+
+def labelled_images(n: int, seed: int) -> list[LabelledImage]:
+    """``n`` fresh images with ground-truth category labels, for evaluation and calibration.
+
+    A realistic mix rather than the clear examples of :func:`sample_images`: a sixth are
+    forbidden objects (pure, or blended part-way toward an allowed neighbour), a sixth their
+    look-alikes (the forbidden shape in a neighbouring colour blended part-way toward the
+    forbidden one, or the forbidden colour on another shape), and the rest random scenes; half
+    are drawn hard (small, noisy, patterned backgrounds). Blends never go past 0.46 toward the
+    other colour, so every label is true of the paint, while the scores of blends near half way
+    overlap across the label boundary: thresholds matter.
+
+    Raises:
+        ValueError: for a negative ``n``.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    categories = list(CATEGORY_OBJECTS)
+    out: list[LabelledImage] = []
+    for i in range(n):
+        sub = int(np.random.default_rng([seed, 0x1ABE1, i]).integers(2**31))
+        rng = np.random.default_rng([sub, 3])
+        clear = bool(i % 2)
+        kind = i % 6
+        colour: str
+        mix_with: str | None = None
+        mix = 0.0
+        shape: str | None
+        if kind in (0, 1):
+            colour, shape = CATEGORY_OBJECTS[categories[(i // 6) % len(categories)]]
+            if kind == 0:  # the forbidden object itself, maybe blended toward a neighbour
+                if MIX_NEIGHBOURS[colour] and rng.random() < 0.7:
+                    mix_with = str(rng.choice(MIX_NEIGHBOURS[colour]))
+                    mix = float(rng.uniform(0.0, 0.46))
+            elif MIX_NEIGHBOURS[colour] and rng.random() < 0.6:  # neighbour blended toward it
+                forbidden = colour
+                colour = str(rng.choice(MIX_NEIGHBOURS[forbidden]))
+                mix_with, mix = forbidden, float(rng.uniform(0.0, 0.46))
+            elif rng.random() < 0.5:  # another colour, same shape
+                colour = str(rng.choice([c for c in COLOURS if c != colour]))
+            else:  # same colour, another shape
+                shape = str(rng.choice([s for s in SHAPES if s != shape]))
+            scene = sample_scene(
+                rng,
+                seed=sub,
+                colour=colour,
+                shape=shape,
+                mix_with=mix_with,
+                mix=mix,
+                clear=clear,
+            )
+        else:
+            scene = sample_scene(rng, seed=sub, empty=rng.random() < 0.1, clear=clear)
+            colour, shape = scene.colour, scene.shape
+        labels = _violates(colour, mix_with, mix, shape)
+        if scene.shape is None:
+            text = f"{scene.background} background"
+        elif mix_with is not None:
+            text = f"{colour} {shape} blended {mix:.2f} toward {mix_with}"
+        else:
+            text = f"{colour} {shape}"
+        out.append(LabelledImage(draw(scene), labels, text + ("" if clear else " (hard)")))
     return out

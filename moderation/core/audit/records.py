@@ -4,7 +4,9 @@ A record's ``prev_hash`` links it to the record before it in its writer's chain;
 (the audit adapter) fills it in, then the record's hash seals it (:func:`moderation.core.audit.
 segments.seal`). Editing any field of any record changes its hash and breaks the link from the
 next record. Every job that ends leaves a record: its verdict, or its error; every human decision
-leaves one per reviewer.
+leaves one per reviewer; every promotion of a shadow policy version to live leaves one (kind
+``policy``, job id ``policy/<policy id>``, so ``moderation audit show policy/<id>`` lists a
+policy's history).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "SecurityEvent",
     "record_for_bank_addition",
     "record_for_error",
+    "record_for_promotion",
     "record_for_review",
     "record_for_security",
     "record_for_verdict",
@@ -50,8 +53,9 @@ class AuditRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     record_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
-    #: ``security``: a sign-in event of the reviewers' pages (no job; ``job_id`` is empty).
-    kind: Literal["automated", "human", "security"]
+    #: ``security``: a sign-in event of the reviewers' pages (no job; ``job_id`` is empty);
+    #: ``policy``: a policy promotion (``job_id`` is ``policy/<id>``).
+    kind: Literal["automated", "human", "security", "policy"]
     at: datetime = Field(default_factory=_now)
     job_id: str
     content_sha256: str | None
@@ -67,7 +71,7 @@ class AuditRecord(BaseModel):
     decision: str
     action: str | None = None
     reason_code: str | None = None
-    actor: str = "system"  # "system" or a pseudonymous reviewer id ("rv_…")
+    actor: str = "system"  # "system", a pseudonymous reviewer id ("rv_…"), or a policy author
     details: dict[str, Any] = Field(default_factory=dict)
     #: EU DSA statement-of-reasons category (the policy category's ``dsa_category``), if known.
     dsa_category: str | None = None
@@ -305,5 +309,51 @@ def record_for_bank_addition(
             "content_pdq_quality": quality,
             "new_entry": created,
             "reviewers": list(decision.reviewers),
+        },
+    )
+
+
+def record_for_promotion(
+    *,
+    policy_id: str,
+    version: int,
+    policy_hash: str,
+    previous_version: int | None,
+    previous_hash: str | None,
+    actor: str,
+    files: dict[str, str],
+    note: str | None = None,
+    at: datetime | None = None,
+) -> AuditRecord:
+    """The audit record of promoting a shadow policy version to live (decision ``promote``).
+    Its id is derived from the policy id and the promoted content, so a retried promotion
+    rewrites the same record.
+
+    Raises:
+        AuditError: ``actor`` is empty.
+    """
+    if not actor.strip():
+        raise AuditError("a promotion names who made it", code="audit_no_actor")
+    return AuditRecord(
+        record_id=_derived_id("promote", policy_id, str(version), policy_hash),
+        kind="policy",
+        at=at or _now(),
+        job_id=f"policy/{policy_id}",
+        content_sha256=None,
+        content_ref=None,
+        policy_id=policy_id,
+        policy_version=version,
+        compiled_policy_hash=None,
+        model_id=None,
+        weights_sha256=None,
+        category_id=None,
+        decision="promote",
+        actor=actor.strip(),
+        details={
+            "policy_hash": policy_hash,
+            "previous_version": previous_version,
+            "previous_policy_hash": previous_hash,
+            "files": files,
+            **({"note": note} if note else {}),
         },
     )

@@ -1,0 +1,449 @@
+"""Policy quality: ``moderation eval``, ``moderation calibrate``, ``moderation policy backtest``
+and ``moderation policy promote``.
+
+Each one runs through the same use cases and scoring code as live traffic (see
+:mod:`moderation.pipeline.evaluate`, ``calibrate``, ``backtest``, ``promote``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import getpass
+import json
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.syntax import Syntax
+from rich.table import Table
+
+from moderation.cli.common import err, fail, load_settings, out, progress
+from moderation.exceptions import ModerationError, QualityError
+
+if TYPE_CHECKING:
+    from moderation.compose import Scoring
+    from moderation.core.evaluation import Dataset
+    from moderation.core.policy import Policy
+    from moderation.pipeline.evaluate import ScoredItem
+
+__all__ = ["backtest", "calibrate", "evaluate", "parse_since", "promote"]
+
+Targets = Annotated[float, typer.Option(min=0.0, max=1.0)]
+Confidence = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=0.999,
+        help="Confidence of the intervals (and of calibration's lower bounds); 0: point values.",
+    ),
+]
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def parse_since(value: str, *, now: datetime | None = None) -> float:
+    """``7d``, ``24h``, ``30m``, ``90s`` ago, or an ISO date/time (UTC unless it says), as unix
+    seconds.
+
+    Raises:
+        typer.BadParameter: neither.
+    """
+    now = now or datetime.now(UTC)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", value)
+    if match:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+        return (now - timedelta(seconds=float(match.group(1)) * unit)).timestamp()
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{value!r}: give a duration (7d, 24h, 30m) or an ISO date/time"
+        ) from exc
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _score(
+    dataset_path: Path, policy: list[Path] | None, batch_size: int
+) -> tuple[Scoring, Dataset, list[ScoredItem]]:
+    """Read a dataset and score it against ``policy`` (default: the live policies)."""
+    from moderation.adapters.datasets import load_dataset
+    from moderation.compose import build_scoring
+    from moderation.pipeline.evaluate import fetcher, score_dataset
+
+    settings = load_settings()
+    dataset = load_dataset(dataset_path)
+    scoring = build_scoring(settings, policy_paths=policy)
+    if scoring.model.note:
+        err.print(f"[bold yellow]warning[/]: {scoring.model.note}", highlight=False)
+    fetch = fetcher(scoring.sources())
+    with progress("scoring", len(dataset.items)) as advance:
+        scored = score_dataset(
+            dataset, scoring.moderator, fetch, batch_size=batch_size, on_done=advance
+        )
+    failed = sum(s.error is not None for s in scored)
+    if failed:
+        err.print(
+            f"[yellow]warning[/]: {failed} of {len(scored)} images could not be scored "
+            "(listed in the report)",
+            highlight=False,
+        )
+    if failed == len(scored):
+        first = next(s.error for s in scored if s.error is not None)
+        raise QualityError(f"no image of {dataset.source} could be scored; first: {first}")
+    return scoring, dataset, scored
+
+
+def evaluate(
+    dataset: Annotated[
+        Path,
+        typer.Argument(help="A labels file, a folder with one, or a review export (.jsonl/.csv)."),
+    ],
+    policy: Annotated[
+        list[Path] | None,
+        typer.Option("--policy", "-p", help="Policy file or folder (default: the live ones)."),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("eval-report"),
+    confidence: Confidence = 0.95,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 32,
+) -> None:
+    """Measure policies on labelled images: per category precision, recall and F1 at the current
+    thresholds, ROC AUC, average precision, review load and a confusion table, with confidence
+    intervals; PR curves and score histograms (PNG) and one self-contained HTML report."""
+    from moderation.adapters.eval_report import write_report
+    from moderation.pipeline.evaluate import evaluate as evaluate_use_case
+
+    try:
+        scoring, data, scored = _score(dataset, policy, batch_size)
+        report = evaluate_use_case(
+            scored, scoring.policies.current, dataset=data, confidence=confidence
+        )
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    files = write_report(report, out_dir, title=f"Policy evaluation: {dataset.name}")
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    else:
+        table = Table(
+            "category",
+            "viol./benign",
+            "review/block",
+            "block P",
+            "block R",
+            "F1",
+            "flagged R",
+            "review load",
+            "AUC",
+            "AP",
+            title=f"{report.n_scored} images scored",
+        )
+        for c in report.categories:
+            table.add_row(
+                c.key + (" [yellow](small)[/]" if c.small_sample else ""),
+                f"{c.positives}/{c.negatives}",
+                f"{c.review_threshold:.3f}/{c.block_threshold:.3f}",
+                _pct(c.block.precision),
+                _pct(c.block.recall),
+                "–" if c.block.f1 is None else f"{c.block.f1:.3f}",
+                _pct(c.flagged.recall),
+                _pct(c.review_load),
+                "–" if c.roc_auc is None else f"{c.roc_auc:.3f}",
+                "–" if c.average_precision is None else f"{c.average_precision:.3f}",
+            )
+        out.print(table)
+        if report.accuracy is not None:
+            out.print(f"top-1 accuracy {_pct(report.accuracy.top1)} over {report.accuracy.n}")
+        for note in report.notes:
+            out.print(f"[yellow]note[/]: {note}", highlight=False)
+        if report.unlabelled:
+            out.print(f"no labelled images for: {', '.join(report.unlabelled)}", highlight=False)
+    err.print(f"report: {files.html} ({len(files.images)} plots, {files.json.name})")
+
+
+def _next_version_path(source: Path, policy_id: str, version: int, out: Path | None) -> Path:
+    if out is not None:
+        return out
+    return source.parent / f"{source.stem}.v{version}{source.suffix}"
+
+
+def calibrate(
+    dataset: Annotated[
+        Path,
+        typer.Argument(help="A labels file, a folder with one, or a review export (.jsonl/.csv)."),
+    ],
+    policy: Annotated[Path, typer.Option("--policy", "-p", help="The policy file to calibrate.")],
+    target_precision: Targets = 0.95,
+    target_recall: Targets = 0.95,
+    confidence: Confidence = 0.95,
+    category: Annotated[
+        list[str] | None, typer.Option("--category", help="Only these categories.")
+    ] = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="The new version's file (default: POLICY's folder, .vN)."),
+    ] = None,
+    partial: Annotated[
+        bool,
+        typer.Option(
+            help="Write the new version even if some targets are unsupported (those "
+            "thresholds stay as they are)."
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 32,
+) -> None:
+    """Propose thresholds that meet a target precision for automatic blocking and a target
+    recall for the review band, and write them as a NEW policy version (``mode: shadow``,
+    version + 1) with a diff against the old one. The live file is never changed.
+
+    Exit status 1 (and nothing written, unless --partial) when the data cannot support a target.
+    """
+    from moderation.adapters.policy_files import (
+        edit_policy_text,
+        load_policy_file,
+        load_policy_text,
+        write_text_atomic,
+    )
+    from moderation.core.policy import PolicyMode
+    from moderation.pipeline.calibrate import calibrate as calibrate_use_case
+
+    if not policy.is_file():
+        raise fail(QualityError(f"{policy}: calibrate takes one policy file"))
+    try:
+        scoring, data, scored = _score(dataset, [policy], batch_size)
+        compiled = scoring.policies.current
+        (policy_id,) = compiled.ids_for(None) or (None,)
+        if policy_id is None:
+            raise QualityError(f"{policy}: no active policy in it")
+        report = calibrate_use_case(
+            scored,
+            compiled,
+            policy_id,
+            dataset=data,
+            target_precision=target_precision,
+            target_recall=target_recall,
+            confidence=confidence,
+            categories=category,
+        )
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    table = Table(
+        "category",
+        "viol./benign",
+        "review",
+        "block",
+        "block precision (low)",
+        "block recall",
+        "flagged recall (low)",
+        "review load",
+        title=f"{policy_id}: target precision {target_precision:.1%}, recall "
+        f"{target_recall:.1%}, {confidence:.0%} confidence",
+    )
+    for p in report.proposals:
+        flag = "" if p.supported else " [bold red](unsupported)[/]"
+        table.add_row(
+            p.key + flag,
+            f"{p.positives}/{p.negatives}",
+            f"{p.current_review:.4f} → {p.review:.4f}",
+            f"{p.current_block:.4f} → {p.block:.4f}",
+            f"{_pct(p.current_block_precision)} → {_pct(p.block_precision)} "
+            f"({_pct(p.block_precision_low)})",
+            _pct(p.block_recall),
+            f"{_pct(p.current_flagged_recall)} → {_pct(p.flagged_recall)} "
+            f"({_pct(p.flagged_recall_low)})",
+            f"{_pct(p.current_review_load)} → {_pct(p.review_load)}",
+        )
+    (err if as_json else out).print(table)
+    for note in report.notes:
+        err.print(f"[yellow]note[/]: {note}", highlight=False)
+    for problem in report.problems:
+        err.print(f"[bold red]unsupported[/]: {problem}", highlight=False, soft_wrap=True)
+    if not report.supported and not partial:
+        err.print("nothing written (use --partial to keep the unsupported thresholds as they are)")
+        raise typer.Exit(1)
+    try:
+        old_text = policy.read_text(encoding="utf-8")
+        old = load_policy_file(policy)
+        version = max([old.version, *(p.version for _, p in _versions(old.id, policy.parent))])
+        version += 1
+        target = _next_version_path(policy, old.id, version, out_file)
+        if target.exists():
+            raise QualityError(f"{target} exists; remove it or choose another --out")
+        shadows = [f for f, p in _versions(old.id, target.parent) if p.shadow]
+        if shadows:
+            raise QualityError(
+                f"{shadows[0]} is already a shadow version of {old.id!r} in that folder (promote "
+                "or remove it first, or write elsewhere with --out)"
+            )
+        new_text = edit_policy_text(
+            old_text,
+            version=version,
+            mode=PolicyMode.SHADOW,
+            thresholds=report.thresholds,
+            source=str(policy),
+        )
+        load_policy_text(new_text, source=str(target), base_dir=target.parent)
+        write_text_atomic(target, new_text)
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    diff = "".join(
+        difflib.unified_diff(
+            old_text.splitlines(keepends=True),
+            new_text.splitlines(keepends=True),
+            fromfile=str(policy),
+            tofile=str(target),
+        )
+    )
+    console = err if as_json else out
+    if console.is_terminal:
+        console.print(Syntax(diff, "diff", theme="ansi_dark", word_wrap=True))
+    else:  # a pipe or a file: the diff as is, never wrapped (it applies as a patch)
+        (sys.stderr if as_json else sys.stdout).write(diff)
+    err.print(
+        f"wrote {target}: {old.id} v{version}, mode shadow (deploy it to measure it on live "
+        f"traffic; `moderation policy promote {old.id}` makes it live)",
+        highlight=False,
+    )
+    raise typer.Exit(0 if report.supported else 1)
+
+
+def _versions(policy_id: str, folder: Path) -> list[tuple[Path, Policy]]:
+    """The readable files of ``folder`` that hold a version of ``policy_id``."""
+    from moderation.adapters.policy_files import find_policy_files, load_policy_file
+
+    found = []
+    for file in find_policy_files([folder]):
+        try:
+            policy = load_policy_file(file)
+        except ModerationError:
+            continue
+        if policy.id == policy_id:
+            found.append((file, policy))
+    return found
+
+
+def backtest(
+    new_version: Annotated[Path, typer.Argument(help="The candidate policy file (any mode).")],
+    since: Annotated[str, typer.Option(help="Start: 7d, 24h, 30m ago or an ISO date/time.")],
+    until: Annotated[str | None, typer.Option(help="End (default: now).")] = None,
+    examples: Annotated[int, typer.Option(min=0, help="Changed items to list.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Re-score stored embeddings of past traffic with NEW_VERSION in place of its live version,
+    without re-encoding any image, and report which decisions would change."""
+    from moderation.compose import build_scoring, open_embedding_store
+    from moderation.pipeline.backtest import backtest as backtest_use_case
+
+    start = parse_since(since)
+    end = parse_since(until) if until else None
+    settings = load_settings()
+    try:
+        scoring = build_scoring(settings)
+        if scoring.model.note:
+            err.print(f"[bold yellow]warning[/]: {scoring.model.note}", highlight=False)
+        drafts = scoring.compile([new_version]).current
+        candidate = next(iter(drafts.by_id.values()))
+        store = open_embedding_store(settings)
+        with progress("backtest", store.count()) as advance:
+            report = backtest_use_case(
+                store,
+                live=scoring.policies.current,
+                candidate=candidate,
+                since=start,
+                until=end,
+                examples=examples,
+                on_progress=advance,
+            )
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    if as_json:
+        print(json.dumps(report.to_dict()))
+        return
+    live = "not live" if report.live_version is None else f"v{report.live_version}"
+    out.print(
+        f"{report.policy_id} v{report.candidate_version} against {live}, model {report.model}, "
+        f"since {report.since}: {report.read} stored, {report.scored} re-scored, "
+        f"[bold]{report.changed} decisions change[/] ({report.seconds:.2f} s)",
+        highlight=False,
+    )
+    if report.refused:
+        refused = ", ".join(f"{n} of {m}" for m, n in report.refused.items())
+        err.print(f"[yellow]refused (another model)[/]: {refused}", highlight=False)
+    extra = {
+        "unaffected (policy not applied)": report.unaffected,
+        "duplicates": report.duplicates,
+        "unscorable (policy gone)": report.unscorable,
+        "recorded decision differs from the live re-score": report.drift,
+    }
+    for name, count in extra.items():
+        if count:
+            out.print(f"{name}: {count}", highlight=False)
+    if report.transitions:
+        table = Table("change", "items", title="transitions")
+        for name, count in report.transitions.items():
+            table.add_row(name, str(count))
+        out.print(table)
+        table = Table("category", "items", title="by category")
+        for name, count in report.by_category.items():
+            table.add_row(name, str(count))
+        out.print(table)
+    if report.examples:
+        table = Table("job", "at", "image", "live", "candidate", title="examples")
+        for change in report.examples:
+            table.add_row(
+                change.job_id,
+                change.at[:19],
+                (change.image or "")[:60],
+                f"{change.before.decision} {change.before.category or ''} "
+                f"{change.before.score:.3f}",
+                f"{change.after.decision} {change.after.category or ''} {change.after.score:.3f}",
+            )
+        out.print(table)
+
+
+def promote(
+    policy_id: Annotated[str, typer.Argument(help="The policy whose shadow version goes live.")],
+    by: Annotated[str | None, typer.Option(help="Who promotes (default: your user name).")] = None,
+    note: Annotated[str | None, typer.Option(help="Why, for the audit log.")] = None,
+) -> None:
+    """Make a policy's shadow version the live one (the files under MODERATION_POLICY_PATHS
+    change; workers reload them), and record the promotion in the audit log first."""
+    from moderation.adapters.images import SafeDecoder
+    from moderation.adapters.policy_files import PolicyFolder
+    from moderation.compose import build_signals, image_check, open_audit
+    from moderation.pipeline.promote import promote as promote_use_case
+
+    settings = load_settings()
+    actor = by or getpass.getuser()
+    try:
+        files = PolicyFolder(
+            settings.policy_paths,
+            signals=set(build_signals(settings)),
+            check_image=image_check(SafeDecoder(settings.images)),
+        )
+        audit = open_audit(settings)
+        try:
+            done = promote_use_case(policy_id, files=files, audit=audit, actor=actor, note=note)
+        finally:
+            audit.close()
+    except ModerationError as exc:
+        raise fail(exc, 1) from exc
+    was = "new" if done.previous_version is None else f"v{done.previous_version}"
+    out.print(
+        f"promoted {policy_id} v{done.version} (was {was}) by {actor}: live in "
+        f"{done.files['live_file']}"
+        + (
+            f"; old version kept in {done.files['retired_file']}"
+            if done.files["retired_file"]
+            else ""
+        )
+        + f"; audit record {done.record.record_id}",
+        highlight=False,
+    )

@@ -1,0 +1,123 @@
+"""Calibrating a policy's thresholds on labelled images: ``moderation calibrate``.
+
+The images are scored exactly as :mod:`moderation.pipeline.evaluate` scores them (the live
+scoring path); the thresholds come from the core's search
+(:func:`moderation.core.calibration.propose_thresholds`): per category, the lowest block
+threshold that meets the target precision and the highest review threshold that meets the target
+recall, both at the lower end of a confidence interval. The proposal becomes a *new* policy
+version (written by the caller), never an edit of the live file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+from moderation.core.calibration import ThresholdProposal, propose_thresholds
+from moderation.core.data import Data
+from moderation.core.evaluation import Dataset
+from moderation.exceptions import CalibrationUnsupported
+from moderation.pipeline.evaluate import ScoredItem, labelled_scores
+from moderation.pipeline.policies import CompiledSet
+
+__all__ = ["CalibrationReport", "calibrate"]
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationReport(Data):
+    """Proposed thresholds of one policy and what they imply on the calibration data."""
+
+    dataset: str
+    kind: str
+    policy_id: str
+    version: int
+    target_precision: float
+    target_recall: float
+    confidence: float
+    n_scored: int
+    proposals: list[ThresholdProposal]
+    #: Categories left as they are: no labelled image, or not asked for.
+    untouched: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def supported(self) -> bool:
+        return all(p.supported for p in self.proposals)
+
+    @property
+    def thresholds(self) -> dict[str, tuple[float, float]]:
+        """category id -> (review, block) for every calibrated category."""
+        return {p.key.partition("/")[2]: (p.review, p.block) for p in self.proposals}
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{p.key}: {problem}" for p in self.proposals for problem in p.problems]
+
+
+def calibrate(
+    scored: Sequence[ScoredItem],
+    compiled: CompiledSet,
+    policy_id: str,
+    *,
+    dataset: Dataset,
+    target_precision: float,
+    target_recall: float,
+    confidence: float = 0.95,
+    categories: Collection[str] | None = None,
+) -> CalibrationReport:
+    """Propose thresholds for the categories of ``policy_id`` that have labelled images.
+
+    Raises:
+        CalibrationUnsupported: not one category of the policy has a labelled image.
+        ValueError: a target outside (0, 1].
+    """
+    for name, target in (("precision", target_precision), ("recall", target_recall)):
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"target {name} must be in (0, 1], got {target}")
+    policy = compiled.by_id[policy_id].policy
+    proposals: list[ThresholdProposal] = []
+    untouched: list[str] = []
+    for category in policy.categories:
+        key = f"{policy_id}/{category.id}"
+        if categories and category.id not in categories and key not in categories:
+            untouched.append(key)
+            continue
+        scores, truths, _ = labelled_scores(scored, key)
+        if not len(scores):
+            untouched.append(key)
+            continue
+        proposals.append(
+            propose_thresholds(
+                key=key,
+                scores=scores,
+                labels=truths,
+                current=(category.thresholds.review, category.thresholds.block),
+                target_precision=target_precision,
+                target_recall=target_recall,
+                confidence=confidence,
+            )
+        )
+    if not proposals:
+        raise CalibrationUnsupported(
+            f"no labelled image for any category of policy {policy_id!r}: nothing to calibrate"
+        )
+    notes = []
+    if dataset.from_review:
+        notes.append(
+            "labels come from human review: only images the model flagged were reviewed, so "
+            "recall is measured among flagged images; the review threshold is not evidence-"
+            "based below the lowest reviewed score"
+        )
+    return CalibrationReport(
+        dataset=dataset.source,
+        kind=dataset.kind,
+        policy_id=policy_id,
+        version=policy.version,
+        target_precision=target_precision,
+        target_recall=target_recall,
+        confidence=confidence,
+        n_scored=sum(e.verdict is not None for e in scored),
+        proposals=proposals,
+        untouched=untouched,
+        notes=notes,
+    )

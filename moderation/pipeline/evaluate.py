@@ -1,0 +1,248 @@
+"""Evaluating a policy on labelled images: ``moderation eval``, and the scoring half of
+``moderation calibrate`` and ``moderation testmodel eval``.
+
+Every image is fetched through the image sources (local files, S3, HTTP(S), inline bytes of a
+reviewed job) and scored by :func:`~moderation.pipeline.score.score_local`: the same decode,
+preprocessing, forward pass, signals and per-category scores as live traffic. The metrics are the
+core's (:mod:`moderation.core.evaluation`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moderation.core.data import Data
+from moderation.core.decision import Verdict
+from moderation.core.evaluation import (
+    CategoryMetrics,
+    Dataset,
+    Interval,
+    LabelledItem,
+    category_metrics,
+    wilson,
+)
+from moderation.core.image_ref import ImageRef
+from moderation.exceptions import ModerationError
+from moderation.pipeline.moderator import Moderator
+from moderation.pipeline.policies import CompiledSet
+from moderation.pipeline.score import score_local
+from moderation.pipeline.sources import ImageSources
+
+__all__ = [
+    "Accuracy",
+    "EvaluationReport",
+    "ScoredItem",
+    "category_keys",
+    "evaluate",
+    "fetcher",
+    "labelled_scores",
+    "score_dataset",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    """A labelled image and its verdict (or why it could not be scored)."""
+
+    item: LabelledItem
+    verdict: Verdict | None = None
+    error: ModerationError | None = None
+
+
+def score_dataset(
+    dataset: Dataset,
+    moderator: Moderator,
+    fetch: Callable[[str], bytes],
+    *,
+    compiled: CompiledSet | None = None,
+    policy_ids: Iterable[str] | None = None,
+    batch_size: int = 32,
+    on_done: Callable[[int], None] | None = None,
+) -> list[ScoredItem]:
+    """Fetch (``fetch(image reference)``: the image sources) and score every image of
+    ``dataset`` in order; an image that cannot be fetched or decoded keeps its error."""
+
+    def loader(item: LabelledItem) -> Callable[[], bytes]:
+        return lambda: fetch(item.image)
+
+    items = [(item.name or item.image, loader(item)) for item in dataset.items]
+    results = score_local(
+        items,
+        moderator,
+        policy_ids=policy_ids,
+        compiled=compiled,
+        batch_size=batch_size,
+        on_done=on_done,
+    )
+    return [
+        ScoredItem(item=item, verdict=result.verdict, error=result.error)
+        for item, result in zip(dataset.items, results, strict=True)
+    ]
+
+
+def fetcher(sources: ImageSources) -> Callable[[str], bytes]:
+    """``fetch`` for :func:`score_dataset` through the image sources (any scheme they read)."""
+    return lambda uri: sources.fetch(ImageRef(uri=uri))
+
+
+def category_keys(
+    compiled: CompiledSet, policy_ids: Iterable[str] | None = None
+) -> dict[str, tuple[float, float]]:
+    """``policy/category`` -> (review, block) thresholds of every category applied."""
+    out: dict[str, tuple[float, float]] = {}
+    for pid in compiled.ids_for(policy_ids):
+        for category in compiled.by_id[pid].policy.categories:
+            thresholds = category.thresholds
+            out[f"{pid}/{category.id}"] = (thresholds.review, thresholds.block)
+    return out
+
+
+def labelled_scores(
+    scored: Sequence[ScoredItem], key: str
+) -> tuple[np.ndarray, np.ndarray, list[ScoredItem]]:
+    """The scores and ground truths (violates?) of the images labelled for category ``key``,
+    and those images."""
+    scores, truths, kept = [], [], []
+    for entry in scored:
+        if entry.verdict is None:
+            continue
+        truth = entry.item.truth(key)
+        if truth is None or key not in entry.verdict.scores:
+            continue
+        scores.append(entry.verdict.scores[key])
+        truths.append(truth)
+        kept.append(entry)
+    return np.asarray(scores, np.float64), np.asarray(truths, bool), kept
+
+
+@dataclass(frozen=True, slots=True)
+class Accuracy(Data):
+    """Top-1 accuracy of a dataset where every image has exactly one category (a zero-shot
+    classification set): the highest-scoring category must be the labelled one."""
+
+    top1: float
+    n: int
+    interval: Interval | None
+    per_class: dict[str, float]
+    confusions: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationReport(Data):
+    """What ``moderation eval`` reports."""
+
+    dataset: str
+    kind: str
+    n_items: int
+    n_scored: int
+    errors: dict[str, int]  # error code -> images
+    error_examples: list[str]
+    skipped: dict[str, int]
+    policies: list[dict[str, str | int]]
+    model: str
+    confidence: float
+    categories: list[CategoryMetrics]
+    unlabelled: list[str]  # categories applied without any labelled image
+    accuracy: Accuracy | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _accuracy(
+    scored: Sequence[ScoredItem], keys: Sequence[str], confidence: float
+) -> Accuracy | None:
+    rows = [(e.item, e.verdict) for e in scored if e.verdict is not None]
+    if not rows:
+        return None
+    truth: list[str] = []
+    predicted: list[str] = []
+    for item, verdict in rows:
+        matches = [k for k in keys if item.truth(k) is True]
+        if len(matches) != 1:
+            return None
+        truth.append(matches[0])
+        scores = verdict.scores
+        predicted.append(max(keys, key=lambda k: scores.get(k, -1.0)))
+    correct = [t == p for t, p in zip(truth, predicted, strict=True)]
+    per_class: dict[str, list[bool]] = {}
+    for t, ok in zip(truth, correct, strict=True):
+        per_class.setdefault(t, []).append(ok)
+    confusions = Counter(
+        f"{t} -> {p}" for t, p in zip(truth, predicted, strict=True) if t != p
+    ).most_common(10)
+    return Accuracy(
+        top1=sum(correct) / len(correct),
+        n=len(correct),
+        interval=wilson(sum(correct), len(correct), confidence),
+        per_class={k: sum(v) / len(v) for k, v in per_class.items()},
+        confusions=dict(confusions),
+    )
+
+
+def evaluate(
+    scored: Sequence[ScoredItem],
+    compiled: CompiledSet,
+    *,
+    dataset: Dataset,
+    policy_ids: Iterable[str] | None = None,
+    confidence: float = 0.95,
+    resamples: int = 400,
+) -> EvaluationReport:
+    """Per-category metrics at the policies' current thresholds (see
+    :mod:`moderation.core.evaluation`), plus top-1 accuracy for a one-label-per-image set."""
+    keys = category_keys(compiled, policy_ids)
+    categories: list[CategoryMetrics] = []
+    unlabelled: list[str] = []
+    for key, (review, block) in keys.items():
+        scores, truths, _ = labelled_scores(scored, key)
+        if not len(scores):
+            unlabelled.append(key)
+            continue
+        categories.append(
+            category_metrics(
+                key=key,
+                scores=scores,
+                labels=truths,
+                review=review,
+                block=block,
+                confidence=confidence,
+                resamples=resamples,
+            )
+        )
+    errors = Counter(e.error.code for e in scored if e.error is not None)
+    examples = [f"{e.item.name}: {e.error}" for e in scored if e.error is not None][:10]
+    notes = []
+    if dataset.from_review:
+        notes.append(
+            "labels come from human review: only images the model flagged were reviewed, so "
+            "recall is measured among flagged images and benign images below the review "
+            "threshold are missing"
+        )
+    policies: list[dict[str, str | int]] = [
+        {
+            "id": p.id,
+            "version": p.version,
+            "policy_hash": p.policy_hash,
+            "compiled_hash": p.compiled_hash,
+        }
+        for p in (compiled.by_id[pid] for pid in compiled.ids_for(policy_ids))
+    ]
+    return EvaluationReport(
+        dataset=dataset.source,
+        kind=dataset.kind,
+        n_items=len(scored),
+        n_scored=sum(e.verdict is not None for e in scored),
+        errors=dict(errors),
+        error_examples=examples,
+        skipped=dict(dataset.skipped),
+        policies=policies,
+        model=compiled.model.id,
+        confidence=confidence,
+        categories=categories,
+        unlabelled=unlabelled,
+        accuracy=_accuracy(scored, list(keys), confidence),
+        notes=notes,
+    )
