@@ -575,7 +575,10 @@ def build_scoring(settings: Settings, *, policy_paths: Sequence[Path] | None = N
             ", ".join(sorted(named)),
         )
     moderator = Moderator(
-        encoder=model.encoder, decoder=SafeDecoder(settings.images), policies=policies
+        encoder=model.encoder,
+        decoder=SafeDecoder(settings.images),
+        policies=policies,
+        fingerprint_all=settings.banks.hash_every_image,
     )
     return Scoring(
         settings=settings, model=model, policies=policies, moderator=moderator, policy_paths=paths
@@ -740,7 +743,10 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         settings, model.encoder, build_signals(settings, banks), policy_paths_for(settings, model)
     )
     moderator = Moderator(
-        encoder=model.encoder, decoder=SafeDecoder(settings.images), policies=policies
+        encoder=model.encoder,
+        decoder=SafeDecoder(settings.images),
+        policies=policies,
+        fingerprint_all=settings.banks.hash_every_image,
     )
     m = metrics()
 

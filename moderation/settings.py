@@ -268,6 +268,11 @@ class BankSettings(BaseModel):
 
     #: Redis key prefix of the banks.
     key_prefix: str = "mod:bank:"
+    #: Give every image its PDQ hash (job result, audit record, review item: what a reviewer's
+    #: "add to bank" and later matching need). False: hash only while a policy in service has a
+    #: bank category, which lets a GPU worker decode JPEGs on the GPU (``model.device_decode``)
+    #: instead of on its CPU cores.
+    hash_every_image: bool = True
     #: Seconds between a worker's checks for bank changes (removals apply within this).
     reload_s: float = 1.0
     #: Banks up to this many hashes are searched by brute force; bigger ones by multi-index.

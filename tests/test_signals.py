@@ -33,6 +33,7 @@ from moderation.pipeline.moderator import Moderator
 from moderation.pipeline.policies import ActivePolicies, CompiledSet
 from moderation.settings import ImageLimits
 from moderation.signals import PromptSignal, Signals, builtin_signals
+from moderation.signals.hash_bank import HashBankSignal
 from moderation.testmodel.samples import encoded
 
 
@@ -206,3 +207,35 @@ def test_audit_records_and_review_items_carry_any_signal(moderator: Moderator) -
     deciding = item.verdict.deciding
     assert deciding is not None
     assert deciding.evidence[0].details["fraction"] == pytest.approx(0.1, abs=0.02)
+
+
+def test_image_signals_run_on_every_image_unless_told_to_run_only_those_in_use(
+    scoring: Any,
+) -> None:
+    """By default each image gets every image signal's features and fingerprints (its PDQ
+    hash, though no policy here has a bank category); ``fingerprint_all=False`` runs only the
+    signals the policies in service use."""
+    encoder = scoring.model.encoder
+    signals = Signals([PromptSignal(), RedPixelSignal(), HashBankSignal()])
+    policy = load_policy_text(POLICY, signals=set(signals))
+    policies = ActivePolicies(
+        load=lambda: PolicySet([(policy, "mixed.yaml")]),
+        compile=lambda ps: [compile_policy(ps[pid], encoder) for pid in ps],
+        fingerprint=lambda: "fixed",
+        signals=signals,
+    )
+    assert policies.current.used_signals == {"prompts", "red_pixels"}
+    data = encoded(testmodel.world.sample_images("block", 1, 5)[0][0])
+    every = Moderator(encoder=encoder, decoder=SafeDecoder(ImageLimits()), policies=policies)
+    used = Moderator(
+        encoder=encoder,
+        decoder=SafeDecoder(ImageLimits()),
+        policies=policies,
+        fingerprint_all=False,
+    )
+    full, lean = every.prepare(data), used.prepare(data)
+    assert set(full.features) == {"red_pixels", "hash_bank"}
+    assert len(full.fingerprints["pdq"]) == 64 and full.fingerprints["pdq_quality"] >= 0
+    assert set(lean.features) == {"red_pixels"} and lean.fingerprints == {}
+    # Both decide the same: the hash bank signal scores no category here.
+    assert every.moderate([full])[0].to_dict() == used.moderate([lean])[0].to_dict()

@@ -59,20 +59,32 @@ class Moderator:
     """Prepares images and decides them against the policies in service. Thread-safe."""
 
     def __init__(
-        self, *, encoder: Encoder, decoder: ImageDecoder, policies: ActivePolicies
+        self,
+        *,
+        encoder: Encoder,
+        decoder: ImageDecoder,
+        policies: ActivePolicies,
+        fingerprint_all: bool = True,
     ) -> None:
         self.encoder = encoder
         self.decoder = decoder
         self.policies = policies
+        #: Run every image signal on every image (each image gets its PDQ hash even when no
+        #: policy has a bank category). False: only the signals the policies in service use.
+        self.fingerprint_all = fingerprint_all
 
-    def prepare(self, data: bytes) -> PreparedImage:
-        """Decode and preprocess untrusted bytes (CPU only).
+    def prepare(self, data: bytes, *, compiled: CompiledSet | None = None) -> PreparedImage:
+        """Decode and preprocess untrusted bytes (CPU only), for ``compiled`` (default: the
+        policy set in service now; pass the set the image will be decided with).
 
         Raises:
             ImageError: corrupt, too large, or a format outside the allowlist.
         """
         digest = hashlib.sha256(data).hexdigest()
         signals = self.policies.signals.image_signals
+        if not self.fingerprint_all:
+            used = (compiled or self.policies.current).used_signals
+            signals = [s for s in signals if s.name in used]
         if not signals:  # the encoder may decode this file itself (a JPEG on a GPU)
             encoded = self.encoder.prepare_encoded(data)
             if encoded is not None:

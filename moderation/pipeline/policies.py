@@ -47,6 +47,10 @@ class CompiledSet:
         self.default_ids = tuple(p.id for p in compiled if p.policy.active) or tuple(self.by_id)
         #: Shadow versions by policy id: evaluated beside the live ones, never acted on.
         self.shadows = {p.id: p for p in shadows}
+        #: The signals that categories of this set (live or shadow) use.
+        self.used_signals = frozenset(
+            c.signal for p in [*compiled, *shadows] for c in p.policy.categories
+        )
         self._scorers: dict[tuple[str, ...], Scorer] = {}
         self._shadow_scorers: dict[str, Scorer] = {}
         self._lock = threading.Lock()

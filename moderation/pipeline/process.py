@@ -256,7 +256,7 @@ class Processor:
             if isinstance(data, Exception):
                 return data
             try:
-                return self.moderator.prepare(data)
+                return self.moderator.prepare(data, compiled=compiled)
             except Exception as exc:  # corrupt, too large, or a bug: that job's error only
                 if not isinstance(exc, ModerationError):
                     log.exception("preparing an image failed unexpectedly")
