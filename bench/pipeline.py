@@ -77,8 +77,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_profilers(pids: dict[str, int], folder: Path, rate: int) -> list[Any]:
-    """py-spy on each process (raw collapsed stacks), until stopped with SIGINT."""
+def _start_profilers(
+    pids: dict[str, int], folder: Path, rate: int, *, gil: bool = False
+) -> list[Any]:
+    """py-spy on each process (raw collapsed stacks), until stopped with SIGINT. ``gil``: only
+    the thread holding the GIL is sampled (where a process's GIL-bound time goes)."""
     import subprocess
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,6 +99,7 @@ def _start_profilers(pids: dict[str, int], folder: Path, rate: int) -> list[Any]
                 "raw",
                 "--nonblocking",
                 "--full-filenames",
+                *(["--gil"] if gil else []),
                 "--output",
                 str(folder / f"{name}.txt"),
             ],
@@ -123,6 +127,7 @@ def bench_pipeline(
     workers: int = 1,
     profile: Path | None = None,
     profile_rate: int = 250,
+    profile_gil: bool = False,
     upload: str = "multipart",
 ) -> dict[str, Any]:
     """The whole pipeline: this process is the client; the API (uvicorn) and each worker run in
@@ -187,16 +192,44 @@ def bench_pipeline(
                         {"api": api.pid, **{f"worker-{i}": w.pid for i, w in enumerate(procs)}},
                         profile,
                         profile_rate,
+                        gil=profile_gil,
                     )
                     if profile
                     else []
                 )
+                pids = {
+                    "api": api.pid,
+                    **{f"worker-{i}": w.pid for i, w in enumerate(procs)},
+                    "redis": _pid_listening(redis.url),
+                }
+                cpu_before = {name: _cpu_s(pid) for name, pid in pids.items()}
+                client_before = _own_cpu_s()
                 started = time.perf_counter()
                 ids = submit(images, chunk=100)
+                submitted = time.perf_counter() - started
+                submitted_at = time.time()
                 results = client.wait_many(ids, timeout=1800)
                 elapsed = time.perf_counter() - started
+                cpu = {name: _cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
+                cpu["client"] = _own_cpu_s() - client_before
                 _stop_profilers(profilers)
-            after = _batch_totals(render(path=str(metrics_dir))[0].decode())
+            text = render(path=str(metrics_dir))[0].decode()
+            after = _batch_totals(text)
+            if os.environ.get("BENCH_DUMP_METRICS"):
+                print(
+                    "\n".join(
+                        line
+                        for line in text.splitlines()
+                        if line.startswith(
+                            (
+                                "moderation_stage_seconds_sum",
+                                "moderation_stage_seconds_count",
+                                "moderation_batch_size_",
+                            )
+                        )
+                    ),
+                    file=sys.stderr,
+                )
         finally:
             for proc in [api, *procs]:
                 proc.terminate()
@@ -204,12 +237,28 @@ def bench_pipeline(
                 proc.wait(timeout=30)
     batches = after[0] - before[0]
     errors = sum(r.error is not None for r in results)
+    # Once every image is accepted the API and the client are (nearly) idle: the rate at which
+    # the worker then ends the rest is its own.
+    late = sorted(
+        r.finished_at.timestamp()
+        for r in results
+        if r.finished_at is not None and r.finished_at.timestamp() > submitted_at
+    )
+    drain = (len(late) - 1) / (late[-1] - late[0]) if len(late) > 50 else None
     out: dict[str, Any] = {
         "pipeline_images_per_s": len(images) / elapsed,
         "pipeline_errors": errors,
+        # How fast the client got every image accepted (the API's side alone, with the worker
+        # busy at the same time).
+        "submit_images_per_s": len(images) / submitted,
+        "drain_images_per_s": drain,
         "batches": batches,
         "mean_batch_size": (after[1] - before[1]) / batches if batches else None,
         "upload": upload,
+        # CPU time each process spent per image (user + system), whatever the wall clock did:
+        # what the pipeline costs on a machine whose cores are all busy.
+        "cpu_ms_per_image": {name: round(v * 1000 / len(images), 3) for name, v in cpu.items()},
+        "cpu_cores_busy": round(sum(cpu.values()) / elapsed, 2),
     }
     if profile:
         from bench.stages import report
@@ -219,6 +268,53 @@ def bench_pipeline(
             for process, stages in report(profile, len(images), profile_rate).items()
         }
     return out
+
+
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds so far of a process and all its descendants that are alive
+    (a worker's prepare processes; Linux ``/proc``; 0 when unknown)."""
+    if pid is None:
+        return 0.0
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(proc.name)] = int(fields[1])
+        cpu[int(proc.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def descends(p: int) -> bool:
+        while p > 1:
+            if p == pid:
+                return True
+            p = parents.get(p, 0)
+        return False
+
+    return sum(v for p, v in cpu.items() if descends(p))
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _pid_listening(url: str) -> int | None:
+    """The pid of the local server process whose command line names ``url``'s port."""
+    port = url.rsplit(":", 1)[-1].split("/")[0]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if ("server" in cmdline and f":{port}" in cmdline) or f"--port {port}" in cmdline:
+            return int(proc.name)
+    return None
 
 
 def _batch_totals(text: str) -> tuple[float, float]:
@@ -246,6 +342,11 @@ def main() -> None:
         type=Path,
         default=None,
         help="record every process with py-spy into this folder",
+    )
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (GIL-bound time)",
     )
     parser.add_argument(
         "--upload",
@@ -305,7 +406,13 @@ def main() -> None:
     report["workers"] = args.workers
     report.update(
         bench_pipeline(
-            settings, images, tmp, workers=args.workers, profile=args.profile, upload=args.upload
+            settings,
+            images,
+            tmp,
+            workers=args.workers,
+            profile=args.profile,
+            profile_gil=args.gil,
+            upload=args.upload,
         )
     )
     report["pipeline_vs_encoder"] = report["pipeline_images_per_s"] / report["encoder_images_per_s"]

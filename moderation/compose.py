@@ -57,6 +57,7 @@ from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
 from moderation.adapters.s3_audit import S3SegmentStore
 from moderation.adapters.s3_source import S3Source
+from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
 from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
 from moderation.core.admission import Tenant
@@ -93,7 +94,7 @@ from moderation.ports import (
     SegmentStore,
     TaskPublisher,
 )
-from moderation.settings import ImageLimits, ModelSettings, ReviewSettings, Settings
+from moderation.settings import ImageLimits, ModelSettings, QueueSettings, ReviewSettings, Settings
 from moderation.signals import LoadedBanks, Signals, builtin_signals
 
 __all__ = [
@@ -719,6 +720,11 @@ class WorkerProcess:
         self.audit.close()
 
 
+def prepare_processes(q: QueueSettings) -> int:
+    """How many prepare processes a worker runs (``queue.prepare_processes``; default 0)."""
+    return q.prepare_processes or 0
+
+
 def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProcess:
     """A worker process: model, policies, micro-batcher, processor, maintenance, audit.
 
@@ -763,6 +769,8 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     pool = ThreadPoolExecutor(
         q.decode_threads or max(2, os.cpu_count() or 2), thread_name_prefix="decode"
     )
+    processes = prepare_processes(q)
+    preparer = PreparePool(processes) if processes else None
     sources = build_sources(settings, store)
     outcomes = Outcomes(
         store,
@@ -784,6 +792,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         history=(
             EmbeddingHistory(open_embedding_store(settings)) if settings.embeddings.store else None
         ),
+        prepare_many=preparer.prepare_many if preparer is not None else None,
     )
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     maintenance = WorkerMaintenance(
@@ -812,5 +821,8 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         audit=audit,
         publisher=queue,
         banks=sync,
-        closers=[lambda: pool.shutdown(wait=False)],
+        closers=[
+            lambda: pool.shutdown(wait=False),
+            *([preparer.close] if preparer is not None else []),
+        ],
     )

@@ -139,6 +139,16 @@ class Encoder(Protocol):
         to decode the file on the CPU."""
         ...
 
+    @property
+    def device_decode(self) -> bool:
+        """Whether :meth:`prepare_encoded` hands JPEGs to the device."""
+        ...
+
+    def preprocessor(self) -> Callable[[Any], Any] | None:
+        """:meth:`prepare` as a picklable function (for prepare processes), or None when the
+        preprocessing cannot leave this process."""
+        ...
+
     def encode_prepared(self, batch: Sequence[Any]) -> NDArray[np.float32]: ...
 
     def encode_texts(self, texts: Sequence[str]) -> NDArray[np.float32]: ...

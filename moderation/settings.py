@@ -124,13 +124,17 @@ class QueueSettings(BaseModel):
     #: Threads per worker process that fetch, decode and preprocess images (default: the CPU
     #: count, at least 2).
     decode_threads: int | None = None
+    #: Processes per worker that decode, crop and hash images out of the worker's GIL (0: the
+    #: decode threads do it in the worker process; default: see ``docs/performance.md``).
+    prepare_processes: int | None = Field(default=None, ge=0)
     result_ttl_s: int = 7 * 24 * 3600
     visibility_timeout_s: int = 300
     http_timeout_s: float = 10.0
     allow_private_hosts: list[str] = Field(default_factory=list)
     callback_secret: SecretStr = SecretStr("change-me")
     max_inline_bytes: int = 10 * 1024 * 1024
-    #: Messages a worker process handles at once (each a batch of jobs); default 8.
+    #: Messages a worker process handles at once (each a batch of jobs); default twice
+    #: ``batch_size``.
     concurrency: int | None = None
     #: Broker messages reserved per worker thread (kombu QoS); the batcher needs a full batch.
     prefetch_multiplier: int = 1

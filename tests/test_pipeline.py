@@ -151,7 +151,11 @@ def pipe(
             ),
         }
     )
-    settings = pipeline_settings(base, redis.connection_url, allow_private_hosts=["localhost"])
+    # This worker prepares images in prepare processes (the other flow tests' workers use their
+    # decode threads): every test below also covers that path.
+    settings = pipeline_settings(
+        base, redis.connection_url, allow_private_hosts=["localhost"], prepare_processes=2
+    )
     s3 = boto3.client(
         "s3",
         endpoint_url=moto.url,
@@ -205,6 +209,28 @@ def test_verdicts_match_direct_scoring_and_the_policy_bands(pipe: Pipeline, scor
         assert result.content_sha256 is not None
         matches += verdict.decision.value == band
     assert matches >= len(images) - 2, f"only {matches}/{len(images)} in their band"
+    # They were prepared by the worker's prepare processes (children of its fork server).
+    assert pipe.worker.proc is not None
+    assert len(_descendants(pipe.worker.proc.pid)) >= 3  # fork server + 2 pool processes
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parents[int(proc.name)] = int(
+                    (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except OSError:
+                continue
+    found = {pid}
+    changed = True
+    while changed:
+        more = {p for p, parent in parents.items() if parent in found} - found
+        changed = bool(more)
+        found |= more
+    return found - {pid}
 
 
 def test_hostile_inputs_end_as_error_results_and_the_worker_keeps_serving(pipe: Pipeline) -> None:

@@ -27,15 +27,28 @@ from kombu import Queue  # type: ignore[attr-defined]
 
 from moderation.adapters.support.redis import connect, redis_errors
 from moderation.exceptions import QueueUnavailable
-from moderation.settings import Settings
+from moderation.settings import QueueSettings, Settings
 
-__all__ = ["CALLBACK_TASK", "MODERATE_TASK", "CeleryQueue", "celery_config", "message_job_ids"]
+__all__ = [
+    "CALLBACK_TASK",
+    "MODERATE_TASK",
+    "CeleryQueue",
+    "celery_config",
+    "message_job_ids",
+    "worker_concurrency",
+]
 
 #: Processes a batch of jobs: ``moderate(job_ids, retries=0)``. A one-job message's id is the
 #: job id.
 MODERATE_TASK = "moderation.moderate"
 #: Delivers one signed callback: ``deliver_callback(job_id, url, body)``.
 CALLBACK_TASK = "moderation.deliver_callback"
+
+
+def worker_concurrency(q: QueueSettings) -> int:
+    """Messages a worker handles at once: ``queue.concurrency``, by default twice the batch size
+    (a deep queue keeps the micro-batcher fed while earlier messages are written back)."""
+    return q.concurrency or 2 * q.batch_size
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -51,7 +64,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "starts an embedded server)"
         )
     q = settings.queue
-    concurrency = q.concurrency or 8
+    concurrency = worker_concurrency(q)
     return {
         "broker_url": settings.redis_url,
         "broker_connection_retry_on_startup": True,

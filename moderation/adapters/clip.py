@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +279,15 @@ class ClipEncoder:
             return self._crop(image)
         tensor: torch.Tensor = self.preprocess(image)
         return tensor
+
+    @property
+    def device_decode(self) -> bool:
+        return self._device_jpeg is not None
+
+    def preprocessor(self) -> Callable[[Image.Image], Any] | None:
+        """The uint8 crop (picklable, torch-free) for prepare processes; None for a
+        non-standard preprocess."""
+        return self._crop
 
     def prepare_encoded(self, data: bytes) -> JpegInput | None:
         """For device decoding: a JPEG's checked header, or None (decode it on the CPU).

@@ -22,7 +22,9 @@ pipeline_app.add_typer(dlq_app, name="dlq")
 
 @pipeline_app.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(help="Threads (default 2 x batch)")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Messages handled at once (default: queue.concurrency)")
+    ] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Run a Celery worker (thread pool + in-process micro-batcher) on the Redis broker.
@@ -32,6 +34,12 @@ def worker(
     """
     from celery.bin.celery import main as celery_main
 
+    from moderation.adapters.celery_queue import worker_concurrency
+
+    # Idle OpenMP threads sleep instead of spinning (torch reads this once, at import): a
+    # spinning intra-op team takes the cores the decode threads need (measured on 2 cores: the
+    # worker's CPU per image 7.2 -> 4.4 ms, see docs/performance.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     settings = load_settings()
     warn_insecure(settings)
     if not settings.redis_url:
@@ -49,7 +57,7 @@ def worker(
         "--pool",
         "threads",
         "--concurrency",
-        str(concurrency or q.concurrency or 2 * q.batch_size),
+        str(concurrency or worker_concurrency(q)),
         "--queues",
         f"{q.queue_name},{q.callback_queue_name}",
         "--hostname",

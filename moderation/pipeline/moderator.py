@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +33,9 @@ from moderation.core.scoring import FeatureBatch
 from moderation.core.shadow import ShadowVerdict, shadow_verdict
 from moderation.metrics import metrics
 from moderation.pipeline.policies import ActivePolicies, CompiledSet
-from moderation.ports import Encoder, ImageDecoder
+from moderation.ports import Encoder, ImageDecoder, Signal
 
-__all__ = ["Moderator", "PreparedImage"]
+__all__ = ["Moderator", "Preparation", "PreparedImage"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,38 @@ class PreparedImage:
     @property
     def frames(self) -> int:
         return len(self.inputs)
+
+
+@dataclass(frozen=True, slots=True)
+class Preparation:
+    """Everything preparing one image takes: safe decode at ``min_side``, the encoder's CPU
+    preprocessing of each frame (``crop``), each image signal's features and fingerprints, and
+    the content hash. Picklable when its parts are (the worker's prepare processes run it, out
+    of the worker's GIL)."""
+
+    decoder: ImageDecoder
+    crop: Callable[[Any], Any]
+    min_side: int
+    signals: tuple[Signal, ...]
+
+    def __call__(self, data: bytes) -> PreparedImage:
+        """Raises: ImageError: corrupt, too large, or a format outside the allowlist."""
+        digest = hashlib.sha256(data).hexdigest()
+        frames = self.decoder.decode(data, min_side=self.min_side)
+        inputs = tuple(self.crop(frame) for frame in frames)
+        features = {
+            signal.name: tuple(signal.features(frame) for frame in frames)
+            for signal in self.signals
+        }
+        fingerprints = {
+            key: value
+            for signal in self.signals
+            if features[signal.name]
+            for key, value in signal.fingerprint(features[signal.name][0]).items()
+        }
+        return PreparedImage(
+            content_sha256=digest, inputs=inputs, features=features, fingerprints=fingerprints
+        )
 
 
 class Moderator:
@@ -80,29 +112,37 @@ class Moderator:
         Raises:
             ImageError: corrupt, too large, or a format outside the allowlist.
         """
-        digest = hashlib.sha256(data).hexdigest()
+        signals = self._image_signals(compiled)
+        if not signals:  # the encoder may decode this file itself (a JPEG on a GPU)
+            encoded = self.encoder.prepare_encoded(data)
+            if encoded is not None:
+                digest = hashlib.sha256(data).hexdigest()
+                return PreparedImage(content_sha256=digest, inputs=(encoded,), features={})
+        return self._preparation(signals, self.encoder.prepare)(data)
+
+    def preparation(self, compiled: CompiledSet | None = None) -> Preparation | None:
+        """:meth:`prepare` as a picklable :class:`Preparation`, for prepare processes; None when
+        it must run here (the encoder's preprocessing cannot travel, or it decodes JPEGs on its
+        device and no image signal needs the pixels)."""
+        crop = self.encoder.preprocessor()
+        signals = self._image_signals(compiled)
+        if crop is None or (not signals and self.encoder.device_decode):
+            return None
+        return self._preparation(signals, crop)
+
+    def _image_signals(self, compiled: CompiledSet | None) -> tuple[Signal, ...]:
         signals = self.policies.signals.image_signals
         if not self.fingerprint_all:
             used = (compiled or self.policies.current).used_signals
             signals = [s for s in signals if s.name in used]
-        if not signals:  # the encoder may decode this file itself (a JPEG on a GPU)
-            encoded = self.encoder.prepare_encoded(data)
-            if encoded is not None:
-                return PreparedImage(content_sha256=digest, inputs=(encoded,), features={})
-        min_side = max([self.encoder.image_size, *(s.min_side for s in signals)])
-        frames = self.decoder.decode(data, min_side=min_side)
-        inputs = tuple(self.encoder.prepare(frame) for frame in frames)
-        features = {
-            signal.name: tuple(signal.features(frame) for frame in frames) for signal in signals
-        }
-        fingerprints = {
-            key: value
-            for signal in signals
-            if features[signal.name]
-            for key, value in signal.fingerprint(features[signal.name][0]).items()
-        }
-        return PreparedImage(
-            content_sha256=digest, inputs=inputs, features=features, fingerprints=fingerprints
+        return tuple(signals)
+
+    def _preparation(self, signals: tuple[Signal, ...], crop: Callable[[Any], Any]) -> Preparation:
+        return Preparation(
+            decoder=self.decoder,
+            crop=crop,
+            min_side=max([self.encoder.image_size, *(s.min_side for s in signals)]),
+            signals=signals,
         )
 
     def embed(self, inputs: Sequence[Any]) -> NDArray[np.float32]:

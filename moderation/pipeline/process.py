@@ -39,7 +39,7 @@ from moderation.exceptions import ModerationError, PermanentError, TransientErro
 from moderation.metrics import metrics
 from moderation.pipeline.batching import MicroBatcher
 from moderation.pipeline.history import EmbeddingHistory
-from moderation.pipeline.moderator import Moderator, PreparedImage
+from moderation.pipeline.moderator import Moderator, Preparation, PreparedImage
 from moderation.pipeline.outcomes import Decided, Outcomes
 from moderation.pipeline.sources import ImageSources
 from moderation.ports import JobStore
@@ -49,6 +49,10 @@ __all__ = ["Processed", "Processor", "RetryLater"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: Prepares many images at once elsewhere (the worker's prepare processes): results in order, an
+#: image's error as its result.
+PrepareMany = Callable[[Preparation, Sequence[bytes]], Sequence[PreparedImage | Exception]]
 
 Outcome = Literal["verdict", "error", "duplicate", "missing", "dead_letter", "retry", "split"]
 
@@ -87,6 +91,7 @@ class Processor:
         settings: QueueSettings,
         pool: Executor | None = None,
         history: EmbeddingHistory | None = None,
+        prepare_many: PrepareMany | None = None,
     ) -> None:
         self.store = store
         self.sources = sources
@@ -96,6 +101,7 @@ class Processor:
         self.settings = settings
         self.pool = pool
         self.history = history
+        self.prepare_many = prepare_many
 
     def backoff(self, retries: int) -> float:
         q = self.settings
@@ -263,11 +269,19 @@ class Processor:
                 return exc
 
         started = time.perf_counter()
-        prepared = list(
-            self.pool.map(prepare, fetched)
-            if self.pool is not None and len(fetched) > 1
-            else map(prepare, fetched)
+        preparation = (
+            self.moderator.preparation(compiled) if self.prepare_many is not None else None
         )
+        if preparation is not None and self.prepare_many is not None:
+            payloads = [data for data in fetched if not isinstance(data, Exception)]
+            done = iter(self.prepare_many(preparation, payloads))
+            prepared = [data if isinstance(data, Exception) else next(done) for data in fetched]
+        else:
+            prepared = list(
+                self.pool.map(prepare, fetched)
+                if self.pool is not None and len(fetched) > 1
+                else map(prepare, fetched)
+            )
         metrics().latency.labels("decode").observe(
             (time.perf_counter() - started) / max(1, len(fetched))
         )

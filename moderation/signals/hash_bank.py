@@ -761,6 +761,10 @@ class HashBankSignal:
     def __init__(self, banks: LoadedBanks | None = None) -> None:
         self.banks = banks or LoadedBanks()
 
+    def __reduce__(self) -> tuple[type[HashBankSignal], tuple[()]]:
+        # Sent to a prepare process, the signal only hashes (features): its banks stay here.
+        return (HashBankSignal, ())
+
     def features(self, image: Any) -> PdqFeature:
         return hash_frame(image)
 
