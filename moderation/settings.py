@@ -418,12 +418,13 @@ class Settings(BaseSettings):
             if problem:
                 found.append(f"an API key of tenant {entry.tenant!r} {problem}")
         # S3 credentials have their own formats (no length rule), but never a placeholder.
-        for name, value in (
-            ("s3.access_key_id", self.s3.access_key_id),
-            ("s3.secret_access_key", self.s3.secret_access_key),
-        ):
-            if value is not None and _is_placeholder(value):
-                found.append(f"{name} is a placeholder")
+        credentials = {
+            "s3.access_key_id": self.s3.access_key_id,
+            "s3.secret_access_key": self.s3.secret_access_key,
+        }
+        for credential, configured in credentials.items():
+            if configured is not None and _is_placeholder(configured):
+                found.append(f"{credential} is a placeholder")
         return found
 
     def enforce_security(self) -> list[str]:
