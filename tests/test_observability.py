@@ -30,7 +30,7 @@ from moderation.settings import Settings
 from tests.pipeline_support import ROOT, WorkerProcess, pipeline_settings, png_bytes
 from tests.servers import free_port, wait_for_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("observability")]
+pytestmark = pytest.mark.slow
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "moderation.json"
 PASSWORD = "correct horse battery staple"

@@ -31,7 +31,7 @@ from moderation.settings import Settings
 from tests.pipeline_support import WorkerProcess, pipeline_settings, png_bytes, start_api, stop_api
 from tests.servers import MotoServer, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lifecycle")]
+pytestmark = pytest.mark.slow
 
 
 def _small_images(n: int) -> list[bytes]:
@@ -362,9 +362,12 @@ def test_liveness_fails_while_a_task_is_stuck_and_recovers(
         _wait(lambda: _probe(health_port, "/livez")[0] == 200, 30, "not alive", worker.log)
         with ModerationClient(base) as client:
             job = client.submit(origin.url)
-            _wait(lambda: _probe(health_port, "/livez")[0] == 503, 30, "never stuck", worker.log)
-            body = _probe(health_port, "/livez")[1]
-            assert "stuck: task" in body["detail"] and origin.hits >= 1
+
+            def stuck() -> bool:
+                return "stuck: task" in _probe(health_port, "/livez")[1]["detail"]
+
+            _wait(stuck, 30, "never stuck", worker.log)
+            assert _probe(health_port, "/livez")[0] == 503 and origin.hits >= 1
             origin.release.set()  # the fetch ends (404): the task finishes, the worker is fine
             result = client.wait(job, 60)
         assert result.status is JobStatus.ERROR

@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 EXIT_UNREQUESTED_STOP = 75
 #: Exit status of a worker whose graceful shutdown overran ``queue.shutdown_timeout_s``.
 EXIT_SHUTDOWN_TIMEOUT = 70
-#: Seconds between two ticks of the consumer loop.
+#: Seconds between two ticks of the consumer loop (at most; a fifth of ``stuck_after_s`` when
+#: that is shorter, so that a loop turning on time never looks stuck).
 TICK_S = 2.0
 
 _lock = threading.Lock()
@@ -80,7 +81,8 @@ class LoopTick(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, c: Any) -> None:
         state = health()
         state.tick()
-        self.tref = c.timer.call_repeatedly(TICK_S, state.tick)
+        every = max(0.1, min(TICK_S, state.stuck_after_s / 5))
+        self.tref = c.timer.call_repeatedly(every, state.tick)
 
     def stop(self, c: Any) -> None:
         if self.tref is not None:
