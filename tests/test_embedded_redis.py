@@ -13,7 +13,7 @@ from moderation.exceptions import QueueUnavailable
 
 def test_acknowledged_writes_survive_kill_9_and_a_restart(tmp_path: Path) -> None:
     data = tmp_path / "redis"
-    server = EmbeddedRedis(data_dir=data)
+    server = EmbeddedRedis(data_dir=data, persist=True)
     url = server.start()
     assert not server.had_data
     try:
@@ -24,12 +24,12 @@ def test_acknowledged_writes_survive_kill_9_and_a_restart(tmp_path: Path) -> Non
             client.set(f"mod:result:j{i}", b"{}")
         client.rpush("moderation", b"message")
         with pytest.raises(QueueUnavailable, match="another embedded Redis"):
-            EmbeddedRedis(data_dir=data).start()  # one server per data folder
+            EmbeddedRedis(data_dir=data, persist=True).start()  # one server per data folder
     finally:
         server._server.terminate()  # SIGKILL: a crash, no shutdown save
         server._server = None
         server._unlock()
-    again = EmbeddedRedis(data_dir=data)
+    again = EmbeddedRedis(data_dir=data, persist=True)
     url = again.start()
     try:
         assert again.had_data
@@ -40,10 +40,11 @@ def test_acknowledged_writes_survive_kill_9_and_a_restart(tmp_path: Path) -> Non
         again.stop()
 
 
-def test_without_a_data_folder_nothing_is_kept(tmp_path: Path) -> None:
-    server = EmbeddedRedis()
-    url = server.start()
-    try:
-        assert redis.Redis.from_url(url).config_get("appendonly") == {"appendonly": "no"}
-    finally:
-        server.stop()
+def test_without_persistence_nothing_is_kept(tmp_path: Path) -> None:
+    """Benchmarks and throwaway servers: no append-only file (as before)."""
+    for server in (EmbeddedRedis(), EmbeddedRedis(data_dir=tmp_path / "redis")):
+        url = server.start()
+        try:
+            assert redis.Redis.from_url(url).config_get("appendonly") == {"appendonly": "no"}
+        finally:
+            server.stop()
