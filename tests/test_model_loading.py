@@ -309,19 +309,12 @@ def test_the_demo_says_which_world_it_is_in() -> None:
 def test_model_fetch_copies_a_checkpoint_from_s3_checked_against_its_hash(
     tiny: dict[str, Path], s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import boto3
     from typer.testing import CliRunner
 
     from moderation.cli import app
 
     source = tiny[f"{TINY['patch16']}.safetensors"]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_server.url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    s3 = s3_server.client()
     s3.create_bucket(Bucket="weights")
     s3.upload_file(str(source), "weights", "tiny/open_clip_model.safetensors")
     target = tmp_path / "weights" / "open_clip_model.safetensors"

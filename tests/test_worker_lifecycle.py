@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -80,13 +79,7 @@ def test_sigterm_under_load_finishes_or_requeues_flushes_and_exits_in_time(
     reserved ones back on the queue, 3. flushes its audit spool to S3, 4. exits 0 within the
     grace period. Another worker then ends the rest: no job lost, none decided twice."""
     n_jobs, grace_s = 240, 60
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_server.url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    s3 = s3_server.client()
     s3.create_bucket(Bucket="audit")
     health_port = free_port()
     s = pipeline_settings(

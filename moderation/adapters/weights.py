@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from moderation.adapters.support.hashing import file_sha256
+from moderation.adapters.support.s3 import s3_client
 from moderation.exceptions import ModelUnavailableError
 from moderation.settings import ModelSettings, S3Settings
 
@@ -44,23 +43,6 @@ def _split(source: str) -> tuple[str, str]:
     if not bucket or not key:
         raise ModelUnavailableError(f"checkpoint source {source!r} names no bucket or key")
     return bucket, key
-
-
-def _client(s3: S3Settings) -> Any:
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3.endpoint_url,
-        region_name=s3.region,
-        aws_access_key_id=s3.access_key_id.get_secret_value() if s3.access_key_id else None,
-        aws_secret_access_key=(
-            s3.secret_access_key.get_secret_value() if s3.secret_access_key else None
-        ),
-        config=Config(
-            connect_timeout=s3.connect_timeout_s,
-            read_timeout=max(s3.read_timeout_s, 60.0),
-            retries={"max_attempts": s3.max_attempts, "mode": "standard"},
-        ),
-    )
 
 
 def fetch_checkpoint(model: ModelSettings, s3: S3Settings, *, client: Any = None) -> FetchedWeights:
@@ -87,7 +69,9 @@ def fetch_checkpoint(model: ModelSettings, s3: S3Settings, *, client: Any = None
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         try:
-            (client or _client(s3)).download_file(bucket, key, str(partial))
+            (client or s3_client(s3, read_timeout_s=max(s3.read_timeout_s, 60.0))).download_file(
+                bucket, key, str(partial)
+            )
         except (ClientError, BotoCoreError, OSError) as exc:
             raise ModelUnavailableError(
                 f"cannot copy the checkpoint from {model.checkpoint_source}: {exc}"
