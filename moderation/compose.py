@@ -141,7 +141,7 @@ class ModelChoice:
 def load_model(
     settings: ModelSettings,
     *,
-    custom_policies: bool = False,
+    custom_policies: bool | Sequence[Path] = False,
     limits: ImageLimits | None = None,
     slot: int = 0,
 ) -> ModelChoice:
@@ -149,8 +149,8 @@ def load_model(
 
     Args:
         settings: which model, where its weights are, device and precision.
-        custom_policies: the caller named its own policy files (the fallback note then says
-            that the test model scores those, not the test-world policy).
+        custom_policies: the policy files the caller named (or just True): the fallback note
+            then says that the test model scores those, not the test-world policy.
         limits: the image limits (device-decoded JPEGs are held to them too).
         slot: this worker's position on its host (which GPU it takes).
 
@@ -172,11 +172,18 @@ def load_model(
     except ModelUnavailableError as exc:
         if not settings.fallback_to_test_model:
             raise
-        scored = (
-            "the policies you named"
-            if custom_policies
-            else f"the test-world policy ({testmodel.POLICY_PATH.name}), not policies/"
-        )
+        if custom_policies:
+            named = (
+                ""
+                if custom_policies is True
+                else " (" + ", ".join(str(p) for p in custom_policies) + ")"
+            )
+            scored = f"the policies you named{named}, although it knows nothing but coloured shapes"
+        else:
+            scored = (
+                f"the test-world policy ({testmodel.POLICY_PATH.name}) instead of the "
+                "configured policies"
+            )
         note = (
             f"{exc}\nFalling back to the bundled synthetic TEST model ({testmodel.MODEL_NAME}): "
             f"its world is coloured shapes, and it scores {scored}. Verdicts are NOT meaningful "
@@ -529,7 +536,7 @@ def compile_policies(settings: Settings, paths: Sequence[Path] | None = None) ->
     Raises:
         ModelUnavailableError, PolicyValidationError, DuplicatePolicyError.
     """
-    model = load_model(settings.model, custom_policies=paths is not None)
+    model = load_model(settings.model, custom_policies=list(paths) if paths is not None else False)
     files = list(paths) if paths is not None else policy_paths_for(settings, model)
     decoder = SafeDecoder(settings.images)
     policies = load_policies(
@@ -556,7 +563,9 @@ def build_scoring(settings: Settings, *, policy_paths: Sequence[Path] | None = N
     Raises:
         ModelUnavailableError, PolicyValidationError, DuplicatePolicyError.
     """
-    model = load_model(settings.model, custom_policies=policy_paths is not None)
+    model = load_model(
+        settings.model, custom_policies=list(policy_paths) if policy_paths is not None else False
+    )
     paths = list(policy_paths) if policy_paths is not None else policy_paths_for(settings, model)
     banks = LoadedBanks()
     policies = build_policies(

@@ -20,6 +20,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -145,6 +146,26 @@ class PipelineMetrics:
             "Hot reloads of the compiled policy set.",
             registry=registry,
         )
+        # --- the audit spool (per process: livemax over the live processes of a host) ------------
+        self.audit_spool_age = Gauge(
+            "moderation_audit_spool_oldest_age_seconds",
+            "Seconds the oldest audit record not yet uploaded to the audit store has waited in "
+            "this process's spool (0: drained). Growing: the store (S3) is unreachable.",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.audit_spool_bytes = Gauge(
+            "moderation_audit_spool_bytes",
+            "Bytes of audit records spooled on local disk and not uploaded yet.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.audit_upload_failing = Gauge(
+            "moderation_audit_upload_failing",
+            "1 while the last upload of an audit segment failed (records stay in the spool).",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
         # --- policy quality ---------------------------------------------------------------------
         self.shadow_decisions = Counter(
             "moderation_shadow_decisions_total",
@@ -232,12 +253,15 @@ def render(
     queue_depth: int | None = None,
     workers_alive: int | None = None,
     queued_bytes: int | None = None,
+    oldest_pending_age_s: float | None = None,
+    dead_letters: int | None = None,
     path: str | None = None,
 ) -> tuple[bytes, str]:
     """The exposition text (aggregated over processes in multiprocess mode) and content type,
     plus the gauges read from Redis at scrape time: ``moderation_queue_depth``,
-    ``moderation_workers_alive`` (workers with a live heartbeat: alert when it is 0) and
-    ``moderation_queued_bytes``.
+    ``moderation_workers_alive`` (workers with a live heartbeat: alert when it is 0),
+    ``moderation_queued_bytes``, ``moderation_queue_oldest_age_seconds`` (the backlog's age) and
+    ``moderation_dead_letters``.
 
     ``path``: a multiprocess directory to aggregate (default: ``PROMETHEUS_MULTIPROC_DIR``).
     """
@@ -252,6 +276,17 @@ def render(
             "Bytes of jobs waiting for a worker (inline images + records); new jobs are "
             "refused (503 queue_full) at queue.max_queued_bytes.",
             queued_bytes,
+        ),
+        "moderation_queue_oldest_age_seconds": (
+            "Seconds since the oldest job that has not ended was published (0: none waiting). "
+            "The backlog's age: alert when it grows.",
+            0.0
+            if oldest_pending_age_s is None and queue_depth is not None
+            else oldest_pending_age_s,
+        ),
+        "moderation_dead_letters": (
+            "Jobs on the dead-letter list (they crashed workers; `moderation dlq`).",
+            dead_letters,
         ),
     }
     if any(v is not None for _, v in gauges.values()):

@@ -22,6 +22,7 @@ from moderation.exceptions import InsecureSettingsError
 
 __all__ = [
     "MIN_SECRET_BYTES",
+    "PLACEHOLDER_PATTERN",
     "ApiKey",
     "AuditSettings",
     "BankSettings",
@@ -38,6 +39,13 @@ __all__ = [
 
 #: Secrets and API keys shorter than this are refused outside development mode.
 MIN_SECRET_BYTES = 32
+#: Values that are clearly a template's placeholder, whatever their length: refused outside
+#: development mode (``change-me``, ``changeme``, ``replace_me``, ``<secret>``, ``your-key``...).
+PLACEHOLDER_PATTERN = re.compile(
+    r"change[-_ .]?me|replace[-_ .]?(me|this)|placeholder|example|dummy|your[-_ .]?(secret|key)"
+    r"|^<.*>$|^(secret|password|test|todo|fixme)$",
+    re.IGNORECASE,
+)
 
 
 class ModelSettings(BaseModel):
@@ -46,6 +54,12 @@ class ModelSettings(BaseModel):
     architecture: str = "ViT-B-32"
     pretrained: str | None = "laion2b_s34b_b79k"
     checkpoint: Path | None = None
+    #: The checkpoint's expected SHA-256 (hex). Set, a checkpoint whose bytes differ is refused
+    #: (``moderation model fetch`` checks it too when it copies the file from S3).
+    checkpoint_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    #: Where ``moderation model fetch`` copies the checkpoint from (``s3://bucket/key``; an init
+    #: container of the worker pod), into ``checkpoint``.
+    checkpoint_source: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Which GPU on a host with several: a fixed index, or (None) the worker's slot on this host
     #: modulo the number of GPUs, so that N worker processes spread over the GPUs.
@@ -155,6 +169,16 @@ class QueueSettings(BaseModel):
     lost_after_s: float | None = None
     #: A worker serves its host's Prometheus metrics on this port (None: only through the API).
     worker_metrics_port: int | None = None
+    #: A worker answers ``/livez`` and ``/readyz`` on this port (None: no health endpoint).
+    worker_health_port: int | None = None
+    #: ``/livez`` fails when the consumer loop has not ticked, or a task has run, this long
+    #: (seconds; None: ``visibility_timeout_s``, after which its message is redelivered anyway).
+    stuck_after_s: float | None = None
+    #: On SIGTERM a worker stops taking jobs, finishes its running batches and flushes its audit
+    #: spool; past this many seconds it gives up waiting and exits non-zero (its unfinished
+    #: messages come back after ``visibility_timeout_s``). Keep it below the pod's
+    #: ``terminationGracePeriodSeconds``.
+    shutdown_timeout_s: float = 90.0
     #: How often a worker runs the lost-message sweep (seconds; 0 disables).
     sweep_interval_s: float = 15.0
     #: Seconds between checks of the policy files' content hash (hot reload); 0 disables.
@@ -317,6 +341,9 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     images: ImageLimits = ImageLimits()
     redis_url: str | None = None  # None: the main job starts an embedded server
+    #: Data folder of the embedded server ``moderation demo`` starts without ``redis_url``
+    #: (append-only file: results, review items and queued jobs survive a restart).
+    embedded_redis_dir: Path = Path(".moderation/redis")
     s3: S3Settings = S3Settings()
     queue: QueueSettings = QueueSettings()
     review: ReviewSettings = ReviewSettings()
@@ -399,6 +426,14 @@ class Settings(BaseSettings):
             problem = _secret_problem(entry.key, None)
             if problem:
                 found.append(f"an API key of tenant {entry.tenant!r} {problem}")
+        # S3 credentials have their own formats (no length rule), but never a placeholder.
+        credentials = {
+            "s3.access_key_id": self.s3.access_key_id,
+            "s3.secret_access_key": self.s3.secret_access_key,
+        }
+        for credential, configured in credentials.items():
+            if configured is not None and _is_placeholder(configured):
+                found.append(f"{credential} is a placeholder")
         return found
 
     def enforce_security(self) -> list[str]:
@@ -443,9 +478,16 @@ def _secret_problem(value: SecretStr | str, default: SecretStr | None) -> str | 
         return "is empty"
     if default is not None and raw == default.get_secret_value():
         return "is the development default"
+    if _is_placeholder(raw):
+        return "is a placeholder, not a secret"
     if len(raw.encode()) < MIN_SECRET_BYTES:
         return f"is shorter than {MIN_SECRET_BYTES} bytes"
     return None
+
+
+def _is_placeholder(value: SecretStr | str) -> bool:
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    return PLACEHOLDER_PATTERN.search(raw.strip()) is not None
 
 
 def _plain(value: Any) -> Any:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the test-suite needs that pip cannot provide: Debian's chromium for the
 # reviewer-page browser tests (Playwright drives /usr/bin/chromium; browser downloads are not
-# used) and promtool (Debian's prometheus package) for the alerting-rule tests.
+# used), promtool (Debian's prometheus package) for the alerting-rule tests, and kubectl (its
+# built-in kustomize renders deploy/k8s) for the manifest tests.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 updated=""
@@ -13,3 +14,6 @@ install() {  # install PACKAGE [apt-get options...]
 }
 command -v chromium >/dev/null 2>&1 || install chromium
 command -v promtool >/dev/null 2>&1 || install prometheus --no-install-recommends
+# kubectl: the machine image's package when its repository is configured, else Debian's
+# kubernetes-client (the manifest tests need kustomize v5 and say so when it is older).
+command -v kubectl >/dev/null 2>&1 || install kubectl 2>/dev/null || install kubernetes-client

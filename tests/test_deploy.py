@@ -1,24 +1,751 @@
-"""Deployment artefacts: the Prometheus alerting rules are valid, fire when they should
-(``promtool test rules``), and name only metrics the services export."""
+"""Deployment artefacts, checked as an operator's tools would see them, without a cluster or a
+Docker daemon:
+
+* every Kustomize overlay (and each optional component) renders with ``kubectl kustomize``, and
+  the rendered objects validate against the Kubernetes schemas (``kubernetes-validate``,
+  strict); the KEDA and Prometheus-operator objects against their documented fields;
+* what the objects promise holds together: probes, resources and a hardened securityContext on
+  every container, Secrets referenced and never rendered, a policies ConfigMap holding every
+  policy file, a volume for each worker's spool, every ``MODERATION_*`` name a Settings field
+  and the whole environment a valid production Settings;
+* the alerting rules pass ``promtool check rules`` and their unit tests, the dashboard's
+  queries parse, and the compose file references only images, files and settings that exist.
+
+That every metric named in the alerts and the dashboard is really exported is checked against
+live processes in ``tests/test_observability.py``.
+"""
 
 from __future__ import annotations
 
+import copy
+import json
+import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 import yaml
+from pydantic import BaseModel
+
+from moderation.settings import QueueSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+RULES = DEPLOY / "prometheus" / "alerts.yaml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "moderation.json"
 PROMTOOL = shutil.which("promtool")
+KUBECTL = shutil.which("kubectl")
+#: The Kubernetes version the manifests are validated against (kubectl's own minor).
+KUBERNETES_VERSION = "1.32.0"
+#: Keys of the Secret moderation-secrets (created by the operator; README: Kubernetes).
+SECRET_KEYS = {
+    "REDIS_PASSWORD",
+    "MODERATION_QUEUE__CALLBACK_SECRET",
+    "MODERATION_S3__ACCESS_KEY_ID",
+    "MODERATION_S3__SECRET_ACCESS_KEY",
+    "MODERATION_API_KEYS",
+    "MODERATION_REVIEW__SESSION_SECRET",
+    "MODERATION_REVIEW__PSEUDONYM_SECRET",
+}
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 
-
-@pytest.mark.skipif(
+needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="needs promtool (scripts/ensure-test-deps.sh installs prometheus)"
 )
+
+
+def _kustomize_major() -> int:
+    if KUBECTL is None:
+        return 0
+    out = subprocess.run(
+        [KUBECTL, "version", "--client"], capture_output=True, text=True, timeout=60
+    ).stdout
+    found = re.search(r"Kustomize Version: v(\d+)", out)
+    return int(found[1]) if found else 0
+
+
+needs_kustomize = pytest.mark.skipif(
+    _kustomize_major() < 5,
+    reason="needs kubectl with kustomize v5 (scripts/ensure-test-deps.sh installs kubectl)",
+)
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [str(KUBECTL), "kustomize", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def _variant(tmp: Path, overlay: str, components: list[str]) -> Path:
+    """An overlay with optional components added, as an operator's own kustomization would."""
+    folder = tmp / f"{overlay}+{'+'.join(c.split('/')[-1] for c in components)}"
+    folder.mkdir()
+    (folder / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                # kustomize takes no absolute roots: paths relative to this folder
+                "resources": [os.path.relpath(K8S / "overlays" / overlay, folder)],
+                "components": [os.path.relpath(K8S / c, folder) for c in components],
+            }
+        )
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    if _kustomize_major() < 5:
+        pytest.skip("needs kubectl with kustomize v5")
+    tmp = tmp_path_factory.mktemp("kustomize")
+    out = {name: kustomize(K8S / "overlays" / name) for name in ("dev-cpu", "prod-gpu")}
+    every_option = ["components/scale-to-zero", "components/weights-volume"]
+    out["prod-gpu+options"] = kustomize(_variant(tmp, "prod-gpu", every_option))
+    out["dev-cpu+weights-volume"] = kustomize(
+        _variant(tmp, "dev-cpu", ["components/weights-volume"])
+    )
+    return out
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def named_prefix(docs: list[dict[str, Any]], kind: str, prefix: str) -> dict[str, Any]:
+    """A generated object (its name has a hash suffix)."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(prefix)]
+    assert len(found) == 1, f"{kind}/{prefix}*: {len(found)} found"
+    return found[0]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "StatefulSet"}:
+            yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def env_of(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The environment a container gets from its ConfigMaps and literal ``env`` (Secret values
+    replaced by strong stand-ins, as the operator's Secret would hold)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+        if "secretRef" in source:
+            env.update({key: _stand_in(key) for key in SECRET_KEYS})
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], entry["value"])
+        else:
+            env[entry["name"]] = _stand_in(entry["valueFrom"]["secretKeyRef"]["key"])
+    return env
+
+
+def _stand_in(key: str) -> str:
+    if key == "MODERATION_API_KEYS":
+        return json.dumps([{"tenant": "acme", "key": "k" * 16 + "0123456789abcdef" * 2}])
+    if key == "MODERATION_S3__ACCESS_KEY_ID":
+        return "AKIA0123456789ABCDEF"
+    return "0123456789abcdef" * 4
+
+
+# --- the manifests -------------------------------------------------------------------------------
+
+
+@needs_kustomize
+def test_every_overlay_renders_and_validates_against_the_kubernetes_schemas(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    import kubernetes_validate
+
+    for name, docs in rendered.items():
+        kinds = {d["kind"] for d in docs}
+        assert {"Deployment", "StatefulSet", "Service", "PodDisruptionBudget"} <= kinds, name
+        assert kinds & CUSTOM_KINDS == CUSTOM_KINDS, name
+        for doc in docs:
+            if doc["kind"] in CUSTOM_KINDS:
+                continue  # custom resources: their own schemas below
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    # The validator is strict: a misspelt field is an error, not ignored.
+    api = copy.deepcopy(one(rendered["prod-gpu"], "Deployment", "moderation-api"))
+    api["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(api, KUBERNETES_VERSION, strict=True)
+
+
+# Schemas of the custom resources, written from their documentation (KEDA: "ScaledObject
+# specification", "Authentication", "Redis Lists" scaler; Prometheus operator: API reference
+# of ServiceMonitor and PrometheusRule): only documented fields, with their types.
+_NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+_METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": _NAME, "namespace": _NAME, "labels": _STRINGS, "annotations": _STRINGS},
+    "additionalProperties": False,
+}
+
+
+def _resource(kind: str, api_version: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": api_version},
+            "kind": {"const": kind},
+            "metadata": _METADATA,
+            "spec": spec,
+        },
+        "additionalProperties": False,
+    }
+
+
+def _closed(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required or [],
+        "additionalProperties": False,
+    }
+
+
+_INT = {"type": "integer", "minimum": 0}
+_HPA_RULES = _closed(
+    {
+        "stabilizationWindowSeconds": _INT,
+        "selectPolicy": {"enum": ["Max", "Min", "Disabled"]},
+        "policies": {
+            "type": "array",
+            "items": _closed(
+                {"type": {"enum": ["Pods", "Percent"]}, "value": _INT, "periodSeconds": _INT},
+                ["type", "value", "periodSeconds"],
+            ),
+        },
+    }
+)
+#: Redis Lists scaler: trigger metadata (every value a string) and authentication parameters.
+REDIS_TRIGGER_METADATA = {
+    "address",
+    "addressFromEnv",
+    "host",
+    "hostFromEnv",
+    "port",
+    "portFromEnv",
+    "usernameFromEnv",
+    "passwordFromEnv",
+    "listName",
+    "listLength",
+    "activationListLength",
+    "databaseIndex",
+    "enableTLS",
+    "unsafeSsl",
+}
+REDIS_AUTH_PARAMETERS = {"address", "host", "port", "username", "password", "tls", "ca", "cert"}
+SCALED_OBJECT = _resource(
+    "ScaledObject",
+    "keda.sh/v1alpha1",
+    _closed(
+        {
+            "scaleTargetRef": _closed(
+                {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "name": _NAME,
+                    "envSourceContainerName": {"type": "string"},
+                },
+                ["name"],
+            ),
+            "pollingInterval": _INT,
+            "cooldownPeriod": _INT,
+            "initialCooldownPeriod": _INT,
+            "idleReplicaCount": _INT,
+            "minReplicaCount": _INT,
+            "maxReplicaCount": _INT,
+            "fallback": _closed(
+                {"failureThreshold": _INT, "replicas": _INT, "behavior": {"type": "string"}}
+            ),
+            "advanced": _closed(
+                {
+                    "restoreToOriginalReplicaCount": {"type": "boolean"},
+                    "horizontalPodAutoscalerConfig": _closed(
+                        {
+                            "name": {"type": "string"},
+                            "behavior": _closed({"scaleUp": _HPA_RULES, "scaleDown": _HPA_RULES}),
+                        }
+                    ),
+                }
+            ),
+            "triggers": {
+                "type": "array",
+                "minItems": 1,
+                "items": _closed(
+                    {
+                        "type": {"type": "string"},
+                        "name": {"type": "string"},
+                        "metadata": {
+                            "type": "object",
+                            "propertyNames": {"enum": sorted(REDIS_TRIGGER_METADATA)},
+                            "additionalProperties": {"type": "string"},
+                            "required": ["listName"],
+                        },
+                        "authenticationRef": _closed(
+                            {
+                                "name": _NAME,
+                                "kind": {
+                                    "enum": [
+                                        "TriggerAuthentication",
+                                        "ClusterTriggerAuthentication",
+                                    ]
+                                },
+                            },
+                            ["name"],
+                        ),
+                        "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                        "useCachedMetrics": {"type": "boolean"},
+                    },
+                    ["type", "metadata"],
+                ),
+            },
+        },
+        ["scaleTargetRef", "triggers"],
+    ),
+)
+TRIGGER_AUTHENTICATION = _resource(
+    "TriggerAuthentication",
+    "keda.sh/v1alpha1",
+    _closed(
+        {
+            "secretTargetRef": {
+                "type": "array",
+                "items": _closed(
+                    {
+                        "parameter": {"enum": sorted(REDIS_AUTH_PARAMETERS)},
+                        "name": _NAME,
+                        "key": {"type": "string"},
+                    },
+                    ["parameter", "name", "key"],
+                ),
+            },
+        }
+    ),
+)
+_ENDPOINT = _closed(
+    {
+        "port": {"type": "string"},
+        "targetPort": {"type": ["string", "integer"]},
+        "path": {"type": "string", "pattern": "^/"},
+        "scheme": {"enum": ["http", "https"]},
+        "interval": {"type": "string", "pattern": r"^\d+[smh]$"},
+        "scrapeTimeout": {"type": "string", "pattern": r"^\d+[smh]$"},
+        "honorLabels": {"type": "boolean"},
+        "relabelings": {"type": "array"},
+        "metricRelabelings": {"type": "array"},
+    },
+    ["port"],
+)
+SERVICE_MONITOR = _resource(
+    "ServiceMonitor",
+    "monitoring.coreos.com/v1",
+    _closed(
+        {
+            "jobLabel": {"type": "string"},
+            "targetLabels": {"type": "array", "items": {"type": "string"}},
+            "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+            "selector": _closed({"matchLabels": _STRINGS, "matchExpressions": {"type": "array"}}),
+            "namespaceSelector": _closed(
+                {"any": {"type": "boolean"}, "matchNames": {"type": "array"}}
+            ),
+            "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
+        },
+        ["selector", "endpoints"],
+    ),
+)
+_DURATION = {"type": "string", "pattern": r"^(\d+(ms|s|m|h|d|w|y))+$"}
+PROMETHEUS_RULE = _resource(
+    "PrometheusRule",
+    "monitoring.coreos.com/v1",
+    _closed(
+        {
+            "groups": {
+                "type": "array",
+                "minItems": 1,
+                "items": _closed(
+                    {
+                        "name": {"type": "string"},
+                        "interval": _DURATION,
+                        "rules": {
+                            "type": "array",
+                            "items": _closed(
+                                {
+                                    "alert": {"type": "string"},
+                                    "record": {"type": "string"},
+                                    "expr": {"type": "string"},
+                                    "for": _DURATION,
+                                    "keep_firing_for": _DURATION,
+                                    "labels": _STRINGS,
+                                    "annotations": _STRINGS,
+                                },
+                                ["expr"],
+                            ),
+                        },
+                    },
+                    ["name", "rules"],
+                ),
+            }
+        },
+        ["groups"],
+    ),
+)
+SCHEMAS = {
+    "ScaledObject": SCALED_OBJECT,
+    "TriggerAuthentication": TRIGGER_AUTHENTICATION,
+    "ServiceMonitor": SERVICE_MONITOR,
+    "PrometheusRule": PROMETHEUS_RULE,
+}
+
+
+@needs_kustomize
+def test_keda_objects_scale_the_workers_on_the_celery_queues(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    queue = QueueSettings()
+    for name, docs in rendered.items():
+        namespaces = {d["metadata"].get("namespace") for d in docs} - {None}
+        assert len(namespaces) == 1, name
+        namespace = namespaces.pop()
+        scaled = one(docs, "ScaledObject", "moderation-worker")
+        jsonschema.validate(scaled, SCHEMAS["ScaledObject"])
+        spec = scaled["spec"]
+        target = spec["scaleTargetRef"]
+        one(docs, target["kind"], target["name"])  # scales what exists: the worker StatefulSet
+        assert target["kind"] == "StatefulSet" and target["name"] == "moderation-worker"
+        assert spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        lists = {t["metadata"]["listName"] for t in spec["triggers"]}
+        assert lists == {queue.queue_name, queue.callback_queue_name}  # Celery's Redis lists
+        for trigger in spec["triggers"]:
+            assert trigger["type"] == "redis"
+            assert int(trigger["metadata"]["listLength"]) > 0
+            # KEDA's operator resolves the address from its own namespace.
+            host = trigger["metadata"]["address"].split(":")[0]
+            assert host == f"moderation-valkey.{namespace}.svc.cluster.local"
+            one(docs, "Service", host.split(".")[0])
+            auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+            jsonschema.validate(auth, SCHEMAS["TriggerAuthentication"])
+            for ref in auth["spec"]["secretTargetRef"]:
+                assert ref["name"] == "moderation-secrets" and ref["key"] in SECRET_KEYS
+        zero = spec["minReplicaCount"] == 0
+        assert zero == ("options" in name), name  # scale to zero only with its component
+    # The schema is closed: an undocumented field is caught.
+    bad = copy.deepcopy(one(rendered["prod-gpu"], "ScaledObject", "moderation-worker"))
+    bad["spec"]["triggers"][0]["metadata"]["listLenght"] = "8"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, SCHEMAS["ScaledObject"])
+
+
+@needs_kustomize
+def test_service_monitors_scrape_the_api_and_every_worker_and_the_rules_are_the_alerts(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for docs in rendered.values():
+        monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+        assert {m["metadata"]["name"] for m in monitors} == {"moderation-api", "moderation-worker"}
+        for monitor in monitors:
+            jsonschema.validate(monitor, SCHEMAS["ServiceMonitor"])
+            wanted = monitor["spec"]["selector"]["matchLabels"]
+            services = [
+                d
+                for d in docs
+                if d["kind"] == "Service"
+                and wanted.items() <= d["metadata"].get("labels", {}).items()
+            ]
+            assert len(services) == 1, monitor["metadata"]["name"]
+            service = services[0]
+            for endpoint in monitor["spec"]["endpoints"]:
+                port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
+                # ...and the Service's target port is a container port of the selected pods.
+                pods = [
+                    spec
+                    for _, spec in pod_specs(docs)
+                    if service["spec"]["selector"].items() <= _pod_labels(docs, spec).items()
+                ]
+                assert pods, service["metadata"]["name"]
+                ports = {
+                    p["name"]: p["containerPort"]
+                    for c in pods[0]["containers"]
+                    for p in c.get("ports", [])
+                }
+                assert port["targetPort"] in ports
+        worker = one(docs, "StatefulSet", "moderation-worker")["spec"]["template"]["spec"]
+        container = worker["containers"][0]
+        env = env_of(docs, container)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["metrics"] == int(env["MODERATION_QUEUE__WORKER_METRICS_PORT"])
+        assert ports["health"] == int(env["MODERATION_QUEUE__WORKER_HEALTH_PORT"])
+        assert one(docs, "Service", "moderation-worker")["spec"]["clusterIP"] == "None"
+        rule = one(docs, "PrometheusRule", "moderation")
+        jsonschema.validate(rule, SCHEMAS["PrometheusRule"])
+        assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+    generator = _load_script("prometheusrule")
+    assert generator.TARGET.read_text() == generator.render(), "run `make manifests`"
+
+
+def _load_script(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pod_labels(docs: list[dict[str, Any]], spec: dict[str, Any]) -> dict[str, str]:
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "StatefulSet"} and doc["spec"]["template"]["spec"] is spec:
+            labels: dict[str, str] = doc["spec"]["template"]["metadata"]["labels"]
+            return labels
+    return {}
+
+
+@needs_kustomize
+def test_every_container_has_probes_resources_and_a_hardened_security_context(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        for workload, spec in pod_specs(docs):
+            pod = spec["securityContext"]
+            assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0, workload
+            assert spec["automountServiceAccountToken"] is False, workload
+            for container in containers(spec):
+                where = f"{name}: {workload}/{container['name']}"
+                resources = container["resources"]
+                assert {"cpu", "memory"} <= resources["requests"].keys(), where
+                assert "memory" in resources["limits"], where
+                security = container["securityContext"]
+                assert security["allowPrivilegeEscalation"] is False, where
+                assert security["readOnlyRootFilesystem"] is True, where
+                assert security["capabilities"]["drop"] == ["ALL"], where
+                image = container["image"]
+                assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), (
+                    where
+                )
+            for container in spec["containers"]:
+                where = f"{name}: {workload}/{container['name']}"
+                assert "readinessProbe" in container and "livenessProbe" in container, where
+        worker = one(docs, "StatefulSet", "moderation-worker")["spec"]["template"]["spec"]
+        probes = worker["containers"][0]
+        assert probes["livenessProbe"]["httpGet"]["path"] == "/livez"
+        assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert probes["startupProbe"]["httpGet"]["path"] == "/livez"
+        env = env_of(docs, worker["containers"][0])
+        grace = worker["terminationGracePeriodSeconds"]
+        assert float(env["MODERATION_QUEUE__SHUTDOWN_TIMEOUT_S"]) < grace
+        gpus = [c["resources"]["limits"].get("nvidia.com/gpu") for c in containers(worker)]
+        if name.startswith("prod-gpu"):
+            assert gpus[-1] == 1 and env["MODERATION_MODEL__DEVICE"] == "cuda"
+            assert worker["tolerations"][0]["key"] == "nvidia.com/gpu"
+        else:
+            assert not any(gpus) and env["MODERATION_MODEL__DEVICE"] == "cpu"
+        for budget in ("moderation-api", "moderation-worker"):
+            pdb = one(docs, "PodDisruptionBudget", budget)["spec"]
+            assert ("minAvailable" in pdb) != ("maxUnavailable" in pdb)
+
+
+@needs_kustomize
+def test_secrets_are_referenced_and_never_rendered_or_committed(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        assert not [d for d in docs if d["kind"] == "Secret"], name
+        text = yaml.safe_dump_all(docs)
+        for _, spec in pod_specs(docs):
+            for container in containers(spec):
+                for source in container.get("envFrom", []):
+                    if "secretRef" in source:
+                        assert source["secretRef"]["name"] == "moderation-secrets"
+                for entry in container.get("env", []):
+                    ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        assert ref["name"] == "moderation-secrets" and ref["key"] in SECRET_KEYS
+                    elif "PASSWORD" in entry["name"] or "SECRET" in entry["name"]:
+                        assert entry["value"].startswith("$("), entry  # only a reference
+        for config in (d for d in docs if d["kind"] == "ConfigMap"):
+            assert not SECRET_KEYS & set(config.get("data", {})), config["metadata"]["name"]
+        assert "change-me" not in text and "changeme" not in text
+    committed = [p for p in DEPLOY.rglob("*") if p.is_file() and "change-me" in p.read_text()]
+    assert committed == []
+
+
+@needs_kustomize
+def test_the_environment_is_a_valid_production_configuration(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Every MODERATION_* name is a Settings field, and API and worker environments (with the
+    Secret's keys filled by strong values) make a production Settings that starts."""
+    for name, docs in rendered.items():
+        for workload, spec in pod_specs(docs):
+            for container in containers(spec):
+                env = env_of(docs, container)
+                unknown = [k for k in env if k.startswith("MODERATION_") and not setting_exists(k)]
+                assert unknown == [], f"{name} {workload}: {unknown}"
+                if workload == "moderation-valkey":
+                    continue
+                settings = Settings(_env_file=None, **_settings_kwargs(env))
+                assert settings.environment == "production"
+                assert settings.enforce_security() == []
+                assert settings.redis_url is not None or container["name"] != "worker"
+
+
+def setting_exists(variable: str) -> bool:
+    """Whether ``MODERATION_A__B`` names a field (path) of :class:`Settings`."""
+    parts = variable.removeprefix("MODERATION_").lower().split("__")
+    model: type[BaseModel] = Settings
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if i < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return False
+            model = annotation
+    return True
+
+
+def _settings_kwargs(env: dict[str, str]) -> dict[str, Any]:
+    """Settings keyword arguments from ``MODERATION_*`` variables (as pydantic-settings reads
+    them: JSON for complex fields, ``__`` for nesting)."""
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith("MODERATION_"):
+            continue
+        parts = key.removeprefix("MODERATION_").lower().split("__")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            parsed: Any = json.loads(value) if value[:1] in "[{" else value
+        except json.JSONDecodeError:
+            parsed = value
+        node[parts[-1]] = parsed
+    return out
+
+
+@needs_kustomize
+def test_policies_configmap_holds_every_policy_file_and_is_mounted_where_settings_look(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    files = {p.name: p.read_text() for p in (ROOT / "policies").glob("*.yaml")}
+    for docs in rendered.values():
+        config = one(docs, "ConfigMap", "moderation-policies")
+        assert config["data"] == files
+        for workload in ("moderation-api", "moderation-worker"):
+            kind = "Deployment" if workload == "moderation-api" else "StatefulSet"
+            spec = one(docs, kind, workload)["spec"]["template"]["spec"]
+            volume = next(
+                v
+                for v in spec["volumes"]
+                if v.get("configMap", {}).get("name") == "moderation-policies"
+            )
+            container = spec["containers"][0]
+            mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+            paths = json.loads(env_of(docs, container)["MODERATION_POLICY_PATHS"])
+            assert paths == [mount["mountPath"]]
+
+
+@needs_kustomize
+def test_every_worker_keeps_its_spool_and_cache_on_its_own_volume(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        worker = one(docs, "StatefulSet", "moderation-worker")
+        claims = {t["metadata"]["name"] for t in worker["spec"]["volumeClaimTemplates"]}
+        spec = worker["spec"]["template"]["spec"]
+        for container in containers(spec):
+            env = env_of(docs, container)
+            mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+            writable = [p for p, m in mounts.items() if not m.get("readOnly")]
+
+            def on_mount(path: str, mounts: list[str] = writable) -> str | None:
+                return next((m for m in mounts if path == m or path.startswith(m + "/")), None)
+
+            if container["name"] == "fetch-weights":
+                assert on_mount(str(Path(env["MODERATION_MODEL__CHECKPOINT"]).parent))
+                continue
+            for setting in ("MODERATION_AUDIT__SPOOL_DIR", "MODERATION_CACHE_DIR", "HF_HOME"):
+                mount = on_mount(env[setting])
+                assert mount is not None, f"{name}: {setting} is on the read-only root"
+                assert mounts[mount]["name"] in claims, f"{name}: {setting} is not persistent"
+            assert on_mount(env["PROMETHEUS_MULTIPROC_DIR"]) and on_mount("/tmp")
+        names = [c["name"] for c in spec.get("initContainers", [])]
+        weights = next(v for v in spec["volumes"] if v["name"] == "weights")
+        if "weights-volume" in name or "options" in name:
+            assert names == ["compile-policies"]
+            assert weights["persistentVolumeClaim"]["claimName"] == "moderation-weights"
+            one(docs, "PersistentVolumeClaim", "moderation-weights")
+        elif name == "prod-gpu":
+            assert names == ["fetch-weights", "compile-policies"]  # weights first
+        api = one(docs, "Deployment", "moderation-api")["spec"]["template"]["spec"]
+        api_env = env_of(docs, api["containers"][0])
+        api_mounts = [m["mountPath"] for m in api["containers"][0]["volumeMounts"]]
+        assert any(api_env["MODERATION_AUDIT__SPOOL_DIR"].startswith(m + "/") for m in api_mounts)
+
+
+@needs_kustomize
+def test_valkey_persists_every_second_needs_a_password_and_never_evicts(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for docs in rendered.values():
+        config = named_prefix(docs, "ConfigMap", "moderation-valkey")["data"]["valkey.conf"]
+        lines = {
+            line.split()[0]: line.split()[1:]
+            for line in config.splitlines()
+            if line.strip() and not line.startswith("#")
+        }
+        assert lines["appendonly"] == ["yes"] and lines["appendfsync"] == ["everysec"]
+        assert lines["maxmemory-policy"] == ["noeviction"] and lines["dir"] == ["/data"]
+        valkey = one(docs, "StatefulSet", "moderation-valkey")
+        container = valkey["spec"]["template"]["spec"]["containers"][0]
+        assert '--requirepass "$REDIS_PASSWORD"' in container["args"][0]
+        assert container["env"][0]["valueFrom"]["secretKeyRef"]["key"] == "REDIS_PASSWORD"
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["data"] == "/data"
+        assert valkey["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+        for workload in ("moderation-api", "moderation-worker"):
+            kind = "Deployment" if workload == "moderation-api" else "StatefulSet"
+            spec = one(docs, kind, workload)["spec"]["template"]["spec"]
+            url = env_of(docs, spec["containers"][0])["MODERATION_REDIS_URL"]
+            assert re.fullmatch(r"redis://:[0-9a-f]{64}@moderation-valkey:6379/0", url)
+
+
+def test_policies_kustomization_lists_every_policy_file() -> None:
+    listed = yaml.safe_load((ROOT / "policies" / "Kustomization").read_text())
+    files = listed["configMapGenerator"][0]["files"]
+    assert sorted(files) == sorted(p.name for p in (ROOT / "policies").glob("*.yaml"))
+
+
+# --- Prometheus rules and the dashboard ----------------------------------------------------------
+
+
+@needs_promtool
 def test_alert_rules_are_valid_and_fire_when_they_should() -> None:
     check = subprocess.run(
         [str(PROMTOOL), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
@@ -32,15 +759,209 @@ def test_alert_rules_are_valid_and_fire_when_they_should() -> None:
         timeout=60,
     )
     assert test.returncode == 0, test.stdout + test.stderr
+    tested = set(
+        re.findall(r"alertname: (\w+)", (ROOT / "tests/data/alerts_test.yaml").read_text())
+    )
+    alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    assert alerts == tested  # every alert has a unit test
+    required = {
+        "ModerationQueueBacklogOld",
+        "ModerationJobErrorRate",
+        "ModerationDeadLetters",
+        "ModerationReviewSlaBreached",
+        "ModerationAuditSpoolNotDraining",
+        "ModerationNoWorkers",
+        "ModerationCallbackFailures",
+    }
+    assert required <= alerts
 
 
-def test_alert_rules_name_only_exported_metrics() -> None:
-    from moderation.metrics import metrics, render
+@needs_promtool
+def test_prometheus_config_of_the_local_stack_is_valid() -> None:
+    check = subprocess.run(
+        [str(PROMTOOL), "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
 
-    metrics()  # every metric of this process registered
-    exported, _ = render(queue_depth=0, workers_alive=0, queued_bytes=0)
-    helped = set(re.findall(r"^# HELP (\S+)", exported.decode(), re.M))
-    rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
-    named = {name for rule in rules for name in re.findall(r"moderation_[a-z_]+", rule["expr"])}
-    assert "moderation_workers_alive" in named
-    assert named <= helped, named - helped
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+@needs_promtool
+def test_dashboard_queries_parse_and_panels_are_well_formed(tmp_path: Path) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)) and dashboard["uid"] == "moderation-pipeline"
+    assert dashboard["templating"]["list"][0]["type"] == "datasource"
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel
+    # promtool parses each query as a recording rule ($__rate_interval as Grafana fills it).
+    queries = [q.replace("$__rate_interval", "5m") for q in dashboard_queries()]
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": q} for i, q in enumerate(queries)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard_rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    check = subprocess.run(
+        [str(PROMTOOL), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert len(queries) >= 20
+
+
+# --- the image -----------------------------------------------------------------------------------
+
+
+def test_the_image_builds_from_the_lock_as_a_non_root_user_with_cpu_and_cuda_targets() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+) AS (\w+)$", dockerfile, re.M)
+    assert [s for _, s in stages] == ["build", "runtime", "cpu", "cuda"]
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
+    assert base is not None and re.fullmatch(r"python:3\.11[\w.-]*", base[1])
+    assert "--require-hashes -r /tmp/requirements.lock" in dockerfile
+    assert "pip install --no-deps /src" in dockerfile  # nothing resolved outside the lock
+    users = re.findall(r"^USER (\S+)$", dockerfile, re.M)
+    assert users == ["10001:10001"]
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
+        for path in source.split():
+            assert (ROOT / path).exists(), path
+
+
+def test_the_lock_pins_every_dependency_with_hashes() -> None:
+    import tomllib
+
+    lock = (DEPLOY / "requirements.lock").read_text()
+    entries = re.findall(
+        r"^([A-Za-z0-9_.-]+)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)", lock, re.M
+    )
+    pinned = {re.sub(r"[-_.]+", "-", name).lower(): version for name, version, _ in entries}
+    assert len(entries) == len(re.findall(r"^\S+==", lock, re.M))  # each pin has its hashes
+    assert pinned["torch"] == "2.14.1" and pinned["torchvision"] == "0.29.1"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0]
+        assert re.sub(r"[-_.]+", "-", name).lower() in pinned, requirement
+
+
+# --- the local stack (compose) -------------------------------------------------------------------
+
+
+def _compose(*files: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for name in files:
+        doc = yaml.safe_load((DEPLOY / name).read_text())
+        for service, body in doc.get("services", {}).items():
+            merged.setdefault("services", {}).setdefault(service, {})
+            for key, value in body.items():
+                old = merged["services"][service].get(key)
+                if isinstance(old, dict) and isinstance(value, dict):
+                    merged["services"][service][key] = {**old, **value}
+                else:
+                    merged["services"][service][key] = value
+        merged.setdefault("volumes", {}).update(doc.get("volumes") or {})
+    return merged
+
+
+#: ``${NAME}``, ``${NAME:-default}``, ``${NAME:?message}`` (a message may hold ``{...}``).
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::[?-](?:[^{}]|\{[^{}]*\})*)?\}")
+
+
+def _stack_env_keys() -> set[str]:
+    script = (ROOT / "scripts" / "local-stack-env.sh").read_text()
+    return set(re.findall(r"^([A-Z_]+)=", script, re.M))
+
+
+def test_compose_references_only_images_files_and_settings_that_exist() -> None:
+    compose = _compose("compose.yaml")
+    services = compose["services"]
+    assert set(services) == {
+        "valkey",
+        "minio",
+        "audit-bucket",
+        "api",
+        "worker",
+        "prometheus",
+        "grafana",
+    }
+    stages = set(re.findall(r"^FROM \S+ AS (\w+)$", (DEPLOY / "Dockerfile").read_text(), re.M))
+    raw = (DEPLOY / "compose.yaml").read_text()
+    for name, service in services.items():
+        image = service["image"]
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), name
+        if "build" in service:
+            build = service["build"]
+            context = (DEPLOY / build["context"]).resolve()
+            assert (context / build["dockerfile"]).is_file() and build["target"] in stages
+        assert service.get("restart") in ({"no"} if name == "audit-bucket" else {"unless-stopped"})
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name}: {source}"
+            else:
+                assert source in compose["volumes"], f"{name}: {source}"
+        for key in service.get("environment", {}):
+            if key.startswith("MODERATION_"):
+                assert setting_exists(key), f"{name}: {key}"
+    # Every variable the file needs is one `make stack` writes (or has a default).
+    needed = set(re.findall(r"\$\{(\w+):\?", raw))
+    assert needed <= _stack_env_keys(), needed - _stack_env_keys()
+    # The API and worker environments make a production Settings that starts.
+    filled = {k: _stand_in(k) for k in _stack_env_keys()}
+    filled["API_KEYS"] = _stand_in("MODERATION_API_KEYS")
+    for name in ("api", "worker"):
+        env = {
+            k: re.sub(INTERPOLATION, lambda m: filled.get(m[1], "true"), str(v))
+            for k, v in services[name]["environment"].items()
+        }
+        settings = Settings(_env_file=None, **_settings_kwargs(env))
+        assert settings.enforce_security() == [] and settings.audit.bucket == "moderation-audit"
+
+
+def test_compose_stack_wiring_durability_and_shutdown() -> None:
+    services = _compose("compose.yaml")["services"]
+    valkey = " ".join(services["valkey"]["command"])
+    for flag in ("--appendonly yes", "--appendfsync everysec", "--requirepass", "noeviction"):
+        assert flag in valkey
+    worker = services["worker"]
+    env = worker["environment"]
+    assert worker["stop_grace_period"] == "120s"
+    assert float(env["MODERATION_QUEUE__SHUTDOWN_TIMEOUT_S"]) < 120
+    assert (
+        f":{env['MODERATION_QUEUE__WORKER_HEALTH_PORT']}/livez" in worker["healthcheck"]["test"][-1]
+    )
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"][0]
+        for job in prometheus["scrape_configs"]
+    }
+    assert targets["moderation-worker"] == f"worker:{env['MODERATION_QUEUE__WORKER_METRICS_PORT']}"
+    assert targets["moderation-api"] == "api:" + services["api"]["command"][-1]
+    assert prometheus["rule_files"] == ["alerts.yaml"] and RULES.parent.name == "prometheus"
+    provider = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "moderation.yaml").read_text()
+    )
+    dashboards = provider["providers"][0]["options"]["path"]
+    assert f"./grafana/dashboards:{dashboards}:ro" in services["grafana"]["volumes"]
+    datasource = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text()
+    )
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    gpu = _compose("compose.yaml", "compose.gpu.yaml")["services"]["worker"]
+    assert (
+        gpu["build"]["target"] == "cuda"
+        and gpu["environment"]["MODERATION_MODEL__DEVICE"] == "cuda"
+    )
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]

@@ -108,3 +108,54 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODERATION_MODEL__DEVICE", "tpu")
     with pytest.raises(ValueError, match="device"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        "change-me",
+        "change-me-change-me-change-me-change-me",  # long enough, still a template's value
+        "CHANGEME0123456789abcdef0123456789abcdef",
+        "replace_me_with_32_random_bytes_from_openssl",
+        "<32+ random bytes from openssl rand -hex 32>",
+        "your-secret-key-goes-here-at-least-32-bytes",
+    ],
+)
+def test_placeholder_secrets_and_keys_are_refused_whatever_their_length(
+    placeholder: str,
+) -> None:
+    """The old committed Secret had ``change-me`` values: a template's placeholder is refused
+    in production like a missing secret, for every secret, API key and the S3 credentials."""
+    configured = Settings(
+        api_keys=[{"tenant": "acme", "key": placeholder}],
+        queue={"callback_secret": placeholder},
+        review={"session_secret": placeholder, "pseudonym_secret": STRONG},
+        s3={"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": placeholder},
+    )
+    problems = configured.security_problems()
+    flagged = {p.split(" is ")[0] for p in problems}
+    assert flagged == {
+        "queue.callback_secret",
+        "review.session_secret",
+        "an API key of tenant 'acme'",
+        "s3.access_key_id",  # AWS's documented example key
+        "s3.secret_access_key",
+    }
+    assert "review.session_secret is a placeholder, not a secret" in problems
+    assert placeholder not in " ".join(problems)  # never echoes a secret
+    with pytest.raises(InsecureSettingsError, match="placeholder"):
+        configured.enforce_security()
+
+
+def test_random_secrets_are_not_mistaken_for_placeholders() -> None:
+    import secrets
+
+    for _ in range(200):
+        value = secrets.token_hex(32)
+        ok = Settings(
+            api_keys=[{"tenant": "acme", "key": value}],
+            queue={"callback_secret": value},
+            review={"session_secret": value, "pseudonym_secret": secrets.token_urlsafe(32)},
+            s3={"access_key_id": "AKIA" + secrets.token_hex(8).upper(), "secret_access_key": value},
+        )
+        assert ok.security_problems() == []

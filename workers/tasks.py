@@ -17,12 +17,15 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from moderation.adapters.celery_queue import CALLBACK_TASK, MODERATE_TASK
 from moderation.compose import WorkerProcess, build_worker
-from moderation.exceptions import AuditSinkUnavailable, QueueUnavailable
+from moderation.exceptions import AuditSinkUnavailable, ModerationError, QueueUnavailable
+from workers import lifecycle
 from workers.celery_app import app, current_settings
+
+app.steps["consumer"].add(lifecycle.LoopTick)
 
 __all__ = ["deliver_callback", "moderate", "worker"]
 
@@ -52,17 +55,35 @@ def _warm_up(**_: Any) -> None:
     # Load the model in the background so the first jobs and /readyz do not wait for a task.
     def warm() -> None:
         try:
-            worker()
-        except Exception:
+            w = worker()
+        except ModerationError as exc:  # e.g. no weights: /readyz says why
+            log.error("the worker could not start: %s", exc)
+            lifecycle.health().failed(f"the worker could not start: {exc}")
+        except Exception as exc:
             log.exception("the worker could not start")
+            lifecycle.health().failed(f"the worker could not start: {type(exc).__name__}: {exc}")
+        else:
+            lifecycle.health().ready(f"model {w.model.encoder.identity.id}")
 
     threading.Thread(target=warm, name="warm-up", daemon=True).start()
 
 
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _watch_shutdown(**_: Any) -> None:
+    def last_words() -> None:
+        if _worker is not None:
+            _worker.audit.close()  # flush what the spool holds
+
+    lifecycle.start_shutdown_watchdog(current_settings().queue.shutdown_timeout_s, last_words)
+
+
 @worker_shutdown.connect  # type: ignore[untyped-decorator]
-def _shutdown(**_: Any) -> None:
-    if _worker is not None:
-        _worker.close()
+def _shutdown(sender: Any = None, **_: Any) -> None:
+    try:
+        if _worker is not None:
+            _worker.close()  # flushes the audit spool
+    finally:
+        lifecycle.on_stopped(sender)
 
 
 @app.task(  # type: ignore[untyped-decorator]

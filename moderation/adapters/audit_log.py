@@ -37,6 +37,7 @@ from pathlib import Path
 from moderation.adapters.support.audit_spool import Chain, fsync_dir, new_chain_id, try_lock
 from moderation.core.audit import AuditRecord
 from moderation.exceptions import AuditError, AuditSinkUnavailable, ModerationError
+from moderation.metrics import metrics
 from moderation.ports import SegmentStore
 from moderation.settings import AuditSettings
 
@@ -72,6 +73,7 @@ class AuditLog:
         self._flushing = 0
         self._cond = threading.Condition()
         self.last_error: str | None = None
+        self._opened = time.monotonic()
         spool_dir.mkdir(parents=True, exist_ok=True)
         own: Chain | None = None
         self._orphans: list[Chain] = []
@@ -126,6 +128,27 @@ class AuditLog:
     def backlog(self) -> bool:
         """Whether any spooled record is not uploaded yet."""
         return any(c.has_unsent() for c in [self._chain, *self._orphans])
+
+    def backlog_age_s(self) -> float:
+        """Seconds the oldest record not uploaded yet has waited (0: the spool is drained). A
+        spool inherited from an earlier process counts from when this one opened it."""
+        now = time.monotonic()
+        ages = [
+            now - (c.oldest_unsent or self._opened)
+            for c in [self._chain, *self._orphans]
+            if c.has_unsent()
+        ]
+        return max(ages, default=0.0)
+
+    def backlog_bytes(self) -> int:
+        """Bytes spooled and not uploaded yet."""
+        return sum(c.unsent_bytes() for c in [self._chain, *self._orphans])
+
+    def _report(self) -> None:
+        m = metrics()
+        m.audit_spool_age.set(self.backlog_age_s())
+        m.audit_spool_bytes.set(self.backlog_bytes())
+        m.audit_upload_failing.set(1 if self.last_error is not None else 0)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Upload everything spooled so far; True when done within ``timeout`` seconds."""
@@ -209,6 +232,10 @@ class AuditLog:
     def _run(self) -> None:
         backoff = 0.1
         while True:
+            try:
+                self._report()
+            except Exception:  # metrics must never stop the uploader
+                log.debug("audit: cannot report the spool backlog", exc_info=True)
             try:
                 self._upload_due()
                 backoff = 0.1

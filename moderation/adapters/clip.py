@@ -7,12 +7,13 @@ L2-normalized so scoring is a dot product.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
+import os
 import socket
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +23,26 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
+from moderation.adapters.support.hashing import file_sha256
 from moderation.adapters.support.preprocess import CropPreprocess, DeviceJpeg, JpegInput, Normalizer
 from moderation.core.compiled import ModelIdentity
 from moderation.exceptions import ModelUnavailableError, ModerationError
 from moderation.pipeline.batching import Done, Pending
 from moderation.settings import ImageLimits, ModelSettings
 
-__all__ = ["PAD_SIZES", "ClipEncoder", "file_sha256", "load_clip", "standard_geometry"]
+__all__ = [
+    "PAD_SIZES",
+    "ClipEncoder",
+    "file_sha256",
+    "hub_files",
+    "load_clip",
+    "load_error_detail",
+    "standard_geometry",
+    "verify_sha256",
+]
 
 log = logging.getLogger(__name__)
 _config_lock = threading.Lock()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pick_device(requested: str, index: int | None = None, slot: int = 0) -> torch.device:
@@ -425,39 +428,138 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+#: open_clip's default weights file in a hub repository, and its safetensors twin.
+_HF_WEIGHTS = "open_clip_pytorch_model.bin"
+_HF_SAFE_WEIGHTS = "open_clip_model.safetensors"
+
+
+def hub_files(architecture: str, tag: str) -> tuple[str, list[str]] | None:
+    """(repository id, candidate file names, preferred first) of a pretrained tag's weights on
+    the Hugging Face hub, read as open_clip reads its ``hf_hub`` entries: ``org/name/`` (trailing
+    slash) means open_clip's default file, ``org/name/file.bin`` names the file. The safetensors
+    twin of a ``.bin``/``.pth`` file is preferred, as open_clip does. None: not on the hub."""
+    cfg = open_clip.get_pretrained_cfg(architecture, tag)
+    hub = str((cfg or {}).get("hf_hub") or "")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub)
+    filename = filename or _HF_WEIGHTS
+    candidates = [filename]
+    if filename == _HF_WEIGHTS:
+        candidates.insert(0, _HF_SAFE_WEIGHTS)
+    elif filename.endswith((".bin", ".pth")):
+        candidates.insert(0, filename[:-4] + ".safetensors")
+    return repo, candidates
+
+
 def _cached_weights(architecture: str, tag: str) -> Path | None:
     """The local file of a pretrained tag's weights in the Hugging Face cache, if there."""
-    cfg = open_clip.get_pretrained_cfg(architecture, tag)
-    hub = str((cfg or {}).get("hf_hub") or "").strip("/")
-    if not hub:
+    found = hub_files(architecture, tag)
+    if found is None:
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-        found = try_to_load_from_cache(hub, filename)
-        if isinstance(found, str):
-            return Path(found)
+    repo, candidates = found
+    for filename in candidates:
+        cached = try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return Path(cached)
     return None
 
 
-def _check_tag_obtainable(architecture: str, tag: str) -> None:
-    """Fail fast when a pretrained tag is neither cached nor downloadable (instead of the hub
-    client's minute of retries)."""
+def _hub_offline_configured() -> bool:
+    """``HF_HUB_OFFLINE=1`` (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+_offline_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _hub_offline(enabled: bool) -> Iterator[None]:
+    """Hugging Face offline mode for the duration of one load (weights already cached): open_clip
+    first asks the hub for a safetensors twin, and without offline mode huggingface_hub retries
+    an unreachable hub for tens of seconds before it settles for the cached file."""
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import constants
+
+    with _offline_lock:
+        before = constants.HF_HUB_OFFLINE
+        constants.HF_HUB_OFFLINE = True
+        try:
+            yield
+        finally:
+            constants.HF_HUB_OFFLINE = before
+
+
+_GET_WEIGHTS = (
+    "Provide them: copy a Hugging Face cache that holds them (~/.cache/huggingface, or HF_HOME) "
+    "from a machine with network access, or set MODERATION_MODEL__CHECKPOINT to a local "
+    ".pt/.bin/.safetensors file (deploy/: a weights volume, or an init step that copies it from "
+    "S3 and checks MODERATION_MODEL__CHECKPOINT_SHA256)."
+)
+
+
+def _check_tag_obtainable(architecture: str, tag: str) -> Path | None:
+    """The cached weights file of a pretrained tag (None: not cached, but downloadable). Fails
+    fast when the tag is neither cached nor downloadable (instead of the hub client's minute of
+    retries).
+
+    Raises:
+        ModelUnavailableError: unknown tag, or not cached and the hub is offline or unreachable.
+    """
     cfg = open_clip.get_pretrained_cfg(architecture, tag)
     if not cfg:
         known = [t for a, t in open_clip.list_pretrained() if a == architecture]
         raise ModelUnavailableError(
             f"open_clip has no pretrained tag {tag!r} for {architecture}; known: {known}"
         )
-    if _cached_weights(architecture, tag) is not None:
-        return
+    cached = _cached_weights(architecture, tag)
+    if cached is not None:
+        return cached
+    if _hub_offline_configured():
+        raise ModelUnavailableError(
+            f"open_clip weights {architecture}/{tag} are not in the local Hugging Face cache "
+            f"and HF_HUB_OFFLINE is set. {_GET_WEIGHTS}"
+        )
     if not _hub_reachable():
         raise ModelUnavailableError(
-            f"open_clip weights {architecture}/{tag} are not in the local cache and the hub is "
-            "unreachable. Download them where there is network access (they are cached under "
-            "~/.cache/huggingface; copy that folder here) or set MODERATION_MODEL__CHECKPOINT to a"
-            " local .pt/.bin/.safetensors file."
+            f"open_clip weights {architecture}/{tag} are not in the local Hugging Face cache "
+            f"and the hub is unreachable. {_GET_WEIGHTS}"
         )
+    return None
+
+
+def load_error_detail(exc: BaseException, *, max_lines: int = 6, max_chars: int = 1500) -> str:
+    """An exception's message with its detail lines (a ``load_state_dict`` error says what does
+    not fit only from its second line on: ``size mismatch for visual.conv1.weight: ...``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    shown = lines[:max_lines]
+    text = " ".join(shown)
+    if len(text) > max_chars:
+        text = text[: max_chars - 1] + "…"
+    if len(lines) > len(shown):
+        text += f" (+{len(lines) - len(shown)} more lines)"
+    return f"{type(exc).__name__}: {text}"
+
+
+def verify_sha256(path: Path, expected: str | None) -> str:
+    """``path``'s SHA-256 (hex), checked against ``expected`` when given.
+
+    Raises:
+        ModelUnavailableError: the file's hash differs from ``expected``.
+    """
+    actual = file_sha256(path)
+    if expected is not None and actual != expected.lower():
+        raise ModelUnavailableError(
+            f"checkpoint {path} has sha256 {actual}, expected {expected.lower()} "
+            "(MODERATION_MODEL__CHECKPOINT_SHA256): a different or damaged file; refusing it"
+        )
+    return actual
 
 
 def register_model_config(config: Path) -> None:
@@ -503,32 +605,42 @@ def load_clip(
         )
     checkpoint = settings.checkpoint
     weights_sha256: str | None = None
+    cached: Path | None = None
     if checkpoint is not None:
         if not checkpoint.is_file():
-            raise ModelUnavailableError(f"checkpoint {checkpoint} does not exist")
+            raise ModelUnavailableError(
+                f"checkpoint {checkpoint} does not exist (MODERATION_MODEL__CHECKPOINT). "
+                + _GET_WEIGHTS
+            )
         pretrained: str | None = str(checkpoint)
-        weights_sha256 = file_sha256(checkpoint)
+        weights_sha256 = verify_sha256(checkpoint, settings.checkpoint_sha256)
     else:
         pretrained = settings.pretrained
         if pretrained:
-            _check_tag_obtainable(architecture, pretrained)
+            cached = _check_tag_obtainable(architecture, pretrained)
+    local = checkpoint or cached  # the weights are on this machine: a failure is the file's
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            architecture, pretrained=pretrained, device=device, precision=precision
-        )
+        with _hub_offline(cached is not None):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                architecture, pretrained=pretrained, device=device, precision=precision
+            )
     except Exception as exc:  # open_clip raises RuntimeError/OSError/HF errors; all mean "no"
         where = f"checkpoint {checkpoint}" if checkpoint else f"pretrained tag {pretrained!r}"
+        if local is not None:
+            advice = (
+                f"The file {local} exists but does not load as {architecture}: is it the "
+                "weights of another architecture (MODERATION_MODEL__ARCHITECTURE), or damaged?"
+            )
+        else:
+            advice = _GET_WEIGHTS
         raise ModelUnavailableError(
             f"cannot load open_clip {architecture} weights from {where}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}. "
-            "Download them on a machine with network access (open_clip caches them under "
-            "~/.cache/huggingface) or point MODERATION_MODEL__CHECKPOINT at a local .pt/.bin/"
-            ".safetensors file."
+            f"{load_error_detail(exc)}. {advice}"
         ) from exc
     model.eval()
     if weights_sha256 is None and pretrained:
         # The audit log names the exact weights: hash the file the tag resolved to.
-        cached = _cached_weights(architecture, pretrained)
+        cached = cached or _cached_weights(architecture, pretrained)
         weights_sha256 = file_sha256(cached) if cached is not None else None
     tokenizer = open_clip.get_tokenizer(architecture)
     identity = ModelIdentity(

@@ -258,6 +258,12 @@ class MemoryJobStore(SingleJobOps):
             :limit
         ]
 
+    def oldest_pending_age(self) -> float | None:
+        return time.time() - min(self.pending.values()) if self.pending else None
+
+    def dead_letter_count(self) -> int:
+        return len(self.dlq)
+
     def mark_republished(self, job_id: str) -> None:
         if job_id in self.pending:
             self.pending[job_id] = time.time()

@@ -413,6 +413,21 @@ class RedisJobStore(SingleJobOps):
         )
         return [j.decode() if isinstance(j, bytes) else str(j) for j in raw]
 
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest job that has not ended was (last) published.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        raw = self._call(lambda: self.redis.zrange(self.key("pending"), 0, 0, withscores=True))
+        return max(0.0, time.time() - float(raw[0][1])) if raw else None
+
+    def dead_letter_count(self) -> int:
+        """Raises:
+        QueueUnavailable: Redis is down.
+        """
+        return int(self._call(lambda: self.redis.hlen(self.key("dlq"))))
+
     def try_lock(self, name: str, ttl_s: float) -> bool:
         return bool(
             self._call(

@@ -21,10 +21,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from moderation.adapters.support.s3 import s3_client
 from moderation.core.audit import Retention, key_bounds
 from moderation.exceptions import AuditError, AuditSinkUnavailable
 from moderation.settings import AuditSettings, S3Settings
@@ -79,21 +78,10 @@ class S3SegmentStore:
         self.retention_mode = audit.retention_mode
         self._object_lock: bool | None = None
         quiet_boto_loggers()
-        self.client: Any = client or boto3.client(
-            "s3",
-            endpoint_url=s3.endpoint_url,
-            region_name=s3.region,
-            aws_access_key_id=s3.access_key_id.get_secret_value() if s3.access_key_id else None,
-            aws_secret_access_key=(
-                s3.secret_access_key.get_secret_value() if s3.secret_access_key else None
-            ),
-            config=Config(
-                connect_timeout=s3.connect_timeout_s,
-                read_timeout=s3.read_timeout_s,
-                retries={"max_attempts": s3.max_attempts, "mode": "standard"},
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
+        self.client: Any = client or s3_client(
+            s3,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
 
     def describe(self) -> str:

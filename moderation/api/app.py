@@ -469,7 +469,14 @@ def create_app(api: ApiProcess) -> FastAPI:
         depth = _quiet(api.publisher.queue_depth)
         alive = _quiet(lambda: len(store.workers()))
         queued = _quiet(store.queued_bytes)
-        body, content_type = render(queue_depth=depth, workers_alive=alive, queued_bytes=queued)
+        oldest = _quiet(lambda: store.oldest_pending_age() or 0.0)
+        body, content_type = render(
+            queue_depth=depth,
+            workers_alive=alive,
+            queued_bytes=queued,
+            oldest_pending_age_s=oldest,
+            dead_letters=_quiet(store.dead_letter_count),
+        )
         try:
             stats = api.review_queue.stats()
             body += render_review_gauges(

@@ -7,6 +7,7 @@ import typer
 from moderation.cli.audit import audit_app
 from moderation.cli.bank import bank_app
 from moderation.cli.demo import demo
+from moderation.cli.model import model_app
 from moderation.cli.pipeline import pipeline_app
 from moderation.cli.policy import policy_app
 from moderation.cli.quality import backtest, calibrate, evaluate, promote
@@ -25,6 +26,7 @@ policy_app.command("backtest")(backtest)
 policy_app.command("promote")(promote)
 app.add_typer(policy_app, name="policy")
 app.add_typer(testmodel_app, name="testmodel")
+app.add_typer(model_app, name="model")
 app.add_typer(audit_app, name="audit")
 app.add_typer(review_app, name="review")
 app.add_typer(bank_app, name="bank")

@@ -1,8 +1,11 @@
 """``moderation demo``: the one-command default.
 
-With no ``MODERATION_REDIS_URL`` it starts an embedded valkey server, a worker process and the
-API, submits the test-world sample images plus a few hostile inputs, prints their verdicts and
-leaves the API running until Ctrl-C.
+With no ``MODERATION_REDIS_URL`` it starts an embedded valkey server (its data, with an
+append-only file, in ``embedded_redis_dir``: results and the review queue survive a restart), a
+worker process and the API, submits the test-world sample images plus a few hostile inputs,
+prints their verdicts and leaves the API running until Ctrl-C. It says which world it is in:
+the bundled test model with the test-world policy (the samples' expected decisions apply), or a
+real model with the configured policies (they do not: the samples are drawings of shapes).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -81,6 +83,25 @@ def _wait_for_worker(
     raise ModerationError(f"no worker became ready within {timeout:.0f}s")
 
 
+def demo_world(model_id: str, policies: Any) -> tuple[bool, str]:
+    """(test world?, a line that says which world the demo runs in) from the worker's model
+    identity and the policy versions it serves."""
+    from moderation import testmodel
+
+    served = ", ".join(f"{k} v{v}" for k, v in sorted(dict(policies or {}).items())) or "none"
+    if model_id.startswith(f"{testmodel.MODEL_NAME}@") or model_id == testmodel.MODEL_NAME:
+        return True, (
+            f"World: TEST. The bundled test model ({testmodel.MODEL_NAME}) scores the "
+            f"test-world policy ({served}): red stars, black crosses and blue rings are "
+            "forbidden. The 'expected' column is what this world should decide."
+        )
+    return False, (
+        f"World: REAL. Model {model_id} scores the configured policies ({served}). The sample "
+        "images are drawings of coloured shapes made for the test model, so their expected "
+        "decisions do not apply and are not shown; submit your own images to judge the model."
+    )
+
+
 def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -103,7 +124,7 @@ def demo(
     from moderation.api import create_app
     from moderation.api.server import serve_in_thread
     from moderation.client import ModerationClient
-    from moderation.compose import ApiProcess, build_api, open_job_store
+    from moderation.compose import ApiProcess, build_api, open_job_store, open_review_queue
     from moderation.testmodel.samples import demo_inputs
 
     settings = load_settings()
@@ -121,8 +142,8 @@ def demo(
     )
     try:
         if not settings.redis_url:
-            embedded = EmbeddedRedis(data_dir=Path(tempfile.mkdtemp(prefix="moderation-redis-")))
-            # A throwaway Redis: keep the demo's embeddings so `moderation policy backtest`
+            embedded = EmbeddedRedis(data_dir=settings.embedded_redis_dir, persist=True)
+            # The demo's own Redis: keep the demo's embeddings so `moderation policy backtest`
             # has a history to re-score (off by default elsewhere: derived user data).
             settings = settings.model_copy(
                 update={
@@ -131,9 +152,17 @@ def demo(
                 }
             )
             err.print(
-                f"no MODERATION_REDIS_URL: started an embedded valkey at {settings.redis_url}",
+                f"no MODERATION_REDIS_URL: started an embedded valkey at {settings.redis_url} "
+                f"(data in {settings.embedded_redis_dir}, append-only file)",
                 highlight=False,
             )
+            if embedded.had_data:
+                waiting = sum(s.waiting for s in open_review_queue(settings).stats())
+                err.print(
+                    f"kept from earlier runs: their results and {waiting} review item(s) "
+                    f"waiting (delete {settings.embedded_redis_dir} to start afresh)",
+                    highlight=False,
+                )
         store = open_job_store(settings)
         worker_proc = subprocess.Popen(
             [sys.executable, "-m", "moderation.cli", "worker", "--loglevel", "WARNING"],
@@ -148,6 +177,8 @@ def demo(
             f"worker ready: model {info.get('model')}, policies {info.get('policies')}",
             highlight=False,
         )
+        test_world, world = demo_world(str(info.get("model", "")), info.get("policies"))
+        out.print(f"[bold]{world}[/]", highlight=False)
         api_port = settings.api_port if port is None else (port or _free_port())
         if port is None and not _port_free(settings.api_host, api_port):
             api_port = _free_port()
@@ -160,8 +191,10 @@ def demo(
         with ModerationClient(base) as client:
             ids = client.submit_many([data for _, _, data in inputs])
             results = client.wait_many(ids, timeout=300)
-        table = Table("input", "expected", "decision", "score", "why", title="Verdicts")
-        for (label, expected, _), result in zip(inputs, results, strict=True):
+        title = "Verdicts (test world)" if test_world else "Verdicts (real model)"
+        table = Table("input", "expected", "decision", "score", "why", title=title)
+        for (label, expected_band, _), result in zip(inputs, results, strict=True):
+            expected = expected_band if test_world or expected_band == "error" else "n/a"
             if result.verdict is not None:
                 v = result.verdict
                 decision = v.decision.value

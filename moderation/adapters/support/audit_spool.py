@@ -221,6 +221,19 @@ class Chain:
     def has_unsent(self) -> bool:
         return self.cursor.position < self.synced_pos
 
+    def unsent_bytes(self) -> int:
+        """Bytes between the upload cursor and the synced end (across spool files)."""
+        (file, offset), (end_file, end_offset) = self.cursor.position, self.synced_pos
+        if (file, offset) >= (end_file, end_offset):
+            return 0
+        if file == end_file:
+            return end_offset - offset
+        total = end_offset - offset
+        for index in range(file, end_file):
+            path = self._path(index)
+            total += path.stat().st_size if path.exists() else 0
+        return max(total, 0)
+
     def reset_age_if_drained(self) -> None:
         """Forget the age of the oldest unsent record once everything is uploaded."""
         with self._lock:

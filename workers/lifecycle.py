@@ -1,0 +1,151 @@
+"""A worker process's life as its supervisor sees it: health probes, graceful shutdown, and an
+exit status that tells a crash from a requested stop.
+
+* **Probes.** :class:`~moderation.pipeline.health.WorkerHealth` is fed by a timer on the
+  consumer's event loop (:class:`LoopTick`: stops ticking when the loop is stuck), by the task
+  signals (a task running longer than ``queue.stuck_after_s``) and by the warm-up (ready once the
+  model, policies and banks are loaded; failed with the loader's message otherwise). With
+  ``queue.worker_health_port`` set it is served on ``/livez`` and ``/readyz``.
+* **SIGTERM** (Celery's warm shutdown): the worker is marked draining (not ready), stops
+  consuming, finishes the batches it is running, and its reserved-but-unstarted messages go
+  back to the queue when the broker channel closes; then ``worker_shutdown`` closes the
+  :class:`~moderation.compose.WorkerProcess`, which flushes the audit spool. A watchdog ends the
+  process (status 70) if all that takes longer than ``queue.shutdown_timeout_s``: its unfinished
+  messages come back after the visibility timeout, and results are compare-and-set, so nothing
+  is decided twice.
+* **Exit status.** Celery can stop on its own, e.g. when kombu fails while the broker is gone
+  (``AttributeError: 'NoneType' object has no attribute 'hostname'`` while it restores unacked
+  messages on a dead connection), sometimes with status 0. A stop nobody asked for exits with
+  status 75 (``EX_TEMPFAIL``), so that the supervisor (Kubernetes, compose's restart policy)
+  starts the worker again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from celery import bootsteps
+from celery.signals import task_postrun, task_prerun, worker_init, worker_shutting_down
+
+from moderation.pipeline.health import WorkerHealth
+from workers.celery_app import current_settings
+
+__all__ = [
+    "EXIT_SHUTDOWN_TIMEOUT",
+    "EXIT_UNREQUESTED_STOP",
+    "LoopTick",
+    "health",
+    "on_stopped",
+    "start_shutdown_watchdog",
+]
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a worker that stopped without being asked to (sysexits' EX_TEMPFAIL).
+EXIT_UNREQUESTED_STOP = 75
+#: Exit status of a worker whose graceful shutdown overran ``queue.shutdown_timeout_s``.
+EXIT_SHUTDOWN_TIMEOUT = 70
+#: Seconds between two ticks of the consumer loop (at most; a fifth of ``stuck_after_s`` when
+#: that is shorter, so that a loop turning on time never looks stuck).
+TICK_S = 2.0
+
+_lock = threading.Lock()
+_health: WorkerHealth | None = None
+
+
+def health() -> WorkerHealth:
+    """This process's health state (created on first use from the worker's Settings)."""
+    global _health
+    with _lock:
+        if _health is None:
+            q = current_settings().queue
+            stuck = q.stuck_after_s if q.stuck_after_s is not None else q.visibility_timeout_s
+            _health = WorkerHealth(stuck_after_s=float(stuck))
+        return _health
+
+
+class LoopTick(bootsteps.StartStopStep):  # type: ignore[misc]
+    """A consumer bootstep: ticks :func:`health` from a timer that the consumer's own event
+    loop fires, so the ticks stop when that loop is stuck."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+
+    def start(self, c: Any) -> None:
+        state = health()
+        state.tick()
+        every = max(0.1, min(TICK_S, state.stuck_after_s / 5))
+        self.tref = c.timer.call_repeatedly(every, state.tick)
+
+    def stop(self, c: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _serve_probes(**_: Any) -> None:
+    state = health()
+    port = current_settings().queue.worker_health_port
+    if port:
+        from moderation.adapters.health_server import HealthServer
+
+        HealthServer(liveness=state.liveness, readiness=state.readiness, port=port).start()
+
+
+@task_prerun.connect  # type: ignore[untyped-decorator]
+def _task_started(task_id: str | None = None, **_: Any) -> None:
+    if task_id:
+        health().task_started(task_id)
+
+
+@task_postrun.connect  # type: ignore[untyped-decorator]
+def _task_finished(task_id: str | None = None, **_: Any) -> None:
+    if task_id:
+        health().task_finished(task_id)
+
+
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _draining(sig: str = "", how: str = "", **_: Any) -> None:
+    health().draining()
+
+
+def start_shutdown_watchdog(timeout_s: float, last_words: Callable[[], object]) -> None:
+    """After ``timeout_s``, run ``last_words`` (flush what can be flushed) and end the process
+    with :data:`EXIT_SHUTDOWN_TIMEOUT`."""
+
+    def watch() -> None:
+        log.error(
+            "graceful shutdown did not finish within %.0fs; exiting (unfinished messages are "
+            "delivered again after the visibility timeout)",
+            timeout_s,
+        )
+        try:
+            last_words()
+        finally:
+            os._exit(EXIT_SHUTDOWN_TIMEOUT)
+
+    timer = threading.Timer(timeout_s, watch)
+    timer.daemon = True
+    timer.name = "shutdown-watchdog"
+    timer.start()
+
+
+def on_stopped(controller: Any) -> None:
+    """At ``worker_shutdown``: a stop nobody asked for exits with status 75, never 0."""
+    if health().shutdown_requested:
+        return
+    if controller is not None and not getattr(controller, "exitcode", None):
+        log.error(
+            "the Celery worker stopped without being asked to (lost its broker?); exiting with "
+            "status %d so that its supervisor starts it again",
+            EXIT_UNREQUESTED_STOP,
+        )
+        controller.exitcode = EXIT_UNREQUESTED_STOP
