@@ -244,7 +244,7 @@ def bench_pipeline(
         for r in results
         if r.finished_at is not None and r.finished_at.timestamp() > submitted_at
     )
-    drain = (len(late) - 1) / (late[-1] - late[0]) if len(late) > 50 else None
+    drain = len(late) / (late[-1] - submitted_at) if len(late) > 50 else None
     out: dict[str, Any] = {
         "pipeline_images_per_s": len(images) / elapsed,
         "pipeline_errors": errors,
