@@ -94,7 +94,7 @@ from moderation.ports import (
     SegmentStore,
     TaskPublisher,
 )
-from moderation.settings import ImageLimits, ModelSettings, QueueSettings, ReviewSettings, Settings
+from moderation.settings import ImageLimits, ModelSettings, ReviewSettings, Settings
 from moderation.signals import LoadedBanks, Signals, builtin_signals
 
 __all__ = [
@@ -729,11 +729,6 @@ class WorkerProcess:
         self.audit.close()
 
 
-def prepare_processes(q: QueueSettings) -> int:
-    """How many prepare processes a worker runs (``queue.prepare_processes``; default 0)."""
-    return q.prepare_processes or 0
-
-
 def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProcess:
     """A worker process: model, policies, micro-batcher, processor, maintenance, audit.
 
@@ -778,8 +773,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     pool = ThreadPoolExecutor(
         q.decode_threads or max(2, os.cpu_count() or 2), thread_name_prefix="decode"
     )
-    processes = prepare_processes(q)
-    preparer = PreparePool(processes) if processes else None
+    preparer = PreparePool(q.prepare_processes) if q.prepare_processes else None
     sources = build_sources(settings, store)
     outcomes = Outcomes(
         store,

@@ -138,9 +138,10 @@ class QueueSettings(BaseModel):
     #: Threads per worker process that fetch, decode and preprocess images (default: the CPU
     #: count, at least 2).
     decode_threads: int | None = None
-    #: Processes per worker that decode, crop and hash images out of the worker's GIL (0: the
-    #: decode threads do it in the worker process; default: see ``docs/performance.md``).
-    prepare_processes: int | None = Field(default=None, ge=0)
+    #: Processes per worker that decode, crop and hash images out of the worker's interpreter
+    #: lock (0: the decode threads do it in the worker process). Worth it on hosts with many
+    #: cores per worker process: see ``docs/performance.md``.
+    prepare_processes: int = Field(default=0, ge=0)
     result_ttl_s: int = 7 * 24 * 3600
     visibility_timeout_s: int = 300
     http_timeout_s: float = 10.0
