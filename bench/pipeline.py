@@ -86,6 +86,8 @@ def _start_profilers(
 
     folder.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise SystemExit(f"--profile needs py-spy next to {sys.executable} (pip install py-spy)")
     return [
         subprocess.Popen(
             [
@@ -344,6 +346,13 @@ def main() -> None:
         help="record every process with py-spy into this folder",
     )
     parser.add_argument(
+        "--profile-rate",
+        type=int,
+        default=250,
+        help="py-spy samples per second (lower it for a process with many threads: py-spy "
+        "drops samples it cannot take in time)",
+    )
+    parser.add_argument(
         "--gil",
         action="store_true",
         help="with --profile: sample only the thread holding the GIL (GIL-bound time)",
@@ -411,6 +420,7 @@ def main() -> None:
             tmp,
             workers=args.workers,
             profile=args.profile,
+            profile_rate=args.profile_rate,
             profile_gil=args.gil,
             upload=args.upload,
         )

@@ -30,8 +30,10 @@ def _in(path: str) -> Callable[[str, str], bool]:
 
 
 def _fn(path: str, *names: str) -> Callable[[str, str], bool]:
-    """Frames of these functions (py-spy writes methods as ``Class.method``) in ``path``."""
-    return lambda func, file: path in file and func.rsplit(".", 1)[-1] in names
+    """Frames of these functions in ``path``. py-spy writes qualified names (``Class.method``,
+    ``Class.method.<locals>.run``): any part may match, so a closure counts as its function."""
+    wanted = set(names)
+    return lambda func, file: path in file and not wanted.isdisjoint(func.split("."))
 
 
 #: Worker-process stages, most specific first (checked on each frame, innermost frame first).
@@ -68,7 +70,7 @@ WORKER: list[Rule] = [
     ("audit", _in("adapters/audit_log.py")),
     ("audit", _in("adapters/support/audit_spool.py")),
     ("audit", _in("core/audit/")),
-    ("result write", _fn("adapters/redis_jobs.py", "finish", "finish_many")),
+    ("result write", _fn("adapters/redis_jobs.py", "finish_many", "mark_effects_done_many")),
     ("job store reads", _in("adapters/redis_jobs.py")),
     ("review", _in("adapters/redis_review.py")),
     ("callback", _in("adapters/http_callbacks.py")),
