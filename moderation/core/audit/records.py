@@ -95,6 +95,15 @@ class AuditRecord(BaseModel):
         return self.model_copy(update={"prev_hash": prev_hash})
 
 
+def _require_pseudonym(reviewer: str) -> None:
+    """Raises AuditError unless ``reviewer`` is a pseudonymous reviewer id (``rv_…``)."""
+    if not _PSEUDONYM.fullmatch(reviewer):
+        raise AuditError(
+            "reviewer ids in audit records must be pseudonymous ('rv_' + letters/digits)",
+            code="audit_not_pseudonymous",
+        )
+
+
 def _derived_id(*parts: str) -> str:
     """A record id derived from ids, so a retried task rewrites the same record (deduplicated
     on read) instead of adding another."""
@@ -204,11 +213,7 @@ def record_for_review(
     Raises:
         AuditError: ``reviewer`` is not a pseudonymous reviewer id (``rv_…``).
     """
-    if not _PSEUDONYM.fullmatch(reviewer):
-        raise AuditError(
-            "reviewer ids in audit records must be pseudonymous ('rv_' + letters/digits)",
-            code="audit_not_pseudonymous",
-        )
+    _require_pseudonym(reviewer)
     return AuditRecord(
         record_id=_derived_id("human", decision.review_id, reviewer),
         kind="human",
@@ -280,11 +285,7 @@ def record_for_bank_addition(
     Raises:
         AuditError: ``reviewer`` is not a pseudonymous reviewer id.
     """
-    if not _PSEUDONYM.fullmatch(reviewer):
-        raise AuditError(
-            "reviewer ids in audit records must be pseudonymous ('rv_' + letters/digits)",
-            code="audit_not_pseudonymous",
-        )
+    _require_pseudonym(reviewer)
     return AuditRecord(
         record_id=_derived_id("bank", decision.review_id, bank),
         kind="human",
