@@ -95,15 +95,6 @@ class AuditRecord(BaseModel):
         return self.model_copy(update={"prev_hash": prev_hash})
 
 
-def _require_pseudonym(reviewer: str) -> None:
-    """Raises AuditError unless ``reviewer`` is a pseudonymous reviewer id (``rv_…``)."""
-    if not _PSEUDONYM.fullmatch(reviewer):
-        raise AuditError(
-            "reviewer ids in audit records must be pseudonymous ('rv_' + letters/digits)",
-            code="audit_not_pseudonymous",
-        )
-
-
 def _derived_id(*parts: str) -> str:
     """A record id derived from ids, so a retried task rewrites the same record (deduplicated
     on read) instead of adding another."""
@@ -195,6 +186,48 @@ def record_for_error(
     )
 
 
+def _human_record(
+    decision: HumanDecision,
+    *,
+    record_id: str,
+    reviewer: str,
+    decided: str,
+    content_sha256: str | None,
+    content_ref: str | None,
+    details: dict[str, Any],
+    **extra: Any,
+) -> AuditRecord:
+    """A record of a reviewer's act on a human decision: who, when, which job and policy.
+
+    Raises:
+        AuditError: ``reviewer`` is not a pseudonymous reviewer id (``rv_…``).
+    """
+    if not _PSEUDONYM.fullmatch(reviewer):
+        raise AuditError(
+            "reviewer ids in audit records must be pseudonymous ('rv_' + letters/digits)",
+            code="audit_not_pseudonymous",
+        )
+    return AuditRecord(
+        record_id=record_id,
+        kind="human",
+        at=decision.decided_at,
+        job_id=decision.job_id,
+        content_sha256=content_sha256,
+        content_ref=content_ref,
+        policy_id=decision.policy_id,
+        policy_version=decision.policy_version,
+        compiled_policy_hash=None,
+        model_id=None,
+        weights_sha256=None,
+        category_id=decision.category_id,
+        decision=decided,
+        reason_code=decision.reason_code,
+        actor=reviewer,
+        details=details,
+        **extra,
+    )
+
+
 def record_for_review(
     decision: HumanDecision,
     *,
@@ -213,30 +246,20 @@ def record_for_review(
     Raises:
         AuditError: ``reviewer`` is not a pseudonymous reviewer id (``rv_…``).
     """
-    _require_pseudonym(reviewer)
-    return AuditRecord(
+    return _human_record(
+        decision,
         record_id=_derived_id("human", decision.review_id, reviewer),
-        kind="human",
-        at=decision.decided_at,
-        job_id=decision.job_id,
+        reviewer=reviewer,
+        decided=decision.decision.value,
         content_sha256=content_sha256,
         content_ref=content_ref,
-        policy_id=decision.policy_id,
-        policy_version=decision.policy_version,
-        compiled_policy_hash=None,
-        model_id=None,
-        weights_sha256=None,
-        category_id=decision.category_id,
-        scores=dict(verdict.scores) if verdict else {},
-        decision=decision.decision.value,
-        reason_code=decision.reason_code,
-        actor=reviewer,
         details={
             "review_id": decision.review_id,
             "automated_decision": verdict.decision.value if verdict else None,
             "reviewer_position": position,
             "reviewers": len(decision.reviewers),
         },
+        scores=dict(verdict.scores) if verdict else {},
         dsa_category=dsa_category,
         content_date=content_date,
         tenant=tenant,
@@ -285,23 +308,13 @@ def record_for_bank_addition(
     Raises:
         AuditError: ``reviewer`` is not a pseudonymous reviewer id.
     """
-    _require_pseudonym(reviewer)
-    return AuditRecord(
+    return _human_record(
+        decision,
         record_id=_derived_id("bank", decision.review_id, bank),
-        kind="human",
-        at=decision.decided_at,
-        job_id=decision.job_id,
+        reviewer=reviewer,
+        decided="add_to_bank",
         content_sha256=content_sha256,
         content_ref=content_ref,
-        policy_id=decision.policy_id,
-        policy_version=decision.policy_version,
-        compiled_policy_hash=None,
-        model_id=None,
-        weights_sha256=None,
-        category_id=decision.category_id,
-        decision="add_to_bank",
-        reason_code=decision.reason_code,
-        actor=reviewer,
         details={
             "review_id": decision.review_id,
             "bank": bank,
