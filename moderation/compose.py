@@ -46,6 +46,7 @@ from moderation.adapters.http_callbacks import CallbackDelivery
 from moderation.adapters.http_source import HttpSource
 from moderation.adapters.images import SafeDecoder
 from moderation.adapters.local_audit import LocalSegmentStore
+from moderation.adapters.local_blobs import LocalBlobStore
 from moderation.adapters.passwords import verify_password
 from moderation.adapters.policy_files import exemplar_path, load_policies, policy_files_hash
 from moderation.adapters.redis_banks import RedisBankStore
@@ -56,6 +57,7 @@ from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
 from moderation.adapters.s3_audit import S3SegmentStore
+from moderation.adapters.s3_blobs import S3BlobStore
 from moderation.adapters.s3_source import S3Source
 from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
@@ -82,6 +84,7 @@ from moderation.pipeline.sources import ImageSources, InlineSource
 from moderation.pipeline.submit import PolicyCatalog, Submitter
 from moderation.ports import (
     AuditSink,
+    BlobStore,
     CallbackSender,
     EmbeddingStore,
     ImageDecoder,
@@ -116,6 +119,7 @@ __all__ = [
     "load_model",
     "open_audit",
     "open_bank_store",
+    "open_blob_store",
     "open_embedding_store",
     "open_job_store",
     "open_queue",
@@ -302,6 +306,13 @@ def open_segment_store(settings: Settings) -> SegmentStore:
     if settings.audit.bucket:
         return S3SegmentStore(settings.s3, settings.audit)
     return LocalSegmentStore(settings.audit.local_dir, prefix=settings.audit.prefix)
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """The object store for bytes: S3 when ``settings.blobs.bucket`` is set, else a folder."""
+    if settings.blobs.bucket:
+        return S3BlobStore(settings.s3, settings.blobs)
+    return LocalBlobStore(settings.blobs.local_dir)
 
 
 def open_audit(settings: Settings, *, store: SegmentStore | None = None) -> AuditLog:

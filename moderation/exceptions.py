@@ -39,6 +39,9 @@
         │       └── LoginThrottled       too many failed sign-ins: wait (429)
         ├── AuditError                  chain broken, bad segment
         │   └── AuditSegmentCorrupt     gzip / JSON / header of a segment unreadable
+        ├── BlobError                   the object store for bytes (review evidence, uploads)
+        │   ├── BlobKeyInvalid          a key that is empty, absolute, has ``..`` or odd characters
+        │   └── BlobNotFound            no object under that key
         ├── BankError                   hash banks (known-bad content)
         │   ├── BankFileError           file:line: column: message (one or many)
         │   ├── InvalidHashError        a PDQ hash of the wrong length, or not hex
@@ -347,6 +350,35 @@ class AuditSegmentCorrupt(AuditError):
 
 class AuditSinkUnavailable(TransientError):
     code = "audit_unavailable"
+
+
+# --- the object store for bytes (BlobStore) -----------------------------------------------------
+
+
+class BlobError(PermanentError):
+    """The object store refused an operation for good (access denied, no bucket)."""
+
+    code = "blob_error"
+
+
+class BlobKeyInvalid(BlobError):
+    """A key that is empty, too long, absolute, names ``..`` or holds characters outside
+    ``[A-Za-z0-9._=-]`` between its slashes."""
+
+    code = "blob_key_invalid"
+
+
+class BlobNotFound(BlobError):
+    """No object under this key (never written, deleted, or expired)."""
+
+    code = "blob_not_found"
+
+
+class BlobStoreUnavailable(TransientError):
+    """The object store cannot be reached now (network, timeouts, throttling, 5xx, a full
+    disk): the same call may succeed later."""
+
+    code = "blob_unavailable"
 
 
 # --- hash banks -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ Each port has a real adapter (:mod:`moderation.adapters`) and a small in-memory 
     LoginThrottle    redis_sessions.RedisLoginThrottle         MemoryLoginThrottle
     AuditSink        audit_log.AuditLog                        MemoryAuditSink
     SegmentStore     s3_audit.S3SegmentStore, local_audit      MemorySegmentStore
+    BlobStore        s3_blobs.S3BlobStore, local_blobs         MemoryBlobStore
     TaskPublisher    celery_queue.CeleryQueue                  MemoryPublisher
     CallbackSender   celery_queue.CeleryQueue                  MemoryCallbacks
     BankStore        redis_banks.RedisBankStore                MemoryBankStore
@@ -63,6 +64,7 @@ __all__ = [
     "AuditSink",
     "BankRequest",
     "BankStore",
+    "BlobStore",
     "CallbackSender",
     "Claim",
     "DeadLetter",
@@ -579,6 +581,48 @@ class SegmentStore(Protocol):
     def get(self, key: str) -> bytes: ...
 
     def retention(self, key: str) -> Retention | None: ...
+
+    def describe(self) -> str:
+        """Where this store is, for messages (no credentials)."""
+        ...
+
+
+# --- bytes ---------------------------------------------------------------------------------------
+
+
+class BlobStore(Protocol):
+    """The object store for bytes: review evidence (the exact bytes a job was scored on),
+    large uploads, frames, history shards. An S3 bucket under a prefix, or a local folder.
+
+    Keys are relative paths of plain segments (:func:`moderation.core.blobs.check_key`); a
+    ``put`` is atomic (a reader sees the old object, the new one, or none, never part of one)
+    and durable when it returns.
+
+    Raises (every method): ``BlobKeyInvalid`` for a malformed key or prefix;
+    ``BlobStoreUnavailable`` (transient) when the store cannot be reached; ``BlobError`` for any
+    other refusal (no bucket, access denied).
+    """
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, replacing what was there."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The bytes under ``key``.
+
+        Raises: BlobNotFound when there is no object under ``key``.
+        """
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key`` (nothing there: nothing to do)."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys that start with ``prefix``, in key order, read lazily."""
+        ...
 
     def describe(self) -> str:
         """Where this store is, for messages (no credentials)."""

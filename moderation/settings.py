@@ -26,6 +26,7 @@ __all__ = [
     "ApiKey",
     "AuditSettings",
     "BankSettings",
+    "BlobSettings",
     "EmbeddingSettings",
     "ImageLimits",
     "ModelSettings",
@@ -251,6 +252,17 @@ class AuditSettings(BaseModel):
     retry_max_s: float = 30.0
 
 
+class BlobSettings(BaseModel):
+    """The object store for bytes (:class:`~moderation.ports.BlobStore`): review evidence, large
+    uploads, frames, history shards. An S3 bucket (through ``Settings.s3``) when ``bucket`` is
+    set, else a local folder."""
+
+    bucket: str | None = None
+    #: Key prefix inside the bucket (S3 only; a folder holds the keys at its root).
+    prefix: str = Field(default="blobs/", pattern=r"^([A-Za-z0-9_=-][A-Za-z0-9._=-]*/)*$")
+    local_dir: Path = Path(".moderation/blobs")
+
+
 class RateLimits(BaseModel):
     """Admission of new jobs per tenant (kept in Redis, shared by every API process): a token
     bucket of ``burst`` jobs refilled at ``rate_per_s``, and an optional quota of jobs per UTC
@@ -349,6 +361,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     review: ReviewSettings = ReviewSettings()
     audit: AuditSettings = AuditSettings()
+    blobs: BlobSettings = BlobSettings()
     banks: BankSettings = BankSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
     api_host: str = "127.0.0.1"

@@ -34,7 +34,8 @@ import threading
 import time
 from pathlib import Path
 
-from moderation.adapters.support.audit_spool import Chain, fsync_dir, new_chain_id, try_lock
+from moderation.adapters.support.audit_spool import Chain, new_chain_id, try_lock
+from moderation.adapters.support.files import fsync_dir
 from moderation.core.audit import AuditRecord
 from moderation.exceptions import AuditError, AuditSinkUnavailable, ModerationError
 from moderation.metrics import metrics

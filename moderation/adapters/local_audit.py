@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from moderation.adapters.support.files import atomic_write
 from moderation.core.audit import Retention, key_bounds
 from moderation.exceptions import AuditError, AuditSinkUnavailable
 
@@ -42,20 +43,8 @@ class LocalSegmentStore:
         Raises:
             AuditSinkUnavailable: the folder cannot be written (disk full, permissions).
         """
-        path = self._path(key)
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            tmp.replace(path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            atomic_write(self._path(key), data)
         except OSError as exc:
             raise AuditSinkUnavailable(f"cannot write audit segment {key}: {exc}") from exc
 

@@ -28,6 +28,7 @@ from moderation.core.banks import (
     Segment,
     is_bank_name,
 )
+from moderation.core.blobs import check_key, check_prefix
 from moderation.core.embeddings import StoredEmbedding
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult, keeps_inline
@@ -50,6 +51,8 @@ from moderation.exceptions import (
     BankBusy,
     BankExists,
     BankNotFound,
+    BlobNotFound,
+    BlobStoreUnavailable,
     ImageFetchError,
     QueueFull,
     ReviewAlreadyDecided,
@@ -70,6 +73,7 @@ from moderation.ports import (
 __all__ = [
     "MemoryAuditSink",
     "MemoryBankStore",
+    "MemoryBlobStore",
     "MemoryCallbacks",
     "MemoryEmbeddingStore",
     "MemoryJobStore",
@@ -403,6 +407,51 @@ class MemorySegmentStore:
 
     def retention(self, key: str) -> Retention | None:
         return None
+
+    def describe(self) -> str:
+        return "memory"
+
+
+@dataclass
+class MemoryBlobStore:
+    """The :class:`~moderation.ports.BlobStore` twin. ``down`` makes every call raise
+    ``BlobStoreUnavailable`` (S3 unreachable)."""
+
+    objects: dict[str, bytes] = field(default_factory=dict)
+    down: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _check(self, key: str) -> str:
+        if self.down:
+            raise BlobStoreUnavailable("memory blob store is down")
+        return check_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self.objects[self._check(key)] = bytes(data)
+
+    def get(self, key: str) -> bytes:
+        with self._lock:
+            try:
+                return self.objects[self._check(key)]
+            except KeyError:
+                raise BlobNotFound(f"no object {key}") from None
+
+    def exists(self, key: str) -> bool:
+        with self._lock:
+            return self._check(key) in self.objects
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self.objects.pop(self._check(key), None)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        if self.down:
+            raise BlobStoreUnavailable("memory blob store is down")
+        check_prefix(prefix)
+        with self._lock:
+            keys = sorted(k for k in self.objects if k.startswith(prefix))
+        yield from keys
 
     def describe(self) -> str:
         return "memory"

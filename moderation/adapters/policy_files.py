@@ -13,8 +13,6 @@ diff against the old file shows exactly what changed.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from moderation.adapters.support.files import atomic_write
 from moderation.core.policy import Policy, PolicyMode, PolicySet
 from moderation.exceptions import ModerationError, PolicyIssue, PolicyValidationError
 
@@ -474,17 +473,7 @@ def edit_policy_text(
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temp file + rename in the same folder): a reader
     (a worker's hot reload) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode("utf-8"))
 
 
 # --- the policy folder (PolicyFiles port) --------------------------------------------------

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from moderation.adapters.support.files import atomic_write, fsync_dir
 from moderation.core.audit import (
     GENESIS_HASH,
     AuditRecord,
@@ -35,7 +36,7 @@ from moderation.core.audit import (
 from moderation.exceptions import AuditError
 from moderation.ports import SegmentStore
 
-__all__ = ["Chain", "fsync_dir", "new_chain_id", "try_lock"]
+__all__ = ["Chain", "new_chain_id", "try_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +44,8 @@ _FILE = re.compile(r"records-(\d{8})\.jsonl")
 Position = tuple[int, int]  # (spool file index, byte offset)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json_durably(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as fh:
-        json.dump(value, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    fsync_dir(path.parent)
+    atomic_write(path, json.dumps(value).encode())
 
 
 def new_chain_id() -> str:
