@@ -137,7 +137,7 @@ def bench_pipeline(
     import subprocess
 
     from moderation.adapters.embedded_redis import EmbeddedRedis
-    from moderation.adapters.redis_jobs import RedisJobStore
+    from moderation.adapters.redis_workers import RedisWorkerRegistry
     from moderation.client import ModerationClient
     from moderation.metrics import render
 
@@ -169,9 +169,9 @@ def bench_pipeline(
             stdout=subprocess.DEVNULL,
         )
         try:
-            store = RedisJobStore.from_url(redis.url, settings.queue)
+            registry = RedisWorkerRegistry.from_url(redis.url, settings.queue)
             deadline = time.monotonic() + 600
-            while len(store.workers()) < workers:
+            while len(registry.workers()) < workers:
                 if any(w.poll() is not None for w in procs) or time.monotonic() > deadline:
                     raise SystemExit("worker did not start")
                 time.sleep(0.2)

@@ -50,12 +50,14 @@ from moderation.adapters.local_blobs import LocalBlobStore
 from moderation.adapters.passwords import verify_password
 from moderation.adapters.policy_files import exemplar_path, load_policies, policy_files_hash
 from moderation.adapters.redis_banks import RedisBankStore
+from moderation.adapters.redis_deliveries import RedisDeliveryLog
 from moderation.adapters.redis_embeddings import RedisEmbeddingStore
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
+from moderation.adapters.redis_workers import RedisWorkerRegistry
 from moderation.adapters.s3_audit import S3SegmentStore
 from moderation.adapters.s3_blobs import S3BlobStore
 from moderation.adapters.s3_source import S3Source
@@ -86,6 +88,7 @@ from moderation.ports import (
     AuditSink,
     BlobStore,
     CallbackSender,
+    DeliveryLog,
     EmbeddingStore,
     ImageDecoder,
     JobStore,
@@ -96,6 +99,7 @@ from moderation.ports import (
     ReviewQueue,
     SegmentStore,
     TaskPublisher,
+    WorkerRegistry,
 )
 from moderation.settings import ImageLimits, ModelSettings, ReviewSettings, Settings
 from moderation.signals import LoadedBanks, Signals, builtin_signals
@@ -120,6 +124,7 @@ __all__ = [
     "open_audit",
     "open_bank_store",
     "open_blob_store",
+    "open_delivery_log",
     "open_embedding_store",
     "open_job_store",
     "open_queue",
@@ -127,6 +132,7 @@ __all__ = [
     "open_reviewer_sessions",
     "open_reviewers",
     "open_segment_store",
+    "open_worker_registry",
 ]
 
 log = logging.getLogger(__name__)
@@ -349,6 +355,24 @@ def open_job_store(settings: Settings) -> RedisJobStore:
         QueueUnavailable: no Redis URL configured.
     """
     return RedisJobStore.from_url(_redis_url(settings), settings.queue)
+
+
+def open_delivery_log(settings: Settings) -> RedisDeliveryLog:
+    """Delivery counts, the pending index and the dead letters at ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    return RedisDeliveryLog.from_url(_redis_url(settings), settings.queue)
+
+
+def open_worker_registry(settings: Settings) -> RedisWorkerRegistry:
+    """Worker heartbeats and named locks at ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    return RedisWorkerRegistry.from_url(_redis_url(settings), settings.queue)
 
 
 def open_queue(settings: Settings) -> CeleryQueue:
@@ -612,6 +636,8 @@ class ApiProcess:
 
     settings: Settings
     store: JobStore
+    deliveries: DeliveryLog
+    workers: WorkerRegistry
     publisher: TaskPublisher
     submitter: Submitter
     sources: ImageSources
@@ -635,6 +661,8 @@ def build_api(
     settings: Settings,
     *,
     store: JobStore | None = None,
+    deliveries: DeliveryLog | None = None,
+    workers: WorkerRegistry | None = None,
     publisher: TaskPublisher | None = None,
     callbacks: CallbackSender | None = None,
     audit: AuditSink | None = None,
@@ -653,6 +681,8 @@ def build_api(
     enforce_security(settings)
     queue = open_queue(settings) if publisher is None or callbacks is None else None
     store = store or open_job_store(settings)
+    deliveries = deliveries or open_delivery_log(settings)
+    workers = workers or open_worker_registry(settings)
     q = settings.queue
     if publisher is None and queue is not None and q.publish_wait_ms > 0:
         publisher = CoalescingPublisher(
@@ -671,7 +701,7 @@ def build_api(
         store=store,
         publisher=publisher,
         sources=sources,
-        catalog=PolicyCatalog(store, policy_ids),
+        catalog=PolicyCatalog(workers, policy_ids),
         settings=settings.queue,
         check_callback_url=check_callback_url,
         limiter=limiter
@@ -682,6 +712,7 @@ def build_api(
         banks = build_banks(settings)
     outcomes = Outcomes(
         store,
+        deliveries=deliveries,
         audit=audit,
         callbacks=callbacks,
         keep_inline_s=settings.queue.result_ttl_s,
@@ -691,6 +722,8 @@ def build_api(
     return ApiProcess(
         settings=settings,
         store=store,
+        deliveries=deliveries,
+        workers=workers,
         publisher=publisher,
         submitter=submitter,
         sources=sources,
@@ -752,6 +785,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     enforce_security(settings)
     q = settings.queue
     store = open_job_store(settings)
+    deliveries = open_delivery_log(settings)
     queue = open_queue(settings)
     audit = open_audit(settings)
     slot = settings.worker_slot
@@ -788,6 +822,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     sources = build_sources(settings, store)
     outcomes = Outcomes(
         store,
+        deliveries=deliveries,
         audit=audit,
         callbacks=queue,
         review=open_review_queue(settings),
@@ -797,6 +832,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     )
     processor = Processor(
         store=store,
+        deliveries=deliveries,
         sources=sources,
         moderator=moderator,
         batcher=batcher,
@@ -812,6 +848,8 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     maintenance = WorkerMaintenance(
         name=worker_name,
         store=store,
+        deliveries=deliveries,
+        registry=open_worker_registry(settings),
         publisher=queue,
         policies=policies,
         settings=q,

@@ -1,7 +1,8 @@
 """Ports: every outside concern the use cases talk to, as a Protocol, in one place.
 
-Each port has a real adapter (:mod:`moderation.adapters`) and a small in-memory twin
-(:mod:`moderation.adapters.memory`) for fast unit tests of the use cases::
+Each port has a real adapter (:mod:`moderation.adapters`) and a small in-memory twin (the
+:mod:`moderation.adapters.memory` package, one twin per module) for fast unit tests of the use
+cases::
 
     port             real adapter                              in-memory twin
     ImageSource      http_source (http, https), s3_source (s3) MemorySource (mem)
@@ -11,6 +12,8 @@ Each port has a real adapter (:mod:`moderation.adapters`) and a small in-memory 
     Signal           signals.prompts.PromptSignal,             (pure)
                      signals.hash_bank.HashBankSignal
     JobStore         redis_jobs.RedisJobStore                  MemoryJobStore
+    DeliveryLog      redis_deliveries.RedisDeliveryLog         MemoryDeliveryLog
+    WorkerRegistry   redis_workers.RedisWorkerRegistry         MemoryWorkerRegistry
     RateLimiter      redis_limits.RedisRateLimiter             MemoryRateLimiter
     ReviewQueue      redis_review.RedisReviewQueue             MemoryReviewQueue
     ReviewerStore    redis_reviewers.RedisReviewerStore        MemoryReviewerStore
@@ -69,6 +72,7 @@ __all__ = [
     "Claim",
     "DeadLetter",
     "DecideResult",
+    "DeliveryLog",
     "EmbeddingStore",
     "Encoder",
     "ImageDecoder",
@@ -83,7 +87,10 @@ __all__ = [
     "ReviewerStore",
     "SegmentStore",
     "Signal",
+    "SingleDeliveryOps",
+    "SingleJobOps",
     "TaskPublisher",
+    "WorkerRegistry",
 ]
 
 
@@ -195,10 +202,13 @@ class DeadLetter(BaseModel):
 
 
 class JobStore(Protocol):
-    """Job records, inline bytes, results (a final result is written once), delivery counters,
-    the outcome log, dead letters, the pending index and worker heartbeats. The hot path reads
-    and writes whole batches (``*_many``, one round trip each); the single-job forms come from
+    """Job records, their inline bytes and their results: what an upstream service submitted and
+    what it reads back. A final result is written once. The hot path reads and writes whole
+    batches (``*_many``, one round trip each); the single-job forms come from
     :class:`SingleJobOps`.
+
+    Creating a job also puts it in the pending index of the :class:`DeliveryLog` and counts its
+    bytes as queued; ending it takes it out of both (one atomic step in each store).
 
     Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
     """
@@ -250,13 +260,20 @@ class JobStore(Protocol):
         """Attach a human decision to a job's result; None for an unknown job."""
         ...
 
-    def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]: ...
+    def outcomes(self, count: int = 100_000) -> list[tuple[str, str]]:
+        """(job id, status) per ended job, oldest first: one entry per job."""
+        ...
 
-    def effects_done(self, job_id: str) -> bool: ...
+    def ping(self) -> bool: ...
 
-    def mark_effects_done_many(self, job_ids: Sequence[str]) -> None: ...
 
-    def mark_effects_done(self, job_id: str) -> None: ...
+class DeliveryLog(Protocol):
+    """What happened to each job's deliveries: start counts (poison-message detection), whether
+    its side effects ran, the pending index (jobs published and not ended, for the lost-message
+    sweep) and the dead letters set aside for an operator.
+
+    Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
+    """
 
     def count_deliveries(self, job_ids: Sequence[str]) -> list[int]:
         """Count one more start of each job; returns the counts."""
@@ -264,19 +281,13 @@ class JobStore(Protocol):
 
     def count_delivery(self, job_id: str) -> int: ...
 
-    def outcomes(self, count: int = 100_000) -> list[tuple[str, str]]:
-        """(job id, status) per ended job, oldest first: one entry per job."""
-        ...
+    def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]: ...
 
-    def dead_letter(self, job_id: str, *, reason: str, deliveries: int) -> None: ...
+    def effects_done(self, job_id: str) -> bool: ...
 
-    def dead_letters(self) -> list[DeadLetter]: ...
+    def mark_effects_done_many(self, job_ids: Sequence[str]) -> None: ...
 
-    def take_dead_letter(self, job_id: str) -> Job | None:
-        """Take a job off the dead-letter list and make it runnable again."""
-        ...
-
-    def purge_dead_letters(self) -> int: ...
+    def mark_effects_done(self, job_id: str) -> None: ...
 
     def stale_pending(self, older_than_s: float, limit: int = 1000) -> list[str]:
         """Jobs published more than ``older_than_s`` ago that have not ended."""
@@ -286,27 +297,45 @@ class JobStore(Protocol):
         """Seconds since the oldest job that has not ended was (last) published; None: none."""
         ...
 
-    def dead_letter_count(self) -> int:
-        """Jobs on the dead-letter list."""
-        ...
-
     def mark_republished(self, job_id: str) -> None: ...
 
     def forget_pending(self, job_id: str) -> None: ...
 
-    def try_lock(self, name: str, ttl_s: float) -> bool:
-        """Take a named lock for ``ttl_s`` seconds unless someone holds it."""
+    def dead_letter(self, job_id: str, *, reason: str, deliveries: int) -> None: ...
+
+    def dead_letters(self) -> list[DeadLetter]: ...
+
+    def take_dead_letter(self, job_id: str) -> Job | None:
+        """Take a job off the dead-letter list and make it runnable again (its result back to
+        queued, its delivery count reset)."""
         ...
+
+    def purge_dead_letters(self) -> int: ...
+
+    def dead_letter_count(self) -> int:
+        """Jobs on the dead-letter list."""
+        ...
+
+
+class WorkerRegistry(Protocol):
+    """Live workers (heartbeats with what they serve) and short named locks between them.
+
+    Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
+    """
 
     def heartbeat(self, name: str, info: dict[str, Any], ttl_s: int = 30) -> None: ...
 
-    def workers(self) -> list[dict[str, Any]]: ...
+    def workers(self) -> list[dict[str, Any]]:
+        """The heartbeats of the workers alive now."""
+        ...
 
     def known_policies(self) -> dict[str, int]:
         """Policy id -> version, as loaded by the live workers."""
         ...
 
-    def ping(self) -> bool: ...
+    def try_lock(self, name: str, ttl_s: float) -> bool:
+        """Take a named lock for ``ttl_s`` seconds unless someone holds it."""
+        ...
 
 
 class RateLimiter(Protocol):
@@ -339,15 +368,6 @@ class SingleJobOps:
     def finish_many(self, results: Sequence[JobResult]) -> list[bool]:
         raise NotImplementedError
 
-    def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]:
-        raise NotImplementedError
-
-    def mark_effects_done_many(self, job_ids: Sequence[str]) -> None:
-        raise NotImplementedError
-
-    def count_deliveries(self, job_ids: Sequence[str]) -> list[int]:
-        raise NotImplementedError
-
     def create(self, job: Job, inline: bytes | None = None) -> tuple[Job, bool]:
         return self.create_many([(job, inline)])[0]
 
@@ -362,6 +382,19 @@ class SingleJobOps:
 
     def finish(self, result: JobResult) -> bool:
         return self.finish_many([result])[0]
+
+
+class SingleDeliveryOps:
+    """The single-job forms of a delivery log's batch operations (mixin)."""
+
+    def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]:
+        raise NotImplementedError
+
+    def mark_effects_done_many(self, job_ids: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def count_deliveries(self, job_ids: Sequence[str]) -> list[int]:
+        raise NotImplementedError
 
     def effects_done(self, job_id: str) -> bool:
         return self.effects_done_many([job_id])[0]

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from moderation.adapters.redis_jobs import RedisJobStore
+from moderation.adapters.redis_workers import RedisWorkerRegistry
 from moderation.api import create_app
 from moderation.api.server import serve_in_thread
 from moderation.compose import build_api
@@ -22,6 +23,11 @@ from moderation.settings import Settings
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def live_workers(store: RedisJobStore) -> list[dict[str, Any]]:
+    """The heartbeats of the live workers, from the registry beside ``store``."""
+    return RedisWorkerRegistry(store.redis, store.settings).workers()
 
 
 def pipeline_settings(settings: Settings, redis_url: str, **queue: Any) -> Settings:
@@ -94,7 +100,7 @@ class WorkerProcess:
         """Wait for this worker's heartbeat (model loaded)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for info in store.workers():
+            for info in live_workers(store):
                 if info.get("name", "").endswith(f"-{self.pid}"):
                     return info
             if self.proc is not None and self.proc.poll() is not None:

@@ -96,20 +96,42 @@ def test_ports_pipeline_and_signals_use_no_adapter_or_io_library() -> None:
     assert _violations(files, forbidden, IO_LIBRARIES) == []
 
 
+def _adapter_of(path: Path) -> str:
+    """The adapter a module belongs to: ``moderation.adapters.<name>`` for a module or a package
+    (the modules of one package, such as the in-memory twins, are one adapter)."""
+    return "moderation.adapters." + path.relative_to(PACKAGE / "adapters").parts[0].removesuffix(
+        ".py"
+    )
+
+
 def test_an_adapter_never_imports_another_adapter() -> None:
     problems = []
     for path in _modules("adapters"):
         if "support" in path.parts:
             continue
-        own = f"moderation.adapters.{path.stem}"
+        own = _adapter_of(path)
         for line, module in _imports(path):
             if (
                 module.startswith("moderation.adapters.")
                 and module != own
+                and not module.startswith(own + ".")
                 and not module.startswith("moderation.adapters.support")
             ):
                 problems.append(f"{path.relative_to(ROOT)}:{line}: imports {module}")
     assert problems == []
+
+
+def test_each_in_memory_twin_has_its_own_module() -> None:
+    """One twin per module: a module of ``adapters/memory/`` defines one public class."""
+    crowded = {}
+    for path in sorted((PACKAGE / "adapters" / "memory").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        public = [
+            n.name for n in tree.body if isinstance(n, ast.ClassDef) and not n.name.startswith("_")
+        ]
+        if path.name != "__init__.py" and len(public) != 1:
+            crowded[path.name] = public
+    assert crowded == {}
 
 
 def test_the_library_never_imports_an_entry_point() -> None:

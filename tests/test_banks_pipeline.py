@@ -41,7 +41,14 @@ from moderation.pipeline.audit import iter_records
 from moderation.pipeline.banks import image_feature
 from moderation.settings import ImageLimits, Settings
 from moderation.web.auth import hash_password
-from tests.pipeline_support import WorkerProcess, pipeline_settings, png_bytes, start_api, stop_api
+from tests.pipeline_support import (
+    WorkerProcess,
+    live_workers,
+    pipeline_settings,
+    png_bytes,
+    start_api,
+    stop_api,
+)
 from tests.servers import start_valkey
 
 pytestmark = pytest.mark.slow
@@ -93,11 +100,11 @@ class Banked:
         """Seconds until every worker's heartbeat satisfies ``check``."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
-            live = self.store.workers()
+            live = live_workers(self.store)
             if len(live) == len(self.workers) and all(check(w) for w in live):
                 return time.monotonic() - started
             time.sleep(0.05)
-        raise AssertionError(f"workers not there after {timeout}s: {self.store.workers()}")
+        raise AssertionError(f"workers not there after {timeout}s: {live_workers(self.store)}")
 
 
 def bank_version(worker: dict[str, Any], bank: str) -> int:

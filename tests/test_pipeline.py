@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from moderation import testmodel
+from moderation.adapters.redis_deliveries import RedisDeliveryLog
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.cli import app as cli_app
 from moderation.client import ModerationClient
@@ -38,6 +39,7 @@ from moderation.testmodel.samples import bomb_png
 from tests.pipeline_support import (
     WorkerProcess,
     jpeg_bytes,
+    live_workers,
     pipeline_settings,
     png_bytes,
     start_api,
@@ -308,7 +310,12 @@ def test_signed_callback_and_human_decision(pipe: Pipeline, tmp_path: Path) -> N
         }
     )
     audit = open_audit(settings)
-    outcomes = Outcomes(pipe.store, audit=audit, callbacks=open_queue(settings))
+    outcomes = Outcomes(
+        pipe.store,
+        deliveries=RedisDeliveryLog(pipe.store.redis, pipe.store.settings),
+        audit=audit,
+        callbacks=open_queue(settings),
+    )
     decision = HumanDecision(
         job_id="cb-1",
         review_id="r-1",
@@ -355,8 +362,9 @@ def test_dead_letter_then_requeue_from_the_cli(pipe: Pipeline) -> None:
 
     job = Job(id="poison-1", image=ImageRef.for_inline("poison-1"))
     store.create(job, image)
+    deliveries = RedisDeliveryLog(store.redis, store.settings)
     for _ in range(pipe.settings.queue.max_deliveries):  # as if it crashed the worker 4 times
-        store.count_delivery(job.id)
+        deliveries.count_delivery(job.id)
     open_queue(pipe.settings).publish([job.id])
     dead = pipe.client.wait(job.id, 30)
     assert dead.status is JobStatus.ERROR and dead.error is not None
@@ -370,7 +378,7 @@ def test_dead_letter_then_requeue_from_the_cli(pipe: Pipeline) -> None:
     assert requeued.exit_code == 0 and "requeued 1" in requeued.output
     result = pipe.client.wait(job.id, 30)
     assert result.status is JobStatus.DONE and result.verdict is not None
-    assert store.dead_letters() == []
+    assert deliveries.dead_letters() == []
 
 
 def test_policy_change_is_picked_up_without_restart(pipe: Pipeline) -> None:
@@ -378,7 +386,7 @@ def test_policy_change_is_picked_up_without_restart(pipe: Pipeline) -> None:
     pipe.policy_file.write_text(text.replace("version: 1", "version: 2", 1))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if any(w["policies"].get("testworld") == 2 for w in pipe.store.workers()):
+        if any(w["policies"].get("testworld") == 2 for w in live_workers(pipe.store)):
             break
         time.sleep(0.2)
     result = pipe.run(png_bytes(testmodel.sample_images("block", 1, 51)[0][0]))

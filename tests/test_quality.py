@@ -20,6 +20,7 @@ from moderation.adapters.compile_cache import CompileCache
 from moderation.adapters.memory import (
     MemoryAuditSink,
     MemoryCallbacks,
+    MemoryDeliveryLog,
     MemoryEmbeddingStore,
     MemoryJobStore,
     MemoryPolicyFiles,
@@ -27,6 +28,7 @@ from moderation.adapters.memory import (
     MemoryRateLimiter,
     MemoryReviewQueue,
     MemorySource,
+    MemoryWorkerRegistry,
 )
 from moderation.adapters.policy_files import (
     PolicyFolder,
@@ -519,19 +521,21 @@ def shadow_world(
     )
     scoring = build_scoring(settings)
     store, audit = MemoryJobStore(), MemoryAuditSink()
+    deliveries = MemoryDeliveryLog(store)
     sources = ImageSources([MemorySource(), InlineSource(store)])
     queue = QueueSettings()
     submitter = Submitter(
         store=store,
         publisher=MemoryPublisher(),
         sources=sources,
-        catalog=PolicyCatalog(store, lambda: set(scoring.policies.current.by_id)),
+        catalog=PolicyCatalog(MemoryWorkerRegistry(), lambda: set(scoring.policies.current.by_id)),
         settings=queue,
         check_callback_url=lambda url: None,
         limiter=MemoryRateLimiter(),
     )
     outcomes = Outcomes(
         store,
+        deliveries=deliveries,
         audit=audit,
         callbacks=MemoryCallbacks(),
         review=MemoryReviewQueue(),
@@ -543,6 +547,7 @@ def shadow_world(
     )
     processor = Processor(
         store=store,
+        deliveries=deliveries,
         sources=sources,
         moderator=scoring.moderator,
         batcher=batcher,

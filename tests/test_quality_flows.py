@@ -23,9 +23,11 @@ from moderation.adapters.memory import (
     MemoryRateLimiter,
 )
 from moderation.adapters.policy_files import edit_policy_text, load_policy_file
+from moderation.adapters.redis_deliveries import RedisDeliveryLog
 from moderation.adapters.redis_embeddings import RedisEmbeddingStore
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_review import RedisReviewQueue
+from moderation.adapters.redis_workers import RedisWorkerRegistry
 from moderation.cli import app
 from moderation.client import ModerationClient
 from moderation.compose import Scoring, open_segment_store
@@ -43,7 +45,13 @@ from moderation.pipeline.submit import PolicyCatalog, SubmitRequest, Submitter
 from moderation.settings import Settings
 from moderation.testmodel import world
 from moderation.testmodel.samples import encoded
-from tests.pipeline_support import WorkerProcess, pipeline_settings, start_api, stop_api
+from tests.pipeline_support import (
+    WorkerProcess,
+    live_workers,
+    pipeline_settings,
+    start_api,
+    stop_api,
+)
 
 pytestmark = pytest.mark.slow
 TESTWORLD = testmodel.POLICY_PATH.read_text()
@@ -184,7 +192,7 @@ def test_a_shadow_version_on_a_real_worker_is_measured_audited_backtested_and_pr
     _wait(
         lambda: any(
             w["policies"] == {"testworld": 2} and w["shadow_policies"] == {}
-            for w in shadow_pipeline["store"].workers()
+            for w in live_workers(shadow_pipeline["store"])
         ),
         what="the worker to reload",
     )
@@ -219,19 +227,23 @@ def test_review_decisions_exported_from_the_queue_feed_eval_and_calibrate(
 ) -> None:
     cfg = pipeline_settings(settings, redis_url)
     store = RedisJobStore.from_url(redis_url, cfg.queue)
+    deliveries = RedisDeliveryLog.from_url(redis_url, cfg.queue)
     queue = RedisReviewQueue.from_url(redis_url, cfg.review)
     sources = ImageSources([InlineSource(store)])
     submitter = Submitter(
         store=store,
         publisher=MemoryPublisher(),
         sources=sources,
-        catalog=PolicyCatalog(store, lambda: {"testworld"}),
+        catalog=PolicyCatalog(
+            RedisWorkerRegistry.from_url(redis_url, cfg.queue), lambda: {"testworld"}
+        ),
         settings=cfg.queue,
         check_callback_url=lambda url: None,
         limiter=MemoryRateLimiter(),
     )
     outcomes = Outcomes(
         store,
+        deliveries=deliveries,
         audit=MemoryAuditSink(),
         callbacks=MemoryCallbacks(),
         review=queue,
@@ -243,6 +255,7 @@ def test_review_decisions_exported_from_the_queue_feed_eval_and_calibrate(
     )
     processor = Processor(
         store=store,
+        deliveries=deliveries,
         sources=sources,
         moderator=scoring.moderator,
         batcher=batcher,

@@ -24,11 +24,13 @@ from moderation import testmodel
 from moderation.adapters.memory import (
     MemoryAuditSink,
     MemoryCallbacks,
+    MemoryDeliveryLog,
     MemoryJobStore,
     MemoryPublisher,
     MemoryRateLimiter,
     MemoryReviewQueue,
     MemorySource,
+    MemoryWorkerRegistry,
 )
 from moderation.core.admission import DAY_S, Tenant
 from moderation.core.decision import Decision
@@ -82,6 +84,8 @@ def _no_callback_check(url: str) -> None:
 @dataclass
 class World:
     store: MemoryJobStore
+    deliveries: MemoryDeliveryLog
+    registry: MemoryWorkerRegistry
     publisher: MemoryPublisher
     callbacks: MemoryCallbacks
     audit: MemoryAuditSink
@@ -121,6 +125,8 @@ def world(scoring: Any) -> Iterator[World]:
         max_metadata_bytes=4096,
     )
     store = MemoryJobStore()
+    deliveries = MemoryDeliveryLog(store)
+    registry = MemoryWorkerRegistry()
     publisher = MemoryPublisher()
     callbacks = MemoryCallbacks()
     audit = MemoryAuditSink()
@@ -133,13 +139,14 @@ def world(scoring: Any) -> Iterator[World]:
         store=store,
         publisher=publisher,
         sources=sources,
-        catalog=PolicyCatalog(store, lambda: set(policies.current.by_id)),
+        catalog=PolicyCatalog(registry, lambda: set(policies.current.by_id)),
         settings=queue,
         check_callback_url=_no_callback_check,
         limiter=MemoryRateLimiter(clock=clock),
     )
     outcomes = Outcomes(
         store,
+        deliveries=deliveries,
         audit=audit,
         callbacks=callbacks,
         review=review,
@@ -152,6 +159,7 @@ def world(scoring: Any) -> Iterator[World]:
     )
     processor = Processor(
         store=store,
+        deliveries=deliveries,
         sources=sources,
         moderator=scoring.moderator,
         batcher=batcher,
@@ -160,6 +168,8 @@ def world(scoring: Any) -> Iterator[World]:
     )
     yield World(
         store,
+        deliveries,
+        registry,
         publisher,
         callbacks,
         audit,
@@ -294,7 +304,7 @@ def test_tenants_own_their_ids_and_read_only_their_jobs(world: World) -> None:
 
 
 def test_a_tenant_policy_set_is_the_default_and_the_limit(world: World, scoring: Any) -> None:
-    catalog = PolicyCatalog(world.store, lambda: {"testworld", "other"})
+    catalog = PolicyCatalog(world.registry, lambda: {"testworld", "other"})
     submitter = Submitter(
         store=world.store,
         publisher=world.publisher,
@@ -445,7 +455,7 @@ def test_a_crash_between_result_and_side_effects_is_repaired_by_the_redelivery(
     world.callbacks.send = send  # type: ignore[method-assign]
     assert world.run(job_id) == "duplicate"
     assert [j for j, _, _ in world.callbacks.sent] == [job_id]
-    assert world.store.effects_done(job_id)
+    assert world.deliveries.effects_done(job_id)
 
 
 def test_every_ending_is_audited_errors_too(world: World) -> None:
@@ -500,13 +510,13 @@ def test_transient_errors_retry_then_end_with_the_reason(world: World) -> None:
 def test_a_poison_message_is_dead_lettered_and_audited(world: World) -> None:
     job_id = world.submit(image_bytes=png("allow", 8))
     for _ in range(world.queue.max_deliveries):  # deliveries that died with the worker
-        world.store.count_delivery(job_id)
+        world.deliveries.count_delivery(job_id)
     assert world.run(job_id) == "dead_letter"
     assert world.result(job_id).error.code == "poison_message"  # type: ignore[union-attr]
     assert job_id in world.store.inline  # kept: `dlq requeue` runs it again
-    assert [d.job_id for d in world.store.dead_letters()] == [job_id]
+    assert [d.job_id for d in world.deliveries.dead_letters()] == [job_id]
     assert world.audit.records[-1].reason_code == "poison_message"
-    assert world.store.take_dead_letter(job_id) is not None
+    assert world.deliveries.take_dead_letter(job_id) is not None
     assert world.run(job_id) == "verdict"
 
 
@@ -563,9 +573,10 @@ def test_the_sweep_republishes_only_jobs_whose_message_was_lost(world: World) ->
     kept = world.submit(image_url="mem://a")
     lost = Job(id="lost-1", image=ImageRef(uri="mem://a"))
     world.store.create(lost)  # recorded, never published (the API died in between)
-    assert sweep_lost(world.store, world.publisher, older_than_s=0.0) == ["lost-1"]
+    sweep = (world.store, world.deliveries, world.registry, world.publisher)
+    assert sweep_lost(*sweep, older_than_s=0.0) == ["lost-1"]
     assert world.publisher.published == [kept, "lost-1"]
-    assert sweep_lost(world.store, world.publisher, older_than_s=0.0) == []  # lock held
+    assert sweep_lost(*sweep, older_than_s=0.0) == []  # lock held
 
 
 def test_local_scoring_uses_the_same_path(world: World, scoring: Any) -> None:
@@ -631,7 +642,7 @@ def test_a_redelivered_batch_is_split_so_a_poison_image_takes_down_only_itself(
     world: World,
 ) -> None:
     ids = [world.submit(image_bytes=png("allow", 60 + i)) for i in range(3)]
-    world.store.count_deliveries(ids)  # the first delivery started them, then the worker died
+    world.deliveries.count_deliveries(ids)  # the first delivery started them, then the worker died
     done = world.processor.process_many(ids)
     assert [d.outcome for d in done] == ["split"] * 3
     assert all(world.result(j).status is JobStatus.QUEUED for j in ids)

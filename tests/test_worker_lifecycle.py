@@ -27,7 +27,14 @@ from moderation.client import ModerationClient
 from moderation.core.audit import dedupe
 from moderation.core.jobs import JobStatus
 from moderation.settings import Settings
-from tests.pipeline_support import WorkerProcess, pipeline_settings, png_bytes, start_api, stop_api
+from tests.pipeline_support import (
+    WorkerProcess,
+    live_workers,
+    pipeline_settings,
+    png_bytes,
+    start_api,
+    stop_api,
+)
 from tests.servers import MotoServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -300,7 +307,7 @@ def test_a_worker_without_its_weights_is_not_ready_and_says_why(
         assert status == 503
         assert f"checkpoint {missing} does not exist" in body["detail"]
         assert _probe(health_port, "/livez")[0] == 200  # a restart would not bring the weights
-        assert RedisJobStore.from_url(redis_url, s.queue).workers() == []
+        assert live_workers(RedisJobStore.from_url(redis_url, s.queue)) == []
     finally:
         worker.stop()
 

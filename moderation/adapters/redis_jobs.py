@@ -1,5 +1,7 @@
-"""Redis job store: job records, inline image bytes, results with a TTL, delivery counters, the
-outcome stream, the dead-letter list and worker heartbeats.
+"""Redis job store: job records, inline image bytes, results with a TTL and the outcome stream.
+The delivery log (:mod:`moderation.adapters.redis_deliveries`) and the worker registry
+(:mod:`moderation.adapters.redis_workers`) share this key layout
+(:class:`~moderation.adapters.support.job_keys.JobKeys`).
 
 Keys (``P`` = ``settings.queue.key_prefix``)::
 
@@ -32,19 +34,18 @@ Redis errors become :class:`~moderation.exceptions.QueueUnavailable` (transient)
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
 
+from moderation.adapters.support.job_keys import JobKeys
 from moderation.adapters.support.redis import connect, redis_errors
 from moderation.core.jobs import Job, JobResult, keeps_inline
 from moderation.core.review import HumanDecision
 from moderation.exceptions import QueueFull, QueueUnavailable
-from moderation.ports import DeadLetter, SingleJobOps
+from moderation.ports import SingleJobOps
 from moderation.settings import QueueSettings
 
 __all__ = ["RedisJobStore"]
@@ -105,6 +106,7 @@ class RedisJobStore(SingleJobOps):
         self.redis = client
         self.settings = settings
         self.prefix = settings.key_prefix
+        self.keys = JobKeys(settings.key_prefix)
         self._create = client.register_script(_CREATE)
         self._finish = client.register_script(_FINISH)
         self._unqueue = client.register_script(_UNQUEUE)
@@ -115,7 +117,7 @@ class RedisJobStore(SingleJobOps):
         return cls(connect(url), settings)
 
     def key(self, kind: str, job_id: str = "") -> str:
-        return f"{self.prefix}{kind}:{job_id}" if job_id else f"{self.prefix}{kind}"
+        return self.keys.key(kind, job_id)
 
     def _call(self, fn: Callable[[], T]) -> T:
         with redis_errors("job store"):
@@ -298,151 +300,6 @@ class RedisJobStore(SingleJobOps):
         """(job_id, status) per ended job, oldest first, from the outcome stream."""
         entries: Any = self._call(lambda: self.redis.xrange(self.key("outcomes"), count=count))
         return [(f[b"job_id"].decode(), f[b"status"].decode()) for _, f in entries]
-
-    # --- deliveries and side effects ---------------------------------------------------------
-
-    def count_deliveries(self, job_ids: Sequence[str]) -> list[int]:
-        """Count one more start of each job; returns the counts (one round trip)."""
-
-        def run() -> list[int]:
-            pipe = self.redis.pipeline(transaction=False)
-            for job_id in job_ids:
-                key = self.key("deliveries", job_id)
-                pipe.incr(key)
-                pipe.expire(key, self.settings.result_ttl_s)
-            return [int(n) for n in pipe.execute()[::2]]
-
-        return self._call(run) if job_ids else []
-
-    def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]:
-        return [raw is not None for raw in self._mget("effects", job_ids)]
-
-    def mark_effects_done_many(self, job_ids: Sequence[str]) -> None:
-        def run() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.set(self.key("effects", job_id), b"1", ex=self.settings.result_ttl_s)
-            pipe.execute()
-
-        if job_ids:
-            self._call(run)
-
-    # --- dead letters ------------------------------------------------------------------------
-
-    def dead_letter(self, job_id: str, *, reason: str, deliveries: int) -> None:
-        entry = DeadLetter(
-            job_id=job_id, reason=reason, deliveries=deliveries, at=datetime.now(UTC)
-        )
-        self._call(lambda: self.redis.hset(self.key("dlq"), job_id, entry.model_dump_json()))
-
-    def dead_letters(self) -> list[DeadLetter]:
-        raw = self._call(lambda: self.redis.hgetall(self.key("dlq")))
-        entries = [DeadLetter.model_validate_json(v) for v in raw.values()]
-        return sorted(entries, key=lambda e: e.at)
-
-    def take_dead_letter(self, job_id: str) -> Job | None:
-        """Remove a job from the dead-letter list and make it runnable again (result back to
-        queued, delivery count reset). Returns the job, or None when it is not dead-lettered or
-        its record expired.
-
-        Raises:
-            QueueUnavailable: Redis is down.
-        """
-        if not self._call(lambda: self.redis.hdel(self.key("dlq"), job_id)):
-            return None
-        job = self.get_job(job_id)
-        if job is None:
-            return None
-
-        def reset() -> None:
-            pipe = self.redis.pipeline()
-            pipe.set(
-                self.key("result", job_id),
-                JobResult.queued(job).model_dump_json(),
-                ex=self.settings.result_ttl_s,
-            )
-            pipe.delete(self.key("deliveries", job_id), self.key("effects", job_id))
-            pipe.zadd(self.key("pending"), {job_id: time.time()})
-            pipe.execute()
-
-        self._call(reset)
-        return job
-
-    def purge_dead_letters(self) -> int:
-        def run() -> int:
-            pipe = self.redis.pipeline()
-            pipe.hlen(self.key("dlq"))
-            pipe.delete(self.key("dlq"))
-            return int(pipe.execute()[0])
-
-        return self._call(run)
-
-    # --- workers and queue -------------------------------------------------------------------
-
-    def heartbeat(self, name: str, info: dict[str, Any], ttl_s: int = 30) -> None:
-        payload = json.dumps({**info, "at": time.time()})
-        self._call(lambda: self.redis.set(self.key("worker", name), payload, ex=ttl_s))
-
-    def workers(self) -> list[dict[str, Any]]:
-        def run() -> list[dict[str, Any]]:
-            keys = list(self.redis.scan_iter(match=self.key("worker", "*"), count=100))
-            values = self.redis.mget(keys) if keys else []
-            return [json.loads(v) for v in values if v]
-
-        return self._call(run)
-
-    def known_policies(self) -> dict[str, int]:
-        """Policy id -> version, as loaded by the live workers."""
-        known: dict[str, int] = {}
-        for worker in self.workers():
-            known.update({str(k): int(v) for k, v in worker.get("policies", {}).items()})
-        return known
-
-    # --- pending index and locks ------------------------------------------------------------
-
-    def stale_pending(self, older_than_s: float, limit: int = 1000) -> list[str]:
-        """Jobs published more than ``older_than_s`` ago that have not ended.
-
-        Raises:
-            QueueUnavailable: Redis is down.
-        """
-        raw = self._call(
-            lambda: self.redis.zrangebyscore(
-                self.key("pending"), 0, time.time() - older_than_s, start=0, num=limit
-            )
-        )
-        return [j.decode() if isinstance(j, bytes) else str(j) for j in raw]
-
-    def oldest_pending_age(self) -> float | None:
-        """Seconds since the oldest job that has not ended was (last) published.
-
-        Raises:
-            QueueUnavailable: Redis is down.
-        """
-        raw = self._call(lambda: self.redis.zrange(self.key("pending"), 0, 0, withscores=True))
-        return max(0.0, time.time() - float(raw[0][1])) if raw else None
-
-    def dead_letter_count(self) -> int:
-        """Raises:
-        QueueUnavailable: Redis is down.
-        """
-        return int(self._call(lambda: self.redis.hlen(self.key("dlq"))))
-
-    def try_lock(self, name: str, ttl_s: float) -> bool:
-        return bool(
-            self._call(
-                lambda: self.redis.set(
-                    self.key("lock", name), b"1", nx=True, px=max(1, int(ttl_s * 1000))
-                )
-            )
-        )
-
-    def mark_republished(self, job_id: str) -> None:
-        """Restart the lost-message clock of a job that was published again."""
-        self._call(lambda: self.redis.zadd(self.key("pending"), {job_id: time.time()}, xx=True))
-
-    def forget_pending(self, job_id: str) -> None:
-        self._call(lambda: self.redis.zrem(self.key("pending"), job_id))
 
     def ping(self) -> bool:
         try:

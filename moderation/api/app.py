@@ -445,7 +445,7 @@ def create_app(api: ApiProcess) -> FastAPI:
         workers: list[dict[str, Any]] = []
         if redis_ok:
             try:
-                workers = store.workers()
+                workers = api.workers.workers()
             except ModerationError:
                 workers = []
         body = Readiness(
@@ -467,15 +467,15 @@ def create_app(api: ApiProcess) -> FastAPI:
         """Prometheus metrics of the API and every worker process on this host, plus gauges
         read from Redis (queue depth, live workers, queued bytes)."""
         depth = _quiet(api.publisher.queue_depth)
-        alive = _quiet(lambda: len(store.workers()))
+        alive = _quiet(lambda: len(api.workers.workers()))
         queued = _quiet(store.queued_bytes)
-        oldest = _quiet(lambda: store.oldest_pending_age() or 0.0)
+        oldest = _quiet(lambda: api.deliveries.oldest_pending_age() or 0.0)
         body, content_type = render(
             queue_depth=depth,
             workers_alive=alive,
             queued_bytes=queued,
             oldest_pending_age_s=oldest,
-            dead_letters=_quiet(store.dead_letter_count),
+            dead_letters=_quiet(api.deliveries.dead_letter_count),
         )
         try:
             stats = api.review_queue.stats()

@@ -26,7 +26,7 @@ from rich.table import Table
 from moderation.cli.common import err, fail, load_settings, out, warn_insecure
 from moderation.cli.score import DECISION_STYLE
 from moderation.exceptions import ModerationError
-from moderation.ports import JobStore
+from moderation.ports import WorkerRegistry
 from moderation.settings import Settings
 
 __all__ = ["demo"]
@@ -70,11 +70,11 @@ def _demo_reviewer(settings: Settings) -> str | None:
 
 
 def _wait_for_worker(
-    store: JobStore, proc: subprocess.Popen[bytes], timeout: float
+    registry: WorkerRegistry, proc: subprocess.Popen[bytes], timeout: float
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        workers = store.workers()
+        workers = registry.workers()
         if workers:
             return workers[0]
         if proc.poll() is not None:
@@ -124,7 +124,12 @@ def demo(
     from moderation.api import create_app
     from moderation.api.server import serve_in_thread
     from moderation.client import ModerationClient
-    from moderation.compose import ApiProcess, build_api, open_job_store, open_review_queue
+    from moderation.compose import (
+        ApiProcess,
+        build_api,
+        open_review_queue,
+        open_worker_registry,
+    )
     from moderation.testmodel.samples import demo_inputs
 
     settings = load_settings()
@@ -163,14 +168,14 @@ def demo(
                     f"waiting (delete {settings.embedded_redis_dir} to start afresh)",
                     highlight=False,
                 )
-        store = open_job_store(settings)
+        registry = open_worker_registry(settings)
         worker_proc = subprocess.Popen(
             [sys.executable, "-m", "moderation.cli", "worker", "--loglevel", "WARNING"],
             env=settings.to_env(),
             start_new_session=True,
         )
         err.print("starting a worker (loading the model)...")
-        info = _wait_for_worker(store, worker_proc, timeout=300)
+        info = _wait_for_worker(registry, worker_proc, timeout=300)
         if info.get("model_note"):
             err.print(f"[bold yellow]warning[/]: {info['model_note']}", highlight=False)
         err.print(

@@ -145,11 +145,11 @@ def submit(
 @dlq_app.command("list")
 def dlq_list() -> None:
     """Print dead-lettered jobs as JSON lines."""
-    from moderation.compose import open_job_store
+    from moderation.compose import open_delivery_log
 
     settings = load_settings()
     try:
-        for entry in open_job_store(settings).dead_letters():
+        for entry in open_delivery_log(settings).dead_letters():
             print(entry.model_dump_json())
     except ModerationError as exc:
         raise fail(exc) from exc
@@ -160,11 +160,11 @@ def dlq_requeue(
     job_ids: Annotated[list[str] | None, typer.Argument(help="Default: every dead letter")] = None,
 ) -> None:
     """Put dead-lettered jobs back on the queue (delivery count reset)."""
-    from moderation.compose import open_job_store, open_queue
+    from moderation.compose import open_delivery_log, open_queue
 
     settings = load_settings()
     try:
-        store = open_job_store(settings)
+        store = open_delivery_log(settings)
         queue = open_queue(settings)
         wanted = job_ids or [e.job_id for e in store.dead_letters()]
         taken = []
@@ -185,11 +185,11 @@ def dlq_requeue(
 @dlq_app.command("purge")
 def dlq_purge() -> None:
     """Forget every dead letter (their error results stay until they expire)."""
-    from moderation.compose import open_job_store
+    from moderation.compose import open_delivery_log
 
     settings = load_settings()
     try:
-        n = open_job_store(settings).purge_dead_letters()
+        n = open_delivery_log(settings).purge_dead_letters()
     except ModerationError as exc:
         raise fail(exc) from exc
     out.print(f"purged {n} dead letter(s)")

@@ -22,7 +22,7 @@ from typing import Any
 from moderation.exceptions import ModerationError
 from moderation.metrics import metrics
 from moderation.pipeline.policies import ActivePolicies
-from moderation.ports import JobStore, TaskPublisher
+from moderation.ports import DeliveryLog, JobStore, TaskPublisher, WorkerRegistry
 from moderation.settings import QueueSettings
 
 __all__ = ["WorkerMaintenance", "sweep_lost"]
@@ -31,7 +31,13 @@ log = logging.getLogger(__name__)
 
 
 def sweep_lost(
-    store: JobStore, publisher: TaskPublisher, *, older_than_s: float, limit: int = 1000
+    store: JobStore,
+    deliveries: DeliveryLog,
+    registry: WorkerRegistry,
+    publisher: TaskPublisher,
+    *,
+    older_than_s: float,
+    limit: int = 1000,
 ) -> list[str]:
     """Publish again the jobs whose message was lost. Returns their ids (empty when another
     worker holds the sweep lock or the queue is too long to scan this time).
@@ -39,9 +45,9 @@ def sweep_lost(
     Raises:
         QueueUnavailable: Redis is down.
     """
-    if not store.try_lock("sweep", max(5.0, older_than_s)):
+    if not registry.try_lock("sweep", max(5.0, older_than_s)):
         return []
-    stale = store.stale_pending(older_than_s, limit)
+    stale = deliveries.stale_pending(older_than_s, limit)
     if not stale:
         return []
     in_flight = publisher.in_flight()
@@ -50,7 +56,7 @@ def sweep_lost(
     lost = [job_id for job_id in stale if job_id not in in_flight]
     alive = [job for job in store.get_jobs(lost) if job is not None]
     for job_id in set(lost) - {job.id for job in alive}:  # expired record: nothing to run
-        store.forget_pending(job_id)
+        deliveries.forget_pending(job_id)
     if alive:
         log.warning(
             "jobs %s: their message was lost (worker died mid-delivery?); publishing them again",
@@ -58,7 +64,7 @@ def sweep_lost(
         )
         publisher.publish([job.id for job in alive])
     for job in alive:
-        store.mark_republished(job.id)
+        deliveries.mark_republished(job.id)
         metrics().retries.labels("lost_message").inc()
     return lost
 
@@ -72,6 +78,8 @@ class WorkerMaintenance:
         *,
         name: str,
         store: JobStore,
+        deliveries: DeliveryLog,
+        registry: WorkerRegistry,
         publisher: TaskPublisher,
         policies: ActivePolicies,
         settings: QueueSettings,
@@ -80,6 +88,8 @@ class WorkerMaintenance:
     ) -> None:
         self.name = name
         self.store = store
+        self.deliveries = deliveries
+        self.registry = registry
         self.publisher = publisher
         self.policies = policies
         self.settings = settings
@@ -91,7 +101,7 @@ class WorkerMaintenance:
         self.periodic: list[tuple[float, Callable[[], object], str]] = [
             (
                 q.sweep_interval_s,
-                lambda: sweep_lost(store, publisher, older_than_s=lost_after),
+                lambda: sweep_lost(store, deliveries, registry, publisher, older_than_s=lost_after),
                 "lost-message sweep",
             ),
             (q.policy_reload_s, policies.reload, "policy reload check"),
@@ -100,7 +110,7 @@ class WorkerMaintenance:
 
     def beat(self) -> None:
         """Publish this worker's heartbeat now."""
-        self.store.heartbeat(
+        self.registry.heartbeat(
             self.name,
             {
                 "name": self.name,

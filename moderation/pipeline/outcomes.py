@@ -38,7 +38,7 @@ from moderation.core.review import HumanDecision, item_from_verdict
 from moderation.core.shadow import ShadowVerdict
 from moderation.exceptions import JobNotFoundError, ReviewInvalidDecision
 from moderation.metrics import metrics
-from moderation.ports import AuditSink, CallbackSender, JobStore, ReviewQueue
+from moderation.ports import AuditSink, CallbackSender, DeliveryLog, JobStore, ReviewQueue
 
 if TYPE_CHECKING:
     from moderation.pipeline.banks import BankService
@@ -87,6 +87,7 @@ class Outcomes:
         self,
         store: JobStore,
         *,
+        deliveries: DeliveryLog,
         audit: AuditSink,
         callbacks: CallbackSender,
         review: ReviewQueue | None = None,
@@ -96,6 +97,7 @@ class Outcomes:
         banks: BankService | None = None,
     ) -> None:
         self.store = store
+        self.deliveries = deliveries
         self.audit = audit
         self.callbacks = callbacks
         self.review = review
@@ -251,7 +253,7 @@ class Outcomes:
         """Side effects of ``ended`` (their results just written by this call) and of
         ``others`` (ended earlier, results read back), unless they already ran."""
         jobs = [job for job, _ in ended] + list(others)
-        done = self.store.effects_done_many([job.id for job in jobs])
+        done = self.deliveries.effects_done_many([job.id for job in jobs])
         known = {job.id: result for job, result in ended}
         todo = [job for job, ran in zip(jobs, done, strict=True) if not ran]
         unknown = [job.id for job in todo if job.id not in known]
@@ -272,7 +274,7 @@ class Outcomes:
                     job.public_id, job.callback_url, callback_body("job.finished", result)
                 )
             finished.append(job.id)
-        self.store.mark_effects_done_many(finished)
+        self.deliveries.mark_effects_done_many(finished)
 
     def _send_to_review(self, job: Job, result: JobResult) -> None:
         assert self.review is not None and result.verdict is not None

@@ -42,7 +42,7 @@ from moderation.pipeline.history import EmbeddingHistory
 from moderation.pipeline.moderator import Moderator, Preparation, PreparedImage
 from moderation.pipeline.outcomes import Decided, Outcomes
 from moderation.pipeline.sources import ImageSources
-from moderation.ports import JobStore
+from moderation.ports import DeliveryLog, JobStore
 from moderation.settings import QueueSettings
 
 __all__ = ["Processed", "Processor", "RetryLater"]
@@ -84,6 +84,7 @@ class Processor:
         self,
         *,
         store: JobStore,
+        deliveries: DeliveryLog,
         sources: ImageSources,
         moderator: Moderator,
         batcher: MicroBatcher[Any, Any],
@@ -94,6 +95,7 @@ class Processor:
         prepare_many: PrepareMany | None = None,
     ) -> None:
         self.store = store
+        self.deliveries = deliveries
         self.sources = sources
         self.moderator = moderator
         self.batcher = batcher
@@ -143,7 +145,7 @@ class Processor:
         for job_id, job, result in zip(job_ids, jobs, results, strict=True):
             if job is None:
                 log.warning("job %s has no record (expired or never created); dropping", job_id)
-                self.store.forget_pending(job_id)
+                self.deliveries.forget_pending(job_id)
                 out[job_id] = Processed(job_id, "missing")
             elif result is not None and result.status.final:
                 ended.append(job)
@@ -152,7 +154,7 @@ class Processor:
                 live.append(job)
         if ended:
             self.outcomes.complete_effects_many(ended)
-        deliveries = self.store.count_deliveries([job.id for job in live])
+        deliveries = self.deliveries.count_deliveries([job.id for job in live])
         runnable: list[Job] = []
         poisoned: list[tuple[Job, JobError, str | None]] = []
         crashed = False
@@ -163,7 +165,7 @@ class Processor:
                     f"dead-lettered: {count} deliveries, {crashes} without a result "
                     "(the worker died processing it)"
                 )
-                self.store.dead_letter(job.id, reason=reason, deliveries=count)
+                self.deliveries.dead_letter(job.id, reason=reason, deliveries=count)
                 poisoned.append(
                     (job, JobError(code="poison_message", message=reason, attempts=count), None)
                 )

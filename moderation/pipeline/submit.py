@@ -50,7 +50,7 @@ from moderation.exceptions import (
 )
 from moderation.metrics import metrics
 from moderation.pipeline.sources import ImageSources
-from moderation.ports import JobStore, RateLimiter, TaskPublisher
+from moderation.ports import JobStore, RateLimiter, TaskPublisher, WorkerRegistry
 from moderation.settings import QueueSettings
 
 __all__ = ["Accepted", "PolicyCatalog", "SubmitRequest", "Submitter", "metadata_depth"]
@@ -83,9 +83,9 @@ class PolicyCatalog:
     those in the policy files (re-read at most every ``ttl_s`` seconds)."""
 
     def __init__(
-        self, store: JobStore, load_ids: Callable[[], set[str]], *, ttl_s: float = 10.0
+        self, registry: WorkerRegistry, load_ids: Callable[[], set[str]], *, ttl_s: float = 10.0
     ) -> None:
-        self.store = store
+        self.registry = registry
         self._load_ids = load_ids
         self._ttl_s = ttl_s
         self._files: tuple[float, set[str]] | None = None
@@ -102,7 +102,7 @@ class PolicyCatalog:
         return known
 
     def known(self) -> set[str]:
-        from_workers = self.store.known_policies()
+        from_workers = self.registry.known_policies()
         return set(from_workers) if from_workers else self._from_files()
 
 

@@ -1,0 +1,45 @@
+"""In-memory twins of the ports, for fast unit tests of the use cases (no servers), one twin
+per module.
+
+Each twin keeps the contract of its port that the use cases rely on (a final result is written
+once, review submission is idempotent, a lease is exclusive, ...) with plain dicts under a lock.
+They are not for production: nothing survives the process.
+"""
+
+from moderation.adapters.memory.audit import MemoryAuditSink
+from moderation.adapters.memory.banks import MemoryBankStore
+from moderation.adapters.memory.blobs import MemoryBlobStore
+from moderation.adapters.memory.callbacks import MemoryCallbacks
+from moderation.adapters.memory.deliveries import MemoryDeliveryLog
+from moderation.adapters.memory.embeddings import MemoryEmbeddingStore
+from moderation.adapters.memory.jobs import MemoryJobStore
+from moderation.adapters.memory.limits import MemoryRateLimiter
+from moderation.adapters.memory.login_throttle import MemoryLoginThrottle
+from moderation.adapters.memory.policy_files import MemoryPolicyFiles
+from moderation.adapters.memory.publisher import MemoryPublisher
+from moderation.adapters.memory.review import MemoryReviewQueue
+from moderation.adapters.memory.reviewers import MemoryReviewerStore
+from moderation.adapters.memory.segments import MemorySegmentStore
+from moderation.adapters.memory.sessions import MemoryReviewerSessions
+from moderation.adapters.memory.sources import MemorySource
+from moderation.adapters.memory.workers import MemoryWorkerRegistry
+
+__all__ = [
+    "MemoryAuditSink",
+    "MemoryBankStore",
+    "MemoryBlobStore",
+    "MemoryCallbacks",
+    "MemoryDeliveryLog",
+    "MemoryEmbeddingStore",
+    "MemoryJobStore",
+    "MemoryLoginThrottle",
+    "MemoryPolicyFiles",
+    "MemoryPublisher",
+    "MemoryRateLimiter",
+    "MemoryReviewQueue",
+    "MemoryReviewerSessions",
+    "MemoryReviewerStore",
+    "MemorySegmentStore",
+    "MemorySource",
+    "MemoryWorkerRegistry",
+]

@@ -1,0 +1,232 @@
+"""The human-review queue (the :class:`~moderation.ports.ReviewQueue` twin)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from moderation.core.review import (
+    FirstDecision,
+    HumanDecision,
+    Lease,
+    ReviewDecision,
+    ReviewItem,
+    ReviewOutcome,
+    apply_decision,
+    export_row,
+    rank_key,
+)
+from moderation.exceptions import (
+    ReviewAlreadyDecided,
+    ReviewLeaseExpired,
+    ReviewNotFound,
+    ReviewNotLeaseHolder,
+)
+from moderation.ports import (
+    Claim,
+    DecideResult,
+    ReviewStats,
+)
+
+__all__ = ["MemoryReviewQueue"]
+
+
+@dataclass
+class _Entry:
+    item: ReviewItem
+    rank: float
+    state: str = "queued"  # queued | leased | final
+    lease: Lease | None = None
+    first: FirstDecision | None = None
+    final: HumanDecision | None = None
+    tokens: dict[str, str] = field(default_factory=dict)  # token -> reviewer (every lease)
+    submitted: dict[str, tuple[ReviewDecision, str | None]] = field(default_factory=dict)
+    delivered: bool = False
+
+
+class MemoryReviewQueue:
+    """The :class:`~moderation.ports.ReviewQueue` twin: the same priority, lease and
+    second-reviewer rules as the Redis queue (:mod:`moderation.core.review`), on a dict."""
+
+    def __init__(
+        self, *, lease_s: float = 300.0, age_doubling_s: float = 900.0, clock: Any = time.time
+    ) -> None:
+        self.lease_s = lease_s
+        self.age_doubling_s = age_doubling_s
+        self.clock = clock
+        self.entries: dict[str, _Entry] = {}
+        self.days: dict[str, dict[str, int]] = {}
+        self._lock = threading.RLock()
+
+    def now(self) -> float:
+        return float(self.clock())
+
+    def submit(self, item: ReviewItem) -> None:
+        with self._lock:
+            if item.review_id not in self.entries:
+                rank = rank_key(
+                    item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
+                )
+                self.entries[item.review_id] = _Entry(item=item, rank=rank)
+
+    def _reap(self, now: float) -> None:
+        for entry in self.entries.values():
+            if entry.state == "leased" and entry.lease and entry.lease.expires_at <= now:
+                entry.state, entry.lease = "queued", None
+
+    def claim(self, reviewer: str, *, policies: list[str] | None = None) -> Claim | None:
+        with self._lock:
+            now = self.clock()
+            self._reap(now)
+            for entry in self.entries.values():
+                if entry.state == "leased" and entry.lease and entry.lease.reviewer == reviewer:
+                    return Claim(item=entry.item, lease=entry.lease, first=entry.first, now=now)
+            waiting = [
+                e
+                for e in self.entries.values()
+                if e.state == "queued"
+                and (not policies or e.item.policy_id in policies)
+                and (e.first is None or e.first.reviewer != reviewer)
+            ]
+            if not waiting:
+                return None
+            entry = max(waiting, key=lambda e: e.rank)
+            token = secrets.token_urlsafe(18)
+            entry.state = "leased"
+            entry.lease = Lease(
+                review_id=entry.item.review_id,
+                reviewer=reviewer,
+                token=token,
+                expires_at=now + self.lease_s,
+            )
+            entry.tokens[token] = reviewer
+            return Claim(item=entry.item, lease=entry.lease, first=entry.first, now=now)
+
+    def holds(self, reviewer: str, review_id: str) -> bool:
+        entry = self.entries.get(review_id)
+        return bool(
+            entry
+            and entry.state == "leased"
+            and entry.lease
+            and entry.lease.reviewer == reviewer
+            and entry.lease.expires_at > self.clock()
+        )
+
+    def item(self, review_id: str) -> ReviewItem:
+        entry = self.entries.get(review_id)
+        if entry is None:
+            raise ReviewNotFound(f"no review item {review_id}")
+        return entry.item
+
+    def decide(
+        self,
+        review_id: str,
+        *,
+        reviewer: str,
+        token: str,
+        decision: ReviewDecision,
+        reason_code: str | None,
+    ) -> DecideResult:
+        with self._lock:
+            entry = self.entries.get(review_id)
+            if entry is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            recorded = entry.submitted.get(token)
+            if recorded is not None:
+                if recorded != (decision, reason_code):
+                    raise ReviewAlreadyDecided("a different decision was already recorded")
+                pending = entry.first if entry.final is None else None
+                return DecideResult(ReviewOutcome(final=entry.final, pending=pending), replay=True)
+            now = self.clock()
+            lease = entry.lease
+            if lease is None or lease.token != token:
+                if entry.tokens.get(token) == reviewer:
+                    if entry.state == "final":
+                        raise ReviewAlreadyDecided("this item was already decided by someone else")
+                    raise ReviewLeaseExpired(
+                        "your lease on this item expired and it went back to the queue; "
+                        "the decision was not recorded"
+                    )
+                raise ReviewNotLeaseHolder("you do not hold a lease on this item")
+            if lease.reviewer != reviewer:
+                raise ReviewNotLeaseHolder("this lease belongs to another reviewer")
+            if lease.expires_at <= now:
+                raise ReviewLeaseExpired(
+                    "your lease on this item expired; the decision was not recorded"
+                )
+            outcome = apply_decision(
+                entry.item,
+                entry.first,
+                reviewer=reviewer,
+                decision=decision,
+                reason_code=reason_code,
+                token=token,
+                now=now,
+            )
+            entry.submitted[token] = (decision, reason_code)
+            entry.lease = None
+            day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+            counts = self.days.setdefault(day, {})
+            counts[reviewer] = counts.get(reviewer, 0) + 1
+            if outcome.pending is not None:
+                entry.first, entry.state = outcome.pending, "queued"
+            else:
+                entry.final, entry.state = outcome.final, "final"
+            claimed_at = lease.expires_at - self.lease_s
+            return DecideResult(outcome, replay=False, handling_s=max(0.0, now - claimed_at))
+
+    def release(self, review_id: str, *, reviewer: str | None = None) -> bool:
+        with self._lock:
+            entry = self.entries.get(review_id)
+            if entry is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            if entry.state == "final":
+                raise ReviewAlreadyDecided("the item is already decided")
+            if entry.lease is None or (reviewer is not None and entry.lease.reviewer != reviewer):
+                return False
+            entry.state, entry.lease = "queued", None
+            return True
+
+    def delivered(self, review_id: str) -> None:
+        entry = self.entries.get(review_id)
+        if entry is not None:
+            entry.delivered = True
+
+    def undelivered(self, *, older_than_s: float = 0.0) -> list[HumanDecision]:
+        cutoff = self.clock() - older_than_s
+        return [
+            e.final
+            for e in self.entries.values()
+            if e.final is not None and not e.delivered and e.final.decided_at.timestamp() <= cutoff
+        ]
+
+    def stats(self) -> list[ReviewStats]:
+        now = self.clock()
+        out = []
+        for policy in sorted({e.item.policy_id for e in self.entries.values()}):
+            mine = [e for e in self.entries.values() if e.item.policy_id == policy]
+            open_ = [e.item.created_at for e in mine if e.state != "final"]
+            out.append(
+                ReviewStats(
+                    policy_id=policy,
+                    waiting=sum(e.state == "queued" for e in mine),
+                    in_review=sum(e.state == "leased" for e in mine),
+                    oldest_age_s=max(0.0, now - min(open_)) if open_ else None,
+                )
+            )
+        return out
+
+    def decisions_on(self, day: str | None = None) -> dict[str, int]:
+        day = day or datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%d")
+        return dict(self.days.get(day, {}))
+
+    def export(self) -> Iterator[dict[str, Any]]:
+        decided = [e for e in self.entries.values() if e.final is not None]
+        for entry in sorted(decided, key=lambda e: e.final.decided_at if e.final else 0):
+            assert entry.final is not None
+            yield export_row(entry.item, entry.final)
