@@ -61,8 +61,9 @@ WORKER: list[Rule] = [
     ("prepare (preprocess)", _in("adapters/clip.py")),
     (
         "signal features (PDQ hash)",
-        _fn("signals/hash_bank.py", "hash_frame", "_pdq", "_border", "features", "fingerprint"),
+        _fn("signals/hash_bank/pdq_hasher.py", "hash_frame", "_pdq", "_border"),
     ),
+    ("signal features (PDQ hash)", _fn("signals/hash_bank/signal.py", "features", "fingerprint")),
     ("signal features", _fn("pipeline/moderator.py", "prepare", "__call__", "_preparation")),
     ("score", _in("core/scoring.py")),
     ("score", _in("signals/")),

@@ -40,9 +40,9 @@ def test_the_innermost_frame_of_a_stage_decides() -> None:
     pdq = _stack(
         THREAD,
         ("Moderator.prepare", f"{M}/pipeline/moderator.py"),
-        ("HashBankSignal.features", f"{M}/signals/hash_bank.py"),
-        ("hash_frame", f"{M}/signals/hash_bank.py"),
-        ("_pdq", f"{M}/signals/hash_bank.py"),
+        ("HashBankSignal.features", f"{M}/signals/hash_bank/signal.py"),
+        ("hash_frame", f"{M}/signals/hash_bank/pdq_hasher.py"),
+        ("_pdq", f"{M}/signals/hash_bank/pdq_hasher.py"),
     )
     assert classify(write, WORKER) == "result write"
     assert classify(read, WORKER) == "job store reads"
