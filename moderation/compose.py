@@ -19,7 +19,7 @@ To add an image source: write ``adapters/<name>_source.py`` and register it in
 :func:`build_signals`.
 
 Hash banks: workers load every bank before their first job and keep them current
-(:class:`~moderation.pipeline.banks.BankSync` on the maintenance thread); the API carries out
+(:class:`~moderation.pipeline.bank_sync.BankSync` on the maintenance thread); the API carries out
 reviewers' "add to bank" requests; local scoring loads the banks once when Redis is configured.
 """
 
@@ -71,7 +71,8 @@ from moderation.core.review import pseudonym
 from moderation.core.reviewers import LoginPolicy
 from moderation.exceptions import ModelUnavailableError, QueueUnavailable
 from moderation.metrics import metrics
-from moderation.pipeline.banks import BankService, BankSync
+from moderation.pipeline.bank_sync import BankSync
+from moderation.pipeline.banks import BankService
 from moderation.pipeline.batching import BatchStats, MicroBatcher
 from moderation.pipeline.exemplars import ExemplarImages
 from moderation.pipeline.history import EmbeddingHistory

@@ -41,7 +41,8 @@ from moderation.pipeline.bank_files import (
     parse_bank_text,
     write_bank_file,
 )
-from moderation.pipeline.banks import BankService, BankSync, image_feature
+from moderation.pipeline.bank_sync import BankSync
+from moderation.pipeline.banks import BankService, image_feature
 from moderation.pipeline.moderator import Moderator
 from moderation.pipeline.policies import ActivePolicies
 from moderation.settings import ImageLimits

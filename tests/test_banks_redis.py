@@ -19,7 +19,8 @@ from moderation.adapters.redis_banks import RedisBankStore
 from moderation.cli import app as cli_app
 from moderation.core.banks import EntryData
 from moderation.exceptions import BankBusy, BankExists, BankFileError, BankNotFound
-from moderation.pipeline.banks import BankService, BankSync
+from moderation.pipeline.bank_sync import BankSync
+from moderation.pipeline.banks import BankService
 from moderation.ports import BankRequest
 from moderation.settings import Settings
 from moderation.signals.hash_bank import LoadedBanks

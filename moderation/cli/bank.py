@@ -308,7 +308,7 @@ def match(
     loaded = LoadedBanks()
     any_match = False
     try:
-        from moderation.pipeline.banks import load_index
+        from moderation.pipeline.bank_index import load_index
 
         for bank in banks or [b.name for b in service.banks()]:
             loaded.put(load_index(service.store, bank, flat_max=service.flat_max))
