@@ -49,7 +49,7 @@ from moderation.signals import builtin_signals  # noqa: E402
 
 def _test_setup(n: int) -> tuple[CompiledSet, CompiledPolicy, np.ndarray]:
     from moderation import testmodel
-    from moderation.compose import build_scoring
+    from moderation.compose.scoring import build_scoring
     from moderation.settings import Settings
     from moderation.testmodel import world
 

@@ -21,6 +21,7 @@ cases::
     LoginThrottle    redis_sessions.RedisLoginThrottle         MemoryLoginThrottle
     AuditSink        audit_log.AuditLog                        MemoryAuditSink
     SegmentStore     s3_audit.S3SegmentStore, local_audit      MemorySegmentStore
+    CompileCache     compile_cache.CompileCache                (a folder under tmp_path)
     BlobStore        s3_blobs.S3BlobStore, local_blobs         MemoryBlobStore
     TaskPublisher    celery_queue.CeleryQueue                  MemoryPublisher
     CallbackSender   celery_queue.CeleryQueue                  MemoryCallbacks
@@ -38,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,11 +49,11 @@ from pydantic import BaseModel, ConfigDict
 from moderation.core.admission import Admission, Tenant
 from moderation.core.audit import AuditRecord, Retention
 from moderation.core.banks import BankEntry, BankInfo, BankManifest, EntryData, Segment
-from moderation.core.compiled import ModelIdentity
+from moderation.core.compiled import CompiledPolicy, ModelIdentity
 from moderation.core.embeddings import StoredEmbedding
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult
-from moderation.core.policy import PolicySet
+from moderation.core.policy import Policy, PolicySet
 from moderation.core.review import (
     FirstDecision,
     HumanDecision,
@@ -70,6 +72,7 @@ __all__ = [
     "BlobStore",
     "CallbackSender",
     "Claim",
+    "CompileCache",
     "DeadLetter",
     "DecideResult",
     "DeliveryLog",
@@ -774,6 +777,24 @@ class EmbeddingStore(Protocol):
     def count(self) -> int:
         """How many entries the store holds now."""
         ...
+
+
+# --- compiled policies -------------------------------------------------------------------------
+
+
+class CompileCache(Protocol):
+    """Compiled policies kept between runs, by policy content hash and model identity (writes
+    atomic: concurrent processes never see a torn entry)."""
+
+    def path_for(self, policy: Policy, model: ModelIdentity) -> Path:
+        """Where the compiled ``policy`` for ``model`` is (or would be) kept."""
+        ...
+
+    def load(self, policy: Policy, model: ModelIdentity) -> CompiledPolicy | None:
+        """The kept compiled policy; None when there is none (or it cannot be read)."""
+        ...
+
+    def save(self, compiled: CompiledPolicy) -> Path: ...
 
 
 # --- policy files ------------------------------------------------------------------------------

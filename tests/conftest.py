@@ -41,7 +41,7 @@ def test_model_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="session")
 def scoring(test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The test model, the test-world policy and the scoring path (loaded once per process)."""
-    from moderation.compose import build_scoring
+    from moderation.compose.scoring import build_scoring
 
     settings = test_model_settings.model_copy(
         update={"cache_dir": tmp_path_factory.mktemp("compile-cache")}

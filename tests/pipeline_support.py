@@ -18,7 +18,7 @@ from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_workers import RedisWorkerRegistry
 from moderation.api import create_app
 from moderation.api.server import serve_in_thread
-from moderation.compose import build_api
+from moderation.compose.api import build_api
 from moderation.settings import Settings
 from tests.servers import free_port
 
@@ -139,7 +139,7 @@ class WorkerProcess:
 
 def start_api(settings: Settings, **collaborators: Any) -> tuple[Any, str]:
     """The API (uvicorn, in a thread) on a free port: (server, base URL). ``collaborators``
-    replace parts of :func:`moderation.compose.build_api` (e.g. ``publisher=``)."""
+    replace parts of :func:`moderation.compose.api.build_api` (e.g. ``publisher=``)."""
     port = free_port()
     process = build_api(settings, **collaborators)
     server = serve_in_thread(create_app(process), port)

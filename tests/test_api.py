@@ -262,7 +262,7 @@ def test_broker_down_rolls_back_the_job(settings: Settings, redis_url: str) -> N
     """The job record is removed again when the broker message cannot be published."""
     from moderation.adapters.memory import MemoryPublisher
     from moderation.api import create_app
-    from moderation.compose import build_api
+    from moderation.compose.api import build_api
     from moderation.exceptions import QueueUnavailable
 
     s = pipeline_settings(settings, redis_url)

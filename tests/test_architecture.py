@@ -5,9 +5,13 @@ with its file and line."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from moderation.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "moderation"
@@ -156,3 +160,49 @@ def test_task_names_are_defined_once(name: str) -> None:
         if quoted in p.read_text()
     ]
     assert places == [Path("moderation/adapters/celery_queue.py")]
+
+
+_WITHOUT_TORCH = """
+import sys
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "torchvision", "open_clip"}:
+            raise ImportError(f"{name} is not installed in the API image")
+
+sys.meta_path.insert(0, NotInstalled())
+
+from starlette.testclient import TestClient
+
+from moderation.api import create_app
+from moderation.compose.api import build_api
+from moderation.settings import Settings
+
+process = build_api(Settings())
+try:
+    with TestClient(create_app(process)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert client.get("/v1/jobs/nope").status_code == 404
+finally:
+    process.close()
+print("served without torch")
+"""
+
+
+def test_the_api_process_is_built_and_serves_without_torch(
+    settings: Settings, redis_url: str
+) -> None:
+    """The API's composition root imports no torch, torchvision or open_clip: an API image
+    without them builds the API over a real Redis and answers."""
+    env = settings.model_copy(update={"redis_url": redis_url}).to_env()
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "served without torch" in done.stdout

@@ -316,7 +316,7 @@ def test_4_fifty_wrong_passwords_then_the_right_one_is_refused(site: Site) -> No
 
 def _security_records(site: Site, event: str, at_least: int, timeout: float = 30.0) -> list[Any]:
     """Security records of the API's audit log (segments are written every few seconds)."""
-    from moderation.compose import open_segment_store
+    from moderation.compose.stores import open_segment_store
     from moderation.pipeline.audit import iter_records
 
     deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
 from moderation.adapters.s3_audit import S3SegmentStore
-from moderation.compose import open_audit as open_audit_sink
+from moderation.compose.stores import open_audit as open_audit_sink
 from moderation.core.audit import AuditRecord, dedupe
 from moderation.pipeline.audit import iter_records, verify_store
 from moderation.settings import Settings

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from moderation.adapters.local_audit import LocalSegmentStore
-from moderation.compose import open_audit as open_audit_sink
+from moderation.compose.stores import open_audit as open_audit_sink
 from moderation.core.audit import AuditRecord, dedupe
 from moderation.exceptions import AuditError, AuditSinkUnavailable
 from moderation.pipeline.audit import iter_records, verify_store
@@ -144,7 +144,7 @@ def test_records_wait_in_the_spool_while_the_store_is_down(settings: Settings) -
 
 WRITER = """
 import sys
-from moderation.compose import open_audit as open_audit_sink
+from moderation.compose.stores import open_audit as open_audit_sink
 from moderation.core.audit import AuditRecord
 from moderation.settings import Settings
 sink = open_audit_sink(Settings())

@@ -21,7 +21,7 @@ from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
 from moderation.adapters.support.redis import connect
-from moderation.compose import build_reviewer_auth
+from moderation.compose.access import build_reviewer_auth
 from moderation.core.decision import CategoryResult, Decision, Evidence, Verdict
 from moderation.core.image_ref import ImageRef
 from moderation.core.policy import Action, Policy

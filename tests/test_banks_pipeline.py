@@ -32,7 +32,8 @@ from moderation.adapters.images import SafeDecoder
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.cli import app as cli_app
 from moderation.client import ModerationClient
-from moderation.compose import build_banks, open_reviewers, open_segment_store
+from moderation.compose.banks import build_banks
+from moderation.compose.stores import open_reviewers, open_segment_store
 from moderation.core.audit import AuditRecord
 from moderation.core.decision import Decision
 from moderation.core.jobs import JobResult

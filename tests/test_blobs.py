@@ -13,7 +13,7 @@ import pytest
 from moderation.adapters.local_blobs import LocalBlobStore
 from moderation.adapters.memory import MemoryBlobStore
 from moderation.adapters.s3_blobs import S3BlobStore
-from moderation.compose import open_blob_store
+from moderation.compose.stores import open_blob_store
 from moderation.exceptions import (
     BlobError,
     BlobKeyInvalid,

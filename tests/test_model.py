@@ -12,9 +12,11 @@ from moderation import testmodel
 from moderation.adapters.clip import file_sha256, load_clip
 from moderation.adapters.compile_cache import CompileCache
 from moderation.adapters.policy_files import load_policy_file, load_policy_text
-from moderation.compose import build_scoring, load_model
+from moderation.compose.model import load_model
+from moderation.compose.scoring import build_scoring
 from moderation.core.decision import Decision
 from moderation.exceptions import ModelUnavailableError
+from moderation.pipeline.compile import compile_cached
 from moderation.settings import ModelSettings, Settings
 from moderation.testmodel.samples import encoded
 
@@ -69,9 +71,9 @@ def test_compile_twice_encodes_no_text_the_second_time(tmp_path: Path, scoring) 
     policy = load_policy_file(testmodel.POLICY_PATH)
     cache = CompileCache(tmp_path)
     before = encoder.texts_encoded
-    first, hit1 = cache.get_or_compile(policy, encoder)
+    first, hit1 = compile_cached(policy, cache=cache, encoder=encoder)
     encoded_first = encoder.texts_encoded - before
-    second, hit2 = cache.get_or_compile(policy, encoder)
+    second, hit2 = compile_cached(policy, cache=cache, encoder=encoder)
     assert (hit1, hit2) == (False, True)
     assert encoded_first > 0 and encoder.texts_encoded - before == encoded_first
     assert second.compiled_hash == first.compiled_hash
@@ -81,9 +83,9 @@ def test_compile_twice_encodes_no_text_the_second_time(tmp_path: Path, scoring) 
     # an edited policy is a different artifact; a comment-only edit is not
     text = testmodel.POLICY_PATH.read_text()
     commented = load_policy_text("# reviewed 2026-11\n" + text)
-    assert cache.get_or_compile(commented, encoder)[1] is True
+    assert compile_cached(commented, cache=cache, encoder=encoder)[1] is True
     edited = load_policy_text(text.replace("version: 1", "version: 2", 1))
-    _, hit3 = cache.get_or_compile(edited, encoder)
+    _, hit3 = compile_cached(edited, cache=cache, encoder=encoder)
     assert hit3 is False and len(list(tmp_path.glob("*.npz"))) == 2
 
 
@@ -91,9 +93,9 @@ def test_corrupt_cache_file_is_recompiled(tmp_path: Path, scoring) -> None:  # t
     encoder = scoring.model.encoder
     policy = load_policy_file(testmodel.POLICY_PATH)
     cache = CompileCache(tmp_path)
-    cache.get_or_compile(policy, encoder)
+    compile_cached(policy, cache=cache, encoder=encoder)
     cache.path_for(policy, encoder.identity).write_bytes(b"garbage")
-    compiled, hit = cache.get_or_compile(policy, encoder)
+    compiled, hit = compile_cached(policy, cache=cache, encoder=encoder)
     assert hit is False and compiled.categories
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from moderation.adapters.clip import hub_files, load_clip, register_model_config
-from moderation.compose import load_model
+from moderation.compose.model import load_model
 from moderation.exceptions import ModelUnavailableError
 from moderation.settings import ModelSettings
 

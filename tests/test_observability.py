@@ -169,7 +169,7 @@ def _review_one(base: str) -> None:
 def test_every_metric_of_the_alerts_and_the_dashboard_is_exported_by_a_live_process(
     settings: Settings, redis_url: str, tmp_path: Path, origin: Origin
 ) -> None:
-    from moderation.compose import open_reviewers
+    from moderation.compose.stores import open_reviewers
     from moderation.core.reviewers import ReviewerAccount, Role
     from moderation.web.auth import hash_password
 

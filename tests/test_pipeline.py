@@ -28,7 +28,7 @@ from moderation.adapters.redis_deliveries import RedisDeliveryLog
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.cli import app as cli_app
 from moderation.client import ModerationClient
-from moderation.compose import open_audit, open_queue
+from moderation.compose.stores import open_audit, open_queue
 from moderation.core.callbacks import verify
 from moderation.core.decision import Decision
 from moderation.core.jobs import JobResult, JobStatus

@@ -38,7 +38,7 @@ from moderation.adapters.policy_files import (
     load_policy_text,
 )
 from moderation.cli import app
-from moderation.compose import Scoring, build_scoring
+from moderation.compose.scoring import Scoring, build_scoring
 from moderation.core.admission import Tenant
 from moderation.core.decision import Decision, decisions, verdicts
 from moderation.core.embeddings import StoredEmbedding

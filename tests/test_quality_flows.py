@@ -30,7 +30,8 @@ from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_workers import RedisWorkerRegistry
 from moderation.cli import app
 from moderation.client import ModerationClient
-from moderation.compose import Scoring, open_segment_store
+from moderation.compose.scoring import Scoring
+from moderation.compose.stores import open_segment_store
 from moderation.core.admission import Tenant
 from moderation.core.policy import PolicyMode
 from moderation.core.review import ReviewDecision

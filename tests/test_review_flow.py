@@ -20,7 +20,7 @@ import pytest
 from moderation import testmodel
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.client import ModerationClient
-from moderation.compose import open_reviewers, open_segment_store
+from moderation.compose.stores import open_reviewers, open_segment_store
 from moderation.core.callbacks import verify
 from moderation.core.decision import Decision
 from moderation.core.reviewers import ReviewerAccount, Role

@@ -21,7 +21,7 @@ from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
 from moderation.adapters.support.redis import connect as _connect
-from moderation.compose import build_reviewer_auth
+from moderation.compose.access import build_reviewer_auth
 from moderation.core.review import HumanDecision, pseudonym
 from moderation.core.reviewers import ReviewerAccount, Role
 from moderation.settings import ReviewSettings, Settings

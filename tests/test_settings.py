@@ -97,7 +97,8 @@ def test_production_refuses_empty_short_and_default_secrets() -> None:
 
 
 def test_production_processes_refuse_to_start(tmp_path: object) -> None:
-    from moderation.compose import build_api, build_worker
+    from moderation.compose.api import build_api
+    from moderation.compose.worker import build_worker
 
     for build in (build_api, build_worker):
         with pytest.raises(InsecureSettingsError):

@@ -157,7 +157,7 @@ def test_sigterm_under_load_finishes_or_requeues_flushes_and_exits_in_time(
         assert unsent_spool_bytes(tmp_path / "worker-spool") == 0
         # The audit log in S3 has one automated verdict per job: nothing lost in a spool,
         # nothing decided twice.
-        from moderation.compose import open_segment_store
+        from moderation.compose.stores import open_segment_store
         from moderation.pipeline.audit import iter_records
 
         records = dedupe(r for _, r in iter_records(open_segment_store(s)))

@@ -5,7 +5,7 @@ for a message's batch of jobs and publishes again what it asks for: jobs with a 
 (after their backoff, with ``retries + 1``) and, for a redelivered batch, each job on its own;
 ``deliver_callback(job_id, url, body)``
 calls :meth:`moderation.adapters.http_callbacks.CallbackDelivery.deliver`. Everything they need is
-built once per process by :func:`moderation.compose.build_worker`, on first use (Celery wants
+built once per process by :func:`moderation.compose.worker.build_worker`, on first use (Celery wants
 start-up hooks to return within seconds, and the model takes longer to load).
 """
 
@@ -20,7 +20,7 @@ from celery import Task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from moderation.adapters.celery_queue import CALLBACK_TASK, MODERATE_TASK
-from moderation.compose import WorkerProcess, build_worker
+from moderation.compose.worker import WorkerProcess, build_worker
 from moderation.exceptions import AuditSinkUnavailable, ModerationError, QueueUnavailable
 from workers import lifecycle
 from workers.celery_app import app, current_settings

@@ -1,5 +1,8 @@
 """On-disk cache of compiled policies, keyed by policy content hash + model identity.
 
+The :class:`~moderation.ports.CompileCache` port; compiling on a miss is the use case's
+(:func:`moderation.pipeline.compile.compile_cached`).
+
 One ``.npz`` per (policy, model): the prompt embeddings (and exemplar image embeddings) plus a
 JSON header. Writes are atomic (temp file + rename), so concurrent workers compiling the same
 policy never see a torn file. The key covers the exemplar images' content (their sha256 is part
@@ -9,21 +12,18 @@ of the policy hash), and exemplar images are encoded only on a miss.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from moderation.adapters.support.files import atomic_write
 from moderation.core.compiled import (
     CompiledCategory,
     CompiledPolicy,
     ModelIdentity,
-    TextEncoder,
-    compile_policy,
     compiled_hash,
 )
 from moderation.core.policy import Policy, policy_hash
@@ -32,9 +32,6 @@ __all__ = ["CompileCache"]
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
-
-#: Encodes a policy's exemplar images on a cache miss: sha256 -> image embedding.
-ExemplarEncoder = Callable[[Policy], Mapping[str, np.ndarray]]
 
 
 def _exemplar_header(category: CompiledCategory) -> dict[str, list[str]]:
@@ -132,32 +129,7 @@ class CompileCache:
             if category.category.exemplars is not None:
                 arrays[f"xpos_{index}"] = category.exemplar_positive
                 arrays[f"xben_{index}"] = category.exemplar_benign
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)  # type: ignore[arg-type]
-                handle.flush()
-                os.fsync(handle.fileno())
-            Path(tmp).replace(path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        atomic_write(path, buffer.getvalue())
         return path
-
-    def get_or_compile(
-        self,
-        policy: Policy,
-        encoder: TextEncoder,
-        exemplars: ExemplarEncoder | None = None,
-    ) -> tuple[CompiledPolicy, bool]:
-        """The compiled policy and whether it came from the cache (no text or image encoded).
-
-        ``exemplars`` encodes the policy's exemplar images on a miss (required when it has any).
-        """
-        cached = self.load(policy, encoder.identity)
-        if cached is not None:
-            return cached, True
-        images = exemplars(policy) if exemplars is not None else None
-        compiled = compile_policy(policy, encoder, images)
-        self.save(compiled)
-        return compiled, False

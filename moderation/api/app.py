@@ -55,7 +55,7 @@ from moderation.api.schemas import (
     LookupRequest,
     Readiness,
 )
-from moderation.compose import ApiProcess
+from moderation.compose.api import ApiProcess
 from moderation.core.admission import Tenant
 from moderation.core.jobs import DEFAULT_TENANT, JOB_ID_PATTERN, JobResult
 from moderation.exceptions import JobRejected, ModerationError
@@ -279,7 +279,7 @@ Caller = Annotated[Tenant, Depends(_caller)]
 
 
 def create_app(api: ApiProcess) -> FastAPI:
-    """The API application over the collaborators of :func:`moderation.compose.build_api`."""
+    """The API application over the collaborators of :func:`moderation.compose.api.build_api`."""
     settings = api.settings
     submitter = api.submitter
     store = api.store

@@ -53,7 +53,7 @@ def verify(
     Exit 0: intact; 1: problems found (each printed with segment key and record); 2: the store
     could not be read.
     """
-    from moderation.compose import open_segment_store
+    from moderation.compose.stores import open_segment_store
     from moderation.pipeline.audit import verify_store
 
     settings = _settings()
@@ -99,7 +99,7 @@ def verify(
 def _records(
     settings: Settings, start: datetime | None = None, end: datetime | None = None
 ) -> Iterator[AuditRecord]:
-    from moderation.compose import open_segment_store
+    from moderation.compose.stores import open_segment_store
     from moderation.pipeline.audit import iter_records
 
     store = open_segment_store(settings)
@@ -200,7 +200,7 @@ def flush(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the upload.")] = 60.0,
 ) -> None:
     """Upload what is left in the local spool (e.g. after a crash); exit 1 if some remains."""
-    from moderation.compose import open_audit
+    from moderation.compose.stores import open_audit
 
     settings = _settings()
     try:

@@ -48,7 +48,7 @@ FORMATS = ["te", "tx", "hma", "lines"]
 
 
 def _service(settings: Settings) -> BankService:
-    from moderation.compose import build_banks
+    from moderation.compose.banks import build_banks
 
     if not settings.redis_url:
         raise fail(BankError("set MODERATION_REDIS_URL to the Redis that holds the banks"))

@@ -49,7 +49,7 @@ def _free_port() -> int:
 
 def _demo_reviewer(settings: Settings) -> str | None:
     """A reviewer account ``demo`` with a fresh random password (None if it already exists)."""
-    from moderation.compose import open_reviewers
+    from moderation.compose.stores import open_reviewers
     from moderation.core.reviewers import ReviewerAccount, Role
     from moderation.web.auth import hash_password
 
@@ -124,12 +124,8 @@ def demo(
     from moderation.api import create_app
     from moderation.api.server import serve_in_thread
     from moderation.client import ModerationClient
-    from moderation.compose import (
-        ApiProcess,
-        build_api,
-        open_review_queue,
-        open_worker_registry,
-    )
+    from moderation.compose.api import ApiProcess, build_api
+    from moderation.compose.stores import open_review_queue, open_worker_registry
     from moderation.testmodel.samples import demo_inputs
 
     settings = load_settings()

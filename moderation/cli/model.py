@@ -30,7 +30,7 @@ def fetch() -> None:
 @model_app.command("check")
 def check() -> None:
     """Load the configured model (no fallback) and print its identity; exit 1 if it cannot."""
-    from moderation.compose import load_model
+    from moderation.compose.model import load_model
 
     settings = load_settings()
     strict = settings.model.model_copy(update={"fallback_to_test_model": False})

@@ -81,7 +81,7 @@ def api(
     import uvicorn
 
     from moderation.api import create_app
-    from moderation.compose import build_api
+    from moderation.compose.api import build_api
 
     settings = load_settings()
     warn_insecure(settings)
@@ -145,7 +145,7 @@ def submit(
 @dlq_app.command("list")
 def dlq_list() -> None:
     """Print dead-lettered jobs as JSON lines."""
-    from moderation.compose import open_delivery_log
+    from moderation.compose.stores import open_delivery_log
 
     settings = load_settings()
     try:
@@ -160,7 +160,7 @@ def dlq_requeue(
     job_ids: Annotated[list[str] | None, typer.Argument(help="Default: every dead letter")] = None,
 ) -> None:
     """Put dead-lettered jobs back on the queue (delivery count reset)."""
-    from moderation.compose import open_delivery_log, open_queue
+    from moderation.compose.stores import open_delivery_log, open_queue
 
     settings = load_settings()
     try:
@@ -185,7 +185,7 @@ def dlq_requeue(
 @dlq_app.command("purge")
 def dlq_purge() -> None:
     """Forget every dead letter (their error results stay until they expire)."""
-    from moderation.compose import open_delivery_log
+    from moderation.compose.stores import open_delivery_log
 
     settings = load_settings()
     try:

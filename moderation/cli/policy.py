@@ -27,7 +27,7 @@ def policy_check(
     """Validate policy files; print every problem as file:line: field: message."""
     from moderation.adapters.images import SafeDecoder
     from moderation.adapters.policy_files import load_policies
-    from moderation.compose import build_signals, image_check
+    from moderation.compose.registries import build_signals, image_check
 
     settings = load_settings()
     try:
@@ -53,7 +53,7 @@ def policy_compile(
     paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders.")] = None,
 ) -> None:
     """Compile policies into prompt embeddings in the cache (reused when unchanged)."""
-    from moderation.compose import compile_policies
+    from moderation.compose.scoring import compile_policies
 
     settings = load_settings()
     try:
@@ -89,7 +89,7 @@ def policy_test(
 
     Exit status 1 when any example is decided otherwise (or cannot be read).
     """
-    from moderation.compose import build_scoring
+    from moderation.compose.scoring import build_scoring
     from moderation.pipeline.score import score_local
 
     settings = load_settings()

@@ -24,7 +24,7 @@ from moderation.cli.common import err, fail, load_settings, out, progress
 from moderation.exceptions import ModerationError, QualityError
 
 if TYPE_CHECKING:
-    from moderation.compose import Scoring
+    from moderation.compose.scoring import Scoring
     from moderation.core.evaluation import Dataset
     from moderation.core.policy import Policy
     from moderation.pipeline.evaluate import ScoredItem
@@ -72,7 +72,7 @@ def _score(
 ) -> tuple[Scoring, Dataset, list[ScoredItem]]:
     """Read a dataset and score it against ``policy`` (default: the live policies)."""
     from moderation.adapters.datasets import load_dataset
-    from moderation.compose import build_scoring
+    from moderation.compose.scoring import build_scoring
     from moderation.pipeline.evaluate import fetcher, score_dataset
 
     settings = load_settings()
@@ -338,7 +338,8 @@ def backtest(
 ) -> None:
     """Re-score stored embeddings of past traffic with NEW_VERSION in place of its live version,
     without re-encoding any image, and report which decisions would change."""
-    from moderation.compose import build_scoring, open_embedding_store
+    from moderation.compose.scoring import build_scoring
+    from moderation.compose.stores import open_embedding_store
     from moderation.pipeline.backtest import backtest as backtest_use_case
 
     start = parse_since(since)
@@ -417,7 +418,8 @@ def promote(
     change; workers reload them), and record the promotion in the audit log first."""
     from moderation.adapters.images import SafeDecoder
     from moderation.adapters.policy_files import PolicyFolder
-    from moderation.compose import build_signals, image_check, open_audit
+    from moderation.compose.registries import build_signals, image_check
+    from moderation.compose.stores import open_audit
     from moderation.pipeline.promote import promote as promote_use_case
 
     settings = load_settings()

@@ -52,14 +52,14 @@ def _redis_url(settings: Settings) -> str:
 
 
 def _users(settings: Settings) -> ReviewerStore:
-    from moderation.compose import open_reviewers
+    from moderation.compose.stores import open_reviewers
 
     _redis_url(settings)
     return open_reviewers(settings)
 
 
 def _queue(settings: Settings) -> ReviewQueue:
-    from moderation.compose import open_review_queue
+    from moderation.compose.stores import open_review_queue
 
     _redis_url(settings)
     return open_review_queue(settings)
@@ -125,7 +125,8 @@ def user_list() -> None:
 
 
 def _end_sessions(settings: Settings, users: ReviewerStore, username: str) -> int:
-    from moderation.compose import build_reviewer_auth, open_audit
+    from moderation.compose.access import build_reviewer_auth
+    from moderation.compose.stores import open_audit
 
     audit = open_audit(settings)
     try:

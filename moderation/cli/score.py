@@ -56,7 +56,7 @@ def score(
 
     Files in a folder without an image suffix are listed as skipped, with the reason.
     """
-    from moderation.compose import build_scoring
+    from moderation.compose.scoring import build_scoring
     from moderation.pipeline.score import score_local
 
     settings = load_settings()

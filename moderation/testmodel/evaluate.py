@@ -73,7 +73,8 @@ def _scoring(checkpoint: Path, policy: Any) -> tuple[Any, Any]:
     """The scoring path (moderator, policies in service) of the test model and one policy."""
     from moderation import testmodel
     from moderation.adapters.images import SafeDecoder
-    from moderation.compose import build_signals, load_model
+    from moderation.compose.model import load_model
+    from moderation.compose.registries import build_signals
     from moderation.core.compiled import compile_policy
     from moderation.core.policy import PolicySet
     from moderation.pipeline.moderator import Moderator

@@ -1,0 +1,154 @@
+"""The API process (``moderation api``, the demo): job store, queue, submit use case, outcomes,
+review queue, reviewer sign-in, audit log. Imports no torch: an API image can leave it out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from moderation.adapters.policy_files import load_policies
+from moderation.adapters.redis_limits import RedisRateLimiter
+from moderation.compose.access import build_reviewer_auth, build_tenants, enforce_security
+from moderation.compose.banks import build_banks
+from moderation.compose.registries import build_sources, check_callback_url
+from moderation.compose.stores import (
+    open_audit,
+    open_delivery_log,
+    open_job_store,
+    open_queue,
+    open_review_queue,
+    open_reviewers,
+    open_worker_registry,
+    require_redis_url,
+)
+from moderation.core.admission import Tenant
+from moderation.pipeline.banks import BankService
+from moderation.pipeline.outcomes import Outcomes
+from moderation.pipeline.publishing import CoalescingPublisher
+from moderation.pipeline.signin import ReviewerAuth
+from moderation.pipeline.sources import ImageSources
+from moderation.pipeline.submit import PolicyCatalog, Submitter
+from moderation.ports import (
+    AuditSink,
+    CallbackSender,
+    DeliveryLog,
+    JobStore,
+    RateLimiter,
+    ReviewerStore,
+    ReviewQueue,
+    TaskPublisher,
+    WorkerRegistry,
+)
+from moderation.settings import Settings
+
+__all__ = ["ApiProcess", "build_api"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ApiProcess:
+    """The API's collaborators."""
+
+    settings: Settings
+    store: JobStore
+    deliveries: DeliveryLog
+    workers: WorkerRegistry
+    publisher: TaskPublisher
+    submitter: Submitter
+    sources: ImageSources
+    outcomes: Outcomes
+    audit: AuditSink
+    review_queue: ReviewQueue
+    reviewers: ReviewerStore
+    reviewer_auth: ReviewerAuth
+    tenants: dict[str, Tenant]
+    #: Reviewers' "add to bank" (None: not offered).
+    banks: BankService | None = None
+
+    def close(self) -> None:
+        close = getattr(self.publisher, "close", None)
+        if close is not None:
+            close()
+        self.audit.close()
+
+
+def build_api(
+    settings: Settings,
+    *,
+    store: JobStore | None = None,
+    deliveries: DeliveryLog | None = None,
+    workers: WorkerRegistry | None = None,
+    publisher: TaskPublisher | None = None,
+    callbacks: CallbackSender | None = None,
+    audit: AuditSink | None = None,
+    review_queue: ReviewQueue | None = None,
+    reviewers: ReviewerStore | None = None,
+    limiter: RateLimiter | None = None,
+    banks: BankService | None = None,
+) -> ApiProcess:
+    """The API process. Each collaborator can be replaced (tests pass in-memory twins).
+
+    Raises:
+        InsecureSettingsError: production with weak secrets or keys.
+        QueueUnavailable: no Redis URL configured (and no store given).
+        AuditError: the audit log cannot be opened.
+    """
+    enforce_security(settings)
+    queue = open_queue(settings) if publisher is None or callbacks is None else None
+    store = store or open_job_store(settings)
+    deliveries = deliveries or open_delivery_log(settings)
+    workers = workers or open_worker_registry(settings)
+    q = settings.queue
+    if publisher is None and queue is not None and q.publish_wait_ms > 0:
+        publisher = CoalescingPublisher(
+            queue, max_jobs=q.jobs_per_message, max_wait_s=q.publish_wait_ms / 1000.0
+        )
+    publisher = publisher or queue
+    callbacks = callbacks or queue
+    assert publisher is not None and callbacks is not None
+    sources = build_sources(settings, store)
+    paths = list(settings.policy_paths)
+
+    def policy_ids() -> set[str]:
+        return set(load_policies(paths))
+
+    submitter = Submitter(
+        store=store,
+        publisher=publisher,
+        sources=sources,
+        catalog=PolicyCatalog(workers, policy_ids),
+        settings=settings.queue,
+        check_callback_url=check_callback_url,
+        limiter=limiter
+        or RedisRateLimiter.from_url(require_redis_url(settings), prefix=settings.queue.key_prefix),
+    )
+    audit = audit or open_audit(settings)
+    if banks is None and settings.redis_url:
+        banks = build_banks(settings)
+    outcomes = Outcomes(
+        store,
+        deliveries=deliveries,
+        audit=audit,
+        callbacks=callbacks,
+        keep_inline_s=settings.queue.result_ttl_s,
+        banks=banks,
+    )
+    reviewers = reviewers or open_reviewers(settings)
+    return ApiProcess(
+        settings=settings,
+        store=store,
+        deliveries=deliveries,
+        workers=workers,
+        publisher=publisher,
+        submitter=submitter,
+        sources=sources,
+        outcomes=outcomes,
+        audit=audit,
+        review_queue=review_queue or open_review_queue(settings),
+        reviewers=reviewers,
+        reviewer_auth=build_reviewer_auth(settings, reviewers, audit=audit),
+        tenants=build_tenants(settings),
+        banks=banks,
+    )

@@ -1,0 +1,65 @@
+"""The registries a process is built from: its signals and its image sources (by scheme).
+
+To add an image source: write ``adapters/<name>_source.py`` and register it in
+:func:`build_sources`. To add a signal: write ``signals/<name>.py`` and register it in
+:func:`build_signals`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from moderation.adapters.file_source import FileSource
+from moderation.adapters.http_source import HttpSource
+from moderation.adapters.s3_source import S3Source
+from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
+from moderation.pipeline.sources import ImageSources, InlineSource
+from moderation.ports import (
+    ImageDecoder,
+    JobStore,
+)
+from moderation.settings import Settings
+from moderation.signals import LoadedBanks, Signals, builtin_signals
+
+__all__ = ["build_signals", "build_sources", "check_callback_url", "image_check"]
+
+log = logging.getLogger(__name__)
+
+
+def build_signals(settings: Settings, banks: LoadedBanks | None = None) -> Signals:
+    """Every signal this process knows (the policy files may name any of them); hash-bank
+    categories match against ``banks`` (none: they match nothing)."""
+    return builtin_signals(banks)
+
+
+def build_sources(
+    settings: Settings, store: JobStore | None, *, local_files: bool = False
+) -> ImageSources:
+    """Every image source, by scheme (inline bytes need the job store). ``local_files`` adds
+    ``file://`` (never public: only the policy tools of the CLI read local datasets)."""
+    sources: list[Any] = [HttpSource(settings), S3Source(settings)]
+    if store is not None:
+        sources.append(InlineSource(store))
+    if local_files:
+        sources.append(FileSource(max_bytes=settings.images.max_bytes))
+    return ImageSources(sources)
+
+
+def image_check(decoder: ImageDecoder) -> Callable[[bytes], None]:
+    """Checks that bytes decode (policy files' exemplar images)."""
+
+    def check(data: bytes) -> None:
+        decoder.decode(data)
+
+    return check
+
+
+def check_callback_url(url: str) -> None:
+    """Scheme and syntax of a callback URL (addresses are vetted when it is called).
+
+    Raises:
+        UrlRefusedError: not an http(s) URL.
+    """
+    check_url(url, ANY_ADDRESS)

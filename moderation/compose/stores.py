@@ -1,0 +1,162 @@
+"""The stores and queues of every process kind, opened from :class:`~moderation.settings.Settings`
+(the only place that knows which adapter implements which store port).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from moderation.adapters.audit_log import AuditLog
+from moderation.adapters.celery_queue import CeleryQueue
+from moderation.adapters.local_audit import LocalSegmentStore
+from moderation.adapters.local_blobs import LocalBlobStore
+from moderation.adapters.redis_banks import RedisBankStore
+from moderation.adapters.redis_deliveries import RedisDeliveryLog
+from moderation.adapters.redis_embeddings import RedisEmbeddingStore
+from moderation.adapters.redis_jobs import RedisJobStore
+from moderation.adapters.redis_review import RedisReviewQueue
+from moderation.adapters.redis_reviewers import RedisReviewerStore
+from moderation.adapters.redis_sessions import RedisReviewerSessions
+from moderation.adapters.redis_workers import RedisWorkerRegistry
+from moderation.adapters.s3_audit import S3SegmentStore
+from moderation.adapters.s3_blobs import S3BlobStore
+from moderation.exceptions import QueueUnavailable
+from moderation.ports import (
+    BlobStore,
+    EmbeddingStore,
+    SegmentStore,
+)
+from moderation.settings import Settings
+
+__all__ = [
+    "open_audit",
+    "open_bank_store",
+    "open_blob_store",
+    "open_delivery_log",
+    "open_embedding_store",
+    "open_job_store",
+    "open_queue",
+    "open_review_queue",
+    "open_reviewer_sessions",
+    "open_reviewers",
+    "open_segment_store",
+    "open_worker_registry",
+]
+
+log = logging.getLogger(__name__)
+
+
+def open_segment_store(settings: Settings) -> SegmentStore:
+    """The configured audit store: S3 when ``settings.audit.bucket`` is set, else a folder."""
+    if settings.audit.bucket:
+        return S3SegmentStore(settings.s3, settings.audit)
+    return LocalSegmentStore(settings.audit.local_dir, prefix=settings.audit.prefix)
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """The object store for bytes: S3 when ``settings.blobs.bucket`` is set, else a folder."""
+    if settings.blobs.bucket:
+        return S3BlobStore(settings.s3, settings.blobs)
+    return LocalBlobStore(settings.blobs.local_dir)
+
+
+def open_audit(settings: Settings, *, store: SegmentStore | None = None) -> AuditLog:
+    """This process's audit log (its own chain, spool and uploader).
+
+    Raises:
+        AuditError: the spool cannot be opened: the process must not start.
+    """
+    return AuditLog.open(store or open_segment_store(settings), settings.audit)
+
+
+def require_redis_url(settings: Settings) -> str:
+    if not settings.redis_url:
+        raise QueueUnavailable(
+            "no Redis URL configured: set MODERATION_REDIS_URL (or run "
+            "`moderation demo`, which starts an embedded server)"
+        )
+    return settings.redis_url
+
+
+def open_job_store(settings: Settings) -> RedisJobStore:
+    """The job store at ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    return RedisJobStore.from_url(require_redis_url(settings), settings.queue)
+
+
+def open_delivery_log(settings: Settings) -> RedisDeliveryLog:
+    """Delivery counts, the pending index and the dead letters at ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    return RedisDeliveryLog.from_url(require_redis_url(settings), settings.queue)
+
+
+def open_worker_registry(settings: Settings) -> RedisWorkerRegistry:
+    """Worker heartbeats and named locks at ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    return RedisWorkerRegistry.from_url(require_redis_url(settings), settings.queue)
+
+
+def open_queue(settings: Settings) -> CeleryQueue:
+    """The broker (publisher of job and callback messages).
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    return CeleryQueue(settings)
+
+
+def open_embedding_store(settings: Settings) -> EmbeddingStore:
+    """The stored-embeddings history (``embeddings.redis_url``, else ``redis_url``).
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    url = settings.embeddings.redis_url or require_redis_url(settings)
+    return RedisEmbeddingStore.from_url(url, settings.embeddings)
+
+
+def open_bank_store(settings: Settings) -> RedisBankStore:
+    """The hash banks at ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    return RedisBankStore.from_url(require_redis_url(settings), prefix=settings.banks.key_prefix)
+
+
+def open_review_queue(settings: Settings) -> RedisReviewQueue:
+    """Raises:
+    QueueUnavailable: no Redis URL configured.
+    """
+    return RedisReviewQueue.from_url(require_redis_url(settings), settings.review)
+
+
+def open_reviewers(settings: Settings) -> RedisReviewerStore:
+    """Raises:
+    QueueUnavailable: no Redis URL configured.
+    """
+    return RedisReviewerStore.from_url(
+        require_redis_url(settings), prefix=settings.review.key_prefix
+    )
+
+
+def open_reviewer_sessions(settings: Settings) -> RedisReviewerSessions:
+    """Raises:
+    QueueUnavailable: no Redis URL configured.
+    """
+    r = settings.review
+    return RedisReviewerSessions.from_url(
+        require_redis_url(settings),
+        idle_s=r.session_idle_s,
+        max_s=r.session_ttl_s,
+        prefix=r.key_prefix,
+    )

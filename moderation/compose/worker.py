@@ -1,0 +1,199 @@
+"""A worker process (``workers/tasks.py``): model, policies, micro-batcher, processor,
+maintenance thread, callback delivery, bank sync, audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from moderation.adapters.http_callbacks import CallbackDelivery
+from moderation.adapters.images import SafeDecoder
+from moderation.adapters.support.prepare_pool import PreparePool
+from moderation.adapters.support.slots import claim_slot
+from moderation.compose.access import enforce_security
+from moderation.compose.banks import build_bank_sync
+from moderation.compose.model import ModelChoice, load_model, policy_paths_for
+from moderation.compose.policies import build_policies
+from moderation.compose.registries import build_signals, build_sources
+from moderation.compose.stores import (
+    open_audit,
+    open_bank_store,
+    open_delivery_log,
+    open_embedding_store,
+    open_job_store,
+    open_queue,
+    open_review_queue,
+    open_worker_registry,
+)
+from moderation.metrics import metrics
+from moderation.pipeline.bank_sync import BankSync
+from moderation.pipeline.batching import BatchStats, MicroBatcher
+from moderation.pipeline.history import EmbeddingHistory
+from moderation.pipeline.maintenance import WorkerMaintenance
+from moderation.pipeline.moderator import Moderator
+from moderation.pipeline.outcomes import Outcomes
+from moderation.pipeline.policies import ActivePolicies
+from moderation.pipeline.process import Processor
+from moderation.ports import (
+    AuditSink,
+    JobStore,
+    TaskPublisher,
+)
+from moderation.settings import Settings
+from moderation.signals import LoadedBanks
+
+__all__ = ["WorkerProcess", "build_worker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerProcess:
+    """A worker process's collaborators. :meth:`start` starts its background threads."""
+
+    settings: Settings
+    name: str
+    model: ModelChoice
+    store: JobStore
+    policies: ActivePolicies
+    processor: Processor
+    maintenance: WorkerMaintenance
+    batcher: MicroBatcher[Any, NDArray[np.float32]]
+    delivery: CallbackDelivery
+    audit: AuditSink
+    publisher: TaskPublisher
+    banks: BankSync | None = None
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+    def start(self) -> None:
+        if self.model.note:
+            log.warning("%s", self.model.note)
+        if self.banks is not None:
+            self.banks.load()  # every bank in memory before the first job is scored
+        self.maintenance.beat()
+        self.maintenance.start()
+
+    def close(self) -> None:
+        self.maintenance.stop()
+        if self.banks is not None:
+            self.banks.close()
+        self.batcher.close()
+        for close in self.closers:
+            close()
+        self.audit.close()
+
+
+def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProcess:
+    """A worker process: model, policies, micro-batcher, processor, maintenance, audit.
+
+    Raises:
+        InsecureSettingsError: production with weak secrets or keys.
+        QueueUnavailable: no Redis URL configured.
+        ModelUnavailableError, PolicyError: the model or the policies cannot be loaded.
+        AuditError: the audit log cannot be opened.
+    """
+    enforce_security(settings)
+    q = settings.queue
+    store = open_job_store(settings)
+    deliveries = open_delivery_log(settings)
+    queue = open_queue(settings)
+    audit = open_audit(settings)
+    slot = settings.worker_slot
+    if slot is None:
+        slot = claim_slot(settings.worker_slots_dir)
+    model = load_model(settings.model, limits=settings.images, slot=slot)
+    banks = LoadedBanks()
+    sync = build_bank_sync(settings, open_bank_store(settings), banks)
+    policies = build_policies(
+        settings, model.encoder, build_signals(settings, banks), policy_paths_for(settings, model)
+    )
+    moderator = Moderator(
+        encoder=model.encoder,
+        decoder=SafeDecoder(settings.images),
+        policies=policies,
+        fingerprint_all=settings.banks.hash_every_image,
+    )
+    m = metrics()
+
+    def on_batch(stats: BatchStats) -> None:
+        m.batch_size.observe(stats.size)
+        m.latency.labels("inference").observe(stats.run_s)
+
+    batcher: MicroBatcher[Any, NDArray[np.float32]] = MicroBatcher(
+        start=model.encoder.start,  # two batches in flight on a GPU
+        max_batch=q.batch_size,
+        max_wait_s=q.batch_wait_ms / 1000.0,
+        on_batch=on_batch,
+    )
+    pool = ThreadPoolExecutor(
+        q.decode_threads or max(2, os.cpu_count() or 2), thread_name_prefix="decode"
+    )
+    preparer = PreparePool(q.prepare_processes) if q.prepare_processes else None
+    sources = build_sources(settings, store)
+    outcomes = Outcomes(
+        store,
+        deliveries=deliveries,
+        audit=audit,
+        callbacks=queue,
+        review=open_review_queue(settings),
+        policies=lambda: policies.current.policies,
+        weights_sha256=model.encoder.identity.weights_sha256,
+        keep_inline_s=q.result_ttl_s,
+    )
+    processor = Processor(
+        store=store,
+        deliveries=deliveries,
+        sources=sources,
+        moderator=moderator,
+        batcher=batcher,
+        outcomes=outcomes,
+        settings=q,
+        pool=pool,
+        history=(
+            EmbeddingHistory(open_embedding_store(settings)) if settings.embeddings.store else None
+        ),
+        prepare_many=preparer.prepare_many if preparer is not None else None,
+    )
+    worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
+    maintenance = WorkerMaintenance(
+        name=worker_name,
+        store=store,
+        deliveries=deliveries,
+        registry=open_worker_registry(settings),
+        publisher=queue,
+        policies=policies,
+        settings=q,
+        info=lambda: {
+            "model": model.encoder.identity.id,
+            "model_note": model.note,
+            "banks": banks.describe(),
+        },
+        tasks=[(settings.banks.reload_s, sync.refresh, "bank reload check")],
+    )
+    return WorkerProcess(
+        settings=settings,
+        name=worker_name,
+        model=model,
+        store=store,
+        policies=policies,
+        processor=processor,
+        maintenance=maintenance,
+        batcher=batcher,
+        delivery=CallbackDelivery(settings),
+        audit=audit,
+        publisher=queue,
+        banks=sync,
+        closers=[
+            lambda: pool.shutdown(wait=False),
+            *([preparer.close] if preparer is not None else []),
+        ],
+    )
