@@ -16,8 +16,8 @@ from pydantic import SecretStr
 
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_workers import RedisWorkerRegistry
-from moderation.api import create_app
 from moderation.api.server import serve_in_thread
+from moderation.app import create_app
 from moderation.compose.api import build_api
 from moderation.settings import Settings
 from tests.servers import free_port

@@ -261,7 +261,7 @@ def test_every_error_is_problem_details(api: tuple[httpx.Client, RedisJobStore])
 def test_broker_down_rolls_back_the_job(settings: Settings, redis_url: str) -> None:
     """The job record is removed again when the broker message cannot be published."""
     from moderation.adapters.memory import MemoryPublisher
-    from moderation.api import create_app
+    from moderation.app import create_app
     from moderation.compose.api import build_api
     from moderation.exceptions import QueueUnavailable
 

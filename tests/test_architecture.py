@@ -142,13 +142,33 @@ def test_the_library_never_imports_an_entry_point() -> None:
     library = [
         p
         for p in PACKAGE.rglob("*.py")
-        if p.relative_to(PACKAGE).parts[0] not in {"cli", "api", "web"}
+        if p.relative_to(PACKAGE).parts[0] not in {"cli", "api", "web", "app.py"}
     ]
-    assert (
-        _violations(library, ("workers", "moderation.cli", "moderation.api", "moderation.web"))
-        == []
+    entry_points = (
+        "workers",
+        "moderation.cli",
+        "moderation.api",
+        "moderation.web",
+        "moderation.app",
     )
+    assert _violations(library, entry_points) == []
     assert _violations(sorted(PACKAGE.rglob("*.py")), ("workers",)) == []
+
+
+def test_entry_points_never_import_each_other() -> None:
+    """``api/`` and ``web/`` share HTTP pieces one floor down (``moderation/http/``); the review
+    pages are mounted into the API app at the entry point (``moderation/app.py``)."""
+    assert _violations(_modules("web"), ("moderation.api", "moderation.cli")) == []
+    assert _violations(_modules("api"), ("moderation.web", "moderation.cli")) == []
+    assert (
+        _violations(_modules("http"), ("moderation.api", "moderation.web", "moderation.cli")) == []
+    )
+
+
+def test_the_http_layer_holds_no_use_case() -> None:
+    """Entry points call use cases; they never reach a store port's adapter themselves."""
+    files = [*_modules("web"), *_modules("http")]
+    assert _violations(files, ("moderation.adapters",)) == []
 
 
 @pytest.mark.parametrize("name", ["moderation.moderate", "moderation.deliver_callback"])
@@ -174,7 +194,7 @@ sys.meta_path.insert(0, NotInstalled())
 
 from starlette.testclient import TestClient
 
-from moderation.api import create_app
+from moderation.app import create_app
 from moderation.compose.api import build_api
 from moderation.settings import Settings
 

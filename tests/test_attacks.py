@@ -37,12 +37,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from moderation.adapters.passwords import hash_password
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.support.redis import connect
 from moderation.core.reviewers import ReviewerAccount, Role
 from moderation.settings import ApiKey, QueueSettings, ReviewSettings, Settings
-from moderation.web.auth import hash_password
 from tests.pipeline_support import ROOT, WorkerProcess, png_bytes, raw_exchange
 from tests.servers import valkey_url
 

@@ -15,7 +15,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from moderation.adapters.images import safe_png
 from moderation.adapters.memory import MemoryBankStore
+from moderation.adapters.passwords import hash_password
 from moderation.adapters.policy_files import load_policy_text
 from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
@@ -28,11 +30,11 @@ from moderation.core.policy import Action, Policy
 from moderation.core.review import HumanDecision, item_from_verdict
 from moderation.core.reviewers import ReviewerAccount, Role
 from moderation.pipeline.banks import BankService
+from moderation.pipeline.review_desk import ReviewDesk
 from moderation.settings import ReviewSettings, Settings
 from moderation.signals import builtin_signals
 from moderation.testmodel.robustness import world_images
 from moderation.web import build_review_router
-from moderation.web.auth import hash_password
 from tests.servers import free_port, wait_for_port
 from tests.test_review_browser import ARGS, CHROMIUM
 
@@ -167,11 +169,14 @@ def site(redis_url: str) -> Iterator[Site]:
     app.include_router(
         build_review_router(
             settings,
-            queue,
+            ReviewDesk(
+                queue,
+                on_final=state.finals.append,
+                load_image=lambda ref: image.getvalue(),
+                render_image=lambda data: safe_png(data, settings.images),
+                banks=banks,
+            ),
             auth,
-            on_final=state.finals.append,
-            image_loader=lambda ref: image.getvalue(),
-            banks=banks,
         )
     )
     port = free_port()

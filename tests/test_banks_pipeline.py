@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from moderation import testmodel
 from moderation.adapters.images import SafeDecoder
+from moderation.adapters.passwords import hash_password
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.cli import app as cli_app
 from moderation.client import ModerationClient
@@ -41,7 +42,6 @@ from moderation.core.reviewers import ReviewerAccount, Role
 from moderation.pipeline.audit import iter_records
 from moderation.pipeline.banks import image_feature
 from moderation.settings import ImageLimits, Settings
-from moderation.web.auth import hash_password
 from tests.pipeline_support import (
     WorkerProcess,
     live_workers,

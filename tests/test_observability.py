@@ -169,9 +169,9 @@ def _review_one(base: str) -> None:
 def test_every_metric_of_the_alerts_and_the_dashboard_is_exported_by_a_live_process(
     settings: Settings, redis_url: str, tmp_path: Path, origin: Origin
 ) -> None:
+    from moderation.adapters.passwords import hash_password
     from moderation.compose.stores import open_reviewers
     from moderation.core.reviewers import ReviewerAccount, Role
-    from moderation.web.auth import hash_password
 
     metrics_port, health_port = free_port(), free_port()
     s = pipeline_settings(

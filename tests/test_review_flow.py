@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from moderation import testmodel
+from moderation.adapters.passwords import hash_password
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.client import ModerationClient
 from moderation.compose.stores import open_reviewers, open_segment_store
@@ -26,7 +27,6 @@ from moderation.core.decision import Decision
 from moderation.core.reviewers import ReviewerAccount, Role
 from moderation.pipeline.audit import iter_records, verify_store
 from moderation.settings import Settings
-from moderation.web.auth import hash_password
 from tests.pipeline_support import WorkerProcess, pipeline_settings, png_bytes, start_api, stop_api
 from tests.servers import free_port
 

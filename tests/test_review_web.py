@@ -16,7 +16,9 @@ from fastapi import FastAPI
 from PIL import Image
 from starlette.exceptions import HTTPException
 
+from moderation.adapters.images import safe_png
 from moderation.adapters.memory import MemoryAuditSink
+from moderation.adapters.passwords import hash_password
 from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
@@ -24,10 +26,10 @@ from moderation.adapters.support.redis import connect as _connect
 from moderation.compose.access import build_reviewer_auth
 from moderation.core.review import HumanDecision, pseudonym
 from moderation.core.reviewers import ReviewerAccount, Role
+from moderation.pipeline.review_desk import ReviewDesk
 from moderation.settings import ReviewSettings, Settings
 from moderation.testmodel import sample_images
 from moderation.web import build_review_router
-from moderation.web.auth import hash_password
 from tests.servers import free_port, wait_for_port
 from tests.test_review_queue import make_item, world_policy
 
@@ -73,7 +75,7 @@ def review_settings() -> ReviewSettings:
 @pytest.fixture(name="site")
 def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[ReviewSite]:
     """The review router in a small FastAPI app, served by uvicorn on a free port."""
-    from moderation.api.problems import handle_http_error
+    from moderation.http.problems import handle_http_error
 
     settings = Settings(environment="development", review=review_settings)
     client = _connect(redis_url, decode=True)
@@ -113,10 +115,13 @@ def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[Rev
     app.include_router(
         build_review_router(
             settings,
-            queue,
+            ReviewDesk(
+                queue,
+                on_final=state.finals.append,
+                load_image=lambda ref: state.images[ref.uri],
+                render_image=lambda data: safe_png(data, settings.images),
+            ),
             auth,
-            on_final=state.finals.append,
-            image_loader=lambda ref: state.images[ref.uri],
         )
     )
     port = free_port()

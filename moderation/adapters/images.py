@@ -356,3 +356,16 @@ class SafeDecoder:
     def decode(self, data: bytes, *, min_side: int | None = None) -> list[Image.Image]:
         """See :func:`decode_image`."""
         return decode_image(data, self.limits, min_side=min_side)
+
+
+def safe_png(data: bytes, limits: ImageLimits) -> bytes:
+    """Untrusted image bytes decoded with ``limits`` and re-encoded as a plain PNG of the first
+    frame (no metadata, no exotic format): what a reviewer's browser is shown.
+
+    Raises:
+        ImageError: as :func:`decode_image`.
+    """
+    frames = decode_image(data, limits)
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="PNG")
+    return buffer.getvalue()

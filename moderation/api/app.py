@@ -1,5 +1,5 @@
-"""The HTTP API: upstream services enqueue images and read results; reviewers' pages under
-``/review``.
+"""The HTTP API: upstream services enqueue images and read results (the reviewers' pages are
+mounted beside it by :func:`moderation.app.create_app`).
 
 ``POST /v1/jobs`` (202 + job id at once; 200 for a duplicate id; 409 for the same id with a
 different request), ``POST /v1/jobs:batch``, ``GET /v1/jobs/{id}``, ``/healthz``, ``/readyz``,
@@ -9,7 +9,7 @@ Every ``/v1`` call authenticates with ``Authorization: Bearer <key>``; the key n
 (:class:`~moderation.core.admission.Tenant`), which is passed to the submit use case
 (:class:`moderation.pipeline.submit.Submitter`): ids, reads, limits and policy sets are the
 tenant's own. Bodies are limited while they stream in (:mod:`moderation.api.edge`). Every error
-is RFC 9457 problem details (:mod:`moderation.api.problems`). Internal addresses in image URLs
+is RFC 9457 problem details (:mod:`moderation.http.problems`). Internal addresses in image URLs
 are refused by the worker's SSRF guard (also after DNS resolution and redirects), so they end as
 error results, not 4xx.
 """
@@ -35,14 +35,6 @@ from starlette.exceptions import HTTPException
 
 from moderation import exceptions
 from moderation.api.edge import BodyLimit, HttpMetrics, body_limits
-from moderation.api.problems import (
-    PROBLEM_JSON,
-    Problem,
-    handle_http_error,
-    handle_moderation_error,
-    handle_unexpected_error,
-    handle_validation_error,
-)
 from moderation.api.schemas import (
     POLICY_ID_PATTERN,
     URL_PATTERN,
@@ -59,6 +51,14 @@ from moderation.compose.api import ApiProcess
 from moderation.core.admission import Tenant
 from moderation.core.jobs import DEFAULT_TENANT, JOB_ID_PATTERN, JobResult
 from moderation.exceptions import JobRejected, ModerationError
+from moderation.http.problems import (
+    PROBLEM_JSON,
+    Problem,
+    handle_http_error,
+    handle_moderation_error,
+    handle_unexpected_error,
+    handle_validation_error,
+)
 from moderation.metrics import render, render_review_gauges
 from moderation.pipeline.submit import Accepted, SubmitRequest
 
@@ -300,19 +300,6 @@ def create_app(api: ApiProcess) -> FastAPI:
     limits, default_limit = body_limits(settings)
     app.add_middleware(BodyLimit, limits=limits, default=default_limit)
     app.add_middleware(HttpMetrics, routes=lambda: list(app.router.routes))
-
-    from moderation.web import build_review_router
-
-    app.include_router(
-        build_review_router(
-            settings,
-            api.review_queue,
-            api.reviewer_auth,
-            on_final=api.outcomes.record_human_decision,
-            image_loader=api.sources.fetch,
-            banks=api.banks,
-        )
-    )
 
     app.state.tenant_keys = [
         (k.key.get_secret_value().encode(), k.tenant) for k in settings.api_keys

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from moderation.api.problems import problem_for, problem_response
+from moderation.http.problems import problem_for, problem_response
 from moderation.metrics import metrics, status_class
 from moderation.settings import Settings
 

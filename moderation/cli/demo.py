@@ -49,9 +49,9 @@ def _free_port() -> int:
 
 def _demo_reviewer(settings: Settings) -> str | None:
     """A reviewer account ``demo`` with a fresh random password (None if it already exists)."""
+    from moderation.adapters.passwords import hash_password
     from moderation.compose.stores import open_reviewers
     from moderation.core.reviewers import ReviewerAccount, Role
-    from moderation.web.auth import hash_password
 
     password = secrets.token_urlsafe(9)
     try:
@@ -121,8 +121,8 @@ def demo(
     """Start everything (embedded Redis if none is configured), moderate sample images, print
     their verdicts, and keep the API running until Ctrl-C."""
     from moderation.adapters.embedded_redis import EmbeddedRedis
-    from moderation.api import create_app
     from moderation.api.server import serve_in_thread
+    from moderation.app import create_app
     from moderation.client import ModerationClient
     from moderation.compose.api import ApiProcess, build_api
     from moderation.compose.stores import open_review_queue, open_worker_registry

@@ -80,7 +80,7 @@ def api(
 
     import uvicorn
 
-    from moderation.api import create_app
+    from moderation.app import create_app
     from moderation.compose.api import build_api
 
     settings = load_settings()

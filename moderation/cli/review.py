@@ -80,8 +80,8 @@ def user_add(
     ] = False,
 ) -> None:
     """Create an account; the password is stored only as an argon2id hash."""
+    from moderation.adapters.passwords import hash_password
     from moderation.core.reviewers import ReviewerAccount, Role, check_username
-    from moderation.web.auth import hash_password
 
     settings = load_settings()
     if password_stdin:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from moderation.adapters.images import safe_png
 from moderation.adapters.policy_files import load_policies
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.compose.access import build_reviewer_auth, build_tenants, enforce_security
@@ -26,6 +27,7 @@ from moderation.core.admission import Tenant
 from moderation.pipeline.banks import BankService
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.publishing import CoalescingPublisher
+from moderation.pipeline.review_desk import ReviewDesk
 from moderation.pipeline.signin import ReviewerAuth
 from moderation.pipeline.sources import ImageSources
 from moderation.pipeline.submit import PolicyCatalog, Submitter
@@ -61,6 +63,7 @@ class ApiProcess:
     outcomes: Outcomes
     audit: AuditSink
     review_queue: ReviewQueue
+    review_desk: ReviewDesk
     reviewers: ReviewerStore
     reviewer_auth: ReviewerAuth
     tenants: dict[str, Tenant]
@@ -136,6 +139,15 @@ def build_api(
         banks=banks,
     )
     reviewers = reviewers or open_reviewers(settings)
+    review_queue = review_queue or open_review_queue(settings)
+    limits = settings.images
+    desk = ReviewDesk(
+        review_queue,
+        on_final=outcomes.record_human_decision,
+        load_image=sources.fetch,
+        render_image=lambda data: safe_png(data, limits),
+        banks=banks,
+    )
     return ApiProcess(
         settings=settings,
         store=store,
@@ -146,7 +158,8 @@ def build_api(
         sources=sources,
         outcomes=outcomes,
         audit=audit,
-        review_queue=review_queue or open_review_queue(settings),
+        review_queue=review_queue,
+        review_desk=desk,
         reviewers=reviewers,
         reviewer_auth=build_reviewer_auth(settings, reviewers, audit=audit),
         tenants=build_tenants(settings),

@@ -1,8 +1,8 @@
 """Reviewer accounts, sessions and sign-in throttling: the rules. Pure: no I/O.
 
 Accounts are kept behind the :class:`~moderation.ports.ReviewerStore` port; passwords only as
-argon2id hashes (:mod:`moderation.web.auth`). Outside the review system a reviewer is known only by
-a keyed pseudonym (:func:`moderation.core.review.pseudonym`).
+argon2id hashes (:mod:`moderation.adapters.passwords`). Outside the review system a reviewer is
+known only by a keyed pseudonym (:func:`moderation.core.review.pseudonym`).
 
 Sessions are server-side (:class:`~moderation.ports.ReviewerSessions`): the cookie holds a random
 token, the store keeps only its hash. A session ends at sign-out, when an admin ends the

@@ -1,5 +1,5 @@
 """Reviewer sign-in helpers: CSRF tokens and pseudonyms (password hashing lives in
-:mod:`moderation.adapters.passwords`, re-exported here).
+:mod:`moderation.adapters.passwords`).
 
 Passwords are stored only as argon2id hashes. Sessions are server-side
 (:mod:`moderation.pipeline.signin`); the cookie is a random token. The CSRF token of a session is
@@ -15,11 +15,10 @@ import base64
 import hashlib
 import hmac
 
-from moderation.adapters.passwords import MIN_PASSWORD, hash_password, verify_password
 from moderation.core.review import pseudonym
 from moderation.exceptions import ReviewAuthError
 
-__all__ = ["MIN_PASSWORD", "SessionCodec", "hash_password", "verify_password"]
+__all__ = ["SessionCodec"]
 
 
 def _b64(data: bytes) -> str:

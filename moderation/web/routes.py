@@ -23,19 +23,19 @@ disabling the account, the idle timeout and the absolute lifetime end them, what
 cookie says. Sign-in is throttled per account and per client address (429 + ``Retry-After``,
 the password is not even checked while throttled).
 
-Every state-changing request carries the session's CSRF token (``X-CSRF-Token`` header or
-``csrf`` form field). Errors are RFC 9457 problem details, like the API's. Images are fetched
-server-side through the injected ``image_loader`` (the image sources, by scheme),
-decoded safely and re-encoded as PNG (no metadata, no exotic formats reach the browser), and sent
-with ``Cache-Control: no-store``. Every response carries a strict CSP (no inline script or style),
-``X-Frame-Options: DENY`` and ``nosniff``.
+What a reviewer can do is :class:`moderation.pipeline.review_desk.ReviewDesk`: this router
+parses requests, calls it and maps its errors. Every state-changing request carries the
+session's CSRF token (``X-CSRF-Token`` header or ``csrf`` form field). Errors are RFC 9457 problem
+details, like the API's (:mod:`moderation.http.problems`). Images come from the desk as safe PNGs
+(no metadata, no exotic formats reach the browser), sent with ``Cache-Control: no-store``.
+Every response carries a strict CSP (no inline script or style), ``X-Frame-Options: DENY`` and
+``nosniff``.
 """
 
 
 # No ``from __future__ import annotations`` here: FastAPI must evaluate the ``Depends(...)``
 # annotations of the endpoints, which name functions local to build_review_router.
 
-import io
 import logging
 import math
 import secrets
@@ -52,32 +52,29 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from moderation.adapters.images import decode_image
-from moderation.api.problems import http_problem, moderation_problem, status_for, validation_problem
-from moderation.core.image_ref import ImageRef
-from moderation.core.review import HumanDecision, ReviewDecision
+from moderation.core.review import ReviewDecision
 from moderation.core.reviewers import ReviewerSession, Role
 from moderation.exceptions import (
     LoginThrottled,
     ModerationError,
     ReviewAuthError,
-    ReviewInvalidDecision,
     ReviewNotFound,
 )
-from moderation.metrics import metrics
-from moderation.pipeline.banks import BankService
+from moderation.http.problems import (
+    http_problem,
+    moderation_problem,
+    status_for,
+    validation_problem,
+)
+from moderation.pipeline.review_desk import ReviewDesk
 from moderation.pipeline.signin import ReviewerAuth
-from moderation.ports import Claim, ReviewQueue, ReviewStats
+from moderation.ports import Claim, ReviewStats
 from moderation.settings import Settings
 from moderation.web.auth import SessionCodec
 
-__all__ = ["ImageLoader", "OnFinal", "build_review_router"]
+__all__ = ["build_review_router"]
 
 log = logging.getLogger(__name__)
-
-OnFinal = Callable[[HumanDecision], object]
-#: Returns the image bytes of a reference (the image sources, by scheme).
-ImageLoader = Callable[[ImageRef], bytes]
 
 _HERE = Path(__file__).resolve().parent
 _STATIC = {
@@ -165,7 +162,7 @@ class _UserBody(BaseModel):
     username: str = Field(max_length=64)
 
 
-def _claim_payload(claim: Claim, prefix: str, banks: BankService | None) -> dict[str, Any]:
+def _claim_payload(claim: Claim, prefix: str, desk: ReviewDesk) -> dict[str, Any]:
     item = claim.item
     deciding = next((c for c in item.verdict.categories if c.category_id == item.category_id), None)
     return {
@@ -194,28 +191,19 @@ def _claim_payload(claim: Claim, prefix: str, banks: BankService | None) -> dict
         "image_url": f"{prefix}/api/image/{item.review_id}",
         "content_pdq": item.content_pdq,
         "content_pdq_quality": item.content_pdq_quality,
-        "bank_targets": banks.bank_targets(item) if banks is not None else [],
+        "bank_targets": desk.bank_targets(item),
     }
 
 
 def build_review_router(
     settings: Settings,
-    queue: ReviewQueue,
+    desk: ReviewDesk,
     auth: ReviewerAuth,
     *,
-    on_final: OnFinal,
-    image_loader: ImageLoader,
     prefix: str = "/review",
-    banks: BankService | None = None,
 ) -> APIRouter:
-    """The reviewers' router. Mount with ``app.include_router(router)``.
-
-    ``auth`` signs reviewers in and out and resolves their server-side sessions. ``on_final`` is
-    called once for each decision that becomes final (after the second reviewer for critical
-    removals); if it raises a :class:`ModerationError` the decision stays in the queue's outbox
-    and ``POST {prefix}/api/admin/redeliver`` retries it. ``banks`` offers "remove and add to
-    bank" (the request is recorded here; ``on_final`` carries it out).
-    """
+    """The reviewers' router over ``desk`` (what reviewers can do) and ``auth`` (sign-in and
+    server-side sessions). Mount with ``app.include_router(router)``."""
     review = settings.review
     codec = SessionCodec(
         session_secret=review.session_secret.get_secret_value(),
@@ -329,7 +317,7 @@ def build_review_router(
 
     @router.get("/")
     def review_page(request: Request, who: Annotated[Principal, Depends(principal)]) -> Response:
-        return page(request, "review.html", who, lease_s=int(queue.lease_s))
+        return page(request, "review.html", who, lease_s=int(desk.lease_s))
 
     @router.get("/overview")
     def overview_page(request: Request, who: Annotated[Principal, Depends(principal)]) -> Response:
@@ -349,58 +337,36 @@ def build_review_router(
     def next_item(
         who: Annotated[Principal, Depends(csrf_principal)], body: _NextBody | None = None
     ) -> dict[str, Any]:
-        claim = queue.claim(who.pseudonym, policies=body.policies if body else None)
-        return {"item": _claim_payload(claim, prefix, banks) if claim else None}
+        claim = desk.claim(who.pseudonym, policies=body.policies if body else None)
+        return {"item": _claim_payload(claim, prefix, desk) if claim else None}
 
     @router.post("/api/decide")
     def decide(
         body: _DecideBody, who: Annotated[Principal, Depends(csrf_principal)]
     ) -> dict[str, Any]:
-        if body.add_to_bank is not None:
-            if body.decision is not ReviewDecision.REMOVE:
-                raise ReviewInvalidDecision("only a removal can add the image to a bank")
-            if banks is None:
-                raise ReviewInvalidDecision("adding to banks is not available here")
-            banks.check_request(queue.item(body.review_id), bank=body.add_to_bank)
-        result = queue.decide(
-            body.review_id,
-            reviewer=who.pseudonym,
+        done = desk.decide(
+            who.pseudonym,
+            review_id=body.review_id,
             token=body.token,
             decision=body.decision,
             reason_code=body.reason_code,
+            add_to_bank=body.add_to_bank,
         )
-        if body.add_to_bank is not None and banks is not None and not result.replay:
-            banks.request_addition(
-                queue.item(body.review_id), bank=body.add_to_bank, reviewer=who.pseudonym
-            )
-        final = result.outcome.final
-        delivered: bool | None = None
-        if not result.replay:
-            _count(queue, body.review_id, final, result.handling_s)
-        if final is not None and not result.replay:
-            delivered = _deliver(queue, final, on_final)
         return {
-            "status": "final" if final else "pending_second_review",
-            "decision": final.decision.value if final else body.decision.value,
-            "replay": result.replay,
-            "delivered": delivered,
+            "status": "final" if done.final else "pending_second_review",
+            "decision": done.decision.value,
+            "replay": done.replay,
+            "delivered": done.delivered,
         }
 
     @router.post("/api/skip")
     def skip(body: _ItemBody, who: Annotated[Principal, Depends(csrf_principal)]) -> dict[str, Any]:
-        return {"released": queue.release(body.review_id, reviewer=who.pseudonym)}
+        return {"released": desk.release(body.review_id, reviewer=who.pseudonym)}
 
     @router.get("/api/image/{review_id}")
     def image(review_id: str, who: Annotated[Principal, Depends(principal)]) -> Response:
-        if not queue.holds(who.pseudonym, review_id):
-            # Same answer whether the item does not exist or someone else holds it.
-            raise ReviewNotFound("no item with that id leased to you")
-        item = queue.item(review_id)
-        frames = decode_image(image_loader(item.image), settings.images)
-        buffer = io.BytesIO()
-        frames[0].save(buffer, format="PNG")
         return Response(
-            buffer.getvalue(),
+            desk.image(who.pseudonym, review_id),
             media_type="image/png",
             headers={"Cache-Control": "no-store, private"},
         )
@@ -409,7 +375,7 @@ def build_review_router(
     def overview(who: Annotated[Principal, Depends(principal)]) -> dict[str, Any]:
         return {
             "me": {"username": who.username, "role": who.role.value, "reviewer": who.pseudonym},
-            "my_decisions_today": queue.decisions_on().get(who.pseudonym, 0),
+            "my_decisions_today": desk.decisions_today(who.pseudonym),
             "queues": [
                 {
                     "policy_id": s.policy_id,
@@ -417,7 +383,7 @@ def build_review_router(
                     "in_review": s.in_review,
                     "oldest_age_s": None if s.oldest_age_s is None else round(s.oldest_age_s, 1),
                 }
-                for s in queue.stats()
+                for s in desk.stats()
             ],
         }
 
@@ -426,20 +392,19 @@ def build_review_router(
     @router.get("/api/admin/stats")
     def admin_stats(who: Annotated[Principal, Depends(admin_read)]) -> dict[str, Any]:
         return {
-            "queues": [_stats_dict(s) for s in queue.stats()],
-            "decisions_today": queue.decisions_on(),
-            "undelivered": len(queue.undelivered()),
+            "queues": [_stats_dict(s) for s in desk.stats()],
+            "decisions_today": desk.decisions_by_reviewer(),
+            "undelivered": desk.undelivered(),
         }
 
     @router.post("/api/admin/requeue")
     def admin_requeue(body: _ItemBody, who: Annotated[Principal, Depends(admin)]) -> dict[str, Any]:
-        return {"requeued": queue.release(body.review_id)}
+        return {"requeued": desk.requeue(body.review_id)}
 
     @router.post("/api/admin/redeliver")
     def admin_redeliver(who: Annotated[Principal, Depends(admin)]) -> dict[str, Any]:
-        pending = queue.undelivered(older_than_s=30.0)
-        ok = sum(_deliver(queue, final, on_final) for final in pending)
-        return {"pending": len(pending), "delivered": ok}
+        pending, delivered = desk.deliver_outbox(older_than_s=30.0)
+        return {"pending": pending, "delivered": delivered}
 
     @router.post("/api/admin/sessions/end")
     def admin_end_sessions(
@@ -460,29 +425,3 @@ def _stats_dict(stats: ReviewStats) -> dict[str, Any]:
         "in_review": stats.in_review,
         "oldest_age_s": stats.oldest_age_s,
     }
-
-
-def _deliver(queue: ReviewQueue, final: HumanDecision, on_final: OnFinal) -> bool:
-    try:
-        on_final(final)
-    except ModerationError as exc:
-        log.warning(
-            "on_final failed for review %s (%s); kept in the outbox", final.review_id, exc.code
-        )
-        return False
-    queue.delivered(final.review_id)
-    return True
-
-
-def _count(
-    queue: ReviewQueue,
-    review_id: str,
-    final: HumanDecision | None,
-    handling_s: float | None,
-) -> None:
-    m = metrics()
-    policy = final.policy_id if final else queue.item(review_id).policy_id
-    decision = final.decision.value if final else "pending_second"
-    m.review_decisions.labels(policy, decision).inc()
-    if handling_s is not None:
-        m.review_handling.labels(policy).observe(handling_s)

@@ -1,0 +1,202 @@
+"""Reviewing, in one place: what a reviewer (or a review admin) can do, whatever the page.
+
+:class:`ReviewDesk` claims the next item, shows its image, records a decision (with "remove and
+add to bank"), gives an item back, and hands every final decision on (``on_final``: the job's
+result, audit records and callback, :meth:`~moderation.pipeline.outcomes.Outcomes.
+record_human_decision`), keeping it in the queue's outbox until that succeeded. The reviewers'
+pages (:mod:`moderation.web`) only parse requests, call it and map its errors.
+
+Crash ordering of a decision: the queue records it (and the lease is consumed) first; then, once
+it is final, ``on_final`` runs and only then is the decision dropped from the outbox. A crash or
+an ``on_final`` failure in between leaves it in the outbox: :meth:`ReviewDesk.deliver_outbox`
+hands it on again (``on_final`` is idempotent: record ids derive from the review).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from moderation.core.image_ref import ImageRef
+from moderation.core.review import HumanDecision, ReviewDecision, ReviewItem
+from moderation.exceptions import ModerationError, ReviewInvalidDecision, ReviewNotFound
+from moderation.metrics import metrics
+from moderation.pipeline.banks import BankService
+from moderation.ports import Claim, ReviewQueue, ReviewStats
+
+__all__ = ["Decided", "ImageLoader", "OnFinal", "ReviewDesk"]
+
+log = logging.getLogger(__name__)
+
+#: Hands a final human decision on (result, audit, callback); raises ``ModerationError`` when it
+#: cannot now (the decision stays in the outbox).
+OnFinal = Callable[[HumanDecision], object]
+#: The image bytes of a reference (the image sources, by scheme).
+ImageLoader = Callable[[ImageRef], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What became of a reviewer's decision."""
+
+    #: The final decision, or None while it waits for a second reviewer.
+    final: HumanDecision | None
+    decision: ReviewDecision
+    #: True when this exact decision had already been recorded (a retried submit).
+    replay: bool
+    #: Whether the final decision was handed on now (None: not final, or a replay).
+    delivered: bool | None
+
+
+class ReviewDesk:
+    """The review use case over a :class:`~moderation.ports.ReviewQueue`.
+
+    Args:
+        queue: the review queue (leases, decisions, outbox).
+        on_final: hands each final decision on.
+        load_image: reads the image of an item.
+        render_image: turns untrusted image bytes into what a browser is shown (a safe PNG).
+        banks: offers "remove and add to bank" (None: not offered).
+    """
+
+    def __init__(
+        self,
+        queue: ReviewQueue,
+        *,
+        on_final: OnFinal,
+        load_image: ImageLoader,
+        render_image: Callable[[bytes], bytes],
+        banks: BankService | None = None,
+    ) -> None:
+        self.queue = queue
+        self.on_final = on_final
+        self.load_image = load_image
+        self.render_image = render_image
+        self.banks = banks
+
+    @property
+    def lease_s(self) -> float:
+        return self.queue.lease_s
+
+    # --- a reviewer -------------------------------------------------------------------------
+
+    def claim(self, reviewer: str, *, policies: list[str] | None = None) -> Claim | None:
+        """The next item for ``reviewer`` (or the one it already holds), leased to it."""
+        return self.queue.claim(reviewer, policies=policies)
+
+    def bank_targets(self, item: ReviewItem) -> list[str]:
+        """The banks a removal of ``item`` may add its image to."""
+        return self.banks.bank_targets(item) if self.banks is not None else []
+
+    def image(self, reviewer: str, review_id: str) -> bytes:
+        """The image of an item leased to ``reviewer``, rendered for the browser.
+
+        Raises:
+            ReviewNotFound: no such item, or it is not leased to ``reviewer`` (one answer for
+                both, so an id cannot be probed).
+            ImageError: the image cannot be read or decoded.
+        """
+        if not self.queue.holds(reviewer, review_id):
+            raise ReviewNotFound("no item with that id leased to you")
+        item = self.queue.item(review_id)
+        return self.render_image(self.load_image(item.image))
+
+    def decide(
+        self,
+        reviewer: str,
+        *,
+        review_id: str,
+        token: str,
+        decision: ReviewDecision,
+        reason_code: str | None,
+        add_to_bank: str | None = None,
+    ) -> Decided:
+        """Record ``reviewer``'s decision on a leased item; hand it on once it is final.
+
+        Raises:
+            ReviewError: not found, lease expired, not the holder, already decided, or an
+                invalid decision (a bank addition with anything but a removal, or where banks
+                are not offered).
+        """
+        if add_to_bank is not None:
+            if decision is not ReviewDecision.REMOVE:
+                raise ReviewInvalidDecision("only a removal can add the image to a bank")
+            if self.banks is None:
+                raise ReviewInvalidDecision("adding to banks is not available here")
+            self.banks.check_request(self.queue.item(review_id), bank=add_to_bank)
+        result = self.queue.decide(
+            review_id,
+            reviewer=reviewer,
+            token=token,
+            decision=decision,
+            reason_code=reason_code,
+        )
+        if add_to_bank is not None and self.banks is not None and not result.replay:
+            self.banks.request_addition(
+                self.queue.item(review_id), bank=add_to_bank, reviewer=reviewer
+            )
+        final = result.outcome.final
+        delivered: bool | None = None
+        if not result.replay:
+            self._count(review_id, final, result.handling_s)
+            if final is not None:
+                delivered = self._deliver(final)
+        return Decided(
+            final=final,
+            decision=final.decision if final else decision,
+            replay=result.replay,
+            delivered=delivered,
+        )
+
+    def release(self, review_id: str, *, reviewer: str) -> bool:
+        """Give a leased item back to the queue (skip)."""
+        return self.queue.release(review_id, reviewer=reviewer)
+
+    def decisions_today(self, reviewer: str) -> int:
+        return self.queue.decisions_on().get(reviewer, 0)
+
+    def stats(self) -> list[ReviewStats]:
+        return self.queue.stats()
+
+    # --- a review admin ---------------------------------------------------------------------
+
+    def requeue(self, review_id: str) -> bool:
+        """Take an item back from whoever holds it."""
+        return self.queue.release(review_id)
+
+    def decisions_by_reviewer(self) -> dict[str, int]:
+        """Decisions today per (pseudonymous) reviewer."""
+        return self.queue.decisions_on()
+
+    def undelivered(self) -> int:
+        """Final decisions not handed on yet."""
+        return len(self.queue.undelivered())
+
+    def deliver_outbox(self, *, older_than_s: float = 30.0) -> tuple[int, int]:
+        """Hand on again the final decisions that have waited in the outbox at least
+        ``older_than_s`` (their first delivery failed, or its process died): (waiting,
+        delivered now)."""
+        pending = self.queue.undelivered(older_than_s=older_than_s)
+        return len(pending), sum(self._deliver(final) for final in pending)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _deliver(self, final: HumanDecision) -> bool:
+        try:
+            self.on_final(final)
+        except ModerationError as exc:
+            log.warning(
+                "handing on review %s failed (%s); kept in the outbox", final.review_id, exc.code
+            )
+            return False
+        self.queue.delivered(final.review_id)
+        return True
+
+    def _count(self, review_id: str, final: HumanDecision | None, handling_s: float | None) -> None:
+        m = metrics()
+        policy = final.policy_id if final else self.queue.item(review_id).policy_id
+        outcome = final.decision.value if final else "pending_second"
+        m.review_decisions.labels(policy, outcome).inc()
+        if handling_s is not None:
+            m.review_handling.labels(policy).observe(handling_s)
