@@ -50,7 +50,10 @@
         └── QualityError                the policy-quality tools (eval, calibrate, backtest)
             ├── DatasetError            a labels file cannot be read (file:line)
             ├── CalibrationUnsupported  the data cannot support a target
-            └── EmbeddingModelMismatch  stored embeddings come from another model
+            ├── EmbeddingModelMismatch  stored embeddings come from another model
+            ├── HistoryShardUnreadable  a history shard is not a readable shard (corrupt, foreign)
+            └── BacktestMismatch        a worker serves other live policies than the backtest's
+    (TransientError) BacktestWorkersUnavailable  no worker returned a shard group's counts in time
 
 Every error carries a short stable ``code`` (used in job results and as a bounded metric label).
 """
@@ -451,3 +454,28 @@ class EmbeddingModelMismatch(QualityError):
     """Stored embeddings come from another model than the policies are compiled for."""
 
     code = "embedding_model_mismatch"
+
+
+# --- embedding history and backtests (history, issue 18) ------------------------------------
+
+
+class HistoryShardUnreadable(QualityError):
+    """A history shard's bytes are not a shard this version can read (truncated, corrupt, or
+    not a shard at all)."""
+
+    code = "history_shard_unreadable"
+
+
+class BacktestMismatch(QualityError):
+    """A worker asked to score a shard group serves other live policy versions (or another
+    model) than the backtest was planned with, or the candidate it received does not match its
+    hash."""
+
+    code = "backtest_mismatch"
+
+
+class BacktestWorkersUnavailable(TransientError):
+    """The workers did not return a shard group's counts in time (none consumes the backtest
+    queue, or they are busy or gone)."""
+
+    code = "backtest_workers_unavailable"

@@ -174,10 +174,36 @@ class PipelineMetrics:
             ["policy", "version", "live", "shadow"],
             registry=registry,
         )
+        # --- embedding history (history, issue 18) ---------------------------------------------
         self.embeddings_stored = Counter(
             "moderation_embeddings_stored_total",
-            "Image embeddings kept for policy backtests, by result (ok / failed).",
+            "Decided items' embeddings for policy backtests, by what became of them: buffered "
+            "(taken into the worker's buffer), written (in a shard in the object store), "
+            "dropped (the buffer was full: the store is down or slow), failed (a shard could "
+            "not be written and was given up, or was still buffered at shutdown). A worker "
+            "crash loses what was buffered and not written.",
             ["result"],
+            registry=registry,
+        )
+        self.embeddings_buffered = Gauge(
+            "moderation_embeddings_buffered",
+            "Embeddings held in workers' buffers, not yet in a shard (what a crash would lose).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.history_shards_written = Counter(
+            "moderation_history_shards_written_total",
+            "Embedding-history shards written to the object store.",
+            registry=registry,
+        )
+        self.history_shard_bytes = Counter(
+            "moderation_history_shard_bytes_total",
+            "Bytes of embedding-history shards written to the object store.",
+            registry=registry,
+        )
+        self.history_days_dropped = Counter(
+            "moderation_history_days_dropped_total",
+            "Days of embedding history deleted by the retention sweep.",
             registry=registry,
         )
         # --- human review ---------------------------------------------------------------------

@@ -26,7 +26,8 @@ cases::
     TaskPublisher    celery_queue.CeleryQueue                  MemoryPublisher
     CallbackSender   celery_queue.CeleryQueue                  MemoryCallbacks
     BankStore        redis_banks.RedisBankStore                MemoryBankStore
-    EmbeddingStore   redis_embeddings.RedisEmbeddingStore      MemoryEmbeddingStore
+    HistoryFormat    parquet_history.ParquetHistory            MemoryHistoryFormat
+    BacktestRunner   celery_backtest.CeleryBacktests           pipeline.backtest.LocalBacktests
     PolicyFiles      policy_files.PolicyFolder                 MemoryPolicyFiles
 
 Adapters translate their library's errors into :mod:`moderation.exceptions` (transient vs
@@ -48,9 +49,10 @@ from pydantic import BaseModel, ConfigDict
 
 from moderation.core.admission import Admission, Tenant
 from moderation.core.audit import AuditRecord, Retention
+from moderation.core.backtest import BacktestPartial, BacktestTask
 from moderation.core.banks import BankEntry, BankInfo, BankManifest, EntryData, Segment
 from moderation.core.compiled import CompiledPolicy, ModelIdentity
-from moderation.core.embeddings import StoredEmbedding
+from moderation.core.embeddings import HistoryBatch
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult
 from moderation.core.policy import Policy, PolicySet
@@ -67,6 +69,7 @@ from moderation.core.scoring import CategorySlot, SignalScorer
 
 __all__ = [
     "AuditSink",
+    "BacktestRunner",
     "BankRequest",
     "BankStore",
     "BlobStore",
@@ -76,8 +79,8 @@ __all__ = [
     "DeadLetter",
     "DecideResult",
     "DeliveryLog",
-    "EmbeddingStore",
     "Encoder",
+    "HistoryFormat",
     "ImageDecoder",
     "ImageSource",
     "JobStore",
@@ -748,34 +751,46 @@ class BankStore(Protocol):
     def addition_request(self, review_id: str) -> BankRequest | None: ...
 
 
-# --- stored embeddings -------------------------------------------------------------------------
+# --- embedding history ---------------------------------------------------------------------
 
 
-class EmbeddingStore(Protocol):
-    """Processed items' image embeddings, kept for a retention period for policy backtests.
+class HistoryFormat(Protocol):
+    """The byte layout of an embedding-history shard (a columnar file format): one
+    :class:`~moderation.core.embeddings.HistoryBatch` in, the same columns out.
 
-    Append-only; entries older than the retention limit are dropped by the store itself. A job
-    may appear more than once (a redelivery); readers keep the last entry of a job.
-
-    Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
+    Shards live in the :class:`BlobStore` under :mod:`moderation.core.history_keys`.
     """
 
-    def add(self, item: StoredEmbedding) -> None:
-        """Keep ``item`` (its ``at`` is set to the time of writing)."""
+    #: The key suffix of its shards (``.parquet``).
+    suffix: str
+
+    def encode(self, batch: HistoryBatch) -> bytes: ...
+
+    def decode(self, data: bytes, *, tenant: str | None = None) -> HistoryBatch:
+        """The rows of a shard (only ``tenant``'s when given).
+
+        Raises:
+            HistoryShardUnreadable: not a readable shard (truncated, corrupt, foreign).
+        """
         ...
 
-    def add_many(self, items: Sequence[StoredEmbedding]) -> None:
-        """Keep ``items`` (one round trip)."""
-        ...
 
-    def scan(
-        self, *, since: float, until: float | None = None, page: int = 1000
-    ) -> Iterator[list[StoredEmbedding]]:
-        """Entries written in ``[since, until]`` (unix seconds), oldest first, in pages."""
-        ...
+class BacktestRunner(Protocol):
+    """Where a backtest's shard groups are scored: in this process, or fanned out to the
+    workers as tasks. Each group's counts come back as they are ready (any order).
 
-    def count(self) -> int:
-        """How many entries the store holds now."""
+    Raises (from the iterator): ``BacktestMismatch`` (a worker serves other policies),
+    ``BacktestWorkersUnavailable`` (no counts in time), ``HistoryShardUnreadable``,
+    ``BlobStoreUnavailable``, ``QualityError``.
+    """
+
+    #: ``local`` or ``workers`` (for the report).
+    where: str
+
+    def run(
+        self, task: BacktestTask, groups: Sequence[Sequence[str]]
+    ) -> Iterator[tuple[int, BacktestPartial]]:
+        """Yield ``(group index, its counts)`` for every group of shard keys."""
         ...
 
 

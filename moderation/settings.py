@@ -330,18 +330,62 @@ class BankSettings(BaseModel):
 
 
 class EmbeddingSettings(BaseModel):
-    """Stored image embeddings, for ``moderation policy backtest`` (off by default: they are data
-    derived from users' images; ``moderation demo`` turns them on)."""
+    """The embedding history, for ``moderation policy backtest`` (off by default: it is data
+    derived from users' images; ``moderation demo`` turns it on). Workers buffer decided items'
+    embeddings and write them as Parquet shards to the object store (``Settings.blobs``) under
+    ``embeddings/date=YYYY-MM-DD/hour=HH/`` (see docs/history.md)."""
 
     #: Workers keep each decided item's image embedding (float16) with the model identity.
     store: bool = False
-    #: The Redis that holds them (None: ``redis_url``). Give long histories a Redis of their own.
+    #: Retention limit: backtests never read rows older than this, and whole days older than
+    #: it are deleted by the workers' retention sweep (and an S3 lifecycle rule, if any).
+    retention_s: int = Field(default=30 * 24 * 3600, ge=3600)
+    #: A worker writes a shard when its buffer holds this many items ...
+    flush_rows: int = Field(default=10_000, ge=1)
+    #: ... or about this many bytes ...
+    flush_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    #: ... or when its oldest item has waited this long (what a crash can lose at most).
+    flush_interval_s: float = Field(default=60.0, gt=0)
+    #: Most items a worker buffers while the object store is down; beyond, new ones are
+    #: dropped (counted) rather than growing the worker's memory.
+    max_buffered_rows: int = Field(default=100_000, ge=1)
+    #: Seconds between retention sweeps (one worker at a time; 0: never, e.g. when an S3
+    #: lifecycle rule expires ``embeddings/``).
+    retention_sweep_s: float = Field(default=3600.0, ge=0)
+    #: Days before the retention limit the sweep looks at (a longer gap is deleted by
+    #: ``moderation history prune``).
+    retention_sweep_days: int = Field(default=7, ge=1)
+    #: The Celery queue of backtest tasks (shard groups scored on the workers); job workers
+    #: consume it beside the job queue.
+    backtest_queue: str = "moderation-backtest"
+    #: Deprecated (the history lived in Redis before): read only by ``moderation history
+    #: import-redis`` to copy an old history into shards; setting it logs a warning.
     redis_url: str | None = None
+    #: Deprecated: the old history's Redis stream (``history import-redis --key``).
     key: str = "mod:embeddings"
-    #: Retention limit: entries older than this are dropped on write.
-    retention_s: int = 30 * 24 * 3600
-    #: Memory bound: at most about this many entries (None: no cap).
-    max_items: int | None = 1_000_000
+    #: Deprecated: no effect (the object store has no memory bound to keep).
+    max_items: int | None = None
+
+    def deprecations(self) -> list[str]:
+        """A warning for each deprecated field that is set."""
+        found = []
+        if self.redis_url:
+            found.append(
+                "MODERATION_EMBEDDINGS__REDIS_URL is deprecated: the embedding history lives in "
+                "the object store now (MODERATION_BLOBS__*), and only `moderation history "
+                "import-redis` reads the old one from there. Copy it once, then unset this"
+            )
+        if self.key != "mod:embeddings":
+            found.append(
+                "MODERATION_EMBEDDINGS__KEY is deprecated: only `moderation history "
+                "import-redis` reads it (the old history's stream); unset it after the copy"
+            )
+        if self.max_items is not None:
+            found.append(
+                "MODERATION_EMBEDDINGS__MAX_ITEMS is deprecated and ignored: the history lives "
+                "in the object store, bounded by embeddings.retention_s (see docs/history.md)"
+            )
+        return found
 
 
 class Settings(BaseSettings):

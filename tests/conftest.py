@@ -35,6 +35,7 @@ def test_model_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         audit=base.audit.model_copy(
             update={"local_dir": root / "audit", "spool_dir": root / "audit-spool"}
         ),
+        blobs=base.blobs.model_copy(update={"local_dir": root / "blobs"}),
     )
 
 
@@ -58,6 +59,7 @@ def settings(tmp_path: Path, test_model_settings: Settings) -> Settings:
             "audit": test_model_settings.audit.model_copy(
                 update={"local_dir": tmp_path / "audit", "spool_dir": tmp_path / "spool"}
             ),
+            "blobs": test_model_settings.blobs.model_copy(update={"local_dir": tmp_path / "blobs"}),
         }
     )
 

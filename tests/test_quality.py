@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,10 @@ from moderation import testmodel
 from moderation.adapters.compile_cache import CompileCache
 from moderation.adapters.memory import (
     MemoryAuditSink,
+    MemoryBlobStore,
     MemoryCallbacks,
     MemoryDeliveryLog,
-    MemoryEmbeddingStore,
+    MemoryHistoryFormat,
     MemoryJobStore,
     MemoryPolicyFiles,
     MemoryPublisher,
@@ -41,7 +42,7 @@ from moderation.cli import app
 from moderation.compose.scoring import Scoring, build_scoring
 from moderation.core.admission import Tenant
 from moderation.core.decision import Decision, decisions, verdicts
-from moderation.core.embeddings import StoredEmbedding
+from moderation.core.embeddings import HistoryBatch, StoredEmbedding
 from moderation.core.policy import PolicyMode, policy_hash
 from moderation.core.scoring import FeatureBatch
 from moderation.exceptions import EmbeddingModelMismatch, PolicyValidationError, QualityError
@@ -49,13 +50,14 @@ from moderation.metrics import metrics
 from moderation.pipeline.backtest import backtest
 from moderation.pipeline.batching import MicroBatcher
 from moderation.pipeline.history import EmbeddingHistory
+from moderation.pipeline.history_shards import HistoryShards
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.process import Processor
 from moderation.pipeline.promote import promote
 from moderation.pipeline.score import score_local
 from moderation.pipeline.sources import ImageSources, InlineSource
 from moderation.pipeline.submit import PolicyCatalog, SubmitRequest, Submitter
-from moderation.settings import QueueSettings, Settings
+from moderation.settings import EmbeddingSettings, QueueSettings, Settings
 from moderation.testmodel import world
 from moderation.testmodel.evaluate import write_dataset
 from moderation.testmodel.samples import encoded
@@ -360,20 +362,36 @@ def test_bulk_decisions_are_the_verdicts_decisions(scoring: Scoring) -> None:
 # --- backtests ---------------------------------------------------------------------------------
 
 
-def _history(scoring: Scoring, n: int, seed: int) -> tuple[MemoryEmbeddingStore, list[Any]]:
-    """Decided items of ``n`` labelled images, kept as the workers keep them."""
+def _shards() -> HistoryShards:
+    return HistoryShards(MemoryBlobStore(), MemoryHistoryFormat())
+
+
+def _history(scoring: Scoring, n: int, seed: int) -> tuple[HistoryShards, list[Any]]:
+    """Decided items of ``n`` labelled images, kept as the workers keep them (one shard per
+    50 items)."""
     from moderation.core.image_ref import ImageRef
     from moderation.core.jobs import Job
 
-    store = MemoryEmbeddingStore()
-    history = EmbeddingHistory(store)
+    shards = _shards()
+    history = EmbeddingHistory(
+        shards, writer="w1", settings=EmbeddingSettings(store=True, flush_rows=50)
+    )
     images = [i.image for i in world.labelled_images(n, seed)]
     embeddings = scoring.model.encoder.encode_images(images)
     live = scoring.policies.current.verdicts(FeatureBatch(embeddings=embeddings))
     jobs = [Job(id=f"job-{i}", image=ImageRef(uri=f"mem://{i}")) for i in range(n)]
     for job, verdict, row in zip(jobs, live, embeddings, strict=True):
         assert history.record(job, verdict, row[None, :], content_sha256=None)
-    return store, live
+    history.close()
+    return shards, live
+
+
+def _stored(shards: HistoryShards) -> list[StoredEmbedding]:
+    return [
+        item
+        for _, batch in shards.read_many([k.key for k in shards.keys(0)])
+        for item in batch.items()
+    ]
 
 
 def _candidate(scoring: Scoring, tmp_path: Path, thresholds: dict[str, tuple[float, float]]) -> Any:
@@ -387,12 +405,13 @@ def _candidate(scoring: Scoring, tmp_path: Path, thresholds: dict[str, tuple[flo
 def test_a_backtest_reports_exactly_the_items_whose_decision_changes(
     scoring: Scoring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store, _ = _history(scoring, 300, 7)
+    shards, _ = _history(scoring, 300, 7)
+    assert len(shards.keys(0)) == 6
     candidate = _candidate(
         scoring, tmp_path, {"contraband_symbol": (0.35, 0.58), "restricted_logo": (0.1, 0.5)}
     )
     # expected: every stored item decided by the live set and by the candidate set, as verdicts
-    stored = [item for page in store.scan(since=0) for item in page]
+    stored = _stored(shards)
     x = np.concatenate([item.embeddings for item in stored]).astype(np.float32)
     live = scoring.policies.current
     before = live.verdicts(FeatureBatch(embeddings=x))
@@ -408,91 +427,60 @@ def test_a_backtest_reports_exactly_the_items_whose_decision_changes(
         raise AssertionError("a backtest must not encode any image")
 
     monkeypatch.setattr(scoring.model.encoder, "encode_prepared", no_images)
-    report = backtest(store, live=live, candidate=candidate, since=0, examples=1000)
+    reports = [
+        backtest(
+            shards,
+            live=live,
+            candidate=candidate,
+            since=0,
+            examples=1000,
+            shards_per_group=per_group,
+        )
+        for per_group in (1, 4, 100)
+    ]
+    report = reports[0]
     found = {c.job_id: (c.before.decision, c.after.decision) for c in report.examples}
     assert found == expected
     assert report.changed == len(expected) and report.scored == 300 and report.drift == 0
     assert sum(report.transitions.values()) == len(expected)
     assert sum(report.by_category.values()) == len(expected)
     assert report.live_version == 1 and report.candidate_version == 2
+    assert (report.shards, report.groups, report.where) == (6, 6, "local")
+    # however the shards are grouped, the same report (but for the timing and the grouping)
+    same = [{**r.to_dict(), "seconds": 0, "groups": 0} for r in reports]
+    assert same[0] == same[1] == same[2]
+    assert [c.order for c in report.examples] == sorted(c.order for c in report.examples)
+    # the examples kept are the earliest changes
+    few = backtest(shards, live=live, candidate=candidate, since=0, examples=3, shards_per_group=2)
+    assert few.examples == report.examples[:3] and few.changed == report.changed
 
 
 def test_a_backtest_refuses_embeddings_of_another_model(scoring: Scoring, tmp_path: Path) -> None:
-    store, _ = _history(scoring, 20, 8)
+    shards, _ = _history(scoring, 20, 8)
     candidate = _candidate(scoring, tmp_path, {"restricted_logo": (0.1, 0.5)})
+    first = _stored(shards)[0]
     other = StoredEmbedding(
         job_id="other-1",
         model_id="ViT-B-32/laion2b_s34b_b79k",
         embeddings=np.zeros((1, 512), np.float16),
+        at=first.at,
     )
-    store.add(other)
-    store.add(next(iter(store.scan(since=0)))[0])  # a redelivery: stored twice
-    report = backtest(store, live=scoring.policies.current, candidate=candidate, since=0)
+    key = shards.keys(0)[0]
+    shards.write(  # a redelivery stored twice, and an item of another model, in one shard
+        key.key.replace("-w1-", "-w2-"),
+        HistoryBatch.from_items([first]),
+    )
+    other_key = key.key.replace("-w1-", "-w3-")
+    shards.write(other_key, HistoryBatch.from_items([other]))
+    report = backtest(
+        shards, live=scoring.policies.current, candidate=candidate, since=0, shards_per_group=10
+    )
     assert report.refused == {"ViT-B-32/laion2b_s34b_b79k": 1}
     assert report.scored == 20 and report.duplicates == 1
-    only_other = MemoryEmbeddingStore()
-    only_other.add(other)
+    only_other = _shards()
+    only_other.write(other_key, HistoryBatch.from_items([other]))
     with pytest.raises(EmbeddingModelMismatch, match="comes from another model"):
         backtest(only_other, live=scoring.policies.current, candidate=candidate, since=0)
-
-
-def test_embeddings_in_redis_keep_their_fields_and_their_retention(redis_url: str) -> None:
-    from moderation.adapters.redis_embeddings import RedisEmbeddingStore
-    from moderation.settings import EmbeddingSettings
-
-    store = RedisEmbeddingStore.from_url(redis_url, EmbeddingSettings(max_items=50))
-    rows = np.random.default_rng(0).normal(size=(2, 128)).astype(np.float32)
-    item = StoredEmbedding(
-        job_id="j1",
-        model_id="m",
-        embeddings=StoredEmbedding.quantize(rows),
-        policies=("a", "b"),
-        decision="review",
-        deciding="a/x",
-        versions={"a": 3},
-        content_sha256="f" * 64,
-        image="inline:j1",
-    )
-    for i in range(120):
-        store.add(
-            item
-            if i == 0
-            else StoredEmbedding(job_id=f"j{i}", model_id="m", embeddings=item.embeddings)
-        )
-    assert 50 <= store.count() < 120  # MAXLEN ~ trims whole nodes
-    pages = list(store.scan(since=0, page=7))
-    assert all(len(p) <= 7 for p in pages)
-    found = [i for page in pages for i in page]
-    assert len(found) == store.count() and found[-1].job_id == "j119"
-    store2 = RedisEmbeddingStore.from_url(redis_url, EmbeddingSettings(key="mod:e2"))
-    store2.add(item)
-    (back,) = next(store2.scan(since=0))
-    assert back.embeddings.dtype == np.float16 and back.embeddings.shape == (2, 128)
-    np.testing.assert_array_equal(back.embeddings, item.embeddings)
-    assert (back.policies, back.decision, back.deciding, back.versions) == (
-        ("a", "b"),
-        "review",
-        "a/x",
-        {"a": 3},
-    )
-    assert back.image == "inline:j1" and back.content_sha256 == "f" * 64 and back.at > 0
-    assert list(store2.scan(since=back.at + 1)) == []
-    # retention: entries older than retention_s are trimmed on the next write
-    store3 = RedisEmbeddingStore.from_url(
-        redis_url, EmbeddingSettings(key="mod:e3", retention_s=3600)
-    )
-    old = {"x": '{"j":"old","m":"m","n":1}', "e": b"\0\0"}
-    store3.redis.xadd("mod:e3", old, id="1000-0")  # type: ignore[arg-type]
-    store3.add(item)
-    assert [i.job_id for page in store3.scan(since=0) for i in page] == ["j1"]
-    exact = RedisEmbeddingStore.from_url(redis_url, EmbeddingSettings(key="mod:e4"))
-    exact.redis.xadd("mod:e4", old, id="1000-0")  # type: ignore[arg-type]
-    for _ in range(250):  # approximate MINID trimming frees whole nodes of old entries
-        exact.redis.xadd("mod:e4", old)  # type: ignore[arg-type]
-    assert exact.count() == 251
-    exact.settings = EmbeddingSettings(key="mod:e4", retention_s=0)
-    exact.add(item)
-    assert exact.count() < 100
 
 
 # --- shadow versions over the twins ------------------------------------------------------------
@@ -553,7 +541,7 @@ def shadow_world(
         batcher=batcher,
         outcomes=outcomes,
         settings=queue,
-        history=EmbeddingHistory(MemoryEmbeddingStore()),
+        history=EmbeddingHistory(_shards(), writer="w1", settings=EmbeddingSettings(store=True)),
     )
     yield processor, submitter, audit, store, scoring
     batcher.close()
@@ -695,31 +683,36 @@ def test_promoting_files_keeps_the_folder_valid_at_every_step(tmp_path: Path) ->
 def test_a_history_store_that_is_down_never_fails_a_job(
     shadow_world: tuple[Processor, Submitter, MemoryAuditSink, MemoryJobStore, Scoring],
 ) -> None:
-    from moderation.exceptions import QueueUnavailable
+    from moderation.exceptions import BlobStoreUnavailable
 
     processor, submitter, _, store, _ = shadow_world
 
-    class Down(MemoryEmbeddingStore):
-        def add_many(self, items: Sequence[StoredEmbedding]) -> None:
-            raise QueueUnavailable("embedding store down")
+    class Down(MemoryBlobStore):
+        def put(self, key: str, data: bytes) -> None:
+            raise BlobStoreUnavailable("object store down")
 
-    processor.history = EmbeddingHistory(Down())
+    processor.history = EmbeddingHistory(
+        HistoryShards(Down(), MemoryHistoryFormat()), writer="w1", settings=EmbeddingSettings()
+    )
     before = _counter("moderation_embeddings_stored_total", result="failed")
     data = encoded(world.sample_images("block", 1, 3)[0][0])
     job = submitter.submit([SubmitRequest(image_bytes=data)], tenant=DEFAULT_TENANT)[0]
     assert processor.process(job.id).outcome == "verdict"
     result = store.get_result(job.id)
     assert result is not None and result.verdict is not None
+    processor.history.close()  # the orderly stop tries once more, then counts it
     assert _counter("moderation_embeddings_stored_total", result="failed") == before + 1
-    kept = MemoryEmbeddingStore()
-    processor.history = EmbeddingHistory(kept)
+    kept = _shards()
+    processor.history = EmbeddingHistory(kept, writer="w1", settings=EmbeddingSettings())
     again = submitter.submit([SubmitRequest(image_bytes=data)], tenant=DEFAULT_TENANT)[0]
     assert processor.process(again.id).outcome == "verdict"
-    (item,) = next(kept.scan(since=0))
-    assert (item.job_id, item.decision, item.model_id) == (
+    processor.history.close()
+    (item,) = _stored(kept)
+    assert (item.job_id, item.decision, item.model_id, item.tenant) == (
         again.id,
         "block",
         result.verdict.model,
+        DEFAULT_TENANT.name,
     )
     assert item.embeddings.dtype == np.float16 and item.versions == {"testworld": 1}
     assert item.deciding == f"testworld/{result.verdict.category_id}"

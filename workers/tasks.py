@@ -4,7 +4,10 @@
 for a message's batch of jobs and publishes again what it asks for: jobs with a transient error
 (after their backoff, with ``retries + 1``) and, for a redelivered batch, each job on its own;
 ``deliver_callback(job_id, url, body)``
-calls :meth:`moderation.adapters.http_callbacks.CallbackDelivery.deliver`. Everything they need is
+calls :meth:`moderation.adapters.http_callbacks.CallbackDelivery.deliver`;
+``backtest_shards(task, keys)`` calls :meth:`moderation.pipeline.backtest.WorkerBacktests.score`
+for one group of history shards and returns its counts (pure computation on stored data: a
+redelivery scores the group again, harmlessly). Everything they need is
 built once per process by :func:`moderation.compose.worker.build_worker`, on first use (Celery wants
 start-up hooks to return within seconds, and the model takes longer to load).
 """
@@ -19,15 +22,24 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from moderation.adapters.celery_queue import CALLBACK_TASK, MODERATE_TASK
+from moderation.adapters.celery_queue import BACKTEST_TASK, CALLBACK_TASK, MODERATE_TASK
 from moderation.compose.worker import WorkerProcess, build_worker
-from moderation.exceptions import AuditSinkUnavailable, ModerationError, QueueUnavailable
+from moderation.core.backtest import BacktestTask
+from moderation.exceptions import (
+    AuditSinkUnavailable,
+    ModerationError,
+    QueueUnavailable,
+    TransientError,
+)
 from workers import lifecycle
 from workers.celery_app import app, current_settings
 
 app.steps["consumer"].add(lifecycle.LoopTick)
 
-__all__ = ["deliver_callback", "moderate", "worker"]
+__all__ = ["backtest_shards", "deliver_callback", "moderate", "worker"]
+
+#: Tries of a backtest task whose shards cannot be read for now (the object store is down).
+BACKTEST_RETRIES = 3
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -72,6 +84,8 @@ def _warm_up(**_: Any) -> None:
 def _watch_shutdown(**_: Any) -> None:
     def last_words() -> None:
         if _worker is not None:
+            if _worker.history is not None:
+                _worker.history.flush(force=True)  # the buffered embeddings, as a shard
             _worker.audit.close()  # flush what the spool holds
 
     lifecycle.start_shutdown_watchdog(current_settings().queue.shutdown_timeout_s, last_words)
@@ -128,3 +142,25 @@ def deliver_callback(self: Task, job_id: str, url: str, body: str) -> str:
     if result.status == "retry":
         raise self.retry(countdown=delivery.backoff(attempt))
     return result.status
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    bind=True,
+    name=BACKTEST_TASK,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=BACKTEST_RETRIES,
+    ignore_result=False,
+)
+def backtest_shards(self: Task, task: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    try:
+        partial = worker().backtests.score(BacktestTask.from_dict(task), [str(k) for k in keys])
+    except TransientError as exc:
+        if self.request.retries < BACKTEST_RETRIES:
+            raise self.retry(countdown=2.0 * (self.request.retries + 1), exc=exc) from exc
+        return {"error": {"code": exc.code, "message": str(exc), "transient": True}}
+    except ModerationError as exc:
+        return {"error": {"code": exc.code, "message": str(exc), "transient": False}}
+    except ValueError as exc:  # a malformed task (pydantic's ValidationError is one)
+        return {"error": {"code": "backtest_task_invalid", "message": str(exc)[:500]}}
+    return {"partial": partial.to_dict()}

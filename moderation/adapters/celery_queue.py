@@ -1,11 +1,15 @@
-"""The Celery/Redis queue behind the :class:`~moderation.ports.TaskPublisher` and
-:class:`~moderation.ports.CallbackSender` ports, and the Celery configuration workers share.
+"""The Celery/Redis queue behind the :class:`~moderation.ports.TaskPublisher`,
+:class:`~moderation.ports.CallbackSender` and :class:`~moderation.ports.BacktestRunner` ports, and
+the Celery configuration workers share.
 
 Task names are defined here, once: the API and the workers' lost-message sweep publish
 :data:`MODERATE_TASK` with a batch of job ids (a submitted batch becomes one message per
 ``queue.jobs_per_message`` jobs), callbacks go out as :data:`CALLBACK_TASK` on their own queue.
-The task functions themselves live in ``workers/tasks.py``; this module never imports them
-(messages are sent by name).
+A fanned-out backtest sends one :data:`BACKTEST_TASK` per group of history shards on its own
+queue (``embeddings.backtest_queue``) and reads each group's counts from the result backend (the
+same Redis; results expire after an hour and are deleted once read). The task functions
+themselves live in ``workers/tasks.py``; this module never imports them (messages are sent by
+name).
 
 Delivery guarantees: ``acks_late`` + ``reject_on_worker_lost`` (a message is acknowledged only
 after its task ran), a broker visibility timeout longer than any task, and a fast sweep of
@@ -17,21 +21,35 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
 from moderation.adapters.support.redis import connect, redis_errors
-from moderation.exceptions import QueueUnavailable
+from moderation.core.backtest import BacktestPartial, BacktestTask
+from moderation.exceptions import (
+    BacktestMismatch,
+    BacktestWorkersUnavailable,
+    EmbeddingModelMismatch,
+    HistoryShardUnreadable,
+    ModerationError,
+    PolicyError,
+    QualityError,
+    QueueUnavailable,
+)
 from moderation.settings import QueueSettings, Settings
 
 __all__ = [
+    "BACKTEST_TASK",
     "CALLBACK_TASK",
     "MODERATE_TASK",
+    "CeleryBacktests",
     "CeleryQueue",
     "celery_config",
     "message_job_ids",
@@ -43,6 +61,11 @@ __all__ = [
 MODERATE_TASK = "moderation.moderate"
 #: Delivers one signed callback: ``deliver_callback(job_id, url, body)``.
 CALLBACK_TASK = "moderation.deliver_callback"
+#: Scores one group of history shards for a backtest: ``backtest_shards(task, keys)`` returns
+#: ``{"partial": BacktestPartial}`` or ``{"error": {"code", "message", "transient"}}``.
+BACKTEST_TASK = "moderation.backtest_shards"
+
+log = logging.getLogger(__name__)
 
 
 def worker_concurrency(q: QueueSettings) -> int:
@@ -65,8 +88,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         )
     q = settings.queue
     concurrency = worker_concurrency(q)
+    backtests = settings.embeddings.backtest_queue
     return {
         "broker_url": settings.redis_url,
+        # Only backtest tasks keep a result (their counts): every other task ignores it.
+        "result_backend": settings.redis_url,
+        "result_expires": 3600,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": q.visibility_timeout_s,
@@ -81,8 +108,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "task_track_started": False,
         "task_default_queue": q.queue_name,
-        "task_queues": [Queue(q.queue_name), Queue(q.callback_queue_name)],  # type: ignore[no-untyped-call]
-        "task_routes": {CALLBACK_TASK: {"queue": q.callback_queue_name}},
+        "task_queues": [
+            Queue(q.queue_name),  # type: ignore[no-untyped-call]
+            Queue(q.callback_queue_name),  # type: ignore[no-untyped-call]
+            Queue(backtests),  # type: ignore[no-untyped-call]
+        ],
+        "task_routes": {
+            CALLBACK_TASK: {"queue": q.callback_queue_name},
+            BACKTEST_TASK: {"queue": backtests},
+        },
         "worker_pool": "threads",
         "worker_concurrency": concurrency,
         "worker_prefetch_multiplier": q.prefetch_multiplier,
@@ -196,3 +230,107 @@ class CeleryQueue:
             )
         except Exception as exc:  # kombu/redis raise many types; all mean "not enqueued"
             raise QueueUnavailable(f"cannot schedule the callback of job {job_id}: {exc}") from exc
+
+
+#: Error codes a backtest task may return, as the exceptions the use case documents.
+_BACKTEST_ERRORS: dict[str, type[ModerationError]] = {
+    BacktestMismatch.code: BacktestMismatch,
+    HistoryShardUnreadable.code: HistoryShardUnreadable,
+    EmbeddingModelMismatch.code: EmbeddingModelMismatch,
+}
+
+
+class CeleryBacktests:
+    """A :class:`~moderation.ports.BacktestRunner` that fans a backtest's shard groups out to the
+    workers as :data:`BACKTEST_TASK` messages, at most ``parallel`` in flight, and yields each
+    group's counts as they come back.
+
+    Raises (from the iterator): the error a task returned (``BacktestMismatch``,
+    ``HistoryShardUnreadable``, ``PolicyError`` for a candidate the workers cannot
+    load, ``QualityError``); ``BacktestWorkersUnavailable`` when a group's counts take longer
+    than ``timeout_s`` or a transient error outlived the task's retries; ``QueueUnavailable``
+    when the broker refuses a message. Tasks not finished when the iterator stops are revoked.
+    """
+
+    where = "workers"
+
+    def __init__(self, settings: Settings, *, parallel: int, timeout_s: float = 300.0) -> None:
+        self.settings = settings
+        self.parallel = max(1, parallel)
+        self.timeout_s = timeout_s
+        self._celery = Celery("moderation-backtest", set_as_current=False)
+        self._celery.conf.update(celery_config(settings))
+
+    def run(
+        self, task: BacktestTask, groups: Sequence[Sequence[str]]
+    ) -> Iterator[tuple[int, BacktestPartial]]:
+        run_id = uuid.uuid4().hex[:12]
+        body = task.to_dict()
+        pending: dict[int, Any] = {}
+        sent_at: dict[int, float] = {}
+        position = 0
+        try:
+            while position < len(groups) or pending:
+                while position < len(groups) and len(pending) < self.parallel:
+                    pending[position] = self._send(run_id, position, body, groups[position])
+                    sent_at[position] = time.monotonic()
+                    position += 1
+                index, result = self._next_done(pending, sent_at)
+                del pending[index]
+                yield index, self._partial(index, result)
+        finally:
+            for result in pending.values():
+                result.revoke()
+                result.forget()
+
+    def _send(self, run_id: str, index: int, body: dict[str, Any], keys: Sequence[str]) -> Any:
+        try:
+            return self._celery.send_task(
+                BACKTEST_TASK,
+                args=[body, list(keys)],
+                task_id=f"backtest-{run_id}-{index}",
+                queue=self.settings.embeddings.backtest_queue,
+            )
+        except Exception as exc:  # kombu/redis raise many types; all mean "not enqueued"
+            raise QueueUnavailable(f"cannot send backtest task {index}: {exc}") from exc
+
+    def _next_done(self, pending: dict[int, Any], sent_at: dict[int, float]) -> tuple[int, Any]:
+        """The first pending group whose task has ended (polling their states)."""
+        while True:
+            now = time.monotonic()
+            for index, result in pending.items():
+                try:
+                    ready = result.ready()
+                except Exception as exc:  # the result backend (Redis) is unreachable
+                    raise QueueUnavailable(f"cannot read backtest results: {exc}") from exc
+                if ready:
+                    return index, result
+                if now - sent_at[index] > self.timeout_s:
+                    raise BacktestWorkersUnavailable(
+                        f"no worker returned the counts of shard group {index} within "
+                        f"{self.timeout_s:.0f} s: are workers running and consuming the "
+                        f"{self.settings.embeddings.backtest_queue!r} queue? (or run the "
+                        "backtest with --on local)"
+                    )
+            time.sleep(0.1)
+
+    def _partial(self, index: int, result: Any) -> BacktestPartial:
+        try:
+            answer = result.get(timeout=self.timeout_s, propagate=False)
+        finally:
+            result.forget()
+        if not isinstance(answer, dict):
+            raise QualityError(
+                f"backtest task {index} failed: {type(answer).__name__}: {answer}",
+                code="backtest_task_failed",
+            )
+        if "partial" in answer:
+            return BacktestPartial.from_dict(answer["partial"])
+        error = answer.get("error") or {}
+        code = str(error.get("code", "backtest_task_failed"))
+        message = f"shard group {index}: {error.get('message', 'failed')}"
+        if error.get("transient"):
+            raise BacktestWorkersUnavailable(message)
+        if code.startswith("policy_"):  # the workers cannot load the candidate
+            raise PolicyError(message, code=code)
+        raise _BACKTEST_ERRORS.get(code, QualityError)(message, code=code)

@@ -32,6 +32,7 @@ __all__ = [
     "load_settings",
     "out",
     "progress",
+    "progress_later",
     "read_image_file",
     "warn_insecure",
 ]
@@ -162,3 +163,20 @@ def progress(what: str, total: int | None) -> Iterator[Callable[[int], None]]:
     ) as bar:
         task = bar.add_task(what, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def progress_later(what: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """A progress bar whose total is known only once the work is planned; yields
+    ``(set_total(n), advance(n))``."""
+    with Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not sys.stderr.isatty(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=None)
+        yield (lambda n: bar.update(task, total=n)), (lambda n: bar.advance(task, n))

@@ -59,7 +59,7 @@ def worker(
         "--concurrency",
         str(concurrency or worker_concurrency(q)),
         "--queues",
-        f"{q.queue_name},{q.callback_queue_name}",
+        f"{q.queue_name},{q.callback_queue_name},{settings.embeddings.backtest_queue}",
         "--hostname",
         f"moderation-{os.getpid()}@%h",
         "--loglevel",

@@ -20,7 +20,7 @@ import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
-from moderation.cli.common import err, fail, load_settings, out, progress
+from moderation.cli.common import err, fail, load_settings, out, progress, progress_later
 from moderation.exceptions import ModerationError, QualityError
 
 if TYPE_CHECKING:
@@ -333,44 +333,91 @@ def backtest(
     new_version: Annotated[Path, typer.Argument(help="The candidate policy file (any mode).")],
     since: Annotated[str, typer.Option(help="Start: 7d, 24h, 30m ago or an ISO date/time.")],
     until: Annotated[str | None, typer.Option(help="End (default: now).")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="Only this tenant's traffic (default: every tenant).")
+    ] = None,
     examples: Annotated[int, typer.Option(min=0, help="Changed items to list.")] = 20,
+    on: Annotated[
+        str,
+        typer.Option(
+            help="Where to score: local (this process), workers (Celery tasks on the running "
+            "workers, one per shard group) or auto (workers when there is more than one group "
+            "and a worker is alive)."
+        ),
+    ] = "auto",
+    shards_per_task: Annotated[
+        int, typer.Option(min=1, max=10_000, help="History shards per group (per task).")
+    ] = 8,
+    parallel: Annotated[
+        int | None,
+        typer.Option(min=1, max=1024, help="Tasks in flight at once (default: 2 per worker)."),
+    ] = None,
+    task_timeout: Annotated[
+        float, typer.Option(min=1.0, help="Seconds a group's task may take on the workers.")
+    ] = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Re-score stored embeddings of past traffic with NEW_VERSION in place of its live version,
     without re-encoding any image, and report which decisions would change."""
+    from moderation.compose.backtest import backtest_runner
     from moderation.compose.scoring import build_scoring
-    from moderation.compose.stores import open_embedding_store
+    from moderation.compose.stores import open_history
+    from moderation.core.jobs import TENANT_PATTERN
     from moderation.pipeline.backtest import backtest as backtest_use_case
 
+    if on not in ("auto", "local", "workers"):
+        raise typer.BadParameter(f"{on!r}: choose auto, local or workers", param_hint="--on")
+    if tenant is not None and not re.match(TENANT_PATTERN, tenant):
+        raise typer.BadParameter(f"{tenant!r} is not a tenant name", param_hint="--tenant")
     start = parse_since(since)
     end = parse_since(until) if until else None
     settings = load_settings()
+    for warning in settings.embeddings.deprecations():
+        err.print(f"[bold yellow]warning[/]: {warning}", highlight=False)
     try:
         scoring = build_scoring(settings)
         if scoring.model.note:
             err.print(f"[bold yellow]warning[/]: {scoring.model.note}", highlight=False)
         drafts = scoring.compile([new_version]).current
         candidate = next(iter(drafts.by_id.values()))
-        store = open_embedding_store(settings)
-        with progress("backtest", store.count()) as advance:
+        runner = backtest_runner(
+            settings,
+            on=on,  # type: ignore[arg-type]
+            parallel=parallel,
+            timeout_s=task_timeout,
+            candidate_has_exemplars=any(
+                c.exemplars is not None for c in candidate.policy.categories
+            ),
+        )
+        with progress_later("backtest (shards)") as (set_total, advance):
             report = backtest_use_case(
-                store,
+                open_history(settings),
                 live=scoring.policies.current,
                 candidate=candidate,
+                candidate_text=new_version.read_text(encoding="utf-8"),
                 since=start,
                 until=end,
+                tenant=tenant,
                 examples=examples,
+                retention_s=settings.embeddings.retention_s,
+                shards_per_group=shards_per_task,
+                runner=runner,
+                on_plan=lambda shards, _: set_total(shards),
                 on_progress=advance,
             )
     except ModerationError as exc:
         raise fail(exc) from exc
+    except OSError as exc:
+        raise fail(QualityError(f"{new_version}: cannot read ({exc.strerror or exc})")) from exc
     if as_json:
         print(json.dumps(report.to_dict()))
         return
     live = "not live" if report.live_version is None else f"v{report.live_version}"
+    who = f", tenant {report.tenant}" if report.tenant else ""
     out.print(
         f"{report.policy_id} v{report.candidate_version} against {live}, model {report.model}, "
-        f"since {report.since}: {report.read} stored, {report.scored} re-scored, "
+        f"since {report.since}{who}: {report.shards} shards in {report.groups} groups on "
+        f"{report.where}, {report.read} stored, {report.scored} re-scored, "
         f"[bold]{report.changed} decisions change[/] ({report.seconds:.2f} s)",
         highlight=False,
     )
@@ -396,7 +443,7 @@ def backtest(
             table.add_row(name, str(count))
         out.print(table)
     if report.examples:
-        table = Table("job", "at", "image", "live", "candidate", title="examples")
+        table = Table("job", "at", "image", "live", "candidate", title="examples (earliest)")
         for change in report.examples:
             table.add_row(
                 change.job_id,

@@ -10,9 +10,9 @@ from moderation.adapters.audit_log import AuditLog
 from moderation.adapters.celery_queue import CeleryQueue
 from moderation.adapters.local_audit import LocalSegmentStore
 from moderation.adapters.local_blobs import LocalBlobStore
+from moderation.adapters.parquet_history import ParquetHistory
 from moderation.adapters.redis_banks import RedisBankStore
 from moderation.adapters.redis_deliveries import RedisDeliveryLog
-from moderation.adapters.redis_embeddings import RedisEmbeddingStore
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
@@ -21,9 +21,9 @@ from moderation.adapters.redis_workers import RedisWorkerRegistry
 from moderation.adapters.s3_audit import S3SegmentStore
 from moderation.adapters.s3_blobs import S3BlobStore
 from moderation.exceptions import QueueUnavailable
+from moderation.pipeline.history_shards import HistoryShards
 from moderation.ports import (
     BlobStore,
-    EmbeddingStore,
     SegmentStore,
 )
 from moderation.settings import Settings
@@ -33,7 +33,7 @@ __all__ = [
     "open_bank_store",
     "open_blob_store",
     "open_delivery_log",
-    "open_embedding_store",
+    "open_history",
     "open_job_store",
     "open_queue",
     "open_review_queue",
@@ -114,14 +114,9 @@ def open_queue(settings: Settings) -> CeleryQueue:
     return CeleryQueue(settings)
 
 
-def open_embedding_store(settings: Settings) -> EmbeddingStore:
-    """The stored-embeddings history (``embeddings.redis_url``, else ``redis_url``).
-
-    Raises:
-        QueueUnavailable: no Redis URL configured.
-    """
-    url = settings.embeddings.redis_url or require_redis_url(settings)
-    return RedisEmbeddingStore.from_url(url, settings.embeddings)
+def open_history(settings: Settings, *, blobs: BlobStore | None = None) -> HistoryShards:
+    """The embedding history: Parquet shards in the object store (``settings.blobs``)."""
+    return HistoryShards(blobs or open_blob_store(settings), ParquetHistory())
 
 
 def open_bank_store(settings: Settings) -> RedisBankStore:

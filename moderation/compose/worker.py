@@ -15,29 +15,35 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from moderation.adapters.compile_cache import CompileCache
 from moderation.adapters.http_callbacks import CallbackDelivery
 from moderation.adapters.images import SafeDecoder
+from moderation.adapters.policy_files import load_policy_text
 from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
 from moderation.compose.access import enforce_security
 from moderation.compose.banks import build_bank_sync
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
 from moderation.compose.policies import build_policies
-from moderation.compose.registries import build_signals, build_sources
+from moderation.compose.registries import build_signals, build_sources, image_check
 from moderation.compose.stores import (
     open_audit,
     open_bank_store,
     open_delivery_log,
-    open_embedding_store,
+    open_history,
     open_job_store,
     open_queue,
     open_review_queue,
     open_worker_registry,
 )
+from moderation.core.compiled import CompiledPolicy
 from moderation.metrics import metrics
+from moderation.pipeline.backtest import WorkerBacktests
 from moderation.pipeline.bank_sync import BankSync
 from moderation.pipeline.batching import BatchStats, MicroBatcher
+from moderation.pipeline.compile import compile_cached
 from moderation.pipeline.history import EmbeddingHistory
+from moderation.pipeline.history_shards import HistoryShards
 from moderation.pipeline.maintenance import WorkerMaintenance
 from moderation.pipeline.moderator import Moderator
 from moderation.pipeline.outcomes import Outcomes
@@ -47,6 +53,7 @@ from moderation.ports import (
     AuditSink,
     JobStore,
     TaskPublisher,
+    WorkerRegistry,
 )
 from moderation.settings import Settings
 from moderation.signals import LoadedBanks
@@ -71,14 +78,20 @@ class WorkerProcess:
     delivery: CallbackDelivery
     audit: AuditSink
     publisher: TaskPublisher
+    backtests: WorkerBacktests
     banks: BankSync | None = None
+    history: EmbeddingHistory | None = None
     closers: list[Callable[[], object]] = field(default_factory=list)
 
     def start(self) -> None:
         if self.model.note:
             log.warning("%s", self.model.note)
+        for warning in self.settings.embeddings.deprecations():
+            log.warning("%s", warning)
         if self.banks is not None:
             self.banks.load()  # every bank in memory before the first job is scored
+        if self.history is not None:
+            self.history.start()
         self.maintenance.beat()
         self.maintenance.start()
 
@@ -87,6 +100,8 @@ class WorkerProcess:
         if self.banks is not None:
             self.banks.close()
         self.batcher.close()
+        if self.history is not None:
+            self.history.close()  # SIGTERM: what the buffer holds becomes a shard
         for close in self.closers:
             close()
         self.audit.close()
@@ -137,6 +152,13 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     pool = ThreadPoolExecutor(
         q.decode_threads or max(2, os.cpu_count() or 2), thread_name_prefix="decode"
     )
+    worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
+    shards = open_history(settings)
+    history = (
+        EmbeddingHistory(shards, writer=worker_name, settings=settings.embeddings)
+        if settings.embeddings.store
+        else None
+    )
     preparer = PreparePool(q.prepare_processes) if q.prepare_processes else None
     sources = build_sources(settings, store)
     outcomes = Outcomes(
@@ -158,17 +180,15 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         outcomes=outcomes,
         settings=q,
         pool=pool,
-        history=(
-            EmbeddingHistory(open_embedding_store(settings)) if settings.embeddings.store else None
-        ),
+        history=history,
         prepare_many=preparer.prepare_many if preparer is not None else None,
     )
-    worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
+    registry = open_worker_registry(settings)
     maintenance = WorkerMaintenance(
         name=worker_name,
         store=store,
         deliveries=deliveries,
-        registry=open_worker_registry(settings),
+        registry=registry,
         publisher=queue,
         policies=policies,
         settings=q,
@@ -177,8 +197,12 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
             "model_note": model.note,
             "banks": banks.describe(),
         },
-        tasks=[(settings.banks.reload_s, sync.refresh, "bank reload check")],
+        tasks=[
+            (settings.banks.reload_s, sync.refresh, "bank reload check"),
+            *_history_sweep(settings, shards, registry),
+        ],
     )
+    compile_candidate = _candidate_compiler(settings, model, SafeDecoder(settings.images))
     return WorkerProcess(
         settings=settings,
         name=worker_name,
@@ -191,9 +215,47 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         delivery=CallbackDelivery(settings),
         audit=audit,
         publisher=queue,
+        backtests=WorkerBacktests(
+            shards, live=lambda: policies.current, compile_candidate=compile_candidate
+        ),
         banks=sync,
+        history=history,
         closers=[
             lambda: pool.shutdown(wait=False),
             *([preparer.close] if preparer is not None else []),
         ],
     )
+
+
+def _history_sweep(
+    settings: Settings, shards: HistoryShards, registry: WorkerRegistry
+) -> list[tuple[float, Callable[[], object], str]]:
+    """The retention sweep of the embedding history as a maintenance task (one worker at a
+    time, under a lock), unless ``embeddings.retention_sweep_s`` is 0."""
+    e = settings.embeddings
+    if not e.retention_sweep_s:
+        return []
+
+    def sweep() -> None:
+        if registry.try_lock("history-retention", max(60.0, e.retention_sweep_s / 2)):
+            shards.sweep(e.retention_s, lookback_days=e.retention_sweep_days)
+
+    return [(e.retention_sweep_s, sweep, "history retention sweep")]
+
+
+def _candidate_compiler(
+    settings: Settings, model: ModelChoice, decoder: SafeDecoder
+) -> Callable[[str], CompiledPolicy]:
+    """Loads a backtest candidate's policy text and compiles it for this worker's model
+    through the compile cache (a candidate seen before is never encoded again)."""
+    cache = CompileCache(settings.cache_dir)
+    names = set(build_signals(settings))
+
+    def compile_candidate(text: str) -> CompiledPolicy:
+        policy = load_policy_text(
+            text, source="backtest candidate", signals=names, check_image=image_check(decoder)
+        )
+        compiled, _ = compile_cached(policy, cache=cache, encoder=model.encoder)
+        return compiled
+
+    return compile_candidate

@@ -1,89 +1,100 @@
 """Backtesting a policy version on stored traffic: ``moderation policy backtest``.
 
-The workers keep each decided item's image embedding (:mod:`moderation.pipeline.history`). A
-backtest reads that history for a time range and re-scores it twice, with the live policy set and
-with the set as it would be once the candidate version is promoted (the candidate in place of
-its live version), through the same scorer and decision rule as live traffic
-(:meth:`~moderation.core.scoring.Scorer.score`, :func:`~moderation.core.decision.decisions`);
-no image is fetched, decoded or encoded. It reports every item whose decision changes: counts by
-transition and by category, and examples.
+The workers keep each decided item's image embedding as shards in the object store
+(:mod:`moderation.pipeline.history`). A backtest lists the shards of a time range (oldest first),
+cuts them into groups of ``shards_per_group``, and scores each group twice, with the live policy
+set and with the set as it would be once the candidate version is promoted (the candidate in
+place of its live version), through the same scorer and decision rule as live traffic
+(:meth:`~moderation.core.scoring.Scorer.score`, :func:`~moderation.core.decision.decisions`); no
+image is fetched, decoded or encoded. Each group gives counts (:class:`BacktestPartial`) and the
+report is their sum (:func:`~moderation.core.backtest.merge_partials`): every item whose decision
+changes, by transition and by category, and the earliest examples.
 
-Rules: an entry of another model than the policies are compiled for is refused (counted, never
-scored); a job stored twice (a redelivery) counts once; an item whose request did not apply the
-candidate's policy cannot change and is counted as unaffected; the live re-score is compared with
-the decision recorded at the time (``drift``: the live policy changed since, or float16 rounding
-moved a score across a threshold).
+Where the groups are scored is a :class:`~moderation.ports.BacktestRunner`: here, one group after
+the other (:class:`LocalBacktests`), or fanned out as tasks to the workers
+(``adapters/celery_backtest.py``), each of which scores its group with
+:class:`WorkerBacktests` and returns the counts. The same groups and the same code give the same
+report either way. Memory is bounded on both sides: a group is read shard by shard (one being
+scored, one being fetched), and its job ids are kept only for the group.
+
+Rules: a row of another model than the policies are compiled for is refused (counted, never
+scored); a job stored twice in one group (a redelivery) counts once; a row whose request did not
+apply the candidate's policy cannot change and is counted as unaffected; the live re-score is
+compared with the decision recorded at the time (``drift``: the live policy changed since, or
+float16 rounding moved a score across a threshold); ``--tenant`` reads only that tenant's rows.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
 from numpy.typing import NDArray
 
+from moderation.core.backtest import (
+    COUNTS,
+    BacktestChange,
+    BacktestPartial,
+    BacktestReport,
+    BacktestTask,
+    Outcome,
+    merge_partials,
+)
 from moderation.core.compiled import CompiledPolicy
-from moderation.core.data import Data
 from moderation.core.decision import Decision, decisions
-from moderation.core.embeddings import StoredEmbedding
+from moderation.core.embeddings import HistoryBatch, requested_policies
+from moderation.core.history_keys import ShardKey
 from moderation.core.scoring import FeatureBatch, Scorer
-from moderation.exceptions import EmbeddingModelMismatch, QualityError, UnknownPolicyError
+from moderation.exceptions import (
+    BacktestMismatch,
+    EmbeddingModelMismatch,
+    QualityError,
+    UnknownPolicyError,
+)
+from moderation.pipeline.history_shards import HistoryShards
 from moderation.pipeline.policies import CompiledSet
-from moderation.ports import EmbeddingStore
+from moderation.ports import BacktestRunner
 
-__all__ = ["BacktestChange", "BacktestReport", "Outcome", "backtest"]
+__all__ = [
+    "BacktestChange",
+    "BacktestPartial",
+    "BacktestReport",
+    "BacktestTask",
+    "LocalBacktests",
+    "Outcome",
+    "ShardScoring",
+    "WorkerBacktests",
+    "backtest",
+    "live_hashes",
+    "plan_groups",
+]
+
+log = logging.getLogger(__name__)
 
 _NAMES = tuple(d.value for d in Decision)  # index = rank
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome(Data):
-    decision: str
-    category: str | None  # the deciding policy/category (None: allowed)
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class BacktestChange(Data):
-    """One stored item whose decision the candidate version changes."""
-
-    job_id: str
-    image: str | None
-    at: str
-    recorded: str  # the decision at the time
-    before: Outcome  # the live policies, re-scored now
-    after: Outcome  # with the candidate version
-
-
-@dataclass(frozen=True, slots=True)
-class BacktestReport(Data):
-    policy_id: str
-    live_version: int | None
-    candidate_version: int
-    candidate_hash: str
-    model: str
-    since: str
-    until: str | None
-    read: int
-    duplicates: int
-    refused: dict[str, int]  # model id -> entries refused
-    unscorable: int  # their requested policy is no longer loaded
-    unaffected: int  # the candidate's policy did not apply to them
-    scored: int
-    changed: int
-    transitions: dict[str, int]  # "allow -> block" -> items
-    by_category: dict[str, int]  # deciding category after (before, for relaxed items)
-    drift: int
-    examples: list[BacktestChange] = field(default_factory=list)
-    seconds: float = 0.0
+_RANK = {name: rank for rank, name in enumerate(_NAMES)}
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def live_hashes(live: CompiledSet) -> dict[str, str]:
+    """What a backtest is planned against: each live policy's content hash."""
+    return {pid: p.policy_hash for pid, p in sorted(live.by_id.items())}
+
+
+def plan_groups(shards: Sequence[ShardKey], shards_per_group: int) -> list[list[str]]:
+    """The shard keys (in time order) cut into groups of ``shards_per_group``."""
+    keys = [s.key for s in shards]
+    step = max(1, shards_per_group)
+    return [keys[i : i + step] for i in range(0, len(keys), step)]
 
 
 def _check_signals(scorer: Scorer, compiled: CompiledSet) -> None:
@@ -115,7 +126,7 @@ class _Scoring:
 
 
 def _per_item(
-    frames: NDArray[np.intp],
+    frames: NDArray[np.int32],
     rank: NDArray[np.int8],
     col: NDArray[np.intp],
     score: NDArray[np.float32],
@@ -136,118 +147,329 @@ def _per_item(
     return rank[pick], col[pick], score[pick]
 
 
+class _Tally:
+    """The counts of one group, as it is scored."""
+
+    def __init__(self, examples: int) -> None:
+        self.limit = examples
+        self.counts: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        self.transitions: Counter[str] = Counter()
+        self.by_category: Counter[str] = Counter()
+        self.examples: list[BacktestChange] = []
+
+    def example(self, change: BacktestChange) -> None:
+        if self.limit <= 0:
+            return
+        self.examples.append(change)
+        if len(self.examples) >= 4 * self.limit:
+            self._trim()
+
+    def _trim(self) -> None:
+        self.examples.sort(key=lambda c: c.order)
+        del self.examples[self.limit :]
+
+    def partial(self) -> BacktestPartial:
+        self._trim()
+        return merge_partials(
+            [
+                BacktestPartial(
+                    **{k: self.counts[k] for k in COUNTS},
+                    refused=dict(self.refused),
+                    transitions=dict(self.transitions),
+                    by_category=dict(self.by_category),
+                    examples=self.examples,
+                )
+            ],
+            examples=self.limit,
+        )
+
+
+class ShardScoring:
+    """Scores groups of shards against a live set and a candidate (in any process)."""
+
+    def __init__(
+        self,
+        shards: HistoryShards,
+        *,
+        live: CompiledSet,
+        candidate: CompiledPolicy,
+        task: BacktestTask,
+    ) -> None:
+        if candidate.model.id != live.model.id:
+            raise EmbeddingModelMismatch(
+                f"the candidate is compiled for {candidate.model.id}, the live policies for "
+                f"{live.model.id}"
+            )
+        self.shards = shards
+        self.task = task
+        self.model = live.model.id
+        self.before = _Scoring(live)
+        self.after = _Scoring(live.replacing(candidate))
+        self.policy_id = candidate.id
+
+    def score(self, keys: Sequence[str]) -> BacktestPartial:
+        """The counts of the shards ``keys`` (one group).
+
+        Raises:
+            HistoryShardUnreadable: a shard is not readable.
+            BlobStoreUnavailable, BlobError: the object store cannot be read.
+            QualityError: a category applied uses a signal that needs the image itself.
+        """
+        tally = _Tally(self.task.examples)
+        seen: set[str] = set()
+        for key, batch in self.shards.read_many(keys, tenant=self.task.tenant):
+            tally.counts["shards"] += 1
+            self._score_batch(key, batch, seen, tally)
+        return tally.partial()
+
+    def _score_batch(self, key: str, batch: HistoryBatch, seen: set[str], tally: _Tally) -> None:
+        task = self.task
+        at = batch.at
+        inside = at >= task.since
+        if task.until is not None:
+            inside &= at <= task.until
+        rows = np.flatnonzero(inside).tolist()
+        tally.counts["read"] += len(rows)
+        groups: dict[str, list[int]] = {}
+        for i in rows:
+            job_id = batch.job_ids[i]
+            if job_id in seen:
+                tally.counts["duplicates"] += 1
+                continue
+            seen.add(job_id)
+            if batch.model_ids[i] != self.model:
+                tally.refused[batch.model_ids[i]] += 1
+                continue
+            groups.setdefault(batch.policies[i], []).append(i)
+        offsets = batch.offsets
+        for requested, picked in groups.items():
+            wanted = requested_policies(requested) or None
+            try:
+                ids_before = self.before.compiled.ids_for(wanted)
+                ids_after = self.after.compiled.ids_for(wanted)
+            except UnknownPolicyError:
+                tally.counts["unscorable"] += len(picked)
+                continue
+            if self.policy_id not in ids_before and self.policy_id not in ids_after:
+                tally.counts["unaffected"] += len(picked)
+                continue
+            self._score_rows(
+                batch, np.array(picked, np.intp), offsets, ids_before, ids_after, tally
+            )
+
+    def _score_rows(
+        self,
+        batch: HistoryBatch,
+        picked: NDArray[np.intp],
+        offsets: NDArray[np.int64],
+        ids_before: tuple[str, ...],
+        ids_after: tuple[str, ...],
+        tally: _Tally,
+    ) -> None:
+        frames = batch.frames[picked]
+        if bool((frames == 1).all()):
+            x = batch.embeddings[offsets[picked]]
+        else:
+            x = np.concatenate(
+                [
+                    batch.embeddings[start : start + count]
+                    for start, count in zip(offsets[picked].tolist(), frames.tolist(), strict=True)
+                ]
+            )
+        embeddings = x.astype(np.float32)
+        b_rank, b_col, b_score, b_scorer = self.before.decide(ids_before, embeddings)
+        a_rank, a_col, a_score, a_scorer = self.after.decide(ids_after, embeddings)
+        b_rank, b_col, b_score = _per_item(frames, b_rank, b_col, b_score, b_scorer)
+        a_rank, a_col, a_score = _per_item(frames, a_rank, a_col, a_score, a_scorer)
+        tally.counts["scored"] += len(picked)
+        recorded = np.array([_RANK.get(batch.decisions[i], -1) for i in picked.tolist()], np.int8)
+        tally.counts["drift"] += int((recorded != b_rank).sum())
+        for j in np.flatnonzero(a_rank != b_rank).tolist():
+            i = int(picked[j])
+            tally.counts["changed"] += 1
+            was, now = _NAMES[int(b_rank[j])], _NAMES[int(a_rank[j])]
+            tally.transitions[f"{was} -> {now}"] += 1
+            after_key = a_scorer.slots[int(a_col[j])].key
+            before_key = b_scorer.slots[int(b_col[j])].key
+            tally.by_category[after_key if a_rank[j] > b_rank[j] else before_key] += 1
+            tally.example(
+                BacktestChange(
+                    job_id=batch.job_ids[i],
+                    image=batch.images[i],
+                    at=_iso(float(batch.at[i])) or "",
+                    recorded=batch.decisions[i],
+                    before=Outcome(was, before_key if b_rank[j] else None, float(b_score[j])),
+                    after=Outcome(now, after_key if a_rank[j] else None, float(a_score[j])),
+                    tenant=batch.tenants[i],
+                )
+            )
+
+
+class LocalBacktests:
+    """A :class:`~moderation.ports.BacktestRunner` that scores every group in this process,
+    one after the other."""
+
+    where = "local"
+
+    def __init__(self, scoring: ShardScoring) -> None:
+        self.scoring = scoring
+
+    def run(
+        self, task: BacktestTask, groups: Sequence[Sequence[str]]
+    ) -> Iterator[tuple[int, BacktestPartial]]:
+        for index, keys in enumerate(groups):
+            yield index, self.scoring.score(keys)
+
+
+class WorkerBacktests:
+    """A worker's side of a fanned-out backtest: scores one shard group of a
+    :class:`BacktestTask` against the policies this worker serves and the candidate the task
+    carries (compiled here, through the compile cache).
+
+    ``compile_candidate(text)`` loads and compiles a policy text for this worker's model.
+    """
+
+    def __init__(
+        self,
+        shards: HistoryShards,
+        *,
+        live: Callable[[], CompiledSet],
+        compile_candidate: Callable[[str], CompiledPolicy],
+    ) -> None:
+        self.shards = shards
+        self.live = live
+        self.compile_candidate = compile_candidate
+        self._candidate: tuple[tuple[str, str], CompiledPolicy] | None = None
+
+    def score(self, task: BacktestTask, keys: Sequence[str]) -> BacktestPartial:
+        """The counts of the shards ``keys``.
+
+        Raises:
+            BacktestMismatch: this worker serves other live policies or another model than the
+                task was planned with, or the candidate text does not match its hash.
+            PolicyError: the candidate text does not load.
+            HistoryShardUnreadable, BlobStoreUnavailable, BlobError, QualityError: as
+                :meth:`ShardScoring.score`.
+        """
+        live = self.live()
+        if live.model.id != task.model:
+            raise BacktestMismatch(
+                f"this worker's model is {live.model.id}, the backtest's {task.model}"
+            )
+        serving = live_hashes(live)
+        if serving != task.live:
+            differ = sorted(
+                pid
+                for pid in set(serving) | set(task.live)
+                if serving.get(pid) != task.live.get(pid)
+            )
+            raise BacktestMismatch(
+                f"this worker serves other live policies than the backtest was planned with "
+                f"({', '.join(differ)} differ): deploy the same policy files to both, or wait "
+                "for the workers' policy reload, or run the backtest with --on local"
+            )
+        marker = (task.candidate_hash, task.model)
+        if self._candidate is not None and self._candidate[0] == marker:
+            candidate = self._candidate[1]
+        else:
+            candidate = self.compile_candidate(task.candidate_text)
+            if candidate.policy_hash != task.candidate_hash or candidate.id != task.policy_id:
+                raise BacktestMismatch(
+                    f"the candidate received compiles to {candidate.id} "
+                    f"{candidate.policy_hash[:12]}, not {task.policy_id} "
+                    f"{task.candidate_hash[:12]}"
+                )
+            self._candidate = (marker, candidate)
+        scoring = ShardScoring(self.shards, live=live, candidate=candidate, task=task)
+        return scoring.score(keys)
+
+
 def backtest(
-    store: EmbeddingStore,
+    shards: HistoryShards,
     *,
     live: CompiledSet,
     candidate: CompiledPolicy,
+    candidate_text: str = "",
     since: float,
     until: float | None = None,
+    tenant: str | None = None,
     examples: int = 20,
-    page: int = 5000,
+    retention_s: float | None = None,
+    shards_per_group: int = 8,
+    runner: Callable[[ShardScoring, int], BacktestRunner] | None = None,
+    on_plan: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> BacktestReport:
     """Re-score the stored embeddings of ``[since, until]`` with and without ``candidate``.
+
+    ``runner(scoring, groups)`` gives where the groups are scored (default: here, one after
+    the other). ``on_plan(shards, groups)`` is called once the shards are listed;
+    ``on_progress(shards)`` as groups finish.
 
     Raises:
         EmbeddingModelMismatch: the candidate is compiled for another model than the live
             policies, or every stored entry in range comes from another model.
         QualityError: a category applied uses a signal that needs the image itself.
-        QueueUnavailable: the store cannot be reached.
+        BacktestMismatch, BacktestWorkersUnavailable: fanned out, the workers could not score.
+        HistoryShardUnreadable, BlobStoreUnavailable, BlobError: the history cannot be read.
     """
     started = time.perf_counter()
     model = live.model.id
-    if candidate.model.id != model:
-        raise EmbeddingModelMismatch(
-            f"the candidate is compiled for {candidate.model.id}, the live policies for {model}"
-        )
-    before_set, after_set = _Scoring(live), _Scoring(live.replacing(candidate))
-    pid = candidate.id
-    seen: set[str] = set()
-    refused: Counter[str] = Counter()
-    transitions: Counter[str] = Counter()
-    by_category: Counter[str] = Counter()
-    found: list[BacktestChange] = []
-    read = duplicates = unscorable = unaffected = scored = changed = drift = 0
-
-    for chunk in store.scan(since=since, until=until, page=page):
-        read += len(chunk)
-        groups: dict[tuple[str, ...], list[StoredEmbedding]] = {}
-        for item in chunk:
-            if item.job_id in seen:
-                duplicates += 1
-                continue
-            seen.add(item.job_id)
-            if item.model_id != model:
-                refused[item.model_id] += 1
-                continue
-            groups.setdefault(item.policies, []).append(item)
-        for requested, items in groups.items():
-            try:
-                ids_before = live.ids_for(requested or None)
-                ids_after = after_set.compiled.ids_for(requested or None)
-            except UnknownPolicyError:
-                unscorable += len(items)
-                continue
-            if pid not in ids_before and pid not in ids_after:
-                unaffected += len(items)
-                continue
-            frames = np.array([item.frames for item in items], np.intp)
-            embeddings = np.concatenate([item.embeddings for item in items]).astype(np.float32)
-            b_rank, b_col, b_score, b_scorer = before_set.decide(ids_before, embeddings)
-            a_rank, a_col, a_score, a_scorer = after_set.decide(ids_after, embeddings)
-            b_rank, b_col, b_score = _per_item(frames, b_rank, b_col, b_score, b_scorer)
-            a_rank, a_col, a_score = _per_item(frames, a_rank, a_col, a_score, a_scorer)
-            scored += len(items)
-            recorded = np.array([_NAMES.index(item.decision) for item in items], np.int8)
-            drift += int((recorded != b_rank).sum())
-            for i in np.flatnonzero(a_rank != b_rank).tolist():
-                changed += 1
-                was, now = _NAMES[int(b_rank[i])], _NAMES[int(a_rank[i])]
-                transitions[f"{was} -> {now}"] += 1
-                after_key = a_scorer.slots[int(a_col[i])].key
-                before_key = b_scorer.slots[int(b_col[i])].key
-                by_category[after_key if a_rank[i] > b_rank[i] else before_key] += 1
-                if len(found) < examples:
-                    item = items[i]
-                    found.append(
-                        BacktestChange(
-                            job_id=item.job_id,
-                            image=item.image,
-                            at=_iso(item.at) or "",
-                            recorded=item.decision,
-                            before=Outcome(
-                                was, before_key if b_rank[i] else None, float(b_score[i])
-                            ),
-                            after=Outcome(now, after_key if a_rank[i] else None, float(a_score[i])),
-                        )
-                    )
+    if retention_s is not None:
+        since = max(since, shards.clock() - retention_s)
+    task = BacktestTask(
+        policy_id=candidate.id,
+        candidate_text=candidate_text,
+        candidate_hash=candidate.policy_hash,
+        live=live_hashes(live),
+        model=model,
+        since=since,
+        until=until,
+        tenant=tenant,
+        examples=examples,
+    )
+    scoring = ShardScoring(shards, live=live, candidate=candidate, task=task)
+    found = shards.keys(since, until)
+    groups = plan_groups(found, shards_per_group)
+    if on_plan is not None:
+        on_plan(len(found), len(groups))
+    where = runner(scoring, len(groups)) if runner is not None else LocalBacktests(scoring)
+    partials = []
+    for index, part in where.run(task, groups):
+        partials.append(part)
         if on_progress is not None:
-            on_progress(len(chunk))
-    if read and not scored and sum(refused.values()) == read - duplicates:
+            on_progress(len(groups[index]))
+    total = merge_partials(partials, examples=examples)
+    refused = sum(total.refused.values())
+    if total.read and not total.scored and refused and refused == total.read - total.duplicates:
         raise EmbeddingModelMismatch(
             f"every stored embedding in range comes from another model "
-            f"({', '.join(sorted(refused))}); the policies are compiled for {model}: "
+            f"({', '.join(sorted(total.refused))}); the policies are compiled for {model}: "
             "re-score needs embeddings of the same model"
         )
     return BacktestReport(
-        policy_id=pid,
-        live_version=live.by_id[pid].version if pid in live.by_id else None,
+        policy_id=candidate.id,
+        live_version=live.by_id[candidate.id].version if candidate.id in live.by_id else None,
         candidate_version=candidate.version,
         candidate_hash=candidate.compiled_hash,
         model=model,
         since=_iso(since) or "",
         until=_iso(until),
-        read=read,
-        duplicates=duplicates,
-        refused=dict(refused),
-        unscorable=unscorable,
-        unaffected=unaffected,
-        scored=scored,
-        changed=changed,
-        transitions=dict(transitions.most_common()),
-        by_category=dict(by_category.most_common()),
-        drift=drift,
-        examples=found,
+        read=total.read,
+        duplicates=total.duplicates,
+        refused=total.refused,
+        unscorable=total.unscorable,
+        unaffected=total.unaffected,
+        scored=total.scored,
+        changed=total.changed,
+        transitions=total.transitions,
+        by_category=total.by_category,
+        drift=total.drift,
+        examples=total.examples,
         seconds=time.perf_counter() - started,
+        tenant=tenant,
+        shards=len(found),
+        groups=len(groups),
+        where=where.where,
     )

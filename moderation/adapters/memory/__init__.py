@@ -11,7 +11,7 @@ from moderation.adapters.memory.banks import MemoryBankStore
 from moderation.adapters.memory.blobs import MemoryBlobStore
 from moderation.adapters.memory.callbacks import MemoryCallbacks
 from moderation.adapters.memory.deliveries import MemoryDeliveryLog
-from moderation.adapters.memory.embeddings import MemoryEmbeddingStore
+from moderation.adapters.memory.history import MemoryHistoryFormat
 from moderation.adapters.memory.jobs import MemoryJobStore
 from moderation.adapters.memory.limits import MemoryRateLimiter
 from moderation.adapters.memory.login_throttle import MemoryLoginThrottle
@@ -30,7 +30,7 @@ __all__ = [
     "MemoryBlobStore",
     "MemoryCallbacks",
     "MemoryDeliveryLog",
-    "MemoryEmbeddingStore",
+    "MemoryHistoryFormat",
     "MemoryJobStore",
     "MemoryLoginThrottle",
     "MemoryPolicyFiles",
