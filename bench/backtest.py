@@ -118,8 +118,9 @@ def run(setup: str, store_kind: str, n: int) -> dict[str, Any]:
     live, candidate, x = (_test_setup if setup == "test" else _starter_setup)(n)
     server = None
     if store_kind == "redis":
-        from moderation.adapters.embedded_redis import EmbeddedRedis
         from moderation.adapters.redis_embeddings import RedisEmbeddingStore
+
+        from moderation.adapters.embedded_redis import EmbeddedRedis
         from moderation.settings import EmbeddingSettings
 
         server = EmbeddedRedis()

@@ -37,6 +37,7 @@ IO_LIBRARIES = {
     "yaml",
     "matplotlib",
     "jinja2",
+    "pyarrow",
 }
 
 
@@ -171,7 +172,9 @@ def test_the_http_layer_holds_no_use_case() -> None:
     assert _violations(files, ("moderation.adapters",)) == []
 
 
-@pytest.mark.parametrize("name", ["moderation.moderate", "moderation.deliver_callback"])
+@pytest.mark.parametrize(
+    "name", ["moderation.moderate", "moderation.deliver_callback", "moderation.backtest_shards"]
+)
 def test_task_names_are_defined_once(name: str) -> None:
     quoted = f'"{name}"'
     places = [

@@ -65,7 +65,7 @@ def history_prune(
 
     settings = load_settings()
     try:
-        deleted = open_history(settings).sweep(settings.embeddings.retention_s, lookback_days=days)
+        deleted = open_history(settings).sweep(lookback_days=days)
     except ModerationError as exc:
         raise fail(exc) from exc
     out.print(f"deleted {deleted} shards past the retention limit", highlight=False)
@@ -83,7 +83,7 @@ def history_import_redis(
     key: Annotated[
         str | None, typer.Option(help="Its stream (default: embeddings.key, mod:embeddings).")
     ] = None,
-    rows_per_shard: Annotated[int, typer.Option(min=100, max=1_000_000)] = 10_000,
+    rows_per_shard: Annotated[int, typer.Option(min=1, max=1_000_000)] = 10_000,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Copy an older version's embedding history (a Redis stream) into shards, once, keeping
@@ -104,7 +104,6 @@ def history_import_redis(
                 old.pages(),
                 shards,
                 rows_per_shard=rows_per_shard,
-                retention_s=settings.embeddings.retention_s,
                 on_progress=advance,
             )
     except ModerationError as exc:

@@ -399,7 +399,6 @@ def backtest(
                 until=end,
                 tenant=tenant,
                 examples=examples,
-                retention_s=settings.embeddings.retention_s,
                 shards_per_group=shards_per_task,
                 runner=runner,
                 on_plan=lambda shards, _: set_total(shards),

@@ -116,7 +116,11 @@ def open_queue(settings: Settings) -> CeleryQueue:
 
 def open_history(settings: Settings, *, blobs: BlobStore | None = None) -> HistoryShards:
     """The embedding history: Parquet shards in the object store (``settings.blobs``)."""
-    return HistoryShards(blobs or open_blob_store(settings), ParquetHistory())
+    return HistoryShards(
+        blobs or open_blob_store(settings),
+        ParquetHistory(),
+        retention_s=settings.embeddings.retention_s,
+    )
 
 
 def open_bank_store(settings: Settings) -> RedisBankStore:

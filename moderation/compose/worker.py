@@ -238,7 +238,7 @@ def _history_sweep(
 
     def sweep() -> None:
         if registry.try_lock("history-retention", max(60.0, e.retention_sweep_s / 2)):
-            shards.sweep(e.retention_s, lookback_days=e.retention_sweep_days)
+            shards.sweep(lookback_days=e.retention_sweep_days)
 
     return [(e.retention_sweep_s, sweep, "history retention sweep")]
 

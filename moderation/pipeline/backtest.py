@@ -395,7 +395,6 @@ def backtest(
     until: float | None = None,
     tenant: str | None = None,
     examples: int = 20,
-    retention_s: float | None = None,
     shards_per_group: int = 8,
     runner: Callable[[ShardScoring, int], BacktestRunner] | None = None,
     on_plan: Callable[[int, int], None] | None = None,
@@ -416,8 +415,7 @@ def backtest(
     """
     started = time.perf_counter()
     model = live.model.id
-    if retention_s is not None:
-        since = max(since, shards.clock() - retention_s)
+    since = max(since, shards.horizon())  # the retention limit
     task = BacktestTask(
         policy_id=candidate.id,
         candidate_text=candidate_text,

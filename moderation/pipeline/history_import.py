@@ -50,7 +50,6 @@ def import_history(
     shards: HistoryShards,
     *,
     rows_per_shard: int = 10_000,
-    retention_s: float | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Write the entries of ``pages`` (``(entries, unreadable)``, oldest first) as shards.
@@ -60,7 +59,7 @@ def import_history(
             what it wrote).
         QueueUnavailable: the old history cannot be read.
     """
-    cutoff = shards.clock() - retention_s if retention_s is not None else None
+    cutoff = shards.horizon()
     counts = {"read": 0, "copied": 0, "unreadable": 0, "expired": 0, "shards": 0, "replaced": 0}
     hours: list[float] = []
     hour: list[StoredEmbedding] = []
@@ -90,7 +89,7 @@ def import_history(
         counts["unreadable"] += unreadable
         counts["read"] += len(entries) + unreadable
         for item in entries:
-            if cutoff is not None and item.at < cutoff:
+            if item.at < cutoff:
                 counts["expired"] += 1
                 continue
             start = hour_start(item.at)

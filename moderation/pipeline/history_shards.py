@@ -43,14 +43,26 @@ class DayUsage(Data):
 
 
 class HistoryShards:
-    """Shards of the embedding history in ``blobs`` (under ``embeddings/``)."""
+    """Shards of the embedding history in ``blobs`` (under ``embeddings/``). Nothing older than
+    ``retention_s`` is ever listed or read (the retention limit is exact for readers, whenever
+    the sweep or a lifecycle rule deletes the old days)."""
 
     def __init__(
-        self, blobs: BlobStore, fmt: HistoryFormat, *, clock: Callable[[], float] = time.time
+        self,
+        blobs: BlobStore,
+        fmt: HistoryFormat,
+        *,
+        retention_s: float = 30 * 86400,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.blobs = blobs
         self.format = fmt
+        self.retention_s = retention_s
         self.clock = clock
+
+    def horizon(self) -> float:
+        """The oldest time a reader sees (now minus the retention limit)."""
+        return self.clock() - self.retention_s
 
     def describe(self) -> str:
         return f"{self.blobs.describe().rstrip('/')}/{HISTORY_PREFIX}"
@@ -63,6 +75,7 @@ class HistoryShards:
         Raises:
             BlobStoreUnavailable, BlobError: the store cannot be listed.
         """
+        since = max(since, self.horizon())
         end = self.clock() if until is None else until
         if end < since:
             return []
@@ -157,7 +170,7 @@ class HistoryShards:
                 log.info("history: dropped %s (%d shards), past retention", day, len(keys))
         return deleted
 
-    def sweep(self, retention_s: float, *, lookback_days: int) -> int:
+    def sweep(self, *, lookback_days: int) -> int:
         """Drop the whole days that ended before the retention limit, looking back
         ``lookback_days`` days from it (the periodic sweep); returns the objects deleted.
 
@@ -167,10 +180,11 @@ class HistoryShards:
         Raises:
             BlobStoreUnavailable, BlobError: as :meth:`drop_days`.
         """
-        return self.drop_days(expired_days(self.clock(), retention_s, lookback_days))
+        return self.drop_days(expired_days(self.clock(), self.retention_s, lookback_days))
 
     def usage(self, since: float, until: float | None = None) -> list[DayUsage]:
         """Shards per day in ``[since, until]`` (one listing per day)."""
+        since = max(since, self.horizon())
         end = self.clock() if until is None else until
         out = []
         for day in days_between(since, end):
