@@ -144,8 +144,9 @@ def demo(
     try:
         if not settings.redis_url:
             embedded = EmbeddedRedis(data_dir=settings.embedded_redis_dir, persist=True)
-            # The demo's own Redis: keep the demo's embeddings so `moderation policy backtest`
-            # has a history to re-score (off by default elsewhere: derived user data).
+            # The demo keeps its embeddings (shards in the object store: .moderation/blobs by
+            # default, written when the worker stops) so that `moderation policy backtest` has a
+            # history to re-score (off by default elsewhere: derived user data).
             settings = settings.model_copy(
                 update={
                     "redis_url": embedded.start(),

@@ -10,7 +10,6 @@ from moderation.adapters.audit_log import AuditLog
 from moderation.adapters.celery_queue import CeleryQueue
 from moderation.adapters.local_audit import LocalSegmentStore
 from moderation.adapters.local_blobs import LocalBlobStore
-from moderation.adapters.parquet_history import ParquetHistory
 from moderation.adapters.redis_banks import RedisBankStore
 from moderation.adapters.redis_deliveries import RedisDeliveryLog
 from moderation.adapters.redis_jobs import RedisJobStore
@@ -116,6 +115,8 @@ def open_queue(settings: Settings) -> CeleryQueue:
 
 def open_history(settings: Settings, *, blobs: BlobStore | None = None) -> HistoryShards:
     """The embedding history: Parquet shards in the object store (``settings.blobs``)."""
+    from moderation.adapters.parquet_history import ParquetHistory  # pyarrow: not in the API
+
     return HistoryShards(
         blobs or open_blob_store(settings),
         ParquetHistory(),
