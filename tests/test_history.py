@@ -477,3 +477,32 @@ def test_group_counts_merge_to_the_same_report_in_any_order() -> None:
     assert [c.job_id for c in merged.examples] == ["j0", "j2", "j3", "j5"]
     assert next(iter(merged.by_category)) == "p/c" and merged.refused == {"other": 15}
     assert BacktestPartial.from_dict(json.loads(json.dumps(merged.to_dict()))) == merged
+
+
+# --- where a backtest is scored ----------------------------------------------------------------
+
+
+def test_auto_scores_here_unless_the_workers_can_share_the_work(settings: Settings) -> None:
+    from moderation.compose.backtest import backtest_runner
+    from moderation.exceptions import BacktestWorkersUnavailable, QualityError
+    from moderation.pipeline.backtest import LocalBacktests
+
+    scoring: Any = object()  # not used to choose
+
+    def runner(cfg: Settings, on: Any, *, exemplars: bool = False) -> Any:
+        return backtest_runner(
+            cfg, on=on, parallel=None, timeout_s=1.0, candidate_has_exemplars=exemplars
+        )
+
+    in_s3 = settings.model_copy(
+        update={"blobs": settings.blobs.model_copy(update={"bucket": "history"})}
+    )
+    assert isinstance(runner(in_s3, "local")(scoring, 10), LocalBacktests)
+    assert isinstance(runner(in_s3, "auto")(scoring, 1), LocalBacktests)  # one group
+    assert isinstance(runner(settings, "auto")(scoring, 10), LocalBacktests)  # a local folder
+    assert isinstance(runner(in_s3, "auto")(scoring, 10), LocalBacktests)  # no worker alive
+    assert isinstance(runner(in_s3, "auto", exemplars=True)(scoring, 10), LocalBacktests)
+    with pytest.raises(BacktestWorkersUnavailable, match="no live worker"):
+        runner(in_s3, "workers")(scoring, 10)
+    with pytest.raises(QualityError, match="exemplar images"):
+        runner(in_s3, "workers", exemplars=True)(scoring, 10)

@@ -484,6 +484,50 @@ def test_a_backtest_refuses_embeddings_of_another_model(scoring: Scoring, tmp_pa
         backtest(only_other, live=scoring.policies.current, candidate=candidate, since=0)
 
 
+def test_a_worker_scores_a_group_only_against_what_the_backtest_was_planned_with(
+    scoring: Scoring, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from moderation.core.backtest import BacktestTask
+    from moderation.exceptions import BacktestMismatch
+    from moderation.pipeline.backtest import ShardScoring, WorkerBacktests, live_hashes
+
+    shards, _ = _history(scoring, 60, 9)
+    candidate = _candidate(scoring, tmp_path, {"restricted_logo": (0.1, 0.5)})
+    text = (tmp_path / "testworld.v2.yaml").read_text()
+    live = scoring.policies.current
+    task = BacktestTask(
+        policy_id="testworld",
+        candidate_text=text,
+        candidate_hash=candidate.policy_hash,
+        live=live_hashes(live),
+        model=live.model.id,
+        since=0,
+        examples=5,
+    )
+    compiled: list[str] = []
+
+    def compile_candidate(received: str) -> Any:
+        compiled.append(received)
+        return candidate if received == text else live.by_id["testworld"]
+
+    worker = WorkerBacktests(shards, live=lambda: live, compile_candidate=compile_candidate)
+    keys = [k.key for k in shards.keys(0)]
+    here = ShardScoring(shards, live=live, candidate=candidate, task=task).score(keys)
+    assert worker.score(task, keys) == here and here.scored == 60
+    worker.score(task, keys[:1])
+    assert compiled == [text]  # compiled once per candidate, not per group
+    for wrong, message in [
+        (dataclasses.replace(task, live={"testworld": "0" * 64}), "other live policies"),
+        (dataclasses.replace(task, model="ViT-L-14/openai"), "model"),
+        (dataclasses.replace(task, candidate_hash="f" * 64, candidate_text="x"), "compiles to"),
+    ]:
+        with pytest.raises(BacktestMismatch, match=message) as caught:
+            worker.score(wrong, keys)
+        assert caught.value.code == "backtest_mismatch"
+
+
 # --- shadow versions over the twins ------------------------------------------------------------
 
 

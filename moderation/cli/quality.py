@@ -341,8 +341,8 @@ def backtest(
         str,
         typer.Option(
             help="Where to score: local (this process), workers (Celery tasks on the running "
-            "workers, one per shard group) or auto (workers when there is more than one group "
-            "and a worker is alive)."
+            "workers, one per shard group) or auto (workers when there is more than one group, "
+            "the history is in S3 and a worker is alive)."
         ),
     ] = "auto",
     shards_per_task: Annotated[
@@ -423,6 +423,12 @@ def backtest(
     if report.refused:
         refused = ", ".join(f"{n} of {m}" for m, n in report.refused.items())
         err.print(f"[yellow]refused (another model)[/]: {refused}", highlight=False)
+    if report.missing:
+        err.print(
+            f"[yellow]warning[/]: {report.missing} shards were gone when read (deleted by the "
+            "retention sweep meanwhile, or not in a store the workers share: use --on local)",
+            highlight=False,
+        )
     extra = {
         "unaffected (policy not applied)": report.unaffected,
         "duplicates": report.duplicates,

@@ -19,7 +19,8 @@ __all__ = ["Where", "backtest_runner"]
 
 log = logging.getLogger(__name__)
 
-#: ``auto``: the workers when there is more than one shard group and a worker is alive.
+#: ``auto``: the workers when there is more than one shard group, the history is in S3 (a store
+#: every worker reads the same) and a worker is alive.
 Where = Literal["auto", "local", "workers"]
 
 
@@ -39,7 +40,7 @@ def backtest_runner(
     """
 
     def choose(scoring: ShardScoring, groups: int) -> BacktestRunner:
-        if on == "local" or (on == "auto" and groups <= 1):
+        if on == "local" or (on == "auto" and (groups <= 1 or not settings.blobs.bucket)):
             return LocalBacktests(scoring)
         if candidate_has_exemplars:
             if on == "workers":

@@ -77,6 +77,7 @@ class BacktestPartial(Data):
     """The counts of one shard group (or of several, merged)."""
 
     shards: int = 0
+    missing: int = 0  # shards listed but gone when read (the retention sweep)
     read: int = 0
     duplicates: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # model id -> rows refused
@@ -93,6 +94,7 @@ class BacktestPartial(Data):
 #: The plain counts of a :class:`BacktestPartial` (they add up).
 COUNTS = (
     "shards",
+    "missing",
     "read",
     "duplicates",
     "unscorable",
@@ -155,5 +157,6 @@ class BacktestReport(Data):
     seconds: float = 0.0
     tenant: str | None = None  # only this tenant's items (None: every tenant)
     shards: int = 0
+    missing: int = 0  # shards listed but gone when read (deleted by the retention sweep)
     groups: int = 0
     where: str = "local"  # local | workers

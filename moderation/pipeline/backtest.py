@@ -221,6 +221,7 @@ class ShardScoring:
         for key, batch in self.shards.read_many(keys, tenant=self.task.tenant):
             tally.counts["shards"] += 1
             self._score_batch(key, batch, seen, tally)
+        tally.counts["missing"] = len(keys) - tally.counts["shards"]
         return tally.partial()
 
     def _score_batch(self, key: str, batch: HistoryBatch, seen: set[str], tally: _Tally) -> None:
@@ -468,6 +469,7 @@ def backtest(
         seconds=time.perf_counter() - started,
         tenant=tenant,
         shards=len(found),
+        missing=total.missing,
         groups=len(groups),
         where=where.where,
     )
