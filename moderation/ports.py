@@ -27,7 +27,7 @@ cases::
     CallbackSender   celery_queue.CeleryQueue                  MemoryCallbacks
     BankStore        redis_banks.RedisBankStore                MemoryBankStore
     HistoryFormat    parquet_history.ParquetHistory            MemoryHistoryFormat
-    BacktestRunner   celery_backtest.CeleryBacktests           pipeline.backtest.LocalBacktests
+    BacktestRunner   celery_queue.CeleryBacktests              pipeline.backtest.LocalBacktests
     PolicyFiles      policy_files.PolicyFolder                 MemoryPolicyFiles
 
 Adapters translate their library's errors into :mod:`moderation.exceptions` (transient vs

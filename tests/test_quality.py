@@ -491,7 +491,8 @@ def test_a_worker_scores_a_group_only_against_what_the_backtest_was_planned_with
 
     from moderation.core.backtest import BacktestTask
     from moderation.exceptions import BacktestMismatch
-    from moderation.pipeline.backtest import ShardScoring, WorkerBacktests, live_hashes
+    from moderation.pipeline.backtest import ShardScoring, live_hashes
+    from moderation.pipeline.backtest_tasks import WorkerBacktests
 
     shards, _ = _history(scoring, 60, 9)
     candidate = _candidate(scoring, tmp_path, {"restricted_logo": (0.1, 0.5)})

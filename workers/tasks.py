@@ -5,7 +5,8 @@ for a message's batch of jobs and publishes again what it asks for: jobs with a 
 (after their backoff, with ``retries + 1``) and, for a redelivered batch, each job on its own;
 ``deliver_callback(job_id, url, body)``
 calls :meth:`moderation.adapters.http_callbacks.CallbackDelivery.deliver`;
-``backtest_shards(task, keys)`` calls :meth:`moderation.pipeline.backtest.WorkerBacktests.score`
+``backtest_shards(task, keys)`` calls
+:meth:`moderation.pipeline.backtest_tasks.WorkerBacktests.score`
 for one group of history shards and returns its counts (pure computation on stored data: a
 redelivery scores the group again, harmlessly). Everything they need is
 built once per process by :func:`moderation.compose.worker.build_worker`, on first use (Celery wants

@@ -38,7 +38,7 @@ from moderation.compose.stores import (
 )
 from moderation.core.compiled import CompiledPolicy
 from moderation.metrics import metrics
-from moderation.pipeline.backtest import WorkerBacktests
+from moderation.pipeline.backtest_tasks import WorkerBacktests
 from moderation.pipeline.bank_sync import BankSync
 from moderation.pipeline.batching import BatchStats, MicroBatcher
 from moderation.pipeline.compile import compile_cached

@@ -12,10 +12,11 @@ changes, by transition and by category, and the earliest examples.
 
 Where the groups are scored is a :class:`~moderation.ports.BacktestRunner`: here, one group after
 the other (:class:`LocalBacktests`), or fanned out as tasks to the workers
-(``adapters/celery_backtest.py``), each of which scores its group with
-:class:`WorkerBacktests` and returns the counts. The same groups and the same code give the same
-report either way. Memory is bounded on both sides: a group is read shard by shard (one being
-scored, one being fetched), and its job ids are kept only for the group.
+(:class:`~moderation.adapters.celery_queue.CeleryBacktests`), each of which scores its group
+with :class:`~moderation.pipeline.backtest_tasks.WorkerBacktests` and returns the counts. The
+same groups and the same code give the same report either way. Memory is bounded on both sides:
+a group is read shard by shard (one being scored, one being fetched), and its job ids are kept
+only for the group.
 
 Rules: a row of another model than the policies are compiled for is refused (counted, never
 scored); a job stored twice in one group (a redelivery) counts once; a row whose request did not
@@ -50,7 +51,6 @@ from moderation.core.embeddings import HistoryBatch, requested_policies
 from moderation.core.history_keys import ShardKey
 from moderation.core.scoring import FeatureBatch, Scorer
 from moderation.exceptions import (
-    BacktestMismatch,
     EmbeddingModelMismatch,
     QualityError,
     UnknownPolicyError,
@@ -67,7 +67,6 @@ __all__ = [
     "LocalBacktests",
     "Outcome",
     "ShardScoring",
-    "WorkerBacktests",
     "backtest",
     "live_hashes",
     "plan_groups",
@@ -321,69 +320,6 @@ class LocalBacktests:
     ) -> Iterator[tuple[int, BacktestPartial]]:
         for index, keys in enumerate(groups):
             yield index, self.scoring.score(keys)
-
-
-class WorkerBacktests:
-    """A worker's side of a fanned-out backtest: scores one shard group of a
-    :class:`BacktestTask` against the policies this worker serves and the candidate the task
-    carries (compiled here, through the compile cache).
-
-    ``compile_candidate(text)`` loads and compiles a policy text for this worker's model.
-    """
-
-    def __init__(
-        self,
-        shards: HistoryShards,
-        *,
-        live: Callable[[], CompiledSet],
-        compile_candidate: Callable[[str], CompiledPolicy],
-    ) -> None:
-        self.shards = shards
-        self.live = live
-        self.compile_candidate = compile_candidate
-        self._candidate: tuple[tuple[str, str], CompiledPolicy] | None = None
-
-    def score(self, task: BacktestTask, keys: Sequence[str]) -> BacktestPartial:
-        """The counts of the shards ``keys``.
-
-        Raises:
-            BacktestMismatch: this worker serves other live policies or another model than the
-                task was planned with, or the candidate text does not match its hash.
-            PolicyError: the candidate text does not load.
-            HistoryShardUnreadable, BlobStoreUnavailable, BlobError, QualityError: as
-                :meth:`ShardScoring.score`.
-        """
-        live = self.live()
-        if live.model.id != task.model:
-            raise BacktestMismatch(
-                f"this worker's model is {live.model.id}, the backtest's {task.model}"
-            )
-        serving = live_hashes(live)
-        if serving != task.live:
-            differ = sorted(
-                pid
-                for pid in set(serving) | set(task.live)
-                if serving.get(pid) != task.live.get(pid)
-            )
-            raise BacktestMismatch(
-                f"this worker serves other live policies than the backtest was planned with "
-                f"({', '.join(differ)} differ): deploy the same policy files to both, or wait "
-                "for the workers' policy reload, or run the backtest with --on local"
-            )
-        marker = (task.candidate_hash, task.model)
-        if self._candidate is not None and self._candidate[0] == marker:
-            candidate = self._candidate[1]
-        else:
-            candidate = self.compile_candidate(task.candidate_text)
-            if candidate.policy_hash != task.candidate_hash or candidate.id != task.policy_id:
-                raise BacktestMismatch(
-                    f"the candidate received compiles to {candidate.id} "
-                    f"{candidate.policy_hash[:12]}, not {task.policy_id} "
-                    f"{task.candidate_hash[:12]}"
-                )
-            self._candidate = (marker, candidate)
-        scoring = ShardScoring(self.shards, live=live, candidate=candidate, task=task)
-        return scoring.score(keys)
 
 
 def backtest(
