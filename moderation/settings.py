@@ -339,7 +339,7 @@ class EmbeddingSettings(BaseModel):
     store: bool = False
     #: Retention limit: backtests never read rows older than this, and whole days older than
     #: it are deleted by the workers' retention sweep (and an S3 lifecycle rule, if any).
-    retention_s: int = Field(default=30 * 24 * 3600, ge=3600)
+    retention_s: int = Field(default=30 * 24 * 3600, ge=1)
     #: A worker writes a shard when its buffer holds this many items ...
     flush_rows: int = Field(default=10_000, ge=1)
     #: ... or about this many bytes ...
