@@ -411,6 +411,10 @@ def test_import_redis_copies_an_old_history_once(redis_url: str, settings: Setti
     assert again["copied"] == 26 and again["replaced"] == 0  # same keys, rewritten
     rows = [r for _, b in history.read_many([k.key for k in history.keys(0)]) for r in b.items()]
     assert len(rows) == 26 and len({r.job_id for r in rows}) == 26
+    stats = json.loads(runner.invoke(app, ["history", "stats", "--json"], env=env).stdout)
+    assert sum(day["shards"] for day in stats["days"]) == 4
+    pruned = runner.invoke(app, ["history", "prune"], env=env)
+    assert pruned.exit_code == 0 and "deleted 0 shards" in pruned.stdout
 
 
 def test_import_replaces_the_shards_of_an_earlier_import() -> None:

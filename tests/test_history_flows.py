@@ -99,9 +99,10 @@ def history_pipeline(
             worker.stop()
 
 
-def _backtest(cfg: Settings, candidate: Path, *extra: str) -> tuple[int, str]:
+def _backtest(cfg: Settings, candidate: Path, *extra: str, as_json: bool = True) -> tuple[int, str]:
     env = {**cfg.to_env({}), "COLUMNS": "200", "MODERATION_LOG_LEVEL": "WARNING"}
-    args = ["policy", "backtest", str(candidate), "--since", "1h", "--json", "--examples", "100"]
+    args = ["policy", "backtest", str(candidate), "--since", "1h", "--examples", "100"]
+    args += ["--json"] if as_json else []
     done = CliRunner().invoke(app, [*args, *extra], env=env, catch_exceptions=False)
     return done.exit_code, done.output
 
@@ -153,6 +154,9 @@ def test_workers_write_shards_flush_on_sigterm_and_backtests_fan_out_with_the_sa
     assert _comparable(local) == _comparable(fanned)
     assert fanned["scored"] == 30 and fanned["groups"] == len(keys) and fanned["changed"] > 0
     assert {c["tenant"] for c in fanned["examples"]} == {"acme", "globex"}
+    code, text = _backtest(cfg, candidate, "--on", "local", as_json=False)  # for people
+    assert code == 0 and f"{local['changed']} decisions change" in text
+    assert "transitions" in text and "examples (earliest)" in text
     # one tenant only, both ways
     only = _report(cfg, candidate, "--on", "workers", "--tenant", "globex")
     assert _comparable(only) == _comparable(
