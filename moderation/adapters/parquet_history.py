@@ -22,7 +22,7 @@ Columns (one row per decided job)::
     image           string                the image reference (for the report's examples)
 
 The embeddings stay float16, as raw bytes: Parquet's own FLOAT16 type (a 2-byte fixed-length
-array per value) decodes about 25 times slower in pyarrow (measured: 280 ms against 11 ms for a
+array per value) decodes far slower in pyarrow (measured once: 260-330 ms against 11-16 ms for a
 shard of 10,000 ViT-B-32 embeddings) and stores no fewer bytes. The low-cardinality columns are
 dictionary encoded and cost a few bits a row, and are read back through their dictionaries.
 ``bench/backtest.py`` measures bytes per stored embedding. The file's metadata carries
