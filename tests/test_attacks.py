@@ -29,163 +29,40 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from moderation.adapters.passwords import hash_password
-from moderation.adapters.redis_jobs import RedisJobStore
-from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.support.redis import connect
-from moderation.core.reviewers import ReviewerAccount, Role
-from moderation.settings import ApiKey, QueueSettings, ReviewSettings, Settings
-from tests.pipeline_support import ROOT, WorkerProcess, png_bytes, raw_exchange
+from moderation.settings import QueueSettings, ReviewSettings, Settings
+from tests.attack_support import (
+    KEY_A,
+    KEY_B,
+    PASSWORD,
+    Site,
+    image_b64,
+    start_api_process,
+    started_site,
+)
+from tests.pipeline_support import ROOT, WorkerProcess, raw_exchange
 from tests.servers import valkey_url
 
 pytestmark = pytest.mark.xdist_group("attacks")
 
-KEY_A = "acme-" + "a" * 40
-KEY_B = "globex-" + "b" * 40
-PASSWORD = "correct horse battery"
-
-
-@dataclass
-class Site:
-    url: str
-    settings: Settings
-    store: RedisJobStore
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def client(self, key: str | None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
-
-    def peak_rss_mb(self) -> float:
-        """The API process's peak resident memory so far (VmHWM)."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        match = re.search(r"VmHWM:\s+(\d+) kB", status)
-        assert match is not None
-        return int(match.group(1)) / 1024
-
-
-def production(settings: Settings, redis_url: str) -> Settings:
-    """Production mode: two tenants with their own keys, strong non-default secrets."""
-    return settings.model_copy(
-        update={
-            "environment": "production",
-            "redis_url": redis_url,
-            "api_keys": [
-                ApiKey(tenant="acme", key=SecretStr(KEY_A)),
-                ApiKey(tenant="globex", key=SecretStr(KEY_B)),
-            ],
-            "queue": settings.queue.model_copy(
-                update={
-                    "callback_secret": SecretStr("c" * 48),
-                    "visibility_timeout_s": 8,
-                    "batch_size": 4,
-                    "batch_wait_ms": 20,
-                    "concurrency": 4,
-                }
-            ),
-            "review": settings.review.model_copy(
-                update={
-                    "session_secret": SecretStr("s" * 48),
-                    "pseudonym_secret": SecretStr("p" * 48),
-                }
-            ),
-        }
-    )
-
-
-def start_api_process(
-    settings: Settings, log: Path, **env: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    """``moderation api --port 0`` as its own process; returns it and its base URL."""
-    full = {**settings.to_env(), "PYTHONPATH": str(ROOT), **env}
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moderation.cli", "api", "--port", "0"],
-        cwd=ROOT,
-        env=full,
-        stdout=subprocess.PIPE,
-        stderr=out,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-    if match is None:
-        proc.kill()
-        raise AssertionError(f"the API did not start: {line!r}\n{log.read_text()[-3000:]}")
-    url = f"http://127.0.0.1:{match.group(1)}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"the API never answered:\n{log.read_text()[-3000:]}")
-
 
 @pytest.fixture(scope="module")
-def module_redis() -> Iterator[str]:
-    with valkey_url() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def site(
-    test_model_settings: Settings, module_redis: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Site]:
-    root = tmp_path_factory.mktemp("attacks")
-    settings = production(
-        test_model_settings.model_copy(
-            update={
-                "cache_dir": root / "cache",
-                "audit": test_model_settings.audit.model_copy(
-                    update={"local_dir": root / "audit", "spool_dir": root / "spool"}
-                ),
-            }
-        ),
-        module_redis,
-    )
-    users = RedisReviewerStore(
-        connect(module_redis, decode=True), prefix=settings.review.key_prefix
-    )
-    for name, role in (("alice", Role.REVIEWER), ("root", Role.ADMIN)):
-        users.create(
-            ReviewerAccount(
-                username=name,
-                role=role,
-                password_hash=hash_password(PASSWORD),
-                disabled=False,
-                created_at=time.time(),
-            )
-        )
-    proc, url = start_api_process(settings, root / "api.log")
-    try:
-        yield Site(
-            url,
-            settings,
-            RedisJobStore.from_url(module_redis, settings.queue),
-            proc,
-            root / "api.log",
-        )
-    finally:
-        proc.terminate()
-        proc.wait(20)
+def site(test_model_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with (
+        valkey_url() as url,
+        started_site(test_model_settings, url, tmp_path_factory.mktemp("attacks")) as running,
+    ):
+        yield running
 
 
 def _image(seed: int = 1) -> str:
-    from moderation.testmodel import sample_images
-
-    return base64.b64encode(png_bytes(sample_images("allow", 1, seed)[0][0])).decode()
+    return image_b64(seed)
 
 
 # --- 1 -------------------------------------------------------------------------------------------
