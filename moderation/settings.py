@@ -287,17 +287,24 @@ class TenantSettings(BaseModel):
 
 
 class ApiKey(BaseModel):
-    """One API key and the tenant it belongs to. A plain string (the old ``api_keys`` format)
-    is read as a key of tenant ``default``."""
+    """One API key and the tenant it belongs to. A plain string (the old ``api_keys`` format),
+    or an entry without ``tenant``, is read as a key of tenant ``default`` in development only:
+    production refuses a key whose tenant is not named (:meth:`Settings.security_problems`).
+    Naming ``default`` explicitly is allowed; it is then a tenant like any other."""
 
     tenant: str = Field(default=DEFAULT_TENANT, pattern=TENANT_PATTERN)
     key: SecretStr
+    #: Whether the configuration named the tenant (not kept by ``to_env``: a child process gets
+    #: the tenant named).
+    named: bool = Field(default=True, exclude=True, repr=False)
 
     @model_validator(mode="before")
     @classmethod
     def _plain_string(cls, value: Any) -> Any:
         if isinstance(value, str | SecretStr):
-            return {"tenant": DEFAULT_TENANT, "key": value}
+            return {"tenant": DEFAULT_TENANT, "key": value, "named": False}
+        if isinstance(value, dict) and "tenant" not in value:
+            return {**value, "named": False}
         return value
 
 
@@ -421,8 +428,9 @@ class Settings(BaseSettings):
     environment: Environment = "production"
     #: Keys upstream services send as ``Authorization: Bearer <key>`` on ``/v1/*``, each with
     #: its tenant: ``[{"tenant": "acme", "key": "..."}]``. A plain string is a key of tenant
-    #: ``default`` (the format before tenants). Empty: the job API is open, as tenant
-    #: ``default`` (development mode only).
+    #: ``default`` (the format before tenants), in development mode only: production refuses
+    #: a key whose tenant is not named. Empty: the job API is open, as tenant ``default``
+    #: (development mode only).
     api_keys: list[ApiKey] = Field(default_factory=list)
     #: Per-tenant policy sets and limits, by tenant name (optional).
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
@@ -484,6 +492,11 @@ class Settings(BaseSettings):
             problem = _secret_problem(entry.key, None)
             if problem:
                 found.append(f"an API key of tenant {entry.tenant!r} {problem}")
+        if any(not entry.named for entry in self.api_keys):
+            found.append(
+                "api_keys has a key without a tenant (a plain string, the format before "
+                'tenants): name its tenant, {"tenant": "<name>", "key": "..."}'
+            )
         # S3 credentials have their own formats (no length rule), but never a placeholder.
         credentials = {
             "s3.access_key_id": self.s3.access_key_id,
@@ -553,7 +566,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, SecretStr):
         return value.get_secret_value()
     if isinstance(value, BaseModel):
-        return {k: _plain(getattr(value, k)) for k in type(value).model_fields}
+        fields = type(value).model_fields
+        return {k: _plain(getattr(value, k)) for k, f in fields.items() if not f.exclude}
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, dict):

@@ -3,6 +3,7 @@ in-memory store, hot reload, and the hash-bank signal in verdicts next to CLIP p
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import textwrap
@@ -38,6 +39,7 @@ from moderation.exceptions import (
 from moderation.pipeline.bank_files import (
     BankFormat,
     EntryDefaults,
+    data_rows,
     parse_bank_text,
     write_bank_file,
 )
@@ -241,6 +243,24 @@ def test_a_malformed_bank_file_is_refused_with_every_problem_at_its_line() -> No
         parse_bank_text("name,value\nx,y\n", source="other.csv")
     with pytest.raises(BankFileError, match=r"lines.txt:2: signal_type: 'md5' is not a PDQ"):
         parse_bank_text(f"{good}\nmd5 abc\n", source="lines.txt")
+
+
+def test_a_huge_cell_is_a_bank_file_error_naming_its_row() -> None:
+    rng = np.random.default_rng(4)
+    good, other = _hex(rng, 2)
+    huge = "x" * (200 * 1024)  # over the csv module's field limit (128 Ki characters)
+    limit = csv.field_size_limit()
+    for fmt_text, line in (
+        (f"id,indicator,type\n1,{good},HASH_PDQ\n2,{other},{huge}\n", 3),  # te, with a header
+        (f"{good},1,,,ok\n{other},2,,,{huge}\n", 2),  # hma, no header
+        (f"{huge},indicator\n{good},1\n", 1),  # the first line
+    ):
+        with pytest.raises(BankFileError) as info:
+            parse_bank_text(fmt_text, source="big.csv")
+        assert [str(i) for i in info.value.issues] == [
+            f"big.csv:{line}: row {line}: a cell is longer than {limit} characters"
+        ]
+        assert data_rows(fmt_text) >= 1  # the progress count does not fail either
 
 
 # --- the use cases over the in-memory store ------------------------------------------------------

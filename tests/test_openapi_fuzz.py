@@ -1,8 +1,10 @@
 """Property-based fuzzing of the running API against its own OpenAPI document (schemathesis):
-a real uvicorn server, a real valkey server, two tenants with API keys.
+a real uvicorn server, a real valkey server, in two configurations: two tenants with API keys
+(production-like), and no keys at all (the open API of ``moderation demo``, whose document
+requires no key).
 
 For every operation, schema-valid requests are generated (a fixed seed, a bounded number of
-examples) and sent over HTTP with a tenant's key. Every answer must
+examples) and sent over HTTP (with a tenant's key where keys exist). Every answer must
 
 - never be a 5xx (``not_a_server_error``),
 - be documented for its operation, with its content type, headers and schema
@@ -12,7 +14,8 @@ examples) and sent over HTTP with a tenant's key. Every answer must
   know (:data:`SEMANTIC`: an id already used for a different request, metadata size and depth,
   rate limits), never for its shape (``accepts_valid_requests``, replacing schemathesis's
   status-only ``positive_data_acceptance``),
-- and a request without the key must be refused with 401 (``ignored_auth``).
+- and, where the document requires a key, a request without it must be refused with 401
+  (``ignored_auth``); where it requires none, a request without one is accepted like any other.
 """
 
 from __future__ import annotations
@@ -53,25 +56,30 @@ def fuzz_redis() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def fuzz_url(
-    test_model_settings: Settings, fuzz_redis: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["keyed", "open"])
+def fuzz_api(
+    request: pytest.FixtureRequest,
+    test_model_settings: Settings,
+    fuzz_redis: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """(base URL, headers of every request): keyed (two tenants) or open (no keys)."""
     root = tmp_path_factory.mktemp("fuzz")
+    keys = [
+        ApiKey(tenant="acme", key=SecretStr(KEY)),
+        ApiKey(tenant="globex", key=SecretStr("other-" + "o" * 40)),
+    ]
     base = test_model_settings.model_copy(
         update={
             "audit": test_model_settings.audit.model_copy(
                 update={"local_dir": root / "audit", "spool_dir": root / "spool"}
             ),
-            "api_keys": [
-                ApiKey(tenant="acme", key=SecretStr(KEY)),
-                ApiKey(tenant="globex", key=SecretStr("other-" + "o" * 40)),
-            ],
+            "api_keys": keys if request.param == "keyed" else [],
         }
     )
     server, url = start_api(pipeline_settings(base, fuzz_redis))
     try:
-        yield url
+        yield url, {"Authorization": f"Bearer {KEY}"} if request.param == "keyed" else {}
     finally:
         stop_api(server)
 
@@ -104,7 +112,10 @@ def accepts_valid_requests(ctx: Any, response: Any, case: Any) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
-def test_the_running_api_keeps_its_contract(fuzz_url: str, method: str, path: str) -> None:
+def test_the_running_api_keeps_its_contract(
+    fuzz_api: tuple[str, dict[str, str]], method: str, path: str
+) -> None:
+    fuzz_url, headers = fuzz_api
     api = schemathesis.openapi.from_url(f"{fuzz_url}/openapi.json")
     operations = {
         (op.method.upper(), op.path): op for op in (r.ok() for r in api.get_all_operations())
@@ -123,7 +134,7 @@ def test_the_running_api_keeps_its_contract(fuzz_url: str, method: str, path: st
     )
     def run(case: Any) -> None:
         response = case.call_and_validate(
-            headers={"Authorization": f"Bearer {KEY}"},
+            headers=headers,
             excluded_checks=[positive_data_acceptance],
             additional_checks=[accepts_valid_requests],
             timeout=30,

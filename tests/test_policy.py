@@ -8,9 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from moderation.adapters.policy_files import load_policies, load_policy_file, load_policy_text
+from moderation.adapters.policy_files import (
+    MAX_POLICY_DEPTH,
+    MAX_POLICY_NODES,
+    edit_policy_text,
+    exemplar_path,
+    load_policies,
+    load_policy_file,
+    load_policy_text,
+    policy_files_hash,
+)
 from moderation.core.policy import DEFAULT_TEMPLATES, Policy, PolicySet, policy_hash
-from moderation.exceptions import DuplicatePolicyError, PolicyValidationError, UnknownPolicyError
+from moderation.exceptions import (
+    DuplicatePolicyError,
+    PolicyError,
+    PolicyValidationError,
+    UnknownPolicyError,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -193,3 +207,84 @@ def test_json_schema_describes_the_format() -> None:
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) >= {"id", "version", "description", "categories"}
     json.dumps(schema)
+
+
+# --- hostile operator files ----------------------------------------------------------------------
+
+#: 390 bytes of YAML that expand to 10^9 list items when aliases are followed.
+ALIAS_BOMB = (
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    "b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+    "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+    "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+    "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+    "f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+    "g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n"
+    "h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\n"
+    "i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n"
+)
+
+
+def test_an_alias_bomb_is_refused_at_its_first_alias(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    assert len(ALIAS_BOMB.encode()) < 400
+    with pytest.raises(PolicyValidationError) as info:
+        load_policy_file(path)
+    (issue,) = info.value.issues
+    assert str(issue).startswith(f"{path}:2: invalid YAML: aliases (*a) are not allowed")
+    # the reload fingerprint reads the same file without following the aliases either
+    assert policy_files_hash([path])
+
+
+def test_a_policy_without_aliases_may_still_use_anchors() -> None:
+    text = GOOD.replace("prompts: [a handgun]", "prompts: &guns [a handgun]")
+    assert load_policy_text(text).category("firearms").prompts == ["a handgun"]
+
+
+def test_node_count_and_nesting_are_bounded() -> None:
+    many = GOOD + "x: [" + ",".join(["1"] * (MAX_POLICY_NODES + 1)) + "]\n"
+    (issue,) = _errors(many, "n.yaml")
+    assert issue.startswith("n.yaml:") and f"more than {MAX_POLICY_NODES} YAML nodes" in issue
+    deep = "id: x\nversion: 1\nx: " + "[" * 200_000 + "]" * 200_000 + "\n"
+    (issue,) = _errors(deep, "d.yaml")
+    assert issue == f"d.yaml:3: invalid YAML: nested more than {MAX_POLICY_DEPTH} levels deep"
+    with pytest.raises(PolicyValidationError, match="aliases"):
+        edit_policy_text(ALIAS_BOMB, version=3)
+
+
+def _with_exemplar(path: str) -> str:
+    return GOOD.replace(
+        "    prompts: [a handgun]\n",
+        f"    prompts: [a handgun]\n    exemplars:\n      positive: [{path}]\n",
+    )
+
+
+@pytest.mark.parametrize("escape", ["../../etc/hostname", "sub/../../outside.png", "link.png"])
+def test_exemplar_paths_stay_inside_the_policy_folder(tmp_path: Path, escape: str) -> None:
+    folder = tmp_path / "policies"
+    (folder / "sub").mkdir(parents=True)
+    (tmp_path / "outside.png").write_bytes(b"secret")
+    (folder / "link.png").symlink_to(tmp_path / "outside.png")
+    path = folder / "weapons.yaml"
+    text = _with_exemplar(escape)
+    path.write_text(text)
+    line = text[: text.index("positive:")].count("\n") + 1
+    with pytest.raises(PolicyValidationError) as info:
+        load_policy_file(path)
+    (issue,) = [str(i) for i in info.value.issues]
+    assert issue == (
+        f"{path}:{line}: categories[0].exemplars.positive[0]: {escape}: leads out of the "
+        f"policy's folder {folder}"
+    )
+    with pytest.raises(PolicyError, match="leads out of the policy's folder"):
+        exemplar_path(folder, escape)
+
+
+def test_an_exemplar_inside_the_folder_is_read(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "gun.png").write_bytes(b"not checked here")
+    path = tmp_path / "weapons.yaml"
+    path.write_text(_with_exemplar("img/../img/gun.png"))
+    exemplars = load_policy_file(path).category("firearms").exemplars
+    assert exemplars is not None and exemplars.positive[0].sha256 is not None

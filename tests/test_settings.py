@@ -67,6 +67,8 @@ def test_production_refuses_empty_short_and_default_secrets() -> None:
         "review.session_secret is empty",
         "review.pseudonym_secret is shorter than 32 bytes",
         "an API key of tenant 'default' is empty",
+        "api_keys has a key without a tenant (a plain string, the format before tenants): "
+        'name its tenant, {"tenant": "<name>", "key": "..."}',
     ]
     with pytest.raises(InsecureSettingsError) as refused:
         hostile.enforce_security()
@@ -160,3 +162,27 @@ def test_random_secrets_are_not_mistaken_for_placeholders() -> None:
             s3={"access_key_id": "AKIA" + secrets.token_hex(8).upper(), "secret_access_key": value},
         )
         assert ok.security_problems() == []
+
+
+def test_production_refuses_keys_whose_tenant_is_not_named() -> None:
+    """A plain-string key (the format before tenants) or an entry without ``tenant`` belongs to
+    tenant ``default`` by default, which production does not guess: the tenant must be named.
+    ``default`` named explicitly is a tenant like any other."""
+    strong = {
+        "queue": {"callback_secret": STRONG},
+        "review": {"session_secret": STRONG, "pseudonym_secret": STRONG + "p"},
+    }
+    unnamed = "api_keys has a key without a tenant"
+    for keys in ([STRONG + "k"], [{"key": STRONG + "k"}]):
+        settings = Settings(api_keys=keys, **strong)
+        assert settings.api_keys[0].tenant == "default"
+        assert [p for p in settings.security_problems() if p.startswith(unnamed)], keys
+        with pytest.raises(InsecureSettingsError, match=unnamed):
+            settings.enforce_security()
+        dev = settings.model_copy(update={"environment": "development"})
+        assert any(p.startswith(unnamed) for p in dev.enforce_security())  # a warning there
+    named = Settings(api_keys=[{"tenant": "default", "key": STRONG + "k"}], **strong)
+    assert named.security_problems() == []
+    # A child process started from named keys gets them named, and nothing else.
+    env = named.to_env(base={})
+    assert json.loads(env["MODERATION_API_KEYS"]) == [{"tenant": "default", "key": STRONG + "k"}]

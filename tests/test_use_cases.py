@@ -819,3 +819,26 @@ def test_sessions_end_at_logout_idle_timeout_lifetime_and_by_an_admin(desk: Desk
     with pytest.raises(ReviewAuthError):
         desk.auth.session(token)
     assert desk.sessions.count("alice") == 0
+
+
+@pytest.mark.parametrize(
+    "bad_id", ["acme/invoice-1", "a\r\nb", "inv-1\n", "x" * 129, "", " spaced", "../up"]
+)
+def test_the_use_case_refuses_ids_outside_the_pattern_for_every_tenant(
+    world: World, bad_id: str
+) -> None:
+    """Whatever entry point calls it: no id can reach into another tenant's namespace."""
+    for tenant in (DEFAULT, GLOBEX):
+        with pytest.raises(JobRejected) as refused:
+            world.submitter.submit([SubmitRequest(image_url="mem://a", id=bad_id)], tenant=tenant)
+        assert refused.value.status == 422 and refused.value.code == "invalid_id"
+        if bad_id:
+            with pytest.raises(JobNotFoundError):
+                world.submitter.result(bad_id, tenant=tenant)
+    world.submitter.submit([SubmitRequest(image_url="mem://a", id="invoice-1")], tenant=ACME)
+    assert world.submitter.results(["invoice-1", bad_id, "acme/invoice-1"], tenant=ACME)[1:] == [
+        None,
+        None,
+    ]
+    assert world.submitter.results(["invoice-1"], tenant=ACME)[0] is not None
+    assert set(world.store.jobs) == {"acme/invoice-1"}

@@ -69,10 +69,13 @@ def _rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DatasetError(f"{file}: cannot read: {exc}") from exc
     if file.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or "image" not in reader.fieldnames:
-            raise DatasetError(f"{file}:1: a CSV labels file needs an 'image' column")
-        for row in reader:
-            yield reader.line_num, dict(row)
+        try:
+            if not reader.fieldnames or "image" not in reader.fieldnames:
+                raise DatasetError(f"{file}:1: a CSV labels file needs an 'image' column")
+            for row in reader:
+                yield reader.line_num, dict(row)
+        except csv.Error as exc:  # a cell over the field limit, a NUL byte
+            raise DatasetError(f"{file}:{reader.line_num}: not readable as CSV: {exc}") from exc
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -81,6 +84,8 @@ def _rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{file}:{number}: not JSON: {exc.msg}") from exc
+        except RecursionError as exc:
+            raise DatasetError(f"{file}:{number}: not JSON: nested too deeply") from exc
         if not isinstance(row, dict):
             raise DatasetError(f"{file}:{number}: each line must be a JSON object")
         yield number, row

@@ -1,9 +1,16 @@
 """Reading policy YAML files with precise ``file:line: field: message`` errors, and writing new
 versions of them.
 
+Policy files are operator input, read defensively: at most :data:`MAX_POLICY_BYTES`, YAML
+without aliases (``*name``: an alias "bomb" of a few hundred bytes expands to billions of
+nodes), at most :data:`MAX_POLICY_NODES` nodes nested at most :data:`MAX_POLICY_DEPTH` deep; each
+refusal is a :class:`~moderation.exceptions.PolicyValidationError` naming the file and line.
+
 Exemplar images (``categories[i].exemplars``) are resolved here: each path is relative to its
-policy file; the file must exist, be readable and (when the caller passes ``check_image``)
-decode; its sha256 is filled into the policy, so the image's content is part of the policy hash.
+policy file and must stay inside the policy file's folder (no absolute paths, no ``..`` or
+symbolic link leading out of it); the file must exist, be readable and (when the caller passes
+``check_image``) decode; its sha256 is filled into the policy, so the image's content is part of
+the policy hash.
 
 New versions (``moderation calibrate``, ``moderation policy promote``) are written by editing
 the YAML text in place (:func:`edit_policy_text`): comments, order and formatting survive, and a
@@ -22,11 +29,14 @@ from pydantic import ValidationError
 
 from moderation.adapters.support.files import atomic_write
 from moderation.core.policy import Policy, PolicyMode, PolicySet
-from moderation.exceptions import ModerationError, PolicyIssue, PolicyValidationError
+from moderation.exceptions import ModerationError, PolicyError, PolicyIssue, PolicyValidationError
 
 __all__ = [
+    "MAX_POLICY_DEPTH",
+    "MAX_POLICY_NODES",
     "ImageCheck",
     "PolicyFolder",
+    "compose_policy_yaml",
     "edit_policy_text",
     "exemplar_path",
     "find_policy_files",
@@ -39,10 +49,58 @@ __all__ = [
 
 PathKey = tuple[str | int, ...]
 MAX_POLICY_BYTES = 1_000_000
+#: YAML nodes (scalars, lists, mappings) a policy file may hold: far above any real policy.
+MAX_POLICY_NODES = 100_000
+#: How deep YAML lists and mappings may nest in a policy file (a policy needs about 6).
+MAX_POLICY_DEPTH = 32
 MAX_EXEMPLAR_BYTES = 20 * 1024 * 1024
 
 #: Checks that bytes are an image the pipeline can decode; raises ModerationError if not.
 ImageCheck = Callable[[bytes], None]
+
+
+class _PolicyYamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` for untrusted-size documents: refuses aliases (so a document's size
+    bounds its node count), more than :data:`MAX_POLICY_NODES` nodes, and nesting deeper than
+    :data:`MAX_POLICY_DEPTH` (so composing never recurses far). Anchors alone are harmless."""
+
+    def __init__(self, stream: str | bytes) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        problem = None
+        if isinstance(event, yaml.AliasEvent):
+            problem = (
+                f"aliases (*{event.anchor}) are not allowed in policy files; write the value out"
+            )
+        elif self._nodes >= MAX_POLICY_NODES:
+            problem = f"more than {MAX_POLICY_NODES} YAML nodes; a policy file is far smaller"
+        elif self._depth >= MAX_POLICY_DEPTH:
+            problem = f"nested more than {MAX_POLICY_DEPTH} levels deep"
+        if problem is not None:
+            raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
+        self._nodes += 1
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def compose_policy_yaml(text: str) -> yaml.Node | None:
+    """The YAML node tree of a policy document, read with :class:`_PolicyYamlLoader`.
+
+    Raises:
+        yaml.YAMLError: malformed YAML, an alias, too many nodes, or nesting too deep.
+    """
+    loader = _PolicyYamlLoader(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
 
 
 def _field_name(path: Sequence[str | int]) -> str:
@@ -122,8 +180,19 @@ def _pydantic_message(error: Any) -> str:
 
 
 def exemplar_path(base_dir: Path, path: str) -> Path:
-    """Where an exemplar written as ``path`` in a policy file under ``base_dir`` is."""
-    return base_dir / path
+    """Where an exemplar written as ``path`` in a policy file under ``base_dir`` is.
+
+    Raises:
+        PolicyError: ``path`` is absolute or leads out of ``base_dir`` (``..``, or a symbolic
+            link pointing outside it).
+    """
+    if Path(path).is_absolute():
+        raise PolicyError(f"exemplar {path}: must be relative to the policy file")
+    folder = base_dir.resolve()
+    file = (folder / path).resolve()
+    if not file.is_relative_to(folder):
+        raise PolicyError(f"exemplar {path}: leads out of the policy's folder {base_dir}")
+    return file
 
 
 def _resolve_exemplars(
@@ -155,10 +224,11 @@ def _resolve_exemplars(
                 if base_dir is None:
                     issue(path, "exemplars need a policy file (their paths are relative to it)")
                     continue
-                if Path(exemplar.path).is_absolute():
-                    issue(path, f"{exemplar.path}: must be relative to the policy file")
+                try:
+                    file = exemplar_path(base_dir, exemplar.path)
+                except PolicyError as exc:
+                    issue(path, str(exc).removeprefix("exemplar "))
                     continue
-                file = exemplar_path(base_dir, exemplar.path)
                 try:
                     if file.stat().st_size > MAX_EXEMPLAR_BYTES:
                         issue(path, f"{exemplar.path}: larger than {MAX_EXEMPLAR_BYTES} bytes")
@@ -206,7 +276,7 @@ def load_policy_text(
     """
     located = _Located(source)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = compose_policy_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -371,7 +441,11 @@ def policy_files_hash(paths: Sequence[Path]) -> str:
 def _exemplar_paths(raw: bytes) -> list[str]:
     """The exemplar paths a policy file names (best effort: for the reload fingerprint)."""
     try:
-        data = yaml.safe_load(raw)
+        loader = _PolicyYamlLoader(raw)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError:
         return []
     found: list[str] = []
@@ -413,7 +487,7 @@ def edit_policy_text(
             its thresholds is not found.
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose_policy_yaml(text)
     except yaml.YAMLError as exc:
         raise PolicyValidationError(
             [PolicyIssue(source=source, line=None, field="", message=f"invalid YAML: {exc}")]

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hmac
 import inspect
-import json
 import logging
 from typing import Annotated, Any
 
@@ -30,18 +30,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from moderation import exceptions
 from moderation.api.edge import BodyLimit, HttpMetrics, body_limits
 from moderation.api.schemas import (
-    POLICY_ID_PATTERN,
-    URL_PATTERN,
     BatchAccepted,
     BatchRequest,
     Health,
     JobAccepted,
+    JobOptions,
     JobRequest,
     LookupAnswer,
     LookupRequest,
@@ -154,58 +154,80 @@ _bearer = HTTPBearer(
 )
 
 
+#: The ``jobs`` field of a multipart upload: parsed and validated in one step by pydantic's JSON
+#: parser (nesting is bounded there, so a 200,000-deep ``[`` is a 422, not a RecursionError).
+_UPLOAD_JOBS: TypeAdapter[list[JobOptions]] = TypeAdapter(list[JobOptions])
+
+
+def _invalid(exc: ValidationError, *where: str | int) -> RequestValidationError:
+    """A 422 naming the multipart fields that did not validate (``jobs.1.id``). The client's
+    input is never echoed."""
+    return RequestValidationError(
+        [
+            {"loc": ("body", *where, *error["loc"]), "msg": error["msg"], "type": error["type"]}
+            for error in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+    )
+
+
 async def _upload_requests(form: FormData) -> list[SubmitRequest]:
-    """The submit requests of a multipart upload.
+    """The submit requests of a multipart upload. Its options are validated by the model of the
+    JSON endpoints (:class:`~moderation.api.schemas.JobOptions`): the same id pattern, policy
+    list, metadata and callback limits.
 
     Raises:
-        JobRejected: no image, or a ``jobs`` option list that does not fit the images.
+        RequestValidationError: a ``jobs`` entry, ``policies`` or ``callback_url`` does not
+            validate, or ``jobs`` is not JSON (422).
+        JobRejected: no image, or not one ``jobs`` entry per image part (400).
     """
     files = [part for part in form.getlist("image") if isinstance(part, UploadFile)]
     if not files:
         raise JobRejected(
             "no image part: send each image as a form part named 'image'", code="missing_image"
         )
-    shared = {
-        "policies": [str(p) for p in form.getlist("policies")] or None,
-        "callback_url": str(form["callback_url"]) if "callback_url" in form else None,
-    }
-    options: list[dict[str, Any]] = [{} for _ in files]
+    given: dict[str, Any] = {}
+    if form.getlist("policies"):
+        given["policies"] = form.getlist("policies")
+    if "callback_url" in form:
+        given["callback_url"] = form["callback_url"]
+    try:
+        shared = JobOptions.model_validate(given)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    entries = [JobOptions() for _ in files]
     if "jobs" in form:
+        raw = form["jobs"]
         try:
-            given = json.loads(str(form["jobs"]))
-        except ValueError as exc:
-            raise JobRejected(f"jobs is not JSON: {exc}", code="bad_options") from exc
-        if (
-            not isinstance(given, list)
-            or len(given) != len(files)
-            or not all(isinstance(o, dict) and set(o) <= _OPTIONS for o in given)
-        ):
+            entries = _UPLOAD_JOBS.validate_json(
+                await raw.read() if isinstance(raw, UploadFile) else raw
+            )
+        except ValidationError as exc:
+            raise _invalid(exc, "jobs") from None
+        if len(entries) != len(files):
             raise JobRejected(
-                f"jobs must be a JSON array of {len(files)} objects with keys from "
-                f"{sorted(_OPTIONS)} (one per image part)",
+                f"jobs has {len(entries)} entries for {len(files)} image parts: give one entry "
+                "per image part, in the order of the parts",
                 code="bad_options",
             )
-        options = given
     requests = []
-    for index, (part, extra) in enumerate(zip(files, options, strict=True)):
-        policies = extra.get("policies", shared["policies"])
-        try:
-            requests.append(
-                SubmitRequest(
-                    image_bytes=await part.read(),
-                    id=extra.get("id"),
-                    policies=list(policies) if policies is not None else None,
-                    metadata=dict(extra.get("metadata") or {}),
-                    callback_url=extra.get("callback_url", shared["callback_url"]),
-                )
+    for part, entry in zip(files, entries, strict=True):
+        own = entry.model_fields_set
+        requests.append(
+            SubmitRequest(
+                image_bytes=await part.read(),
+                id=entry.id,
+                policies=entry.policies if "policies" in own else shared.policies,
+                metadata=entry.metadata,
+                callback_url=entry.callback_url if "callback_url" in own else shared.callback_url,
             )
-        except (TypeError, ValueError) as exc:
-            raise JobRejected(f"jobs[{index}]: {exc}", code="bad_options", index=index) from exc
+        )
     return requests
 
 
-_OPTIONS = {"id", "metadata", "policies", "callback_url"}
-
+#: One ``jobs`` entry of a multipart upload, as the OpenAPI document shows it.
+_UPLOAD_ENTRY: dict[str, Any] = {
+    k: v for k, v in JobOptions.model_json_schema().items() if k not in ("title", "description")
+}
 #: The multipart body of ``/v1/jobs:upload``, for the OpenAPI document (limits and policy ids
 #: are filled in by ``openapi()``).
 UPLOAD_SCHEMA: dict[str, Any] = {
@@ -220,28 +242,20 @@ UPLOAD_SCHEMA: dict[str, Any] = {
         },
         "jobs": {
             "type": "array",
-            "description": "Per-image options, in the order of the images (as many as images).",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "id": {"type": "string", "pattern": JOB_ID_PATTERN},
-                    "metadata": {"type": "object"},
-                    "policies": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {"type": "string", "pattern": POLICY_ID_PATTERN},
-                    },
-                    "callback_url": {"type": "string", "pattern": URL_PATTERN},
-                },
-            },
+            "description": "Per-image options (JSON): exactly one entry per `image` part, in the "
+            "order of the parts (entry n applies to image n); each entry takes the fields of a "
+            "JobRequest other than the image, with the same patterns and limits. A `jobs` array "
+            "whose length differs from the number of image parts is refused (400 bad_options).",
+            "items": _UPLOAD_ENTRY,
         },
         "policies": {
-            "type": "array",
-            "minItems": 1,
-            "items": {"type": "string", "pattern": POLICY_ID_PATTERN},
+            **_UPLOAD_ENTRY["properties"]["policies"],
+            "description": "Policy ids for every image without its own `policies` entry.",
         },
-        "callback_url": {"type": "string", "pattern": URL_PATTERN, "maxLength": 4096},
+        "callback_url": {
+            **_UPLOAD_ENTRY["properties"]["callback_url"],
+            "description": "Callback for every image without its own `callback_url` entry.",
+        },
     },
 }
 UPLOAD_ENCODING = {"jobs": {"contentType": "application/json"}}
@@ -358,7 +372,10 @@ def create_app(api: ApiProcess) -> FastAPI:
             "requestBody": {
                 "required": True,
                 "content": {
-                    "multipart/form-data": {"schema": UPLOAD_SCHEMA, "encoding": UPLOAD_ENCODING}
+                    "multipart/form-data": {
+                        "schema": copy.deepcopy(UPLOAD_SCHEMA),  # openapi() fills in limits
+                        "encoding": UPLOAD_ENCODING,
+                    }
                 },
             }
         },
@@ -509,12 +526,29 @@ def create_app(api: ApiProcess) -> FastAPI:
         if known:
             upload["policies"]["items"]["enum"] = known
             upload["jobs"]["items"]["properties"]["policies"]["items"]["enum"] = known
+        if not app.state.tenant_keys:
+            _open_api_security(spec)
         spec["x-policies"] = known
         app.openapi_schema = spec
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _open_api_security(spec: dict[str, Any]) -> None:
+    """Make the document describe an API without keys (development, the demo): no security
+    requirement and no 401 on any operation, and a description that says so."""
+    for operation in (op for item in spec["paths"].values() for op in item.values()):
+        operation.pop("security", None)
+        operation.get("responses", {}).pop("401", None)
+    spec.get("components", {}).pop("securitySchemes", None)
+    spec["info"]["description"] = (
+        "Enqueue images for policy-driven moderation; read verdicts. This deployment has no API "
+        "keys configured (development mode): /v1 calls need no `Authorization` header and all "
+        "act as tenant `default`. Errors are RFC 9457 problem details "
+        "(application/problem+json) with a stable `code`."
+    )
 
 
 def _quiet(read: Any) -> Any:

@@ -21,7 +21,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
 
 from moderation.core.jobs import JOB_ID_PATTERN, JobResult, JobStatus
 
@@ -34,6 +33,7 @@ __all__ = [
     "BatchRequest",
     "Health",
     "JobAccepted",
+    "JobOptions",
     "JobRequest",
     "LookupAnswer",
     "LookupRequest",
@@ -55,47 +55,49 @@ BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{3}=|[
 POLICY_ID_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 
 PolicyId = Annotated[str, StringConstraints(pattern=POLICY_ID_PATTERN)]
-# Constraints sit on the inner type so the schema keeps them (minItems, pattern) next to the
-# union with a None that the schema skips (an omitted field, never an explicit null).
+# Constraints sit on the inner type so the schema keeps them (minItems, pattern) when the
+# ``null`` of ``X | None`` is dropped from it (an omitted field, never an explicit null).
 _Url = Annotated[str, Field(max_length=4096)]
 _Policies = Annotated[list[PolicyId], Field(min_length=1, max_length=64)]
 _JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 
 
-def _no_defaults(schema: dict[str, Any]) -> None:
-    """Optional fields are absent, never ``null``: drop the ``null`` defaults from the schema and
-    require exactly one of the two image fields."""
-    for prop in schema.get("properties", {}).values():
+def _drop_null_defaults(schema: dict[str, Any]) -> None:
+    """Optional fields are absent, never ``null`` (a validator refuses an explicit null): drop
+    ``null`` from their types and their ``null`` defaults from the schema. (They are typed
+    ``X | None`` so that a refused value is reported at the field, not per union member.)"""
+    for name, prop in schema.get("properties", {}).items():
         if prop.get("default", 0) is None:
             del prop["default"]
+        members = prop.get("anyOf")
+        if members and {"type": "null"} in members and len(members) == 2:
+            (kept,) = (m for m in members if m != {"type": "null"})
+            rest = {k: v for k, v in prop.items() if k != "anyOf"}
+            schema["properties"][name] = {**kept, **rest}
+
+
+def _no_defaults(schema: dict[str, Any]) -> None:
+    """:func:`_drop_null_defaults`, and require exactly one of the two image fields."""
+    _drop_null_defaults(schema)
     schema["oneOf"] = [{"required": ["image_url"]}, {"required": ["image_base64"]}]
 
 
-class JobRequest(BaseModel):
-    """One image to moderate: exactly one of ``image_url`` and ``image_base64``."""
+class JobOptions(BaseModel):
+    """What a job asks for besides its image: the fields of a JobRequest other than the image,
+    and each entry of the `jobs` field of a multipart upload (one model, so one id pattern and
+    one set of limits for every way to submit)."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra=lambda schema, _: _no_defaults(schema),
+        json_schema_extra=lambda schema, _: _drop_null_defaults(schema),
     )
 
-    image_url: _Url | SkipJsonSchema[None] = Field(
-        None,
-        json_schema_extra={"pattern": IMAGE_URL_PATTERN},
-        description="s3://bucket/key or http(s):// URL of the image.",
-        examples=["s3://uploads/2024/06/cat.jpg"],
-    )
-    image_base64: str | SkipJsonSchema[None] = Field(
-        None,
-        json_schema_extra={"pattern": BASE64_PATTERN},
-        description="The image bytes, base64 (at most queue.max_inline_bytes decoded).",
-    )
-    policies: _Policies | SkipJsonSchema[None] = Field(
+    policies: _Policies | None = Field(
         None,
         description="Policy ids to apply (at least one); omit it for every active policy (or "
         "the tenant's policy set).",
     )
-    id: _JobId | SkipJsonSchema[None] = Field(
+    id: _JobId | None = Field(
         None,
         description="Caller job id (idempotency key, per tenant): the same request with the same "
         "id is processed once (200, duplicate); a different request with it is a 409.",
@@ -106,15 +108,43 @@ class JobRequest(BaseModel):
         description="Opaque (at most queue.max_metadata_bytes as compact JSON, "
         "queue.max_metadata_depth levels); echoed in the result and callback.",
     )
-    callback_url: _Url | SkipJsonSchema[None] = Field(
+    callback_url: _Url | None = Field(
         None,
         json_schema_extra={"pattern": URL_PATTERN},
         description="POSTed the HMAC-signed result when the job ends.",
     )
 
-    @field_validator("image_url", "image_base64", "policies", "id", "callback_url", mode="before")
+    @field_validator("policies", "id", "callback_url", mode="before")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("omit the field instead of sending null")
+        return value
+
+
+class JobRequest(JobOptions):
+    """One image to moderate: exactly one of ``image_url`` and ``image_base64``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=lambda schema, _: _no_defaults(schema),
+    )
+
+    image_url: _Url | None = Field(
+        None,
+        json_schema_extra={"pattern": IMAGE_URL_PATTERN},
+        description="s3://bucket/key or http(s):// URL of the image.",
+        examples=["s3://uploads/2024/06/cat.jpg"],
+    )
+    image_base64: str | None = Field(
+        None,
+        json_schema_extra={"pattern": BASE64_PATTERN},
+        description="The image bytes, base64 (at most queue.max_inline_bytes decoded).",
+    )
+
+    @field_validator("image_url", "image_base64", mode="before")
+    @classmethod
+    def _image_not_null(cls, value: Any) -> Any:
         if value is None:
             raise ValueError("omit the field instead of sending null")
         return value

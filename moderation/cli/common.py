@@ -19,6 +19,7 @@ from moderation.exceptions import (
     ImageTooLargeError,
     ModerationError,
 )
+from moderation.logs import configure_logging
 from moderation.settings import Settings
 
 __all__ = [
@@ -63,7 +64,7 @@ IMAGE_SUFFIXES = frozenset(
 def load_settings() -> Settings:
     """Settings from the environment, with logging configured from them."""
     settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)  # client strings in records are escaped
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     return settings

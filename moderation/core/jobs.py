@@ -8,14 +8,17 @@ tenant: the id a tenant chooses (``upload-8812``) is stored as ``<tenant>/<id>``
 id: Redis keys, broker message, audit records, review items), so two tenants may use the same id
 and neither can read, squat or overwrite the other's job. Tenant ``default`` (the single tenant
 of a deployment without named tenants, and of every job stored before tenants existed) keeps
-bare ids, so an upgrade changes no key. Callers only ever see their own ids
-(:meth:`JobResult.for_caller`).
+bare ids, so an upgrade changes no key. The namespaces cannot meet: a job id never contains
+``/`` (:data:`JOB_ID_PATTERN`, enforced by :func:`scoped_id` for every entry point), so
+``default``'s bare ids and every other tenant's ``<tenant>/<id>`` are disjoint whatever key
+format named the tenant. Callers only ever see their own ids (:meth:`JobResult.for_caller`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import Enum
@@ -36,6 +39,7 @@ __all__ = [
     "JobResult",
     "JobStatus",
     "final_decision",
+    "is_job_id",
     "keeps_inline",
     "new_job_id",
     "public_id",
@@ -47,6 +51,7 @@ __all__ = [
 #: Caller-chosen job ids (idempotency keys): short, printable, safe in Redis keys and URLs.
 #: No ``/``: it separates the tenant in a scoped id.
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 #: Tenant names come from configuration (a bounded set: also a metric label).
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 #: The tenant of a deployment without named tenants (and of jobs stored before tenants).
@@ -57,8 +62,21 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+def is_job_id(job_id: str) -> bool:
+    """Whether ``job_id`` matches :data:`JOB_ID_PATTERN` (the whole string: no trailing
+    newline slips past ``$``)."""
+    return _JOB_ID.fullmatch(job_id) is not None
+
+
 def scoped_id(tenant: str, job_id: str) -> str:
-    """The store-wide id of a tenant's job id (``acme/upload-1``; bare for ``default``)."""
+    """The store-wide id of a tenant's job id (``acme/upload-1``; bare for ``default``).
+
+    Raises:
+        ValueError: ``job_id`` is not a job id (:data:`JOB_ID_PATTERN`): callers validate
+            first, this keeps tenants' namespaces apart even if one did not.
+    """
+    if not is_job_id(job_id):
+        raise ValueError("not a job id (see JOB_ID_PATTERN)")
     return job_id if tenant == DEFAULT_TENANT else f"{tenant}/{job_id}"
 
 

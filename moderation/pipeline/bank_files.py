@@ -17,7 +17,9 @@ Formats (CSV, or TSV when the first line has a tab; detected from the first line
            ThreatExchange's local-file exchange reads them; ``#`` starts a comment.
 
 A file is read whole and validated before anything is written: one bad row refuses the file.
-Hashes repeated within a file are kept once.
+Hashes repeated within a file are kept once. A row the CSV reader cannot read (a cell longer than
+the csv module's field limit, 128 Ki characters; a stray NUL) refuses the file with its line
+and row number.
 """
 
 from __future__ import annotations
@@ -175,8 +177,34 @@ def data_rows(text: str) -> int:
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not lines:
         return 0
-    first = next(csv.reader([lines[0]], delimiter=_delimiter(lines[0])))
+    try:
+        first = next(csv.reader([lines[0]], delimiter=_delimiter(lines[0])))
+    except csv.Error:
+        return len(lines)  # parse_bank_text says what is wrong
     return len(lines) - (_detect(first) in (BankFormat.TE, BankFormat.TX))
+
+
+def _csv_problem(exc: csv.Error, row: int) -> str:
+    if "field larger than field limit" in str(exc):
+        return f"row {row}: a cell is longer than {csv.field_size_limit()} characters"
+    return f"row {row}: not readable as CSV ({exc})"
+
+
+def _csv_rows(reader: _Reader, text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(row number, cells) of each CSV row. A row the csv module cannot read becomes an issue
+    naming its line and row, and ends the file (the reader cannot resynchronise)."""
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    number = 0
+    while True:
+        number += 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            reader.issue(rows.line_num, "", _csv_problem(exc, number))
+            return
+        yield number, row
 
 
 def parse_bank_text(
@@ -208,7 +236,19 @@ def parse_bank_text(
     if first_index is None:
         raise BankFileError([PolicyIssue(source=source, line=1, field="", message="empty file")])
     delimiter = _delimiter(lines[first_index])
-    first_cells = next(csv.reader([lines[first_index]], delimiter=delimiter))
+    try:
+        first_cells = next(csv.reader([lines[first_index]], delimiter=delimiter))
+    except csv.Error as exc:
+        raise BankFileError(
+            [
+                PolicyIssue(
+                    source=source,
+                    line=first_index + 1,
+                    field="",
+                    message=_csv_problem(exc, first_index + 1),
+                )
+            ]
+        ) from exc
     detected = fmt or _detect(first_cells)
     if detected is None:
         raise BankFileError(
@@ -227,7 +267,7 @@ def parse_bank_text(
     if detected is BankFormat.LINES:
         _read_lines(reader, lines)
     else:
-        rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        rows = _csv_rows(reader, text, delimiter)
         if detected is BankFormat.HMA:
             _read_hma(reader, rows)
         else:
@@ -253,8 +293,8 @@ def _read_lines(reader: _Reader, lines: list[str]) -> None:
             return
 
 
-def _read_hma(reader: _Reader, rows: Iterable[list[str]]) -> None:
-    for number, row in enumerate(rows, start=1):
+def _read_hma(reader: _Reader, rows: Iterable[tuple[int, list[str]]]) -> None:
+    for number, row in rows:
         if not any(c.strip() for c in row):
             continue
         if len(row) < 2 or len(row) > 5:
@@ -278,9 +318,11 @@ def _read_hma(reader: _Reader, rows: Iterable[list[str]]) -> None:
             return
 
 
-def _read_with_header(reader: _Reader, rows: Iterator[list[str]], fmt: BankFormat) -> None:
+def _read_with_header(
+    reader: _Reader, rows: Iterator[tuple[int, list[str]]], fmt: BankFormat
+) -> None:
     header: list[str] | None = None
-    for number, row in enumerate(rows, start=1):
+    for number, row in rows:
         if not any(c.strip() for c in row):
             continue
         if header is None:

@@ -31,9 +31,11 @@ from typing import Any
 from moderation.core.admission import Tenant
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import (
+    JOB_ID_PATTERN,
     Job,
     JobResult,
     JobStatus,
+    is_job_id,
     new_job_id,
     request_fingerprint,
     scoped_id,
@@ -221,6 +223,13 @@ class Submitter:
         Raises:
             JobRejected: the request is invalid (status 400 or 413, stable code).
         """
+        if request.id is not None and not is_job_id(request.id):
+            raise _reject(
+                422,
+                "invalid_id",
+                f"id must match {JOB_ID_PATTERN}: 1 to 128 letters, digits and . _ : - "
+                "(no '/', spaces or control characters)",
+            )
         job_id = scoped_id(tenant.name, request.id or new_job_id())
         inline = request.image_bytes
         if (request.image_url is None) == (inline is None):
@@ -434,7 +443,9 @@ class Submitter:
                 either), or it expired.
             QueueUnavailable: Redis is down.
         """
-        result = self.store.get_result(scoped_id(tenant.name, job_id))
+        result = (
+            self.store.get_result(scoped_id(tenant.name, job_id)) if is_job_id(job_id) else None
+        )
         if result is None:
             raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")
         return result.for_caller()
@@ -446,8 +457,15 @@ class Submitter:
         Raises:
             QueueUnavailable: Redis is down.
         """
-        found = self.store.get_results([scoped_id(tenant.name, j) for j in job_ids])
-        return [r.for_caller() if r is not None else None for r in found]
+        valid = [j for j in job_ids if is_job_id(j)]
+        found = dict(
+            zip(
+                valid,
+                self.store.get_results([scoped_id(tenant.name, j) for j in valid]),
+                strict=True,
+            )
+        )
+        return [r.for_caller() if (r := found.get(j)) is not None else None for j in job_ids]
 
 
 def _differs(stored: Job, new: Job) -> bool:
