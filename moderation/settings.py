@@ -6,6 +6,7 @@ build ``Settings(...)`` directly.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -424,6 +425,12 @@ class Settings(BaseSettings):
     #: ``default`` (the format before tenants). Empty: the job API is open, as tenant
     #: ``default`` (development mode only).
     api_keys: list[ApiKey] = Field(default_factory=list)
+    #: Reverse proxies / load balancers in front of the API, as CIDRs (``["10.0.0.0/8"]``).
+    #: Empty (the default): the socket peer is the client and ``X-Forwarded-For`` is ignored.
+    #: Only a request whose peer is one of these has its client taken from ``X-Forwarded-For``
+    #: (the right-most address that is not a trusted proxy): what sign-in throttling and the
+    #: audit log see as the client's address.
+    api_trusted_proxies: list[str] = Field(default_factory=list)
     #: Per-tenant policy sets and limits, by tenant name (optional).
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     #: Default admission limits of every tenant.
@@ -437,6 +444,19 @@ class Settings(BaseSettings):
             if not re.match(TENANT_PATTERN, name):
                 raise ValueError(f"tenant name {name!r} must match {TENANT_PATTERN}")
         return tenants
+
+    @field_validator("api_trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, proxies: list[str]) -> list[str]:
+        out = []
+        for entry in proxies:
+            try:
+                out.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+            except ValueError as exc:
+                raise ValueError(
+                    f"api_trusted_proxies: {entry!r} is not an address or CIDR ({exc})"
+                ) from exc
+        return out
 
     @model_validator(mode="after")
     def _unique_keys(self) -> Settings:
