@@ -220,11 +220,13 @@ class ReviewSettings(BaseModel):
     session_ttl_s: int = 12 * 3600
     #: A session unused for this long ends (server-side; the cookie alone is worthless).
     session_idle_s: int = 30 * 60
-    #: Sign-in throttling, per account and per client address: failures within
-    #: ``login_window_s`` are counted; after ``login_free_failures`` each further failure makes
-    #: the next attempt wait ``login_delay_s`` doubling up to ``login_max_delay_s``; at
-    #: ``login_lockout_after`` (per account) / ``login_lockout_after_address`` (per address)
-    #: failures, sign-in is locked for ``login_lockout_s``.
+    #: Sign-in throttling, per (account, client address), per address and per account:
+    #: failures within ``login_window_s`` are counted; after ``login_free_failures`` each
+    #: further failure makes the next attempt wait ``login_delay_s`` doubling up to
+    #: ``login_max_delay_s``; at ``login_lockout_after`` failures of one account from one
+    #: address (``login_lockout_after_address`` of one address), sign-in is locked there for
+    #: ``login_lockout_s``. The account as a whole is never locked, only slowed down, up to
+    #: ``login_account_max_delay_s``: nobody can lock a reviewer out from every address.
     login_window_s: int = 15 * 60
     login_free_failures: int = 3
     login_delay_s: float = 1.0
@@ -232,6 +234,12 @@ class ReviewSettings(BaseModel):
     login_lockout_after: int = 10
     login_lockout_after_address: int = 50
     login_lockout_s: int = 15 * 60
+    login_account_max_delay_s: float = Field(default=5.0, ge=0)
+    #: Password checks (argon2id: memory-hard, ~64 MiB each) running at once in one API
+    #: process; a sign-in that finds no free slot within ``login_check_wait_s`` is refused
+    #: (429 ``review_login_busy``) without a check.
+    login_max_concurrent_checks: int = Field(default=4, ge=1)
+    login_check_wait_s: float = Field(default=1.0, ge=0)
     #: Set true behind TLS so the session cookie is only sent over HTTPS.
     cookie_secure: bool = False
 
