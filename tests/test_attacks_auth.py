@@ -290,18 +290,18 @@ def test_10_x_forwarded_for_is_ignored_without_trusted_proxies(site: Site) -> No
 def test_10_a_trusted_proxy_names_the_client_and_nobody_else_can(
     test_model_settings: Settings, tmp_path: Path
 ) -> None:
-    behind = test_model_settings.model_copy(update={"api_trusted_proxies": ["127.0.0.1/32"]})
+    behind = test_model_settings.model_copy(update={"api_trusted_proxies": ["127.0.0.7/32"]})
     with valkey_url() as own_redis, started_site(behind, own_redis, tmp_path) as proxied:
         _forget_failures(proxied)
-        # Through the proxy (127.0.0.1): the client is the right-most address it did not add.
-        with _client(proxied) as proxy:
+        # Through the proxy (127.0.0.7): the client is the right-most address it did not add.
+        with _client(proxied, source="127.0.0.7") as proxy:
             chain = {"X-Forwarded-For": "10.9.9.9, 198.51.100.7"}
             assert _login(proxy, "ghost-a", "guess", **chain).status_code == 401
-        # Not through the proxy (127.0.0.2 is not trusted): the header is ignored.
-        with _client(proxied, source="127.0.0.2") as direct:
+        # Not through the proxy (127.0.0.1 is not trusted here): the header is ignored.
+        with _client(proxied) as direct:
             forged = {"X-Forwarded-For": "198.51.100.99"}
             assert _login(direct, "ghost-b", "guess", **forged).status_code == 401
         failed = _security_records(proxied, "login_failed", lambda r: True, 2)
         clients = {r.details["client"] for r in failed}
-        assert clients == {"198.51.100.7", "127.0.0.2"}, clients
+        assert clients == {"198.51.100.7", "127.0.0.1"}, clients
         _forget_failures(proxied)
