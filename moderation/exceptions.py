@@ -37,6 +37,7 @@
         │   ├── ReviewAlreadyDecided / ReviewInvalidDecision
         │   └── ReviewAuthError          not signed in, bad credentials, CSRF, wrong role
         │       └── LoginThrottled       too many failed sign-ins: wait (429)
+        │           └── LoginBusy        too many password checks at once (429)
         ├── AuditError                  chain broken, bad segment
         │   └── AuditSegmentCorrupt     gzip / JSON / header of a segment unreadable
         ├── BlobError                   the object store for bytes (review evidence, uploads)
@@ -339,6 +340,13 @@ class LoginThrottled(ReviewAuthError):
     def __init__(self, message: str = "", *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class LoginBusy(LoginThrottled):
+    """Every password-check slot is taken (argon2 is memory-hard, so their number is capped):
+    refused without checking the password; try again in ``retry_after_s`` seconds."""
+
+    code = "review_login_busy"
 
 
 class AuditError(PermanentError):

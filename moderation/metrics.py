@@ -94,13 +94,14 @@ class PipelineMetrics:
         self.login_failures = Counter(
             "moderation_login_failures_total",
             "Failed reviewer sign-ins by reason (bad_credentials; throttled: refused without "
-            "checking the password during a delay or lockout).",
+            "checking the password during a delay or lockout; busy: refused unchecked because "
+            "every password-check slot was taken).",
             ["reason"],
             registry=registry,
         )
         self.login_lockouts = Counter(
             "moderation_login_lockouts_total",
-            "Sign-in lockouts started, by scope (account / address).",
+            "Sign-in lockouts started, by scope (pair: one account from one address / address).",
             ["scope"],
             registry=registry,
         )

@@ -64,7 +64,7 @@ from moderation.core.review import (
     ReviewItem,
     ReviewOutcome,
 )
-from moderation.core.reviewers import ReviewerAccount, ReviewerSession
+from moderation.core.reviewers import LoginPolicy, ReviewerAccount, ReviewerSession
 from moderation.core.scoring import CategorySlot, SignalScorer
 
 __all__ = [
@@ -578,6 +578,21 @@ class LoginThrottle(Protocol):
 
     def clear(self, key: str) -> None:
         """Forget the failures of ``key`` (after a successful sign-in)."""
+        ...
+
+    def reserve(
+        self, keys: Sequence[tuple[str, LoginPolicy]], now: float
+    ) -> tuple[float, tuple[int, ...]]:
+        """One atomic step before a password is checked: when any key is blocked, (seconds
+        until every key may try again, ``()``) and nothing is counted; else every key counts
+        this attempt as a failure and is blocked as its policy says after that many failures,
+        and the answer is ``(0.0, failures of each key)``. Concurrent attempts therefore see
+        each other's reservations."""
+        ...
+
+    def refund(self, key: str) -> None:
+        """Give back one reserved failure of ``key`` (the attempt succeeded or was never
+        checked); a block already set stays."""
         ...
 
 

@@ -6,6 +6,7 @@ build ``Settings(...)`` directly.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -219,11 +220,13 @@ class ReviewSettings(BaseModel):
     session_ttl_s: int = 12 * 3600
     #: A session unused for this long ends (server-side; the cookie alone is worthless).
     session_idle_s: int = 30 * 60
-    #: Sign-in throttling, per account and per client address: failures within
-    #: ``login_window_s`` are counted; after ``login_free_failures`` each further failure makes
-    #: the next attempt wait ``login_delay_s`` doubling up to ``login_max_delay_s``; at
-    #: ``login_lockout_after`` (per account) / ``login_lockout_after_address`` (per address)
-    #: failures, sign-in is locked for ``login_lockout_s``.
+    #: Sign-in throttling, per (account, client address), per address and per account:
+    #: failures within ``login_window_s`` are counted; after ``login_free_failures`` each
+    #: further failure makes the next attempt wait ``login_delay_s`` doubling up to
+    #: ``login_max_delay_s``; at ``login_lockout_after`` failures of one account from one
+    #: address (``login_lockout_after_address`` of one address), sign-in is locked there for
+    #: ``login_lockout_s``. The account as a whole is never locked, only slowed down, up to
+    #: ``login_account_max_delay_s``: nobody can lock a reviewer out from every address.
     login_window_s: int = 15 * 60
     login_free_failures: int = 3
     login_delay_s: float = 1.0
@@ -231,6 +234,12 @@ class ReviewSettings(BaseModel):
     login_lockout_after: int = 10
     login_lockout_after_address: int = 50
     login_lockout_s: int = 15 * 60
+    login_account_max_delay_s: float = Field(default=5.0, ge=0)
+    #: Password checks (argon2id: memory-hard, ~64 MiB each) running at once in one API
+    #: process; a sign-in that finds no free slot within ``login_check_wait_s`` is refused
+    #: (429 ``review_login_busy``) without a check.
+    login_max_concurrent_checks: int = Field(default=4, ge=1)
+    login_check_wait_s: float = Field(default=1.0, ge=0)
     #: Set true behind TLS so the session cookie is only sent over HTTPS.
     cookie_secure: bool = False
 
@@ -432,6 +441,12 @@ class Settings(BaseSettings):
     #: a key whose tenant is not named. Empty: the job API is open, as tenant ``default``
     #: (development mode only).
     api_keys: list[ApiKey] = Field(default_factory=list)
+    #: Reverse proxies / load balancers in front of the API, as CIDRs (``["10.0.0.0/8"]``).
+    #: Empty (the default): the socket peer is the client and ``X-Forwarded-For`` is ignored.
+    #: Only a request whose peer is one of these has its client taken from ``X-Forwarded-For``
+    #: (the right-most address that is not a trusted proxy): what sign-in throttling and the
+    #: audit log see as the client's address.
+    api_trusted_proxies: list[str] = Field(default_factory=list)
     #: Per-tenant policy sets and limits, by tenant name (optional).
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     #: Default admission limits of every tenant.
@@ -445,6 +460,19 @@ class Settings(BaseSettings):
             if not re.match(TENANT_PATTERN, name):
                 raise ValueError(f"tenant name {name!r} must match {TENANT_PATTERN}")
         return tenants
+
+    @field_validator("api_trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, proxies: list[str]) -> list[str]:
+        out = []
+        for entry in proxies:
+            try:
+                out.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+            except ValueError as exc:
+                raise ValueError(
+                    f"api_trusted_proxies: {entry!r} is not an address or CIDR ({exc})"
+                ) from exc
+        return out
 
     @model_validator(mode="after")
     def _unique_keys(self) -> Settings:

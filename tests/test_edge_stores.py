@@ -98,6 +98,31 @@ def test_the_login_throttle_counts_blocks_and_clears(throttle: Any) -> None:
     assert throttle.fail("account:alice", now, window_s=60) == 1
 
 
+def test_the_login_throttle_reserves_attempts_atomically(throttle: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from moderation.core.reviewers import LoginPolicy
+
+    now = time.time()
+    strict = LoginPolicy(free_failures=2, delay_s=5, max_delay_s=20, lockout_after=4)
+    gentle = LoginPolicy(free_failures=2, delay_s=1, max_delay_s=2, lockout_after=None)
+    assert strict.schedule() == (0.0, 0.0, 5.0, 900.0) and gentle.schedule() == (0, 0, 1, 2)
+    keys = [("pair:bob@10.0.0.9", strict), ("account:bob", gentle)]
+    # Twenty at once: each sees the others' reservations, so only free + 1 get through.
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: throttle.reserve(keys, now), range(20)))
+    through = sorted(counts for wait, counts in answers if wait == 0)
+    assert through == [(1, 1), (2, 2), (3, 3)], answers
+    assert all(wait == pytest.approx(5.0) for wait, counts in answers if counts == ())
+    # Waiting as told, the counts go on; the strict key locks, the gentle one never does.
+    assert throttle.reserve(keys, now + 5) == (0.0, (4, 4))
+    assert throttle.blocked_for(["pair:bob@10.0.0.9"], now + 5) == pytest.approx(900)
+    assert throttle.blocked_for(["account:bob"], now + 5) == pytest.approx(2)
+    throttle.refund("account:bob")
+    throttle.refund("account:bob")
+    assert throttle.reserve([("account:bob", gentle)], now + 8) == (0.0, (3,))
+
+
 @pytest.fixture(params=["redis", "memory"])
 def limiter(request: pytest.FixtureRequest) -> Iterator[Any]:
     if request.param == "memory":

@@ -735,36 +735,115 @@ def desk() -> Desk:
     return Desk(auth, sessions, throttle, audit, clock, checked)
 
 
-def test_failed_sign_ins_wait_longer_then_lock_even_the_right_password_out(desk: Desk) -> None:
+def test_failed_sign_ins_wait_longer_then_lock_that_address_out_of_the_account(
+    desk: Desk,
+) -> None:
     from moderation.exceptions import LoginThrottled, ReviewAuthError
 
     waits: list[float] = []
+    pair = ["pair:alice@10.0.0.1"]
     for attempt in range(6):
         desk.clock.now += waits[-1] if waits else 0.0  # wait exactly as long as told
         with pytest.raises(ReviewAuthError) as info:
             desk.auth.sign_in("alice", f"wrong-{attempt}", client="10.0.0.1")
         assert not isinstance(info.value, LoginThrottled)
-        waits.append(desk.throttle.blocked_for(["account:alice"], desk.clock.now))
+        waits.append(desk.throttle.blocked_for(pair, desk.clock.now))
     assert waits == [0.0, 0.0, 1.0, 2.0, 4.0, 900.0]  # growing delays, then the lockout
     checked = len(desk.checked)
     with pytest.raises(LoginThrottled) as locked:
-        desk.auth.sign_in("alice", "right-password", client="10.9.9.9")  # another address too
+        desk.auth.sign_in("alice", "right-password", client="10.0.0.1")
     assert locked.value.retry_after_s == pytest.approx(900.0)
     assert len(desk.checked) == checked  # refused without checking the password
+    # From another address alice is only slowed down (the account's delay, at most 8 s here),
+    # never locked out.
+    with pytest.raises(LoginThrottled) as slowed:
+        desk.auth.sign_in("alice", "right-password", client="10.9.9.9")
+    assert slowed.value.retry_after_s == pytest.approx(8.0)
+    assert len(desk.checked) == checked
+    desk.clock.now += slowed.value.retry_after_s
+    assert desk.auth.sign_in("alice", "right-password", client="10.9.9.9")[0]
+    with pytest.raises(LoginThrottled):  # the attacker's address stays locked out of alice
+        desk.auth.sign_in("alice", "right-password", client="10.0.0.1")
     # Another account from the same address is not locked out with alice (the address has
     # only its own, shorter wait: 6 failures, 5 free).
     address_wait = desk.throttle.blocked_for(["address:10.0.0.1"], desk.clock.now)
-    assert address_wait == pytest.approx(1.0)
+    assert address_wait <= 1.0  # not locked (and 8 s have passed)
     desk.clock.now += address_wait
     token, _ = desk.auth.sign_in("bob", "right-password", client="10.0.0.1")
     assert token
     desk.clock.now += 900.0
     desk.auth.sign_in("alice", "right-password", client="10.0.0.1")
-    assert desk.throttle.blocked_for(["account:alice"], desk.clock.now) == 0.0
+    assert desk.throttle.blocked_for(["account:alice", *pair], desk.clock.now) == 0.0
     events = [(r.kind, r.decision, r.actor) for r in desk.audit.records]
     assert events.count(("security", "login_failed", "rv_alice")) == 6
     assert ("security", "login_locked", "rv_alice") in events
     assert all("wrong-" not in str(r.details) for r in desk.audit.records)  # no passwords
+
+
+def test_concurrent_attempts_are_reserved_before_the_check_and_the_checks_are_capped() -> None:
+    import threading
+
+    from moderation.adapters.memory import (
+        MemoryLoginThrottle,
+        MemoryReviewerSessions,
+        MemoryReviewerStore,
+    )
+    from moderation.core.reviewers import LoginPolicy
+    from moderation.exceptions import LoginBusy, LoginThrottled, ReviewAuthError
+    from moderation.pipeline.signin import ReviewerAuth
+
+    inside = 0
+    peak = 0
+    gate = threading.Event()
+    lock = threading.Lock()
+
+    def check(account: Any, password: str) -> Any:
+        nonlocal inside, peak
+        with lock:
+            inside += 1
+            peak = max(peak, inside)
+        gate.wait(5)  # every admitted check is held until the refusals are in
+        with lock:
+            inside -= 1
+        raise ReviewAuthError("wrong username or password", code="review_bad_credentials")
+
+    auth = ReviewerAuth(
+        users=MemoryReviewerStore(),
+        sessions=MemoryReviewerSessions(idle_s=600, max_s=3600),
+        throttle=MemoryLoginThrottle(),
+        check_password=check,
+        pseudonym=lambda name: f"rv_{name}",
+        account_policy=LoginPolicy(free_failures=3, lockout_after=10),
+        address_policy=LoginPolicy(free_failures=3, lockout_after=50),
+        max_concurrent_checks=2,
+        check_wait_s=0.0,
+    )
+    outcomes: list[str] = []
+
+    def attempt(n: int, client: str) -> None:
+        try:
+            auth.sign_in(f"ghost{n}", "guess", client=client)
+        except LoginBusy:
+            outcomes.append("busy")
+        except LoginThrottled:
+            outcomes.append("throttled")
+        except ReviewAuthError:
+            outcomes.append("checked")
+
+    # One address, 12 attempts at once: the reservations let at most free + 1 through.
+    threads = [threading.Thread(target=attempt, args=(n, "203.0.113.7")) for n in range(12)]
+    for t in threads:
+        t.start()
+    for _ in range(2000):  # the two admitted checks hold their slots until 10 were refused
+        if len(outcomes) >= 10:
+            break
+        threading.Event().wait(0.005)
+    gate.set()
+    for t in threads:
+        t.join()
+    assert outcomes.count("checked") == 2 and peak == 2, (outcomes, peak)
+    # The address's reservations let free + 1 = 4 through, of which the cap checked 2.
+    assert outcomes.count("throttled") == 8 and outcomes.count("busy") == 2
 
 
 def test_an_address_trying_many_accounts_is_throttled(desk: Desk) -> None:

@@ -5,8 +5,9 @@ Keys (``P`` = ``settings.review.key_prefix``)::
     P session:<key>        hash: username, created_at, last_seen, nonce; expires when the session
                            would time out (idle or absolute), so Redis forgets dead sessions
     P sessions:<username>  set of the account's session keys (for "end every session")
-    P login_fail:<key>     failed sign-ins of ``account:<name>`` / ``address:<ip>`` (expires
-                           ``login_window_s`` after the last failure)
+    P login_fail:<key>     failed (and reserved) sign-ins of ``account:<name>``,
+                           ``pair:<name>@<ip>`` and ``address:<ip>`` (expires ``login_window_s``
+                           after the last one)
     P login_block:<key>    unix time until which that key may not sign in
 
 ``<key>`` of a session is the SHA-256 of the cookie token
@@ -24,7 +25,7 @@ from typing import Any, cast
 import redis
 
 from moderation.adapters.support.redis import connect, translated
-from moderation.core.reviewers import ReviewerSession
+from moderation.core.reviewers import LoginPolicy, ReviewerSession
 
 __all__ = ["RedisLoginThrottle", "RedisReviewerSessions"]
 
@@ -41,6 +42,44 @@ end
 redis.call('HSET', KEYS[1], 'last_seen', ARGV[1])
 redis.call('EXPIRE', KEYS[1], math.max(1, math.ceil(math.min(idle, max - (now - created)))))
 return {h[1], h[2], ARGV[1], h[4]}
+"""
+
+# LoginThrottle.reserve: KEYS = fail_1, block_1, fail_2, block_2, ...; ARGV = now, n, then per
+# key: window_s, the length of its schedule, the schedule (LoginPolicy.schedule(): the wait after
+# 1, 2, ... failures, the last value for every larger count). Refuses while any key is blocked;
+# else counts the attempt as a failure of every key and blocks each as its schedule says.
+_RESERVE = """
+local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local wait = 0
+for i = 1, n do
+  local until_ = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  if until_ - now > wait then wait = until_ - now end
+end
+if wait > 0 then return {string.format('%.6f', wait)} end
+local out = {'0'}
+local pos = 3
+for i = 1, n do
+  local window, len = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1])
+  local count = redis.call('INCR', KEYS[2 * i - 1])
+  redis.call('EXPIRE', KEYS[2 * i - 1], math.max(1, math.ceil(window)))
+  local pause = tonumber(ARGV[pos + 1 + math.min(count, len)])
+  if pause > 0 then
+    local current = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+    if now + pause > current then
+      redis.call('SET', KEYS[2 * i], string.format('%.6f', now + pause), 'EX', math.ceil(pause) + 1)
+    end
+  end
+  out[i + 1] = count
+  pos = pos + 2 + len
+end
+return out
+"""
+
+# LoginThrottle.refund: one failure fewer (never below zero).
+_REFUND = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count > 0 then redis.call('DECR', KEYS[1]) end
+return 1
 """
 
 # Never shorten a block.
@@ -148,6 +187,8 @@ class RedisLoginThrottle:
         self._r = client
         self._p = prefix
         self._block = client.register_script(_BLOCK)
+        self._reserve = client.register_script(_RESERVE)
+        self._refund = client.register_script(_REFUND)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str) -> RedisLoginThrottle:
@@ -176,3 +217,23 @@ class RedisLoginThrottle:
     @translated("sign-in throttle")
     def clear(self, key: str) -> None:
         self._r.delete(f"{self._p}login_fail:{key}", f"{self._p}login_block:{key}")
+
+    @translated("sign-in throttle")
+    def reserve(
+        self, keys: Sequence[tuple[str, LoginPolicy]], now: float
+    ) -> tuple[float, tuple[int, ...]]:
+        names: list[str] = []
+        args: list[str | int] = [repr(now), len(keys)]
+        for key, policy in keys:
+            names += [f"{self._p}login_fail:{key}", f"{self._p}login_block:{key}"]
+            waits = policy.schedule()
+            args += [repr(policy.window_s), len(waits), *(repr(w) for w in waits)]
+        reply: Any = self._reserve(keys=names, args=args)
+        wait = float(reply[0])
+        if wait > 0:
+            return wait, ()
+        return 0.0, tuple(int(c) for c in reply[1:])
+
+    @translated("sign-in throttle")
+    def refund(self, key: str) -> None:
+        self._refund(keys=[f"{self._p}login_fail:{key}"])

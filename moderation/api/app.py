@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import hmac
 import inspect
 import logging
 from typing import Annotated, Any
@@ -35,6 +34,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from moderation import exceptions
+from moderation.api.authn import STATE_TENANT, AuthenticateFirst, TenantKeys, TrustedProxies
 from moderation.api.edge import BodyLimit, HttpMetrics, body_limits
 from moderation.api.schemas import (
     BatchAccepted,
@@ -266,20 +266,20 @@ def _caller(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Tenant:
     """The tenant of the request's API key (``default`` when no keys are configured, which only
-    development mode allows).
+    development mode allows). :class:`~moderation.api.authn.AuthenticateFirst` has checked the
+    key before the body was read; this reads what it found (``credentials`` is here for the
+    OpenAPI document's security scheme).
 
     Raises:
         JobRejected: 401, no key or not a configured one.
     """
-    keys: list[tuple[bytes, str]] = request.app.state.tenant_keys
+    keys: TenantKeys = request.app.state.tenant_keys
     tenants: dict[str, Tenant] = request.app.state.tenants
-    if not keys:
+    if keys.open:
         return tenants[DEFAULT_TENANT]
-    given = credentials.credentials.strip().encode() if credentials else b""
-    found: str | None = None
-    for key, name in keys:  # every key, constant time each: timing reveals nothing
-        if hmac.compare_digest(given, key) and given:
-            found = name
+    found: str | None = getattr(request.state, STATE_TENANT, None)
+    if found is None:
+        found = keys.tenant_of(request.headers.get("authorization"))
     if found is None:
         raise JobRejected(
             "missing or wrong API key (Authorization: Bearer <key>)",
@@ -313,11 +313,13 @@ def create_app(api: ApiProcess) -> FastAPI:
     app.add_exception_handler(Exception, handle_unexpected_error)
     limits, default_limit = body_limits(settings)
     app.add_middleware(BodyLimit, limits=limits, default=default_limit)
+    keys = TenantKeys((k.key.get_secret_value(), k.tenant) for k in settings.api_keys)
+    app.add_middleware(AuthenticateFirst, keys=keys, prefixes=("/v1/",), exact=frozenset())
     app.add_middleware(HttpMetrics, routes=lambda: list(app.router.routes))
+    if settings.api_trusted_proxies:
+        app.add_middleware(TrustedProxies, proxies=settings.api_trusted_proxies)
 
-    app.state.tenant_keys = [
-        (k.key.get_secret_value().encode(), k.tenant) for k in settings.api_keys
-    ]
+    app.state.tenant_keys = keys
     app.state.tenants = tenants
     max_inline = settings.queue.max_inline_bytes
 

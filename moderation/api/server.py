@@ -20,7 +20,9 @@ def serve_in_thread(app: FastAPI, port: int, *, host: str = "127.0.0.1") -> uvic
     Raises:
         ModerationError: the server did not start within 30 s (the port is taken).
     """
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    )
     thread = threading.Thread(target=server.run, name="api", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -102,7 +102,11 @@ def api(
     shown = f"[{bind_host}]" if family == socket.AF_INET6 else bind_host
     print(f"serving the API on http://{shown}:{sock.getsockname()[1]}", flush=True)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(process), log_level=settings.log_level.lower())
+        # proxy_headers=False: only api_trusted_proxies may set the client address
+        # (moderation.api.authn), never uvicorn's default of trusting 127.0.0.1.
+        uvicorn.Config(
+            create_app(process), log_level=settings.log_level.lower(), proxy_headers=False
+        )
     )
     try:
         server.run(sockets=[sock])

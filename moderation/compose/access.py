@@ -43,20 +43,26 @@ def build_tenants(settings: Settings) -> dict[str, Tenant]:
     return out
 
 
-def login_policies(review: ReviewSettings) -> tuple[LoginPolicy, LoginPolicy]:
-    """Sign-in throttling per account and per client address."""
+def login_policies(review: ReviewSettings) -> tuple[LoginPolicy, LoginPolicy, LoginPolicy]:
+    """Sign-in throttling per account (slowed down, never locked), per (account, client
+    address) and per client address."""
 
-    def policy(lockout_after: int) -> LoginPolicy:
+    def policy(lockout_after: int | None, max_delay_s: float) -> LoginPolicy:
         return LoginPolicy(
             free_failures=review.login_free_failures,
             delay_s=review.login_delay_s,
-            max_delay_s=review.login_max_delay_s,
+            max_delay_s=max_delay_s,
             lockout_after=lockout_after,
             lockout_s=float(review.login_lockout_s),
             window_s=float(review.login_window_s),
         )
 
-    return policy(review.login_lockout_after), policy(review.login_lockout_after_address)
+    slowest = review.login_max_delay_s
+    return (
+        policy(None, min(slowest, review.login_account_max_delay_s)),
+        policy(review.login_lockout_after, slowest),
+        policy(review.login_lockout_after_address, slowest),
+    )
 
 
 def build_reviewer_auth(
@@ -74,7 +80,7 @@ def build_reviewer_auth(
     """
     r = settings.review
     secret = r.pseudonym_secret.get_secret_value()
-    account, address = login_policies(r)
+    account, pair, address = login_policies(r)
     return ReviewerAuth(
         users=users,
         sessions=sessions or open_reviewer_sessions(settings),
@@ -83,7 +89,10 @@ def build_reviewer_auth(
         check_password=verify_password,
         pseudonym=lambda username: pseudonym(secret, username),
         account_policy=account,
+        pair_policy=pair,
         address_policy=address,
+        max_concurrent_checks=r.login_max_concurrent_checks,
+        check_wait_s=r.login_check_wait_s,
         audit=audit,
     )
 

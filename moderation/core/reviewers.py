@@ -9,11 +9,17 @@ token, the store keeps only its hash. A session ends at sign-out, when an admin 
 account's sessions, after ``idle_s`` without a request, and ``max_s`` after sign-in whatever
 happens (:func:`session_alive`).
 
-Sign-in throttling (:class:`LoginPolicy`) counts failures per account and per client address::
+Sign-in throttling (:class:`LoginPolicy`) counts failures per account, per (account, client
+address) and per client address::
 
     failures f <= free            no wait
     free < f < lockout_after      next attempt waits min(max_delay_s, delay_s * 2 ** (f - free - 1))
-    f >= lockout_after            locked for lockout_s
+    f >= lockout_after            locked for lockout_s (never, when lockout_after is None)
+
+Only the (account, address) pair and the address are ever locked; the account as a whole is only
+slowed down (its policy has no lockout), so an attacker cannot lock a reviewer out from every
+address. An attempt is counted as a failure *before* its password is checked (and given back
+when it succeeds), so concurrent attempts cannot all slip past the throttle.
 """
 
 from __future__ import annotations
@@ -94,18 +100,36 @@ class LoginPolicy:
     free_failures: int = 3
     delay_s: float = 1.0
     max_delay_s: float = 60.0
-    lockout_after: int = 10
+    #: None: never locked, only slowed down (up to ``max_delay_s``).
+    lockout_after: int | None = 10
     lockout_s: float = 900.0
     #: Failures older than this are forgotten.
     window_s: float = 900.0
 
     def wait_after(self, failures: int) -> float:
         """Seconds the next attempt must wait after ``failures`` failures in the window."""
-        if failures >= self.lockout_after:
+        if self.locked(failures):
             return self.lockout_s
         if failures <= self.free_failures:
             return 0.0
-        return float(min(self.max_delay_s, self.delay_s * 2 ** (failures - self.free_failures - 1)))
+        steps = min(failures - self.free_failures - 1, 64)
+        return float(min(self.max_delay_s, self.delay_s * 2**steps))
 
     def locked(self, failures: int) -> bool:
-        return failures >= self.lockout_after
+        return self.lockout_after is not None and failures >= self.lockout_after
+
+    def schedule(self) -> tuple[float, ...]:
+        """``wait_after(1), wait_after(2), ...`` up to the point where it stops changing: the
+        last value holds for every larger count (what a store applies atomically)."""
+        waits: list[float] = []
+        failures = 0
+        while True:
+            failures += 1
+            waits.append(self.wait_after(failures))
+            settled = (
+                self.locked(failures)
+                if self.lockout_after is not None
+                else failures > self.free_failures and waits[-1] >= self.max_delay_s
+            )
+            if settled or failures >= 4096:
+                return tuple(waits)

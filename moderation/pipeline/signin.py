@@ -8,13 +8,20 @@ account's sessions, when the account is disabled, after ``review.session_idle_s`
 request and ``review.session_ttl_s`` after sign-in. A copied cookie is worth nothing after any
 of these.
 
-Sign-in is throttled per account and per client address (:class:`~moderation.ports.
-LoginThrottle`, rules in :class:`~moderation.core.reviewers.LoginPolicy`): after a few failures
-each further one makes the next attempt wait longer, and many failures lock sign-in for a while.
-A throttled attempt is refused *before* the password is checked, so it costs no argon2 work and
-even the right password is refused until the wait is over. Every checked failure is counted in
-metrics and written to the audit log (kind ``security``, the account's pseudonym as actor, the
-client address); so is every lockout and every "end all sessions".
+Sign-in is throttled (:class:`~moderation.ports.LoginThrottle`, rules in
+:class:`~moderation.core.reviewers.LoginPolicy`) per (account, client address), per address and,
+more gently, per account: after a few failures each further one makes the next attempt wait
+longer; many failures of one account *from one address*, or of one address, lock sign-in there
+for a while. Failures of an account from many addresses only slow it down, never lock it: an
+attacker cannot lock a reviewer (or the admin) out from everywhere. The attempt is reserved,
+atomically, *before* the password is checked (counted as a failure, given back when it
+succeeds), so concurrent attempts see each other and a throttled attempt costs no argon2 work;
+even the right password is refused until the wait is over. At most ``max_concurrent_checks``
+password checks run at once (argon2 is memory-hard: each takes tens of MiB); an attempt that
+finds no free slot within ``check_wait_s`` is refused (429, ``review_login_busy``) unchecked. An
+unknown user costs the same check as a known one (no enumeration by timing). Every checked
+failure is counted in metrics and written to the audit log (kind ``security``, the account's
+pseudonym as actor, the client address); so is every lockout and every "end all sessions".
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from moderation.core.audit import record_for_security
 from moderation.core.audit.records import SecurityEvent
@@ -33,7 +42,7 @@ from moderation.core.reviewers import (
     ReviewerSession,
     session_key,
 )
-from moderation.exceptions import LoginThrottled, ModerationError, ReviewAuthError
+from moderation.exceptions import LoginBusy, LoginThrottled, ModerationError, ReviewAuthError
 from moderation.metrics import metrics
 from moderation.ports import AuditSink, LoginThrottle, ReviewerSessions, ReviewerStore
 
@@ -59,16 +68,24 @@ class ReviewerAuth:
         pseudonym: Callable[[str], str],
         account_policy: LoginPolicy,
         address_policy: LoginPolicy,
+        pair_policy: LoginPolicy | None = None,
+        max_concurrent_checks: int = 4,
+        check_wait_s: float = 1.0,
         audit: AuditSink | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``pair_policy`` (per account and address) defaults to ``account_policy``; the
+        account as a whole then gets ``account_policy`` without its lockout."""
         self.users = users
         self.sessions = sessions
         self.throttle = throttle
         self.check_password = check_password
         self.pseudonym = pseudonym
-        self.account_policy = account_policy
+        self.pair_policy = pair_policy or account_policy
+        self.account_policy = replace(account_policy, lockout_after=None)
         self.address_policy = address_policy
+        self.check_wait_s = check_wait_s
+        self._checks = threading.BoundedSemaphore(max(1, max_concurrent_checks))
         self.audit = audit
         self.clock = clock
 
@@ -83,20 +100,33 @@ class ReviewerAuth:
         """
         name = username.strip().lower()
         now = self.clock()
-        keys = [f"account:{name}", f"address:{client}"]
-        wait = self.throttle.blocked_for(keys, now)
+        scopes = (
+            ("account", f"account:{name}", self.account_policy),
+            ("pair", f"pair:{name}@{client}", self.pair_policy),
+            ("address", f"address:{client}", self.address_policy),
+        )
+        wait, counts = self.throttle.reserve([(key, policy) for _, key, policy in scopes], now)
         if wait > 0:
             metrics().login_failures.labels("throttled").inc()
             raise LoginThrottled(
                 f"too many failed sign-ins: try again in {_human(wait)}",
                 retry_after_s=wait,
             )
+        if not self._checks.acquire(timeout=self.check_wait_s):
+            for _, key, _ in scopes[:2]:  # not the account's fault; the address keeps its count
+                self.throttle.refund(key)
+            metrics().login_failures.labels("busy").inc()
+            raise LoginBusy("too many sign-ins at once: try again in a second", retry_after_s=1.0)
         try:
             account = self.check_password(self.users.get(name), password)
         except ReviewAuthError:
-            self._failed(name, client, now)
+            self._failed(name, client, scopes, counts)
             raise
-        self.throttle.clear(keys[0])  # the address keeps its count: one good account is no alibi
+        finally:
+            self._checks.release()
+        self.throttle.clear(scopes[0][1])
+        self.throttle.clear(scopes[1][1])
+        self.throttle.refund(scopes[2][1])  # one good account is no alibi for the address
         token = secrets.token_urlsafe(32)
         session = ReviewerSession(
             username=account.username,
@@ -107,32 +137,36 @@ class ReviewerAuth:
         self.sessions.create(session_key(token), session)
         return token, session
 
-    def _failed(self, name: str, client: str, now: float) -> None:
+    def _failed(
+        self,
+        name: str,
+        client: str,
+        scopes: tuple[tuple[str, str, LoginPolicy], ...],
+        counts: tuple[int, ...],
+    ) -> None:
         metrics().login_failures.labels("bad_credentials").inc()
-        counts: dict[str, int] = {}
-        for scope, key, policy in (
-            ("account", f"account:{name}", self.account_policy),
-            ("address", f"address:{client}", self.address_policy),
-        ):
-            failures = self.throttle.fail(key, now, window_s=policy.window_s)
-            counts[scope] = failures
-            wait = policy.wait_after(failures)
-            if wait > 0:
-                self.throttle.block(key, now + wait)
-            if failures == policy.lockout_after:
+        for (scope, _, policy), failures in zip(scopes, counts, strict=True):
+            if policy.lockout_after is not None and failures == policy.lockout_after:
                 metrics().login_lockouts.labels(scope).inc()
                 self._audit(
                     "login_locked",
                     name,
-                    {"client": client, "scope": scope, "failures": failures, "for_s": wait},
+                    {
+                        "client": client,
+                        "scope": scope,
+                        "failures": failures,
+                        "for_s": policy.wait_after(failures),
+                    },
                 )
+        by_scope = dict(zip([s for s, _, _ in scopes], counts, strict=True))
         self._audit(
             "login_failed",
             name,
             {
                 "client": client,
-                "account_failures": counts["account"],
-                "address_failures": counts["address"],
+                "account_failures": by_scope["account"],
+                "pair_failures": by_scope["pair"],
+                "address_failures": by_scope["address"],
             },
         )
 
