@@ -247,3 +247,64 @@ def test_per_tenant_queued_bytes_and_backlog_are_released_on_every_ending(
     assert all(b.depth == 0 for b in store.backlog(["acme", "globex"]).values())
     assert not store.finish(poison)  # ending twice releases nothing twice
     assert store.queued_bytes("acme") == 0
+
+
+# --- over HTTP: lanes on the broker, backlog in the metrics ----------------------------------
+
+
+def test_jobs_go_to_their_tenants_lanes_and_the_backlog_shows_per_tenant(
+    test_model_settings: Settings, redis_url: str
+) -> None:
+    import re
+
+    import httpx
+    from pydantic import SecretStr
+
+    from moderation.settings import ApiKey
+    from tests.pipeline_support import pipeline_settings, start_api, stop_api
+
+    acme, globex = "a" * 40, "g" * 40
+    s = pipeline_settings(test_model_settings, redis_url, publish_wait_ms=0.0).model_copy(
+        update={
+            "api_keys": [
+                ApiKey(tenant="acme", key=SecretStr(acme)),
+                ApiKey(tenant="globex", key=SecretStr(globex)),
+            ],
+            "tenants": {"acme": TenantSettings(weight=2.0)},
+        }
+    )
+    server, base = start_api(s)
+    store = RedisJobStore.from_url(redis_url, s.queue)
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            as_acme = {"Authorization": f"Bearer {acme}"}
+            job = {"image_url": "s3://bucket/a.jpg"}
+            for i in range(2):
+                answer = client.post("/v1/jobs", json={**job, "id": f"n{i}"}, headers=as_acme)
+                assert answer.status_code == 202, answer.text
+            high = client.post(
+                "/v1/jobs", json={**job, "id": "h", "priority": "high"}, headers=as_acme
+            )
+            assert high.status_code == 202, high.text
+            bad = client.post("/v1/jobs", json={**job, "priority": "urgent"}, headers=as_acme)
+            assert bad.status_code == 422  # schema validation, like every other field
+            lanes_now = {
+                name: store.redis.llen(name)
+                for name in ("moderation", "moderation.t.acme", "moderation.high.acme")
+            }
+            assert lanes_now == {"moderation": 0, "moderation.t.acme": 2, "moderation.high.acme": 1}
+            text = client.get("/metrics").text
+    finally:
+        stop_api(server)
+    depth = dict(
+        re.findall(r'^moderation_tenant_backlog_jobs\{tenant="(\w+)"\} (\S+)$', text, re.M)
+    )
+    assert depth == {"acme": "3.0", "globex": "0.0"}  # only the configured tenants
+    ages = dict(
+        re.findall(
+            r'^moderation_tenant_backlog_oldest_age_seconds\{tenant="(\w+)"\} (\S+)$', text, re.M
+        )
+    )
+    assert float(ages["acme"]) >= 0.0 and float(ages["globex"]) == 0.0
+    assert re.search(r'^moderation_tenant_queued_bytes\{tenant="acme"\} [1-9]', text, re.M)
+    assert re.search(r"^moderation_queue_depth 3\.0$", text, re.M)  # every lane counted
