@@ -17,6 +17,7 @@
         │   ├── JobRejected             the API refused a job (4xx)
         │   │   ├── JobConflict         the id exists with a different request (409)
         │   │   └── RateLimited         the tenant's rate or quota is used up (429)
+        │   │       └── TenantQueueFull the tenant's share of the queued bytes is used up
         │   └── JobNotFoundError        unknown or expired job id
         ├── PolicyError
         │   ├── PolicyValidationError   file:line: field: message (one or many)
@@ -279,6 +280,17 @@ class RateLimited(JobRejected):
     def __init__(self, message: str = "", *, code: str, retry_after_s: float) -> None:
         super().__init__(message, status=429, code=code)
         self.retry_after_s = retry_after_s
+
+
+class TenantQueueFull(RateLimited):
+    """A tenant's share of the queued bytes (its ``max_queued_bytes``, by default its weighted
+    share of ``queue.max_queued_bytes``) is used up by its own jobs that have not ended (429):
+    the other tenants keep theirs."""
+
+    code = "tenant_queue_full"
+
+    def __init__(self, message: str = "", *, retry_after_s: float) -> None:
+        super().__init__(message, code=self.code, retry_after_s=retry_after_s)
 
 
 class JobNotFoundError(JobRequestError):

@@ -31,10 +31,12 @@ from prometheus_client.registry import Collector
 __all__ = [
     "PipelineMetrics",
     "ReviewQueueGauges",
+    "TenantBacklogGauges",
     "metrics",
     "multiprocess_dir",
     "render",
     "render_review_gauges",
+    "render_tenant_backlog",
     "status_class",
 ]
 
@@ -363,4 +365,51 @@ def render_review_gauges(
     """Exposition text of :class:`ReviewQueueGauges` (append it to :func:`render`'s body)."""
     registry = CollectorRegistry()
     registry.register(ReviewQueueGauges(read))
+    return generate_latest(registry)
+
+
+# --- per-tenant backlog gauges ---------------------------------------
+
+
+class TenantBacklogGauges(Collector):
+    """Per-tenant backlog, read at scrape time: jobs that have not ended, the oldest one's age
+    and the bytes they hold. Labels: only the configured tenants (``Settings.tenant_names``).
+
+    ``read`` returns ``(tenant, depth, oldest_age_s, queued_bytes)`` per tenant.
+    """
+
+    def __init__(self, read: Callable[[], Iterable[tuple[str, int, float, int]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "moderation_tenant_backlog_jobs",
+            "Jobs of a tenant that have not ended (queued or running).",
+            labels=["tenant"],
+        )
+        oldest = GaugeMetricFamily(
+            "moderation_tenant_backlog_oldest_age_seconds",
+            "Seconds since the oldest job of a tenant that has not ended was created (0: "
+            "none). Fair scheduling keeps this low for every tenant while one has a burst.",
+            labels=["tenant"],
+        )
+        queued = GaugeMetricFamily(
+            "moderation_tenant_queued_bytes",
+            "Bytes a tenant's jobs that have not ended hold; over its share new jobs get 429 "
+            "tenant_queue_full.",
+            labels=["tenant"],
+        )
+        for tenant, jobs, age, size in self._read():
+            depth.add_metric([tenant], float(jobs))
+            oldest.add_metric([tenant], float(age))
+            queued.add_metric([tenant], float(size))
+        yield depth
+        yield oldest
+        yield queued
+
+
+def render_tenant_backlog(read: Callable[[], Iterable[tuple[str, int, float, int]]]) -> bytes:
+    """Exposition text of :class:`TenantBacklogGauges` (append it to :func:`render`'s body)."""
+    registry = CollectorRegistry()
+    registry.register(TenantBacklogGauges(read))
     return generate_latest(registry)

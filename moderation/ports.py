@@ -41,7 +41,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -53,6 +53,7 @@ from moderation.core.backtest import BacktestPartial, BacktestTask
 from moderation.core.banks import BankEntry, BankInfo, BankManifest, EntryData, Segment
 from moderation.core.compiled import CompiledPolicy, ModelIdentity
 from moderation.core.embeddings import HistoryBatch
+from moderation.core.fairness import TenantBacklog
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult
 from moderation.core.policy import Policy, PolicySet
@@ -69,6 +70,7 @@ from moderation.core.scoring import CategorySlot, SignalScorer
 
 __all__ = [
     "AuditSink",
+    "BacklogReader",
     "BacktestRunner",
     "BankRequest",
     "BankStore",
@@ -219,17 +221,20 @@ class JobStore(Protocol):
     Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
     """
 
-    def create_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> list[tuple[Job, bool]]:
+    def create_many(
+        self, jobs: Sequence[tuple[Job, bytes | None]], *, tenant_cap: int | None = None
+    ) -> list[tuple[Job, bool]]:
         """Store new jobs (and inline bytes) unless their ids exist: (stored job, created).
 
-        The bytes of a new job (inline image + record) count towards the queued bytes until it
-        ends; new jobs that would take them over the store's cap raise ``QueueFull`` (and none
-        of them is stored).
+        The bytes of a new job (inline image + record) count towards the queued bytes, the
+        store's and its tenant's, until it ends; new jobs that would take their tenant's over
+        ``tenant_cap`` raise ``TenantQueueFull``, the store's over its cap ``QueueFull`` (and
+        none of them is stored).
         """
         ...
 
-    def queued_bytes(self) -> int:
-        """Bytes of jobs that have not ended (inline images + records)."""
+    def queued_bytes(self, tenant: str | None = None) -> int:
+        """Bytes of jobs that have not ended (inline images + records), of one tenant or all."""
         ...
 
     def create(self, job: Job, inline: bytes | None = None) -> tuple[Job, bool]: ...
@@ -344,6 +349,17 @@ class WorkerRegistry(Protocol):
         ...
 
 
+@runtime_checkable
+class BacklogReader(Protocol):
+    """Per-tenant backlog of the job store: jobs that have not ended, and the oldest one's
+    creation time (what the per-tenant backlog metrics show).
+
+    Raises: ``QueueUnavailable`` when the store cannot be reached.
+    """
+
+    def backlog(self, tenants: Sequence[str]) -> dict[str, TenantBacklog]: ...
+
+
 class RateLimiter(Protocol):
     """Per-tenant admission of new jobs (:mod:`moderation.core.admission`), shared by every API
     process.
@@ -359,7 +375,9 @@ class RateLimiter(Protocol):
 class SingleJobOps:
     """The single-job forms of a job store's batch operations (mixin)."""
 
-    def create_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> list[tuple[Job, bool]]:
+    def create_many(
+        self, jobs: Sequence[tuple[Job, bytes | None]], *, tenant_cap: int | None = None
+    ) -> list[tuple[Job, bool]]:
         raise NotImplementedError
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
@@ -419,10 +437,18 @@ class TaskPublisher(Protocol):
     Raises: ``QueueUnavailable`` when the broker refuses a message.
     """
 
-    def publish(self, job_ids: Sequence[str], *, retries: int = 0, countdown: float = 0.0) -> None:
-        """Publish ``job_ids`` (split into messages of at most ``jobs_per_message``);
-        ``retries``: transient-error retries they already had; ``countdown``: run them no
-        sooner than this many seconds from now."""
+    def publish(
+        self,
+        job_ids: Sequence[str],
+        *,
+        retries: int = 0,
+        countdown: float = 0.0,
+        high: bool = False,
+    ) -> None:
+        """Publish ``job_ids`` (split into messages of at most ``jobs_per_message``) on their
+        tenants' lanes (:mod:`moderation.core.fairness`); ``retries``: transient-error retries
+        they already had; ``countdown``: run them no sooner than this many seconds from now;
+        ``high``: on the priority lanes."""
         ...
 
     def in_flight(self, max_scan: int = 20_000) -> set[str] | None:

@@ -280,10 +280,19 @@ class RateLimits(BaseModel):
     rate_per_s: float = Field(default=1000.0, gt=0)
     burst: int = Field(default=5000, ge=1)
     daily_jobs: int | None = Field(default=None, ge=1)
+    #: Jobs per minute a tenant may send with ``priority: "high"`` (its priority lane, served
+    #: before every normal lane); over it: 429 ``priority_quota_exceeded``. 0: no priority jobs.
+    high_priority_per_minute: int = Field(default=60, ge=0)
 
 
 class TenantSettings(BaseModel):
-    """What one tenant may do; unset fields fall back to ``Settings.rate_limits``."""
+    """What one tenant may do; unset fields fall back to ``Settings.rate_limits``.
+
+    Fairness between tenants (docs/deployment.md, "Fairness between tenants"): each configured
+    tenant has its own lanes on the broker, which workers serve in turns weighted by
+    ``weight``, and its own share of ``queue.max_queued_bytes`` (``max_queued_bytes``; by
+    default the global cap split by weight among the configured tenants). Over its share a
+    tenant gets 429 ``tenant_queue_full`` while the others keep theirs."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -293,6 +302,12 @@ class TenantSettings(BaseModel):
     rate_per_s: float | None = Field(default=None, gt=0)
     burst: int | None = Field(default=None, ge=1)
     daily_jobs: int | None = Field(default=None, ge=1)
+    #: Its weight in the workers' turns between tenants and in the split of the queued bytes.
+    weight: float = Field(default=1.0, gt=0, le=1000)
+    #: Most bytes its jobs that have not ended may hold (None: its weighted share of
+    #: ``queue.max_queued_bytes``).
+    max_queued_bytes: int | None = Field(default=None, ge=1)
+    high_priority_per_minute: int | None = Field(default=None, ge=0)
 
 
 class ApiKey(BaseModel):
@@ -496,6 +511,13 @@ class Settings(BaseSettings):
         if not self.api_keys:
             names.add(DEFAULT_TENANT)
         return sorted(names)
+
+    def tenant_weights(self) -> dict[str, float]:
+        """The weight of every tenant of :meth:`tenant_names` (1 where none is configured)."""
+        return {
+            name: self.tenants[name].weight if name in self.tenants else 1.0
+            for name in self.tenant_names()
+        }
 
     def security_problems(self) -> list[str]:
         """What would make this configuration unsafe in production: empty, short (under

@@ -329,7 +329,11 @@ def test_tenant_rate_limits_and_the_queued_bytes_cap_over_http(
                 ApiKey(tenant="acme", key=SecretStr(acme)),
                 ApiKey(tenant="globex", key=SecretStr(globex)),
             ],
-            "tenants": {"acme": TenantSettings(rate_per_s=0.5, burst=3)},
+            # globex's own share is the whole queue: the global cap is what it meets.
+            "tenants": {
+                "acme": TenantSettings(rate_per_s=0.5, burst=3),
+                "globex": TenantSettings(max_queued_bytes=400_000),
+            },
         }
     )
     server, base = start_api(s)

@@ -31,8 +31,11 @@ from typing import Any
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
+from moderation.adapters.support.fair_lanes import FAIR_CYCLE, declare_lanes
 from moderation.adapters.support.redis import connect, redis_errors
 from moderation.core.backtest import BacktestPartial, BacktestTask
+from moderation.core.fairness import lane_for, lanes
+from moderation.core.jobs import tenant_of
 from moderation.exceptions import (
     BacktestMismatch,
     BacktestWorkersUnavailable,
@@ -52,6 +55,7 @@ __all__ = [
     "CeleryBacktests",
     "CeleryQueue",
     "celery_config",
+    "consumed_queues",
     "message_job_ids",
     "worker_concurrency",
 ]
@@ -74,6 +78,17 @@ def worker_concurrency(q: QueueSettings) -> int:
     return q.concurrency or 2 * q.batch_size
 
 
+def consumed_queues(settings: Settings) -> list[str]:
+    """Every queue a worker consumes: the job lanes of the configured tenants (normal and
+    priority, :func:`~moderation.core.fairness.lanes`), callbacks and backtests."""
+    job_lanes = lanes(settings.queue.queue_name, settings.tenant_weights())
+    return [
+        *(lane.name for lane in job_lanes),
+        settings.queue.callback_queue_name,
+        settings.embeddings.backtest_queue,
+    ]
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery configuration for ``settings`` (producers and workers alike).
 
@@ -89,6 +104,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     q = settings.queue
     concurrency = worker_concurrency(q)
     backtests = settings.embeddings.backtest_queue
+    job_lanes = lanes(q.queue_name, settings.tenant_weights())
+    declare_lanes(job_lanes)
     return {
         "broker_url": settings.redis_url,
         # Only backtest tasks keep a result (their counts): every other task ignores it.
@@ -99,6 +116,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": q.visibility_timeout_s,
             "unacked_restore_interval": q.unacked_restore_interval_s,
             "unacked_restore_throttle": max(1, round(q.unacked_restore_throttle_s)),
+            # Which queue a worker takes its next message from: the tenants' lanes in
+            # weighted turns, priority lanes first (moderation.core.fairness).
+            "queue_order_strategy": FAIR_CYCLE,
         },
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -109,7 +129,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": False,
         "task_default_queue": q.queue_name,
         "task_queues": [
-            Queue(q.queue_name),  # type: ignore[no-untyped-call]
+            *(Queue(lane.name) for lane in job_lanes),  # type: ignore[no-untyped-call]
             Queue(q.callback_queue_name),  # type: ignore[no-untyped-call]
             Queue(backtests),  # type: ignore[no-untyped-call]
         ],
@@ -158,11 +178,24 @@ class CeleryQueue:
         self._celery.conf.update(celery_config(settings))
         self._redis = connect(settings.redis_url or "")
         self._lock = threading.Lock()
+        self._tenants = frozenset(settings.tenant_names())
+        self._lanes = [
+            lane.name for lane in lanes(settings.queue.queue_name, settings.tenant_weights())
+        ]
 
     # --- TaskPublisher -----------------------------------------------------------------------
 
-    def publish(self, job_ids: Sequence[str], *, retries: int = 0, countdown: float = 0.0) -> None:
-        """Publish ``job_ids`` as messages of at most ``queue.jobs_per_message`` jobs.
+    def publish(
+        self,
+        job_ids: Sequence[str],
+        *,
+        retries: int = 0,
+        countdown: float = 0.0,
+        high: bool = False,
+    ) -> None:
+        """Publish ``job_ids`` as messages of at most ``queue.jobs_per_message`` jobs, each on
+        its tenant's lane (:func:`~moderation.core.fairness.lane_for`; ``high``: the
+        priority lane).
 
         Raises:
             QueueUnavailable: the broker refused a message.
@@ -170,21 +203,26 @@ class CeleryQueue:
         if isinstance(job_ids, str):
             raise TypeError("publish takes a sequence of job ids, not one id")
         q = self.settings.queue
+        by_lane: dict[str, list[str]] = {}
+        for job_id in job_ids:
+            lane = lane_for(q.queue_name, tenant_of(job_id), high=high, known=self._tenants)
+            by_lane.setdefault(lane, []).append(job_id)
         step = max(1, q.jobs_per_message)
-        for start in range(0, len(job_ids), step):
-            chunk = list(job_ids[start : start + step])
-            try:
-                self._celery.send_task(
-                    MODERATE_TASK,
-                    args=[chunk],
-                    kwargs={"retries": retries},
-                    task_id=chunk[0] if len(chunk) == 1 else f"batch-{uuid.uuid4().hex}",
-                    queue=q.queue_name,
-                    ignore_result=True,
-                    countdown=countdown if countdown > 0 else None,
-                )
-            except Exception as exc:  # kombu/redis raise many types; all mean "not enqueued"
-                raise QueueUnavailable(f"cannot enqueue jobs {chunk[:3]}...: {exc}") from exc
+        for lane, ids in by_lane.items():
+            for start in range(0, len(ids), step):
+                chunk = ids[start : start + step]
+                try:
+                    self._celery.send_task(
+                        MODERATE_TASK,
+                        args=[chunk],
+                        kwargs={"retries": retries},
+                        task_id=chunk[0] if len(chunk) == 1 else f"batch-{uuid.uuid4().hex}",
+                        queue=lane,
+                        ignore_result=True,
+                        countdown=countdown if countdown > 0 else None,
+                    )
+                except Exception as exc:  # kombu/redis raise many types: "not enqueued"
+                    raise QueueUnavailable(f"cannot enqueue jobs {chunk[:3]}...: {exc}") from exc
 
     def in_flight(self, max_scan: int = 20_000) -> set[str] | None:
         """Ids of the jobs whose messages wait in the queue or are unacknowledged (kombu's
@@ -194,24 +232,33 @@ class CeleryQueue:
         Raises:
             QueueUnavailable: Redis is down.
         """
-        queue = self.settings.queue.queue_name
         with redis_errors("broker"):
-            if int(self._redis.llen(queue)) > max_scan:
+            pipe = self._redis.pipeline(transaction=False)
+            for lane in self._lanes:
+                pipe.llen(lane)
+            if sum(int(n) for n in pipe.execute()) > max_scan:
                 return None
-            raw = [*self._redis.lrange(queue, 0, max_scan), *self._redis.hvals("unacked")]
+            pipe = self._redis.pipeline(transaction=False)
+            for lane in self._lanes:
+                pipe.lrange(lane, 0, max_scan)
+            raw = [item for items in pipe.execute() for item in items]
+            raw.extend(self._redis.hvals("unacked"))
         ids: set[str] = set()
         for item in raw:
             ids.update(message_job_ids(item))
         return ids
 
     def queue_depth(self) -> int:
-        """Messages waiting in the moderation queue.
+        """Messages waiting in the moderation queue (every lane).
 
         Raises:
             QueueUnavailable: Redis is down.
         """
         with redis_errors("broker"):
-            return int(self._redis.llen(self.settings.queue.queue_name))
+            pipe = self._redis.pipeline(transaction=False)
+            for lane in self._lanes:
+                pipe.llen(lane)
+            return sum(int(n) for n in pipe.execute())
 
     # --- CallbackSender ----------------------------------------------------------------------
 

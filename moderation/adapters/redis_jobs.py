@@ -17,6 +17,9 @@ Keys (``P`` = ``settings.queue.key_prefix``)::
     P lock:<name>       short-lived named locks (one worker at a time runs the lost-message sweep)
     P queued            hash job id -> bytes it holds (inline image + record) until it ends
     P queued_bytes      the sum of ``queued``: compared with ``queue.max_queued_bytes`` on create
+    P queued_bytes:<t>  the same sum for tenant ``t`` only: compared with the tenant's share
+    P backlog:<t>       sorted set job id -> creation time of tenant ``t``'s jobs that have not
+                        ended (backlog depth and oldest job's age, per tenant, for the metrics)
 
 Job ids here are scoped ids (``<tenant>/<id>``, :mod:`moderation.core.jobs`). Inline bytes are
 dropped when a job ends, except for a REVIEW verdict (the reviewer needs them) and a dead letter
@@ -42,9 +45,10 @@ import redis
 
 from moderation.adapters.support.job_keys import JobKeys
 from moderation.adapters.support.redis import connect, redis_errors
-from moderation.core.jobs import Job, JobResult, keeps_inline
+from moderation.core.fairness import TenantBacklog
+from moderation.core.jobs import Job, JobResult, keeps_inline, tenant_of
 from moderation.core.review import HumanDecision
-from moderation.exceptions import QueueFull, QueueUnavailable
+from moderation.exceptions import QueueFull, QueueUnavailable, TenantQueueFull
 from moderation.ports import SingleJobOps
 from moderation.settings import QueueSettings
 
@@ -52,10 +56,13 @@ __all__ = ["RedisJobStore"]
 
 T = TypeVar("T")
 
-# 1: created; 0: the id exists; -1: over the cap on queued bytes (nothing written).
+# 1: created; 0: the id exists; -1: over the cap on queued bytes; -2: over the tenant's share
+# of them (ARGV[11]; negative: none) - nothing written.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local size = tonumber(ARGV[9])
+local cap = tonumber(ARGV[11])
+if cap >= 0 and tonumber(redis.call('GET', KEYS[7]) or '0') + size > cap then return -2 end
 local total = tonumber(redis.call('GET', KEYS[6]) or '0')
 if total + size > tonumber(ARGV[10]) then return -1 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
@@ -64,6 +71,8 @@ if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
 redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
 redis.call('HSET', KEYS[5], ARGV[8], size)
 redis.call('INCRBY', KEYS[6], size)
+redis.call('INCRBY', KEYS[7], size)
+redis.call('ZADD', KEYS[8], ARGV[7], ARGV[8])
 return 1
 """
 
@@ -82,7 +91,9 @@ local size = redis.call('HGET', KEYS[4], ARGV[3])
 if size then
   redis.call('HDEL', KEYS[4], ARGV[3])
   redis.call('DECRBY', KEYS[5], size)
+  if redis.call('DECRBY', KEYS[7], size) < 0 then redis.call('SET', KEYS[7], 0) end
 end
+redis.call('ZREM', KEYS[8], ARGV[3])
 if ARGV[6] == '1' then redis.call('DEL', KEYS[6]) end
 return 1
 """
@@ -93,7 +104,9 @@ local size = redis.call('HGET', KEYS[1], ARGV[1])
 if size then
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('DECRBY', KEYS[2], size)
+  if redis.call('DECRBY', KEYS[3], size) < 0 then redis.call('SET', KEYS[3], 0) end
 end
+redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
 """
 
@@ -125,7 +138,9 @@ class RedisJobStore(SingleJobOps):
 
     # --- jobs --------------------------------------------------------------------------------
 
-    def create_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> list[tuple[Job, bool]]:
+    def create_many(
+        self, jobs: Sequence[tuple[Job, bytes | None]], *, tenant_cap: int | None = None
+    ) -> list[tuple[Job, bool]]:
         """Store new jobs (and their inline bytes) unless their ids exist, in one round trip.
 
         Returns:
@@ -133,6 +148,8 @@ class RedisJobStore(SingleJobOps):
             created.
 
         Raises:
+            TenantQueueFull: the jobs' bytes would take their tenant's queued bytes over
+                ``tenant_cap`` (nothing was stored).
             QueueFull: the job's bytes would take the queued bytes over
                 ``queue.max_queued_bytes`` (nothing was stored).
             QueueUnavailable: Redis is down.
@@ -152,6 +169,8 @@ class RedisJobStore(SingleJobOps):
                         self.key("pending"),
                         self.key("queued"),
                         self.key("queued_bytes"),
+                        self.key("queued_bytes", tenant_of(job.id)),
+                        self.key("backlog", tenant_of(job.id)),
                     ],
                     args=[
                         record,
@@ -164,17 +183,27 @@ class RedisJobStore(SingleJobOps):
                         job.id,
                         size,
                         self.settings.max_queued_bytes,
+                        -1 if tenant_cap is None else tenant_cap,
                     ],
                     client=pipe,
                 )
             return [int(x) for x in pipe.execute()]
 
         created = self._call(run)
-        if -1 in created:
-            # Over the cap on queued bytes: the whole batch is refused, nothing stays.
+        if -1 in created or -2 in created:
+            # Over a cap on queued bytes: the whole batch is refused, nothing stays.
             for (job, _), won in zip(jobs, created, strict=True):
                 if won == 1:
                     self.delete(job.id)
+        if -2 in created:
+            refused = [job for (job, _), won in zip(jobs, created, strict=True) if won == -2]
+            tenant = tenant_of(refused[0].id)
+            raise TenantQueueFull(
+                f"tenant {tenant} has {tenant_cap} bytes of jobs waiting for the workers, "
+                "its share of the queue; retry when some of them have ended",
+                retry_after_s=self.settings.queue_full_retry_s,
+            )
+        if -1 in created:
             raise QueueFull(
                 "too many bytes are waiting for the workers "
                 f"(cap {self.settings.max_queued_bytes}); retry later",
@@ -194,7 +223,16 @@ class RedisJobStore(SingleJobOps):
         def run() -> None:
             self.redis.delete(*(self.key(k, job_id) for k in kinds))
             self.redis.zrem(self.key("pending"), job_id)
-            self._unqueue(keys=[self.key("queued"), self.key("queued_bytes")], args=[job_id])
+            tenant = tenant_of(job_id)
+            self._unqueue(
+                keys=[
+                    self.key("queued"),
+                    self.key("queued_bytes"),
+                    self.key("queued_bytes", tenant),
+                    self.key("backlog", tenant),
+                ],
+                args=[job_id],
+            )
 
         self._call(run)
 
@@ -206,9 +244,33 @@ class RedisJobStore(SingleJobOps):
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
         return [Job.model_validate_json(raw) if raw else None for raw in self._mget("job", job_ids)]
 
-    def queued_bytes(self) -> int:
-        raw = self._call(lambda: self.redis.get(self.key("queued_bytes")))
-        return int(raw or 0)
+    def queued_bytes(self, tenant: str | None = None) -> int:
+        raw = self._call(lambda: self.redis.get(self.key("queued_bytes", tenant or "")))
+        return max(0, int(raw or 0))
+
+    def backlog(self, tenants: Sequence[str]) -> dict[str, TenantBacklog]:
+        """Per tenant: its jobs that have not ended, and when the oldest was created (one
+        round trip).
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+
+        def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for tenant in tenants:
+                pipe.zcard(self.key("backlog", tenant))
+                pipe.zrange(self.key("backlog", tenant), 0, 0, withscores=True)
+            return list(pipe.execute())
+
+        raw = self._call(run) if tenants else []
+        out = {}
+        for index, tenant in enumerate(tenants):
+            depth, oldest = raw[2 * index], raw[2 * index + 1]
+            out[tenant] = TenantBacklog(
+                depth=int(depth), oldest_created_at=float(oldest[0][1]) if oldest else None
+            )
+        return out
 
     def keep_inline(self, key: str, ttl_s: int) -> None:
         """Keep inline bytes for ``ttl_s`` more seconds (e.g. while their job awaits review)."""
@@ -252,6 +314,8 @@ class RedisJobStore(SingleJobOps):
                         self.key("queued"),
                         self.key("queued_bytes"),
                         self.key("inline", result.job_id),
+                        self.key("queued_bytes", tenant_of(result.job_id)),
+                        self.key("backlog", tenant_of(result.job_id)),
                     ],
                     args=[
                         result.model_dump_json(),

@@ -59,7 +59,8 @@ from moderation.http.problems import (
     handle_unexpected_error,
     handle_validation_error,
 )
-from moderation.metrics import render, render_review_gauges
+from moderation.metrics import render, render_review_gauges, render_tenant_backlog
+from moderation.pipeline.backlog import tenant_backlog
 from moderation.pipeline.submit import Accepted, SubmitRequest
 
 __all__ = ["create_app"]
@@ -130,6 +131,7 @@ def _request(req: JobRequest, max_bytes: int) -> SubmitRequest:
         id=req.id,
         metadata=req.metadata,
         callback_url=req.callback_url,
+        priority=req.priority,
     )
 
 
@@ -490,6 +492,14 @@ def create_app(api: ApiProcess) -> FastAPI:
             )
         except ModerationError:
             log.warning("review queue stats unavailable for /metrics")
+        if api.backlog is not None:
+            try:
+                rows = tenant_backlog(api.backlog, store, sorted(api.tenants))
+                body += render_tenant_backlog(
+                    lambda: [(r.tenant, r.depth, r.oldest_age_s, r.queued_bytes) for r in rows]
+                )
+            except ModerationError:
+                log.warning("tenant backlog unavailable for /metrics")
         return Response(body, media_type=content_type)
 
     def openapi() -> dict[str, Any]:

@@ -113,6 +113,12 @@ class JobOptions(BaseModel):
         json_schema_extra={"pattern": URL_PATTERN},
         description="POSTed the HMAC-signed result when the job ends.",
     )
+    priority: Literal["normal", "high"] = Field(
+        "normal",
+        description='"high": the tenant\'s priority lane, served before every normal lane, '
+        "within the tenant's rate_limits.high_priority_per_minute (over it: 429 "
+        "priority_quota_exceeded).",
+    )
 
     @field_validator("policies", "id", "callback_url", mode="before")
     @classmethod

@@ -34,7 +34,7 @@ def worker(
     """
     from celery.bin.celery import main as celery_main
 
-    from moderation.adapters.celery_queue import worker_concurrency
+    from moderation.adapters.celery_queue import consumed_queues, worker_concurrency
 
     # Idle OpenMP threads sleep instead of spinning (torch reads this once, at import): a
     # spinning intra-op team takes the cores the decode threads need (measured on 2 cores: the
@@ -59,7 +59,7 @@ def worker(
         "--concurrency",
         str(concurrency or worker_concurrency(q)),
         "--queues",
-        f"{q.queue_name},{q.callback_queue_name},{settings.embeddings.backtest_queue}",
+        ",".join(consumed_queues(settings)),
         "--hostname",
         f"moderation-{os.getpid()}@%h",
         "--loglevel",

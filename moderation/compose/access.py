@@ -10,6 +10,7 @@ from moderation.adapters.passwords import verify_password
 from moderation.adapters.redis_sessions import RedisLoginThrottle
 from moderation.compose.stores import open_reviewer_sessions, require_redis_url
 from moderation.core.admission import Tenant
+from moderation.core.fairness import queued_byte_shares
 from moderation.core.review import pseudonym
 from moderation.core.reviewers import LoginPolicy
 from moderation.pipeline.signin import ReviewerAuth
@@ -31,14 +32,22 @@ def build_tenants(settings: Settings) -> dict[str, Tenant]:
     keys are configured: the open API of development mode)."""
     base = settings.rate_limits
     out: dict[str, Tenant] = {}
+    shares = queued_byte_shares(
+        settings.queue.max_queued_bytes,
+        settings.tenant_weights(),
+        {name: t.max_queued_bytes for name, t in settings.tenants.items()},
+    )
     for name in settings.tenant_names():
         own = settings.tenants.get(name)
+        high = own.high_priority_per_minute if own else None
         out[name] = Tenant(
             name=name,
             policies=tuple(own.policies) if own and own.policies is not None else None,
             rate_per_s=own.rate_per_s if own and own.rate_per_s is not None else base.rate_per_s,
             burst=own.burst if own and own.burst is not None else base.burst,
             daily_jobs=own.daily_jobs if own and own.daily_jobs is not None else base.daily_jobs,
+            max_queued_bytes=shares[name],
+            high_per_minute=high if high is not None else base.high_priority_per_minute,
         )
     return out
 

@@ -33,6 +33,7 @@ from moderation.pipeline.sources import ImageSources
 from moderation.pipeline.submit import PolicyCatalog, Submitter
 from moderation.ports import (
     AuditSink,
+    BacklogReader,
     CallbackSender,
     DeliveryLog,
     JobStore,
@@ -69,6 +70,8 @@ class ApiProcess:
     tenants: dict[str, Tenant]
     #: Reviewers' "add to bank" (None: not offered).
     banks: BankService | None = None
+    #: Per-tenant backlog for the metrics (None: the job store cannot tell).
+    backlog: BacklogReader | None = None
 
     def close(self) -> None:
         close = getattr(self.publisher, "close", None)
@@ -164,4 +167,5 @@ def build_api(
         reviewer_auth=build_reviewer_auth(settings, reviewers, audit=audit),
         tenants=build_tenants(settings),
         banks=banks,
+        backlog=store if isinstance(store, BacklogReader) else None,
     )

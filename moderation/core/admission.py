@@ -35,6 +35,22 @@ class Tenant:
     rate_per_s: float = 1000.0
     burst: int = 5000
     daily_jobs: int | None = None
+    #: Its share of the queue: the most bytes its unfinished jobs may hold (None: no own cap).
+    max_queued_bytes: int | None = None
+    #: Jobs per minute it may send with ``priority: "high"`` (0: none).
+    high_per_minute: int = 60
+
+    def high_lane(self) -> Tenant | None:
+        """The bucket of its priority jobs (``high_per_minute``, as a burst of as many), as a
+        tenant of its own (``<name>:high``: no configured name has a colon); None if none."""
+        if self.high_per_minute <= 0:
+            return None
+        return Tenant(
+            name=f"{self.name}:high",
+            rate_per_s=self.high_per_minute / 60.0,
+            burst=self.high_per_minute,
+            high_per_minute=0,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -136,6 +136,8 @@ class Job(BaseModel):
     callback_url: str | None = None
     created_at: datetime = Field(default_factory=_now)
     tenant: str = DEFAULT_TENANT
+    #: ``"high"``: published on the tenant's priority lane (``moderation.core.fairness``).
+    priority: Literal["normal", "high"] = "normal"
     #: :func:`request_fingerprint` of the request that created the job (None: stored before
     #: fingerprints existed; any resubmission then counts as a duplicate).
     fingerprint: str | None = None

@@ -33,14 +33,22 @@ class CoalescingPublisher:
             publish, max_batch=max_jobs, max_wait_s=max_wait_s, name="publish-coalescer"
         )
 
-    def publish(self, job_ids: Sequence[str], *, retries: int = 0, countdown: float = 0.0) -> None:
-        """Publish ``job_ids``; returns once their message is with the broker.
+    def publish(
+        self,
+        job_ids: Sequence[str],
+        *,
+        retries: int = 0,
+        countdown: float = 0.0,
+        high: bool = False,
+    ) -> None:
+        """Publish ``job_ids``; returns once their message is with the broker. Priority jobs
+        go at once; the gathered ones are split by tenant lane by the inner publisher.
 
         Raises:
             QueueUnavailable: the broker refused the message.
         """
-        if retries or countdown or len(job_ids) * 2 >= self.max_jobs:
-            self.inner.publish(job_ids, retries=retries, countdown=countdown)
+        if high or retries or countdown or len(job_ids) * 2 >= self.max_jobs:
+            self.inner.publish(job_ids, retries=retries, countdown=countdown, high=high)
             return
         for future in [self._batcher.submit(job_id) for job_id in job_ids]:
             future.result()

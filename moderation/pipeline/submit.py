@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moderation.core.admission import Tenant
+from moderation.core.fairness import HIGH, NORMAL
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import (
     JOB_ID_PATTERN,
@@ -49,6 +50,7 @@ from moderation.exceptions import (
     PolicyError,
     QueueFull,
     RateLimited,
+    TenantQueueFull,
 )
 from moderation.metrics import metrics
 from moderation.pipeline.sources import ImageSources
@@ -70,6 +72,8 @@ class SubmitRequest:
     id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     callback_url: str | None = None
+    #: ``"high"``: the tenant's priority lane, within its ``high_priority_per_minute``.
+    priority: str = NORMAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +262,8 @@ class Submitter:
             except ImageFetchError as exc:
                 raise _reject(400, exc.code, str(exc)) from exc
             what = uri
+        if request.priority not in (NORMAL, HIGH):
+            raise _reject(400, "bad_priority", f"priority must be {NORMAL!r} or {HIGH!r}")
         policies = self._policies(request, known, tenant)
         self._check_metadata(request.metadata)
         if request.callback_url is not None:
@@ -272,6 +278,7 @@ class Submitter:
             metadata=request.metadata,
             callback_url=request.callback_url,
             tenant=tenant.name,
+            priority=request.priority,
             fingerprint=request_fingerprint(
                 image=what,
                 policies=policies,
@@ -315,6 +322,8 @@ class Submitter:
         Raises:
             JobRejected: a request is invalid (``index`` names it in a batch), JobConflict (409)
                 or RateLimited (429); nothing was enqueued.
+            TenantQueueFull: the tenant's own jobs hold its share of the queued bytes (429);
+                nothing was enqueued.
             QueueFull: too many bytes wait for the workers (503); nothing was enqueued.
             QueueUnavailable: Redis or the broker is down.
         """
@@ -353,13 +362,63 @@ class Submitter:
                 f"{q.max_batch_bytes} per request",
             )
         self._conflicts(valid)
+        cap = self._tenant_cap(tenant)
+        if (
+            inline_total
+            and cap is not None
+            and self.store.queued_bytes(tenant.name) + inline_total > cap
+        ):
+            raise self._tenant_full(tenant, cap)
         if inline_total and self.store.queued_bytes() + inline_total > q.max_queued_bytes:
             raise QueueFull(
                 "too many bytes are waiting for the workers; retry later",
                 retry_after_s=q.queue_full_retry_s,
             )
+        self._admit_high(tenant, sum(1 for v in valid if v.job.priority == HIGH))
         self._admit(tenant, len(valid))
-        return self._enqueue(valid)
+        return self._enqueue(valid, tenant_cap=cap)
+
+    def _tenant_cap(self, tenant: Tenant) -> int | None:
+        """The tenant's own cap on queued bytes, where it is below the global one."""
+        own = tenant.max_queued_bytes
+        return own if own is not None and own < self.settings.max_queued_bytes else None
+
+    def _tenant_full(self, tenant: Tenant, cap: int) -> TenantQueueFull:
+        return TenantQueueFull(
+            f"tenant {tenant.name} has {cap} bytes of jobs waiting for the workers, its share "
+            "of the queue; retry when some of them have ended",
+            retry_after_s=self.settings.queue_full_retry_s,
+        )
+
+    def _admit_high(self, tenant: Tenant, n: int) -> None:
+        """Take ``n`` jobs from the tenant's priority quota, or refuse the submission."""
+        if n == 0:
+            return
+        lane = tenant.high_lane()
+        if lane is None:
+            raise _reject(
+                403,
+                "priority_not_allowed",
+                f"tenant {tenant.name} may not send jobs with priority {HIGH!r}",
+            )
+        if self.limiter is None:
+            return
+        if n > lane.burst:
+            raise _reject(
+                413,
+                "batch_over_priority_quota",
+                f"{n} priority jobs in one request; tenant {tenant.name} may send "
+                f"{lane.burst} per minute",
+            )
+        admission = self.limiter.admit(lane, n)
+        if not admission.granted:
+            raise RateLimited(
+                f"tenant {tenant.name} used its {tenant.high_per_minute} priority jobs per "
+                f"minute; send the job with priority {NORMAL!r}, or retry in "
+                f"{admission.retry_after_s:.1f} s",
+                code="priority_quota_exceeded",
+                retry_after_s=admission.retry_after_s,
+            )
 
     def _admit(self, tenant: Tenant, n: int) -> None:
         if self.limiter is None:
@@ -387,11 +446,12 @@ class Submitter:
             retry_after_s=admission.retry_after_s,
         )
 
-    def _enqueue(self, valid: list[_Valid]) -> list[Accepted]:
+    def _enqueue(self, valid: list[_Valid], *, tenant_cap: int | None) -> list[Accepted]:
         """Create the jobs (one store round trip), publish the new ones (one message per
-        ``jobs_per_message``) and roll them back if the broker refuses. An id already stored
-        for a different request is a conflict (409), and then nothing of the batch stays."""
-        stored = self.store.create_many([(v.job, v.inline) for v in valid])
+        ``jobs_per_message``, on the tenant's lane: normal or priority) and roll them back if
+        the broker refuses. An id already stored for a different request is a conflict (409),
+        and then nothing of the batch stays."""
+        stored = self.store.create_many([(v.job, v.inline) for v in valid], tenant_cap=tenant_cap)
         created = [job.id for job, won in stored if won]
         for index, (v, (existing, won)) in enumerate(zip(valid, stored, strict=True)):
             if not won and _differs(existing, v.job):
@@ -404,8 +464,13 @@ class Submitter:
                     index=index if len(valid) > 1 else None,
                 )
         if created:
+            high = {job.id for job, won in stored if won and job.priority == HIGH}
             try:
-                self.publisher.publish(created)
+                normal = [job_id for job_id in created if job_id not in high]
+                if normal:
+                    self.publisher.publish(normal)
+                if high:
+                    self.publisher.publish([j for j in created if j in high], high=True)
             except ModerationError:
                 for job_id in created:
                     self.store.delete(job_id)

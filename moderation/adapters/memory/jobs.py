@@ -7,9 +7,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from moderation.core.jobs import Job, JobResult, keeps_inline
+from moderation.core.fairness import TenantBacklog
+from moderation.core.jobs import Job, JobResult, keeps_inline, tenant_of
 from moderation.core.review import HumanDecision
-from moderation.exceptions import QueueFull
+from moderation.exceptions import QueueFull, TenantQueueFull
 from moderation.ports import SingleJobOps
 
 __all__ = ["MemoryJobStore"]
@@ -30,7 +31,9 @@ class MemoryJobStore(SingleJobOps):
     max_queued_bytes: int = 1 << 62
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def create_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> list[tuple[Job, bool]]:
+    def create_many(
+        self, jobs: Sequence[tuple[Job, bytes | None]], *, tenant_cap: int | None = None
+    ) -> list[tuple[Job, bool]]:
         out = []
         with self.lock:
             sizes = {
@@ -38,6 +41,13 @@ class MemoryJobStore(SingleJobOps):
                 for job, inline in jobs
                 if job.id not in self.jobs
             }
+            for tenant in {tenant_of(job_id) for job_id in sizes}:
+                mine = sum(v for k, v in sizes.items() if tenant_of(k) == tenant)
+                if tenant_cap is not None and self._queued(tenant) + mine > tenant_cap:
+                    raise TenantQueueFull(
+                        f"tenant {tenant}: queued bytes would exceed {tenant_cap}",
+                        retry_after_s=30.0,
+                    )
             if sum(self.queued.values()) + sum(sizes.values()) > self.max_queued_bytes:
                 raise QueueFull(f"queued bytes would exceed {self.max_queued_bytes}")
             for job, inline in jobs:
@@ -61,8 +71,21 @@ class MemoryJobStore(SingleJobOps):
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
         return [self.jobs.get(job_id) for job_id in job_ids]
 
-    def queued_bytes(self) -> int:
-        return sum(self.queued.values())
+    def _queued(self, tenant: str | None) -> int:
+        return sum(v for k, v in self.queued.items() if tenant is None or tenant_of(k) == tenant)
+
+    def queued_bytes(self, tenant: str | None = None) -> int:
+        with self.lock:
+            return self._queued(tenant)
+
+    def backlog(self, tenants: Sequence[str]) -> dict[str, TenantBacklog]:
+        with self.lock:
+            out = {}
+            for tenant in tenants:
+                mine = [self.jobs[k] for k in self.queued if tenant_of(k) == tenant]
+                oldest = min((j.created_at.timestamp() for j in mine), default=None)
+                out[tenant] = TenantBacklog(depth=len(mine), oldest_created_at=oldest)
+            return out
 
     def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self.inline.get(key) for key in keys]

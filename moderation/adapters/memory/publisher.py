@@ -14,6 +14,8 @@ class MemoryPublisher:
     ids, retries, countdown). ``fail`` makes it refuse (a broker that is down)."""
 
     messages: list[tuple[list[str], int, float]] = field(default_factory=list)
+    #: Job ids published on a priority lane.
+    high: list[str] = field(default_factory=list)
     fail: Exception | None = None
 
     @property
@@ -21,10 +23,19 @@ class MemoryPublisher:
         """Every job id published, in order."""
         return [job_id for ids, _, _ in self.messages for job_id in ids]
 
-    def publish(self, job_ids: Sequence[str], *, retries: int = 0, countdown: float = 0.0) -> None:
+    def publish(
+        self,
+        job_ids: Sequence[str],
+        *,
+        retries: int = 0,
+        countdown: float = 0.0,
+        high: bool = False,
+    ) -> None:
         if self.fail is not None:
             raise self.fail
         self.messages.append((list(job_ids), retries, countdown))
+        if high:
+            self.high.extend(job_ids)
 
     def in_flight(self, max_scan: int = 20_000) -> set[str] | None:
         return set(self.published)
