@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from moderation.adapters.http_callbacks import CallbackDelivery
-from moderation.core.callbacks import verify
+from moderation.core.callbacks import Delivered, verify
 from moderation.settings import Settings
 from tests.attack_support import KEY_A, KEY_B, Site, image_b64, started_site
 from tests.pipeline_support import WorkerProcess
@@ -291,7 +291,19 @@ def test_each_attempt_has_a_total_deadline(test_model_settings: Settings) -> Non
     try:
         # The tarpit never stops sending (a byte a second, each read succeeds), yet the attempt
         # ends: with a retry and the deadline as the reason, the connection closed by us.
-        outcome = delivery.deliver("j", receiver.url("/tarpit"), b'{"event":"x"}', attempt=1)
+        # (Before, it went on for as long as the tarpit did: the join below is only there so
+        # that such a hang fails instead of blocking the suite.)
+        outcomes: list[Delivered] = []
+        attempt = threading.Thread(
+            target=lambda: outcomes.append(
+                delivery.deliver("j", receiver.url("/tarpit"), b'{"event":"x"}', attempt=1)
+            ),
+            daemon=True,
+        )
+        attempt.start()
+        attempt.join(120)
+        assert outcomes, "the attempt did not end"
+        (outcome,) = outcomes
         assert outcome.status == "retry"
         assert outcome.problem is not None and "deadline" in outcome.problem
         _wait("the tarpit to see the close", lambda: receiver.tarpit_closed_by_client == 1, 10)
