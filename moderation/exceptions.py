@@ -36,6 +36,7 @@
         ├── ReviewError                 lease expired, not the holder, bad decision
         │   ├── ReviewNotFound / ReviewLeaseExpired / ReviewNotLeaseHolder
         │   ├── ReviewAlreadyDecided / ReviewInvalidDecision
+        │   ├── ReviewEvidenceUnavailable  the scored bytes are gone or do not verify
         │   └── ReviewAuthError          not signed in, bad credentials, CSRF, wrong role
         │       └── LoginThrottled       too many failed sign-ins: wait (429)
         │           └── LoginBusy        too many password checks at once (429)
@@ -335,6 +336,13 @@ class ReviewAlreadyDecided(ReviewError):
 
 class ReviewInvalidDecision(ReviewError):
     code = "review_invalid_decision"
+
+
+class ReviewEvidenceUnavailable(ReviewError):
+    """The exact bytes an item was scored on are gone, or do not match its ``content_sha256``:
+    nothing is shown, and the item can only be removed or escalated."""
+
+    code = "review_evidence_unavailable"
 
 
 class ReviewAuthError(ReviewError):

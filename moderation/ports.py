@@ -24,7 +24,8 @@ cases::
     CompileCache     compile_cache.CompileCache                (a folder under tmp_path)
     BlobStore        s3_blobs.S3BlobStore, local_blobs         MemoryBlobStore
     TaskPublisher    celery_queue.CeleryQueue                  MemoryPublisher
-    CallbackSender   celery_queue.CeleryQueue                  MemoryCallbacks
+    CallbackSender   redis_callbacks.RedisCallbackOutbox       MemoryCallbacks
+    CallbackOutbox   redis_callbacks.RedisCallbackOutbox       MemoryCallbackOutbox
     BankStore        redis_banks.RedisBankStore                MemoryBankStore
     HistoryFormat    parquet_history.ParquetHistory            MemoryHistoryFormat
     BacktestRunner   celery_queue.CeleryBacktests              pipeline.backtest.LocalBacktests
@@ -51,6 +52,7 @@ from moderation.core.admission import Admission, Tenant
 from moderation.core.audit import AuditRecord, Retention
 from moderation.core.backtest import BacktestPartial, BacktestTask
 from moderation.core.banks import BankEntry, BankInfo, BankManifest, EntryData, Segment
+from moderation.core.callbacks import PendingCallback
 from moderation.core.compiled import CompiledPolicy, ModelIdentity
 from moderation.core.embeddings import HistoryBatch
 from moderation.core.fairness import TenantBacklog
@@ -75,6 +77,7 @@ __all__ = [
     "BankRequest",
     "BankStore",
     "BlobStore",
+    "CallbackOutbox",
     "CallbackSender",
     "Claim",
     "CompileCache",
@@ -462,7 +465,40 @@ class TaskPublisher(Protocol):
 class CallbackSender(Protocol):
     """Schedules the delivery of a signed callback (retried, at least once)."""
 
-    def send(self, job_id: str, url: str, body: bytes) -> None: ...
+    def send(self, job_id: str, url: str, body: bytes, *, tenant: str = "default") -> None:
+        """Schedule ``body`` for ``url`` (``job_id``: the tenant's own id).
+
+        Raises: QueueUnavailable when it cannot be scheduled now (transient)."""
+        ...
+
+
+class CallbackOutbox(CallbackSender, Protocol):
+    """Callbacks waiting for delivery, per tenant, each due at a time. A claimed callback is
+    leased: unless it is :meth:`done` or put back with :meth:`retry_at` before ``lease_s``
+    passes (its deliverer died), it is due again (delivery is at least once).
+
+    Raises (every method): ``QueueUnavailable`` when the outbox cannot be reached.
+    """
+
+    def tenants(self) -> list[str]:
+        """The tenants that have (or recently had) callbacks waiting."""
+        ...
+
+    def claim(self, tenant: str, limit: int, *, lease_s: float) -> list[PendingCallback]:
+        """At most ``limit`` of ``tenant``'s due callbacks, oldest due first, leased."""
+        ...
+
+    def done(self, callback: PendingCallback) -> None:
+        """Forget a delivered (or failed for good) callback."""
+        ...
+
+    def retry_at(self, callback: PendingCallback, at: float) -> None:
+        """Put a claimed callback back, one more attempt counted, due at ``at`` (unix s)."""
+        ...
+
+    def waiting(self) -> int:
+        """Callbacks in the outbox, all tenants (due, later and claimed)."""
+        ...
 
 
 # --- human review ------------------------------------------------------------------------------
@@ -527,7 +563,11 @@ class ReviewQueue(Protocol):
         token: str,
         decision: ReviewDecision,
         reason_code: str | None,
-    ) -> DecideResult: ...
+        seen_sha256: str | None = None,
+    ) -> DecideResult:
+        """Record a decision (``seen_sha256``: the hash of the bytes the reviewer was shown,
+        kept with the final decision)."""
+        ...
 
     def release(self, review_id: str, *, reviewer: str | None = None) -> bool: ...
 

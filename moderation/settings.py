@@ -167,6 +167,16 @@ class QueueSettings(BaseModel):
     #: Callback delivery attempts (exponential backoff) before giving up.
     callback_max_attempts: int = 6
     callback_backoff_s: float = 2.0
+    #: Callbacks are delivered by each worker process's own deliverers, never on the moderation
+    #: threads: at most ``callback_slots`` at once per process, at most ``callback_tenant_slots``
+    #: of them for one tenant (so one tenant's slow receivers cannot hold every deliverer).
+    callback_slots: int = Field(default=8, ge=1)
+    callback_tenant_slots: int = Field(default=2, ge=1)
+    #: One delivery attempt's total time (connect, send, the answer's headers and body read);
+    #: past it the attempt is cut off and retried later.
+    callback_deadline_s: float = Field(default=10.0, gt=0)
+    #: At most this many bytes of a receiver's answer are read; the rest is never received.
+    callback_max_reply_bytes: int = Field(default=4096, ge=0)
     #: Lost-message sweep: a job still pending this long after it was published, whose message
     #: is neither queued nor unacked, is published again (None: 2 x visibility_timeout_s).
     lost_after_s: float | None = None
@@ -242,6 +252,12 @@ class ReviewSettings(BaseModel):
     login_check_wait_s: float = Field(default=1.0, ge=0)
     #: Set true behind TLS so the session cookie is only sent over HTTPS.
     cookie_secure: bool = False
+    #: The exact bytes each review item was scored on are kept in the object store
+    #: (``Settings.blobs``, under ``review-evidence/``) while the item waits, and this long after
+    #: its decision is final (whole UTC days; a worker's sweep deletes them, every
+    #: ``evidence_sweep_s``; 0 disables the sweep).
+    evidence_retention_s: int = Field(default=30 * 24 * 3600, ge=0)
+    evidence_sweep_s: float = Field(default=3600.0, ge=0)
 
 
 class AuditSettings(BaseModel):

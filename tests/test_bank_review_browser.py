@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from moderation.adapters.images import safe_png
-from moderation.adapters.memory import MemoryBankStore
+from moderation.adapters.memory import MemoryBankStore, MemoryBlobStore
 from moderation.adapters.passwords import hash_password
 from moderation.adapters.policy_files import load_policy_text
 from moderation.adapters.redis_review import RedisReviewQueue
@@ -31,12 +31,14 @@ from moderation.core.review import HumanDecision, item_from_verdict
 from moderation.core.reviewers import ReviewerAccount, Role
 from moderation.pipeline.banks import BankService
 from moderation.pipeline.review_desk import ReviewDesk
+from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.settings import ReviewSettings, Settings
 from moderation.signals import builtin_signals
 from moderation.testmodel.robustness import world_images
 from moderation.web import build_review_router
 from tests.servers import free_port, wait_for_port
 from tests.test_review_browser import ARGS, CHROMIUM
+from tests.test_review_queue import with_evidence
 
 pytestmark = [
     pytest.mark.browser,
@@ -142,14 +144,19 @@ def site(redis_url: str) -> Iterator[Site]:
     policy = load_policy_text(POLICY, signals=set(builtin_signals()))
     image = io.BytesIO()
     world_images(1, seed=0, size=256)[0].save(image, format="PNG")
+    blobs = MemoryBlobStore()
     queue.submit(
-        item_from_verdict(
-            job_id="job-b1",
-            image=ImageRef(uri="mem://job-b1"),
-            verdict=bank_verdict(policy),
-            policy=policy,
-            content_pdq="cd" * 32,
-            content_pdq_quality=88,
+        with_evidence(
+            item_from_verdict(
+                job_id="job-b1",
+                image=ImageRef(uri="mem://job-b1"),
+                verdict=bank_verdict(policy),
+                policy=policy,
+                content_pdq="cd" * 32,
+                content_pdq_quality=88,
+            ),
+            image.getvalue(),
+            blobs,
         )
     )
     banks = BankService(MemoryBankStore(), review_banks=["reviewer-removals"])
@@ -172,7 +179,7 @@ def site(redis_url: str) -> Iterator[Site]:
             ReviewDesk(
                 queue,
                 on_final=state.finals.append,
-                load_image=lambda ref: image.getvalue(),
+                evidence=ReviewEvidence(blobs, retention_s=3600),
                 render_image=lambda data: safe_png(data, settings.images),
                 banks=banks,
             ),

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from moderation.adapters.memory import MemoryBankStore, MemoryReviewQueue
-from moderation.core.image_ref import ImageRef
-from moderation.core.review import HumanDecision, ReviewDecision
+from moderation.adapters.memory import MemoryBankStore, MemoryBlobStore, MemoryReviewQueue
+from moderation.core.review import HumanDecision, ReviewDecision, ReviewItem
 from moderation.exceptions import (
     BankError,
     QueueUnavailable,
@@ -18,7 +17,28 @@ from moderation.exceptions import (
 )
 from moderation.pipeline.banks import BankService
 from moderation.pipeline.review_desk import ReviewDesk
-from tests.test_review_queue import make_item, world_policy
+from moderation.pipeline.review_evidence import ReviewEvidence
+from tests.test_review_queue import make_item, with_evidence, world_policy
+
+
+class CountingBlobs(MemoryBlobStore):
+    """The blob twin, counting reads."""
+
+    reads: int = 0
+
+    def get(self, key: str) -> bytes:
+        self.reads += 1
+        return super().get(key)
+
+
+class KeptQueue(MemoryReviewQueue):
+    """The review queue twin whose items come with their scored bytes kept (as the worker
+    keeps them): ``raw:`` + the image's URI."""
+
+    blobs: CountingBlobs
+
+    def submit(self, item: ReviewItem) -> None:
+        super().submit(with_evidence(item, b"raw:" + item.image.uri.encode(), self.blobs))
 
 
 @dataclass
@@ -36,23 +56,18 @@ class Handed:
 
 def _desk(
     *, banks: BankService | None = None
-) -> tuple[ReviewDesk, MemoryReviewQueue, Handed, list[ImageRef]]:
-    queue = MemoryReviewQueue()
+) -> tuple[ReviewDesk, KeptQueue, Handed, CountingBlobs]:
+    queue = KeptQueue()
+    queue.blobs = blobs = CountingBlobs()
     handed = Handed()
-    loaded: list[ImageRef] = []
-
-    def load(ref: ImageRef) -> bytes:
-        loaded.append(ref)
-        return b"raw:" + ref.uri.encode()
-
     desk = ReviewDesk(
         queue,
         on_final=handed,
-        load_image=load,
+        evidence=ReviewEvidence(blobs, retention_s=3600),
         render_image=lambda data: b"png:" + data,
         banks=banks,
     )
-    return desk, queue, handed, loaded
+    return desk, queue, handed, blobs
 
 
 def test_a_decision_is_handed_on_once_and_leaves_the_outbox() -> None:
@@ -103,7 +118,7 @@ def test_a_failed_hand_on_stays_in_the_outbox_until_delivered() -> None:
 
 
 def test_only_the_lease_holder_sees_the_image() -> None:
-    desk, queue, _, loaded = _desk()
+    desk, queue, _, blobs = _desk()
     queue.submit(make_item(world_policy(), "job-3"))
     claim = desk.claim("rv_a")
     assert claim is not None
@@ -112,7 +127,7 @@ def test_only_the_lease_holder_sees_the_image() -> None:
     for who, rid in (("rv_b", review_id), ("rv_a", "no-such-item")):
         with pytest.raises(ReviewNotFound):
             desk.image(who, rid)
-    assert len(loaded) == 1  # nothing was read for the refused requests
+    assert blobs.reads == 1  # nothing was read for the refused requests
     assert desk.release(review_id, reviewer="rv_a")
     with pytest.raises(ReviewNotFound):
         desk.image("rv_a", review_id)
@@ -161,3 +176,83 @@ def test_without_banks_an_addition_is_refused() -> None:
             add_to_bank="reviewer-removals",
         )
     assert desk.undelivered() == 0 and desk.requeue(claim.item.review_id)
+
+
+# --- the scored bytes ----------------------------------------------------------------------------
+
+
+def _claimed(desk: ReviewDesk, queue: KeptQueue, job_id: str) -> tuple[str, str, ReviewItem]:
+    queue.submit(make_item(world_policy(), job_id))
+    claim = desk.claim("rv_a")
+    assert claim is not None
+    return claim.item.review_id, claim.lease.token, claim.item
+
+
+def test_the_reviewer_sees_the_scored_bytes_and_the_decision_records_their_hash() -> None:
+    desk, queue, handed, blobs = _desk()
+    review_id, token, item = _claimed(desk, queue, "job-e1")
+    assert desk.evidence_problem(item) is None
+    assert desk.image("rv_a", review_id) == b"png:raw:" + item.image.uri.encode()
+    done = desk.decide(
+        "rv_a", review_id=review_id, token=token, decision=ReviewDecision.ALLOW, reason_code=None
+    )
+    assert done.delivered
+    assert handed.finals[0].seen_sha256 == item.content_sha256
+    # Handed on: the bytes are marked for deletion after the retention, not deleted yet.
+    assert item.evidence_key is not None and blobs.exists(item.evidence_key)
+    assert desk.evidence.retired_waiting() == 1
+
+
+@pytest.mark.parametrize("damage", ["gone", "altered"])
+def test_bytes_gone_or_altered_are_not_shown_and_cannot_be_allowed(damage: str) -> None:
+    from moderation.exceptions import ReviewEvidenceUnavailable
+
+    desk, queue, handed, blobs = _desk()
+    review_id, token, item = _claimed(desk, queue, f"job-{damage}")
+    assert item.evidence_key is not None
+    if damage == "gone":
+        blobs.delete(item.evidence_key)
+    else:
+        blobs.put(item.evidence_key, b"raw:something else")
+    assert desk.evidence_problem(item) is not None
+    with pytest.raises(ReviewEvidenceUnavailable):
+        desk.image("rv_a", review_id)
+    with pytest.raises(ReviewInvalidDecision) as refused:
+        desk.decide(
+            "rv_a",
+            review_id=review_id,
+            token=token,
+            decision=ReviewDecision.ALLOW,
+            reason_code=None,
+        )
+    assert refused.value.code == "review_evidence_unavailable"
+    done = desk.decide(
+        "rv_a", review_id=review_id, token=token, decision=ReviewDecision.ESCALATE, reason_code=None
+    )
+    assert done.final is not None and done.final.seen_sha256 is None
+    assert [f.decision for f in handed.finals] == [ReviewDecision.ESCALATE]
+
+
+def test_an_item_queued_without_its_bytes_says_so() -> None:
+    desk, queue, _, _ = _desk()
+    MemoryReviewQueue.submit(queue, make_item(world_policy(), "job-none"))  # no evidence kept
+    claim = desk.claim("rv_a")
+    assert claim is not None and claim.item.evidence_key is None
+    assert "not kept" in (desk.evidence_problem(claim.item) or "")
+
+
+def test_retired_bytes_are_swept_after_the_retention() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    desk, queue, _, blobs = _desk()
+    review_id, token, item = _claimed(desk, queue, "job-sweep")
+    desk.decide(
+        "rv_a", review_id=review_id, token=token, decision=ReviewDecision.ALLOW, reason_code=None
+    )
+    assert item.evidence_key is not None
+    now = datetime.now(UTC)
+    assert desk.evidence.sweep(now) == 0  # decided today: kept for the retention
+    assert blobs.exists(item.evidence_key)
+    assert desk.evidence.sweep(now + timedelta(days=2)) == 1
+    assert not blobs.exists(item.evidence_key)
+    assert desk.evidence.retired_waiting() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.support.redis import connect as _connect
 from moderation.core.decision import CategoryResult, Decision, Evidence, PolicyRef, Verdict
+from moderation.core.evidence import evidence_key
 from moderation.core.image_ref import ImageRef
 from moderation.core.policy import Action, Policy, Severity
 from moderation.core.review import (
@@ -36,7 +38,7 @@ from moderation.exceptions import (
     ReviewLeaseExpired,
     ReviewNotLeaseHolder,
 )
-from moderation.ports import ReviewerStore, ReviewQueue
+from moderation.ports import BlobStore, ReviewerStore, ReviewQueue
 from moderation.testmodel import POLICY_PATH
 from moderation.web.auth import SessionCodec
 
@@ -113,6 +115,16 @@ def make_item(
         policy=policy,
         created_at=created_at,
     )
+
+
+def with_evidence(
+    item: ReviewItem, data: bytes, blobs: BlobStore, *, tenant: str = "default"
+) -> ReviewItem:
+    """``item`` with ``data`` kept as its scored bytes (as the worker keeps them)."""
+    digest = hashlib.sha256(data).hexdigest()
+    key = evidence_key(tenant, item.review_id, digest)
+    blobs.put(key, data)
+    return item.model_copy(update={"content_sha256": digest, "evidence_key": key})
 
 
 def connect(url: str):  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from moderation.adapters.images import safe_png
-from moderation.adapters.memory import MemoryAuditSink
+from moderation.adapters.memory import MemoryAuditSink, MemoryBlobStore
 from moderation.adapters.passwords import hash_password
 from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
@@ -27,11 +27,12 @@ from moderation.compose.access import build_reviewer_auth
 from moderation.core.review import HumanDecision, pseudonym
 from moderation.core.reviewers import ReviewerAccount, Role
 from moderation.pipeline.review_desk import ReviewDesk
+from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.settings import ReviewSettings, Settings
 from moderation.testmodel import sample_images
 from moderation.web import build_review_router
 from tests.servers import free_port, wait_for_port
-from tests.test_review_queue import make_item, world_policy
+from tests.test_review_queue import make_item, with_evidence, world_policy
 
 PASSWORD = "review-pass-123"
 
@@ -45,7 +46,7 @@ class ReviewSite:
     audit: MemoryAuditSink
     sessions: RedisReviewerSessions
     finals: list[HumanDecision] = field(default_factory=list)
-    images: dict[str, bytes] = field(default_factory=dict)
+    blobs: MemoryBlobStore = field(default_factory=MemoryBlobStore)
 
     def rv(self, username: str) -> str:
         return pseudonym(self.settings.review.pseudonym_secret.get_secret_value(), username)
@@ -56,9 +57,12 @@ class ReviewSite:
             job = f"job-{seed}-{i}"
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
-            self.images[f"s3://uploads/{job}.png"] = buffer.getvalue()
             self.queue.submit(
-                make_item(policy, job, category_id=category_id, score=0.35 + 0.05 * i)
+                with_evidence(
+                    make_item(policy, job, category_id=category_id, score=0.35 + 0.05 * i),
+                    buffer.getvalue(),
+                    self.blobs,
+                )
             )
 
 
@@ -118,7 +122,7 @@ def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[Rev
             ReviewDesk(
                 queue,
                 on_final=state.finals.append,
-                load_image=lambda ref: state.images[ref.uri],
+                evidence=ReviewEvidence(state.blobs, retention_s=3600),
                 render_image=lambda data: safe_png(data, settings.images),
             ),
             auth,

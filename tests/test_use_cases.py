@@ -413,7 +413,7 @@ def test_verdicts_are_real_and_side_effects_follow_the_audit_record_and_the_resu
     finish, write, send = world.store.finish_many, world.audit.write_many, world.callbacks.send
     world.store.finish_many = lambda r: order.append("result") or finish(r)  # type: ignore[method-assign]
     world.audit.write_many = lambda r: order.append("audit") or write(r)  # type: ignore[method-assign]
-    world.callbacks.send = lambda *a: order.append("callback") or send(*a)  # type: ignore[method-assign]
+    world.callbacks.send = lambda *a, **k: order.append("callback") or send(*a, **k)  # type: ignore[method-assign]
     job_id = world.submit(image_url=ref.uri, callback_url="https://hooks.example/x")
     assert world.run(job_id) == "verdict"
     verdict = world.result(job_id).verdict
@@ -445,7 +445,7 @@ def test_a_crash_between_result_and_side_effects_is_repaired_by_the_redelivery(
     job_id = world.submit(image_url=ref.uri, callback_url="https://hooks.example/x")
     send = world.callbacks.send
 
-    def broken(*args: Any) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
         raise QueueUnavailable("broker down right after the result was written")
 
     world.callbacks.send = broken  # type: ignore[method-assign]

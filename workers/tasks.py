@@ -3,8 +3,9 @@
 ``moderate(job_ids, retries=0)`` calls :meth:`moderation.pipeline.process.Processor.process_many`
 for a message's batch of jobs and publishes again what it asks for: jobs with a transient error
 (after their backoff, with ``retries + 1``) and, for a redelivered batch, each job on its own;
-``deliver_callback(job_id, url, body)``
-calls :meth:`moderation.adapters.http_callbacks.CallbackDelivery.deliver`;
+``deliver_callback(job_id, url, body)`` (messages from before the callback outbox) puts the
+callback in the outbox, which each worker's
+:class:`~moderation.pipeline.callback_dispatch.CallbackDispatcher` delivers on its own threads;
 ``backtest_shards(task, keys)`` calls
 :meth:`moderation.pipeline.backtest_tasks.WorkerBacktests.score`
 for one group of history shards and returns its counts (pure computation on stored data: a
@@ -136,13 +137,14 @@ def moderate(self: Task, job_ids: list[str] | str, retries: int = 0) -> dict[str
     max_retries=None,
     ignore_result=True,
 )
-def deliver_callback(self: Task, job_id: str, url: str, body: str) -> str:
-    delivery = worker().delivery
-    attempt = int(self.request.retries) + 1
-    result = delivery.deliver(job_id, url, body.encode(), attempt=attempt)
-    if result.status == "retry":
-        raise self.retry(countdown=delivery.backoff(attempt))
-    return result.status
+def deliver_callback(self: Task, job_id: str, url: str, body: str, tenant: str = "default") -> str:
+    # Callbacks are delivered from the outbox by each worker's dispatcher, never on these
+    # threads; a message of this task (sent before the outbox existed) only moves there.
+    try:
+        worker().outbox.send(job_id, url, body.encode(), tenant=tenant)
+    except QueueUnavailable as exc:
+        raise self.retry(countdown=5.0, exc=exc) from exc
+    return "queued"
 
 
 @app.task(  # type: ignore[untyped-decorator]

@@ -262,8 +262,9 @@ class CeleryQueue:
 
     # --- CallbackSender ----------------------------------------------------------------------
 
-    def send(self, job_id: str, url: str, body: bytes) -> None:
-        """Schedule delivery of a callback (a task on the callback queue).
+    def send(self, job_id: str, url: str, body: bytes, *, tenant: str = "default") -> None:
+        """Schedule delivery of a callback (a task on the callback queue, which the worker moves
+        into the callback outbox; the processes send callbacks to the outbox directly).
 
         Raises:
             QueueUnavailable: the broker refused it.
@@ -271,7 +272,7 @@ class CeleryQueue:
         try:
             self._celery.send_task(
                 CALLBACK_TASK,
-                args=[job_id, url, body.decode()],
+                args=[job_id, url, body.decode(), tenant],
                 queue=self.settings.queue.callback_queue_name,
                 ignore_result=True,
             )

@@ -271,6 +271,7 @@ class RedisReviewQueue:
         token: str,
         decision: ReviewDecision,
         reason_code: str | None,
+        seen_sha256: str | None = None,
     ) -> DecideResult:
         """Record a decision from the current lease holder (see the module docstring).
 
@@ -306,6 +307,7 @@ class RedisReviewQueue:
                         reason_code=reason_code,
                         token=token,
                         now=now,
+                        seen_sha256=seen_sha256,
                     )
                     pipe.multi()
                     self._write(

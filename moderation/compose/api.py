@@ -15,6 +15,8 @@ from moderation.compose.banks import build_banks
 from moderation.compose.registries import build_sources, check_callback_url
 from moderation.compose.stores import (
     open_audit,
+    open_blob_store,
+    open_callbacks,
     open_delivery_log,
     open_job_store,
     open_queue,
@@ -28,12 +30,14 @@ from moderation.pipeline.banks import BankService
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.publishing import CoalescingPublisher
 from moderation.pipeline.review_desk import ReviewDesk
+from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.signin import ReviewerAuth
 from moderation.pipeline.sources import ImageSources
 from moderation.pipeline.submit import PolicyCatalog, Submitter
 from moderation.ports import (
     AuditSink,
     BacklogReader,
+    BlobStore,
     CallbackSender,
     DeliveryLog,
     JobStore,
@@ -93,6 +97,7 @@ def build_api(
     reviewers: ReviewerStore | None = None,
     limiter: RateLimiter | None = None,
     banks: BankService | None = None,
+    blobs: BlobStore | None = None,
 ) -> ApiProcess:
     """The API process. Each collaborator can be replaced (tests pass in-memory twins).
 
@@ -102,7 +107,7 @@ def build_api(
         AuditError: the audit log cannot be opened.
     """
     enforce_security(settings)
-    queue = open_queue(settings) if publisher is None or callbacks is None else None
+    queue = open_queue(settings) if publisher is None else None
     store = store or open_job_store(settings)
     deliveries = deliveries or open_delivery_log(settings)
     workers = workers or open_worker_registry(settings)
@@ -112,7 +117,7 @@ def build_api(
             queue, max_jobs=q.jobs_per_message, max_wait_s=q.publish_wait_ms / 1000.0
         )
     publisher = publisher or queue
-    callbacks = callbacks or queue
+    callbacks = callbacks or open_callbacks(settings)
     assert publisher is not None and callbacks is not None
     sources = build_sources(settings, store)
     paths = list(settings.policy_paths)
@@ -147,7 +152,9 @@ def build_api(
     desk = ReviewDesk(
         review_queue,
         on_final=outcomes.record_human_decision,
-        load_image=sources.fetch,
+        evidence=ReviewEvidence(
+            blobs or open_blob_store(settings), retention_s=settings.review.evidence_retention_s
+        ),
         render_image=lambda data: safe_png(data, limits),
         banks=banks,
     )

@@ -11,6 +11,7 @@ from moderation.adapters.celery_queue import CeleryQueue
 from moderation.adapters.local_audit import LocalSegmentStore
 from moderation.adapters.local_blobs import LocalBlobStore
 from moderation.adapters.redis_banks import RedisBankStore
+from moderation.adapters.redis_callbacks import RedisCallbackOutbox
 from moderation.adapters.redis_deliveries import RedisDeliveryLog
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_review import RedisReviewQueue
@@ -31,6 +32,7 @@ __all__ = [
     "open_audit",
     "open_bank_store",
     "open_blob_store",
+    "open_callbacks",
     "open_delivery_log",
     "open_history",
     "open_job_store",
@@ -111,6 +113,16 @@ def open_queue(settings: Settings) -> CeleryQueue:
         QueueUnavailable: no Redis URL configured.
     """
     return CeleryQueue(settings)
+
+
+def open_callbacks(settings: Settings) -> RedisCallbackOutbox:
+    """The callback outbox at ``settings.redis_url`` (every process puts callbacks there; the
+    workers deliver them).
+
+    Raises:
+        QueueUnavailable: no Redis URL configured.
+    """
+    return RedisCallbackOutbox.from_url(require_redis_url(settings), settings.queue)
 
 
 def open_history(settings: Settings, *, blobs: BlobStore | None = None) -> HistoryShards:

@@ -1,5 +1,6 @@
 """A worker process (``workers/tasks.py``): model, policies, micro-batcher, processor,
-maintenance thread, callback delivery, bank sync, audit log.
+maintenance thread, callback delivery (the outbox's dispatcher, on its own threads), bank sync,
+audit log.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from moderation.compose.registries import build_signals, build_sources, image_ch
 from moderation.compose.stores import (
     open_audit,
     open_bank_store,
+    open_blob_store,
+    open_callbacks,
     open_delivery_log,
     open_history,
     open_job_store,
@@ -41,6 +44,7 @@ from moderation.metrics import metrics
 from moderation.pipeline.backtest_tasks import WorkerBacktests
 from moderation.pipeline.bank_sync import BankSync
 from moderation.pipeline.batching import BatchStats, MicroBatcher
+from moderation.pipeline.callback_dispatch import CallbackDispatcher
 from moderation.pipeline.compile import compile_cached
 from moderation.pipeline.history import EmbeddingHistory
 from moderation.pipeline.history_shards import HistoryShards
@@ -49,8 +53,10 @@ from moderation.pipeline.moderator import Moderator
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.policies import ActivePolicies
 from moderation.pipeline.process import Processor
+from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.ports import (
     AuditSink,
+    CallbackOutbox,
     JobStore,
     TaskPublisher,
     WorkerRegistry,
@@ -76,6 +82,8 @@ class WorkerProcess:
     maintenance: WorkerMaintenance
     batcher: MicroBatcher[Any, NDArray[np.float32]]
     delivery: CallbackDelivery
+    callbacks: CallbackDispatcher
+    outbox: CallbackOutbox
     audit: AuditSink
     publisher: TaskPublisher
     backtests: WorkerBacktests
@@ -94,8 +102,11 @@ class WorkerProcess:
             self.history.start()
         self.maintenance.beat()
         self.maintenance.start()
+        self.callbacks.start()
 
     def close(self) -> None:
+        self.callbacks.stop()
+        self.delivery.close()
         self.maintenance.stop()
         if self.banks is not None:
             self.banks.close()
@@ -161,15 +172,21 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     )
     preparer = PreparePool(q.prepare_processes) if q.prepare_processes else None
     sources = build_sources(settings, store)
+    outbox = open_callbacks(settings)
+    delivery = CallbackDelivery(settings)
+    evidence = ReviewEvidence(
+        open_blob_store(settings), retention_s=settings.review.evidence_retention_s
+    )
     outcomes = Outcomes(
         store,
         deliveries=deliveries,
         audit=audit,
-        callbacks=queue,
+        callbacks=outbox,
         review=open_review_queue(settings),
         policies=lambda: policies.current.policies,
         weights_sha256=model.encoder.identity.weights_sha256,
         keep_inline_s=q.result_ttl_s,
+        evidence=evidence,
     )
     processor = Processor(
         store=store,
@@ -200,6 +217,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         tasks=[
             (settings.banks.reload_s, sync.refresh, "bank reload check"),
             *_history_sweep(settings, shards, registry),
+            *_evidence_sweep(settings, evidence, registry),
         ],
     )
     compile_candidate = _candidate_compiler(settings, model, SafeDecoder(settings.images))
@@ -212,7 +230,16 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         processor=processor,
         maintenance=maintenance,
         batcher=batcher,
-        delivery=CallbackDelivery(settings),
+        delivery=delivery,
+        outbox=outbox,
+        callbacks=CallbackDispatcher(
+            outbox,
+            lambda cb, attempt: delivery.deliver(cb.job_id, cb.url, cb.body, attempt=attempt),
+            backoff=delivery.backoff,
+            slots=q.callback_slots,
+            per_tenant=q.callback_tenant_slots,
+            lease_s=2 * q.callback_deadline_s + 30.0,
+        ),
         audit=audit,
         publisher=queue,
         backtests=WorkerBacktests(
@@ -241,6 +268,23 @@ def _history_sweep(
             shards.sweep(lookback_days=e.retention_sweep_days)
 
     return [(e.retention_sweep_s, sweep, "history retention sweep")]
+
+
+def _evidence_sweep(
+    settings: Settings, evidence: ReviewEvidence, registry: WorkerRegistry
+) -> list[tuple[float, Callable[[], object], str]]:
+    """Deleting the scored bytes of review items decided more than
+    ``review.evidence_retention_s`` ago, as a maintenance task (one worker at a time), unless
+    ``review.evidence_sweep_s`` is 0."""
+    every = settings.review.evidence_sweep_s
+    if not every:
+        return []
+
+    def sweep() -> None:
+        if registry.try_lock("review-evidence-retention", max(60.0, every / 2)):
+            evidence.sweep()
+
+    return [(every, sweep, "review evidence retention sweep")]
 
 
 def _candidate_compiler(

@@ -13,11 +13,20 @@ import hashlib
 import hmac
 import json
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 from moderation.core.jobs import JobResult
 
-__all__ = ["SIGNATURE_HEADER", "Event", "callback_body", "sign", "verify"]
+__all__ = [
+    "SIGNATURE_HEADER",
+    "Delivered",
+    "Event",
+    "PendingCallback",
+    "callback_body",
+    "sign",
+    "verify",
+]
 
 Event = Literal["job.finished", "job.human_decision"]
 SIGNATURE_HEADER = "X-Moderation-Signature"
@@ -51,3 +60,27 @@ def callback_body(event: Event, result: JobResult) -> bytes:
         {"event": event, "result": result.for_caller().model_dump(mode="json")},
         separators=(",", ":"),
     ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCallback:
+    """A callback waiting in the outbox (:class:`~moderation.ports.CallbackOutbox`)."""
+
+    #: The outbox's own id of this delivery.
+    id: str
+    tenant: str
+    #: The tenant's own job id (``X-Moderation-Job-Id``).
+    job_id: str
+    url: str
+    body: bytes
+    #: Attempts made so far (0 before the first).
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The outcome of one delivery attempt: ``ok`` (2xx), ``retry`` (later, with backoff) or
+    ``failed`` (for good: a permanent answer, a refused URL, or the last attempt)."""
+
+    status: Literal["ok", "retry", "failed"]
+    problem: str | None = None

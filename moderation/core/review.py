@@ -96,6 +96,9 @@ class ReviewItem(_Frozen):
     job_id: str
     image: ImageRef
     content_sha256: str | None = None
+    #: Where the exact bytes that were scored are kept for the reviewer (the object store; see
+    #: :mod:`moderation.core.evidence`); None when they could not be kept.
+    evidence_key: str | None = None
     #: The image's PDQ hash and quality (for "remove and add to bank").
     content_pdq: str | None = None
     content_pdq_quality: int | None = None
@@ -153,6 +156,9 @@ class HumanDecision(_Frozen):
     policy_id: str
     policy_version: int
     decided_at: datetime
+    #: SHA-256 of the bytes the deciding reviewer was shown (verified against the scored
+    #: bytes' ``content_sha256``); None when they were gone or did not verify.
+    seen_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +222,7 @@ def item_from_verdict(
     review_id: str | None = None,
     content_pdq: str | None = None,
     content_pdq_quality: int | None = None,
+    evidence_key: str | None = None,
 ) -> ReviewItem:
     """Build the review item for a REVIEW verdict, with the deciding category's policy text.
 
@@ -237,6 +244,7 @@ def item_from_verdict(
         job_id=job_id,
         image=image,
         content_sha256=content_sha256,
+        evidence_key=evidence_key,
         content_pdq=content_pdq,
         content_pdq_quality=content_pdq_quality,
         verdict=verdict,
@@ -266,10 +274,12 @@ def apply_decision(
     reason_code: str | None,
     token: str,
     now: float,
+    seen_sha256: str | None = None,
 ) -> ReviewOutcome:
     """Apply one reviewer's decision to an item (see the module docstring for the rules).
 
     ``reviewer`` is the pseudonymous id. ``first`` is the pending first decision, if any.
+    ``seen_sha256``: the hash of the bytes this reviewer was shown (None: none verified).
 
     Raises:
         ReviewInvalidDecision: removal without a valid reason code, a reason code on a
@@ -295,6 +305,7 @@ def apply_decision(
                 policy_id=item.policy_id,
                 policy_version=item.policy_version,
                 decided_at=datetime.fromtimestamp(now, UTC),
+                seen_sha256=seen_sha256,
             )
         )
 

@@ -45,6 +45,7 @@ from moderation.exceptions import (
     ReviewAlreadyDecided,
     ReviewAuthError,
     ReviewError,
+    ReviewEvidenceUnavailable,
     ReviewLeaseExpired,
     ReviewNotFound,
     ReviewNotLeaseHolder,
@@ -111,6 +112,8 @@ def status_for(exc: ModerationError) -> int:
         return 403 if exc.code in {"review_csrf", "review_forbidden"} else 401
     if isinstance(exc, ReviewLeaseExpired | ReviewNotLeaseHolder | ReviewAlreadyDecided):
         return 409
+    if isinstance(exc, ReviewEvidenceUnavailable):
+        return 410
     if isinstance(exc, ReviewError):
         return 400
     if isinstance(exc, ImageError):

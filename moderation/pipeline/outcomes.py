@@ -10,7 +10,11 @@ Order, chosen so that a crash at any point loses nothing and duplicates nothing 
 3. side effects (a REVIEW verdict's review item, the signed callback) run, then are marked done;
    a redelivery that finds the result written but the effects not marked done runs them again
    (review submission is idempotent by job id; callbacks carry the job id so receivers can drop
-   a duplicate).
+   a duplicate). A review item's scored bytes go to the object store *before* the item is
+   queued (:class:`~moderation.pipeline.review_evidence.ReviewEvidence`; the key is derived
+   from the item, so a rerun rewrites the same object); bytes that could not be kept (the
+   store refused them, or a redelivery no longer has them) leave the item without evidence:
+   the reviewer is told, and it can only be removed or escalated.
 
 A human decision follows the same order: one audit record per reviewer, then the result, then
 the ``job.human_decision`` callback; then, for a final removal a reviewer asked to bank ("remove
@@ -34,14 +38,15 @@ from moderation.core.callbacks import callback_body
 from moderation.core.decision import Decision, Verdict
 from moderation.core.jobs import Job, JobError, JobResult
 from moderation.core.policy import Policy
-from moderation.core.review import HumanDecision, item_from_verdict
+from moderation.core.review import HumanDecision, item_from_verdict, review_id_for
 from moderation.core.shadow import ShadowVerdict
-from moderation.exceptions import JobNotFoundError, ReviewInvalidDecision
+from moderation.exceptions import JobNotFoundError, ModerationError, ReviewInvalidDecision
 from moderation.metrics import metrics
 from moderation.ports import AuditSink, CallbackSender, DeliveryLog, JobStore, ReviewQueue
 
 if TYPE_CHECKING:
     from moderation.pipeline.banks import BankService
+    from moderation.pipeline.review_evidence import ReviewEvidence
 
 __all__ = ["Decided", "Outcomes"]
 
@@ -58,6 +63,8 @@ class Decided(NamedTuple):
     fingerprints: Mapping[str, Any] | None = None
     #: The shadow policy versions' verdicts on the same image.
     shadows: tuple[ShadowVerdict, ...] = ()
+    #: The bytes that were scored (kept for the reviewer when the verdict is REVIEW).
+    data: bytes | None = None
 
 
 def _details(decided: Decided) -> dict[str, Any] | None:
@@ -79,8 +86,10 @@ class Outcomes:
         review: the human-review queue (None in processes that never send to review).
         policies: the policies in service by id, for the review item's policy text.
         weights_sha256: the model weights' hash, recorded with every automated decision.
-        keep_inline_s: how long inline images of REVIEW verdicts are kept for the reviewer.
+        keep_inline_s: how long inline images of REVIEW verdicts are kept (only where there
+            is no ``evidence`` store).
         banks: carries out reviewers' "add to bank" requests (None: not offered).
+        evidence: keeps the scored bytes of REVIEW verdicts for the reviewer.
     """
 
     def __init__(
@@ -95,6 +104,7 @@ class Outcomes:
         weights_sha256: str | None = None,
         keep_inline_s: int = 7 * 24 * 3600,
         banks: BankService | None = None,
+        evidence: ReviewEvidence | None = None,
     ) -> None:
         self.store = store
         self.deliveries = deliveries
@@ -105,6 +115,7 @@ class Outcomes:
         self.weights_sha256 = weights_sha256
         self.keep_inline_s = keep_inline_s
         self.banks = banks
+        self.evidence = evidence
 
     def finish_verdict(
         self,
@@ -187,6 +198,7 @@ class Outcomes:
                 if ended
             ],
             [d.job for d, ended in zip(decided, won, strict=True) if not ended],
+            data={d.job.id: d.data for d in decided if d.data is not None},
         )
         return won
 
@@ -249,9 +261,16 @@ class Outcomes:
         REVIEW verdict's review item, the ``job.finished`` callback; then mark them done."""
         self._effects([], jobs)
 
-    def _effects(self, ended: Sequence[tuple[Job, JobResult]], others: Sequence[Job]) -> None:
+    def _effects(
+        self,
+        ended: Sequence[tuple[Job, JobResult]],
+        others: Sequence[Job],
+        *,
+        data: Mapping[str, bytes] | None = None,
+    ) -> None:
         """Side effects of ``ended`` (their results just written by this call) and of
-        ``others`` (ended earlier, results read back), unless they already ran."""
+        ``others`` (ended earlier, results read back), unless they already ran. ``data``: the
+        scored bytes by job id, where this call has them."""
         jobs = [job for job, _ in ended] + list(others)
         done = self.deliveries.effects_done_many([job.id for job in jobs])
         known = {job.id: result for job, result in ended}
@@ -268,15 +287,18 @@ class Outcomes:
                 and result.verdict is not None
                 and result.verdict.decision is Decision.REVIEW
             ):
-                self._send_to_review(job, result)
+                self._send_to_review(job, result, (data or {}).get(job.id))
             if job.callback_url:
                 self.callbacks.send(
-                    job.public_id, job.callback_url, callback_body("job.finished", result)
+                    job.public_id,
+                    job.callback_url,
+                    callback_body("job.finished", result),
+                    tenant=job.tenant,
                 )
             finished.append(job.id)
         self.deliveries.mark_effects_done_many(finished)
 
-    def _send_to_review(self, job: Job, result: JobResult) -> None:
+    def _send_to_review(self, job: Job, result: JobResult, data: bytes | None) -> None:
         assert self.review is not None and result.verdict is not None
         verdict = result.verdict
         policy = self.policies().get(verdict.policy_id or "")
@@ -285,9 +307,10 @@ class Outcomes:
                 "job %s: REVIEW verdict of unknown policy %r not queued", job.id, verdict.policy_id
             )
             return
-        if job.image.inline:
+        if job.image.inline and self.evidence is None:
             # Inline bytes normally expire after queue.inline_ttl_s; reviewers need them longer.
             self.store.keep_inline(job.image.inline_key, self.keep_inline_s)
+        evidence_key = self._keep_evidence(job, result, data)
         try:
             item = item_from_verdict(
                 job_id=job.id,
@@ -297,11 +320,31 @@ class Outcomes:
                 content_sha256=result.content_sha256,
                 content_pdq=result.content_pdq,
                 content_pdq_quality=result.content_pdq_quality,
+                evidence_key=evidence_key,
             )
         except ReviewInvalidDecision as exc:
             log.error("job %s: cannot build its review item: %s", job.id, exc)
             return
         self.review.submit(item)
+
+    def _keep_evidence(self, job: Job, result: JobResult, data: bytes | None) -> str | None:
+        """Store the scored bytes for the reviewer; their key, or None when they cannot be
+        kept (the item then says so and cannot be allowed)."""
+        if self.evidence is None:
+            return None
+        if data is None or result.content_sha256 is None:
+            log.warning("job %s: the scored bytes are not at hand; reviewed without them", job.id)
+            return None
+        try:
+            return self.evidence.keep(
+                tenant=job.tenant,
+                review_id=review_id_for(job.id),
+                content_sha256=result.content_sha256,
+                data=data,
+            )
+        except (ModerationError, ValueError) as exc:
+            log.error("job %s: the scored bytes could not be kept for review: %s", job.id, exc)
+            return None
 
     def _dsa_category(self, verdict: Verdict) -> str | None:
         policy = self.policies().get(verdict.policy_id or "")
@@ -342,7 +385,10 @@ class Outcomes:
             raise JobNotFoundError(f"no job {decision.job_id!r} (unknown or expired)")
         if job.callback_url:
             self.callbacks.send(
-                job.public_id, job.callback_url, callback_body("job.human_decision", updated)
+                job.public_id,
+                job.callback_url,
+                callback_body("job.human_decision", updated),
+                tenant=job.tenant,
             )
         if self.banks is not None:
             self.banks.add_reviewed(

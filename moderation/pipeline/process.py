@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from moderation.core.decision import Decision
 from moderation.core.jobs import Job, JobError
 from moderation.exceptions import ModerationError, PermanentError, TransientError
 from moderation.metrics import metrics
@@ -259,6 +260,12 @@ class Processor:
         fetched = self._timed(
             "fetch", lambda: self.sources.fetch_many([job.image for job in wanted], pool=self.pool)
         )
+        # The scored bytes, for the reviewer of a REVIEW verdict.
+        scored = {
+            job.id: data
+            for job, data in zip(wanted, fetched, strict=True)
+            if isinstance(data, bytes)
+        }
 
         def prepare(data: bytes | ModerationError) -> PreparedImage | Exception:
             if isinstance(data, Exception):
@@ -316,7 +323,14 @@ class Processor:
                 images, stacked, verdicts, policy_ids, compiled=compiled
             )
             decided += [
-                Decided(job, verdict, image.content_sha256, image.fingerprints, tuple(shadow))
+                Decided(
+                    job,
+                    verdict,
+                    image.content_sha256,
+                    image.fingerprints,
+                    tuple(shadow),
+                    scored.get(job.id) if verdict.decision is Decision.REVIEW else None,
+                )
                 for (job, image, _), verdict, shadow in zip(members, verdicts, shadows, strict=True)
             ]
         by_job = {job.id: e for members in groups.values() for job, _, e in members}

@@ -6,6 +6,14 @@ result, audit records and callback, :meth:`~moderation.pipeline.outcomes.Outcome
 record_human_decision`), keeping it in the queue's outbox until that succeeded. The reviewers'
 pages (:mod:`moderation.web`) only parse requests, call it and map its errors.
 
+The image a reviewer sees is always the exact bytes that were scored, from the object store
+and verified against the item's ``content_sha256`` (:class:`~moderation.pipeline.
+review_evidence.ReviewEvidence`); the source URL is never fetched again. An item whose bytes are
+gone or do not verify shows no image and can only be removed or escalated, never allowed. Each
+final decision carries the hash of the bytes the deciding reviewer was shown (``seen_sha256``,
+in its audit records), and once it has been handed on, the bytes are retired (deleted
+``review.evidence_retention_s`` later).
+
 Crash ordering of a decision: the queue records it (and the lease is consumed) first; then, once
 it is final, ``on_final`` runs and only then is the decision dropped from the outbox. A crash or
 an ``on_final`` failure in between leaves it in the outbox: :meth:`ReviewDesk.deliver_outbox`
@@ -18,22 +26,25 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from moderation.core.image_ref import ImageRef
 from moderation.core.review import HumanDecision, ReviewDecision, ReviewItem
-from moderation.exceptions import ModerationError, ReviewInvalidDecision, ReviewNotFound
+from moderation.exceptions import (
+    ModerationError,
+    ReviewEvidenceUnavailable,
+    ReviewInvalidDecision,
+    ReviewNotFound,
+)
 from moderation.metrics import metrics
 from moderation.pipeline.banks import BankService
+from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.ports import Claim, ReviewQueue, ReviewStats
 
-__all__ = ["Decided", "ImageLoader", "OnFinal", "ReviewDesk"]
+__all__ = ["Decided", "OnFinal", "ReviewDesk"]
 
 log = logging.getLogger(__name__)
 
 #: Hands a final human decision on (result, audit, callback); raises ``ModerationError`` when it
 #: cannot now (the decision stays in the outbox).
 OnFinal = Callable[[HumanDecision], object]
-#: The image bytes of a reference (the image sources, by scheme).
-ImageLoader = Callable[[ImageRef], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +66,7 @@ class ReviewDesk:
     Args:
         queue: the review queue (leases, decisions, outbox).
         on_final: hands each final decision on.
-        load_image: reads the image of an item.
+        evidence: the scored bytes of the items (the only image a reviewer is shown).
         render_image: turns untrusted image bytes into what a browser is shown (a safe PNG).
         banks: offers "remove and add to bank" (None: not offered).
     """
@@ -65,13 +76,13 @@ class ReviewDesk:
         queue: ReviewQueue,
         *,
         on_final: OnFinal,
-        load_image: ImageLoader,
+        evidence: ReviewEvidence,
         render_image: Callable[[bytes], bytes],
         banks: BankService | None = None,
     ) -> None:
         self.queue = queue
         self.on_final = on_final
-        self.load_image = load_image
+        self.evidence = evidence
         self.render_image = render_image
         self.banks = banks
 
@@ -90,17 +101,27 @@ class ReviewDesk:
         return self.banks.bank_targets(item) if self.banks is not None else []
 
     def image(self, reviewer: str, review_id: str) -> bytes:
-        """The image of an item leased to ``reviewer``, rendered for the browser.
+        """The image of an item leased to ``reviewer``, rendered for the browser: the exact
+        bytes that were scored, verified first.
 
         Raises:
             ReviewNotFound: no such item, or it is not leased to ``reviewer`` (one answer for
                 both, so an id cannot be probed).
-            ImageError: the image cannot be read or decoded.
+            ReviewEvidenceUnavailable: the scored bytes are gone or do not verify.
+            ImageError: the image cannot be decoded.
+            BlobStoreUnavailable: the object store cannot be reached now.
         """
         if not self.queue.holds(reviewer, review_id):
             raise ReviewNotFound("no item with that id leased to you")
-        item = self.queue.item(review_id)
-        return self.render_image(self.load_image(item.image))
+        return self.render_image(self.evidence.show(self.queue.item(review_id)).data)
+
+    def evidence_problem(self, item: ReviewItem) -> str | None:
+        """Why ``item``'s scored bytes cannot be shown (None: they verify)."""
+        try:
+            self.evidence.show(item)
+        except ReviewEvidenceUnavailable as exc:
+            return str(exc)
+        return None
 
     def decide(
         self,
@@ -117,8 +138,18 @@ class ReviewDesk:
         Raises:
             ReviewError: not found, lease expired, not the holder, already decided, or an
                 invalid decision (a bank addition with anything but a removal, or where banks
-                are not offered).
+                are not offered, or "allow" on an item whose scored bytes are gone or do not
+                verify).
+            BlobStoreUnavailable: the object store cannot be reached now.
         """
+        item = self.queue.item(review_id)
+        seen = self.evidence.seen(item)
+        if seen is None and decision is ReviewDecision.ALLOW:
+            raise ReviewInvalidDecision(
+                "the scored image is gone or does not verify: this item can only be removed "
+                "or escalated",
+                code="review_evidence_unavailable",
+            )
         if add_to_bank is not None:
             if decision is not ReviewDecision.REMOVE:
                 raise ReviewInvalidDecision("only a removal can add the image to a bank")
@@ -131,6 +162,7 @@ class ReviewDesk:
             token=token,
             decision=decision,
             reason_code=reason_code,
+            seen_sha256=seen,
         )
         if add_to_bank is not None and self.banks is not None and not result.replay:
             self.banks.request_addition(
@@ -185,6 +217,7 @@ class ReviewDesk:
     def _deliver(self, final: HumanDecision) -> bool:
         try:
             self.on_final(final)
+            self.evidence.retire(self.queue.item(final.review_id), final.decided_at)
         except ModerationError as exc:
             log.warning(
                 "handing on review %s failed (%s); kept in the outbox", final.review_id, exc.code

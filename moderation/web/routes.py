@@ -11,7 +11,9 @@ API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF 
     POST {prefix}/api/next            claim the next item (or the one already held)
     POST {prefix}/api/decide          {review_id, token, decision, reason_code, add_to_bank}
     POST {prefix}/api/skip            {review_id}: give the item back
-    GET  {prefix}/api/image/{id}      the image, only to the reviewer holding its lease
+    GET  {prefix}/api/image/{id}      the image (the exact bytes that were scored, verified),
+                                      only to the reviewer holding its lease; 410 when they are
+                                      gone or do not verify
     GET  {prefix}/api/overview
     GET  {prefix}/api/admin/stats     admin: queues, decisions per (pseudonymous) reviewer today
     POST {prefix}/api/admin/requeue   admin: {review_id}, take an item back from its holder
@@ -189,6 +191,9 @@ def _claim_payload(claim: Claim, prefix: str, desk: ReviewDesk) -> dict[str, Any
         "age_s": round(max(0.0, claim.now - item.created_at), 1),
         "second_review": claim.first is not None,
         "image_url": f"{prefix}/api/image/{item.review_id}",
+        # Why the scored bytes cannot be shown (then: no image, no "allow"); None when they
+        # verify.
+        "image_problem": desk.evidence_problem(item),
         "content_pdq": item.content_pdq,
         "content_pdq_quality": item.content_pdq_quality,
         "bank_targets": desk.bank_targets(item),

@@ -9,6 +9,7 @@ They are not for production: nothing survives the process.
 from moderation.adapters.memory.audit import MemoryAuditSink
 from moderation.adapters.memory.banks import MemoryBankStore
 from moderation.adapters.memory.blobs import MemoryBlobStore
+from moderation.adapters.memory.callback_outbox import MemoryCallbackOutbox
 from moderation.adapters.memory.callbacks import MemoryCallbacks
 from moderation.adapters.memory.deliveries import MemoryDeliveryLog
 from moderation.adapters.memory.history import MemoryHistoryFormat
@@ -28,6 +29,7 @@ __all__ = [
     "MemoryAuditSink",
     "MemoryBankStore",
     "MemoryBlobStore",
+    "MemoryCallbackOutbox",
     "MemoryCallbacks",
     "MemoryDeliveryLog",
     "MemoryHistoryFormat",

@@ -131,6 +131,7 @@ class MemoryReviewQueue:
         token: str,
         decision: ReviewDecision,
         reason_code: str | None,
+        seen_sha256: str | None = None,
     ) -> DecideResult:
         with self._lock:
             entry = self.entries.get(review_id)
@@ -167,6 +168,7 @@ class MemoryReviewQueue:
                 reason_code=reason_code,
                 token=token,
                 now=now,
+                seen_sha256=seen_sha256,
             )
             entry.submitted[token] = (decision, reason_code)
             entry.lease = None

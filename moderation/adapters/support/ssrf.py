@@ -330,6 +330,7 @@ class GuardedTransport(httpx.HTTPTransport):
         *,
         verify: ssl.SSLContext | bool = True,
         limits: httpx.Limits | None = None,
+        backend: GuardedBackend | None = None,
     ) -> None:
         limits = limits or httpx.Limits(max_connections=32, max_keepalive_connections=8)
         super().__init__(verify=verify, trust_env=False, limits=limits)
@@ -340,7 +341,7 @@ class GuardedTransport(httpx.HTTPTransport):
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedBackend(allowlist),
+            network_backend=backend or GuardedBackend(allowlist),
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -355,12 +356,15 @@ def guarded_client(
     max_redirects: int | None = None,
     verify: ssl.SSLContext | bool = True,
     headers: Sequence[tuple[str, str]] = (),
+    backend: GuardedBackend | None = None,
+    limits: httpx.Limits | None = None,
 ) -> httpx.Client:
     """An ``httpx.Client`` safe to point at caller-supplied URLs (images, webhooks).
 
     Redirects are followed (at most ``settings.images.max_redirects``), each hop re-checked.
     Connect timeout ``settings.images.connect_timeout_s``, other timeouts
-    ``settings.queue.http_timeout_s`` unless ``timeout`` is given.
+    ``settings.queue.http_timeout_s`` unless ``timeout`` is given. ``backend``: a
+    :class:`GuardedBackend` (subclass) of the caller's, for its own limits on the connections.
 
     Raises:
         ValueError: ``settings.queue.allow_private_hosts`` has an empty entry.
@@ -371,7 +375,7 @@ def guarded_client(
             settings.queue.http_timeout_s, connect=settings.images.connect_timeout_s
         )
     return httpx.Client(
-        transport=GuardedTransport(allowlist, verify=verify),
+        transport=GuardedTransport(allowlist, verify=verify, limits=limits, backend=backend),
         timeout=timeout,
         follow_redirects=True,
         max_redirects=settings.images.max_redirects if max_redirects is None else max_redirects,

@@ -258,6 +258,8 @@ def record_for_review(
             "automated_decision": verdict.decision.value if verdict else None,
             "reviewer_position": position,
             "reviewers": len(decision.reviewers),
+            # The bytes the (deciding) reviewer was shown, verified against content_sha256.
+            "seen_sha256": decision.seen_sha256,
         },
         scores=dict(verdict.scores) if verdict else {},
         dsa_category=dsa_category,

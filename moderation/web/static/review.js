@@ -37,7 +37,14 @@
     bankTarget = null;
     $("reasons").hidden = true;
     image.classList.add("blur");
-    image.src = item.image_url;
+    // Only the exact bytes that were scored are ever shown; when they are gone or do not verify
+    // there is no image, and the item can be removed or escalated, never allowed.
+    const problem = item.image_problem;
+    $("no-image").hidden = !problem;
+    text("no-image", problem || "");
+    $("allow-key").hidden = Boolean(problem);
+    image.hidden = Boolean(problem);
+    if (problem) image.removeAttribute("src"); else image.src = item.image_url;
     text("category", item.policy_id + " / " + item.category_id);
     const sev = $("severity");
     sev.textContent = item.severity;
@@ -196,7 +203,9 @@
       return;
     }
     switch (key) {
-      case "a": decide("allow"); break;
+      case "a":
+        if (current.image_problem) { status("The scored image is not available: remove or escalate"); break; }
+        decide("allow"); break;
       case "e": decide("escalate"); break;
       case "r": bankTarget = null; chooseReason(); break;
       case "b": chooseBank(); break;

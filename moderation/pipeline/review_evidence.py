@@ -1,0 +1,142 @@
+"""Keeping, showing and retiring the exact bytes a review item was scored on.
+
+:class:`ReviewEvidence` is the one place that touches them (see :mod:`moderation.core.evidence`
+for the key layout and the retention rule):
+
+- :meth:`ReviewEvidence.keep` (the worker, before the item is queued) stores the scored bytes,
+  refusing bytes that do not hash to the item's ``content_sha256``;
+- :meth:`ReviewEvidence.show` (the review page) reads them back and verifies the hash before a
+  byte reaches a reviewer; bytes that are gone or altered raise
+  :class:`~moderation.exceptions.ReviewEvidenceUnavailable`;
+- :meth:`ReviewEvidence.retire` (once a decision is final and handed on) marks them for deletion
+  after ``retention_s``; :meth:`ReviewEvidence.sweep` (a worker's maintenance task) deletes
+  what is due.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from moderation.core.evidence import (
+    RETIRED_PREFIX,
+    evidence_key,
+    evidence_of_marker,
+    retired_day_prefix,
+    retired_key,
+    verifies,
+)
+from moderation.core.review import ReviewItem
+from moderation.exceptions import BlobNotFound, ReviewEvidenceUnavailable
+from moderation.ports import BlobStore
+
+__all__ = ["ReviewEvidence", "Shown"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """Bytes a reviewer may be shown: exactly the scored ones."""
+
+    data: bytes
+    sha256: str
+
+
+class ReviewEvidence:
+    """The scored bytes of review items in the object store.
+
+    Args:
+        blobs: the object store.
+        retention_s: how long the bytes outlive their item's final decision.
+    """
+
+    def __init__(self, blobs: BlobStore, *, retention_s: float) -> None:
+        self.blobs = blobs
+        self.retention_s = retention_s
+
+    def keep(self, *, tenant: str, review_id: str, content_sha256: str, data: bytes) -> str:
+        """Store the scored bytes of a review; returns their key.
+
+        Raises:
+            ValueError: ``data`` do not hash to ``content_sha256`` (never stored).
+            BlobStoreUnavailable, BlobError: the store refused them.
+        """
+        if not verifies(data, content_sha256):
+            raise ValueError("the bytes do not match content_sha256")
+        key = evidence_key(tenant, review_id, content_sha256)
+        self.blobs.put(key, data)
+        return key
+
+    def show(self, item: ReviewItem) -> Shown:
+        """The scored bytes of ``item``, verified.
+
+        Raises:
+            ReviewEvidenceUnavailable: none were kept, they are gone, or they do not hash to
+                the item's ``content_sha256``.
+            BlobStoreUnavailable: the store cannot be reached now (transient).
+        """
+        if item.evidence_key is None or item.content_sha256 is None:
+            raise ReviewEvidenceUnavailable(
+                "the scored image was not kept for review: it cannot be shown, and the item "
+                "can only be removed or escalated"
+            )
+        try:
+            data = self.blobs.get(item.evidence_key)
+        except BlobNotFound:
+            raise ReviewEvidenceUnavailable(
+                "the scored image is gone: it cannot be shown, and the item can only be "
+                "removed or escalated"
+            ) from None
+        if not verifies(data, item.content_sha256):
+            log.error(
+                "review %s: stored evidence does not match its content_sha256", item.review_id
+            )
+            raise ReviewEvidenceUnavailable(
+                "the stored image does not match the bytes that were scored: it is not shown, "
+                "and the item can only be removed or escalated"
+            )
+        return Shown(data, item.content_sha256)
+
+    def seen(self, item: ReviewItem) -> str | None:
+        """The hash of what a reviewer of ``item`` is shown (None: nothing verifies)."""
+        try:
+            return self.show(item).sha256
+        except ReviewEvidenceUnavailable:
+            return None
+
+    def retire(self, item: ReviewItem, decided_at: datetime) -> None:
+        """Mark ``item``'s bytes for deletion ``retention_s`` after ``decided_at``
+        (idempotent).
+
+        Raises:
+            BlobStoreUnavailable, BlobError: the store refused the marker.
+        """
+        if item.evidence_key is not None:
+            self.blobs.put(retired_key(item.evidence_key, decided_at), b"")
+
+    def sweep(self, now: datetime | None = None, *, lookback_days: int = 30) -> int:
+        """Delete the bytes (and markers) of items decided more than ``retention_s`` ago,
+        looking at the ``lookback_days`` UTC days before the last due one. Returns how many
+        were deleted.
+
+        Raises:
+            BlobStoreUnavailable, BlobError: the store cannot be listed or changed now.
+        """
+        now = now or datetime.now(UTC)
+        cutoff = now - timedelta(seconds=self.retention_s)
+        deleted = 0
+        # Whole days only: a day is due once its last second is older than the cutoff.
+        last_due = (cutoff - timedelta(days=1)).date()
+        for back in range(lookback_days + 1):
+            day = (last_due - timedelta(days=back)).isoformat()
+            for marker in list(self.blobs.list(retired_day_prefix(day))):
+                self.blobs.delete(evidence_of_marker(marker))
+                self.blobs.delete(marker)
+                deleted += 1
+        return deleted
+
+    def retired_waiting(self) -> int:
+        """Markers of decided items whose bytes are still kept (for metrics and tests)."""
+        return sum(1 for _ in self.blobs.list(RETIRED_PREFIX))
