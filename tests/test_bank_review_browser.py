@@ -172,7 +172,7 @@ def site(redis_url: str) -> Iterator[Site]:
             ReviewDesk(
                 queue,
                 on_final=state.finals.append,
-                load_image=lambda ref: image.getvalue(),
+                load_image=lambda ref, tenant: image.getvalue(),
                 render_image=lambda data: safe_png(data, settings.images),
                 banks=banks,
             ),

@@ -41,7 +41,7 @@ def _desk(
     handed = Handed()
     loaded: list[ImageRef] = []
 
-    def load(ref: ImageRef) -> bytes:
+    def load(ref: ImageRef, tenant: str) -> bytes:
         loaded.append(ref)
         return b"raw:" + ref.uri.encode()
 

@@ -118,7 +118,7 @@ def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[Rev
             ReviewDesk(
                 queue,
                 on_final=state.finals.append,
-                load_image=lambda ref: state.images[ref.uri],
+                load_image=lambda ref, tenant: state.images[ref.uri],
                 render_image=lambda data: safe_png(data, settings.images),
             ),
             auth,

@@ -144,7 +144,7 @@ def build_api(
     desk = ReviewDesk(
         review_queue,
         on_final=outcomes.record_human_decision,
-        load_image=sources.fetch,
+        load_image=lambda ref, tenant: sources.fetch(ref, tenant=tenant),
         render_image=lambda data: safe_png(data, limits),
         banks=banks,
     )

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from moderation.core.image_ref import ImageRef
+from moderation.core.jobs import tenant_of
 from moderation.core.review import HumanDecision, ReviewDecision, ReviewItem
 from moderation.exceptions import ModerationError, ReviewInvalidDecision, ReviewNotFound
 from moderation.metrics import metrics
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 #: cannot now (the decision stays in the outbox).
 OnFinal = Callable[[HumanDecision], object]
 #: The image bytes of a reference (the image sources, by scheme).
-ImageLoader = Callable[[ImageRef], bytes]
+#: Reads an item's image on behalf of the tenant whose job it is.
+ImageLoader = Callable[[ImageRef, str], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +102,7 @@ class ReviewDesk:
         if not self.queue.holds(reviewer, review_id):
             raise ReviewNotFound("no item with that id leased to you")
         item = self.queue.item(review_id)
-        return self.render_image(self.load_image(item.image))
+        return self.render_image(self.load_image(item.image, tenant_of(item.job_id)))
 
     def decide(
         self,

@@ -47,6 +47,7 @@ from moderation.exceptions import (
     PolicyError,
     QueueFull,
     RateLimited,
+    SourceNotAllowed,
 )
 from moderation.metrics import metrics
 from moderation.pipeline.sources import ImageSources
@@ -245,7 +246,9 @@ class Submitter:
                 raise _reject(400, "bad_reference", "image_url is longer than 4096 characters")
             image = ImageRef(uri=uri)
             try:
-                self.sources.check(image)
+                self.sources.check(image, tenant=tenant.name)
+            except SourceNotAllowed as exc:
+                raise _reject(422, exc.code, str(exc)) from exc
             except ImageFetchError as exc:
                 raise _reject(400, exc.code, str(exc)) from exc
             what = uri
