@@ -30,8 +30,10 @@
         │   ├── ImageDecodeError        corrupt, truncated, not an image
         │   ├── ImageTooLargeError      byte size or pixel count (decompression bomb)
         │   ├── UnsupportedImageFormat  format outside the allowlist
+        │   │   └── UnsupportedFormatError  a well-formed file of another kind (MP4, PDF, ZIP)
         │   └── ImageFetchError         404, refused URL (SSRF guard), bad scheme
         │       ├── UrlRefusedError         bad scheme / internal address (SSRF guard)
+        │       ├── SourceNotAllowed        outside the tenant's S3 sources (or no tenant)
         │       └── ImageFetchTooLarge      remote object over images.max_bytes
         ├── ReviewError                 lease expired, not the holder, bad decision
         │   ├── ReviewNotFound / ReviewLeaseExpired / ReviewNotLeaseHolder
@@ -185,6 +187,13 @@ class UnsupportedImageFormat(ImageError):
     code = "image_format"
 
 
+class UnsupportedFormatError(UnsupportedImageFormat):
+    """Well-formed content of a kind this service does not moderate (a video, a PDF, an
+    archive): distinct from corrupt image data (``image_corrupt``)."""
+
+    code = "unsupported_format"
+
+
 class ImageFetchError(ImageError):
     code = "fetch_failed"
 
@@ -193,6 +202,14 @@ class UrlRefusedError(ImageFetchError):
     """Bad scheme, odd IP spelling, or an internal address (SSRF guard)."""
 
     code = "url_refused"
+
+
+class SourceNotAllowed(ImageFetchError):
+    """The reference is outside what the tenant may read (``tenants.<name>.s3_sources``), or
+    names a source no tenant may use. Decided before any request: the same answer whether the
+    object exists or not."""
+
+    code = "source_not_allowed"
 
 
 class ImageFetchTooLarge(ImageFetchError):

@@ -109,10 +109,15 @@ __all__ = [
 
 
 class ImageSource(Protocol):
-    """Reads image bytes for the references of its schemes.
+    """Reads image bytes for the references of its schemes, on behalf of a tenant.
+
+    ``tenant`` is whose job the reference belongs to: a source that reads with the service's own
+    identity (S3) reads only inside that tenant's grants. ``None`` is the operator's own tools
+    (the CLI's ``eval``, ``calibrate``), honoured only by sources built for them.
 
     Raises (both methods): ``ImageFetchError`` and subclasses (permanent: bad reference, refused
-    URL, not found, too large) or ``ImageFetchTransient`` (timeouts, 5xx, throttling).
+    URL, not allowed for this tenant, not found, too large) or ``ImageFetchTransient``
+    (timeouts, 5xx, throttling).
     """
 
     #: The URI schemes this source reads (``("http", "https")``).
@@ -120,11 +125,11 @@ class ImageSource(Protocol):
     #: Whether upstream callers may name references of these schemes (``inline`` may not).
     public: bool
 
-    def check(self, ref: ImageRef) -> None:
-        """Refuse a malformed reference at submit time, without any network access."""
+    def check(self, ref: ImageRef, *, tenant: str | None) -> None:
+        """Refuse a malformed or not-allowed reference at submit time, without network access."""
         ...
 
-    def fetch(self, ref: ImageRef) -> bytes: ...
+    def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes: ...
 
 
 class ImageDecoder(Protocol):

@@ -36,6 +36,7 @@ __all__ = [
     "ReviewSettings",
     "S3Settings",
     "Settings",
+    "TenantS3Source",
     "TenantSettings",
 ]
 
@@ -301,6 +302,33 @@ class RateLimits(BaseModel):
     high_priority_per_minute: int = Field(default=60, ge=0)
 
 
+class TenantS3Source(BaseModel):
+    """One S3 location a tenant's jobs may name as ``s3://bucket/key``: a bucket, optionally
+    narrowed to a key prefix, read with the service's S3 identity (``Settings.s3``) or, when set,
+    the tenant's own endpoint and credentials."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The bucket, exactly as in the references (``s3://<bucket>/...``).
+    bucket: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+    #: Only keys that start with this prefix ("" : the whole bucket). End it with ``/`` to
+    #: mean a folder: ``tenants/acme`` also matches ``tenants/acme-evil/...``.
+    prefix: str = ""
+    #: The tenant's own S3-compatible endpoint (None: ``s3.endpoint_url``).
+    endpoint_url: str | None = None
+    #: Its region (None: ``s3.region``).
+    region: str | None = None
+    #: The tenant's own credentials (both or neither; None: the service's ``s3`` credentials).
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _credentials_in_pairs(self) -> TenantS3Source:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("give both access_key_id and secret_access_key, or neither")
+        return self
+
+
 class TenantSettings(BaseModel):
     """What one tenant may do; unset fields fall back to ``Settings.rate_limits``.
 
@@ -308,7 +336,13 @@ class TenantSettings(BaseModel):
     tenant has its own lanes on the broker, which workers serve in turns weighted by
     ``weight``, and its own share of ``queue.max_queued_bytes`` (``max_queued_bytes``; by
     default the global cap split by weight among the configured tenants). Over its share a
-    tenant gets 429 ``tenant_queue_full`` while the others keep theirs."""
+    tenant gets 429 ``tenant_queue_full`` while the others keep theirs.
+
+    ``s3_sources`` lists the S3 locations the tenant's jobs may read (``s3://bucket/key``): a
+    tenant that names none has no S3 access at all, and a reference outside them is refused at
+    submit (422 ``source_not_allowed``) and again by the worker before any request is sent. See
+    docs/images-and-fetching.md.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -324,6 +358,8 @@ class TenantSettings(BaseModel):
     #: ``queue.max_queued_bytes``).
     max_queued_bytes: int | None = Field(default=None, ge=1)
     high_priority_per_minute: int | None = Field(default=None, ge=0)
+    #: S3 locations this tenant's jobs may read (empty: none).
+    s3_sources: list[TenantS3Source] = Field(default_factory=list)
 
 
 class ApiKey(BaseModel):
@@ -568,6 +604,14 @@ class Settings(BaseSettings):
             "s3.access_key_id": self.s3.access_key_id,
             "s3.secret_access_key": self.s3.secret_access_key,
         }
+        for tenant, own in self.tenants.items():
+            for i, source in enumerate(own.s3_sources):
+                credentials[f"tenants.{tenant}.s3_sources[{i}].access_key_id"] = (
+                    source.access_key_id
+                )
+                credentials[f"tenants.{tenant}.s3_sources[{i}].secret_access_key"] = (
+                    source.secret_access_key
+                )
         for credential, configured in credentials.items():
             if configured is not None and _is_placeholder(configured):
                 found.append(f"{credential} is a placeholder")

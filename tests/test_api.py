@@ -67,9 +67,14 @@ def _nothing_enqueued(store: RedisJobStore) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "code", "words"),
     [
-        ({"image_url": "s3://b/k", "policies": ["nope"]}, 400, "policy_unknown", "nope"),
+        (
+            {"image_url": "https://example.com/k", "policies": ["nope"]},
+            400,
+            "policy_unknown",
+            "nope",
+        ),
         ({}, 422, None, "exactly one of image_url and image_base64"),
-        ({"image_url": "s3://b/k", "image_base64": "AAAA"}, 422, None, "exactly one"),
+        ({"image_url": "https://example.com/k", "image_base64": "AAAA"}, 422, None, "exactly one"),
         ({"image_url": "ftp://host/x.jpg"}, 400, "bad_scheme", "ftp"),
         ({"image_url": "/etc/passwd"}, 400, "bad_scheme", "s3://"),
         ({"image_url": "s3://bucket-only"}, 400, "bad_reference", "s3://bucket/key"),
@@ -83,17 +88,17 @@ def _nothing_enqueued(store: RedisJobStore) -> None:
             "50000",
         ),
         (
-            {"image_url": "s3://b/k", "callback_url": "gopher://x"},
+            {"image_url": "https://example.com/k", "callback_url": "gopher://x"},
             400,
             "bad_callback_url",
             "gopher",
         ),
-        ({"image_url": "s3://b/k", "id": "../../etc"}, 422, None, "id"),
-        ({"image_url": "s3://b/k", "policies": []}, 422, None, "policies"),
+        ({"image_url": "https://example.com/k", "id": "../../etc"}, 422, None, "id"),
+        ({"image_url": "https://example.com/k", "policies": []}, 422, None, "policies"),
         ({"image_url": None, "image_base64": _PIXEL}, 422, None, "omit the field"),
         (
             {
-                "image_url": "s3://b/k",
+                "image_url": "https://example.com/k",
                 "metadata": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}},
             },
             400,
@@ -155,7 +160,7 @@ def test_batch_validates_everything_before_enqueueing(
     api: tuple[httpx.Client, RedisJobStore],
 ) -> None:
     client, store = api
-    good = {"image_url": "s3://bucket/a.jpg"}
+    good = {"image_url": "https://example.com/a.jpg"}
     bad = {"image_url": "file:///etc/passwd"}
     response = client.post("/v1/jobs:batch", json={"jobs": [good, good, bad]})
     assert response.status_code == 400
@@ -183,7 +188,7 @@ def test_health_readiness_metrics_and_openapi(api: tuple[httpx.Client, RedisJobS
     # Ready on its own dependency (Redis): no worker is needed to take jobs.
     assert ready.status_code == 200, ready.text
     assert ready.json() == {"status": "ready", "redis": True, "workers": []}
-    client.post("/v1/jobs", json={"image_url": "s3://bucket/a.jpg"})
+    client.post("/v1/jobs", json={"image_url": "https://example.com/a.jpg"})
     client.get("/v1/jobs/nope-1")
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
@@ -273,7 +278,9 @@ def test_broker_down_rolls_back_the_job(settings: Settings, redis_url: str) -> N
 
     async def go() -> httpx.Response:
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            return await client.post("/v1/jobs", json={"image_url": "s3://b/k", "id": "j1"})
+            return await client.post(
+                "/v1/jobs", json={"image_url": "https://example.com/k", "id": "j1"}
+            )
 
     response = asyncio.run(go())
     assert response.status_code == 503
@@ -341,7 +348,7 @@ def test_tenant_rate_limits_and_the_queued_bytes_cap_over_http(
         with httpx.Client(base_url=base, timeout=10) as client:
             as_acme = {"Authorization": f"Bearer {acme}"}
             as_globex = {"Authorization": f"Bearer {globex}"}
-            job = {"image_url": "s3://bucket/a.jpg"}
+            job = {"image_url": "https://example.com/a.jpg"}
             limited_before = _counter(client, "rate_limited", "acme")
             full_before = _counter(client, "queue_full", "globex")
             for _ in range(3):

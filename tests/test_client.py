@@ -46,14 +46,16 @@ def test_submit_get_wait_and_errors(base_url: str, tmp_path: Path) -> None:
         with pytest.raises(JobWaitTimeout):
             client.wait(job_id, timeout=0.3)
         with pytest.raises(JobRejected) as rejected:
-            client.submit("s3://bucket/key", policies=["no-such-policy"])
+            client.submit("https://example.com/key", policies=["no-such-policy"])
         assert rejected.value.code == "policy_unknown" and rejected.value.status == 400
         with pytest.raises(JobRejected) as invalid:
-            client.submit("s3://bucket/key", id="bad id with spaces")
+            client.submit("https://example.com/key", id="bad id with spaces")
         assert invalid.value.status == 422 and "id" in str(invalid.value)
         with pytest.raises(JobNotFoundError):
             client.get("nope")
-        ids = client.submit_many(["s3://b/1.jpg", "https://example.com/2.jpg"], ids=["m-1", "m-2"])
+        ids = client.submit_many(
+            ["https://example.com/1.jpg", "https://example.com/2.jpg"], ids=["m-1", "m-2"]
+        )
         assert ids == ["m-1", "m-2"]
 
 
@@ -68,7 +70,7 @@ def test_unreachable_api_is_transient() -> None:
 def test_async_client(base_url: str) -> None:
     async def go() -> JobStatus:
         async with AsyncModerationClient(base_url) as client:
-            job_id = await client.submit("s3://bucket/key.jpg", id="a-1")
+            job_id = await client.submit("https://example.com/key.jpg", id="a-1")
             return (await client.get(job_id)).status
 
     assert asyncio.run(go()) is JobStatus.QUEUED

@@ -41,7 +41,14 @@ from moderation.exceptions import (
     UrlRefusedError,
 )
 from moderation.pipeline.sources import ImageSources
-from moderation.settings import ImageLimits, QueueSettings, S3Settings, Settings
+from moderation.settings import (
+    ImageLimits,
+    QueueSettings,
+    S3Settings,
+    Settings,
+    TenantS3Source,
+    TenantSettings,
+)
 from tests.servers import MotoServer
 
 MAX_BYTES = 200_000
@@ -182,8 +189,8 @@ class ImageFetcher:
         self.http = HttpSource(settings)
         self.sources = ImageSources([self.http, S3Source(settings)])
 
-    def fetch(self, ref: str) -> bytes:
-        return self.sources.fetch(ImageRef(uri=ref))
+    def fetch(self, ref: str, *, tenant: str = "t1") -> bytes:
+        return self.sources.fetch(ImageRef(uri=ref), tenant=tenant)
 
     def close(self) -> None:
         self.http.close()
@@ -533,7 +540,12 @@ def test_s3_fetch_found_missing_and_down(s3_server: MotoServer) -> None:
         read_timeout_s=1.0,
         max_attempts=1,
     )
-    settings = Settings(s3=s3, images=ImageLimits(max_bytes=MAX_BYTES))
+    grants = [TenantS3Source(bucket="images"), TenantS3Source(bucket="no-such-bucket")]
+    settings = Settings(
+        s3=s3,
+        images=ImageLimits(max_bytes=MAX_BYTES),
+        tenants={"t1": TenantSettings(s3_sources=grants)},
+    )
     raw = boto3.client(
         "s3",
         endpoint_url=s3_server.url,

@@ -20,6 +20,7 @@ from moderation.exceptions import (
     ImageDecodeError,
     ImageError,
     ImageTooLargeError,
+    UnsupportedFormatError,
     UnsupportedImageFormat,
 )
 from moderation.settings import ImageLimits
@@ -268,17 +269,22 @@ def test_truncated_files(fmt: str, keep: float) -> None:
 @pytest.mark.parametrize("name", sorted(hostile.NON_IMAGES))
 def test_non_images_refused_with_a_clear_message(name: str) -> None:
     data = hostile.NON_IMAGES[name]
-    with pytest.raises(ImageDecodeError, match="not a recognised image") as info:
+    with pytest.raises(ImageError) as info:
         decode_image(data, LIMITS)
-    expected = {
-        "text": "text",
-        "html": "HTML",
-        "svg": "SVG",
-        "pdf": "PDF",
-        "json": "text",
-        "elf": "executable",
+    expected, code = {
+        "text": ("text", "image_corrupt"),
+        "html": ("HTML", "image_corrupt"),
+        "svg": ("SVG", "image_corrupt"),
+        "pdf": ("PDF", "unsupported_format"),
+        "json": ("text", "image_corrupt"),
+        "elf": ("executable", "unsupported_format"),
     }[name]
     assert expected in str(info.value)
+    assert info.value.code == code
+    if code == "image_corrupt":
+        assert "not a recognised image" in str(info.value)
+    else:  # a file of another kind, not damaged image data
+        assert isinstance(info.value, UnsupportedFormatError)
 
 
 def test_random_bytes_are_corrupt() -> None:
@@ -395,3 +401,37 @@ def test_decode_benchmark_reports_its_keys() -> None:
         assert result[key] > 0
     assert result["torch_threads"] == 1 and result["model_input"] == 224
     assert result["mean_abs_diff_vs_naive"] < 0.03
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "kind"),
+    [
+        (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2mp41" + bytes(64), "MP4", "video"),
+        (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  " + bytes(64), "QuickTime", "video"),
+        (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01" + bytes(64), "WebM", "video"),
+        (b"RIFF\x24\x00\x00\x00AVI LIST" + bytes(64), "AVI", "video"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64), "WAV", "audio"),
+        (b"PK\x03\x04" + bytes(64), "ZIP", "archive"),
+        (b"%PDF-1.7\n" + bytes(64), "PDF", "document"),
+    ],
+)
+def test_well_formed_files_of_other_kinds_are_unsupported_not_corrupt(
+    data: bytes, name: str, kind: str
+) -> None:
+    from moderation.adapters.images import unsupported_kind
+
+    found = sniff_format(data)
+    assert found is not None and name in found and found.endswith(kind)
+    assert unsupported_kind(found)
+    with pytest.raises(UnsupportedFormatError) as info:
+        decode_image(data, LIMITS)
+    assert info.value.code == "unsupported_format" and name in str(info.value)
+
+
+def test_image_sniffing_is_unchanged_by_the_container_rows() -> None:
+    from moderation.adapters.images import unsupported_kind
+
+    heic = b"\x00\x00\x00\x18ftypheic" + bytes(16)
+    webp = b"RIFF\x00\x00\x00\x00WEBPVP8 " + bytes(16)
+    for data, name in ((heic, "HEIF"), (webp, "WEBP")):
+        assert sniff_format(data) == name and not unsupported_kind(name)

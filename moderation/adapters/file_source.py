@@ -48,10 +48,10 @@ class FileSource:
             raise ImageFetchError(f"{ref.uri!r}: not an absolute path", code="bad_reference")
         return path
 
-    def check(self, ref: ImageRef) -> None:
+    def check(self, ref: ImageRef, *, tenant: str | None) -> None:
         self.path_of(ref)
 
-    def fetch(self, ref: ImageRef) -> bytes:
+    def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes:
         """Raises:
         ImageFetchError: missing or unreadable (codes ``not_found``, ``unreadable``).
         ImageTooLargeError: larger than ``max_bytes``.

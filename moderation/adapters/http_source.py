@@ -51,7 +51,7 @@ class HttpSource:
         self._lock = threading.Lock()
         self._http: httpx.Client | None = None
 
-    def check(self, ref: ImageRef) -> None:
+    def check(self, ref: ImageRef, *, tenant: str | None) -> None:
         """Scheme and syntax only: addresses are vetted at fetch time, after DNS.
 
         Raises:
@@ -59,7 +59,7 @@ class HttpSource:
         """
         check_url(ref.uri, ANY_ADDRESS)
 
-    def fetch(self, ref: ImageRef) -> bytes:
+    def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes:
         """Download ``ref`` (at most ``images.max_bytes``).
 
         Raises:

@@ -1,12 +1,19 @@
 """The ``s3://bucket/key`` image source (boto3).
 
-Requests go to ``settings.s3`` (endpoint, region, credentials, timeouts, retries), so any
-S3-compatible store works. The endpoint is operator configuration and is trusted; the bucket and
-key come from the caller. Objects over ``images.max_bytes`` are refused (declared size, then
-counted while streaming).
+Every read is on behalf of a tenant, inside that tenant's grants (``tenants.<name>.s3_sources``:
+buckets and key prefixes, see :mod:`moderation.core.source_access`); a tenant with none reads
+nothing, and a reference outside them is refused before any request is sent (the same answer
+whether the object exists or not). ``check`` does this at submit, ``fetch`` again in the worker.
+Only a source built for the operator's own tools (``operator=True``: the CLI's ``eval`` and
+``calibrate``) reads without a tenant, with the service's identity.
 
-Errors: ``ImageFetchError`` (no such key or bucket, access denied, bad reference),
-``ImageFetchTooLarge``, ``ImageFetchTransient`` (throttling, 5xx, endpoint unreachable).
+Requests go to ``settings.s3`` (endpoint, region, credentials, timeouts, retries), or to the
+grant's own endpoint and credentials where the tenant brings them. Objects over
+``images.max_bytes`` are refused (declared size, then counted while streaming).
+
+Errors: ``SourceNotAllowed`` (outside the tenant's grants), ``ImageFetchError`` (no such key or
+bucket, access denied, bad reference), ``ImageFetchTooLarge``, ``ImageFetchTransient``
+(throttling, 5xx, endpoint unreachable).
 """
 
 from __future__ import annotations
@@ -28,13 +35,15 @@ from botocore.exceptions import (
 )
 
 from moderation.core.image_ref import ImageRef
+from moderation.core.source_access import S3Grant, grant_for
 from moderation.exceptions import (
     ImageFetchError,
     ImageFetchTooLarge,
     ImageFetchTransient,
     ModerationError,
+    SourceNotAllowed,
 )
-from moderation.settings import Settings
+from moderation.settings import Settings, TenantS3Source
 
 __all__ = ["S3Source", "parse_s3_ref"]
 
@@ -75,44 +84,96 @@ def parse_s3_ref(ref: str) -> tuple[str, str]:
 
 
 class S3Source:
-    """Fetches ``s3://`` images. Thread-safe; one per process."""
+    """Fetches ``s3://`` images for tenants, inside their grants. Thread-safe; one per process."""
 
     schemes = ("s3",)
     public = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, operator: bool = False) -> None:
         self.settings = settings
         self.max_bytes = settings.images.max_bytes
+        self.operator = operator
+        self._locations: dict[str, list[TenantS3Source]] = {
+            name: list(own.s3_sources) for name, own in settings.tenants.items()
+        }
+        self._grants: dict[str, tuple[S3Grant, ...]] = {
+            name: tuple(
+                S3Grant(bucket=loc.bucket, prefix=loc.prefix, source=i)
+                for i, loc in enumerate(locations)
+            )
+            for name, locations in self._locations.items()
+        }
         self._lock = threading.Lock()
-        self._s3: Any = None  # botocore S3 client (typed stubs optional)
+        self._clients: dict[tuple[str, int] | None, Any] = {}  # botocore S3 clients
 
-    def check(self, ref: ImageRef) -> None:
-        """Raises:
-        ImageFetchError: not ``s3://bucket/key`` (code ``bad_reference``).
-        """
-        parse_s3_ref(ref.uri)
-
-    def fetch(self, ref: ImageRef) -> bytes:
-        """Download the object (at most ``images.max_bytes``).
+    def grant(self, ref: ImageRef, *, tenant: str | None) -> S3Grant | None:
+        """The grant ``tenant`` reads ``ref`` under (None: the operator's own identity).
 
         Raises:
+            ImageFetchError: not ``s3://bucket/key`` (code ``bad_reference``).
+            SourceNotAllowed: outside the tenant's grants (decided without any request).
+        """
+        bucket, key = parse_s3_ref(ref.uri)
+        if tenant is None and self.operator:
+            return None
+        found = grant_for(self._grants.get(tenant, ()), bucket, key) if tenant else None
+        if found is None:
+            raise SourceNotAllowed(
+                "this S3 location is not one of the S3 sources configured for your tenant"
+            )
+        return found
+
+    def check(self, ref: ImageRef, *, tenant: str | None) -> None:
+        """Raises:
+        ImageFetchError: not ``s3://bucket/key`` (code ``bad_reference``).
+        SourceNotAllowed: outside the tenant's grants.
+        """
+        self.grant(ref, tenant=tenant)
+
+    def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes:
+        """Download the object (at most ``images.max_bytes``), on behalf of ``tenant``.
+
+        Raises:
+            SourceNotAllowed: outside the tenant's grants (no request is sent).
             ImageFetchTooLarge: the object is larger than ``images.max_bytes``.
             ImageFetchError: no such key or bucket, forbidden, bad reference.
             ImageFetchTransient: throttling, 5xx, endpoint unreachable.
         """
-        return self._fetch_s3(ref.uri)
+        grant = self.grant(ref, tenant=tenant)
+        client = self._client(None if grant is None or tenant is None else (tenant, grant.source))
+        return self._fetch_s3(ref.uri, client)
 
     @property
     def s3(self) -> Any:
+        """The client with the service's own identity."""
+        return self._client(None)
+
+    def _client(self, location: tuple[str, int] | None) -> Any:
+        cfg = self.settings.s3
+        own = self._locations[location[0]][location[1]] if location is not None else None
+        if (
+            own is not None
+            and own.endpoint_url is None
+            and own.access_key_id is None
+            and own.region in (None, cfg.region)
+        ):
+            location = None  # the service's identity: share its client
         with self._lock:
-            if self._s3 is None:
-                cfg = self.settings.s3
+            client = self._clients.get(location)
+            if client is None:
                 key_id = cfg.access_key_id.get_secret_value() if cfg.access_key_id else None
                 secret = cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None
-                self._s3 = boto3.session.Session().client(
+                endpoint, region = cfg.endpoint_url, cfg.region
+                if own is not None and location is not None:
+                    endpoint = own.endpoint_url or endpoint
+                    region = own.region or region
+                    if own.access_key_id is not None and own.secret_access_key is not None:
+                        key_id = own.access_key_id.get_secret_value()
+                        secret = own.secret_access_key.get_secret_value()
+                client = boto3.session.Session().client(
                     "s3",
-                    endpoint_url=cfg.endpoint_url,
-                    region_name=cfg.region,
+                    endpoint_url=endpoint,
+                    region_name=region,
                     aws_access_key_id=key_id,
                     aws_secret_access_key=secret,
                     config=Config(
@@ -122,12 +183,13 @@ class S3Source:
                         max_pool_connections=32,
                     ),
                 )
-            return self._s3
+                self._clients[location] = client
+            return client
 
-    def _fetch_s3(self, ref: str) -> bytes:
+    def _fetch_s3(self, ref: str, client: Any) -> bytes:
         bucket, key = parse_s3_ref(ref)
         try:
-            obj: Any = self.s3.get_object(Bucket=bucket, Key=key)
+            obj: Any = client.get_object(Bucket=bucket, Key=key)
             body = obj["Body"]
             try:
                 size = int(obj.get("ContentLength") or 0)

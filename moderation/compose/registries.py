@@ -37,9 +37,11 @@ def build_signals(settings: Settings, banks: LoadedBanks | None = None) -> Signa
 def build_sources(
     settings: Settings, store: JobStore | None, *, local_files: bool = False
 ) -> ImageSources:
-    """Every image source, by scheme (inline bytes need the job store). ``local_files`` adds
-    ``file://`` (never public: only the policy tools of the CLI read local datasets)."""
-    sources: list[Any] = [HttpSource(settings), S3Source(settings)]
+    """Every image source, by scheme (inline bytes need the job store). ``local_files`` builds
+    the operator's sources of the CLI's policy tools: ``file://`` (never public) and S3 read
+    without a tenant, with the service's identity. Without it (the API, the workers) every S3
+    read is a tenant's, inside its ``s3_sources``, and ``file://`` does not exist."""
+    sources: list[Any] = [HttpSource(settings), S3Source(settings, operator=local_files)]
     if store is not None:
         sources.append(InlineSource(store))
     if local_files:

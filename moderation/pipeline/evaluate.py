@@ -85,8 +85,9 @@ def score_dataset(
 
 
 def fetcher(sources: ImageSources) -> Callable[[str], bytes]:
-    """``fetch`` for :func:`score_dataset` through the image sources (any scheme they read)."""
-    return lambda uri: sources.fetch(ImageRef(uri=uri))
+    """``fetch`` for :func:`score_dataset` through the image sources (any scheme they read),
+    as the operator (a labelled dataset is the operator's own, not a tenant's)."""
+    return lambda uri: sources.fetch(ImageRef(uri=uri), tenant=None)
 
 
 def category_keys(

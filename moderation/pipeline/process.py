@@ -35,8 +35,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moderation.core.decision import Decision
+from moderation.core.fetch_errors import FETCH_FAILED, tenant_fetch_error
 from moderation.core.jobs import Job, JobError
-from moderation.exceptions import ModerationError, PermanentError, TransientError
+from moderation.exceptions import (
+    ImageFetchError,
+    ImageFetchTransient,
+    ModerationError,
+    PermanentError,
+    TransientError,
+)
 from moderation.metrics import metrics
 from moderation.pipeline.batching import MicroBatcher
 from moderation.pipeline.history import EmbeddingHistory
@@ -208,7 +215,9 @@ class Processor:
                 m.retries.labels(exc.code).inc()
                 out[job.id] = Processed(job.id, "retry", self.backoff(retries), exc)
                 continue
-            if isinstance(exc, TransientError):
+            if isinstance(exc, ImageFetchError | ImageFetchTransient):
+                error = _fetch_error(job, exc, attempts=retries + 1)
+            elif isinstance(exc, TransientError):
                 error = JobError(
                     code=exc.code,
                     transient=True,
@@ -258,7 +267,12 @@ class Processor:
             except ModerationError as exc:
                 failed.append((job, exc, None))
         fetched = self._timed(
-            "fetch", lambda: self.sources.fetch_many([job.image for job in wanted], pool=self.pool)
+            "fetch",
+            lambda: self.sources.fetch_many(
+                [job.image for job in wanted],
+                tenants=[job.tenant for job in wanted],
+                pool=self.pool,
+            ),
         )
         # The scored bytes, for the reviewer of a REVIEW verdict.
         scored = {
@@ -335,3 +349,21 @@ class Processor:
             ]
         by_job = {job.id: e for members in groups.values() for job, _, e in members}
         return decided, by_job, failed
+
+
+def _fetch_error(job: Job, exc: ModerationError, *, attempts: int) -> JobError:
+    """The tenant's view of a fetch error (a generic code and message: the detail would map the
+    service's network); the detail goes to the log, escaped."""
+    code, message = tenant_fetch_error(exc.code)
+    log.warning(
+        "job %r (tenant %r): fetching %r failed after %d attempt(s): %s: %r",
+        job.id,
+        job.tenant,
+        job.image.uri[:300],
+        attempts,
+        exc.code,
+        str(exc)[:1000],
+    )
+    if exc.transient and code != FETCH_FAILED:  # one message for every unreachable host
+        message = f"{message} (gave up after {attempts} attempts)"
+    return JobError(code=code, message=message, transient=exc.transient, attempts=attempts)

@@ -31,11 +31,11 @@ class InlineSource:
     def __init__(self, store: JobStore) -> None:
         self.store = store
 
-    def check(self, ref: ImageRef) -> None:
+    def check(self, ref: ImageRef, *, tenant: str | None) -> None:
         if not ref.inline_key:
             raise ImageFetchError("inline reference without a key", code="bad_reference")
 
-    def fetch(self, ref: ImageRef) -> bytes:
+    def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes:
         """Raises:
         ImageFetchError: the bytes expired (code ``inline_expired``).
         """
@@ -88,28 +88,36 @@ class ImageSources:
             )
         return source
 
-    def check(self, ref: ImageRef) -> None:
-        """Refuse a reference a caller may not send (unknown scheme, malformed) at submit time.
+    def check(self, ref: ImageRef, *, tenant: str) -> None:
+        """Refuse a reference ``tenant`` may not send (unknown scheme, malformed, outside its
+        sources) at submit time.
 
         Raises:
             ImageFetchError: with a stable code (``bad_scheme``, ``url_refused``,
-                ``bad_reference``).
+                ``bad_reference``, ``source_not_allowed``).
         """
-        self.source_for(ref, public_only=True).check(ref)
+        self.source_for(ref, public_only=True).check(ref, tenant=tenant)
 
-    def fetch(self, ref: ImageRef) -> bytes:
-        """The image bytes.
+    def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes:
+        """The image bytes, read on behalf of ``tenant`` (None: the operator's tools).
 
         Raises:
             ImageFetchError, ImageFetchTransient: from the source.
         """
-        return self.source_for(ref).fetch(ref)
+        return self.source_for(ref).fetch(ref, tenant=tenant)
 
     def fetch_many(
-        self, refs: Sequence[ImageRef], *, pool: Executor | None = None
+        self,
+        refs: Sequence[ImageRef],
+        *,
+        tenants: Sequence[str | None],
+        pool: Executor | None = None,
     ) -> list[bytes | ModerationError]:
-        """Every ref's bytes, or the error that ref ended with: inline bytes in one store round
-        trip, remote images concurrently on ``pool``."""
+        """Every ref's bytes (read on behalf of the tenant at the same index), or the error
+        that ref ended with: inline bytes in one store round trip, remote images concurrently
+        on ``pool``."""
+        if len(tenants) != len(refs):
+            raise ValueError("fetch_many needs one tenant per reference")
         out: list[bytes | ModerationError | None] = [None] * len(refs)
         inline = [i for i, ref in enumerate(refs) if ref.inline]
         if inline:
@@ -120,18 +128,14 @@ class ImageSources:
                 ):
                     out[i] = got
 
-        def one(ref: ImageRef) -> bytes | ModerationError:
+        def one(i: int) -> bytes | ModerationError:
             try:
-                return self.fetch(ref)
+                return self.fetch(refs[i], tenant=tenants[i])
             except ModerationError as exc:
                 return exc
 
         rest = [i for i in range(len(refs)) if out[i] is None]
-        fetched = (
-            pool.map(one, [refs[i] for i in rest])
-            if pool is not None and len(rest) > 1
-            else map(one, [refs[i] for i in rest])
-        )
+        fetched = pool.map(one, rest) if pool is not None and len(rest) > 1 else map(one, rest)
         for i, got in zip(rest, fetched, strict=True):
             out[i] = got
         return [x for x in out if x is not None]

@@ -50,6 +50,7 @@ from moderation.exceptions import (
     PolicyError,
     QueueFull,
     RateLimited,
+    SourceNotAllowed,
     TenantQueueFull,
 )
 from moderation.metrics import metrics
@@ -258,7 +259,9 @@ class Submitter:
                 raise _reject(400, "bad_reference", "image_url is longer than 4096 characters")
             image = ImageRef(uri=uri)
             try:
-                self.sources.check(image)
+                self.sources.check(image, tenant=tenant.name)
+            except SourceNotAllowed as exc:
+                raise _reject(422, exc.code, str(exc)) from exc
             except ImageFetchError as exc:
                 raise _reject(400, exc.code, str(exc)) from exc
             what = uri

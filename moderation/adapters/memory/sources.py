@@ -24,11 +24,11 @@ class MemorySource:
         self.objects[name] = data
         return ImageRef(uri=f"mem://{name}")
 
-    def check(self, ref: ImageRef) -> None:
+    def check(self, ref: ImageRef, *, tenant: str | None = None) -> None:
         if not ref.uri.startswith("mem://") or len(ref.uri) == len("mem://"):
             raise ImageFetchError(f"bad reference {ref.uri!r}", code="bad_reference")
 
-    def fetch(self, ref: ImageRef) -> bytes:
+    def fetch(self, ref: ImageRef, *, tenant: str | None = None) -> bytes:
         self.fetched.append(ref.uri)
         data = self.objects.get(ref.uri.removeprefix("mem://"))
         if data is None:
