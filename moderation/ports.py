@@ -52,6 +52,7 @@ from moderation.core.audit import AuditRecord, Retention
 from moderation.core.backtest import BacktestPartial, BacktestTask
 from moderation.core.banks import BankEntry, BankInfo, BankManifest, EntryData, Segment
 from moderation.core.compiled import CompiledPolicy, ModelIdentity
+from moderation.core.decision import Timeline
 from moderation.core.embeddings import HistoryBatch
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult
@@ -78,6 +79,7 @@ __all__ = [
     "CompileCache",
     "DeadLetter",
     "DecideResult",
+    "DecodedMedia",
     "DeliveryLog",
     "Encoder",
     "HistoryFormat",
@@ -122,13 +124,26 @@ class ImageSource(Protocol):
     def fetch(self, ref: ImageRef) -> bytes: ...
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedMedia:
+    """Decoded frames (Pillow images) and, for a video or an animation, when each was shown."""
+
+    frames: list[Any]
+    timeline: Timeline | None = None
+
+
 class ImageDecoder(Protocol):
-    """Untrusted bytes -> decoded RGB frames (Pillow images), with bomb and size limits.
+    """Untrusted bytes -> decoded RGB frames (Pillow images), with bomb and size limits: one
+    for a still image, the sampled frames of an animation or a video.
 
     Raises: ``ImageError`` subclasses (corrupt, too large, unsupported format).
     """
 
     def decode(self, data: bytes, *, min_side: int | None = None) -> list[Any]: ...
+
+    def decode_media(self, data: bytes, *, min_side: int | None = None) -> DecodedMedia:
+        """:meth:`decode` with the timeline of a video's or an animation's samples."""
+        ...
 
 
 class Encoder(Protocol):

@@ -53,6 +53,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from moderation.core.decision import Timeline
 from moderation.core.sampling import FrameSampler, SamplingRules, grid_signature, plan_samples
 from moderation.exceptions import (
     ImageDecodeError,
@@ -60,6 +61,7 @@ from moderation.exceptions import (
     ImageTooLargeError,
     UnsupportedImageFormat,
 )
+from moderation.ports import DecodedMedia
 from moderation.settings import ImageLimits, VideoSettings
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "VideoFrames",
     "allowed_formats",
     "decode_image",
+    "decode_media",
     "is_video",
     "sniff_format",
     "to_rgb",
@@ -172,10 +175,10 @@ _DEFAULT_FRAME_S = 0.1
 
 
 class VideoFrames(Protocol):
-    """The video decoder :class:`SafeDecoder` hands videos to: bytes in, sampled RGB frames out
-    (``ImageError`` subclasses with ``video_*`` codes on failure)."""
+    """The video decoder :class:`SafeDecoder` hands videos to: bytes in, sampled RGB frames and
+    their timeline out (``ImageError`` subclasses with ``video_*`` codes on failure)."""
 
-    def frames(self, data: bytes, *, min_side: int) -> list[Image.Image]: ...
+    def media(self, data: bytes, *, min_side: int) -> DecodedMedia: ...
 
 
 def is_video(data: bytes) -> bool:
@@ -313,7 +316,7 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
 
 def _animation_samples(
     image: Image.Image, limits: ImageLimits, target: int, video: VideoSettings
-) -> list[Image.Image]:
+) -> DecodedMedia:
     """Frames of an animation sampled by its own timing, as a video is (one a cell, plus scene
     cuts; :mod:`moderation.core.sampling`). Two passes: the frame delays first (to plan the
     cells over the whole animation), then the samples."""
@@ -337,6 +340,7 @@ def _animation_samples(
     sampler = FrameSampler(plan_samples(elapsed, rules))
     ends = [*starts[1:], elapsed]
     frames: list[Image.Image] = []
+    shown: list[float] = []
     for index, (start, end) in enumerate(zip(starts, ends, strict=True)):
         if not video.scene_cuts and not sampler.needs(start, end):
             continue
@@ -350,12 +354,13 @@ def _animation_samples(
             signature = grid_signature(np.asarray(small))
         if sampler.offer(start, signature, end) is not None:
             frames.append(_shrink(rgb, target))
-    return frames
+            shown.append(start)
+    return DecodedMedia(frames, Timeline("animation", elapsed, tuple(shown)))
 
 
 def _decode(
     image: Image.Image, limits: ImageLimits, target: int, video: VideoSettings | None = None
-) -> list[Image.Image]:
+) -> DecodedMedia:
     fmt = (image.format or "").upper()
     if fmt not in allowed_formats(limits):  # defence in depth: open() filtered
         raise UnsupportedImageFormat(
@@ -382,7 +387,7 @@ def _decode(
         image.load()
         oriented = _oriented(image) if index == 0 else image.copy()
         frames.append(_shrink(to_rgb(oriented), target))
-    return frames
+    return DecodedMedia(frames)
 
 
 def decode_image(
@@ -393,6 +398,20 @@ def decode_image(
     video: VideoSettings | None = None,
     video_frames: VideoFrames | None = None,
 ) -> list[Image.Image]:
+    """:func:`decode_media`'s frames."""
+    return decode_media(
+        data, limits, min_side=min_side, video=video, video_frames=video_frames
+    ).frames
+
+
+def decode_media(
+    data: bytes,
+    limits: ImageLimits,
+    *,
+    min_side: int | None = None,
+    video: VideoSettings | None = None,
+    video_frames: VideoFrames | None = None,
+) -> DecodedMedia:
     """Decode untrusted bytes into RGB frames (one for a still image; samples of an animation
     or a video).
 
@@ -407,7 +426,7 @@ def decode_image(
         video_frames: the decoder of videos (None: a video is refused as a format).
 
     Returns:
-        One RGB image, or the sampled frames of an animation or a video.
+        One RGB image, or the sampled frames of an animation or a video with their timeline.
 
     Raises:
         ImageTooLargeError: too many bytes, pixels, or too long a side (decompression bomb).
@@ -419,7 +438,7 @@ def decode_image(
         raise ImageDecodeError("empty file (0 bytes)")
     target = limits.draft_size if min_side is None else min_side
     if video_frames is not None and is_video(data):
-        return video_frames.frames(data, min_side=target)
+        return video_frames.media(data, min_side=target)
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(f"{len(data)} bytes exceeds the {limits.max_bytes}-byte limit")
     image = _open(data, limits)
@@ -466,7 +485,12 @@ class SafeDecoder:
 
     def decode(self, data: bytes, *, min_side: int | None = None) -> list[Image.Image]:
         """See :func:`decode_image`."""
-        return decode_image(
+        frames: list[Image.Image] = self.decode_media(data, min_side=min_side).frames
+        return frames
+
+    def decode_media(self, data: bytes, *, min_side: int | None = None) -> DecodedMedia:
+        """See :func:`decode_media`."""
+        return decode_media(
             data,
             self.limits,
             min_side=min_side,

@@ -47,6 +47,7 @@ import av.error
 import numpy as np
 from PIL import Image
 
+from moderation.core.decision import Timeline
 from moderation.core.sampling import (
     FrameSampler,
     SampleReason,
@@ -63,6 +64,7 @@ from moderation.exceptions import (
     VideoTooLargeError,
     VideoTooLongError,
 )
+from moderation.ports import DecodedMedia
 from moderation.settings import VideoSettings
 
 __all__ = ["DecodedVideo", "VideoDecoder", "VideoSample", "decode_video", "sampling_rules"]
@@ -110,6 +112,10 @@ class DecodedVideo:
     @property
     def frames(self) -> list[Image.Image]:
         return [s.image for s in self.samples]
+
+    @property
+    def timeline(self) -> Timeline:
+        return Timeline("video", self.duration_s, tuple(s.timestamp_s for s in self.samples))
 
 
 def sampling_rules(settings: VideoSettings) -> SamplingRules:
@@ -168,9 +174,11 @@ class VideoDecoder:
         """See :func:`decode_video`."""
         return decode_video(source, self.settings, min_side=min_side)
 
-    def frames(self, data: bytes, *, min_side: int) -> list[Image.Image]:
-        """The sampled frames only (:class:`~moderation.adapters.images.VideoFrames`)."""
-        return decode_video(data, self.settings, min_side=min_side).frames
+    def media(self, data: bytes, *, min_side: int) -> DecodedMedia:
+        """The sampled frames and their timeline
+        (:class:`~moderation.adapters.images.VideoFrames`)."""
+        video = decode_video(data, self.settings, min_side=min_side)
+        return DecodedMedia(video.frames, video.timeline)
 
 
 def _ffmpeg_message(exc: av.error.FFmpegError) -> str:
