@@ -30,8 +30,16 @@
         │   ├── ImageDecodeError        corrupt, truncated, not an image
         │   ├── ImageTooLargeError      byte size or pixel count (decompression bomb)
         │   ├── UnsupportedImageFormat  format outside the allowlist
-        │   │   └── UnsupportedFormatError  a well-formed file of another kind (MP4, PDF, ZIP)
-        │   └── ImageFetchError         404, refused URL (SSRF guard), bad scheme
+        │   │   └── UnsupportedFormatError  a well-formed file of another kind (PDF, ZIP, audio)
+        │   ├── ImageFetchError         404, refused URL (SSRF guard), bad scheme
+        │   └── (video, docs/video.md; each also one of the three above)
+        │       ├── VideoDecodeError        video_corrupt: truncated, corrupt packets, no frames
+        │       │   ├── VideoNoStream       video_no_stream: no video stream (audio only)
+        │       │   └── VideoFrameRateError video_frame_rate: zero, absurd or unknown frame rate
+        │       ├── VideoTooLargeError      video_too_large: bytes, pixels per frame, side
+        │       │   ├── VideoTooLongError   video_too_long: duration over video.max_duration_s
+        │       │   └── VideoDecodeLimit    video_decode_limit: frames decoded or CPU seconds
+        │       └── UnsupportedVideoCodec   video_codec: a container or codec outside the list
         │       ├── UrlRefusedError         bad scheme / internal address (SSRF guard)
         │       ├── SourceNotAllowed        outside the tenant's S3 sources (or no tenant)
         │       └── ImageFetchTooLarge      remote object over images.max_bytes
@@ -196,6 +204,48 @@ class UnsupportedFormatError(UnsupportedImageFormat):
 
 class ImageFetchError(ImageError):
     code = "fetch_failed"
+
+
+class VideoDecodeError(ImageDecodeError):
+    """A video that cannot be decoded: truncated, corrupt packets, no decodable frame."""
+
+    code = "video_corrupt"
+
+
+class VideoNoStream(VideoDecodeError):
+    """A file with no video stream (audio only, subtitles only)."""
+
+    code = "video_no_stream"
+
+
+class VideoFrameRateError(VideoDecodeError):
+    """A frame rate that is zero, unknown or absurd (over ``video.max_fps``)."""
+
+    code = "video_frame_rate"
+
+
+class VideoTooLargeError(ImageTooLargeError):
+    """Too many bytes, or frames with too many pixels or too long a side."""
+
+    code = "video_too_large"
+
+
+class VideoTooLongError(VideoTooLargeError):
+    """Longer than ``video.max_duration_s`` (as claimed by the container, or as decoded)."""
+
+    code = "video_too_long"
+
+
+class VideoDecodeLimit(VideoTooLargeError):
+    """Decoding needed more frames or CPU seconds than ``video`` allows (decodes forever)."""
+
+    code = "video_decode_limit"
+
+
+class UnsupportedVideoCodec(UnsupportedImageFormat):
+    """A container or video codec outside ``video.containers`` / ``video.codecs``."""
+
+    code = "video_codec"
 
 
 class UrlRefusedError(ImageFetchError):

@@ -54,6 +54,7 @@ from moderation.core.backtest import BacktestPartial, BacktestTask
 from moderation.core.banks import BankEntry, BankInfo, BankManifest, EntryData, Segment
 from moderation.core.callbacks import PendingCallback
 from moderation.core.compiled import CompiledPolicy, ModelIdentity
+from moderation.core.decision import Timeline
 from moderation.core.embeddings import HistoryBatch
 from moderation.core.fairness import TenantBacklog
 from moderation.core.image_ref import ImageRef
@@ -83,6 +84,7 @@ __all__ = [
     "CompileCache",
     "DeadLetter",
     "DecideResult",
+    "DecodedMedia",
     "DeliveryLog",
     "Encoder",
     "HistoryFormat",
@@ -132,13 +134,26 @@ class ImageSource(Protocol):
     def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes: ...
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedMedia:
+    """Decoded frames (Pillow images) and, for a video or an animation, when each was shown."""
+
+    frames: list[Any]
+    timeline: Timeline | None = None
+
+
 class ImageDecoder(Protocol):
-    """Untrusted bytes -> decoded RGB frames (Pillow images), with bomb and size limits.
+    """Untrusted bytes -> decoded RGB frames (Pillow images), with bomb and size limits: one
+    for a still image, the sampled frames of an animation or a video.
 
     Raises: ``ImageError`` subclasses (corrupt, too large, unsupported format).
     """
 
     def decode(self, data: bytes, *, min_side: int | None = None) -> list[Any]: ...
+
+    def decode_media(self, data: bytes, *, min_side: int | None = None) -> DecodedMedia:
+        """:meth:`decode` with the timeline of a video's or an animation's samples."""
+        ...
 
 
 class Encoder(Protocol):

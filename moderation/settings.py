@@ -38,6 +38,7 @@ __all__ = [
     "Settings",
     "TenantS3Source",
     "TenantSettings",
+    "VideoSettings",
 ]
 
 #: Secrets and API keys shorter than this are refused outside development mode.
@@ -113,6 +114,56 @@ class ImageLimits(BaseModel):
     max_redirects: int = 5
     #: HTTP(S) fetches: wall-clock cap on one whole download (a server trickling bytes).
     fetch_deadline_s: float = 60.0
+
+
+class VideoSettings(BaseModel):
+    """Video (MP4, MOV, WebM, MKV) and animated images (GIF, APNG, animated WebP): hard limits on
+    what one upload may cost, and how frames are sampled (see docs/video.md).
+
+    Sampling: one frame per ``1 / sample_fps`` seconds of the video (a keyframe when one falls in
+    the interval, so that little else is decoded), plus frames at scene cuts (``scene_cuts``), at
+    most ``max_samples`` in all; a long video gets a longer interval so that the samples still
+    cover all of it. Animated images are sampled the same way by default (their first frame is
+    not enough: a harmless first frame could hide the rest).
+
+    Limits, each a clear coded error (``video_*``) when crossed: ``max_bytes`` (the upload or
+    download), ``max_duration_s`` (the container's claim, and the timestamps actually decoded),
+    ``max_pixels`` per frame and ``max_side``, ``max_fps``, ``max_frames_decoded`` and
+    ``max_decode_s`` (CPU work; a stream that decodes forever ends here).
+    """
+
+    #: Container formats accepted (FFmpeg demuxer names: ``mov`` covers MP4/MOV/M4V,
+    #: ``matroska`` covers MKV and WebM).
+    containers: list[str] = Field(default_factory=lambda: ["mov", "matroska"])
+    #: Video codecs accepted (FFmpeg codec names).
+    codecs: list[str] = Field(default_factory=lambda: ["h264", "hevc", "vp8", "vp9", "av1"])
+    max_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="Bytes per video.")
+    max_duration_s: float = Field(default=600.0, gt=0, description="Longest video, seconds.")
+    max_pixels: int = Field(default=3840 * 2160, gt=0, description="Pixels per frame.")
+    max_side: int = Field(default=8192, gt=0, description="Longest side of a frame, pixels.")
+    max_fps: float = Field(default=240.0, gt=0, description="Highest frame rate accepted.")
+    max_frames_decoded: int = Field(default=50_000, gt=0, description="Frames decoded per video.")
+    max_decode_s: float = Field(default=120.0, gt=0, description="CPU seconds per video.")
+    sample_fps: float = Field(default=1.0, gt=0, le=30, description="Regular samples a second.")
+    scene_cuts: bool = Field(default=True, description="Also sample frames at scene cuts.")
+    #: Mean absolute change of a frame's 8x8 colour layout (0-1) that counts as a cut.
+    scene_cut_threshold: float = Field(default=0.12, gt=0, le=1)
+    #: Samples taken at scene cuts, at most (part of ``max_samples``).
+    max_scene_cuts: int = Field(default=30, ge=0)
+    max_samples: int = Field(default=120, ge=1, description="Frames scored per video, at most.")
+    #: Decoder threads per video (1: the worker's processes already use every core).
+    decoder_threads: int = Field(default=1, ge=1, le=16)
+    #: Animated images (GIF, APNG, WebP) sampled like video (False: ``images.max_frames``).
+    sample_animations: bool = True
+
+    @model_validator(mode="after")
+    def _budget(self) -> VideoSettings:
+        if self.scene_cuts and self.max_scene_cuts >= self.max_samples:
+            raise ValueError(
+                f"video.max_scene_cuts ({self.max_scene_cuts}) must be below video.max_samples "
+                f"({self.max_samples}): the regular samples need a share of the budget"
+            )
+        return self
 
 
 class S3Settings(BaseModel):
@@ -480,6 +531,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Path(".moderation/cache")
     model: ModelSettings = ModelSettings()
     images: ImageLimits = ImageLimits()
+    video: VideoSettings = VideoSettings()
     redis_url: str | None = None  # None: the main job starts an embedded server
     #: Data folder of the embedded server ``moderation demo`` starts without ``redis_url``
     #: (append-only file: results, review items and queued jobs survive a restart).

@@ -38,6 +38,7 @@ IO_LIBRARIES = {
     "matplotlib",
     "jinja2",
     "pyarrow",
+    "av",
 }
 
 

@@ -407,7 +407,7 @@ def test_decode_benchmark_reports_its_keys() -> None:
     ("data", "name", "kind"),
     [
         (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2mp41" + bytes(64), "MP4", "video"),
-        (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  " + bytes(64), "QuickTime", "video"),
+        (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  " + bytes(64), "MOV", "video"),
         (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01" + bytes(64), "WebM", "video"),
         (b"RIFF\x24\x00\x00\x00AVI LIST" + bytes(64), "AVI", "video"),
         (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64), "WAV", "audio"),

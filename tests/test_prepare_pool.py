@@ -28,10 +28,10 @@ POISON = b"\x89POISON"
 class _CrashingDecoder(SafeDecoder):
     """A decoder that dies (like a segfaulting codec would) on :data:`POISON`."""
 
-    def decode(self, data: bytes, *, min_side: int | None = None) -> list[Any]:
+    def decode_media(self, data: bytes, *, min_side: int | None = None) -> Any:
         if data == POISON:
             os._exit(139)
-        return super().decode(data, min_side=min_side)
+        return super().decode_media(data, min_side=min_side)
 
 
 @pytest.fixture(scope="module")

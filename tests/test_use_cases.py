@@ -922,3 +922,29 @@ def test_the_use_case_refuses_ids_outside_the_pattern_for_every_tenant(
     ]
     assert world.submitter.results(["invoice-1"], tenant=ACME)[0] is not None
     assert set(world.store.jobs) == {"acme/invoice-1"}
+
+
+def test_a_video_job_carries_its_segments_to_result_audit_callback_and_dsa(world: World) -> None:
+    """A red star from 12 s to 15 s of a 30 s clip (inline upload): blocked, with the segment
+    in the job result, the audit record, the DSA statement and the callback's payload."""
+    from moderation.core.audit import dsa_statement
+    from moderation.testmodel.clips import Shot, allow_image, block_image, clip
+
+    data = clip([Shot(12, allow_image()), Shot(3, block_image()), Shot(15, allow_image())])
+    job_id = world.submit(image_bytes=data, callback_url="https://hooks.example/v")
+    assert world.run(job_id) == "verdict", world.result(job_id).error
+    result = world.result(job_id)
+    verdict = result.verdict
+    assert verdict is not None and verdict.decision is Decision.BLOCK and verdict.video
+    (segment,) = [s for s in verdict.video.segments if s.decision is Decision.BLOCK]
+    assert 11.9 <= segment.start_s <= 12.3 and 15.0 <= segment.end_s <= 15.3
+    # what the API returns and the client parses back
+    again = JobResult.model_validate_json(result.model_dump_json())
+    assert again.verdict is not None and again.verdict.video == verdict.video
+    record = world.audit.records[-1]
+    assert record.details["video"]["segments"][0]["start_s"] == segment.start_s
+    statement = dsa_statement(record)
+    assert statement is not None and statement["content_type"] == ["CONTENT_TYPE_VIDEO"]
+    assert "seen at 12." in statement["decision_facts"]
+    sent = world.callbacks.sent[-1]
+    assert "segments" in str(sent)

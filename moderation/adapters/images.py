@@ -26,11 +26,17 @@ Defences, in order:
    alpha (composited on white: transparent pixels must not hide content as black), CMYK (Adobe
    inverted CMYK handled by Pillow), 16-bit and 32-bit greyscale (scaled, not clipped),
    greyscale, bilevel.
-7. **Animated images** (GIF, APNG, animated WebP, multi-page TIFF): ``limits.max_frames == 1``
-   (default) decodes the first frame only, without even counting frames. ``max_frames = k > 1``
-   samples ``k`` frames evenly spaced over the animation (first and last included); the caller
-   scores each and keeps the most severe verdict (samples are taken over at most the first
-   ``_MAX_SCANNED_FRAMES`` frames; the byte cap bounds the cost of counting them).
+7. **Animated images** (GIF, APNG, animated WebP) are sampled like video by default
+   (``video.sample_animations``; :mod:`moderation.core.sampling`): one frame per
+   ``1 / video.sample_fps`` seconds of the animation's own timing plus scene cuts, so a harmless
+   first frame cannot hide the rest. Without video settings (or with ``sample_animations``
+   off), ``limits.max_frames == 1`` decodes the first frame only and ``max_frames = k > 1``
+   samples ``k`` frames evenly spaced (first and last included). Multi-page TIFFs always use
+   ``max_frames``. Either way at most the first ``_MAX_SCANNED_FRAMES`` frames are looked at;
+   the caller scores each sample and keeps the most severe verdict.
+8. **Video** (MP4/MOV, Matroska/WebM, sniffed here like every other format) goes to the video
+   decoder given to :class:`SafeDecoder` (:mod:`moderation.adapters.video`, wired by the
+   composition root): its samples are the frames. Without one, a video is refused as a format.
 
 Every failure is an :class:`~moderation.exceptions.ImageError`; Pillow's parsers raise a zoo of
 exception types on malformed input, and all of them are translated here.
@@ -42,10 +48,13 @@ import io
 import struct
 import threading
 import zlib
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from moderation.core.decision import Timeline
+from moderation.core.sampling import FrameSampler, SamplingRules, grid_signature, plan_samples
 from moderation.exceptions import (
     ImageDecodeError,
     ImageError,
@@ -53,11 +62,24 @@ from moderation.exceptions import (
     UnsupportedFormatError,
     UnsupportedImageFormat,
 )
-from moderation.settings import ImageLimits
+from moderation.ports import DecodedMedia
+from moderation.settings import ImageLimits, VideoSettings
 
-__all__ = ["allowed_formats", "decode_image", "sniff_format", "to_rgb", "unsupported_kind"]
+__all__ = [
+    "VIDEO_KINDS",
+    "VideoFrames",
+    "allowed_formats",
+    "decode_image",
+    "decode_media",
+    "is_video",
+    "sniff_format",
+    "to_rgb",
+    "unsupported_kind",
+]
 
 _JPEG_LIKE = frozenset({"JPEG", "MPO"})
+#: Formats whose frames are an animation with a timing (sampled like video).
+_ANIMATIONS = frozenset({"GIF", "PNG", "WEBP"})
 _RASTER_FORMATS = frozenset(
     {
         "JPEG",
@@ -134,17 +156,18 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"qoif", "QOI"),
     (0, b"%!PS", "EPS"),
     (0, b"\xc5\xd0\xd3\xc6", "EPS"),
+    # video containers (after the HEIF/AVIF brands, which share the ``ftyp`` box)
+    (4, b"ftyp", "MP4/MOV video"),
+    (4, b"moov", "MP4/MOV video"),
+    (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM video"),
+    (8, b"AVI ", "AVI video"),
+    (0, b"FLV\x01", "FLV video"),
+    (0, b"\x00\x00\x01\xba", "MPEG video"),
     (0, b"%PDF", "PDF document"),
     (0, b"PK\x03\x04", "ZIP archive"),
     (0, b"\x1f\x8b", "gzip archive"),
     (0, b"\x7fELF", "executable"),
     # More kinds that are not images (the last word of a name is its kind: see unsupported_kind)
-    (4, b"ftypqt", "QuickTime video"),
-    (4, b"ftyp", "MP4 video"),
-    (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM video"),
-    (8, b"AVI ", "AVI video"),
-    (0, b"FLV\x01", "FLV video"),
-    (0, b"\x00\x00\x01\xba", "MPEG video"),
     (0, b"\x00\x00\x01\xb3", "MPEG video"),
     (8, b"WAVE", "WAV audio"),
     (0, b"OggS", "Ogg audio"),
@@ -164,6 +187,24 @@ def unsupported_kind(name: str | None) -> bool:
     (a video, audio, a document, an archive, an executable). Supporting a kind (video) means
     routing it before the image decoder; a new kind is one row of ``_MAGIC``."""
     return name is not None and name.rsplit(" ", 1)[-1] in _OTHER_KINDS
+
+
+#: What :func:`sniff_format` calls the containers the video decoder reads.
+VIDEO_KINDS = frozenset({"MP4/MOV video", "Matroska/WebM video"})
+#: Animation frames with no or a tiny delay show for this long (as browsers do), seconds.
+_DEFAULT_FRAME_S = 0.1
+
+
+class VideoFrames(Protocol):
+    """The video decoder :class:`SafeDecoder` hands videos to: bytes in, sampled RGB frames and
+    their timeline out (``ImageError`` subclasses with ``video_*`` codes on failure)."""
+
+    def media(self, data: bytes, *, min_side: int) -> DecodedMedia: ...
+
+
+def is_video(data: bytes) -> bool:
+    """Whether ``data`` looks like a video container the video decoder reads."""
+    return sniff_format(data) in VIDEO_KINDS
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -298,7 +339,53 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
         raise ImageDecodeError(f"corrupt image header: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode(image: Image.Image, limits: ImageLimits, target: int) -> list[Image.Image]:
+def _animation_samples(
+    image: Image.Image, limits: ImageLimits, target: int, video: VideoSettings
+) -> DecodedMedia:
+    """Frames of an animation sampled by its own timing, as a video is (one a cell, plus scene
+    cuts; :mod:`moderation.core.sampling`). Two passes: the frame delays first (to plan the
+    cells over the whole animation), then the samples."""
+    n_frames = _count_frames(image)
+    starts: list[float] = []
+    elapsed = 0.0
+    for index in range(n_frames):
+        image.seek(index)
+        starts.append(elapsed)
+        if image.info.get("duration") is None:  # WebP sets it when the frame is loaded
+            image.load()
+        delay = float(image.info.get("duration") or 0) / 1000.0
+        elapsed += delay if delay > 0.01 else _DEFAULT_FRAME_S
+    rules = SamplingRules(
+        sample_fps=video.sample_fps,
+        max_samples=video.max_samples,
+        scene_cuts=video.scene_cuts,
+        scene_cut_threshold=video.scene_cut_threshold,
+        max_scene_cuts=video.max_scene_cuts,
+    )
+    sampler = FrameSampler(plan_samples(elapsed, rules))
+    ends = [*starts[1:], elapsed]
+    frames: list[Image.Image] = []
+    shown: list[float] = []
+    for index, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        if not video.scene_cuts and not sampler.needs(start, end):
+            continue
+        image.seek(index)
+        _check_size(*image.size, limits)
+        image.load()
+        rgb = to_rgb(_oriented(image) if index == 0 else image.copy())
+        signature = None
+        if video.scene_cuts:
+            small = rgb.resize((8, 8), Image.Resampling.BOX)
+            signature = grid_signature(np.asarray(small))
+        if sampler.offer(start, signature, end) is not None:
+            frames.append(_shrink(rgb, target))
+            shown.append(start)
+    return DecodedMedia(frames, Timeline("animation", elapsed, tuple(shown)))
+
+
+def _decode(
+    image: Image.Image, limits: ImageLimits, target: int, video: VideoSettings | None = None
+) -> DecodedMedia:
     fmt = (image.format or "").upper()
     if fmt not in allowed_formats(limits):  # defence in depth: open() filtered
         raise UnsupportedImageFormat(
@@ -311,6 +398,9 @@ def _decode(image: Image.Image, limits: ImageLimits, target: int) -> list[Image.
         # The pixel cap bounds memory and work, so it applies to what is actually decoded: a
         # 60 Mpx camera JPEG decodes at 1/8 scale; the same file at full size would be refused.
         _check_size(*image.size, limits)
+    animated = fmt in _ANIMATIONS and getattr(image, "is_animated", False)
+    if animated and video is not None and video.sample_animations:
+        return _animation_samples(image, limits, target, video)
     indices = (
         [0] if limits.max_frames <= 1 else _frame_indices(_count_frames(image), limits.max_frames)
     )
@@ -322,13 +412,33 @@ def _decode(image: Image.Image, limits: ImageLimits, target: int) -> list[Image.
         image.load()
         oriented = _oriented(image) if index == 0 else image.copy()
         frames.append(_shrink(to_rgb(oriented), target))
-    return frames
+    return DecodedMedia(frames)
 
 
 def decode_image(
-    data: bytes, limits: ImageLimits, *, min_side: int | None = None
+    data: bytes,
+    limits: ImageLimits,
+    *,
+    min_side: int | None = None,
+    video: VideoSettings | None = None,
+    video_frames: VideoFrames | None = None,
 ) -> list[Image.Image]:
-    """Decode untrusted bytes into RGB frames (one unless ``limits.max_frames`` > 1).
+    """:func:`decode_media`'s frames."""
+    return decode_media(
+        data, limits, min_side=min_side, video=video, video_frames=video_frames
+    ).frames
+
+
+def decode_media(
+    data: bytes,
+    limits: ImageLimits,
+    *,
+    min_side: int | None = None,
+    video: VideoSettings | None = None,
+    video_frames: VideoFrames | None = None,
+) -> DecodedMedia:
+    """Decode untrusted bytes into RGB frames (one for a still image; samples of an animation
+    or a video).
 
     Args:
         data: the raw file.
@@ -337,9 +447,11 @@ def decode_image(
             default ``limits.draft_size``; 0 keeps full size. Pass the model's input size
             (``encoder.image_size``) on the scoring path: decoding is then several times
             faster, and the model's preprocess does the final exact resize.
+        video: animations are sampled by these rules (None: ``limits.max_frames``).
+        video_frames: the decoder of videos (None: a video is refused as a format).
 
     Returns:
-        One RGB image, or up to ``limits.max_frames`` evenly spaced frames of an animation.
+        One RGB image, or the sampled frames of an animation or a video with their timeline.
 
     Raises:
         ImageTooLargeError: too many bytes, pixels, or too long a side (decompression bomb).
@@ -347,15 +459,18 @@ def decode_image(
         UnsupportedFormatError: well-formed content of another kind (video, audio, PDF,
             archive; code ``unsupported_format``).
         ImageDecodeError: empty, truncated, corrupt, or not an image at all.
+        (video) the ``video_*`` subclasses of these three.
     """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
+    target = limits.draft_size if min_side is None else min_side
+    if video_frames is not None and is_video(data):
+        return video_frames.media(data, min_side=target)
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(f"{len(data)} bytes exceeds the {limits.max_bytes}-byte limit")
-    target = limits.draft_size if min_side is None else min_side
     image = _open(data, limits)
     try:
-        return _decode(image, limits, target)
+        return _decode(image, limits, target, video)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -380,14 +495,35 @@ def decode_image(
 
 class SafeDecoder:
     """The :class:`~moderation.ports.ImageDecoder` of the pipeline: :func:`decode_image` with
-    fixed limits. Thread-safe (stateless)."""
+    fixed limits. Animations are sampled like video by default (``video``: the default
+    :class:`~moderation.settings.VideoSettings`); videos are decoded when ``video_frames`` is
+    given. Thread-safe (stateless)."""
 
-    def __init__(self, limits: ImageLimits) -> None:
+    def __init__(
+        self,
+        limits: ImageLimits,
+        *,
+        video: VideoSettings | None = None,
+        video_frames: VideoFrames | None = None,
+    ) -> None:
         self.limits = limits
+        self.video = video if video is not None else VideoSettings()
+        self.video_frames = video_frames
 
     def decode(self, data: bytes, *, min_side: int | None = None) -> list[Image.Image]:
         """See :func:`decode_image`."""
-        return decode_image(data, self.limits, min_side=min_side)
+        frames: list[Image.Image] = self.decode_media(data, min_side=min_side).frames
+        return frames
+
+    def decode_media(self, data: bytes, *, min_side: int | None = None) -> DecodedMedia:
+        """See :func:`decode_media`."""
+        return decode_media(
+            data,
+            self.limits,
+            min_side=min_side,
+            video=self.video,
+            video_frames=self.video_frames,
+        )
 
 
 def safe_png(data: bytes, limits: ImageLimits) -> bytes:

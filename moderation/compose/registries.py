@@ -13,8 +13,10 @@ from typing import Any
 
 from moderation.adapters.file_source import FileSource
 from moderation.adapters.http_source import HttpSource
+from moderation.adapters.images import SafeDecoder
 from moderation.adapters.s3_source import S3Source
 from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
+from moderation.adapters.video import VideoDecoder
 from moderation.pipeline.sources import ImageSources, InlineSource
 from moderation.ports import (
     ImageDecoder,
@@ -23,7 +25,13 @@ from moderation.ports import (
 from moderation.settings import Settings
 from moderation.signals import LoadedBanks, Signals, builtin_signals
 
-__all__ = ["build_signals", "build_sources", "check_callback_url", "image_check"]
+__all__ = [
+    "build_signals",
+    "build_sources",
+    "check_callback_url",
+    "image_check",
+    "media_decoder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,14 @@ def build_sources(
     if local_files:
         sources.append(FileSource(max_bytes=settings.images.max_bytes))
     return ImageSources(sources)
+
+
+def media_decoder(settings: Settings) -> SafeDecoder:
+    """The decoder of what is moderated: images, animations sampled like video, and videos
+    (MP4/MOV, Matroska/WebM) through PyAV, each within its own limits."""
+    return SafeDecoder(
+        settings.images, video=settings.video, video_frames=VideoDecoder(settings.video)
+    )
 
 
 def image_check(decoder: ImageDecoder) -> Callable[[bytes], None]:

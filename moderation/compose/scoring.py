@@ -15,7 +15,12 @@ from moderation.adapters.policy_files import load_policies
 from moderation.compose.banks import build_bank_sync
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
 from moderation.compose.policies import bank_names, build_policies, exemplar_encoders
-from moderation.compose.registries import build_signals, build_sources, image_check
+from moderation.compose.registries import (
+    build_signals,
+    build_sources,
+    image_check,
+    media_decoder,
+)
 from moderation.compose.stores import open_bank_store, open_job_store
 from moderation.core.compiled import CompiledPolicy
 from moderation.pipeline.compile import compile_policy_set
@@ -121,7 +126,7 @@ def build_scoring(settings: Settings, *, policy_paths: Sequence[Path] | None = N
         )
     moderator = Moderator(
         encoder=model.encoder,
-        decoder=SafeDecoder(settings.images),
+        decoder=media_decoder(settings),
         policies=policies,
         fingerprint_all=settings.banks.hash_every_image,
     )

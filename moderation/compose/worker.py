@@ -26,7 +26,12 @@ from moderation.compose.access import enforce_security
 from moderation.compose.banks import build_bank_sync
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
 from moderation.compose.policies import build_policies
-from moderation.compose.registries import build_signals, build_sources, image_check
+from moderation.compose.registries import (
+    build_signals,
+    build_sources,
+    image_check,
+    media_decoder,
+)
 from moderation.compose.stores import (
     open_audit,
     open_bank_store,
@@ -144,7 +149,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     )
     moderator = Moderator(
         encoder=model.encoder,
-        decoder=SafeDecoder(settings.images),
+        decoder=media_decoder(settings),
         policies=policies,
         fingerprint_all=settings.banks.hash_every_image,
     )

@@ -20,7 +20,7 @@ models that hold them (a job result, a review item) validate and serialize them 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
@@ -35,7 +35,10 @@ __all__ = [
     "Decision",
     "Evidence",
     "PolicyRef",
+    "Timeline",
     "Verdict",
+    "VideoFindings",
+    "VideoSegment",
     "bands",
     "decisions",
     "most_severe",
@@ -91,6 +94,48 @@ class PolicyRef(Data):
 
 
 @dataclass(frozen=True, slots=True)
+class Timeline(Data):
+    """When each sampled frame of a video or an animation was shown, seconds from its start."""
+
+    kind: str  # "video" or "animation"
+    duration_s: float
+    timestamps: tuple[float, ...]
+
+    def spans(self) -> list[tuple[float, float]]:
+        """(start, end) each sample stands for: until the next sample, the last until the end."""
+        ends = [*self.timestamps[1:], max(self.duration_s, self.timestamps[-1])]
+        return [(t, max(t, end)) for t, end in zip(self.timestamps, ends, strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class VideoSegment(Data):
+    """A run of samples in which a category reached at least review."""
+
+    category: str  # "policy/category"
+    decision: Decision  # the most severe band reached in it
+    start_s: float
+    end_s: float
+    frames: int
+    top_score: float
+    top_frame_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class VideoFindings(Data):
+    """What a video's verdict adds to a photo's: where each category was reached."""
+
+    kind: str
+    duration_s: float
+    frames_scored: int
+    timestamps: list[float]
+    segments: list[VideoSegment]
+    #: The timestamp of the frame that decided the verdict (its top frame).
+    top_frame_s: float
+    #: Categories whose block was held to review by the policy's minimum (``policy/category``).
+    held_to_review: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict(Data):
     """The outcome for one image, with enough context to explain and audit it."""
 
@@ -105,6 +150,9 @@ class Verdict(Data):
     scores: dict[str, float]  # "policy/category" -> score, for every category applied
     policies: list[PolicyRef]
     model: str
+    #: A video's or an animation's findings (segments per category, the top frame); None for
+    #: a still image.
+    video: VideoFindings | None = None
 
     @property
     def deciding(self) -> CategoryResult | None:

@@ -328,6 +328,25 @@ class Category(_Strict):
         return value
 
 
+class VideoRule(_Strict):
+    """What a video needs before this policy blocks it (see docs/video.md): below it, a
+    category that reached ``block`` goes to human review instead, so that one odd frame does
+    not decide. Each sampled frame counts for the time until the next sample."""
+
+    min_block_frames: int = Field(
+        default=1,
+        ge=1,
+        le=10_000,
+        description="Sampled frames in the block band a video needs before it is blocked.",
+    )
+    min_block_seconds: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=86_400.0,
+        description="Seconds of the video in the block band it needs before it is blocked.",
+    )
+
+
 class PolicyMode(str, Enum):
     """Whether a policy file's verdicts are acted on."""
 
@@ -361,6 +380,11 @@ class Policy(_Strict):
     owner: str | None = None
     defaults: PolicyDefaults = PolicyDefaults()
     categories: list[Category] = Field(min_length=1)
+    video: VideoRule | None = Field(
+        default=None,
+        description="Videos and animations: the minimum in the block band before a video is "
+        "blocked (min_block_frames, min_block_seconds).",
+    )
 
     def category(self, category_id: str) -> Category:
         for category in self.categories:
@@ -434,6 +458,8 @@ class Policy(_Strict):
         state and left out; an absent optional block (``exemplars``, ``bank``) is left out too, so
         adding one to the schema does not change the hash of a policy that does not use it."""
         data = self.model_dump(mode="json", exclude={"mode"})
+        if data.get("video") is None:
+            data.pop("video", None)
         for category in data["categories"]:
             for optional in ("exemplars", "bank"):
                 if category.get(optional) is None:

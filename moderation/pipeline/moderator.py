@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from moderation.core.decision import Verdict, most_severe
+from moderation.core.decision import Timeline, Verdict, most_severe
+from moderation.core.policy import VideoRule
 from moderation.core.scoring import FeatureBatch
 from moderation.core.shadow import ShadowVerdict, shadow_verdict
+from moderation.core.video import video_verdict
 from moderation.metrics import metrics
 from moderation.pipeline.policies import ActivePolicies, CompiledSet
 from moderation.ports import Encoder, ImageDecoder, Signal
@@ -49,6 +51,8 @@ class PreparedImage:
     features: Mapping[str, tuple[Any, ...]]
     #: Content identifiers from the image signals (the PDQ hash and its quality), first frame.
     fingerprints: Mapping[str, Any] = field(default_factory=dict)
+    #: When each frame was shown (a video or an animation); None for a still image.
+    timeline: Timeline | None = None
 
     @property
     def frames(self) -> int:
@@ -70,7 +74,8 @@ class Preparation:
     def __call__(self, data: bytes) -> PreparedImage:
         """Raises: ImageError: corrupt, too large, or a format outside the allowlist."""
         digest = hashlib.sha256(data).hexdigest()
-        frames = self.decoder.decode(data, min_side=self.min_side)
+        media = self.decoder.decode_media(data, min_side=self.min_side)
+        frames = media.frames
         inputs = tuple(self.crop(frame) for frame in frames)
         features = {
             signal.name: tuple(signal.features(frame) for frame in frames)
@@ -83,7 +88,11 @@ class Preparation:
             for key, value in signal.fingerprint(features[signal.name][0]).items()
         }
         return PreparedImage(
-            content_sha256=digest, inputs=inputs, features=features, fingerprints=fingerprints
+            content_sha256=digest,
+            inputs=inputs,
+            features=features,
+            fingerprints=fingerprints,
+            timeline=media.timeline,
         )
 
 
@@ -172,7 +181,8 @@ class Moderator:
             return []
         compiled = compiled or self.policies.current
         per_frame = compiled.verdicts(_batch(images, embeddings), policy_ids)
-        return _per_image(images, per_frame)
+        rules = {pid: p.policy.video for pid, p in compiled.by_id.items()}
+        return _per_image(images, per_frame, rules)
 
     def shadow(
         self,
@@ -202,7 +212,8 @@ class Moderator:
         batch = _batch(images, embeddings)
         for policy_id in shadow_ids:
             try:
-                found = _per_image(images, compiled.shadow_verdicts(batch, policy_id))
+                rules = {policy_id: compiled.shadows[policy_id].policy.video}
+                found = _per_image(images, compiled.shadow_verdicts(batch, policy_id), rules)
                 version = compiled.versions.get(policy_id)
                 for k, verdict in enumerate(found):
                     out[k].append(shadow_verdict(verdict, live=live[k], live_version=version))
@@ -232,11 +243,20 @@ def _batch(images: Sequence[PreparedImage], embeddings: NDArray[np.float32]) -> 
     )
 
 
-def _per_image(images: Sequence[PreparedImage], per_frame: Sequence[Verdict]) -> list[Verdict]:
-    """Each image's verdict: the most severe of its frames'."""
+def _per_image(
+    images: Sequence[PreparedImage],
+    per_frame: Sequence[Verdict],
+    rules: Mapping[str, VideoRule | None],
+) -> list[Verdict]:
+    """Each image's verdict: the most severe of its frames'; a video's or an animation's with
+    its segments, under its policies' minimum before blocking (:mod:`moderation.core.video`)."""
     out: list[Verdict] = []
     start = 0
     for image in images:
-        out.append(most_severe(per_frame[start : start + image.frames]))
+        frames = per_frame[start : start + image.frames]
+        if image.timeline is not None and len(image.timeline.timestamps) == len(frames):
+            out.append(video_verdict(frames, image.timeline, rules))
+        else:
+            out.append(most_severe(frames))
         start += image.frames
     return out

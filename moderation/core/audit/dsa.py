@@ -94,6 +94,16 @@ def dsa_statement(
         facts.append(f"score {score:.3f}")
     if record.reason_code:
         facts.append(f"reason {record.reason_code}")
+    video = record.details.get("video")
+    if isinstance(video, dict):  # where in a video or an animation it was found
+        key = f"{record.policy_id}/{record.category_id}"
+        spans = [
+            f"{s['start_s']:.1f}-{s['end_s']:.1f} s"
+            for s in video.get("segments", [])
+            if s.get("category") == key and s.get("decision") == "block"
+        ]
+        if spans:
+            facts.append(f"seen at {', '.join(spans)} of {video.get('duration_s', 0):.1f} s")
     ground = "ILLEGAL_CONTENT" if illegal else "INCOMPATIBLE_CONTENT"
     return {
         "puid": record.job_id,
@@ -104,7 +114,11 @@ def dsa_statement(
         else (f"{record.policy_id}/{record.category_id}: {record.reason_code or record.decision}"),
         "illegal_content_legal_ground": record.details.get("legal_ground") if illegal else None,
         "category": _dsa_category(record),
-        "content_type": ["CONTENT_TYPE_IMAGE"],
+        "content_type": [
+            "CONTENT_TYPE_VIDEO"
+            if isinstance(video, dict) and video.get("kind") == "video"
+            else "CONTENT_TYPE_IMAGE"
+        ],
         "automated_detection": "Yes" if detected else "No",
         "automated_decision": automated,
         "application_date": record.at.astimezone(UTC).strftime("%Y-%m-%d"),

@@ -147,6 +147,8 @@ def record_for_verdict(
             "signal": deciding.signal if deciding else None,
             "policies": [p.to_dict() for p in verdict.policies],
             "evidence": [e.to_dict() for e in deciding.evidence] if deciding else [],
+            # a video or an animation: the segments per category and the top frame
+            **({"video": verdict.video.to_dict()} if verdict.video is not None else {}),
             **(details or {}),
         },
     )
