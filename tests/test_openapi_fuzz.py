@@ -41,6 +41,10 @@ SEMANTIC = {
     (413, "metadata_too_large"),
     (400, "metadata_too_deep"),
     (429, "rate_limited"),
+    (429, "tenant_queue_full"),
+    (429, "priority_quota_exceeded"),  # the tenant's priority-lane quota (settings)
+    (403, "priority_not_allowed"),
+    (422, "source_not_allowed"),  # an s3:// reference outside the tenant's S3 sources
     (404, "job_not_found"),  # a well-formed id of no job
     (400, "bad_options"),  # an upload's per-image options not one per image
 }

@@ -16,7 +16,7 @@ from moderation.adapters.images import SafeDecoder, decode_image, sniff_format
 from moderation.adapters.video import decode_video
 from moderation.compose.registries import media_decoder
 from moderation.core.sampling import SampleReason
-from moderation.exceptions import ImageDecodeError, ImageError
+from moderation.exceptions import ImageDecodeError, ImageError, UnsupportedFormatError
 from moderation.settings import ImageLimits, Settings, VideoSettings
 from moderation.testmodel.clips import (
     Shot,
@@ -318,9 +318,10 @@ def test_the_pipeline_decoder_samples_videos(star_clip: bytes) -> None:
     assert caught.value.code == "video_corrupt"
 
 
-def test_without_a_video_decoder_a_video_is_not_an_image(star_clip: bytes) -> None:
-    with pytest.raises(ImageDecodeError, match="MP4/MOV video"):
+def test_without_a_video_decoder_a_video_is_an_unsupported_format(star_clip: bytes) -> None:
+    with pytest.raises(UnsupportedFormatError, match="MP4/MOV video") as info:
         SafeDecoder(ImageLimits()).decode(star_clip)
+    assert info.value.code == "unsupported_format"
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])

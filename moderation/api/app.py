@@ -538,7 +538,7 @@ def create_app(api: ApiProcess) -> FastAPI:
         if known:
             upload["policies"]["items"]["enum"] = known
             upload["jobs"]["items"]["properties"]["policies"]["items"]["enum"] = known
-        if not app.state.tenant_keys:
+        if keys.open:
             _open_api_security(spec)
         spec["x-policies"] = known
         app.openapi_schema = spec
