@@ -411,6 +411,9 @@ class TenantSettings(BaseModel):
     high_priority_per_minute: int | None = Field(default=None, ge=0)
     #: S3 locations this tenant's jobs may read (empty: none).
     s3_sources: list[TenantS3Source] = Field(default_factory=list)
+    #: Internal hosts (names or CIDRs, as ``queue.allow_private_hosts``) that only this
+    #: tenant's image URLs may reach; ``queue.allow_private_hosts`` opens hosts to every tenant.
+    allow_private_hosts: list[str] = Field(default_factory=list)
 
 
 class ApiKey(BaseModel):
