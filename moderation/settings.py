@@ -411,6 +411,9 @@ class TenantSettings(BaseModel):
     high_priority_per_minute: int | None = Field(default=None, ge=0)
     #: S3 locations this tenant's jobs may read (empty: none).
     s3_sources: list[TenantS3Source] = Field(default_factory=list)
+    #: Internal hosts (names or CIDRs, as ``queue.allow_private_hosts``) that only this
+    #: tenant's image URLs may reach; ``queue.allow_private_hosts`` opens hosts to every tenant.
+    allow_private_hosts: list[str] = Field(default_factory=list)
 
 
 class ApiKey(BaseModel):
@@ -667,6 +670,30 @@ class Settings(BaseSettings):
         for credential, configured in credentials.items():
             if configured is not None and _is_placeholder(configured):
                 found.append(f"{credential} is a placeholder")
+        found += self._tenant_sources_in_service_buckets()
+        return found
+
+    def _tenant_sources_in_service_buckets(self) -> list[str]:
+        """A tenant's S3 source in a bucket the service keeps its own data in (audit segments,
+        review evidence and other blobs, model weights) on the service's own store."""
+        own = {
+            "audit.bucket": self.audit.bucket,
+            "blobs.bucket": self.blobs.bucket,
+            "model.checkpoint_source": (self.model.checkpoint_source or "")[5:].partition("/")[0]
+            if (self.model.checkpoint_source or "").lower().startswith("s3://")
+            else None,
+        }
+        found = []
+        for tenant, settings in self.tenants.items():
+            for i, source in enumerate(settings.s3_sources):
+                if source.endpoint_url not in (None, self.s3.endpoint_url):
+                    continue  # the tenant's own store
+                for what, bucket in own.items():
+                    if bucket and source.bucket == bucket:
+                        found.append(
+                            f"tenants.{tenant}.s3_sources[{i}] names bucket {bucket!r}, the "
+                            f"service's own ({what}): its jobs could read the service's data"
+                        )
         return found
 
     def enforce_security(self) -> list[str]:

@@ -9,7 +9,8 @@ a PDF was ``image_corrupt``) and passes now:
 
 1. S3 confused deputy    -> a tenant reads only its own ``s3_sources`` (bucket + prefix), checked
                             at submit (422 ``source_not_allowed``, the same answer whether the
-                            object exists or not) and again in the worker; ``file://`` is refused
+                            object exists or not) and again in the worker; ``file://`` is refused;
+                            a tenant's allowlisted internal image host is not another tenant's
 13. fetch errors          -> one generic ``fetch_failed`` with a fixed message for refused,
                             unreachable and closed hosts; the detail only in the worker's log
 17. unsupported kinds     -> a well-formed PDF, ZIP or WAV is ``unsupported_format``
@@ -21,10 +22,12 @@ import base64
 import io
 import json
 import socket
+import threading
 import time
 import wave
 import zipfile
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -40,6 +43,7 @@ pytestmark = pytest.mark.xdist_group("attacks_sources")
 ACME_BUCKET = "acme-media"
 GLOBEX_BUCKET = "globex-private"
 SERVICE_BUCKET = "moderation-internal"
+ACME_HOST = "127.0.0.3"
 
 
 def _png(seed: int) -> bytes:
@@ -51,7 +55,9 @@ def _png(seed: int) -> bytes:
 def _with_sources(settings: Settings, acme_prefixes: list[str]) -> Settings:
     tenants = {
         "acme": TenantSettings(
-            s3_sources=[TenantS3Source(bucket=ACME_BUCKET, prefix=p) for p in acme_prefixes]
+            s3_sources=[TenantS3Source(bucket=ACME_BUCKET, prefix=p) for p in acme_prefixes],
+            # acme's on-premises image host: reachable by acme's jobs only
+            allow_private_hosts=[f"{ACME_HOST}/32"],
         ),
         # globex names no S3 source: it has no S3 access at all.
         "globex": TenantSettings(),
@@ -60,6 +66,31 @@ def _with_sources(settings: Settings, acme_prefixes: list[str]) -> Settings:
         update={"allow_private_hosts": ["127.0.0.2/32"], "max_retries": 1, "retry_backoff_s": 0.2}
     )
     return settings.model_copy(update={"tenants": tenants, "queue": queue})
+
+
+class _Image(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = _png(8)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def acme_host() -> Iterator[str]:
+    """An image host on an internal address that only acme may reach."""
+    httpd = ThreadingHTTPServer((ACME_HOST, 0), _Image)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{ACME_HOST}:{httpd.server_address[1]}/cat.png"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +244,19 @@ def test_1_file_urls_never_reach_the_service_from_the_api(
         )
         assert upload.status_code == 400 and upload.json()["code"] == "bad_scheme"
     assert running.store.get_job("acme/local-file") is None
+
+
+def test_1_a_tenants_internal_host_is_not_another_tenants(
+    site: tuple[Site, WorkerProcess], acme_host: str
+) -> None:
+    running, worker = site
+    with running.client(KEY_A) as acme, running.client(KEY_B) as globex:
+        assert _submit(acme, "host-1", image_url=acme_host).status_code == 202
+        assert _submit(globex, "host-1", image_url=acme_host).status_code == 202
+        mine, theirs = _ended(acme, "host-1"), _ended(globex, "host-1")
+    assert mine["status"] == "done", (mine, worker.log())
+    assert theirs["status"] == "error" and theirs["error"]["code"] == "fetch_failed", theirs
+    assert theirs.get("content_sha256") is None
 
 
 # --- 13: fetch errors do not map the network --------------------------------------------------

@@ -645,3 +645,22 @@ def test_every_failure_is_a_moderation_error(guarded: ImageFetcher) -> None:
     ]:
         with pytest.raises(ModerationError):
             guarded.fetch(ref)
+
+
+def test_a_tenants_private_hosts_are_open_to_that_tenant_only(server: LocalServer) -> None:
+    settings = make_settings().model_copy(
+        update={"tenants": {"acme": TenantSettings(allow_private_hosts=["127.0.0.1/32"])}}
+    )
+    with ImageFetcher(settings) as fetcher:
+        url = server.url("/img.png")
+        assert fetcher.fetch(url, tenant="acme") == PNG
+        for other in ("globex", "default"):
+            before = len(server.recorder.paths)
+            with pytest.raises(UrlRefusedError) as info:
+                fetcher.fetch(url, tenant=other)
+            assert info.value.code == "url_refused"
+            assert len(server.recorder.paths) == before, "the refused request reached the server"
+        # acme's list opens its host, not the rest of the network: a redirect is re-checked
+        with pytest.raises(UrlRefusedError):
+            fetcher.fetch(server.url("/redirect?to=http://10.1.2.3/x.png"), tenant="acme")
+        assert server.recorder.paths[-1].startswith("/redirect")

@@ -249,3 +249,31 @@ def test_codes_about_the_tenants_own_content_are_kept() -> None:
         assert kept == code and message
     assert tenant_fetch_error("url_refused")[0] == "fetch_failed"
     assert tenant_fetch_error("dns_failed") == tenant_fetch_error("fetch_transient")
+
+
+def test_a_tenant_source_in_the_services_own_buckets_refuses_a_production_start() -> None:
+    from moderation.settings import AuditSettings, BlobSettings, ModelSettings
+
+    settings = Settings(
+        audit=AuditSettings(bucket="svc-audit"),
+        blobs=BlobSettings(bucket="svc-blobs"),
+        model=ModelSettings(checkpoint_source="s3://svc-weights/clip.safetensors"),
+        tenants={
+            "acme": TenantSettings(
+                s3_sources=[
+                    TenantS3Source(bucket="svc-blobs", prefix="evidence/"),
+                    TenantS3Source(bucket="acme-media"),
+                    # the same bucket name on the tenant's own store is not the service's
+                    TenantS3Source(bucket="svc-audit", endpoint_url="https://s3.acme.example"),
+                    TenantS3Source(bucket="svc-weights"),
+                ]
+            )
+        },
+    )
+    problems = [p for p in settings.security_problems() if p.startswith("tenants.")]
+    assert problems == [
+        "tenants.acme.s3_sources[0] names bucket 'svc-blobs', the service's own (blobs.bucket): "
+        "its jobs could read the service's data",
+        "tenants.acme.s3_sources[3] names bucket 'svc-weights', the service's own "
+        "(model.checkpoint_source): its jobs could read the service's data",
+    ]

@@ -6,6 +6,11 @@ hop, pinned addresses, no environment proxies), with connect/read timeouts, at m
 ``images.max_bytes`` is refused before the body is read, and the body is counted while streaming
 (a missing or lying header does not help), under an overall ``images.fetch_deadline_s``.
 
+Internal hosts are reachable as the operator allows: ``queue.allow_private_hosts`` for every
+tenant, plus ``tenants.<name>.allow_private_hosts`` for that tenant's jobs only (a tenant's own
+on-premises image host is not another tenant's way into the network). Each tenant with hosts of
+its own gets its own guarded client.
+
 Errors::
 
     ImageFetchError (permanent)       400/403/404/410 and other 4xx, bad URL
@@ -47,9 +52,14 @@ class HttpSource:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.max_bytes = settings.images.max_bytes
-        self._allowlist = Allowlist.parse(settings.queue.allow_private_hosts)
+        shared = list(settings.queue.allow_private_hosts)
+        self._allowed: dict[str | None, list[str]] = {None: shared}
+        for name, own in settings.tenants.items():
+            if own.allow_private_hosts:
+                self._allowed[name] = [*shared, *own.allow_private_hosts]
+        self._allowlists = {who: Allowlist.parse(hosts) for who, hosts in self._allowed.items()}
         self._lock = threading.Lock()
-        self._http: httpx.Client | None = None
+        self._clients: dict[str | None, httpx.Client] = {}
 
     def check(self, ref: ImageRef, *, tenant: str | None) -> None:
         """Scheme and syntax only: addresses are vetted at fetch time, after DNS.
@@ -68,26 +78,36 @@ class HttpSource:
             ImageFetchError: not found, forbidden, gone, bad request.
             ImageFetchTransient: timeout, connection error, 5xx, 429.
         """
-        return self._fetch_http(ref.uri)
+        return self._fetch_http(ref.uri, tenant if tenant in self._allowed else None)
 
     def close(self) -> None:
         with self._lock:
-            if self._http is not None:
-                self._http.close()
-                self._http = None
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
 
     @property
     def http(self) -> httpx.Client:
-        with self._lock:
-            if self._http is None:
-                self._http = guarded_client(self.settings)
-            return self._http
+        """The guarded client of every tenant without private hosts of its own."""
+        return self._client(None)
 
-    def _fetch_http(self, url: str) -> bytes:
-        check_url(url, self._allowlist)  # clear refusals before httpx parses the URL its way
+    def _client(self, who: str | None) -> httpx.Client:
+        with self._lock:
+            client = self._clients.get(who)
+            if client is None:
+                queue = self.settings.queue.model_copy(
+                    update={"allow_private_hosts": self._allowed[who]}
+                )
+                client = guarded_client(self.settings.model_copy(update={"queue": queue}))
+                self._clients[who] = client
+            return client
+
+    def _fetch_http(self, url: str, who: str | None) -> bytes:
+        # Clear refusals before httpx parses the URL its way.
+        check_url(url, self._allowlists[who])
         deadline = time.monotonic() + self.settings.images.fetch_deadline_s
         try:
-            with self.http.stream("GET", url, headers=_IDENTITY) as response:
+            with self._client(who).stream("GET", url, headers=_IDENTITY) as response:
                 self._check_status(url, response)
                 declared = response.headers.get("content-length")
                 if declared and declared.strip().isdigit() and int(declared) > self.max_bytes:

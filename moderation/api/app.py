@@ -75,7 +75,8 @@ _DESCRIPTIONS = {
     409: "id_conflict: the id is taken by a job submitted with a different request; `job_id` "
     "names it.",
     413: "Too large: request body (request_too_large), inline image, batch, or metadata.",
-    422: "The request does not match the schema (`errors` lists the fields).",
+    422: "The request does not match the schema (`errors` lists the fields), or "
+    "source_not_allowed: an s3:// reference outside your tenant's S3 sources.",
     429: "rate_limited or quota_exceeded for your tenant; retry after `Retry-After` seconds.",
     500: "An internal error (a bug; nothing internal is shown).",
     503: "Redis or the broker is unavailable, or too many bytes wait for the workers "
