@@ -281,6 +281,7 @@ def test_per_tenant_queued_bytes_and_backlog_are_released_on_every_ending(
 def test_jobs_go_to_their_tenants_lanes_and_the_backlog_shows_per_tenant(
     test_model_settings: Settings, redis_url: str
 ) -> None:
+    import base64
     import re
 
     import httpx
@@ -304,7 +305,7 @@ def test_jobs_go_to_their_tenants_lanes_and_the_backlog_shows_per_tenant(
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
             as_acme = {"Authorization": f"Bearer {acme}"}
-            job = {"image_url": "s3://bucket/a.jpg"}
+            job = {"image_base64": base64.b64encode(b"\x89PNG" + b"x" * 200).decode()}
             for i in range(2):
                 answer = client.post("/v1/jobs", json={**job, "id": f"n{i}"}, headers=as_acme)
                 assert answer.status_code == 202, answer.text
