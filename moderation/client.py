@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -54,6 +54,7 @@ def _job_body(
     id: str | None = None,
     metadata: dict[str, Any] | None = None,
     callback_url: str | None = None,
+    priority: Literal["normal", "high"] = "normal",
 ) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if isinstance(image, Path):
@@ -70,6 +71,8 @@ def _job_body(
         body["metadata"] = metadata
     if callback_url is not None:
         body["callback_url"] = callback_url
+    if priority != "normal":
+        body["priority"] = priority
     return body
 
 
@@ -151,15 +154,23 @@ class ModerationClient:
         id: str | None = None,
         metadata: dict[str, Any] | None = None,
         callback_url: str | None = None,
+        priority: Literal["normal", "high"] = "normal",
     ) -> str:
-        """Enqueue one image; returns the job id.
+        """Enqueue one image; returns the job id. ``priority="high"``: the tenant's priority
+        lane, within its quota of priority jobs per minute.
 
         Raises:
-            JobRejected: the API refused the request (4xx).
+            JobRejected: the API refused the request (4xx; 429 ``priority_quota_exceeded``
+                when the priority quota is used up).
             ApiUnavailable: the API is unreachable or failed (5xx).
         """
         body = _job_body(
-            image, policies=policies, id=id, metadata=metadata, callback_url=callback_url
+            image,
+            policies=policies,
+            id=id,
+            metadata=metadata,
+            callback_url=callback_url,
+            priority=priority,
         )
         return str(self._request("POST", "/v1/jobs", json=body)["id"])
 
@@ -344,10 +355,16 @@ class AsyncModerationClient:
         id: str | None = None,
         metadata: dict[str, Any] | None = None,
         callback_url: str | None = None,
+        priority: Literal["normal", "high"] = "normal",
     ) -> str:
         """Enqueue one image; returns the job id. Raises as :meth:`ModerationClient.submit`."""
         body = _job_body(
-            image, policies=policies, id=id, metadata=metadata, callback_url=callback_url
+            image,
+            policies=policies,
+            id=id,
+            metadata=metadata,
+            callback_url=callback_url,
+            priority=priority,
         )
         return str((await self._request("POST", "/v1/jobs", json=body))["id"])
 

@@ -97,6 +97,32 @@ def test_the_kombu_cycle_orders_by_the_declared_lanes() -> None:
         declare_lanes([])
 
 
+def test_the_tenant_gate_caps_one_tenants_messages_and_never_blocks_another() -> None:
+    import threading
+
+    from moderation.pipeline.tenant_gate import TenantGate
+
+    gate = TenantGate(1)
+    b_ran = threading.Event()
+
+    def b_message() -> None:
+        with gate.hold("b"):
+            b_ran.set()
+
+    with gate.hold("a"):
+        assert not gate._slot("a").acquire(blocking=False)  # a's second message waits
+        other = threading.Thread(target=b_message)
+        other.start()
+        assert b_ran.wait(10)  # b's message runs while a holds its slot
+        other.join()
+    assert gate._slot("a").acquire(blocking=False)  # released when a's message ended
+    with pytest.raises(ValueError):
+        TenantGate(0)
+    assert QueueSettings(batch_size=32, jobs_per_message=64).tenant_in_flight() == 2
+    assert QueueSettings(batch_size=32, jobs_per_message=8).tenant_in_flight() == 8
+    assert QueueSettings(tenant_max_in_flight=3).tenant_in_flight() == 3
+
+
 # --- the submit use case over the twins ------------------------------------------------------
 
 
@@ -255,6 +281,7 @@ def test_per_tenant_queued_bytes_and_backlog_are_released_on_every_ending(
 def test_jobs_go_to_their_tenants_lanes_and_the_backlog_shows_per_tenant(
     test_model_settings: Settings, redis_url: str
 ) -> None:
+    import base64
     import re
 
     import httpx
@@ -278,7 +305,7 @@ def test_jobs_go_to_their_tenants_lanes_and_the_backlog_shows_per_tenant(
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
             as_acme = {"Authorization": f"Bearer {acme}"}
-            job = {"image_url": "s3://bucket/a.jpg"}
+            job = {"image_base64": base64.b64encode(b"\x89PNG" + b"x" * 200).decode()}
             for i in range(2):
                 answer = client.post("/v1/jobs", json={**job, "id": f"n{i}"}, headers=as_acme)
                 assert answer.status_code == 202, answer.text

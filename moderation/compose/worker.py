@@ -59,6 +59,7 @@ from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.policies import ActivePolicies
 from moderation.pipeline.process import Processor
 from moderation.pipeline.review_evidence import ReviewEvidence
+from moderation.pipeline.tenant_gate import TenantGate
 from moderation.ports import (
     AuditSink,
     CallbackOutbox,
@@ -204,6 +205,8 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         pool=pool,
         history=history,
         prepare_many=preparer.prepare_many if preparer is not None else None,
+        # One tenant alone needs no gate: everything it has is its own turn.
+        gate=TenantGate(q.tenant_in_flight()) if len(settings.tenant_names()) > 1 else None,
     )
     registry = open_worker_registry(settings)
     maintenance = WorkerMaintenance(

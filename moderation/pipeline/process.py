@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from moderation.core.decision import Decision
 from moderation.core.fetch_errors import FETCH_FAILED, tenant_fetch_error
-from moderation.core.jobs import Job, JobError
+from moderation.core.jobs import Job, JobError, tenant_of
 from moderation.exceptions import (
     ImageFetchError,
     ImageFetchTransient,
@@ -50,6 +50,7 @@ from moderation.pipeline.history import EmbeddingHistory
 from moderation.pipeline.moderator import Moderator, Preparation, PreparedImage
 from moderation.pipeline.outcomes import Decided, Outcomes
 from moderation.pipeline.sources import ImageSources
+from moderation.pipeline.tenant_gate import TenantGate
 from moderation.ports import DeliveryLog, JobStore
 from moderation.settings import QueueSettings
 
@@ -101,6 +102,7 @@ class Processor:
         pool: Executor | None = None,
         history: EmbeddingHistory | None = None,
         prepare_many: PrepareMany | None = None,
+        gate: TenantGate | None = None,
     ) -> None:
         self.store = store
         self.deliveries = deliveries
@@ -112,6 +114,8 @@ class Processor:
         self.pool = pool
         self.history = history
         self.prepare_many = prepare_many
+        #: Caps one tenant's messages in process at once (fairness inside the worker).
+        self.gate = gate
 
     def backoff(self, retries: int) -> float:
         q = self.settings
@@ -130,6 +134,14 @@ class Processor:
         return done
 
     def process_many(self, job_ids: Sequence[str], *, retries: int = 0) -> list[Processed]:
+        """Process one delivery of a message carrying ``job_ids`` (see :meth:`_process_many`),
+        after waiting for a slot of its tenant's (:class:`TenantGate`, when there is one)."""
+        if self.gate is None or not job_ids:
+            return self._process_many(job_ids, retries=retries)
+        with self.gate.hold(tenant_of(job_ids[0])):
+            return self._process_many(job_ids, retries=retries)
+
+    def _process_many(self, job_ids: Sequence[str], *, retries: int = 0) -> list[Processed]:
         """Process one delivery of a message carrying ``job_ids``.
 
         Args:
