@@ -144,6 +144,20 @@ class PipelineMetrics:
             ["result"],
             registry=registry,
         )
+        self.callbacks_delivering = Gauge(
+            "moderation_callbacks_delivering",
+            "Callback attempts running now, by tenant (each worker process runs at most "
+            "queue.callback_tenant_slots per tenant).",
+            ["tenant"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.callback_outbox_waiting = Gauge(
+            "moderation_callback_outbox_waiting",
+            "Callbacks in the outbox (due, waiting for a retry, or being delivered), all tenants.",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
         self.policy_reloads = Counter(
             "moderation_policy_reloads_total",
             "Hot reloads of the compiled policy set.",

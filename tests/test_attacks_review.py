@@ -33,8 +33,9 @@ from pydantic import SecretStr
 
 from moderation import testmodel
 from moderation.adapters.images import safe_png
-from moderation.compose.stores import open_segment_store
+from moderation.compose.stores import open_blob_store, open_segment_store
 from moderation.pipeline.audit import iter_records
+from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.settings import Settings
 from tests.attack_support import KEY_A, PASSWORD, Site, started_site
 from tests.pipeline_support import WorkerProcess, png_bytes
@@ -219,6 +220,18 @@ def test_the_reviewer_sees_the_scored_bytes_not_what_the_host_serves_now(
         assert answer.status_code == 200 and answer.json()["status"] == "final", answer.text
     finally:
         host.stop()
+
+    # Decided: the bytes are kept for the retention (a marker by day), then swept.
+    listed = running.s3.list_objects_v2(Bucket=BUCKET, Prefix="blobs/review-evidence-retired/")
+    assert len(listed.get("Contents", [])) == 1
+    evidence = ReviewEvidence(
+        open_blob_store(site.settings), retention_s=site.settings.review.evidence_retention_s
+    )
+    assert evidence.sweep(datetime.now(UTC)) == 0
+    assert _evidence_keys(running.s3) == [key]
+    later = datetime.now(UTC) + timedelta(seconds=site.settings.review.evidence_retention_s + 86400)
+    assert evidence.sweep(later) == 1
+    assert _evidence_keys(running.s3) == [] and evidence.retired_waiting() == 0
 
     # The human decision's audit record names the bytes the reviewer saw.
     store = open_segment_store(site.settings)

@@ -1,13 +1,18 @@
 """The callback dispatcher over the outbox twin: its own bounded pool, a cap per tenant, turns
-between tenants, retries back in the outbox with backoff, leases that bring back a lost claim."""
+between tenants, retries back in the outbox with backoff, leases that bring back a lost claim;
+and the outbox's contract on a real valkey server and on its twin."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+
+import pytest
 
 from moderation.adapters.memory import MemoryCallbackOutbox
 from moderation.core.callbacks import Delivered, PendingCallback
 from moderation.pipeline.callback_dispatch import CallbackDispatcher
+from moderation.ports import CallbackOutbox
 
 
 class Clock:
@@ -149,3 +154,50 @@ def test_the_dispatcher_thread_delivers_on_its_own() -> None:
     finally:
         dispatcher.stop()
     assert outbox.waiting() == 0
+
+
+# --- the outbox contract, on Redis and on its twin ------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def outbox(request: pytest.FixtureRequest) -> Iterator[CallbackOutbox]:
+    if request.param == "memory":
+        yield MemoryCallbackOutbox()
+        return
+    from moderation.adapters.redis_callbacks import RedisCallbackOutbox
+    from moderation.settings import QueueSettings
+
+    yield RedisCallbackOutbox.from_url(request.getfixturevalue("redis_url"), QueueSettings())
+
+
+def test_the_outbox_keeps_tenants_apart_and_leases_what_it_hands_out(
+    outbox: CallbackOutbox,
+) -> None:
+    outbox.send("a1", "http://a/hook", b'{"n":1}', tenant="acme")
+    outbox.send("a2", "http://a/hook", b'{"n":2}', tenant="acme")
+    outbox.send("g1", "http://g/hook", b'{"n":3}', tenant="globex")
+    assert outbox.tenants() == ["acme", "globex"] and outbox.waiting() == 3
+    first = outbox.claim("acme", 1, lease_s=60)
+    assert [(c.job_id, c.url, c.body, c.attempts) for c in first] == [
+        ("a1", "http://a/hook", b'{"n":1}', 0)
+    ]
+    (second,) = outbox.claim("acme", 5, lease_s=60)  # a1 is leased: only a2 is due
+    assert second.job_id == "a2"
+    assert outbox.claim("acme", 5, lease_s=60) == []
+    (g1,) = outbox.claim("globex", 5, lease_s=60)
+    assert g1.tenant == "globex"
+    # A retry is due again at its time, one attempt counted; done forgets it.
+    outbox.retry_at(first[0], 0.0)
+    (again,) = outbox.claim("acme", 5, lease_s=60)
+    assert again.id == first[0].id and again.attempts == 1
+    for done in (again, second, g1):
+        outbox.done(done)
+    assert outbox.waiting() == 0
+
+
+def test_a_lease_that_ran_out_hands_the_callback_out_again(outbox: CallbackOutbox) -> None:
+    outbox.send("a1", "http://a/hook", b"{}", tenant="acme")
+    (claimed,) = outbox.claim("acme", 1, lease_s=-1.0)  # its deliverer died at once
+    (again,) = outbox.claim("acme", 1, lease_s=60)
+    assert again.id == claimed.id and again.attempts == 0
+    assert outbox.claim("acme", 1, lease_s=60) == []

@@ -182,4 +182,38 @@ def test_repeated_wrong_passwords_lock_the_account_out(
         finally:
             browser.close()
     locked = [r for r in site.audit.records if r.decision == "login_locked"]
-    assert locked and locked[0].details["scope"] == "account"
+    # Locked for this account from this address (issue 17.9: never for the account everywhere).
+    assert locked and locked[0].details["scope"] == "pair"
+
+
+def test_an_item_whose_scored_bytes_are_gone_shows_why_and_cannot_be_allowed(
+    site: ReviewSite, artifacts_dir: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    site.add_items(1, seed=11)
+    (key,) = [k for k in site.blobs.objects if k.startswith("review-evidence/")]
+    site.blobs.delete(key)  # the scored bytes are gone from the object store
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(site.url + "/review/login")
+            page.fill("#username", "alice")
+            page.fill("#password", PASSWORD)
+            page.click("#signin")
+            expect(page.locator("#item")).to_be_visible()
+            expect(page.locator("#no-image")).to_be_visible()
+            expect(page.locator("#no-image")).to_contain_text("removed or escalated")
+            expect(page.locator("#image")).to_be_hidden()
+            expect(page.locator("#allow-key")).to_be_hidden()
+            page.screenshot(path=artifacts_dir / "review-evidence-gone.png")
+            page.keyboard.press("a")  # refused on the page; nothing is sent
+            expect(page.locator("#status")).to_contain_text("remove or escalate")
+            assert site.finals == []
+            page.keyboard.press("e")
+            expect(page.locator("#empty")).to_be_visible()
+        finally:
+            browser.close()
+    assert [f.decision.value for f in site.finals] == ["escalate"]
+    assert site.finals[0].seen_sha256 is None

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from moderation.core.callbacks import Delivered, PendingCallback
 from moderation.exceptions import ModerationError
+from moderation.metrics import metrics
 from moderation.ports import CallbackOutbox
 
 __all__ = ["CallbackDispatcher", "Deliver"]
@@ -52,6 +53,7 @@ class CallbackDispatcher:
         per_tenant: deliveries at once for one tenant.
         lease_s: how long a claimed callback is this process's (longer than an attempt).
         poll_s: how often the outbox is checked when nothing else wakes the dispatcher.
+        gauge_s: how often the outbox's size is measured (``moderation_callback_outbox_waiting``).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class CallbackDispatcher:
         per_tenant: int,
         lease_s: float,
         poll_s: float = 0.2,
+        gauge_s: float = 10.0,
     ) -> None:
         self.outbox = outbox
         self.deliver = deliver
@@ -72,6 +75,8 @@ class CallbackDispatcher:
         self.per_tenant = max(1, min(per_tenant, self.slots))
         self.lease_s = lease_s
         self.poll_s = poll_s
+        self.gauge_s = gauge_s
+        self._gauged_at = 0.0
         self._running: dict[str, int] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -126,6 +131,7 @@ class CallbackDispatcher:
             for callback in self.outbox.claim(tenant, room, lease_s=self.lease_s):
                 with self._cond:
                     self._running[tenant] = self._running.get(tenant, 0) + 1
+                metrics().callbacks_delivering.labels(tenant).inc()
                 self._pool.submit(self._attempt, callback)
                 started += 1
         return started
@@ -135,6 +141,9 @@ class CallbackDispatcher:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                if time.monotonic() - self._gauged_at >= self.gauge_s:
+                    self._gauged_at = time.monotonic()
+                    metrics().callback_outbox_waiting.set(self.outbox.waiting())
                 self.dispatch_once()
             except ModerationError as exc:
                 log.warning("callback outbox: %s", exc)
@@ -160,6 +169,7 @@ class CallbackDispatcher:
         except Exception:
             log.exception("callback %s", callback.id)
         finally:
+            metrics().callbacks_delivering.labels(callback.tenant).dec()
             with self._cond:
                 self._running[callback.tenant] -= 1
                 self._cond.notify_all()
