@@ -137,7 +137,12 @@ class VideoSettings(BaseModel):
     containers: list[str] = Field(default_factory=lambda: ["mov", "matroska"])
     #: Video codecs accepted (FFmpeg codec names).
     codecs: list[str] = Field(default_factory=lambda: ["h264", "hevc", "vp8", "vp9", "av1"])
-    max_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="Bytes per video.")
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        gt=0,
+        description="Bytes per video (URL and S3 downloads stop here; uploads: "
+        "queue.max_inline_bytes).",
+    )
     max_duration_s: float = Field(default=600.0, gt=0, description="Longest video, seconds.")
     max_pixels: int = Field(default=3840 * 2160, gt=0, description="Pixels per frame.")
     max_side: int = Field(default=8192, gt=0, description="Longest side of a frame, pixels.")

@@ -15,6 +15,7 @@ from PIL import Image
 from moderation.adapters.images import SafeDecoder, decode_image, sniff_format
 from moderation.adapters.video import decode_video
 from moderation.compose.registries import media_decoder
+from moderation.core.image_ref import ImageRef
 from moderation.core.sampling import SampleReason
 from moderation.exceptions import ImageDecodeError, ImageError, UnsupportedFormatError
 from moderation.settings import ImageLimits, Settings, VideoSettings
@@ -361,3 +362,26 @@ def test_a_harmless_first_frame_no_longer_hides_an_animation(scoring) -> None:  
     data = animation([Shot(1, ALLOW), Shot(2, BLOCK)], fmt="GIF")
     verdict = scoring.moderator.moderate([scoring.moderator.prepare(data)])[0]
     assert verdict.decision.value == "block"
+
+
+def test_videos_and_images_have_their_own_byte_caps() -> None:
+    from moderation.compose.registries import build_sources
+    from moderation.testmodel.samples import encoded
+
+    settings = Settings(images=ImageLimits(max_bytes=2_000), video=VideoSettings(max_bytes=200_000))
+    sources = build_sources(settings, None)
+    for url in ("https://example.com/a.mp4", "s3://bucket/a.mp4"):  # downloads stop here
+        source = sources.source_for(ImageRef(uri=url))
+        assert source.max_bytes == 200_000  # type: ignore[attr-defined]
+    decoder = media_decoder(settings)
+    video = clip([Shot(3, ALLOW)], fps=10)
+    assert 2_000 < len(video) < 200_000
+    assert len(decoder.decode(video, min_side=64)) == 3
+    with pytest.raises(ImageError) as caught:
+        decoder.decode(encoded(BLOCK), min_side=64)  # a 6 KB PNG: over the image cap
+    assert caught.value.code == "image_too_large"
+    with pytest.raises(ImageError) as caught:
+        media_decoder(settings.model_copy(update={"video": VideoSettings(max_bytes=1_500)})).decode(
+            video
+        )
+    assert caught.value.code == "video_too_large"

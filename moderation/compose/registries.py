@@ -48,8 +48,19 @@ def build_sources(
     """Every image source, by scheme (inline bytes need the job store). ``local_files`` builds
     the operator's sources of the CLI's policy tools: ``file://`` (never public) and S3 read
     without a tenant, with the service's identity. Without it (the API, the workers) every S3
-    read is a tenant's, inside its ``s3_sources``, and ``file://`` does not exist."""
-    sources: list[Any] = [HttpSource(settings), S3Source(settings, operator=local_files)]
+    read is a tenant's, inside its ``s3_sources``, and ``file://`` does not exist.
+
+    Downloads (URL, S3) stop at the larger of ``images.max_bytes`` and ``video.max_bytes``
+    (what a download is cannot be known before its bytes are read); the decoder then holds an
+    image to ``images.max_bytes`` and a video to ``video.max_bytes``."""
+    fetching = settings.model_copy(
+        update={
+            "images": settings.images.model_copy(
+                update={"max_bytes": max(settings.images.max_bytes, settings.video.max_bytes)}
+            )
+        }
+    )
+    sources: list[Any] = [HttpSource(fetching), S3Source(fetching, operator=local_files)]
     if store is not None:
         sources.append(InlineSource(store))
     if local_files:
