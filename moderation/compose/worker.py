@@ -11,7 +11,7 @@ import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +24,7 @@ from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
 from moderation.compose.access import enforce_security
 from moderation.compose.banks import build_bank_sync
+from moderation.compose.database import database_configured, open_database
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
 from moderation.compose.policies import build_policies
 from moderation.compose.registries import (
@@ -69,6 +70,9 @@ from moderation.ports import (
 from moderation.settings import Settings
 from moderation.signals import LoadedBanks
 
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
 __all__ = ["WorkerProcess", "build_worker"]
 
 log = logging.getLogger(__name__)
@@ -94,6 +98,8 @@ class WorkerProcess:
     backtests: WorkerBacktests
     banks: BankSync | None = None
     history: EmbeddingHistory | None = None
+    #: The PostgreSQL pool (None: no database configured; records stay in Redis).
+    database: ConnectionPool | None = None
     closers: list[Callable[[], object]] = field(default_factory=list)
 
     def start(self) -> None:
@@ -121,6 +127,8 @@ class WorkerProcess:
         for close in self.closers:
             close()
         self.audit.close()
+        if self.database is not None:
+            self.database.close()
 
 
 def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProcess:
@@ -131,8 +139,15 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         QueueUnavailable: no Redis URL configured.
         ModelUnavailableError, PolicyError: the model or the policies cannot be loaded.
         AuditError: the audit log cannot be opened.
+        DatabaseUnavailable, MigrationError: a configured database cannot be reached or
+            brought to the current schema.
     """
     enforce_security(settings)
+    database = (
+        open_database(settings, application="moderation-worker")
+        if database_configured(settings)
+        else None
+    )
     q = settings.queue
     store = open_job_store(settings)
     deliveries = open_delivery_log(settings)
@@ -252,6 +267,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         ),
         banks=sync,
         history=history,
+        database=database,
         closers=[
             lambda: pool.shutdown(wait=False),
             *([preparer.close] if preparer is not None else []),
