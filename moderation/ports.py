@@ -91,6 +91,7 @@ __all__ = [
     "ImageDecoder",
     "ImageSource",
     "JobStore",
+    "JobTransients",
     "LoginThrottle",
     "PolicyFiles",
     "RateLimiter",
@@ -297,6 +298,40 @@ class JobStore(Protocol):
     def outcomes(self, count: int = 100_000) -> list[tuple[str, str]]:
         """(job id, status) per ended job, oldest first: one entry per job."""
         ...
+
+    def ping(self) -> bool: ...
+
+
+class JobTransients(Protocol):
+    """What a job keeps in the transient store (Redis) while it runs, beside its durable record
+    in PostgreSQL: its inline image bytes, its share of the queued-bytes cap and its entry in
+    the pending index of the :class:`DeliveryLog`. All of it may be lost; the record may not.
+
+    Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
+    """
+
+    def hold_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> None:
+        """Take in new jobs: inline bytes, pending entry, queued bytes (record + image).
+
+        Raises:
+            QueueFull: their bytes would take the queued bytes over the cap (none is held).
+        """
+        ...
+
+    def release_many(self, ended: Sequence[tuple[str, bool]]) -> None:
+        """Jobs that ended, each with whether its inline bytes may go: out of the pending
+        index and the queued bytes. Idempotent."""
+        ...
+
+    def drop(self, job_id: str, inline_key: str | None = None) -> None:
+        """Forget a job entirely (rollback of a create)."""
+        ...
+
+    def queued_bytes(self) -> int: ...
+
+    def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    def keep_inline(self, key: str, ttl_s: int) -> None: ...
 
     def ping(self) -> bool: ...
 

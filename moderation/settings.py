@@ -362,6 +362,9 @@ class DatabaseSettings(BaseModel):
     #: Job records and results are kept this many days (whole daily partitions are dropped by
     #: the workers' maintenance, never deleted row by row).
     job_retention_days: int = Field(default=7, ge=1)
+    #: How often a worker makes the coming days' partitions and drops expired ones (seconds;
+    #: one worker at a time).
+    partition_maintenance_s: float = Field(default=3600.0, gt=0)
     #: Apply pending schema migrations when the API or a worker starts (under an advisory lock:
     #: one process applies each, the others wait). False: only ``moderation db upgrade`` does,
     #: and processes refuse to start against an older schema.

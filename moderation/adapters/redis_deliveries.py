@@ -27,15 +27,30 @@ T = TypeVar("T")
 class RedisDeliveryLog(SingleDeliveryOps):
     """The :class:`~moderation.ports.DeliveryLog` on Redis. Thread-safe."""
 
-    def __init__(self, client: redis.Redis, settings: QueueSettings) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: QueueSettings,
+        *,
+        reopen: Callable[[str], Job | None] | None = None,
+    ) -> None:
         self.redis = client
         self.settings = settings
         self.keys = JobKeys(settings.key_prefix)
+        #: Where job records live elsewhere (PostgreSQL): makes an ended job runnable again
+        #: there (result back to queued, back in the pending index) and returns it.
+        self.reopen = reopen
 
     @classmethod
-    def from_url(cls, url: str, settings: QueueSettings) -> RedisDeliveryLog:
+    def from_url(
+        cls,
+        url: str,
+        settings: QueueSettings,
+        *,
+        reopen: Callable[[str], Job | None] | None = None,
+    ) -> RedisDeliveryLog:
         """Connect lazily (the first command opens the connection)."""
-        return cls(connect(url), settings)
+        return cls(connect(url), settings, reopen=reopen)
 
     def key(self, kind: str, job_id: str = "") -> str:
         return self.keys.key(kind, job_id)
@@ -98,6 +113,15 @@ class RedisDeliveryLog(SingleDeliveryOps):
         """
         if not self._call(lambda: self.redis.hdel(self.key("dlq"), job_id)):
             return None
+        if self.reopen is not None:
+            reopened = self.reopen(job_id)
+            if reopened is not None:
+                self._call(
+                    lambda: self.redis.delete(
+                        self.key("deliveries", job_id), self.key("effects", job_id)
+                    )
+                )
+            return reopened
         raw = self._call(lambda: self.redis.get(self.key("job", job_id)))
         if not raw:
             return None

@@ -122,8 +122,8 @@ def build_api(
     if database is None and database_configured(settings):
         database = open_database(settings, application="moderation-api")
     queue = open_queue(settings) if publisher is None else None
-    store = store or open_job_store(settings)
-    deliveries = deliveries or open_delivery_log(settings)
+    store = store or open_job_store(settings, database=database)
+    deliveries = deliveries or open_delivery_log(settings, database=database)
     workers = workers or open_worker_registry(settings)
     q = settings.queue
     if publisher is None and queue is not None and q.publish_wait_ms > 0:

@@ -20,6 +20,7 @@ from moderation.adapters.compile_cache import CompileCache
 from moderation.adapters.http_callbacks import CallbackDelivery
 from moderation.adapters.images import SafeDecoder
 from moderation.adapters.policy_files import load_policy_text
+from moderation.adapters.postgres.jobs import PostgresJobStore
 from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
 from moderation.compose.access import enforce_security
@@ -149,8 +150,8 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         else None
     )
     q = settings.queue
-    store = open_job_store(settings)
-    deliveries = open_delivery_log(settings)
+    store = open_job_store(settings, database=database)
+    deliveries = open_delivery_log(settings, database=database)
     queue = open_queue(settings)
     audit = open_audit(settings)
     slot = settings.worker_slot
@@ -236,6 +237,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         },
         tasks=[
             (settings.banks.reload_s, sync.refresh, "bank reload check"),
+            *_partition_maintenance(settings, store),
             *_history_sweep(settings, shards, registry),
             *_evidence_sweep(settings, evidence, registry),
         ],
@@ -273,6 +275,16 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
             *([preparer.close] if preparer is not None else []),
         ],
     )
+
+
+def _partition_maintenance(
+    settings: Settings, store: JobStore
+) -> list[tuple[float, Callable[[], object], str]]:
+    """Job records in PostgreSQL: make the coming days' partitions and drop those past
+    ``database.job_retention_days`` (hourly; one worker at a time, under an advisory lock)."""
+    if not isinstance(store, PostgresJobStore):
+        return []
+    return [(settings.database.partition_maintenance_s, store.maintain, "job partitions")]
 
 
 def _history_sweep(
