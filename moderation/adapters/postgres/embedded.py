@@ -48,6 +48,11 @@ class EmbeddedPostgres:
             raise DatabaseUnavailable("the embedded PostgreSQL is not running")
         return str(self._server.get_uri())
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's process id (its backends are its children); None: not running."""
+        return int(self._server.get_pid()) if self._server is not None else None
+
     def url_of(self, database: str) -> str:
         """The URL of another database of this server."""
         if self._server is None:
