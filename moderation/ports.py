@@ -93,6 +93,7 @@ __all__ = [
     "JobStore",
     "JobTransients",
     "LoginThrottle",
+    "PendingIndex",
     "PolicyFiles",
     "RateLimiter",
     "ReviewQueue",
@@ -334,6 +335,25 @@ class JobTransients(Protocol):
     def keep_inline(self, key: str, ttl_s: int) -> None: ...
 
     def ping(self) -> bool: ...
+
+
+class PendingIndex(Protocol):
+    """Jobs published and not ended, by when they were (last) published: what the lost-message
+    sweep reads. In Redis beside the broker by default; in PostgreSQL (the job records
+    themselves) when a database is configured, so that a Redis that lost everything still
+    knows which jobs to publish again.
+
+    Raises (every method): ``QueueUnavailable`` or ``DatabaseUnavailable`` when the store
+    cannot be reached.
+    """
+
+    def stale_pending(self, older_than_s: float, limit: int = 1000) -> list[str]: ...
+
+    def oldest_pending_age(self) -> float | None: ...
+
+    def mark_republished(self, job_id: str) -> None: ...
+
+    def forget_pending(self, job_id: str) -> None: ...
 
 
 class DeliveryLog(Protocol):

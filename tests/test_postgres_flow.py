@@ -1,11 +1,14 @@
 """The pipeline with job records and results in PostgreSQL: a real ``moderation worker``
 process and the API, both on a real PostgreSQL (pgserver) and a real valkey. Results are read
 from PostgreSQL; Redis keeps no job record and no result (its memory does not grow with ended
-jobs); a dead letter is requeued from the CLI and runs again."""
+jobs); a dead letter is requeued from the CLI and runs again; after a Redis FLUSHALL under
+load, every accepted job still ends exactly once."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -60,7 +63,8 @@ def flow(
             ),
         }
     )
-    settings = pipeline_settings(base, valkey.connection_url)
+    # A lost message is looked for 3 s after its publish (the Redis FLUSHALL test).
+    settings = pipeline_settings(base, valkey.connection_url, lost_after_s=3.0)
     registry = RedisJobStore.from_url(valkey.connection_url, settings.queue)
     worker = WorkerProcess(settings, tmp / "worker.log").start()
     server = None
@@ -137,3 +141,47 @@ def test_dead_letter_is_requeued_from_the_cli_and_reopened_in_postgres(flow: Flo
     result = flow.client.wait("pg-poison-1", 60)
     assert result.status is JobStatus.DONE and result.verdict is not None
     assert deliveries.dead_letters() == []
+
+
+def test_redis_flushall_under_load_every_job_ends_exactly_once(flow: Flow) -> None:
+    """Redis loses everything (queue, bindings, inline bytes, pending index) while jobs are
+    queued: the pending jobs are found in PostgreSQL and published again; those whose inline
+    bytes were only in Redis end with ``inline_expired``, the others with their verdict; none
+    is lost and none ends twice. (Runs last in this module: it empties the module's Redis.)"""
+    images = [png_bytes(testmodel.sample_images("allow", 1, 200 + i)[0][0]) for i in range(8)]
+    ids: list[str] = []
+    for round_ in range(4):
+        ids += flow.client.submit_many(images)
+        if round_ == 1:
+            flow.redis.flushall()
+    results = flow.client.wait_many(ids, timeout=240)
+    assert all(r.status.final for r in results)
+    errors = Counter(r.error.code for r in results if r.error is not None)
+    assert set(errors) <= {"inline_expired"}, errors
+    # Every job submitted after the flush ran normally.
+    assert all(r.status is JobStatus.DONE for r in results[16:])
+    with psycopg.connect(flow.pg_url) as conn:
+        ended = conn.execute(
+            "SELECT count(*), count(DISTINCT id) FROM jobs "
+            "WHERE id = ANY(%s) AND finished_at IS NOT NULL",
+            (ids,),
+        ).fetchone()
+        first_finish = dict(
+            conn.execute("SELECT id, finished_at FROM jobs WHERE id = ANY(%s)", (ids,)).fetchall()
+        )
+    assert ended == (len(ids), len(ids))
+    # Republished copies of ended jobs change nothing: a result is final once.
+    queue = open_queue(flow.settings)
+    queue.publish(ids[:4])
+    deadline = time.monotonic() + 60
+    while (queue.in_flight() or set()) & set(ids[:4]):  # until the worker has taken them
+        assert time.monotonic() < deadline, "the republished messages were never consumed"
+        time.sleep(0.1)
+    again = flow.client.wait_many(ids[:4], timeout=60)
+    assert [r.finished_at for r in again] == [r.finished_at for r in results[:4]]
+    with psycopg.connect(flow.pg_url) as conn:
+        rows = conn.execute(
+            "SELECT id, finished_at FROM jobs WHERE id = ANY(%s)", (ids[:4],)
+        ).fetchall()
+    assert all(first_finish[i] == at for i, at in rows)
+    assert flow.redis.zcard(f"{flow.settings.queue.key_prefix}pending") == 0

@@ -267,3 +267,22 @@ def test_a_missing_partition_is_made_on_the_first_insert(own_database: str) -> N
         assert store.create(job("m1", tenant="t7"))[1] is True
         assert store.get_job("t7/m1") is not None
     assert f"jobs_{today:%Y%m%d}" in partitions(own_database)
+
+
+def test_the_pending_index_is_the_unfinished_records(store: PostgresJobStore) -> None:
+    """What the lost-message sweep reads when Redis may have lost its own index."""
+    jobs = [job(f"s{i}", tenant="t8") for i in range(3)]
+    store.create_many([(j, None) for j in jobs])
+    with psycopg.connect(str(store.pool.conninfo), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE jobs SET published_at = now() - interval '1 hour' WHERE id = ANY(%s)",
+            ([j.id for j in jobs[:2]],),
+        )
+    stale = store.stale_pending(60)
+    assert [i for i in stale if i.startswith("t8/")] == [jobs[0].id, jobs[1].id]
+    age = store.oldest_pending_age()
+    assert age is not None and age >= 3600
+    store.mark_republished(jobs[0].id)
+    store.finish(JobResult.ended(jobs[1], verdict=verdict(Decision.ALLOW)))
+    assert [i for i in store.stale_pending(60) if i.startswith("t8/")] == []
+    assert jobs[2].id in store.stale_pending(0)

@@ -108,13 +108,19 @@ def open_delivery_log(
     settings: Settings, *, database: ConnectionPool | None = None
 ) -> RedisDeliveryLog:
     """Delivery counts, the pending index and the dead letters at ``settings.redis_url``
-    (with a ``database``, a dead letter taken back is reopened in PostgreSQL).
+    (with a ``database``: the pending index is the job records in PostgreSQL, which a Redis
+    that lost everything cannot lose, and a dead letter taken back is reopened there).
 
     Raises:
         QueueUnavailable: no Redis URL configured.
     """
-    reopen = _postgres_job_store(settings, database).reopen if database is not None else None
-    return RedisDeliveryLog.from_url(require_redis_url(settings), settings.queue, reopen=reopen)
+    records = _postgres_job_store(settings, database) if database is not None else None
+    return RedisDeliveryLog.from_url(
+        require_redis_url(settings),
+        settings.queue,
+        reopen=records.reopen if records is not None else None,
+        pending=records,
+    )
 
 
 def open_worker_registry(settings: Settings) -> RedisWorkerRegistry:

@@ -291,6 +291,38 @@ class PostgresJobStore(SingleJobOps):
             ).fetchall()
         return [(str(i), str(s)) for i, s in rows]
 
+    # --- the pending index (jobs not ended, by last publish) -------------------------------
+
+    def stale_pending(self, older_than_s: float, limit: int = 1000) -> list[str]:
+        """Jobs published more than ``older_than_s`` ago (the server's clock) that have not
+        ended, oldest first (the partial index ``jobs_unfinished``)."""
+        with database_errors("job store"), self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE finished_at IS NULL "
+                "AND published_at < now() - make_interval(secs => %s) "
+                "ORDER BY published_at LIMIT %s",
+                (older_than_s, limit),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def oldest_pending_age(self) -> float | None:
+        with database_errors("job store"), self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT extract(epoch FROM now() - min(published_at))::float8 FROM jobs "
+                "WHERE finished_at IS NULL"
+            ).fetchone()
+        return max(0.0, float(row[0])) if row and row[0] is not None else None
+
+    def mark_republished(self, job_id: str) -> None:
+        with database_errors("job store"), self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE jobs SET published_at = now() WHERE id = %s AND finished_at IS NULL",
+                (job_id,),
+            )
+
+    def forget_pending(self, job_id: str) -> None:
+        """Nothing to forget: a job is pending exactly while its record has not ended."""
+
     def ping(self) -> bool:
         try:
             with database_errors("job store"), self.pool.connection() as conn:
