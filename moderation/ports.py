@@ -311,11 +311,15 @@ class JobTransients(Protocol):
     Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
     """
 
-    def hold_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> None:
-        """Take in new jobs: inline bytes, pending entry, queued bytes (record + image).
+    def hold_many(
+        self, jobs: Sequence[tuple[Job, bytes | None]], *, tenant_cap: int | None = None
+    ) -> None:
+        """Take in new jobs: inline bytes, pending entry, queued bytes (record + image), the
+        store's and their tenant's, and their tenant's backlog.
 
         Raises:
-            QueueFull: their bytes would take the queued bytes over the cap (none is held).
+            TenantQueueFull: a tenant's queued bytes would go over ``tenant_cap``.
+            QueueFull: the store's would go over its cap (none is held either way).
         """
         ...
 
@@ -328,7 +332,9 @@ class JobTransients(Protocol):
         """Forget a job entirely (rollback of a create)."""
         ...
 
-    def queued_bytes(self) -> int: ...
+    def queued_bytes(self, tenant: str | None = None) -> int: ...
+
+    def backlog(self, tenants: Sequence[str]) -> dict[str, TenantBacklog]: ...
 
     def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 

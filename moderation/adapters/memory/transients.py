@@ -8,8 +8,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from moderation.core.jobs import Job
-from moderation.exceptions import QueueFull
+from moderation.core.fairness import TenantBacklog
+from moderation.core.jobs import Job, tenant_of
+from moderation.exceptions import QueueFull, TenantQueueFull
 
 __all__ = ["MemoryJobTransients"]
 
@@ -24,19 +25,38 @@ class MemoryJobTransients:
     max_queued_bytes: int = 1 << 62
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def hold_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> None:
+    #: Job id -> (tenant, creation time) of the jobs that have not ended.
+    backlogs: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def _queued(self, tenant: str | None) -> int:
+        if tenant is None:
+            return sum(self.queued.values())
+        return sum(n for job_id, n in self.queued.items() if tenant_of(job_id) == tenant)
+
+    def hold_many(
+        self, jobs: Sequence[tuple[Job, bytes | None]], *, tenant_cap: int | None = None
+    ) -> None:
         with self.lock:
             sizes = {
                 job.id: len(job.model_dump_json()) + (len(inline) if inline else 0)
                 for job, inline in jobs
                 if job.id not in self.queued
             }
-            if sum(self.queued.values()) + sum(sizes.values()) > self.max_queued_bytes:
+            if tenant_cap is not None:
+                for tenant in {tenant_of(job_id) for job_id in sizes}:
+                    mine = sum(n for j, n in sizes.items() if tenant_of(j) == tenant)
+                    if self._queued(tenant) + mine > tenant_cap:
+                        raise TenantQueueFull(
+                            f"tenant {tenant}: queued bytes would exceed {tenant_cap}",
+                            retry_after_s=30.0,
+                        )
+            if self._queued(None) + sum(sizes.values()) > self.max_queued_bytes:
                 raise QueueFull(f"queued bytes would exceed {self.max_queued_bytes}")
             now = time.time()
             for job, inline in jobs:
                 self.queued.setdefault(job.id, sizes.get(job.id, 0))
                 self.pending[job.id] = now
+                self.backlogs[job.id] = (tenant_of(job.id), job.created_at.timestamp())
                 if inline is not None:
                     self.inline[job.image.inline_key if job.image.inline else job.id] = inline
 
@@ -45,6 +65,7 @@ class MemoryJobTransients:
             for job_id, drop_inline in ended:
                 self.pending.pop(job_id, None)
                 self.queued.pop(job_id, None)
+                self.backlogs.pop(job_id, None)
                 if drop_inline:
                     self.inline.pop(job_id, None)
 
@@ -53,8 +74,19 @@ class MemoryJobTransients:
         with self.lock:
             self.inline.pop(inline_key or job_id, None)
 
-    def queued_bytes(self) -> int:
-        return sum(self.queued.values())
+    def queued_bytes(self, tenant: str | None = None) -> int:
+        with self.lock:
+            return self._queued(tenant)
+
+    def backlog(self, tenants: Sequence[str]) -> dict[str, TenantBacklog]:
+        with self.lock:
+            out = {}
+            for tenant in tenants:
+                times = [at for t, at in self.backlogs.values() if t == tenant]
+                out[tenant] = TenantBacklog(
+                    depth=len(times), oldest_created_at=min(times) if times else None
+                )
+            return out
 
     def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self.inline.get(key) for key in keys]

@@ -35,6 +35,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from moderation.adapters.postgres.errors import database_errors
+from moderation.core.fairness import TenantBacklog
 from moderation.core.jobs import Job, JobResult, final_decision, keeps_inline
 from moderation.core.review import HumanDecision
 from moderation.exceptions import DatabaseUnavailable
@@ -98,12 +99,16 @@ class PostgresJobStore(SingleJobOps):
 
     # --- jobs --------------------------------------------------------------------------------
 
-    def create_many(self, jobs: Sequence[tuple[Job, bytes | None]]) -> list[tuple[Job, bool]]:
+    def create_many(
+        self, jobs: Sequence[tuple[Job, bytes | None]], *, tenant_cap: int | None = None
+    ) -> list[tuple[Job, bool]]:
         """Store new jobs unless their ids exist (in any partition), in one statement, then
         hold their bytes in the transient store.
 
         Raises:
-            QueueFull: over the queued-bytes cap (the new records are removed again).
+            TenantQueueFull: over the tenant's share of the queued bytes (``tenant_cap``; the
+                new records are removed again).
+            QueueFull: over the queued-bytes cap (likewise).
             QueueUnavailable: Redis is down (likewise).
             DatabaseUnavailable: PostgreSQL is down.
         """
@@ -137,7 +142,7 @@ class PostgresJobStore(SingleJobOps):
             else:
                 out.append((job, False))
         try:
-            self.transients.hold_many(fresh)
+            self.transients.hold_many(fresh, tenant_cap=tenant_cap)
         except BaseException:
             self._delete([job.id for job, _ in fresh])
             raise
@@ -186,8 +191,13 @@ class PostgresJobStore(SingleJobOps):
         found = self._column("job", job_ids)
         return [Job.model_validate_json(found[i]) if i in found else None for i in job_ids]
 
-    def queued_bytes(self) -> int:
-        return self.transients.queued_bytes()
+    def queued_bytes(self, tenant: str | None = None) -> int:
+        return self.transients.queued_bytes(tenant)
+
+    def backlog(self, tenants: Sequence[str]) -> dict[str, TenantBacklog]:
+        """Per tenant: jobs that have not ended and the oldest one's creation time (kept beside
+        the queued bytes in the transient store: what the per-tenant metrics read)."""
+        return self.transients.backlog(tenants)
 
     def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return self.transients.inline_bytes_many(keys)
