@@ -3,6 +3,7 @@ threads; plus decode throughput (from bench/decode.py). Prints one JSON object.
 
     python bench/pipeline.py [--images 256] [--model ViT-B-32|test] [--batch-size 32]
         [--device auto] [--workers 1] [--upload multipart|json] [--profile DIR]
+        [--store redis|postgres]
 
 The encoder has random weights (``pretrained=None``): speed does not depend on their values.
 ``--model test`` runs the bundled test model instead: it is tiny, so on a CPU it stands in for a
@@ -10,6 +11,9 @@ fast accelerator and shows what the rest of the pipeline costs per image.
 ``pipeline_images_per_s`` is client submit (inline JPEG bytes, batch endpoint) -> API -> Redis
 (embedded valkey) -> Celery worker (thread pool + micro-batcher) -> verdict, timed from the first
 submit to the last result. On a GPU the worker runs CUDA + bf16 automatically.
+``--store postgres`` keeps job records and results in an embedded PostgreSQL (pgserver) as a
+configured database does, and counts its server processes' CPU (``cpu_ms_per_image.postgres``);
+``--store redis`` (the default) keeps them in Redis.
 """
 
 from __future__ import annotations
@@ -131,20 +135,31 @@ def bench_pipeline(
     profile_rate: int = 250,
     profile_gil: bool = False,
     upload: str = "multipart",
+    store: str = "redis",
 ) -> dict[str, Any]:
     """The whole pipeline: this process is the client; the API (uvicorn) and each worker run in
     their own process, as in production."""
+    import contextlib
     import subprocess
 
+    from pydantic import SecretStr
+
     from moderation.adapters.embedded_redis import EmbeddedRedis
+    from moderation.adapters.postgres.embedded import EmbeddedPostgres
     from moderation.adapters.redis_workers import RedisWorkerRegistry
     from moderation.client import ModerationClient
     from moderation.metrics import render
 
     metrics_dir = tmp / "metrics"
     metrics_dir.mkdir()
-    with EmbeddedRedis(data_dir=tmp / "redis") as redis:
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(EmbeddedRedis(data_dir=tmp / "redis"))
         settings = settings.model_copy(update={"redis_url": redis.url})
+        postgres = None
+        if store == "postgres":
+            postgres = stack.enter_context(EmbeddedPostgres(data_dir=tmp / "pg", delete=True))
+            database = settings.database.model_copy(update={"url": SecretStr(postgres.url)})
+            settings = settings.model_copy(update={"database": database})
         env = settings.to_env()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -203,6 +218,7 @@ def bench_pipeline(
                     "api": api.pid,
                     **{f"worker-{i}": w.pid for i, w in enumerate(procs)},
                     "redis": _pid_listening(redis.url),
+                    **({"postgres": postgres.pid} if postgres is not None else {}),
                 }
                 cpu_before = {name: _cpu_s(pid) for name, pid in pids.items()}
                 client_before = _own_cpu_s()
@@ -248,6 +264,7 @@ def bench_pipeline(
     )
     drain = len(late) / (late[-1] - submitted_at) if len(late) > 50 else None
     out: dict[str, Any] = {
+        "store": store,
         "pipeline_images_per_s": len(images) / elapsed,
         "pipeline_errors": errors,
         # How fast the client got every image accepted (the API's side alone, with the worker
@@ -364,6 +381,12 @@ def main() -> None:
         help="how the client sends image bytes",
     )
     parser.add_argument(
+        "--store",
+        choices=["redis", "postgres"],
+        default="redis",
+        help="where job records and results live",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -423,6 +446,7 @@ def main() -> None:
             profile_rate=args.profile_rate,
             profile_gil=args.gil,
             upload=args.upload,
+            store=args.store,
         )
     )
     report["pipeline_vs_encoder"] = report["pipeline_images_per_s"] / report["encoder_images_per_s"]

@@ -6,13 +6,15 @@
     ├── TransientError              retry with backoff; the same call may succeed later
     │   ├── ImageFetchTransient     network error, timeout, 5xx, S3 throttling
     │   ├── QueueUnavailable        Redis down
+    │   ├── DatabaseUnavailable     PostgreSQL down, restarting, or its pool exhausted
     │   ├── QueueFull               the global cap on queued bytes is reached (503)
     │   ├── ApiUnavailable          moderation API unreachable / 5xx (client)
     │   ├── JobWaitTimeout          a job did not end in time (client wait)
     │   └── AuditSinkUnavailable    S3 down (records go to the local spool)
     └── PermanentError              retrying cannot help; fail the job at once with this reason
         ├── ConfigurationError          settings that cannot work
-        │   └── InsecureSettingsError   production start with weak secrets or keys
+        │   ├── InsecureSettingsError   production start with weak secrets or keys
+        │   └── MigrationError          a schema migration failed or cannot be read
         ├── JobRequestError             queue pipeline requests
         │   ├── JobRejected             the API refused a job (4xx)
         │   │   ├── JobConflict         the id exists with a different request (409)
@@ -279,6 +281,13 @@ class QueueUnavailable(TransientError):
     code = "queue_unavailable"
 
 
+class DatabaseUnavailable(TransientError):
+    """PostgreSQL (the system of record) cannot be reached, is restarting, timed out a
+    statement, or the connection pool had no free connection in time."""
+
+    code = "database_unavailable"
+
+
 class QueueFull(TransientError):
     """The global cap on bytes waiting for workers (``queue.max_queued_bytes``) is reached:
     new jobs are refused until workers catch up."""
@@ -375,6 +384,13 @@ class InsecureSettingsError(ConfigurationError):
     """A production start with empty, short or development-default secrets or API keys."""
 
     code = "insecure_settings"
+
+
+class MigrationError(ConfigurationError):
+    """A schema migration cannot be read (bad file name, duplicate version) or failed to
+    apply (its transaction was rolled back: the schema is as before it)."""
+
+    code = "migration_failed"
 
 
 class ReviewError(PermanentError):

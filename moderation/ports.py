@@ -91,7 +91,9 @@ __all__ = [
     "ImageDecoder",
     "ImageSource",
     "JobStore",
+    "JobTransients",
     "LoginThrottle",
+    "PendingIndex",
     "PolicyFiles",
     "RateLimiter",
     "ReviewQueue",
@@ -299,6 +301,65 @@ class JobStore(Protocol):
         ...
 
     def ping(self) -> bool: ...
+
+
+class JobTransients(Protocol):
+    """What a job keeps in the transient store (Redis) while it runs, beside its durable record
+    in PostgreSQL: its inline image bytes, its share of the queued-bytes cap and its entry in
+    the pending index of the :class:`DeliveryLog`. All of it may be lost; the record may not.
+
+    Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
+    """
+
+    def hold_many(
+        self, jobs: Sequence[tuple[Job, bytes | None]], *, tenant_cap: int | None = None
+    ) -> None:
+        """Take in new jobs: inline bytes, pending entry, queued bytes (record + image), the
+        store's and their tenant's, and their tenant's backlog.
+
+        Raises:
+            TenantQueueFull: a tenant's queued bytes would go over ``tenant_cap``.
+            QueueFull: the store's would go over its cap (none is held either way).
+        """
+        ...
+
+    def release_many(self, ended: Sequence[tuple[str, bool]]) -> None:
+        """Jobs that ended, each with whether its inline bytes may go: out of the pending
+        index and the queued bytes. Idempotent."""
+        ...
+
+    def drop(self, job_id: str, inline_key: str | None = None) -> None:
+        """Forget a job entirely (rollback of a create)."""
+        ...
+
+    def queued_bytes(self, tenant: str | None = None) -> int: ...
+
+    def backlog(self, tenants: Sequence[str]) -> dict[str, TenantBacklog]: ...
+
+    def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    def keep_inline(self, key: str, ttl_s: int) -> None: ...
+
+    def ping(self) -> bool: ...
+
+
+class PendingIndex(Protocol):
+    """Jobs published and not ended, by when they were (last) published: what the lost-message
+    sweep reads. In Redis beside the broker by default; in PostgreSQL (the job records
+    themselves) when a database is configured, so that a Redis that lost everything still
+    knows which jobs to publish again.
+
+    Raises (every method): ``QueueUnavailable`` or ``DatabaseUnavailable`` when the store
+    cannot be reached.
+    """
+
+    def stale_pending(self, older_than_s: float, limit: int = 1000) -> list[str]: ...
+
+    def oldest_pending_age(self) -> float | None: ...
+
+    def mark_republished(self, job_id: str) -> None: ...
+
+    def forget_pending(self, job_id: str) -> None: ...
 
 
 class DeliveryLog(Protocol):

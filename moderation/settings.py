@@ -28,6 +28,7 @@ __all__ = [
     "AuditSettings",
     "BankSettings",
     "BlobSettings",
+    "DatabaseSettings",
     "EmbeddingSettings",
     "ImageLimits",
     "ModelSettings",
@@ -345,6 +346,56 @@ class AuditSettings(BaseModel):
     retry_max_s: float = 30.0
 
 
+class DatabaseSettings(BaseModel):
+    """PostgreSQL, the system of record (job records and results, the review queue, reviewer
+    accounts, banks, the outbox): ``MODERATION_DATABASE__URL`` and friends. See
+    docs/deployment.md.
+
+    Without a ``url``, ``moderation demo`` (and ``moderation db`` commands) start an embedded
+    PostgreSQL (the ``pgserver`` wheel) with its data in ``embedded_dir``, as they start an
+    embedded valkey; the API and workers started on their own then keep their records in Redis
+    as before. Schema migrations run at the start of the API and the workers (once, under an
+    advisory lock) unless ``migrate_at_start`` is false, and with ``moderation db upgrade``.
+    """
+
+    #: ``postgresql://user:password@host:5432/dbname?sslmode=require`` (a libpq URL or
+    #: key/value string; a secret: it usually holds the password). None: no database (or the
+    #: embedded one, where the entry point starts it).
+    url: SecretStr | None = None
+    #: Data folder of the embedded PostgreSQL (used only without ``url``).
+    embedded_dir: Path = Path(".moderation/pg")
+    #: Connections per process: kept open at least / at most.
+    pool_min_size: int = Field(default=1, ge=0)
+    pool_max_size: int = Field(default=10, ge=1)
+    #: How long a caller waits for a free connection of the pool before the request fails as
+    #: transient (``database_unavailable``: 503 at the API, a retry at the workers).
+    pool_timeout_s: float = Field(default=10.0, gt=0)
+    #: TCP connect timeout of each new connection.
+    connect_timeout_s: int = Field(default=5, ge=1)
+    #: Server-side cap on any one statement (``statement_timeout``; 0: none). Migrations run
+    #: without it.
+    statement_timeout_ms: int = Field(default=30_000, ge=0)
+    #: Job records and results are kept this many days (whole daily partitions are dropped by
+    #: the workers' maintenance, never deleted row by row).
+    job_retention_days: int = Field(default=7, ge=1)
+    #: How often a worker makes the coming days' partitions and drops expired ones (seconds;
+    #: one worker at a time).
+    partition_maintenance_s: float = Field(default=3600.0, gt=0)
+    #: Apply pending schema migrations when the API or a worker starts (under an advisory lock:
+    #: one process applies each, the others wait). False: only ``moderation db upgrade`` does,
+    #: and processes refuse to start against an older schema.
+    migrate_at_start: bool = True
+
+    @model_validator(mode="after")
+    def _pool_sizes(self) -> DatabaseSettings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"database.pool_min_size ({self.pool_min_size}) is above pool_max_size "
+                f"({self.pool_max_size})"
+            )
+        return self
+
+
 class BlobSettings(BaseModel):
     """The object store for bytes (:class:`~moderation.ports.BlobStore`): review evidence, large
     uploads, frames, history shards. An S3 bucket (through ``Settings.s3``) when ``bucket`` is
@@ -555,6 +606,8 @@ class Settings(BaseSettings):
     #: Data folder of the embedded server ``moderation demo`` starts without ``redis_url``
     #: (append-only file: results, review items and queued jobs survive a restart).
     embedded_redis_dir: Path = Path(".moderation/redis")
+    #: PostgreSQL, the system of record (``MODERATION_DATABASE__URL``; see DatabaseSettings).
+    database: DatabaseSettings = DatabaseSettings()
     s3: S3Settings = S3Settings()
     queue: QueueSettings = QueueSettings()
     review: ReviewSettings = ReviewSettings()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from moderation.settings import Settings
-from tests.servers import MotoServer, valkey_url
+from tests.servers import MotoServer, PostgresServer, database_name, valkey_url
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -69,6 +69,43 @@ def redis_url() -> Iterator[str]:
     """A fresh real Redis-protocol server (valkey) for this test, on a free port."""
     with valkey_url() as url:
         yield url
+
+
+#: The template every test module's database is copied from: migrated once per test process.
+PG_TEMPLATE = "moderation_template"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL per test process (pgserver, a Unix socket in a temporary folder),
+    with a database ``moderation_template`` at the newest schema (every migration applied)."""
+    from moderation.adapters.postgres.migrate import upgrade
+    from moderation.adapters.postgres.pool import open_pool
+    from moderation.settings import DatabaseSettings
+
+    server = PostgresServer()
+    server.start()
+    try:
+        url = server.create_database(name=PG_TEMPLATE)
+        pool = open_pool(DatabaseSettings(pool_min_size=1, pool_max_size=1), url=url)
+        try:
+            upgrade(pool)
+        finally:
+            pool.close()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_url(pg_server: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh database of this test module, at the newest schema (a copy of the
+    migrated template: milliseconds). Tests of one module share it: use distinct ids/tenants."""
+    url = pg_server.create_database(template=PG_TEMPLATE)
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(database_name(url))
 
 
 @pytest.fixture

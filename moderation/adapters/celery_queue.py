@@ -232,6 +232,7 @@ class CeleryQueue:
         Raises:
             QueueUnavailable: Redis is down.
         """
+        self.ensure_routes()  # the sweep asks this first: a broker that lost its bindings
         with redis_errors("broker"):
             pipe = self._redis.pipeline(transaction=False)
             for lane in self._lanes:
@@ -247,6 +248,27 @@ class CeleryQueue:
         for item in raw:
             ids.update(message_job_ids(item))
         return ids
+
+    def ensure_routes(self) -> bool:
+        """Declare the queues again when the broker lost their bindings (a Redis that was
+        flushed or replaced by an empty one: kombu routes a message through
+        ``_kombu.binding.<exchange>``, and without it every publish is silently dropped, since
+        producers declare each queue once per process). True when it had to.
+
+        Raises:
+            QueueUnavailable: Redis is down.
+        """
+        queues = list(self._celery.amqp.queues.values())
+        keys = [f"_kombu.binding.{queue.exchange.name}" for queue in queues]
+        with redis_errors("broker"):
+            if int(self._redis.exists(*keys)) == len(keys):  # EXISTS counts repeats
+                return False
+            with self._celery.connection_for_write() as conn:
+                channel = conn.default_channel
+                for queue in queues:
+                    queue.bind(channel).declare()
+        log.warning("the broker had lost its queue bindings (Redis flushed?): declared again")
+        return True
 
     def queue_depth(self) -> int:
         """Messages waiting in the moderation queue (every lane).

@@ -16,7 +16,7 @@ import redis
 from moderation.adapters.support.job_keys import JobKeys
 from moderation.adapters.support.redis import connect, redis_errors
 from moderation.core.jobs import Job, JobResult
-from moderation.ports import DeadLetter, SingleDeliveryOps
+from moderation.ports import DeadLetter, PendingIndex, SingleDeliveryOps
 from moderation.settings import QueueSettings
 
 __all__ = ["RedisDeliveryLog"]
@@ -27,15 +27,34 @@ T = TypeVar("T")
 class RedisDeliveryLog(SingleDeliveryOps):
     """The :class:`~moderation.ports.DeliveryLog` on Redis. Thread-safe."""
 
-    def __init__(self, client: redis.Redis, settings: QueueSettings) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: QueueSettings,
+        *,
+        reopen: Callable[[str], Job | None] | None = None,
+        pending: PendingIndex | None = None,
+    ) -> None:
         self.redis = client
         self.settings = settings
         self.keys = JobKeys(settings.key_prefix)
+        #: Where the pending index lives when not in Redis (PostgreSQL: the job records).
+        self.pending = pending
+        #: Where job records live elsewhere (PostgreSQL): makes an ended job runnable again
+        #: there (result back to queued, back in the pending index) and returns it.
+        self.reopen = reopen
 
     @classmethod
-    def from_url(cls, url: str, settings: QueueSettings) -> RedisDeliveryLog:
+    def from_url(
+        cls,
+        url: str,
+        settings: QueueSettings,
+        *,
+        reopen: Callable[[str], Job | None] | None = None,
+        pending: PendingIndex | None = None,
+    ) -> RedisDeliveryLog:
         """Connect lazily (the first command opens the connection)."""
-        return cls(connect(url), settings)
+        return cls(connect(url), settings, reopen=reopen, pending=pending)
 
     def key(self, kind: str, job_id: str = "") -> str:
         return self.keys.key(kind, job_id)
@@ -98,6 +117,15 @@ class RedisDeliveryLog(SingleDeliveryOps):
         """
         if not self._call(lambda: self.redis.hdel(self.key("dlq"), job_id)):
             return None
+        if self.reopen is not None:
+            reopened = self.reopen(job_id)
+            if reopened is not None:
+                self._call(
+                    lambda: self.redis.delete(
+                        self.key("deliveries", job_id), self.key("effects", job_id)
+                    )
+                )
+            return reopened
         raw = self._call(lambda: self.redis.get(self.key("job", job_id)))
         if not raw:
             return None
@@ -140,6 +168,8 @@ class RedisDeliveryLog(SingleDeliveryOps):
         Raises:
             QueueUnavailable: Redis is down.
         """
+        if self.pending is not None:
+            return self.pending.stale_pending(older_than_s, limit)
         raw: Any = self._call(
             lambda: self.redis.zrangebyscore(
                 self.key("pending"), 0, time.time() - older_than_s, start=0, num=limit
@@ -153,12 +183,19 @@ class RedisDeliveryLog(SingleDeliveryOps):
         Raises:
             QueueUnavailable: Redis is down.
         """
+        if self.pending is not None:
+            return self.pending.oldest_pending_age()
         raw: Any = self._call(lambda: self.redis.zrange(self.key("pending"), 0, 0, withscores=True))
         return max(0.0, time.time() - float(raw[0][1])) if raw else None
 
     def mark_republished(self, job_id: str) -> None:
         """Restart the lost-message clock of a job that was published again."""
+        if self.pending is not None:
+            self.pending.mark_republished(job_id)
+            return
         self._call(lambda: self.redis.zadd(self.key("pending"), {job_id: time.time()}, xx=True))
 
     def forget_pending(self, job_id: str) -> None:
+        if self.pending is not None:
+            self.pending.forget_pending(job_id)
         self._call(lambda: self.redis.zrem(self.key("pending"), job_id))

@@ -6,6 +6,7 @@ import typer
 
 from moderation.cli.audit import audit_app
 from moderation.cli.bank import bank_app
+from moderation.cli.db import db_app
 from moderation.cli.demo import demo
 from moderation.cli.history import history_app
 from moderation.cli.model import model_app
@@ -32,6 +33,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(review_app, name="review")
 app.add_typer(bank_app, name="bank")
 app.add_typer(history_app, name="history")
+app.add_typer(db_app, name="db")
 app.add_typer(pipeline_app)  # top level: api, worker, submit, dlq
 
 

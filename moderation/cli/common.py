@@ -42,7 +42,7 @@ out = Console()
 err = Console(stderr=True)
 
 #: Libraries whose INFO lines are per-request noise on a terminal.
-_QUIET = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer")
+_QUIET = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer", "pgserver")
 #: File suffixes a folder walk picks up as images.
 IMAGE_SUFFIXES = frozenset(
     {

@@ -1,11 +1,13 @@
 """``moderation demo``: the one-command default.
 
 With no ``MODERATION_REDIS_URL`` it starts an embedded valkey server (its data, with an
-append-only file, in ``embedded_redis_dir``: results and the review queue survive a restart), a
-worker process and the API, submits the test-world sample images plus a few hostile inputs,
-prints their verdicts and leaves the API running until Ctrl-C. It says which world it is in:
-the bundled test model with the test-world policy (the samples' expected decisions apply), or a
-real model with the configured policies (they do not: the samples are drawings of shapes).
+append-only file, in ``embedded_redis_dir``: results and the review queue survive a restart);
+with no ``MODERATION_DATABASE__URL`` an embedded PostgreSQL (data in ``database.embedded_dir``,
+schema migrated at start); a worker process and the API, submits the test-world sample images
+plus a few hostile inputs, prints their verdicts and leaves the API running until Ctrl-C. It
+says which world it is in: the bundled test model with the test-world policy (the samples'
+expected decisions apply), or a real model with the configured policies (they do not: the
+samples are drawings of shapes).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
 from rich.table import Table
 
 from moderation.cli.common import err, fail, load_settings, out, warn_insecure
@@ -121,6 +124,7 @@ def demo(
     """Start everything (embedded Redis if none is configured), moderate sample images, print
     their verdicts, and keep the API running until Ctrl-C."""
     from moderation.adapters.embedded_redis import EmbeddedRedis
+    from moderation.adapters.postgres.embedded import EmbeddedPostgres
     from moderation.api.server import serve_in_thread
     from moderation.app import create_app
     from moderation.client import ModerationClient
@@ -135,6 +139,7 @@ def demo(
         settings = settings.model_copy(update={"environment": "development"})
     warn_insecure(settings)
     embedded: EmbeddedRedis | None = None
+    embedded_pg: EmbeddedPostgres | None = None
     worker_proc: subprocess.Popen[bytes] | None = None
     server: Any = None
     process: ApiProcess | None = None
@@ -165,6 +170,17 @@ def demo(
                     f"waiting (delete {settings.embedded_redis_dir} to start afresh)",
                     highlight=False,
                 )
+        if settings.database.url is None:
+            embedded_pg = EmbeddedPostgres(data_dir=settings.database.embedded_dir)
+            pg_url = embedded_pg.start()
+            settings = settings.model_copy(
+                update={"database": settings.database.model_copy(update={"url": SecretStr(pg_url)})}
+            )
+            err.print(
+                "no MODERATION_DATABASE__URL: started an embedded PostgreSQL "
+                f"(data in {settings.database.embedded_dir})",
+                highlight=False,
+            )
         registry = open_worker_registry(settings)
         worker_proc = subprocess.Popen(
             [sys.executable, "-m", "moderation.cli", "worker", "--loglevel", "WARNING"],
@@ -240,3 +256,5 @@ def demo(
             process.close()
         if embedded is not None:
             embedded.stop()
+        if embedded_pg is not None:
+            embedded_pg.stop()

@@ -164,11 +164,14 @@ def dlq_requeue(
     job_ids: Annotated[list[str] | None, typer.Argument(help="Default: every dead letter")] = None,
 ) -> None:
     """Put dead-lettered jobs back on the queue (delivery count reset)."""
+    from moderation.compose.database import database_configured, open_database
     from moderation.compose.stores import open_delivery_log, open_queue
 
     settings = load_settings()
+    database = None
     try:
-        store = open_delivery_log(settings)
+        database = open_database(settings) if database_configured(settings) else None
+        store = open_delivery_log(settings, database=database)
         queue = open_queue(settings)
         wanted = job_ids or [e.job_id for e in store.dead_letters()]
         taken = []
@@ -183,6 +186,9 @@ def dlq_requeue(
         requeued = len(taken)
     except ModerationError as exc:
         raise fail(exc) from exc
+    finally:
+        if database is not None:
+            database.close()
     out.print(f"requeued {requeued} job(s)")
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from moderation.adapters.images import safe_png
 from moderation.adapters.policy_files import load_policies
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.compose.access import build_reviewer_auth, build_tenants, enforce_security
 from moderation.compose.banks import build_banks
+from moderation.compose.database import database_configured, open_database
 from moderation.compose.registries import build_sources, check_callback_url
 from moderation.compose.stores import (
     open_audit,
@@ -49,6 +51,9 @@ from moderation.ports import (
 )
 from moderation.settings import Settings
 
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
 __all__ = ["ApiProcess", "build_api"]
 
 log = logging.getLogger(__name__)
@@ -76,12 +81,16 @@ class ApiProcess:
     banks: BankService | None = None
     #: Per-tenant backlog for the metrics (None: the job store cannot tell).
     backlog: BacklogReader | None = None
+    #: The PostgreSQL pool (None: no database configured; records stay in Redis).
+    database: ConnectionPool | None = None
 
     def close(self) -> None:
         close = getattr(self.publisher, "close", None)
         if close is not None:
             close()
         self.audit.close()
+        if self.database is not None:
+            self.database.close()
 
 
 def build_api(
@@ -98,6 +107,7 @@ def build_api(
     limiter: RateLimiter | None = None,
     banks: BankService | None = None,
     blobs: BlobStore | None = None,
+    database: ConnectionPool | None = None,
 ) -> ApiProcess:
     """The API process. Each collaborator can be replaced (tests pass in-memory twins).
 
@@ -105,11 +115,15 @@ def build_api(
         InsecureSettingsError: production with weak secrets or keys.
         QueueUnavailable: no Redis URL configured (and no store given).
         AuditError: the audit log cannot be opened.
+        DatabaseUnavailable, MigrationError: a configured database cannot be reached or
+            brought to the current schema.
     """
     enforce_security(settings)
+    if database is None and database_configured(settings):
+        database = open_database(settings, application="moderation-api")
     queue = open_queue(settings) if publisher is None else None
-    store = store or open_job_store(settings)
-    deliveries = deliveries or open_delivery_log(settings)
+    store = store or open_job_store(settings, database=database)
+    deliveries = deliveries or open_delivery_log(settings, database=database)
     workers = workers or open_worker_registry(settings)
     q = settings.queue
     if publisher is None and queue is not None and q.publish_wait_ms > 0:
@@ -175,4 +189,5 @@ def build_api(
         tenants=build_tenants(settings),
         banks=banks,
         backlog=store if isinstance(store, BacklogReader) else None,
+        database=database,
     )

@@ -10,6 +10,8 @@ from moderation.adapters.audit_log import AuditLog
 from moderation.adapters.celery_queue import CeleryQueue
 from moderation.adapters.local_audit import LocalSegmentStore
 from moderation.adapters.local_blobs import LocalBlobStore
+from moderation.adapters.postgres.jobs import PostgresJobStore
+from moderation.adapters.postgres.pool import ConnectionPool
 from moderation.adapters.redis_banks import RedisBankStore
 from moderation.adapters.redis_callbacks import RedisCallbackOutbox
 from moderation.adapters.redis_deliveries import RedisDeliveryLog
@@ -17,6 +19,7 @@ from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.redis_sessions import RedisReviewerSessions
+from moderation.adapters.redis_transients import RedisJobTransients
 from moderation.adapters.redis_workers import RedisWorkerRegistry
 from moderation.adapters.s3_audit import S3SegmentStore
 from moderation.adapters.s3_blobs import S3BlobStore
@@ -79,22 +82,45 @@ def require_redis_url(settings: Settings) -> str:
     return settings.redis_url
 
 
-def open_job_store(settings: Settings) -> RedisJobStore:
-    """The job store at ``settings.redis_url``.
+def open_job_store(
+    settings: Settings, *, database: ConnectionPool | None = None
+) -> RedisJobStore | PostgresJobStore:
+    """The job store: records and results in PostgreSQL when the process has a ``database``
+    (inline bytes, queued bytes and the pending index stay in Redis), else all in Redis.
 
     Raises:
         QueueUnavailable: no Redis URL configured.
     """
+    if database is not None:
+        return _postgres_job_store(settings, database)
     return RedisJobStore.from_url(require_redis_url(settings), settings.queue)
 
 
-def open_delivery_log(settings: Settings) -> RedisDeliveryLog:
-    """Delivery counts, the pending index and the dead letters at ``settings.redis_url``.
+def _postgres_job_store(settings: Settings, database: ConnectionPool) -> PostgresJobStore:
+    return PostgresJobStore(
+        database,
+        RedisJobTransients.from_url(require_redis_url(settings), settings.queue),
+        retention_days=settings.database.job_retention_days,
+    )
+
+
+def open_delivery_log(
+    settings: Settings, *, database: ConnectionPool | None = None
+) -> RedisDeliveryLog:
+    """Delivery counts, the pending index and the dead letters at ``settings.redis_url``
+    (with a ``database``: the pending index is the job records in PostgreSQL, which a Redis
+    that lost everything cannot lose, and a dead letter taken back is reopened there).
 
     Raises:
         QueueUnavailable: no Redis URL configured.
     """
-    return RedisDeliveryLog.from_url(require_redis_url(settings), settings.queue)
+    records = _postgres_job_store(settings, database) if database is not None else None
+    return RedisDeliveryLog.from_url(
+        require_redis_url(settings),
+        settings.queue,
+        reopen=records.reopen if records is not None else None,
+        pending=records,
+    )
 
 
 def open_worker_registry(settings: Settings) -> RedisWorkerRegistry:

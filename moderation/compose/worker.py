@@ -11,7 +11,7 @@ import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,10 +20,12 @@ from moderation.adapters.compile_cache import CompileCache
 from moderation.adapters.http_callbacks import CallbackDelivery
 from moderation.adapters.images import SafeDecoder
 from moderation.adapters.policy_files import load_policy_text
+from moderation.adapters.postgres.jobs import PostgresJobStore
 from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
 from moderation.compose.access import enforce_security
 from moderation.compose.banks import build_bank_sync
+from moderation.compose.database import database_configured, open_database
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
 from moderation.compose.policies import build_policies
 from moderation.compose.registries import (
@@ -70,6 +72,9 @@ from moderation.ports import (
 from moderation.settings import Settings
 from moderation.signals import LoadedBanks
 
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
 __all__ = ["WorkerProcess", "build_worker"]
 
 log = logging.getLogger(__name__)
@@ -95,6 +100,8 @@ class WorkerProcess:
     backtests: WorkerBacktests
     banks: BankSync | None = None
     history: EmbeddingHistory | None = None
+    #: The PostgreSQL pool (None: no database configured; records stay in Redis).
+    database: ConnectionPool | None = None
     closers: list[Callable[[], object]] = field(default_factory=list)
 
     def start(self) -> None:
@@ -122,6 +129,8 @@ class WorkerProcess:
         for close in self.closers:
             close()
         self.audit.close()
+        if self.database is not None:
+            self.database.close()
 
 
 def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProcess:
@@ -132,11 +141,18 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         QueueUnavailable: no Redis URL configured.
         ModelUnavailableError, PolicyError: the model or the policies cannot be loaded.
         AuditError: the audit log cannot be opened.
+        DatabaseUnavailable, MigrationError: a configured database cannot be reached or
+            brought to the current schema.
     """
     enforce_security(settings)
+    database = (
+        open_database(settings, application="moderation-worker")
+        if database_configured(settings)
+        else None
+    )
     q = settings.queue
-    store = open_job_store(settings)
-    deliveries = open_delivery_log(settings)
+    store = open_job_store(settings, database=database)
+    deliveries = open_delivery_log(settings, database=database)
     queue = open_queue(settings)
     audit = open_audit(settings)
     slot = settings.worker_slot
@@ -224,6 +240,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         },
         tasks=[
             (settings.banks.reload_s, sync.refresh, "bank reload check"),
+            *_partition_maintenance(settings, store),
             *_history_sweep(settings, shards, registry),
             *_evidence_sweep(settings, evidence, registry),
         ],
@@ -255,11 +272,22 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         ),
         banks=sync,
         history=history,
+        database=database,
         closers=[
             lambda: pool.shutdown(wait=False),
             *([preparer.close] if preparer is not None else []),
         ],
     )
+
+
+def _partition_maintenance(
+    settings: Settings, store: JobStore
+) -> list[tuple[float, Callable[[], object], str]]:
+    """Job records in PostgreSQL: make the coming days' partitions and drop those past
+    ``database.job_retention_days`` (hourly; one worker at a time, under an advisory lock)."""
+    if not isinstance(store, PostgresJobStore):
+        return []
+    return [(settings.database.partition_maintenance_s, store.maintain, "job partitions")]
 
 
 def _history_sweep(

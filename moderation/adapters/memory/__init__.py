@@ -23,6 +23,7 @@ from moderation.adapters.memory.reviewers import MemoryReviewerStore
 from moderation.adapters.memory.segments import MemorySegmentStore
 from moderation.adapters.memory.sessions import MemoryReviewerSessions
 from moderation.adapters.memory.sources import MemorySource
+from moderation.adapters.memory.transients import MemoryJobTransients
 from moderation.adapters.memory.workers import MemoryWorkerRegistry
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "MemoryDeliveryLog",
     "MemoryHistoryFormat",
     "MemoryJobStore",
+    "MemoryJobTransients",
     "MemoryLoginThrottle",
     "MemoryPolicyFiles",
     "MemoryPublisher",
