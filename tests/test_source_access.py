@@ -59,7 +59,9 @@ def test_plain_keys(key: str, plain: bool) -> None:
 def test_grants_match_bucket_exactly_and_prefix_literally() -> None:
     grants = (S3Grant("media", "acme/", 0), S3Grant("shared", "", 1))
     assert grant_for(grants, "media", "acme/cat.png") == grants[0]
-    assert grant_for(grants, "shared", "anything/../at/all") == grants[1]  # whole bucket
+    assert grant_for(grants, "shared", "any/key.png") == grants[1]  # the whole bucket
+    # dot segments never pass, not even in a whole-bucket grant (path-style: another bucket)
+    assert grant_for(grants, "shared", "../media/acme/cat.png") is None
     for bucket, key in [
         ("media", "globex/cat.png"),
         ("media", "acme-evil/cat.png"),
@@ -102,6 +104,7 @@ ACME = TenantSettings(
         ("globex", "s3://media/acme/cat.png"),  # no sources: no S3 at all
         ("acme", "s3://media/globex/cat.png"),
         ("acme", "s3://media/acme/../globex/cat.png"),
+        ("acme", "s3://acme-own/../media/globex/cat.png"),
         ("acme", "s3://service-bucket/audit/x"),
         ("unknown", "s3://media/acme/cat.png"),
         (None, "s3://media/acme/cat.png"),  # no tenant: only the operator's tools

@@ -7,8 +7,9 @@ a tenant without grants reads nothing. A refusal never depends on the object: it
 before any request, so a refused bucket answers the same whether a key exists or not.
 
 Keys are compared as S3 compares them: byte for byte, no normalisation. A key with ``.`` or
-``..`` segments, or empty ones (``a//b``), is refused inside a prefix grant, because some
-S3-compatible stores and proxies normalise such paths and would read outside the prefix.
+``..`` segments, or empty ones (``a//b``), is refused in every grant, because some
+S3-compatible stores and proxies normalise such paths, and would read outside the prefix or, in
+path-style addressing (``/bucket/../other-bucket/key``), outside the bucket.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ class S3Grant:
     source: int = 0
 
     def covers(self, bucket: str, key: str) -> bool:
-        if bucket != self.bucket or not key.startswith(self.prefix):
-            return False
-        return not self.prefix or plain_key(key)
+        return bucket == self.bucket and key.startswith(self.prefix) and plain_key(key)
 
 
 def plain_key(key: str) -> bool:
