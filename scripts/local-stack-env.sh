@@ -9,6 +9,7 @@ if [ ! -f "$env_file" ]; then
   umask 077
   cat > "$env_file" <<ENV
 REDIS_PASSWORD=$(secret)
+POSTGRES_PASSWORD=$(secret)
 MINIO_ROOT_USER=moderation-$(python3 -c 'import secrets; print(secrets.token_hex(4))')
 MINIO_ROOT_PASSWORD=$(secret)
 CALLBACK_SECRET=$(secret)
@@ -18,5 +19,9 @@ REVIEW_PSEUDONYM_SECRET=$(secret)
 GRAFANA_ADMIN_PASSWORD=$(secret)
 ENV
   echo "wrote $env_file (keep it: the pseudonym secret must never change)" >&2
+fi
+# A local.env written before PostgreSQL joined the stack gets its password once.
+if ! grep -q '^POSTGRES_PASSWORD=' "$env_file"; then
+  echo "POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(32))')" >> "$env_file"
 fi
 grep '^API_KEYS=' "$env_file" >&2

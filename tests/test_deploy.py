@@ -888,6 +888,7 @@ def test_compose_references_only_images_files_and_settings_that_exist() -> None:
     compose = _compose("compose.yaml")
     services = compose["services"]
     assert set(services) == {
+        "postgres",
         "valkey",
         "minio",
         "audit-bucket",
@@ -932,6 +933,11 @@ def test_compose_references_only_images_files_and_settings_that_exist() -> None:
 
 def test_compose_stack_wiring_durability_and_shutdown() -> None:
     services = _compose("compose.yaml")["services"]
+    for name in ("api", "worker"):  # records and results go to PostgreSQL, once it is healthy
+        assert services[name]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+        url = services[name]["environment"]["MODERATION_DATABASE__URL"]
+        assert url.startswith("postgresql://moderation:${POSTGRES_PASSWORD")
+    assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     valkey = " ".join(services["valkey"]["command"])
     for flag in ("--appendonly yes", "--appendfsync everysec", "--requirepass", "noeviction"):
         assert flag in valkey

@@ -29,6 +29,7 @@ from moderation.compose.worker import WorkerProcess, build_worker
 from moderation.core.backtest import BacktestTask
 from moderation.exceptions import (
     AuditSinkUnavailable,
+    DatabaseUnavailable,
     ModerationError,
     QueueUnavailable,
     TransientError,
@@ -115,7 +116,8 @@ def moderate(self: Task, job_ids: list[str] | str, retries: int = 0) -> dict[str
     w = worker()
     try:
         done = w.processor.process_many(ids, retries=retries)
-    except (QueueUnavailable, AuditSinkUnavailable) as exc:  # cannot even end the jobs now
+    except (QueueUnavailable, DatabaseUnavailable, AuditSinkUnavailable) as exc:
+        # cannot even end the jobs now (Redis, PostgreSQL or the audit store is away)
         raise self.retry(countdown=5.0, exc=exc) from exc
     later: dict[float, list[str]] = defaultdict(list)
     for item in done:
