@@ -115,7 +115,12 @@ class DecodedVideo:
 
     @property
     def timeline(self) -> Timeline:
-        return Timeline("video", self.duration_s, tuple(s.timestamp_s for s in self.samples))
+        return Timeline(
+            "video",
+            self.duration_s,
+            tuple(s.timestamp_s for s in self.samples),
+            tuple(s.frame_number for s in self.samples),
+        )
 
 
 def sampling_rules(settings: VideoSettings) -> SamplingRules:
