@@ -622,3 +622,38 @@ def test_the_feature_queries_both_variants() -> None:
 def test_robustness_helpers_draw_distinct_images() -> None:
     images = world_images(4, seed=1, size=128)
     assert len({im.tobytes() for im in images}) == 4 and images[0].size == (128, 128)
+
+
+def test_a_banked_image_inside_a_video_is_found_with_each_frames_hash(
+    banked: dict[str, Any],
+) -> None:
+    """The sampled frames of a video are matched against the photo banks: a banked image shown
+    from 3 s to 5 s of a clip blocks it, with the segment; every sample carries its PDQ hash
+    (vPDQ-style: frame number, timestamp, quality, hash)."""
+    from moderation.compose.registries import media_decoder
+    from moderation.settings import Settings
+    from moderation.testmodel.clips import Shot, background_image, clip
+
+    video_moderator = Moderator(
+        encoder=banked["moderator"].encoder,
+        decoder=media_decoder(Settings()),
+        policies=banked["moderator"].policies,
+    )
+    data = clip(
+        [Shot(3, background_image()), Shot(2, banked["image"]), Shot(3, background_image())],
+        size=(384, 384),
+        noise=0.0,
+    )
+    prepared = video_moderator.prepare(data)
+    verdict = video_moderator.moderate([prepared])[0]
+    assert verdict.decision is Decision.BLOCK and verdict.category_id == "banked"
+    assert verdict.video is not None
+    (segment,) = [s for s in verdict.video.segments if s.category == "known/banked"]
+    assert 2.9 <= segment.start_s <= 3.2 and 5.0 <= segment.end_s <= 5.3
+    hashes = verdict.video.frame_hashes
+    assert len(hashes) == verdict.video.frames_scored >= 8
+    assert [h.timestamp_s for h in hashes] == verdict.video.timestamps
+    assert all(len(h.pdq) == 64 and 0 <= h.quality <= 100 for h in hashes)
+    assert hashes[0].frame_number == 0 and hashes[-1].frame_number == round(
+        hashes[-1].timestamp_s * 10
+    )

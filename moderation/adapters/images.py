@@ -366,6 +366,7 @@ def _animation_samples(
     ends = [*starts[1:], elapsed]
     frames: list[Image.Image] = []
     shown: list[float] = []
+    numbers: list[int] = []
     for index, (start, end) in enumerate(zip(starts, ends, strict=True)):
         if not video.scene_cuts and not sampler.needs(start, end):
             continue
@@ -380,7 +381,8 @@ def _animation_samples(
         if sampler.offer(start, signature, end) is not None:
             frames.append(_shrink(rgb, target))
             shown.append(start)
-    return DecodedMedia(frames, Timeline("animation", elapsed, tuple(shown)))
+            numbers.append(index)
+    return DecodedMedia(frames, Timeline("animation", elapsed, tuple(shown), tuple(numbers)))
 
 
 def _decode(

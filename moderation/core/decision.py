@@ -34,6 +34,7 @@ __all__ = [
     "CategoryResult",
     "Decision",
     "Evidence",
+    "FrameHash",
     "PolicyRef",
     "Timeline",
     "Verdict",
@@ -100,6 +101,8 @@ class Timeline(Data):
     kind: str  # "video" or "animation"
     duration_s: float
     timestamps: tuple[float, ...]
+    #: The frame number of each sample (a video's: estimated from its timestamp and frame rate).
+    frame_numbers: tuple[int, ...] = ()
 
     def spans(self) -> list[tuple[float, float]]:
         """(start, end) each sample stands for: until the next sample, the last until the end."""
@@ -121,6 +124,16 @@ class VideoSegment(Data):
 
 
 @dataclass(frozen=True, slots=True)
+class FrameHash(Data):
+    """A sampled frame's PDQ hash, vPDQ-style: frame number, timestamp, quality, hash."""
+
+    frame_number: int
+    timestamp_s: float
+    quality: int
+    pdq: str
+
+
+@dataclass(frozen=True, slots=True)
 class VideoFindings(Data):
     """What a video's verdict adds to a photo's: where each category was reached."""
 
@@ -133,6 +146,8 @@ class VideoFindings(Data):
     top_frame_s: float
     #: Categories whose block was held to review by the policy's minimum (``policy/category``).
     held_to_review: list[str] = field(default_factory=list)
+    #: Each sampled frame's PDQ hash and quality (when the PDQ signal ran), in time order.
+    frame_hashes: list[FrameHash] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

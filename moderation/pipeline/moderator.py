@@ -19,6 +19,7 @@ are recorded and measured, never acted on.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from moderation.core.decision import Timeline, Verdict, most_severe
+from moderation.core.decision import FrameHash, Timeline, Verdict, most_severe
 from moderation.core.policy import VideoRule
 from moderation.core.scoring import FeatureBatch
 from moderation.core.shadow import ShadowVerdict, shadow_verdict
@@ -53,6 +54,8 @@ class PreparedImage:
     fingerprints: Mapping[str, Any] = field(default_factory=dict)
     #: When each frame was shown (a video or an animation); None for a still image.
     timeline: Timeline | None = None
+    #: A video's or an animation's fingerprints per sampled frame (its PDQ hash and quality).
+    frame_fingerprints: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def frames(self) -> int:
@@ -87,12 +90,23 @@ class Preparation:
             if features[signal.name]
             for key, value in signal.fingerprint(features[signal.name][0]).items()
         }
+        per_frame: tuple[Mapping[str, Any], ...] = ()
+        if media.timeline is not None:
+            per_frame = tuple(
+                {
+                    key: value
+                    for signal in self.signals
+                    for key, value in signal.fingerprint(features[signal.name][k]).items()
+                }
+                for k in range(len(frames))
+            )
         return PreparedImage(
             content_sha256=digest,
             inputs=inputs,
             features=features,
             fingerprints=fingerprints,
             timeline=media.timeline,
+            frame_fingerprints=per_frame,
         )
 
 
@@ -255,8 +269,31 @@ def _per_image(
     for image in images:
         frames = per_frame[start : start + image.frames]
         if image.timeline is not None and len(image.timeline.timestamps) == len(frames):
-            out.append(video_verdict(frames, image.timeline, rules))
+            out.append(_with_hashes(video_verdict(frames, image.timeline, rules), image))
         else:
             out.append(most_severe(frames))
         start += image.frames
     return out
+
+
+def _with_hashes(verdict: Verdict, image: PreparedImage) -> Verdict:
+    """The verdict with each sampled frame's PDQ hash in its findings (vPDQ-style records)."""
+    timeline = image.timeline
+    if verdict.video is None or timeline is None or not image.frame_fingerprints:
+        return verdict
+    numbers = timeline.frame_numbers or tuple(range(len(timeline.timestamps)))
+    hashes = [
+        FrameHash(
+            frame_number=number,
+            timestamp_s=round(t, 3),
+            quality=int(prints["pdq_quality"]),
+            pdq=str(prints["pdq"]),
+        )
+        for number, t, prints in zip(
+            numbers, timeline.timestamps, image.frame_fingerprints, strict=True
+        )
+        if "pdq" in prints and "pdq_quality" in prints
+    ]
+    return dataclasses.replace(
+        verdict, video=dataclasses.replace(verdict.video, frame_hashes=hashes)
+    )
