@@ -233,6 +233,7 @@ def bench_pipeline(
                 _stop_profilers(profilers)
             text = render(path=str(metrics_dir))[0].decode()
             after = _batch_totals(text)
+            stored = _postgres_bytes(postgres.url) if postgres is not None else None
             if os.environ.get("BENCH_DUMP_METRICS"):
                 print(
                     "\n".join(
@@ -279,6 +280,8 @@ def bench_pipeline(
         "cpu_ms_per_image": {name: round(v * 1000 / len(images), 3) for name, v in cpu.items()},
         "cpu_cores_busy": round(sum(cpu.values()) / elapsed, 2),
     }
+    if stored is not None:
+        out["postgres_jobs"], out["postgres_bytes_per_job"] = stored
     if profile:
         from bench.stages import report
 
@@ -287,6 +290,20 @@ def bench_pipeline(
             for process, stages in report(profile, len(images), profile_rate).items()
         }
     return out
+
+
+def _postgres_bytes(url: str) -> tuple[int, float]:
+    """Rows of the ``jobs`` partitions and their bytes per row, indexes and TOAST included."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:  # VACUUM: outside a transaction
+        conn.execute("VACUUM (ANALYZE) jobs")
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM jobs), sum(pg_total_relation_size(i.inhrelid)) "
+            "FROM pg_inherits i WHERE i.inhparent = 'jobs'::regclass"
+        ).fetchone()
+    count, size = (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+    return count, round(size / count, 1) if count else 0.0
 
 
 def _cpu_s(pid: int | None) -> float:
