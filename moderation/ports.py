@@ -15,8 +15,10 @@ cases::
     DeliveryLog      redis_deliveries.RedisDeliveryLog         MemoryDeliveryLog
     WorkerRegistry   redis_workers.RedisWorkerRegistry         MemoryWorkerRegistry
     RateLimiter      redis_limits.RedisRateLimiter             MemoryRateLimiter
-    ReviewQueue      redis_review.RedisReviewQueue             MemoryReviewQueue
-    ReviewerStore    redis_reviewers.RedisReviewerStore        MemoryReviewerStore
+    ReviewQueue      postgres.review.PostgresReviewQueue,      MemoryReviewQueue
+                     redis_review.RedisReviewQueue
+    ReviewerStore    postgres.reviewers.PostgresReviewerStore, MemoryReviewerStore
+                     redis_reviewers.RedisReviewerStore
     ReviewerSessions redis_sessions.RedisReviewerSessions      MemoryReviewerSessions
     LoginThrottle    redis_sessions.RedisLoginThrottle         MemoryLoginThrottle
     AuditSink        audit_log.AuditLog                        MemoryAuditSink
@@ -26,7 +28,8 @@ cases::
     TaskPublisher    celery_queue.CeleryQueue                  MemoryPublisher
     CallbackSender   redis_callbacks.RedisCallbackOutbox       MemoryCallbacks
     CallbackOutbox   redis_callbacks.RedisCallbackOutbox       MemoryCallbackOutbox
-    BankStore        redis_banks.RedisBankStore                MemoryBankStore
+    BankStore        postgres.banks.PostgresBankStore,         MemoryBankStore
+                     redis_banks.RedisBankStore
     HistoryFormat    parquet_history.ParquetHistory            MemoryHistoryFormat
     BacktestRunner   celery_queue.CeleryBacktests              pipeline.backtest.LocalBacktests
     PolicyFiles      policy_files.PolicyFolder                 MemoryPolicyFiles
@@ -605,6 +608,17 @@ class DecideResult:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A final decision waiting in the review outbox to be handed on."""
+
+    decision: HumanDecision
+    #: Failed deliveries so far.
+    attempts: int
+    #: When the decision was made (queue clock, unix seconds).
+    decided_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class ReviewStats:
     policy_id: str
     waiting: int
@@ -657,6 +671,16 @@ class ReviewQueue(Protocol):
         ...
 
     def undelivered(self, *, older_than_s: float = 0.0) -> list[HumanDecision]: ...
+
+    def due(self, *, limit: int = 100, hold_s: float = 60.0) -> list[OutboxEntry]:
+        """Outbox entries whose next delivery attempt is due, oldest first. Each is held back
+        from other callers for ``hold_s`` (while this one tries it)."""
+        ...
+
+    def retry_later(self, review_id: str, *, delay_s: float, error: str) -> int:
+        """A delivery of ``review_id`` failed: due again in ``delay_s``. Returns the failed
+        attempts so far."""
+        ...
 
     def stats(self) -> list[ReviewStats]: ...
 

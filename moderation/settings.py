@@ -327,6 +327,13 @@ class ReviewSettings(BaseModel):
     #: ``evidence_sweep_s``; 0 disables the sweep).
     evidence_retention_s: int = Field(default=30 * 24 * 3600, ge=0)
     evidence_sweep_s: float = Field(default=3600.0, ge=0)
+    #: The outbox of final decisions (what is not handed on yet: job result, audit, callback):
+    #: the workers try what is due every ``outbox_retry_s`` (0: never, only the admin page's
+    #: button), a decision whose delivery failed again after ``outbox_backoff_s``, doubling per
+    #: failure up to ``outbox_backoff_max_s``.
+    outbox_retry_s: float = Field(default=10.0, ge=0)
+    outbox_backoff_s: float = Field(default=5.0, gt=0)
+    outbox_backoff_max_s: float = Field(default=600.0, gt=0)
 
 
 class AuditSettings(BaseModel):

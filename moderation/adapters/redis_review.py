@@ -12,6 +12,8 @@ Keys (prefix ``settings.review.key_prefix``, default ``mod:review:``)::
     tok:<token>       "rid|rv" of every lease handed out (1 day): tells "expired" from "not yours"
     decided           zset rid -> decided_at; reviewed items, for export
     outbox            zset rid -> decided_at; final decisions whose on_final has not returned
+    outbox_due        zset rid -> when the next delivery attempt is due (absent: decided_at);
+                      the item hash counts failed attempts in ``outbox_attempts``
     day:<yyyy-mm-dd>  hash rv -> decisions made that day
 
 (Reviewer accounts live under the same prefix: :mod:`moderation.adapters.redis_reviewers`.)
@@ -52,7 +54,7 @@ from moderation.exceptions import (
     ReviewNotFound,
     ReviewNotLeaseHolder,
 )
-from moderation.ports import Claim, DecideResult, ReviewStats
+from moderation.ports import Claim, DecideResult, OutboxEntry, ReviewStats
 from moderation.settings import ReviewSettings
 
 __all__ = ["RedisReviewQueue"]
@@ -436,7 +438,10 @@ class RedisReviewQueue:
     @translated("review queue")
     def delivered(self, review_id: str) -> None:
         """Mark a final decision's ``on_final`` as done (removes it from the outbox)."""
-        self._r.zrem(self._k("outbox"), review_id)
+        with self._r.pipeline() as pipe:
+            pipe.zrem(self._k("outbox"), review_id)
+            pipe.zrem(self._k("outbox_due"), review_id)
+            pipe.execute()
 
     @translated("review queue")
     def undelivered(self, *, older_than_s: float = 0.0) -> list[HumanDecision]:
@@ -449,6 +454,60 @@ class RedisReviewQueue:
             if raw is not None:
                 out.append(HumanDecision.model_validate_json(cast(str, raw)))
         return out
+
+    @translated("review queue")
+    def due(self, *, limit: int = 100, hold_s: float = 60.0) -> list[OutboxEntry]:
+        """Outbox entries whose next attempt is due, oldest first, each held for ``hold_s``."""
+        with self._r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self._k("outbox"), self._k("outbox_due"))  # type: ignore[no-untyped-call]
+                    now = self.now()
+                    decided = cast(
+                        list[tuple[str, float]],
+                        pipe.zrangebyscore(self._k("outbox"), "-inf", now, withscores=True),
+                    )
+                    rids = [rid for rid, _ in decided]
+                    later = cast(
+                        list[float | None],
+                        pipe.zmscore(self._k("outbox_due"), rids) if rids else [],
+                    )
+                    chosen = [
+                        (rid, at)
+                        for (rid, at), due_at in zip(decided, later, strict=True)
+                        if due_at is None or float(due_at) <= now
+                    ][:limit]
+                    pipe.multi()
+                    if chosen:
+                        pipe.zadd(self._k("outbox_due"), {rid: now + hold_s for rid, _ in chosen})
+                    pipe.execute()
+                    break
+                except WatchError:
+                    continue
+        out = []
+        for rid, at in chosen:
+            final, attempts = self._r.hmget(self._k("item", rid), ["final", "outbox_attempts"])
+            if final is not None:
+                out.append(
+                    OutboxEntry(
+                        decision=HumanDecision.model_validate_json(cast(str, final)),
+                        attempts=int(attempts or 0),
+                        decided_at=at,
+                    )
+                )
+        return out
+
+    @translated("review queue")
+    def retry_later(self, review_id: str, *, delay_s: float, error: str) -> int:
+        """A delivery failed: due again in ``delay_s``; returns the failed attempts so far."""
+        if self._r.zscore(self._k("outbox"), review_id) is None:
+            return 0
+        with self._r.pipeline() as pipe:
+            pipe.zadd(self._k("outbox_due"), {review_id: self.now() + delay_s})
+            pipe.hincrby(self._k("item", review_id), "outbox_attempts", 1)
+            pipe.hset(self._k("item", review_id), "outbox_error", error[:500])
+            _, attempts, _ = pipe.execute()
+        return int(attempts)
 
     # --- stats and export -----------------------------------------------------------------
 

@@ -171,6 +171,8 @@ def build_api(
         ),
         render_image=lambda data: safe_png(data, limits),
         banks=banks,
+        backoff_s=settings.review.outbox_backoff_s,
+        backoff_max_s=settings.review.outbox_backoff_max_s,
     )
     return ApiProcess(
         settings=settings,

@@ -24,7 +24,7 @@ from moderation.adapters.postgres.jobs import PostgresJobStore
 from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
 from moderation.compose.access import enforce_security
-from moderation.compose.banks import build_bank_sync
+from moderation.compose.banks import build_bank_sync, build_banks
 from moderation.compose.database import database_configured, open_database
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
 from moderation.compose.policies import build_policies
@@ -61,11 +61,13 @@ from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.policies import ActivePolicies
 from moderation.pipeline.process import Processor
 from moderation.pipeline.review_evidence import ReviewEvidence
+from moderation.pipeline.review_outbox import ReviewOutbox
 from moderation.pipeline.tenant_gate import TenantGate
 from moderation.ports import (
     AuditSink,
     CallbackOutbox,
     JobStore,
+    ReviewQueue,
     TaskPublisher,
     WorkerRegistry,
 )
@@ -160,7 +162,8 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         slot = claim_slot(settings.worker_slots_dir)
     model = load_model(settings.model, limits=settings.images, slot=slot)
     banks = LoadedBanks()
-    sync = build_bank_sync(settings, open_bank_store(settings), banks)
+    bank_store = open_bank_store(settings)
+    sync = build_bank_sync(settings, bank_store, banks)
     policies = build_policies(
         settings, model.encoder, build_signals(settings, banks), policy_paths_for(settings, model)
     )
@@ -199,12 +202,14 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     evidence = ReviewEvidence(
         open_blob_store(settings), retention_s=settings.review.evidence_retention_s
     )
+    review_queue = open_review_queue(settings)
     outcomes = Outcomes(
         store,
         deliveries=deliveries,
         audit=audit,
         callbacks=outbox,
-        review=open_review_queue(settings),
+        review=review_queue,
+        banks=build_banks(settings, bank_store),  # reviewers' "add to bank" on redelivery
         policies=lambda: policies.current.policies,
         weights_sha256=model.encoder.identity.weights_sha256,
         keep_inline_s=q.result_ttl_s,
@@ -243,6 +248,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
             *_partition_maintenance(settings, store),
             *_history_sweep(settings, shards, registry),
             *_evidence_sweep(settings, evidence, registry),
+            *_outbox_delivery(settings, review_queue, outcomes, evidence),
         ],
     )
     compile_candidate = _candidate_compiler(settings, model, SafeDecoder(settings.images))
@@ -321,6 +327,22 @@ def _evidence_sweep(
             evidence.sweep()
 
     return [(every, sweep, "review evidence retention sweep")]
+def _outbox_delivery(
+    settings: Settings, queue: ReviewQueue, outcomes: Outcomes, evidence: ReviewEvidence
+) -> list[tuple[float, Callable[[], object], str]]:
+    """The review outbox's automatic redelivery as a maintenance task (every worker takes its
+    share of what is due), unless ``review.outbox_retry_s`` is 0."""
+    r = settings.review
+    if not r.outbox_retry_s:
+        return []
+    outbox = ReviewOutbox(
+        queue,
+        outcomes.record_human_decision,
+        evidence=evidence,
+        backoff_s=r.outbox_backoff_s,
+        backoff_max_s=r.outbox_backoff_max_s,
+    )
+    return [(r.outbox_retry_s, outbox.deliver_due, "review outbox delivery")]
 
 
 def _candidate_compiler(

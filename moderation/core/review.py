@@ -54,6 +54,7 @@ __all__ = [
     "apply_decision",
     "export_row",
     "item_from_verdict",
+    "outbox_delay",
     "priority",
     "pseudonym",
     "rank_key",
@@ -350,3 +351,11 @@ def export_row(item: ReviewItem, final: HumanDecision) -> dict[str, Any]:
         "reviewers": list(final.reviewers),
         "decided_at": final.decided_at.isoformat(),
     }
+
+
+def outbox_delay(attempts: int, *, base_s: float, max_s: float) -> float:
+    """Seconds before the next delivery of a final decision whose delivery failed ``attempts``
+    times: ``base_s`` doubling per failure, at most ``max_s``."""
+    if attempts <= 0:
+        return 0.0
+    return float(min(max_s, base_s * 2.0 ** min(attempts - 1, 60)))

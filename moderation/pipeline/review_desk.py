@@ -16,8 +16,10 @@ in its audit records), and once it has been handed on, the bytes are retired (de
 
 Crash ordering of a decision: the queue records it (and the lease is consumed) first; then, once
 it is final, ``on_final`` runs and only then is the decision dropped from the outbox. A crash or
-an ``on_final`` failure in between leaves it in the outbox: :meth:`ReviewDesk.deliver_outbox`
-hands it on again (``on_final`` is idempotent: record ids derive from the review).
+an ``on_final`` failure in between leaves it in the outbox, from where the workers hand it on
+again with backoff (:mod:`moderation.pipeline.review_outbox`), or an admin at once
+(:meth:`ReviewDesk.deliver_outbox`); ``on_final`` is idempotent: record ids derive from the
+review.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from dataclasses import dataclass
 
 from moderation.core.review import HumanDecision, ReviewDecision, ReviewItem
 from moderation.exceptions import (
-    ModerationError,
     ReviewEvidenceUnavailable,
     ReviewInvalidDecision,
     ReviewNotFound,
@@ -36,15 +37,13 @@ from moderation.exceptions import (
 from moderation.metrics import metrics
 from moderation.pipeline.banks import BankService
 from moderation.pipeline.review_evidence import ReviewEvidence
+from moderation.pipeline.review_outbox import OnFinal, ReviewOutbox
 from moderation.ports import Claim, ReviewQueue, ReviewStats
 
 __all__ = ["Decided", "OnFinal", "ReviewDesk"]
 
 log = logging.getLogger(__name__)
 
-#: Hands a final human decision on (result, audit, callback); raises ``ModerationError`` when it
-#: cannot now (the decision stays in the outbox).
-OnFinal = Callable[[HumanDecision], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +68,8 @@ class ReviewDesk:
         evidence: the scored bytes of the items (the only image a reviewer is shown).
         render_image: turns untrusted image bytes into what a browser is shown (a safe PNG).
         banks: offers "remove and add to bank" (None: not offered).
+        backoff_s, backoff_max_s: when a failed hand-on is tried again
+            (:class:`~moderation.pipeline.review_outbox.ReviewOutbox`).
     """
 
     def __init__(
@@ -79,10 +80,15 @@ class ReviewDesk:
         evidence: ReviewEvidence,
         render_image: Callable[[bytes], bytes],
         banks: BankService | None = None,
+        backoff_s: float = 5.0,
+        backoff_max_s: float = 600.0,
     ) -> None:
         self.queue = queue
         self.on_final = on_final
         self.evidence = evidence
+        self.outbox = ReviewOutbox(
+            queue, on_final, evidence=evidence, backoff_s=backoff_s, backoff_max_s=backoff_max_s
+        )
         self.render_image = render_image
         self.banks = banks
 
@@ -215,16 +221,7 @@ class ReviewDesk:
     # --- internals --------------------------------------------------------------------------
 
     def _deliver(self, final: HumanDecision) -> bool:
-        try:
-            self.on_final(final)
-            self.evidence.retire(self.queue.item(final.review_id), final.decided_at)
-        except ModerationError as exc:
-            log.warning(
-                "handing on review %s failed (%s); kept in the outbox", final.review_id, exc.code
-            )
-            return False
-        self.queue.delivered(final.review_id)
-        return True
+        return self.outbox.hand_on(final)
 
     def _count(self, review_id: str, final: HumanDecision | None, handling_s: float | None) -> None:
         m = metrics()

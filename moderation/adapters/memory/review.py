@@ -30,6 +30,7 @@ from moderation.exceptions import (
 from moderation.ports import (
     Claim,
     DecideResult,
+    OutboxEntry,
     ReviewStats,
 )
 
@@ -47,6 +48,9 @@ class _Entry:
     tokens: dict[str, str] = field(default_factory=dict)  # token -> reviewer (every lease)
     submitted: dict[str, tuple[ReviewDecision, str | None]] = field(default_factory=dict)
     delivered: bool = False
+    #: Outbox: failed deliveries and when the next attempt is due (None: at decision time).
+    attempts: int = 0
+    due_at: float | None = None
 
 
 class MemoryReviewQueue:
@@ -206,6 +210,39 @@ class MemoryReviewQueue:
             for e in self.entries.values()
             if e.final is not None and not e.delivered and e.final.decided_at.timestamp() <= cutoff
         ]
+
+    def due(self, *, limit: int = 100, hold_s: float = 60.0) -> list[OutboxEntry]:
+        with self._lock:
+            now = self.clock()
+            waiting = [
+                e
+                for e in self.entries.values()
+                if e.final is not None
+                and not e.delivered
+                and (e.due_at if e.due_at is not None else e.final.decided_at.timestamp()) <= now
+            ]
+            waiting.sort(key=lambda e: e.final.decided_at if e.final else 0)
+            out = []
+            for entry in waiting[:limit]:
+                assert entry.final is not None
+                entry.due_at = now + hold_s
+                out.append(
+                    OutboxEntry(
+                        decision=entry.final,
+                        attempts=entry.attempts,
+                        decided_at=entry.final.decided_at.timestamp(),
+                    )
+                )
+            return out
+
+    def retry_later(self, review_id: str, *, delay_s: float, error: str) -> int:
+        with self._lock:
+            entry = self.entries.get(review_id)
+            if entry is None or entry.final is None or entry.delivered:
+                return 0
+            entry.attempts += 1
+            entry.due_at = self.clock() + delay_s
+            return entry.attempts
 
     def stats(self) -> list[ReviewStats]:
         now = self.clock()
