@@ -1,4 +1,5 @@
-"""The review model (pure) and the Redis review queue on a real valkey server."""
+"""The review model (pure) and the review queue's contract, over PostgreSQL and Redis (real
+servers) and the in-memory twin."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from psycopg_pool import ConnectionPool
 
 from moderation.adapters.memory import MemoryReviewerStore, MemoryReviewQueue
 from moderation.adapters.passwords import hash_password, verify_password
 from moderation.adapters.policy_files import load_policy_file
+from moderation.adapters.postgres.review import PostgresReviewQueue
+from moderation.adapters.postgres.reviewers import PostgresReviewerStore
 from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.support.redis import connect as _connect
@@ -131,16 +136,47 @@ def connect(url: str):  # type: ignore[no-untyped-def]
     return _connect(url, decode=True, socket_timeout=5.0)
 
 
-@pytest.fixture(params=["redis", "memory"])
+@contextmanager
+def review_pool(request: pytest.FixtureRequest) -> Iterator[ConnectionPool]:
+    """A pool on this module's real PostgreSQL database, the review tables emptied (the tests
+    of a module share the database)."""
+    url = request.getfixturevalue("pg_url")
+    pool = ConnectionPool(url, min_size=1, max_size=24, open=True)
+    with pool.connection() as conn:
+        conn.execute(
+            "TRUNCATE review_items, review_policies, review_leases, review_decisions,"
+            " review_outbox, reviewer_accounts"
+        )
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@contextmanager
+def make_queue(
+    kind: str, request: pytest.FixtureRequest, *, lease_s: float = 30
+) -> Iterator[ReviewQueue]:
+    """The review queue of ``kind`` (PostgreSQL, Redis on a real valkey server, or the twin)."""
+    if kind == "memory":
+        yield MemoryReviewQueue(lease_s=lease_s, age_doubling_s=900)
+    elif kind == "postgres":
+        with review_pool(request) as pool:
+            yield PostgresReviewQueue(pool, lease_s=lease_s, age_doubling_s=900)
+    else:
+        client = connect(request.getfixturevalue("redis_url"))
+        try:
+            yield RedisReviewQueue(client, lease_s=lease_s, age_doubling_s=900)
+        finally:
+            client.close()
+
+
+@pytest.fixture(params=["postgres", "redis", "memory"])
 def queue(request: pytest.FixtureRequest) -> Iterator[ReviewQueue]:
-    """The Redis review queue on a real valkey server, and its in-memory twin: the same
-    contract."""
-    if request.param == "memory":
-        yield MemoryReviewQueue(lease_s=30, age_doubling_s=900)
-        return
-    client = connect(request.getfixturevalue("redis_url"))
-    yield RedisReviewQueue(client, lease_s=30, age_doubling_s=900)
-    client.close()
+    """The PostgreSQL review queue, the Redis one on a real valkey server, and the in-memory
+    twin: the same contract."""
+    with make_queue(request.param, request) as queue:
+        yield queue
 
 
 # --- pure model ---------------------------------------------------------------------------
@@ -346,16 +382,15 @@ def test_highest_priority_first_and_resubmit_is_a_no_op(queue: ReviewQueue) -> N
     assert queue.claim("rv_4") is None
 
 
-@pytest.mark.parametrize("kind", ["redis", "memory"])
+@pytest.mark.parametrize("kind", ["postgres", "redis", "memory"])
 def test_expired_lease_returns_and_late_decision_is_refused(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
-    client = connect(request.getfixturevalue("redis_url")) if kind == "redis" else None
-    queue: ReviewQueue = (
-        RedisReviewQueue(client, lease_s=0.5, age_doubling_s=900)
-        if client is not None
-        else MemoryReviewQueue(lease_s=0.5)
-    )
+    with make_queue(kind, request, lease_s=0.5) as queue:
+        _expired_lease_returns(queue)
+
+
+def _expired_lease_returns(queue: ReviewQueue) -> None:
     queue.submit(make_item(world_policy(), "job-x"))
     first = queue.claim("rv_slow")
     assert first is not None
@@ -396,8 +431,6 @@ def test_expired_lease_returns_and_late_decision_is_refused(
         reason_code=None,
     )
     assert result.outcome.final is not None and result.outcome.final.reviewers == ["rv_fast"]
-    if client is not None:
-        client.close()
 
 
 def test_double_submit_is_harmless(queue: ReviewQueue) -> None:
@@ -507,12 +540,26 @@ def test_policy_filter_stats_and_release(queue: ReviewQueue) -> None:
     assert {s.policy_id: s.waiting for s in queue.stats()} == {"otherworld": 1, "testworld": 1}
 
 
-@pytest.mark.parametrize("kind", ["redis", "memory"])
+@pytest.mark.parametrize("kind", ["postgres", "redis", "memory"])
 def test_reviewer_accounts_hash_passwords(kind: str, request: pytest.FixtureRequest) -> None:
-    client = connect(request.getfixturevalue("redis_url")) if kind == "redis" else None
-    store: ReviewerStore = (
-        RedisReviewerStore(client) if client is not None else MemoryReviewerStore()
-    )
+    with reviewer_store(kind, request) as store:
+        _check_reviewer_accounts(store)
+
+
+@contextmanager
+def reviewer_store(kind: str, request: pytest.FixtureRequest) -> Iterator[ReviewerStore]:
+    if kind == "memory":
+        yield MemoryReviewerStore()
+    elif kind == "postgres":
+        with review_pool(request) as pool:
+            yield PostgresReviewerStore(pool)
+    else:
+        client = connect(request.getfixturevalue("redis_url"))
+        yield RedisReviewerStore(client)
+        client.close()
+
+
+def _check_reviewer_accounts(store: ReviewerStore) -> None:
     store.create(
         ReviewerAccount(
             username="alice",
@@ -532,9 +579,13 @@ def test_reviewer_accounts_hash_passwords(kind: str, request: pytest.FixtureRequ
                 created_at=1.0,
             )
         )
-    if client is not None:
-        raw = client.hgetall("mod:review:user:alice")
+    if isinstance(store, RedisReviewerStore):
+        raw = store._r.hgetall("mod:review:user:alice")
         assert "correct horse" not in str(raw) and raw["password_hash"].startswith("$argon2id$")
+    if isinstance(store, PostgresReviewerStore):
+        with store._pool.connection() as conn:
+            rows = conn.execute("SELECT * FROM reviewer_accounts").fetchall()
+        assert "correct horse" not in str(rows) and rows[0][2].startswith("$argon2id$")
     assert verify_password(store.get("alice"), "correct horse").role is Role.ADMIN
     with pytest.raises(ReviewAuthError):
         verify_password(store.get("alice"), "wrong horse!")
@@ -544,10 +595,10 @@ def test_reviewer_accounts_hash_passwords(kind: str, request: pytest.FixtureRequ
     with pytest.raises(ReviewAuthError):
         verify_password(store.get("alice"), "correct horse")
     assert [a.username for a in store.all()] == ["alice"]
+    with pytest.raises(ReviewError, match="no reviewer"):
+        store.set_disabled("nobody", True)
     with pytest.raises(ReviewError):
         hash_password("short")
-    if client is not None:
-        client.close()
 
 
 def test_cli_accounts_stats_and_export(
@@ -609,3 +660,30 @@ def test_cli_accounts_stats_and_export(
         table = list(csv.DictReader(fh))
     assert [r["job_id"] for r in table] == [r["job_id"] for r in rows]
     assert json.loads(table[0]["scores"]) == rows[0]["scores"]
+
+
+def test_the_outbox_hands_out_due_decisions_once_and_backs_off(queue: ReviewQueue) -> None:
+    """What the delivery loop relies on: every due decision is handed to one caller (held back
+    from the others meanwhile); a failed one comes back after its delay with its attempts
+    counted; a delivered one is gone."""
+    policy = world_policy()
+    for i in range(3):
+        queue.submit(make_item(policy, f"out-{i}", score=0.9 - i / 10))
+        _claim_decide(queue, "rv_o", ReviewDecision.ALLOW, None)
+    due = queue.due(limit=2, hold_s=300)
+    assert [e.decision.job_id for e in due] == ["out-0", "out-1"]
+    assert [e.attempts for e in due] == [0, 0]
+    assert [e.decision.job_id for e in queue.due(limit=10, hold_s=300)] == ["out-2"]
+    assert queue.due(limit=10) == []  # all three held by their takers
+    first = due[0].decision.review_id
+    assert queue.retry_later(first, delay_s=0.0, error="queue_unavailable: down") == 1
+    again = queue.due(limit=10, hold_s=300)
+    assert [(e.decision.review_id, e.attempts) for e in again] == [(first, 1)]
+    assert queue.retry_later(first, delay_s=3600.0, error="queue_unavailable: down") == 2
+    assert queue.due(limit=10) == []
+    # Not due is not forgotten: the admin's view lists every undelivered decision.
+    assert len(queue.undelivered()) == 3
+    for entry in due:
+        queue.delivered(entry.decision.review_id)
+    assert queue.retry_later(first, delay_s=0.0, error="late") == 0  # delivered: nothing to do
+    assert [f.job_id for f in queue.undelivered()] == ["out-2"]

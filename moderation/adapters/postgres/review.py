@@ -1,0 +1,513 @@
+"""The human-review queue on PostgreSQL (the system of record for reviewing).
+
+Tables (``migrations/0010_review.sql``)::
+
+    review_items      one row per item: its JSON, policy, rank key, state (queued | leased |
+                      final), the current lease (token, holder, expiry), a pending first decision
+                      and the final decision
+    review_policies   every policy that ever had an item (stats list them)
+    review_leases     every lease handed out (pruned after a day): "expired" vs "not yours"
+    review_decisions  every recorded decision, one per lease token: replays, per-day counts,
+                      "everything this reviewer decided"
+    review_outbox     final decisions not handed on yet, with the time of the next attempt and
+                      the attempts so far (the delivery loop retries them with backoff)
+
+Claiming is one transaction: a per-reviewer advisory lock (one reviewer's two tabs cannot take
+two items), reap expired leases (``FOR UPDATE SKIP LOCKED``, so reapers never wait on each
+other), return the lease the reviewer already holds, else take the highest-ranked waiting item
+with ``FOR UPDATE SKIP LOCKED``: a row another reviewer is taking is skipped, and one it has just
+taken no longer matches ``state = 'queued'`` when re-checked, so two reviewers never get the same
+item. A partial unique index (one leased row per holder) states the same rule in the schema.
+
+Deciding locks the item's row (``FOR UPDATE``), so only the current lease holder's first submit
+counts; the decision row, the item's new state and (when final) its outbox row are written in
+the same transaction. A retry of the same submit (same token) returns the recorded outcome. All
+times are the database server's clock. Connection errors become
+:class:`~moderation.exceptions.DatabaseUnavailable` (transient).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import Connection
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from moderation.adapters.postgres.errors import database_errors
+from moderation.core.review import (
+    FirstDecision,
+    HumanDecision,
+    Lease,
+    ReviewDecision,
+    ReviewItem,
+    ReviewOutcome,
+    apply_decision,
+    export_row,
+    rank_key,
+)
+from moderation.exceptions import (
+    ReviewAlreadyDecided,
+    ReviewLeaseExpired,
+    ReviewNotFound,
+    ReviewNotLeaseHolder,
+)
+from moderation.ports import Claim, DecideResult, OutboxEntry, ReviewStats
+from moderation.settings import ReviewSettings
+
+__all__ = ["PostgresReviewQueue"]
+
+_WHAT = "review queue"
+#: Expired leases put back per claim (the rest on the next claims).
+_REAP = 500
+#: Lease rows (tokens) are kept this long after their claim.
+_LEASE_ROWS_S = 24 * 3600
+
+
+def _dump(model: Any) -> Jsonb:
+    return Jsonb(model.model_dump(mode="json"))
+
+
+class PostgresReviewQueue:
+    """The :class:`~moderation.ports.ReviewQueue` on PostgreSQL (thread-safe: a pool)."""
+
+    def __init__(self, pool: ConnectionPool, *, lease_s: float, age_doubling_s: float) -> None:
+        self._pool = pool
+        self.lease_s = lease_s
+        self.age_doubling_s = age_doubling_s
+
+    @classmethod
+    def from_settings(cls, pool: ConnectionPool, settings: ReviewSettings) -> PostgresReviewQueue:
+        return cls(pool, lease_s=settings.lease_s, age_doubling_s=settings.age_doubling_s)
+
+    @staticmethod
+    def _now(conn: Connection[Any]) -> float:
+        [(now,)] = conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchall()
+        return float(now)
+
+    def now(self) -> float:
+        """The database server's clock (all lease times use it)."""
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            return self._now(conn)
+
+    # --- producer side --------------------------------------------------------------------
+
+    def submit(self, item: ReviewItem) -> None:
+        """Enqueue an item. Submitting the same ``review_id`` again is a no-op.
+
+        Raises:
+            DatabaseUnavailable: the database is unreachable.
+        """
+        rank = rank_key(
+            item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
+        )
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO review_policies (policy_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                (item.policy_id,),
+            )
+            conn.execute(
+                "INSERT INTO review_items (review_id, policy_id, job_id, item, rank, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (review_id) DO NOTHING",
+                (
+                    item.review_id,
+                    item.policy_id,
+                    item.job_id,
+                    _dump(item),
+                    rank,
+                    item.created_at,
+                ),
+            )
+
+    # --- reviewer side --------------------------------------------------------------------
+
+    def claim(self, reviewer: str, *, policies: list[str] | None = None) -> Claim | None:
+        """Lease the highest-priority item the reviewer may take (or the one they already hold).
+
+        ``reviewer`` is the pseudonymous id; ``policies`` limits the queues looked at. Returns
+        None when nothing is waiting.
+
+        Raises:
+            DatabaseUnavailable: the database is unreachable.
+        """
+        token = secrets.token_urlsafe(18)
+        with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('review-claim:' || %s, 0))",
+                (reviewer,),
+            )
+            now = self._now(conn)
+            conn.execute(
+                "UPDATE review_items SET state = 'queued', lease_token = NULL,"
+                " lease_holder = NULL, lease_expires = NULL"
+                " WHERE review_id IN (SELECT review_id FROM review_items"
+                "   WHERE state = 'leased' AND lease_expires <= %s"
+                "   ORDER BY lease_expires LIMIT %s FOR UPDATE SKIP LOCKED)",
+                (now, _REAP),
+            )
+            conn.execute(  # this reviewer's own expired lease, whatever the reaping left
+                "UPDATE review_items SET state = 'queued', lease_token = NULL,"
+                " lease_holder = NULL, lease_expires = NULL"
+                " WHERE state = 'leased' AND lease_holder = %s AND lease_expires <= %s",
+                (reviewer, now),
+            )
+            held = conn.execute(
+                "SELECT review_id, lease_token, lease_expires, item, first_decision"
+                " FROM review_items WHERE state = 'leased' AND lease_holder = %s"
+                " AND lease_expires > %s",
+                (reviewer, now),
+            ).fetchone()
+            if held is not None:
+                rid, tok, expires, item_json, first_json = held
+                return self._claim(rid, reviewer, tok, expires, item_json, first_json, now)
+            if policies:
+                row = conn.execute(
+                    "SELECT review_id FROM review_items WHERE state = 'queued'"
+                    " AND first_reviewer IS DISTINCT FROM %s AND policy_id = ANY(%s)"
+                    " ORDER BY rank DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    (reviewer, policies),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT review_id FROM review_items WHERE state = 'queued'"
+                    " AND first_reviewer IS DISTINCT FROM %s"
+                    " ORDER BY rank DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    (reviewer,),
+                ).fetchone()
+            if row is None:
+                return None
+            expires = now + self.lease_s
+            taken = conn.execute(
+                "UPDATE review_items SET state = 'leased', lease_token = %s, lease_holder = %s,"
+                " lease_expires = %s WHERE review_id = %s RETURNING item, first_decision",
+                (token, reviewer, expires, row[0]),
+            ).fetchone()
+            assert taken is not None
+            conn.execute(
+                "INSERT INTO review_leases (token, review_id, reviewer, claimed_at, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (token, row[0], reviewer, now, expires),
+            )
+            return self._claim(row[0], reviewer, token, expires, taken[0], taken[1], now)
+
+    @staticmethod
+    def _claim(
+        rid: str,
+        reviewer: str,
+        token: str,
+        expires: float,
+        item_json: Any,
+        first_json: Any,
+        now: float,
+    ) -> Claim:
+        return Claim(
+            item=ReviewItem.model_validate(item_json),
+            lease=Lease(review_id=rid, reviewer=reviewer, token=token, expires_at=float(expires)),
+            first=FirstDecision.model_validate(first_json) if first_json else None,
+            now=now,
+        )
+
+    def holds(self, reviewer: str, review_id: str) -> bool:
+        """Whether ``reviewer`` holds an unexpired lease on ``review_id`` right now."""
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM review_items WHERE review_id = %s AND state = 'leased'"
+                " AND lease_holder = %s"
+                " AND lease_expires > extract(epoch FROM clock_timestamp())",
+                (review_id, reviewer),
+            ).fetchone()
+        return row is not None
+
+    def item(self, review_id: str) -> ReviewItem:
+        """Raises:
+        ReviewNotFound: no such item.
+        """
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT item FROM review_items WHERE review_id = %s", (review_id,)
+            ).fetchone()
+        if row is None:
+            raise ReviewNotFound(f"no review item {review_id}")
+        return ReviewItem.model_validate(row[0])
+
+    def decide(
+        self,
+        review_id: str,
+        *,
+        reviewer: str,
+        token: str,
+        decision: ReviewDecision,
+        reason_code: str | None,
+    ) -> DecideResult:
+        """Record a decision from the current lease holder (see the module docstring).
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewLeaseExpired: the caller's lease ran out (the decision is not recorded).
+            ReviewNotLeaseHolder: the caller never held this lease.
+            ReviewAlreadyDecided: a different decision was already recorded for this lease.
+            ReviewInvalidDecision: bad reason code, or the first reviewer doing the second review.
+            DatabaseUnavailable: the database is unreachable.
+        """
+        with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT item, state, lease_token, lease_holder, lease_expires, first_decision,"
+                " final_decision, final_token FROM review_items WHERE review_id = %s FOR UPDATE",
+                (review_id,),
+            ).fetchone()
+            if row is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            item_json, state, lease_token, holder, expires, first_json, final_json, final_tok = row
+            first = FirstDecision.model_validate(first_json) if first_json else None
+            recorded = conn.execute(
+                "SELECT decision, reason_code FROM review_decisions"
+                " WHERE token = %s AND review_id = %s",
+                (token, review_id),
+            ).fetchone()
+            if recorded is not None:
+                if (ReviewDecision(recorded[0]), recorded[1]) != (decision, reason_code):
+                    raise ReviewAlreadyDecided(
+                        f"a different decision ({recorded[0]}) was already recorded for this lease"
+                    )
+                if final_tok == token:
+                    return DecideResult(
+                        ReviewOutcome(final=HumanDecision.model_validate(final_json)), replay=True
+                    )
+                return DecideResult(ReviewOutcome(pending=first), replay=True)
+            now = self._now(conn)
+            if lease_token == token:
+                if holder != reviewer:
+                    raise ReviewNotLeaseHolder("this lease belongs to another reviewer")
+                if float(expires) <= now:
+                    raise ReviewLeaseExpired(
+                        "your lease on this item expired; the decision was not recorded"
+                    )
+            else:
+                owner = conn.execute(
+                    "SELECT reviewer FROM review_leases WHERE token = %s AND review_id = %s",
+                    (token, review_id),
+                ).fetchone()
+                if owner is None or owner[0] != reviewer:
+                    raise ReviewNotLeaseHolder("you do not hold a lease on this item")
+                if state == "final":
+                    raise ReviewAlreadyDecided("this item was already decided by someone else")
+                raise ReviewLeaseExpired(
+                    "your lease on this item expired and it went back to the queue; "
+                    "the decision was not recorded"
+                )
+            item = ReviewItem.model_validate(item_json)
+            outcome = apply_decision(
+                item,
+                first,
+                reviewer=reviewer,
+                decision=decision,
+                reason_code=reason_code,
+                token=token,
+                now=now,
+            )
+            self._write(conn, item, reviewer, outcome, token, now, (decision, reason_code))
+            claimed_at = float(expires) - self.lease_s
+            return DecideResult(
+                outcome=outcome, replay=False, handling_s=max(0.0, now - claimed_at)
+            )
+
+    @staticmethod
+    def _write(
+        conn: Connection[Any],
+        item: ReviewItem,
+        reviewer: str,
+        outcome: ReviewOutcome,
+        token: str,
+        now: float,
+        submitted: tuple[ReviewDecision, str | None],
+    ) -> None:
+        conn.execute(
+            "INSERT INTO review_decisions"
+            " (token, review_id, reviewer, decision, reason_code, decided_at, day)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (
+                token,
+                item.review_id,
+                reviewer,
+                submitted[0].value,
+                submitted[1],
+                now,
+                datetime.fromtimestamp(now, UTC).date(),
+            ),
+        )
+        if outcome.pending is not None:
+            conn.execute(
+                "UPDATE review_items SET state = 'queued', lease_token = NULL, lease_holder = NULL,"
+                " lease_expires = NULL, first_decision = %s, first_reviewer = %s"
+                " WHERE review_id = %s",
+                (_dump(outcome.pending), reviewer, item.review_id),
+            )
+            return
+        final = outcome.final
+        if final is None:  # pragma: no cover - ReviewOutcome holds exactly one of the two
+            return
+        conn.execute(
+            "UPDATE review_items SET state = 'final', lease_token = NULL, lease_holder = NULL,"
+            " lease_expires = NULL, final_decision = %s, final_token = %s, decided_at = %s"
+            " WHERE review_id = %s",
+            (_dump(final), token, now, item.review_id),
+        )
+        conn.execute(
+            "INSERT INTO review_outbox (review_id, decided_at, due_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (review_id) DO NOTHING",
+            (item.review_id, now, now),
+        )
+
+    def release(self, review_id: str, *, reviewer: str | None = None) -> bool:
+        """Give an item back to the queue (reviewer skip, or admin requeue when ``reviewer`` is
+        None). Returns False when the item was not leased (by that reviewer).
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewAlreadyDecided: the item is final.
+        """
+        with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT state, lease_holder FROM review_items WHERE review_id = %s FOR UPDATE",
+                (review_id,),
+            ).fetchone()
+            if row is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            state, holder = row
+            if state == "final":
+                raise ReviewAlreadyDecided("the item is already decided")
+            if holder is None or (reviewer is not None and holder != reviewer):
+                return False
+            conn.execute(
+                "UPDATE review_items SET state = 'queued', lease_token = NULL,"
+                " lease_holder = NULL, lease_expires = NULL WHERE review_id = %s",
+                (review_id,),
+            )
+            return True
+
+    # --- final-decision delivery ----------------------------------------------------------
+
+    def delivered(self, review_id: str) -> None:
+        """Mark a final decision's ``on_final`` as done (removes it from the outbox)."""
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            conn.execute("DELETE FROM review_outbox WHERE review_id = %s", (review_id,))
+
+    def undelivered(self, *, older_than_s: float = 0.0) -> list[HumanDecision]:
+        """Final decisions whose ``on_final`` has not returned, decided at least
+        ``older_than_s`` ago, oldest first."""
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT i.final_decision FROM review_outbox o JOIN review_items i USING (review_id)"
+                " WHERE o.decided_at <= extract(epoch FROM clock_timestamp()) - %s"
+                " ORDER BY o.decided_at, o.review_id",
+                (older_than_s,),
+            ).fetchall()
+        return [HumanDecision.model_validate(r[0]) for r in rows]
+
+    def due(self, *, limit: int = 100, hold_s: float = 60.0) -> list[OutboxEntry]:
+        """Outbox entries whose next attempt is due, oldest first; each is held back from other
+        callers for ``hold_s`` (the time to try it), so concurrent delivery loops share the
+        work instead of repeating it."""
+        with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
+            now = self._now(conn)
+            rows = conn.execute(
+                "WITH due AS (SELECT review_id FROM review_outbox WHERE due_at <= %s"
+                "   ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " UPDATE review_outbox o SET due_at = %s FROM due, review_items i"
+                " WHERE o.review_id = due.review_id AND i.review_id = o.review_id"
+                " RETURNING i.final_decision, o.attempts, o.decided_at",
+                (now, limit, now + hold_s),
+            ).fetchall()
+        entries = [
+            OutboxEntry(
+                decision=HumanDecision.model_validate(final), attempts=attempts, decided_at=at
+            )
+            for final, attempts, at in rows
+        ]
+        return sorted(entries, key=lambda e: (e.decided_at, e.decision.review_id))
+
+    def retry_later(self, review_id: str, *, delay_s: float, error: str) -> int:
+        """A delivery failed: try again in ``delay_s``. Returns the failed attempts so far."""
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            row = conn.execute(
+                "UPDATE review_outbox SET attempts = attempts + 1,"
+                " due_at = extract(epoch FROM clock_timestamp()) + %s,"
+                " last_error = %s WHERE review_id = %s RETURNING attempts",
+                (delay_s, error[:500], review_id),
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    # --- stats and export -----------------------------------------------------------------
+
+    def stats(self) -> list[ReviewStats]:
+        """Queue depth (waiting, in review) and oldest open item age per policy."""
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            now = self._now(conn)
+            rows = conn.execute(
+                "SELECT p.policy_id,"
+                "  count(i.review_id) FILTER (WHERE i.state = 'queued'),"
+                "  count(i.review_id) FILTER (WHERE i.state = 'leased'),"
+                "  min(i.created_at)"
+                " FROM review_policies p"
+                " LEFT JOIN review_items i ON i.policy_id = p.policy_id AND i.state <> 'final'"
+                " GROUP BY p.policy_id ORDER BY p.policy_id"
+            ).fetchall()
+        return [
+            ReviewStats(
+                policy_id=policy,
+                waiting=int(waiting),
+                in_review=int(leased),
+                oldest_age_s=max(0.0, now - float(oldest)) if oldest is not None else None,
+            )
+            for policy, waiting, leased, oldest in rows
+        ]
+
+    def decisions_on(self, day: str | None = None) -> dict[str, int]:
+        """Decisions per pseudonymous reviewer on a UTC day (default today)."""
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            when = (
+                datetime.strptime(day, "%Y-%m-%d").date()
+                if day
+                else datetime.fromtimestamp(self._now(conn), UTC).date()
+            )
+            rows = conn.execute(
+                "SELECT reviewer, count(*) FROM review_decisions WHERE day = %s GROUP BY reviewer",
+                (when,),
+            ).fetchall()
+        return {reviewer: int(n) for reviewer, n in rows}
+
+    def export(self) -> Iterator[dict[str, Any]]:
+        """Reviewed items as labelled rows (oldest decision first), for threshold calibration;
+        read in pages of 500 (keyset pagination), so a long export holds no transaction."""
+        after: tuple[float, str] = (float("-inf"), "")
+        while True:
+            with database_errors(_WHAT), self._pool.connection() as conn:
+                rows = conn.execute(
+                    "SELECT decided_at, review_id, item, final_decision FROM review_items"
+                    " WHERE state = 'final' AND (decided_at, review_id) > (%s, %s)"
+                    " ORDER BY decided_at, review_id LIMIT 500",
+                    after,
+                ).fetchall()
+            if not rows:
+                return
+            for _, _, item_json, final_json in rows:
+                yield export_row(
+                    ReviewItem.model_validate(item_json), HumanDecision.model_validate(final_json)
+                )
+            after = (float(rows[-1][0]), rows[-1][1])
+
+    # --- upkeep ---------------------------------------------------------------------------
+
+    def prune(self) -> int:
+        """Drop lease rows older than a day (tokens of decided or long-expired leases).
+        Returns how many went."""
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            cur = conn.execute(
+                "DELETE FROM review_leases"
+                " WHERE claimed_at < extract(epoch FROM clock_timestamp()) - %s",
+                (_LEASE_ROWS_S,),
+            )
+            return cur.rowcount
