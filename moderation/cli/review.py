@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -16,6 +16,9 @@ from moderation.cli.common import err, fail, load_settings, out
 from moderation.exceptions import ModerationError
 from moderation.ports import ReviewerStore, ReviewQueue
 from moderation.settings import Settings
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 __all__ = ["review_app"]
 
@@ -44,25 +47,32 @@ CSV_FIELDS = [
 ]
 
 
-def _redis_url(settings: Settings) -> str:
-    if not settings.redis_url:
-        err.print("[bold red]error[/]: set MODERATION_REDIS_URL to the review queue's Redis")
+def _database(settings: Settings) -> ConnectionPool | None:
+    """The database holding the review queue and accounts (None: they are in Redis)."""
+    from moderation.compose.stores import command_database
+
+    if not settings.redis_url and settings.database.url is None:
+        err.print(
+            "[bold red]error[/]: set MODERATION_DATABASE__URL (or MODERATION_REDIS_URL) to "
+            "where the review queue lives"
+        )
         raise typer.Exit(2)
-    return settings.redis_url
+    try:
+        return command_database(settings)
+    except ModerationError as exc:
+        raise fail(exc) from exc
 
 
 def _users(settings: Settings) -> ReviewerStore:
     from moderation.compose.stores import open_reviewers
 
-    _redis_url(settings)
-    return open_reviewers(settings)
+    return open_reviewers(settings, _database(settings))
 
 
 def _queue(settings: Settings) -> ReviewQueue:
     from moderation.compose.stores import open_review_queue
 
-    _redis_url(settings)
-    return open_review_queue(settings)
+    return open_review_queue(settings, _database(settings))
 
 
 def _fail(exc: ModerationError) -> typer.Exit:

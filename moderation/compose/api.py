@@ -17,6 +17,7 @@ from moderation.compose.database import database_configured, open_database
 from moderation.compose.registries import build_sources, check_callback_url
 from moderation.compose.stores import (
     open_audit,
+    open_bank_store,
     open_blob_store,
     open_callbacks,
     open_delivery_log,
@@ -150,8 +151,8 @@ def build_api(
         or RedisRateLimiter.from_url(require_redis_url(settings), prefix=settings.queue.key_prefix),
     )
     audit = audit or open_audit(settings)
-    if banks is None and settings.redis_url:
-        banks = build_banks(settings)
+    if banks is None and (database is not None or settings.redis_url):
+        banks = build_banks(settings, open_bank_store(settings, database))
     outcomes = Outcomes(
         store,
         deliveries=deliveries,
@@ -160,8 +161,8 @@ def build_api(
         keep_inline_s=settings.queue.result_ttl_s,
         banks=banks,
     )
-    reviewers = reviewers or open_reviewers(settings)
-    review_queue = review_queue or open_review_queue(settings)
+    reviewers = reviewers or open_reviewers(settings, database)
+    review_queue = review_queue or open_review_queue(settings, database)
     limits = settings.images
     desk = ReviewDesk(
         review_queue,

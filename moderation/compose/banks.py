@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from moderation.adapters.redis_banks import RedisBankStore
 from moderation.compose.stores import open_bank_store
 from moderation.pipeline.bank_sync import BankSync
 from moderation.pipeline.banks import BankService
+from moderation.ports import BankStore
 from moderation.settings import Settings
 from moderation.signals import LoadedBanks
 
@@ -18,7 +18,7 @@ __all__ = ["build_banks"]
 log = logging.getLogger(__name__)
 
 
-def build_banks(settings: Settings, store: RedisBankStore | None = None) -> BankService:
+def build_banks(settings: Settings, store: BankStore | None = None) -> BankService:
     """The bank use cases (``moderation bank``, reviewers' additions).
 
     Raises:
@@ -33,7 +33,7 @@ def build_banks(settings: Settings, store: RedisBankStore | None = None) -> Bank
     )
 
 
-def build_bank_sync(settings: Settings, store: RedisBankStore, banks: LoadedBanks) -> BankSync:
+def build_bank_sync(settings: Settings, store: BankStore, banks: LoadedBanks) -> BankSync:
     b = settings.banks
     return BankSync(
         store,

@@ -13,6 +13,7 @@ from moderation.adapters.compile_cache import CompileCache
 from moderation.adapters.images import SafeDecoder
 from moderation.adapters.policy_files import load_policies
 from moderation.compose.banks import build_bank_sync
+from moderation.compose.database import database_configured
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
 from moderation.compose.policies import bank_names, build_policies, exemplar_encoders
 from moderation.compose.registries import (
@@ -21,7 +22,7 @@ from moderation.compose.registries import (
     image_check,
     media_decoder,
 )
-from moderation.compose.stores import open_bank_store, open_job_store
+from moderation.compose.stores import command_database, open_bank_store, open_job_store
 from moderation.core.compiled import CompiledPolicy
 from moderation.pipeline.compile import compile_policy_set
 from moderation.pipeline.moderator import Moderator
@@ -116,12 +117,15 @@ def build_scoring(settings: Settings, *, policy_paths: Sequence[Path] | None = N
         lone_shadows_live=policy_paths is not None,
     )
     named = bank_names(policies.current.policies.values())
-    if named and settings.redis_url:
-        build_bank_sync(settings, open_bank_store(settings), banks).load(named)
+    if named and (settings.redis_url or database_configured(settings)):
+        database = command_database(settings)  # banks are read once, into memory
+        build_bank_sync(settings, open_bank_store(settings, database), banks).load(named)
+        if database is not None:
+            database.close()
     elif named:
         log.warning(
-            "policies use hash banks (%s) but no Redis is configured: those categories match "
-            "nothing (set MODERATION_REDIS_URL)",
+            "policies use hash banks (%s) but no database or Redis is configured: those "
+            "categories match nothing (set MODERATION_DATABASE__URL)",
             ", ".join(sorted(named)),
         )
     moderator = Moderator(

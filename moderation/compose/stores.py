@@ -1,10 +1,16 @@
 """The stores and queues of every process kind, opened from :class:`~moderation.settings.Settings`
 (the only place that knows which adapter implements which store port).
+
+With a database (``settings.database.url``: the process's pool, :mod:`moderation.compose.
+database`), the review queue, reviewer accounts and hash banks live in PostgreSQL; without one
+they stay in Redis as before.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+from typing import TYPE_CHECKING
 
 from moderation.adapters.audit_log import AuditLog
 from moderation.adapters.celery_queue import CeleryQueue
@@ -23,15 +29,23 @@ from moderation.adapters.redis_transients import RedisJobTransients
 from moderation.adapters.redis_workers import RedisWorkerRegistry
 from moderation.adapters.s3_audit import S3SegmentStore
 from moderation.adapters.s3_blobs import S3BlobStore
+from moderation.compose.database import database_configured, open_database
 from moderation.exceptions import QueueUnavailable
 from moderation.pipeline.history_shards import HistoryShards
 from moderation.ports import (
+    BankStore,
     BlobStore,
+    ReviewerStore,
+    ReviewQueue,
     SegmentStore,
 )
 from moderation.settings import Settings
 
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
 __all__ = [
+    "command_database",
     "open_audit",
     "open_bank_store",
     "open_blob_store",
@@ -162,26 +176,59 @@ def open_history(settings: Settings, *, blobs: BlobStore | None = None) -> Histo
     )
 
 
-def open_bank_store(settings: Settings) -> RedisBankStore:
-    """The hash banks at ``settings.redis_url``.
+def command_database(settings: Settings) -> ConnectionPool | None:
+    """The database pool of a one-shot command (``moderation review``, ``moderation bank``):
+    None without ``database.url``; closed when the process exits.
 
     Raises:
-        QueueUnavailable: no Redis URL configured.
+        DatabaseUnavailable, MigrationError: the database cannot be reached or migrated.
     """
+    if not database_configured(settings):
+        return None
+    pool = open_database(settings, application="moderation-cli")
+    atexit.register(pool.close)
+    return pool
+
+
+def open_bank_store(settings: Settings, database: ConnectionPool | None = None) -> BankStore:
+    """The hash banks: in PostgreSQL when the process has a ``database`` pool, else at
+    ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: neither a database nor a Redis URL.
+    """
+    if database is not None:
+        from moderation.adapters.postgres.banks import PostgresBankStore
+
+        return PostgresBankStore(database)
     return RedisBankStore.from_url(require_redis_url(settings), prefix=settings.banks.key_prefix)
 
 
-def open_review_queue(settings: Settings) -> RedisReviewQueue:
-    """Raises:
-    QueueUnavailable: no Redis URL configured.
+def open_review_queue(settings: Settings, database: ConnectionPool | None = None) -> ReviewQueue:
+    """The review queue: in PostgreSQL when the process has a ``database`` pool, else at
+    ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: neither a database nor a Redis URL.
     """
+    if database is not None:
+        from moderation.adapters.postgres.review import PostgresReviewQueue
+
+        return PostgresReviewQueue.from_settings(database, settings.review)
     return RedisReviewQueue.from_url(require_redis_url(settings), settings.review)
 
 
-def open_reviewers(settings: Settings) -> RedisReviewerStore:
-    """Raises:
-    QueueUnavailable: no Redis URL configured.
+def open_reviewers(settings: Settings, database: ConnectionPool | None = None) -> ReviewerStore:
+    """Reviewer accounts: in PostgreSQL when the process has a ``database`` pool, else at
+    ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: neither a database nor a Redis URL.
     """
+    if database is not None:
+        from moderation.adapters.postgres.reviewers import PostgresReviewerStore
+
+        return PostgresReviewerStore(database)
     return RedisReviewerStore.from_url(
         require_redis_url(settings), prefix=settings.review.key_prefix
     )
