@@ -6,7 +6,8 @@ Tables (``migrations/0010_review.sql``)::
                       final), the current lease (token, holder, expiry), a pending first decision
                       and the final decision
     review_policies   every policy that ever had an item (stats list them)
-    review_leases     every lease handed out (pruned after a day): "expired" vs "not yours"
+    review_leases     every lease handed out (pruned after a day by the delivery loop):
+                      "expired" vs "not yours"
     review_decisions  every recorded decision, one per lease token: replays, per-day counts,
                       "everything this reviewer decided"
     review_outbox     final decisions not handed on yet, with the time of the next attempt and
@@ -29,6 +30,7 @@ times are the database server's clock. Connection errors become
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +67,7 @@ _WHAT = "review queue"
 _REAP = 500
 #: Lease rows (tokens) are kept this long after their claim.
 _LEASE_ROWS_S = 24 * 3600
+_PRUNE_EVERY_S = 3600.0
 
 
 def _dump(model: Any) -> Jsonb:
@@ -78,6 +81,7 @@ class PostgresReviewQueue:
         self._pool = pool
         self.lease_s = lease_s
         self.age_doubling_s = age_doubling_s
+        self._pruned_at = float("-inf")  # time.monotonic() of the last prune()
 
     @classmethod
     def from_settings(cls, pool: ConnectionPool, settings: ReviewSettings) -> PostgresReviewQueue:
@@ -410,7 +414,11 @@ class PostgresReviewQueue:
     def due(self, *, limit: int = 100, hold_s: float = 60.0) -> list[OutboxEntry]:
         """Outbox entries whose next attempt is due, oldest first; each is held back from other
         callers for ``hold_s`` (the time to try it), so concurrent delivery loops share the
-        work instead of repeating it."""
+        work instead of repeating it. The delivery loop calls this periodically, so it also
+        prunes the lease log, at most once an hour per process (:meth:`prune`)."""
+        if time.monotonic() - self._pruned_at >= _PRUNE_EVERY_S:
+            self._pruned_at = time.monotonic()
+            self.prune()
         with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
             now = self._now(conn)
             rows = conn.execute(
