@@ -61,7 +61,7 @@ def _service(settings: Settings) -> BankService:
         database = command_database(settings)
     except ModerationError as exc:
         raise fail(exc) from exc
-    return build_banks(settings, open_bank_store(settings, database))
+    return build_banks(settings, open_bank_store(settings, database=database))
 
 
 def _progress(label: str) -> Progress:

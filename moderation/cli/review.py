@@ -66,13 +66,13 @@ def _database(settings: Settings) -> ConnectionPool | None:
 def _users(settings: Settings) -> ReviewerStore:
     from moderation.compose.stores import open_reviewers
 
-    return open_reviewers(settings, _database(settings))
+    return open_reviewers(settings, database=_database(settings))
 
 
 def _queue(settings: Settings) -> ReviewQueue:
     from moderation.compose.stores import open_review_queue
 
-    return open_review_queue(settings, _database(settings))
+    return open_review_queue(settings, database=_database(settings))
 
 
 def _fail(exc: ModerationError) -> typer.Exit:

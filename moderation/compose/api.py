@@ -152,7 +152,7 @@ def build_api(
     )
     audit = audit or open_audit(settings)
     if banks is None and (database is not None or settings.redis_url):
-        banks = build_banks(settings, open_bank_store(settings, database))
+        banks = build_banks(settings, open_bank_store(settings, database=database))
     outcomes = Outcomes(
         store,
         deliveries=deliveries,
@@ -161,8 +161,8 @@ def build_api(
         keep_inline_s=settings.queue.result_ttl_s,
         banks=banks,
     )
-    reviewers = reviewers or open_reviewers(settings, database)
-    review_queue = review_queue or open_review_queue(settings, database)
+    reviewers = reviewers or open_reviewers(settings, database=database)
+    review_queue = review_queue or open_review_queue(settings, database=database)
     limits = settings.images
     desk = ReviewDesk(
         review_queue,

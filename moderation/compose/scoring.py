@@ -119,7 +119,7 @@ def build_scoring(settings: Settings, *, policy_paths: Sequence[Path] | None = N
     named = bank_names(policies.current.policies.values())
     if named and (settings.redis_url or database_configured(settings)):
         database = command_database(settings)  # banks are read once, into memory
-        build_bank_sync(settings, open_bank_store(settings, database), banks).load(named)
+        build_bank_sync(settings, open_bank_store(settings, database=database), banks).load(named)
         if database is not None:
             database.close()
     elif named:

@@ -190,7 +190,7 @@ def command_database(settings: Settings) -> ConnectionPool | None:
     return pool
 
 
-def open_bank_store(settings: Settings, database: ConnectionPool | None = None) -> BankStore:
+def open_bank_store(settings: Settings, *, database: ConnectionPool | None = None) -> BankStore:
     """The hash banks: in PostgreSQL when the process has a ``database`` pool, else at
     ``settings.redis_url``.
 
@@ -204,7 +204,7 @@ def open_bank_store(settings: Settings, database: ConnectionPool | None = None) 
     return RedisBankStore.from_url(require_redis_url(settings), prefix=settings.banks.key_prefix)
 
 
-def open_review_queue(settings: Settings, database: ConnectionPool | None = None) -> ReviewQueue:
+def open_review_queue(settings: Settings, *, database: ConnectionPool | None = None) -> ReviewQueue:
     """The review queue: in PostgreSQL when the process has a ``database`` pool, else at
     ``settings.redis_url``.
 
@@ -218,7 +218,7 @@ def open_review_queue(settings: Settings, database: ConnectionPool | None = None
     return RedisReviewQueue.from_url(require_redis_url(settings), settings.review)
 
 
-def open_reviewers(settings: Settings, database: ConnectionPool | None = None) -> ReviewerStore:
+def open_reviewers(settings: Settings, *, database: ConnectionPool | None = None) -> ReviewerStore:
     """Reviewer accounts: in PostgreSQL when the process has a ``database`` pool, else at
     ``settings.redis_url``.
 

@@ -162,7 +162,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         slot = claim_slot(settings.worker_slots_dir)
     model = load_model(settings.model, limits=settings.images, slot=slot)
     banks = LoadedBanks()
-    bank_store = open_bank_store(settings, database)
+    bank_store = open_bank_store(settings, database=database)
     sync = build_bank_sync(settings, bank_store, banks)
     policies = build_policies(
         settings, model.encoder, build_signals(settings, banks), policy_paths_for(settings, model)
@@ -202,7 +202,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     evidence = ReviewEvidence(
         open_blob_store(settings), retention_s=settings.review.evidence_retention_s
     )
-    review_queue = open_review_queue(settings, database)
+    review_queue = open_review_queue(settings, database=database)
     outcomes = Outcomes(
         store,
         deliveries=deliveries,
