@@ -5,6 +5,8 @@ upkeep of the lease log."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,11 @@ from tests.test_review_queue import make_item, make_queue, world_policy
 pytestmark = pytest.mark.xdist_group("postgres")
 
 
-def test_a_database_restart_loses_and_doubles_nothing(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(data_dir=tmp_path / "pg")
+def test_a_database_restart_loses_and_doubles_nothing() -> None:
+    # Its own folder (short, outside pytest's basetemp): the server is stopped and started again
+    # on it.
+    root = Path(tempfile.mkdtemp(prefix="pg-restart-"))
+    server = EmbeddedPostgres(data_dir=root / "pg")
     url = server.start()
     pool = ConnectionPool(
         url, min_size=1, max_size=4, timeout=5, check=ConnectionPool.check_connection
@@ -76,6 +81,7 @@ def test_a_database_restart_loses_and_doubles_nothing(tmp_path: Path) -> None:
     finally:
         pool.close()
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_lease_rows_are_pruned_after_a_day(request: pytest.FixtureRequest) -> None:
