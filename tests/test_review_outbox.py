@@ -9,14 +9,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from moderation.adapters.memory import MemoryReviewQueue
+from moderation.adapters.memory import MemoryBlobStore, MemoryReviewQueue
 from moderation.core.review import ReviewDecision, outbox_delay
 from moderation.pipeline.review_desk import ReviewDesk
+from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.review_outbox import ReviewOutbox
 from moderation.ports import ReviewQueue
 from moderation.settings import Settings
 from tests.test_review_desk import Handed
-from tests.test_review_queue import make_item, make_queue, world_policy
+from tests.test_review_queue import make_item, make_queue, with_evidence, world_policy
 
 
 class Clock:
@@ -28,7 +29,8 @@ class Clock:
 
 
 def _decide(desk: ReviewDesk, job_id: str) -> str:
-    desk.queue.submit(make_item(world_policy(), job_id))
+    item = make_item(world_policy(), job_id)
+    desk.queue.submit(with_evidence(item, b"scored:" + job_id.encode(), desk.evidence.blobs))
     claim = desk.claim("rv_a")
     assert claim is not None
     done = desk.decide(
@@ -46,7 +48,7 @@ def _desk(queue: ReviewQueue, handed: Handed, *, backoff_s: float) -> ReviewDesk
     return ReviewDesk(
         queue,
         on_final=handed,
-        load_image=lambda ref: b"",
+        evidence=ReviewEvidence(MemoryBlobStore(), retention_s=3600),
         render_image=lambda data: data,
         backoff_s=backoff_s,
         backoff_max_s=20.0,
@@ -137,12 +139,13 @@ def test_the_workers_run_the_delivery_loop_unless_switched_off() -> None:
     handed = Handed()
     outcomes = type("O", (), {"record_human_decision": handed})()
     queue = MemoryReviewQueue()
-    tasks = _outbox_delivery(Settings(), queue, outcomes)  # type: ignore[arg-type]
+    evidence = ReviewEvidence(MemoryBlobStore(), retention_s=3600)
+    tasks = _outbox_delivery(Settings(), queue, outcomes, evidence)  # type: ignore[arg-type]
     assert [(every, what) for every, _, what in tasks] == [(10.0, "review outbox delivery")]
     off = Settings().model_copy(
         update={"review": Settings().review.model_copy(update={"outbox_retry_s": 0})}
     )
-    assert _outbox_delivery(off, queue, outcomes) == []  # type: ignore[arg-type]
+    assert _outbox_delivery(off, queue, outcomes, evidence) == []  # type: ignore[arg-type]
     queue.submit(make_item(world_policy(), "job-w"))
     claim = queue.claim("rv_a")
     assert claim is not None

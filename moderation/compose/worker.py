@@ -327,6 +327,8 @@ def _evidence_sweep(
             evidence.sweep()
 
     return [(every, sweep, "review evidence retention sweep")]
+
+
 def _outbox_delivery(
     settings: Settings, queue: ReviewQueue, outcomes: Outcomes, evidence: ReviewEvidence
 ) -> list[tuple[float, Callable[[], object], str]]:

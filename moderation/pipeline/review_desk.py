@@ -45,7 +45,6 @@ __all__ = ["Decided", "OnFinal", "ReviewDesk"]
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True, slots=True)
 class Decided:
     """What became of a reviewer's decision."""

@@ -245,8 +245,10 @@ class PostgresReviewQueue:
         token: str,
         decision: ReviewDecision,
         reason_code: str | None,
+        seen_sha256: str | None = None,
     ) -> DecideResult:
         """Record a decision from the current lease holder (see the module docstring).
+        ``seen_sha256``: the hash of the bytes the reviewer was shown (kept in the decision).
 
         Raises:
             ReviewNotFound: no such item.
@@ -311,6 +313,7 @@ class PostgresReviewQueue:
                 reason_code=reason_code,
                 token=token,
                 now=now,
+                seen_sha256=seen_sha256,
             )
             self._write(conn, item, reviewer, outcome, token, now, (decision, reason_code))
             claimed_at = float(expires) - self.lease_s
