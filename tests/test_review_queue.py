@@ -360,6 +360,15 @@ def test_twenty_concurrent_reviewers_never_get_the_same_item(queue: ReviewQueue)
     assert all(finals[rid].reviewers == [name] for rid, name in claimer.items())
     assert queue.decisions_on() == {name: len(ids) for name, ids in got.items() if ids}
     assert [s.waiting for s in queue.stats()] == [0]
+    if isinstance(queue, PostgresReviewQueue):  # what the tables say: one lease, one decision
+        with queue._pool.connection() as conn:
+            leases = conn.execute(
+                "SELECT count(*), count(DISTINCT review_id) FROM review_leases"
+            ).fetchone()
+            decided = conn.execute(
+                "SELECT count(*), count(DISTINCT review_id) FROM review_decisions"
+            ).fetchone()
+        assert leases == (n_items, n_items) and decided == (n_items, n_items)
 
 
 def test_highest_priority_first_and_resubmit_is_a_no_op(queue: ReviewQueue) -> None:
