@@ -272,17 +272,12 @@ class QueueSettings(BaseModel):
     max_queued_bytes: int = 1024 * 1024 * 1024
     #: Retry-After (seconds) sent with a 503 ``queue_full``.
     queue_full_retry_s: int = 30
-    #: With more than one tenant: messages of one tenant a worker processes at once (the rest
-    #: of that tenant's wait their turn, so another tenant's message taken next does not queue
-    #: behind them inside the worker). None: enough to keep the micro-batcher full,
-    #: ``ceil(2 * batch_size / jobs_per_message)`` (at least 2).
+    #: With more than one tenant: at most this many messages of one tenant a worker processes
+    #: at once (the rest of that tenant's wait their turn on their threads, so another
+    #: tenant's message does not queue behind them inside the worker). None: no cap. Off by
+    #: default: on the 2-vCPU bench it lowered a busy tenant's throughput without shortening
+    #: the other tenant's latency (docs/performance.md, "Fairness between tenants").
     tenant_max_in_flight: int | None = Field(default=None, ge=1)
-
-    def tenant_in_flight(self) -> int:
-        """:attr:`tenant_max_in_flight`, or its default."""
-        if self.tenant_max_in_flight is not None:
-            return self.tenant_max_in_flight
-        return max(2, -(-2 * self.batch_size // max(1, self.jobs_per_message)))
 
 
 class ReviewSettings(BaseModel):

@@ -111,3 +111,42 @@ def _wait_ended(site: Site, job_ids: set[str], worker: WorkerProcess) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"jobs {sorted(job_ids)} never ended:\n{worker.log()}")
+
+
+def test_a_tenant_lanes_messages_come_back_after_kill_9(
+    test_model_settings: Settings, tmp_path: Path
+) -> None:
+    from collections import Counter
+
+    from moderation.adapters.celery_queue import message_job_ids
+
+    n = 64
+    with (
+        _site(test_model_settings, tmp_path, jobs_per_message=JOBS_PER_MESSAGE) as site,
+        site.client(KEY_B) as globex,
+    ):
+        jobs = [{"image_base64": image_b64(2), "id": f"g-{i}"} for i in range(n)]
+        assert globex.post("/v1/jobs:batch", json={"jobs": jobs}).status_code == 202
+        assert site.store.redis.llen("moderation.t.globex") == n // JOBS_PER_MESSAGE
+        first = WorkerProcess(site.settings, tmp_path / "w1.log").start()
+        second: WorkerProcess | None = None
+        try:
+            first.wait_ready(site.store)
+            deadline = time.monotonic() + 300
+            while len(site.store.outcomes()) < 8:  # let it get going, then crash it
+                assert time.monotonic() < deadline, first.log()
+                time.sleep(0.05)
+            first.kill9()
+            held = {j for raw in site.store.redis.hvals("unacked") for j in message_job_ids(raw)}
+            ended_before = {job_id for job_id, _ in site.store.outcomes()}
+            assert held and len(ended_before) < n, "the worker held nothing when it was killed"
+            second = WorkerProcess(site.settings, tmp_path / "w2.log").start()
+            _wait_ended(site, {f"globex/g-{i}" for i in range(n)}, second)
+        finally:
+            first.stop()
+            if second is not None:
+                second.stop()
+        ended = Counter(job_id for job_id, _ in site.store.outcomes())
+        assert set(ended) == {f"globex/g-{i}" for i in range(n)}  # none lost
+        assert max(ended.values()) == 1  # none ended twice
+        assert site.store.queued_bytes("globex") == 0  # its share is whole again

@@ -121,9 +121,6 @@ def test_the_tenant_gate_caps_one_tenants_messages_and_never_blocks_another() ->
     assert gate._slot("a").acquire(blocking=False)  # released when a's message ended
     with pytest.raises(ValueError):
         TenantGate(0)
-    assert QueueSettings(batch_size=32, jobs_per_message=64).tenant_in_flight() == 2
-    assert QueueSettings(batch_size=32, jobs_per_message=8).tenant_in_flight() == 8
-    assert QueueSettings(tenant_max_in_flight=3).tenant_in_flight() == 3
 
 
 # --- the submit use case over the twins ------------------------------------------------------
@@ -325,20 +322,27 @@ def test_jobs_go_to_their_tenants_lanes_and_the_backlog_shows_per_tenant(
                 "/v1/jobs", json={**job, "id": "h", "priority": "high"}, headers=as_acme
             )
             assert high.status_code == 202, high.text
+            upload = client.post(
+                "/v1/jobs:upload",
+                files=[("image", ("u.png", b"\x89PNG" + b"u" * 200, "image/png"))],
+                data={"jobs": '[{"id": "up", "priority": "high"}]'},
+                headers=as_acme,
+            )
+            assert upload.status_code == 202, upload.text  # the upload's entries say it too
             bad = client.post("/v1/jobs", json={**job, "priority": "urgent"}, headers=as_acme)
             assert bad.status_code == 422  # schema validation, like every other field
             lanes_now = {
                 name: store.redis.llen(name)
                 for name in ("moderation", "moderation.t.acme", "moderation.high.acme")
             }
-            assert lanes_now == {"moderation": 0, "moderation.t.acme": 2, "moderation.high.acme": 1}
+            assert lanes_now == {"moderation": 0, "moderation.t.acme": 2, "moderation.high.acme": 2}
             text = client.get("/metrics").text
     finally:
         stop_api(server)
     depth = dict(
         re.findall(r'^moderation_tenant_backlog_jobs\{tenant="(\w+)"\} (\S+)$', text, re.M)
     )
-    assert depth == {"acme": "3.0", "globex": "0.0"}  # only the configured tenants
+    assert depth == {"acme": "4.0", "globex": "0.0"}  # only the configured tenants
     ages = dict(
         re.findall(
             r'^moderation_tenant_backlog_oldest_age_seconds\{tenant="(\w+)"\} (\S+)$', text, re.M
@@ -346,4 +350,4 @@ def test_jobs_go_to_their_tenants_lanes_and_the_backlog_shows_per_tenant(
     )
     assert float(ages["acme"]) >= 0.0 and float(ages["globex"]) == 0.0
     assert re.search(r'^moderation_tenant_queued_bytes\{tenant="acme"\} [1-9]', text, re.M)
-    assert re.search(r"^moderation_queue_depth 3\.0$", text, re.M)  # every lane counted
+    assert re.search(r"^moderation_queue_depth 4\.0$", text, re.M)  # every lane counted

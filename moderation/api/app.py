@@ -222,6 +222,7 @@ async def _upload_requests(form: FormData) -> list[SubmitRequest]:
                 policies=entry.policies if "policies" in own else shared.policies,
                 metadata=entry.metadata,
                 callback_url=entry.callback_url if "callback_url" in own else shared.callback_url,
+                priority=entry.priority,
             )
         )
     return requests

@@ -227,7 +227,11 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         history=history,
         prepare_many=preparer.prepare_many if preparer is not None else None,
         # One tenant alone needs no gate: everything it has is its own turn.
-        gate=TenantGate(q.tenant_in_flight()) if len(settings.tenant_names()) > 1 else None,
+        gate=(
+            TenantGate(q.tenant_max_in_flight)
+            if q.tenant_max_in_flight is not None and len(settings.tenant_names()) > 1
+            else None
+        ),
     )
     registry = open_worker_registry(settings)
     maintenance = WorkerMaintenance(
