@@ -114,7 +114,7 @@ def main() -> None:
         }
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moderation.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "moderation.cli", "api", "--port", str(port), "--ops-port", "0"],
         cwd=args.root,
         env=env,
         stdout=subprocess.DEVNULL,

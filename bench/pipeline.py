@@ -177,7 +177,7 @@ def bench_pipeline(
         ]
         port = _free_port()
         api = subprocess.Popen(
-            [sys.executable, "-m", "moderation.cli", "api", "--port", str(port)],
+            [sys.executable, "-m", "moderation.cli", "api", "--port", str(port), "--ops-port", "0"],
             env={**env, "MODERATION_LOG_LEVEL": "WARNING"},
             cwd=ROOT,
             start_new_session=True,

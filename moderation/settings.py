@@ -314,8 +314,11 @@ class ReviewSettings(BaseModel):
     #: (429 ``review_login_busy``) without a check.
     login_max_concurrent_checks: int = Field(default=4, ge=1)
     login_check_wait_s: float = Field(default=1.0, ge=0)
-    #: Set true behind TLS so the session cookie is only sent over HTTPS.
-    cookie_secure: bool = False
+    #: The ``Secure`` flag of the reviewers' cookies (sent over HTTPS only). None (the
+    #: default): on in production, off in development (the demo on plain http://127.0.0.1).
+    #: Production refuses false: serve the reviewer pages over HTTPS (the Ingress terminates
+    #: TLS).
+    cookie_secure: bool | None = None
     #: The exact bytes each review item was scored on are kept in the object store
     #: (``Settings.blobs``, under ``review-evidence/``) while the item waits, and this long after
     #: its decision is final (whole UTC days; a worker's sweep deletes them, every
@@ -619,6 +622,11 @@ class Settings(BaseSettings):
     embeddings: EmbeddingSettings = EmbeddingSettings()
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    #: The API process's operations port (``/healthz``, ``/readyz`` with worker, model and bank
+    #: details, ``/metrics``): what Kubernetes probes and Prometheus scrape, never exposed to
+    #: the public. In production the public port answers only a bare ``/healthz`` and
+    #: ``/readyz``. None: no operations port (``moderation api --ops-port`` overrides).
+    api_ops_port: int | None = 8001
     #: This worker's position among the worker processes of its host (which GPU it uses: slot
     #: modulo the GPU count). None: the lowest free slot in ``worker_slots_dir``.
     worker_slot: int | None = None
@@ -683,6 +691,14 @@ class Settings(BaseSettings):
     def development(self) -> bool:
         return self.environment == "development"
 
+    @property
+    def secure_cookies(self) -> bool:
+        """Whether the reviewers' cookies carry ``Secure`` (``review.cookie_secure``, by default
+        on in production)."""
+        if self.review.cookie_secure is None:
+            return not self.development
+        return self.review.cookie_secure
+
     def tenant_names(self) -> list[str]:
         """Every tenant this configuration knows (the bounded set used as a metric label)."""
         names = {k.tenant for k in self.api_keys} | set(self.tenants)
@@ -714,6 +730,11 @@ class Settings(BaseSettings):
             problem = _secret_problem(value, default)
             if problem:
                 found.append(f"{name} {problem}")
+        if self.review.cookie_secure is False:
+            found.append(
+                "review.cookie_secure is false (reviewer session cookies would travel over "
+                "plain HTTP: serve the reviewer pages over HTTPS)"
+            )
         if not self.api_keys:
             found.append("api_keys is empty (the job API is open to anyone)")
         for entry in self.api_keys:

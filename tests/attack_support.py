@@ -40,10 +40,16 @@ class Site:
     store: RedisJobStore
     proc: subprocess.Popen[bytes]
     log: Path
+    #: The operations port (``/metrics``, detailed ``/readyz``): what only the cluster reaches.
+    ops_url: str = ""
 
     def client(self, key: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def browser(self, *, source: str = "127.0.0.1") -> httpx.Client:
+        """A client for the reviewer pages (:func:`browser`)."""
+        return browser(self.url, source=source)
 
     def peak_rss_mb(self) -> float:
         """The API process's peak resident memory so far (VmHWM)."""
@@ -51,6 +57,24 @@ class Site:
         match = re.search(r"VmHWM:\s+(\d+) kB", status)
         assert match is not None
         return int(match.group(1)) / 1024
+
+
+def browser(base_url: str, *, source: str = "127.0.0.1") -> httpx.Client:
+    """A client that sends ``Secure`` cookies to loopback addresses, as browsers do (they treat
+    http://127.0.0.1 as a secure context; Python's cookie jar does not): the production-mode
+    reviewer cookies are ``Secure`` and the test site speaks plain HTTP. Its connections come
+    from ``source`` (any 127.0.0.0/8 address: another socket peer for the server)."""
+    client = httpx.Client(
+        base_url=base_url, timeout=60, transport=httpx.HTTPTransport(local_address=source)
+    )
+
+    def loopback_is_secure(response: httpx.Response) -> None:
+        if (response.url.host or "").startswith("127."):
+            for cookie in client.cookies.jar:
+                cookie.secure = False
+
+    client.event_hooks["response"].append(loopback_is_secure)
+    return client
 
 
 def production(settings: Settings, redis_url: str) -> Settings:
@@ -113,6 +137,15 @@ def start_api_process(
     raise AssertionError(f"the API never answered:\n{log.read_text()[-3000:]}")
 
 
+def ops_url_of(proc: subprocess.Popen[bytes]) -> str:
+    """The operations port's URL, as ``moderation api`` prints it after the API's."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    match = re.search(r"serving operations on (http://127\.0\.0\.1:\d+)", line)
+    assert match is not None, line
+    return match.group(1)
+
+
 @contextmanager
 def started_site(settings: Settings, redis_url: str, root: Path) -> Iterator[Site]:
     """The API in production mode on ``redis_url``, with reviewers alice and root (an admin)."""
@@ -141,7 +174,12 @@ def started_site(settings: Settings, redis_url: str, root: Path) -> Iterator[Sit
     proc, url = start_api_process(settings, root / "api.log")
     try:
         yield Site(
-            url, settings, RedisJobStore.from_url(redis_url, settings.queue), proc, root / "api.log"
+            url,
+            settings,
+            RedisJobStore.from_url(redis_url, settings.queue),
+            proc,
+            root / "api.log",
+            ops_url=ops_url_of(proc),
         )
     finally:
         proc.terminate()

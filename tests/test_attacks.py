@@ -135,7 +135,7 @@ def _forget_failures(site: Site) -> None:
 
 def test_3_sign_out_ends_the_session_for_every_copy_of_the_cookie(site: Site) -> None:
     _forget_failures(site)
-    with httpx.Client(base_url=site.url, timeout=30) as alice:
+    with site.browser() as alice:
         assert _login(alice, "alice", PASSWORD).status_code == 303
         page = alice.get("/review/")
         csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"', page.text)
@@ -153,7 +153,7 @@ def test_3_sign_out_ends_the_session_for_every_copy_of_the_cookie(site: Site) ->
 
 
 def _metric(site: Site, name: str, labels: str) -> float:
-    text = httpx.get(site.url + "/metrics", timeout=30).text
+    text = httpx.get(site.ops_url + "/metrics", timeout=30).text  # the operations port
     match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} ([0-9.e+]+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
@@ -163,7 +163,7 @@ def test_4_fifty_wrong_passwords_then_the_right_one_is_refused(site: Site) -> No
     checked_before = _metric(site, "moderation_login_failures_total", 'reason="bad_credentials"')
     statuses = []
     started = time.monotonic()
-    with httpx.Client(base_url=site.url, timeout=30) as attacker:
+    with site.browser() as attacker:
         for n in range(50):
             statuses.append(_login(attacker, "alice", f"guess-{n:02d}").status_code)
         elapsed = time.monotonic() - started

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +35,7 @@ from moderation.adapters.support.redis import connect
 from moderation.api.edge import body_limits
 from moderation.settings import Settings
 from tests.attack_support import KEY_A, PASSWORD, Site, started_site
-from tests.pipeline_support import raw_exchange
+from tests.pipeline_support import ROOT, raw_exchange
 from tests.servers import valkey_url
 
 pytestmark = pytest.mark.xdist_group("attacks_auth")
@@ -60,13 +62,10 @@ def site(
 
 
 def _client(site: Site, *, source: str = "127.0.0.1", **headers: str) -> httpx.Client:
-    """A client whose connections come from ``source`` (any 127.0.0.0/8 address)."""
-    return httpx.Client(
-        base_url=site.url,
-        headers=headers,
-        timeout=60,
-        transport=httpx.HTTPTransport(local_address=source),
-    )
+    """A browser-like client whose connections come from ``source``."""
+    client = site.browser(source=source)
+    client.headers.update(headers)
+    return client
 
 
 def _login(client: httpx.Client, username: str, password: str, **headers: str) -> httpx.Response:
@@ -169,7 +168,7 @@ def test_7_unauthenticated_bodies_are_refused_before_they_are_read(site: Site) -
 
 
 def _metric(site: Site, name: str, labels: str) -> float:
-    text = httpx.get(site.url + "/metrics", timeout=30).text
+    text = httpx.get(site.ops_url + "/metrics", timeout=30).text
     match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} ([0-9.e+]+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
@@ -305,3 +304,66 @@ def test_10_a_trusted_proxy_names_the_client_and_nobody_else_can(
         clients = {r.details["client"] for r in failed}
         assert clients == {"198.51.100.7", "127.0.0.1"}, clients
         _forget_failures(proxied)
+
+
+# --- 11 ------------------------------------------------------------------------------------------
+
+
+def test_11_session_cookies_are_secure_in_production_and_the_check_requires_it(
+    site: Site, tmp_path: Path
+) -> None:
+    _forget_failures(site)
+    with _client(site, source="127.0.0.8") as alice:
+        form = alice.get("/review/login")
+        assert "secure" in form.headers["set-cookie"].lower()
+        signed_in = _login(alice, "alice", PASSWORD)
+        assert signed_in.status_code == 303, signed_in.text
+        cookie = next(
+            c for c in signed_in.headers.get_list("set-cookie") if c.startswith("mr_session=")
+        )
+        flags = {part.strip().lower() for part in cookie.split(";")[1:]}
+        assert {"secure", "httponly", "samesite=strict"} <= flags, cookie
+    env = {
+        **site.settings.to_env(),
+        "PYTHONPATH": str(ROOT),
+        "MODERATION_REVIEW__COOKIE_SECURE": "false",
+    }
+    refused = subprocess.run(
+        [sys.executable, "-m", "moderation.cli", "api", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "review.cookie_secure is false" in " ".join(refused.stderr.split())
+
+
+# --- 12 ------------------------------------------------------------------------------------------
+
+
+def test_12_operations_endpoints_are_not_public(site: Site) -> None:
+    tenants = ("acme", "globex")
+    with httpx.Client(base_url=site.url, timeout=30) as anonymous:
+        assert anonymous.get("/metrics").status_code == 404
+        ready = anonymous.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+        assert anonymous.get("/healthz").json() == {"status": "ok"}
+        assert anonymous.get("/docs").status_code == 404
+        assert anonymous.get("/redoc").status_code == 404
+        spec = anonymous.get("/openapi.json")
+        assert spec.status_code == 401 and spec.json()["code"] == "unauthorized"
+        for answer in (ready, spec):
+            assert not any(t in answer.text for t in tenants), answer.text
+    with site.client(KEY_A) as acme:
+        assert acme.get("/openapi.json").json()["info"]["title"] == "Moderation API"
+    # The operations port (what the cluster's probes and Prometheus reach) has the details.
+    with httpx.Client(base_url=site.ops_url, timeout=30) as cluster:
+        detailed = cluster.get("/readyz").json()
+        assert detailed["status"] == "ready" and detailed["redis"] is True
+        assert "workers" in detailed
+        text = cluster.get("/metrics").text
+        assert "moderation_http_requests_total" in text
+        assert cluster.get("/healthz").json() == {"status": "ok"}
+        assert cluster.get("/openapi.json").status_code == 404  # nothing else lives there

@@ -132,7 +132,7 @@ def running(
 
 
 def _sign_in(site: Site) -> tuple[httpx.Client, str]:
-    client = httpx.Client(base_url=site.url, timeout=30)
+    client = site.browser()  # production cookies are Secure: a browser sends them to 127.0.0.1
     form = client.get("/review/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert csrf is not None, form.text

@@ -507,6 +507,40 @@ def test_service_monitors_scrape_the_api_and_every_worker_and_the_rules_are_the_
     assert generator.TARGET.read_text() == generator.render(), "run `make manifests`"
 
 
+@needs_kustomize
+def test_the_api_operations_port_is_probed_and_scraped_and_never_public(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for docs in rendered.values():
+        api = one(docs, "Deployment", "moderation-api")["spec"]["template"]["spec"]
+        container = api["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        args = container["args"]
+        assert ports["ops"] == int(args[args.index("--ops-port") + 1]) != ports["http"]
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert container[probe]["httpGet"]["port"] == "ops", probe
+        public = one(docs, "Service", "moderation-api")["spec"]["ports"]
+        assert [p["targetPort"] for p in public] == ["http"]  # what an Ingress can route
+        ops = one(docs, "Service", "moderation-api-ops")["spec"]
+        assert ops["clusterIP"] == "None" and [p["targetPort"] for p in ops["ports"]] == ["ops"]
+        monitor = one(docs, "ServiceMonitor", "moderation-api")
+        assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["ops"]
+        for ingress in (d for d in docs if d["kind"] == "Ingress"):
+            backends = [
+                path["backend"]["service"]
+                for rule in ingress["spec"]["rules"]
+                for path in rule["http"]["paths"]
+            ]
+            assert backends and all(
+                b == {"name": "moderation-api", "port": {"name": "http"}} for b in backends
+            ), backends
+    services = _compose("compose.yaml")["services"]
+    command = services["api"]["command"]
+    ops_port = command[command.index("--ops-port") + 1]
+    assert f"127.0.0.1:{ops_port}/readyz" in services["api"]["healthcheck"]["test"][-1]
+    assert not any(p.endswith(f":{ops_port}") for p in services["api"]["ports"])
+
+
 def _load_script(name: str) -> Any:
     import importlib.util
 

@@ -89,12 +89,17 @@ class AuditLog:
                 log.info("audit: draining orphaned chain %s", chain.chain_id)
                 self._orphans.append(chain)
         if own is None:
-            folder = spool_dir / f"chain-{new_chain_id()}"
-            folder.mkdir()
-            fsync_dir(spool_dir)
-            lock_fd = try_lock(folder)
+            # Locked under a name no scan looks at, then renamed: another process starting on
+            # the same spool at the same moment cannot take the new chain for an orphan.
+            chain_id = new_chain_id()
+            staging = spool_dir / f".new-{chain_id}"
+            staging.mkdir()
+            lock_fd = try_lock(staging)
             if lock_fd is None:
-                raise AuditError(f"cannot lock new audit chain {folder}", code="audit_spool")
+                raise AuditError(f"cannot lock new audit chain {staging}", code="audit_spool")
+            folder = spool_dir / f"chain-{chain_id}"
+            staging.rename(folder)
+            fsync_dir(spool_dir)
             own = Chain(folder, lock_fd, file_max_bytes=spool_file_max_bytes)
             log.info("audit: started chain %s", own.chain_id)
         self._chain = own

@@ -27,7 +27,7 @@ from fastapi import Depends, FastAPI, Path, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData, UploadFile
@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException
 from moderation import exceptions
 from moderation.api.authn import STATE_TENANT, AuthenticateFirst, TenantKeys, TrustedProxies
 from moderation.api.edge import BodyLimit, HttpMetrics, body_limits
+from moderation.api.ops import operations_router, ready_status
 from moderation.api.schemas import (
     BatchAccepted,
     BatchRequest,
@@ -45,7 +46,7 @@ from moderation.api.schemas import (
     JobRequest,
     LookupAnswer,
     LookupRequest,
-    Readiness,
+    PublicReadiness,
 )
 from moderation.compose.api import ApiProcess
 from moderation.core.admission import Tenant
@@ -59,8 +60,6 @@ from moderation.http.problems import (
     handle_unexpected_error,
     handle_validation_error,
 )
-from moderation.metrics import render, render_review_gauges, render_tenant_backlog
-from moderation.pipeline.backlog import tenant_backlog
 from moderation.pipeline.submit import Accepted, SubmitRequest
 
 __all__ = ["create_app"]
@@ -300,9 +299,11 @@ def create_app(api: ApiProcess) -> FastAPI:
     """The API application over the collaborators of :func:`moderation.compose.api.build_api`."""
     settings = api.settings
     submitter = api.submitter
-    store = api.store
     tenants = api.tenants
     app = FastAPI(
+        # Production: no interactive docs, and the OpenAPI document needs a tenant's key.
+        docs_url="/docs" if settings.development else None,
+        redoc_url="/redoc" if settings.development else None,
         title="Moderation API",
         version="1",
         description="Enqueue images for policy-driven moderation; read verdicts. Every /v1 call "
@@ -318,7 +319,12 @@ def create_app(api: ApiProcess) -> FastAPI:
     limits, default_limit = body_limits(settings)
     app.add_middleware(BodyLimit, limits=limits, default=default_limit)
     keys = TenantKeys((k.key.get_secret_value(), k.tenant) for k in settings.api_keys)
-    app.add_middleware(AuthenticateFirst, keys=keys, prefixes=("/v1/",), exact=frozenset())
+    app.add_middleware(
+        AuthenticateFirst,
+        keys=keys,
+        prefixes=("/v1/",),
+        exact=frozenset() if settings.development else frozenset({"/openapi.json"}),
+    )
     app.add_middleware(HttpMetrics, routes=lambda: list(app.router.routes))
     if settings.api_trusted_proxies:
         app.add_middleware(TrustedProxies, proxies=settings.api_trusted_proxies)
@@ -441,68 +447,23 @@ def create_app(api: ApiProcess) -> FastAPI:
         """The process is alive."""
         return Health(status="ok")
 
-    @app.get(
-        "/readyz",
-        response_model=Readiness,
-        responses={503: {"model": Readiness, "description": "Redis does not answer."}},
-        tags=["operations"],
-    )
-    def readyz() -> JSONResponse:
-        """Ready when this process's own dependency (Redis) answers. Workers are listed but not
-        required: jobs wait in the queue while they restart (watch the
-        ``moderation_workers_alive`` metric instead)."""
-        redis_ok = store.ping()
-        workers: list[dict[str, Any]] = []
-        if redis_ok:
-            try:
-                workers = api.workers.workers()
-            except ModerationError:
-                workers = []
-        body = Readiness(
-            status="ready" if redis_ok else "not ready",
-            redis=redis_ok,
-            workers=[
-                {k: w.get(k) for k in ("name", "model", "policies", "banks")} for w in workers
-            ],
-        )
-        return JSONResponse(body.model_dump(), status_code=200 if redis_ok else 503)
+    if settings.development:  # the API is open here too; production: the operations port
+        app.include_router(operations_router(api))
+    else:
 
-    @app.get(
-        "/metrics",
-        response_class=PlainTextResponse,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-        tags=["operations"],
-    )
-    def prometheus() -> Response:
-        """Prometheus metrics of the API and every worker process on this host, plus gauges
-        read from Redis (queue depth, live workers, queued bytes)."""
-        depth = _quiet(api.publisher.queue_depth)
-        alive = _quiet(lambda: len(api.workers.workers()))
-        queued = _quiet(store.queued_bytes)
-        oldest = _quiet(lambda: api.deliveries.oldest_pending_age() or 0.0)
-        body, content_type = render(
-            queue_depth=depth,
-            workers_alive=alive,
-            queued_bytes=queued,
-            oldest_pending_age_s=oldest,
-            dead_letters=_quiet(api.deliveries.dead_letter_count),
+        @app.get(
+            "/readyz",
+            response_model=PublicReadiness,
+            responses={503: {"model": PublicReadiness, "description": "Not ready."}},
+            tags=["operations"],
         )
-        try:
-            stats = api.review_queue.stats()
-            body += render_review_gauges(
-                lambda: [(s.policy_id, s.waiting, s.in_review, s.oldest_age_s) for s in stats]
+        def readyz() -> JSONResponse:
+            """Ready when this process can take jobs (the details are on the operations
+            port)."""
+            ok = ready_status(api)
+            return JSONResponse(
+                {"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503
             )
-        except ModerationError:
-            log.warning("review queue stats unavailable for /metrics")
-        if api.backlog is not None:
-            try:
-                rows = tenant_backlog(api.backlog, store, sorted(api.tenants))
-                body += render_tenant_backlog(
-                    lambda: [(r.tenant, r.depth, r.oldest_age_s, r.queued_bytes) for r in rows]
-                )
-            except ModerationError:
-                log.warning("tenant backlog unavailable for /metrics")
-        return Response(body, media_type=content_type)
 
     def openapi() -> dict[str, Any]:
         """The OpenAPI document, with what the models cannot say: the configured size limits

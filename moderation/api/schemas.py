@@ -37,6 +37,7 @@ __all__ = [
     "JobRequest",
     "LookupAnswer",
     "LookupRequest",
+    "PublicReadiness",
     "Readiness",
 ]
 
@@ -198,6 +199,13 @@ class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     redis: bool
     workers: list[WorkerInfo]
+
+
+class PublicReadiness(BaseModel):
+    """Readiness as the public port answers it in production: the status only (the details are
+    on the operations port)."""
+
+    status: Literal["ready", "not ready"]
 
 
 class LookupRequest(BaseModel):

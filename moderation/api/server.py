@@ -1,16 +1,68 @@
-"""Serving the API from a thread of the current process (the demo, tests and benchmarks)."""
+"""Serving the API: from bound sockets, with its operations port beside it (``moderation api``),
+or from a thread of the current process (the demo, tests and benchmarks).
+
+Neither server reads ``X-Forwarded-*`` headers (``proxy_headers=False``): only
+``api_trusted_proxies`` may name the client (:mod:`moderation.api.authn`), never uvicorn's default
+of trusting 127.0.0.1.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
 from moderation.exceptions import ModerationError
 
-__all__ = ["serve_in_thread"]
+__all__ = ["serve_in_thread", "serve_sockets"]
+
+
+class _Follower(uvicorn.Server):
+    """A server that leaves the signals to the one beside it and stops with it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def serve_sockets(
+    app: FastAPI,
+    sock: socket.socket,
+    *,
+    ops_app: FastAPI | None = None,
+    ops_sock: socket.socket | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve ``app`` on ``sock`` (and ``ops_app`` on ``ops_sock``) until SIGINT / SIGTERM."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, proxy_headers=False))
+
+    async def serve() -> None:
+        ops_task = None
+        if ops_app is not None and ops_sock is not None:
+            ops = _Follower(
+                uvicorn.Config(
+                    ops_app,
+                    log_level=log_level,
+                    proxy_headers=False,
+                    lifespan="off",
+                    access_log=False,
+                )
+            )
+            ops_task = asyncio.create_task(ops.serve(sockets=[ops_sock]))
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            if ops_task is not None:
+                ops.should_exit = True
+                await ops_task
+
+    asyncio.run(serve())
 
 
 def serve_in_thread(app: FastAPI, port: int, *, host: str = "127.0.0.1") -> uvicorn.Server:

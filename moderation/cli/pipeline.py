@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -73,13 +74,17 @@ def worker(
 @pipeline_app.command()
 def api(
     host: Annotated[str | None, typer.Option()] = None,
-    port: Annotated[int | None, typer.Option(help="0: any free port")] = None,
+    port: Annotated[int | None, typer.Option(help="0: any free port (for both ports)")] = None,
+    ops_port: Annotated[
+        int | None,
+        typer.Option(help="/healthz, /readyz, /metrics for probes and scrapes; 0: any free port"),
+    ] = None,
 ) -> None:
-    """Serve the HTTP API (uvicorn). ``--port 0`` binds a free port and prints it."""
-    import socket
-
-    import uvicorn
-
+    """Serve the HTTP API (uvicorn), and its operations endpoints on their own port
+    (``api_ops_port``). ``--port 0`` binds free ports (the operations port too, unless
+    ``--ops-port`` says otherwise); both addresses are printed, the API's first."""
+    from moderation.api.ops import create_ops_app
+    from moderation.api.server import serve_sockets
     from moderation.app import create_app
     from moderation.compose.api import build_api
 
@@ -87,32 +92,49 @@ def api(
     warn_insecure(settings)
     bind_host = host or settings.api_host
     bind_port = settings.api_port if port is None else port
-    try:
-        family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((bind_host, bind_port))
-    except OSError as exc:
-        raise fail(ModerationError(f"cannot listen on {bind_host}:{bind_port}: {exc}")) from exc
+    bind_ops = ops_port if ops_port is not None else 0 if port == 0 else settings.api_ops_port
+    sock = _listen(bind_host, bind_port)
+    ops_sock = _listen(bind_host, bind_ops) if bind_ops is not None else None
     try:
         process = build_api(settings)
     except ModerationError as exc:
         sock.close()
+        if ops_sock is not None:
+            ops_sock.close()
         raise fail(exc) from exc
-    shown = f"[{bind_host}]" if family == socket.AF_INET6 else bind_host
+    shown = f"[{bind_host}]" if ":" in bind_host else bind_host
     print(f"serving the API on http://{shown}:{sock.getsockname()[1]}", flush=True)
-    server = uvicorn.Server(
-        # proxy_headers=False: only api_trusted_proxies may set the client address
-        # (moderation.api.authn), never uvicorn's default of trusting 127.0.0.1.
-        uvicorn.Config(
-            create_app(process), log_level=settings.log_level.lower(), proxy_headers=False
-        )
-    )
+    if ops_sock is not None:
+        print(f"serving operations on http://{shown}:{ops_sock.getsockname()[1]}", flush=True)
     try:
-        server.run(sockets=[sock])
+        serve_sockets(
+            create_app(process),
+            sock,
+            ops_app=create_ops_app(process) if ops_sock is not None else None,
+            ops_sock=ops_sock,
+            log_level=settings.log_level.lower(),
+        )
     finally:
         process.close()
         sock.close()
+        if ops_sock is not None:
+            ops_sock.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A bound TCP socket (IPv6 for a host with a colon).
+
+    Raises:
+        typer.Exit: the address cannot be bound.
+    """
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise fail(ModerationError(f"cannot listen on {host}:{port}: {exc}")) from exc
+    return sock
 
 
 @pipeline_app.command()

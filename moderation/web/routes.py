@@ -216,6 +216,7 @@ def build_review_router(
     )
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
     router = APIRouter(prefix=prefix, route_class=_secure_route(prefix), include_in_schema=False)
+    secure = settings.secure_cookies  # on in production (the start-up check refuses off)
 
     def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
         response.set_cookie(
@@ -225,8 +226,11 @@ def build_review_router(
             path=prefix,
             httponly=True,
             samesite="strict",
-            secure=review.cookie_secure,
+            secure=secure,
         )
+
+    def _forget(response: Response, name: str) -> None:
+        response.delete_cookie(name, path=prefix, httponly=True, samesite="strict", secure=secure)
 
     def principal(request: Request) -> Principal:
         session, account = auth.session(request.cookies.get(SESSION_COOKIE))
@@ -303,7 +307,7 @@ def build_review_router(
             return response
         response = RedirectResponse(f"{prefix}/", status_code=303)
         _cookie(response, SESSION_COOKIE, token, review.session_ttl_s)
-        response.delete_cookie(PRE_COOKIE, path=prefix)
+        _forget(response, PRE_COOKIE)
         return response
 
     @router.post("/logout")
@@ -315,7 +319,7 @@ def build_review_router(
         codec.check_csrf(who.session.nonce, csrf)
         auth.sign_out(request.cookies.get(SESSION_COOKIE))
         response = RedirectResponse(f"{prefix}/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path=prefix)
+        _forget(response, SESSION_COOKIE)
         return response
 
     # --- pages ----------------------------------------------------------------------------
