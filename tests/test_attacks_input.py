@@ -197,6 +197,20 @@ def test_14_deeply_nested_json_is_a_client_error_everywhere(site: Site) -> None:
             "/v1/jobs", content=metadata, headers={"Content-Type": "application/json"}
         )
         assert 400 <= answer.status_code < 500, answer.text[:300]
+        # JSON lets a string hold a lone surrogate; Unicode text cannot: a 4xx, never a 500
+        for body in (
+            f'{{"image_base64": "{image_b64()}", "metadata": {{"a": "\\ud800"}}}}',
+            f'{{"image_base64": "{image_b64()}", "metadata": {{"\\udc00": 1}}}}',
+        ):
+            answer = acme.post(
+                "/v1/jobs", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert answer.status_code == 400 and answer.json()["code"] == "metadata_invalid"
+        surrogate = _upload(acme, '[{"metadata": {"a": "\\ud800"}}]')
+        assert surrogate.status_code == 422 and _fields(surrogate) == ["jobs"]
+        # a URL with CR/LF is no URL (and would reach the worker's logs)
+        forged = acme.post("/v1/jobs", json={"image_url": f"https://a.example/x\r\n{FORGED}"})
+        assert forged.status_code == 400 and forged.json()["code"] == "bad_reference"
     with httpx.Client(base_url=site.url, timeout=30) as anonymous:  # the reviewers' JSON API
         answer = anonymous.post(
             "/review/api/decide",

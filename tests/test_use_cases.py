@@ -948,3 +948,19 @@ def test_a_video_job_carries_its_segments_to_result_audit_callback_and_dsa(world
     assert "seen at 12." in statement["decision_facts"]
     sent = world.callbacks.sent[-1]
     assert "segments" in str(sent)
+
+
+def test_metadata_that_is_not_unicode_and_urls_with_controls_are_refused(world: World) -> None:
+    """JSON lets a client send a lone surrogate (``"\\ud800"``) and the JSON API takes any
+    string as a URL: both are client errors, not a crash and not a forged log line later."""
+    for metadata in ({"a": "\ud800"}, {"\udc00": 1}, {"a": [{"b": "x\ud800"}]}):
+        with pytest.raises(JobRejected) as refused:
+            world.submitter.submit(
+                [SubmitRequest(image_url="mem://a", metadata=metadata)], tenant=ACME
+            )
+        assert (refused.value.status, refused.value.code) == (400, "metadata_invalid")
+    for url in ("https://a.example/x\r\nERROR forged", "mem://a\x00b", "mem://a\x85b"):
+        with pytest.raises(JobRejected) as refused:
+            world.submitter.submit([SubmitRequest(image_url=url)], tenant=ACME)
+        assert (refused.value.status, refused.value.code) == (400, "bad_reference")
+    assert world.store.jobs == {}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,10 @@ class PolicyCatalog:
     def known(self) -> set[str]:
         from_workers = self.registry.known_policies()
         return set(from_workers) if from_workers else self._from_files()
+
+
+#: Characters no URL may hold unencoded (C0 controls, DEL, C1 controls).
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _reject(status: int, code: str, message: str) -> JobRejected:
@@ -213,7 +218,14 @@ class Submitter:
                 f"metadata is nested {depth} levels deep; at most "
                 f"{self.settings.max_metadata_depth}",
             )
-        size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+        try:
+            size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+        except UnicodeEncodeError as exc:  # JSON allows "\ud800"; Unicode text does not
+            raise _reject(
+                400,
+                "metadata_invalid",
+                "metadata holds a lone UTF-16 surrogate (\\ud800-\\udfff): not Unicode text",
+            ) from exc
         if size > self.settings.max_metadata_bytes:
             raise _reject(
                 413,
@@ -257,6 +269,12 @@ class Submitter:
                 raise _reject(400, "missing_image", "image_url is empty")
             if len(uri) > 4096:
                 raise _reject(400, "bad_reference", "image_url is longer than 4096 characters")
+            if _CONTROLS.search(uri):
+                raise _reject(
+                    400,
+                    "bad_reference",
+                    "image_url holds control characters (CR, LF, ...); percent-encode them",
+                )
             image = ImageRef(uri=uri)
             try:
                 self.sources.check(image, tenant=tenant.name)
