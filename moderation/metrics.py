@@ -238,6 +238,13 @@ class PipelineMetrics:
             buckets=_REVIEW_BUCKETS,
             registry=registry,
         )
+        self.review_handoffs = Counter(
+            "moderation_review_handoffs_total",
+            "Attempts to hand a final human decision on (job result, audit, callback) by outcome: "
+            "delivered, or failed (kept in the outbox and tried again with backoff).",
+            ["outcome"],
+            registry=registry,
+        )
 
 
 _lock = threading.Lock()

@@ -11,6 +11,7 @@ import pytest
 
 from moderation.adapters.memory import MemoryBlobStore, MemoryReviewQueue
 from moderation.core.review import ReviewDecision, outbox_delay
+from moderation.metrics import metrics
 from moderation.pipeline.review_desk import ReviewDesk
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.review_outbox import ReviewOutbox
@@ -62,6 +63,8 @@ def test_backoff_doubles_up_to_its_maximum() -> None:
 
 
 def test_a_failed_hand_on_is_retried_with_backoff_until_it_works() -> None:
+    handoffs = metrics().review_handoffs
+    failed, delivered = (handoffs.labels(o)._value.get() for o in ("failed", "delivered"))
     clock = Clock(1_000_000.0)
     queue = MemoryReviewQueue(clock=clock)
     handed = Handed(down=True)
@@ -82,6 +85,8 @@ def test_a_failed_hand_on_is_retried_with_backoff_until_it_works() -> None:
     assert outbox.deliver_due() == (1, 1)
     assert [f.review_id for f in handed.finals] == [review_id]
     assert queue.undelivered() == [] and outbox.deliver_due() == (0, 0)
+    assert handoffs.labels("failed")._value.get() - failed == 3
+    assert handoffs.labels("delivered")._value.get() - delivered == 1
 
 
 def test_a_decision_whose_process_died_before_handing_it_on_is_delivered() -> None:

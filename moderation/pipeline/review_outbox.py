@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from moderation.core.review import HumanDecision, outbox_delay
 from moderation.exceptions import ModerationError
+from moderation.metrics import metrics
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.ports import ReviewQueue
 
@@ -77,6 +78,7 @@ class ReviewOutbox:
             if self.evidence is not None:
                 self.evidence.retire(self.queue.item(final.review_id), final.decided_at)
         except ModerationError as exc:
+            metrics().review_handoffs.labels("failed").inc()
             delay = outbox_delay(attempts + 1, base_s=self.backoff_s, max_s=self.backoff_max_s)
             self.queue.retry_later(final.review_id, delay_s=delay, error=f"{exc.code}: {exc}")
             log.warning(
@@ -88,6 +90,7 @@ class ReviewOutbox:
             )
             return False
         self.queue.delivered(final.review_id)
+        metrics().review_handoffs.labels("delivered").inc()
         return True
 
     def deliver_due(self) -> tuple[int, int]:
