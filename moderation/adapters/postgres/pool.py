@@ -58,6 +58,9 @@ def open_pool(
         timeout=settings.pool_timeout_s,
         kwargs=connection_kwargs(settings, application=application),
         name=application,
+        # A connection is checked as it leaves the pool (one round trip): after a database
+        # restart, dead connections are replaced instead of answering 503 until used up.
+        check=ConnectionPool.check_connection,
         open=False,
     )
     with database_errors("database"):
