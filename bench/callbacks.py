@@ -210,7 +210,7 @@ def main() -> None:
         start_new_session=True,
     )
     api = subprocess.Popen(
-        [sys.executable, "-m", "moderation.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "moderation.cli", "api", "--port", str(port), "--ops-port", "0"],
         cwd=args.root,
         env=env,
         stdout=logs[1],
