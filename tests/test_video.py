@@ -385,3 +385,15 @@ def test_videos_and_images_have_their_own_byte_caps() -> None:
             video
         )
     assert caught.value.code == "video_too_large"
+
+
+def test_an_animation_too_large_to_walk_is_refused_before_decoding() -> None:
+    """Sampling walks every frame: frames x pixels is bounded (a GIF bomb of many frames)."""
+    import tests.data.hostile as hostile
+
+    settings = VideoSettings(max_pixels=4096, max_samples=60, max_scene_cuts=10)
+    decoder = SafeDecoder(ImageLimits(), video=settings)  # 245,760 pixels to walk, at most
+    assert len(decoder.decode(hostile.animated_gif(200, size=16))) >= 2
+    with pytest.raises(ImageError) as caught:
+        decoder.decode(hostile.animated_gif(1000, size=32))  # 256 distinct frames of 32x32
+    assert caught.value.code == "image_too_large" and "frames of 32x32" in str(caught.value)

@@ -346,6 +346,12 @@ def _animation_samples(
     cuts; :mod:`moderation.core.sampling`). Two passes: the frame delays first (to plan the
     cells over the whole animation), then the samples."""
     n_frames = _count_frames(image)
+    budget = video.max_pixels * video.max_samples  # the pixels of the largest video's samples
+    if n_frames * image.size[0] * image.size[1] > budget:
+        raise ImageTooLargeError(
+            f"animation of {n_frames} frames of {image.size[0]}x{image.size[1]} pixels is "
+            f"over {budget} pixels to walk (video.max_pixels x video.max_samples): refused"
+        )
     starts: list[float] = []
     elapsed = 0.0
     for index in range(n_frames):
