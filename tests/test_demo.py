@@ -7,14 +7,33 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_demo_runs_everything_embedded(tmp_path: Path) -> None:
+@pytest.fixture
+def demo_dir() -> Iterator[Path]:
+    """The demo's folder, outside pytest's temporary root: pytest keeps that root private to its
+    user (mode 0700, applied again by every pytest run that starts on the machine), while the
+    embedded PostgreSQL, started by root, runs as the unprivileged ``pgserver`` user, which must
+    reach its data folder."""
+    path = Path(tempfile.mkdtemp(prefix="moderation-demo-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_demo_runs_everything_embedded(demo_dir: Path) -> None:
+    tmp_path = demo_dir
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")}
     env.update(
         {
