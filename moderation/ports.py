@@ -379,6 +379,11 @@ class DeliveryLog(Protocol):
 
     def count_delivery(self, job_id: str) -> int: ...
 
+    def uncount_deliveries(self, job_ids: Sequence[str]) -> None:
+        """Take back one counted start of each job: a redelivered batch split into one message
+        per job, whose next start is the same recovery, not one more crash."""
+        ...
+
     def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]: ...
 
     def effects_done(self, job_id: str) -> bool: ...
@@ -505,6 +510,9 @@ class SingleDeliveryOps:
         raise NotImplementedError
 
     def count_deliveries(self, job_ids: Sequence[str]) -> list[int]:
+        raise NotImplementedError
+
+    def uncount_deliveries(self, job_ids: Sequence[str]) -> None:
         raise NotImplementedError
 
     def effects_done(self, job_id: str) -> bool:

@@ -652,6 +652,26 @@ def test_a_redelivered_batch_is_split_so_a_poison_image_takes_down_only_itself(
     ] * 3
 
 
+def test_one_crash_of_a_batch_counts_once_and_dead_letters_after_max_deliveries_crashes(
+    world: World,
+) -> None:
+    """Crashes are counted, not messages: the split of a redelivered batch is not one more
+    delivery, so a job dies with exactly ``queue.max_deliveries`` crashes, not fewer."""
+    ids = [world.submit(image_bytes=png("allow", 70 + i)) for i in range(2)]
+    world.deliveries.count_deliveries(ids)  # started in a batch; the worker died
+    assert [d.outcome for d in world.processor.process_many(ids)] == ["split"] * 2
+    poison = ids[0]
+    # Its single message: the second start, then the worker dies on it again and again.
+    for crash in range(2, world.queue.max_deliveries + 1):
+        assert world.deliveries.count_delivery(poison) == crash
+    # The next start comes after max_deliveries crashes: dead-lettered, with that many crashes.
+    assert world.processor.process_many([poison])[0].outcome == "dead_letter"
+    letter = world.deliveries.dead_letters()[0]
+    assert letter.deliveries == world.queue.max_deliveries + 1
+    assert f"{world.queue.max_deliveries} without a result" in letter.reason
+    assert world.processor.process_many([ids[1]])[0].outcome == "verdict"
+
+
 def test_the_api_side_publisher_gathers_single_submissions_into_one_message() -> None:
     import threading
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from moderation.adapters.redis_deliveries import RedisDeliveryLog
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.client import ModerationClient
 from moderation.core.jobs import JobStatus
@@ -84,6 +85,13 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
         redelivered = unacked_at_kill - ended_before_kill
         assert redelivered, "no reserved-but-unfinished message to prove redelivery with"
         assert all(ended[j] == 1 for j in unacked_at_kill)
+        # One crash costs one delivery: a job of a batch the dead worker had started shows two
+        # starts, not three (the split of the redelivered batch is not counted as a crash), so
+        # it is dead-lettered only after queue.max_deliveries real crashes.
+        log = RedisDeliveryLog.from_url(redis_url, s.queue)
+        starts = {j: int(store.redis.get(log.key("deliveries", j)) or 0) for j in ids}
+        assert max(starts.values()) <= 2, sorted(starts.items(), key=lambda kv: -kv[1])[:5]
+        assert any(starts[j] == 2 for j in redelivered)
     finally:
         stop_api(server)
         first.stop()

@@ -15,7 +15,7 @@ exit status that tells a crash from a requested stop.
   is decided twice.
 * **Exit status.** Celery can stop on its own, e.g. when kombu fails while the broker is gone
   (``AttributeError: 'NoneType' object has no attribute 'hostname'`` while it restores unacked
-  messages on a dead connection), sometimes with status 0. A stop nobody asked for exits with
+  messages on a dead connection), with status 0 or 1. A stop nobody asked for exits with
   status 75 (``EX_TEMPFAIL``), so that the supervisor (Kubernetes, compose's restart policy)
   starts the worker again.
 """
@@ -142,7 +142,9 @@ def on_stopped(controller: Any) -> None:
     """At ``worker_shutdown``: a stop nobody asked for exits with status 75, never 0."""
     if health().shutdown_requested:
         return
-    if controller is not None and not getattr(controller, "exitcode", None):
+    # Celery's own status for such a stop is 0 or 1 (EX_FAILURE); either becomes 75. A status
+    # that already says why (70: the shutdown watchdog) is kept.
+    if controller is not None and getattr(controller, "exitcode", None) in (None, 0, 1):
         log.error(
             "the Celery worker stopped without being asked to (lost its broker?); exiting with "
             "status %d so that its supervisor starts it again",

@@ -23,6 +23,13 @@ __all__ = ["RedisDeliveryLog"]
 
 T = TypeVar("T")
 
+#: DECR that stops at zero and leaves a missing (expired) counter missing.
+_DECR_TO_ZERO = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then redis.call('DECR', KEYS[1]) end
+return n
+"""
+
 
 class RedisDeliveryLog(SingleDeliveryOps):
     """The :class:`~moderation.ports.DeliveryLog` on Redis. Thread-safe."""
@@ -77,6 +84,18 @@ class RedisDeliveryLog(SingleDeliveryOps):
             return [int(n) for n in pipe.execute()[::2]]
 
         return self._call(run) if job_ids else []
+
+    def uncount_deliveries(self, job_ids: Sequence[str]) -> None:
+        """Take back one counted start of each job (one round trip; never below zero)."""
+
+        def run() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.eval(_DECR_TO_ZERO, 1, self.key("deliveries", job_id))
+            pipe.execute()
+
+        if job_ids:
+            self._call(run)
 
     def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]:
         if not job_ids:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import threading
 import time
@@ -31,6 +32,27 @@ class _Follower(uvicorn.Server):
         yield
 
 
+class _Stoppable(uvicorn.Server):
+    """A server that returns after a SIGINT / SIGTERM instead of re-raising it.
+
+    uvicorn re-raises the signal it caught once it has shut down, which ends the process before
+    the caller's ``finally`` runs (the audit spool would stay unflushed). This one keeps the
+    signals it caught in :attr:`stopped_by` for the caller to act on after its own cleanup.
+    """
+
+    stopped_by: list[int]
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        self.stopped_by = []
+        with super().capture_signals():
+            yield
+            # uvicorn (>= 0.29) keeps the caught signals here and re-raises them after the block.
+            caught: list[int] = getattr(self, "_captured_signals", [])
+            self.stopped_by = [int(s) for s in caught]
+            caught.clear()
+
+
 def serve_sockets(
     app: FastAPI,
     sock: socket.socket,
@@ -38,9 +60,14 @@ def serve_sockets(
     ops_app: FastAPI | None = None,
     ops_sock: socket.socket | None = None,
     log_level: str = "info",
-) -> None:
-    """Serve ``app`` on ``sock`` (and ``ops_app`` on ``ops_sock``) until SIGINT / SIGTERM."""
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, proxy_headers=False))
+) -> list[signal.Signals]:
+    """Serve ``app`` on ``sock`` (and ``ops_app`` on ``ops_sock``) until SIGINT / SIGTERM.
+
+    Returns the signals that stopped the servers (empty when they stopped otherwise): unlike
+    plain uvicorn, this returns after a signal, so the caller's cleanup (closing the audit log,
+    which flushes its spool) runs before the process exits.
+    """
+    server = _Stoppable(uvicorn.Config(app, log_level=log_level, proxy_headers=False))
 
     async def serve() -> None:
         ops_task = None
@@ -63,6 +90,7 @@ def serve_sockets(
                 await ops_task
 
     asyncio.run(serve())
+    return [signal.Signals(s) for s in server.stopped_by]
 
 
 def serve_in_thread(app: FastAPI, port: int, *, host: str = "127.0.0.1") -> uvicorn.Server:

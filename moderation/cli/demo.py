@@ -8,6 +8,9 @@ plus a few hostile inputs, prints their verdicts and leaves the API running unti
 says which world it is in: the bundled test model with the test-world policy (the samples'
 expected decisions apply), or a real model with the configured policies (they do not: the
 samples are drawings of shapes).
+
+Ctrl-C, SIGTERM and SIGHUP all stop what it started (worker, embedded valkey and PostgreSQL);
+the worker also gets SIGTERM if the demo itself is killed (``PR_SET_PDEATHSIG`` on Linux).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -114,6 +118,34 @@ def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=5)
 
 
+class _Stop(Exception):
+    """SIGTERM or SIGHUP reached the demo: stop everything it started, as Ctrl-C does."""
+
+
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    # Once: a second signal must not interrupt the cleanup it started.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child SIGTERM'd when the demo dies, even by SIGKILL
+    (``PR_SET_PDEATHSIG``; Linux only, else None). libc is loaded here, in the parent: the child
+    only calls it (nothing to import or lock between fork and exec)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return preexec
+
+
 def demo(
     port: Annotated[int | None, typer.Option(help="API port (0: any free port)")] = None,
     serve: Annotated[bool, typer.Option(help="Keep the API running after the demo")] = True,
@@ -136,6 +168,10 @@ def demo(
         # are refused in production. MODERATION_ENVIRONMENT=production makes it fail closed too.
         settings = settings.model_copy(update={"environment": "development"})
     warn_insecure(settings)
+    # SIGTERM (a process manager, `timeout`) and SIGHUP (a closed terminal) stop the children
+    # too, as Ctrl-C does: the `finally` below runs for each of them.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
     embedded: EmbeddedRedis | None = None
     embedded_pg: EmbeddedPostgres | None = None
     worker_proc: subprocess.Popen[bytes] | None = None
@@ -177,6 +213,7 @@ def demo(
             [sys.executable, "-m", "moderation.cli", "worker", "--loglevel", "WARNING"],
             env=settings.to_env(),
             start_new_session=True,
+            preexec_fn=_die_with_parent(),
         )
         err.print("starting a worker (loading the model)...")
         info = _wait_for_worker(registry, worker_proc, timeout=300)
@@ -242,7 +279,7 @@ def demo(
             out.print("The API stays up; press Ctrl-C to stop.")
             while not server.should_exit:
                 time.sleep(0.5)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop):
         pass
     except ModerationError as exc:
         raise fail(exc) from exc

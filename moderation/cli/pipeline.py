@@ -106,6 +106,8 @@ def api(
     print(f"serving the API on http://{shown}:{sock.getsockname()[1]}", flush=True)
     if ops_sock is not None:
         print(f"serving operations on http://{shown}:{ops_sock.getsockname()[1]}", flush=True)
+    # A SIGTERM / SIGINT makes serve_sockets return (not kill the process): the audit log is
+    # closed below, which flushes its spool to the store, then the command exits 0.
     try:
         serve_sockets(
             create_app(process),

@@ -18,7 +18,9 @@ job's errors are its own (a corrupt image fails that job, not its neighbours), a
 errors are retried per job (:attr:`Processed.retry_in`: the task republishes those ids with a
 countdown). A redelivered batch whose jobs were started before (the worker died) is split into
 one message per job, so a poison image can only take itself down; it is dead-lettered after
-``queue.max_deliveries`` such crashes. Every ending is audited.
+``queue.max_deliveries`` such crashes. Crashes are counted, not messages: the start of a batch
+that is split is taken back, so one crash shows as two deliveries of a job, never three. Every
+ending is audited.
 """
 
 from __future__ import annotations
@@ -196,7 +198,9 @@ class Processor:
         self.outcomes.finish_errors(poisoned)
         if crashed and len(job_ids) > 1:
             # A worker died on this message before: run its jobs one per message, so that a
-            # poison image takes down only itself.
+            # poison image takes down only itself. This start of the batch is not run: taken
+            # back, so the single message's start counts the crash once (not twice).
+            self.deliveries.uncount_deliveries([job.id for job in runnable])
             for job in runnable:
                 out[job.id] = Processed(job.id, "split")
             return [out[job_id] for job_id in job_ids]

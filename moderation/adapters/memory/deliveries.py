@@ -31,6 +31,11 @@ class MemoryDeliveryLog(SingleDeliveryOps):
                 self.deliveries[job_id] = self.deliveries.get(job_id, 0) + 1
             return [self.deliveries[job_id] for job_id in job_ids]
 
+    def uncount_deliveries(self, job_ids: Sequence[str]) -> None:
+        with self.jobs.lock:
+            for job_id in job_ids:
+                self.deliveries[job_id] = max(0, self.deliveries.get(job_id, 0) - 1)
+
     def effects_done_many(self, job_ids: Sequence[str]) -> list[bool]:
         return [job_id in self.effects for job_id in job_ids]
 
