@@ -645,6 +645,136 @@ def test_the_weights_volume_is_a_claim_that_ebs_and_pd_alternatives_can_provisio
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+@needs_kustomize
+def test_network_policies_deny_by_default_and_admit_only_the_flows_the_system_needs(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        policies = [d["spec"] for d in docs if d["kind"] == "NetworkPolicy"]
+        deny = [
+            p
+            for p in policies
+            if p["podSelector"] == {}
+            and set(p["policyTypes"]) == {"Ingress", "Egress"}
+            and not p.get("ingress")
+            and not p.get("egress")
+        ]
+        assert deny, f"{name}: no default-deny NetworkPolicy"
+        pods = {
+            d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+            for d in docs
+            if d["kind"] in {"Deployment", "StatefulSet"}
+        }
+
+        def admitted(
+            labels: dict[str, str], port: int, policies: list[dict[str, Any]] = policies
+        ) -> list[dict[str, Any]]:
+            return [
+                peer
+                for p in policies
+                if _selects(p["podSelector"], labels)
+                for rule in p.get("ingress", [])
+                if any(x["port"] == port for x in rule.get("ports", []))
+                for peer in rule["from"]
+            ]
+
+        valkey = admitted(pods["moderation-valkey"], 6379)
+        components = {
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+            for peer in valkey
+            if "podSelector" in peer
+        }
+        assert components == {"api", "worker"}, name  # nothing else in the namespace
+        assert [p["namespaceSelector"] for p in valkey if "namespaceSelector" in p] == [
+            {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}
+        ]
+        # Prometheus reaches the API's ops port and the workers' metrics; nothing else reaches
+        # the workers, and the public port only from the Ingress controller.
+        monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+        assert [p["namespaceSelector"] for p in admitted(pods["moderation-api"], 8001)] == [
+            monitoring
+        ]
+        assert [p["namespaceSelector"] for p in admitted(pods["moderation-worker"], 9100)] == [
+            monitoring
+        ]
+        assert not admitted(pods["moderation-worker"], 8081)
+        assert all("podSelector" not in p for p in admitted(pods["moderation-api"], 8000))
+        for workload in ("moderation-api", "moderation-worker"):
+            egress = [
+                (peer, port["port"])
+                for p in policies
+                if _selects(p["podSelector"], pods[workload])
+                for rule in p.get("egress", [])
+                for peer in rule["to"]
+                for port in rule["ports"]
+            ]
+            ports = {port for _, port in egress}
+            assert {53, 6379, 5432, 443} <= ports, (name, workload, ports)
+            for peer, _ in egress:
+                if "ipBlock" in peer:
+                    assert "169.254.169.254/32" in peer["ipBlock"]["except"]
+        assert not any(
+            p.get("egress")
+            for p in policies
+            if _selects(p["podSelector"], pods["moderation-valkey"]) and p["podSelector"]
+        ), "valkey calls nobody"
+
+
+@needs_kustomize
+def test_the_ingress_routes_only_the_public_paths(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    ingresses = 0
+    for name, docs in rendered.items():
+        for ingress in (d for d in docs if d["kind"] == "Ingress"):
+            ingresses += 1
+            paths = [
+                (path["path"], path["pathType"])
+                for rule in ingress["spec"]["rules"]
+                for path in rule["http"]["paths"]
+            ]
+
+            def routed(url: str, paths: list[tuple[str, str]] = paths) -> bool:
+                return any(
+                    url == p
+                    if kind == "Exact"
+                    else url == p.rstrip("/") or url.startswith(p.rstrip("/") + "/")
+                    for p, kind in paths
+                )
+
+            for private in ("/metrics", "/readyz", "/healthz", "/docs", "/redoc", "/"):
+                assert not routed(private), (name, private)
+            for public in ("/v1/jobs", "/v1/jobs:batch", "/review", "/review/api/next"):
+                assert routed(public), (name, public)
+    assert ingresses >= 2
+
+
+@needs_kustomize
+def test_the_api_grace_period_outlasts_the_worst_case_s3_retry(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    from moderation.settings import S3Settings
+
+    for name, docs in rendered.items():
+        api = one(docs, "Deployment", "moderation-api")["spec"]["template"]["spec"]
+        env = env_of(docs, api["containers"][0])
+        defaults = S3Settings()
+        attempts = int(env.get("MODERATION_S3__MAX_ATTEMPTS", defaults.max_attempts))
+        connect = float(env.get("MODERATION_S3__CONNECT_TIMEOUT_S", defaults.connect_timeout_s))
+        read = float(env.get("MODERATION_S3__READ_TIMEOUT_S", defaults.read_timeout_s))
+        assert api["terminationGracePeriodSeconds"] > attempts * (connect + read) + 30, name
+
+
 def _worker_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     spec = one(docs, "StatefulSet", "moderation-worker")["spec"]["template"]["spec"]
     return next(c for c in spec["containers"] if c["name"] == "worker")
