@@ -43,6 +43,8 @@ PROMTOOL = shutil.which("promtool")
 KUBECTL = shutil.which("kubectl")
 #: The Kubernetes version the manifests are validated against (kubectl's own minor).
 KUBERNETES_VERSION = "1.32.0"
+# a tag (never latest) or a digest
+PINNED_IMAGE = r"[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})"
 #: Keys of the Secret moderation-secrets (created by the operator; README: Kubernetes).
 SECRET_KEYS = {
     "REDIS_PASSWORD",
@@ -115,6 +117,10 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
     out["prod-gpu+options"] = kustomize(_variant(tmp, "prod-gpu", every_option))
     out["dev-cpu+weights-volume"] = kustomize(
         _variant(tmp, "dev-cpu", ["components/weights-volume"])
+    )
+    out["example-site"] = kustomize(K8S / "overlays" / "example-site")
+    out["prod-gpu+gpu-feature-discovery"] = kustomize(
+        _variant(tmp, "prod-gpu", ["components/gpu-feature-discovery"])
     )
     return out
 
@@ -541,6 +547,239 @@ def test_the_api_operations_port_is_probed_and_scraped_and_never_public(
     assert not any(p.endswith(f":{ops_port}") for p in services["api"]["ports"])
 
 
+@needs_kustomize
+def test_keda_owns_the_worker_count_and_no_manifest_sets_it(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        targets = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "ScaledObject"}
+        assert targets == {"moderation-worker"}, name
+        for target in targets:
+            assert "replicas" not in one(docs, "StatefulSet", target)["spec"], name
+
+
+@needs_kustomize
+def test_every_pod_runs_as_its_own_service_account_without_an_api_token(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        accounts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+        used = set()
+        for workload, spec in pod_specs(docs):
+            account = spec.get("serviceAccountName")
+            assert account in accounts, (name, workload, account)
+            assert spec["automountServiceAccountToken"] is False, (name, workload)
+            used.add(account)
+        assert len(used) == len(list(pod_specs(docs))), name  # one per component
+        assert all(a["automountServiceAccountToken"] is False for a in accounts.values())
+
+
+@needs_kustomize
+def test_gpu_workers_need_only_the_device_plugin_and_gfd_is_an_option(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name in ("prod-gpu", "example-site", "prod-gpu+options"):
+        worker = one(rendered[name], "StatefulSet", "moderation-worker")["spec"]["template"]
+        assert "nodeSelector" not in worker["spec"], name
+        limits = worker["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == 1, name
+    gfd = one(rendered["prod-gpu+gpu-feature-discovery"], "StatefulSet", "moderation-worker")
+    assert gfd["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+
+
+@needs_kustomize
+def test_images_name_a_registry_and_the_site_overlay_pins_a_digest(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        for _workload, spec in pod_specs(docs):
+            for container in containers(spec):
+                image = container["image"]
+                registry = image.split("/")[0]
+                # "moderation:tag" alone resolves to docker.io/library/moderation
+                assert "/" in image and ("." in registry or ":" in registry), (name, image)
+    for _workload, spec in pod_specs(rendered["example-site"]):
+        for container in containers(spec):
+            if "valkey" not in container["image"]:
+                assert re.fullmatch(r"[^@]+/moderation@sha256:[0-9a-f]{64}", container["image"])
+
+
+@needs_kustomize
+def test_the_example_site_sets_buckets_region_weights_hash_identity_and_tls(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["example-site"]
+    shipped = env_of(rendered["prod-gpu"], _worker_container(rendered["prod-gpu"]))
+    env = env_of(docs, _worker_container(docs))
+    assert env["MODERATION_S3__REGION"] != "us-east-1"
+    assert env["MODERATION_AUDIT__BUCKET"] != shipped["MODERATION_AUDIT__BUCKET"]
+    assert env["MODERATION_MODEL__CHECKPOINT_SOURCE"].startswith("s3://")
+    assert (
+        env["MODERATION_MODEL__CHECKPOINT_SOURCE"] != shipped["MODERATION_MODEL__CHECKPOINT_SOURCE"]
+    )
+    # the fetch-weights step refuses to run without the hash: the site sets it
+    init = [
+        c["name"]
+        for c in one(docs, "StatefulSet", "moderation-worker")["spec"]["template"]["spec"][
+            "initContainers"
+        ]
+    ]
+    assert "fetch-weights" in init and re.fullmatch(
+        r"[0-9a-f]{64}", env["MODERATION_MODEL__CHECKPOINT_SHA256"]
+    )
+    for account in ("moderation-api", "moderation-worker"):
+        annotations = one(docs, "ServiceAccount", account)["metadata"]["annotations"]
+        assert annotations["eks.amazonaws.com/role-arn"].endswith(f":role/{account}")
+    assert "annotations" not in one(docs, "ServiceAccount", "moderation-valkey")["metadata"]
+    ingress = one(docs, "Ingress", "moderation-api")
+    assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"]
+    assert ingress["spec"]["tls"][0]["hosts"] == [ingress["spec"]["rules"][0]["host"]]
+
+
+@needs_kustomize
+def test_the_weights_volume_is_a_claim_that_ebs_and_pd_alternatives_can_provision(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    claim = one(rendered["prod-gpu+options"], "PersistentVolumeClaim", "moderation-weights")
+    # ReadOnlyMany on an empty claim is provisioned by neither EBS nor PD
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+@needs_kustomize
+def test_network_policies_deny_by_default_and_admit_only_the_flows_the_system_needs(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        policies = [d["spec"] for d in docs if d["kind"] == "NetworkPolicy"]
+        deny = [
+            p
+            for p in policies
+            if p["podSelector"] == {}
+            and set(p["policyTypes"]) == {"Ingress", "Egress"}
+            and not p.get("ingress")
+            and not p.get("egress")
+        ]
+        assert deny, f"{name}: no default-deny NetworkPolicy"
+        pods = {
+            d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+            for d in docs
+            if d["kind"] in {"Deployment", "StatefulSet"}
+        }
+
+        def admitted(
+            labels: dict[str, str], port: int, policies: list[dict[str, Any]] = policies
+        ) -> list[dict[str, Any]]:
+            return [
+                peer
+                for p in policies
+                if _selects(p["podSelector"], labels)
+                for rule in p.get("ingress", [])
+                if any(x["port"] == port for x in rule.get("ports", []))
+                for peer in rule["from"]
+            ]
+
+        valkey = admitted(pods["moderation-valkey"], 6379)
+        components = {
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+            for peer in valkey
+            if "podSelector" in peer
+        }
+        assert components == {"api", "worker"}, name  # nothing else in the namespace
+        assert [p["namespaceSelector"] for p in valkey if "namespaceSelector" in p] == [
+            {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}
+        ]
+        # Prometheus reaches the API's ops port and the workers' metrics; nothing else reaches
+        # the workers, and the public port only from the Ingress controller.
+        monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+        assert [p["namespaceSelector"] for p in admitted(pods["moderation-api"], 8001)] == [
+            monitoring
+        ]
+        assert [p["namespaceSelector"] for p in admitted(pods["moderation-worker"], 9100)] == [
+            monitoring
+        ]
+        assert not admitted(pods["moderation-worker"], 8081)
+        assert all("podSelector" not in p for p in admitted(pods["moderation-api"], 8000))
+        for workload in ("moderation-api", "moderation-worker"):
+            egress = [
+                (peer, port["port"])
+                for p in policies
+                if _selects(p["podSelector"], pods[workload])
+                for rule in p.get("egress", [])
+                for peer in rule["to"]
+                for port in rule["ports"]
+            ]
+            ports = {port for _, port in egress}
+            assert {53, 6379, 5432, 443} <= ports, (name, workload, ports)
+            for peer, _ in egress:
+                if "ipBlock" in peer:
+                    assert "169.254.169.254/32" in peer["ipBlock"]["except"]
+        assert not any(
+            p.get("egress")
+            for p in policies
+            if _selects(p["podSelector"], pods["moderation-valkey"]) and p["podSelector"]
+        ), "valkey calls nobody"
+
+
+@needs_kustomize
+def test_the_ingress_routes_only_the_public_paths(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    ingresses = 0
+    for name, docs in rendered.items():
+        for ingress in (d for d in docs if d["kind"] == "Ingress"):
+            ingresses += 1
+            paths = [
+                (path["path"], path["pathType"])
+                for rule in ingress["spec"]["rules"]
+                for path in rule["http"]["paths"]
+            ]
+
+            def routed(url: str, paths: list[tuple[str, str]] = paths) -> bool:
+                return any(
+                    url == p
+                    if kind == "Exact"
+                    else url == p.rstrip("/") or url.startswith(p.rstrip("/") + "/")
+                    for p, kind in paths
+                )
+
+            for private in ("/metrics", "/readyz", "/healthz", "/docs", "/redoc", "/"):
+                assert not routed(private), (name, private)
+            for public in ("/v1/jobs", "/v1/jobs:batch", "/review", "/review/api/next"):
+                assert routed(public), (name, public)
+    assert ingresses >= 2
+
+
+@needs_kustomize
+def test_the_api_grace_period_outlasts_the_worst_case_s3_retry(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    from moderation.settings import S3Settings
+
+    for name, docs in rendered.items():
+        api = one(docs, "Deployment", "moderation-api")["spec"]["template"]["spec"]
+        env = env_of(docs, api["containers"][0])
+        defaults = S3Settings()
+        attempts = int(env.get("MODERATION_S3__MAX_ATTEMPTS", defaults.max_attempts))
+        connect = float(env.get("MODERATION_S3__CONNECT_TIMEOUT_S", defaults.connect_timeout_s))
+        read = float(env.get("MODERATION_S3__READ_TIMEOUT_S", defaults.read_timeout_s))
+        assert api["terminationGracePeriodSeconds"] > attempts * (connect + read) + 30, name
+
+
+def _worker_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = one(docs, "StatefulSet", "moderation-worker")["spec"]["template"]["spec"]
+    return next(c for c in spec["containers"] if c["name"] == "worker")
+
+
 def _load_script(name: str) -> Any:
     import importlib.util
 
@@ -578,9 +817,7 @@ def test_every_container_has_probes_resources_and_a_hardened_security_context(
                 assert security["readOnlyRootFilesystem"] is True, where
                 assert security["capabilities"]["drop"] == ["ALL"], where
                 image = container["image"]
-                assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), (
-                    where
-                )
+                assert re.fullmatch(PINNED_IMAGE, image) and not image.endswith(":latest"), where
             for container in spec["containers"]:
                 where = f"{name}: {workload}/{container['name']}"
                 assert "readinessProbe" in container and "livenessProbe" in container, where
@@ -593,7 +830,7 @@ def test_every_container_has_probes_resources_and_a_hardened_security_context(
         grace = worker["terminationGracePeriodSeconds"]
         assert float(env["MODERATION_QUEUE__SHUTDOWN_TIMEOUT_S"]) < grace
         gpus = [c["resources"]["limits"].get("nvidia.com/gpu") for c in containers(worker)]
-        if name.startswith("prod-gpu"):
+        if name.startswith(("prod-gpu", "example-site")):
             assert gpus[-1] == 1 and env["MODERATION_MODEL__DEVICE"] == "cuda"
             assert worker["tolerations"][0]["key"] == "nvidia.com/gpu"
         else:
@@ -735,7 +972,7 @@ def test_every_worker_keeps_its_spool_and_cache_on_its_own_volume(
             assert names == ["compile-policies"]
             assert weights["persistentVolumeClaim"]["claimName"] == "moderation-weights"
             one(docs, "PersistentVolumeClaim", "moderation-weights")
-        elif name == "prod-gpu":
+        elif name in ("prod-gpu", "example-site"):
             assert names == ["fetch-weights", "compile-policies"]  # weights first
         api = one(docs, "Deployment", "moderation-api")["spec"]["template"]["spec"]
         api_env = env_of(docs, api["containers"][0])
