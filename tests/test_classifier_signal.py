@@ -82,6 +82,22 @@ COLOUR_POLICY = textwrap.dedent(
 )
 
 
+PROMPTS_ONLY = textwrap.dedent(
+    """\
+    id: plain
+    version: 1
+    description: prompts only
+    defaults: {benign_prompts: [a plain background]}
+    categories:
+      - id: stars
+        description: stars
+        severity: low
+        prompts: [a red star]
+        thresholds: {review: 0.5, block: 0.8}
+    """
+)
+
+
 def _settings(base: Settings, model: Path) -> Settings:
     colour = ClassifierSettings(
         model=str(model),
@@ -177,21 +193,7 @@ def test_a_classifier_runs_only_where_a_policy_uses_it(
 ) -> None:
     """Even with ``fingerprint_all`` (every image gets its PDQ hash), a classifier no policy in
     service uses is never run: it costs a model run per frame and identifies nothing."""
-    prompts_only = textwrap.dedent(
-        """\
-        id: plain
-        version: 1
-        description: prompts only
-        defaults: {benign_prompts: [a plain background]}
-        categories:
-          - id: stars
-            description: stars
-            severity: low
-            prompts: [a red star]
-            thresholds: {review: 0.5, block: 0.8}
-        """
-    )
-    moderator = _moderator(scoring, colour_signals, prompts_only)
+    moderator = _moderator(scoring, colour_signals, PROMPTS_ONLY)
     prepared = moderator.prepare(_solid((230, 10, 10)))
     assert set(prepared.features) == {"hash_bank"}
     used = _moderator(scoring, colour_signals, COLOUR_POLICY, fingerprint_all=False)
@@ -309,3 +311,40 @@ def test_the_examples_in_the_docs_load() -> None:
     assert signals["weapons_cls"].labels == ("none", "knife", "gun")  # type: ignore[attr-defined]
     policy = load_policy_text(policies[0], source="signals.md", signals=signals)
     assert [(c.signal, c.labels) for c in policy.categories] == [("nsfw", ["nsfw"])]
+
+
+def test_the_model_loads_on_first_use_and_runs_once_per_batch(scoring: Any) -> None:
+    """Over the in-memory twin: no policy uses the classifier, no model is built; one that
+    does gets one model run per batch, and frames without features are not classified."""
+    from moderation.adapters.memory import MemoryClassifier
+    from moderation.signals import PromptSignal
+    from moderation.signals.classifier import ClassifierSignal, Preprocessing
+
+    def red_share(inputs: np.ndarray) -> np.ndarray:
+        share = inputs[:, 0].mean(axis=(1, 2)) / np.maximum(inputs.mean(axis=(1, 2, 3)) * 3, 1e-6)
+        return np.stack([1 - share, share], axis=1)
+
+    twin = MemoryClassifier(red_share)
+    built: list[int] = []
+
+    def factory() -> MemoryClassifier:
+        built.append(1)
+        return twin
+
+    signal = ClassifierSignal(
+        name="colour",
+        labels=["other", "red"],
+        preprocessing=Preprocessing(input_size=8),
+        model=factory,
+    )
+    signals = Signals([PromptSignal(), signal])
+    unused = _moderator(scoring, signals, PROMPTS_ONLY)
+    unused.moderate([unused.prepare(_solid((230, 10, 10)))])
+    assert built == []
+    policy = COLOUR_POLICY.replace("labels: [green, blue]", "labels: [other]")
+    moderator = _moderator(scoring, signals, policy)
+    prepared = [moderator.prepare(_solid(c)) for c in [(230, 10, 10), (10, 200, 10), (90, 90, 90)]]
+    verdicts = moderator.moderate(prepared)
+    assert built == [1] and twin.batches == [3]
+    assert verdicts[0].decision is Decision.BLOCK and verdicts[0].category_id == "too_red"
+    assert verdicts[1].scores["colours/too_red"] < 0.1
