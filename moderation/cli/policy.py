@@ -33,7 +33,7 @@ def policy_check(
     try:
         policies = load_policies(
             paths or settings.policy_paths,
-            signals=set(build_signals(settings)),
+            signals=build_signals(settings),
             check_image=image_check(SafeDecoder(settings.images)),
         )
     except PolicyError as exc:

@@ -479,7 +479,7 @@ def promote(
     try:
         files = PolicyFolder(
             settings.policy_paths,
-            signals=set(build_signals(settings)),
+            signals=build_signals(settings),
             check_image=image_check(SafeDecoder(settings.images)),
         )
         audit = open_audit(settings)

@@ -61,7 +61,7 @@ def build_policies(
         PolicyValidationError, DuplicatePolicyError, PolicyVersionConflict, UnknownSignalError.
     """
     cache = CompileCache(settings.cache_dir)
-    names = set(signals)
+    names = signals  # names and, for classifiers, their labels
     decoder = SafeDecoder(settings.images)
 
     exemplars_for = exemplar_encoders(encoder, decoder)

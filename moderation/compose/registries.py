@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from moderation.adapters.file_source import FileSource
 from moderation.adapters.http_source import HttpSource
 from moderation.adapters.images import SafeDecoder
+from moderation.adapters.onnx_classifier import OnnxClassifier
 from moderation.adapters.s3_source import S3Source
 from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
 from moderation.adapters.video import VideoDecoder
@@ -22,13 +24,15 @@ from moderation.ports import (
     ImageDecoder,
     JobStore,
 )
-from moderation.settings import Settings
+from moderation.settings import Settings, SignalSettings
 from moderation.signals import LoadedBanks, Signals, builtin_signals
+from moderation.signals.classifier import ClassifierSignal, Preprocessing
 
 __all__ = [
     "build_signals",
     "build_sources",
     "check_callback_url",
+    "classifier_signals",
     "image_check",
     "media_decoder",
 ]
@@ -38,8 +42,40 @@ log = logging.getLogger(__name__)
 
 def build_signals(settings: Settings, banks: LoadedBanks | None = None) -> Signals:
     """Every signal this process knows (the policy files may name any of them); hash-bank
-    categories match against ``banks`` (none: they match nothing)."""
-    return builtin_signals(banks)
+    categories match against ``banks`` (none: they match nothing). Each classifier of
+    ``signals.classifiers`` is a signal of its name; its model loads on first use."""
+    return builtin_signals(banks, classifiers=classifier_signals(settings.signals))
+
+
+def classifier_signals(settings: SignalSettings) -> list[ClassifierSignal]:
+    """The ONNX classifiers of ``signals.classifiers``, as signals (nothing loaded yet)."""
+    out = []
+    for name, spec in settings.classifiers.items():
+        out.append(
+            ClassifierSignal(
+                name=name,
+                labels=spec.labels,
+                preprocessing=Preprocessing(
+                    input_size=spec.input_size,
+                    resize_to=spec.resize_to,
+                    pixel_scale=spec.pixel_scale,
+                    mean=spec.mean,
+                    std=spec.std,
+                    channel_order=spec.channel_order,
+                    layout=spec.layout,
+                ),
+                model=partial(
+                    OnnxClassifier,
+                    spec.model,
+                    output=spec.output,
+                    device=settings.onnx_device,
+                    threads=settings.onnx_threads,
+                ),
+                cost=spec.cost,
+                source=spec.model,
+            )
+        )
+    return out
 
 
 def build_sources(

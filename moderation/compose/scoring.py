@@ -79,7 +79,7 @@ def compile_policies(settings: Settings, paths: Sequence[Path] | None = None) ->
     files = list(paths) if paths is not None else policy_paths_for(settings, model)
     decoder = SafeDecoder(settings.images)
     policies = load_policies(
-        files, signals=set(build_signals(settings)), check_image=image_check(decoder)
+        files, signals=build_signals(settings), check_image=image_check(decoder)
     )
     cache = CompileCache(settings.cache_dir)
     before = model.encoder.texts_encoded

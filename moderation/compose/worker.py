@@ -357,7 +357,7 @@ def _candidate_compiler(
     """Loads a backtest candidate's policy text and compiles it for this worker's model
     through the compile cache (a candidate seen before is never encoded again)."""
     cache = CompileCache(settings.cache_dir)
-    names = set(build_signals(settings))
+    names = build_signals(settings)
 
     def compile_candidate(text: str) -> CompiledPolicy:
         policy = load_policy_text(

@@ -7,7 +7,9 @@ Each category names the *signal* that scores it (``signal:``, default ``prompts`
 prompts, see :mod:`moderation.signals.prompts`). The prompt fields (``prompts``,
 ``benign_prompts``, ``templates``, ``exemplars``) configure the prompts signal and are refused on
 categories of another signal; every other signal brings its own field: a hash-bank category
-(``signal: hash_bank``) names its bank, ``bank: {name, max_distance, min_quality}``.
+(``signal: hash_bank``) names its bank, ``bank: {name, max_distance, min_quality}``; a category of
+a classifier signal (``signals.classifiers`` in the settings, e.g. ``nsfw``) lists the labels that
+count against it, ``labels: [nsfw]``.
 
 A policy file is either **live** (``mode: live``, the default: its verdicts are acted on) or a
 **shadow** version (``mode: shadow``: evaluated on live traffic, recorded and measured, never
@@ -279,6 +281,12 @@ class Category(_Strict):
         validate_default=True,
         description="The bank of known-bad hashes behind this category (signal: hash_bank).",
     )
+    labels: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="For a classifier signal (signals.classifiers): the classifier's labels "
+        "whose probabilities, summed, are this category's score, e.g. [nsfw].",
+    )
     thresholds: Thresholds
     actions: Actions = Actions()
     dsa_category: str | None = Field(
@@ -311,6 +319,16 @@ class Category(_Strict):
             raise ValueError(
                 f"only for signal {HASH_BANK_SIGNAL!r} (this category's signal is {signal!r})"
             )
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_for_classifier_signal(cls, value: list[str] | None, info: Any) -> Any:
+        signal = info.data.get("signal", DEFAULT_SIGNAL)
+        if value is not None and signal in (DEFAULT_SIGNAL, HASH_BANK_SIGNAL):
+            raise ValueError(f"only for a classifier signal (this category's signal is {signal!r})")
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("duplicate labels")
         return value
 
     @field_validator("templates")
@@ -429,6 +447,9 @@ class Policy(_Strict):
                         f"unknown signal {category.signal!r}; known: {known}",
                     )
                 )
+            labels = _classifier_labels(signals, category.signal)
+            if labels is not None:
+                problems += _label_problems(index, category, labels)
             if category.id in seen:
                 problems.append(
                     (
@@ -461,10 +482,41 @@ class Policy(_Strict):
         if data.get("video") is None:
             data.pop("video", None)
         for category in data["categories"]:
-            for optional in ("exemplars", "bank"):
+            for optional in ("exemplars", "bank", "labels"):
                 if category.get(optional) is None:
                     category.pop(optional, None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _classifier_labels(signals: Collection[str] | None, name: str) -> tuple[str, ...] | None:
+    """The labels of signal ``name`` when ``signals`` maps names to signals and that one is a
+    classifier (it has ``labels``); None otherwise."""
+    if not isinstance(signals, Mapping) or name not in signals:
+        return None
+    labels = getattr(signals[name], "labels", None)
+    return tuple(labels) if labels is not None else None
+
+
+def _label_problems(
+    index: int, category: Category, labels: tuple[str, ...]
+) -> list[tuple[tuple[str | int, ...], str]]:
+    if not category.labels:
+        return [
+            (
+                ("categories", index, "signal"),
+                f"a {category.signal} category needs labels: [...] (one or more of "
+                f"{', '.join(labels)})",
+            )
+        ]
+    return [
+        (
+            ("categories", index, "labels", position),
+            f"unknown label {label!r} of classifier {category.signal!r}; known: "
+            f"{', '.join(labels)}",
+        )
+        for position, label in enumerate(category.labels)
+        if label not in labels
+    ]
 
 
 def policy_hash(policy: Policy) -> str:

@@ -154,11 +154,16 @@ class Moderator:
         return self._preparation(signals, crop)
 
     def _image_signals(self, compiled: CompiledSet | None) -> tuple[Signal, ...]:
+        """The image signals to run: those the policies in service use, plus (``fingerprint_all``)
+        the ones that give every image a content identifier (PDQ). A classifier runs only
+        where a policy uses it: it costs a model run per frame and identifies nothing."""
         signals = self.policies.signals.image_signals
-        if not self.fingerprint_all:
-            used = (compiled or self.policies.current).used_signals
-            signals = [s for s in signals if s.name in used]
-        return tuple(signals)
+        used = (compiled or self.policies.current).used_signals
+        return tuple(
+            s
+            for s in signals
+            if s.name in used or (self.fingerprint_all and not hasattr(s, "labels"))
+        )
 
     def _preparation(self, signals: tuple[Signal, ...], crop: Callable[[Any], Any]) -> Preparation:
         return Preparation(

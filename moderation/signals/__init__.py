@@ -7,9 +7,10 @@ decoded image on the decode threads (``features``; e.g. a perceptual hash), and 
 for the categories that use it (``scorer``): scores in ``[0, 1]`` per category plus the evidence
 that explains them. Decisions, verdicts, review items and audit records treat every signal alike.
 
-Built in: :class:`~moderation.signals.prompts.PromptSignal` (CLIP zero-shot prompts) and
+Built in: :class:`~moderation.signals.prompts.PromptSignal` (CLIP zero-shot prompts),
 :class:`~moderation.signals.hash_bank.HashBankSignal` (PDQ hashes matched against banks of
-known-bad images).
+known-bad images), and :class:`~moderation.signals.classifier.ClassifierSignal` (an ONNX image
+classifier per entry of ``signals.classifiers``, e.g. ``nsfw``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from moderation.core.scoring import SignalScorerFactory
 from moderation.exceptions import PolicyError
 from moderation.ports import Signal
+from moderation.signals.classifier import ClassifierSignal
 from moderation.signals.hash_bank import HashBankSignal, LoadedBanks
 from moderation.signals.prompts import PromptSignal
 
 __all__ = [
+    "ClassifierSignal",
     "DuplicateSignalError",
     "HashBankSignal",
     "LoadedBanks",
@@ -66,7 +69,9 @@ class Signals(Mapping[str, Signal]):
         return [s for s in self._by_name.values() if s.needs_image]
 
 
-def builtin_signals(banks: LoadedBanks | None = None) -> Signals:
+def builtin_signals(
+    banks: LoadedBanks | None = None, *, classifiers: Iterable[Signal] = ()
+) -> Signals:
     """The signals every process has: CLIP prompts and hash banks (matched against ``banks``;
-    none loaded: bank categories match nothing)."""
-    return Signals([PromptSignal(), HashBankSignal(banks)])
+    none loaded: bank categories match nothing), plus the configured ``classifiers``."""
+    return Signals([PromptSignal(), HashBankSignal(banks), *classifiers])

@@ -11,6 +11,7 @@ from moderation.adapters.memory.banks import MemoryBankStore
 from moderation.adapters.memory.blobs import MemoryBlobStore
 from moderation.adapters.memory.callback_outbox import MemoryCallbackOutbox
 from moderation.adapters.memory.callbacks import MemoryCallbacks
+from moderation.adapters.memory.classifier import MemoryClassifier
 from moderation.adapters.memory.deliveries import MemoryDeliveryLog
 from moderation.adapters.memory.history import MemoryHistoryFormat
 from moderation.adapters.memory.jobs import MemoryJobStore
@@ -32,6 +33,7 @@ __all__ = [
     "MemoryBlobStore",
     "MemoryCallbackOutbox",
     "MemoryCallbacks",
+    "MemoryClassifier",
     "MemoryDeliveryLog",
     "MemoryHistoryFormat",
     "MemoryJobStore",
