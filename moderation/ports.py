@@ -666,6 +666,18 @@ class ReviewQueue(Protocol):
 
     def release(self, review_id: str, *, reviewer: str | None = None) -> bool: ...
 
+    def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
+        """Take back ``reviewer``'s decision made under lease ``token`` at most ``within_s``
+        seconds ago, while it is not handed on (final) or not taken by a second reviewer
+        (pending): the decision is forgotten and the item leased to ``reviewer`` again (a new
+        lease; the reviewer must hold no other lease).
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewUndoTooLate: no such decision of the caller's, or it can no longer be undone.
+        """
+        ...
+
     def delivered(self, review_id: str) -> None:
         """The final decision of ``review_id`` was handed on: drop it from the outbox."""
         ...

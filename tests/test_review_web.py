@@ -47,6 +47,8 @@ class ReviewSite:
     sessions: RedisReviewerSessions
     finals: list[HumanDecision] = field(default_factory=list)
     blobs: MemoryBlobStore = field(default_factory=MemoryBlobStore)
+    #: The desk behind the pages (its outbox stands in for the workers' maintenance).
+    desk: ReviewDesk | None = None
 
     def rv(self, username: str) -> str:
         return pseudonym(self.settings.review.pseudonym_secret.get_secret_value(), username)
@@ -73,6 +75,7 @@ def review_settings() -> ReviewSettings:
         lease_s=60,
         session_secret="test-session-secret",
         pseudonym_secret="test-pseudonym-secret",
+        undo_window_s=0.0,
     )
 
 
@@ -114,20 +117,16 @@ def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[Rev
     state = ReviewSite(
         url="", queue=queue, users=users, settings=settings, audit=audit, sessions=sessions
     )
+    state.desk = ReviewDesk(
+        queue,
+        on_final=state.finals.append,
+        evidence=ReviewEvidence(state.blobs, retention_s=3600),
+        render_image=lambda data: safe_png(data, settings.images),
+        undo_window_s=review_settings.undo_window_s,
+    )
     app = FastAPI()
     app.add_exception_handler(HTTPException, handle_http_error)
-    app.include_router(
-        build_review_router(
-            settings,
-            ReviewDesk(
-                queue,
-                on_final=state.finals.append,
-                evidence=ReviewEvidence(state.blobs, retention_s=3600),
-                render_image=lambda data: safe_png(data, settings.images),
-            ),
-            auth,
-        )
-    )
+    app.include_router(build_review_router(settings, state.desk, auth))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
