@@ -664,7 +664,11 @@ class ReviewQueue(Protocol):
         kept with the final decision)."""
         ...
 
-    def release(self, review_id: str, *, reviewer: str | None = None) -> bool: ...
+    def release(self, review_id: str, *, reviewer: str | None = None, away_s: float = 0.0) -> bool:
+        """Give a leased item back to the queue (``reviewer``: only if it holds it; None: an
+        admin's requeue). ``away_s`` > 0 with a ``reviewer`` (a skip): the item is not offered
+        to that reviewer again for ``away_s`` seconds (others get it at once)."""
+        ...
 
     def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
         """Take back ``reviewer``'s decision made under lease ``token`` at most ``within_s``

@@ -178,3 +178,32 @@ def test_a_critical_item_needs_a_look_before_a_decision(
         finally:
             browser.close()
     assert list(site.queue.decisions_on().values()) == [1]
+
+
+def test_a_skipped_item_stays_away_from_the_reviewer(site: ReviewSite, artifacts_dir: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    site.add_items(2, seed=9)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            _sign_in(page, site)
+            _wait_image(page)
+            first_src = str(page.locator("#image").get_attribute("src"))
+            page.keyboard.press("s")
+            status = page.locator("#status")
+            expect(status).to_contain_text("Skipped: testworld / restricted_logo · job job-9-")
+            expect(status).to_contain_text("not shown to you again for 30 min")
+            page.wait_for_function(
+                f"() => document.getElementById('image').getAttribute('src') !== '{first_src}'"
+            )
+            page.keyboard.press("s")
+            expect(page.locator("#empty")).to_be_visible()  # both skipped: none for alice
+            page.screenshot(path=artifacts_dir / "console-skipped-all.png")
+        finally:
+            browser.close()
+    # Another reviewer gets them at once.
+    bob = site.queue.claim(site.rv("bob"))
+    assert bob is not None and bob.item.job_id.startswith("job-9-")
+    assert site.finals == []

@@ -123,6 +123,7 @@ def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[Rev
         evidence=ReviewEvidence(state.blobs, retention_s=3600),
         render_image=lambda data: safe_png(data, settings.images),
         undo_window_s=review_settings.undo_window_s,
+        skip_away_s=review_settings.skip_away_s,
     )
     app = FastAPI()
     app.add_exception_handler(HTTPException, handle_http_error)

@@ -111,7 +111,9 @@ for _, policy in ipairs(policies) do
     local rid = top[i]
     local rank = tonumber(top[i + 1])
     if best_rank ~= nil and rank <= best_rank then break end
-    if redis.call('HGET', P .. 'item:' .. rid, 'first_reviewer') ~= reviewer then
+    local away = redis.call('ZSCORE', P .. 'away:' .. reviewer, rid)
+    if (not away or tonumber(away) <= now)
+       and redis.call('HGET', P .. 'item:' .. rid, 'first_reviewer') ~= reviewer then
       best, best_rank, best_policy = rid, rank, policy
       break
     end
@@ -401,7 +403,7 @@ class RedisReviewQueue:
         pipe.zadd(self._k("outbox"), {item.review_id: now})
 
     @translated("review queue")
-    def release(self, review_id: str, *, reviewer: str | None = None) -> bool:
+    def release(self, review_id: str, *, reviewer: str | None = None, away_s: float = 0.0) -> bool:
         """Give an item back to the queue (reviewer skip, or admin requeue when ``reviewer`` is
         None). Returns False when the item was not leased (by that reviewer).
 
@@ -429,6 +431,13 @@ class RedisReviewQueue:
                     pipe.zrem(self._k("leases"), review_id)
                     pipe.delete(self._k("holder", holder))
                     pipe.zadd(self._k("q", h["policy"]), {review_id: float(h["rank"])})
+                    if reviewer is not None and away_s > 0:
+                        # A skip: kept away from this reviewer (the claim script checks it).
+                        away = self._k("away", reviewer)
+                        now = self.now()
+                        pipe.zremrangebyscore(away, "-inf", now)
+                        pipe.zadd(away, {review_id: now + away_s})
+                        pipe.expire(away, int(away_s) + 60)
                     pipe.execute()
                     return True
                 except WatchError:

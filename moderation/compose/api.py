@@ -177,6 +177,7 @@ def build_api(
         undo_window_s=(
             settings.review.undo_window_s if settings.review.outbox_retry_s > 0 else 0.0
         ),
+        skip_away_s=settings.review.skip_away_s,
     )
     return ApiProcess(
         settings=settings,

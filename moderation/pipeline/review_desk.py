@@ -85,6 +85,7 @@ class ReviewDesk:
             (:class:`~moderation.pipeline.review_outbox.ReviewOutbox`).
         undo_window_s: how long a reviewer may take a decision back before it is handed on
             (0: handed on at once, no undo).
+        skip_away_s: how long an item a reviewer skipped is not offered to them again.
     """
 
     def __init__(
@@ -98,9 +99,11 @@ class ReviewDesk:
         backoff_s: float = 5.0,
         backoff_max_s: float = 600.0,
         undo_window_s: float = 0.0,
+        skip_away_s: float = 0.0,
     ) -> None:
         self.queue = queue
         self.undo_window_s = undo_window_s
+        self.skip_away_s = skip_away_s
         self.on_final = on_final
         self.evidence = evidence
         self.outbox = ReviewOutbox(
@@ -237,8 +240,9 @@ class ReviewDesk:
         return claim
 
     def release(self, review_id: str, *, reviewer: str) -> bool:
-        """Give a leased item back to the queue (skip)."""
-        return self.queue.release(review_id, reviewer=reviewer)
+        """Give a leased item back to the queue (skip): other reviewers get it at once, this
+        one not for ``skip_away_s``."""
+        return self.queue.release(review_id, reviewer=reviewer, away_s=self.skip_away_s)
 
     def decisions_today(self, reviewer: str) -> int:
         return self.queue.decisions_on().get(reviewer, 0)

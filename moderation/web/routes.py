@@ -343,6 +343,7 @@ def build_review_router(
             who,
             lease_s=int(desk.lease_s),
             undo_s=desk.undo_window_s,
+            skip_away_s=desk.skip_away_s,
         )
 
     @router.get("/overview")

@@ -47,6 +47,8 @@ class _Entry:
     first: FirstDecision | None = None
     final: HumanDecision | None = None
     final_token: str | None = None
+    #: Skips: reviewer -> until when the item is not offered to them.
+    away: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> reviewer (every lease)
     submitted: dict[str, tuple[ReviewDecision, str | None]] = field(default_factory=dict)
     delivered: bool = False
@@ -98,6 +100,7 @@ class MemoryReviewQueue:
                 if e.state == "queued"
                 and (not policies or e.item.policy_id in policies)
                 and (e.first is None or e.first.reviewer != reviewer)
+                and e.away.get(reviewer, 0.0) <= now
             ]
             if not waiting:
                 return None
@@ -189,7 +192,7 @@ class MemoryReviewQueue:
             claimed_at = lease.expires_at - self.lease_s
             return DecideResult(outcome, replay=False, handling_s=max(0.0, now - claimed_at))
 
-    def release(self, review_id: str, *, reviewer: str | None = None) -> bool:
+    def release(self, review_id: str, *, reviewer: str | None = None, away_s: float = 0.0) -> bool:
         with self._lock:
             entry = self.entries.get(review_id)
             if entry is None:
@@ -199,6 +202,8 @@ class MemoryReviewQueue:
             if entry.lease is None or (reviewer is not None and entry.lease.reviewer != reviewer):
                 return False
             entry.state, entry.lease = "queued", None
+            if reviewer is not None and away_s > 0:
+                entry.away[reviewer] = self.clock() + away_s
             return True
 
     def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:

@@ -10,6 +10,8 @@ Tables (``migrations/0010_review.sql``)::
                       "expired" vs "not yours"
     review_decisions  every recorded decision, one per lease token: replays, per-day counts,
                       "everything this reviewer decided"
+    review_away       skipped items kept away from the reviewer who skipped them until a time
+                      (``migrations/0020_review_away.sql``)
     review_outbox     final decisions not handed on yet, with the time of the next attempt and
                       the attempts so far (the delivery loop retries them with backoff)
 
@@ -170,17 +172,21 @@ class PostgresReviewQueue:
                 return self._claim(rid, reviewer, tok, expires, item_json, first_json, now)
             if policies:
                 row = conn.execute(
-                    "SELECT review_id FROM review_items WHERE state = 'queued'"
+                    "SELECT review_id FROM review_items i WHERE state = 'queued'"
                     " AND first_reviewer IS DISTINCT FROM %s AND policy_id = ANY(%s)"
+                    " AND NOT EXISTS (SELECT 1 FROM review_away a WHERE a.reviewer = %s"
+                    "   AND a.review_id = i.review_id AND a.until > %s)"
                     " ORDER BY rank DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    (reviewer, policies),
+                    (reviewer, policies, reviewer, now),
                 ).fetchone()
             else:
                 row = conn.execute(
-                    "SELECT review_id FROM review_items WHERE state = 'queued'"
+                    "SELECT review_id FROM review_items i WHERE state = 'queued'"
                     " AND first_reviewer IS DISTINCT FROM %s"
+                    " AND NOT EXISTS (SELECT 1 FROM review_away a WHERE a.reviewer = %s"
+                    "   AND a.review_id = i.review_id AND a.until > %s)"
                     " ORDER BY rank DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    (reviewer,),
+                    (reviewer, reviewer, now),
                 ).fetchone()
             if row is None:
                 return None
@@ -369,7 +375,7 @@ class PostgresReviewQueue:
             (item.review_id, now, now),
         )
 
-    def release(self, review_id: str, *, reviewer: str | None = None) -> bool:
+    def release(self, review_id: str, *, reviewer: str | None = None, away_s: float = 0.0) -> bool:
         """Give an item back to the queue (reviewer skip, or admin requeue when ``reviewer`` is
         None). Returns False when the item was not leased (by that reviewer).
 
@@ -394,6 +400,14 @@ class PostgresReviewQueue:
                 " lease_holder = NULL, lease_expires = NULL WHERE review_id = %s",
                 (review_id,),
             )
+            if reviewer is not None and away_s > 0:
+                now = self._now(conn)
+                conn.execute("DELETE FROM review_away WHERE until <= %s", (now,))
+                conn.execute(
+                    "INSERT INTO review_away (reviewer, review_id, until) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (reviewer, review_id) DO UPDATE SET until = EXCLUDED.until",
+                    (reviewer, review_id, now + away_s),
+                )
             return True
 
     def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:

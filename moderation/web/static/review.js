@@ -4,6 +4,7 @@
   const base = document.body.dataset.base;
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const $ = (id) => document.getElementById(id);
+  const skipAwayS = Number($("item").dataset.skipAwayS) || 0;
   const image = $("image");
   let current = null;      // the claimed item payload
   let leaseEnd = 0;        // local clock, ms
@@ -221,7 +222,12 @@
   async function skip() {
     if (!current || busy) return;
     busy = true;
-    try { await api("/api/skip", { review_id: current.review_id }); status("Skipped"); }
+    const item = current;
+    try {
+      await api("/api/skip", { review_id: item.review_id });
+      status("Skipped: " + itemLabel(item) + " (back to the queue for others; not shown to you again for "
+        + Math.round(skipAwayS / 60) + " min)");
+    }
     catch (err) { status("Skip failed: " + err.message); }
     finally { busy = false; current = null; await next(); }
   }

@@ -1,7 +1,10 @@
-"""Taking a decision back (issue 21, slice 1): the queue's ``undo`` on every store (PostgreSQL,
-Redis on a real valkey server, the twin), and the desk's undo window over the twin with a
-controlled clock: a decision is recorded at once but handed on only once the window has
-passed, by the outbox maintenance (what the workers run), so closing the tab loses nothing."""
+"""The reviewer console's queue rules (issue 21) on every store (PostgreSQL, Redis on a real
+valkey server, the twin) and the desk over the twin with a controlled clock.
+
+Taking a decision back: the queue's ``undo``; the desk's undo window (a decision is recorded
+at once but handed on only once the window has passed, by the outbox maintenance the workers
+run, so closing the tab loses nothing). Skips: a skipped item goes to others at once and stays
+away from the reviewer who skipped it for ``review.skip_away_s``."""
 
 from __future__ import annotations
 
@@ -206,3 +209,39 @@ def test_without_a_window_decisions_are_handed_on_at_once_and_cannot_be_undone()
     assert done.delivered is True and len(handed.finals) == 1
     with pytest.raises(ReviewUndoTooLate):
         desk.undo("rv_n", review_id=claim.item.review_id, token=claim.lease.token)
+
+
+def test_a_skipped_item_goes_to_others_and_stays_away_from_the_skipper(
+    store: ReviewQueue,
+) -> None:
+    queue = store
+    policy = world_policy()
+    queue.submit(make_item(policy, "skip-hi", score=0.9))
+    queue.submit(make_item(policy, "skip-lo", score=0.4))
+    hi = _claim(queue, "rv_s")
+    assert hi.item.job_id == "skip-hi"
+    assert queue.release(hi.item.review_id, reviewer="rv_s", away_s=3600)
+    lo = _claim(queue, "rv_s")  # not the skipped one again, though it ranks higher
+    assert lo.item.job_id == "skip-lo"
+    assert queue.release(lo.item.review_id, reviewer="rv_s", away_s=3600)
+    assert queue.claim("rv_s") is None  # both skipped: nothing for rv_s
+    other = _claim(queue, "rv_t")  # everyone else gets the skipped item at once
+    assert other.item.job_id == "skip-hi"
+    # A skip without a time away (skip_away_s = 0) hands the item back at once.
+    assert queue.release(other.item.review_id, reviewer="rv_t")
+    again = _claim(queue, "rv_t")
+    assert again.item.job_id == "skip-hi"
+
+
+def test_a_skipped_item_comes_back_to_the_skipper_after_the_time_away() -> None:
+    desk, queue, _, clock = _desk(0.0)
+    desk.skip_away_s = 600.0
+    queue.submit(make_item(world_policy(), "away-1"))
+    claim = desk.claim("rv_k")
+    assert claim is not None
+    assert desk.release(claim.item.review_id, reviewer="rv_k")
+    clock.t += 599.0
+    assert desk.claim("rv_k") is None
+    clock.t += 1.0
+    back = desk.claim("rv_k")
+    assert back is not None and back.item.review_id == claim.item.review_id
