@@ -421,6 +421,13 @@ class ReviewInvalidDecision(ReviewError):
     code = "review_invalid_decision"
 
 
+class ReviewUndoTooLate(ReviewAlreadyDecided):
+    """A decision can no longer be taken back: its undo window passed, it was handed on, or a
+    second reviewer already has the item."""
+
+    code = "review_undo_too_late"
+
+
 class ReviewEvidenceUnavailable(ReviewError):
     """The exact bytes an item was scored on are gone, or do not match its ``content_sha256``:
     nothing is shown, and the item can only be removed or escalated."""

@@ -684,7 +684,23 @@ class ReviewQueue(Protocol):
         kept with the final decision)."""
         ...
 
-    def release(self, review_id: str, *, reviewer: str | None = None) -> bool: ...
+    def release(self, review_id: str, *, reviewer: str | None = None, away_s: float = 0.0) -> bool:
+        """Give a leased item back to the queue (``reviewer``: only if it holds it; None: an
+        admin's requeue). ``away_s`` > 0 with a ``reviewer`` (a skip): the item is not offered
+        to that reviewer again for ``away_s`` seconds (others get it at once)."""
+        ...
+
+    def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
+        """Take back ``reviewer``'s decision made under lease ``token`` at most ``within_s``
+        seconds ago, while it is not handed on (final) or not taken by a second reviewer
+        (pending): the decision is forgotten and the item leased to ``reviewer`` again (a new
+        lease; the reviewer must hold no other lease).
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewUndoTooLate: no such decision of the caller's, or it can no longer be undone.
+        """
+        ...
 
     def delivered(self, review_id: str) -> None:
         """The final decision of ``review_id`` was handed on: drop it from the outbox."""

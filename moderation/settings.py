@@ -332,6 +332,14 @@ class ReviewSettings(BaseModel):
     outbox_retry_s: float = Field(default=10.0, ge=0)
     outbox_backoff_s: float = Field(default=5.0, gt=0)
     outbox_backoff_max_s: float = Field(default=600.0, gt=0)
+    #: Seconds a reviewer may take a decision back (key ``u`` or the Undo button) before it is
+    #: final and handed on; the workers' outbox maintenance hands it on once the window has
+    #: passed (server-side: closing the tab neither loses nor skips it). 0: no undo, decisions
+    #: are handed on at once (also when ``outbox_retry_s`` is 0, as nothing would hand them on).
+    undo_window_s: float = Field(default=10.0, ge=0, le=300)
+    #: An item a reviewer skips (key ``s``) goes back to the queue for everyone else at once
+    #: but is not offered to that reviewer again for this long (0: at once).
+    skip_away_s: float = Field(default=30 * 60, ge=0)
 
 
 class AuditSettings(BaseModel):

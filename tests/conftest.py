@@ -36,6 +36,8 @@ def test_model_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
             update={"local_dir": root / "audit", "spool_dir": root / "audit-spool"}
         ),
         blobs=base.blobs.model_copy(update={"local_dir": root / "blobs"}),
+        # Decisions handed on at once; the tests of the undo window turn it on.
+        review=base.review.model_copy(update={"undo_window_s": 0.0}),
     )
 
 

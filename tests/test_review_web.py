@@ -49,6 +49,8 @@ class ReviewSite:
     finals: list[HumanDecision] = field(default_factory=list)
     blobs: MemoryBlobStore = field(default_factory=MemoryBlobStore)
     auth: ReviewerAuth | None = None
+    #: The desk behind the pages (its outbox stands in for the workers' maintenance).
+    desk: ReviewDesk | None = None
 
     def rv(self, username: str) -> str:
         return pseudonym(self.settings.review.pseudonym_secret.get_secret_value(), username)
@@ -75,6 +77,7 @@ def review_settings() -> ReviewSettings:
         lease_s=60,
         session_secret="test-session-secret",
         pseudonym_secret="test-pseudonym-secret",
+        undo_window_s=0.0,
     )
 
 
@@ -122,20 +125,17 @@ def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[Rev
         sessions=sessions,
         auth=auth,
     )
+    state.desk = ReviewDesk(
+        queue,
+        on_final=state.finals.append,
+        evidence=ReviewEvidence(state.blobs, retention_s=3600),
+        render_image=lambda data: safe_png(data, settings.images),
+        undo_window_s=review_settings.undo_window_s,
+        skip_away_s=review_settings.skip_away_s,
+    )
     app = FastAPI()
     app.add_exception_handler(HTTPException, handle_http_error)
-    app.include_router(
-        build_review_router(
-            settings,
-            ReviewDesk(
-                queue,
-                on_final=state.finals.append,
-                evidence=ReviewEvidence(state.blobs, retention_s=3600),
-                render_image=lambda data: safe_png(data, settings.images),
-            ),
-            auth,
-        )
-    )
+    app.include_router(build_review_router(settings, state.desk, auth))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")

@@ -53,6 +53,7 @@ from moderation.exceptions import (
     ReviewLeaseExpired,
     ReviewNotFound,
     ReviewNotLeaseHolder,
+    ReviewUndoTooLate,
 )
 from moderation.ports import Claim, DecideResult, OutboxEntry, ReviewStats
 from moderation.settings import ReviewSettings
@@ -110,7 +111,9 @@ for _, policy in ipairs(policies) do
     local rid = top[i]
     local rank = tonumber(top[i + 1])
     if best_rank ~= nil and rank <= best_rank then break end
-    if redis.call('HGET', P .. 'item:' .. rid, 'first_reviewer') ~= reviewer then
+    local away = redis.call('ZSCORE', P .. 'away:' .. reviewer, rid)
+    if (not away or tonumber(away) <= now)
+       and redis.call('HGET', P .. 'item:' .. rid, 'first_reviewer') ~= reviewer then
       best, best_rank, best_policy = rid, rank, policy
       break
     end
@@ -400,7 +403,7 @@ class RedisReviewQueue:
         pipe.zadd(self._k("outbox"), {item.review_id: now})
 
     @translated("review queue")
-    def release(self, review_id: str, *, reviewer: str | None = None) -> bool:
+    def release(self, review_id: str, *, reviewer: str | None = None, away_s: float = 0.0) -> bool:
         """Give an item back to the queue (reviewer skip, or admin requeue when ``reviewer`` is
         None). Returns False when the item was not leased (by that reviewer).
 
@@ -428,8 +431,101 @@ class RedisReviewQueue:
                     pipe.zrem(self._k("leases"), review_id)
                     pipe.delete(self._k("holder", holder))
                     pipe.zadd(self._k("q", h["policy"]), {review_id: float(h["rank"])})
+                    if reviewer is not None and away_s > 0:
+                        # A skip: kept away from this reviewer (the claim script checks it).
+                        away = self._k("away", reviewer)
+                        now = self.now()
+                        pipe.zremrangebyscore(away, "-inf", now)
+                        pipe.zadd(away, {review_id: now + away_s})
+                        pipe.expire(away, int(away_s) + 60)
                     pipe.execute()
                     return True
+                except WatchError:
+                    continue
+
+    @translated("review queue")
+    def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
+        """Take back a decision within its undo window (see :meth:`~moderation.ports.
+        ReviewQueue.undo`); the item is leased to ``reviewer`` again.
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewUndoTooLate: no such decision of the caller's, or it can no longer be undone.
+            QueueUnavailable: Redis is unreachable.
+        """
+        ik = self._k("item", review_id)
+        new_token = secrets.token_urlsafe(18)
+        with self._r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(ik, self._k("outbox"))  # type: ignore[no-untyped-call]
+                    h = cast(dict[str, str], pipe.hgetall(ik))
+                    if not h:
+                        raise ReviewNotFound(f"no review item {review_id}")
+                    now = self.now()
+                    item = ReviewItem.model_validate_json(h["item"])
+                    first = FirstDecision.model_validate_json(h["first"]) if "first" in h else None
+                    final = HumanDecision.model_validate_json(h["final"]) if "final" in h else None
+                    in_outbox = pipe.zscore(self._k("outbox"), review_id) is not None
+                    if (
+                        final is not None
+                        and h.get("final_token") == token
+                        and final.reviewers[-1] == reviewer
+                        and in_outbox
+                        and now - final.decided_at.timestamp() <= within_s
+                    ):
+                        decided_at = final.decided_at.timestamp()
+                    elif (
+                        final is None
+                        and first is not None
+                        and first.token == token
+                        and first.reviewer == reviewer
+                        and h.get("state") == "queued"
+                        and now - first.at <= within_s
+                    ):
+                        decided_at = first.at
+                    else:
+                        raise ReviewUndoTooLate("this decision can no longer be undone")
+                    pipe.multi()
+                    if final is not None:
+                        pipe.hdel(
+                            ik,
+                            "final",
+                            "final_token",
+                            "final_submitted",
+                            "final_submitted_reason",
+                            "outbox_attempts",
+                            "outbox_error",
+                        )
+                        pipe.zrem(self._k("outbox"), review_id)
+                        pipe.zrem(self._k("outbox_due"), review_id)
+                        pipe.zrem(self._k("decided"), review_id)
+                        pipe.zadd(self._k("open", item.policy_id), {review_id: item.created_at})
+                    else:
+                        pipe.hdel(ik, "first", "first_reviewer")
+                        pipe.zrem(self._k("q", item.policy_id), review_id)
+                    day = datetime.fromtimestamp(decided_at, UTC).strftime("%Y-%m-%d")
+                    pipe.hincrby(self._k("day", day), reviewer, -1)
+                    expires = now + self.lease_s
+                    pipe.hset(
+                        ik,
+                        mapping={
+                            "state": "leased",
+                            "lease_token": new_token,
+                            "lease_holder": reviewer,
+                            "lease_expires": repr(expires),
+                        },
+                    )
+                    pipe.zadd(self._k("leases"), {review_id: expires})
+                    pipe.set(self._k("holder", reviewer), review_id, px=int(self.lease_s * 1000))
+                    pipe.set(self._k("tok", new_token), f"{review_id}|{reviewer}", ex=_TOKEN_TTL_S)
+                    pipe.execute()
+                    lease = Lease(
+                        review_id=review_id, reviewer=reviewer, token=new_token, expires_at=expires
+                    )
+                    # A second reviewer's decision undone: the first one still stands.
+                    kept = first if final is not None else None
+                    return Claim(item=item, lease=lease, first=kept, now=now)
                 except WatchError:
                     continue
 

@@ -174,6 +174,10 @@ def build_api(
         banks=banks,
         backoff_s=settings.review.outbox_backoff_s,
         backoff_max_s=settings.review.outbox_backoff_max_s,
+        undo_window_s=(
+            settings.review.undo_window_s if settings.review.outbox_retry_s > 0 else 0.0
+        ),
+        skip_away_s=settings.review.skip_away_s,
     )
     return ApiProcess(
         settings=settings,

@@ -20,25 +20,39 @@ an ``on_final`` failure in between leaves it in the outbox, from where the worke
 again with backoff (:mod:`moderation.pipeline.review_outbox`), or an admin at once
 (:meth:`ReviewDesk.deliver_outbox`); ``on_final`` is idempotent: record ids derive from the
 review.
+
+Undo window: with ``undo_window_s`` > 0 a final decision is recorded at once (the lease is
+consumed, the decision sits in the outbox) but not handed on: its first hand-on is due
+``undo_window_s`` (plus a short margin) later, made by the workers' outbox maintenance, so a
+closed tab neither loses nor skips it. Until then the deciding reviewer may take it back
+(:meth:`ReviewDesk.undo`: the item is leased to them again); a critical removal waiting for its
+second reviewer can be taken back while no second reviewer holds it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from moderation.core.review import HumanDecision, ReviewDecision, ReviewItem
 from moderation.exceptions import (
+    ReviewAlreadyDecided,
     ReviewEvidenceUnavailable,
     ReviewInvalidDecision,
     ReviewNotFound,
+    ReviewUndoTooLate,
 )
 from moderation.metrics import metrics
 from moderation.pipeline.banks import BankService
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.review_outbox import OnFinal, ReviewOutbox
 from moderation.ports import Claim, ReviewQueue, ReviewStats
+
+#: Seconds after the undo window before the workers hand a decision on: an undo racing the
+#: window's end is decided by the queue, never after the hand-on started.
+UNDO_MARGIN_S = 2.0
 
 __all__ = ["Decided", "OnFinal", "ReviewDesk"]
 
@@ -69,6 +83,9 @@ class ReviewDesk:
         banks: offers "remove and add to bank" (None: not offered).
         backoff_s, backoff_max_s: when a failed hand-on is tried again
             (:class:`~moderation.pipeline.review_outbox.ReviewOutbox`).
+        undo_window_s: how long a reviewer may take a decision back before it is handed on
+            (0: handed on at once, no undo).
+        skip_away_s: how long an item a reviewer skipped is not offered to them again.
     """
 
     def __init__(
@@ -81,8 +98,12 @@ class ReviewDesk:
         banks: BankService | None = None,
         backoff_s: float = 5.0,
         backoff_max_s: float = 600.0,
+        undo_window_s: float = 0.0,
+        skip_away_s: float = 0.0,
     ) -> None:
         self.queue = queue
+        self.undo_window_s = undo_window_s
+        self.skip_away_s = skip_away_s
         self.on_final = on_final
         self.evidence = evidence
         self.outbox = ReviewOutbox(
@@ -177,7 +198,15 @@ class ReviewDesk:
         delivered: bool | None = None
         if not result.replay:
             self._count(review_id, final, result.handling_s)
-            if final is not None:
+            if final is not None and self.undo_window_s > 0:
+                # Deferred: the workers hand it on once the undo window has passed.
+                self.queue.retry_later(
+                    review_id,
+                    delay_s=self.undo_window_s + UNDO_MARGIN_S,
+                    error="undo window: handed on when it has passed",
+                )
+                delivered = False
+            elif final is not None:
                 delivered = self._deliver(final)
         return Decided(
             final=final,
@@ -186,9 +215,34 @@ class ReviewDesk:
             delivered=delivered,
         )
 
+    def undo(
+        self, reviewer: str, *, review_id: str, token: str, holding: str | None = None
+    ) -> Claim:
+        """Take back ``reviewer``'s decision on ``review_id`` (made under lease ``token``)
+        within the undo window; the item is leased to the reviewer again. ``holding``: the item
+        the reviewer was given next, handed back to the queue first.
+
+        Raises:
+            ReviewUndoTooLate: no undo window here, it has passed, the decision was handed on,
+                or a second reviewer has the item.
+            ReviewNotFound: no such item.
+        """
+        if self.undo_window_s <= 0:
+            raise ReviewUndoTooLate("decisions are final at once here: there is no undo")
+        if holding is not None and holding != review_id:
+            # Nothing held there any more: nothing to give back.
+            with contextlib.suppress(ReviewNotFound, ReviewAlreadyDecided):
+                self.queue.release(holding, reviewer=reviewer)
+        claim = self.queue.undo(
+            review_id, reviewer=reviewer, token=token, within_s=self.undo_window_s
+        )
+        metrics().review_decisions.labels(claim.item.policy_id, "undone").inc()
+        return claim
+
     def release(self, review_id: str, *, reviewer: str) -> bool:
-        """Give a leased item back to the queue (skip)."""
-        return self.queue.release(review_id, reviewer=reviewer)
+        """Give a leased item back to the queue (skip): other reviewers get it at once, this
+        one not for ``skip_away_s``."""
+        return self.queue.release(review_id, reviewer=reviewer, away_s=self.skip_away_s)
 
     def decisions_today(self, reviewer: str) -> int:
         return self.queue.decisions_on().get(reviewer, 0)

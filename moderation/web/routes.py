@@ -10,6 +10,9 @@ API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF 
 
     POST {prefix}/api/next            claim the next item (or the one already held)
     POST {prefix}/api/decide          {review_id, token, decision, reason_code, add_to_bank}
+    POST {prefix}/api/undo            {review_id, token, holding}: take a decision back within
+                                      the undo window (``review.undo_window_s``); the item is
+                                      leased again (``holding``, the item shown next, goes back)
     POST {prefix}/api/skip            {review_id}: give the item back
     GET  {prefix}/api/image/{id}      the image (the exact bytes that were scored, verified),
                                       only to the reviewer holding its lease; 410 when they are
@@ -154,6 +157,14 @@ class _DecideBody(BaseModel):
     #: "Remove and add to bank": the bank to put the image's PDQ hash in once the removal is
     #: final.
     add_to_bank: str | None = Field(default=None, max_length=64)
+
+
+class _UndoBody(BaseModel):
+    review_id: str = Field(max_length=64)
+    #: The lease token the decision was made under.
+    token: str = Field(max_length=64)
+    #: The item the reviewer was given after deciding (handed back to the queue).
+    holding: str | None = Field(default=None, max_length=64)
 
 
 class _ItemBody(BaseModel):
@@ -326,7 +337,14 @@ def build_review_router(
 
     @router.get("/")
     def review_page(request: Request, who: Annotated[Principal, Depends(principal)]) -> Response:
-        return page(request, "review.html", who, lease_s=int(desk.lease_s))
+        return page(
+            request,
+            "review.html",
+            who,
+            lease_s=int(desk.lease_s),
+            undo_s=desk.undo_window_s,
+            skip_away_s=desk.skip_away_s,
+        )
 
     @router.get("/overview")
     def overview_page(request: Request, who: Annotated[Principal, Depends(principal)]) -> Response:
@@ -366,7 +384,16 @@ def build_review_router(
             "decision": done.decision.value,
             "replay": done.replay,
             "delivered": done.delivered,
+            # Seconds the reviewer may still take it back (0: final at once).
+            "undo_s": desk.undo_window_s if not done.replay else 0.0,
         }
+
+    @router.post("/api/undo")
+    def undo(body: _UndoBody, who: Annotated[Principal, Depends(csrf_principal)]) -> dict[str, Any]:
+        claim = desk.undo(
+            who.pseudonym, review_id=body.review_id, token=body.token, holding=body.holding
+        )
+        return {"item": _claim_payload(claim, prefix, desk)}
 
     @router.post("/api/skip")
     def skip(body: _ItemBody, who: Annotated[Principal, Depends(csrf_principal)]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from moderation.exceptions import (
     ReviewLeaseExpired,
     ReviewNotFound,
     ReviewNotLeaseHolder,
+    ReviewUndoTooLate,
 )
 from moderation.ports import (
     Claim,
@@ -45,6 +46,9 @@ class _Entry:
     lease: Lease | None = None
     first: FirstDecision | None = None
     final: HumanDecision | None = None
+    final_token: str | None = None
+    #: Skips: reviewer -> until when the item is not offered to them.
+    away: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> reviewer (every lease)
     submitted: dict[str, tuple[ReviewDecision, str | None]] = field(default_factory=dict)
     delivered: bool = False
@@ -96,6 +100,7 @@ class MemoryReviewQueue:
                 if e.state == "queued"
                 and (not policies or e.item.policy_id in policies)
                 and (e.first is None or e.first.reviewer != reviewer)
+                and e.away.get(reviewer, 0.0) <= now
             ]
             if not waiting:
                 return None
@@ -183,10 +188,11 @@ class MemoryReviewQueue:
                 entry.first, entry.state = outcome.pending, "queued"
             else:
                 entry.final, entry.state = outcome.final, "final"
+                entry.final_token = token
             claimed_at = lease.expires_at - self.lease_s
             return DecideResult(outcome, replay=False, handling_s=max(0.0, now - claimed_at))
 
-    def release(self, review_id: str, *, reviewer: str | None = None) -> bool:
+    def release(self, review_id: str, *, reviewer: str | None = None, away_s: float = 0.0) -> bool:
         with self._lock:
             entry = self.entries.get(review_id)
             if entry is None:
@@ -196,7 +202,51 @@ class MemoryReviewQueue:
             if entry.lease is None or (reviewer is not None and entry.lease.reviewer != reviewer):
                 return False
             entry.state, entry.lease = "queued", None
+            if reviewer is not None and away_s > 0:
+                entry.away[reviewer] = self.clock() + away_s
             return True
+
+    def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
+        with self._lock:
+            entry = self.entries.get(review_id)
+            if entry is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            now = self.clock()
+            final, first = entry.final, entry.first
+            if (
+                final is not None
+                and entry.final_token == token
+                and final.reviewers[-1] == reviewer
+                and not entry.delivered
+                and now - final.decided_at.timestamp() <= within_s
+            ):
+                decided_at = final.decided_at.timestamp()
+                entry.final, entry.final_token, entry.attempts, entry.due_at = None, None, 0, None
+            elif (
+                final is None
+                and first is not None
+                and first.token == token
+                and first.reviewer == reviewer
+                and entry.state == "queued"
+                and now - first.at <= within_s
+            ):
+                decided_at = first.at
+                entry.first = None
+            else:
+                raise ReviewUndoTooLate("this decision can no longer be undone")
+            entry.submitted.pop(token, None)
+            day = datetime.fromtimestamp(decided_at, UTC).strftime("%Y-%m-%d")
+            counts = self.days.get(day, {})
+            if counts.get(reviewer):
+                counts[reviewer] -= 1
+            new_token = secrets.token_urlsafe(18)
+            entry.state = "leased"
+            expires = now + self.lease_s
+            entry.lease = Lease(
+                review_id=review_id, reviewer=reviewer, token=new_token, expires_at=expires
+            )
+            entry.tokens[new_token] = reviewer
+            return Claim(item=entry.item, lease=entry.lease, first=entry.first, now=now)
 
     def delivered(self, review_id: str) -> None:
         entry = self.entries.get(review_id)

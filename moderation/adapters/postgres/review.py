@@ -10,6 +10,8 @@ Tables (``migrations/0010_review.sql``)::
                       "expired" vs "not yours"
     review_decisions  every recorded decision, one per lease token: replays, per-day counts,
                       "everything this reviewer decided"
+    review_away       skipped items kept away from the reviewer who skipped them until a time
+                      (``migrations/0020_review_away.sql``)
     review_outbox     final decisions not handed on yet, with the time of the next attempt and
                       the attempts so far (the delivery loop retries them with backoff)
 
@@ -56,6 +58,7 @@ from moderation.exceptions import (
     ReviewLeaseExpired,
     ReviewNotFound,
     ReviewNotLeaseHolder,
+    ReviewUndoTooLate,
 )
 from moderation.ports import Claim, DecideResult, OutboxEntry, ReviewStats
 from moderation.settings import ReviewSettings
@@ -169,17 +172,21 @@ class PostgresReviewQueue:
                 return self._claim(rid, reviewer, tok, expires, item_json, first_json, now)
             if policies:
                 row = conn.execute(
-                    "SELECT review_id FROM review_items WHERE state = 'queued'"
+                    "SELECT review_id FROM review_items i WHERE state = 'queued'"
                     " AND first_reviewer IS DISTINCT FROM %s AND policy_id = ANY(%s)"
+                    " AND NOT EXISTS (SELECT 1 FROM review_away a WHERE a.reviewer = %s"
+                    "   AND a.review_id = i.review_id AND a.until > %s)"
                     " ORDER BY rank DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    (reviewer, policies),
+                    (reviewer, policies, reviewer, now),
                 ).fetchone()
             else:
                 row = conn.execute(
-                    "SELECT review_id FROM review_items WHERE state = 'queued'"
+                    "SELECT review_id FROM review_items i WHERE state = 'queued'"
                     " AND first_reviewer IS DISTINCT FROM %s"
+                    " AND NOT EXISTS (SELECT 1 FROM review_away a WHERE a.reviewer = %s"
+                    "   AND a.review_id = i.review_id AND a.until > %s)"
                     " ORDER BY rank DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    (reviewer,),
+                    (reviewer, reviewer, now),
                 ).fetchone()
             if row is None:
                 return None
@@ -368,7 +375,7 @@ class PostgresReviewQueue:
             (item.review_id, now, now),
         )
 
-    def release(self, review_id: str, *, reviewer: str | None = None) -> bool:
+    def release(self, review_id: str, *, reviewer: str | None = None, away_s: float = 0.0) -> bool:
         """Give an item back to the queue (reviewer skip, or admin requeue when ``reviewer`` is
         None). Returns False when the item was not leased (by that reviewer).
 
@@ -393,7 +400,92 @@ class PostgresReviewQueue:
                 " lease_holder = NULL, lease_expires = NULL WHERE review_id = %s",
                 (review_id,),
             )
+            if reviewer is not None and away_s > 0:
+                now = self._now(conn)
+                conn.execute("DELETE FROM review_away WHERE until <= %s", (now,))
+                conn.execute(
+                    "INSERT INTO review_away (reviewer, review_id, until) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (reviewer, review_id) DO UPDATE SET until = EXCLUDED.until",
+                    (reviewer, review_id, now + away_s),
+                )
             return True
+
+    def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
+        """Take back a decision within its undo window (see :meth:`~moderation.ports.
+        ReviewQueue.undo`); the item is leased to ``reviewer`` again.
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewUndoTooLate: no such decision of the caller's, or it can no longer be undone.
+            DatabaseUnavailable: the database is unreachable.
+        """
+        new_token = secrets.token_urlsafe(18)
+        with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT item, state, first_decision, final_decision, final_token,"
+                " EXISTS (SELECT 1 FROM review_outbox o WHERE o.review_id = i.review_id)"
+                " FROM review_items i WHERE review_id = %s FOR UPDATE",
+                (review_id,),
+            ).fetchone()
+            if row is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            item_json, state, first_json, final_json, final_tok, in_outbox = row
+            now = self._now(conn)
+            first = FirstDecision.model_validate(first_json) if first_json else None
+            final = HumanDecision.model_validate(final_json) if final_json else None
+            if (
+                final is not None
+                and final_tok == token
+                and final.reviewers[-1] == reviewer
+                and in_outbox
+                and now - final.decided_at.timestamp() <= within_s
+            ):
+                conn.execute("DELETE FROM review_outbox WHERE review_id = %s", (review_id,))
+                conn.execute(
+                    "UPDATE review_items SET final_decision = NULL, final_token = NULL,"
+                    " decided_at = NULL WHERE review_id = %s",
+                    (review_id,),
+                )
+                kept = first
+            elif (
+                final is None
+                and first is not None
+                and first.token == token
+                and first.reviewer == reviewer
+                and state == "queued"
+                and now - first.at <= within_s
+            ):
+                conn.execute(
+                    "UPDATE review_items SET first_decision = NULL, first_reviewer = NULL"
+                    " WHERE review_id = %s",
+                    (review_id,),
+                )
+                kept = None
+            else:
+                raise ReviewUndoTooLate("this decision can no longer be undone")
+            conn.execute(
+                "DELETE FROM review_decisions WHERE token = %s AND review_id = %s",
+                (token, review_id),
+            )
+            expires = now + self.lease_s
+            conn.execute(
+                "UPDATE review_items SET state = 'leased', lease_token = %s, lease_holder = %s,"
+                " lease_expires = %s WHERE review_id = %s",
+                (new_token, reviewer, expires, review_id),
+            )
+            conn.execute(
+                "INSERT INTO review_leases (token, review_id, reviewer, claimed_at, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (new_token, review_id, reviewer, now, expires),
+            )
+        return Claim(
+            item=ReviewItem.model_validate(item_json),
+            lease=Lease(
+                review_id=review_id, reviewer=reviewer, token=new_token, expires_at=expires
+            ),
+            first=kept,
+            now=now,
+        )
 
     # --- final-decision delivery ----------------------------------------------------------
 

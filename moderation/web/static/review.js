@@ -4,6 +4,7 @@
   const base = document.body.dataset.base;
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const $ = (id) => document.getElementById(id);
+  const skipAwayS = Number($("item").dataset.skipAwayS) || 0;
   const image = $("image");
   let current = null;      // the claimed item payload
   let leaseEnd = 0;        // local clock, ms
@@ -12,6 +13,8 @@
   let choosingBank = false;
   let busy = false;
   let pollTimer = null;
+  let revealed = false;    // the image was unblurred at least once (required for critical items)
+  let last = null;         // the last decision: {review_id, token, label, until (ms)}
 
   function status(text) { $("status").textContent = text; }
 
@@ -32,6 +35,7 @@
 
   function render(item) {
     current = item;
+    revealed = false;
     choosingReason = false;
     choosingBank = false;
     bankTarget = null;
@@ -80,6 +84,7 @@
       reasons.appendChild(li);
     });
     $("second").hidden = !item.second_review;
+    $("reveal-needed").hidden = !needsReveal();
     leaseEnd = Date.now() + item.seconds_left * 1000;
     $("empty").hidden = true;
     $("item").hidden = false;
@@ -113,7 +118,28 @@
     return parts.join(" · ");
   }
 
+  // Critical items need one look at the image before "allow" or "remove" (escalate needs none);
+  // an item without its image cannot be looked at.
+  function needsReveal() {
+    return Boolean(current && current.severity === "critical" && !current.image_problem && !revealed);
+  }
+
+  function itemLabel(item) {
+    return item.policy_id + " / " + item.category_id + " · job " + item.job_id.slice(0, 8);
+  }
+
+  function showLast() {
+    const box = $("last");
+    if (!last) { box.hidden = true; return; }
+    const left = Math.max(0, Math.ceil((last.until - Date.now()) / 1000));
+    box.hidden = false;
+    $("undo").hidden = left <= 0;
+    box.classList.toggle("done", left <= 0);
+    text("undo-left", "(" + left + " s)");
+  }
+
   function tick() {
+    showLast();
     if (!current) return;
     const left = Math.max(0, Math.round((leaseEnd - Date.now()) / 1000));
     const lease = $("lease");
@@ -138,6 +164,10 @@
 
   async function decide(decision, reasonCode, bank) {
     if (!current || busy) return;
+    if (decision !== "escalate" && needsReveal()) {
+      status("Critical item: look at the image first (hold space), or escalate");
+      return;
+    }
     busy = true;
     const item = current;
     try {
@@ -146,8 +176,15 @@
         reason_code: reasonCode || null, add_to_bank: bank || null,
       });
       const banked = bank ? " + added to bank " + bank : "";
-      status(data.status === "final" ? "Recorded: " + data.decision + banked
-        : "Recorded: remove" + banked + " (waits for a second reviewer)");
+      const reason = reasonCode ? " (" + reasonCode + ")" : "";
+      const what = (data.status === "final" ? "Recorded: " + data.decision + reason + banked
+        : "Recorded: remove" + reason + banked + " (waits for a second reviewer)")
+        + " — " + itemLabel(item);
+      status(what);
+      last = data.undo_s > 0
+        ? { review_id: item.review_id, token: item.token, label: what, until: Date.now() + data.undo_s * 1000 }
+        : null;
+      showLast();
     } catch (err) {
       status("Not recorded: " + err.message);
     } finally {
@@ -157,10 +194,40 @@
     }
   }
 
+  // Take the last decision back (within the undo window): that item comes back, leased again;
+  // the item shown meanwhile goes back to the queue.
+  async function undo() {
+    if (!last || busy) return;
+    if (Date.now() > last.until) { status("Too late to undo: the decision is final"); return; }
+    busy = true;
+    const previous = last;
+    try {
+      const data = await api("/api/undo", {
+        review_id: previous.review_id, token: previous.token,
+        holding: current ? current.review_id : null,
+      });
+      last = null;
+      showLast();
+      if (pollTimer) { clearTimeout(pollTimer); pollTimer = null; }
+      render(data.item);
+      status("Undone: " + itemLabel(data.item) + " is back; decide again");
+    } catch (err) {
+      last = null;
+      showLast();
+      status("Could not undo: " + err.message);
+      if (!current) await next();
+    } finally { busy = false; }
+  }
+
   async function skip() {
     if (!current || busy) return;
     busy = true;
-    try { await api("/api/skip", { review_id: current.review_id }); status("Skipped"); }
+    const item = current;
+    try {
+      await api("/api/skip", { review_id: item.review_id });
+      status("Skipped: " + itemLabel(item) + " (back to the queue for others; not shown to you again for "
+        + Math.round(skipAwayS / 60) + " min)");
+    }
     catch (err) { status("Skip failed: " + err.message); }
     finally { busy = false; current = null; await next(); }
   }
@@ -181,11 +248,18 @@
     status("Add to which bank? " + targets.map((b, i) => "[" + (i + 1) + "] " + b).join("  ") + " (Esc cancels)");
   }
 
-  function unblur(on) { image.classList.toggle("blur", !on); }
+  function unblur(on) {
+    image.classList.toggle("blur", !on);
+    if (on && current && !revealed) { revealed = true; $("reveal-needed").hidden = true; }
+  }
 
   document.addEventListener("keydown", (event) => {
-    if (event.ctrlKey || event.metaKey || event.altKey || !current) return;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
     const key = event.key;
+    if (key === "u" && !event.repeat && !choosingBank && !choosingReason) {
+      event.preventDefault(); undo(); return;
+    }
+    if (!current) return;
     if (key === " ") { event.preventDefault(); unblur(true); return; }
     if (event.repeat) return;
     if (choosingBank) {
@@ -210,7 +284,7 @@
       case "r": bankTarget = null; chooseReason(); break;
       case "b": chooseBank(); break;
       case "s": skip(); break;
-      case "u": image.classList.toggle("blur"); break;
+      case "v": unblur(image.classList.contains("blur")); break;
       case "g": image.classList.toggle("grey"); break;
       default: return;
     }
@@ -220,6 +294,7 @@
   image.addEventListener("mousedown", (event) => { event.preventDefault(); unblur(true); });
   document.addEventListener("mouseup", () => { if (current) unblur(false); });
   image.addEventListener("load", () => { image.alt = "item under review"; });
+  $("undo").addEventListener("click", () => { undo(); });
 
   next();
 })();

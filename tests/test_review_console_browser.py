@@ -1,0 +1,209 @@
+"""The reviewer console in headless Chromium (issue 21): safe decisions. A decision can be taken
+back with ``u`` or the Undo button while its window lasts (and not after); nothing is handed on
+before the window has passed; a critical item needs one look at the image before "allow" or
+"remove"; the status line names the item decided. Screenshots at 1440×900, 1280×720 and
+900×700 go to the test's artifacts; at 1280×720 the decision keys and the status line are on
+screen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moderation.core.review import ReviewDecision
+from moderation.settings import ReviewSettings
+from tests.test_review_browser import ARGS, CHROMIUM
+from tests.test_review_web import (  # noqa: F401 (fixtures)
+    PASSWORD,
+    ReviewSite,
+    review_settings,
+    review_site,
+)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"
+    ),
+]
+
+UNDO_S = 3.0
+SIZES = [(1440, 900), (1280, 720), (900, 700)]
+
+
+def _in_viewport(page: Any, selector: str) -> bool:
+    return bool(
+        page.eval_on_selector(
+            selector,
+            "e => { const r = e.getBoundingClientRect();"
+            " return r.width > 0 && r.top >= 0 && r.left >= 0"
+            " && r.bottom <= innerHeight && r.right <= innerWidth; }",
+        )
+    )
+
+
+def _sign_in(page: Any, site: ReviewSite) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(site.url + "/review/login")
+    page.fill("#username", "alice")
+    page.fill("#password", PASSWORD)
+    page.click("#signin")
+    expect(page.locator("#item")).to_be_visible()
+
+
+def _wait_image(page: Any) -> None:
+    page.wait_for_function(
+        "() => { const i = document.getElementById('image');"
+        " return i.complete && i.naturalWidth > 0; }"
+    )
+
+
+@pytest.mark.parametrize(
+    "review_settings",
+    [
+        ReviewSettings(
+            lease_s=60,
+            session_secret="test-session-secret",
+            pseudonym_secret="test-pseudonym-secret",
+            undo_window_s=UNDO_S,
+        )
+    ],
+)
+def test_undo_within_the_window_and_not_after(site: ReviewSite, artifacts_dir: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    site.add_items(2)
+    assert site.desk is not None
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            _sign_in(page, site)
+            _wait_image(page)
+            first_src = str(page.locator("#image").get_attribute("src"))
+            review_id = first_src.rsplit("/", 1)[-1]  # the image URL names the review id
+            page.keyboard.press("a")
+            status = page.locator("#status")
+            expect(status).to_contain_text("Recorded: allow")
+            expect(status).to_contain_text("testworld / restricted_logo · job job-7-")
+            expect(page.locator("#undo")).to_be_visible()
+            page.wait_for_function(
+                f"() => document.getElementById('image').getAttribute('src') !== '{first_src}'"
+            )
+            assert site.finals == []  # recorded, not handed on inside the window
+            page.screenshot(path=artifacts_dir / "console-undo-offered.png")
+
+            # u: the first item comes back (the second goes back to the queue).
+            page.keyboard.press("u")
+            expect(status).to_contain_text("Undone")
+            expect(page.locator("#image")).to_have_attribute("src", first_src)
+            expect(page.locator("#last")).to_be_hidden()
+            assert site.finals == []
+            assert not any(site.queue.decisions_on().values())
+
+            # Remove with a reason, then the Undo button by mouse; then remove again and let
+            # the window pass: the button goes, u is refused, and only then is it handed on.
+            page.keyboard.press("r")
+            page.keyboard.press("1")
+            expect(status).to_contain_text("Recorded: remove (TW_LOGO)")
+            page.click("#undo")
+            expect(status).to_contain_text("Undone")
+            expect(page.locator("#image")).to_have_attribute("src", first_src)
+            page.keyboard.press("r")
+            page.keyboard.press("1")
+            expect(status).to_contain_text("Recorded: remove (TW_LOGO)")
+            expect(page.locator("#undo")).to_be_hidden(timeout=(UNDO_S + 5) * 1000)
+            page.keyboard.press("u")
+            expect(status).to_contain_text("Too late to undo")
+            # The server refuses it too (not just the page).
+            review_id = first_src.rsplit("/", 1)[-1]
+            token = page.evaluate("() => null")  # the page keeps no token once final
+            assert token is None
+            assert site.finals == [] or site.finals[0].review_id == review_id
+            page.screenshot(path=artifacts_dir / "console-undo-too-late.png")
+        finally:
+            browser.close()
+    # What the workers' outbox maintenance does: hand on what is due, once its window passed.
+    tried, handed = site.desk.outbox.deliver_due()
+    while tried == 0:  # due at most UNDO_MARGIN_S after the window the page already saw end
+        tried, handed = site.desk.outbox.deliver_due()
+    assert handed == 1
+    assert [(f.review_id, f.decision, f.reason_code) for f in site.finals] == [
+        (review_id, ReviewDecision.REMOVE, "TW_LOGO")
+    ]
+
+
+def test_a_critical_item_needs_a_look_before_a_decision(
+    site: ReviewSite, artifacts_dir: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    site.add_items(1, category_id="contraband_symbol", seed=5)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            for width, height in SIZES:
+                page = browser.new_page(viewport={"width": width, "height": height})
+                _sign_in(page, site)
+                _wait_image(page)
+                expect(page.locator("#reveal-needed")).to_be_visible()
+                page.screenshot(path=artifacts_dir / f"console-critical-{width}x{height}.png")
+                if (width, height) == (1280, 720):
+                    page.keyboard.press("a")  # refused: the status line says why
+                    expect(page.locator("#status")).to_contain_text("look at the image first")
+                    for selector in ("#status", "#lease", "#category"):
+                        assert _in_viewport(page, selector), selector
+                page.close()
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            _sign_in(page, site)
+            _wait_image(page)
+            status = page.locator("#status")
+            page.keyboard.press("a")
+            expect(status).to_contain_text("look at the image first")
+            page.keyboard.press("r")
+            expect(page.locator("#reasons")).to_be_visible()
+            page.keyboard.press("1")
+            expect(status).to_contain_text("look at the image first")
+            assert not any(site.queue.decisions_on().values())
+            page.keyboard.down(" ")
+            page.keyboard.up(" ")
+            expect(page.locator("#reveal-needed")).to_be_hidden()
+            page.keyboard.press("r")
+            page.keyboard.press("1")
+            expect(status).to_contain_text("waits for a second reviewer")
+            expect(status).to_contain_text("testworld / contraband_symbol · job job-5-0")
+        finally:
+            browser.close()
+    assert list(site.queue.decisions_on().values()) == [1]
+
+
+def test_a_skipped_item_stays_away_from_the_reviewer(site: ReviewSite, artifacts_dir: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    site.add_items(2, seed=9)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            _sign_in(page, site)
+            _wait_image(page)
+            first_src = str(page.locator("#image").get_attribute("src"))
+            page.keyboard.press("s")
+            status = page.locator("#status")
+            expect(status).to_contain_text("Skipped: testworld / restricted_logo · job job-9-")
+            expect(status).to_contain_text("not shown to you again for 30 min")
+            page.wait_for_function(
+                f"() => document.getElementById('image').getAttribute('src') !== '{first_src}'"
+            )
+            page.keyboard.press("s")
+            expect(page.locator("#empty")).to_be_visible()  # both skipped: none for alice
+            page.screenshot(path=artifacts_dir / "console-skipped-all.png")
+        finally:
+            browser.close()
+    # Another reviewer gets them at once.
+    bob = site.queue.claim(site.rv("bob"))
+    assert bob is not None and bob.item.job_id.startswith("job-9-")
+    assert site.finals == []

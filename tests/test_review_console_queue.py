@@ -1,0 +1,247 @@
+"""The reviewer console's queue rules (issue 21) on every store (PostgreSQL, Redis on a real
+valkey server, the twin) and the desk over the twin with a controlled clock.
+
+Taking a decision back: the queue's ``undo``; the desk's undo window (a decision is recorded
+at once but handed on only once the window has passed, by the outbox maintenance the workers
+run, so closing the tab loses nothing). Skips: a skipped item goes to others at once and stays
+away from the reviewer who skipped it for ``review.skip_away_s``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from moderation.core.review import ReviewDecision
+from moderation.exceptions import ReviewUndoTooLate
+from moderation.pipeline.review_desk import UNDO_MARGIN_S, ReviewDesk
+from moderation.pipeline.review_evidence import ReviewEvidence
+from moderation.ports import Claim, ReviewQueue
+from tests.test_review_desk import CountingBlobs, Handed, KeptQueue
+from tests.test_review_queue import make_item, make_queue, world_policy
+
+
+@pytest.fixture(name="store", params=["postgres", "redis", "memory"])
+def _store(request: pytest.FixtureRequest) -> Iterator[ReviewQueue]:
+    """The PostgreSQL review queue, the Redis one on a real valkey server, and the twin."""
+    with make_queue(request.param, request) as queue:
+        yield queue
+
+
+def _claim(queue: ReviewQueue, reviewer: str) -> Claim:
+    claim = queue.claim(reviewer)
+    assert claim is not None
+    return claim
+
+
+def _decide(queue: ReviewQueue, claim: Claim, decision: ReviewDecision, code: str | None) -> None:
+    queue.decide(
+        claim.item.review_id,
+        reviewer=claim.lease.reviewer,
+        token=claim.lease.token,
+        decision=decision,
+        reason_code=code,
+    )
+
+
+def test_a_final_decision_is_undone_and_the_item_leased_again(store: ReviewQueue) -> None:
+    queue = store
+    queue.submit(make_item(world_policy(), "undo-1"))
+    claim = _claim(queue, "rv_u")
+    rid = claim.item.review_id
+    _decide(queue, claim, ReviewDecision.ALLOW, None)
+    assert queue.decisions_on() == {"rv_u": 1}
+    # Someone else cannot take it back, nor with another lease's token.
+    with pytest.raises(ReviewUndoTooLate):
+        queue.undo(rid, reviewer="rv_other", token=claim.lease.token, within_s=3600)
+    with pytest.raises(ReviewUndoTooLate):
+        queue.undo(rid, reviewer="rv_u", token="not-the-token", within_s=3600)
+
+    back = queue.undo(rid, reviewer="rv_u", token=claim.lease.token, within_s=3600)
+    assert back.item.review_id == rid and back.lease.reviewer == "rv_u"
+    assert back.lease.token != claim.lease.token and back.first is None
+    assert queue.holds("rv_u", rid)
+    assert queue.undelivered() == [] and queue.due() == []  # nothing left to hand on
+    assert queue.decisions_on().get("rv_u", 0) == 0
+    assert [s.in_review for s in queue.stats()] == [1]
+    held = queue.claim("rv_u")  # the reviewer's next claim is this lease again
+    assert held is not None and held.lease.token == back.lease.token
+    # The same undo again: the decision is gone.
+    with pytest.raises(ReviewUndoTooLate):
+        queue.undo(rid, reviewer="rv_u", token=claim.lease.token, within_s=3600)
+
+    # Decided again under the new lease; once handed on it can no longer be undone.
+    _decide(queue, back, ReviewDecision.REMOVE, "TW_LOGO")
+    (final,) = queue.undelivered()
+    assert final.decision is ReviewDecision.REMOVE and final.reviewers == ["rv_u"]
+    queue.delivered(rid)
+    with pytest.raises(ReviewUndoTooLate):
+        queue.undo(rid, reviewer="rv_u", token=back.lease.token, within_s=3600)
+
+
+def test_a_critical_first_removal_is_undone_only_before_the_second_reviewer_has_it(
+    store: ReviewQueue,
+) -> None:
+    queue = store
+    policy = world_policy()
+    queue.submit(make_item(policy, "undo-c1", category_id="contraband_symbol"))
+    claim = _claim(queue, "rv_a")
+    _decide(queue, claim, ReviewDecision.REMOVE, "TW_CONTRABAND")
+    back = queue.undo(claim.item.review_id, reviewer="rv_a", token=claim.lease.token, within_s=3600)
+    assert back.first is None  # the pending removal is forgotten
+    _decide(queue, back, ReviewDecision.REMOVE, "TW_CONTRABAND")
+    second = _claim(queue, "rv_b")  # a second reviewer has it now
+    assert second.first is not None and second.first.reviewer == "rv_a"
+    with pytest.raises(ReviewUndoTooLate):
+        queue.undo(claim.item.review_id, reviewer="rv_a", token=back.lease.token, within_s=3600)
+    # The second reviewer disagrees (final: escalate) and takes that back: the first removal
+    # still stands.
+    _decide(queue, second, ReviewDecision.ALLOW, None)
+    again = queue.undo(
+        claim.item.review_id, reviewer="rv_b", token=second.lease.token, within_s=3600
+    )
+    assert again.first is not None and again.first.reviewer == "rv_a"
+    assert queue.undelivered() == []
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _desk(undo_s: float) -> tuple[ReviewDesk, KeptQueue, Handed, Clock]:
+    clock = Clock()
+    queue = KeptQueue(clock=clock)
+    queue.blobs = blobs = CountingBlobs()
+    handed = Handed()
+    desk = ReviewDesk(
+        queue,
+        on_final=handed,
+        evidence=ReviewEvidence(blobs, retention_s=3600),
+        render_image=lambda data: data,
+        undo_window_s=undo_s,
+    )
+    return desk, queue, handed, clock
+
+
+def test_the_undo_window_defers_the_effects_until_it_has_passed() -> None:
+    desk, queue, handed, clock = _desk(10.0)
+    policy = world_policy()
+    for i in range(2):
+        queue.submit(make_item(policy, f"w-{i}", score=0.9 - i / 10))
+    first = desk.claim("rv_w")
+    assert first is not None
+    done = desk.decide(
+        "rv_w",
+        review_id=first.item.review_id,
+        token=first.lease.token,
+        decision=ReviewDecision.ALLOW,
+        reason_code=None,
+    )
+    assert done.final is not None and done.delivered is False
+    assert handed.finals == []  # recorded, not handed on
+    nxt = desk.claim("rv_w")
+    assert nxt is not None and nxt.item.review_id != first.item.review_id
+
+    # Within the window: undone; the item shown next goes back to the queue.
+    clock.t += 9.0
+    back = desk.undo(
+        "rv_w", review_id=first.item.review_id, token=first.lease.token, holding=nxt.item.review_id
+    )
+    assert back.item.review_id == first.item.review_id
+    assert not queue.holds("rv_w", nxt.item.review_id)
+    assert desk.outbox.deliver_due() == (0, 0)
+    assert handed.finals == []
+
+    # Decided again, and the tab closed: the maintenance hands it on after the window, once.
+    desk.decide(
+        "rv_w",
+        review_id=back.item.review_id,
+        token=back.lease.token,
+        decision=ReviewDecision.REMOVE,
+        reason_code="TW_LOGO",
+    )
+    clock.t += 10.0 + UNDO_MARGIN_S - 0.5
+    assert desk.outbox.deliver_due() == (0, 0)  # still inside window + margin
+    clock.t += 0.5
+    assert desk.outbox.deliver_due() == (1, 1)
+    assert [(f.job_id, f.decision) for f in handed.finals] == [("w-0", ReviewDecision.REMOVE)]
+    with pytest.raises(ReviewUndoTooLate):
+        desk.undo("rv_w", review_id=back.item.review_id, token=back.lease.token)
+    assert desk.outbox.deliver_due() == (0, 0)
+
+
+def test_after_the_window_an_undo_is_refused_even_before_the_hand_on() -> None:
+    desk, queue, handed, clock = _desk(10.0)
+    queue.submit(make_item(world_policy(), "late-1"))
+    claim = desk.claim("rv_l")
+    assert claim is not None
+    desk.decide(
+        "rv_l",
+        review_id=claim.item.review_id,
+        token=claim.lease.token,
+        decision=ReviewDecision.ESCALATE,
+        reason_code=None,
+    )
+    clock.t += 10.5  # past the window, inside the margin: nothing handed on yet
+    with pytest.raises(ReviewUndoTooLate):
+        desk.undo("rv_l", review_id=claim.item.review_id, token=claim.lease.token)
+    assert handed.finals == []
+    clock.t += UNDO_MARGIN_S
+    assert desk.outbox.deliver_due() == (1, 1)
+
+
+def test_without_a_window_decisions_are_handed_on_at_once_and_cannot_be_undone() -> None:
+    desk, queue, handed, _ = _desk(0.0)
+    queue.submit(make_item(world_policy(), "now-1"))
+    claim = desk.claim("rv_n")
+    assert claim is not None
+    done = desk.decide(
+        "rv_n",
+        review_id=claim.item.review_id,
+        token=claim.lease.token,
+        decision=ReviewDecision.ALLOW,
+        reason_code=None,
+    )
+    assert done.delivered is True and len(handed.finals) == 1
+    with pytest.raises(ReviewUndoTooLate):
+        desk.undo("rv_n", review_id=claim.item.review_id, token=claim.lease.token)
+
+
+def test_a_skipped_item_goes_to_others_and_stays_away_from_the_skipper(
+    store: ReviewQueue,
+) -> None:
+    queue = store
+    policy = world_policy()
+    queue.submit(make_item(policy, "skip-hi", score=0.9))
+    queue.submit(make_item(policy, "skip-lo", score=0.4))
+    hi = _claim(queue, "rv_s")
+    assert hi.item.job_id == "skip-hi"
+    assert queue.release(hi.item.review_id, reviewer="rv_s", away_s=3600)
+    lo = _claim(queue, "rv_s")  # not the skipped one again, though it ranks higher
+    assert lo.item.job_id == "skip-lo"
+    assert queue.release(lo.item.review_id, reviewer="rv_s", away_s=3600)
+    assert queue.claim("rv_s") is None  # both skipped: nothing for rv_s
+    other = _claim(queue, "rv_t")  # everyone else gets the skipped item at once
+    assert other.item.job_id == "skip-hi"
+    # A skip without a time away (skip_away_s = 0) hands the item back at once.
+    assert queue.release(other.item.review_id, reviewer="rv_t")
+    again = _claim(queue, "rv_t")
+    assert again.item.job_id == "skip-hi"
+
+
+def test_a_skipped_item_comes_back_to_the_skipper_after_the_time_away() -> None:
+    desk, queue, _, clock = _desk(0.0)
+    desk.skip_away_s = 600.0
+    queue.submit(make_item(world_policy(), "away-1"))
+    claim = desk.claim("rv_k")
+    assert claim is not None
+    assert desk.release(claim.item.review_id, reviewer="rv_k")
+    clock.t += 599.0
+    assert desk.claim("rv_k") is None
+    clock.t += 1.0
+    back = desk.claim("rv_k")
+    assert back is not None and back.item.review_id == claim.item.review_id
