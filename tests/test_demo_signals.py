@@ -16,6 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.test_demo import demo_dir  # noqa: F401 (a fixture: outside pytest's private root)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.xdist_group("demo_signals")
@@ -45,8 +47,10 @@ def _started_by(demo: psutil.Process, data: Path) -> list[psutil.Process]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_signal_stops_the_demo_and_everything_it_started(
-    sig: signal.Signals, tmp_path: Path
+    sig: signal.Signals,
+    demo_dir: Path,  # noqa: F811
 ) -> None:
+    tmp_path = demo_dir  # the embedded PostgreSQL's user must reach it
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")}
     env.update(
         {

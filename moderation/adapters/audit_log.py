@@ -13,7 +13,10 @@
 Each process owns one chain (``chain_id``), kept in ``{spool_dir}/chain-{chain_id}/`` and held
 with an exclusive ``flock``. A process that starts while an unlocked chain folder exists (its
 writer exited or crashed) adopts it: it continues that chain and first uploads whatever was
-spooled and not yet uploaded. More than one orphan: the others are drained and removed.
+spooled and not yet uploaded. More than one orphan: the others are drained and removed. A new
+chain is created and locked as ``.new-{chain_id}`` and then renamed, so that a process starting
+beside it cannot adopt it; one left by a crash in between (empty, unlocked, older than a minute)
+is removed.
 
 Crash safety: ``write`` returns only after the record is fsync'd. The cursor records the next
 segment's seq, creation time and byte range *before* it is uploaded, so after a crash the same
@@ -29,6 +32,7 @@ prefork workers: in ``worker_process_init``), never before a fork.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -45,6 +49,29 @@ from moderation.settings import AuditSettings
 __all__ = ["AuditLog"]
 
 log = logging.getLogger(__name__)
+
+
+#: A ``.new-*`` staging folder older than this, and not locked, was left by a process that died
+#: between creating and renaming its new chain (a live one is renamed within milliseconds).
+STALE_STAGING_S = 60.0
+
+
+def _remove_stale_staging(staging: Path) -> None:
+    """Remove an abandoned ``.new-*`` folder (it never holds records: the chain's files are
+    created only after the rename). Young or locked ones belong to a process starting now."""
+    try:
+        if time.time() - staging.stat().st_mtime < STALE_STAGING_S:
+            return
+        lock_fd = try_lock(staging)
+    except OSError:
+        return
+    if lock_fd is None:
+        return
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        log.info("audit: removed abandoned chain staging folder %s", staging.name)
+    finally:
+        os.close(lock_fd)
 
 
 class AuditLog:
@@ -88,6 +115,8 @@ class AuditLog:
             else:
                 log.info("audit: draining orphaned chain %s", chain.chain_id)
                 self._orphans.append(chain)
+        for staging in spool_dir.glob(".new-*"):
+            _remove_stale_staging(staging)
         if own is None:
             # Locked under a name no scan looks at, then renamed: another process starting on
             # the same spool at the same moment cannot take the new chain for an orphan.
