@@ -348,3 +348,32 @@ def test_the_model_loads_on_first_use_and_runs_once_per_batch(scoring: Any) -> N
     assert built == [1] and twin.batches == [3]
     assert verdicts[0].decision is Decision.BLOCK and verdicts[0].category_id == "too_red"
     assert verdicts[1].scores["colours/too_red"] < 0.1
+
+
+def test_the_optional_starter_policy_maps_open_nsfw_to_the_nudity_categories(
+    scoring: Any, nsfw: Any
+) -> None:
+    """policies/optional/nudity_classifier.yaml: same category ids, reason codes and DSA
+    category as policies/nudity.yaml, scored by open_nsfw; not in the default folder."""
+    import yaml
+
+    root = Path(__file__).parent.parent / "policies"
+    text = (root / "optional" / "nudity_classifier.yaml").read_text()
+    from moderation.signals import HashBankSignal, PromptSignal
+
+    signals = Signals([PromptSignal(), HashBankSignal(), nsfw])  # the module's nsfw session
+    mapped = load_policy_text(text, source="nudity_classifier.yaml", signals=signals)
+    starter = yaml.safe_load((root / "nudity.yaml").read_text())
+    assert [(c.id, c.signal) for c in mapped.categories] == [
+        ("sexual_explicit", "nsfw"),
+        ("nudity_partial", "nsfw"),
+    ]
+    for category, original in zip(mapped.categories, starter["categories"], strict=True):
+        assert category.id == original["id"] and category.severity.value == original["severity"]
+        assert category.dsa_category == original["dsa_category"]
+        assert category.actions.block.reason_code == original["actions"]["block"]["reason_code"]
+    assert not (root / "nudity_classifier.yaml").exists()
+    moderator = _moderator(scoring, signals, text)
+    verdicts = moderator.moderate([moderator.prepare(encoded(_scene(seed))) for seed in (1, 2)])
+    assert [v.decision for v in verdicts] == [Decision.ALLOW, Decision.ALLOW]
+    assert {c.signal for v in verdicts for c in v.categories} == {"nsfw"}
