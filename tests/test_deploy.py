@@ -184,14 +184,14 @@ def test_every_overlay_renders_and_validates_against_the_kubernetes_schemas(
 
     for name, docs in rendered.items():
         kinds = {d["kind"] for d in docs}
-        assert {"Deployment", "StatefulSet", "Service", "PodDisruptionBudget"} <= kinds, name
+        assert {"StatefulSet", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= kinds, name
         assert kinds & CUSTOM_KINDS == CUSTOM_KINDS, name
         for doc in docs:
             if doc["kind"] in CUSTOM_KINDS:
                 continue  # custom resources: their own schemas below
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     # The validator is strict: a misspelt field is an error, not ignored.
-    api = copy.deepcopy(one(rendered["prod-gpu"], "Deployment", "moderation-api"))
+    api = copy.deepcopy(one(rendered["prod-gpu"], "StatefulSet", "moderation-api"))
     api["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(api, KUBERNETES_VERSION, strict=True)
@@ -518,7 +518,7 @@ def test_the_api_operations_port_is_probed_and_scraped_and_never_public(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     for docs in rendered.values():
-        api = one(docs, "Deployment", "moderation-api")["spec"]["template"]["spec"]
+        api = one(docs, "StatefulSet", "moderation-api")["spec"]["template"]["spec"]
         container = api["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         args = container["args"]
@@ -766,7 +766,7 @@ def test_the_api_grace_period_outlasts_the_worst_case_s3_retry(
     from moderation.settings import S3Settings
 
     for name, docs in rendered.items():
-        api = one(docs, "Deployment", "moderation-api")["spec"]["template"]["spec"]
+        api = one(docs, "StatefulSet", "moderation-api")["spec"]["template"]["spec"]
         env = env_of(docs, api["containers"][0])
         defaults = S3Settings()
         attempts = int(env.get("MODERATION_S3__MAX_ATTEMPTS", defaults.max_attempts))
@@ -929,8 +929,7 @@ def test_policies_configmap_holds_every_policy_file_and_is_mounted_where_setting
         config = one(docs, "ConfigMap", "moderation-policies")
         assert config["data"] == files
         for workload in ("moderation-api", "moderation-worker"):
-            kind = "Deployment" if workload == "moderation-api" else "StatefulSet"
-            spec = one(docs, kind, workload)["spec"]["template"]["spec"]
+            spec = one(docs, "StatefulSet", workload)["spec"]["template"]["spec"]
             volume = next(
                 v
                 for v in spec["volumes"]
@@ -974,10 +973,20 @@ def test_every_worker_keeps_its_spool_and_cache_on_its_own_volume(
             one(docs, "PersistentVolumeClaim", "moderation-weights")
         elif name in ("prod-gpu", "example-site"):
             assert names == ["fetch-weights", "compile-policies"]  # weights first
-        api = one(docs, "Deployment", "moderation-api")["spec"]["template"]["spec"]
+        api = one(docs, "StatefulSet", "moderation-api")["spec"]["template"]["spec"]
         api_env = env_of(docs, api["containers"][0])
         api_mounts = [m["mountPath"] for m in api["containers"][0]["volumeMounts"]]
         assert any(api_env["MODERATION_AUDIT__SPOOL_DIR"].startswith(m + "/") for m in api_mounts)
+        # ... on a claim of its own, which outlives the pod (not an emptyDir)
+        api_set = one(docs, "StatefulSet", "moderation-api")["spec"]
+        spool = next(
+            m
+            for m in api["containers"][0]["volumeMounts"]
+            if api_env["MODERATION_AUDIT__SPOOL_DIR"].startswith(m["mountPath"] + "/")
+        )
+        assert spool["name"] in {t["metadata"]["name"] for t in api_set["volumeClaimTemplates"]}
+        assert not any(v["name"] == spool["name"] for v in api["volumes"]), name
+        assert api_set["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
 
 
 @needs_kustomize
@@ -1001,8 +1010,7 @@ def test_valkey_persists_every_second_needs_a_password_and_never_evicts(
         assert mounts["data"] == "/data"
         assert valkey["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
         for workload in ("moderation-api", "moderation-worker"):
-            kind = "Deployment" if workload == "moderation-api" else "StatefulSet"
-            spec = one(docs, kind, workload)["spec"]["template"]["spec"]
+            spec = one(docs, "StatefulSet", workload)["spec"]["template"]["spec"]
             url = env_of(docs, spec["containers"][0])["MODERATION_REDIS_URL"]
             assert re.fullmatch(r"redis://:[0-9a-f]{64}@moderation-valkey:6379/0", url)
 
