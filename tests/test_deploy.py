@@ -56,6 +56,8 @@ SECRET_KEYS = {
     "MODERATION_REVIEW__PSEUDONYM_SECRET",
 }
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
+#: CloudNativePG's resources (component postgres-cnpg only)
+CNPG_KINDS = {"Cluster", "ScheduledBackup"}
 
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="needs promtool (scripts/ensure-test-deps.sh installs prometheus)"
@@ -119,6 +121,9 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
         _variant(tmp, "dev-cpu", ["components/weights-volume"])
     )
     out["example-site"] = kustomize(K8S / "overlays" / "example-site")
+    out["prod-gpu+postgres-cnpg"] = kustomize(
+        _variant(tmp, "prod-gpu", ["components/postgres-cnpg"])
+    )
     out["prod-gpu+gpu-feature-discovery"] = kustomize(
         _variant(tmp, "prod-gpu", ["components/gpu-feature-discovery"])
     )
@@ -187,7 +192,7 @@ def test_every_overlay_renders_and_validates_against_the_kubernetes_schemas(
         assert {"StatefulSet", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= kinds, name
         assert kinds & CUSTOM_KINDS == CUSTOM_KINDS, name
         for doc in docs:
-            if doc["kind"] in CUSTOM_KINDS:
+            if doc["kind"] in CUSTOM_KINDS | CNPG_KINDS:
                 continue  # custom resources: their own schemas below
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     # The validator is strict: a misspelt field is an error, not ignored.
@@ -775,6 +780,41 @@ def test_the_api_grace_period_outlasts_the_worst_case_s3_retry(
         assert api["terminationGracePeriodSeconds"] > attempts * (connect + read) + 30, name
 
 
+@needs_kustomize
+def test_postgres_component_runs_a_backed_up_cluster_the_pods_reach_and_only_they(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["prod-gpu+postgres-cnpg"]
+    cluster = one(docs, "Cluster", "moderation-db")
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
+    spec = cluster["spec"]
+    assert spec["instances"] >= 2 and spec["storage"]["size"]
+    store = spec["backup"]["barmanObjectStore"]
+    assert store["destinationPath"].startswith("s3://") and spec["backup"]["retentionPolicy"]
+    owner = spec["bootstrap"]["initdb"]["owner"]
+    backup = one(docs, "ScheduledBackup", "moderation-db-daily")["spec"]
+    assert backup["cluster"]["name"] == "moderation-db"
+    assert len(backup["schedule"].split()) == 6  # CloudNativePG's cron has seconds
+    for workload in ("moderation-api", "moderation-worker"):
+        container = one(docs, "StatefulSet", workload)["spec"]["template"]["spec"]["containers"][0]
+        url = next(e for e in container["env"] if e["name"] == "MODERATION_DATABASE__URL")
+        # the Secret CloudNativePG writes for the owner: <cluster>-app, key uri
+        assert url["valueFrom"]["secretKeyRef"] == {"name": "moderation-db-app", "key": "uri"}
+        assert owner and setting_exists("MODERATION_DATABASE__URL")
+    policy = one(docs, "NetworkPolicy", "moderation-db")["spec"]
+    clients = [
+        peer["podSelector"]["matchLabels"]
+        for rule in policy["ingress"]
+        if {"protocol": "TCP", "port": 5432} in rule["ports"]
+        for peer in rule["from"]
+    ]
+    assert {c.get("app.kubernetes.io/component") for c in clients} == {"api", "worker", None}
+    # without the component, no database objects and no URL in the manifests (external route:
+    # MODERATION_DATABASE__URL in the Secret)
+    for name in ("prod-gpu", "dev-cpu"):
+        assert not [d for d in rendered[name] if d["kind"] in CNPG_KINDS]
+
+
 def _worker_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     spec = one(docs, "StatefulSet", "moderation-worker")["spec"]["template"]["spec"]
     return next(c for c in spec["containers"] if c["name"] == "worker")
@@ -854,7 +894,9 @@ def test_secrets_are_referenced_and_never_rendered_or_committed(
                         assert source["secretRef"]["name"] == "moderation-secrets"
                 for entry in container.get("env", []):
                     ref = entry.get("valueFrom", {}).get("secretKeyRef")
-                    if ref:
+                    if ref == {"name": "moderation-db-app", "key": "uri"}:
+                        assert "postgres-cnpg" in name  # written by CloudNativePG
+                    elif ref:
                         assert ref["name"] == "moderation-secrets" and ref["key"] in SECRET_KEYS
                     elif "PASSWORD" in entry["name"] or "SECRET" in entry["name"]:
                         assert entry["value"].startswith("$("), entry  # only a reference
