@@ -1097,6 +1097,28 @@ def test_alert_rules_are_valid_and_fire_when_they_should() -> None:
     assert required <= alerts
 
 
+def test_the_runbook_covers_every_alert_and_the_procedures_operators_need() -> None:
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    assert {a for a in alerts if a not in runbook} == set()
+    for section in (
+        "## First deployment",
+        "## Upgrades and rollback",
+        "## Rotating secrets",
+        "## Losing Redis",
+        "## Losing the database",
+        "## Orphaned audit spools",
+        "## Scaling limits",
+    ):
+        assert section in runbook
+    secrets = runbook.split("## Rotating secrets")[1].split("\n## ")[0]
+    assert {k for k in SECRET_KEYS if k not in secrets} <= {
+        "MODERATION_S3__ACCESS_KEY_ID",
+        "MODERATION_S3__SECRET_ACCESS_KEY",
+    }  # one row for both: MODERATION_S3__* keys
+    assert "MODERATION_S3__*" in secrets and "**never**" in secrets
+
+
 @needs_promtool
 def test_prometheus_config_of_the_local_stack_is_valid() -> None:
     check = subprocess.run(
