@@ -56,6 +56,8 @@ SECRET_KEYS = {
     "MODERATION_REVIEW__PSEUDONYM_SECRET",
 }
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
+#: CloudNativePG's resources (component postgres-cnpg only)
+CNPG_KINDS = {"Cluster", "ScheduledBackup"}
 
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="needs promtool (scripts/ensure-test-deps.sh installs prometheus)"
@@ -119,6 +121,9 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
         _variant(tmp, "dev-cpu", ["components/weights-volume"])
     )
     out["example-site"] = kustomize(K8S / "overlays" / "example-site")
+    out["prod-gpu+postgres-cnpg"] = kustomize(
+        _variant(tmp, "prod-gpu", ["components/postgres-cnpg"])
+    )
     out["prod-gpu+gpu-feature-discovery"] = kustomize(
         _variant(tmp, "prod-gpu", ["components/gpu-feature-discovery"])
     )
@@ -184,14 +189,14 @@ def test_every_overlay_renders_and_validates_against_the_kubernetes_schemas(
 
     for name, docs in rendered.items():
         kinds = {d["kind"] for d in docs}
-        assert {"Deployment", "StatefulSet", "Service", "PodDisruptionBudget"} <= kinds, name
+        assert {"StatefulSet", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= kinds, name
         assert kinds & CUSTOM_KINDS == CUSTOM_KINDS, name
         for doc in docs:
-            if doc["kind"] in CUSTOM_KINDS:
+            if doc["kind"] in CUSTOM_KINDS | CNPG_KINDS:
                 continue  # custom resources: their own schemas below
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     # The validator is strict: a misspelt field is an error, not ignored.
-    api = copy.deepcopy(one(rendered["prod-gpu"], "Deployment", "moderation-api"))
+    api = copy.deepcopy(one(rendered["prod-gpu"], "StatefulSet", "moderation-api"))
     api["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(api, KUBERNETES_VERSION, strict=True)
@@ -518,7 +523,7 @@ def test_the_api_operations_port_is_probed_and_scraped_and_never_public(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     for docs in rendered.values():
-        api = one(docs, "Deployment", "moderation-api")["spec"]["template"]["spec"]
+        api = one(docs, "StatefulSet", "moderation-api")["spec"]["template"]["spec"]
         container = api["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         args = container["args"]
@@ -766,13 +771,48 @@ def test_the_api_grace_period_outlasts_the_worst_case_s3_retry(
     from moderation.settings import S3Settings
 
     for name, docs in rendered.items():
-        api = one(docs, "Deployment", "moderation-api")["spec"]["template"]["spec"]
+        api = one(docs, "StatefulSet", "moderation-api")["spec"]["template"]["spec"]
         env = env_of(docs, api["containers"][0])
         defaults = S3Settings()
         attempts = int(env.get("MODERATION_S3__MAX_ATTEMPTS", defaults.max_attempts))
         connect = float(env.get("MODERATION_S3__CONNECT_TIMEOUT_S", defaults.connect_timeout_s))
         read = float(env.get("MODERATION_S3__READ_TIMEOUT_S", defaults.read_timeout_s))
         assert api["terminationGracePeriodSeconds"] > attempts * (connect + read) + 30, name
+
+
+@needs_kustomize
+def test_postgres_component_runs_a_backed_up_cluster_the_pods_reach_and_only_they(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["prod-gpu+postgres-cnpg"]
+    cluster = one(docs, "Cluster", "moderation-db")
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
+    spec = cluster["spec"]
+    assert spec["instances"] >= 2 and spec["storage"]["size"]
+    store = spec["backup"]["barmanObjectStore"]
+    assert store["destinationPath"].startswith("s3://") and spec["backup"]["retentionPolicy"]
+    owner = spec["bootstrap"]["initdb"]["owner"]
+    backup = one(docs, "ScheduledBackup", "moderation-db-daily")["spec"]
+    assert backup["cluster"]["name"] == "moderation-db"
+    assert len(backup["schedule"].split()) == 6  # CloudNativePG's cron has seconds
+    for workload in ("moderation-api", "moderation-worker"):
+        container = one(docs, "StatefulSet", workload)["spec"]["template"]["spec"]["containers"][0]
+        url = next(e for e in container["env"] if e["name"] == "MODERATION_DATABASE__URL")
+        # the Secret CloudNativePG writes for the owner: <cluster>-app, key uri
+        assert url["valueFrom"]["secretKeyRef"] == {"name": "moderation-db-app", "key": "uri"}
+        assert owner and setting_exists("MODERATION_DATABASE__URL")
+    policy = one(docs, "NetworkPolicy", "moderation-db")["spec"]
+    clients = [
+        peer["podSelector"]["matchLabels"]
+        for rule in policy["ingress"]
+        if {"protocol": "TCP", "port": 5432} in rule["ports"]
+        for peer in rule["from"]
+    ]
+    assert {c.get("app.kubernetes.io/component") for c in clients} == {"api", "worker", None}
+    # without the component, no database objects and no URL in the manifests (external route:
+    # MODERATION_DATABASE__URL in the Secret)
+    for name in ("prod-gpu", "dev-cpu"):
+        assert not [d for d in rendered[name] if d["kind"] in CNPG_KINDS]
 
 
 def _worker_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -854,7 +894,9 @@ def test_secrets_are_referenced_and_never_rendered_or_committed(
                         assert source["secretRef"]["name"] == "moderation-secrets"
                 for entry in container.get("env", []):
                     ref = entry.get("valueFrom", {}).get("secretKeyRef")
-                    if ref:
+                    if ref == {"name": "moderation-db-app", "key": "uri"}:
+                        assert "postgres-cnpg" in name  # written by CloudNativePG
+                    elif ref:
                         assert ref["name"] == "moderation-secrets" and ref["key"] in SECRET_KEYS
                     elif "PASSWORD" in entry["name"] or "SECRET" in entry["name"]:
                         assert entry["value"].startswith("$("), entry  # only a reference
@@ -929,8 +971,7 @@ def test_policies_configmap_holds_every_policy_file_and_is_mounted_where_setting
         config = one(docs, "ConfigMap", "moderation-policies")
         assert config["data"] == files
         for workload in ("moderation-api", "moderation-worker"):
-            kind = "Deployment" if workload == "moderation-api" else "StatefulSet"
-            spec = one(docs, kind, workload)["spec"]["template"]["spec"]
+            spec = one(docs, "StatefulSet", workload)["spec"]["template"]["spec"]
             volume = next(
                 v
                 for v in spec["volumes"]
@@ -974,10 +1015,20 @@ def test_every_worker_keeps_its_spool_and_cache_on_its_own_volume(
             one(docs, "PersistentVolumeClaim", "moderation-weights")
         elif name in ("prod-gpu", "example-site"):
             assert names == ["fetch-weights", "compile-policies"]  # weights first
-        api = one(docs, "Deployment", "moderation-api")["spec"]["template"]["spec"]
+        api = one(docs, "StatefulSet", "moderation-api")["spec"]["template"]["spec"]
         api_env = env_of(docs, api["containers"][0])
         api_mounts = [m["mountPath"] for m in api["containers"][0]["volumeMounts"]]
         assert any(api_env["MODERATION_AUDIT__SPOOL_DIR"].startswith(m + "/") for m in api_mounts)
+        # ... on a claim of its own, which outlives the pod (not an emptyDir)
+        api_set = one(docs, "StatefulSet", "moderation-api")["spec"]
+        spool = next(
+            m
+            for m in api["containers"][0]["volumeMounts"]
+            if api_env["MODERATION_AUDIT__SPOOL_DIR"].startswith(m["mountPath"] + "/")
+        )
+        assert spool["name"] in {t["metadata"]["name"] for t in api_set["volumeClaimTemplates"]}
+        assert not any(v["name"] == spool["name"] for v in api["volumes"]), name
+        assert api_set["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
 
 
 @needs_kustomize
@@ -1001,8 +1052,7 @@ def test_valkey_persists_every_second_needs_a_password_and_never_evicts(
         assert mounts["data"] == "/data"
         assert valkey["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
         for workload in ("moderation-api", "moderation-worker"):
-            kind = "Deployment" if workload == "moderation-api" else "StatefulSet"
-            spec = one(docs, kind, workload)["spec"]["template"]["spec"]
+            spec = one(docs, "StatefulSet", workload)["spec"]["template"]["spec"]
             url = env_of(docs, spec["containers"][0])["MODERATION_REDIS_URL"]
             assert re.fullmatch(r"redis://:[0-9a-f]{64}@moderation-valkey:6379/0", url)
 
@@ -1045,6 +1095,28 @@ def test_alert_rules_are_valid_and_fire_when_they_should() -> None:
         "ModerationCallbackFailures",
     }
     assert required <= alerts
+
+
+def test_the_runbook_covers_every_alert_and_the_procedures_operators_need() -> None:
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    assert {a for a in alerts if a not in runbook} == set()
+    for section in (
+        "## First deployment",
+        "## Upgrades and rollback",
+        "## Rotating secrets",
+        "## Losing Redis",
+        "## Losing the database",
+        "## Orphaned audit spools",
+        "## Scaling limits",
+    ):
+        assert section in runbook
+    secrets = runbook.split("## Rotating secrets")[1].split("\n## ")[0]
+    assert {k for k in SECRET_KEYS if k not in secrets} <= {
+        "MODERATION_S3__ACCESS_KEY_ID",
+        "MODERATION_S3__SECRET_ACCESS_KEY",
+    }  # one row for both: MODERATION_S3__* keys
+    assert "MODERATION_S3__*" in secrets and "**never**" in secrets
 
 
 @needs_promtool
