@@ -444,6 +444,37 @@ class RedisReviewQueue:
                     continue
 
     @translated("review queue")
+    def extend(self, review_id: str, *, reviewer: str, token: str) -> Lease:
+        """Renew an unexpired lease for another ``lease_s`` (same token).
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewLeaseExpired: the lease ran out (or was taken back) first.
+            ReviewNotLeaseHolder: the caller never held this lease.
+            QueueUnavailable: Redis is unreachable.
+        """
+        ik = self._k("item", review_id)
+        with self._r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(ik)  # type: ignore[no-untyped-call]
+                    h = cast(dict[str, str], pipe.hgetall(ik))
+                    if not h:
+                        raise ReviewNotFound(f"no review item {review_id}")
+                    self._refuse_stale(h, review_id, reviewer, token)
+                    expires = self.now() + self.lease_s
+                    pipe.multi()
+                    pipe.hset(ik, "lease_expires", repr(expires))
+                    pipe.zadd(self._k("leases"), {review_id: expires})
+                    pipe.set(self._k("holder", reviewer), review_id, px=int(self.lease_s * 1000))
+                    pipe.execute()
+                    return Lease(
+                        review_id=review_id, reviewer=reviewer, token=token, expires_at=expires
+                    )
+                except WatchError:
+                    continue
+
+    @translated("review queue")
     def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
         """Take back a decision within its undo window (see :meth:`~moderation.ports.
         ReviewQueue.undo`); the item is leased to ``reviewer`` again.

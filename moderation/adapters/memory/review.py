@@ -206,6 +206,24 @@ class MemoryReviewQueue:
                 entry.away[reviewer] = self.clock() + away_s
             return True
 
+    def extend(self, review_id: str, *, reviewer: str, token: str) -> Lease:
+        with self._lock:
+            entry = self.entries.get(review_id)
+            if entry is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            now = self.clock()
+            lease = entry.lease
+            if lease is None or lease.token != token or lease.expires_at <= now:
+                if entry.tokens.get(token) == reviewer:
+                    raise ReviewLeaseExpired("your lease on this item expired; it was not renewed")
+                raise ReviewNotLeaseHolder("you do not hold a lease on this item")
+            if lease.reviewer != reviewer:
+                raise ReviewNotLeaseHolder("this lease belongs to another reviewer")
+            entry.lease = Lease(
+                review_id=review_id, reviewer=reviewer, token=token, expires_at=now + self.lease_s
+            )
+            return entry.lease
+
     def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
         with self._lock:
             entry = self.entries.get(review_id)

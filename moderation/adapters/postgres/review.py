@@ -410,6 +410,46 @@ class PostgresReviewQueue:
                 )
             return True
 
+    def extend(self, review_id: str, *, reviewer: str, token: str) -> Lease:
+        """Renew an unexpired lease for another ``lease_s`` (same token).
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewLeaseExpired: the lease ran out (or was taken back) first.
+            ReviewNotLeaseHolder: the caller never held this lease.
+            DatabaseUnavailable: the database is unreachable.
+        """
+        with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT lease_token, lease_holder, lease_expires FROM review_items"
+                " WHERE review_id = %s FOR UPDATE",
+                (review_id,),
+            ).fetchone()
+            if row is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            lease_token, holder, expires = row
+            now = self._now(conn)
+            if lease_token != token or float(expires) <= now:
+                owner = conn.execute(
+                    "SELECT reviewer FROM review_leases WHERE token = %s AND review_id = %s",
+                    (token, review_id),
+                ).fetchone()
+                if owner is not None and owner[0] == reviewer:
+                    raise ReviewLeaseExpired("your lease on this item expired; it was not renewed")
+                raise ReviewNotLeaseHolder("you do not hold a lease on this item")
+            if holder != reviewer:
+                raise ReviewNotLeaseHolder("this lease belongs to another reviewer")
+            new_expires = now + self.lease_s
+            conn.execute(
+                "UPDATE review_items SET lease_expires = %s WHERE review_id = %s",
+                (new_expires, review_id),
+            )
+            conn.execute(
+                "UPDATE review_leases SET expires_at = %s WHERE token = %s",
+                (new_expires, token),
+            )
+        return Lease(review_id=review_id, reviewer=reviewer, token=token, expires_at=new_expires)
+
     def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
         """Take back a decision within its undo window (see :meth:`~moderation.ports.
         ReviewQueue.undo`); the item is leased to ``reviewer`` again.
