@@ -13,7 +13,12 @@ from collections.abc import Iterator
 import pytest
 
 from moderation.core.review import ReviewDecision
-from moderation.exceptions import ReviewLeaseExpired, ReviewNotLeaseHolder, ReviewUndoTooLate
+from moderation.exceptions import (
+    ReviewLeaseExpired,
+    ReviewNotLeaseHolder,
+    ReviewTakenBack,
+    ReviewUndoTooLate,
+)
 from moderation.pipeline.review_desk import UNDO_MARGIN_S, ReviewDesk
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.ports import Claim, ReviewQueue
@@ -261,8 +266,23 @@ def test_a_lease_is_renewed_only_by_its_holder_while_it_lasts(store: ReviewQueue
     with pytest.raises(ReviewNotLeaseHolder):
         queue.extend(rid, reviewer="rv_x", token="not-a-token")
     assert queue.release(rid)  # an admin takes it back: it cannot be renewed any more
-    with pytest.raises(ReviewLeaseExpired):
+    with pytest.raises(ReviewTakenBack, match="an admin took this item back"):
         queue.extend(rid, reviewer="rv_x", token=claim.lease.token)
+    # ... and the holder's decision is refused saying so (not "your lease expired").
+    with pytest.raises(ReviewTakenBack, match="an admin took this item back"):
+        queue.decide(
+            rid,
+            reviewer="rv_x",
+            token=claim.lease.token,
+            decision=ReviewDecision.ALLOW,
+            reason_code=None,
+        )
+    # A skip by the holder itself is no admin's doing.
+    mine = _claim(queue, "rv_x")
+    assert queue.release(rid, reviewer="rv_x")
+    with pytest.raises(ReviewLeaseExpired) as refused:
+        queue.extend(rid, reviewer="rv_x", token=mine.lease.token)
+    assert not isinstance(refused.value, ReviewTakenBack)
 
 
 def test_a_renewed_lease_outlives_the_first_one_and_an_expired_one_stays_expired() -> None:
@@ -277,5 +297,6 @@ def test_a_renewed_lease_outlives_the_first_one_and_an_expired_one_stays_expired
     clock.t += 20  # past the first lease's end: still held
     assert queue.holds("rv_x", claim.item.review_id)
     clock.t += queue.lease_s
-    with pytest.raises(ReviewLeaseExpired):
+    with pytest.raises(ReviewLeaseExpired) as refused:
         desk.extend("rv_x", review_id=claim.item.review_id, token=claim.lease.token)
+    assert refused.value.code == "review_lease_expired"  # ran out: not "taken back"

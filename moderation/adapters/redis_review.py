@@ -53,6 +53,7 @@ from moderation.exceptions import (
     ReviewLeaseExpired,
     ReviewNotFound,
     ReviewNotLeaseHolder,
+    ReviewTakenBack,
     ReviewUndoTooLate,
 )
 from moderation.ports import Claim, DecideResult, OutboxEntry, ReviewStats
@@ -261,6 +262,11 @@ class RedisReviewQueue:
         if owner == f"{review_id}|{reviewer}":
             if h.get("state") == "final":
                 raise ReviewAlreadyDecided("this item was already decided by someone else")
+            if self._r.exists(self._k("taken", token)):
+                raise ReviewTakenBack(
+                    "an admin took this item back and it went back to the queue; "
+                    "the decision was not recorded"
+                )
             raise ReviewLeaseExpired(
                 "your lease on this item expired and it went back to the queue; "
                 "the decision was not recorded"
@@ -431,6 +437,9 @@ class RedisReviewQueue:
                     pipe.zrem(self._k("leases"), review_id)
                     pipe.delete(self._k("holder", holder))
                     pipe.zadd(self._k("q", h["policy"]), {review_id: float(h["rank"])})
+                    if reviewer is None and h.get("lease_token"):
+                        # An admin's requeue: the holder is told so, not "lease expired".
+                        pipe.set(self._k("taken", h["lease_token"]), "1", ex=_TOKEN_TTL_S)
                     if reviewer is not None and away_s > 0:
                         # A skip: kept away from this reviewer (the claim script checks it).
                         away = self._k("away", reviewer)
