@@ -407,6 +407,12 @@ class ReviewLeaseExpired(ReviewError):
     code = "review_lease_expired"
 
 
+class ReviewTakenBack(ReviewLeaseExpired):
+    """An admin took the item back from the reviewer (requeue) before the lease ran out."""
+
+    code = "review_taken_back"
+
+
 class ReviewNotLeaseHolder(ReviewError):
     code = "review_not_lease_holder"
 

@@ -690,6 +690,17 @@ class ReviewQueue(Protocol):
         to that reviewer again for ``away_s`` seconds (others get it at once)."""
         ...
 
+    def extend(self, review_id: str, *, reviewer: str, token: str) -> Lease:
+        """Renew ``reviewer``'s unexpired lease ``token`` on ``review_id`` for another
+        ``lease_s`` from now (same token).
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewLeaseExpired: the lease ran out (or was taken back) first.
+            ReviewNotLeaseHolder: the caller never held this lease.
+        """
+        ...
+
     def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
         """Take back ``reviewer``'s decision made under lease ``token`` at most ``within_s``
         seconds ago, while it is not handed on (final) or not taken by a second reviewer

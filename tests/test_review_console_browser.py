@@ -207,3 +207,44 @@ def test_a_skipped_item_stays_away_from_the_reviewer(site: ReviewSite, artifacts
     bob = site.queue.claim(site.rv("bob"))
     assert bob is not None and bob.item.job_id.startswith("job-9-")
     assert site.finals == []
+
+
+@pytest.mark.parametrize(
+    "review_settings",
+    [
+        ReviewSettings(
+            lease_s=12,
+            session_secret="test-session-secret",
+            pseudonym_secret="test-pseudonym-secret",
+            undo_window_s=0.0,
+        )
+    ],
+)
+def test_the_lease_warning_and_renewing_it_with_x(site: ReviewSite, artifacts_dir: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    site.add_items(1, seed=4)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            _sign_in(page, site)
+            warning = page.locator("#lease-warning")
+            expect(warning).to_be_hidden()
+            # The last third of a 12 s lease: the warning, with its key.
+            expect(warning).to_be_visible(timeout=15_000)
+            expect(warning).to_contain_text("press x to keep it")
+            assert _in_viewport(page, "#lease-warning")
+            page.screenshot(path=artifacts_dir / "console-lease-warning.png")
+            page.keyboard.press("x")
+            status = page.locator("#status")
+            expect(status).to_contain_text("Kept: testworld / restricted_logo · job job-4-0")
+            expect(warning).to_be_hidden()
+            # Not renewed again: it runs out, and the page says so plainly.
+            expect(status).to_contain_text("ran out: it went back to the queue", timeout=20_000)
+            page.screenshot(path=artifacts_dir / "console-lease-ran-out.png")
+            page.keyboard.press("a")  # refused by the server: the lease is gone
+            expect(status).to_contain_text("Not recorded: your lease on this item expired")
+        finally:
+            browser.close()
+    assert site.finals == []

@@ -13,7 +13,12 @@ from collections.abc import Iterator
 import pytest
 
 from moderation.core.review import ReviewDecision
-from moderation.exceptions import ReviewUndoTooLate
+from moderation.exceptions import (
+    ReviewLeaseExpired,
+    ReviewNotLeaseHolder,
+    ReviewTakenBack,
+    ReviewUndoTooLate,
+)
 from moderation.pipeline.review_desk import UNDO_MARGIN_S, ReviewDesk
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.ports import Claim, ReviewQueue
@@ -245,3 +250,53 @@ def test_a_skipped_item_comes_back_to_the_skipper_after_the_time_away() -> None:
     clock.t += 1.0
     back = desk.claim("rv_k")
     assert back is not None and back.item.review_id == claim.item.review_id
+
+
+def test_a_lease_is_renewed_only_by_its_holder_while_it_lasts(store: ReviewQueue) -> None:
+    queue = store
+    queue.submit(make_item(world_policy(), "keep-1"))
+    claim = _claim(queue, "rv_x")
+    rid = claim.item.review_id
+    renewed = queue.extend(rid, reviewer="rv_x", token=claim.lease.token)
+    assert renewed.token == claim.lease.token
+    assert renewed.expires_at >= claim.lease.expires_at
+    assert queue.holds("rv_x", rid)
+    with pytest.raises(ReviewNotLeaseHolder):
+        queue.extend(rid, reviewer="rv_y", token=claim.lease.token)
+    with pytest.raises(ReviewNotLeaseHolder):
+        queue.extend(rid, reviewer="rv_x", token="not-a-token")
+    assert queue.release(rid)  # an admin takes it back: it cannot be renewed any more
+    with pytest.raises(ReviewTakenBack, match="an admin took this item back"):
+        queue.extend(rid, reviewer="rv_x", token=claim.lease.token)
+    # ... and the holder's decision is refused saying so (not "your lease expired").
+    with pytest.raises(ReviewTakenBack, match="an admin took this item back"):
+        queue.decide(
+            rid,
+            reviewer="rv_x",
+            token=claim.lease.token,
+            decision=ReviewDecision.ALLOW,
+            reason_code=None,
+        )
+    # A skip by the holder itself is no admin's doing.
+    mine = _claim(queue, "rv_x")
+    assert queue.release(rid, reviewer="rv_x")
+    with pytest.raises(ReviewLeaseExpired) as refused:
+        queue.extend(rid, reviewer="rv_x", token=mine.lease.token)
+    assert not isinstance(refused.value, ReviewTakenBack)
+
+
+def test_a_renewed_lease_outlives_the_first_one_and_an_expired_one_stays_expired() -> None:
+    desk, queue, _, clock = _desk(0.0)
+    queue.submit(make_item(world_policy(), "keep-2"))
+    claim = desk.claim("rv_x")
+    assert claim is not None
+    clock.t += queue.lease_s - 10
+    assert desk.extend("rv_x", review_id=claim.item.review_id, token=claim.lease.token) == (
+        queue.lease_s
+    )
+    clock.t += 20  # past the first lease's end: still held
+    assert queue.holds("rv_x", claim.item.review_id)
+    clock.t += queue.lease_s
+    with pytest.raises(ReviewLeaseExpired) as refused:
+        desk.extend("rv_x", review_id=claim.item.review_id, token=claim.lease.token)
+    assert refused.value.code == "review_lease_expired"  # ran out: not "taken back"

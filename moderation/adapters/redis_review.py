@@ -53,6 +53,7 @@ from moderation.exceptions import (
     ReviewLeaseExpired,
     ReviewNotFound,
     ReviewNotLeaseHolder,
+    ReviewTakenBack,
     ReviewUndoTooLate,
 )
 from moderation.ports import Claim, DecideResult, OutboxEntry, ReviewStats
@@ -261,6 +262,11 @@ class RedisReviewQueue:
         if owner == f"{review_id}|{reviewer}":
             if h.get("state") == "final":
                 raise ReviewAlreadyDecided("this item was already decided by someone else")
+            if self._r.exists(self._k("taken", token)):
+                raise ReviewTakenBack(
+                    "an admin took this item back and it went back to the queue; "
+                    "the decision was not recorded"
+                )
             raise ReviewLeaseExpired(
                 "your lease on this item expired and it went back to the queue; "
                 "the decision was not recorded"
@@ -431,6 +437,9 @@ class RedisReviewQueue:
                     pipe.zrem(self._k("leases"), review_id)
                     pipe.delete(self._k("holder", holder))
                     pipe.zadd(self._k("q", h["policy"]), {review_id: float(h["rank"])})
+                    if reviewer is None and h.get("lease_token"):
+                        # An admin's requeue: the holder is told so, not "lease expired".
+                        pipe.set(self._k("taken", h["lease_token"]), "1", ex=_TOKEN_TTL_S)
                     if reviewer is not None and away_s > 0:
                         # A skip: kept away from this reviewer (the claim script checks it).
                         away = self._k("away", reviewer)
@@ -440,6 +449,37 @@ class RedisReviewQueue:
                         pipe.expire(away, int(away_s) + 60)
                     pipe.execute()
                     return True
+                except WatchError:
+                    continue
+
+    @translated("review queue")
+    def extend(self, review_id: str, *, reviewer: str, token: str) -> Lease:
+        """Renew an unexpired lease for another ``lease_s`` (same token).
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewLeaseExpired: the lease ran out (or was taken back) first.
+            ReviewNotLeaseHolder: the caller never held this lease.
+            QueueUnavailable: Redis is unreachable.
+        """
+        ik = self._k("item", review_id)
+        with self._r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(ik)  # type: ignore[no-untyped-call]
+                    h = cast(dict[str, str], pipe.hgetall(ik))
+                    if not h:
+                        raise ReviewNotFound(f"no review item {review_id}")
+                    self._refuse_stale(h, review_id, reviewer, token)
+                    expires = self.now() + self.lease_s
+                    pipe.multi()
+                    pipe.hset(ik, "lease_expires", repr(expires))
+                    pipe.zadd(self._k("leases"), {review_id: expires})
+                    pipe.set(self._k("holder", reviewer), review_id, px=int(self.lease_s * 1000))
+                    pipe.execute()
+                    return Lease(
+                        review_id=review_id, reviewer=reviewer, token=token, expires_at=expires
+                    )
                 except WatchError:
                     continue
 

@@ -215,6 +215,17 @@ class ReviewDesk:
             delivered=delivered,
         )
 
+    def extend(self, reviewer: str, *, review_id: str, token: str) -> float:
+        """Renew the reviewer's lease on the item it is looking at (another ``lease_s``);
+        returns the seconds it has left now.
+
+        Raises:
+            ReviewLeaseExpired: it ran out, or an admin took the item back, first.
+            ReviewNotLeaseHolder, ReviewNotFound: not the reviewer's lease.
+        """
+        lease = self.queue.extend(review_id, reviewer=reviewer, token=token)
+        return lease.seconds_left(self.queue.now())
+
     def undo(
         self, reviewer: str, *, review_id: str, token: str, holding: str | None = None
     ) -> Claim:

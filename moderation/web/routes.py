@@ -13,6 +13,7 @@ API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF 
     POST {prefix}/api/undo            {review_id, token, holding}: take a decision back within
                                       the undo window (``review.undo_window_s``); the item is
                                       leased again (``holding``, the item shown next, goes back)
+    POST {prefix}/api/extend          {review_id, token}: renew the lease (another lease_s)
     POST {prefix}/api/skip            {review_id}: give the item back
     GET  {prefix}/api/image/{id}      the image (the exact bytes that were scored, verified),
                                       only to the reviewer holding its lease; 410 when they are
@@ -157,6 +158,11 @@ class _DecideBody(BaseModel):
     #: "Remove and add to bank": the bank to put the image's PDQ hash in once the removal is
     #: final.
     add_to_bank: str | None = Field(default=None, max_length=64)
+
+
+class _LeaseBody(BaseModel):
+    review_id: str = Field(max_length=64)
+    token: str = Field(max_length=64)
 
 
 class _UndoBody(BaseModel):
@@ -387,6 +393,13 @@ def build_review_router(
             # Seconds the reviewer may still take it back (0: final at once).
             "undo_s": desk.undo_window_s if not done.replay else 0.0,
         }
+
+    @router.post("/api/extend")
+    def extend(
+        body: _LeaseBody, who: Annotated[Principal, Depends(csrf_principal)]
+    ) -> dict[str, Any]:
+        left = desk.extend(who.pseudonym, review_id=body.review_id, token=body.token)
+        return {"seconds_left": round(left, 1)}
 
     @router.post("/api/undo")
     def undo(body: _UndoBody, who: Annotated[Principal, Depends(csrf_principal)]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from moderation.exceptions import (
     ReviewLeaseExpired,
     ReviewNotFound,
     ReviewNotLeaseHolder,
+    ReviewTakenBack,
     ReviewUndoTooLate,
 )
 from moderation.ports import (
@@ -47,6 +48,8 @@ class _Entry:
     first: FirstDecision | None = None
     final: HumanDecision | None = None
     final_token: str | None = None
+    #: Lease tokens an admin took the item back from.
+    taken: set[str] = field(default_factory=set)
     #: Skips: reviewer -> until when the item is not offered to them.
     away: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> reviewer (every lease)
@@ -158,6 +161,11 @@ class MemoryReviewQueue:
                 if entry.tokens.get(token) == reviewer:
                     if entry.state == "final":
                         raise ReviewAlreadyDecided("this item was already decided by someone else")
+                    if token in entry.taken:
+                        raise ReviewTakenBack(
+                            "an admin took this item back and it went back to the queue; "
+                            "the decision was not recorded"
+                        )
                     raise ReviewLeaseExpired(
                         "your lease on this item expired and it went back to the queue; "
                         "the decision was not recorded"
@@ -201,10 +209,32 @@ class MemoryReviewQueue:
                 raise ReviewAlreadyDecided("the item is already decided")
             if entry.lease is None or (reviewer is not None and entry.lease.reviewer != reviewer):
                 return False
+            if reviewer is None:
+                entry.taken.add(entry.lease.token)
             entry.state, entry.lease = "queued", None
             if reviewer is not None and away_s > 0:
                 entry.away[reviewer] = self.clock() + away_s
             return True
+
+    def extend(self, review_id: str, *, reviewer: str, token: str) -> Lease:
+        with self._lock:
+            entry = self.entries.get(review_id)
+            if entry is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            now = self.clock()
+            lease = entry.lease
+            if lease is None or lease.token != token or lease.expires_at <= now:
+                if entry.tokens.get(token) == reviewer:
+                    if token in entry.taken:
+                        raise ReviewTakenBack("an admin took this item back: it is not yours now")
+                    raise ReviewLeaseExpired("your lease on this item expired; it was not renewed")
+                raise ReviewNotLeaseHolder("you do not hold a lease on this item")
+            if lease.reviewer != reviewer:
+                raise ReviewNotLeaseHolder("this lease belongs to another reviewer")
+            entry.lease = Lease(
+                review_id=review_id, reviewer=reviewer, token=token, expires_at=now + self.lease_s
+            )
+            return entry.lease
 
     def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
         with self._lock:

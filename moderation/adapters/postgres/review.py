@@ -58,6 +58,7 @@ from moderation.exceptions import (
     ReviewLeaseExpired,
     ReviewNotFound,
     ReviewNotLeaseHolder,
+    ReviewTakenBack,
     ReviewUndoTooLate,
 )
 from moderation.ports import Claim, DecideResult, OutboxEntry, ReviewStats
@@ -300,13 +301,19 @@ class PostgresReviewQueue:
                     )
             else:
                 owner = conn.execute(
-                    "SELECT reviewer FROM review_leases WHERE token = %s AND review_id = %s",
+                    "SELECT reviewer, taken_back FROM review_leases"
+                    " WHERE token = %s AND review_id = %s",
                     (token, review_id),
                 ).fetchone()
                 if owner is None or owner[0] != reviewer:
                     raise ReviewNotLeaseHolder("you do not hold a lease on this item")
                 if state == "final":
                     raise ReviewAlreadyDecided("this item was already decided by someone else")
+                if owner[1]:
+                    raise ReviewTakenBack(
+                        "an admin took this item back and it went back to the queue; "
+                        "the decision was not recorded"
+                    )
                 raise ReviewLeaseExpired(
                     "your lease on this item expired and it went back to the queue; "
                     "the decision was not recorded"
@@ -385,12 +392,13 @@ class PostgresReviewQueue:
         """
         with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
             row = conn.execute(
-                "SELECT state, lease_holder FROM review_items WHERE review_id = %s FOR UPDATE",
+                "SELECT state, lease_holder, lease_token FROM review_items"
+                " WHERE review_id = %s FOR UPDATE",
                 (review_id,),
             ).fetchone()
             if row is None:
                 raise ReviewNotFound(f"no review item {review_id}")
-            state, holder = row
+            state, holder, lease_token = row
             if state == "final":
                 raise ReviewAlreadyDecided("the item is already decided")
             if holder is None or (reviewer is not None and holder != reviewer):
@@ -400,6 +408,10 @@ class PostgresReviewQueue:
                 " lease_holder = NULL, lease_expires = NULL WHERE review_id = %s",
                 (review_id,),
             )
+            if reviewer is None:  # an admin's requeue: the holder is told so
+                conn.execute(
+                    "UPDATE review_leases SET taken_back = true WHERE token = %s", (lease_token,)
+                )
             if reviewer is not None and away_s > 0:
                 now = self._now(conn)
                 conn.execute("DELETE FROM review_away WHERE until <= %s", (now,))
@@ -409,6 +421,49 @@ class PostgresReviewQueue:
                     (reviewer, review_id, now + away_s),
                 )
             return True
+
+    def extend(self, review_id: str, *, reviewer: str, token: str) -> Lease:
+        """Renew an unexpired lease for another ``lease_s`` (same token).
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewLeaseExpired: the lease ran out (or was taken back) first.
+            ReviewNotLeaseHolder: the caller never held this lease.
+            DatabaseUnavailable: the database is unreachable.
+        """
+        with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT lease_token, lease_holder, lease_expires FROM review_items"
+                " WHERE review_id = %s FOR UPDATE",
+                (review_id,),
+            ).fetchone()
+            if row is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            lease_token, holder, expires = row
+            now = self._now(conn)
+            if lease_token != token or float(expires) <= now:
+                owner = conn.execute(
+                    "SELECT reviewer, taken_back FROM review_leases"
+                    " WHERE token = %s AND review_id = %s",
+                    (token, review_id),
+                ).fetchone()
+                if owner is not None and owner[0] == reviewer:
+                    if owner[1]:
+                        raise ReviewTakenBack("an admin took this item back: it is not yours now")
+                    raise ReviewLeaseExpired("your lease on this item expired; it was not renewed")
+                raise ReviewNotLeaseHolder("you do not hold a lease on this item")
+            if holder != reviewer:
+                raise ReviewNotLeaseHolder("this lease belongs to another reviewer")
+            new_expires = now + self.lease_s
+            conn.execute(
+                "UPDATE review_items SET lease_expires = %s WHERE review_id = %s",
+                (new_expires, review_id),
+            )
+            conn.execute(
+                "UPDATE review_leases SET expires_at = %s WHERE token = %s",
+                (new_expires, token),
+            )
+        return Lease(review_id=review_id, reviewer=reviewer, token=token, expires_at=new_expires)
 
     def undo(self, review_id: str, *, reviewer: str, token: str, within_s: float) -> Claim:
         """Take back a decision within its undo window (see :meth:`~moderation.ports.

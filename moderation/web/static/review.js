@@ -5,6 +5,7 @@
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const $ = (id) => document.getElementById(id);
   const skipAwayS = Number($("item").dataset.skipAwayS) || 0;
+  const leaseS = Number($("item").dataset.leaseS) || 300;
   const image = $("image");
   let current = null;      // the claimed item payload
   let leaseEnd = 0;        // local clock, ms
@@ -138,13 +139,41 @@
     text("undo-left", "(" + left + " s)");
   }
 
+  function clock(left) { return Math.floor(left / 60) + ":" + String(left % 60).padStart(2, "0"); }
+
+  // The lease: a warning (with x to renew it) in its last minute or third, then a plain
+  // message once it has run out (the item went back to the queue).
   function tick() {
     showLast();
-    if (!current) return;
+    if (!current) { $("lease-warning").hidden = true; return; }
     const left = Math.max(0, Math.round((leaseEnd - Date.now()) / 1000));
     const lease = $("lease");
-    lease.textContent = left > 0 ? Math.floor(left / 60) + ":" + String(left % 60).padStart(2, "0") : "expired";
+    lease.textContent = left > 0 ? clock(left) : "expired";
     lease.classList.toggle("low", left < 30);
+    const warnAt = Math.min(60, leaseS / 3);
+    $("lease-warning").hidden = !(left > 0 && left <= warnAt);
+    text("lease-left", clock(left));
+    if (left <= 0 && !current.expiredShown) {
+      current.expiredShown = true;
+      status("Your lease on " + itemLabel(current) + " ran out: it went back to the queue. "
+        + "Press n for the next item");
+    }
+  }
+
+  async function extend() {
+    if (!current || busy) return;
+    const item = current;
+    try {
+      const data = await api("/api/extend", { review_id: item.review_id, token: item.token });
+      if (current !== item) return;
+      leaseEnd = Date.now() + data.seconds_left * 1000;
+      status("Kept: " + itemLabel(item) + " is yours for another " + clock(Math.round(data.seconds_left)));
+      tick();
+    } catch (err) {
+      status(err.code === "review_lease_expired"
+        ? "Too late: " + itemLabel(item) + " already went back to the queue. Press n for the next item"
+        : "Could not keep it: " + err.message);
+    }
   }
   setInterval(tick, 1000);
 
@@ -284,6 +313,8 @@
       case "r": bankTarget = null; chooseReason(); break;
       case "b": chooseBank(); break;
       case "s": skip(); break;
+      case "x": extend(); break;
+      case "n": if (current.expiredShown) { current = null; next(); } break;
       case "v": unblur(image.classList.contains("blur")); break;
       case "g": image.classList.toggle("grey"); break;
       default: return;
@@ -295,6 +326,7 @@
   document.addEventListener("mouseup", () => { if (current) unblur(false); });
   image.addEventListener("load", () => { image.alt = "item under review"; });
   $("undo").addEventListener("click", () => { undo(); });
+  $("extend").addEventListener("click", () => { extend(); });
 
   next();
 })();
