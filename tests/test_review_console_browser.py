@@ -248,3 +248,28 @@ def test_the_lease_warning_and_renewing_it_with_x(site: ReviewSite, artifacts_di
         finally:
             browser.close()
     assert site.finals == []
+
+
+def test_an_admin_taking_the_item_back_is_said_plainly(
+    site: ReviewSite, artifacts_dir: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    site.add_items(1, seed=3)
+    assert site.desk is not None
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            _sign_in(page, site)
+            _wait_image(page)
+            review_id = str(page.locator("#image").get_attribute("src")).rsplit("/", 1)[-1]
+            assert site.desk.requeue(review_id)  # what the admin's requeue does
+            status = page.locator("#status")
+            expect(status).to_contain_text(
+                "An admin took testworld / restricted_logo · job job-3-0 back", timeout=15_000
+            )
+            expect(status).not_to_contain_text("lease")
+            page.screenshot(path=artifacts_dir / "console-taken-back.png")
+        finally:
+            browser.close()

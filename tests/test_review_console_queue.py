@@ -300,3 +300,22 @@ def test_a_renewed_lease_outlives_the_first_one_and_an_expired_one_stays_expired
     with pytest.raises(ReviewLeaseExpired) as refused:
         desk.extend("rv_x", review_id=claim.item.review_id, token=claim.lease.token)
     assert refused.value.code == "review_lease_expired"  # ran out: not "taken back"
+
+
+def test_an_admin_redelivery_does_not_cut_an_undo_window_short() -> None:
+    desk, queue, handed, clock = _desk(60.0)
+    queue.submit(make_item(world_policy(), "redeliver-1"))
+    claim = desk.claim("rv_r")
+    assert claim is not None
+    desk.decide(
+        "rv_r",
+        review_id=claim.item.review_id,
+        token=claim.lease.token,
+        decision=ReviewDecision.ALLOW,
+        reason_code=None,
+    )
+    clock.t += 45.0  # older than the admin button's 30 s, still inside the 60 s window
+    assert desk.deliver_outbox(older_than_s=30.0) == (0, 0)
+    assert handed.finals == []
+    clock.t += 60.0 + UNDO_MARGIN_S - 45.0
+    assert desk.deliver_outbox(older_than_s=30.0) == (1, 1)

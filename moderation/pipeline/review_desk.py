@@ -279,6 +279,9 @@ class ReviewDesk:
         """Hand on again the final decisions that have waited in the outbox at least
         ``older_than_s`` (their first delivery failed, or its process died): (waiting,
         delivered now)."""
+        # Never inside a decision's undo window: it may still be taken back.
+        if self.undo_window_s > 0:
+            older_than_s = max(older_than_s, self.undo_window_s + UNDO_MARGIN_S)
         pending = self.queue.undelivered(older_than_s=older_than_s)
         return len(pending), sum(self._deliver(final) for final in pending)
 

@@ -160,6 +160,24 @@
     }
   }
 
+  // Every few seconds: is the item still ours? (An admin may take it back: the reviewer is told
+  // at once, not when a decision fails.) /api/next returns the lease the reviewer holds.
+  async function heartbeat() {
+    if (!current || busy || choosingReason || choosingBank || current.expiredShown) return;
+    if (leaseEnd - Date.now() < 2000) return;  // about to run out: the lease message covers it
+    const item = current;
+    try {
+      const data = await api("/api/next");
+      if (current !== item || busy) return;
+      if (data.item && data.item.token === item.token) return;
+      status("An admin took " + itemLabel(item) + " back: it is not yours any more."
+        + (data.item ? " Here is the next item." : ""));
+      if (data.item) render(data.item);
+      else { current = null; $("item").hidden = true; $("empty").hidden = false; pollTimer = setTimeout(next, 5000); }
+    } catch (err) { /* the next decision reports it */ }
+  }
+  setInterval(heartbeat, 5000);
+
   async function extend() {
     if (!current || busy) return;
     const item = current;
