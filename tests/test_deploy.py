@@ -1097,6 +1097,15 @@ def test_alert_rules_are_valid_and_fire_when_they_should() -> None:
     assert required <= alerts
 
 
+def test_the_dashboard_filters_every_query_by_a_namespace_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "namespace")
+    assert "namespace)" in variable["definition"] and variable["allValue"] == ".*"
+    for expr in dashboard_queries():
+        selectors = re.findall(r"\bmoderation_[a-z_]+(\{[^}]*\})?", expr)
+        assert selectors and all('namespace=~"$namespace"' in sel for sel in selectors), expr
+
+
 def test_the_runbook_covers_every_alert_and_the_procedures_operators_need() -> None:
     runbook = (ROOT / "docs" / "runbook.md").read_text()
     alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
