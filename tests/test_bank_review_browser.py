@@ -240,7 +240,7 @@ def test_bank_match_metadata_and_remove_and_add_to_bank(site: Site, artifacts_di
             )
             page.keyboard.press("1")
             expect(page.locator("#status")).to_contain_text(
-                "Recorded: remove + added to bank reviewer-removals"
+                "Recorded: remove (KNOWN_BAD) + added to bank reviewer-removals"
             )
             expect(page.locator("#empty")).to_be_visible()
             assert [(f.decision.value, f.reason_code) for f in site.finals] == [

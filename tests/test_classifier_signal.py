@@ -317,8 +317,9 @@ def test_the_model_loads_on_first_use_and_runs_once_per_batch(scoring: Any) -> N
     """Over the in-memory twin: no policy uses the classifier, no model is built; one that
     does gets one model run per batch, and frames without features are not classified."""
     from moderation.adapters.memory import MemoryClassifier
+    from moderation.adapters.support.classifier_input import Preprocessing
     from moderation.signals import PromptSignal
-    from moderation.signals.classifier import ClassifierSignal, Preprocessing
+    from moderation.signals.classifier import ClassifierSignal
 
     def red_share(inputs: np.ndarray) -> np.ndarray:
         share = inputs[:, 0].mean(axis=(1, 2)) / np.maximum(inputs.mean(axis=(1, 2, 3)) * 3, 1e-6)

@@ -17,6 +17,7 @@ from moderation.adapters.http_source import HttpSource
 from moderation.adapters.images import SafeDecoder
 from moderation.adapters.onnx_classifier import OnnxClassifier
 from moderation.adapters.s3_source import S3Source
+from moderation.adapters.support.classifier_input import Preprocessing
 from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
 from moderation.adapters.video import VideoDecoder
 from moderation.pipeline.sources import ImageSources, InlineSource
@@ -26,7 +27,7 @@ from moderation.ports import (
 )
 from moderation.settings import Settings, SignalSettings
 from moderation.signals import LoadedBanks, Signals, builtin_signals
-from moderation.signals.classifier import ClassifierSignal, Preprocessing
+from moderation.signals.classifier import ClassifierSignal
 
 __all__ = [
     "build_signals",
