@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from moderation.adapters.support.job_backlog import read_backlog
 from moderation.adapters.support.job_keys import JobKeys
 from moderation.adapters.support.redis import connect, redis_errors
 from moderation.core.fairness import TenantBacklog
@@ -255,22 +256,7 @@ class RedisJobStore(SingleJobOps):
         Raises:
             QueueUnavailable: Redis is down.
         """
-
-        def run() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
-            for tenant in tenants:
-                pipe.zcard(self.key("backlog", tenant))
-                pipe.zrange(self.key("backlog", tenant), 0, 0, withscores=True)
-            return list(pipe.execute())
-
-        raw = self._call(run) if tenants else []
-        out = {}
-        for index, tenant in enumerate(tenants):
-            depth, oldest = raw[2 * index], raw[2 * index + 1]
-            out[tenant] = TenantBacklog(
-                depth=int(depth), oldest_created_at=float(oldest[0][1]) if oldest else None
-            )
-        return out
+        return self._call(lambda: read_backlog(self.redis, self.keys, tenants))
 
     def keep_inline(self, key: str, ttl_s: int) -> None:
         """Keep inline bytes for ``ttl_s`` more seconds (e.g. while their job awaits review)."""

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from moderation.adapters.support.job_backlog import read_backlog
 from moderation.adapters.support.job_keys import JobKeys
 from moderation.adapters.support.redis import connect, redis_errors
 from moderation.core.fairness import TenantBacklog
@@ -198,22 +199,7 @@ class RedisJobTransients:
         Raises:
             QueueUnavailable: Redis is down.
         """
-
-        def run() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
-            for tenant in tenants:
-                pipe.zcard(self.keys.key("backlog", tenant))
-                pipe.zrange(self.keys.key("backlog", tenant), 0, 0, withscores=True)
-            return list(pipe.execute())
-
-        raw = self._call(run) if tenants else []
-        return {
-            tenant: TenantBacklog(
-                depth=int(raw[2 * i]),
-                oldest_created_at=float(raw[2 * i + 1][0][1]) if raw[2 * i + 1] else None,
-            )
-            for i, tenant in enumerate(tenants)
-        }
+        return self._call(lambda: read_backlog(self.redis, self.keys, tenants))
 
     def inline_bytes_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:

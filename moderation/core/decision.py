@@ -41,6 +41,7 @@ __all__ = [
     "VideoFindings",
     "VideoSegment",
     "bands",
+    "build_verdict",
     "decisions",
     "most_severe",
     "verdict_at",
@@ -246,9 +247,15 @@ def _category_result(
     )
 
 
-def _verdict(
-    results: list[CategoryResult], scores: dict[str, float], refs: list[PolicyRef], model: str
+def build_verdict(
+    results: list[CategoryResult],
+    scores: dict[str, float],
+    refs: list[PolicyRef],
+    model: str,
+    *,
+    video: VideoFindings | None = None,
 ) -> Verdict:
+    """The verdict of ``results`` (most severe first): the head band decides."""
     head = results[0]
     return Verdict(
         decision=head.decision,
@@ -262,6 +269,7 @@ def _verdict(
         scores=scores,
         policies=refs,
         model=model,
+        video=video,
     )
 
 
@@ -294,7 +302,7 @@ def verdict_at(batch: ScoreBatch, row: int) -> Verdict:
         _category_result(batch.slots[c], float(scores[c]), int(band_row[c]), ev)
         for c, ev in zip(shown, evidence, strict=True)
     ]
-    return _verdict(
+    return build_verdict(
         results,
         {s.key: round(float(scores[c]), 6) for c, s in enumerate(batch.slots)},
         _policy_refs(batch),
@@ -347,7 +355,7 @@ def verdicts(batch: ScoreBatch) -> list[Verdict]:
         ]
         start = end
         out.append(
-            _verdict(
+            build_verdict(
                 results,
                 {k: round(v, 6) for k, v in zip(keys, row_scores, strict=True)},
                 refs,

@@ -27,6 +27,7 @@ from moderation.core.decision import (
     Verdict,
     VideoFindings,
     VideoSegment,
+    build_verdict,
     most_severe,
 )
 from moderation.core.policy import Action, VideoRule
@@ -99,21 +100,13 @@ def video_verdict(
             -(r.margin_block if r.decision is Decision.BLOCK else r.margin_review),
         )
     )
-    head = results[0]
-    top_index = best[head.key][2]
+    top_index = best[results[0].key][2]
     scores = {key: max(v.scores.get(key, 0.0) for v in frames) for key in frames[top_index].scores}
-    return Verdict(
-        decision=head.decision,
-        action=head.action,
-        reason_code=head.reason_code,
-        policy_id=head.policy_id,
-        category_id=head.category_id,
-        severity=head.severity,
-        score=head.score,
-        categories=results,
-        scores=scores,
-        policies=frames[top_index].policies,
-        model=frames[top_index].model,
+    return build_verdict(
+        results,
+        scores,
+        frames[top_index].policies,
+        frames[top_index].model,
         video=_findings(timeline, segments, top_index, held),
     )
 
