@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,13 @@ import redis
 
 from moderation.adapters.embedded_redis import EmbeddedRedis
 from moderation.exceptions import QueueUnavailable
+
+
+def _wait_for_aof_written(client: redis.Redis, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.info("persistence")["aof_buffer_length"] != 0:
+        assert time.monotonic() < deadline, client.info("persistence")
+        time.sleep(0.05)
 
 
 def test_acknowledged_writes_survive_kill_9_and_a_restart(tmp_path: Path) -> None:
@@ -23,6 +31,11 @@ def test_acknowledged_writes_survive_kill_9_and_a_restart(tmp_path: Path) -> Non
         for i in range(100):
             client.set(f"mod:result:j{i}", b"{}")
         client.rpush("moderation", b"message")
+        # What survives a process crash is what Redis has written to its append-only file. With
+        # `appendfsync everysec`, Redis postpones that write (up to 2 s) while an earlier fsync
+        # is still running on a slow disk: wait until its AOF buffer is empty, as a crash
+        # after that point is what the guarantee covers.
+        _wait_for_aof_written(client)
         with pytest.raises(QueueUnavailable, match="another embedded Redis"):
             EmbeddedRedis(data_dir=data, persist=True).start()  # one server per data folder
     finally:

@@ -55,7 +55,8 @@ for i = 1, n do
   local until_ = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
   if until_ - now > wait then wait = until_ - now end
 end
-if wait > 0 then return {string.format('%.6f', wait)} end
+-- Blocks are kept to the microsecond ('%.6f'): a wait under a millisecond is that rounding.
+if wait >= 0.001 then return {string.format('%.6f', wait)} end
 local out = {'0'}
 local pos = 3
 for i = 1, n do

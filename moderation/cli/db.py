@@ -62,7 +62,11 @@ def db_upgrade() -> None:
     except ModerationError as exc:
         raise fail(exc) from exc
     if applied:
-        out.print(f"applied {len(applied)} migration(s): {', '.join(applied)}", highlight=False)
+        out.print(
+            f"applied {len(applied)} migration(s): {', '.join(applied)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
         out.print("the schema is current (nothing to apply)")
 
@@ -95,8 +99,9 @@ def db_status(
             )
         )
     else:
-        out.print(f"applied: {', '.join(found.applied) or 'none'}", highlight=False)
-        out.print(f"pending: {', '.join(found.pending) or 'none'}", highlight=False)
+        # One line each, never wrapped at the terminal's width: scripts read them.
+        out.print(f"applied: {', '.join(found.applied) or 'none'}", highlight=False, soft_wrap=True)
+        out.print(f"pending: {', '.join(found.pending) or 'none'}", highlight=False, soft_wrap=True)
         for name in found.changed:
             err.print(f"[yellow]changed since applied (not re-run)[/]: {name}", highlight=False)
         for name in found.unknown:
