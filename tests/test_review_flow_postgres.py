@@ -110,8 +110,14 @@ def test_a_review_in_postgres_from_the_worker_to_the_result(site: Site) -> None:
     job_id = site.client.submit(image)
     result = site.client.wait(job_id, 60)
     assert result.verdict is not None and result.verdict.decision.value == "review"
-    with psycopg.connect(site.pg_url) as conn:
-        rows = conn.execute("SELECT review_id, state FROM review_items").fetchall()
+    # The result is written first; the job's effects (the review item among them) follow it.
+    deadline = time.monotonic() + 30
+    rows: list[tuple[str, str]] = []
+    while not rows and time.monotonic() < deadline:
+        with psycopg.connect(site.pg_url) as conn:
+            rows = conn.execute("SELECT review_id, state FROM review_items").fetchall()
+        if not rows:
+            time.sleep(0.1)
     assert [state for _, state in rows] == ["queued"]
     review_id = rows[0][0]
     assert not list(site.redis.scan_iter(f"{site.settings.review.key_prefix}item:*"))
