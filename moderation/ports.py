@@ -62,6 +62,7 @@ from moderation.core.embeddings import HistoryBatch
 from moderation.core.fairness import TenantBacklog
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult
+from moderation.core.legacy_state import LegacyBankEntry, LegacyReviewRecord
 from moderation.core.policy import Policy, PolicySet
 from moderation.core.review import (
     FirstDecision,
@@ -95,6 +96,8 @@ __all__ = [
     "ImageSource",
     "JobStore",
     "JobTransients",
+    "LegacyBankSource",
+    "LegacyReviewSource",
     "LoginThrottle",
     "PendingIndex",
     "PolicyFiles",
@@ -107,6 +110,7 @@ __all__ = [
     "Signal",
     "SingleDeliveryOps",
     "SingleJobOps",
+    "StateImportTarget",
     "TaskPublisher",
     "WorkerRegistry",
 ]
@@ -982,6 +986,86 @@ class BankStore(Protocol):
     def request_addition(self, request: BankRequest, ttl_s: int) -> None: ...
 
     def addition_request(self, review_id: str) -> BankRequest | None: ...
+
+
+# --- importing a Redis-only release's state -----------------------------------------------------
+
+
+class LegacyReviewSource(Protocol):
+    """The review queue of a Redis-only release, read whole (``moderation db import-redis``).
+
+    Raises (every method): ``QueueUnavailable`` when the store cannot be reached.
+    """
+
+    def count_records(self) -> int:
+        """How many items :meth:`records` will yield (for a progress bar)."""
+        ...
+
+    def records(self, *, batch: int = 500) -> Iterator[list[LegacyReviewRecord]]:
+        """Every item (waiting, leased or final) with its whole state, in batches."""
+        ...
+
+
+class LegacyBankSource(Protocol):
+    """The hash banks of a Redis-only release, read whole, tombstones included.
+
+    Raises (every method): ``QueueUnavailable`` when the store cannot be reached;
+    ``BankNotFound`` for an unknown bank.
+    """
+
+    def banks(self) -> list[BankInfo]: ...
+
+    def manifest(self, name: str) -> BankManifest: ...
+
+    def segment_entries(self, name: str, segment: Segment) -> list[LegacyBankEntry]:
+        """Every entry of a committed segment in id order, removed ones flagged."""
+        ...
+
+    def addition_request(self, review_id: str) -> BankRequest | None: ...
+
+
+class StateImportTarget(Protocol):
+    """The system of record the legacy state is imported into. Every write is idempotent:
+    a record already there (same review id, username or bank name) is left as it is, so a
+    re-run or a resumed run imports nothing twice. With ``dry_run`` nothing is written; the
+    counts are what a real run would import.
+
+    Raises (every method): ``DatabaseUnavailable`` when the database cannot be reached.
+    """
+
+    def import_reviewers(
+        self, accounts: Sequence[ReviewerAccount], *, dry_run: bool = False
+    ) -> int:
+        """Create the accounts that are not there; returns how many (would be) created."""
+        ...
+
+    def import_review(
+        self, records: Sequence[LegacyReviewRecord], *, lease_s: float, dry_run: bool = False
+    ) -> int:
+        """Write one batch of items (with their leases, decisions and outbox entries) in one
+        transaction; returns how many items (would be) new."""
+        ...
+
+    def import_bank_requests(
+        self, requests: Sequence[BankRequest], *, ttl_s: int, dry_run: bool = False
+    ) -> int:
+        """Keep reviewers' pending "add to bank" requests (``ttl_s`` from now); returns how many
+        (would be) new."""
+        ...
+
+    def has_bank(self, name: str) -> bool: ...
+
+    def import_bank(
+        self,
+        info: BankInfo,
+        manifest: BankManifest,
+        entries: Iterable[list[LegacyBankEntry]],
+        *,
+        progress: Callable[[int], object] | None = None,
+    ) -> bool:
+        """Write a bank with its entries (same ids, same tombstones) and segments in one
+        transaction; False (nothing read from ``entries``) when a bank of that name exists."""
+        ...
 
 
 # --- embedding history ---------------------------------------------------------------------

@@ -248,3 +248,18 @@ def test_the_bank_command_line(
     assert bank("remove", "feed", "0").exit_code == 1
     assert bank("delete", "feed").exit_code == 2
     assert bank("delete", "feed", "--yes").exit_code == 0
+
+
+def test_delete_finds_every_key_of_the_bank_without_scanning(store: RedisBankStore) -> None:
+    store.create("b")
+    with store.writing("b"):
+        store.append("b", _entries(30, 6))
+    # An orphan a failed import could not delete (its segment number was named first).
+    store.redis.sadd("t:bank:b:written", 5)
+    store.redis.set("t:bank:b:seg:5", b"\0" * 32)
+    store.redis.hset("t:bank:b:meta:5", "999", "{}")
+    store.create("other")  # a bank whose name starts the same way keeps its keys
+    store.redis.sadd("t:bank:bb:written", 0)
+    assert store.delete("b")
+    assert {k for k in _keys(store) if k.startswith(b"t:bank:b:")} == set()
+    assert b"t:bank:bb:written" in _keys(store) and store.info("other").name == "other"

@@ -11,6 +11,8 @@ Keys (``P`` = ``settings.banks.key_prefix``, ``B`` = the bank's name)::
     P B:meta:<n>         hash: entry id -> metadata JSON (source, label, added_at, reference id,
                          quality)
     P B:removed          set of removed entry ids (tombstones)
+    P B:written          set of every segment number ever written (committed or an orphan of a
+                         failed import): what delete() deletes, with no SCAN
     P B:lock             the write lock (SET NX PX + token; refreshed while an import runs)
     P request:<review>   a reviewer's pending "add to bank" request (TTL)
 
@@ -46,6 +48,7 @@ from moderation.core.banks import (
     Segment,
     is_bank_name,
 )
+from moderation.core.legacy_state import LegacyBankEntry
 from moderation.exceptions import BankBusy, BankExists, BankNotFound
 from moderation.ports import BankRequest
 
@@ -121,9 +124,21 @@ class RedisBankStore:
         return self.info(name)
 
     def delete(self, name: str) -> bool:
+        """Delete a bank and every key it has, named from its own records (never a SCAN of the
+        keyspace): the segment numbers it ever wrote (``B:written``), the committed ones and
+        every number below ``next_segment``."""
         self._check(name)
         with redis_errors("bank store"):
-            keys = [k for k in self.redis.scan_iter(match=f"{self.prefix}{name}:*", count=1000)]
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hget(self._k(name, "info"), "next_segment")
+                pipe.hkeys(self._k(name, "segments"))
+                pipe.smembers(self._k(name, "written"))
+                next_segment, committed, written = pipe.execute()
+            numbers = set(range(int(next_segment or 0)))
+            numbers |= {int(n) for n in cast(list[bytes], committed)}
+            numbers |= {int(n) for n in cast(set[bytes], written)}
+            keys = [self._k(name, part) for part in ("info", "segments", "removed", "written")]
+            keys += [self._k(name, kind, n) for n in sorted(numbers) for kind in ("seg", "meta")]
             with self.redis.pipeline() as pipe:
                 pipe.srem(f"{self.prefix}banks", name)
                 for start in range(0, len(keys), 1000):
@@ -280,6 +295,8 @@ class RedisBankStore:
         seg_key = self._k(name, "seg", segment.number)
         meta_key = self._k(name, "meta", segment.number)
         with redis_errors("bank store"):
+            # Named before it is written, so delete() finds an orphan of a failed import too.
+            self.redis.sadd(self._k(name, "written"), segment.number)
             self.redis.delete(seg_key, meta_key)  # an orphan of a failed import may be there
             for start in range(0, len(chunk), _WRITE_BATCH):
                 part = chunk[start : start + _WRITE_BATCH]
@@ -403,6 +420,29 @@ class RedisBankStore:
                 digest = hashes[offset * _HASH : (offset + 1) * _HASH].hex()
                 data = EntryData.from_meta(digest, json.loads(raw) if raw else {})
                 yield BankEntry.of(name, entry_id, data)
+
+    def segment_entries(self, name: str, segment: Segment) -> list[LegacyBankEntry]:
+        """Every entry of a committed segment in id order, tombstoned ones flagged (what the
+        importer into PostgreSQL copies, ids kept)."""
+        self._check(name)
+        ids = list(range(segment.first_id, segment.end_id))
+        if not ids:
+            return []
+        hashes = self.read_hashes(name, segment)
+        with redis_errors("bank store"), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._k(name, "meta", segment.number))
+            pipe.smismember(self._k(name, "removed"), ids)
+            raw_metas, gone = pipe.execute()
+        metas = cast(dict[bytes, bytes], raw_metas)
+        out = []
+        for offset, entry_id in enumerate(ids):
+            digest = hashes[offset * _HASH : (offset + 1) * _HASH]
+            if len(digest) != _HASH:
+                break
+            raw = metas.get(str(entry_id).encode())
+            data = EntryData.from_meta(digest.hex(), json.loads(raw) if raw else {})
+            out.append(LegacyBankEntry(id=entry_id, data=data, removed=bool(gone[offset])))
+        return out
 
     # --- reviewer requests -------------------------------------------------------------------
 

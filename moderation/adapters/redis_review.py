@@ -37,6 +37,7 @@ import redis
 from redis.exceptions import WatchError
 
 from moderation.adapters.support.redis import connect, translated
+from moderation.core.legacy_state import LegacyOutbox, LegacyReviewRecord
 from moderation.core.review import (
     FirstDecision,
     HumanDecision,
@@ -699,3 +700,83 @@ class RedisReviewQueue:
                 item = ReviewItem.model_validate_json(h["item"])
                 final = HumanDecision.model_validate_json(h["final"])
                 yield export_row(item, final)
+
+    # --- reading everything (the importer into PostgreSQL) ---------------------------------
+
+    def _all_ids(self) -> list[str]:
+        """Every item: the open ones (waiting or leased, per policy) and the decided ones.
+        Read from the indexes the queue keeps, never by scanning the keyspace."""
+        seen: dict[str, None] = {}
+        for key in [*(self._k("open", p) for p in self.policies()), self._k("decided")]:
+            start = 0
+            while True:
+                page = cast(list[str], self._r.zrange(key, start, start + 999))
+                if not page:
+                    break
+                start += len(page)
+                seen.update(dict.fromkeys(page))
+        return list(seen)
+
+    @translated("review queue")
+    def count_records(self) -> int:
+        """How many items :meth:`records` will yield."""
+        return len(self._all_ids())
+
+    @translated("review queue")
+    def records(self, *, batch: int = 500) -> Iterator[list[LegacyReviewRecord]]:
+        """Every item with its whole state (``LegacyReviewSource``), in batches; one pipelined
+        round trip per batch. Read it while nothing writes (the old release stopped)."""
+        ids = self._all_ids()
+        for start in range(0, len(ids), batch):
+            part = ids[start : start + batch]
+            with self._r.pipeline(transaction=False) as pipe:
+                for rid in part:
+                    pipe.hgetall(self._k("item", rid))
+                pipe.zmscore(self._k("outbox"), part)
+                pipe.zmscore(self._k("outbox_due"), part)
+                answers = pipe.execute()
+            hashes = cast(list[dict[str, str]], answers[: len(part)])
+            outbox = cast(list[float | None], answers[len(part)])
+            due = cast(list[float | None], answers[len(part) + 1])
+            out = [
+                _record(h, outbox_at, due_at)
+                for h, outbox_at, due_at in zip(hashes, outbox, due, strict=True)
+                if "item" in h
+            ]
+            if out:
+                yield out
+
+
+def _record(h: dict[str, str], outbox_at: float | None, due_at: float | None) -> LegacyReviewRecord:
+    """One item hash (with its outbox scores) as a :class:`LegacyReviewRecord`."""
+    final = HumanDecision.model_validate_json(h["final"]) if "final" in h else None
+    state = h.get("state", "queued")
+    if final is not None:
+        state = "final"
+    elif state not in ("queued", "leased"):
+        state = "queued"
+    outbox = None
+    if final is not None and outbox_at is not None:
+        outbox = LegacyOutbox(
+            decided_at=float(outbox_at),
+            due_at=float(due_at) if due_at is not None else float(outbox_at),
+            attempts=int(h.get("outbox_attempts") or 0),
+            last_error=h.get("outbox_error") or None,
+        )
+    submitted = h.get("final_submitted")
+    return LegacyReviewRecord(
+        item=ReviewItem.model_validate_json(h["item"]),
+        state=cast(Any, state),
+        rank=float(h.get("rank") or 0.0),
+        lease_token=h.get("lease_token"),
+        lease_holder=h.get("lease_holder"),
+        lease_expires=float(h["lease_expires"]) if h.get("lease_expires") else None,
+        first=FirstDecision.model_validate_json(h["first"]) if "first" in h else None,
+        first_reviewer=h.get("first_reviewer"),
+        final=final,
+        final_token=h.get("final_token"),
+        final_submitted=ReviewDecision(submitted) if submitted else None,
+        final_submitted_reason=h.get("final_submitted_reason") or None,
+        decided_at=final.decided_at.timestamp() if final is not None else None,
+        outbox=outbox,
+    )

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 __all__ = ["db_app"]
 
-db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema: upgrade and status.")
+db_app = typer.Typer(
+    no_args_is_help=True,
+    help="The PostgreSQL schema (upgrade, status) and importing a Redis-only release's state.",
+)
 
 
 @contextmanager
@@ -108,3 +111,70 @@ def db_status(
             err.print(f"[yellow]applied by a newer release[/]: {name}", highlight=False)
     if check and found.pending:
         raise typer.Exit(1)
+
+
+@db_app.command("import-redis")
+def db_import_redis(
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            help="The Redis of the Redis-only release (default: MODERATION_REDIS_URL).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Read and count everything; write nothing.")
+    ] = False,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=10_000)] = 500,
+    as_json: Annotated[bool, typer.Option("--json", help="The summary as JSON.")] = False,
+) -> None:
+    """Copy the durable state of a Redis-only release (reviewer accounts, the review queue with
+    its decisions, leases and outbox, hash banks with their tombstones) into PostgreSQL.
+
+    Idempotent and resumable: what is already in PostgreSQL is left as it is, so run it again
+    after an interruption. Stop the old release first (nothing may write to Redis meanwhile);
+    Redis is only read.
+    """
+    from moderation.adapters.postgres.migrate import upgrade
+    from moderation.cli.common import progress
+    from moderation.compose.state_import import open_state_importer
+    from moderation.pipeline.state_import import ImportSummary
+
+    settings = load_settings()
+    url = redis_url or settings.redis_url
+    if not url:
+        err.print("no Redis to import from: pass --redis-url or set MODERATION_REDIS_URL")
+        raise typer.Exit(2)
+    summary = ImportSummary(dry_run=dry_run)
+    try:
+        with _pool(settings) as pool:
+            if not dry_run:
+                applied = upgrade(pool)
+                if applied:
+                    err.print(f"applied migration(s): {', '.join(applied)}", highlight=False)
+            importer = open_state_importer(settings, pool, redis_url=url, batch=batch)
+            importer.reviewers(summary)
+            with progress("review items", importer.review_total()) as advance:
+                importer.review(summary, advance=advance)
+            with progress("bank entries", importer.bank_total()) as advance:
+                importer.banks(summary, advance=advance)
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    if as_json:
+        print(json.dumps(summary.as_dict()))
+        return
+    verb = "would import" if dry_run else "imported"
+    for kind, c in (
+        ("reviewer accounts", summary.reviewers),
+        ("review items", summary.review_items),
+        ("bank requests", summary.bank_requests),
+        ("banks", summary.banks),
+        ("bank entries", summary.bank_entries),
+    ):
+        out.print(
+            f"{kind}: read {c.read}, {verb} {c.imported}, already in PostgreSQL {c.present}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if dry_run:
+        out.print("dry run: nothing was written")

@@ -13,7 +13,7 @@ from moderation.adapters.policy_files import load_policies
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.compose.access import build_reviewer_auth, build_tenants, enforce_security
 from moderation.compose.banks import build_banks
-from moderation.compose.database import database_configured, open_database
+from moderation.compose.database import database_configured, open_database, warn_redis_only
 from moderation.compose.registries import build_sources, check_callback_url
 from moderation.compose.stores import (
     open_audit,
@@ -122,6 +122,8 @@ def build_api(
     enforce_security(settings)
     if database is None and database_configured(settings):
         database = open_database(settings, application="moderation-api")
+    if database is None and store is None:
+        warn_redis_only(settings, process="API")
     queue = open_queue(settings) if publisher is None else None
     store = store or open_job_store(settings, database=database)
     deliveries = deliveries or open_delivery_log(settings, database=database)

@@ -11,7 +11,7 @@ from moderation.adapters.postgres.migrate import require_current, upgrade
 from moderation.adapters.postgres.pool import ConnectionPool, open_pool
 from moderation.settings import Settings
 
-__all__ = ["database_configured", "open_database"]
+__all__ = ["database_configured", "open_database", "warn_redis_only"]
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +45,20 @@ def open_database(
         pool.close()
         raise
     return pool
+
+
+def warn_redis_only(settings: Settings, *, process: str) -> bool:
+    """Say loudly, at the start of a process, that its durable state (review queue, reviewer
+    accounts, banks, job results) lives in Redis because no database is configured: the
+    Redis-only mode is for development; PostgreSQL is the system of record. Returns whether it
+    warned."""
+    if database_configured(settings) or not settings.redis_url:
+        return False
+    log.warning(
+        "%s: no MODERATION_DATABASE__URL: durable state (review queue, reviewer accounts, hash "
+        "banks, job results) is kept in Redis, which is for development only and loses it with "
+        "the Redis volume. Set MODERATION_DATABASE__URL (PostgreSQL, the system of record); to "
+        "carry over what this Redis holds, run `moderation db import-redis` (docs/runbook.md).",
+        process,
+    )
+    return True

@@ -25,7 +25,7 @@ from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
 from moderation.compose.access import enforce_security
 from moderation.compose.banks import build_bank_sync, build_banks
-from moderation.compose.database import database_configured, open_database
+from moderation.compose.database import database_configured, open_database, warn_redis_only
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
 from moderation.compose.policies import build_policies
 from moderation.compose.registries import (
@@ -152,6 +152,8 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         if database_configured(settings)
         else None
     )
+    if database is None:
+        warn_redis_only(settings, process="worker")
     q = settings.queue
     store = open_job_store(settings, database=database)
     deliveries = open_delivery_log(settings, database=database)

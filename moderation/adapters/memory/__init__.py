@@ -15,6 +15,7 @@ from moderation.adapters.memory.classifier import MemoryClassifier
 from moderation.adapters.memory.deliveries import MemoryDeliveryLog
 from moderation.adapters.memory.history import MemoryHistoryFormat
 from moderation.adapters.memory.jobs import MemoryJobStore
+from moderation.adapters.memory.legacy_state import MemoryLegacyState
 from moderation.adapters.memory.limits import MemoryRateLimiter
 from moderation.adapters.memory.login_throttle import MemoryLoginThrottle
 from moderation.adapters.memory.policy_files import MemoryPolicyFiles
@@ -24,6 +25,7 @@ from moderation.adapters.memory.reviewers import MemoryReviewerStore
 from moderation.adapters.memory.segments import MemorySegmentStore
 from moderation.adapters.memory.sessions import MemoryReviewerSessions
 from moderation.adapters.memory.sources import MemorySource
+from moderation.adapters.memory.state_import import MemoryStateImport
 from moderation.adapters.memory.transients import MemoryJobTransients
 from moderation.adapters.memory.workers import MemoryWorkerRegistry
 
@@ -38,6 +40,7 @@ __all__ = [
     "MemoryHistoryFormat",
     "MemoryJobStore",
     "MemoryJobTransients",
+    "MemoryLegacyState",
     "MemoryLoginThrottle",
     "MemoryPolicyFiles",
     "MemoryPublisher",
@@ -47,5 +50,6 @@ __all__ = [
     "MemoryReviewerStore",
     "MemorySegmentStore",
     "MemorySource",
+    "MemoryStateImport",
     "MemoryWorkerRegistry",
 ]
