@@ -256,6 +256,11 @@ class QueueSettings(BaseModel):
     policy_reload_s: float = 5.0
     #: Inline image bytes live in Redis this long (the job must run before then).
     inline_ttl_s: int = 24 * 3600
+    #: Inline images larger than this are written to the object store (``blobs``: set its
+    #: bucket where API and workers run on different hosts) instead of Redis, and the job's
+    #: message carries a ``spill:`` reference to them, so Redis holds only small images. None:
+    #: every inline image is kept in Redis (bounded by ``max_queued_bytes``).
+    inline_spill_bytes: int | None = Field(default=None, ge=1)
     key_prefix: str = "mod:"
     queue_name: str = "moderation"
     callback_queue_name: str = "moderation-callbacks"

@@ -115,6 +115,27 @@ def test_results_live_in_postgres_and_redis_keeps_no_record(flow: Flow) -> None:
     assert inline == {f"{prefix}inline:{ids[1]}"}
 
 
+def test_inline_images_over_the_spill_size_never_enter_redis(flow: Flow) -> None:
+    """An API with ``queue.inline_spill_bytes`` writes the bytes to the object store; the
+    worker process reads them back by the ``spill:`` reference; Redis holds no inline key."""
+    spilling = flow.settings.model_copy(
+        update={"queue": flow.settings.queue.model_copy(update={"inline_spill_bytes": 1})}
+    )
+    server, url = start_api(spilling)
+    try:
+        images = [png_bytes(testmodel.sample_images(b, 1, 53)[0][0]) for b in ("block", "allow")]
+        with ModerationClient(url) as client:
+            ids = client.submit_many(images)
+            results = client.wait_many(ids, timeout=120)
+    finally:
+        stop_api(server)
+    assert [r.verdict.decision.value for r in results if r.verdict] == ["block", "allow"]
+    prefix = flow.settings.queue.key_prefix
+    assert [flow.redis.exists(f"{prefix}inline:{job_id}") for job_id in ids] == [0, 0]
+    spilled = sorted(flow.settings.blobs.local_dir.glob("spill/*/*"))
+    assert sorted(p.read_bytes() for p in spilled) == sorted(images)
+
+
 def test_dead_letter_is_requeued_from_the_cli_and_reopened_in_postgres(flow: Flow) -> None:
     image = png_bytes(testmodel.sample_images("block", 1, 41)[0][0])
     from moderation.adapters.postgres.jobs import PostgresJobStore

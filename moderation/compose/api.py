@@ -136,7 +136,15 @@ def build_api(
     publisher = publisher or queue
     callbacks = callbacks or open_callbacks(settings)
     assert publisher is not None and callbacks is not None
-    sources = build_sources(settings, store)
+    blobs = blobs or open_blob_store(settings)
+    if settings.queue.inline_spill_bytes is not None and not settings.blobs.bucket:
+        log.warning(
+            "queue.inline_spill_bytes is set but blobs.bucket is not: large inline images go to "
+            "the folder %s, which the workers must share (set MODERATION_BLOBS__BUCKET when "
+            "they run on other hosts)",
+            settings.blobs.local_dir,
+        )
+    sources = build_sources(settings, store, blobs=blobs)
     paths = list(settings.policy_paths)
 
     def policy_ids() -> set[str]:
@@ -151,6 +159,7 @@ def build_api(
         check_callback_url=check_callback_url,
         limiter=limiter
         or RedisRateLimiter.from_url(require_redis_url(settings), prefix=settings.queue.key_prefix),
+        blobs=blobs,
     )
     audit = audit or open_audit(settings)
     if banks is None and (database is not None or settings.redis_url):
@@ -169,9 +178,7 @@ def build_api(
     desk = ReviewDesk(
         review_queue,
         on_final=outcomes.record_human_decision,
-        evidence=ReviewEvidence(
-            blobs or open_blob_store(settings), retention_s=settings.review.evidence_retention_s
-        ),
+        evidence=ReviewEvidence(blobs, retention_s=settings.review.evidence_retention_s),
         render_image=lambda data: safe_png(data, limits),
         banks=banks,
         backoff_s=settings.review.outbox_backoff_s,

@@ -20,8 +20,9 @@ from moderation.adapters.s3_source import S3Source
 from moderation.adapters.support.classifier_input import Preprocessing
 from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
 from moderation.adapters.video import VideoDecoder
-from moderation.pipeline.sources import ImageSources, InlineSource
+from moderation.pipeline.sources import ImageSources, InlineSource, SpillSource
 from moderation.ports import (
+    BlobStore,
     ImageDecoder,
     JobStore,
 )
@@ -80,9 +81,14 @@ def classifier_signals(settings: SignalSettings) -> list[ClassifierSignal]:
 
 
 def build_sources(
-    settings: Settings, store: JobStore | None, *, local_files: bool = False
+    settings: Settings,
+    store: JobStore | None,
+    *,
+    local_files: bool = False,
+    blobs: BlobStore | None = None,
 ) -> ImageSources:
-    """Every image source, by scheme (inline bytes need the job store). ``local_files`` builds
+    """Every image source, by scheme (inline bytes need the job store,
+    spilled ones the object store). ``local_files`` builds
     the operator's sources of the CLI's policy tools: ``file://`` (never public) and S3 read
     without a tenant, with the service's identity. Without it (the API, the workers) every S3
     read is a tenant's, inside its ``s3_sources``, and ``file://`` does not exist.
@@ -100,6 +106,8 @@ def build_sources(
     sources: list[Any] = [HttpSource(fetching), S3Source(fetching, operator=local_files)]
     if store is not None:
         sources.append(InlineSource(store))
+    if blobs is not None:  # large inline images the API spilled to the object store
+        sources.append(SpillSource(blobs))
     if local_files:
         sources.append(FileSource(max_bytes=settings.images.max_bytes))
     return ImageSources(sources)

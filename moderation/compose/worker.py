@@ -62,9 +62,11 @@ from moderation.pipeline.policies import ActivePolicies
 from moderation.pipeline.process import Processor
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.review_outbox import ReviewOutbox
+from moderation.pipeline.spill import SpillSweep
 from moderation.pipeline.tenant_gate import TenantGate
 from moderation.ports import (
     AuditSink,
+    BlobStore,
     CallbackOutbox,
     JobStore,
     ReviewQueue,
@@ -198,12 +200,11 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         else None
     )
     preparer = PreparePool(q.prepare_processes) if q.prepare_processes else None
-    sources = build_sources(settings, store)
+    blobs = open_blob_store(settings)
+    sources = build_sources(settings, store, blobs=blobs)
     outbox = open_callbacks(settings)
     delivery = CallbackDelivery(settings)
-    evidence = ReviewEvidence(
-        open_blob_store(settings), retention_s=settings.review.evidence_retention_s
-    )
+    evidence = ReviewEvidence(blobs, retention_s=settings.review.evidence_retention_s)
     review_queue = open_review_queue(settings, database=database)
     outcomes = Outcomes(
         store,
@@ -254,6 +255,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
             *_partition_maintenance(settings, store),
             *_history_sweep(settings, shards, registry),
             *_evidence_sweep(settings, evidence, registry),
+            *_spill_sweep(settings, blobs, registry),
             *_outbox_delivery(settings, review_queue, outcomes, evidence),
         ],
     )
@@ -333,6 +335,23 @@ def _evidence_sweep(
             evidence.sweep()
 
     return [(every, sweep, "review evidence retention sweep")]
+
+
+def _spill_sweep(
+    settings: Settings, blobs: BlobStore, registry: WorkerRegistry
+) -> list[tuple[float, Callable[[], object], str]]:
+    """Dropping the days of spilled inline images no job can need any more (one worker at a
+    time, hourly), when ``queue.inline_spill_bytes`` is set."""
+    q = settings.queue
+    if q.inline_spill_bytes is None:
+        return []
+    sweep = SpillSweep(blobs, keep_s=max(q.inline_ttl_s, q.result_ttl_s))
+
+    def run() -> None:
+        if registry.try_lock("inline-spill-retention", 1800.0):
+            sweep.sweep()
+
+    return [(3600.0, run, "spilled inline image retention sweep")]
 
 
 def _outbox_delivery(

@@ -2,18 +2,32 @@
 
 An :class:`ImageRef` is a URI whose scheme names the image source that reads it
 (:class:`moderation.ports.ImageSource`, registered by scheme): ``s3://bucket/key``,
-``https://host/path``, or ``inline:<key>`` for bytes sent with the request and kept in the job
-store. A new source brings a new scheme; nothing else changes shape.
+``https://host/path``, ``inline:<key>`` for bytes sent with the request and kept in the job
+store, or ``spill:<key>`` for larger ones the API wrote to the object store
+(``queue.inline_spill_bytes``). A new source brings a new scheme; nothing else changes shape.
 """
 
 from __future__ import annotations
 
+import hashlib
+from datetime import date
+
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["INLINE_SCHEME", "ImageRef"]
+__all__ = ["INLINE_SCHEME", "SPILL_PREFIX", "SPILL_SCHEME", "ImageRef", "spill_key"]
 
 #: Bytes uploaded with the request, kept in the job store under the job's key.
 INLINE_SCHEME = "inline"
+#: Bytes uploaded with the request, too large for Redis: kept in the object store.
+SPILL_SCHEME = "spill"
+#: Where in the object store: one folder per UTC day, so old days are dropped whole.
+SPILL_PREFIX = "spill/"
+
+
+def spill_key(job_id: str, day: date) -> str:
+    """The object-store key of a job's spilled inline bytes (the job id hashed: a key of
+    plain segments whatever the id holds)."""
+    return f"{SPILL_PREFIX}{day.isoformat()}/{hashlib.sha256(job_id.encode()).hexdigest()}"
 
 
 class ImageRef(BaseModel):
@@ -42,6 +56,14 @@ class ImageRef(BaseModel):
     @classmethod
     def for_inline(cls, key: str) -> ImageRef:
         return cls(uri=f"{INLINE_SCHEME}:{key}")
+
+    @property
+    def spilled(self) -> bool:
+        return self.scheme == SPILL_SCHEME
+
+    @classmethod
+    def for_spill(cls, key: str) -> ImageRef:
+        return cls(uri=f"{SPILL_SCHEME}:{key}")
 
     def __str__(self) -> str:
         return self.uri

@@ -11,11 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 
-from moderation.core.image_ref import INLINE_SCHEME, ImageRef
-from moderation.exceptions import ImageFetchError, ModerationError, UrlRefusedError
-from moderation.ports import ImageSource, JobStore
+from moderation.core.blobs import check_key
+from moderation.core.image_ref import INLINE_SCHEME, SPILL_PREFIX, SPILL_SCHEME, ImageRef
+from moderation.exceptions import (
+    BlobKeyInvalid,
+    BlobNotFound,
+    ImageFetchError,
+    ModerationError,
+    UrlRefusedError,
+)
+from moderation.ports import BlobStore, ImageSource, JobStore
 
-__all__ = ["DuplicateSchemeError", "ImageSources", "InlineSource"]
+__all__ = ["DuplicateSchemeError", "ImageSources", "InlineSource", "SpillSource"]
 
 
 class DuplicateSchemeError(ValueError):
@@ -55,6 +62,39 @@ class InlineSource:
             )
             for ref, data in zip(refs, found, strict=True)
         ]
+
+
+class SpillSource:
+    """``spill:<key>``: bytes uploaded with the request that were larger than
+    ``queue.inline_spill_bytes``, which the API wrote to the object store instead of Redis."""
+
+    schemes = (SPILL_SCHEME,)
+    public = False
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+
+    def check(self, ref: ImageRef, *, tenant: str | None) -> None:
+        key = ref.uri.partition(":")[2]
+        try:
+            check_key(key)
+        except BlobKeyInvalid as exc:
+            raise ImageFetchError(str(exc), code="bad_reference") from exc
+        if not key.startswith(SPILL_PREFIX):
+            raise ImageFetchError("spill reference outside the spill folder", code="bad_reference")
+
+    def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes:
+        """Raises:
+        ImageFetchError: the bytes are gone (code ``inline_expired``) or the key is malformed.
+        BlobStoreUnavailable: the object store cannot be reached (transient: retried).
+        """
+        self.check(ref, tenant=tenant)
+        try:
+            return self.blobs.get(ref.uri.partition(":")[2])
+        except BlobNotFound as exc:
+            raise ImageFetchError(
+                f"the inline image {ref.uri} has expired", code="inline_expired"
+            ) from exc
 
 
 class ImageSources:

@@ -27,11 +27,12 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from moderation.core.admission import Tenant
 from moderation.core.fairness import HIGH, NORMAL
-from moderation.core.image_ref import ImageRef
+from moderation.core.image_ref import ImageRef, spill_key
 from moderation.core.jobs import (
     JOB_ID_PATTERN,
     Job,
@@ -56,7 +57,7 @@ from moderation.exceptions import (
 )
 from moderation.metrics import metrics
 from moderation.pipeline.sources import ImageSources
-from moderation.ports import JobStore, RateLimiter, TaskPublisher, WorkerRegistry
+from moderation.ports import BlobStore, JobStore, RateLimiter, TaskPublisher, WorkerRegistry
 from moderation.settings import QueueSettings
 
 __all__ = ["Accepted", "PolicyCatalog", "SubmitRequest", "Submitter", "metadata_depth"]
@@ -160,8 +161,11 @@ class Submitter:
         settings: QueueSettings,
         check_callback_url: Callable[[str], None],
         limiter: RateLimiter | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.store = store
+        #: Where inline images over ``settings.inline_spill_bytes`` go (None: never spilled).
+        self.blobs = blobs
         self.publisher = publisher
         self.sources = sources
         self.catalog = catalog
@@ -261,7 +265,11 @@ class Submitter:
                     f"inline image is {len(inline)} bytes; the limit is "
                     f"{self.settings.max_inline_bytes}: upload it and send image_url",
                 )
-            image = ImageRef.for_inline(job_id)
+            spill = self.settings.inline_spill_bytes
+            if self.blobs is not None and spill is not None and len(inline) > spill:
+                image = ImageRef.for_spill(spill_key(job_id, datetime.now(UTC).date()))
+            else:
+                image = ImageRef.for_inline(job_id)
             what = "sha256:" + hashlib.sha256(inline).hexdigest()
         else:
             uri = (request.image_url or "").strip()
@@ -383,6 +391,10 @@ class Submitter:
                 f"{q.max_batch_bytes} per request",
             )
         self._conflicts(valid)
+        # What Redis will hold: spilled images go to the object store.
+        inline_total = sum(
+            len(v.inline) for v in valid if v.inline is not None and not v.job.image.spilled
+        )
         cap = self._tenant_cap(tenant)
         if (
             inline_total
@@ -472,7 +484,15 @@ class Submitter:
         ``jobs_per_message``, on the tenant's lane: normal or priority) and roll them back if
         the broker refuses. An id already stored for a different request is a conflict (409),
         and then nothing of the batch stays."""
-        stored = self.store.create_many([(v.job, v.inline) for v in valid], tenant_cap=tenant_cap)
+        spilled = [v for v in valid if v.job.image.spilled and v.inline is not None]
+        if spilled and self.blobs is not None:
+            # Written before the job exists, so a worker never meets a reference to nothing.
+            for v in spilled:
+                self.blobs.put(v.job.image.uri.partition(":")[2], v.inline or b"")
+        stored = self.store.create_many(
+            [(v.job, None if v.job.image.spilled else v.inline) for v in valid],
+            tenant_cap=tenant_cap,
+        )
         created = [job.id for job, won in stored if won]
         for index, (v, (existing, won)) in enumerate(zip(valid, stored, strict=True)):
             if not won and _differs(existing, v.job):
