@@ -58,13 +58,13 @@ def _git_files(git_dir: Path, folder: str, suffix: str, out: Path) -> list[Path]
     for name in names:
         if not name.endswith(suffix) or "/" in name[len(folder) + 1 :]:
             continue
-        data = subprocess.run(
-            ["git", "--git-dir", str(git_dir), "show", f"HEAD:{name}"],
-            check=True,
-            capture_output=True,
-        ).stdout
-        if suffix == ".mp4" and data[4:8] != b"ftyp":
-            continue  # stored as a pointer (too large for the mirror)
+        shown = subprocess.run(
+            ["git", "--git-dir", str(git_dir), "show", f"HEAD:{name}"], capture_output=True
+        )
+        data = shown.stdout
+        if shown.returncode != 0 or (suffix == ".mp4" and data[4:8] != b"ftyp"):
+            print(f"{name}: not in the mirror, skipped", file=sys.stderr)
+            continue  # absent from the snapshot (its largest files may be missing)
         path = out / Path(name).name
         path.write_bytes(data)
         paths.append(path)
