@@ -10,6 +10,14 @@
     moderation bank export NAME [--format te|tx|hma|lines] [--tsv] [--out FILE]
     moderation bank match IMAGE... [--bank NAME...] [--max-distance 31] [--json]   (exit 0: a match)
     moderation bank delete NAME --yes
+    moderation bank hash-video VIDEO [--format text|signal]          (a video's vPDQ hash)
+    moderation bank import-video NAME FILE --video KEY [--format text|signal] [--label L] ...
+    moderation bank export-video NAME KEY [--format text|signal]
+    moderation bank remove-video NAME KEY
+
+Video banks hold vPDQ hashes (ThreatExchange's formats: the reference ``vpdq``'s per-video text,
+``frame_number,quality,hash,timestamp`` per line, or ``VPDQSignal``'s JSON signal string); a
+policy matches them with ``bank: {name: ..., vpdq: {query_share: 80, indexed_share: 0}}``.
 
 Workers pick every change up within ``banks.reload_s`` seconds, without a restart.
 """
@@ -39,6 +47,7 @@ from moderation.settings import Settings
 
 if TYPE_CHECKING:
     from moderation.pipeline.banks import BankService
+    from moderation.pipeline.video_banks import VpdqFormat
 
 __all__ = ["bank_app"]
 
@@ -383,3 +392,110 @@ def delete(
         raise fail(exc, 1) from exc
     out.print(f"deleted bank {name}" if deleted else f"no bank {name}", soft_wrap=True)
     raise typer.Exit(0 if deleted else 1)
+
+
+VPDQ_FORMATS = ["text", "signal"]
+
+
+def _vpdq_format(fmt: str | None) -> VpdqFormat | None:
+    from moderation.pipeline.video_banks import VpdqFormat
+
+    if fmt is None:
+        return None
+    if fmt not in VPDQ_FORMATS:
+        raise fail(BankError(f"--format must be one of {', '.join(VPDQ_FORMATS)}"), 2)
+    return VpdqFormat(fmt)
+
+
+@bank_app.command("hash-video")
+def hash_video_(
+    video: Annotated[Path, typer.Argument(help="A video (MP4/MOV, Matroska/WebM) or animation.")],
+    fmt: Annotated[str, typer.Option("--format", help="text | signal")] = "text",
+) -> None:
+    """Print a video's vPDQ hash (one PDQ hash per sampled frame), hashed as uploads are."""
+    from moderation.compose.registries import media_decoder
+    from moderation.core.vpdq import format_signal, format_text
+    from moderation.pipeline.video_banks import VpdqFormat, hash_video
+
+    wanted = _vpdq_format(fmt)
+    try:
+        frames = hash_video(media_decoder(load_settings()), video.read_bytes())
+    except OSError as exc:
+        raise fail(BankError(f"cannot read {video}: {exc}"), 1) from exc
+    except ModerationError as exc:
+        raise fail(exc, 1) from exc
+    text = format_signal(frames) + "\n" if wanted is VpdqFormat.SIGNAL else format_text(frames)
+    sys.stdout.write(text)
+
+
+@bank_app.command("import-video")
+def import_video_(
+    name: Annotated[str, typer.Argument(help="The video bank.")],
+    file: Annotated[Path, typer.Argument(help="The video's vPDQ hash (text or signal string).")],
+    video: Annotated[str, typer.Option(help="The video's key in the bank.")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="text | signal (default: detected)")
+    ] = None,
+    label: Annotated[str, typer.Option(help="What it is.")] = "",
+    source: Annotated[str | None, typer.Option(help="Where it came from.")] = None,
+    reference_id: Annotated[str | None, typer.Option(help="Its id at the source.")] = None,
+) -> None:
+    """Bank one video's vPDQ hash (all its frames, or nothing)."""
+    from moderation.pipeline.video_banks import import_video, parse_vpdq
+
+    wanted = _vpdq_format(fmt)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(BankError(f"cannot read {file}: {exc}"), 1) from exc
+    try:
+        frames = parse_vpdq(text, wanted, source=str(file))
+        report = import_video(
+            _service(load_settings()).store,
+            name,
+            frames,
+            video=video,
+            source=source or f"file:{file.name}",
+            label=label,
+            reference_id=reference_id,
+        )
+    except ModerationError as exc:
+        raise fail(exc, 1) from exc
+    out.print(
+        f"{report.bank}: video {report.video} banked, {report.frames} frames"
+        f" ({report.matching_frames} of quality 50 or more, each hash once, match)",
+        soft_wrap=True,
+    )
+
+
+@bank_app.command("export-video")
+def export_video_(
+    name: Annotated[str, typer.Argument(help="The video bank.")],
+    video: Annotated[str, typer.Argument(help="The video's key.")],
+    fmt: Annotated[str, typer.Option("--format", help="text | signal")] = "text",
+) -> None:
+    """Print a banked video's vPDQ hash."""
+    from moderation.pipeline.video_banks import VpdqFormat, export_video
+
+    wanted = _vpdq_format(fmt) or VpdqFormat.TEXT
+    try:
+        text = export_video(_service(load_settings()).store, name, video, wanted)
+    except ModerationError as exc:
+        raise fail(exc, 1) from exc
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@bank_app.command("remove-video")
+def remove_video_(
+    name: Annotated[str, typer.Argument(help="The video bank.")],
+    video: Annotated[str, typer.Argument(help="The video's key.")],
+) -> None:
+    """Remove a banked video (all its frames). Workers stop matching it within seconds."""
+    from moderation.pipeline.video_banks import remove_video
+
+    try:
+        removed = remove_video(_service(load_settings()).store, name, video)
+    except ModerationError as exc:
+        raise fail(exc, 1) from exc
+    out.print(f"{name}: video {video} removed ({removed} frames)", soft_wrap=True)
+    raise typer.Exit(0 if removed else 1)

@@ -42,6 +42,7 @@ BANK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 PdqHex = Annotated[str, StringConstraints(pattern=PDQ_HEX_PATTERN)]
 BankName = Annotated[str, StringConstraints(pattern=BANK_NAME_PATTERN)]
 Text = Annotated[str, StringConstraints(max_length=500)]
+VideoKey = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
 def _now() -> datetime:
@@ -64,6 +65,13 @@ class EntryData(BaseModel):
     reference_id: Text | None = None
     #: PDQ's quality score (0-100) of the image the hash came from, when known.
     quality: int | None = Field(default=None, ge=0, le=100)
+    #: A video bank's frame (:mod:`moderation.core.vpdq`): the banked video's key in the bank,
+    #: the frame's number and timestamp, and how many frames of its video take part in
+    #: matching (quality at least 50, each hash once: the indexed share's denominator).
+    video: VideoKey | None = None
+    frame_number: int | None = Field(default=None, ge=0)
+    timestamp_s: float | None = Field(default=None, ge=0)
+    video_frames: int | None = Field(default=None, ge=1)
 
     def meta(self) -> dict[str, Any]:
         """The metadata without the hash, compactly (what a store keeps beside the hash)."""
@@ -72,6 +80,8 @@ class EntryData(BaseModel):
             out["r"] = self.reference_id
         if self.quality is not None:
             out["q"] = self.quality
+        if self.video is not None:
+            out["v"] = [self.video, self.frame_number, self.timestamp_s, self.video_frames]
         return out
 
     @classmethod
@@ -83,7 +93,20 @@ class EntryData(BaseModel):
             added_at=meta.get("a") or _now(),
             reference_id=meta.get("r"),
             quality=meta.get("q"),
+            **_video_meta(meta.get("v")),
         )
+
+
+def _video_meta(value: Any) -> dict[str, Any]:
+    if not value:
+        return {}
+    video, frame_number, timestamp_s, video_frames = value
+    return {
+        "video": video,
+        "frame_number": frame_number,
+        "timestamp_s": timestamp_s,
+        "video_frames": video_frames,
+    }
 
 
 class BankEntry(EntryData):
@@ -106,6 +129,15 @@ class BankEntry(EntryData):
             "added_at": self.added_at.isoformat(),
             "reference_id": self.reference_id,
             "entry_pdq": self.pdq,
+            **(
+                {
+                    "video": self.video,
+                    "frame_number": self.frame_number,
+                    "timestamp_s": self.timestamp_s,
+                }
+                if self.video is not None
+                else {}
+            ),
         }
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "PolicySet",
     "Severity",
     "Thresholds",
+    "VpdqShares",
     "policy_hash",
 ]
 
@@ -149,6 +150,27 @@ class Thresholds(_Strict):
         return value
 
 
+class VpdqShares(_Strict):
+    """How much of a video must match a banked video (percent; ThreatExchange's ``VPDQSignal``
+    defaults: 80 % of the upload's frames, any share of the banked video's)."""
+
+    query_share: float = Field(
+        default=80.0,
+        ge=0,
+        le=100,
+        description="Percent of the upload's frames that must match frames of the banked video.",
+    )
+    indexed_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description=(
+            "Percent of the banked video's frames that the upload must contain (raise it and"
+            " lower query_share to find a banked clip inside a longer upload)."
+        ),
+    )
+
+
 class BankRef(_Strict):
     """The bank behind a ``hash_bank`` category and how close a match must be."""
 
@@ -166,6 +188,15 @@ class BankRef(_Strict):
         ge=0,
         le=100,
         description="Image hashes of lower PDQ quality (flat, featureless images) never match.",
+    )
+    vpdq: VpdqShares | None = Field(
+        default=None,
+        description=(
+            "Match whole videos against a video bank with ThreatExchange's vPDQ rule: the"
+            " share of the upload's frames and of a banked video's frames that must match"
+            " (frames within max_distance bits, quality at least min_quality). Absent: each"
+            " frame is matched on its own, as a photo."
+        ),
     )
 
 
@@ -485,6 +516,9 @@ class Policy(_Strict):
             for optional in ("exemplars", "bank", "labels"):
                 if category.get(optional) is None:
                     category.pop(optional, None)
+            bank = category.get("bank")
+            if bank is not None and bank.get("vpdq") is None:
+                bank.pop("vpdq", None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 

@@ -83,10 +83,23 @@ class FeatureBatch:
         features: per signal name, one value per row that the signal extracted from the decoded
             image itself (:meth:`moderation.ports.Signal.features`); absent for signals that
             need nothing but the embedding.
+        groups: per row, the index of the image (video, animation) it is a frame of; None:
+            every row is an image of its own. Signals that judge a video as a whole (vPDQ)
+            read it.
     """
 
     embeddings: NDArray[np.float32]
     features: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    groups: Sequence[int] | None = None
+
+    def group_rows(self) -> list[list[int]]:
+        """The rows of each image, in order."""
+        if self.groups is None:
+            return [[row] for row in range(len(self))]
+        out: dict[int, list[int]] = {}
+        for row, group in enumerate(self.groups):
+            out.setdefault(group, []).append(row)
+        return list(out.values())
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])

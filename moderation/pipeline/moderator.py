@@ -259,6 +259,7 @@ def _batch(images: Sequence[PreparedImage], embeddings: NDArray[np.float32]) -> 
     return FeatureBatch(
         embeddings=embeddings,
         features={name: [f for image in images for f in image.features[name]] for name in names},
+        groups=[k for k, image in enumerate(images) for _ in range(image.frames)],
     )
 
 

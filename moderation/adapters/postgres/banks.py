@@ -70,7 +70,9 @@ def _info(name: str, row: tuple[Any, ...]) -> BankInfo:
 
 
 def _entry(bank: str, row: tuple[Any, ...]) -> BankEntry:
-    entry_id, pdq, source, label, added_at, reference_id, quality = row
+    """An entry from its columns (migration 0070 added a video bank's frame: video,
+    frame_number, timestamp_s, video_frames)."""
+    entry_id, pdq, source, label, added_at, reference_id, quality, *video = row
     return BankEntry(
         bank=bank,
         id=int(entry_id),
@@ -80,6 +82,10 @@ def _entry(bank: str, row: tuple[Any, ...]) -> BankEntry:
         added_at=added_at,
         reference_id=reference_id,
         quality=quality,
+        video=video[0],
+        frame_number=video[1],
+        timestamp_s=video[2],
+        video_frames=video[3],
     )
 
 
@@ -286,8 +292,8 @@ class PostgresBankStore:
         with (
             conn.cursor() as cur,
             cur.copy(
-                "COPY bank_entries (bank, id, pdq, source, label, added_at, reference_id, quality)"
-                " FROM STDIN"
+                "COPY bank_entries (bank, id, pdq, source, label, added_at, reference_id, quality,"
+                " video, frame_number, timestamp_s, video_frames) FROM STDIN"
             ) as copy,
         ):
             for start in range(0, len(entries), _PAGE):
@@ -303,6 +309,10 @@ class PostgresBankStore:
                             e.added_at,
                             e.reference_id,
                             e.quality,
+                            e.video,
+                            e.frame_number,
+                            e.timestamp_s,
+                            e.video_frames,
                         )
                     )
                 if progress is not None:
@@ -342,7 +352,8 @@ class PostgresBankStore:
             return {}
         with database_errors(_WHAT), self._pool.connection() as conn:
             rows = conn.execute(
-                "SELECT id, pdq, source, label, added_at, reference_id, quality"
+                "SELECT id, pdq, source, label, added_at, reference_id, quality,"
+                " video, frame_number, timestamp_s, video_frames"
                 " FROM bank_entries WHERE bank = %s AND id = ANY(%s) AND NOT removed",
                 (name, list(ids)),
             ).fetchall()
@@ -355,7 +366,8 @@ class PostgresBankStore:
         while True:
             with database_errors(_WHAT), self._pool.connection() as conn:
                 rows = conn.execute(
-                    "SELECT id, pdq, source, label, added_at, reference_id, quality"
+                    "SELECT id, pdq, source, label, added_at, reference_id, quality,"
+                    " video, frame_number, timestamp_s, video_frames"
                     " FROM bank_entries WHERE bank = %s AND id > %s AND NOT removed"
                     " ORDER BY id LIMIT %s",
                     (name, after, _PAGE),

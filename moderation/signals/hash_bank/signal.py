@@ -15,9 +15,11 @@ from threatexchange.signal_type.pdq.pdq_utils import BITS_IN_PDQ
 from moderation.core.banks import BankEntry
 from moderation.core.policy import HASH_BANK_SIGNAL
 from moderation.core.scoring import CategorySlot, Evidence, FeatureBatch
+from moderation.core.vpdq import VpdqRule
 from moderation.exceptions import ModerationError
 from moderation.signals.hash_bank.pdq_hasher import HASH_BYTES, PDQ_SIDE, PdqFeature, hash_frame
 from moderation.signals.hash_bank.pdq_index import BankIndex, LoadedBanks, Match
+from moderation.signals.hash_bank.vpdq_match import VideoHit, match_videos
 
 __all__ = ["HashBankScorer", "HashBankSignal"]
 
@@ -39,6 +41,8 @@ class _Category:
     bank: str
     max_distance: int
     min_quality: int
+    #: Whole videos matched with ThreatExchange's vPDQ rule (None: each frame as a photo).
+    vpdq: VpdqRule | None = None
 
 
 class HashBankScores:
@@ -50,11 +54,14 @@ class HashBankScores:
         scores: NDArray[np.float32],
         found: list[dict[str, _Found]],
         features: Sequence[PdqFeature | None],
+        videos: Mapping[int, Mapping[int, VideoHit]] | None = None,
     ) -> None:
         self.scorer = scorer
         self._scores = scores
         self.found = found
         self.features = features
+        #: Per vPDQ category column, per row: the banked video it matched.
+        self.videos = videos or {}
 
     @property
     def scores(self) -> NDArray[np.float32]:
@@ -64,6 +71,10 @@ class HashBankScores:
         wanted: dict[str, set[int]] = {}
         for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
             category = self.scorer.categories[col]
+            video = self.videos.get(col, {}).get(row)
+            if video is not None:
+                wanted.setdefault(category.bank, set()).add(video.entry_id)
+                continue
             hit = self.found[row].get(category.bank)
             if hit is not None and self._scores[row, col] > 0:
                 wanted.setdefault(category.bank, set()).add(hit.match.entry_id)
@@ -89,6 +100,8 @@ class HashBankScores:
             "pdq": feature.hex if feature else None,
         }
         score = float(self._scores[row, col])
+        if category.vpdq is not None:
+            return self._video(row, col, base, score, entries)
         hit = self.found[row].get(category.bank)
         if hit is not None and score > 0:
             entry = entries.get(category.bank, {}).get(hit.match.entry_id)
@@ -123,6 +136,45 @@ class HashBankScores:
             base,
         )
 
+    def _video(
+        self,
+        row: int,
+        col: int,
+        base: dict[str, Any],
+        score: float,
+        entries: Mapping[str, Mapping[int, BankEntry]],
+    ) -> Evidence:
+        category = self.scorer.categories[col]
+        rule = category.vpdq
+        assert rule is not None
+        hit = self.videos.get(col, {}).get(row)
+        base = {**base, "match": "vpdq"}
+        if hit is None or score <= 0:
+            return Evidence(
+                HASH_BANK_SIGNAL,
+                f"no video of {category.bank} matched (vPDQ: {rule.query_percent:g}% of this"
+                f" video's frames, {rule.indexed_percent:g}% of the banked video's)",
+                0.0,
+                base,
+            )
+        entry = entries.get(category.bank, {}).get(hit.entry_id)
+        details = {
+            **base,
+            "entry_id": hit.entry_id,
+            "distance": hit.distance,
+            "video": hit.video,
+            "query_share": round(hit.shares.query_percent, 2),
+            "indexed_share": round(hit.shares.indexed_percent, 2),
+        }
+        if entry is not None:
+            details.update(entry.evidence_details())
+        name = entry.label if entry is not None and entry.label else hit.video
+        label = (
+            f"{category.bank} video {name}: {hit.shares.query_percent:.0f}% of this video,"
+            f" {hit.shares.indexed_percent:.0f}% of the banked one"
+        )
+        return Evidence(HASH_BANK_SIGNAL, label, score, details)
+
 
 class HashBankScorer:
     """Scores rows against the bank categories of a policy set (built once per policy set; the
@@ -135,10 +187,20 @@ class HashBankScorer:
             ref = slot.category.category.bank
             if ref is None:  # the policy schema requires it; a compiled category may not
                 raise ValueError(f"category {slot.key} uses signal hash_bank without a bank")
-            self.categories.append(_Category(ref.name, ref.max_distance, ref.min_quality))
+            vpdq = None
+            if ref.vpdq is not None:
+                vpdq = VpdqRule(
+                    query_percent=ref.vpdq.query_share,
+                    indexed_percent=ref.vpdq.indexed_share,
+                    max_distance=ref.max_distance,
+                    min_quality=ref.min_quality,
+                )
+            self.categories.append(_Category(ref.name, ref.max_distance, ref.min_quality, vpdq))
         self.radius: dict[str, int] = {}
         self.min_quality: dict[str, int] = {}
         for c in self.categories:
+            if c.vpdq is not None:
+                continue
             self.radius[c.bank] = max(self.radius.get(c.bank, 0), c.max_distance)
             self.min_quality[c.bank] = min(self.min_quality.get(c.bank, 100), c.min_quality)
         self._missing_logged: set[str] = set()
@@ -157,8 +219,14 @@ class HashBankScorer:
                 continue
             self._search(index, radius, self.min_quality[bank], features, found)
         scores = np.zeros((n, len(self.categories)), dtype=np.float32)
+        videos = self._videos(batch, features)
+        for col, hits in videos.items():
+            for row, video in hits.items():
+                scores[row, col] = 1.0 - video.distance / BITS_IN_PDQ
         for row in range(n):
             for col, category in enumerate(self.categories):
+                if category.vpdq is not None:
+                    continue
                 hit = found[row].get(category.bank)
                 if (
                     hit is not None
@@ -166,7 +234,26 @@ class HashBankScorer:
                     and hit.quality >= category.min_quality
                 ):
                     scores[row, col] = 1.0 - hit.match.distance / BITS_IN_PDQ
-        return HashBankScores(self, scores, found, features)
+        return HashBankScores(self, scores, found, features, videos)
+
+    def _videos(
+        self, batch: FeatureBatch, features: Sequence[PdqFeature | None]
+    ) -> dict[int, dict[int, VideoHit]]:
+        """Per vPDQ category column, the rows that matched a banked video."""
+        out: dict[int, dict[int, VideoHit]] = {}
+        groups: list[list[int]] | None = None
+        for col, category in enumerate(self.categories):
+            if category.vpdq is None:
+                continue
+            index = self.banks.get(category.bank)
+            if index is None:
+                if category.bank not in self._missing_logged:
+                    self._missing_logged.add(category.bank)
+                    log.error("bank %r is not loaded: its categories match nothing", category.bank)
+                continue
+            groups = groups if groups is not None else batch.group_rows()
+            out[col] = match_videos(index, self.banks.lookup, category.vpdq, groups, features)
+        return out
 
     @staticmethod
     def _search(
