@@ -32,7 +32,9 @@ cases::
                      redis_banks.RedisBankStore
     HistoryFormat    parquet_history.ParquetHistory            MemoryHistoryFormat
     BacktestRunner   celery_queue.CeleryBacktests              pipeline.backtest.LocalBacktests
-    PolicyFiles      policy_files.PolicyFolder                 MemoryPolicyFiles
+    PolicyFiles      policy_files.PolicyFolder,                MemoryPolicyFiles
+                     policy_files.StoredPolicyFolder
+    PolicyStore      postgres.policies.PostgresPolicyStore     MemoryPolicyStore
 
 Adapters translate their library's errors into :mod:`moderation.exceptions` (transient vs
 permanent) at the boundary; nothing outside an adapter sees a redis, boto3, httpx or kombu error.
@@ -100,7 +102,9 @@ __all__ = [
     "LegacyReviewSource",
     "LoginThrottle",
     "PendingIndex",
+    "PolicyDocument",
     "PolicyFiles",
+    "PolicyStore",
     "RateLimiter",
     "ReviewQueue",
     "ReviewStats",
@@ -1152,4 +1156,72 @@ class PolicyFiles(Protocol):
         """Carry out a plan so that a process reloading at any moment sees a valid set: the old
         live file is copied aside, the promoted text replaces it atomically (the shadow file,
         identical but for its mode, is then ignored), and the shadow file is removed."""
+        ...
+
+
+# --- the policy store ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDocument:
+    """One stored version of one policy document.
+
+    ``slot``: ``live`` (acted on), ``shadow`` (evaluated beside it) or ``retired`` (kept, not
+    served). ``exemplars``: each exemplar image's path as the YAML writes it -> its sha256 (the
+    bytes are in the object store under that digest).
+    """
+
+    id: int
+    policy_id: str
+    version: int
+    slot: str
+    body: str
+    exemplars: dict[str, str]
+    added_by: str
+
+
+class PolicyStore(Protocol):
+    """Versioned policy documents in a shared store (``policy_source: database``): what
+    ``moderation policy publish`` writes, ``moderation policy promote`` changes and every worker
+    follows by polling :meth:`version`.
+
+    Raises (every method): ``DatabaseUnavailable`` (transient) when the store cannot be reached.
+    """
+
+    def version(self) -> int:
+        """A number that moves on every change of the served documents (cheap: polled)."""
+        ...
+
+    def serving(self) -> list[PolicyDocument]:
+        """The live and shadow documents, read at one moment."""
+        ...
+
+    def document(self, document_id: int) -> PolicyDocument:
+        """One document, whatever its slot.
+
+        Raises: PolicyError (code ``policy_document_unknown``) when there is none.
+        """
+        ...
+
+    def publish(
+        self,
+        *,
+        policy_id: str,
+        version: int,
+        slot: str,
+        body: str,
+        exemplars: dict[str, str],
+        actor: str,
+    ) -> PolicyDocument:
+        """Serve ``body`` in ``slot`` (``live`` or ``shadow``), retiring the document it
+        replaces there; publishing the same version and body again changes nothing."""
+        ...
+
+    def promote(self, shadow_id: int, *, body: str, actor: str) -> PolicyDocument:
+        """In one transaction: the live document of the shadow's policy is retired, the shadow
+        document is retired, and ``body`` (the shadow's text with ``mode: live``) is live.
+
+        Raises: PolicyError (code ``policy_document_unknown``) when ``shadow_id`` is not a
+        serving shadow document (promoted already, or never one).
+        """
         ...

@@ -685,6 +685,12 @@ class Settings(BaseSettings):
     )
 
     policy_paths: list[Path] = Field(default_factory=lambda: [Path("policies")])
+    #: Where workers read the policies they serve: ``files`` (``policy_paths``: a checkout, or
+    #: a ConfigMap for GitOps; ``policy promote`` rewrites the files) or ``database`` (the
+    #: policy store in PostgreSQL, exemplar images in the object store under ``blobs``;
+    #: ``policy publish`` and ``policy promote`` write there and every worker follows the
+    #: store's version within ``queue.policy_reload_s``, without a restart).
+    policy_source: Literal["files", "database"] = "files"
     cache_dir: Path = Path(".moderation/cache")
     model: ModelSettings = ModelSettings()
     images: ImageLimits = ImageLimits()
@@ -716,6 +722,11 @@ class Settings(BaseSettings):
     worker_slots_dir: Path = Path(tempfile.gettempdir()) / "moderation-worker-slots"
     #: Requests other than job submissions (the reviewers' pages and API): most body bytes.
     api_max_request_bytes: int = 64 * 1024
+    #: Connections and requests the API serves at once; more are answered 503 (uvicorn's
+    #: ``limit_concurrency``). Bounds the disk uploads take: Starlette spools a multipart body
+    #: above 1 MiB to ``/tmp``, so ``/tmp`` needs this times ``queue.max_inline_bytes`` (the
+    #: manifests size the API's ``/tmp`` from it). None: no limit.
+    api_max_connections: int | None = Field(default=None, ge=1)
     #: ``production`` (the default) refuses to start with empty, short or development-default
     #: secrets or API keys; ``development`` (the demo, tests) starts with a loud warning.
     environment: Environment = "production"

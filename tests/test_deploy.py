@@ -127,6 +127,9 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
     out["prod-gpu+gpu-feature-discovery"] = kustomize(
         _variant(tmp, "prod-gpu", ["components/gpu-feature-discovery"])
     )
+    out["prod-gpu+postgres-cnpg+policy-store"] = kustomize(
+        _variant(tmp, "prod-gpu", ["components/postgres-cnpg", "components/policy-store"])
+    )
     return out
 
 
@@ -564,6 +567,22 @@ def test_keda_owns_the_worker_count_and_no_manifest_sets_it(
 
 
 @needs_kustomize
+@needs_kustomize
+def test_the_policy_store_component_selects_the_database_and_the_configmap_route_stays(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        api = one(docs, "StatefulSet", "moderation-api")["spec"]["template"]["spec"]
+        env = env_of(docs, api["containers"][0])
+        worker = _worker_container(docs)
+        if name.endswith("+policy-store"):
+            assert env["MODERATION_POLICY_SOURCE"] == "database", name
+            assert "MODERATION_DATABASE__URL" in {e["name"] for e in worker.get("env", [])}, name
+        else:  # GitOps: the ConfigMap, mounted where the settings look
+            assert env.get("MODERATION_POLICY_SOURCE", "files") == "files", name
+
+
+@needs_kustomize
 def test_every_pod_runs_as_its_own_service_account_without_an_api_token(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
@@ -777,7 +796,51 @@ def test_the_api_grace_period_outlasts_the_worst_case_s3_retry(
         attempts = int(env.get("MODERATION_S3__MAX_ATTEMPTS", defaults.max_attempts))
         connect = float(env.get("MODERATION_S3__CONNECT_TIMEOUT_S", defaults.connect_timeout_s))
         read = float(env.get("MODERATION_S3__READ_TIMEOUT_S", defaults.read_timeout_s))
-        assert api["terminationGracePeriodSeconds"] > attempts * (connect + read) + 30, name
+        pre_stop = api["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        # the preStop wait runs inside the grace period, before SIGTERM
+        assert api["terminationGracePeriodSeconds"] > pre_stop + attempts * (connect + read) + 30, (
+            name
+        )
+
+
+_QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def _bytes(quantity: str) -> int:
+    for suffix, factor in _QUANTITY.items():
+        if quantity.endswith(suffix):
+            return int(quantity.removesuffix(suffix)) * factor
+    return int(quantity)
+
+
+def test_the_api_spreads_waits_for_endpoints_and_sizes_tmp_for_concurrent_uploads(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    from moderation.settings import QueueSettings
+
+    for name, docs in rendered.items():
+        api = one(docs, "StatefulSet", "moderation-api")["spec"]["template"]["spec"]
+        container = api["containers"][0]
+        assert container["lifecycle"]["preStop"]["sleep"]["seconds"] >= 5, name
+        labels = {
+            "app.kubernetes.io/name": "moderation",
+            "app.kubernetes.io/component": "api",
+        }
+        keys = {c["topologyKey"] for c in api["topologySpreadConstraints"]}
+        assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, name
+        for constraint in api["topologySpreadConstraints"]:
+            assert _selects(constraint["labelSelector"], labels), name
+            assert constraint["whenUnsatisfiable"] == "ScheduleAnyway", name  # small clusters
+        env = env_of(docs, container)
+        connections = int(env["MODERATION_API_MAX_CONNECTIONS"])
+        inline = int(
+            env.get("MODERATION_QUEUE__MAX_INLINE_BYTES", QueueSettings().max_inline_bytes)
+        )
+        (tmp,) = [v for v in api["volumes"] if v["name"] == "tmp"]
+        mounted = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounted["tmp"] == "/tmp", name
+        # every allowed connection spooling a largest upload at once still fits
+        assert _bytes(tmp["emptyDir"]["sizeLimit"]) >= connections * inline + 32 * 2**20, name
 
 
 @needs_kustomize
@@ -1095,6 +1158,63 @@ def test_alert_rules_are_valid_and_fire_when_they_should() -> None:
         "ModerationCallbackFailures",
     }
     assert required <= alerts
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _duration_s(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smhd])", text))
+
+
+def test_every_alert_links_its_runbook_section_and_uses_the_routed_severities() -> None:
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", runbook, flags=re.MULTILINE)}
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    for rule in rules:
+        url = rule["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page.endswith("/docs/runbook.md"), rule["alert"]
+        assert anchor == rule["alert"].lower() and anchor in anchors, rule["alert"]
+        # kube-prometheus-stack's Alertmanager routes these three
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
+    severities = {r["labels"]["severity"] for r in rules}
+    assert severities == {"critical", "warning", "info"}
+    by_name = {r["alert"]: r for r in rules}
+    # a start from zero (GPU node, image, weights) never pages: a slow one warns first
+    slow, none = by_name["ModerationWorkersStartSlow"], by_name["ModerationNoWorkers"]
+    assert slow["expr"] == none["expr"]
+    assert 0 < _duration_s(slow["for"]) < _duration_s(none["for"])
+    assert _duration_s(none["for"]) >= 15 * 60
+    # error alerts are rates over a window, never one 5xx
+    for name in ("ModerationApiErrors", "ModerationJobErrorRate"):
+        assert "rate(" in by_name[name]["expr"] and " / " in by_name[name]["expr"], name
+    for needed in (
+        "ModerationValkeyDown",
+        "ModerationValkeyMemoryHigh",
+        "ModerationPostgresDown",
+        "ModerationPostgresMemoryHigh",
+        "ModerationPostgresConnectionsHigh",
+        "ModerationWorkersNotReady",
+        "ModerationWorkersAtMaximum",
+    ):
+        assert needed in by_name
+
+
+def test_every_alert_has_a_case_that_fires_and_one_that_must_not() -> None:
+    cases = yaml.safe_load((ROOT / "tests" / "data" / "alerts_test.yaml").read_text())
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for test in cases["tests"]:
+        for case in test.get("alert_rule_test", []):
+            (fires if case["exp_alerts"] else quiet).add(case["alertname"])
+    alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    assert alerts - fires == set()
+    assert alerts - quiet == set()
 
 
 def test_the_dashboard_filters_every_query_by_a_namespace_variable() -> None:

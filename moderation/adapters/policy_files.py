@@ -30,12 +30,15 @@ from pydantic import ValidationError
 from moderation.adapters.support.files import atomic_write
 from moderation.core.policy import Policy, PolicyMode, PolicySet
 from moderation.exceptions import ModerationError, PolicyError, PolicyIssue, PolicyValidationError
+from moderation.ports import BlobStore, PolicyDocument, PolicyStore
 
 __all__ = [
+    "EXEMPLAR_PREFIX",
     "MAX_POLICY_DEPTH",
     "MAX_POLICY_NODES",
     "ImageCheck",
     "PolicyFolder",
+    "StoredPolicyFolder",
     "compose_policy_yaml",
     "edit_policy_text",
     "exemplar_path",
@@ -604,3 +607,127 @@ class PolicyFolder:
         write_text_atomic(live, promoted)
         if shadow != live:
             shadow.unlink()
+
+
+# --- policies served from the policy store (PolicyFiles port) ---------------------------------
+
+#: Where exemplar images of stored policies are in the object store (by sha256).
+EXEMPLAR_PREFIX = "policy-exemplars/"
+_STORE = "policy-store"
+
+
+def exemplar_key(sha256: str) -> str:
+    """The object-store key of an exemplar image of a stored policy."""
+    return f"{EXEMPLAR_PREFIX}{sha256}"
+
+
+class StoredPolicyFolder:
+    """The policies of a :class:`~moderation.ports.PolicyStore` (``policy_source: database``),
+    as a :class:`~moderation.ports.PolicyFiles`.
+
+    Each serving document is written once under ``root/<document id>/policy.yaml`` with its
+    exemplar images beside it (fetched from the object store by sha256 and checked against
+    it), then read like any policy file: the same validation, the same exemplar rules, and the
+    compile cache and exemplar encoders work unchanged. A document never changes (a new version
+    is a new document), so what is on disk is reused. :meth:`fingerprint` is the store's version:
+    one cheap read that workers poll to follow a promotion without a restart.
+
+    Raises (every method): ``PolicyError`` subclasses; ``DatabaseUnavailable`` and
+    ``BlobStoreUnavailable`` (transient) when a store cannot be reached.
+    """
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        blobs: BlobStore,
+        root: Path,
+        *,
+        signals: Collection[str] | None = None,
+        check_image: ImageCheck | None = None,
+        actor: str = "promotion",
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.root = root
+        self.signals = signals
+        self.check_image = check_image
+        self.actor = actor
+
+    def fingerprint(self) -> str:
+        return f"{_STORE}:{self.store.version()}"
+
+    def materialize(self, doc: PolicyDocument) -> Path:
+        """The local file of ``doc`` (written with its exemplars the first time)."""
+        folder = self.root / str(doc.id)
+        file = folder / "policy.yaml"
+        if file.exists():
+            return file
+        for path, digest in sorted(doc.exemplars.items()):
+            target = exemplar_path(folder, path)
+            if target.exists():
+                continue
+            data = self.blobs.get(exemplar_key(digest))
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise PolicyError(
+                    f"exemplar {path} of policy {doc.policy_id} v{doc.version}: the object "
+                    f"store's bytes do not have sha256 {digest}",
+                    code="policy_exemplar_changed",
+                )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, data, durable=False)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(file, doc.body.encode("utf-8"), durable=False)  # last: marks it complete
+        return file
+
+    def load(self) -> PolicySet:
+        documents = self.store.serving()
+        if not documents:
+            raise PolicyValidationError(
+                [
+                    PolicyIssue(
+                        source=_STORE,
+                        line=None,
+                        field="",
+                        message="the policy store holds no policies: publish them with "
+                        "`moderation policy publish`",
+                    )
+                ]
+            )
+        loaded: list[tuple[Policy, str]] = []
+        issues: list[PolicyIssue] = []
+        for doc in documents:
+            file = self.materialize(doc)
+            try:
+                policy = load_policy_file(file, signals=self.signals, check_image=self.check_image)
+            except PolicyValidationError as exc:
+                issues.extend(exc.issues)
+                continue
+            loaded.append((policy, str(file)))
+        if issues:
+            raise PolicyValidationError(issues)
+        return PolicySet(loaded)
+
+    @staticmethod
+    def document_id(source: str) -> int:
+        """The document a materialized file holds."""
+        try:
+            return int(Path(source).parent.name)
+        except ValueError:
+            raise PolicyError(
+                f"{source} is not a file of the policy store", code="policy_document_unknown"
+            ) from None
+
+    def promotion_plan(self, shadow_source: str, live_source: str | None) -> dict[str, str]:
+        shadow = self.store.document(self.document_id(shadow_source))
+        return {
+            "live_file": f"{_STORE}:{shadow.policy_id}/live",
+            "from_file": f"{_STORE}:document/{shadow.id}",
+            "retired_file": (
+                f"{_STORE}:document/{self.document_id(live_source)}" if live_source else ""
+            ),
+        }
+
+    def promote(self, plan: dict[str, str]) -> None:
+        shadow = self.store.document(int(plan["from_file"].rsplit("/", 1)[1]))
+        body = edit_policy_text(shadow.body, mode=PolicyMode.LIVE, source=plan["from_file"])
+        self.store.promote(shadow.id, body=body, actor=self.actor)

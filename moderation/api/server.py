@@ -60,14 +60,20 @@ def serve_sockets(
     ops_app: FastAPI | None = None,
     ops_sock: socket.socket | None = None,
     log_level: str = "info",
+    limit_concurrency: int | None = None,
 ) -> list[signal.Signals]:
     """Serve ``app`` on ``sock`` (and ``ops_app`` on ``ops_sock``) until SIGINT / SIGTERM.
 
     Returns the signals that stopped the servers (empty when they stopped otherwise): unlike
     plain uvicorn, this returns after a signal, so the caller's cleanup (closing the audit log,
-    which flushes its spool) runs before the process exits.
+    which flushes its spool) runs before the process exits. ``limit_concurrency``: more
+    connections and requests than this at once are answered 503 (``app`` only).
     """
-    server = _Stoppable(uvicorn.Config(app, log_level=log_level, proxy_headers=False))
+    server = _Stoppable(
+        uvicorn.Config(
+            app, log_level=log_level, proxy_headers=False, limit_concurrency=limit_concurrency
+        )
+    )
 
     async def serve() -> None:
         ops_task = None

@@ -115,6 +115,7 @@ def api(
             ops_app=create_ops_app(process) if ops_sock is not None else None,
             ops_sock=ops_sock,
             log_level=settings.log_level.lower(),
+            limit_concurrency=settings.api_max_connections,
         )
     finally:
         process.close()

@@ -159,6 +159,33 @@ def policy_test(
     raise typer.Exit(1 if failures else 0)
 
 
+@policy_app.command("publish")
+def policy_publish(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders.")] = None,
+    by: Annotated[str | None, typer.Option(help="Who publishes (default: your user name).")] = None,
+) -> None:
+    """Publish policy files to the policy store (``policy_source: database``): live and shadow
+    versions by their ``mode``, exemplar images to the object store. A live version changes
+    only by ``policy promote``; publishing the same files again changes nothing."""
+    import getpass
+
+    from moderation.compose.policies import publish_policy_files
+
+    settings = load_settings()
+    actor = by or getpass.getuser()
+    try:
+        done = publish_policy_files(settings, paths or settings.policy_paths, actor=actor)
+    except ModerationError as exc:
+        raise fail(exc, 1) from exc
+    for item in done:
+        doc = item.document
+        state = "published" if item.changed else "unchanged"
+        out.print(
+            f"{state}: {doc.policy_id} v{doc.version} {doc.slot} (document {doc.id})",
+            highlight=False,
+        )
+
+
 @policy_app.command("schema")
 def policy_schema() -> None:
     """Print the policy JSON Schema (for editor autocompletion)."""

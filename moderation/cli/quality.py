@@ -466,22 +466,17 @@ def promote(
     by: Annotated[str | None, typer.Option(help="Who promotes (default: your user name).")] = None,
     note: Annotated[str | None, typer.Option(help="Why, for the audit log.")] = None,
 ) -> None:
-    """Make a policy's shadow version the live one (the files under MODERATION_POLICY_PATHS
-    change; workers reload them), and record the promotion in the audit log first."""
-    from moderation.adapters.images import SafeDecoder
-    from moderation.adapters.policy_files import PolicyFolder
-    from moderation.compose.registries import build_signals, image_check
+    """Make a policy's shadow version the live one, and record the promotion in the audit log
+    first. With ``policy_source: files`` the files under MODERATION_POLICY_PATHS change; with
+    ``policy_source: database`` the policy store does. Workers follow either way, no restart."""
+    from moderation.compose.policies import open_policy_files
     from moderation.compose.stores import open_audit
     from moderation.pipeline.promote import promote as promote_use_case
 
     settings = load_settings()
     actor = by or getpass.getuser()
     try:
-        files = PolicyFolder(
-            settings.policy_paths,
-            signals=build_signals(settings),
-            check_image=image_check(SafeDecoder(settings.images)),
-        )
+        files = open_policy_files(settings, actor=actor)
         audit = open_audit(settings)
         try:
             done = promote_use_case(policy_id, files=files, audit=audit, actor=actor, note=note)

@@ -15,7 +15,12 @@ from moderation.adapters.policy_files import load_policies
 from moderation.compose.banks import build_bank_sync
 from moderation.compose.database import database_configured
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
-from moderation.compose.policies import bank_names, build_policies, exemplar_encoders
+from moderation.compose.policies import (
+    bank_names,
+    build_policies,
+    exemplar_encoders,
+    open_policy_files,
+)
 from moderation.compose.registries import (
     build_signals,
     build_sources,
@@ -78,9 +83,12 @@ def compile_policies(settings: Settings, paths: Sequence[Path] | None = None) ->
     model = load_model(settings.model, custom_policies=list(paths) if paths is not None else False)
     files = list(paths) if paths is not None else policy_paths_for(settings, model)
     decoder = SafeDecoder(settings.images)
-    policies = load_policies(
-        files, signals=build_signals(settings), check_image=image_check(decoder)
-    )
+    if paths is None and settings.policy_source == "database":
+        policies = open_policy_files(settings).load()  # the policy store's documents
+    else:
+        policies = load_policies(
+            files, signals=build_signals(settings), check_image=image_check(decoder)
+        )
     cache = CompileCache(settings.cache_dir)
     before = model.encoder.texts_encoded
     found = compile_policy_set(

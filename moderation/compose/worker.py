@@ -27,7 +27,7 @@ from moderation.compose.access import enforce_security
 from moderation.compose.banks import build_bank_sync, build_banks
 from moderation.compose.database import database_configured, open_database, warn_redis_only
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
-from moderation.compose.policies import build_policies
+from moderation.compose.policies import build_policies, stored_policies
 from moderation.compose.registries import (
     build_signals,
     build_sources,
@@ -47,6 +47,7 @@ from moderation.compose.stores import (
     open_worker_registry,
 )
 from moderation.core.compiled import CompiledPolicy
+from moderation.exceptions import ConfigurationError
 from moderation.metrics import metrics
 from moderation.pipeline.backtest_tasks import WorkerBacktests
 from moderation.pipeline.bank_sync import BankSync
@@ -168,8 +169,16 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     banks = LoadedBanks()
     bank_store = open_bank_store(settings, database=database)
     sync = build_bank_sync(settings, bank_store, banks)
+    signals = build_signals(settings, banks)
+    stored = None
+    if settings.policy_source == "database":
+        if database is None:
+            raise ConfigurationError(
+                "policy_source is database but no database is configured (MODERATION_DATABASE__URL)"
+            )
+        stored = stored_policies(settings, database, open_blob_store(settings), signals)
     policies = build_policies(
-        settings, model.encoder, build_signals(settings, banks), policy_paths_for(settings, model)
+        settings, model.encoder, signals, policy_paths_for(settings, model), stored=stored
     )
     moderator = Moderator(
         encoder=model.encoder,

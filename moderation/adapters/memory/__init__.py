@@ -19,6 +19,7 @@ from moderation.adapters.memory.legacy_state import MemoryLegacyState
 from moderation.adapters.memory.limits import MemoryRateLimiter
 from moderation.adapters.memory.login_throttle import MemoryLoginThrottle
 from moderation.adapters.memory.policy_files import MemoryPolicyFiles
+from moderation.adapters.memory.policy_store import MemoryPolicyStore
 from moderation.adapters.memory.publisher import MemoryPublisher
 from moderation.adapters.memory.review import MemoryReviewQueue
 from moderation.adapters.memory.reviewers import MemoryReviewerStore
@@ -43,6 +44,7 @@ __all__ = [
     "MemoryLegacyState",
     "MemoryLoginThrottle",
     "MemoryPolicyFiles",
+    "MemoryPolicyStore",
     "MemoryPublisher",
     "MemoryRateLimiter",
     "MemoryReviewQueue",
