@@ -46,7 +46,7 @@ from moderation.core.review import (
     ReviewOutcome,
     apply_decision,
     export_row,
-    rank_key,
+    item_rank,
 )
 from moderation.exceptions import (
     ReviewAlreadyDecided,
@@ -193,9 +193,7 @@ class RedisReviewQueue:
         Raises:
             QueueUnavailable: Redis is unreachable.
         """
-        rank = rank_key(
-            item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
-        )
+        rank = item_rank(item, age_doubling_s=self.age_doubling_s)
         self._submit(
             args=[
                 self._p,
@@ -377,9 +375,7 @@ class RedisReviewQueue:
         pipe.hincrby(self._k("day", day), reviewer, 1)
         pipe.expire(self._k("day", day), 8 * 24 * 3600)
         if outcome.pending is not None:
-            rank = rank_key(
-                item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
-            )
+            rank = item_rank(item, age_doubling_s=self.age_doubling_s)
             pipe.hset(
                 ik,
                 mapping={

@@ -17,6 +17,7 @@ from moderation.adapters.memory.history import MemoryHistoryFormat
 from moderation.adapters.memory.jobs import MemoryJobStore
 from moderation.adapters.memory.limits import MemoryRateLimiter
 from moderation.adapters.memory.login_throttle import MemoryLoginThrottle
+from moderation.adapters.memory.notices import MemoryNoticeStore
 from moderation.adapters.memory.policy_files import MemoryPolicyFiles
 from moderation.adapters.memory.publisher import MemoryPublisher
 from moderation.adapters.memory.review import MemoryReviewQueue
@@ -39,6 +40,7 @@ __all__ = [
     "MemoryJobStore",
     "MemoryJobTransients",
     "MemoryLoginThrottle",
+    "MemoryNoticeStore",
     "MemoryPolicyFiles",
     "MemoryPublisher",
     "MemoryRateLimiter",
