@@ -10,19 +10,24 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
 from psycopg_pool import ConnectionPool
+from pydantic import SecretStr
 
 from moderation.adapters.memory import (
     MemoryAuditSink,
+    MemoryBlobStore,
     MemoryCallbacks,
     MemoryDeliveryLog,
     MemoryJobStore,
     MemoryNoticeStore,
+    MemoryPublisher,
     MemoryReviewQueue,
 )
 from moderation.adapters.postgres.notices import PostgresNoticeStore
 from moderation.adapters.postgres.review import PostgresReviewQueue
+from moderation.client import ModerationClient
 from moderation.core.admission import Tenant
 from moderation.core.audit import AuditRecord, dsa_statement
 from moderation.core.decision import Decision
@@ -36,6 +41,8 @@ from moderation.exceptions import JobNotFoundError, JobRejected
 from moderation.pipeline.notices import NoticeDesk
 from moderation.pipeline.outcomes import Outcomes
 from moderation.ports import NoticeStore, ReviewQueue
+from moderation.settings import ApiKey, Settings
+from tests.pipeline_support import start_api, stop_api
 from tests.test_review_queue import make_verdict, world_policy
 
 pytestmark = pytest.mark.xdist_group("postgres")
@@ -290,3 +297,66 @@ def test_a_job_without_a_verdict_is_refused(world: World) -> None:
     assert (refused.value.status, refused.value.code) == (409, "notice_not_reviewable")
     with pytest.raises(JobNotFoundError):
         world.report(ACME, "never-submitted")
+
+
+# --- over HTTP: the API and the Python client ---------------------------------------------
+
+
+def test_the_api_and_client_take_notices_per_tenant(settings: Settings, redis_url: str) -> None:
+    keys = {"acme": "a" * 40, "globex": "g" * 40}
+    s = settings.model_copy(
+        update={
+            "redis_url": redis_url,
+            "api_keys": [ApiKey(tenant=t, key=SecretStr(k)) for t, k in keys.items()],
+        }
+    )
+    world = _world(MemoryReviewQueue(lease_s=60, age_doubling_s=900), MemoryNoticeStore())
+    twins = {
+        "store": world.store,
+        "deliveries": MemoryDeliveryLog(world.store),
+        "publisher": MemoryPublisher(),
+        "callbacks": world.callbacks,
+        "audit": world.audit,
+        "review_queue": world.review,
+        "blobs": MemoryBlobStore(),
+    }
+    world.job(ACME, "pic-1")
+    body = {"reporter_type": "trusted_flagger", "reporter": "tf-1", "reason": "restricted_logo"}
+    server, base = start_api(s, notices=world.notices, **twins)
+    try:
+        with (
+            ModerationClient(base, api_key=keys["acme"]) as acme,
+            httpx.Client(base_url=base, timeout=10) as http,
+        ):
+            mine = {"authorization": f"Bearer {keys['acme']}"}
+            first = http.post("/v1/jobs/pic-1/notices", json=body, headers=mine)
+            assert first.status_code == 201, first.text
+            assert first.json()["duplicate"] is False and first.json()["job_id"] == "pic-1"
+            again = acme.report(
+                "pic-1", reporter="tf-1", reason="restricted_logo", reporter_type="trusted_flagger"
+            )
+            assert again["duplicate"] is True and again["reports"] == 2
+            assert acme.notice(first.json()["notice_id"])["state"] == "open"
+            claim = world.review.claim("rv_reviewer01")
+            assert claim is not None and claim.item.source is DecisionSource.TRUSTED_FLAGGER
+            # Another tenant: the same job id is not theirs, nor is the notice.
+            other = {"authorization": f"Bearer {keys['globex']}"}
+            assert http.post("/v1/jobs/pic-1/notices", json=body, headers=other).status_code == 404
+            notice_url = f"/v1/notices/{first.json()['notice_id']}"
+            assert http.get(notice_url, headers=other).status_code == 404
+            wrong = {**body, "reporter_type": "moderator"}
+            assert http.post("/v1/jobs/pic-1/notices", json=wrong, headers=mine).status_code == 422
+    finally:
+        stop_api(server)
+    # Without a notice store (no database): 503 notices_unavailable.
+    server, base = start_api(s, **twins)
+    try:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            down = http.post(
+                "/v1/jobs/pic-1/notices",
+                json=body,
+                headers={"authorization": f"Bearer {keys['acme']}"},
+            )
+            assert (down.status_code, down.json()["code"]) == (503, "notices_unavailable")
+    finally:
+        stop_api(server)

@@ -231,7 +231,7 @@ class NoticeRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra=lambda schema, _: _no_defaults(schema),
+        json_schema_extra=lambda schema, _: _drop_null_defaults(schema),
     )
 
     reporter_type: Literal["user", "trusted_flagger"] = Field(
