@@ -265,6 +265,46 @@ class ModerationClient:
         """
         return JobResult.model_validate(self._request("GET", f"/v1/jobs/{job_id}"))
 
+    def report(
+        self,
+        job_id: str,
+        *,
+        reporter: str,
+        reason: str,
+        reporter_type: Literal["user", "trusted_flagger"] = "user",
+        text: str = "",
+        callback_url: str | None = None,
+    ) -> dict[str, Any]:
+        """File a notice against one of your jobs (a user's report, or a trusted flagger's,
+        which is reviewed first); returns the notice (``notice_id``, ``state``, ``reports``,
+        ``duplicate``: True when the same report was already there).
+
+        Raises:
+            JobNotFoundError: unknown or expired job id.
+            JobRejected: 409 ``notice_not_reviewable`` (no verdict yet), other 4xx.
+            ApiUnavailable: the API is unreachable or failed (5xx).
+        """
+        body: dict[str, Any] = {
+            "reporter_type": reporter_type,
+            "reporter": reporter,
+            "reason": reason,
+            "text": text,
+        }
+        if callback_url is not None:
+            body["callback_url"] = callback_url
+        answer: dict[str, Any] = self._request("POST", f"/v1/jobs/{job_id}/notices", json=body)
+        return answer
+
+    def notice(self, notice_id: str) -> dict[str, Any]:
+        """One of your notices: ``state`` ``open``, or ``answered`` with ``outcome``.
+
+        Raises:
+            JobNotFoundError: no such notice of yours.
+            ApiUnavailable: the API is unreachable or failed (5xx).
+        """
+        answer: dict[str, Any] = self._request("GET", f"/v1/notices/{notice_id}")
+        return answer
+
     def wait(self, job_id: str, timeout: float = 60.0, *, poll_s: float = 0.1) -> JobResult:
         """Poll until the job ends (verdict or error).
 

@@ -35,6 +35,7 @@ cases::
     PolicyFiles      policy_files.PolicyFolder,                MemoryPolicyFiles
                      policy_files.StoredPolicyFolder
     PolicyStore      postgres.policies.PostgresPolicyStore     MemoryPolicyStore
+    NoticeStore      postgres.notices.PostgresNoticeStore      MemoryNoticeStore
 
 Adapters translate their library's errors into :mod:`moderation.exceptions` (transient vs
 permanent) at the boundary; nothing outside an adapter sees a redis, boto3, httpx or kombu error.
@@ -65,6 +66,7 @@ from moderation.core.fairness import TenantBacklog
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult
 from moderation.core.legacy_state import LegacyBankEntry, LegacyReviewRecord
+from moderation.core.notices import Notice
 from moderation.core.policy import Policy, PolicySet
 from moderation.core.review import (
     FirstDecision,
@@ -1224,4 +1226,39 @@ class PolicyStore(Protocol):
         Raises: PolicyError (code ``policy_document_unknown``) when ``shadow_id`` is not a
         serving shadow document (promoted already, or never one).
         """
+        ...
+
+
+class NoticeStore(Protocol):
+    """Notices from outside (users' and trusted flaggers' reports), per tenant.
+
+    Raises (every method): ``DatabaseUnavailable`` when the store cannot be reached.
+    """
+
+    def add(self, notice: Notice) -> tuple[Notice, bool]:
+        """Keep ``notice``; if one with its id exists, count one more report on it instead.
+        Returns the stored notice and whether it is new."""
+        ...
+
+    def get(self, tenant: str, notice_id: str) -> Notice | None:
+        """The tenant's notice (None: no such notice, or another tenant's)."""
+        ...
+
+    def set_review(self, notice_id: str, review_id: str) -> None:
+        """Record the review the notice put its item into."""
+        ...
+
+    def open_for_job(self, job_id: str) -> list[Notice]:
+        """The open notices on a (scoped) job, oldest first."""
+        ...
+
+    def answer(
+        self, notice_id: str, *, outcome: str, reason: str | None, at: datetime
+    ) -> Notice | None:
+        """Mark an open notice answered; the answered notice, or None if it was not open (a
+        repeated answer does nothing)."""
+        ...
+
+    def for_tenant(self, tenant: str, *, limit: int = 100) -> list[Notice]:
+        """The tenant's notices, newest first."""
         ...

@@ -47,7 +47,7 @@ from moderation.core.review import (
     ReviewOutcome,
     apply_decision,
     export_row,
-    rank_key,
+    item_rank,
 )
 from moderation.exceptions import (
     ReviewAlreadyDecided,
@@ -194,9 +194,7 @@ class RedisReviewQueue:
         Raises:
             QueueUnavailable: Redis is unreachable.
         """
-        rank = rank_key(
-            item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
-        )
+        rank = item_rank(item, age_doubling_s=self.age_doubling_s)
         self._submit(
             args=[
                 self._p,
@@ -378,9 +376,7 @@ class RedisReviewQueue:
         pipe.hincrby(self._k("day", day), reviewer, 1)
         pipe.expire(self._k("day", day), 8 * 24 * 3600)
         if outcome.pending is not None:
-            rank = rank_key(
-                item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
-            )
+            rank = item_rank(item, age_doubling_s=self.age_doubling_s)
             pipe.hset(
                 ik,
                 mapping={

@@ -46,11 +46,14 @@ from moderation.api.schemas import (
     JobRequest,
     LookupAnswer,
     LookupRequest,
+    NoticeAnswer,
+    NoticeRequest,
     PublicReadiness,
 )
 from moderation.compose.api import ApiProcess
 from moderation.core.admission import Tenant
 from moderation.core.jobs import DEFAULT_TENANT, JOB_ID_PATTERN, JobResult
+from moderation.core.notices import Notice, ReporterType
 from moderation.exceptions import JobRejected, ModerationError
 from moderation.http.problems import (
     PROBLEM_JSON,
@@ -60,6 +63,7 @@ from moderation.http.problems import (
     handle_unexpected_error,
     handle_validation_error,
 )
+from moderation.pipeline.notices import NoticeDesk
 from moderation.pipeline.submit import Accepted, SubmitRequest
 
 __all__ = ["create_app"]
@@ -70,16 +74,17 @@ _DESCRIPTIONS = {
     400: "The request is well formed but refused (problem details; `code` says why, e.g. "
     "policy_unknown, policy_not_allowed, metadata_too_deep).",
     401: "Missing or wrong API key (`WWW-Authenticate: Bearer`).",
-    404: "No such job of your tenant (unknown, another tenant's, or expired).",
+    404: "No such job (or notice) of your tenant (unknown, another tenant's, or expired).",
     409: "id_conflict: the id is taken by a job submitted with a different request; `job_id` "
-    "names it.",
+    "names it. notice_not_reviewable: the reported job has no verdict to review yet.",
     413: "Too large: request body (request_too_large), inline image, batch, or metadata.",
     422: "The request does not match the schema (`errors` lists the fields), or "
     "source_not_allowed: an s3:// reference outside your tenant's S3 sources.",
     429: "rate_limited or quota_exceeded for your tenant; retry after `Retry-After` seconds.",
     500: "An internal error (a bug; nothing internal is shown).",
-    503: "Redis or the broker is unavailable, or too many bytes wait for the workers "
-    "(queue_full); retry after `Retry-After` seconds.",
+    503: "Redis, the broker or the database is unavailable, or too many bytes wait for the "
+    "workers (queue_full), or notices_unavailable (no database configured); retry after "
+    "`Retry-After` seconds.",
 }
 _RETRY_AFTER = {
     "Retry-After": {
@@ -137,6 +142,16 @@ def _request(req: JobRequest, max_bytes: int) -> SubmitRequest:
 
 def _accepted(a: Accepted) -> JobAccepted:
     return JobAccepted(id=a.id, status=a.status, duplicate=a.duplicate, url=f"/v1/jobs/{a.id}")
+
+
+def _notice_answer(notice: Notice, *, duplicate: bool = False) -> NoticeAnswer:
+    data = notice.for_caller()
+    return NoticeAnswer.model_validate(
+        {
+            **{k: data[k] for k in NoticeAnswer.model_fields if k in data},
+            "duplicate": duplicate,
+        }
+    )
 
 
 def _problem_codes() -> dict[str, str]:
@@ -430,6 +445,58 @@ def create_app(api: ApiProcess) -> FastAPI:
     ) -> JobResult:
         """Status, and the verdict or error once the job ended (your tenant's jobs only)."""
         return submitter.result(job_id, tenant=caller)
+
+    def _notice_desk() -> NoticeDesk:
+        if api.notice_desk is None:
+            raise JobRejected(
+                "notices need the database (database.url)",
+                status=503,
+                code="notices_unavailable",
+            )
+        return api.notice_desk
+
+    @app.post(
+        "/v1/jobs/{job_id}/notices",
+        response_model=NoticeAnswer,
+        status_code=201,
+        responses=_responses(400, 401, 404, 409, 422, 500, 503),
+        tags=["notices"],
+    )
+    def file_notice(
+        job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN, description="Your job id.")],
+        req: NoticeRequest,
+        response: Response,
+        caller: Caller,
+    ) -> NoticeAnswer:
+        """Report one of your jobs (a user's notice, or a trusted flagger's): the item goes to
+        human review (a trusted flagger's first) and the reporter gets a signed
+        `notice.outcome` callback once a reviewer decided. The same report again (same
+        reporter, job and reason) collapses into the first: 200 with `duplicate: true`."""
+        filed = _notice_desk().file(
+            tenant=caller,
+            job_id=job_id,
+            reporter_type=ReporterType(req.reporter_type),
+            reporter=req.reporter,
+            reason=req.reason,
+            text=req.text,
+            callback_url=req.callback_url,
+        )
+        if not filed.new:
+            response.status_code = 200
+        return _notice_answer(filed.notice, duplicate=not filed.new)
+
+    @app.get(
+        "/v1/notices/{notice_id}",
+        response_model=NoticeAnswer,
+        responses=_responses(401, 404, 422, 500, 503),
+        tags=["notices"],
+    )
+    def get_notice(
+        notice_id: Annotated[str, Path(pattern=r"^ntc_[0-9a-f]{24}$")],
+        caller: Caller,
+    ) -> NoticeAnswer:
+        """One of your notices: open, or answered with the reviewer's decision."""
+        return _notice_answer(_notice_desk().get(tenant=caller, notice_id=notice_id))
 
     @app.get("/problems/{code}", response_class=HTMLResponse, include_in_schema=False)
     def problem_page(code: str) -> HTMLResponse:

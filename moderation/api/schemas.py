@@ -37,6 +37,8 @@ __all__ = [
     "JobRequest",
     "LookupAnswer",
     "LookupRequest",
+    "NoticeAnswer",
+    "NoticeRequest",
     "PublicReadiness",
     "Readiness",
 ]
@@ -218,3 +220,63 @@ class LookupAnswer(BaseModel):
     jobs: list[JobResult | None] = Field(
         description="The result of each id asked for, in order; null for an unknown id."
     )
+
+
+_Reason = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S(?:.*\S)?$")]
+_Reporter = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+
+
+class NoticeRequest(BaseModel):
+    """A report against one of your jobs (EU DSA Art. 16 notice; Art. 22 trusted flagger)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=lambda schema, _: _drop_null_defaults(schema),
+    )
+
+    reporter_type: Literal["user", "trusted_flagger"] = Field(
+        description="Who reports: one of your users, or a trusted flagger (reviewed first)."
+    )
+    reporter: _Reporter = Field(
+        description="The reporter's id as you know them (opaque; the same report from the "
+        "same reporter for the same reason collapses into one notice)."
+    )
+    reason: _Reason = Field(
+        description="A category of the job's policy (`nudity`, `policy/nudity`) or a short reason.",
+        examples=["nudity"],
+    )
+    text: str = Field(
+        "", max_length=5000, description="The reporter's explanation (at most 5000 characters)."
+    )
+    callback_url: _Url | None = Field(
+        None,
+        json_schema_extra={"pattern": URL_PATTERN},
+        description="POSTed the signed `notice.outcome` once a reviewer decided (else the "
+        "job's callback_url).",
+    )
+
+    @field_validator("callback_url", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("omit the field instead of sending null")
+        return value
+
+
+class NoticeAnswer(BaseModel):
+    """A notice as it stands."""
+
+    notice_id: str
+    job_id: str = Field(description="Your job id.")
+    reporter_type: Literal["user", "trusted_flagger"]
+    reason: str
+    state: Literal["open", "answered"]
+    reports: int = Field(description="How many times this same report arrived.")
+    duplicate: bool = Field(False, description="True when this report collapsed into it.")
+    review_id: str | None = None
+    outcome: Literal["allow", "remove", "escalate"] | None = Field(
+        None, description="The reviewer's decision, once answered."
+    )
+    outcome_reason: str | None = None
+    created_at: str
+    answered_at: str | None = None

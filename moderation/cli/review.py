@@ -44,6 +44,7 @@ CSV_FIELDS = [
     "model",
     "reviewers",
     "decided_at",
+    "source",
 ]
 
 

@@ -22,6 +22,7 @@ from moderation.compose.stores import (
     open_callbacks,
     open_delivery_log,
     open_job_store,
+    open_notice_store,
     open_queue,
     open_review_queue,
     open_reviewers,
@@ -30,6 +31,7 @@ from moderation.compose.stores import (
 )
 from moderation.core.admission import Tenant
 from moderation.pipeline.banks import BankService
+from moderation.pipeline.notices import NoticeDesk
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.publishing import CoalescingPublisher
 from moderation.pipeline.review_desk import ReviewDesk
@@ -44,6 +46,7 @@ from moderation.ports import (
     CallbackSender,
     DeliveryLog,
     JobStore,
+    NoticeStore,
     RateLimiter,
     ReviewerStore,
     ReviewQueue,
@@ -84,6 +87,8 @@ class ApiProcess:
     backlog: BacklogReader | None = None
     #: The PostgreSQL pool (None: no database configured; records stay in Redis).
     database: ConnectionPool | None = None
+    #: Notices from outside (None: no database, so no notice store).
+    notice_desk: NoticeDesk | None = None
 
     def close(self) -> None:
         close = getattr(self.publisher, "close", None)
@@ -109,6 +114,7 @@ def build_api(
     banks: BankService | None = None,
     blobs: BlobStore | None = None,
     database: ConnectionPool | None = None,
+    notices: NoticeStore | None = None,
 ) -> ApiProcess:
     """The API process. Each collaborator can be replaced (tests pass in-memory twins).
 
@@ -164,6 +170,7 @@ def build_api(
     audit = audit or open_audit(settings)
     if banks is None and (database is not None or settings.redis_url):
         banks = build_banks(settings, open_bank_store(settings, database=database))
+    notices = notices or open_notice_store(database)
     outcomes = Outcomes(
         store,
         deliveries=deliveries,
@@ -171,9 +178,22 @@ def build_api(
         callbacks=callbacks,
         keep_inline_s=settings.queue.result_ttl_s,
         banks=banks,
+        notices=notices,
     )
     reviewers = reviewers or open_reviewers(settings, database=database)
     review_queue = review_queue or open_review_queue(settings, database=database)
+    notice_desk = (
+        NoticeDesk(
+            store=store,
+            notices=notices,
+            review=review_queue,
+            callbacks=callbacks,
+            policies=lambda: load_policies(paths),
+            check_callback_url=check_callback_url,
+        )
+        if notices is not None
+        else None
+    )
     limits = settings.images
     desk = ReviewDesk(
         review_queue,
@@ -206,4 +226,5 @@ def build_api(
         banks=banks,
         backlog=store if isinstance(store, BacklogReader) else None,
         database=database,
+        notice_desk=notice_desk,
     )

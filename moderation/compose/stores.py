@@ -35,6 +35,7 @@ from moderation.pipeline.history_shards import HistoryShards
 from moderation.ports import (
     BankStore,
     BlobStore,
+    NoticeStore,
     ReviewerStore,
     ReviewQueue,
     SegmentStore,
@@ -53,6 +54,7 @@ __all__ = [
     "open_delivery_log",
     "open_history",
     "open_job_store",
+    "open_notice_store",
     "open_queue",
     "open_review_queue",
     "open_reviewer_sessions",
@@ -202,6 +204,16 @@ def open_bank_store(settings: Settings, *, database: ConnectionPool | None = Non
 
         return PostgresBankStore(database)
     return RedisBankStore.from_url(require_redis_url(settings), prefix=settings.banks.key_prefix)
+
+
+def open_notice_store(database: ConnectionPool | None) -> NoticeStore | None:
+    """Notices from outside: kept in PostgreSQL only (None without a database: the intake
+    endpoint then answers 503 ``notices_unavailable``)."""
+    if database is None:
+        return None
+    from moderation.adapters.postgres.notices import PostgresNoticeStore
+
+    return PostgresNoticeStore(database)
 
 
 def open_review_queue(settings: Settings, *, database: ConnectionPool | None = None) -> ReviewQueue:

@@ -42,6 +42,7 @@ from moderation.compose.stores import (
     open_delivery_log,
     open_history,
     open_job_store,
+    open_notice_store,
     open_queue,
     open_review_queue,
     open_worker_registry,
@@ -226,6 +227,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         weights_sha256=model.encoder.identity.weights_sha256,
         keep_inline_s=q.result_ttl_s,
         evidence=evidence,
+        notices=open_notice_store(database),
     )
     processor = Processor(
         store=store,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from moderation.core.jobs import JobResult
+from moderation.core.notices import Notice
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -24,11 +25,12 @@ __all__ = [
     "Event",
     "PendingCallback",
     "callback_body",
+    "notice_callback_body",
     "sign",
     "verify",
 ]
 
-Event = Literal["job.finished", "job.human_decision"]
+Event = Literal["job.finished", "job.human_decision", "notice.outcome"]
 SIGNATURE_HEADER = "X-Moderation-Signature"
 
 
@@ -59,6 +61,14 @@ def callback_body(event: Event, result: JobResult) -> bytes:
     return json.dumps(
         {"event": event, "result": result.for_caller().model_dump(mode="json")},
         separators=(",", ":"),
+    ).encode()
+
+
+def notice_callback_body(notice: Notice) -> bytes:
+    """The body of a notice's outcome callback (event ``notice.outcome``): the notice as its
+    tenant sees it, with the outcome of the item's human review."""
+    return json.dumps(
+        {"event": "notice.outcome", "notice": notice.for_caller()}, separators=(",", ":")
     ).encode()
 
 

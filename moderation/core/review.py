@@ -40,9 +40,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from moderation.core.decision import Verdict
 from moderation.core.image_ref import ImageRef
 from moderation.core.policy import Policy, Severity
+from moderation.core.sources import DecisionSource
 from moderation.exceptions import ReviewInvalidDecision
 
 __all__ = [
+    "NOTICE_BOOST",
     "SEVERITY_WEIGHT",
     "FirstDecision",
     "HumanDecision",
@@ -54,6 +56,7 @@ __all__ = [
     "apply_decision",
     "export_row",
     "item_from_verdict",
+    "item_rank",
     "outbox_delay",
     "priority",
     "pseudonym",
@@ -113,6 +116,11 @@ class ReviewItem(_Frozen):
     #: Reason codes a reviewer may pick for ``remove`` (this category's first).
     reason_codes: list[str] = Field(min_length=1)
     created_at: float  # unix seconds
+    #: What put the item into review: the model (default), a notice, an appeal.
+    source: DecisionSource = DecisionSource.AUTOMATED
+    #: Added to the item's sort key (log2 units): a trusted flagger's notice jumps the queue
+    #: (:data:`NOTICE_BOOST`). 0 for the model's own items.
+    priority_boost: float = 0.0
 
     @property
     def critical(self) -> bool:
@@ -160,6 +168,8 @@ class HumanDecision(_Frozen):
     #: SHA-256 of the bytes the deciding reviewer was shown (verified against the scored
     #: bytes' ``content_sha256``); None when they were gone or did not verify.
     seen_sha256: str | None = None
+    #: What put the item into review (kept in the audit record and the statement of reasons).
+    source: DecisionSource = DecisionSource.AUTOMATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +192,24 @@ def rank_key(
     """Static sort key: ``rank_key(a) > rank_key(b)`` iff ``priority(a, t) > priority(b, t)``."""
     weight = SEVERITY_WEIGHT[severity] * max(score, MIN_SCORE)
     return math.log2(weight) - created_at / age_doubling_s
+
+
+#: Sort-key boost of an item a notice put into (or raised in) review, in log2 units. The spread
+#: of ``log2(W × score)`` over fresh items is under 10 (``log2(8 / 0.01)``), so a trusted
+#: flagger's notice goes ahead of every fresh automated item, and of older ones up to ten
+#: age doublings; a user's notice weighs like a critical category's fresh item.
+NOTICE_BOOST: dict[DecisionSource, float] = {
+    DecisionSource.AUTOMATED: 0.0,
+    DecisionSource.USER_REPORT: 0.0,
+    DecisionSource.TRUSTED_FLAGGER: 10.0,
+    DecisionSource.APPEAL: 0.0,
+}
+
+
+def item_rank(item: ReviewItem, *, age_doubling_s: float) -> float:
+    """The stored sort key of an item: :func:`rank_key` plus its ``priority_boost``."""
+    base = rank_key(item.severity, item.score, item.created_at, age_doubling_s=age_doubling_s)
+    return base + item.priority_boost
 
 
 def pseudonym(secret: str, username: str) -> str:
@@ -224,22 +252,27 @@ def item_from_verdict(
     content_pdq: str | None = None,
     content_pdq_quality: int | None = None,
     evidence_key: str | None = None,
+    source: DecisionSource = DecisionSource.AUTOMATED,
+    category_id: str | None = None,
+    priority_boost: float = 0.0,
 ) -> ReviewItem:
     """Build the review item for a REVIEW verdict, with the deciding category's policy text.
+
+    ``category_id`` reviews another category of the verdict's policy than the deciding one (a
+    notice naming it); ``source`` and ``priority_boost`` say what put the item into review.
 
     Raises:
         ReviewInvalidDecision: the verdict names no category, or one that ``policy`` lacks.
     """
-    if verdict.category_id is None or verdict.policy_id != policy.id:
+    reviewed = category_id or verdict.category_id
+    if reviewed is None or verdict.policy_id != policy.id:
         raise ReviewInvalidDecision(
             f"verdict for job {job_id} has no category of policy {policy.id!r} to review"
         )
     try:
-        category = policy.category(verdict.category_id)
+        category = policy.category(reviewed)
     except KeyError as exc:
-        raise ReviewInvalidDecision(
-            f"policy {policy.id!r} has no category {verdict.category_id!r}"
-        ) from exc
+        raise ReviewInvalidDecision(f"policy {policy.id!r} has no category {reviewed!r}") from exc
     return ReviewItem(
         review_id=review_id or review_id_for(job_id),
         job_id=job_id,
@@ -253,7 +286,9 @@ def item_from_verdict(
         policy_version=policy.version,
         category_id=category.id,
         severity=category.severity,
-        score=verdict.score,
+        score=verdict.scores.get(f"{policy.id}/{category.id}", verdict.score)
+        if category_id
+        else verdict.score,
         policy_text=PolicyText(
             policy_description=policy.description,
             category_description=category.description,
@@ -263,6 +298,8 @@ def item_from_verdict(
         ),
         reason_codes=reason_codes_for(policy, category.id),
         created_at=created_at if created_at is not None else datetime.now(UTC).timestamp(),
+        source=source,
+        priority_boost=priority_boost,
     )
 
 
@@ -307,6 +344,7 @@ def apply_decision(
                 policy_version=item.policy_version,
                 decided_at=datetime.fromtimestamp(now, UTC),
                 seen_sha256=seen_sha256,
+                source=item.source,
             )
         )
 
@@ -350,6 +388,7 @@ def export_row(item: ReviewItem, final: HumanDecision) -> dict[str, Any]:
         "model": item.verdict.model,
         "reviewers": list(final.reviewers),
         "decided_at": final.decided_at.isoformat(),
+        "source": final.source.value,
     }
 
 

@@ -42,7 +42,15 @@ from moderation.core.review import HumanDecision, item_from_verdict, review_id_f
 from moderation.core.shadow import ShadowVerdict
 from moderation.exceptions import JobNotFoundError, ModerationError, ReviewInvalidDecision
 from moderation.metrics import metrics
-from moderation.ports import AuditSink, CallbackSender, DeliveryLog, JobStore, ReviewQueue
+from moderation.pipeline.notices import answer_notices
+from moderation.ports import (
+    AuditSink,
+    CallbackSender,
+    DeliveryLog,
+    JobStore,
+    NoticeStore,
+    ReviewQueue,
+)
 
 if TYPE_CHECKING:
     from moderation.pipeline.banks import BankService
@@ -90,6 +98,7 @@ class Outcomes:
             is no ``evidence`` store).
         banks: carries out reviewers' "add to bank" requests (None: not offered).
         evidence: keeps the scored bytes of REVIEW verdicts for the reviewer.
+        notices: the notices from outside, answered by each human decision (None: none kept).
     """
 
     def __init__(
@@ -105,6 +114,7 @@ class Outcomes:
         keep_inline_s: int = 7 * 24 * 3600,
         banks: BankService | None = None,
         evidence: ReviewEvidence | None = None,
+        notices: NoticeStore | None = None,
     ) -> None:
         self.store = store
         self.deliveries = deliveries
@@ -116,6 +126,7 @@ class Outcomes:
         self.keep_inline_s = keep_inline_s
         self.banks = banks
         self.evidence = evidence
+        self.notices = notices
 
     def finish_verdict(
         self,
@@ -390,6 +401,8 @@ class Outcomes:
                 callback_body("job.human_decision", updated),
                 tenant=job.tenant,
             )
+        if self.notices is not None:
+            answer_notices(decision, job=job, notices=self.notices, callbacks=self.callbacks)
         if self.banks is not None:
             self.banks.add_reviewed(
                 decision,

@@ -18,6 +18,7 @@ from moderation.adapters.memory.jobs import MemoryJobStore
 from moderation.adapters.memory.legacy_state import MemoryLegacyState
 from moderation.adapters.memory.limits import MemoryRateLimiter
 from moderation.adapters.memory.login_throttle import MemoryLoginThrottle
+from moderation.adapters.memory.notices import MemoryNoticeStore
 from moderation.adapters.memory.policy_files import MemoryPolicyFiles
 from moderation.adapters.memory.policy_store import MemoryPolicyStore
 from moderation.adapters.memory.publisher import MemoryPublisher
@@ -43,6 +44,7 @@ __all__ = [
     "MemoryJobTransients",
     "MemoryLegacyState",
     "MemoryLoginThrottle",
+    "MemoryNoticeStore",
     "MemoryPolicyFiles",
     "MemoryPolicyStore",
     "MemoryPublisher",

@@ -19,7 +19,7 @@ from moderation.core.review import (
     ReviewOutcome,
     apply_decision,
     export_row,
-    rank_key,
+    item_rank,
 )
 from moderation.exceptions import (
     ReviewAlreadyDecided,
@@ -79,11 +79,12 @@ class MemoryReviewQueue:
 
     def submit(self, item: ReviewItem) -> None:
         with self._lock:
-            if item.review_id not in self.entries:
-                rank = rank_key(
-                    item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
-                )
+            rank = item_rank(item, age_doubling_s=self.age_doubling_s)
+            entry = self.entries.get(item.review_id)
+            if entry is None:
                 self.entries[item.review_id] = _Entry(item=item, rank=rank)
+            elif entry.state != "final" and rank > entry.rank:  # a notice raised it
+                entry.item, entry.rank = item, rank
 
     def _reap(self, now: float) -> None:
         for entry in self.entries.values():

@@ -51,7 +51,7 @@ from moderation.core.review import (
     ReviewOutcome,
     apply_decision,
     export_row,
-    rank_key,
+    item_rank,
 )
 from moderation.exceptions import (
     ReviewAlreadyDecided,
@@ -104,14 +104,14 @@ class PostgresReviewQueue:
     # --- producer side --------------------------------------------------------------------
 
     def submit(self, item: ReviewItem) -> None:
-        """Enqueue an item. Submitting the same ``review_id`` again is a no-op.
+        """Enqueue an item. Submitting the same ``review_id`` again is a no-op, unless the
+        new item ranks higher and the old one is not decided yet: then it replaces it (a notice
+        raising a waiting item's priority).
 
         Raises:
             DatabaseUnavailable: the database is unreachable.
         """
-        rank = rank_key(
-            item.severity, item.score, item.created_at, age_doubling_s=self.age_doubling_s
-        )
+        rank = item_rank(item, age_doubling_s=self.age_doubling_s)
         with database_errors(_WHAT), self._pool.connection() as conn:
             conn.execute(
                 "INSERT INTO review_policies (policy_id) VALUES (%s) ON CONFLICT DO NOTHING",
@@ -119,7 +119,9 @@ class PostgresReviewQueue:
             )
             conn.execute(
                 "INSERT INTO review_items (review_id, policy_id, job_id, item, rank, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (review_id) DO NOTHING",
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (review_id) DO UPDATE"
+                " SET item = EXCLUDED.item, rank = EXCLUDED.rank"
+                " WHERE review_items.state <> 'final' AND EXCLUDED.rank > review_items.rank",
                 (
                     item.review_id,
                     item.policy_id,

@@ -6,6 +6,7 @@ from datetime import UTC
 from typing import Any
 
 from moderation.core.audit.records import AuditRecord
+from moderation.core.sources import DecisionSource
 
 __all__ = ["DSA_FIELDS", "dsa_statement"]
 
@@ -68,10 +69,16 @@ def dsa_statement(
     a statement. Ground: ILLEGAL_CONTENT when the record's details carry ``illegal`` or a
     ``legal_ground``, else INCOMPATIBLE_CONTENT (the platform's terms, i.e. the policy). Automated
     decisions are FULLY automated; a reviewer's decision on a model-flagged item is PARTIALLY
-    automated (detection was automated), otherwise NOT_AUTOMATED.
+    automated (detection was automated), otherwise NOT_AUTOMATED. ``source_type`` follows the
+    record's source: the platform's own detection is SOURCE_VOLUNTARY, a user's notice
+    SOURCE_ARTICLE_16, a trusted flagger's SOURCE_TRUSTED_FLAGGER; an item that a notice put
+    into review was not detected automatically.
     """
     if record.decision not in _RESTRICTING:
         return None
+    source = record.source or DecisionSource.AUTOMATED
+    if automated_detection is None and source.from_notice:
+        automated_detection = False
     illegal = bool(record.details.get("illegal") or record.details.get("legal_ground"))
     detected = (
         automated_detection
@@ -94,6 +101,8 @@ def dsa_statement(
         facts.append(f"score {score:.3f}")
     if record.reason_code:
         facts.append(f"reason {record.reason_code}")
+    if source is not DecisionSource.AUTOMATED:
+        facts.append(f"started by {source.value.replace('_', ' ')}")
     video = record.details.get("video")
     if isinstance(video, dict):  # where in a video or an animation it was found
         key = f"{record.policy_id}/{record.category_id}"
@@ -124,5 +133,5 @@ def dsa_statement(
         "application_date": record.at.astimezone(UTC).strftime("%Y-%m-%d"),
         "content_date": (record.content_date or record.at).astimezone(UTC).strftime("%Y-%m-%d"),
         "decision_facts": "; ".join(facts),
-        "source_type": "SOURCE_VOLUNTARY",
+        "source_type": source.dsa_source_type(),
     }

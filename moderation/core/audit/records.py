@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from moderation.core.decision import Verdict
 from moderation.core.review import HumanDecision
+from moderation.core.sources import DecisionSource
 from moderation.exceptions import AuditError
 
 __all__ = [
@@ -80,14 +81,18 @@ class AuditRecord(BaseModel):
     prev_hash: str | None = None
     #: The tenant whose job this is (None: records written before tenants existed).
     tenant: str | None = None
+    #: What started the decision (the model, a user's or a trusted flagger's notice, an
+    #: appeal); None: records written before sources were kept (read as automated).
+    source: DecisionSource | None = None
 
     def canonical_json(self) -> str:
         """Everything but nothing else: the bytes the hash covers. Fields added after records
-        were first written (``tenant``) are left out while unset, so older records keep their
-        canonical form and hash."""
+        were first written (``tenant``, ``source``) are left out while unset, so older records
+        keep their canonical form and hash."""
         data = self.model_dump(mode="json")
-        if data.get("tenant") is None:
-            data.pop("tenant", None)
+        for late in ("tenant", "source"):
+            if data.get(late) is None:
+                data.pop(late, None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def chained(self, prev_hash: str) -> AuditRecord:
@@ -112,8 +117,10 @@ def record_for_verdict(
     content_date: datetime | None = None,
     details: dict[str, Any] | None = None,
     tenant: str | None = None,
+    source: DecisionSource = DecisionSource.AUTOMATED,
 ) -> AuditRecord:
-    """The audit record of an automated verdict; its id is derived from the job id."""
+    """The audit record of an automated verdict; its id is derived from the job id.
+    ``source``: what started the scoring (a notice re-scores an item: its source)."""
     deciding = verdict.deciding
     policy = next((p for p in verdict.policies if p.id == verdict.policy_id), None)
     thresholds = {
@@ -141,6 +148,7 @@ def record_for_verdict(
         dsa_category=dsa_category,
         content_date=content_date,
         tenant=tenant,
+        source=source,
         details={
             "explanation": verdict.explain(),
             "severity": verdict.severity.value if verdict.severity else None,
@@ -244,6 +252,7 @@ def record_for_review(
 ) -> AuditRecord:
     """The audit record of one reviewer's part in a human decision (one record per reviewer;
     ``position`` 1 is the first reviewer). Its id is derived from the review and the reviewer.
+    Its source is the decision's (what put the item into review).
 
     Raises:
         AuditError: ``reviewer`` is not a pseudonymous reviewer id (``rv_…``).
@@ -267,6 +276,7 @@ def record_for_review(
         dsa_category=dsa_category,
         content_date=content_date,
         tenant=tenant,
+        source=decision.source,
     )
 
 

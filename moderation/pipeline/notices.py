@@ -1,0 +1,257 @@
+"""Notices from outside, in one place: a report against an item puts it into human review.
+
+:class:`NoticeDesk` takes a user's or a trusted flagger's notice (EU DSA Art. 16, 22) against one
+of the tenant's jobs and:
+
+1. keeps it, collapsing duplicates (the same reporter, job and reason: one notice, ``reports``
+   counted; :func:`~moderation.core.notices.notice_id_for`);
+2. answers it at once when a reviewer already decided the item (the standing human decision);
+3. otherwise puts the item into review, or raises it there: an item the model did not send to
+   review is queued with the notice's source (``user_report``, ``trusted_flagger``) and the
+   reported category (when the reason names one of the verdict policy's categories, else the
+   deciding one); a trusted flagger's notice adds :data:`~moderation.core.review.NOTICE_BOOST`
+   to the item's sort key, so it goes ahead of the model's own items.
+
+When the item's human decision is made, :func:`answer_notices` (called by
+:meth:`~moderation.pipeline.outcomes.Outcomes.record_human_decision`) answers every open notice on
+it and sends each reporter's outcome callback (``notice.outcome``, signed like every callback) to
+the notice's ``callback_url``, or the job's. Answering is idempotent: a notice is answered once.
+
+Limits: a job that has not ended yet, or ended in an error (no verdict to review), is refused
+(409 ``notice_not_reviewable``): the reporter reports again once it has a result. An item the
+model allowed was scored without keeping its bytes, so its review shows no image and a reviewer
+can remove or escalate it, not allow it, as for any item whose bytes are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from moderation.core.admission import Tenant
+from moderation.core.callbacks import notice_callback_body
+from moderation.core.jobs import Job, is_job_id, public_id, scoped_id
+from moderation.core.notices import Notice, NoticeState, ReporterType, notice_id_for
+from moderation.core.policy import Policy
+from moderation.core.review import (
+    NOTICE_BOOST,
+    HumanDecision,
+    item_from_verdict,
+    review_id_for,
+)
+from moderation.exceptions import (
+    ImageFetchError,
+    JobNotFoundError,
+    JobRejected,
+    ReviewInvalidDecision,
+    ReviewNotFound,
+)
+from moderation.ports import CallbackSender, JobStore, NoticeStore, ReviewQueue
+
+__all__ = ["Filed", "NoticeDesk", "answer_notices"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Filed:
+    """What became of a notice."""
+
+    notice: Notice
+    #: False when the same report was already there (it collapsed into it).
+    new: bool
+
+
+def _category_named(policy: Policy, reason: str) -> str | None:
+    """The policy category a notice's reason names (``nudity`` or ``policy/nudity``), if any."""
+    word = reason.strip().lower()
+    if "/" in word:
+        pid, _, word = word.partition("/")
+        if pid != policy.id:
+            return None
+    return next((c.id for c in policy.categories if c.id == word), None)
+
+
+class NoticeDesk:
+    """The notice use case.
+
+    Args:
+        store: job records and results (the reported job must be the tenant's).
+        notices: where notices are kept.
+        review: the human-review queue.
+        callbacks: schedules the reporters' outcome callbacks.
+        policies: the policies in service by id (the reviewed category's policy text).
+        check_callback_url: refuses a callback URL the deployment would not call.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        notices: NoticeStore,
+        review: ReviewQueue,
+        callbacks: CallbackSender,
+        policies: Callable[[], Mapping[str, Policy]],
+        check_callback_url: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.notices = notices
+        self.review = review
+        self.callbacks = callbacks
+        self.policies = policies
+        self.check_callback_url = check_callback_url
+
+    def file(
+        self,
+        *,
+        tenant: Tenant,
+        job_id: str,
+        reporter_type: ReporterType,
+        reporter: str,
+        reason: str,
+        text: str = "",
+        callback_url: str | None = None,
+    ) -> Filed:
+        """Take a notice against one of ``tenant``'s jobs (its own id).
+
+        Raises:
+            JobNotFoundError: no such job of this tenant (another tenant's is not found either).
+            JobRejected: 400 ``bad_callback_url``; 409 ``notice_not_reviewable`` (the job has
+                not ended, or ended without a verdict).
+            QueueUnavailable, DatabaseUnavailable: transient.
+        """
+        if callback_url is not None and self.check_callback_url is not None:
+            try:
+                self.check_callback_url(callback_url)
+            except ImageFetchError as exc:
+                raise JobRejected(
+                    f"callback_url: {exc}", status=400, code="bad_callback_url"
+                ) from exc
+        scoped = scoped_id(tenant.name, job_id) if is_job_id(job_id) else None
+        job = self.store.get_job(scoped) if scoped else None
+        result = self.store.get_result(scoped) if scoped else None
+        if job is None or result is None or scoped is None:
+            raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")
+        if result.human is None and (not result.status.final or result.verdict is None):
+            raise JobRejected(
+                f"job {job_id!r} has no verdict to review yet; report it again once it ended",
+                status=409,
+                code="notice_not_reviewable",
+            )
+        notice, new = self.notices.add(
+            Notice(
+                notice_id=notice_id_for(scoped, reporter_type, reporter, reason),
+                tenant=tenant.name,
+                job_id=scoped,
+                reporter_type=reporter_type,
+                reporter=reporter,
+                reason=reason.strip(),
+                text=text,
+                callback_url=callback_url,
+            )
+        )
+        if not new:
+            return Filed(notice=notice, new=False)
+        if result.human is not None:  # a reviewer already decided it: that is the answer
+            answer_notices(result.human, job=job, notices=self.notices, callbacks=self.callbacks)
+            answered = self.notices.get(tenant.name, notice.notice_id)
+            return Filed(notice=answered or notice, new=True)
+        review_id = self._into_review(job, notice)
+        self.notices.set_review(notice.notice_id, review_id)
+        return Filed(notice=notice.model_copy(update={"review_id": review_id}), new=True)
+
+    def _into_review(self, job: Job, notice: Notice) -> str:
+        """Queue the item for review, or raise it there; its review id."""
+        review_id = review_id_for(job.id)
+        boost = NOTICE_BOOST[notice.source]
+        try:
+            existing = self.review.item(review_id)
+        except ReviewNotFound:
+            existing = None
+        if existing is not None:
+            if boost > existing.priority_boost:
+                self.review.submit(existing.model_copy(update={"priority_boost": boost}))
+            return review_id
+        result = self.store.get_result(job.id)
+        verdict = result.verdict if result is not None else None
+        policy = self.policies().get(verdict.policy_id or "") if verdict is not None else None
+        if verdict is None or policy is None or result is None:
+            raise JobRejected(
+                f"job {job.public_id!r}: its policy is no longer in service",
+                status=409,
+                code="notice_not_reviewable",
+            )
+        try:
+            item = item_from_verdict(
+                job_id=job.id,
+                image=job.image,
+                verdict=verdict,
+                policy=policy,
+                content_sha256=result.content_sha256,
+                content_pdq=result.content_pdq,
+                content_pdq_quality=result.content_pdq_quality,
+                source=notice.source,
+                category_id=_category_named(policy, notice.reason)
+                or verdict.category_id
+                or policy.categories[0].id,
+                priority_boost=boost,
+            )
+        except ReviewInvalidDecision as exc:
+            raise JobRejected(str(exc), status=409, code="notice_not_reviewable") from exc
+        self.review.submit(item)
+        return review_id
+
+    def get(self, *, tenant: Tenant, notice_id: str) -> Notice:
+        """One of ``tenant``'s notices.
+
+        Raises:
+            JobNotFoundError: no such notice of this tenant.
+        """
+        notice = self.notices.get(tenant.name, notice_id)
+        if notice is None:
+            raise JobNotFoundError(f"no notice {notice_id!r}")
+        return notice
+
+
+def answer_notices(
+    decision: HumanDecision,
+    *,
+    job: Job,
+    notices: NoticeStore,
+    callbacks: CallbackSender,
+    at: datetime | None = None,
+) -> list[Notice]:
+    """Answer every open notice on ``decision``'s job with it and schedule each reporter's
+    ``notice.outcome`` callback (to the notice's ``callback_url``, else the job's). Idempotent:
+    an answered notice is not answered (nor called back) again. Returns the notices answered.
+
+    Raises:
+        QueueUnavailable, DatabaseUnavailable: transient (a retry answers the rest; a notice
+            whose callback was scheduled but not marked answered is called back twice).
+    """
+    answered: list[Notice] = []
+    when = at or datetime.now(UTC)
+    for notice in notices.open_for_job(decision.job_id):
+        outcome = notice.model_copy(
+            update={
+                "state": NoticeState.ANSWERED,
+                "outcome": decision.decision.value,
+                "outcome_reason": decision.reason_code,
+                "answered_at": when,
+            }
+        )
+        # The callback is scheduled before the notice is marked answered: a crash in between
+        # sends it again on the retry (at least once, as every callback), never not at all.
+        url = notice.callback_url or job.callback_url
+        if url:
+            callbacks.send(public_id(job.id), url, notice_callback_body(outcome), tenant=job.tenant)
+        done = notices.answer(
+            notice.notice_id, outcome=decision.decision.value, reason=decision.reason_code, at=when
+        )
+        if done is not None:
+            answered.append(done)
+    if answered:
+        log.info("job %s: %d notice(s) answered (%s)", job.id, len(answered), decision.decision)
+    return answered

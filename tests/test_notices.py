@@ -1,0 +1,362 @@
+"""Notices from outside (EU DSA Art. 16, 22): a report puts the item into review, a trusted
+flagger's first; duplicates collapse; the reporter's outcome callback; the source kept in the
+audit record and the statement of reasons; tenants apart. Over the twins and over the real
+PostgreSQL notice store and review queue (pgserver)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from psycopg_pool import ConnectionPool
+from pydantic import SecretStr
+
+from moderation.adapters.memory import (
+    MemoryAuditSink,
+    MemoryBlobStore,
+    MemoryCallbacks,
+    MemoryDeliveryLog,
+    MemoryJobStore,
+    MemoryNoticeStore,
+    MemoryPublisher,
+    MemoryReviewQueue,
+)
+from moderation.adapters.postgres.notices import PostgresNoticeStore
+from moderation.adapters.postgres.review import PostgresReviewQueue
+from moderation.client import ModerationClient
+from moderation.core.admission import Tenant
+from moderation.core.audit import AuditRecord, dsa_statement
+from moderation.core.decision import Decision
+from moderation.core.image_ref import ImageRef
+from moderation.core.jobs import Job, scoped_id
+from moderation.core.notices import NoticeState, ReporterType
+from moderation.core.policy import Action, Policy
+from moderation.core.review import ReviewDecision
+from moderation.core.sources import DecisionSource
+from moderation.exceptions import JobNotFoundError, JobRejected
+from moderation.pipeline.notices import NoticeDesk
+from moderation.pipeline.outcomes import Outcomes
+from moderation.ports import NoticeStore, ReviewQueue
+from moderation.settings import ApiKey, Settings
+from tests.pipeline_support import start_api, stop_api
+from tests.test_review_queue import make_verdict, world_policy
+
+pytestmark = pytest.mark.xdist_group("postgres")
+
+ACME = Tenant(name="acme")
+GLOBEX = Tenant(name="globex")
+
+
+@dataclass
+class World:
+    store: MemoryJobStore
+    review: ReviewQueue
+    notices: NoticeStore
+    callbacks: MemoryCallbacks
+    audit: MemoryAuditSink
+    outcomes: Outcomes
+    desk: NoticeDesk
+    policy: Policy
+
+    def job(
+        self,
+        tenant: Tenant,
+        job_id: str,
+        *,
+        decision: Decision = Decision.ALLOW,
+        score: float = 0.1,
+        category: str = "restricted_logo",
+        callback_url: str | None = None,
+    ) -> Job:
+        """A job of ``tenant`` that ended with a verdict (REVIEW ones are queued for review by
+        the outcomes, as in the worker)."""
+        job = Job(
+            id=scoped_id(tenant.name, job_id),
+            image=ImageRef(uri=f"s3://uploads/{job_id}.png"),
+            tenant=tenant.name,
+            callback_url=callback_url,
+        )
+        self.store.create_many([(job, None)])
+        verdict = make_verdict(self.policy, category, score)
+        if decision is Decision.ALLOW:
+            verdict = dataclasses.replace(verdict, decision=Decision.ALLOW, action=Action.NONE)
+        self.outcomes.finish_verdict(job, verdict, content_sha256="ab" * 32)
+        return job
+
+    def report(
+        self,
+        tenant: Tenant,
+        job_id: str,
+        *,
+        reporter: str = "u-1",
+        reporter_type: ReporterType = ReporterType.USER,
+        reason: str = "restricted_logo",
+        callback_url: str | None = "https://reports.example/outcome",
+    ):  # type: ignore[no-untyped-def]
+        return self.desk.file(
+            tenant=tenant,
+            job_id=job_id,
+            reporter_type=reporter_type,
+            reporter=reporter,
+            reason=reason,
+            text="this is not ok",
+            callback_url=callback_url,
+        )
+
+    def decide_next(self, decision: ReviewDecision, reason_code: str | None = None) -> str:
+        """A reviewer claims the next item and decides it; the decision is handed on as the
+        review desk does. The decided job id."""
+        claim = self.review.claim("rv_reviewer01")
+        assert claim is not None
+        outcome = self.review.decide(
+            claim.item.review_id,
+            reviewer="rv_reviewer01",
+            token=claim.lease.token,
+            decision=decision,
+            reason_code=reason_code,
+        )
+        final = outcome.outcome.final
+        assert final is not None
+        self.outcomes.record_human_decision(final)
+        return claim.item.job_id
+
+
+def _world(review: ReviewQueue, notices: NoticeStore) -> World:
+    store = MemoryJobStore()
+    callbacks = MemoryCallbacks()
+    audit = MemoryAuditSink()
+    policy = world_policy()
+    outcomes = Outcomes(
+        store,
+        deliveries=MemoryDeliveryLog(store),
+        audit=audit,
+        callbacks=callbacks,
+        review=review,
+        policies=lambda: {policy.id: policy},
+        notices=notices,
+    )
+    desk = NoticeDesk(
+        store=store,
+        notices=notices,
+        review=review,
+        callbacks=callbacks,
+        policies=lambda: {policy.id: policy},
+    )
+    return World(store, review, notices, callbacks, audit, outcomes, desk, policy)
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def world(request: pytest.FixtureRequest) -> Iterator[World]:
+    """The use case over the twins, and over the real PostgreSQL notice store and queue."""
+    if request.param == "memory":
+        yield _world(MemoryReviewQueue(lease_s=60, age_doubling_s=900), MemoryNoticeStore())
+        return
+    pool = ConnectionPool(request.getfixturevalue("pg_url"), min_size=1, max_size=4, open=True)
+    with pool.connection() as conn:
+        conn.execute(
+            "TRUNCATE notices, review_items, review_policies, review_leases,"
+            " review_decisions, review_outbox"
+        )
+    try:
+        yield _world(
+            PostgresReviewQueue(pool, lease_s=60, age_doubling_s=900), PostgresNoticeStore(pool)
+        )
+    finally:
+        pool.close()
+
+
+def test_a_trusted_flaggers_report_jumps_the_queue(world: World) -> None:
+    # The model sent three items to review, the worst (critical, high score) first.
+    for i, (category, score) in enumerate(
+        [("contraband_symbol", 0.95), ("hate_symbol_analogue", 0.9), ("restricted_logo", 0.8)]
+    ):
+        world.job(ACME, f"model-{i}", decision=Decision.REVIEW, category=category, score=score)
+    # Two allowed items reported: one by a user, one by a trusted flagger (later).
+    world.job(ACME, "allowed-user")
+    world.job(ACME, "allowed-tf")
+    by_user = world.report(ACME, "allowed-user", reason="hate_symbol_analogue")
+    by_tf = world.report(
+        ACME, "allowed-tf", reporter="tf-europol", reporter_type=ReporterType.TRUSTED_FLAGGER
+    )
+    assert by_user.new and by_tf.new and by_tf.notice.review_id is not None
+
+    order = []
+    for _ in range(5):
+        claim = world.review.claim("rv_reviewer01")
+        assert claim is not None
+        order.append((claim.item.job_id, claim.item.source))
+        world.review.release(claim.item.review_id, reviewer="rv_reviewer01", away_s=3600)
+    assert order[0] == (scoped_id("acme", "allowed-tf"), DecisionSource.TRUSTED_FLAGGER)
+    # The user's report is reviewed under the category it names, after the model's worst items.
+    sources = dict(order)
+    assert sources[scoped_id("acme", "allowed-user")] is DecisionSource.USER_REPORT
+    assert sources[scoped_id("acme", "model-0")] is DecisionSource.AUTOMATED
+    user_item = world.review.item(by_user.notice.review_id or "")
+    assert user_item.category_id == "hate_symbol_analogue"
+
+
+def test_a_trusted_flagger_raises_an_item_already_waiting(world: World) -> None:
+    world.job(ACME, "first", decision=Decision.REVIEW, category="contraband_symbol", score=0.95)
+    world.job(ACME, "low", decision=Decision.REVIEW, category="restricted_logo", score=0.3)
+    world.report(ACME, "low", reporter="tf-1", reporter_type=ReporterType.TRUSTED_FLAGGER)
+    claim = world.review.claim("rv_reviewer01")
+    assert claim is not None
+    assert claim.item.job_id == scoped_id("acme", "low")
+    # The model started it: its source stays automated; only its place in the queue changed.
+    assert claim.item.source is DecisionSource.AUTOMATED
+
+
+def test_duplicate_reports_collapse(world: World) -> None:
+    world.job(ACME, "dup")
+    first = world.report(ACME, "dup")
+    again = world.report(ACME, "dup", reason="  Restricted_Logo ")
+    assert first.new and not again.new
+    assert again.notice.notice_id == first.notice.notice_id
+    assert again.notice.reports == 2
+    other = world.report(ACME, "dup", reporter="u-2")
+    assert other.new and other.notice.notice_id != first.notice.notice_id
+    assert other.notice.review_id == first.notice.review_id
+    # One review item for the job, whatever the number of reports.
+    assert world.review.claim("rv_reviewer01") is not None
+    assert world.review.claim("rv_reviewer02") is None
+
+
+def test_the_reporter_gets_the_outcome_and_the_source_is_audited(world: World) -> None:
+    world.job(ACME, "bad", callback_url="https://tenant.example/jobs")
+    filed = world.report(ACME, "bad", reporter="tf-9", reporter_type=ReporterType.TRUSTED_FLAGGER)
+    user = world.report(ACME, "bad", reporter="u-5", callback_url=None)
+    world.callbacks.sent.clear()
+    reason = world.policy.category("restricted_logo").actions.block.reason_code
+    world.decide_next(ReviewDecision.REMOVE, reason_code=reason)
+
+    bodies = {url: json.loads(body) for _, url, body in world.callbacks.sent}
+    outcome = bodies["https://reports.example/outcome"]
+    assert outcome["event"] == "notice.outcome"
+    assert outcome["notice"]["notice_id"] == filed.notice.notice_id
+    assert outcome["notice"]["job_id"] == "bad"  # the tenant's own id
+    assert (outcome["notice"]["state"], outcome["notice"]["outcome"]) == ("answered", "remove")
+    # The user gave no callback URL: the job's own gets the notice's outcome too.
+    assert bodies["https://tenant.example/jobs"]["event"] in {
+        "notice.outcome",
+        "job.human_decision",
+    }
+    events = [
+        json.loads(body)["event"]
+        for _, url, body in world.callbacks.sent
+        if url == "https://tenant.example/jobs"
+    ]
+    assert sorted(events) == ["job.human_decision", "notice.outcome"]
+    stored = world.desk.get(tenant=ACME, notice_id=user.notice.notice_id)
+    assert stored.state is NoticeState.ANSWERED and stored.outcome == "remove"
+
+    human: list[AuditRecord] = [r for r in world.audit.records if r.kind == "human"]
+    assert [r.source for r in human] == [DecisionSource.TRUSTED_FLAGGER]
+    statement = dsa_statement(human[0])
+    assert statement is not None
+    assert statement["source_type"] == "SOURCE_TRUSTED_FLAGGER"
+    assert statement["automated_detection"] == "No"
+    assert statement["automated_decision"] == "AUTOMATED_DECISION_NOT_AUTOMATED"
+
+    # Answered once: the decision handed on again (the outbox's retry) calls nobody back.
+    world.callbacks.sent.clear()
+    final = world.store.get_result(scoped_id("acme", "bad"))
+    assert final is not None and final.human is not None
+    world.outcomes.record_human_decision(final.human)
+    assert [json.loads(b)["event"] for _, _, b in world.callbacks.sent] == ["job.human_decision"]
+
+
+def test_a_report_on_a_decided_item_is_answered_at_once(world: World) -> None:
+    world.job(ACME, "done", decision=Decision.REVIEW, score=0.6)
+    world.decide_next(ReviewDecision.ALLOW)
+    world.callbacks.sent.clear()
+    filed = world.report(ACME, "done")
+    assert filed.notice.state is NoticeState.ANSWERED and filed.notice.outcome == "allow"
+    assert [json.loads(b)["event"] for _, _, b in world.callbacks.sent] == ["notice.outcome"]
+    assert world.review.claim("rv_reviewer01") is None
+
+
+def test_tenants_cannot_report_or_read_each_others(world: World) -> None:
+    world.job(ACME, "mine")
+    filed = world.report(ACME, "mine")
+    with pytest.raises(JobNotFoundError):
+        world.report(GLOBEX, "mine")
+    with pytest.raises(JobNotFoundError):
+        world.desk.get(tenant=GLOBEX, notice_id=filed.notice.notice_id)
+    assert world.desk.get(tenant=ACME, notice_id=filed.notice.notice_id).reports == 1
+
+
+def test_a_job_without_a_verdict_is_refused(world: World) -> None:
+    job = Job(id=scoped_id("acme", "queued"), image=ImageRef(uri="s3://u/q.png"), tenant="acme")
+    world.store.create_many([(job, None)])
+    with pytest.raises(JobRejected) as refused:
+        world.report(ACME, "queued")
+    assert (refused.value.status, refused.value.code) == (409, "notice_not_reviewable")
+    with pytest.raises(JobNotFoundError):
+        world.report(ACME, "never-submitted")
+
+
+# --- over HTTP: the API and the Python client ---------------------------------------------
+
+
+def test_the_api_and_client_take_notices_per_tenant(settings: Settings, redis_url: str) -> None:
+    keys = {"acme": "a" * 40, "globex": "g" * 40}
+    s = settings.model_copy(
+        update={
+            "redis_url": redis_url,
+            "api_keys": [ApiKey(tenant=t, key=SecretStr(k)) for t, k in keys.items()],
+        }
+    )
+    world = _world(MemoryReviewQueue(lease_s=60, age_doubling_s=900), MemoryNoticeStore())
+    twins = {
+        "store": world.store,
+        "deliveries": MemoryDeliveryLog(world.store),
+        "publisher": MemoryPublisher(),
+        "callbacks": world.callbacks,
+        "audit": world.audit,
+        "review_queue": world.review,
+        "blobs": MemoryBlobStore(),
+    }
+    world.job(ACME, "pic-1")
+    body = {"reporter_type": "trusted_flagger", "reporter": "tf-1", "reason": "restricted_logo"}
+    server, base = start_api(s, notices=world.notices, **twins)
+    try:
+        with (
+            ModerationClient(base, api_key=keys["acme"]) as acme,
+            httpx.Client(base_url=base, timeout=10) as http,
+        ):
+            mine = {"authorization": f"Bearer {keys['acme']}"}
+            first = http.post("/v1/jobs/pic-1/notices", json=body, headers=mine)
+            assert first.status_code == 201, first.text
+            assert first.json()["duplicate"] is False and first.json()["job_id"] == "pic-1"
+            again = acme.report(
+                "pic-1", reporter="tf-1", reason="restricted_logo", reporter_type="trusted_flagger"
+            )
+            assert again["duplicate"] is True and again["reports"] == 2
+            assert acme.notice(first.json()["notice_id"])["state"] == "open"
+            claim = world.review.claim("rv_reviewer01")
+            assert claim is not None and claim.item.source is DecisionSource.TRUSTED_FLAGGER
+            # Another tenant: the same job id is not theirs, nor is the notice.
+            other = {"authorization": f"Bearer {keys['globex']}"}
+            assert http.post("/v1/jobs/pic-1/notices", json=body, headers=other).status_code == 404
+            notice_url = f"/v1/notices/{first.json()['notice_id']}"
+            assert http.get(notice_url, headers=other).status_code == 404
+            wrong = {**body, "reporter_type": "moderator"}
+            assert http.post("/v1/jobs/pic-1/notices", json=wrong, headers=mine).status_code == 422
+    finally:
+        stop_api(server)
+    # Without a notice store (no database): 503 notices_unavailable.
+    server, base = start_api(s, **twins)
+    try:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            down = http.post(
+                "/v1/jobs/pic-1/notices",
+                json=body,
+                headers={"authorization": f"Bearer {keys['acme']}"},
+            )
+            assert (down.status_code, down.json()["code"]) == (503, "notices_unavailable")
+    finally:
+        stop_api(server)
