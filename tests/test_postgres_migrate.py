@@ -337,3 +337,80 @@ def test_job_partitions_are_made_ahead_and_dropped_whole(pg_url: str) -> None:
             "SELECT moderation_make_job_partitions(%s::date - 9, %s::date - 9)",
             (today[0], today[0]),
         ).fetchone() == (0,)
+
+
+#: The migrations of the previous release (as of commit 3e560ee): the schema a database in
+#: production may be at when this release starts on it.
+PREVIOUS_RELEASE = [
+    "0001_jobs",
+    "0010_review",
+    "0011_banks",
+    "0020_review_away",
+    "0021_review_taken_back",
+]
+
+
+def test_upgrade_from_the_previous_release_keeps_its_data(
+    pg_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A database at the previous release's schema, with rows written by that release, upgrades
+    to the current schema and the current adapters read the same rows back."""
+    from psycopg.types.json import Jsonb
+
+    from moderation.adapters.postgres.banks import PostgresBankStore
+    from moderation.adapters.postgres.review import PostgresReviewQueue
+    from moderation.adapters.postgres.reviewers import PostgresReviewerStore
+    from moderation.core.review import rank_key
+    from tests.test_review_queue import make_item, world_policy
+
+    assert [m.name for m in migrations()][: len(PREVIOUS_RELEASE)] == PREVIOUS_RELEASE
+    older = tmp_path / "previous"
+    older.mkdir()
+    for name in PREVIOUS_RELEASE:
+        shutil.copy(MIGRATIONS_DIR / f"{name}.sql", older)
+    url = pg_server.create_database()
+    item = make_item(world_policy(), "upgrade-job", score=0.7)
+    try:
+        with open_pool(SETTINGS, url=url) as pool:
+            assert upgrade(pool, directory=older) == PREVIOUS_RELEASE
+            with pool.connection() as conn:  # what the previous release wrote, in its SQL
+                conn.execute(
+                    "INSERT INTO reviewer_accounts (username, role, password_hash, created_at)"
+                    " VALUES ('carol', 'admin', '$argon2id$hash', 1700000000)"
+                )
+                conn.execute("INSERT INTO review_policies VALUES (%s)", (item.policy_id,))
+                conn.execute(
+                    "INSERT INTO review_items (review_id, policy_id, job_id, item, rank,"
+                    " created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                    (
+                        item.review_id,
+                        item.policy_id,
+                        item.job_id,
+                        Jsonb(item.model_dump(mode="json")),
+                        rank_key(item.severity, item.score, item.created_at, age_doubling_s=900),
+                        item.created_at,
+                    ),
+                )
+                conn.execute(
+                    "INSERT INTO banks (name, next_id, next_segment, entries, removed)"
+                    " VALUES ('old-bank', 2, 1, 1, 1)"
+                )
+                conn.execute("INSERT INTO bank_segments VALUES ('old-bank', 0, 0, 2)")
+                conn.execute(
+                    "INSERT INTO bank_entries (bank, id, pdq, added_at, removed) VALUES"
+                    " ('old-bank', 0, %s, now(), false), ('old-bank', 1, %s, now(), true)",
+                    (b"\x01" * 32, b"\x02" * 32),
+                )
+            assert upgrade(pool) == [m.name for m in migrations()[len(PREVIOUS_RELEASE) :]]
+            require_current(pool)
+            account = PostgresReviewerStore(pool).get("carol")
+            assert account is not None and account.role.value == "admin"
+            banks = PostgresBankStore(pool)
+            assert [e.pdq for e in banks.scan("old-bank")] == ["01" * 32]
+            assert banks.manifest("old-bank").removed == frozenset({1})
+            queue = PostgresReviewQueue(pool, lease_s=60, age_doubling_s=900)
+            assert queue.item(item.review_id) == item
+            claim = queue.claim("rv_upgrade")
+            assert claim is not None and claim.item == item
+    finally:
+        pg_server.drop_database(database_name(url))

@@ -1,6 +1,6 @@
 """PostgreSQL restarted under load, with a real worker process and the API: while it is down
 the API answers 503 problem details (``database_unavailable``) and workers retry; once it is
-back every accepted job ends exactly once and nothing is lost."""
+back every accepted job ends exactly once, nothing is lost, and the audit log verifies."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from moderation import testmodel
 from moderation.adapters.postgres.embedded import EmbeddedPostgres
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.client import ModerationClient
+from moderation.compose.stores import open_segment_store
+from moderation.core.audit import dedupe
 from moderation.core.jobs import JobStatus
+from moderation.pipeline.audit import iter_records, verify_store
 from moderation.settings import Settings
 from tests.pipeline_support import (
     WorkerProcess,
@@ -44,6 +47,10 @@ def test_postgres_restart_under_load_loses_and_doubles_nothing(
         base = test_model_settings.model_copy(
             update={
                 "cache_dir": tmp_path / "cache",
+                # Its own audit log: the verification below reads every chain in it.
+                "audit": test_model_settings.audit.model_copy(
+                    update={"local_dir": tmp_path / "audit", "spool_dir": tmp_path / "spool"}
+                ),
                 "database": test_model_settings.database.model_copy(
                     update={"url": SecretStr(url), "pool_timeout_s": 2.0, "connect_timeout_s": 1}
                 ),
@@ -80,6 +87,19 @@ def test_postgres_restart_under_load_loses_and_doubles_nothing(
                 (before + after,),
             ).fetchone()
         assert row == (len(before) + len(after), len(before) + len(after))
+        # The audit log: every job's automated decision is there, and the chains verify (the
+        # API and the worker flush their spools when they stop).
+        stop_api(server)
+        server = None
+        worker.stop()
+        worker = None
+        log = open_segment_store(settings)
+        report = verify_store(log)
+        assert report.ok, report.problems
+        audited = {
+            r.job_id for r in dedupe(r for _, r in iter_records(log)) if r.kind == "automated"
+        }
+        assert audited >= {r.job_id for r in results}
     finally:
         if server is not None:
             stop_api(server)

@@ -119,6 +119,15 @@ def _populate(redis_url: str, settings: Settings) -> dict[str, object]:
     with banks.writing("known-bad"):
         banks.append("known-bad", _hashes(2500, 1))  # three segments
         banks.append("known-bad", _hashes(3, 2))  # a small append into the last segment
+    banks.create("videos")
+    frames = [
+        e.model_copy(
+            update={"video": "clip-1", "frame_number": k, "timestamp_s": k / 2, "video_frames": 4}
+        )
+        for k, e in enumerate(_hashes(4, 5))
+    ]
+    with banks.writing("videos"):
+        banks.append("videos", frames)
     banks.remove("known-bad", [5, 17, 2501])
     banks.create("empty-bank")
     for rid in (outbox.item.review_id, first.item.review_id):
@@ -164,14 +173,14 @@ def test_import_reads_back_the_same_state_and_a_rerun_imports_nothing(
     assert importer.review_total() == 11
     importer.review(done, advance=advanced.append)
     importer.banks(done, advance=advanced.append)
-    assert sum(advanced) == 11 + 2503
+    assert sum(advanced) == 11 + 2503 + 4
     expected = {
         "dry_run": False,
         "reviewers": {"read": 2, "imported": 2, "present": 0},
         "review_items": {"read": 11, "imported": 11, "present": 0},
         "bank_requests": {"read": 2, "imported": 2, "present": 0},
-        "banks": {"read": 2, "imported": 2, "present": 0},
-        "bank_entries": {"read": 2503, "imported": 2503, "present": 0},
+        "banks": {"read": 3, "imported": 3, "present": 0},
+        "bank_entries": {"read": 2507, "imported": 2507, "present": 0},
     }
     assert done.as_dict() == expected
     assert dry.as_dict() == {**expected, "dry_run": True}
@@ -213,7 +222,7 @@ def test_import_reads_back_the_same_state_and_a_rerun_imports_nothing(
 
     # Banks: the same entries with the same ids, tombstones, segments and requests.
     pb = PostgresBankStore(pool)
-    for name in ("known-bad", "empty-bank"):
+    for name in ("known-bad", "empty-bank", "videos"):
         r_info, p_info = rb.info(name), pb.info(name)
         assert (p_info.entries, p_info.removed, p_info.description, p_info.created_at) == (
             r_info.entries,
@@ -226,6 +235,7 @@ def test_import_reads_back_the_same_state_and_a_rerun_imports_nothing(
         assert list(pb.scan(name)) == list(rb.scan(name))
         for segment in r_man.segments:
             assert pb.read_hashes(name, segment) == rb.read_hashes(name, segment)
+    assert [e.video_frames for e in pb.scan("videos")] == [4] * 4  # a video bank's frames
     assert pb.info("known-bad").removed == 3 and len(pb.manifest("known-bad").segments) == 3
     assert pb.entries("known-bad", [4, 5, 2502]) == rb.entries("known-bad", [4, 5, 2502])
     request = pb.addition_request(outbox_claim.item.review_id)  # type: ignore[attr-defined]
@@ -265,10 +275,10 @@ def test_the_cli_imports_and_says_what_it_did(
     assert set(_counts(pool).values()) == {0}
     done = runner.invoke(app, ["db", "import-redis", "--json"])
     assert done.exit_code == 0, done.output
-    assert '"bank_entries": {"read": 2503, "imported": 2503, "present": 0}' in done.output
+    assert '"bank_entries": {"read": 2507, "imported": 2507, "present": 0}' in done.output
     again = runner.invoke(app, ["db", "import-redis"])
     assert again.exit_code == 0, again.output
-    assert "bank entries: read 2503, imported 0, already in PostgreSQL 2503" in again.output
+    assert "bank entries: read 2507, imported 0, already in PostgreSQL 2507" in again.output
 
 
 # --- the use case over the twins ---------------------------------------------------------------

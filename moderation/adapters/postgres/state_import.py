@@ -257,7 +257,8 @@ class PostgresStateImport:
                 conn.cursor() as cur,
                 cur.copy(
                     "COPY bank_entries (bank, id, pdq, source, label, added_at, reference_id,"
-                    " quality, removed) FROM STDIN"
+                    " quality, removed, video, frame_number, timestamp_s, video_frames)"
+                    " FROM STDIN"
                 ) as copy,
             ):
                 for chunk in entries:
@@ -274,6 +275,10 @@ class PostgresStateImport:
                                 d.reference_id,
                                 d.quality,
                                 e.removed,
+                                d.video,
+                                d.frame_number,
+                                d.timestamp_s,
+                                d.video_frames,
                             )
                         )
                         removed += e.removed
