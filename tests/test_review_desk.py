@@ -3,6 +3,7 @@ final decisions, bank requests and who may see an image."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -256,3 +257,120 @@ def test_retired_bytes_are_swept_after_the_retention() -> None:
     assert desk.evidence.sweep(now + timedelta(days=2)) == 1
     assert not blobs.exists(item.evidence_key)
     assert desk.evidence.retired_waiting() == 0
+
+
+# --- a video's filmstrip --------------------------------------------------------------------
+
+
+def _video_item(
+    desk: ReviewDesk, queue: KeptQueue, job_id: str, *, keep: bool = True
+) -> ReviewItem:
+    """A video's review item (its verdict with findings), its sampled frames kept as the
+    worker keeps them when ``keep``."""
+    from moderation.core.decision import VideoFindings
+
+    item = make_item(world_policy(), job_id)
+    findings = VideoFindings(
+        kind="video",
+        duration_s=4.0,
+        frames_scored=4,
+        timestamps=[0.0, 1.0, 2.0, 3.0],
+        segments=[],
+        top_frame_s=2.0,
+    )
+    item = item.model_copy(update={"verdict": dataclasses.replace(item.verdict, video=findings)})
+    queue.submit(item)
+    kept = queue.item(item.review_id)
+    if keep:
+        assert kept.content_sha256 is not None
+        desk.evidence.keep_filmstrip(
+            tenant="default",
+            review_id=kept.review_id,
+            content_sha256=kept.content_sha256,
+            timestamps=(0.0, 1.0, 2.0, 3.0),
+            stills=(b"s0", b"s1", b"s2", b"s3"),
+        )
+    return kept
+
+
+def test_a_video_shows_its_kept_frames_to_the_lease_holder_only() -> None:
+    desk, queue, handed, blobs = _desk()
+    item = _video_item(desk, queue, "job-v1")
+    view = desk.filmstrip(item)
+    assert view is not None and view.problem is None
+    assert view.timestamps == (0.0, 1.0, 2.0, 3.0) and view.top_index == 2
+    with pytest.raises(ReviewNotFound):
+        desk.frame("rv_a", item.review_id, 0)  # not claimed yet
+    claim = desk.claim("rv_a")
+    assert claim is not None
+    assert desk.frame("rv_a", item.review_id, 2) == b"png:s2"
+    with pytest.raises(ReviewNotFound):
+        desk.frame("rv_b", item.review_id, 2)
+    with pytest.raises(ReviewNotFound):
+        desk.frame("rv_a", item.review_id, 4)
+    desk.decide(
+        "rv_a",
+        review_id=item.review_id,
+        token=claim.lease.token,
+        decision=ReviewDecision.ALLOW,
+        reason_code=None,
+    )
+    assert handed.finals[0].seen_sha256 == item.content_sha256
+    # the frames are retired with the bytes, and swept with them
+    from datetime import UTC, datetime, timedelta
+
+    assert desk.evidence.retired_waiting() == 2
+    assert desk.evidence.sweep(datetime.now(UTC) + timedelta(days=2)) == 2
+    assert [k for k in blobs.objects if k.startswith("review-evidence")] == []
+
+
+@pytest.mark.parametrize("damage", ["never kept", "altered", "another video's"])
+def test_a_video_without_usable_frames_cannot_be_allowed(damage: str) -> None:
+    from moderation.core.evidence import filmstrip_key, pack_filmstrip
+    from moderation.exceptions import ReviewEvidenceUnavailable
+
+    desk, queue, _, blobs = _desk()
+    item = _video_item(desk, queue, "job-" + damage.split()[0], keep=damage != "never kept")
+    assert item.content_sha256 is not None
+    key = filmstrip_key("default", item.review_id, item.content_sha256)
+    if damage == "altered":
+        blobs.put(key, blobs.get(key).replace(b"s2", b"x2"))
+    elif damage == "another video's":
+        blobs.put(key, pack_filmstrip("0" * 64, [0.0], [b"other"]))
+    assert "removed or escalated" in (desk.evidence_problem(item) or "")
+    claim = desk.claim("rv_a")
+    assert claim is not None
+    with pytest.raises(ReviewEvidenceUnavailable):
+        desk.frame("rv_a", item.review_id, 0)
+    with pytest.raises(ReviewInvalidDecision):
+        desk.decide(
+            "rv_a",
+            review_id=item.review_id,
+            token=claim.lease.token,
+            decision=ReviewDecision.ALLOW,
+            reason_code=None,
+        )
+    done = desk.decide(
+        "rv_a",
+        review_id=item.review_id,
+        token=claim.lease.token,
+        decision=ReviewDecision.REMOVE,
+        reason_code="TW_LOGO",
+    )
+    assert done.final is not None and done.final.seen_sha256 is None
+
+
+def test_a_filmstrip_object_is_checked_before_use() -> None:
+    from moderation.core.evidence import pack_filmstrip, unpack_filmstrip
+
+    sha = "a" * 64
+    packed = pack_filmstrip(sha, [0.0, 1.5], [b"one", b"two!"])
+    strip = unpack_filmstrip(packed, sha)
+    assert strip.timestamps == (0.0, 1.5) and strip.stills == (b"one", b"two!")
+    for bad in (packed[:-1], packed + b"x", b"junk", packed.replace(b"two!", b"two?")):
+        with pytest.raises(ValueError):
+            unpack_filmstrip(bad, sha)
+    with pytest.raises(ValueError):
+        unpack_filmstrip(packed, "b" * 64)
+    with pytest.raises(ValueError):
+        pack_filmstrip(sha, [0.0], [])

@@ -18,6 +18,16 @@ either of two shapes:
   one human decision on one category: ``remove`` labels the image violating for that category,
   ``allow`` benign for it, and other categories stay unlabelled; ``escalate`` labels nothing.
 
+* **a folder per label** (no labels file): each subfolder is named after the category its
+  files violate (a bare category id, or ``policy.category``); a subfolder named ``benign``,
+  ``allow``, ``none`` or ``negative`` holds files that violate nothing. Its files (any depth)
+  are images and videos, mixed freely, recognised by suffix; other files are counted as
+  skipped::
+
+      clips/contraband_symbol/star-12s.mp4
+      clips/contraband_symbol/star.png
+      clips/benign/beach.webm
+
 Problems are reported as ``file:line: message``.
 """
 
@@ -35,12 +45,74 @@ from moderation.core.evaluation import Dataset, LabelledItem
 from moderation.core.image_ref import ImageRef
 from moderation.exceptions import DatasetError
 
-__all__ = ["LABEL_FILES", "find_labels_file", "load_dataset"]
+__all__ = [
+    "BENIGN_FOLDERS",
+    "LABEL_FILES",
+    "find_labels_file",
+    "is_label_folders",
+    "load_dataset",
+    "load_label_folders",
+]
 
 #: Names a dataset folder's labels file may have.
 LABEL_FILES = ("labels.csv", "labels.jsonl", "labels.json", "labels.ndjson")
 _SPLIT = re.compile(r"[;|,]")
 _HUMAN_LABELS = {"remove": True, "allow": False}
+
+
+#: Subfolder names of a folder-per-label dataset that mean "violates nothing".
+BENIGN_FOLDERS = frozenset({"benign", "allow", "none", "negative"})
+#: File suffixes a folder-per-label dataset reads (images and videos).
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv"})
+
+
+def is_label_folders(path: Path) -> bool:
+    """Whether ``path`` is a folder-per-label dataset: a folder without a labels file whose
+    subfolders hold the files."""
+    return (
+        path.is_dir()
+        and not any((path / name).is_file() for name in LABEL_FILES)
+        and any(child.is_dir() for child in path.iterdir())
+    )
+
+
+def load_label_folders(path: Path) -> Dataset:
+    """Read a folder-per-label dataset (see the module docstring).
+
+    Raises:
+        DatasetError: a subfolder name that cannot be a category, or no image or video.
+    """
+    items: list[LabelledItem] = []
+    skipped: Counter[str] = Counter()
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        label = folder.name.strip()
+        if label.lower() in BENIGN_FOLDERS:
+            positive: frozenset[str] = frozenset()
+        elif re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)?", label):
+            positive = frozenset({label.replace(".", "/", 1)})
+        else:
+            raise DatasetError(
+                f"{folder}: a label folder is named after a category (id or policy.category) "
+                f"or one of {', '.join(sorted(BENIGN_FOLDERS))}"
+            )
+        for file in sorted(f for f in folder.rglob("*") if f.is_file()):
+            suffix = file.suffix.lower()
+            if suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+                skipped[f"not an image or video ({suffix or 'no suffix'})"] += 1
+                continue
+            items.append(
+                LabelledItem(
+                    image=file.resolve().as_uri(),
+                    positive=positive,
+                    name=str(file.relative_to(path)),
+                )
+            )
+    if not items:
+        raise DatasetError(f"{path}: no image or video in its label folders")
+    return Dataset(items=items, source=str(path), kind="folders", skipped=dict(skipped))
 
 
 def find_labels_file(path: Path) -> Path:
@@ -118,6 +190,8 @@ def load_dataset(path: Path) -> Dataset:
     Raises:
         DatasetError: unreadable, malformed, or without any labelled image.
     """
+    if is_label_folders(path):
+        return load_label_folders(path)
     file = find_labels_file(path)
     base = file.parent
     items: list[LabelledItem] = []

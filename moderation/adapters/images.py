@@ -48,6 +48,7 @@ import io
 import struct
 import threading
 import zlib
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -67,6 +68,7 @@ from moderation.settings import ImageLimits, VideoSettings
 
 __all__ = [
     "VIDEO_KINDS",
+    "FrameStill",
     "VideoFrames",
     "allowed_formats",
     "decode_image",
@@ -532,6 +534,23 @@ class SafeDecoder:
             video=self.video,
             video_frames=self.video_frames,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class FrameStill:
+    """A sampled frame of a video or an animation as the reviewer's filmstrip still: scaled down
+    so that its long side is at most ``max_side`` and encoded as a plain baseline JPEG (no
+    metadata). Picklable: it travels to the worker's prepare processes."""
+
+    max_side: int = 320
+    quality: int = 80
+
+    def __call__(self, frame: Image.Image) -> bytes:
+        still = frame.convert("RGB") if frame.mode != "RGB" else frame.copy()
+        still.thumbnail((self.max_side, self.max_side), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        still.save(buffer, format="JPEG", quality=self.quality)
+        return buffer.getvalue()
 
 
 def safe_png(data: bytes, limits: ImageLimits) -> bytes:

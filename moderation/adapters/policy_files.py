@@ -28,7 +28,7 @@ import yaml
 from pydantic import ValidationError
 
 from moderation.adapters.support.files import atomic_write
-from moderation.core.policy import Policy, PolicyMode, PolicySet
+from moderation.core.policy import Policy, PolicyMode, PolicySet, VideoRule
 from moderation.exceptions import ModerationError, PolicyError, PolicyIssue, PolicyValidationError
 from moderation.ports import BlobStore, PolicyDocument, PolicyStore
 
@@ -479,11 +479,13 @@ def edit_policy_text(
     version: int | None = None,
     mode: PolicyMode | None = None,
     thresholds: Mapping[str, tuple[float, float]] | None = None,
+    video: VideoRule | None = None,
     source: str = "<string>",
 ) -> str:
-    """The policy YAML ``text`` with a new ``version``, ``mode`` and per-category
-    ``thresholds`` (category id -> (review, block)), edited in place: everything else, comments
-    included, is kept byte for byte. A missing ``mode`` key is added after ``version``.
+    """The policy YAML ``text`` with a new ``version``, ``mode``, per-category
+    ``thresholds`` (category id -> (review, block)) and ``video`` rule, edited in place:
+    everything else, comments included, is kept byte for byte. A missing ``mode`` key is added
+    after ``version``; a ``video`` section replaces the old one (or is appended).
 
     Raises:
         PolicyValidationError: the text is not a policy mapping, or a named category or one of
@@ -541,6 +543,18 @@ def edit_policy_text(
                 edits.append((node.start_mark.index, node.end_mark.index, _number(value)))
     if wanted:
         raise problem(f"categories not found: {', '.join(sorted(wanted))}")
+    if video is not None:
+        section = (
+            f"video:\n  min_block_frames: {video.min_block_frames}\n"
+            f"  min_block_seconds: {_number(video.min_block_seconds)}\n"
+        )
+        if "video" in top:
+            key, value = top["video"]
+            end = value.end_mark.index
+            tail = section if text[end - 1 : end] == "\n" else section.rstrip("\n")
+            edits.append((key.start_mark.index, end, tail))
+        else:
+            edits.append((len(text), len(text), ("" if text.endswith("\n") else "\n") + section))
     out = text
     for start, end, replacement in sorted(edits, reverse=True):
         out = out[:start] + replacement + out[end:]

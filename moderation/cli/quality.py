@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from moderation.compose.scoring import Scoring
     from moderation.core.evaluation import Dataset
     from moderation.core.policy import Policy
-    from moderation.pipeline.evaluate import ScoredItem
+    from moderation.pipeline.evaluate import EvaluationReport, ScoredItem
 
 __all__ = ["backtest", "calibrate", "evaluate", "parse_since", "promote"]
 
@@ -156,6 +156,8 @@ def evaluate(
                 "–" if c.average_precision is None else f"{c.average_precision:.3f}",
             )
         out.print(table)
+        if report.videos:
+            out.print(_video_table(report))
         if report.accuracy is not None:
             out.print(f"top-1 accuracy {_pct(report.accuracy.top1)} over {report.accuracy.n}")
         for note in report.notes:
@@ -163,6 +165,31 @@ def evaluate(
         if report.unlabelled:
             out.print(f"no labelled images for: {', '.join(report.unlabelled)}", highlight=False)
     err.print(f"report: {files.html} ({len(files.images)} plots, {files.json.name})")
+
+
+def _video_table(report: EvaluationReport) -> Table:
+    """Per-video metrics: each labelled video counts once, under its policy's video rule."""
+    table = Table(
+        "category",
+        "viol./benign",
+        "rule (frames, s)",
+        "block P",
+        "block R",
+        "flagged R",
+        "blocked/review/allowed",
+        title=f"per video ({report.n_videos} videos)",
+    )
+    for v in report.videos:
+        table.add_row(
+            v.key,
+            f"{v.positives}/{v.negatives}",
+            f"≥{v.min_block_frames}, ≥{v.min_block_seconds:g} s",
+            _pct(v.block_precision),
+            _pct(v.block_recall),
+            _pct(v.flagged_recall),
+            f"{v.blocked}/{v.reviewed}/{v.allowed}",
+        )
+    return table
 
 
 def _next_version_path(source: Path, policy_id: str, version: int, out: Path | None) -> Path:
@@ -261,6 +288,18 @@ def calibrate(
             f"{_pct(p.current_review_load)} → {_pct(p.review_load)}",
         )
     (err if as_json else out).print(table)
+    rule = report.video_rule
+    if rule is not None:
+        flag = "" if rule.supported else " [bold red](unsupported)[/]"
+        (err if as_json else out).print(
+            f"video rule{flag} on {rule.videos} labelled videos: "
+            f"≥{rule.current.min_block_frames} frames, ≥{rule.current.min_block_seconds:g} s → "
+            f"≥{rule.proposed.min_block_frames} frames, ≥{rule.proposed.min_block_seconds:g} s; "
+            f"per-video block precision {_pct(rule.current.precision)} → "
+            f"{_pct(rule.proposed.precision)} ({_pct(rule.proposed.precision_low)}), "
+            f"recall {_pct(rule.current.recall)} → {_pct(rule.proposed.recall)}",
+            highlight=False,
+        )
     for note in report.notes:
         err.print(f"[yellow]note[/]: {note}", highlight=False)
     for problem in report.problems:
@@ -287,6 +326,11 @@ def calibrate(
             version=version,
             mode=PolicyMode.SHADOW,
             thresholds=report.thresholds,
+            video=(
+                report.video_rule.rule
+                if report.video_rule is not None and report.video_rule.supported
+                else None
+            ),
             source=str(policy),
         )
         load_policy_text(new_text, source=str(target), base_dir=target.parent)

@@ -93,7 +93,8 @@ def build_sources(
     without a tenant, with the service's identity. Without it (the API, the workers) every S3
     read is a tenant's, inside its ``s3_sources``, and ``file://`` does not exist.
 
-    Downloads (URL, S3) stop at the larger of ``images.max_bytes`` and ``video.max_bytes``
+    Downloads (URL, S3) and local files stop at the larger of ``images.max_bytes`` and
+    ``video.max_bytes``
     (what a download is cannot be known before its bytes are read); the decoder then holds an
     image to ``images.max_bytes`` and a video to ``video.max_bytes``."""
     fetching = settings.model_copy(
@@ -109,7 +110,7 @@ def build_sources(
     if blobs is not None:  # large inline images the API spilled to the object store
         sources.append(SpillSource(blobs))
     if local_files:
-        sources.append(FileSource(max_bytes=settings.images.max_bytes))
+        sources.append(FileSource(max_bytes=fetching.images.max_bytes))
     return ImageSources(sources)
 
 

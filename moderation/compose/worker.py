@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from moderation.adapters.compile_cache import CompileCache
 from moderation.adapters.http_callbacks import CallbackDelivery
-from moderation.adapters.images import SafeDecoder
+from moderation.adapters.images import FrameStill, SafeDecoder
 from moderation.adapters.policy_files import load_policy_text
 from moderation.adapters.postgres.jobs import PostgresJobStore
 from moderation.adapters.support.prepare_pool import PreparePool
@@ -186,6 +186,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         decoder=media_decoder(settings),
         policies=policies,
         fingerprint_all=settings.banks.hash_every_image,
+        still=FrameStill(),  # a video's sampled frames, kept for its reviewer
     )
     m = metrics()
 

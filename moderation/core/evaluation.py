@@ -335,7 +335,7 @@ class Dataset:
 
     items: list[LabelledItem]
     source: str
-    kind: str  # "labels" or "review_export"
+    kind: str  # "labels", "review_export" or "folders" (a folder per label)
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
 
     @property

@@ -9,23 +9,36 @@ and ends with the content hash: a key cannot be guessed without already holding 
 Retention follows the item's life, not Redis: the bytes stay while the item waits; once it is
 decided, a marker under :func:`retired_key` (by UTC day of the decision) lets the sweep delete
 them ``review.evidence_retention_s`` later.
+
+A video (or an animation) also keeps its **filmstrip**: the sampled frames that were scored, as
+small JPEG stills made from the very frames the model saw, in one object under
+:func:`filmstrip_key` (:func:`pack_filmstrip`). The reviewer is shown those frames, never the
+source again and never a re-decode. The object names the content hash of the video it was cut
+from and each still's SHA-256, checked on read (:func:`unpack_filmstrip`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 __all__ = [
     "EVIDENCE_PREFIX",
     "RETIRED_PREFIX",
+    "Filmstrip",
     "evidence_key",
     "evidence_of_marker",
+    "filmstrip_key",
+    "pack_filmstrip",
     "retired_day_prefix",
     "retired_key",
     "tenant_segment",
+    "unpack_filmstrip",
     "verifies",
 ]
 
@@ -80,3 +93,92 @@ def verifies(data: bytes, content_sha256: str | None) -> bool:
     if not content_sha256:
         return False
     return hmac.compare_digest(hashlib.sha256(data).hexdigest(), content_sha256.lower())
+
+
+#: The first line of a filmstrip object (its format and version).
+_FILMSTRIP_MAGIC = b"moderation-filmstrip/1\n"
+#: Stills per filmstrip, at most (the sampler's cap is far lower; a corrupt header is refused).
+MAX_FILMSTRIP_FRAMES = 10_000
+
+
+def filmstrip_key(tenant: str, review_id: str, content_sha256: str) -> str:
+    """Where the filmstrip (sampled frames) of review ``review_id`` is kept: beside its
+    evidence (same tenant segment, same unguessable content hash).
+
+    Raises:
+        ValueError: as :func:`evidence_key`.
+    """
+    return evidence_key(tenant, review_id, content_sha256) + "-frames"
+
+
+@dataclass(frozen=True, slots=True)
+class Filmstrip:
+    """The sampled frames of a video as the reviewer sees them: one JPEG still per sample, with
+    the time it was shown (seconds), in time order."""
+
+    content_sha256: str
+    timestamps: tuple[float, ...]
+    stills: tuple[bytes, ...]
+
+    def __len__(self) -> int:
+        return len(self.stills)
+
+
+def pack_filmstrip(
+    content_sha256: str, timestamps: Sequence[float], stills: Sequence[bytes]
+) -> bytes:
+    """One object holding a video's stills: a JSON header line (the video's content hash, each
+    still's time, size and SHA-256), then the stills back to back.
+
+    Raises:
+        ValueError: no stills, or times and stills disagree in number.
+    """
+    if not stills or len(stills) != len(timestamps):
+        raise ValueError(f"{len(stills)} stills for {len(timestamps)} timestamps")
+    header = {
+        "content_sha256": content_sha256,
+        "frames": [
+            {"t": round(float(t), 3), "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+            for t, b in zip(timestamps, stills, strict=True)
+        ],
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _FILMSTRIP_MAGIC + head + b"\n" + b"".join(stills)
+
+
+def unpack_filmstrip(data: bytes, content_sha256: str | None) -> Filmstrip:
+    """The stills of a filmstrip object, checked: it was cut from the video whose SHA-256 is
+    ``content_sha256``, and every still hashes to what its header says.
+
+    Raises:
+        ValueError: not a filmstrip, another video's, truncated, or a still altered.
+    """
+    if not data.startswith(_FILMSTRIP_MAGIC):
+        raise ValueError("not a filmstrip object")
+    head, sep, body = data[len(_FILMSTRIP_MAGIC) :].partition(b"\n")
+    if not sep:
+        raise ValueError("filmstrip header is truncated")
+    try:
+        header = json.loads(head)
+        frames = header["frames"]
+        owner = str(header["content_sha256"])
+        if not isinstance(frames, list) or not 0 < len(frames) <= MAX_FILMSTRIP_FRAMES:
+            raise ValueError("bad frame list")
+        sizes = [int(f["size"]) for f in frames]
+        times = tuple(float(f["t"]) for f in frames)
+        digests = [str(f["sha256"]) for f in frames]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"filmstrip header is corrupt: {exc}") from None
+    if not content_sha256 or not hmac.compare_digest(owner, content_sha256.lower()):
+        raise ValueError("the filmstrip belongs to other content")
+    if any(size < 0 for size in sizes) or sum(sizes) != len(body):
+        raise ValueError("filmstrip is truncated or has extra bytes")
+    stills: list[bytes] = []
+    offset = 0
+    for size, digest in zip(sizes, digests, strict=True):
+        still = body[offset : offset + size]
+        offset += size
+        if not hmac.compare_digest(hashlib.sha256(still).hexdigest(), digest):
+            raise ValueError("a still of the filmstrip does not match its hash")
+        stills.append(still)
+    return Filmstrip(owner, times, tuple(stills))

@@ -6,6 +6,11 @@ scoring path); the thresholds come from the core's search
 threshold that meets the target precision and the highest review threshold that meets the target
 recall, both at the lower end of a confidence interval. The proposal becomes a *new* policy
 version (written by the caller), never an edit of the live file.
+
+With labelled videos, the policy's **video rule** (``video.min_block_frames`` /
+``min_block_seconds``: what a video needs before it is blocked) is calibrated too, on a per-video
+basis at the proposed block thresholds (:func:`moderation.core.video_quality.
+propose_video_rule`), and written with them.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from dataclasses import dataclass, field
 from moderation.core.calibration import ThresholdProposal, propose_thresholds
 from moderation.core.data import Data
 from moderation.core.evaluation import Dataset
+from moderation.core.video_quality import VideoRuleProposal, propose_video_rule
 from moderation.exceptions import CalibrationUnsupported
-from moderation.pipeline.evaluate import ScoredItem, labelled_scores
+from moderation.pipeline.evaluate import ScoredItem, labelled_scores, labelled_videos
 from moderation.pipeline.policies import CompiledSet
 
 __all__ = ["CalibrationReport", "calibrate"]
@@ -39,10 +45,14 @@ class CalibrationReport(Data):
     #: Categories left as they are: no labelled image, or not asked for.
     untouched: list[str]
     notes: list[str] = field(default_factory=list)
+    #: The policy's video rule, calibrated on the labelled videos (None: there were none).
+    video_rule: VideoRuleProposal | None = None
 
     @property
     def supported(self) -> bool:
-        return all(p.supported for p in self.proposals)
+        return all(p.supported for p in self.proposals) and (
+            self.video_rule is None or self.video_rule.supported
+        )
 
     @property
     def thresholds(self) -> dict[str, tuple[float, float]]:
@@ -51,7 +61,10 @@ class CalibrationReport(Data):
 
     @property
     def problems(self) -> list[str]:
-        return [f"{p.key}: {problem}" for p in self.proposals for problem in p.problems]
+        found = [f"{p.key}: {problem}" for p in self.proposals for problem in p.problems]
+        if self.video_rule is not None:
+            found += [f"{self.policy_id} video rule: {p}" for p in self.video_rule.problems]
+        return found
 
 
 def calibrate(
@@ -97,6 +110,22 @@ def calibrate(
                 confidence=confidence,
             )
         )
+    videos = [
+        (video, proposal.block)
+        for proposal in proposals
+        for video in labelled_videos(scored, proposal.key)
+    ]
+    video_rule = (
+        propose_video_rule(
+            policy_id,
+            videos,
+            current=policy.video,
+            target_precision=target_precision,
+            confidence=confidence,
+        )
+        if videos
+        else None
+    )
     if not proposals:
         raise CalibrationUnsupported(
             f"no labelled image for any category of policy {policy_id!r}: nothing to calibrate"
@@ -120,4 +149,5 @@ def calibrate(
         proposals=proposals,
         untouched=untouched,
         notes=notes,
+        video_rule=video_rule,
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moderation.core.data import Data
-from moderation.core.decision import Verdict
+from moderation.core.decision import Timeline, Verdict
 from moderation.core.evaluation import (
     CategoryMetrics,
     Dataset,
@@ -26,6 +26,7 @@ from moderation.core.evaluation import (
     wilson,
 )
 from moderation.core.image_ref import ImageRef
+from moderation.core.video_quality import LabelledVideo, VideoMetrics, video_metrics
 from moderation.exceptions import ModerationError
 from moderation.pipeline.moderator import Moderator
 from moderation.pipeline.policies import CompiledSet
@@ -40,6 +41,7 @@ __all__ = [
     "evaluate",
     "fetcher",
     "labelled_scores",
+    "labelled_videos",
     "score_dataset",
 ]
 
@@ -51,6 +53,13 @@ class ScoredItem:
     item: LabelledItem
     verdict: Verdict | None = None
     error: ModerationError | None = None
+    #: A video's sampled frames: each one's own verdict, and when it was shown.
+    frames: tuple[Verdict, ...] = ()
+    timeline: Timeline | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.timeline is not None and self.timeline.kind == "video" and bool(self.frames)
 
 
 def score_dataset(
@@ -77,9 +86,16 @@ def score_dataset(
         compiled=compiled,
         batch_size=batch_size,
         on_done=on_done,
+        frames=True,
     )
     return [
-        ScoredItem(item=item, verdict=result.verdict, error=result.error)
+        ScoredItem(
+            item=item,
+            verdict=result.verdict,
+            error=result.error,
+            frames=result.frames,
+            timeline=result.timeline,
+        )
         for item, result in zip(dataset.items, results, strict=True)
     ]
 
@@ -102,6 +118,28 @@ def category_keys(
     return out
 
 
+def labelled_videos(scored: Sequence[ScoredItem], key: str) -> list[LabelledVideo]:
+    """The videos labelled for category ``key``: ground truth, and each sampled frame's score
+    with the seconds it stands for (what per-video metrics and the video rule work on)."""
+    out: list[LabelledVideo] = []
+    for entry in scored:
+        truth = entry.item.truth(key)
+        if truth is None or not entry.is_video or entry.timeline is None:
+            continue
+        if any(key not in frame.scores for frame in entry.frames):
+            continue
+        spans = entry.timeline.spans()
+        out.append(
+            LabelledVideo(
+                name=entry.item.name or entry.item.image,
+                truth=truth,
+                scores=tuple(frame.scores[key] for frame in entry.frames),
+                spans_s=tuple(end - start for start, end in spans),
+            )
+        )
+    return out
+
+
 def labelled_scores(
     scored: Sequence[ScoredItem], key: str
 ) -> tuple[np.ndarray, np.ndarray, list[ScoredItem]]:
@@ -114,7 +152,9 @@ def labelled_scores(
         truth = entry.item.truth(key)
         if truth is None or key not in entry.verdict.scores:
             continue
-        scores.append(entry.verdict.scores[key])
+        # a video's score for a category: its highest sampled frame's
+        frames = [f.scores[key] for f in entry.frames if key in f.scores]
+        scores.append(max(frames) if frames else entry.verdict.scores[key])
         truths.append(truth)
         kept.append(entry)
     return np.asarray(scores, np.float64), np.asarray(truths, bool), kept
@@ -150,6 +190,10 @@ class EvaluationReport(Data):
     unlabelled: list[str]  # categories applied without any labelled image
     accuracy: Accuracy | None = None
     notes: list[str] = field(default_factory=list)
+    #: Per-video metrics (each labelled video counts once, under its policy's video rule), for
+    #: the categories with labelled videos.
+    videos: list[VideoMetrics] = field(default_factory=list)
+    n_videos: int = 0
 
 
 def _accuracy(
@@ -197,7 +241,20 @@ def evaluate(
     keys = category_keys(compiled, policy_ids)
     categories: list[CategoryMetrics] = []
     unlabelled: list[str] = []
+    videos: list[VideoMetrics] = []
     for key, (review, block) in keys.items():
+        labelled = labelled_videos(scored, key)
+        if labelled:
+            videos.append(
+                video_metrics(
+                    key,
+                    labelled,
+                    review=review,
+                    block=block,
+                    rule=compiled.by_id[key.partition("/")[0]].policy.video,
+                    confidence=confidence,
+                )
+            )
         scores, truths, _ = labelled_scores(scored, key)
         if not len(scores):
             unlabelled.append(key)
@@ -246,4 +303,6 @@ def evaluate(
         unlabelled=unlabelled,
         accuracy=_accuracy(scored, list(keys), confidence),
         notes=notes,
+        videos=videos,
+        n_videos=sum(e.is_video for e in scored),
     )

@@ -56,6 +56,9 @@ class PreparedImage:
     timeline: Timeline | None = None
     #: A video's or an animation's fingerprints per sampled frame (its PDQ hash and quality).
     frame_fingerprints: tuple[Mapping[str, Any], ...] = ()
+    #: A video's or an animation's sampled frames as small JPEG stills (the reviewer's
+    #: filmstrip: exactly the frames that were scored), one per timestamp; empty otherwise.
+    stills: tuple[bytes, ...] = ()
 
     @property
     def frames(self) -> int:
@@ -67,12 +70,14 @@ class Preparation:
     """Everything preparing one image takes: safe decode at ``min_side``, the encoder's CPU
     preprocessing of each frame (``crop``), each image signal's features and fingerprints, and
     the content hash. Picklable when its parts are (the worker's prepare processes run it, out
-    of the worker's GIL)."""
+    of the worker's GIL). ``still``: makes a video's or an animation's filmstrip still of each
+    sampled frame (None: none made)."""
 
     decoder: ImageDecoder
     crop: Callable[[Any], Any]
     min_side: int
     signals: tuple[Signal, ...]
+    still: Callable[[Any], bytes] | None = None
 
     def __call__(self, data: bytes) -> PreparedImage:
         """Raises: ImageError: corrupt, too large, or a format outside the allowlist."""
@@ -100,6 +105,9 @@ class Preparation:
                 }
                 for k in range(len(frames))
             )
+        stills: tuple[bytes, ...] = ()
+        if media.timeline is not None and self.still is not None:
+            stills = tuple(self.still(frame) for frame in frames)
         return PreparedImage(
             content_sha256=digest,
             inputs=inputs,
@@ -107,6 +115,7 @@ class Preparation:
             fingerprints=fingerprints,
             timeline=media.timeline,
             frame_fingerprints=per_frame,
+            stills=stills,
         )
 
 
@@ -120,10 +129,13 @@ class Moderator:
         decoder: ImageDecoder,
         policies: ActivePolicies,
         fingerprint_all: bool = True,
+        still: Callable[[Any], bytes] | None = None,
     ) -> None:
         self.encoder = encoder
         self.decoder = decoder
         self.policies = policies
+        #: Makes the reviewer's still of a video's sampled frame (None: no filmstrips).
+        self.still = still
         #: Run every image signal on every image (each image gets its PDQ hash even when no
         #: policy has a bank category). False: only the signals the policies in service use.
         self.fingerprint_all = fingerprint_all
@@ -171,6 +183,7 @@ class Moderator:
             crop=crop,
             min_side=max([self.encoder.image_size, *(s.min_side for s in signals)]),
             signals=signals,
+            still=self.still,
         )
 
     def embed(self, inputs: Sequence[Any]) -> NDArray[np.float32]:
@@ -196,12 +209,35 @@ class Moderator:
         Raises:
             UnknownPolicyError: a named policy is not loaded.
         """
+        return [v for v, _ in self.decide_frames(images, embeddings, policy_ids, compiled=compiled)]
+
+    def decide_frames(
+        self,
+        images: Sequence[PreparedImage],
+        embeddings: NDArray[np.float32],
+        policy_ids: Iterable[str] | None = None,
+        *,
+        compiled: CompiledSet | None = None,
+    ) -> list[tuple[Verdict, list[Verdict]]]:
+        """:meth:`decide`, each verdict with its frames' own verdicts (a video's sampled frames,
+        in time order; a still image's one frame): what per-video evaluation and calibration
+        of the video rule need.
+
+        Raises:
+            UnknownPolicyError: a named policy is not loaded.
+        """
         if not images:
             return []
         compiled = compiled or self.policies.current
         per_frame = compiled.verdicts(_batch(images, embeddings), policy_ids)
         rules = {pid: p.policy.video for pid, p in compiled.by_id.items()}
-        return _per_image(images, per_frame, rules)
+        verdicts = _per_image(images, per_frame, rules)
+        out: list[tuple[Verdict, list[Verdict]]] = []
+        start = 0
+        for image, verdict in zip(images, verdicts, strict=True):
+            out.append((verdict, list(per_frame[start : start + image.frames])))
+            start += image.frames
+        return out
 
     def shadow(
         self,
@@ -251,6 +287,17 @@ class Moderator:
         """Embed and decide prepared images in one forward pass (no queue)."""
         inputs = [x for image in images for x in image.inputs]
         return self.decide(images, self.embed(inputs), policy_ids, compiled=compiled)
+
+    def moderate_frames(
+        self,
+        images: Sequence[PreparedImage],
+        policy_ids: Iterable[str] | None = None,
+        *,
+        compiled: CompiledSet | None = None,
+    ) -> list[tuple[Verdict, list[Verdict]]]:
+        """:meth:`moderate` with each image's frame verdicts (:meth:`decide_frames`)."""
+        inputs = [x for image in images for x in image.inputs]
+        return self.decide_frames(images, self.embed(inputs), policy_ids, compiled=compiled)
 
 
 def _batch(images: Sequence[PreparedImage], embeddings: NDArray[np.float32]) -> FeatureBatch:

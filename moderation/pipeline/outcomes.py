@@ -73,6 +73,9 @@ class Decided(NamedTuple):
     shadows: tuple[ShadowVerdict, ...] = ()
     #: The bytes that were scored (kept for the reviewer when the verdict is REVIEW).
     data: bytes | None = None
+    #: A video's sampled frames as stills, and when each was shown (kept with the bytes).
+    stills: tuple[bytes, ...] = ()
+    still_times: tuple[float, ...] = ()
 
 
 def _details(decided: Decided) -> dict[str, Any] | None:
@@ -210,6 +213,7 @@ class Outcomes:
             ],
             [d.job for d, ended in zip(decided, won, strict=True) if not ended],
             data={d.job.id: d.data for d in decided if d.data is not None},
+            stills={d.job.id: (d.still_times, d.stills) for d in decided if d.stills},
         )
         return won
 
@@ -278,10 +282,12 @@ class Outcomes:
         others: Sequence[Job],
         *,
         data: Mapping[str, bytes] | None = None,
+        stills: Mapping[str, tuple[tuple[float, ...], tuple[bytes, ...]]] | None = None,
     ) -> None:
         """Side effects of ``ended`` (their results just written by this call) and of
         ``others`` (ended earlier, results read back), unless they already ran. ``data``: the
-        scored bytes by job id, where this call has them."""
+        scored bytes by job id, where this call has them; ``stills``: a video's sampled frames
+        (timestamps, JPEG stills) by job id."""
         jobs = [job for job, _ in ended] + list(others)
         done = self.deliveries.effects_done_many([job.id for job in jobs])
         known = {job.id: result for job, result in ended}
@@ -298,7 +304,9 @@ class Outcomes:
                 and result.verdict is not None
                 and result.verdict.decision is Decision.REVIEW
             ):
-                self._send_to_review(job, result, (data or {}).get(job.id))
+                self._send_to_review(
+                    job, result, (data or {}).get(job.id), (stills or {}).get(job.id)
+                )
             if job.callback_url:
                 self.callbacks.send(
                     job.public_id,
@@ -309,7 +317,13 @@ class Outcomes:
             finished.append(job.id)
         self.deliveries.mark_effects_done_many(finished)
 
-    def _send_to_review(self, job: Job, result: JobResult, data: bytes | None) -> None:
+    def _send_to_review(
+        self,
+        job: Job,
+        result: JobResult,
+        data: bytes | None,
+        stills: tuple[tuple[float, ...], tuple[bytes, ...]] | None = None,
+    ) -> None:
         assert self.review is not None and result.verdict is not None
         verdict = result.verdict
         policy = self.policies().get(verdict.policy_id or "")
@@ -322,6 +336,8 @@ class Outcomes:
             # Inline bytes normally expire after queue.inline_ttl_s; reviewers need them longer.
             self.store.keep_inline(job.image.inline_key, self.keep_inline_s)
         evidence_key = self._keep_evidence(job, result, data)
+        if stills is not None:
+            self._keep_filmstrip(job, result, *stills)
         try:
             item = item_from_verdict(
                 job_id=job.id,
@@ -356,6 +372,24 @@ class Outcomes:
         except (ModerationError, ValueError) as exc:
             log.error("job %s: the scored bytes could not be kept for review: %s", job.id, exc)
             return None
+
+    def _keep_filmstrip(
+        self, job: Job, result: JobResult, timestamps: tuple[float, ...], stills: tuple[bytes, ...]
+    ) -> None:
+        """Store a video's sampled frames for the reviewer (best effort: without them the item
+        says so and can only be removed or escalated)."""
+        if self.evidence is None or result.content_sha256 is None:
+            return
+        try:
+            self.evidence.keep_filmstrip(
+                tenant=job.tenant,
+                review_id=review_id_for(job.id),
+                content_sha256=result.content_sha256,
+                timestamps=timestamps,
+                stills=stills,
+            )
+        except (ModerationError, ValueError) as exc:
+            log.error("job %s: the sampled frames could not be kept for review: %s", job.id, exc)
 
     def _dsa_category(self, verdict: Verdict) -> str | None:
         policy = self.policies().get(verdict.policy_id or "")

@@ -360,6 +360,10 @@ class Processor:
                     image.fingerprints,
                     tuple(shadow),
                     scored.get(job.id) if verdict.decision is Decision.REVIEW else None,
+                    image.stills if verdict.decision is Decision.REVIEW else (),
+                    image.timeline.timestamps
+                    if verdict.decision is Decision.REVIEW and image.timeline is not None
+                    else (),
                 )
                 for (job, image, _), verdict, shadow in zip(members, verdicts, shadows, strict=True)
             ]

@@ -54,9 +54,19 @@ from moderation.ports import Claim, ReviewQueue, ReviewStats
 #: window's end is decided by the queue, never after the hand-on started.
 UNDO_MARGIN_S = 2.0
 
-__all__ = ["Decided", "OnFinal", "ReviewDesk"]
+__all__ = ["Decided", "OnFinal", "ReviewDesk", "VideoView"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class VideoView:
+    """A video item's filmstrip as the page shows it: when each sampled frame was shown, which
+    one decided the verdict (its top frame), or why the frames cannot be shown."""
+
+    timestamps: tuple[float, ...]
+    top_index: int | None
+    problem: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +151,46 @@ class ReviewDesk:
             raise ReviewNotFound("no item with that id leased to you")
         return self.render_image(self.evidence.show(self.queue.item(review_id)).data)
 
+    def frame(self, reviewer: str, review_id: str, index: int) -> bytes:
+        """A sampled frame of a video item leased to ``reviewer``, rendered for the browser:
+        the still kept at scoring time (never the source, never a re-decode), checked first.
+
+        Raises:
+            ReviewNotFound: no such item or frame, or the item is not leased to ``reviewer``.
+            ReviewEvidenceUnavailable: the frames are gone or do not verify.
+            ImageError: the still cannot be decoded.
+            BlobStoreUnavailable: the object store cannot be reached now.
+        """
+        if not self.queue.holds(reviewer, review_id):
+            raise ReviewNotFound("no item with that id leased to you")
+        strip = self.evidence.filmstrip(self.queue.item(review_id))
+        if not 0 <= index < len(strip):
+            raise ReviewNotFound(f"no frame {index} (the video has {len(strip)} sampled frames)")
+        return self.render_image(strip.stills[index])
+
+    def filmstrip(self, item: ReviewItem) -> VideoView | None:
+        """What the reviewer of a video item sees besides the verdict: its sampled frames (how
+        many, when), or why they cannot be shown. None for a still image."""
+        video = item.verdict.video
+        if video is None:
+            return None
+        try:
+            strip = self.evidence.filmstrip(item)
+        except ReviewEvidenceUnavailable as exc:
+            return VideoView(timestamps=(), top_index=None, problem=str(exc))
+        times = strip.timestamps
+        top = min(range(len(times)), key=lambda i: abs(times[i] - video.top_frame_s))
+        return VideoView(timestamps=times, top_index=top, problem=None)
+
     def evidence_problem(self, item: ReviewItem) -> str | None:
-        """Why ``item``'s scored bytes cannot be shown (None: they verify)."""
+        """Why ``item``'s scored bytes (a video's: and its sampled frames) cannot be shown
+        (None: they verify)."""
         try:
             self.evidence.show(item)
         except ReviewEvidenceUnavailable as exc:
             return str(exc)
-        return None
+        view = self.filmstrip(item)
+        return view.problem if view is not None else None
 
     def decide(
         self,
@@ -170,6 +213,9 @@ class ReviewDesk:
         """
         item = self.queue.item(review_id)
         seen = self.evidence.seen(item)
+        view = self.filmstrip(item)
+        if view is not None and view.problem is not None:
+            seen = None  # a video whose frames cannot be shown was not seen
         if seen is None and decision is ReviewDecision.ALLOW:
             raise ReviewInvalidDecision(
                 "the scored image is gone or does not verify: this item can only be removed "

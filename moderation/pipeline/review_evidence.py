@@ -8,6 +8,9 @@ for the key layout and the retention rule):
 - :meth:`ReviewEvidence.show` (the review page) reads them back and verifies the hash before a
   byte reaches a reviewer; bytes that are gone or altered raise
   :class:`~moderation.exceptions.ReviewEvidenceUnavailable`;
+- :meth:`ReviewEvidence.keep_filmstrip` / :meth:`ReviewEvidence.filmstrip`: the same for a
+  video's sampled frames (JPEG stills of the frames that were scored), stored beside the bytes
+  and checked on read;
 - :meth:`ReviewEvidence.retire` (once a decision is final and handed on) marks them for deletion
   after ``retention_s``; :meth:`ReviewEvidence.sweep` (a worker's maintenance task) deletes
   what is due.
@@ -21,12 +24,17 @@ from datetime import UTC, datetime, timedelta
 
 from moderation.core.evidence import (
     RETIRED_PREFIX,
+    Filmstrip,
     evidence_key,
     evidence_of_marker,
+    filmstrip_key,
+    pack_filmstrip,
     retired_day_prefix,
     retired_key,
+    unpack_filmstrip,
     verifies,
 )
+from moderation.core.jobs import tenant_of
 from moderation.core.review import ReviewItem
 from moderation.exceptions import BlobNotFound, ReviewEvidenceUnavailable
 from moderation.ports import BlobStore
@@ -68,6 +76,51 @@ class ReviewEvidence:
         key = evidence_key(tenant, review_id, content_sha256)
         self.blobs.put(key, data)
         return key
+
+    def keep_filmstrip(
+        self,
+        *,
+        tenant: str,
+        review_id: str,
+        content_sha256: str,
+        timestamps: tuple[float, ...],
+        stills: tuple[bytes, ...],
+    ) -> str:
+        """Store a video's sampled frames (JPEG stills, one per timestamp) for the reviewer;
+        returns their key.
+
+        Raises:
+            ValueError: no stills, or stills and timestamps disagree.
+            BlobStoreUnavailable, BlobError: the store refused them.
+        """
+        key = filmstrip_key(tenant, review_id, content_sha256)
+        self.blobs.put(key, pack_filmstrip(content_sha256, timestamps, stills))
+        return key
+
+    def filmstrip(self, item: ReviewItem) -> Filmstrip:
+        """The sampled frames of a video item, checked against its ``content_sha256``.
+
+        Raises:
+            ReviewEvidenceUnavailable: not a video, none were kept, gone, or altered.
+            BlobStoreUnavailable: the object store cannot be reached now (transient).
+        """
+        if item.verdict.video is None or item.content_sha256 is None:
+            raise ReviewEvidenceUnavailable("this item has no sampled frames")
+        key = filmstrip_key(tenant_of(item.job_id), item.review_id, item.content_sha256)
+        try:
+            strip = unpack_filmstrip(self.blobs.get(key), item.content_sha256)
+        except BlobNotFound:
+            raise ReviewEvidenceUnavailable(
+                "the sampled frames of this video were not kept or are gone: they cannot be "
+                "shown, and the item can only be removed or escalated"
+            ) from None
+        except ValueError as exc:
+            log.error("review %s: stored filmstrip is unusable: %s", item.review_id, exc)
+            raise ReviewEvidenceUnavailable(
+                "the stored frames do not match the video that was scored: they are not shown, "
+                "and the item can only be removed or escalated"
+            ) from None
+        return strip
 
     def show(self, item: ReviewItem) -> Shown:
         """The scored bytes of ``item``, verified.
@@ -115,6 +168,9 @@ class ReviewEvidence:
         """
         if item.evidence_key is not None:
             self.blobs.put(retired_key(item.evidence_key, decided_at), b"")
+        if item.verdict.video is not None and item.content_sha256 is not None:
+            frames = filmstrip_key(tenant_of(item.job_id), item.review_id, item.content_sha256)
+            self.blobs.put(retired_key(frames, decided_at), b"")
 
     def sweep(self, now: datetime | None = None, *, lookback_days: int = 30) -> int:
         """Delete the bytes (and markers) of items decided more than ``retention_s`` ago,

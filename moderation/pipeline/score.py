@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from moderation.core.decision import Verdict
+from moderation.core.decision import Timeline, Verdict
 from moderation.exceptions import ModerationError
 from moderation.pipeline.moderator import Moderator, PreparedImage
 from moderation.pipeline.policies import CompiledSet
@@ -28,6 +28,10 @@ class LocalResult:
     verdict: Verdict | None = None
     error: ModerationError | None = None
     content_sha256: str | None = None
+    #: A video's or an animation's sampled frames: each one's own verdict, and when it was
+    #: shown (``frames`` is set only by ``score_local(frames=True)``).
+    frames: tuple[Verdict, ...] = ()
+    timeline: Timeline | None = None
 
 
 def score_local(
@@ -39,6 +43,7 @@ def score_local(
     batch_size: int = 32,
     threads: int | None = None,
     on_done: Callable[[int], None] | None = None,
+    frames: bool = False,
 ) -> Iterator[LocalResult]:
     """Score ``(name, loader)`` items in order: decode on a thread pool, one forward pass per
     ``batch_size`` images.
@@ -51,6 +56,7 @@ def score_local(
         batch_size: images per forward pass.
         threads: decode threads (default: the CPU count, at most 8).
         on_done: called with the number of items finished after each batch (progress bars).
+        frames: also give a video's (or an animation's) per-frame verdicts and timeline.
     """
     workers = threads or max(1, min(8, os.cpu_count() or 1))
 
@@ -66,12 +72,18 @@ def score_local(
             prepared = list(pool.map(prepare, chunk))
             images = [p for p in prepared if isinstance(p, PreparedImage)]
             found = iter(
-                moderator.moderate(images, policy_ids, compiled=compiled) if images else []
+                moderator.moderate_frames(images, policy_ids, compiled=compiled) if images else []
             )
             for (name, _), outcome in zip(chunk, prepared, strict=True):
                 if isinstance(outcome, PreparedImage):
+                    verdict, per_frame = next(found)
+                    media = frames and outcome.timeline is not None
                     yield LocalResult(
-                        name=name, verdict=next(found), content_sha256=outcome.content_sha256
+                        name=name,
+                        verdict=verdict,
+                        content_sha256=outcome.content_sha256,
+                        frames=tuple(per_frame) if media else (),
+                        timeline=outcome.timeline if media else None,
                     )
                 else:
                     yield LocalResult(name=name, error=outcome)

@@ -18,6 +18,8 @@ API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF 
     GET  {prefix}/api/image/{id}      the image (the exact bytes that were scored, verified),
                                       only to the reviewer holding its lease; 410 when they are
                                       gone or do not verify
+    GET  {prefix}/api/frame/{id}/{n}  a video's n-th sampled frame (the still kept when it was
+                                      scored, checked), only to the reviewer holding its lease
     GET  {prefix}/api/overview
     GET  {prefix}/api/admin/stats     admin: queues, decisions per (pseudonymous) reviewer today
     POST {prefix}/api/admin/requeue   admin: {review_id}, take an item back from its holder
@@ -58,6 +60,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from moderation.core.decision import VideoFindings
 from moderation.core.review import ReviewDecision
 from moderation.core.reviewers import ReviewerSession, Role
 from moderation.exceptions import (
@@ -72,7 +75,7 @@ from moderation.http.problems import (
     status_for,
     validation_problem,
 )
-from moderation.pipeline.review_desk import ReviewDesk
+from moderation.pipeline.review_desk import ReviewDesk, VideoView
 from moderation.pipeline.signin import ReviewerAuth
 from moderation.ports import Claim, ReviewStats
 from moderation.settings import Settings
@@ -87,6 +90,7 @@ _STATIC = {
     "app.css": "text/css; charset=utf-8",
     "review.js": "text/javascript; charset=utf-8",
     "overview.js": "text/javascript; charset=utf-8",
+    "filmstrip.js": "text/javascript; charset=utf-8",
 }
 SESSION_COOKIE = "mr_session"
 PRE_COOKIE = "mr_pre"
@@ -181,9 +185,50 @@ class _UserBody(BaseModel):
     username: str = Field(max_length=64)
 
 
+def _video_payload(
+    video: VideoFindings, review_id: str, prefix: str, view: VideoView
+) -> dict[str, Any]:
+    """A video item's filmstrip and timeline for the page: the sampled frames (each a URL served
+    only to the lease holder), the flagged segments, the top frame."""
+    return {
+        "kind": video.kind,
+        "duration_s": video.duration_s,
+        "frames": [
+            {"index": i, "t": t, "url": f"{prefix}/api/frame/{review_id}/{i}"}
+            for i, t in enumerate(view.timestamps)
+        ],
+        "top_index": view.top_index,
+        "top_frame_s": video.top_frame_s,
+        "segments": [
+            {
+                "category": s.category,
+                "decision": s.decision.value,
+                "start_s": s.start_s,
+                "end_s": s.end_s,
+                "frames": s.frames,
+                "top_score": s.top_score,
+                "top_frame_s": s.top_frame_s,
+            }
+            for s in video.segments
+        ],
+        "held_to_review": list(video.held_to_review),
+        "problem": view.problem,
+    }
+
+
 def _claim_payload(claim: Claim, prefix: str, desk: ReviewDesk) -> dict[str, Any]:
     item = claim.item
     deciding = next((c for c in item.verdict.categories if c.category_id == item.category_id), None)
+    view = desk.filmstrip(item)
+    video = (
+        _video_payload(item.verdict.video, item.review_id, prefix, view)
+        if view is not None and item.verdict.video is not None
+        else None
+    )
+    image_url = f"{prefix}/api/image/{item.review_id}"
+    if view is not None and view.top_index is not None:
+        # A video is looked at through its sampled frames: the top one first.
+        image_url = f"{prefix}/api/frame/{item.review_id}/{view.top_index}"
     return {
         "review_id": item.review_id,
         "token": claim.lease.token,
@@ -207,7 +252,8 @@ def _claim_payload(claim: Claim, prefix: str, desk: ReviewDesk) -> dict[str, Any
         "reason_codes": item.reason_codes,
         "age_s": round(max(0.0, claim.now - item.created_at), 1),
         "second_review": claim.first is not None,
-        "image_url": f"{prefix}/api/image/{item.review_id}",
+        "image_url": image_url,
+        "video": video,
         # Why the scored bytes cannot be shown (then: no image, no "allow"); None when they
         # verify.
         "image_problem": desk.evidence_problem(item),
@@ -416,6 +462,16 @@ def build_review_router(
     def image(review_id: str, who: Annotated[Principal, Depends(principal)]) -> Response:
         return Response(
             desk.image(who.pseudonym, review_id),
+            media_type="image/png",
+            headers={"Cache-Control": "no-store, private"},
+        )
+
+    @router.get("/api/frame/{review_id}/{index}")
+    def frame(
+        review_id: str, index: int, who: Annotated[Principal, Depends(principal)]
+    ) -> Response:
+        return Response(
+            desk.frame(who.pseudonym, review_id, index),
             media_type="image/png",
             headers={"Cache-Control": "no-store, private"},
         )

@@ -90,6 +90,8 @@
     $("empty").hidden = true;
     $("item").hidden = false;
     tick();
+    // filmstrip.js shows a video's sampled frames and timeline
+    document.dispatchEvent(new CustomEvent("review:item", { detail: item }));
   }
 
   function fmt(v) {
