@@ -840,7 +840,9 @@ class RedisReviewQueue:
         """Every item: the open ones (waiting or leased, per policy) and the decided ones.
         Read from the indexes the queue keeps, never by scanning the keyspace."""
         seen: dict[str, None] = {}
-        for key in [*(self._k("open", p) for p in self.policies()), self._k("decided")]:
+        queues = cast(set[str], self._r.smembers(self._k("queues"))) | {DEFAULT_QUEUE}
+        open_keys = [self._qk("open", p, q) for p in self.policies() for q in sorted(queues)]
+        for key in [*open_keys, self._k("decided")]:
             start = 0
             while True:
                 page = cast(list[str], self._r.zrange(key, start, start + 999))
@@ -912,4 +914,5 @@ def _record(h: dict[str, str], outbox_at: float | None, due_at: float | None) ->
         final_submitted_reason=h.get("final_submitted_reason") or None,
         decided_at=final.decided_at.timestamp() if final is not None else None,
         outbox=outbox,
+        queue=h.get("queue") or DEFAULT_QUEUE,
     )
