@@ -227,7 +227,8 @@ class PipelineMetrics:
         self.review_decisions = Counter(
             "moderation_review_decisions_total",
             "Human review decisions by policy and decision (allow / remove / escalate final; "
-            "pending_second: a critical removal waiting for its second reviewer).",
+            "pending_second: a critical removal waiting for its second reviewer; escalated: "
+            "moved to the escalation queue; undone: taken back).",
             ["policy", "decision"],
             registry=registry,
         )

@@ -626,6 +626,8 @@ class Claim:
     lease: Lease
     first: FirstDecision | None
     now: float
+    #: The queue the item is in now.
+    queue: str = "review"
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,7 +655,9 @@ class ReviewStats:
     policy_id: str
     waiting: int
     in_review: int
+    #: The oldest open item's age (since it was submitted: the job's wait), the SLA signal.
     oldest_age_s: float | None
+    queue: str = "review"
 
 
 class ReviewQueue(Protocol):
@@ -674,11 +678,41 @@ class ReviewQueue(Protocol):
         """Enqueue an item; the same ``review_id`` again is a no-op."""
         ...
 
-    def claim(self, reviewer: str, *, policies: list[str] | None = None) -> Claim | None: ...
+    def claim(
+        self,
+        reviewer: str,
+        *,
+        policies: list[str] | None = None,
+        queues: Sequence[str] = ("review",),
+    ) -> Claim | None:
+        """Lease the highest-priority item of ``queues`` (and ``policies``, if given) that
+        ``reviewer`` may take, or return the lease it already holds (whatever its queue)."""
+        ...
+
+    def move(self, review_id: str, *, reviewer: str, token: str, queue: str) -> bool:
+        """The lease holder sends the item to another ``queue`` (an escalation): its lease is
+        consumed and the item waits there, with its rank. Returns True when this exact move was
+        already made (a retried submit).
+
+        Raises:
+            ReviewInvalidDecision: the item is in ``queue`` already.
+            ReviewLeaseExpired, ReviewTakenBack, ReviewNotLeaseHolder, ReviewNotFound,
+            ReviewAlreadyDecided: as for ``decide``.
+        """
+        ...
 
     def holds(self, reviewer: str, review_id: str) -> bool: ...
 
     def item(self, review_id: str) -> ReviewItem: ...
+
+    def reveal(self, review_id: str, *, reviewer: str) -> None:
+        """Record that ``reviewer`` looked at ``review_id``'s image unblurred (at least once:
+        a critical item needs it before "allow" or "remove")."""
+        ...
+
+    def revealed(self, review_id: str, *, reviewer: str) -> bool:
+        """Whether ``reviewer`` ever looked at ``review_id``'s image unblurred."""
+        ...
 
     def decide(
         self,
@@ -756,6 +790,15 @@ class ReviewerStore(Protocol):
     def all(self) -> list[ReviewerAccount]: ...
 
     def set_disabled(self, username: str, disabled: bool) -> None: ...
+
+    def set_queues(self, username: str, queues: Sequence[str]) -> None:
+        """Grant ``username`` these review queues on top of its role's (replacing earlier
+        grants).
+
+        Raises:
+            ReviewError: no such reviewer (code ``review_unknown_user``).
+        """
+        ...
 
 
 class ReviewerSessions(Protocol):

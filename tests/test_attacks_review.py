@@ -177,6 +177,13 @@ def _claim(reviewer: httpx.Client, csrf: str) -> dict[str, Any]:
 
 
 def _decide(reviewer: httpx.Client, csrf: str, item: dict[str, Any], decision: str) -> Any:
+    if decision != "escalate" and not item.get("image_problem"):
+        # The reviewer looks first (a critical item needs it); a refused look changes nothing.
+        reviewer.post(
+            "/review/api/reveal",
+            headers={"X-CSRF-Token": csrf},
+            json={"review_id": item["review_id"]},
+        )
     return reviewer.post(
         "/review/api/decide",
         headers={"X-CSRF-Token": csrf},
@@ -279,7 +286,7 @@ def test_bytes_gone_or_altered_are_never_shown_and_cannot_be_allowed(
         assert refused.status_code == 400, refused.text
         assert refused.json()["code"] == "review_evidence_unavailable"
         escalated = _decide(reviewer, csrf, item, "escalate")
-        assert escalated.status_code == 200 and escalated.json()["status"] == "final"
+        assert escalated.status_code == 200 and escalated.json()["status"] == "escalated"
         assert len(host.hits) == 1  # the page never went back to the host
     finally:
         host.stop()

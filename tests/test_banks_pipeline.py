@@ -330,6 +330,11 @@ def test_remove_and_add_to_bank_from_the_review_page(banked: Banked) -> None:
         },
     )
     assert refused.status_code == 400 and "only a removal" in refused.json()["detail"]
+    alice.post(  # a critical item: it needs one look before a removal
+        "/review/api/reveal",
+        headers={"X-CSRF-Token": alice_csrf},
+        json={"review_id": item["review_id"]},
+    )
     first = alice.post(
         "/review/api/decide",
         headers={"X-CSRF-Token": alice_csrf},
@@ -347,6 +352,11 @@ def test_remove_and_add_to_bank_from_the_review_page(banked: Banked) -> None:
 
     bob, bob_csrf = _sign_in(banked.url, "bob")
     second_item = _claim(bob, bob_csrf, "bank-review-1")
+    bob.post(  # a critical item: the second reviewer looks at it too
+        "/review/api/reveal",
+        headers={"X-CSRF-Token": bob_csrf},
+        json={"review_id": second_item["review_id"]},
+    )
     second = bob.post(
         "/review/api/decide",
         headers={"X-CSRF-Token": bob_csrf},

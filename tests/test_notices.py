@@ -159,7 +159,7 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
     with pool.connection() as conn:
         conn.execute(
             "TRUNCATE notices, review_items, review_policies, review_leases,"
-            " review_decisions, review_outbox"
+            " review_decisions, review_outbox, review_reveals CASCADE"
         )
     try:
         yield _world(

@@ -14,7 +14,10 @@ import pytest
 
 from moderation.core.review import ReviewDecision
 from moderation.exceptions import (
+    ReviewAlreadyDecided,
+    ReviewInvalidDecision,
     ReviewLeaseExpired,
+    ReviewNotFound,
     ReviewNotLeaseHolder,
     ReviewTakenBack,
     ReviewUndoTooLate,
@@ -188,8 +191,8 @@ def test_after_the_window_an_undo_is_refused_even_before_the_hand_on() -> None:
         "rv_l",
         review_id=claim.item.review_id,
         token=claim.lease.token,
-        decision=ReviewDecision.ESCALATE,
-        reason_code=None,
+        decision=ReviewDecision.REMOVE,
+        reason_code="TW_LOGO",
     )
     clock.t += 10.5  # past the window, inside the margin: nothing handed on yet
     with pytest.raises(ReviewUndoTooLate):
@@ -319,3 +322,125 @@ def test_an_admin_redelivery_does_not_cut_an_undo_window_short() -> None:
     assert handed.finals == []
     clock.t += 60.0 + UNDO_MARGIN_S - 45.0
     assert desk.deliver_outbox(older_than_s=30.0) == (1, 1)
+
+
+def test_reveals_are_kept_per_reviewer_and_item(store: ReviewQueue) -> None:
+    queue = store
+    queue.submit(make_item(world_policy(), "seen-1", category_id="contraband_symbol"))
+    claim = _claim(queue, "rv_v")
+    rid = claim.item.review_id
+    assert not queue.revealed(rid, reviewer="rv_v")
+    queue.reveal(rid, reviewer="rv_v")
+    queue.reveal(rid, reviewer="rv_v")  # again: harmless
+    assert queue.revealed(rid, reviewer="rv_v")
+    assert not queue.revealed(rid, reviewer="rv_w")  # one reviewer's look is not another's
+    with pytest.raises(ReviewNotFound):
+        queue.reveal("rev_nope", reviewer="rv_v")
+    assert not queue.revealed("rev_nope", reviewer="rv_v")
+
+
+def test_the_desk_refuses_allow_or_remove_on_a_critical_item_never_looked_at() -> None:
+    desk, queue, _, _ = _desk(0.0)
+    policy = world_policy()
+    queue.submit(make_item(policy, "look-1", category_id="contraband_symbol"))
+    queue.submit(make_item(policy, "look-2", category_id="restricted_logo", score=0.1))
+    claim = desk.claim("rv_a")
+    assert claim is not None and claim.item.critical
+    rid, token = claim.item.review_id, claim.lease.token
+    for decision, code in ((ReviewDecision.ALLOW, None), (ReviewDecision.REMOVE, "TW_CONTRABAND")):
+        with pytest.raises(ReviewInvalidDecision) as refused:
+            desk.decide("rv_a", review_id=rid, token=token, decision=decision, reason_code=code)
+        assert refused.value.code == "review_reveal_required"
+    assert queue.holds("rv_a", rid)  # nothing recorded: still leased to rv_a
+    # Only the lease holder records a look.
+    with pytest.raises(ReviewNotFound):
+        desk.reveal("rv_b", rid)
+    desk.reveal("rv_a", rid)
+    done = desk.decide(
+        "rv_a",
+        review_id=rid,
+        token=token,
+        decision=ReviewDecision.REMOVE,
+        reason_code="TW_CONTRABAND",
+    )
+    assert done.final is None  # waits for a second reviewer, who must look too
+    second = desk.claim("rv_b")
+    assert second is not None and second.item.review_id == rid
+    with pytest.raises(ReviewInvalidDecision):
+        desk.decide(
+            "rv_b",
+            review_id=rid,
+            token=second.lease.token,
+            decision=ReviewDecision.REMOVE,
+            reason_code="TW_CONTRABAND",
+        )
+    # Escalating needs no look; a non-critical item needs none either.
+    desk.decide(
+        "rv_b",
+        review_id=rid,
+        token=second.lease.token,
+        decision=ReviewDecision.ESCALATE,
+        reason_code=None,
+    )
+    low = desk.claim("rv_b")
+    assert low is not None and not low.item.critical
+    desk.decide(
+        "rv_b",
+        review_id=low.item.review_id,
+        token=low.lease.token,
+        decision=ReviewDecision.ALLOW,
+        reason_code=None,
+    )
+
+
+def test_an_escalation_moves_the_item_to_a_queue_only_its_workers_claim(
+    store: ReviewQueue,
+) -> None:
+    queue = store
+    policy = world_policy()
+    queue.submit(make_item(policy, "esc-1", category_id="contraband_symbol", score=0.9))
+    queue.submit(make_item(policy, "esc-2", score=0.3))
+    claim = _claim(queue, "rv_a")
+    rid = claim.item.review_id
+    assert claim.item.job_id == "esc-1" and claim.queue == "review"
+    with pytest.raises(ReviewNotLeaseHolder):
+        queue.move(rid, reviewer="rv_b", token=claim.lease.token, queue="escalation")
+    assert queue.move(rid, reviewer="rv_a", token=claim.lease.token, queue="escalation") is False
+    # A retried submit is a replay; another decision under that lease is refused.
+    assert queue.move(rid, reviewer="rv_a", token=claim.lease.token, queue="escalation") is True
+    with pytest.raises(ReviewAlreadyDecided):
+        _decide(queue, claim, ReviewDecision.ALLOW, None)
+    assert not queue.holds("rv_a", rid)
+    rows = {(s.policy_id, s.queue): s for s in queue.stats()}
+    assert rows[("testworld", "escalation")].waiting == 1
+    assert rows[("testworld", "escalation")].oldest_age_s is not None
+    assert rows[("testworld", "review")].waiting == 1
+    # Claims from the review queue never see it, whatever its rank.
+    other = _claim(queue, "rv_b")
+    assert other.item.job_id == "esc-2"
+    senior = queue.claim("rv_s", queues=("review", "escalation"))
+    assert senior is not None and senior.item.review_id == rid and senior.queue == "escalation"
+    with pytest.raises(ReviewInvalidDecision):  # already there
+        queue.move(rid, reviewer="rv_s", token=senior.lease.token, queue="escalation")
+    # In the escalation queue one senior's removal is final, critical or not.
+    result = queue.decide(
+        rid,
+        reviewer="rv_s",
+        token=senior.lease.token,
+        decision=ReviewDecision.REMOVE,
+        reason_code="TW_CONTRABAND",
+    )
+    assert result.outcome.final is not None and result.outcome.final.reviewers == ["rv_s"]
+    assert [s.queue for s in queue.stats()] == ["review"]  # nothing open in escalation
+
+
+def test_an_item_starts_in_the_queue_its_workflow_names(store: ReviewQueue) -> None:
+    queue = store
+    item = make_item(world_policy(), "appeal-1").model_copy(update={"queue": "appeals"})
+    queue.submit(item)
+    assert queue.claim("rv_a") is None
+    claim = queue.claim("rv_a", queues=("appeals",))
+    assert claim is not None and claim.queue == "appeals"
+    assert queue.release(claim.item.review_id, reviewer="rv_a")
+    again = queue.claim("rv_b", queues=("review", "appeals"))
+    assert again is not None and again.item.review_id == item.review_id

@@ -230,8 +230,18 @@ def test_bytes_gone_or_altered_are_not_shown_and_cannot_be_allowed(damage: str) 
     done = desk.decide(
         "rv_a", review_id=review_id, token=token, decision=ReviewDecision.ESCALATE, reason_code=None
     )
-    assert done.final is not None and done.final.seen_sha256 is None
-    assert [f.decision for f in handed.finals] == [ReviewDecision.ESCALATE]
+    assert done.final is None and handed.finals == []  # waits in the escalation queue
+    senior = desk.claim("rv_s", queues=("review", "escalation"))
+    assert senior is not None and senior.queue == "escalation"
+    removed = desk.decide(
+        "rv_s",
+        review_id=review_id,
+        token=senior.lease.token,
+        decision=ReviewDecision.REMOVE,
+        reason_code=senior.item.reason_codes[0],
+    )
+    assert removed.final is not None and removed.final.seen_sha256 is None
+    assert [f.decision for f in handed.finals] == [ReviewDecision.REMOVE]
 
 
 def test_an_item_queued_without_its_bytes_says_so() -> None:

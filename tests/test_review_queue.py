@@ -145,7 +145,7 @@ def review_pool(request: pytest.FixtureRequest) -> Iterator[ConnectionPool]:
     with pool.connection() as conn:
         conn.execute(
             "TRUNCATE review_items, review_policies, review_leases, review_decisions,"
-            " review_outbox, reviewer_accounts"
+            " review_outbox, review_reveals, review_away, reviewer_accounts CASCADE"
         )
     try:
         yield pool

@@ -92,7 +92,12 @@ def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[Rev
         client, lease_s=settings.review.lease_s, age_doubling_s=settings.review.age_doubling_s
     )
     users = RedisReviewerStore(client)
-    for name, role in (("alice", Role.REVIEWER), ("bob", Role.REVIEWER), ("root", Role.ADMIN)):
+    for name, role in (
+        ("alice", Role.REVIEWER),
+        ("bob", Role.REVIEWER),
+        ("sam", Role.SENIOR),
+        ("root", Role.ADMIN),
+    ):
         users.create(
             ReviewerAccount(
                 username=name,
@@ -410,6 +415,34 @@ def test_critical_removal_over_http_needs_a_second_reviewer(site: ReviewSite) ->
     bob, b_csrf = sign_in(site, "bob")
     item = alice.post("/review/api/next", headers={"X-CSRF-Token": a_csrf}).json()["item"]
     assert item["severity"] == "critical" and not item["second_review"]
+    assert item["revealed"] is False
+    # Never looked at: the server refuses "remove" (and "allow"), whatever the page does.
+    unseen = alice.post(
+        "/review/api/decide",
+        headers={"X-CSRF-Token": a_csrf},
+        json={
+            "review_id": item["review_id"],
+            "token": item["token"],
+            "decision": "remove",
+            "reason_code": "TW_CONTRABAND",
+        },
+    )
+    assert unseen.status_code == 400 and unseen.json()["code"] == "review_reveal_required"
+    # Only the lease holder records a look (another reviewer's id answers 404).
+    peek = bob.post(
+        "/review/api/reveal",
+        headers={"X-CSRF-Token": b_csrf},
+        json={"review_id": item["review_id"]},
+    )
+    assert peek.status_code == 404
+    looked = alice.post(
+        "/review/api/reveal",
+        headers={"X-CSRF-Token": a_csrf},
+        json={"review_id": item["review_id"]},
+    )
+    assert looked.status_code == 200
+    again = alice.post("/review/api/next", headers={"X-CSRF-Token": a_csrf}).json()["item"]
+    assert again["token"] == item["token"] and again["revealed"] is True
     answer = alice.post(
         "/review/api/decide",
         headers={"X-CSRF-Token": a_csrf},
@@ -424,6 +457,16 @@ def test_critical_removal_over_http_needs_a_second_reviewer(site: ReviewSite) ->
     assert alice.post("/review/api/next", headers={"X-CSRF-Token": a_csrf}).json()["item"] is None
     second = bob.post("/review/api/next", headers={"X-CSRF-Token": b_csrf}).json()["item"]
     assert second["review_id"] == item["review_id"] and second["second_review"]
+    # Alice's look is not Bob's: the second reviewer looks too.
+    assert second["revealed"] is False
+    assert (
+        bob.post(
+            "/review/api/reveal",
+            headers={"X-CSRF-Token": b_csrf},
+            json={"review_id": item["review_id"]},
+        ).status_code
+        == 200
+    )
     done = bob.post(
         "/review/api/decide",
         headers={"X-CSRF-Token": b_csrf},
@@ -437,4 +480,68 @@ def test_critical_removal_over_http_needs_a_second_reviewer(site: ReviewSite) ->
     assert done["status"] == "final" and done["decision"] == "remove"
     assert [f.reviewers for f in site.finals] == [[site.rv("alice"), site.rv("bob")]]
     for c in (alice, bob):
+        c.close()
+
+
+def test_an_escalation_waits_in_its_own_queue_for_a_senior_reviewer(site: ReviewSite) -> None:
+    site.add_items(1, category_id="contraband_symbol", seed=11)
+    alice, a_csrf = sign_in(site, "alice")
+    sam, s_csrf = sign_in(site, "sam")
+    root, _ = sign_in(site, "root")
+    item = alice.post("/review/api/next", headers={"X-CSRF-Token": a_csrf}).json()["item"]
+    assert item["queue"] == "review"
+    escalated = alice.post(
+        "/review/api/decide",
+        headers={"X-CSRF-Token": a_csrf},
+        json={"review_id": item["review_id"], "token": item["token"], "decision": "escalate"},
+    ).json()
+    assert escalated["status"] == "escalated" and escalated["undo_s"] == 0
+    assert site.finals == []
+    # A reviewer neither gets it nor may ask for the escalation queue.
+    assert alice.post("/review/api/next", headers={"X-CSRF-Token": a_csrf}).json()["item"] is None
+    refused = alice.post(
+        "/review/api/next", headers={"X-CSRF-Token": a_csrf}, json={"queues": ["escalation"]}
+    )
+    assert refused.status_code == 403 and refused.json()["code"] == "review_forbidden"
+    mine = alice.get("/review/api/overview").json()
+    assert mine["me"]["queues"] == ["review"]
+    assert {q["queue"] for q in mine["queues"]} == {"review"}
+    # The senior sees the count and the age, and may pick the queue.
+    overview = sam.get("/review/api/overview").json()
+    assert overview["me"]["queues"] == ["review", "escalation"]
+    (esc,) = [q for q in overview["queues"] if q["queue"] == "escalation"]
+    assert esc["waiting"] == 1 and esc["oldest_age_s"] is not None
+    page = sam.get("/review/")
+    assert 'id="queue-picker"' in page.text and 'value="escalation"' in page.text
+    assert 'id="queue-picker"' not in alice.get("/review/").text
+    nothing = sam.post(
+        "/review/api/next", headers={"X-CSRF-Token": s_csrf}, json={"queues": ["review"]}
+    ).json()
+    assert nothing["item"] is None
+    senior = sam.post(
+        "/review/api/next", headers={"X-CSRF-Token": s_csrf}, json={"queues": ["escalation"]}
+    ).json()["item"]
+    assert senior["review_id"] == item["review_id"] and senior["queue"] == "escalation"
+    decide = {"review_id": item["review_id"], "token": senior["token"]}
+    again = sam.post(
+        "/review/api/decide",
+        headers={"X-CSRF-Token": s_csrf},
+        json={**decide, "decision": "escalate"},
+    )
+    assert again.status_code == 400 and again.json()["code"] == "review_already_escalated"
+    sam.post(
+        "/review/api/reveal",
+        headers={"X-CSRF-Token": s_csrf},
+        json={"review_id": item["review_id"]},
+    )
+    done = sam.post(
+        "/review/api/decide",
+        headers={"X-CSRF-Token": s_csrf},
+        json={**decide, "decision": "remove", "reason_code": "TW_CONTRABAND"},
+    ).json()
+    # One senior's removal is final, even for a critical item.
+    assert done["status"] == "final" and done["decision"] == "remove"
+    assert [f.reviewers for f in site.finals] == [[site.rv("sam")]]
+    assert "escalation" in root.get("/review/api/overview").json()["me"]["queues"]
+    for c in (alice, sam, root):
         c.close()

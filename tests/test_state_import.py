@@ -39,7 +39,8 @@ pytestmark = pytest.mark.xdist_group("postgres")
 
 _TABLES = (
     "review_items, review_policies, review_leases, review_decisions, review_outbox,"
-    " review_away, reviewer_accounts, banks, bank_segments, bank_entries, bank_requests"
+    " review_away, review_reveals, reviewer_accounts, banks, bank_segments, bank_entries,"
+    " bank_requests"
 )
 
 
@@ -48,7 +49,7 @@ def pool(pg_url: str) -> Iterator[ConnectionPool]:
     """This module's database, emptied."""
     pool = ConnectionPool(pg_url, min_size=1, max_size=4, open=True)
     with pool.connection() as conn:
-        conn.execute(f"TRUNCATE {_TABLES}")
+        conn.execute(f"TRUNCATE {_TABLES} CASCADE")
     try:
         yield pool
     finally:
@@ -362,3 +363,36 @@ def test_a_process_without_a_database_warns_that_redis_holds_durable_state(
     assert not warn_redis_only(with_db, process="API")
     assert not warn_redis_only(Settings(redis_url=None), process="API")
     assert caplog.records == []
+
+
+def test_an_escalated_item_and_queue_grants_are_imported_as_they_are(
+    redis_url: str, pool: ConnectionPool, settings: Settings
+) -> None:
+    client = connect(redis_url, decode=True)
+    rq = RedisReviewQueue(
+        client, lease_s=600, age_doubling_s=900, prefix=settings.review.key_prefix
+    )
+    rq.submit(make_item(world_policy(), "imp-escalated", score=0.9))
+    claim = rq.claim("rv_a")
+    assert claim is not None
+    rq.move(claim.item.review_id, reviewer="rv_a", token=claim.lease.token, queue="escalation")
+    users = RedisReviewerStore(client, prefix=settings.review.key_prefix)
+    users.create(
+        ReviewerAccount(
+            username="carol",
+            role=Role.REVIEWER,
+            password_hash="$argon2id$v=19$m=65536,t=3,p=4$carol",
+            disabled=False,
+            created_at=1_700_000_000.0,
+        )
+    )
+    users.set_queues("carol", ["appeals"])
+    open_state_importer(settings, pool, redis_url=redis_url, batch=4).run()
+
+    pq = PostgresReviewQueue(pool, lease_s=600, age_doubling_s=900)
+    assert [(s.queue, s.waiting) for s in pq.stats()] == [("escalation", 1), ("review", 0)]
+    assert pq.claim("rv_b") is None  # not in the review queue
+    senior = pq.claim("rv_b", queues=("escalation",))
+    assert senior is not None and senior.item.job_id == "imp-escalated"
+    assert PostgresReviewerStore(pool).all() == users.all()
+    client.close()

@@ -4,9 +4,12 @@ Keys (prefix ``settings.review.key_prefix``, default ``mod:review:``)::
 
     item:<rid>        hash: item JSON, state (queued | leased | final), policy, rank, lease fields,
                       first (pending first decision JSON), final (final decision JSON)
-    q:<policy>        zset rid -> rank key (see moderation.core.review); waiting items
-    open:<policy>     zset rid -> created_at; every item not yet final (oldest-age SLA signal)
+    q:<policy>        zset rid -> rank key (see moderation.core.review); waiting items of the
+                      ``review`` queue; ``q:<policy>@<queue>`` those of another queue
+    open:<policy>     zset rid -> created_at; every item not yet final (oldest-age SLA signal),
+                      ``open:<policy>@<queue>`` likewise; the item hash names its ``queue``
     policies          set of policy ids that ever had items
+    queues            set of queue names that ever had items
     leases            zset rid -> lease expiry (server time)
     holder:<rv>       rid of the item reviewer <rv> holds (one at a time)
     tok:<token>       "rid|rv" of every lease handed out (1 day): tells "expired" from "not yours"
@@ -15,6 +18,7 @@ Keys (prefix ``settings.review.key_prefix``, default ``mod:review:``)::
     outbox_due        zset rid -> when the next delivery attempt is due (absent: decided_at);
                       the item hash counts failed attempts in ``outbox_attempts``
     day:<yyyy-mm-dd>  hash rv -> decisions made that day
+    seen:<rid>        set of reviewers who looked at the image unblurred (kept 30 days)
 
 (Reviewer accounts live under the same prefix: :mod:`moderation.adapters.redis_reviewers`.)
 
@@ -29,7 +33,7 @@ clock. Redis connection errors become :class:`~moderation.exceptions.QueueUnavai
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -39,6 +43,7 @@ from redis.exceptions import WatchError
 from moderation.adapters.support.redis import connect, translated
 from moderation.core.legacy_state import LegacyOutbox, LegacyReviewRecord
 from moderation.core.review import (
+    DEFAULT_QUEUE,
     FirstDecision,
     HumanDecision,
     Lease,
@@ -49,8 +54,10 @@ from moderation.core.review import (
     export_row,
     item_rank,
 )
+from moderation.core.reviewers import check_queue_name
 from moderation.exceptions import (
     ReviewAlreadyDecided,
+    ReviewInvalidDecision,
     ReviewLeaseExpired,
     ReviewNotFound,
     ReviewNotLeaseHolder,
@@ -63,12 +70,17 @@ from moderation.settings import ReviewSettings
 __all__ = ["RedisReviewQueue"]
 
 _TOKEN_TTL_S = 24 * 3600
+_SEEN_TTL_S = 30 * 24 * 3600
 _SCAN = 64  # candidates looked at per policy queue when the top ones are excluded
 
 # KEYS: none (single-node Redis: keys are derived from the prefix inside the script)
 # ARGV: prefix, reviewer, lease_s, token, scan, policy...
 _CLAIM_LUA = """
 local P = ARGV[1]
+local function qk(kind, policy, queue)
+  if not queue or queue == 'review' then return P .. kind .. ':' .. policy end
+  return P .. kind .. ':' .. policy .. '@' .. queue
+end
 local reviewer = ARGV[2]
 local lease_s = tonumber(ARGV[3])
 local token = ARGV[4]
@@ -79,10 +91,10 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, 500)
 for _, rid in ipairs(expired) do
   local ik = P .. 'item:' .. rid
-  local f = redis.call('HMGET', ik, 'policy', 'rank', 'lease_holder')
+  local f = redis.call('HMGET', ik, 'policy', 'rank', 'lease_holder', 'queue')
   redis.call('ZREM', P .. 'leases', rid)
   if f[1] then
-    redis.call('ZADD', P .. 'q:' .. f[1], f[2], rid)
+    redis.call('ZADD', qk('q', f[1], f[4]), f[2], rid)
     redis.call('HSET', ik, 'state', 'queued')
     redis.call('HDEL', ik, 'lease_token', 'lease_holder', 'lease_expires')
     if f[3] and redis.call('GET', P .. 'holder:' .. f[3]) == rid then
@@ -94,20 +106,27 @@ end
 local held = redis.call('GET', P .. 'holder:' .. reviewer)
 if held then
   local ik = P .. 'item:' .. held
-  local f = redis.call('HMGET', ik, 'lease_holder', 'lease_token', 'lease_expires', 'item', 'first')
+  local f = redis.call('HMGET', ik, 'lease_holder', 'lease_token', 'lease_expires', 'item', 'first',
+                      'queue')
   if f[1] == reviewer and tonumber(f[3]) > now then
-    return {held, f[2], f[3], f[4], f[5] or ''}
+    return {held, f[2], f[3], f[4], f[5] or '', f[6] or 'review'}
   end
   redis.call('DEL', P .. 'holder:' .. reviewer)
 end
 
+local queues = {}
+for name in string.gmatch(ARGV[6], '[^,]+') do queues[#queues + 1] = name end
 local policies = {}
-for i = 6, #ARGV do policies[#policies + 1] = ARGV[i] end
+for i = 7, #ARGV do policies[#policies + 1] = ARGV[i] end
 if #policies == 0 then policies = redis.call('SMEMBERS', P .. 'policies') end
+local keys = {}
+for _, queue in ipairs(queues) do
+  for _, policy in ipairs(policies) do keys[#keys + 1] = {qk('q', policy, queue), queue} end
+end
 
-local best, best_rank, best_policy = nil, nil, nil
-for _, policy in ipairs(policies) do
-  local q = P .. 'q:' .. policy
+local best, best_rank, best_key, best_queue = nil, nil, nil, nil
+for _, kq in ipairs(keys) do
+  local q = kq[1]
   local top = redis.call('ZREVRANGE', q, 0, scan - 1, 'WITHSCORES')
   for i = 1, #top, 2 do
     local rid = top[i]
@@ -116,7 +135,7 @@ for _, policy in ipairs(policies) do
     local away = redis.call('ZSCORE', P .. 'away:' .. reviewer, rid)
     if (not away or tonumber(away) <= now)
        and redis.call('HGET', P .. 'item:' .. rid, 'first_reviewer') ~= reviewer then
-      best, best_rank, best_policy = rid, rank, policy
+      best, best_rank, best_key, best_queue = rid, rank, q, kq[2]
       break
     end
   end
@@ -125,14 +144,14 @@ if not best then return nil end
 
 local expires = now + lease_s
 local ik = P .. 'item:' .. best
-redis.call('ZREM', P .. 'q:' .. best_policy, best)
+redis.call('ZREM', best_key, best)
 redis.call('HSET', ik, 'state', 'leased', 'lease_token', token, 'lease_holder', reviewer,
            'lease_expires', tostring(expires))
 redis.call('ZADD', P .. 'leases', expires, best)
 redis.call('SET', P .. 'holder:' .. reviewer, best, 'PX', math.ceil(lease_s * 1000))
 redis.call('SET', P .. 'tok:' .. token, best .. '|' .. reviewer, 'EX', TOKEN_TTL)
 local f = redis.call('HMGET', ik, 'item', 'first')
-return {best, token, tostring(expires), f[1], f[2] or ''}
+return {best, token, tostring(expires), f[1], f[2] or '', best_queue}
 """.replace("TOKEN_TTL", str(_TOKEN_TTL_S))
 
 # ARGV: prefix, rid, policy, rank
@@ -140,10 +159,12 @@ _SUBMIT_LUA = """
 local P = ARGV[1]
 local ik = P .. 'item:' .. ARGV[2]
 if redis.call('EXISTS', ik) == 1 then return 0 end
-redis.call('HSET', ik, 'item', ARGV[5], 'state', 'queued', 'policy', ARGV[3], 'rank', ARGV[4])
-redis.call('ZADD', P .. 'q:' .. ARGV[3], ARGV[4], ARGV[2])
-redis.call('ZADD', P .. 'open:' .. ARGV[3], ARGV[6], ARGV[2])
+redis.call('HSET', ik, 'item', ARGV[5], 'state', 'queued', 'policy', ARGV[3], 'rank', ARGV[4],
+           'queue', ARGV[7])
+redis.call('ZADD', ARGV[8], ARGV[4], ARGV[2])
+redis.call('ZADD', ARGV[9], ARGV[6], ARGV[2])
 redis.call('SADD', P .. 'policies', ARGV[3])
+redis.call('SADD', P .. 'queues', ARGV[7])
 return 1
 """
 
@@ -180,6 +201,12 @@ class RedisReviewQueue:
     def _k(self, *parts: str) -> str:
         return self._p + ":".join(parts)
 
+    def _qk(self, kind: str, policy: str, queue: str | None) -> str:
+        """``q:`` (waiting) or ``open:`` key of a policy's items in ``queue``."""
+        if not queue or queue == DEFAULT_QUEUE:
+            return self._k(kind, policy)
+        return self._k(kind, f"{policy}@{queue}")
+
     def now(self) -> float:
         """The Redis server's clock (all lease times use it)."""
         sec, usec = self._r.time()
@@ -203,32 +230,102 @@ class RedisReviewQueue:
                 repr(rank),
                 item.model_dump_json(),
                 repr(item.created_at),
+                item.queue,
+                self._qk("q", item.policy_id, item.queue),
+                self._qk("open", item.policy_id, item.queue),
             ],
         )
 
     # --- reviewer side --------------------------------------------------------------------
 
     @translated("review queue")
-    def claim(self, reviewer: str, *, policies: list[str] | None = None) -> Claim | None:
+    def claim(
+        self,
+        reviewer: str,
+        *,
+        policies: list[str] | None = None,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+    ) -> Claim | None:
         """Lease the highest-priority item the reviewer may take (or the one they already hold).
 
-        ``reviewer`` is the pseudonymous id. ``policies`` limits the queues looked at.
-        Returns None when nothing is waiting.
+        ``reviewer`` is the pseudonymous id; ``queues`` the queues it may work; ``policies``
+        limits the policies looked at. Returns None when nothing is waiting.
 
         Raises:
             QueueUnavailable: Redis is unreachable.
         """
         token = secrets.token_urlsafe(18)
-        raw = self._claim(args=[self._p, reviewer, self.lease_s, token, _SCAN, *(policies or [])])
+        raw = self._claim(
+            args=[
+                self._p,
+                reviewer,
+                self.lease_s,
+                token,
+                _SCAN,
+                ",".join(check_queue_name(q) for q in queues),
+                *(policies or []),
+            ]
+        )
         if not raw:
             return None
-        rid, tok, expires, item_json, first_json = cast(list[str], raw)
+        rid, tok, expires, item_json, first_json, queue = cast(list[str], raw)
         return Claim(
             item=ReviewItem.model_validate_json(item_json),
             lease=Lease(review_id=rid, reviewer=reviewer, token=tok, expires_at=float(expires)),
             first=FirstDecision.model_validate_json(first_json) if first_json else None,
             now=self.now(),
+            queue=queue,
         )
+
+    @translated("review queue")
+    def move(self, review_id: str, *, reviewer: str, token: str, queue: str) -> bool:
+        """The lease holder sends the item to ``queue`` (see :meth:`~moderation.ports.
+        ReviewQueue.move`); counted as its decision of the day.
+
+        Raises:
+            ReviewInvalidDecision: the item is in ``queue`` already.
+            ReviewError: not found, lease expired or taken back, not the holder, decided.
+            QueueUnavailable: Redis is unreachable.
+        """
+        ik = self._k("item", review_id)
+        with self._r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(ik)  # type: ignore[no-untyped-call]
+                    h = cast(dict[str, str], pipe.hgetall(ik))
+                    if not h:
+                        raise ReviewNotFound(f"no review item {review_id}")
+                    current = h.get("queue") or DEFAULT_QUEUE
+                    if h.get("moved_token") == token:
+                        pipe.unwatch()
+                        if current == queue:
+                            return True
+                        raise ReviewAlreadyDecided("a different decision was already recorded")
+                    self._refuse_stale(h, review_id, reviewer, token)
+                    if current == queue:
+                        raise ReviewInvalidDecision(
+                            f"the item is already in the {queue} queue",
+                            code="review_already_escalated",
+                        )
+                    policy = h["policy"]
+                    now = self.now()
+                    pipe.multi()
+                    pipe.hdel(ik, "lease_token", "lease_holder", "lease_expires")
+                    pipe.hset(ik, mapping={"state": "queued", "queue": queue, "moved_token": token})
+                    pipe.zrem(self._k("leases"), review_id)
+                    pipe.delete(self._k("holder", reviewer))
+                    pipe.zadd(self._qk("q", policy, queue), {review_id: float(h["rank"])})
+                    pipe.sadd(self._k("queues"), queue)
+                    item = ReviewItem.model_validate_json(h["item"])
+                    pipe.zrem(self._qk("open", policy, current), review_id)
+                    pipe.zadd(self._qk("open", policy, queue), {review_id: item.created_at})
+                    day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+                    pipe.hincrby(self._k("day", day), reviewer, 1)
+                    pipe.expire(self._k("day", day), 8 * 24 * 3600)
+                    pipe.execute()
+                    return False
+                except WatchError:
+                    continue
 
     @translated("review queue")
     def holds(self, reviewer: str, review_id: str) -> bool:
@@ -237,6 +334,22 @@ class RedisReviewQueue:
             self._k("item", review_id), ["lease_holder", "lease_expires"]
         )
         return holder == reviewer and expires is not None and float(expires) > self.now()
+
+    @translated("review queue")
+    def reveal(self, review_id: str, *, reviewer: str) -> None:
+        """Raises:
+        ReviewNotFound: no such item.
+        """
+        if not self._r.exists(self._k("item", review_id)):
+            raise ReviewNotFound(f"no review item {review_id}")
+        pipe = self._r.pipeline(transaction=True)
+        pipe.sadd(self._k("seen", review_id), reviewer)
+        pipe.expire(self._k("seen", review_id), _SEEN_TTL_S)
+        pipe.execute()
+
+    @translated("review queue")
+    def revealed(self, review_id: str, *, reviewer: str) -> bool:
+        return bool(self._r.sismember(self._k("seen", review_id), reviewer))
 
     @translated("review queue")
     def item(self, review_id: str) -> ReviewItem:
@@ -318,10 +431,18 @@ class RedisReviewQueue:
                         token=token,
                         now=now,
                         seen_sha256=seen_sha256,
+                        queue=h.get("queue") or DEFAULT_QUEUE,
                     )
                     pipe.multi()
                     self._write(
-                        pipe, item, reviewer, outcome, token, now, submitted=(decision, reason_code)
+                        pipe,
+                        item,
+                        reviewer,
+                        outcome,
+                        token,
+                        now,
+                        submitted=(decision, reason_code),
+                        queue=h.get("queue") or DEFAULT_QUEUE,
                     )
                     pipe.execute()
                     claimed_at = float(h["lease_expires"]) - self.lease_s
@@ -335,6 +456,8 @@ class RedisReviewQueue:
     def _replay(
         h: dict[str, str], token: str, decision: ReviewDecision, reason_code: str | None
     ) -> ReviewOutcome | None:
+        if h.get("moved_token") == token:
+            raise ReviewAlreadyDecided("this lease already escalated the item")
         recorded: tuple[ReviewDecision, str | None] | None = None
         outcome: ReviewOutcome | None = None
         if h.get("final_token") == token:
@@ -367,6 +490,7 @@ class RedisReviewQueue:
         now: float,
         *,
         submitted: tuple[ReviewDecision, str | None],
+        queue: str,
     ) -> None:
         ik = self._k("item", item.review_id)
         pipe.hdel(ik, "lease_token", "lease_holder", "lease_expires")
@@ -385,7 +509,7 @@ class RedisReviewQueue:
                     "first_reviewer": reviewer,
                 },
             )
-            pipe.zadd(self._k("q", item.policy_id), {item.review_id: rank})
+            pipe.zadd(self._qk("q", item.policy_id, queue), {item.review_id: rank})
             return
         final = outcome.final
         if final is None:  # pragma: no cover - ReviewOutcome holds exactly one of the two
@@ -401,7 +525,7 @@ class RedisReviewQueue:
                 "final_submitted_reason": submitted[1] or "",
             },
         )
-        pipe.zrem(self._k("open", item.policy_id), item.review_id)
+        pipe.zrem(self._qk("open", item.policy_id, queue), item.review_id)
         pipe.zadd(self._k("decided"), {item.review_id: now})
         pipe.zadd(self._k("outbox"), {item.review_id: now})
 
@@ -433,7 +557,9 @@ class RedisReviewQueue:
                     pipe.hset(ik, "state", "queued")
                     pipe.zrem(self._k("leases"), review_id)
                     pipe.delete(self._k("holder", holder))
-                    pipe.zadd(self._k("q", h["policy"]), {review_id: float(h["rank"])})
+                    pipe.zadd(
+                        self._qk("q", h["policy"], h.get("queue")), {review_id: float(h["rank"])}
+                    )
                     if reviewer is None and h.get("lease_token"):
                         # An admin's requeue: the holder is told so, not "lease expired".
                         pipe.set(self._k("taken", h["lease_token"]), "1", ex=_TOKEN_TTL_S)
@@ -537,10 +663,13 @@ class RedisReviewQueue:
                         pipe.zrem(self._k("outbox"), review_id)
                         pipe.zrem(self._k("outbox_due"), review_id)
                         pipe.zrem(self._k("decided"), review_id)
-                        pipe.zadd(self._k("open", item.policy_id), {review_id: item.created_at})
+                        pipe.zadd(
+                            self._qk("open", item.policy_id, h.get("queue")),
+                            {review_id: item.created_at},
+                        )
                     else:
                         pipe.hdel(ik, "first", "first_reviewer")
-                        pipe.zrem(self._k("q", item.policy_id), review_id)
+                        pipe.zrem(self._qk("q", item.policy_id, h.get("queue")), review_id)
                     day = datetime.fromtimestamp(decided_at, UTC).strftime("%Y-%m-%d")
                     pipe.hincrby(self._k("day", day), reviewer, -1)
                     expires = now + self.lease_s
@@ -562,7 +691,8 @@ class RedisReviewQueue:
                     )
                     # A second reviewer's decision undone: the first one still stands.
                     kept = first if final is not None else None
-                    return Claim(item=item, lease=lease, first=kept, now=now)
+                    queue = h.get("queue") or DEFAULT_QUEUE
+                    return Claim(item=item, lease=lease, first=kept, now=now, queue=queue)
                 except WatchError:
                     continue
 
@@ -650,27 +780,34 @@ class RedisReviewQueue:
 
     @translated("review queue")
     def stats(self) -> list[ReviewStats]:
-        """Queue depth (waiting, in review) and oldest open item age per policy."""
+        """Queue depth (waiting, in review) and oldest open item age per policy and queue
+        (every policy's ``review`` queue; other queues while they hold open items)."""
         now = self.now()
-        leased: dict[str, int] = {}
+        leased: dict[tuple[str, str], int] = {}
         for rid in cast(list[str], self._r.zrange(self._k("leases"), 0, -1)):
-            policy = cast(str | None, self._r.hget(self._k("item", rid), "policy"))
+            policy, queue = self._r.hmget(self._k("item", rid), ["policy", "queue"])
             if policy is not None:
-                leased[policy] = leased.get(policy, 0) + 1
+                key = (cast(str, policy), cast(str, queue or DEFAULT_QUEUE))
+                leased[key] = leased.get(key, 0) + 1
+        names = cast(set[str], self._r.smembers(self._k("queues")))
         out = []
         for policy in self.policies():
-            oldest = cast(
-                list[tuple[str, float]],
-                self._r.zrange(self._k("open", policy), 0, 0, withscores=True),
-            )
-            out.append(
-                ReviewStats(
-                    policy_id=policy,
-                    waiting=self._r.zcard(self._k("q", policy)),
-                    in_review=leased.get(policy, 0),
-                    oldest_age_s=max(0.0, now - oldest[0][1]) if oldest else None,
+            for queue in sorted(names | {DEFAULT_QUEUE}):
+                oldest = cast(
+                    list[tuple[str, float]],
+                    self._r.zrange(self._qk("open", policy, queue), 0, 0, withscores=True),
                 )
-            )
+                if queue != DEFAULT_QUEUE and not oldest:
+                    continue
+                out.append(
+                    ReviewStats(
+                        policy_id=policy,
+                        waiting=self._r.zcard(self._qk("q", policy, queue)),
+                        in_review=leased.get((policy, queue), 0),
+                        oldest_age_s=max(0.0, now - oldest[0][1]) if oldest else None,
+                        queue=queue,
+                    )
+                )
         return out
 
     @translated("review queue")
@@ -703,7 +840,9 @@ class RedisReviewQueue:
         """Every item: the open ones (waiting or leased, per policy) and the decided ones.
         Read from the indexes the queue keeps, never by scanning the keyspace."""
         seen: dict[str, None] = {}
-        for key in [*(self._k("open", p) for p in self.policies()), self._k("decided")]:
+        queues = cast(set[str], self._r.smembers(self._k("queues"))) | {DEFAULT_QUEUE}
+        open_keys = [self._qk("open", p, q) for p in self.policies() for q in sorted(queues)]
+        for key in [*open_keys, self._k("decided")]:
             start = 0
             while True:
                 page = cast(list[str], self._r.zrange(key, start, start + 999))
@@ -775,4 +914,5 @@ def _record(h: dict[str, str], outbox_at: float | None, due_at: float | None) ->
         final_submitted_reason=h.get("final_submitted_reason") or None,
         decided_at=final.decided_at.timestamp() if final is not None else None,
         outbox=outbox,
+        queue=h.get("queue") or DEFAULT_QUEUE,
     )

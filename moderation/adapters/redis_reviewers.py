@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 import redis
@@ -39,6 +40,7 @@ class RedisReviewerStore:
                 "role": account.role.value,
                 "disabled": "1" if account.disabled else "0",
                 "created_at": repr(account.created_at),
+                "queues": ",".join(account.queues),
             },
         )
         self._r.sadd(self._p + "users", account.username)
@@ -54,6 +56,7 @@ class RedisReviewerStore:
             password_hash=h["password_hash"],
             disabled=h.get("disabled") == "1",
             created_at=float(h.get("created_at", "0")),
+            queues=tuple(q for q in h.get("queues", "").split(",") if q),
         )
 
     @translated("reviewer accounts")
@@ -69,3 +72,12 @@ class RedisReviewerStore:
         if self.get(username) is None:
             raise ReviewError(f"no reviewer {username!r}", code="review_unknown_user")
         self._r.hset(self._p + "user:" + username, "disabled", "1" if disabled else "0")
+
+    @translated("reviewer accounts")
+    def set_queues(self, username: str, queues: Sequence[str]) -> None:
+        """Raises:
+        ReviewError: no such reviewer (code ``review_unknown_user``).
+        """
+        if self.get(username) is None:
+            raise ReviewError(f"no reviewer {username!r}", code="review_unknown_user")
+        self._r.hset(self._p + "user:" + username, "queues", ",".join(queues))

@@ -83,9 +83,10 @@ def _fail(exc: ModerationError) -> typer.Exit:
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Argument(help="Lower-case login name.")],
-    role: Annotated[Literal["reviewer", "admin"], typer.Option(help="reviewer or admin")] = (
-        "reviewer"
-    ),
+    role: Annotated[
+        Literal["reviewer", "senior", "admin"],
+        typer.Option(help="reviewer, senior (also works the escalation queue) or admin"),
+    ] = "reviewer",
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from stdin.")
     ] = False,
@@ -120,7 +121,9 @@ def user_list() -> None:
 
     settings = load_settings()
     secret = settings.review.pseudonym_secret.get_secret_value()
-    table = Table("username", "role", "status", "reviewer id")
+    from moderation.core.reviewers import allowed_queues
+
+    table = Table("username", "role", "queues", "status", "reviewer id")
     try:
         accounts = _users(settings).all()
     except ModerationError as exc:
@@ -129,6 +132,7 @@ def user_list() -> None:
         table.add_row(
             a.username,
             a.role.value,
+            ", ".join(allowed_queues(a)),
             "disabled" if a.disabled else "active",
             pseudonym(secret, a.username),
         )
@@ -163,6 +167,29 @@ def user_disable(
         raise _fail(exc) from exc
     what = "enabled" if enable else f"disabled (ended {ended} session(s))"
     out.print(f"{username}: {what}", highlight=False)
+
+
+@user_app.command("queues")
+def user_queues(
+    username: str,
+    queue: Annotated[
+        list[str] | None,
+        typer.Option("--queue", help="A queue to grant (repeat); none: take every grant back."),
+    ] = None,
+) -> None:
+    """Grant an account review queues on top of its role's (replacing earlier grants)."""
+    from moderation.core.reviewers import allowed_queues, check_queue_name
+
+    settings = load_settings()
+    try:
+        names = [check_queue_name(q) for q in queue or []]
+        users = _users(settings)
+        users.set_queues(username, names)
+        account = users.get(username)
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    allowed = ", ".join(allowed_queues(account)) if account else ""
+    out.print(f"{username} works: {allowed}", highlight=False)
 
 
 @user_app.command("logout")

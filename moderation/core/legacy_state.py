@@ -62,6 +62,8 @@ class LegacyReviewRecord(_Frozen):
     #: When the final decision was recorded (queue clock, unix seconds).
     decided_at: float | None = None
     outbox: LegacyOutbox | None = None
+    #: The queue the item is in now (an escalated item: ``escalation``).
+    queue: str = "review"
 
     @property
     def review_id(self) -> str:

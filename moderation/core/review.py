@@ -16,6 +16,14 @@ two waiting items never changes over time, so the queue stores one static sort k
 
     rank_key = log2(W × score) − created_at / age_doubling_s      (higher is served first)
 
+Queues
+------
+Every item is in one named queue. It starts in its ``queue`` (``review``, the default; other
+workflows put theirs in their own); ``escalate`` moves it to ``escalation``, which only senior
+reviewers and admins work (:func:`moderation.core.reviewers.allowed_queues`). In the escalation
+queue a decision is final at once (one senior reviewer suffices, even for a critical removal),
+and ``escalate`` is refused: it is already there.
+
 Decisions and the second-reviewer rule
 --------------------------------------
 A reviewer decides ``allow``, ``remove`` (with a reason code from the policy) or ``escalate``.
@@ -44,6 +52,8 @@ from moderation.core.sources import DecisionSource
 from moderation.exceptions import ReviewInvalidDecision
 
 __all__ = [
+    "DEFAULT_QUEUE",
+    "ESCALATION_QUEUE",
     "NOTICE_BOOST",
     "SEVERITY_WEIGHT",
     "FirstDecision",
@@ -72,6 +82,10 @@ SEVERITY_WEIGHT: dict[Severity, float] = {
     Severity.CRITICAL: 8.0,
 }
 MIN_SCORE = 0.01
+#: Where every item starts unless its workflow names another queue.
+DEFAULT_QUEUE = "review"
+#: Where ``escalate`` sends an item (senior reviewers and admins).
+ESCALATION_QUEUE = "escalation"
 
 
 class ReviewDecision(str, Enum):
@@ -116,6 +130,8 @@ class ReviewItem(_Frozen):
     #: Reason codes a reviewer may pick for ``remove`` (this category's first).
     reason_codes: list[str] = Field(min_length=1)
     created_at: float  # unix seconds
+    #: The queue the item starts in (an escalation moves it; see the module docstring).
+    queue: str = Field(default=DEFAULT_QUEUE, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     #: What put the item into review: the model (default), a notice, an appeal.
     source: DecisionSource = DecisionSource.AUTOMATED
     #: Added to the item's sort key (log2 units): a trusted flagger's notice jumps the queue
@@ -313,15 +329,18 @@ def apply_decision(
     token: str,
     now: float,
     seen_sha256: str | None = None,
+    queue: str = DEFAULT_QUEUE,
 ) -> ReviewOutcome:
     """Apply one reviewer's decision to an item (see the module docstring for the rules).
 
     ``reviewer`` is the pseudonymous id. ``first`` is the pending first decision, if any.
     ``seen_sha256``: the hash of the bytes this reviewer was shown (None: none verified).
+    ``queue``: the queue the item is in now (in the escalation queue every decision is final).
 
     Raises:
         ReviewInvalidDecision: removal without a valid reason code, a reason code on a
-            non-removal, or the first reviewer deciding the second review too.
+            non-removal, the first reviewer deciding the second review too, or "escalate" in
+            the escalation queue.
     """
     if decision is ReviewDecision.REMOVE:
         if reason_code not in item.reason_codes:
@@ -348,6 +367,14 @@ def apply_decision(
             )
         )
 
+    if queue == ESCALATION_QUEUE:
+        if decision is ReviewDecision.ESCALATE:
+            raise ReviewInvalidDecision(
+                "the item is already in the escalation queue: allow or remove it",
+                code="review_already_escalated",
+            )
+        earlier = [first.reviewer] if first is not None and first.reviewer != reviewer else []
+        return final(decision, reason_code, [*earlier, reviewer])
     if first is None:
         if decision is ReviewDecision.REMOVE and item.critical:
             return ReviewOutcome(

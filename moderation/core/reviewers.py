@@ -32,10 +32,13 @@ from enum import Enum
 from moderation.exceptions import ReviewError
 
 __all__ = [
+    "ROLE_QUEUES",
     "LoginPolicy",
     "ReviewerAccount",
     "ReviewerSession",
     "Role",
+    "allowed_queues",
+    "check_queue_name",
     "check_username",
     "session_alive",
     "session_key",
@@ -46,7 +49,34 @@ _USERNAME = re.compile(r"^[a-z][a-z0-9_.-]{1,63}$")
 
 class Role(str, Enum):
     REVIEWER = "reviewer"
+    #: A reviewer who also works the escalation queue.
+    SENIOR = "senior"
     ADMIN = "admin"
+
+
+#: The review queues each role may work without a grant (``review`` is every item's first
+#: queue; ``escalation`` gets what a reviewer escalated). Admins work every queue.
+ROLE_QUEUES: dict[Role, tuple[str, ...]] = {
+    Role.REVIEWER: ("review",),
+    Role.SENIOR: ("review", "escalation"),
+    Role.ADMIN: ("review", "escalation"),
+}
+
+_QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def check_queue_name(name: str) -> str:
+    """Validate a review queue name (1-32 of ``a-z0-9_-``, starting with a letter).
+
+    Raises:
+        ReviewError: the name is malformed (code ``review_bad_queue``).
+    """
+    if not _QUEUE_NAME.match(name):
+        raise ReviewError(
+            f"invalid queue name {name!r}: use 1-32 of a-z 0-9 _ - starting with a letter",
+            code="review_bad_queue",
+        )
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +86,15 @@ class ReviewerAccount:
     password_hash: str
     disabled: bool
     created_at: float
+    #: Queues granted to this account on top of its role's (:data:`ROLE_QUEUES`).
+    queues: tuple[str, ...] = ()
+
+
+def allowed_queues(account: ReviewerAccount) -> tuple[str, ...]:
+    """The review queues ``account`` may claim from: its role's, then its grants, in order."""
+    out = list(ROLE_QUEUES[account.role])
+    out.extend(q for q in account.queues if q not in out)
+    return tuple(out)
 
 
 def check_username(username: str) -> str:

@@ -27,16 +27,31 @@ consumed, the decision sits in the outbox) but not handed on: its first hand-on 
 closed tab neither loses nor skips it. Until then the deciding reviewer may take it back
 (:meth:`ReviewDesk.undo`: the item is leased to them again); a critical removal waiting for its
 second reviewer can be taken back while no second reviewer holds it.
+
+Escalations: ``escalate`` is not a final decision: the item moves to the escalation queue
+(:data:`~moderation.core.review.ESCALATION_QUEUE`), which senior reviewers and admins work and
+where one decision is final; it cannot be undone from the page (a senior has it now).
+
+Reveals: images start blurred; the page records the first time a reviewer unblurs an item's
+image (:meth:`ReviewDesk.reveal`). A critical item cannot be allowed or removed by a reviewer who
+never looked at it (escalating needs no look; an item without its image has nothing to look at),
+whatever the page does: the rule is the desk's, not the script's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from moderation.core.review import HumanDecision, ReviewDecision, ReviewItem
+from moderation.core.review import (
+    DEFAULT_QUEUE,
+    ESCALATION_QUEUE,
+    HumanDecision,
+    ReviewDecision,
+    ReviewItem,
+)
 from moderation.exceptions import (
     ReviewAlreadyDecided,
     ReviewEvidenceUnavailable,
@@ -128,9 +143,17 @@ class ReviewDesk:
 
     # --- a reviewer -------------------------------------------------------------------------
 
-    def claim(self, reviewer: str, *, policies: list[str] | None = None) -> Claim | None:
-        """The next item for ``reviewer`` (or the one it already holds), leased to it."""
-        return self.queue.claim(reviewer, policies=policies)
+    def claim(
+        self,
+        reviewer: str,
+        *,
+        policies: list[str] | None = None,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+    ) -> Claim | None:
+        """The next item for ``reviewer`` from ``queues`` (or the one it already holds),
+        leased to it. The caller checks that the reviewer may work those queues
+        (:func:`moderation.core.reviewers.allowed_queues`)."""
+        return self.queue.claim(reviewer, policies=policies, queues=queues)
 
     def bank_targets(self, item: ReviewItem) -> list[str]:
         """The banks a removal of ``item`` may add its image to."""
@@ -182,6 +205,21 @@ class ReviewDesk:
         top = min(range(len(times)), key=lambda i: abs(times[i] - video.top_frame_s))
         return VideoView(timestamps=times, top_index=top, problem=None)
 
+    def reveal(self, reviewer: str, review_id: str) -> None:
+        """Record that ``reviewer`` looked at the image of the item it holds, unblurred: a
+        critical item needs this before its reviewer may allow or remove it.
+
+        Raises:
+            ReviewNotFound: no such item, or it is not leased to ``reviewer``.
+        """
+        if not self.queue.holds(reviewer, review_id):
+            raise ReviewNotFound("no item with that id leased to you")
+        self.queue.reveal(review_id, reviewer=reviewer)
+
+    def revealed(self, reviewer: str, review_id: str) -> bool:
+        """Whether ``reviewer`` ever looked at the item's image unblurred."""
+        return self.queue.revealed(review_id, reviewer=reviewer)
+
     def evidence_problem(self, item: ReviewItem) -> str | None:
         """Why ``item``'s scored bytes (a video's: and its sampled frames) cannot be shown
         (None: they verify)."""
@@ -207,8 +245,9 @@ class ReviewDesk:
         Raises:
             ReviewError: not found, lease expired, not the holder, already decided, or an
                 invalid decision (a bank addition with anything but a removal, or where banks
-                are not offered, or "allow" on an item whose scored bytes are gone or do not
-                verify).
+                are not offered, "allow" on an item whose scored bytes are gone or do not
+                verify, or "allow"/"remove" on a critical item whose image this reviewer never
+                looked at unblurred: code ``review_reveal_required``, see :meth:`reveal`).
             BlobStoreUnavailable: the object store cannot be reached now.
         """
         item = self.queue.item(review_id)
@@ -228,6 +267,28 @@ class ReviewDesk:
             if self.banks is None:
                 raise ReviewInvalidDecision("adding to banks is not available here")
             self.banks.check_request(self.queue.item(review_id), bank=add_to_bank)
+        if (
+            item.critical
+            and seen is not None
+            and decision is not ReviewDecision.ESCALATE
+            and not self.queue.revealed(review_id, reviewer=reviewer)
+        ):
+            raise ReviewInvalidDecision(
+                "a critical item needs one look at its image before it is allowed or removed "
+                "(or escalate it)",
+                code="review_reveal_required",
+            )
+        if decision is ReviewDecision.ESCALATE:
+            # Not a final decision: the item waits in the escalation queue for a senior
+            # reviewer (the move is refused when it is there already).
+            if reason_code is not None:
+                raise ReviewInvalidDecision("a reason code is only given with a removal")
+            replay = self.queue.move(
+                review_id, reviewer=reviewer, token=token, queue=ESCALATION_QUEUE
+            )
+            if not replay:
+                metrics().review_decisions.labels(item.policy_id, "escalated").inc()
+            return Decided(final=None, decision=decision, replay=replay, delivered=None)
         result = self.queue.decide(
             review_id,
             reviewer=reviewer,

@@ -8,19 +8,23 @@ Pages (HTML, sign-in required, else a redirect to the sign-in page)::
 
 API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF token)::
 
-    POST {prefix}/api/next            claim the next item (or the one already held)
+    POST {prefix}/api/next            {queues?, policies?}: claim the next item from the queues
+                                      the reviewer may work (or the one already held); a
+                                      queue the account may not work: 403
     POST {prefix}/api/decide          {review_id, token, decision, reason_code, add_to_bank}
     POST {prefix}/api/undo            {review_id, token, holding}: take a decision back within
                                       the undo window (``review.undo_window_s``); the item is
                                       leased again (``holding``, the item shown next, goes back)
     POST {prefix}/api/extend          {review_id, token}: renew the lease (another lease_s)
     POST {prefix}/api/skip            {review_id}: give the item back
+    POST {prefix}/api/reveal          {review_id}: the reviewer unblurred the image (a critical
+                                      item needs one before "allow" or "remove")
     GET  {prefix}/api/image/{id}      the image (the exact bytes that were scored, verified),
                                       only to the reviewer holding its lease; 410 when they are
                                       gone or do not verify
     GET  {prefix}/api/frame/{id}/{n}  a video's n-th sampled frame (the still kept when it was
                                       scored, checked), only to the reviewer holding its lease
-    GET  {prefix}/api/overview
+    GET  {prefix}/api/overview        my queues, their depth and oldest age (SLA), my decisions
     GET  {prefix}/api/admin/stats     admin: queues, decisions per (pseudonymous) reviewer today
     POST {prefix}/api/admin/requeue   admin: {review_id}, take an item back from its holder
     POST {prefix}/api/admin/redeliver admin: retry on_final for decisions whose delivery failed
@@ -62,7 +66,7 @@ from starlette.exceptions import HTTPException
 
 from moderation.core.decision import VideoFindings
 from moderation.core.review import ReviewDecision
-from moderation.core.reviewers import ReviewerSession, Role
+from moderation.core.reviewers import ReviewerSession, Role, allowed_queues
 from moderation.exceptions import (
     LoginThrottled,
     ModerationError,
@@ -148,10 +152,14 @@ class Principal:
     role: Role
     pseudonym: str
     session: ReviewerSession
+    #: The review queues this account may work (its role's and its grants).
+    queues: tuple[str, ...] = ("review",)
 
 
 class _NextBody(BaseModel):
     policies: list[str] | None = None
+    #: The queues to take the next item from (None: every queue the reviewer may work).
+    queues: list[str] | None = Field(default=None, max_length=16)
 
 
 class _DecideBody(BaseModel):
@@ -254,6 +262,9 @@ def _claim_payload(claim: Claim, prefix: str, desk: ReviewDesk) -> dict[str, Any
         "second_review": claim.first is not None,
         "image_url": image_url,
         "video": video,
+        "queue": claim.queue,
+        # The reviewer already looked at the image unblurred (before an undo, a reload).
+        "revealed": desk.revealed(claim.lease.reviewer, item.review_id),
         # Why the scored bytes cannot be shown (then: no image, no "allow"); None when they
         # verify.
         "image_problem": desk.evidence_problem(item),
@@ -302,6 +313,7 @@ def build_review_router(
             role=account.role,
             pseudonym=codec.pseudonym(account.username),
             session=session,
+            queues=allowed_queues(account),
         )
 
     def csrf_principal(
@@ -416,7 +428,13 @@ def build_review_router(
     def next_item(
         who: Annotated[Principal, Depends(csrf_principal)], body: _NextBody | None = None
     ) -> dict[str, Any]:
-        claim = desk.claim(who.pseudonym, policies=body.policies if body else None)
+        wanted = body.queues if body and body.queues else list(who.queues)
+        refused = [q for q in wanted if q not in who.queues]
+        if refused:
+            raise ReviewAuthError(
+                f"you may not work the {', '.join(refused)} queue", code="review_forbidden"
+            )
+        claim = desk.claim(who.pseudonym, policies=body.policies if body else None, queues=wanted)
         return {"item": _claim_payload(claim, prefix, desk) if claim else None}
 
     @router.post("/api/decide")
@@ -431,13 +449,21 @@ def build_review_router(
             reason_code=body.reason_code,
             add_to_bank=body.add_to_bank,
         )
+        escalated = done.final is None and done.decision is ReviewDecision.ESCALATE
+        if done.final is not None:
+            status = "final"
+        elif escalated:
+            status = "escalated"
+        else:
+            status = "pending_second_review"
         return {
-            "status": "final" if done.final else "pending_second_review",
+            "status": status,
             "decision": done.decision.value,
             "replay": done.replay,
             "delivered": done.delivered,
-            # Seconds the reviewer may still take it back (0: final at once).
-            "undo_s": desk.undo_window_s if not done.replay else 0.0,
+            # Seconds the reviewer may still take it back (0: final at once, or escalated:
+            # a senior reviewer may have it already).
+            "undo_s": desk.undo_window_s if not done.replay and not escalated else 0.0,
         }
 
     @router.post("/api/extend")
@@ -453,6 +479,13 @@ def build_review_router(
             who.pseudonym, review_id=body.review_id, token=body.token, holding=body.holding
         )
         return {"item": _claim_payload(claim, prefix, desk)}
+
+    @router.post("/api/reveal")
+    def reveal(
+        body: _ItemBody, who: Annotated[Principal, Depends(csrf_principal)]
+    ) -> dict[str, Any]:
+        desk.reveal(who.pseudonym, body.review_id)
+        return {"revealed": True}
 
     @router.post("/api/skip")
     def skip(body: _ItemBody, who: Annotated[Principal, Depends(csrf_principal)]) -> dict[str, Any]:
@@ -479,16 +512,23 @@ def build_review_router(
     @router.get("/api/overview")
     def overview(who: Annotated[Principal, Depends(principal)]) -> dict[str, Any]:
         return {
-            "me": {"username": who.username, "role": who.role.value, "reviewer": who.pseudonym},
+            "me": {
+                "username": who.username,
+                "role": who.role.value,
+                "reviewer": who.pseudonym,
+                "queues": list(who.queues),
+            },
             "my_decisions_today": desk.decisions_today(who.pseudonym),
             "queues": [
                 {
                     "policy_id": s.policy_id,
+                    "queue": s.queue,
                     "waiting": s.waiting,
                     "in_review": s.in_review,
                     "oldest_age_s": None if s.oldest_age_s is None else round(s.oldest_age_s, 1),
                 }
                 for s in desk.stats()
+                if s.queue in who.queues
             ],
         }
 
@@ -526,6 +566,7 @@ def build_review_router(
 def _stats_dict(stats: ReviewStats) -> dict[str, Any]:
     return {
         "policy_id": stats.policy_id,
+        "queue": stats.queue,
         "waiting": stats.waiting,
         "in_review": stats.in_review,
         "oldest_age_s": stats.oldest_age_s,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +23,7 @@ from moderation.core.review import (
 )
 from moderation.exceptions import (
     ReviewAlreadyDecided,
+    ReviewInvalidDecision,
     ReviewLeaseExpired,
     ReviewNotFound,
     ReviewNotLeaseHolder,
@@ -44,6 +45,7 @@ class _Entry:
     item: ReviewItem
     rank: float
     state: str = "queued"  # queued | leased | final
+    queue: str = "review"
     lease: Lease | None = None
     first: FirstDecision | None = None
     final: HumanDecision | None = None
@@ -52,6 +54,8 @@ class _Entry:
     taken: set[str] = field(default_factory=set)
     #: Skips: reviewer -> until when the item is not offered to them.
     away: dict[str, float] = field(default_factory=dict)
+    #: Reviewers who looked at the image unblurred.
+    revealed: set[str] = field(default_factory=set)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> reviewer (every lease)
     submitted: dict[str, tuple[ReviewDecision, str | None]] = field(default_factory=dict)
     delivered: bool = False
@@ -82,7 +86,7 @@ class MemoryReviewQueue:
             rank = item_rank(item, age_doubling_s=self.age_doubling_s)
             entry = self.entries.get(item.review_id)
             if entry is None:
-                self.entries[item.review_id] = _Entry(item=item, rank=rank)
+                self.entries[item.review_id] = _Entry(item=item, rank=rank, queue=item.queue)
             elif entry.state != "final" and rank > entry.rank:  # a notice raised it
                 entry.item, entry.rank = item, rank
 
@@ -91,17 +95,24 @@ class MemoryReviewQueue:
             if entry.state == "leased" and entry.lease and entry.lease.expires_at <= now:
                 entry.state, entry.lease = "queued", None
 
-    def claim(self, reviewer: str, *, policies: list[str] | None = None) -> Claim | None:
+    def claim(
+        self,
+        reviewer: str,
+        *,
+        policies: list[str] | None = None,
+        queues: Sequence[str] = ("review",),
+    ) -> Claim | None:
         with self._lock:
             now = self.clock()
             self._reap(now)
             for entry in self.entries.values():
                 if entry.state == "leased" and entry.lease and entry.lease.reviewer == reviewer:
-                    return Claim(item=entry.item, lease=entry.lease, first=entry.first, now=now)
+                    return self._claim(entry, now)
             waiting = [
                 e
                 for e in self.entries.values()
                 if e.state == "queued"
+                and e.queue in queues
                 and (not policies or e.item.policy_id in policies)
                 and (e.first is None or e.first.reviewer != reviewer)
                 and e.away.get(reviewer, 0.0) <= now
@@ -118,7 +129,56 @@ class MemoryReviewQueue:
                 expires_at=now + self.lease_s,
             )
             entry.tokens[token] = reviewer
-            return Claim(item=entry.item, lease=entry.lease, first=entry.first, now=now)
+            return self._claim(entry, now)
+
+    @staticmethod
+    def _claim(entry: _Entry, now: float) -> Claim:
+        assert entry.lease is not None
+        return Claim(
+            item=entry.item, lease=entry.lease, first=entry.first, now=now, queue=entry.queue
+        )
+
+    def move(self, review_id: str, *, reviewer: str, token: str, queue: str) -> bool:
+        with self._lock:
+            entry = self.entries.get(review_id)
+            if entry is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            if entry.submitted.get(token) == (ReviewDecision.ESCALATE, None):
+                if entry.queue == queue:
+                    return True
+                raise ReviewAlreadyDecided("a different decision was already recorded")
+            self._check_lease(entry, reviewer=reviewer, token=token)
+            if entry.queue == queue:
+                raise ReviewInvalidDecision(
+                    f"the item is already in the {queue} queue", code="review_already_escalated"
+                )
+            entry.submitted[token] = (ReviewDecision.ESCALATE, None)
+            entry.queue, entry.state, entry.lease = queue, "queued", None
+            return False
+
+    def _check_lease(self, entry: _Entry, *, reviewer: str, token: str) -> Lease:
+        lease = entry.lease
+        if lease is None or lease.token != token:
+            if entry.tokens.get(token) == reviewer:
+                if entry.state == "final":
+                    raise ReviewAlreadyDecided("this item was already decided by someone else")
+                if token in entry.taken:
+                    raise ReviewTakenBack(
+                        "an admin took this item back and it went back to the queue; "
+                        "the decision was not recorded"
+                    )
+                raise ReviewLeaseExpired(
+                    "your lease on this item expired and it went back to the queue; "
+                    "the decision was not recorded"
+                )
+            raise ReviewNotLeaseHolder("you do not hold a lease on this item")
+        if lease.reviewer != reviewer:
+            raise ReviewNotLeaseHolder("this lease belongs to another reviewer")
+        if lease.expires_at <= self.clock():
+            raise ReviewLeaseExpired(
+                "your lease on this item expired; the decision was not recorded"
+            )
+        return lease
 
     def holds(self, reviewer: str, review_id: str) -> bool:
         entry = self.entries.get(review_id)
@@ -135,6 +195,17 @@ class MemoryReviewQueue:
         if entry is None:
             raise ReviewNotFound(f"no review item {review_id}")
         return entry.item
+
+    def reveal(self, review_id: str, *, reviewer: str) -> None:
+        with self._lock:
+            entry = self.entries.get(review_id)
+            if entry is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            entry.revealed.add(reviewer)
+
+    def revealed(self, review_id: str, *, reviewer: str) -> bool:
+        entry = self.entries.get(review_id)
+        return entry is not None and reviewer in entry.revealed
 
     def decide(
         self,
@@ -157,27 +228,7 @@ class MemoryReviewQueue:
                 pending = entry.first if entry.final is None else None
                 return DecideResult(ReviewOutcome(final=entry.final, pending=pending), replay=True)
             now = self.clock()
-            lease = entry.lease
-            if lease is None or lease.token != token:
-                if entry.tokens.get(token) == reviewer:
-                    if entry.state == "final":
-                        raise ReviewAlreadyDecided("this item was already decided by someone else")
-                    if token in entry.taken:
-                        raise ReviewTakenBack(
-                            "an admin took this item back and it went back to the queue; "
-                            "the decision was not recorded"
-                        )
-                    raise ReviewLeaseExpired(
-                        "your lease on this item expired and it went back to the queue; "
-                        "the decision was not recorded"
-                    )
-                raise ReviewNotLeaseHolder("you do not hold a lease on this item")
-            if lease.reviewer != reviewer:
-                raise ReviewNotLeaseHolder("this lease belongs to another reviewer")
-            if lease.expires_at <= now:
-                raise ReviewLeaseExpired(
-                    "your lease on this item expired; the decision was not recorded"
-                )
+            lease = self._check_lease(entry, reviewer=reviewer, token=token)
             outcome = apply_decision(
                 entry.item,
                 entry.first,
@@ -187,6 +238,7 @@ class MemoryReviewQueue:
                 token=token,
                 now=now,
                 seen_sha256=seen_sha256,
+                queue=entry.queue,
             )
             entry.submitted[token] = (decision, reason_code)
             entry.lease = None
@@ -277,7 +329,7 @@ class MemoryReviewQueue:
                 review_id=review_id, reviewer=reviewer, token=new_token, expires_at=expires
             )
             entry.tokens[new_token] = reviewer
-            return Claim(item=entry.item, lease=entry.lease, first=entry.first, now=now)
+            return self._claim(entry, now)
 
     def delivered(self, review_id: str) -> None:
         entry = self.entries.get(review_id)
@@ -330,15 +382,19 @@ class MemoryReviewQueue:
         out = []
         for policy in sorted({e.item.policy_id for e in self.entries.values()}):
             mine = [e for e in self.entries.values() if e.item.policy_id == policy]
-            open_ = [e.item.created_at for e in mine if e.state != "final"]
-            out.append(
-                ReviewStats(
-                    policy_id=policy,
-                    waiting=sum(e.state == "queued" for e in mine),
-                    in_review=sum(e.state == "leased" for e in mine),
-                    oldest_age_s=max(0.0, now - min(open_)) if open_ else None,
+            queues = sorted({e.queue for e in mine if e.state != "final"} | {"review"})
+            for queue in queues:
+                here = [e for e in mine if e.queue == queue]
+                open_ = [e.item.created_at for e in here if e.state != "final"]
+                out.append(
+                    ReviewStats(
+                        policy_id=policy,
+                        waiting=sum(e.state == "queued" for e in here),
+                        in_review=sum(e.state == "leased" for e in here),
+                        oldest_age_s=max(0.0, now - min(open_)) if open_ else None,
+                        queue=queue,
+                    )
                 )
-            )
         return out
 
     def decisions_on(self, day: str | None = None) -> dict[str, int]:

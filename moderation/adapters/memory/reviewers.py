@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from moderation.core.reviewers import ReviewerAccount
 from moderation.exceptions import (
@@ -30,13 +31,13 @@ class MemoryReviewerStore:
         return [self.accounts[k] for k in sorted(self.accounts)]
 
     def set_disabled(self, username: str, disabled: bool) -> None:
+        self.accounts[username] = replace(self._get(username), disabled=disabled)
+
+    def set_queues(self, username: str, queues: Sequence[str]) -> None:
+        self.accounts[username] = replace(self._get(username), queues=tuple(queues))
+
+    def _get(self, username: str) -> ReviewerAccount:
         account = self.accounts.get(username)
         if account is None:
             raise ReviewError(f"no reviewer {username!r}", code="review_unknown_user")
-        self.accounts[username] = ReviewerAccount(
-            username=account.username,
-            role=account.role,
-            password_hash=account.password_hash,
-            disabled=disabled,
-            created_at=account.created_at,
-        )
+        return account

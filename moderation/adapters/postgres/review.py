@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +55,7 @@ from moderation.core.review import (
 )
 from moderation.exceptions import (
     ReviewAlreadyDecided,
+    ReviewInvalidDecision,
     ReviewLeaseExpired,
     ReviewNotFound,
     ReviewNotLeaseHolder,
@@ -118,8 +119,9 @@ class PostgresReviewQueue:
                 (item.policy_id,),
             )
             conn.execute(
-                "INSERT INTO review_items (review_id, policy_id, job_id, item, rank, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (review_id) DO UPDATE"
+                "INSERT INTO review_items"
+                " (review_id, policy_id, job_id, item, rank, created_at, queue, queued_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (review_id) DO UPDATE"
                 " SET item = EXCLUDED.item, rank = EXCLUDED.rank"
                 " WHERE review_items.state <> 'final' AND EXCLUDED.rank > review_items.rank",
                 (
@@ -129,16 +131,24 @@ class PostgresReviewQueue:
                     _dump(item),
                     rank,
                     item.created_at,
+                    item.queue,
+                    item.created_at,
                 ),
             )
 
     # --- reviewer side --------------------------------------------------------------------
 
-    def claim(self, reviewer: str, *, policies: list[str] | None = None) -> Claim | None:
+    def claim(
+        self,
+        reviewer: str,
+        *,
+        policies: list[str] | None = None,
+        queues: Sequence[str] = ("review",),
+    ) -> Claim | None:
         """Lease the highest-priority item the reviewer may take (or the one they already hold).
 
-        ``reviewer`` is the pseudonymous id; ``policies`` limits the queues looked at. Returns
-        None when nothing is waiting.
+        ``reviewer`` is the pseudonymous id; ``queues`` are the queues it may work and
+        ``policies`` limits the policies looked at. Returns None when nothing is waiting.
 
         Raises:
             DatabaseUnavailable: the database is unreachable.
@@ -165,38 +175,29 @@ class PostgresReviewQueue:
                 (reviewer, now),
             )
             held = conn.execute(
-                "SELECT review_id, lease_token, lease_expires, item, first_decision"
+                "SELECT review_id, lease_token, lease_expires, item, first_decision, queue"
                 " FROM review_items WHERE state = 'leased' AND lease_holder = %s"
                 " AND lease_expires > %s",
                 (reviewer, now),
             ).fetchone()
             if held is not None:
-                rid, tok, expires, item_json, first_json = held
-                return self._claim(rid, reviewer, tok, expires, item_json, first_json, now)
-            if policies:
-                row = conn.execute(
-                    "SELECT review_id FROM review_items i WHERE state = 'queued'"
-                    " AND first_reviewer IS DISTINCT FROM %s AND policy_id = ANY(%s)"
-                    " AND NOT EXISTS (SELECT 1 FROM review_away a WHERE a.reviewer = %s"
-                    "   AND a.review_id = i.review_id AND a.until > %s)"
-                    " ORDER BY rank DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    (reviewer, policies, reviewer, now),
-                ).fetchone()
-            else:
-                row = conn.execute(
-                    "SELECT review_id FROM review_items i WHERE state = 'queued'"
-                    " AND first_reviewer IS DISTINCT FROM %s"
-                    " AND NOT EXISTS (SELECT 1 FROM review_away a WHERE a.reviewer = %s"
-                    "   AND a.review_id = i.review_id AND a.until > %s)"
-                    " ORDER BY rank DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    (reviewer, reviewer, now),
-                ).fetchone()
+                rid, tok, expires, item_json, first_json, queue = held
+                return self._claim(rid, reviewer, tok, expires, item_json, first_json, now, queue)
+            row = conn.execute(
+                "SELECT review_id FROM review_items i WHERE state = 'queued'"
+                " AND queue = ANY(%s) AND first_reviewer IS DISTINCT FROM %s"
+                " AND (%s::text[] IS NULL OR policy_id = ANY(%s::text[]))"
+                " AND NOT EXISTS (SELECT 1 FROM review_away a WHERE a.reviewer = %s"
+                "   AND a.review_id = i.review_id AND a.until > %s)"
+                " ORDER BY rank DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
+                (list(queues), reviewer, policies or None, policies or None, reviewer, now),
+            ).fetchone()
             if row is None:
                 return None
             expires = now + self.lease_s
             taken = conn.execute(
                 "UPDATE review_items SET state = 'leased', lease_token = %s, lease_holder = %s,"
-                " lease_expires = %s WHERE review_id = %s RETURNING item, first_decision",
+                " lease_expires = %s WHERE review_id = %s RETURNING item, first_decision, queue",
                 (token, reviewer, expires, row[0]),
             ).fetchone()
             assert taken is not None
@@ -205,7 +206,7 @@ class PostgresReviewQueue:
                 " VALUES (%s, %s, %s, %s, %s)",
                 (token, row[0], reviewer, now, expires),
             )
-            return self._claim(row[0], reviewer, token, expires, taken[0], taken[1], now)
+            return self._claim(row[0], reviewer, token, expires, taken[0], taken[1], now, taken[2])
 
     @staticmethod
     def _claim(
@@ -216,12 +217,109 @@ class PostgresReviewQueue:
         item_json: Any,
         first_json: Any,
         now: float,
+        queue: str,
     ) -> Claim:
         return Claim(
             item=ReviewItem.model_validate(item_json),
             lease=Lease(review_id=rid, reviewer=reviewer, token=token, expires_at=float(expires)),
             first=FirstDecision.model_validate(first_json) if first_json else None,
             now=now,
+            queue=queue,
+        )
+
+    def move(self, review_id: str, *, reviewer: str, token: str, queue: str) -> bool:
+        """The lease holder sends the item to ``queue`` (see :meth:`~moderation.ports.
+        ReviewQueue.move`); recorded as its ``escalate`` decision.
+
+        Raises:
+            ReviewInvalidDecision: the item is in ``queue`` already.
+            ReviewError: not found, lease expired or taken back, not the holder, decided.
+            DatabaseUnavailable: the database is unreachable.
+        """
+        with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT state, lease_token, lease_holder, lease_expires, queue"
+                " FROM review_items WHERE review_id = %s FOR UPDATE",
+                (review_id,),
+            ).fetchone()
+            if row is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            state, lease_token, holder, expires, current = row
+            recorded = conn.execute(
+                "SELECT decision FROM review_decisions WHERE token = %s AND review_id = %s",
+                (token, review_id),
+            ).fetchone()
+            if recorded is not None:
+                if recorded[0] == ReviewDecision.ESCALATE.value and current == queue:
+                    return True
+                raise ReviewAlreadyDecided(
+                    f"a different decision ({recorded[0]}) was already recorded for this lease"
+                )
+            now = self._now(conn)
+            self._check_lease(
+                conn, review_id, reviewer, token, state, lease_token, holder, expires, now
+            )
+            if current == queue:
+                raise ReviewInvalidDecision(
+                    f"the item is already in the {queue} queue", code="review_already_escalated"
+                )
+            conn.execute(
+                "INSERT INTO review_decisions"
+                " (token, review_id, reviewer, decision, reason_code, decided_at, day)"
+                " VALUES (%s, %s, %s, %s, NULL, %s, %s)",
+                (
+                    token,
+                    review_id,
+                    reviewer,
+                    ReviewDecision.ESCALATE.value,
+                    now,
+                    datetime.fromtimestamp(now, UTC).date(),
+                ),
+            )
+            conn.execute(
+                "UPDATE review_items SET state = 'queued', lease_token = NULL, lease_holder = NULL,"
+                " lease_expires = NULL, queue = %s, queued_at = %s WHERE review_id = %s",
+                (queue, now, review_id),
+            )
+        return False
+
+    @staticmethod
+    def _check_lease(
+        conn: Connection[Any],
+        review_id: str,
+        reviewer: str,
+        token: str,
+        state: str,
+        lease_token: str | None,
+        holder: str | None,
+        expires: float | None,
+        now: float,
+    ) -> None:
+        """Refuse a stale or foreign lease (as ``decide`` does)."""
+        if lease_token == token:
+            if holder != reviewer:
+                raise ReviewNotLeaseHolder("this lease belongs to another reviewer")
+            if expires is None or float(expires) <= now:
+                raise ReviewLeaseExpired(
+                    "your lease on this item expired; the decision was not recorded"
+                )
+            return
+        owner = conn.execute(
+            "SELECT reviewer, taken_back FROM review_leases WHERE token = %s AND review_id = %s",
+            (token, review_id),
+        ).fetchone()
+        if owner is None or owner[0] != reviewer:
+            raise ReviewNotLeaseHolder("you do not hold a lease on this item")
+        if state == "final":
+            raise ReviewAlreadyDecided("this item was already decided by someone else")
+        if owner[1]:
+            raise ReviewTakenBack(
+                "an admin took this item back and it went back to the queue; "
+                "the decision was not recorded"
+            )
+        raise ReviewLeaseExpired(
+            "your lease on this item expired and it went back to the queue; "
+            "the decision was not recorded"
         )
 
     def holds(self, reviewer: str, review_id: str) -> bool:
@@ -231,6 +329,30 @@ class PostgresReviewQueue:
                 "SELECT 1 FROM review_items WHERE review_id = %s AND state = 'leased'"
                 " AND lease_holder = %s"
                 " AND lease_expires > extract(epoch FROM clock_timestamp())",
+                (review_id, reviewer),
+            ).fetchone()
+        return row is not None
+
+    def reveal(self, review_id: str, *, reviewer: str) -> None:
+        """Raises:
+        ReviewNotFound: no such item.
+        """
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            row = conn.execute(
+                "INSERT INTO review_reveals (review_id, reviewer, at)"
+                " SELECT review_id, %s, extract(epoch FROM clock_timestamp())"
+                " FROM review_items WHERE review_id = %s"
+                " ON CONFLICT (review_id, reviewer) DO UPDATE SET at = EXCLUDED.at"
+                " RETURNING 1",
+                (reviewer, review_id),
+            ).fetchone()
+        if row is None:
+            raise ReviewNotFound(f"no review item {review_id}")
+
+    def revealed(self, review_id: str, *, reviewer: str) -> bool:
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM review_reveals WHERE review_id = %s AND reviewer = %s",
                 (review_id, reviewer),
             ).fetchone()
         return row is not None
@@ -271,12 +393,16 @@ class PostgresReviewQueue:
         with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
             row = conn.execute(
                 "SELECT item, state, lease_token, lease_holder, lease_expires, first_decision,"
-                " final_decision, final_token FROM review_items WHERE review_id = %s FOR UPDATE",
+                " final_decision, final_token, queue FROM review_items WHERE review_id = %s"
+                " FOR UPDATE",
                 (review_id,),
             ).fetchone()
             if row is None:
                 raise ReviewNotFound(f"no review item {review_id}")
-            item_json, state, lease_token, holder, expires, first_json, final_json, final_tok = row
+            item_json, state, lease_token, holder, expires, first_json, final_json, final_tok = row[
+                :8
+            ]
+            queue = row[8]
             first = FirstDecision.model_validate(first_json) if first_json else None
             recorded = conn.execute(
                 "SELECT decision, reason_code FROM review_decisions"
@@ -330,6 +456,7 @@ class PostgresReviewQueue:
                 token=token,
                 now=now,
                 seen_sha256=seen_sha256,
+                queue=queue,
             )
             self._write(conn, item, reviewer, outcome, token, now, (decision, reason_code))
             claimed_at = float(expires) - self.lease_s
@@ -480,13 +607,13 @@ class PostgresReviewQueue:
         with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
             row = conn.execute(
                 "SELECT item, state, first_decision, final_decision, final_token,"
-                " EXISTS (SELECT 1 FROM review_outbox o WHERE o.review_id = i.review_id)"
+                " EXISTS (SELECT 1 FROM review_outbox o WHERE o.review_id = i.review_id), queue"
                 " FROM review_items i WHERE review_id = %s FOR UPDATE",
                 (review_id,),
             ).fetchone()
             if row is None:
                 raise ReviewNotFound(f"no review item {review_id}")
-            item_json, state, first_json, final_json, final_tok, in_outbox = row
+            item_json, state, first_json, final_json, final_tok, in_outbox, queue = row
             now = self._now(conn)
             first = FirstDecision.model_validate(first_json) if first_json else None
             final = HumanDecision.model_validate(final_json) if final_json else None
@@ -542,6 +669,7 @@ class PostgresReviewQueue:
             ),
             first=kept,
             now=now,
+            queue=queue,
         )
 
     # --- final-decision delivery ----------------------------------------------------------
@@ -603,17 +731,21 @@ class PostgresReviewQueue:
     # --- stats and export -----------------------------------------------------------------
 
     def stats(self) -> list[ReviewStats]:
-        """Queue depth (waiting, in review) and oldest open item age per policy."""
+        """Queue depth (waiting, in review) and oldest open item age per policy and queue
+        (every policy's ``review`` queue, empty or not; other queues while they hold items)."""
         with database_errors(_WHAT), self._pool.connection() as conn:
             now = self._now(conn)
             rows = conn.execute(
-                "SELECT p.policy_id,"
+                "SELECT p.policy_id, q.queue,"
                 "  count(i.review_id) FILTER (WHERE i.state = 'queued'),"
                 "  count(i.review_id) FILTER (WHERE i.state = 'leased'),"
                 "  min(i.created_at)"
                 " FROM review_policies p"
-                " LEFT JOIN review_items i ON i.policy_id = p.policy_id AND i.state <> 'final'"
-                " GROUP BY p.policy_id ORDER BY p.policy_id"
+                " CROSS JOIN LATERAL (SELECT 'review' AS queue UNION SELECT DISTINCT o.queue"
+                "   FROM review_items o WHERE o.policy_id = p.policy_id AND o.state <> 'final') q"
+                " LEFT JOIN review_items i ON i.policy_id = p.policy_id AND i.queue = q.queue"
+                "   AND i.state <> 'final'"
+                " GROUP BY p.policy_id, q.queue ORDER BY p.policy_id, q.queue"
             ).fetchall()
         return [
             ReviewStats(
@@ -621,8 +753,9 @@ class PostgresReviewQueue:
                 waiting=int(waiting),
                 in_review=int(leased),
                 oldest_age_s=max(0.0, now - float(oldest)) if oldest is not None else None,
+                queue=queue,
             )
-            for policy, waiting, leased, oldest in rows
+            for policy, queue, waiting, leased, oldest in rows
         ]
 
     def decisions_on(self, day: str | None = None) -> dict[str, int]:

@@ -4,6 +4,8 @@ it was created."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import psycopg
 from psycopg_pool import ConnectionPool
 
@@ -16,14 +18,15 @@ __all__ = ["PostgresReviewerStore"]
 _WHAT = "reviewer accounts"
 
 
-def _account(row: tuple[str, str, str, bool, float]) -> ReviewerAccount:
-    username, role, password_hash, disabled, created_at = row
+def _account(row: tuple[str, str, str, bool, float, list[str]]) -> ReviewerAccount:
+    username, role, password_hash, disabled, created_at, queues = row
     return ReviewerAccount(
         username=username,
         role=Role(role),
         password_hash=password_hash,
         disabled=bool(disabled),
         created_at=float(created_at),
+        queues=tuple(queues or ()),
     )
 
 
@@ -42,14 +45,15 @@ class PostgresReviewerStore:
             try:
                 conn.execute(
                     "INSERT INTO reviewer_accounts"
-                    " (username, role, password_hash, disabled, created_at)"
-                    " VALUES (%s, %s, %s, %s, %s)",
+                    " (username, role, password_hash, disabled, created_at, queues)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
                     (
                         account.username,
                         account.role.value,
                         account.password_hash,
                         account.disabled,
                         account.created_at,
+                        list(account.queues),
                     ),
                 )
             except psycopg.errors.UniqueViolation as exc:
@@ -60,7 +64,8 @@ class PostgresReviewerStore:
     def get(self, username: str) -> ReviewerAccount | None:
         with database_errors(_WHAT), self._pool.connection() as conn:
             row = conn.execute(
-                "SELECT username, role, password_hash, disabled, created_at FROM reviewer_accounts"
+                "SELECT username, role, password_hash, disabled, created_at, queues"
+                " FROM reviewer_accounts"
                 " WHERE username = %s",
                 (username,),
             ).fetchone()
@@ -69,7 +74,8 @@ class PostgresReviewerStore:
     def all(self) -> list[ReviewerAccount]:
         with database_errors(_WHAT), self._pool.connection() as conn:
             rows = conn.execute(
-                "SELECT username, role, password_hash, disabled, created_at FROM reviewer_accounts"
+                "SELECT username, role, password_hash, disabled, created_at, queues"
+                " FROM reviewer_accounts"
                 " ORDER BY username"
             ).fetchall()
         return [_account(r) for r in rows]
@@ -82,6 +88,18 @@ class PostgresReviewerStore:
             cur = conn.execute(
                 "UPDATE reviewer_accounts SET disabled = %s WHERE username = %s",
                 (disabled, username),
+            )
+            if cur.rowcount == 0:
+                raise ReviewError(f"no reviewer {username!r}", code="review_unknown_user")
+
+    def set_queues(self, username: str, queues: Sequence[str]) -> None:
+        """Raises:
+        ReviewError: no such reviewer (code ``review_unknown_user``).
+        """
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            cur = conn.execute(
+                "UPDATE reviewer_accounts SET queues = %s WHERE username = %s",
+                (list(queues), username),
             )
             if cur.rowcount == 0:
                 raise ReviewError(f"no reviewer {username!r}", code="review_unknown_user")

@@ -32,11 +32,11 @@ _WHAT = "state import"
 
 _ITEMS = (
     "INSERT INTO review_items (review_id, policy_id, job_id, item, rank, created_at, state,"
-    " first_decision, first_reviewer, final_decision, final_token, decided_at)"
-    " SELECT r, p, j, i::jsonb, k, c, s, f::jsonb, fr, d::jsonb, dt, da"
+    " first_decision, first_reviewer, final_decision, final_token, decided_at, queue, queued_at)"
+    " SELECT r, p, j, i::jsonb, k, c, s, f::jsonb, fr, d::jsonb, dt, da, q, c"
     " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],"
-    "   %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[])"
-    "   AS t(r, p, j, i, k, c, s, f, fr, d, dt, da)"
+    "   %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::text[])"
+    "   AS t(r, p, j, i, k, c, s, f, fr, d, dt, da, q)"
     " ON CONFLICT (review_id) DO NOTHING RETURNING review_id"
 )
 # A lease is put back only where its holder holds no other (one lease per reviewer).
@@ -87,9 +87,10 @@ class PostgresStateImport:
         with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction() as tx:
             rows = conn.execute(
                 "INSERT INTO reviewer_accounts"
-                " (username, role, password_hash, disabled, created_at)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bool[],"
-                "   %s::float8[])"
+                " (username, role, password_hash, disabled, created_at, queues)"
+                " SELECT u, r, h, d, c, COALESCE(string_to_array(NULLIF(q, ''), ','), '{}')"
+                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::bool[],"
+                "   %s::float8[], %s::text[]) AS t(u, r, h, d, c, q)"
                 " ON CONFLICT (username) DO NOTHING RETURNING username",
                 (
                     [a.username for a in accounts],
@@ -97,6 +98,7 @@ class PostgresStateImport:
                     [a.password_hash for a in accounts],
                     [a.disabled for a in accounts],
                     [a.created_at for a in accounts],
+                    [",".join(a.queues) for a in accounts],
                 ),
             ).fetchall()
             if dry_run:
@@ -140,6 +142,7 @@ class PostgresStateImport:
                 [_json(r.final) for r in records],
                 [r.final_token if r.final is not None else None for r in records],
                 [r.decided_at if r.final is not None else None for r in records],
+                [r.queue for r in records],
             ),
         ).fetchall()
         inserted = {row[0] for row in rows}

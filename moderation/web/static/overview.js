@@ -28,7 +28,7 @@
     const data = await get("/api/overview");
     $("mine").textContent = data.my_decisions_today;
     const body = $("queues").tBodies[0];
-    body.replaceChildren(...data.queues.map((q) => row([q.policy_id, q.waiting, q.in_review, age(q.oldest_age_s)])));
+    body.replaceChildren(...data.queues.map((q) => row([q.queue, q.policy_id, q.waiting, q.in_review, age(q.oldest_age_s)])));
     if ($("admin")) {
       const admin = await get("/api/admin/stats");
       const rows = Object.entries(admin.decisions_today).sort((a, b) => b[1] - a[1]);

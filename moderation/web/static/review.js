@@ -15,6 +15,7 @@
   let busy = false;
   let pollTimer = null;
   let revealed = false;    // the image was unblurred at least once (required for critical items)
+  let revealSent = null;   // the request recording that on the server (a decision waits for it)
   let last = null;         // the last decision: {review_id, token, label, until (ms)}
 
   function status(text) { $("status").textContent = text; }
@@ -34,9 +35,51 @@
 
   function text(id, value) { $(id).textContent = value; }
 
+  // The queue picker (reviewers allowed on several queues): the choice is kept in this browser.
+  const picker = $("queue-picker");
+  const pickerKey = "review.queues";
+  function chosenQueues() {
+    if (!picker) return null;
+    const boxes = Array.from(picker.querySelectorAll("input[name=queue]"));
+    const checked = boxes.filter((b) => b.checked).map((b) => b.value);
+    return checked.length ? checked : null;
+  }
+  if (picker) {
+    let saved = null;
+    try { saved = JSON.parse(window.localStorage.getItem(pickerKey) || "null"); } catch (err) { saved = null; }
+    if (Array.isArray(saved) && saved.length) {
+      for (const b of picker.querySelectorAll("input[name=queue]")) b.checked = saved.includes(b.value);
+    }
+    picker.addEventListener("change", () => {
+      try { window.localStorage.setItem(pickerKey, JSON.stringify(chosenQueues() || [])); } catch (err) { /* private mode */ }
+      if (!current) next();
+    });
+  }
+  async function queueCounts() {
+    if (!picker) return;
+    try {
+      const r = await fetch(base + "/api/overview", { credentials: "same-origin" });
+      if (!r.ok) return;
+      const data = await r.json();
+      const totals = {};
+      for (const q of data.queues) {
+        const t = totals[q.queue] || (totals[q.queue] = { waiting: 0, oldest: null });
+        t.waiting += q.waiting;
+        if (q.oldest_age_s !== null && (t.oldest === null || q.oldest_age_s > t.oldest)) t.oldest = q.oldest_age_s;
+      }
+      for (const span of picker.querySelectorAll("[data-queue-count]")) {
+        const t = totals[span.dataset.queueCount];
+        span.textContent = t ? "(" + t.waiting + " waiting" + (t.oldest !== null ? ", oldest " + Math.round(t.oldest / 60) + " min" : "") + ")" : "(0 waiting)";
+      }
+    } catch (err) { /* counts are a hint */ }
+  }
+  queueCounts();
+  setInterval(queueCounts, 15000);
+
   function render(item) {
     current = item;
-    revealed = false;
+    revealed = Boolean(item.revealed);
+    revealSent = null;
     choosingReason = false;
     choosingBank = false;
     bankTarget = null;
@@ -85,6 +128,8 @@
       reasons.appendChild(li);
     });
     $("second").hidden = !item.second_review;
+    $("escalated").hidden = item.queue !== "escalation";
+    $("escalate-key").hidden = item.queue === "escalation";
     $("reveal-needed").hidden = !needsReveal();
     leaseEnd = Date.now() + item.seconds_left * 1000;
     $("empty").hidden = true;
@@ -169,7 +214,7 @@
     if (leaseEnd - Date.now() < 2000) return;  // about to run out: the lease message covers it
     const item = current;
     try {
-      const data = await api("/api/next");
+      const data = await api("/api/next", { queues: chosenQueues() });
       if (current !== item || busy) return;
       if (data.item && data.item.token === item.token) return;
       status("An admin took " + itemLabel(item) + " back: it is not yours any more."
@@ -200,7 +245,7 @@
   async function next() {
     if (pollTimer) { clearTimeout(pollTimer); pollTimer = null; }
     try {
-      const data = await api("/api/next");
+      const data = await api("/api/next", { queues: chosenQueues() });
       if (data.item) { render(data.item); }
       else {
         current = null;
@@ -220,6 +265,7 @@
     busy = true;
     const item = current;
     try {
+      if (revealSent) await revealSent;
       const data = await api("/api/decide", {
         review_id: item.review_id, token: item.token, decision: decision,
         reason_code: reasonCode || null, add_to_bank: bank || null,
@@ -227,6 +273,7 @@
       const banked = bank ? " + added to bank " + bank : "";
       const reason = reasonCode ? " (" + reasonCode + ")" : "";
       const what = (data.status === "final" ? "Recorded: " + data.decision + reason + banked
+        : data.status === "escalated" ? "Escalated: sent to the escalation queue"
         : "Recorded: remove" + reason + banked + " (waits for a second reviewer)")
         + " — " + itemLabel(item);
       status(what);
@@ -297,9 +344,15 @@
     status("Add to which bank? " + targets.map((b, i) => "[" + (i + 1) + "] " + b).join("  ") + " (Esc cancels)");
   }
 
+  // The first unblur of an item is recorded on the server, which refuses "allow" and "remove"
+  // on a critical item its reviewer never looked at.
   function unblur(on) {
     image.classList.toggle("blur", !on);
-    if (on && current && !revealed) { revealed = true; $("reveal-needed").hidden = true; }
+    if (on && current && !revealed && !current.image_problem) {
+      revealed = true;
+      $("reveal-needed").hidden = true;
+      revealSent = api("/api/reveal", { review_id: current.review_id }).catch(() => null);
+    }
   }
 
   document.addEventListener("keydown", (event) => {
@@ -329,7 +382,9 @@
       case "a":
         if (current.image_problem) { status("The scored image is not available: remove or escalate"); break; }
         decide("allow"); break;
-      case "e": decide("escalate"); break;
+      case "e":
+        if (current.queue === "escalation") { status("Already in the escalation queue: allow or remove it"); break; }
+        decide("escalate"); break;
       case "r": bankTarget = null; chooseReason(); break;
       case "b": chooseBank(); break;
       case "s": skip(); break;
