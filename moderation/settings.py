@@ -230,6 +230,11 @@ class QueueSettings(BaseModel):
     #: of them for one tenant (so one tenant's slow receivers cannot hold every deliverer).
     callback_slots: int = Field(default=8, ge=1)
     callback_tenant_slots: int = Field(default=2, ge=1)
+    #: Which processes deliver callbacks from the outbox: ``workers`` (the default, one
+    #: process kind to run), ``api`` (the API pods: callbacks never need a GPU worker up, so
+    #: the manifests scale GPU workers on jobs only) or ``both``. Deliverers share the outbox
+    #: by leases, so any number of processes may deliver.
+    callback_senders: Literal["workers", "api", "both"] = "workers"
     #: One delivery attempt's total time (connect, send, the answer's headers and body read);
     #: past it the attempt is cut off and retried later.
     callback_deadline_s: float = Field(default=10.0, gt=0)

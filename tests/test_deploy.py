@@ -32,6 +32,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from moderation.core.fairness import lanes
 from moderation.settings import QueueSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,6 +300,15 @@ SCALED_OBJECT = _resource(
             "advanced": _closed(
                 {
                     "restoreToOriginalReplicaCount": {"type": "boolean"},
+                    "scalingModifiers": _closed(
+                        {
+                            "formula": {"type": "string"},
+                            "target": {"type": "string"},
+                            "activationTarget": {"type": "string"},
+                            "metricType": {"enum": ["AverageValue", "Value"]},
+                        },
+                        ["formula", "target"],
+                    ),
                     "horizontalPodAutoscalerConfig": _closed(
                         {
                             "name": {"type": "string"},
@@ -452,8 +462,22 @@ def test_keda_objects_scale_the_workers_on_the_celery_queues(
         one(docs, target["kind"], target["name"])  # scales what exists: the worker StatefulSet
         assert target["kind"] == "StatefulSet" and target["name"] == "moderation-worker"
         assert spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        # one trigger per lane the workers consume (the settings the pods get) and backtests,
+        # summed; never the callbacks queue (the API delivers callbacks: no GPU worker needed)
+        # (the lanes of the tenants the manifests declare; a site declares each tenant whose
+        # API key it puts in the Secret: docs/deployment.md, autoscaling)
+        worker_env = env_of(docs, _worker_container(docs))
+        declared = {k: v for k, v in worker_env.items() if k not in SECRET_KEYS}
+        settings = Settings(**_settings_kwargs(declared))
+        wanted = {lane.name for lane in lanes(queue.queue_name, settings.tenant_weights())}
+        wanted.add(settings.embeddings.backtest_queue)
         lists = {t["metadata"]["listName"] for t in spec["triggers"]}
-        assert lists == {queue.queue_name, queue.callback_queue_name}  # Celery's Redis lists
+        assert lists == wanted, name
+        assert queue.callback_queue_name not in lists
+        assert settings.queue.callback_senders == "api", name
+        formula = spec["advanced"]["scalingModifiers"]["formula"]
+        assert set(re.findall(r"\w+", formula)) == {t["name"] for t in spec["triggers"]}, name
+        assert formula.count("+") == len(spec["triggers"]) - 1, name  # the lanes are summed
         for trigger in spec["triggers"]:
             assert trigger["type"] == "redis"
             assert int(trigger["metadata"]["listLength"]) > 0
@@ -567,6 +591,43 @@ def test_keda_owns_the_worker_count_and_no_manifest_sets_it(
 
 
 @needs_kustomize
+@needs_kustomize
+def test_the_audit_drain_template_mounts_a_spool_claim_and_flushes_it_to_s3(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        cron = one(docs, "CronJob", "moderation-audit-drain")
+        assert cron["spec"]["suspend"] is True, name  # a template: never scheduled
+        job = cron["spec"]["jobTemplate"]["spec"]
+        spec = job["template"]["spec"]
+        (container,) = spec["containers"]
+        assert container["args"][:3] == ["moderation", "audit", "flush"], name
+        env = env_of(docs, container)
+        claim = next(v for v in spec["volumes"] if "persistentVolumeClaim" in v)
+        assert re.fullmatch(
+            r"state-moderation-(api|worker)-\d+", claim["persistentVolumeClaim"]["claimName"]
+        )
+        # the claim is mounted where the spool of the pod that left it was
+        worker = _worker_container(docs)
+        state = next(m for m in worker["volumeMounts"] if m["name"] == "state")["mountPath"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == claim["name"])
+        assert mount["mountPath"] == state, name
+        assert env["MODERATION_AUDIT__SPOOL_DIR"].startswith(state + "/"), name
+        # the workers' identity (it may write the audit bucket), hardened, no GPU
+        assert spec["serviceAccountName"] == "moderation-worker", name
+        one(docs, "ServiceAccount", "moderation-worker")
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+        assert "nvidia.com/gpu" not in container["resources"].get("limits", {}), name
+        assert re.fullmatch(PINNED_IMAGE, container["image"]), name
+        # its pods may reach S3 (the egress policy selects them), nothing may reach them
+        labels = job["template"]["metadata"]["labels"]
+        egress = one(docs, "NetworkPolicy", "moderation-app-egress")["spec"]["podSelector"]
+        assert _selects(egress, labels), name
+        assert job["backoffLimit"] > 0, name  # S3 still down: retried, the Job fails visibly
+
+
 @needs_kustomize
 def test_the_policy_store_component_selects_the_database_and_the_configmap_route_stays(
     rendered: dict[str, list[dict[str, Any]]],

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 
 from moderation.adapters.images import safe_png
 from moderation.adapters.policy_files import load_policies
+from moderation.adapters.postgres.policies import PostgresPolicyStore
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.compose.access import build_reviewer_auth, build_tenants, enforce_security
 from moderation.compose.banks import build_banks
+from moderation.compose.callbacks import CallbackSending, build_callback_sending, sends_callbacks
 from moderation.compose.database import database_configured, open_database, warn_redis_only
 from moderation.compose.registries import build_sources, check_callback_url
 from moderation.compose.stores import (
@@ -89,8 +91,12 @@ class ApiProcess:
     database: ConnectionPool | None = None
     #: Notices from outside (None: no database, so no notice store).
     notice_desk: NoticeDesk | None = None
+    #: Callback delivery from the outbox (``queue.callback_senders`` ``api`` or ``both``).
+    callbacks: CallbackSending | None = None
 
     def close(self) -> None:
+        if self.callbacks is not None:
+            self.callbacks.close()
         close = getattr(self.publisher, "close", None)
         if close is not None:
             close()
@@ -140,7 +146,8 @@ def build_api(
             queue, max_jobs=q.jobs_per_message, max_wait_s=q.publish_wait_ms / 1000.0
         )
     publisher = publisher or queue
-    callbacks = callbacks or open_callbacks(settings)
+    outbox = open_callbacks(settings) if callbacks is None else None
+    callbacks = callbacks or outbox
     assert publisher is not None and callbacks is not None
     blobs = blobs or open_blob_store(settings)
     if settings.queue.inline_spill_bytes is not None and not settings.blobs.bucket:
@@ -154,6 +161,10 @@ def build_api(
     paths = list(settings.policy_paths)
 
     def policy_ids() -> set[str]:
+        if settings.policy_source == "database" and database is not None:
+            return {
+                d.policy_id for d in PostgresPolicyStore(database).serving() if d.slot == "live"
+            }
         return set(load_policies(paths))
 
     submitter = Submitter(
@@ -208,7 +219,12 @@ def build_api(
         ),
         skip_away_s=settings.review.skip_away_s,
     )
+    sending = None
+    if sends_callbacks(settings, "api") and outbox is not None:
+        sending = build_callback_sending(settings, outbox)
+        sending.start()
     return ApiProcess(
+        callbacks=sending,
         settings=settings,
         store=store,
         deliveries=deliveries,

@@ -17,7 +17,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moderation.adapters.compile_cache import CompileCache
-from moderation.adapters.http_callbacks import CallbackDelivery
 from moderation.adapters.images import FrameStill, SafeDecoder
 from moderation.adapters.policy_files import load_policy_text
 from moderation.adapters.postgres.jobs import PostgresJobStore
@@ -25,6 +24,11 @@ from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
 from moderation.compose.access import enforce_security
 from moderation.compose.banks import build_bank_sync, build_banks
+from moderation.compose.callbacks import (
+    CallbackSending,
+    build_callback_sending,
+    sends_callbacks,
+)
 from moderation.compose.database import database_configured, open_database, warn_redis_only
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
 from moderation.compose.policies import build_policies, stored_policies
@@ -53,7 +57,6 @@ from moderation.metrics import metrics
 from moderation.pipeline.backtest_tasks import WorkerBacktests
 from moderation.pipeline.bank_sync import BankSync
 from moderation.pipeline.batching import BatchStats, MicroBatcher
-from moderation.pipeline.callback_dispatch import CallbackDispatcher
 from moderation.pipeline.compile import compile_cached
 from moderation.pipeline.history import EmbeddingHistory
 from moderation.pipeline.history_shards import HistoryShards
@@ -98,8 +101,8 @@ class WorkerProcess:
     processor: Processor
     maintenance: WorkerMaintenance
     batcher: MicroBatcher[Any, NDArray[np.float32]]
-    delivery: CallbackDelivery
-    callbacks: CallbackDispatcher
+    #: Callback delivery from the outbox (None: ``queue.callback_senders`` is ``api``).
+    callbacks: CallbackSending | None
     outbox: CallbackOutbox
     audit: AuditSink
     publisher: TaskPublisher
@@ -121,11 +124,12 @@ class WorkerProcess:
             self.history.start()
         self.maintenance.beat()
         self.maintenance.start()
-        self.callbacks.start()
+        if self.callbacks is not None:
+            self.callbacks.start()
 
     def close(self) -> None:
-        self.callbacks.stop()
-        self.delivery.close()
+        if self.callbacks is not None:
+            self.callbacks.close()
         self.maintenance.stop()
         if self.banks is not None:
             self.banks.close()
@@ -214,7 +218,6 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     blobs = open_blob_store(settings)
     sources = build_sources(settings, store, blobs=blobs)
     outbox = open_callbacks(settings)
-    delivery = CallbackDelivery(settings)
     evidence = ReviewEvidence(blobs, retention_s=settings.review.evidence_retention_s)
     review_queue = open_review_queue(settings, database=database)
     outcomes = Outcomes(
@@ -281,15 +284,11 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         processor=processor,
         maintenance=maintenance,
         batcher=batcher,
-        delivery=delivery,
         outbox=outbox,
-        callbacks=CallbackDispatcher(
-            outbox,
-            lambda cb, attempt: delivery.deliver(cb.job_id, cb.url, cb.body, attempt=attempt),
-            backoff=delivery.backoff,
-            slots=q.callback_slots,
-            per_tenant=q.callback_tenant_slots,
-            lease_s=2 * q.callback_deadline_s + 30.0,
+        callbacks=(
+            build_callback_sending(settings, outbox)
+            if sends_callbacks(settings, "workers")
+            else None
         ),
         audit=audit,
         publisher=queue,
