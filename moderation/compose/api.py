@@ -12,7 +12,7 @@ from moderation.adapters.images import safe_png
 from moderation.adapters.policy_files import load_policies
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.compose.access import build_reviewer_auth, build_tenants, enforce_security
-from moderation.compose.banks import build_banks
+from moderation.compose.banks import build_banks, open_bank_guard
 from moderation.compose.database import database_configured, open_database, warn_redis_only
 from moderation.compose.registries import build_sources, check_callback_url
 from moderation.compose.stores import (
@@ -30,6 +30,7 @@ from moderation.compose.stores import (
     require_redis_url,
 )
 from moderation.core.admission import Tenant
+from moderation.pipeline.bank_guard import BankGuard
 from moderation.pipeline.banks import BankService
 from moderation.pipeline.notices import NoticeDesk
 from moderation.pipeline.outcomes import Outcomes
@@ -89,6 +90,8 @@ class ApiProcess:
     database: ConnectionPool | None = None
     #: Notices from outside (None: no database, so no notice store).
     notice_desk: NoticeDesk | None = None
+    #: Bank entries' states: confirm, disable, quarantine (None: no database).
+    bank_guard: BankGuard | None = None
 
     def close(self) -> None:
         close = getattr(self.publisher, "close", None)
@@ -227,4 +230,5 @@ def build_api(
         backlog=store if isinstance(store, BacklogReader) else None,
         database=database,
         notice_desk=notice_desk,
+        bank_guard=open_bank_guard(settings, database, banks=banks),
     )

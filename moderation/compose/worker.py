@@ -24,7 +24,7 @@ from moderation.adapters.postgres.jobs import PostgresJobStore
 from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
 from moderation.compose.access import enforce_security
-from moderation.compose.banks import build_bank_sync, build_banks
+from moderation.compose.banks import build_bank_sync, build_banks, open_bank_guard
 from moderation.compose.database import database_configured, open_database, warn_redis_only
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
 from moderation.compose.policies import build_policies, stored_policies
@@ -216,6 +216,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     delivery = CallbackDelivery(settings)
     evidence = ReviewEvidence(blobs, retention_s=settings.review.evidence_retention_s)
     review_queue = open_review_queue(settings, database=database)
+    guard = open_bank_guard(settings, database, loaded=banks)
     outcomes = Outcomes(
         store,
         deliveries=deliveries,
@@ -228,6 +229,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         keep_inline_s=q.result_ttl_s,
         evidence=evidence,
         notices=open_notice_store(database),
+        bank_guard=guard,
     )
     processor = Processor(
         store=store,
@@ -263,6 +265,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         },
         tasks=[
             (settings.banks.reload_s, sync.refresh, "bank reload check"),
+            *([(settings.banks.reload_s, guard.refresh, "bank entry states")] if guard else []),
             *_partition_maintenance(settings, store),
             *_history_sweep(settings, shards, registry),
             *_evidence_sweep(settings, evidence, registry),

@@ -53,6 +53,7 @@ from moderation.ports import (
 )
 
 if TYPE_CHECKING:
+    from moderation.pipeline.bank_guard import BankGuard
     from moderation.pipeline.banks import BankService
     from moderation.pipeline.review_evidence import ReviewEvidence
 
@@ -99,6 +100,7 @@ class Outcomes:
         banks: carries out reviewers' "add to bank" requests (None: not offered).
         evidence: keeps the scored bytes of REVIEW verdicts for the reviewer.
         notices: the notices from outside, answered by each human decision (None: none kept).
+        bank_guard: counts the bank entries the ended jobs matched (flood quarantine).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class Outcomes:
         banks: BankService | None = None,
         evidence: ReviewEvidence | None = None,
         notices: NoticeStore | None = None,
+        bank_guard: BankGuard | None = None,
     ) -> None:
         self.store = store
         self.deliveries = deliveries
@@ -127,6 +130,7 @@ class Outcomes:
         self.banks = banks
         self.evidence = evidence
         self.notices = notices
+        self.bank_guard = bank_guard
 
     def finish_verdict(
         self,
@@ -211,6 +215,10 @@ class Outcomes:
             [d.job for d, ended in zip(decided, won, strict=True) if not ended],
             data={d.job.id: d.data for d in decided if d.data is not None},
         )
+        if self.bank_guard is not None:  # best effort: never fails the jobs
+            self.bank_guard.observe(
+                [d.verdict for d, ended in zip(decided, won, strict=True) if ended]
+            )
         return won
 
     def finish_error(self, job: Job, error: JobError, *, content_sha256: str | None = None) -> bool:
