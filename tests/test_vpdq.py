@@ -288,3 +288,51 @@ def test_a_video_without_usable_frames_is_refused() -> None:
     store.create("v")
     with pytest.raises(BankError, match="no frame of quality 50"):
         import_video(store, "v", [VpdqFrame(0, 10, H0, 0.0)], video="flat")
+
+
+def test_the_bank_cli_hashes_imports_exports_and_removes_a_video(
+    test_model_settings: Any, pg_url: str, clips: dict[str, bytes], tmp_path: Any
+) -> None:
+    from pydantic import SecretStr
+    from typer.testing import CliRunner
+
+    from moderation.cli import app as cli_app
+
+    settings = test_model_settings.model_copy(
+        update={
+            "redis_url": None,
+            "database": test_model_settings.database.model_copy(
+                update={"url": SecretStr(pg_url), "pool_max_size": 2}
+            ),
+        }
+    )
+    env = settings.to_env(base={})
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(cli_app, ["bank", *args], env=env)
+
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(clips["banked"])
+    assert cli("create", "cli-videos").exit_code == 0
+    hashed = cli("hash-video", str(video))
+    assert hashed.exit_code == 0, hashed.output
+    frames = parse_text(hashed.stdout)
+    assert len(frames) >= 4
+    signal = cli("hash-video", str(video), "--format", "signal")
+    assert parse_signal(signal.stdout) == [
+        VpdqFrame(k, f.quality, f.pdq, f.timestamp_s) for k, f in enumerate(frames)
+    ]
+    text_file = tmp_path / "clip.vpdq"
+    text_file.write_text(hashed.stdout)
+    imported = cli("import-video", "cli-videos", str(text_file), "--video", "k1", "--label", "x")
+    assert imported.exit_code == 0, imported.output
+    assert f"{len(frames)} frames" in imported.stdout
+    exported = cli("export-video", "cli-videos", "k1")
+    assert exported.exit_code == 0 and exported.stdout == hashed.stdout
+    bad = tmp_path / "bad.vpdq"
+    bad.write_text(hashed.stdout + "7,100,nothex,1.0\n")
+    refused = cli("import-video", "cli-videos", str(bad), "--video", "k2")
+    assert refused.exit_code == 1
+    assert f"line {len(frames) + 1}: not a 64-digit" in refused.output
+    assert cli("remove-video", "cli-videos", "k1").exit_code == 0
+    assert cli("remove-video", "cli-videos", "k1").exit_code == 1
