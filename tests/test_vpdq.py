@@ -336,3 +336,15 @@ def test_the_bank_cli_hashes_imports_exports_and_removes_a_video(
     assert f"line {len(frames) + 1}: not a 64-digit" in refused.output
     assert cli("remove-video", "cli-videos", "k1").exit_code == 0
     assert cli("remove-video", "cli-videos", "k1").exit_code == 1
+
+
+def test_a_video_frame_entry_keeps_its_video_in_compact_metadata() -> None:
+    """What the Redis store keeps beside the hash round-trips a video frame's fields."""
+    from moderation.core.banks import EntryData
+
+    entry = EntryData(
+        pdq=H0, quality=90, video="v1", frame_number=25, timestamp_s=1.042, video_frames=7
+    )
+    assert EntryData.from_meta(H0, entry.meta()) == entry
+    photo = EntryData(pdq=H1, quality=80)
+    assert "v" not in photo.meta() and EntryData.from_meta(H1, photo.meta()) == photo
