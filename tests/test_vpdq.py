@@ -348,3 +348,52 @@ def test_a_video_frame_entry_keeps_its_video_in_compact_metadata() -> None:
     assert EntryData.from_meta(H0, entry.meta()) == entry
     photo = EntryData(pdq=H1, quality=80)
     assert "v" not in photo.meta() and EntryData.from_meta(H1, photo.meta()) == photo
+
+
+# --- agreement with Meta's reference vpdq (committed reference hashes of generated clips) ------
+
+
+@pytest.mark.parametrize("name", ["scenes-256", "scenes-256-15fps"])
+def test_our_hashes_agree_with_the_reference_vpdq_on_generated_clips(name: str) -> None:
+    """tests/data/vpdq/ holds what Meta's reference ``vpdq`` (0.2.5, built from PyPI's source)
+    computed for every frame of two generated clips (``bench/vpdq_agreement.py
+    --write-fixtures``). Every frame hashed at its decoded size (PyAV + Meta's PDQ) is within a
+    few bits of it; the sampled frames moderation stores (hashed at the scoring size) match the
+    reference hash under ThreatExchange's rule, every frame within 31 bits."""
+    import hashlib
+    import io
+    from pathlib import Path
+
+    import av
+    import pdqhash
+
+    from moderation.compose.registries import media_decoder
+    from moderation.core.vpdq import hamming
+    from moderation.settings import Settings
+    from moderation.testmodel.clips import vpdq_fixture_clip
+
+    text = (Path(__file__).parent / "data" / "vpdq" / f"{name}.txt").read_text()
+    data = vpdq_fixture_clip(name)
+    recorded = text.splitlines()[1].split()[-1]
+    assert hashlib.sha256(data).hexdigest() == recorded, (
+        "the generated clip changed (PyAV or the clip generator): regenerate the reference"
+        " hashes with bench/vpdq_agreement.py --write-fixtures tests/data/vpdq"
+    )
+    reference = parse_text(text)
+    by_number = {f.frame_number: f for f in reference}
+
+    full = []
+    with av.open(io.BytesIO(data)) as container:
+        for number, frame in enumerate(container.decode(video=0)):
+            bits, quality = pdqhash.compute(frame.to_ndarray(format="rgb24"))
+            digest = np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex()
+            full.append((hamming(digest, by_number[number].pdq), quality))
+    assert len(full) == len(reference)
+    assert max(d for d, _ in full) <= 8 and sum(d == 0 for d, _ in full) >= 0.75 * len(full)
+    assert [q for _, q in full] == [f.quality for f in reference]
+
+    ours = hash_video(media_decoder(Settings()), data)
+    assert len(ours) >= 7
+    assert all(hamming(f.pdq, by_number[f.frame_number].pdq) <= 31 for f in ours)
+    shares = match_brute(ours, reference)
+    assert VpdqRule().matched(shares) and shares.query_percent == 100.0
