@@ -42,9 +42,10 @@ import av
 import numpy as np
 import pdqhash
 
-from moderation.core.vpdq import VpdqFrame, hamming, match_brute, parse_text
+from moderation.core.vpdq import VpdqFrame, format_text, hamming, match_brute, parse_text
 from moderation.pipeline.video_banks import hash_video
 from moderation.settings import Settings
+from moderation.testmodel.clips import VPDQ_FIXTURE_CLIPS, vpdq_fixture_clip
 
 
 def _git_files(git_dir: Path, folder: str, suffix: str, out: Path) -> list[Path]:
@@ -82,6 +83,32 @@ def _full_frames(path: Path) -> list[VpdqFrame]:
             stamp = float(frame.time) if frame.time is not None else 0.0
             out.append(VpdqFrame(number, int(quality), digest, stamp))
     return out
+
+
+def write_fixtures(folder: Path) -> None:
+    """Hash each fixture clip with the reference ``vpdq`` (every frame) into ``folder``."""
+    import hashlib
+    from importlib import metadata
+
+    import vpdq  # type: ignore[import-not-found,unused-ignore]
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in VPDQ_FIXTURE_CLIPS:
+        data = vpdq_fixture_clip(name)
+        with tempfile.NamedTemporaryFile(suffix=".mp4") as handle:
+            handle.write(data)
+            handle.flush()
+            features = vpdq.computeHash(handle.name, seconds_per_hash=0)
+        frames = [
+            VpdqFrame(f.frame_number, f.quality, f.hex, round(f.timestamp, 3)) for f in features
+        ]
+        header = (
+            f"# Meta's reference vpdq {metadata.version('vpdq')} (PyPI source build),"
+            " every frame, of bench/vpdq_agreement.py's fixture clip\n"
+            f"# clip {name} sha256 {hashlib.sha256(data).hexdigest()}\n"
+        )
+        (folder / f"{name}.txt").write_text(header + format_text(frames))
+        print(f"{folder / name}.txt: {len(frames)} frames", file=sys.stderr)
 
 
 def _compare(ours: list[VpdqFrame], ref: list[VpdqFrame]) -> dict[str, Any]:
@@ -139,7 +166,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="at most this many videos")
     ap.add_argument("--reference-build", action="store_true", help="also run the vpdq package")
     ap.add_argument("--no-full", action="store_true", help="skip the every-frame comparison")
+    ap.add_argument(
+        "--write-fixtures", type=Path, help="write the reference hashes of the test clips here"
+    )
     args = ap.parse_args()
+    if args.write_fixtures:
+        write_fixtures(args.write_fixtures)
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="vpdq-agreement-"))
     if args.te_git:

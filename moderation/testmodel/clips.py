@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import av
 import numpy as np
@@ -21,7 +21,15 @@ from PIL import Image
 
 from moderation.testmodel.world import sample_images
 
-__all__ = ["Shot", "allow_image", "animation", "block_image", "clip"]
+__all__ = [
+    "VPDQ_FIXTURE_CLIPS",
+    "Shot",
+    "allow_image",
+    "animation",
+    "block_image",
+    "clip",
+    "vpdq_fixture_clip",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,19 +64,23 @@ def clip(
     noise: float = 2.0,
     seed: int = 0,
     faststart: bool = False,
+    threads: int | None = None,
 ) -> bytes:
     """Encode ``shots`` as one video file (``container``: mp4, mov, matroska, webm).
 
     ``gop``: frames between keyframes (None: the encoder's default, with keyframes at cuts).
     ``faststart``: MP4/MOV with the index before the data (as streaming sites serve them).
+    ``threads``: the encoder's threads (1: the same bytes on every run and machine load).
     """
     if faststart:  # the muxer rewrites the file to move its index: it needs a real file
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"clip.{container}"
-            _encode(str(path), shots, fps, size, codec, container, gop, noise, seed, faststart)
+            _encode(
+                str(path), shots, fps, size, codec, container, gop, noise, seed, faststart, threads
+            )
             return path.read_bytes()
     buffer = io.BytesIO()
-    _encode(buffer, shots, fps, size, codec, container, gop, noise, seed, faststart)
+    _encode(buffer, shots, fps, size, codec, container, gop, noise, seed, faststart, threads)
     return buffer.getvalue()
 
 
@@ -83,6 +95,7 @@ def _encode(
     noise: float,
     seed: int,
     faststart: bool,
+    threads: int | None = None,
 ) -> None:
     rng = np.random.default_rng(seed)
     muxer = {"movflags": "+faststart"} if faststart else {}
@@ -95,6 +108,8 @@ def _encode(
             stream.codec_context.gop_size = gop
             if codec == "libx264":
                 options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+        if threads is not None:
+            options["threads"] = str(threads)
         stream.options = dict(options)
         for shot in shots:
             base = np.asarray(shot.image.convert("RGB").resize(size), dtype=np.float32)
@@ -121,3 +136,19 @@ def animation(shots: Sequence[Shot], *, fmt: str = "GIF", frame_ms: int = 100) -
         options["lossless"] = True
     frames[0].save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+#: Generated clips whose reference vPDQ hashes (Meta's ``vpdq``, every frame) ``tests/data/vpdq/``
+#: keeps: four test-world scenes of 1.5 s each (``bench/vpdq_agreement.py --write-fixtures``).
+VPDQ_FIXTURE_CLIPS: dict[str, dict[str, Any]] = {
+    "scenes-256": {"size": (256, 256), "seed": 1, "threads": 1},
+    "scenes-256-15fps": {"size": (256, 256), "fps": 15, "noise": 4.0, "seed": 3, "threads": 1},
+}
+
+
+def vpdq_fixture_clip(name: str) -> bytes:
+    """One of :data:`VPDQ_FIXTURE_CLIPS`, encoded (deterministic for a given PyAV wheel)."""
+    from moderation.testmodel.robustness import world_images
+
+    scenes = world_images(4, seed=11, size=256)
+    return clip([Shot(1.5, s) for s in scenes], **VPDQ_FIXTURE_CLIPS[name])
