@@ -79,6 +79,19 @@ class PipelineMetrics:
             ["tenant", "outcome"],
             registry=registry,
         )
+        # --- hash lists that do not flood ------------------------------------------------------
+        self.bank_entries_quarantined = Counter(
+            "moderation_bank_entries_quarantined_total",
+            "Bank entries the flood rule quarantined (their matches go to review), per bank.",
+            ["bank"],
+            registry=registry,
+        )
+        self.bank_entry_states = Counter(
+            "moderation_bank_entry_state_changes_total",
+            "People's acts on bank entries (confirmed, disabled, quarantined), per bank.",
+            ["bank", "state"],
+            registry=registry,
+        )
         # --- the HTTP edge --------------------------------------------------------------------
         self.http_requests = Counter(
             "moderation_http_requests_total",

@@ -36,6 +36,7 @@ cases::
                      policy_files.StoredPolicyFolder
     PolicyStore      postgres.policies.PostgresPolicyStore     MemoryPolicyStore
     NoticeStore      postgres.notices.PostgresNoticeStore      MemoryNoticeStore
+    EntryGuardStore  postgres.bank_guard.PostgresEntryGuard    MemoryEntryGuard
 
 Adapters translate their library's errors into :mod:`moderation.exceptions` (transient vs
 permanent) at the boundary; nothing outside an adapter sees a redis, boto3, httpx or kombu error.
@@ -43,7 +44,7 @@ permanent) at the boundary; nothing outside an adapter sees a redis, boto3, http
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,7 @@ from pydantic import BaseModel, ConfigDict
 from moderation.core.admission import Admission, Tenant
 from moderation.core.audit import AuditRecord, Retention
 from moderation.core.backtest import BacktestPartial, BacktestTask
+from moderation.core.bank_guard import EntryRate, EntryStatus, FloodRule
 from moderation.core.banks import BankEntry, BankInfo, BankManifest, EntryData, Segment
 from moderation.core.callbacks import PendingCallback
 from moderation.core.compiled import CompiledPolicy, ModelIdentity
@@ -1304,4 +1306,28 @@ class NoticeStore(Protocol):
 
     def for_tenant(self, tenant: str, *, limit: int = 100) -> list[Notice]:
         """The tenant's notices, newest first."""
+        ...
+
+
+class EntryGuardStore(Protocol):
+    """Bank entries' states (quarantined, confirmed, disabled) and match rates.
+
+    Raises (every method): ``DatabaseUnavailable`` when the store cannot be reached.
+    """
+
+    def statuses(self, bank: str | None = None) -> list[EntryStatus]:
+        """Every entry that is not simply active (of one bank, or all), by bank and id."""
+        ...
+
+    def status(self, bank: str, entry_id: int) -> EntryStatus | None: ...
+
+    def set_status(self, status: EntryStatus) -> None:
+        """Keep an entry's state (``active``: forget it)."""
+        ...
+
+    def count(
+        self, bank: str, matches: Mapping[int, int], *, rule: FloodRule, now: float
+    ) -> dict[int, EntryRate]:
+        """Add matches to the entries' rates (atomically per entry; ``rule.observe``);
+        the new rates."""
         ...

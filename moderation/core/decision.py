@@ -209,9 +209,13 @@ def _thresholds(slots: Sequence[CategorySlot]) -> tuple[NDArray[np.float32], NDA
 
 
 def bands(batch: ScoreBatch) -> NDArray[np.int8]:
-    """(N, C) band per image and category: 0 allow, 1 review, 2 block."""
+    """(N, C) band per image and category: 0 allow, 1 review, 2 block; capped by the batch's
+    ``ceiling`` where a signal set one (a quarantined bank entry's match: review at most)."""
     review, block = _thresholds(batch.slots)
-    return (batch.scores >= review).astype(np.int8) + (batch.scores >= block).astype(np.int8)
+    out = (batch.scores >= review).astype(np.int8) + (batch.scores >= block).astype(np.int8)
+    if batch.ceiling is not None:
+        out = np.minimum(out, batch.ceiling)
+    return out
 
 
 def _policy_refs(batch: ScoreBatch) -> list[PolicyRef]:

@@ -142,6 +142,9 @@ class ScoreBatch:
     parts: tuple[tuple[SignalScores, NDArray[np.intp]], ...]
     part_of: NDArray[np.intp]  # (C,) index into parts of each column's signal
     local: NDArray[np.intp]  # (C,) the column's index within its signal's scores
+    #: (N, C) the highest band each score may reach (2: block, no cap; 1: review at most: a
+    #: match of a quarantined bank entry), or None when no signal caps anything.
+    ceiling: NDArray[np.int8] | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -205,14 +208,21 @@ class Scorer:
         n = len(batch)
         scores = np.empty((n, len(self.slots)), dtype=np.float32)
         parts: list[tuple[SignalScores, NDArray[np.intp]]] = []
+        ceiling: NDArray[np.int8] | None = None
         for scorer, columns in self._scorers:
             part = scorer.score(batch)
             scores[:, columns] = part.scores
             parts.append((part, columns))
+            capped = getattr(part, "ceiling", None)  # a signal may cap bands (hash banks)
+            if capped is not None:
+                if ceiling is None:
+                    ceiling = np.full((n, len(self.slots)), 2, np.int8)
+                ceiling[:, columns] = capped
         return ScoreBatch(
             scores=scores,
             slots=self.slots,
             parts=tuple(parts),
             part_of=self._part_of,
             local=self._local,
+            ceiling=ceiling,
         )

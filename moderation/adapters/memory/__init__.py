@@ -7,6 +7,7 @@ They are not for production: nothing survives the process.
 """
 
 from moderation.adapters.memory.audit import MemoryAuditSink
+from moderation.adapters.memory.bank_guard import MemoryEntryGuard
 from moderation.adapters.memory.banks import MemoryBankStore
 from moderation.adapters.memory.blobs import MemoryBlobStore
 from moderation.adapters.memory.callback_outbox import MemoryCallbackOutbox
@@ -39,6 +40,7 @@ __all__ = [
     "MemoryCallbacks",
     "MemoryClassifier",
     "MemoryDeliveryLog",
+    "MemoryEntryGuard",
     "MemoryHistoryFormat",
     "MemoryJobStore",
     "MemoryJobTransients",

@@ -371,6 +371,7 @@ class LoadedBanks:
 
     def __init__(self, lookup: EntryLookup | None = None) -> None:
         self._banks: dict[str, BankIndex] = {}
+        self._quarantined: dict[str, frozenset[int]] = {}
         self._lock = threading.Lock()
         self.lookup: EntryLookup = lookup or (lambda bank, ids: {})
 
@@ -387,6 +388,14 @@ class LoadedBanks:
 
     def names(self) -> list[str]:
         return sorted(self._banks)
+
+    def quarantined(self, name: str) -> frozenset[int]:
+        """The ids of the bank's quarantined entries (their matches go to review)."""
+        return self._quarantined.get(name, frozenset())
+
+    def set_quarantined(self, states: dict[str, frozenset[int]]) -> None:
+        """Replace every bank's quarantined ids at once (one reference swap)."""
+        self._quarantined = {k: v for k, v in states.items() if v}
 
     def versions(self) -> dict[str, int]:
         return {name: index.version for name, index in sorted(self._banks.items())}

@@ -55,6 +55,7 @@ class HashBankScores:
         found: list[dict[str, _Found]],
         features: Sequence[PdqFeature | None],
         videos: Mapping[int, Mapping[int, VideoHit]] | None = None,
+        ceiling: NDArray[np.int8] | None = None,
     ) -> None:
         self.scorer = scorer
         self._scores = scores
@@ -62,6 +63,8 @@ class HashBankScores:
         self.features = features
         #: Per vPDQ category column, per row: the banked video it matched.
         self.videos = videos or {}
+        #: (N, C_s) band caps: 1 where the match is a quarantined entry (review, never block).
+        self.ceiling = ceiling
 
     @property
     def scores(self) -> NDArray[np.float32]:
@@ -117,6 +120,9 @@ class HashBankScores:
                 details.update(entry.evidence_details())
             name = entry.label if entry is not None and entry.label else "entry"
             label = f"{category.bank} #{hit.match.entry_id}: {name}"
+            if self.ceiling is not None and self.ceiling[row, col] < 2:
+                details["quarantined"] = True
+                label += " (entry quarantined: sent to review, not blocked)"
             return Evidence(HASH_BANK_SIGNAL, label, score, details)
         if feature is None:
             return Evidence(HASH_BANK_SIGNAL, "no PDQ hash for this image", 0.0, base)
@@ -223,6 +229,8 @@ class HashBankScorer:
         for col, hits in videos.items():
             for row, video in hits.items():
                 scores[row, col] = 1.0 - video.distance / BITS_IN_PDQ
+        ceiling: NDArray[np.int8] | None = None
+        quarantined = {bank: self.banks.quarantined(bank) for bank in self.radius}
         for row in range(n):
             for col, category in enumerate(self.categories):
                 if category.vpdq is not None:
@@ -234,7 +242,11 @@ class HashBankScorer:
                     and hit.quality >= category.min_quality
                 ):
                     scores[row, col] = 1.0 - hit.match.distance / BITS_IN_PDQ
-        return HashBankScores(self, scores, found, features, videos)
+                    if hit.match.entry_id in quarantined.get(category.bank, ()):
+                        if ceiling is None:
+                            ceiling = np.full((n, len(self.categories)), 2, np.int8)
+                        ceiling[row, col] = 1
+        return HashBankScores(self, scores, found, features, videos, ceiling)
 
     def _videos(
         self, batch: FeatureBatch, features: Sequence[PdqFeature | None]
