@@ -18,7 +18,11 @@ def create_app(process: ApiProcess, *, review_prefix: str = "/review") -> FastAP
     app = create_api_app(process)
     app.include_router(
         build_review_router(
-            process.settings, process.review_desk, process.reviewer_auth, prefix=review_prefix
+            process.settings,
+            process.review_desk,
+            process.reviewer_auth,
+            prefix=review_prefix,
+            bank_guard=process.bank_guard,
         )
     )
     return app

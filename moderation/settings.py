@@ -554,6 +554,15 @@ class BankSettings(BaseModel):
     review_banks: list[str] = Field(default_factory=lambda: ["reviewer-removals"])
     #: How long a reviewer's "add to bank" waits for the removal to become final.
     request_ttl_s: int = 30 * 24 * 3600
+    #: Flood quarantine (needs the database): an entry whose matches in one window reach
+    #: ``flood_min_matches`` and exceed ``flood_factor`` × its usual rate per window (at least
+    #: ``flood_floor``) stops blocking: its matches go to review until a person confirms or
+    #: disables it (:mod:`moderation.core.bank_guard`).
+    flood_quarantine: bool = True
+    flood_window_s: float = Field(default=600.0, gt=0)
+    flood_min_matches: int = Field(default=50, ge=1)
+    flood_factor: float = Field(default=10.0, gt=1)
+    flood_floor: float = Field(default=2.0, gt=0)
 
 
 class EmbeddingSettings(BaseModel):

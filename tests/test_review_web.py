@@ -17,7 +17,12 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from moderation.adapters.images import safe_png
-from moderation.adapters.memory import MemoryAuditSink, MemoryBlobStore
+from moderation.adapters.memory import (
+    MemoryAuditSink,
+    MemoryBankStore,
+    MemoryBlobStore,
+    MemoryEntryGuard,
+)
 from moderation.adapters.passwords import hash_password
 from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
@@ -26,6 +31,8 @@ from moderation.adapters.support.redis import connect as _connect
 from moderation.compose.access import build_reviewer_auth
 from moderation.core.review import HumanDecision, pseudonym
 from moderation.core.reviewers import ReviewerAccount, Role
+from moderation.pipeline.bank_guard import BankGuard
+from moderation.pipeline.banks import BankService
 from moderation.pipeline.review_desk import ReviewDesk
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.signin import ReviewerAuth
@@ -51,6 +58,8 @@ class ReviewSite:
     auth: ReviewerAuth | None = None
     #: The desk behind the pages (its outbox stands in for the workers' maintenance).
     desk: ReviewDesk | None = None
+    #: Bank entries' states behind the pages' bank-entry API (over in-memory twins).
+    bank_guard: BankGuard | None = None
 
     def rv(self, username: str) -> str:
         return pseudonym(self.settings.review.pseudonym_secret.get_secret_value(), username)
@@ -138,9 +147,10 @@ def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[Rev
         undo_window_s=review_settings.undo_window_s,
         skip_away_s=review_settings.skip_away_s,
     )
+    state.bank_guard = BankGuard(MemoryEntryGuard(), banks=BankService(MemoryBankStore()))
     app = FastAPI()
     app.add_exception_handler(HTTPException, handle_http_error)
-    app.include_router(build_review_router(settings, state.desk, auth))
+    app.include_router(build_review_router(settings, state.desk, auth, bank_guard=state.bank_guard))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
@@ -545,3 +555,39 @@ def test_an_escalation_waits_in_its_own_queue_for_a_senior_reviewer(site: Review
     assert "escalation" in root.get("/review/api/overview").json()["me"]["queues"]
     for c in (alice, sam, root):
         c.close()
+
+
+def test_a_reviewer_confirms_or_disables_a_bank_entry(site: ReviewSite) -> None:
+    from moderation.core.banks import EntryData
+
+    guard = site.bank_guard
+    assert guard is not None and guard.banks is not None
+    guard.banks.create("imported")
+    guard.banks.add("imported", [EntryData(pdq="ab" * 32), EntryData(pdq="cd" * 32)])
+    guard.quarantine("imported", 0, by="flood")
+    guard.quarantine("imported", 1, by="flood")
+    client, csrf = sign_in(site, "alice")
+    try:
+        listed = client.get("/review/api/banks/entries").json()["entries"]
+        assert [(e["entry_id"], e["state"]) for e in listed] == [
+            (0, "quarantined"),
+            (1, "quarantined"),
+        ]
+        body = {"bank": "imported", "entry_id": 0, "action": "confirm", "reason": "known bad"}
+        assert client.post("/review/api/banks/entry", json=body).status_code == 403  # no CSRF
+        headers = {"x-csrf-token": csrf}
+        done = client.post("/review/api/banks/entry", json=body, headers=headers)
+        assert done.status_code == 200 and done.json()["entry"]["by"] == site.rv("alice")
+        off = {"bank": "imported", "entry_id": 1, "action": "disable"}
+        assert client.post("/review/api/banks/entry", json=off, headers=headers).status_code == 200
+        gone = {"bank": "imported", "entry_id": 7, "action": "disable"}
+        assert client.post("/review/api/banks/entry", json=gone, headers=headers).status_code == 404
+        states = {
+            e["entry_id"]: e["state"]
+            for e in client.get("/review/api/banks/entries").json()["entries"]
+        }
+    finally:
+        client.close()
+    assert states == {0: "confirmed", 1: "disabled"}
+    # The disabled entry is out of the bank (a tombstone), the confirmed one stays.
+    assert [e.id for e in guard.banks.entries("imported")] == [0]

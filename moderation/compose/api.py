@@ -13,7 +13,7 @@ from moderation.adapters.policy_files import load_policies
 from moderation.adapters.postgres.policies import PostgresPolicyStore
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.compose.access import build_reviewer_auth, build_tenants, enforce_security
-from moderation.compose.banks import build_banks
+from moderation.compose.banks import build_banks, open_bank_guard
 from moderation.compose.callbacks import CallbackSending, build_callback_sending, sends_callbacks
 from moderation.compose.database import database_configured, open_database, warn_redis_only
 from moderation.compose.registries import build_sources, check_callback_url
@@ -32,6 +32,7 @@ from moderation.compose.stores import (
     require_redis_url,
 )
 from moderation.core.admission import Tenant
+from moderation.pipeline.bank_guard import BankGuard
 from moderation.pipeline.banks import BankService
 from moderation.pipeline.notices import NoticeDesk
 from moderation.pipeline.outcomes import Outcomes
@@ -93,6 +94,8 @@ class ApiProcess:
     notice_desk: NoticeDesk | None = None
     #: Callback delivery from the outbox (``queue.callback_senders`` ``api`` or ``both``).
     callbacks: CallbackSending | None = None
+    #: Bank entries' states: confirm, disable, quarantine (None: no database).
+    bank_guard: BankGuard | None = None
 
     def close(self) -> None:
         if self.callbacks is not None:
@@ -243,4 +246,5 @@ def build_api(
         backlog=store if isinstance(store, BacklogReader) else None,
         database=database,
         notice_desk=notice_desk,
+        bank_guard=open_bank_guard(settings, database, banks=banks),
     )

@@ -5,15 +5,21 @@ process's bank synchroniser.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from moderation.compose.stores import open_bank_store
+from moderation.core.bank_guard import FloodRule
+from moderation.pipeline.bank_guard import BankGuard
 from moderation.pipeline.bank_sync import BankSync
 from moderation.pipeline.banks import BankService
 from moderation.ports import BankStore
 from moderation.settings import Settings
 from moderation.signals import LoadedBanks
 
-__all__ = ["build_banks"]
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+__all__ = ["build_bank_sync", "build_banks", "open_bank_guard"]
 
 log = logging.getLogger(__name__)
 
@@ -42,3 +48,25 @@ def build_bank_sync(settings: Settings, store: BankStore, banks: LoadedBanks) ->
         rebuild_after=b.rebuild_after,
         cache_size=b.metadata_cache,
     )
+
+
+def open_bank_guard(
+    settings: Settings,
+    database: ConnectionPool | None,
+    *,
+    loaded: LoadedBanks | None = None,
+    banks: BankService | None = None,
+) -> BankGuard | None:
+    """Flood quarantine and per-entry states (None without a database, or switched off)."""
+    b = settings.banks
+    if database is None or not b.flood_quarantine:
+        return None
+    from moderation.adapters.postgres.bank_guard import PostgresEntryGuard
+
+    rule = FloodRule(
+        window_s=b.flood_window_s,
+        min_matches=b.flood_min_matches,
+        factor=b.flood_factor,
+        floor=b.flood_floor,
+    )
+    return BankGuard(PostgresEntryGuard(database), banks=banks, loaded=loaded, rule=rule)

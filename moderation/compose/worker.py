@@ -23,7 +23,7 @@ from moderation.adapters.postgres.jobs import PostgresJobStore
 from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
 from moderation.compose.access import enforce_security
-from moderation.compose.banks import build_bank_sync, build_banks
+from moderation.compose.banks import build_bank_sync, build_banks, open_bank_guard
 from moderation.compose.callbacks import (
     CallbackSending,
     build_callback_sending,
@@ -220,6 +220,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     outbox = open_callbacks(settings)
     evidence = ReviewEvidence(blobs, retention_s=settings.review.evidence_retention_s)
     review_queue = open_review_queue(settings, database=database)
+    guard = open_bank_guard(settings, database, loaded=banks)
     outcomes = Outcomes(
         store,
         deliveries=deliveries,
@@ -232,6 +233,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         keep_inline_s=q.result_ttl_s,
         evidence=evidence,
         notices=open_notice_store(database),
+        bank_guard=guard,
     )
     processor = Processor(
         store=store,
@@ -267,6 +269,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         },
         tasks=[
             (settings.banks.reload_s, sync.refresh, "bank reload check"),
+            *([(settings.banks.reload_s, guard.refresh, "bank entry states")] if guard else []),
             *_partition_maintenance(settings, store),
             *_history_sweep(settings, shards, registry),
             *_evidence_sweep(settings, evidence, registry),

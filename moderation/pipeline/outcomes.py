@@ -53,6 +53,7 @@ from moderation.ports import (
 )
 
 if TYPE_CHECKING:
+    from moderation.pipeline.bank_guard import BankGuard
     from moderation.pipeline.banks import BankService
     from moderation.pipeline.review_evidence import ReviewEvidence
 
@@ -102,6 +103,7 @@ class Outcomes:
         banks: carries out reviewers' "add to bank" requests (None: not offered).
         evidence: keeps the scored bytes of REVIEW verdicts for the reviewer.
         notices: the notices from outside, answered by each human decision (None: none kept).
+        bank_guard: counts the bank entries the ended jobs matched (flood quarantine).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class Outcomes:
         banks: BankService | None = None,
         evidence: ReviewEvidence | None = None,
         notices: NoticeStore | None = None,
+        bank_guard: BankGuard | None = None,
     ) -> None:
         self.store = store
         self.deliveries = deliveries
@@ -130,6 +133,7 @@ class Outcomes:
         self.banks = banks
         self.evidence = evidence
         self.notices = notices
+        self.bank_guard = bank_guard
 
     def finish_verdict(
         self,
@@ -215,6 +219,10 @@ class Outcomes:
             data={d.job.id: d.data for d in decided if d.data is not None},
             stills={d.job.id: (d.still_times, d.stills) for d in decided if d.stills},
         )
+        if self.bank_guard is not None:  # best effort: never fails the jobs
+            self.bank_guard.observe(
+                [d.verdict for d, ended in zip(decided, won, strict=True) if ended]
+            )
         return won
 
     def finish_error(self, job: Job, error: JobError, *, content_sha256: str | None = None) -> bool:

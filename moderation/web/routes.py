@@ -25,6 +25,8 @@ API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF 
     GET  {prefix}/api/frame/{id}/{n}  a video's n-th sampled frame (the still kept when it was
                                       scored, checked), only to the reviewer holding its lease
     GET  {prefix}/api/overview        my queues, their depth and oldest age (SLA), my decisions
+    GET  {prefix}/api/banks/entries   bank entries that are not simply active (quarantined first)
+    POST {prefix}/api/banks/entry     {bank, entry_id, action: confirm|disable|quarantine, reason}
     GET  {prefix}/api/admin/stats     admin: queues, decisions per (pseudonymous) reviewer today
     POST {prefix}/api/admin/requeue   admin: {review_id}, take an item back from its holder
     POST {prefix}/api/admin/redeliver admin: retry on_final for decisions whose delivery failed
@@ -54,7 +56,7 @@ import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.exceptions import RequestValidationError
@@ -68,6 +70,7 @@ from moderation.core.decision import VideoFindings
 from moderation.core.review import ReviewDecision
 from moderation.core.reviewers import ReviewerSession, Role, allowed_queues
 from moderation.exceptions import (
+    BankError,
     LoginThrottled,
     ModerationError,
     ReviewAuthError,
@@ -79,6 +82,7 @@ from moderation.http.problems import (
     status_for,
     validation_problem,
 )
+from moderation.pipeline.bank_guard import BankGuard
 from moderation.pipeline.review_desk import ReviewDesk, VideoView
 from moderation.pipeline.signin import ReviewerAuth
 from moderation.ports import Claim, ReviewStats
@@ -193,6 +197,14 @@ class _UserBody(BaseModel):
     username: str = Field(max_length=64)
 
 
+class _EntryBody(BaseModel):
+    bank: str = Field(max_length=64)
+    entry_id: int = Field(ge=0)
+    #: confirm: it stays and acts; disable: taken out of the bank; quarantine: matches to review.
+    action: Literal["confirm", "disable", "quarantine"]
+    reason: str = Field(default="", max_length=500)
+
+
 def _video_payload(
     video: VideoFindings, review_id: str, prefix: str, view: VideoView
 ) -> dict[str, Any]:
@@ -271,6 +283,15 @@ def _claim_payload(claim: Claim, prefix: str, desk: ReviewDesk) -> dict[str, Any
         "content_pdq": item.content_pdq,
         "content_pdq_quality": item.content_pdq_quality,
         "bank_targets": desk.bank_targets(item),
+        # What put it into review (the model, a user's or a trusted flagger's notice).
+        "source": item.source.value,
+        # A quarantined bank entry's match: the entry a reviewer may confirm or disable.
+        "quarantined_entries": [
+            {"bank": e.details["bank"], "entry_id": e.details["entry_id"]}
+            for c in item.verdict.categories
+            for e in c.evidence
+            if e.details.get("quarantined") and "entry_id" in e.details
+        ],
     }
 
 
@@ -280,6 +301,7 @@ def build_review_router(
     auth: ReviewerAuth,
     *,
     prefix: str = "/review",
+    bank_guard: BankGuard | None = None,
 ) -> APIRouter:
     """The reviewers' router over ``desk`` (what reviewers can do) and ``auth`` (sign-in and
     server-side sessions). Mount with ``app.include_router(router)``."""
@@ -541,6 +563,29 @@ def build_review_router(
             "decisions_today": desk.decisions_by_reviewer(),
             "undelivered": desk.undelivered(),
         }
+
+    def _guard() -> BankGuard:
+        if bank_guard is None:
+            raise BankError("bank entry states need the database", code="bank_guard_unavailable")
+        return bank_guard
+
+    @router.get("/api/banks/entries")
+    def bank_entries(
+        who: Annotated[Principal, Depends(principal)], bank: str | None = None
+    ) -> dict[str, Any]:
+        """Bank entries that are not simply active: quarantined first."""
+        return {"entries": [s.model_dump(mode="json") for s in _guard().statuses(bank)]}
+
+    @router.post("/api/banks/entry")
+    def bank_entry(
+        body: _EntryBody, who: Annotated[Principal, Depends(csrf_principal)]
+    ) -> dict[str, Any]:
+        """Confirm, disable or quarantine one bank entry (every worker follows within
+        ``banks.reload_s``)."""
+        guard = _guard()
+        act = {"confirm": guard.confirm, "disable": guard.disable, "quarantine": guard.quarantine}
+        status = act[body.action](body.bank, body.entry_id, by=who.pseudonym, reason=body.reason)
+        return {"entry": status.model_dump(mode="json")}
 
     @router.post("/api/admin/requeue")
     def admin_requeue(body: _ItemBody, who: Annotated[Principal, Depends(admin)]) -> dict[str, Any]:
