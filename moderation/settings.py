@@ -531,6 +531,19 @@ class ApiKey(BaseModel):
 Environment = Literal["development", "production"]
 
 
+class AllowListSettings(BaseModel):
+    """One allow-list bank (known-benign hashes): what it suppresses and how near an image must
+    be (:mod:`moderation.signals.hash_bank.allow_lists`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: ``"*"``, a category (``nudity``, ``policy/nudity``), or ``bank:<name>`` (the categories
+    #: backed by that bank).
+    suppresses: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    max_distance: int = Field(default=31, ge=0, le=64)
+    min_quality: int = Field(default=50, ge=0, le=100)
+
+
 class BankSettings(BaseModel):
     """Hash banks of known-bad images (``moderation bank``, ``signal: hash_bank`` categories)."""
 
@@ -559,6 +572,8 @@ class BankSettings(BaseModel):
     #: ``flood_floor``) stops blocking: its matches go to review until a person confirms or
     #: disables it (:mod:`moderation.core.bank_guard`).
     flood_quarantine: bool = True
+    #: Allow-lists by bank name (the banks are created and filled like any other).
+    allow_lists: dict[str, AllowListSettings] = Field(default_factory=dict)
     flood_window_s: float = Field(default=600.0, gt=0)
     flood_min_matches: int = Field(default=50, ge=1)
     flood_factor: float = Field(default=10.0, gt=1)

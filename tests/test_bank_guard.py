@@ -10,14 +10,28 @@ from typing import Any
 import pytest
 from psycopg_pool import ConnectionPool
 
+from moderation import testmodel
 from moderation.adapters.memory import MemoryEntryGuard
+from moderation.adapters.policy_files import load_policy_text
 from moderation.adapters.postgres.bank_guard import PostgresEntryGuard
 from moderation.core.bank_guard import EntryRate, EntryState, FloodRule
+from moderation.core.banks import EntryData
+from moderation.core.compiled import compile_policy
 from moderation.core.decision import Decision, Verdict
+from moderation.core.policy import PolicySet
 from moderation.exceptions import BankEntryNotFound
 from moderation.pipeline.bank_guard import BankGuard, matched_entries
+from moderation.pipeline.moderator import Moderator
+from moderation.pipeline.policies import ActivePolicies
 from moderation.ports import EntryGuardStore
-from tests.test_banks import _jpeg, banked  # noqa: F401  (the fixture)
+from moderation.signals import AllowListRule, LoadedBanks, builtin_signals
+from tests.test_banks import (  # noqa: F401  (banked: the fixture)
+    BANK_POLICY,
+    DECODER,
+    _jpeg,
+    _png,
+    banked,
+)
 
 pytestmark = pytest.mark.xdist_group("postgres")
 
@@ -124,3 +138,73 @@ def test_a_flooding_bank_entry_is_quarantined_until_a_person_decides(
     assert after.scores["known/banked"] == 0.0 and after.decision is Decision.ALLOW
     assert guard_store.status("known-bad", 0) is not None
     assert guard_store.status("known-bad", 0).state is EntryState.DISABLED  # type: ignore[union-attr]
+
+
+# --- allow-lists (negative banks) -----------------------------------------------------------
+
+
+def _moderator_with(
+    scoring: Any, loaded: LoadedBanks, allow: dict[str, AllowListRule]
+) -> Moderator:
+    """The test world and the bank policy, with allow-lists over ``loaded``."""
+    encoder = scoring.model.encoder
+    signals = builtin_signals(loaded, allow_lists=allow)
+    known = load_policy_text(BANK_POLICY, signals=set(signals))
+    world = scoring.policies.current.policies["testworld"]
+    policies = ActivePolicies(
+        load=lambda: PolicySet([(world, "testworld.yaml"), (known, "known.yaml")]),
+        compile=lambda ps: [compile_policy(ps[pid], encoder) for pid in ps],
+        fingerprint=lambda: "fixed",
+        signals=signals,
+    )
+    return Moderator(encoder=encoder, decoder=DECODER, policies=policies)
+
+
+def test_an_allow_list_suppresses_a_bank_match_and_a_prompt_category(
+    banked: dict[str, Any],  # noqa: F811
+    scoring: Any,
+) -> None:
+    service, sync = banked["service"], banked["sync"]
+    loaded: LoadedBanks = sync.banks
+    image = banked["image"]
+    # A borderline image the prompts send to review (critical category).
+    borderline = testmodel.sample_images("review", 3, seed=1)[2][0]
+    plain = _moderator_with(scoring, loaded, {})
+    assert plain.moderate([plain.prepare(_jpeg(image, 50))])[0].decision is Decision.BLOCK
+    before = plain.moderate([plain.prepare(_png(borderline))])[0]
+    assert before.decision is Decision.REVIEW and before.category_id == "contraband_symbol"
+
+    # Both images are known-benign: one in an allow-list of the bank, one of the category.
+    service.create("memes")
+    service.create("stock")
+    memes = plain.prepare(_jpeg(image, 50)).fingerprints["pdq"]
+    stock = plain.prepare(_png(borderline)).fingerprints["pdq"]
+    service.add("memes", [EntryData(pdq=memes, label="meme template")])
+    service.add("stock", [EntryData(pdq=stock, label="stock photo")])
+    sync.refresh()
+    allowing = _moderator_with(
+        scoring,
+        loaded,
+        {
+            "memes": AllowListRule(suppresses=("bank:known-bad",)),
+            "stock": AllowListRule(suppresses=("testworld/contraband_symbol",)),
+        },
+    )
+    banked_copy = allowing.moderate([allowing.prepare(_jpeg(image, 50))])[0]
+    assert banked_copy.decision is Decision.ALLOW
+    assert banked_copy.scores["known/banked"] > 0.85  # the score stands; the band is capped
+    shown = next(c for c in banked_copy.categories if c.category_id == "banked")
+    assert shown.evidence[0].label == "suppressed by allow-list memes #0"
+    assert shown.evidence[0].details["suppressed"] is True
+    assert "suppressed by allow-list memes" in banked_copy.explain()
+
+    star = allowing.moderate([allowing.prepare(_png(borderline))])[0]
+    assert star.decision is Decision.ALLOW
+    top = next(c for c in star.categories if c.category_id == "contraband_symbol")
+    assert top.evidence[0].label.startswith("suppressed by allow-list stock #0")
+    # An allow-list suppresses only what it names: "stock" limited to the bank's categories
+    # leaves the prompt category alone.
+    narrow = _moderator_with(
+        scoring, loaded, {"stock": AllowListRule(suppresses=("bank:known-bad",))}
+    )
+    assert narrow.moderate([narrow.prepare(_png(borderline))])[0].decision is Decision.REVIEW

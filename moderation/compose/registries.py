@@ -27,7 +27,7 @@ from moderation.ports import (
     JobStore,
 )
 from moderation.settings import Settings, SignalSettings
-from moderation.signals import LoadedBanks, Signals, builtin_signals
+from moderation.signals import AllowListRule, LoadedBanks, Signals, builtin_signals
 from moderation.signals.classifier import ClassifierSignal
 
 __all__ = [
@@ -46,7 +46,17 @@ def build_signals(settings: Settings, banks: LoadedBanks | None = None) -> Signa
     """Every signal this process knows (the policy files may name any of them); hash-bank
     categories match against ``banks`` (none: they match nothing). Each classifier of
     ``signals.classifiers`` is a signal of its name; its model loads on first use."""
-    return builtin_signals(banks, classifiers=classifier_signals(settings.signals))
+    allow = {
+        name: AllowListRule(
+            suppresses=tuple(rule.suppresses),
+            max_distance=rule.max_distance,
+            min_quality=rule.min_quality,
+        )
+        for name, rule in settings.banks.allow_lists.items()
+    }
+    return builtin_signals(
+        banks, classifiers=classifier_signals(settings.signals), allow_lists=allow or None
+    )
 
 
 def classifier_signals(settings: SignalSettings) -> list[ClassifierSignal]:

@@ -35,6 +35,8 @@ __all__ = [
     "SignalScorer",
     "SignalScorerFactory",
     "SignalScores",
+    "Suppression",
+    "Suppressor",
     "UnknownSignalError",
 ]
 
@@ -128,6 +130,22 @@ class SignalScorer(Protocol):
 SignalScorerFactory = Callable[[Sequence[CategorySlot]], SignalScorer]
 
 
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """(row, column) pairs an allow-list takes out of action (band capped at allow), each with
+    the evidence that says why (shown in the verdict first)."""
+
+    pairs: Mapping[tuple[int, int], Evidence]
+
+
+class Suppressor(Protocol):
+    """Finds known-benign content (allow-lists, negative banks) that suppresses categories."""
+
+    def suppress(
+        self, batch: FeatureBatch, slots: Sequence[CategorySlot]
+    ) -> Suppression | None: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class ScoreBatch:
     """Scores of N rows against C categories, with the evidence behind them.
@@ -143,8 +161,11 @@ class ScoreBatch:
     part_of: NDArray[np.intp]  # (C,) index into parts of each column's signal
     local: NDArray[np.intp]  # (C,) the column's index within its signal's scores
     #: (N, C) the highest band each score may reach (2: block, no cap; 1: review at most: a
-    #: match of a quarantined bank entry), or None when no signal caps anything.
+    #: match of a quarantined bank entry; 0: allow: suppressed by an allow-list), or None when
+    #: nothing caps anything.
     ceiling: NDArray[np.int8] | None = None
+    #: Why a (row, column) is suppressed (the allow-list's evidence, shown first).
+    suppressed: Mapping[tuple[int, int], Evidence] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -160,6 +181,11 @@ class ScoreBatch:
             found = part.evidence(rows[selected], self.local[cols[selected]])
             for position, items in zip(selected.tolist(), found, strict=True):
                 out[position] = items
+        if self.suppressed:
+            for position, (row, col) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+                why = self.suppressed.get((row, col))
+                if why is not None:
+                    out[position] = [why, *out[position]]
         return out
 
 
@@ -172,7 +198,11 @@ class Scorer:
     """
 
     def __init__(
-        self, policies: Sequence[CompiledPolicy], signals: Mapping[str, SignalScorerFactory]
+        self,
+        policies: Sequence[CompiledPolicy],
+        signals: Mapping[str, SignalScorerFactory],
+        *,
+        suppressor: Suppressor | None = None,
     ) -> None:
         if not policies:
             raise ValueError("Scorer needs at least one compiled policy")
@@ -180,6 +210,7 @@ class Scorer:
         if len(models) != 1:
             raise ValueError(f"compiled policies come from different models: {sorted(models)}")
         self.policies = tuple(policies)
+        self.suppressor = suppressor
         slots: list[CategorySlot] = []
         groups: dict[str, list[CategorySlot]] = {}
         for policy in policies:
@@ -218,6 +249,12 @@ class Scorer:
                 if ceiling is None:
                     ceiling = np.full((n, len(self.slots)), 2, np.int8)
                 ceiling[:, columns] = capped
+        suppression = self.suppressor.suppress(batch, self.slots) if self.suppressor else None
+        if suppression is not None and suppression.pairs:
+            if ceiling is None:
+                ceiling = np.full((n, len(self.slots)), 2, np.int8)
+            for row, col in suppression.pairs:
+                ceiling[row, col] = 0
         return ScoreBatch(
             scores=scores,
             slots=self.slots,
@@ -225,4 +262,5 @@ class Scorer:
             part_of=self._part_of,
             local=self._local,
             ceiling=ceiling,
+            suppressed=suppression.pairs if suppression is not None else {},
         )

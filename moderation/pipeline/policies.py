@@ -124,7 +124,11 @@ class CompiledSet:
         with self._lock:
             scorer = self._scorers.get(ids)
             if scorer is None:
-                scorer = Scorer([self.by_id[pid] for pid in ids], self.signals.scorer_factories)
+                scorer = Scorer(
+                    [self.by_id[pid] for pid in ids],
+                    self.signals.scorer_factories,
+                    suppressor=self.signals.suppressor,
+                )
                 self._scorers[ids] = scorer
             return scorer
 
@@ -165,7 +169,11 @@ class CompiledSet:
         with self._lock:
             scorer = self._shadow_scorers.get(policy_id)
             if scorer is None:
-                scorer = Scorer([self.shadows[policy_id]], self.signals.scorer_factories)
+                scorer = Scorer(
+                    [self.shadows[policy_id]],
+                    self.signals.scorer_factories,
+                    suppressor=self.signals.suppressor,
+                )
                 self._shadow_scorers[policy_id] = scorer
             return scorer
 

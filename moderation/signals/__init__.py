@@ -17,14 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
-from moderation.core.scoring import SignalScorerFactory
+from moderation.core.scoring import SignalScorerFactory, Suppressor
 from moderation.exceptions import PolicyError
 from moderation.ports import Signal
 from moderation.signals.classifier import ClassifierSignal
 from moderation.signals.hash_bank import HashBankSignal, LoadedBanks
+from moderation.signals.hash_bank.allow_lists import AllowListRule, AllowLists
 from moderation.signals.prompts import PromptSignal
 
 __all__ = [
+    "AllowListRule",
+    "AllowLists",
     "ClassifierSignal",
     "DuplicateSignalError",
     "HashBankSignal",
@@ -43,7 +46,9 @@ class Signals(Mapping[str, Signal]):
     """The signals registered in a process, by name. Validated once: duplicate names are an
     error."""
 
-    def __init__(self, signals: Iterable[Signal]) -> None:
+    def __init__(self, signals: Iterable[Signal], *, suppressor: Suppressor | None = None) -> None:
+        #: Allow-lists that suppress categories (None: none configured).
+        self.suppressor = suppressor
         self._by_name: dict[str, Signal] = {}
         for signal in signals:
             if signal.name in self._by_name:
@@ -70,8 +75,16 @@ class Signals(Mapping[str, Signal]):
 
 
 def builtin_signals(
-    banks: LoadedBanks | None = None, *, classifiers: Iterable[Signal] = ()
+    banks: LoadedBanks | None = None,
+    *,
+    classifiers: Iterable[Signal] = (),
+    allow_lists: Mapping[str, AllowListRule] | None = None,
 ) -> Signals:
     """The signals every process has: CLIP prompts and hash banks (matched against ``banks``;
-    none loaded: bank categories match nothing), plus the configured ``classifiers``."""
-    return Signals([PromptSignal(), HashBankSignal(banks), *classifiers])
+    none loaded: bank categories match nothing), plus the configured ``classifiers``, and the
+    ``allow_lists`` (banks of known-benign hashes suppressing categories) over the same banks."""
+    loaded = banks or LoadedBanks()
+    return Signals(
+        [PromptSignal(), HashBankSignal(loaded), *classifiers],
+        suppressor=AllowLists(loaded, allow_lists) if allow_lists else None,
+    )

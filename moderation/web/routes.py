@@ -25,7 +25,6 @@ API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF 
     GET  {prefix}/api/frame/{id}/{n}  a video's n-th sampled frame (the still kept when it was
                                       scored, checked), only to the reviewer holding its lease
     GET  {prefix}/api/overview        my queues, their depth and oldest age (SLA), my decisions
-    GET  {prefix}/api/overview
     GET  {prefix}/api/banks/entries   bank entries that are not simply active (quarantined first)
     POST {prefix}/api/banks/entry     {bank, entry_id, action: confirm|disable|quarantine, reason}
     GET  {prefix}/api/admin/stats     admin: queues, decisions per (pseudonymous) reviewer today
@@ -198,6 +197,14 @@ class _UserBody(BaseModel):
     username: str = Field(max_length=64)
 
 
+class _EntryBody(BaseModel):
+    bank: str = Field(max_length=64)
+    entry_id: int = Field(ge=0)
+    #: confirm: it stays and acts; disable: taken out of the bank; quarantine: matches to review.
+    action: Literal["confirm", "disable", "quarantine"]
+    reason: str = Field(default="", max_length=500)
+
+
 def _video_payload(
     video: VideoFindings, review_id: str, prefix: str, view: VideoView
 ) -> dict[str, Any]:
@@ -227,14 +234,6 @@ def _video_payload(
         "held_to_review": list(video.held_to_review),
         "problem": view.problem,
     }
-
-
-class _EntryBody(BaseModel):
-    bank: str = Field(max_length=64)
-    entry_id: int = Field(ge=0)
-    #: confirm: it stays and acts; disable: taken out of the bank; quarantine: matches to review.
-    action: Literal["confirm", "disable", "quarantine"]
-    reason: str = Field(default="", max_length=500)
 
 
 def _claim_payload(claim: Claim, prefix: str, desk: ReviewDesk) -> dict[str, Any]:
