@@ -136,9 +136,11 @@ def bench_pipeline(
     profile_gil: bool = False,
     upload: str = "multipart",
     store: str = "redis",
+    finish_times: bool = False,
 ) -> dict[str, Any]:
     """The whole pipeline: this process is the client; the API (uvicorn) and each worker run in
-    their own process, as in production."""
+    their own process, as in production. ``finish_times``: also report when each item's result
+    was written, seconds after the first submit (``finished_s``, in submit order)."""
     import contextlib
     import subprocess
 
@@ -223,6 +225,7 @@ def bench_pipeline(
                 cpu_before = {name: _cpu_s(pid) for name, pid in pids.items()}
                 client_before = _own_cpu_s()
                 started = time.perf_counter()
+                started_wall = time.time()
                 ids = submit(images, chunk=100)
                 submitted = time.perf_counter() - started
                 submitted_at = time.time()
@@ -280,6 +283,11 @@ def bench_pipeline(
         "cpu_ms_per_image": {name: round(v * 1000 / len(images), 3) for name, v in cpu.items()},
         "cpu_cores_busy": round(sum(cpu.values()) / elapsed, 2),
     }
+    if finish_times:
+        out["finished_s"] = [
+            None if r.finished_at is None else r.finished_at.timestamp() - started_wall
+            for r in results
+        ]
     if stored is not None:
         out["postgres_jobs"], out["postgres_bytes_per_job"] = stored
     if profile:
