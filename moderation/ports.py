@@ -680,6 +680,10 @@ class ReviewQueue(Protocol):
         """Enqueue an item; the same ``review_id`` again is a no-op."""
         ...
 
+    def submit_many(self, items: Sequence[ReviewItem]) -> None:
+        """:meth:`submit` for a batch's items at once (one statement or round trip)."""
+        ...
+
     def claim(
         self,
         reviewer: str,

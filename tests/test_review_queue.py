@@ -391,6 +391,24 @@ def test_highest_priority_first_and_resubmit_is_a_no_op(queue: ReviewQueue) -> N
     assert queue.claim("rv_4") is None
 
 
+def test_a_batch_of_items_in_one_submit_many(queue: ReviewQueue) -> None:
+    """What a worker's batch message queues at once: the same as one submit each (an id twice
+    in the batch, or again later, is one item)."""
+    policy = world_policy()
+    now = queue.now()
+    items = [
+        make_item(policy, "many-low", score=0.4, created_at=now),
+        make_item(policy, "many-crit", category_id="contraband_symbol", score=0.4, created_at=now),
+        make_item(policy, "many-low", score=0.4, created_at=now),
+    ]
+    queue.submit_many(items)
+    queue.submit_many([])
+    queue.submit_many(items[:1])
+    assert [(s.waiting, s.in_review) for s in queue.stats()] == [(2, 0)]
+    claims = [queue.claim(name) for name in ("rv_m1", "rv_m2", "rv_m3")]
+    assert [c.item.job_id if c else None for c in claims] == ["many-crit", "many-low", None]
+
+
 @pytest.mark.parametrize("kind", ["postgres", "redis", "memory"])
 def test_expired_lease_returns_and_late_decision_is_refused(
     kind: str, request: pytest.FixtureRequest

@@ -221,20 +221,35 @@ class RedisReviewQueue:
         Raises:
             QueueUnavailable: Redis is unreachable.
         """
-        rank = item_rank(item, age_doubling_s=self.age_doubling_s)
-        self._submit(
-            args=[
-                self._p,
-                item.review_id,
-                item.policy_id,
-                repr(rank),
-                item.model_dump_json(),
-                repr(item.created_at),
-                item.queue,
-                self._qk("q", item.policy_id, item.queue),
-                self._qk("open", item.policy_id, item.queue),
-            ],
-        )
+        self.submit_many([item])
+
+    @translated("review queue")
+    def submit_many(self, items: Sequence[ReviewItem]) -> None:
+        """:meth:`submit` for several items in one pipelined round trip.
+
+        Raises:
+            QueueUnavailable: Redis is unreachable.
+        """
+        if not items:
+            return
+        with self._r.pipeline(transaction=False) as pipe:
+            for item in items:
+                rank = item_rank(item, age_doubling_s=self.age_doubling_s)
+                self._submit(
+                    args=[
+                        self._p,
+                        item.review_id,
+                        item.policy_id,
+                        repr(rank),
+                        item.model_dump_json(),
+                        repr(item.created_at),
+                        item.queue,
+                        self._qk("q", item.policy_id, item.queue),
+                        self._qk("open", item.policy_id, item.queue),
+                    ],
+                    client=pipe,
+                )
+            pipe.execute()
 
     # --- reviewer side --------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ Order, chosen so that a crash at any point loses nothing and duplicates nothing 
    accounts for every job;
 2. the final result is written with compare-and-set semantics: only the first writer ends the
    job (a second delivery of a finished job is a no-op);
-3. side effects (a REVIEW verdict's review item, the signed callback) run, then are marked done;
+3. side effects (a REVIEW verdict's review item, the signed callback) run, then are marked done
+   (a batch's review items are queued in one write, before its callbacks);
    a redelivery that finds the result written but the effects not marked done runs them again
    (review submission is idempotent by job id; callbacks carry the job id so receivers can drop
    a duplicate). A review item's scored bytes go to the object store *before* the item is
@@ -38,7 +39,7 @@ from moderation.core.callbacks import callback_body
 from moderation.core.decision import Decision, Verdict
 from moderation.core.jobs import Job, JobError, JobResult
 from moderation.core.policy import Policy
-from moderation.core.review import HumanDecision, item_from_verdict, review_id_for
+from moderation.core.review import HumanDecision, ReviewItem, item_from_verdict, review_id_for
 from moderation.core.shadow import ShadowVerdict
 from moderation.exceptions import JobNotFoundError, ModerationError, ReviewInvalidDecision
 from moderation.metrics import metrics
@@ -302,19 +303,29 @@ class Outcomes:
         todo = [job for job, ran in zip(jobs, done, strict=True) if not ran]
         unknown = [job.id for job in todo if job.id not in known]
         known.update(zip(unknown, self.store.get_results(unknown), strict=True))  # type: ignore[arg-type]
-        finished = []
-        for job in todo:
-            result = known.get(job.id)
-            if result is None or not result.status.final:
-                continue
-            if (
-                self.review is not None
-                and result.verdict is not None
-                and result.verdict.decision is Decision.REVIEW
-            ):
-                self._send_to_review(
+        ended_now = [
+            (job, result)
+            for job in todo
+            if (result := known.get(job.id)) is not None and result.status.final
+        ]
+        # The batch's review items in one write, before any of their callbacks go out.
+        items = [
+            item
+            for job, result in ended_now
+            if self.review is not None
+            and result.verdict is not None
+            and result.verdict.decision is Decision.REVIEW
+            and (
+                item := self._review_item(
                     job, result, (data or {}).get(job.id), (stills or {}).get(job.id)
                 )
+            )
+            is not None
+        ]
+        if items and self.review is not None:
+            self.review.submit_many(items)
+        finished = []
+        for job, result in ended_now:
             if job.callback_url:
                 self.callbacks.send(
                     job.public_id,
@@ -325,21 +336,23 @@ class Outcomes:
             finished.append(job.id)
         self.deliveries.mark_effects_done_many(finished)
 
-    def _send_to_review(
+    def _review_item(
         self,
         job: Job,
         result: JobResult,
         data: bytes | None,
         stills: tuple[tuple[float, ...], tuple[bytes, ...]] | None = None,
-    ) -> None:
-        assert self.review is not None and result.verdict is not None
+    ) -> ReviewItem | None:
+        """The review item of a REVIEW verdict (its bytes, and a video's stills, kept for the
+        reviewer); None when it cannot be built (logged)."""
+        assert result.verdict is not None
         verdict = result.verdict
         policy = self.policies().get(verdict.policy_id or "")
         if policy is None:
             log.error(
                 "job %s: REVIEW verdict of unknown policy %r not queued", job.id, verdict.policy_id
             )
-            return
+            return None
         if job.image.inline and self.evidence is None:
             # Inline bytes normally expire after queue.inline_ttl_s; reviewers need them longer.
             self.store.keep_inline(job.image.inline_key, self.keep_inline_s)
@@ -359,8 +372,8 @@ class Outcomes:
             )
         except ReviewInvalidDecision as exc:
             log.error("job %s: cannot build its review item: %s", job.id, exc)
-            return
-        self.review.submit(item)
+            return None
+        return item
 
     def _keep_evidence(self, job: Job, result: JobResult, data: bytes | None) -> str | None:
         """Store the scored bytes for the reviewer; their key, or None when they cannot be

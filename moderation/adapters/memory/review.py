@@ -90,6 +90,10 @@ class MemoryReviewQueue:
             elif entry.state != "final" and rank > entry.rank:  # a notice raised it
                 entry.item, entry.rank = item, rank
 
+    def submit_many(self, items: Sequence[ReviewItem]) -> None:
+        for item in items:
+            self.submit(item)
+
     def _reap(self, now: float) -> None:
         for entry in self.entries.values():
             if entry.state == "leased" and entry.lease and entry.lease.expires_at <= now:
