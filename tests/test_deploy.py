@@ -730,6 +730,37 @@ def test_the_weights_volume_is_a_claim_that_ebs_and_pd_alternatives_can_provisio
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+@needs_kustomize
+def test_no_overlay_crash_loops_on_weights_it_was_not_given(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        spec = one(docs, "StatefulSet", "moderation-worker")["spec"]["template"]["spec"]
+        init = {c["name"]: c for c in spec.get("initContainers", [])}
+        env = env_of(docs, _worker_container(docs))
+        # both init steps finish (saying why) when weights are not configured yet: the worker
+        # then stays alive and not ready instead of the pod crash-looping
+        if "fetch-weights" in init:
+            assert "--if-configured" in init["fetch-weights"]["args"], name
+        assert "--skip-without-model" in init["compile-policies"]["args"], name
+        weights = next(v for v in spec["volumes"] if v["name"] == "weights")
+        if "persistentVolumeClaim" in weights:  # the prepared-volume route (EFS / Filestore)
+            claim = one(
+                docs, "PersistentVolumeClaim", weights["persistentVolumeClaim"]["claimName"]
+            )
+            assert claim["spec"]["accessModes"] == ["ReadWriteMany"], name
+            assert weights["persistentVolumeClaim"]["readOnly"] is True, name
+        else:  # the default route: copied from S3 into the pod's own volume, both clouds
+            assert "emptyDir" in weights, name
+            assert env.get("MODERATION_MODEL__CHECKPOINT", "").startswith("/weights/"), name
+        no_claim = [
+            d
+            for d in docs
+            if d["kind"] == "PersistentVolumeClaim" and "ReadOnlyMany" in d["spec"]["accessModes"]
+        ]
+        assert no_claim == [], name  # EBS and PD provision no ReadOnlyMany claim
+
+
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
         return False
