@@ -43,6 +43,7 @@ lock: $(STAMP)
 	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --no-header --annotation-style line \
 		-o deploy/requirements.lock
+	$(PY) scripts/image_locks.py
 
 # deploy/k8s/base/prometheusrule.yaml from deploy/prometheus/alerts.yaml.
 manifests: $(STAMP)

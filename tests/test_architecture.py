@@ -5,6 +5,8 @@ with its file and line."""
 from __future__ import annotations
 
 import ast
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -211,6 +213,13 @@ try:
 finally:
     process.close()
 print("served without torch")
+
+import importlib.metadata
+import json
+
+found = importlib.metadata.packages_distributions()
+used = sorted({d for m in list(sys.modules) for d in found.get(m.split(".")[0], [])})
+print(json.dumps(used))
 """
 
 
@@ -230,3 +239,17 @@ def test_the_api_process_is_built_and_serves_without_torch(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "served without torch" in done.stdout
+    # ... and every distribution it imported is in the API image's lock
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+
+    def pins(lock: str) -> set[str]:
+        text = (deploy / lock).read_text()
+        return {re.sub(r"[-_.]+", "-", n).lower() for n in re.findall(r"^(\S+)==", text, re.M)}
+
+    used = {re.sub(r"[-_.]+", "-", n).lower() for n in json.loads(done.stdout.splitlines()[-1])}
+    # what the images have at all (optional imports such as redis's cryptography and celery's
+    # greenlet are absent from every image and skipped there); setuptools' _distutils_hack is
+    # imported by the virtual environment's .pth file, not by the API
+    needed = (used & pins("requirements.lock")) - {"setuptools"}
+    assert needed - pins("requirements-api.lock") == set()
+    assert {"fastapi", "uvicorn", "redis"} <= needed  # the check sees the API's imports

@@ -730,6 +730,37 @@ def test_the_weights_volume_is_a_claim_that_ebs_and_pd_alternatives_can_provisio
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+@needs_kustomize
+def test_no_overlay_crash_loops_on_weights_it_was_not_given(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        spec = one(docs, "StatefulSet", "moderation-worker")["spec"]["template"]["spec"]
+        init = {c["name"]: c for c in spec.get("initContainers", [])}
+        env = env_of(docs, _worker_container(docs))
+        # both init steps finish (saying why) when weights are not configured yet: the worker
+        # then stays alive and not ready instead of the pod crash-looping
+        if "fetch-weights" in init:
+            assert "--if-configured" in init["fetch-weights"]["args"], name
+        assert "--skip-without-model" in init["compile-policies"]["args"], name
+        weights = next(v for v in spec["volumes"] if v["name"] == "weights")
+        if "persistentVolumeClaim" in weights:  # the prepared-volume route (EFS / Filestore)
+            claim = one(
+                docs, "PersistentVolumeClaim", weights["persistentVolumeClaim"]["claimName"]
+            )
+            assert claim["spec"]["accessModes"] == ["ReadWriteMany"], name
+            assert weights["persistentVolumeClaim"]["readOnly"] is True, name
+        else:  # the default route: copied from S3 into the pod's own volume, both clouds
+            assert "emptyDir" in weights, name
+            assert env.get("MODERATION_MODEL__CHECKPOINT", "").startswith("/weights/"), name
+        no_claim = [
+            d
+            for d in docs
+            if d["kind"] == "PersistentVolumeClaim" and "ReadOnlyMany" in d["spec"]["accessModes"]
+        ]
+        assert no_claim == [], name  # EBS and PD provision no ReadOnlyMany claim
+
+
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
         return False
@@ -1360,17 +1391,44 @@ def test_dashboard_queries_parse_and_panels_are_well_formed(tmp_path: Path) -> N
 
 def test_the_image_builds_from_the_lock_as_a_non_root_user_with_cpu_and_cuda_targets() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM (\S+) AS (\w+)$", dockerfile, re.M)
-    assert [s for _, s in stages] == ["build", "runtime", "cpu", "cuda"]
+    stages = dict((s, f) for f, s in re.findall(r"^FROM (\S+) AS ([\w-]+)$", dockerfile, re.M))
+    assert {"build", "runtime", "cpu", "cuda", "api", "cpu-only"} <= stages.keys()
+    assert stages["api"] == "base" and stages["cpu-only"] == "base"  # no full venv under them
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
-    assert base is not None and re.fullmatch(r"python:3\.11[\w.-]*", base[1])
+    # a tag, or a tag pinned by digest (scripts/pin-base-image.sh)
+    assert base is not None
+    assert re.fullmatch(r"python:3\.11[\w.-]*(@sha256:[0-9a-f]{64})?", base[1])
     assert "--require-hashes -r /tmp/requirements.lock" in dockerfile
+    assert "--require-hashes -r /tmp/requirements-api.lock" in dockerfile
+    # the CPU-only image takes no CUDA build: torch and torchvision from the CPU index
+    cpu = dockerfile.split("AS build-cpu")[1].split("\nFROM ")[0]
+    assert "download.pytorch.org/whl/cpu" in cpu and "torch==2.14.1+cpu" in cpu
+    assert "requirements.lock" not in cpu.replace("requirements-cpu-extra.lock", "")
+    # the runtime user's HOME is writable: the volume every pod mounts there, not the root
+    home = re.search(r"HOME=(\S+)", dockerfile)
+    assert home is not None and home[1] == "/var/lib/moderation"
+    assert f"--home-dir {home[1]}" in dockerfile
     assert "pip install --no-deps /src" in dockerfile  # nothing resolved outside the lock
     users = re.findall(r"^USER (\S+)$", dockerfile, re.M)
     assert users == ["10001:10001"]
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
         for path in source.split():
             assert (ROOT / path).exists(), path
+
+
+def test_the_api_and_cpu_locks_are_the_full_lock_without_torch_or_cuda() -> None:
+    generator = _load_script("image_locks")
+    assert generator.TARGET.read_text() == generator.render(), "run `make lock`"
+    assert generator.CPU_EXTRA.read_text() == generator.render_cpu_extra(), "run `make lock`"
+    full = {name: block for name, block, _ in generator.entries(generator.FULL.read_text())}
+    api = {name: block for name, block, _ in generator.entries(generator.TARGET.read_text())}
+    extra = {name: block for name, block, _ in generator.entries(generator.CPU_EXTRA.read_text())}
+    for name, block in {**api, **extra}.items():
+        assert full[name] == block, name  # the same pin and hashes
+    heavy = re.compile(r"^(torch|torchvision|open-clip-torch|triton|nvidia-.*|cuda-.*)$")
+    assert not [n for n in api if heavy.match(n)]
+    assert not [n for n in extra if generator.CUDA.match(n)] and "open-clip-torch" in extra
+    assert {"fastapi", "uvicorn", "boto3", "redis", "psycopg"} <= api.keys()
 
 
 def test_the_lock_pins_every_dependency_with_hashes() -> None:

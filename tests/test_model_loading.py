@@ -17,6 +17,7 @@ import open_clip
 import pytest
 import torch
 
+from moderation import testmodel
 from moderation.adapters.clip import hub_files, load_clip, register_model_config
 from moderation.compose.model import load_model
 from moderation.exceptions import ModelUnavailableError
@@ -340,3 +341,40 @@ def test_model_fetch_copies_a_checkpoint_from_s3_checked_against_its_hash(
     # The worker then loads exactly those bytes.
     encoder = load_clip(_settings(checkpoint=target, checkpoint_sha256=_sha256(source)))
     assert encoder.identity.weights_sha256 == _sha256(source)
+
+
+def test_init_steps_without_configured_weights_say_why_and_let_the_pod_start(
+    tmp_path: Path,
+) -> None:
+    """As shipped (no hash set yet) the worker pod's init steps must not crash-loop: with their
+    init-step flags they finish and say why; without them they still fail."""
+    from typer.testing import CliRunner
+
+    from moderation.cli import app
+
+    missing = tmp_path / "weights" / "open_clip_model.safetensors"
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "testworld.yaml").write_text(testmodel.POLICY_PATH.read_text())
+    env = {
+        "MODERATION_MODEL__CHECKPOINT": str(missing),
+        "MODERATION_MODEL__CHECKPOINT_SOURCE": "s3://weights/open_clip_model.safetensors",
+        "MODERATION_MODEL__FALLBACK_TO_TEST_MODEL": "false",
+        "MODERATION_MODEL__ARCHITECTURE": "ViT-B-32",
+        "MODERATION_POLICY_PATHS": json.dumps([str(policies)]),
+        "MODERATION_CACHE_DIR": str(tmp_path / "cache"),
+        "COLUMNS": "200",
+    }
+    runner = CliRunner()
+    strict = runner.invoke(app, ["model", "fetch"], env=env)
+    assert strict.exit_code != 0 and "SHA256" in strict.output.upper()
+    lenient = runner.invoke(app, ["model", "fetch", "--if-configured"], env=env)
+    assert lenient.exit_code == 0, lenient.output
+    assert "MODERATION_MODEL__CHECKPOINT_SHA256 not set" in lenient.output
+    assert not missing.exists()
+
+    strict = runner.invoke(app, ["policy", "compile"], env=env)
+    assert strict.exit_code == 1
+    lenient = runner.invoke(app, ["policy", "compile", "--skip-without-model"], env=env)
+    assert lenient.exit_code == 0, lenient.output
+    assert "policies not compiled" in lenient.output

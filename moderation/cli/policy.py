@@ -51,13 +51,28 @@ def policy_check(
 @policy_app.command("compile")
 def policy_compile(
     paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders.")] = None,
+    skip_without_model: Annotated[
+        bool,
+        typer.Option(
+            "--skip-without-model",
+            help="When the model cannot be loaded (no weights yet), say why and exit 0 (a "
+            "pod's init step: the worker then stays not ready with the reason on /readyz "
+            "instead of the pod crash-looping).",
+        ),
+    ] = False,
 ) -> None:
     """Compile policies into prompt embeddings in the cache (reused when unchanged)."""
     from moderation.compose.scoring import compile_policies
+    from moderation.exceptions import ModelUnavailableError
 
     settings = load_settings()
     try:
         report = compile_policies(settings, paths)
+    except ModelUnavailableError as exc:
+        if not skip_without_model:
+            raise fail(exc, 1) from exc
+        err.print(f"policies not compiled: {exc}", highlight=False)
+        return
     except ModerationError as exc:
         raise fail(exc, 1) from exc
     if report.model.note:
