@@ -24,6 +24,7 @@ from moderation.core.audit.segments import (
     seal,
     segment_key,
 )
+from moderation.core.audit.transparency_db import tdb_body, tdb_puid
 from moderation.core.audit.verify import ChainVerifier, Problem, Retention, VerifyReport, dedupe
 
 __all__ = [
@@ -51,4 +52,6 @@ __all__ = [
     "record_for_verdict",
     "seal",
     "segment_key",
+    "tdb_body",
+    "tdb_puid",
 ]
