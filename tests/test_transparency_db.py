@@ -343,3 +343,60 @@ def test_the_client_submits_in_batches_and_maps_refusals(stub: StubDatabase) -> 
     stub.fail_with = 503
     with TransparencyDbClient(settings) as client, pytest.raises(TransparencyDbUnavailable):
         client.submit(_bodies())
+
+
+def test_the_transparency_report_counts_by_category_source_and_automation() -> None:
+    from datetime import timedelta
+
+    from moderation.core.audit import report_table, transparency_report
+
+    t0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    records = [
+        _record(1, at=t0),  # an automated block
+        _record(2, at=t0, decision="review", category_id="restricted_logo"),
+        _record(
+            2,
+            at=t0 + timedelta(minutes=10),
+            kind="human",
+            decision="remove",
+            actor="rv_0123456789abcdef",
+            source=DecisionSource.TRUSTED_FLAGGER,
+            details={"reviewer_position": 1},
+        ),
+        _record(3, at=t0, decision="allow"),
+        _record(
+            3,
+            at=t0 + timedelta(minutes=30),
+            kind="human",
+            decision="allow",
+            actor="rv_0123456789abcdef",
+            source=DecisionSource.USER_REPORT,
+            details={"reviewer_position": 1},
+        ),
+        _record(
+            4,
+            at=t0 + timedelta(hours=2),
+            kind="human",
+            decision="allow",
+            actor="rv_fedcba9876543210",
+            source=DecisionSource.APPEAL,
+            details={"reviewer_position": 1},
+        ),
+        _record(5, at=t0, decision="error"),  # errors are not decisions
+    ]
+    report = transparency_report(records)
+    assert report["automated_decisions"] == {"allow": 1, "block": 1, "review": 1}
+    assert report["human_decisions"] == {"allow": 2, "remove": 1}
+    assert report["restrictions"]["total"] == 2
+    assert report["restrictions"]["by_source"] == {"automated": 1, "trusted_flagger": 1}
+    assert report["restrictions"]["by_automation"] == {
+        "AUTOMATED_DECISION_FULLY": 1,
+        "AUTOMATED_DECISION_NOT_AUTOMATED": 1,
+    }
+    assert report["appeals"] == {"total": 1, "by_outcome": {"allow": 1}}
+    assert report["median_seconds_to_human_decision"] == {
+        "trusted_flagger": 600.0,
+        "user_report": 1800.0,
+    }
+    table = report_table(report)
+    assert "trusted_flagger" in table and "Appeals (1)" in table

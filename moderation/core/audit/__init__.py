@@ -25,6 +25,7 @@ from moderation.core.audit.segments import (
     segment_key,
 )
 from moderation.core.audit.transparency_db import tdb_body, tdb_puid
+from moderation.core.audit.transparency_report import report_table, transparency_report
 from moderation.core.audit.verify import ChainVerifier, Problem, Retention, VerifyReport, dedupe
 
 __all__ = [
@@ -50,8 +51,10 @@ __all__ = [
     "record_for_review",
     "record_for_security",
     "record_for_verdict",
+    "report_table",
     "seal",
     "segment_key",
     "tdb_body",
     "tdb_puid",
+    "transparency_report",
 ]
