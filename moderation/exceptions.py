@@ -479,6 +479,23 @@ class AuditSinkUnavailable(TransientError):
     code = "audit_unavailable"
 
 
+class TransparencyDbRejected(AuditError):
+    """The EU Transparency Database refused statements (422: ``errors`` per statement; 401: the
+    token). None of the batch was created."""
+
+    code = "transparency_db_rejected"
+
+    def __init__(self, message: str, *, errors: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or {}
+
+
+class TransparencyDbUnavailable(TransientError):
+    """The EU Transparency Database could not be reached or failed (5xx); retry later."""
+
+    code = "transparency_db_unavailable"
+
+
 # --- the object store for bytes (BlobStore) -----------------------------------------------------
 
 

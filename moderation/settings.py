@@ -548,6 +548,19 @@ class AllowListSettings(BaseModel):
     min_quality: int = Field(default=50, ge=0, le=100)
 
 
+class TransparencyDbSettings(BaseModel):
+    """The EU DSA Transparency Database (``moderation audit export --submit``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The API's base URL (the sandbox first: its URL is given at onboarding).
+    url: str = "https://transparency.dsa.ec.europa.eu"
+    token: SecretStr = SecretStr("")
+    #: Where the restrictions apply (EU/EEA two-letter codes); empty: the whole EU.
+    territorial_scope: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
 class BankSettings(BaseModel):
     """Hash banks of known-bad images (``moderation bank``, ``signal: hash_bank`` categories)."""
 
@@ -740,6 +753,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     blobs: BlobSettings = BlobSettings()
     banks: BankSettings = BankSettings()
+    transparency_db: TransparencyDbSettings = TransparencyDbSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
     signals: SignalSettings = SignalSettings()
     api_host: str = "127.0.0.1"

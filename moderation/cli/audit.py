@@ -18,7 +18,15 @@ import typer
 
 from moderation.cli.common import err, fail, out
 from moderation.cli.common import load_settings as _settings
-from moderation.core.audit import DSA_FIELDS, AuditRecord, dedupe, dsa_statement
+from moderation.core.audit import (
+    DSA_FIELDS,
+    AuditRecord,
+    dedupe,
+    dsa_statement,
+    report_table,
+    tdb_body,
+    transparency_report,
+)
 from moderation.exceptions import ModerationError, PolicyError
 from moderation.settings import Settings
 
@@ -193,6 +201,65 @@ def export(
         if out_file:
             stream.close()
     err.print(f"{count} statements of reasons", highlight=False)
+
+
+@audit_app.command("report")
+def report(
+    start: From = None,
+    end: To = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """The aggregate transparency report: restrictions by category, source and automation,
+    human decisions and appeals by outcome, median time to a human decision."""
+    settings = _settings()
+    try:
+        found = transparency_report(_records(settings, start, end), start=start, end=end)
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    out.print(json.dumps(found, indent=2) if as_json else report_table(found), highlight=False)
+
+
+@audit_app.command("submit-dsa")
+def submit_dsa(
+    start: From = None,
+    end: To = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the request bodies; send nothing.")
+    ] = False,
+) -> None:
+    """Submit the statements of reasons to the EU DSA Transparency Database
+    (``transparency_db.url`` and ``.token``), 100 per request."""
+    from moderation.adapters.transparency_db import TransparencyDbClient
+
+    settings = _settings()
+    tdb = settings.transparency_db
+    categories = _dsa_categories(settings)
+    bodies = []
+    try:
+        for record in _records(settings, start, end):
+            if record.dsa_category is None and record.policy_id and record.category_id:
+                mapped = categories.get((record.policy_id, record.category_id))
+                if mapped:
+                    record = record.model_copy(update={"dsa_category": mapped})
+            statement = dsa_statement(record)
+            if statement is None:
+                continue
+            suffix = "" if record.kind == "automated" else f"_h{record.record_id[:8]}"
+            scope = tdb.territorial_scope or None
+            bodies.append(
+                tdb_body(statement, puid_suffix=suffix)
+                if scope is None
+                else tdb_body(statement, territorial_scope=scope, puid_suffix=suffix)
+            )
+        if dry_run:
+            for body in bodies:
+                out.print(json.dumps(body), highlight=False, soft_wrap=True)
+            return
+        with TransparencyDbClient(tdb) as client:
+            created = client.submit(bodies)
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    err.print(f"{len(created)} statements of reasons created", highlight=False)
 
 
 @audit_app.command("flush")

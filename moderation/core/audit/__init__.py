@@ -24,6 +24,8 @@ from moderation.core.audit.segments import (
     seal,
     segment_key,
 )
+from moderation.core.audit.transparency_db import tdb_body, tdb_puid
+from moderation.core.audit.transparency_report import report_table, transparency_report
 from moderation.core.audit.verify import ChainVerifier, Problem, Retention, VerifyReport, dedupe
 
 __all__ = [
@@ -49,6 +51,10 @@ __all__ = [
     "record_for_review",
     "record_for_security",
     "record_for_verdict",
+    "report_table",
     "seal",
     "segment_key",
+    "tdb_body",
+    "tdb_puid",
+    "transparency_report",
 ]
