@@ -111,6 +111,21 @@ def write_fixtures(folder: Path) -> None:
         print(f"{folder / name}.txt: {len(frames)} frames", file=sys.stderr)
 
 
+def _sampled_at(decoder: Any, data: bytes, side: int) -> list[VpdqFrame]:
+    """The pipeline's sampled frames decoded at short side ``side`` (0: full size), hashed by
+    the hash-bank signal."""
+    from moderation.signals.hash_bank import hash_frame
+
+    media = decoder.decode_media(data, min_side=side)
+    numbers = media.timeline.frame_numbers if media.timeline else (0,)
+    stamps = media.timeline.timestamps if media.timeline else (0.0,)
+    out = []
+    for frame, number, stamp in zip(media.frames, numbers, stamps, strict=True):
+        feature = hash_frame(frame)
+        out.append(VpdqFrame(number, feature.quality, feature.hex, round(stamp, 3)))
+    return out
+
+
 def _compare(ours: list[VpdqFrame], ref: list[VpdqFrame]) -> dict[str, Any]:
     by_number = {f.frame_number: f for f in ref}
     pairs = [(f, by_number[f.frame_number]) for f in ours if f.frame_number in by_number]
@@ -166,6 +181,14 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="at most this many videos")
     ap.add_argument("--reference-build", action="store_true", help="also run the vpdq package")
     ap.add_argument("--no-full", action="store_true", help="skip the every-frame comparison")
+    ap.add_argument("--only", nargs="*", default=[], help="these videos (names without .mp4)")
+    ap.add_argument(
+        "--pipeline-side",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also hash the sampled frames decoded at these short sides (0: full size)",
+    )
     ap.add_argument(
         "--write-fixtures", type=Path, help="write the reference hashes of the test clips here"
     )
@@ -186,6 +209,8 @@ def main() -> None:
     else:
         ap.error("give --te-git, or --videos and --hashes")
     videos = sorted(v for v in videos if (hashes_dir / f"{v.stem}.txt").is_file())
+    if args.only:
+        videos = [v for v in videos if v.stem in args.only]
     if args.limit:
         videos = videos[: args.limit]
 
@@ -204,6 +229,8 @@ def main() -> None:
     full_rows: list[dict[str, Any]] = []
     pipe_rows: list[dict[str, Any]] = []
     build_rows: list[dict[str, Any]] = []
+    same_rows: list[dict[str, Any]] = []
+    side_rows: dict[int, list[dict[str, Any]]] = {}
     for path in videos:
         ref = parse_text((hashes_dir / f"{path.stem}.txt").read_text())
         entry: dict[str, Any] = {"reference_frames": len(ref)}
@@ -212,9 +239,15 @@ def main() -> None:
         pipe["seconds"] = round(time.perf_counter() - started, 2)
         pipe_rows.append(pipe)
         entry["pipeline"] = pipe
+        for side in args.pipeline_side:
+            row = _compare(_sampled_at(decoder, path.read_bytes(), side), ref)
+            side_rows.setdefault(side, []).append(row)
+            entry[f"pipeline_side_{side}"] = row
+        full_frames: list[VpdqFrame] = []
         if not args.no_full:
             started = time.perf_counter()
-            full = _compare(_full_frames(path), ref)
+            full_frames = _full_frames(path)
+            full = _compare(full_frames, ref)
             full["seconds"] = round(time.perf_counter() - started, 2)
             full_rows.append(full)
             entry["full"] = full
@@ -226,6 +259,10 @@ def main() -> None:
             row = _compare(built, ref)
             build_rows.append(row)
             entry["reference_build"] = row
+            if full_frames:  # ours and the reference on the same machine and file
+                row = _compare(full_frames, built)
+                same_rows.append(row)
+                entry["full_vs_reference_build"] = row
         per_video[path.stem] = entry
         print(f"{path.stem}: done", file=sys.stderr)
 
@@ -238,6 +275,8 @@ def main() -> None:
             "pipeline": _summary(pipe_rows),
             **({"full": _summary(full_rows)} if full_rows else {}),
             **({"reference_build": _summary(build_rows)} if build_rows else {}),
+            **({"full_vs_reference_build": _summary(same_rows)} if same_rows else {}),
+            **{f"pipeline_side_{side}": _summary(rows) for side, rows in side_rows.items()},
         },
         "videos": per_video,
     }
