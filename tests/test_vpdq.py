@@ -38,6 +38,7 @@ from moderation.pipeline.policies import ActivePolicies
 from moderation.pipeline.video_banks import (
     VpdqFormat,
     export_video,
+    frames_of_verdict,
     hash_video,
     import_video,
     parse_vpdq,
@@ -239,6 +240,10 @@ def _flow(world: VideoWorld, clips: dict[str, bytes]) -> None:
     # ThreatExchange's default (80 % of the upload) does not, the clip being 6 s of 14.
     inside = world.verdict(clips["inside"])
     assert inside.decision is Decision.BLOCK and inside.reason_code == "KNOWN_CLIP"
+    # The verdict keeps each sampled frame's vPDQ record, hashed as a banked video is hashed.
+    assert inside.video is not None
+    kept = frames_of_verdict(inside.video.frame_hashes)
+    assert parse_text(format_text(kept)) == kept == hash_video(world.decoder, clips["inside"])
     assert inside.scores["videos/known_video"] == 0.0
     assert inside.video is not None
     (segment,) = [s for s in inside.video.segments if s.category == "videos/known_clip"]

@@ -16,7 +16,6 @@ frames (as photo entries are removed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -46,7 +45,6 @@ __all__ = [
     "parse_vpdq",
     "remove_video",
     "videos",
-    "vpdq_text_of",
 ]
 
 
@@ -196,11 +194,6 @@ def hash_video(decoder: ImageDecoder, data: bytes) -> list[VpdqFrame]:
 
 
 def frames_of_verdict(hashes: list[FrameHash]) -> list[VpdqFrame]:
-    """A video verdict's sampled frames' hashes as vPDQ frames (to export or bank them)."""
+    """A video verdict's sampled frames' hashes (``verdict.video.frame_hashes``, kept with the
+    job's result and audit record) as vPDQ frames, to export or bank them."""
     return [VpdqFrame(h.frame_number, h.quality, h.pdq, h.timestamp_s) for h in hashes]
-
-
-def vpdq_text_of(hashes: list[FrameHash]) -> Iterator[str]:
-    """The per-video text lines of a verdict's frame hashes."""
-    for frame in frames_of_verdict(hashes):
-        yield frame.text_line() + "\n"
