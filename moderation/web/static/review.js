@@ -443,7 +443,7 @@
       const filter = $("reason-filter");
       if (key === "Escape") { event.preventDefault(); closeReasons(); bankTarget = null; status(""); }
       else if (key === "Enter") { event.preventDefault(); if (shown[0]) pickReason(shown[0].code); }
-      else if (/^[1-9]$/.test(key) && !filter.value.trim()) {
+      else if (/^[1-9]$/.test(key)) {  // a number picks among the reasons shown
         event.preventDefault();
         const r = shown[Number(key) - 1];
         if (r) pickReason(r.code);
