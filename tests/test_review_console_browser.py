@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from moderation.core.review import ReviewDecision
+from moderation.core.review import ReviewDecision, review_id_for
 from moderation.settings import ReviewSettings
 from tests.test_review_browser import ARGS, CHROMIUM
 from tests.test_review_web import (  # noqa: F401 (fixtures)
@@ -273,3 +273,157 @@ def test_an_admin_taking_the_item_back_is_said_plainly(
             page.screenshot(path=artifacts_dir / "console-taken-back.png")
         finally:
             browser.close()
+
+
+def _sign_in_as(page: Any, site: ReviewSite, username: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(site.url + "/review/login")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("#signin")
+    expect(page.locator("#item")).to_be_visible()
+
+
+def _next_image(page: Any, job_id: str) -> None:
+    """Wait until the page shows an item other than ``job_id``'s, its image loaded."""
+    page.wait_for_function(
+        "() => { const i = document.getElementById('image');"
+        " const s = document.getElementById('item');"
+        f" return !s.hidden && !document.getElementById('category').closest('#item').hidden"
+        f" && i.complete && i.naturalWidth > 0 && i.src.indexOf('{review_id_for(job_id)}') < 0; }}"
+    )
+
+
+def _unnamed_controls(page: Any) -> list[str]:
+    """Buttons, options, dialogs and form fields without an accessible name, from Chromium's
+    accessibility tree (Playwright's ARIA snapshot of the visible page)."""
+    snapshot = str(page.locator("body").aria_snapshot())
+    roles = ("button", "option", "textbox", "combobox", "checkbox", "dialog", "toolbar", "listbox")
+    bad = []
+    for line in snapshot.splitlines():
+        entry = line.strip().lstrip("- ")
+        role = entry.split(" ", 1)[0].rstrip(":")
+        if role in roles and '"' not in entry:
+            bad.append(entry)
+    return bad
+
+
+def test_the_decision_bar_by_mouse_and_keyboard_the_help_and_the_escalation_queue(
+    site: ReviewSite, artifacts_dir: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    site.add_items(3, seed=12)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            _sign_in_as(page, site, "alice")
+            _wait_image(page)
+            status = page.locator("#status")
+            # Everything needed to decide is on screen at 1280x720, with its key on it.
+            for selector in ("#decision-bar", "#status", "#frame", "#category", "#plain"):
+                assert _in_viewport(page, selector) or selector == "#status", selector
+            for button in page.locator("#decision-bar button").all():
+                assert _in_viewport(page, f"#{button.get_attribute('id')}")
+                assert button.locator("kbd").count() == 1
+                assert button.get_attribute("aria-keyshortcuts")
+            assert _unnamed_controls(page) == []
+            # Plain words and every category's score, not jargon.
+            expect(page.locator("#plain li").first).to_contain_text("matches “")
+            expect(page.locator("#plain li").first).to_contain_text("against the allowed “")
+            assert page.locator("#category-scores tbody tr").count() >= 1
+            # Tab reaches the decision buttons in their order.
+            order = page.evaluate(
+                "() => Array.from(document.querySelectorAll('button, input, a, [tabindex]'))"
+                ".filter(e => e.offsetParent !== null && !e.disabled && e.tabIndex >= 0)"
+                ".map(e => e.id).filter(Boolean)"
+            )
+            bar = [i for i in order if i in ("allow-key", "btn-remove", "escalate-key", "btn-skip")]
+            assert bar == ["allow-key", "btn-remove", "escalate-key", "btn-skip"]
+
+            # The help overlay lists every key; Esc closes it.
+            page.keyboard.press("?")
+            helpbox = page.locator("#help")
+            expect(helpbox).to_be_visible()
+            for key in ("a", "r", "b", "e", "s", "x", "u", "v", "g", "n", "?"):
+                expect(helpbox.locator("kbd", has_text=key).first).to_be_visible()
+            assert _in_viewport(page, "#help")
+            page.screenshot(path=artifacts_dir / "console-help-1280x720.png")
+            page.keyboard.press("Escape")
+            expect(helpbox).to_be_hidden()
+
+            # Remove by mouse: the picker shows readable labels, this category's first, all of
+            # them (the count says so), with type-ahead.
+            box = page.locator("#frame").bounding_box()
+            page.click("#btn-remove")
+            panel = page.locator("#reason-panel")
+            expect(panel).to_be_visible()
+            assert page.locator("#frame").bounding_box() == box  # nothing moved
+            options = page.locator("#reasons button")
+            expect(options.first).to_contain_text("Restricted logo")
+            expect(options.first).to_have_class("reason own")
+            total = len(
+                site.queue.item(
+                    str(page.locator("#image").get_attribute("src")).rsplit("/", 1)[-1]
+                ).reason_codes
+            )
+            assert options.count() == total
+            expect(page.locator("#reason-count")).to_have_text(f"{total} reasons")
+            assert _in_viewport(page, "#reason-panel")
+            assert _unnamed_controls(page) == []
+            page.screenshot(path=artifacts_dir / "console-reasons-1280x720.png")
+            page.keyboard.type("contra")
+            expect(page.locator("#reason-count")).to_contain_text(f"of {total} reasons match")
+            for option in options.all():
+                expect(option).to_contain_text("Contraband")
+            page.keyboard.press("Escape")
+            expect(panel).to_be_hidden()
+            page.click("#btn-remove")
+            options.first.click()
+            expect(status).to_contain_text("Recorded: remove (TW_LOGO) — testworld")
+            expect(status).to_contain_text("job job-12-2")
+            _next_image(page, "job-12-2")
+
+            # By keyboard: r, type-ahead, Enter.
+            page.keyboard.press("r")
+            expect(panel).to_be_visible()
+            page.keyboard.type("logo")
+            page.keyboard.press("Enter")
+            expect(status).to_contain_text("job job-12-1")
+            expect(status).to_contain_text("Recorded: remove (TW_LOGO)")
+            _next_image(page, "job-12-1")
+
+            # Escalate by mouse: the item leaves the review queue for the escalation queue.
+            page.click("#escalate-key")
+            expect(status).to_contain_text("Escalated: sent to the escalation queue")
+            expect(status).to_contain_text("job job-12-0")
+            expect(page.locator("#empty")).to_be_visible()
+            for width, height in SIZES:
+                page.set_viewport_size({"width": width, "height": height})
+                page.screenshot(path=artifacts_dir / f"console-bar-empty-{width}x{height}.png")
+
+            # A senior picks the escalation queue and decides it once, for good.
+            senior = browser.new_page(viewport={"width": 1280, "height": 720})
+            _sign_in_as(senior, site, "sam")
+            picker = senior.locator("#queue-picker")
+            expect(picker).to_be_visible()
+            expect(senior.locator("[data-queue-count=escalation]")).to_contain_text(
+                "(1 open",
+                timeout=20_000,  # the counts refresh every 15 s
+            )
+            expect(senior.locator("#escalated")).to_be_visible()
+            expect(senior.locator("#escalate-key")).to_be_disabled()
+            assert _unnamed_controls(senior) == []
+            senior.screenshot(path=artifacts_dir / "console-escalation-1280x720.png")
+            _wait_image(senior)
+            senior.keyboard.press("a")
+            expect(senior.locator("#status")).to_contain_text("Recorded: allow")
+        finally:
+            browser.close()
+    assert [(f.decision.value, f.reviewers) for f in site.finals] == [
+        ("remove", [site.rv("alice")]),
+        ("remove", [site.rv("alice")]),
+        ("allow", [site.rv("sam")]),
+    ]

@@ -444,3 +444,22 @@ def test_an_item_starts_in_the_queue_its_workflow_names(store: ReviewQueue) -> N
     assert queue.release(claim.item.review_id, reviewer="rv_a")
     again = queue.claim("rv_b", queues=("review", "appeals"))
     assert again is not None and again.item.review_id == item.review_id
+
+
+def test_reasons_carry_readable_labels_and_the_evidence_reads_as_plain_words() -> None:
+    from moderation.core.review import plain_reasons, reason_labels_for, reason_options
+
+    policy = world_policy()
+    item = make_item(policy, "words-1", category_id="contraband_symbol")
+    labelled = reason_labels_for(policy, "contraband_symbol")
+    # The same codes in the same order as the codes a removal accepts, this category's first.
+    assert [r.code for r in labelled] == item.reason_codes
+    assert labelled[0].category_id == "contraband_symbol"
+    assert labelled[0].label.startswith("Contraband symbol: ")
+    assert all(r.label and r.label != r.code for r in labelled)
+    assert reason_options(item) == labelled
+    # An item queued before labels existed still offers every code.
+    old = item.model_copy(update={"reasons": []})
+    assert [r.code for r in reason_options(old)] == item.reason_codes
+    lines = plain_reasons(item)
+    assert lines and lines[0].startswith("matches “") and "%" in lines[0]

@@ -60,6 +60,7 @@ __all__ = [
     "HumanDecision",
     "Lease",
     "PolicyText",
+    "ReasonOption",
     "ReviewDecision",
     "ReviewItem",
     "ReviewOutcome",
@@ -68,10 +69,13 @@ __all__ = [
     "item_from_verdict",
     "item_rank",
     "outbox_delay",
+    "plain_reasons",
     "priority",
     "pseudonym",
     "rank_key",
     "reason_codes_for",
+    "reason_labels_for",
+    "reason_options",
     "review_id_for",
 ]
 
@@ -107,6 +111,15 @@ class PolicyText(_Frozen):
     benign_prompts: list[str]
 
 
+class ReasonOption(_Frozen):
+    """A removal reason as the reviewer picks it: the policy's code and a readable label."""
+
+    code: str
+    label: str
+    #: The category whose band gives this code (the item's own category's come first).
+    category_id: str | None = None
+
+
 class ReviewItem(_Frozen):
     """One image waiting for a human decision, with everything needed to decide it."""
 
@@ -129,6 +142,9 @@ class ReviewItem(_Frozen):
     policy_text: PolicyText
     #: Reason codes a reviewer may pick for ``remove`` (this category's first).
     reason_codes: list[str] = Field(min_length=1)
+    #: The same codes with readable labels from the policy (empty on items queued before
+    #: labels existed: :func:`reason_options` falls back to the codes).
+    reasons: list[ReasonOption] = Field(default_factory=list)
     created_at: float  # unix seconds
     #: The queue the item starts in (an escalation moves it; see the module docstring).
     queue: str = Field(default=DEFAULT_QUEUE, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
@@ -251,6 +267,88 @@ def reason_codes_for(policy: Policy, category_id: str) -> list[str]:
     return codes or [f"{policy.id.upper().replace('-', '_')}_VIOLATION"]
 
 
+def _title(category_id: str) -> str:
+    return category_id.replace("_", " ").replace("-", " ").strip().capitalize()
+
+
+def reason_labels_for(policy: Policy, category_id: str) -> list[ReasonOption]:
+    """The reason codes of :func:`reason_codes_for`, each with a readable label: the category
+    it comes from and its description ("borderline" for a review band's own code).
+
+    Raises:
+        KeyError: the category is not in the policy.
+    """
+    own = policy.category(category_id)
+    ordered = [own, *(c for c in policy.categories if c.id != category_id)]
+    out: list[ReasonOption] = []
+    seen: set[str] = set()
+    for category in ordered:
+        for band, extra in (
+            (category.actions.block, ""),
+            (category.actions.review, " (borderline)"),
+        ):
+            code = band.reason_code
+            if code and code not in seen:
+                seen.add(code)
+                description = category.description.rstrip(".")
+                label = (
+                    f"{_title(category.id)}{extra}: {description}"
+                    if description
+                    else (f"{_title(category.id)}{extra}")
+                )
+                out.append(ReasonOption(code=code, label=label, category_id=category.id))
+    if not out:
+        code = f"{policy.id.upper().replace('-', '_')}_VIOLATION"
+        out.append(ReasonOption(code=code, label=f"Violates {policy.id}", category_id=None))
+    return out
+
+
+def reason_options(item: ReviewItem) -> list[ReasonOption]:
+    """What the reviewer picks from: the item's labelled reasons, or (an item queued before
+    labels existed) its codes, labelled with themselves."""
+    if item.reasons:
+        return list(item.reasons)
+    return [ReasonOption(code=c, label=c.replace("_", " ").capitalize()) for c in item.reason_codes]
+
+
+def _pct(value: float) -> str:
+    return f"{round(value * 100)}%"
+
+
+def plain_reasons(item: ReviewItem) -> list[str]:
+    """Why the model sent ``item`` to review, in plain words, one line per piece of evidence
+    of the deciding category: the prompt it matched against the allowed look-alike it was
+    weighed against, a bank entry it matched, or a classifier's label."""
+    deciding = next((c for c in item.verdict.categories if c.category_id == item.category_id), None)
+    if deciding is None:
+        return []
+    out: list[str] = []
+    matched = [
+        e for e in deciding.evidence if str(e.details.get("kind", "")).startswith("positive")
+    ]
+    allowed = [e for e in deciding.evidence if str(e.details.get("kind", "")).startswith("benign")]
+    if matched:
+        top = matched[0]
+        line = f"matches “{top.label}” {_pct(top.score)}"
+        if allowed:
+            line += f" against the allowed “{allowed[0].label}” {_pct(allowed[0].score)}"
+        out.append(line)
+        out.extend(f"also “{e.label}” {_pct(e.score)}" for e in matched[1:])
+    elif allowed:
+        out.append(f"closest allowed look-alike “{allowed[0].label}” only {_pct(allowed[0].score)}")
+    for e in deciding.evidence:
+        d = e.details
+        if e.signal == "hash_bank" and "entry_id" in d:
+            line = f"matches bank {d.get('bank')} entry #{d['entry_id']}"
+            line += f" ({d.get('distance')} of 256 bits differ)"
+            if d.get("label"):
+                line += f", filed as {d['label']}"
+            out.append(line)
+        elif "kind" not in d and e.signal != "hash_bank":
+            out.append(f"{e.signal} says {e.label} {_pct(e.score)}")
+    return out
+
+
 def review_id_for(job_id: str) -> str:
     """The review id of a job's review: derived from the job id, so a resubmit collapses."""
     return "rev_" + hashlib.sha256(job_id.encode()).hexdigest()[:24]
@@ -313,6 +411,7 @@ def item_from_verdict(
             benign_prompts=list(category.benign_prompts) or policy.benign_for(category)[:12],
         ),
         reason_codes=reason_codes_for(policy, category.id),
+        reasons=reason_labels_for(policy, category.id),
         created_at=created_at if created_at is not None else datetime.now(UTC).timestamp(),
         source=source,
         priority_boost=priority_boost,

@@ -67,7 +67,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from moderation.core.decision import VideoFindings
-from moderation.core.review import ReviewDecision
+from moderation.core.review import ReviewDecision, plain_reasons, reason_options
 from moderation.core.reviewers import ReviewerSession, Role, allowed_queues
 from moderation.exceptions import (
     BankError,
@@ -270,6 +270,25 @@ def _claim_payload(claim: Claim, prefix: str, desk: ReviewDesk) -> dict[str, Any
         "explanation": item.verdict.explain(),
         "policy_text": item.policy_text.model_dump(mode="json"),
         "reason_codes": item.reason_codes,
+        # Readable labels, this category's first (every one: the page never cuts the list).
+        "reasons": [
+            {**r.model_dump(mode="json"), "own": r.category_id == item.category_id}
+            for r in reason_options(item)
+        ],
+        # Why it is here, in plain words; and every category's score at a glance.
+        "plain_reasons": plain_reasons(item),
+        "categories": [
+            {
+                "category_id": c.category_id,
+                "policy_id": c.policy_id,
+                "severity": c.severity.value,
+                "score": c.score,
+                "review_threshold": c.review_threshold,
+                "block_threshold": c.block_threshold,
+                "deciding": c.category_id == item.category_id and c.policy_id == item.policy_id,
+            }
+            for c in item.verdict.categories
+        ],
         "age_s": round(max(0.0, claim.now - item.created_at), 1),
         "second_review": claim.first is not None,
         "image_url": image_url,

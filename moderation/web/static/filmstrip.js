@@ -95,7 +95,8 @@
   document.addEventListener("review:item", (event) => render(event.detail));
   document.addEventListener("keydown", (event) => {
     if (!video || !video.frames.length || event.ctrlKey || event.metaKey || event.altKey) return;
-    if ($("item").hidden || !$("reasons").hidden) return;  // choosing a reason: keys are numbers
+    // Choosing a reason (keys type into its filter) or reading the help: not ours.
+    if ($("item").hidden || !$("reason-panel").hidden || !$("help").hidden) return;
     if (event.key === "t") show(video.top_index === null ? 0 : video.top_index);
     else if (event.key === "[") show(index - 1);
     else if (event.key === "]") show(index + 1);

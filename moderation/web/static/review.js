@@ -63,13 +63,17 @@
       const data = await r.json();
       const totals = {};
       for (const q of data.queues) {
-        const t = totals[q.queue] || (totals[q.queue] = { waiting: 0, oldest: null });
+        const t = totals[q.queue] || (totals[q.queue] = { waiting: 0, review: 0, oldest: null });
         t.waiting += q.waiting;
+        t.review += q.in_review;
         if (q.oldest_age_s !== null && (t.oldest === null || q.oldest_age_s > t.oldest)) t.oldest = q.oldest_age_s;
       }
       for (const span of picker.querySelectorAll("[data-queue-count]")) {
         const t = totals[span.dataset.queueCount];
-        span.textContent = t ? "(" + t.waiting + " waiting" + (t.oldest !== null ? ", oldest " + Math.round(t.oldest / 60) + " min" : "") + ")" : "(0 waiting)";
+        span.textContent = t
+          ? "(" + (t.waiting + t.review) + " open: " + t.waiting + " waiting, " + t.review + " in review"
+            + (t.oldest !== null ? ", oldest " + Math.round(t.oldest / 60) + " min" : "") + ")"
+          : "(none open)";
       }
     } catch (err) { /* counts are a hint */ }
   }
@@ -83,14 +87,15 @@
     choosingReason = false;
     choosingBank = false;
     bankTarget = null;
-    $("reasons").hidden = true;
+    closeReasons();
     image.classList.add("blur");
     // Only the exact bytes that were scored are ever shown; when they are gone or do not verify
     // there is no image, and the item can be removed or escalated, never allowed.
     const problem = item.image_problem;
     $("no-image").hidden = !problem;
     text("no-image", problem || "");
-    $("allow-key").hidden = Boolean(problem);
+    $("allow-key").disabled = Boolean(problem);
+    $("allow-key").title = problem ? "The scored image is not available: remove or escalate" : "";
     image.hidden = Boolean(problem);
     if (problem) image.removeAttribute("src"); else image.src = item.image_url;
     text("category", item.policy_id + " / " + item.category_id);
@@ -108,6 +113,28 @@
     $("prompts").parentElement.hidden = item.policy_text.prompts.length === 0;
     $("benign").parentElement.hidden = item.policy_text.benign_prompts.length === 0;
     text("signal", item.signal ? "(" + item.signal + ")" : "");
+    const plain = $("plain");
+    plain.replaceChildren(...(item.plain_reasons || []).map((line) => {
+      const li = document.createElement("li"); li.textContent = line; return li;
+    }));
+    const scores = $("category-scores").tBodies[0];
+    scores.replaceChildren(...(item.categories || []).map((c) => {
+      const tr = document.createElement("tr");
+      if (c.deciding) tr.className = "deciding";
+      const name = document.createElement("th");
+      name.scope = "row";
+      name.textContent = c.category_id + " (" + c.severity + ")";
+      const score = document.createElement("td");
+      const meter = document.createElement("meter");
+      meter.min = 0; meter.max = 1; meter.value = c.score;
+      meter.low = c.review_threshold; meter.high = c.block_threshold; meter.optimum = 0;
+      meter.setAttribute("aria-label", c.category_id + " score " + c.score.toFixed(2));
+      score.append(meter, " " + c.score.toFixed(2));
+      const bands = document.createElement("td");
+      bands.textContent = c.review_threshold.toFixed(2) + " / " + c.block_threshold.toFixed(2);
+      tr.append(name, score, bands);
+      return tr;
+    }));
     const matches = $("matches");
     matches.replaceChildren();
     for (const e of item.evidence) {
@@ -116,20 +143,15 @@
       matches.appendChild(li);
     }
     const targets = item.bank_targets || [];
-    $("bank-key").hidden = targets.length === 0;
+    // Always there (no layout shift between items); disabled where nothing can be banked.
+    $("bank-key").disabled = targets.length === 0;
+    $("bank-key").title = targets.length ? "" : "No bank takes this image (no usable PDQ hash)";
     text("bank-name", targets.join(" / "));
     text("pdq", item.content_pdq
       ? "PDQ " + item.content_pdq.slice(0, 16) + "… quality " + item.content_pdq_quality : "");
-    const reasons = $("reasons");
-    reasons.replaceChildren();
-    item.reason_codes.slice(0, 9).forEach((code, i) => {
-      const li = document.createElement("li");
-      li.textContent = "[" + (i + 1) + "] " + code;
-      reasons.appendChild(li);
-    });
     $("second").hidden = !item.second_review;
     $("escalated").hidden = item.queue !== "escalation";
-    $("escalate-key").hidden = item.queue === "escalation";
+    $("escalate-key").disabled = item.queue === "escalation";
     $("reveal-needed").hidden = !needsReveal();
     leaseEnd = Date.now() + item.seconds_left * 1000;
     $("empty").hidden = true;
@@ -328,12 +350,67 @@
     finally { busy = false; current = null; await next(); }
   }
 
-  function chooseReason() {
-    choosingReason = true;
-    $("reasons").hidden = false;
-    status((bankTarget ? "Remove and add to bank " + bankTarget : "Remove")
-      + ": press the reason number (Esc cancels)");
+  // The reason picker: every reason of the policy (this category's first), readable labels,
+  // type-ahead; the first nine visible ones have number keys, Enter takes the first.
+  let shown = [];
+  function fillReasons() {
+    const filter = $("reason-filter").value.trim().toLowerCase();
+    const all = current ? current.reasons || current.reason_codes.map((c) => ({ code: c, label: c })) : [];
+    shown = all.filter((r) => !filter || (r.label + " " + r.code).toLowerCase().includes(filter));
+    const list = $("reasons");
+    list.replaceChildren(...shown.map((r, i) => {
+      const li = document.createElement("li");
+      li.setAttribute("role", "option");
+      li.id = "reason-" + i;
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "reason" + (r.own ? " own" : "");
+      if (i < 9) { const k = document.createElement("kbd"); k.textContent = String(i + 1); b.append(k, " "); }
+      const label = document.createElement("span"); label.textContent = r.label;
+      const code = document.createElement("code"); code.textContent = r.code;
+      b.append(label, " ", code);
+      b.setAttribute("aria-label", r.label + " (" + r.code + ")");
+      b.addEventListener("click", () => pickReason(r.code));
+      li.appendChild(b);
+      return li;
+    }));
+    $("reason-filter").setAttribute("aria-activedescendant", shown.length ? "reason-0" : "");
+    text("reason-count", shown.length === all.length ? all.length + " reasons"
+      : shown.length + " of " + all.length + " reasons match");
   }
+  function chooseReason() {
+    if (!current) return;
+    choosingReason = true;
+    $("reason-filter").value = "";
+    text("reason-bank", bankTarget ? " (and add to bank " + bankTarget + ")" : "");
+    fillReasons();
+    $("reason-panel").hidden = false;
+    $("reason-filter").focus();
+    status((bankTarget ? "Remove and add to bank " + bankTarget : "Remove")
+      + ": type to filter, then a number or Enter (Esc cancels)");
+  }
+  function closeReasons() {
+    choosingReason = false;
+    $("reason-panel").hidden = true;
+    if (document.activeElement === $("reason-filter")) $("reason-filter").blur();
+  }
+  function pickReason(code) {
+    if (!choosingReason || !code) return;
+    const bank = bankTarget;
+    closeReasons();
+    bankTarget = null;
+    decide("remove", code, bank);
+  }
+  $("reason-filter").addEventListener("input", fillReasons);
+
+  // The help overlay: every key.
+  let helpReturn = null;
+  function help(open) {
+    const box = $("help");
+    if (open) { helpReturn = document.activeElement; box.hidden = false; $("help-close").focus(); }
+    else { box.hidden = true; if (helpReturn && helpReturn.focus) helpReturn.focus(); helpReturn = null; }
+  }
+  $("help-close").addEventListener("click", () => help(false));
 
   // "Remove and add to bank": the image's PDQ hash goes into the bank once the removal is final.
   function chooseBank() {
@@ -358,6 +435,25 @@
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     const key = event.key;
+    if (!$("help").hidden) {
+      if (key === "Escape" || key === "?") { event.preventDefault(); help(false); }
+      return;
+    }
+    if (choosingReason) {
+      const filter = $("reason-filter");
+      if (key === "Escape") { event.preventDefault(); closeReasons(); bankTarget = null; status(""); }
+      else if (key === "Enter") { event.preventDefault(); if (shown[0]) pickReason(shown[0].code); }
+      else if (/^[1-9]$/.test(key)) {  // a number picks among the reasons shown
+        event.preventDefault();
+        const r = shown[Number(key) - 1];
+        if (r) pickReason(r.code);
+      } else if (document.activeElement !== filter && key.length === 1 && key !== " ") {
+        filter.focus();  // type-ahead from anywhere in the panel
+      }
+      return;
+    }
+    if (event.target instanceof HTMLInputElement && event.target.type === "text") return;
+    if (key === "?") { event.preventDefault(); help(true); return; }
     if (key === "u" && !event.repeat && !choosingBank && !choosingReason) {
       event.preventDefault(); undo(); return;
     }
@@ -369,13 +465,6 @@
       if (/^[1-9]$/.test(key) && targets[Number(key) - 1]) {
         choosingBank = false; bankTarget = targets[Number(key) - 1]; chooseReason();
       } else if (key === "Escape") { choosingBank = false; bankTarget = null; status(""); }
-      return;
-    }
-    if (choosingReason) {
-      if (/^[1-9]$/.test(key)) {
-        const code = current.reason_codes[Number(key) - 1];
-        if (code) { choosingReason = false; $("reasons").hidden = true; decide("remove", code, bankTarget); bankTarget = null; }
-      } else if (key === "Escape") { choosingReason = false; bankTarget = null; $("reasons").hidden = true; status(""); }
       return;
     }
     switch (key) {
@@ -402,6 +491,27 @@
   image.addEventListener("load", () => { image.alt = "item under review"; });
   $("undo").addEventListener("click", () => { undo(); });
   $("extend").addEventListener("click", () => { extend(); });
+  // The decision bar: the same actions as the keys, by mouse (or Tab + Enter).
+  function act(key) {
+    if (key === "?") { help(true); return; }
+    if (!current || busy) return;
+    switch (key) {
+      case "a":
+        if (current.image_problem) { status("The scored image is not available: remove or escalate"); break; }
+        decide("allow"); break;
+      case "r": bankTarget = null; chooseReason(); break;
+      case "b": chooseBank(); break;
+      case "e":
+        if (current.queue === "escalation") { status("Already in the escalation queue: allow or remove it"); break; }
+        decide("escalate"); break;
+      case "s": skip(); break;
+      case "x": extend(); break;
+      default: break;
+    }
+  }
+  for (const button of document.querySelectorAll("#decision-bar button[data-key]")) {
+    button.addEventListener("click", () => act(button.dataset.key));
+  }
 
   next();
 })();
