@@ -133,6 +133,12 @@ def test_borderline_image_is_reviewed_and_the_decision_flows_back(flow: dict[str
         assert item is not None and item["job_id"] == job_id
         picture = reviewer.get(item["image_url"])  # inline bytes, served only to the holder
         assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+        revealed = reviewer.post(  # a critical item: one look unblurred before a decision
+            "/review/api/reveal",
+            headers={"X-CSRF-Token": csrf},
+            json={"review_id": item["review_id"]},
+        )
+        assert revealed.status_code == 200, revealed.text
         answer = reviewer.post(
             "/review/api/decide",
             headers={"X-CSRF-Token": csrf},
