@@ -621,6 +621,10 @@ def test_the_audit_drain_template_mounts_a_spool_claim_and_flushes_it_to_s3(
         assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
         assert "nvidia.com/gpu" not in container["resources"].get("limits", {}), name
         assert re.fullmatch(PINNED_IMAGE, container["image"]), name
+        registry = container["image"].split("/")[0]
+        assert "/" in container["image"] and ("." in registry or ":" in registry), name
+        if name == "example-site":  # the site's digest, as for every other pod
+            assert re.fullmatch(r"[^@]+/moderation@sha256:[0-9a-f]{64}", container["image"])
         # its pods may reach S3 (the egress policy selects them), nothing may reach them
         labels = job["template"]["metadata"]["labels"]
         egress = one(docs, "NetworkPolicy", "moderation-app-egress")["spec"]["podSelector"]
