@@ -621,11 +621,48 @@ def test_the_audit_drain_template_mounts_a_spool_claim_and_flushes_it_to_s3(
         assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
         assert "nvidia.com/gpu" not in container["resources"].get("limits", {}), name
         assert re.fullmatch(PINNED_IMAGE, container["image"]), name
+        registry = container["image"].split("/")[0]
+        assert "/" in container["image"] and ("." in registry or ":" in registry), name
+        if name == "example-site":  # the site's digest, as for every other pod
+            assert re.fullmatch(r"[^@]+/moderation@sha256:[0-9a-f]{64}", container["image"])
         # its pods may reach S3 (the egress policy selects them), nothing may reach them
         labels = job["template"]["metadata"]["labels"]
         egress = one(docs, "NetworkPolicy", "moderation-app-egress")["spec"]["podSelector"]
         assert _selects(egress, labels), name
         assert job["backoffLimit"] > 0, name  # S3 still down: retried, the Job fails visibly
+
+
+@needs_kustomize
+def test_api_and_worker_pods_share_one_blob_bucket(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    shipped = env_of(rendered["prod-gpu"], _worker_container(rendered["prod-gpu"]))
+    for name, docs in rendered.items():
+        api = one(docs, "StatefulSet", "moderation-api")["spec"]["template"]["spec"]
+        api_env = env_of(docs, api["containers"][0])
+        worker_env = env_of(docs, _worker_container(docs))
+        # review evidence, filmstrips, spilled inline images and exemplars written by one pod
+        # are read by another: never each pod's own folder
+        assert api_env["MODERATION_BLOBS__BUCKET"], name
+        assert api_env["MODERATION_BLOBS__BUCKET"] == worker_env["MODERATION_BLOBS__BUCKET"], name
+        assert api_env["MODERATION_BLOBS__BUCKET"] != api_env["MODERATION_AUDIT__BUCKET"], name
+        if name == "example-site":  # bucket names are global: the site names its own
+            assert worker_env["MODERATION_BLOBS__BUCKET"] != shipped["MODERATION_BLOBS__BUCKET"]
+
+
+def test_a_process_with_a_database_and_no_blob_bucket_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from moderation.compose.database import warn_local_blobs
+    from moderation.settings import BlobSettings, DatabaseSettings
+
+    local = Settings(database=DatabaseSettings(url="postgresql://db/moderation"))  # type: ignore[arg-type]
+    with caplog.at_level("WARNING"):
+        assert warn_local_blobs(local, process="worker") is True
+    assert "MODERATION_BLOBS__BUCKET" in caplog.text
+    shared = local.model_copy(update={"blobs": BlobSettings(bucket="moderation-blobs")})
+    assert warn_local_blobs(shared, process="worker") is False
+    assert warn_local_blobs(Settings(), process="demo") is False  # one process: its own folder
 
 
 @needs_kustomize

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from moderation import testmodel
@@ -278,3 +279,30 @@ def test_a_worker_serves_a_promotion_from_the_database_without_a_restart(
         worker.stop()
     records = [r for _, r in iter_records(open_segment_store(cfg)) if r.kind == "policy"]
     assert [(r.decision, r.actor, r.policy_version) for r in records] == [("promote", "bob", 2)]
+
+
+def test_the_api_knows_the_stored_policies_before_any_worker_reports(
+    settings: Settings, redis_url: str, pg_url: str, pg_store: PostgresPolicyStore, tmp_path: Path
+) -> None:
+    from moderation.compose.api import build_api
+
+    _publish(
+        _folder(tmp_path, {"testworld.yaml": TESTWORLD, "v2.yaml": _v2()}),
+        pg_store,
+        MemoryBlobStore(),
+    )
+    cfg = pipeline_settings(
+        settings.model_copy(
+            update={
+                "policy_source": "database",
+                "policy_paths": [tmp_path / "no-such-folder"],  # the files are not read
+                "database": settings.database.model_copy(update={"url": SecretStr(pg_url)}),
+            }
+        ),
+        redis_url,
+    )
+    process = build_api(cfg)
+    try:
+        assert process.submitter.catalog.known() == {"testworld"}  # live ones only
+    finally:
+        process.close()

@@ -15,7 +15,12 @@ from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.compose.access import build_reviewer_auth, build_tenants, enforce_security
 from moderation.compose.banks import build_banks, open_bank_guard
 from moderation.compose.callbacks import CallbackSending, build_callback_sending, sends_callbacks
-from moderation.compose.database import database_configured, open_database, warn_redis_only
+from moderation.compose.database import (
+    database_configured,
+    open_database,
+    warn_local_blobs,
+    warn_redis_only,
+)
 from moderation.compose.registries import build_sources, check_callback_url
 from moderation.compose.stores import (
     open_audit,
@@ -139,6 +144,7 @@ def build_api(
         database = open_database(settings, application="moderation-api")
     if database is None and store is None:
         warn_redis_only(settings, process="API")
+    warn_local_blobs(settings, process="API")
     queue = open_queue(settings) if publisher is None else None
     store = store or open_job_store(settings, database=database)
     deliveries = deliveries or open_delivery_log(settings, database=database)

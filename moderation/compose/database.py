@@ -11,7 +11,7 @@ from moderation.adapters.postgres.migrate import require_current, upgrade
 from moderation.adapters.postgres.pool import ConnectionPool, open_pool
 from moderation.settings import Settings
 
-__all__ = ["database_configured", "open_database", "warn_redis_only"]
+__all__ = ["database_configured", "open_database", "warn_local_blobs", "warn_redis_only"]
 
 log = logging.getLogger(__name__)
 
@@ -60,5 +60,22 @@ def warn_redis_only(settings: Settings, *, process: str) -> bool:
         "the Redis volume. Set MODERATION_DATABASE__URL (PostgreSQL, the system of record); to "
         "carry over what this Redis holds, run `moderation db import-redis` (docs/runbook.md).",
         process,
+    )
+    return True
+
+
+def warn_local_blobs(settings: Settings, *, process: str) -> bool:
+    """Say loudly, at the start of a process with a database, that its blobs (review evidence,
+    filmstrips, spilled inline images, policy exemplars) go to a local folder: with several API
+    and worker pods, each has its own, and one pod cannot read what another wrote. Returns
+    whether it warned."""
+    if not database_configured(settings) or settings.blobs.bucket:
+        return False
+    log.warning(
+        "%s: no MODERATION_BLOBS__BUCKET: review evidence, filmstrips, spilled inline images and "
+        "policy exemplars go to the folder %s, which other pods do not see. With more than one "
+        "process on more than one host, set MODERATION_BLOBS__BUCKET (docs/deployment.md).",
+        process,
+        settings.blobs.local_dir,
     )
     return True

@@ -29,7 +29,12 @@ from moderation.compose.callbacks import (
     build_callback_sending,
     sends_callbacks,
 )
-from moderation.compose.database import database_configured, open_database, warn_redis_only
+from moderation.compose.database import (
+    database_configured,
+    open_database,
+    warn_local_blobs,
+    warn_redis_only,
+)
 from moderation.compose.model import ModelChoice, load_model, policy_paths_for
 from moderation.compose.policies import build_policies, stored_policies
 from moderation.compose.registries import (
@@ -162,6 +167,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     )
     if database is None:
         warn_redis_only(settings, process="worker")
+    warn_local_blobs(settings, process="worker")
     q = settings.queue
     store = open_job_store(settings, database=database)
     deliveries = open_delivery_log(settings, database=database)
