@@ -3,7 +3,7 @@ threads; plus decode throughput (from bench/decode.py). Prints one JSON object.
 
     python bench/pipeline.py [--images 256] [--model ViT-B-32|test] [--batch-size 32]
         [--device auto] [--workers 1] [--upload multipart|json] [--profile DIR]
-        [--store redis|postgres]
+        [--store redis|postgres|both] [--rounds 1]
 
 The encoder has random weights (``pretrained=None``): speed does not depend on their values.
 ``--model test`` runs the bundled test model instead: it is tiny, so on a CPU it stands in for a
@@ -13,7 +13,10 @@ fast accelerator and shows what the rest of the pipeline costs per image.
 submit to the last result. On a GPU the worker runs CUDA + bf16 automatically.
 ``--store postgres`` keeps job records and results in an embedded PostgreSQL (pgserver) as a
 configured database does, and counts its server processes' CPU (``cpu_ms_per_image.postgres``);
-``--store redis`` (the default) keeps them in Redis.
+``--store redis`` (the default) keeps them in Redis. ``--store both --rounds N`` runs N rounds
+of both, interleaved (the order alternates each round, so machine noise hits both alike), and
+reports every run and the medians per store, with PostgreSQL's difference: total CPU per image
+(every process but the client) and throughput.
 """
 
 from __future__ import annotations
@@ -300,6 +303,59 @@ def bench_pipeline(
     return out
 
 
+def compare_stores(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians per store of interleaved runs, and PostgreSQL's difference from Redis: total
+    CPU per image of every process but the client (ms), and throughput (%)."""
+    from statistics import median
+
+    out: dict[str, Any] = {}
+    for store in ("redis", "postgres"):
+        mine = [r for r in runs if r["store"] == store]
+        if not mine:
+            continue
+        names = sorted({name for r in mine for name in r["cpu_ms_per_image"]})
+        out[store] = {
+            "runs": len(mine),
+            "pipeline_images_per_s": round(median(r["pipeline_images_per_s"] for r in mine), 1),
+            "drain_images_per_s": round(median(r["drain_images_per_s"] or 0.0 for r in mine), 1),
+            "cpu_ms_per_image": {
+                name: round(median(r["cpu_ms_per_image"].get(name, 0.0) for r in mine), 3)
+                for name in names
+            },
+            "cpu_ms_per_image_total_no_client": round(
+                median(
+                    sum(v for k, v in r["cpu_ms_per_image"].items() if k != "client") for r in mine
+                ),
+                3,
+            ),
+            "cpu_cores_busy": round(median(r["cpu_cores_busy"] for r in mine), 2),
+        }
+    if "redis" in out and "postgres" in out:
+        redis, postgres = out["redis"], out["postgres"]
+        out["postgres_minus_redis_cpu_ms_per_image"] = round(
+            postgres["cpu_ms_per_image_total_no_client"]
+            - redis["cpu_ms_per_image_total_no_client"],
+            3,
+        )
+        out["postgres_vs_redis_throughput_pct"] = round(
+            100.0 * (postgres["pipeline_images_per_s"] / redis["pipeline_images_per_s"] - 1.0), 1
+        )
+        # The same difference per round (each round runs both stores back to back).
+        rounds = sorted({r["round"] for r in runs})
+        per_round = []
+        for n in rounds:
+            pair = {r["store"]: r for r in runs if r["round"] == n}
+            if len(pair) == 2:
+                per_round.append(
+                    sum(v for k, v in pair["postgres"]["cpu_ms_per_image"].items() if k != "client")
+                    - sum(v for k, v in pair["redis"]["cpu_ms_per_image"].items() if k != "client")
+                )
+        if per_round:
+            out["per_round_cpu_ms_difference"] = [round(d, 3) for d in per_round]
+            out["median_per_round_cpu_ms_difference"] = round(median(per_round), 3)
+    return out
+
+
 def _postgres_bytes(url: str) -> tuple[int, float]:
     """Rows of the ``jobs`` partitions and their bytes per row, indexes and TOAST included."""
     import psycopg
@@ -407,9 +463,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--store",
-        choices=["redis", "postgres"],
+        choices=["redis", "postgres", "both"],
         default="redis",
-        help="where job records and results live",
+        help="where job records and results live (both: interleaved rounds of each)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="with --store both: rounds of each store"
     )
     parser.add_argument(
         "--workers",
@@ -461,20 +520,38 @@ def main() -> None:
     }
     report.update(bench_encoder(model, images, args.batch_size, settings.images))
     report["workers"] = args.workers
-    report.update(
-        bench_pipeline(
-            settings,
-            images,
-            tmp,
-            workers=args.workers,
-            profile=args.profile,
-            profile_rate=args.profile_rate,
-            profile_gil=args.gil,
-            upload=args.upload,
-            store=args.store,
+    if args.store == "both":
+        runs = []
+        for round_ in range(args.rounds):
+            order = ["redis", "postgres"] if round_ % 2 == 0 else ["postgres", "redis"]
+            for store in order:
+                folder = tmp / f"run-{round_}-{store}"
+                folder.mkdir()
+                run = bench_pipeline(
+                    settings, images, folder, workers=args.workers, upload=args.upload, store=store
+                )
+                run["round"] = round_ + 1
+                print(json.dumps(run), file=sys.stderr)
+                runs.append(run)
+        report["runs"] = runs
+        report["medians"] = compare_stores(runs)
+    else:
+        report.update(
+            bench_pipeline(
+                settings,
+                images,
+                tmp,
+                workers=args.workers,
+                profile=args.profile,
+                profile_rate=args.profile_rate,
+                profile_gil=args.gil,
+                upload=args.upload,
+                store=args.store,
+            )
         )
-    )
-    report["pipeline_vs_encoder"] = report["pipeline_images_per_s"] / report["encoder_images_per_s"]
+        report["pipeline_vs_encoder"] = (
+            report["pipeline_images_per_s"] / report["encoder_images_per_s"]
+        )
     try:
         from bench.decode import measure_decode
 

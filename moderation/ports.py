@@ -416,6 +416,15 @@ class DeliveryLog(Protocol):
 
     def mark_effects_done(self, job_id: str) -> None: ...
 
+    def forget_ended(self, job_ids: Sequence[str]) -> None:
+        """The message that ended these jobs has done its work: their start counts go, and
+        their side-effect marks expire ``queue.ended_grace_s`` later, so the store holds what
+        jobs in flight need plus a short window, not every job that ended (a duplicate
+        delivery within the window finds the effects done; one later runs them again: review
+        submission is idempotent by job id, and callbacks carry the job id for receivers to
+        drop a duplicate)."""
+        ...
+
     def stale_pending(self, older_than_s: float, limit: int = 1000) -> list[str]:
         """Jobs published more than ``older_than_s`` ago that have not ended."""
         ...

@@ -208,6 +208,10 @@ class QueueSettings(BaseModel):
     prepare_processes: int = Field(default=0, ge=0)
     result_ttl_s: int = 7 * 24 * 3600
     visibility_timeout_s: int = 300
+    #: A job's side-effect mark outlives the message that ended it by this many seconds (a
+    #: duplicate delivery within it finds the effects done); Redis then holds the marks of
+    #: about rate x this, not of every job kept (``result_ttl_s``).
+    ended_grace_s: int = Field(default=600, ge=1)
     http_timeout_s: float = 10.0
     allow_private_hosts: list[str] = Field(default_factory=list)
     callback_secret: SecretStr = SecretStr("change-me")

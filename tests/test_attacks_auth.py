@@ -160,8 +160,41 @@ def test_7_unauthenticated_bodies_are_refused_before_they_are_read(site: Site) -
     assert after - before < 32, (before, after)
     # A good key still gets through (the check is not a wall).
     with site.client(KEY_A) as acme:
-        ok = acme.post("/v1/jobs", json={"image_url": "https://example.com/7.jpg", "id": "t7"})
+        fresh = f"t7-{time.time_ns()}"  # a new job each run (the module's site is shared)
+        ok = acme.post("/v1/jobs", json={"image_url": "https://example.com/7.jpg", "id": fresh})
         assert ok.status_code == 202, ok.text
+
+
+def test_7_a_refused_body_is_read_to_its_end_before_the_connection_closes(site: Site) -> None:
+    """The 401 comes at once, then the server goes on reading (and dropping) the body, and
+    closes only after its last byte: a client that sends all of it before it reads the answer
+    (most HTTP clients) gets the answer, never a connection reset (lingering close)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(site.url)
+    size = 8 * 1024 * 1024
+    head = (
+        "POST /v1/jobs:batch HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {size}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(
+        (url.hostname or "127.0.0.1", url.port or 80), timeout=60
+    ) as sock:
+        # The whole body first, as a client that reads nothing before it has sent everything:
+        # 8 MiB is far more than the socket buffers hold, so this completes only if the server
+        # reads the body after its answer.
+        sock.sendall(head + b"A" * size)
+        received = b""
+        while True:
+            data = sock.recv(65536)  # a reset would raise ConnectionResetError here
+            if not data:
+                break  # the server's orderly close (FIN), after the answer
+            received += data
+    status = int(received.split(b" ", 2)[1])
+    _, _, body = received.partition(b"\r\n\r\n")
+    assert status == 401 and json.loads(body)["code"] == "unauthorized", received[:300]
+    assert b"connection: close" in received.lower()
 
 
 # --- 8 -------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from moderation.adapters.memory import (
 )
 from moderation.adapters.postgres.jobs import PostgresJobStore
 from moderation.adapters.postgres.pool import open_pool
+from moderation.adapters.redis_deliveries import RedisDeliveryLog
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
@@ -194,3 +195,21 @@ def test_queued_bytes_are_capped_and_freed_when_jobs_end(store: Any) -> None:
     poison = JobResult.ended(c, error=JobError(code="poison_message", message="x"))
     assert store.finish(poison)
     assert store.inline_bytes("c") == b"x" * 1500  # a dead letter keeps them for a requeue
+
+
+def test_the_delivery_log_forgets_ended_jobs_after_a_short_grace(redis_url: str) -> None:
+    """What keeps Redis from growing with the jobs that ended: once their message is done, a
+    job's start counter goes and its effects mark expires after ``ended_grace_s`` (not
+    ``result_ttl_s``)."""
+    client = connect(redis_url)
+    settings = QueueSettings(key_prefix=f"grace{time.time_ns()}:", ended_grace_s=30)
+    log = RedisDeliveryLog(client, settings)
+    assert log.count_deliveries(["a", "b"]) == [1, 1]
+    log.mark_effects_done_many(["a", "b"])
+    assert client.ttl(log.key("effects", "a")) > 30
+    log.forget_ended(["a", "b"])
+    log.forget_ended([])
+    assert client.exists(log.key("deliveries", "a"), log.key("deliveries", "b")) == 0
+    assert 0 < client.ttl(log.key("effects", "a")) <= 30
+    assert log.effects_done_many(["a", "b", "c"]) == [True, True, False]  # within the grace
+    client.close()

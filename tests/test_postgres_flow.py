@@ -110,9 +110,10 @@ def test_results_live_in_postgres_and_redis_keeps_no_record(flow: Flow) -> None:
     assert not flow.redis.exists(f"{prefix}outcomes")
     assert flow.registry.queued_bytes() == 0
     assert flow.redis.zcard(f"{prefix}pending") == 0
-    # Only the REVIEW image stays in Redis (the reviewer looks at it).
-    inline = {k.decode() for k in flow.redis.scan_iter(f"{prefix}inline:*")}
-    assert inline == {f"{prefix}inline:{ids[1]}"}
+    # No image stays in Redis, the REVIEW one included (its reviewer is shown the scored
+    # bytes kept in the object store), and no job's start counter either.
+    assert list(flow.redis.scan_iter(f"{prefix}inline:*")) == []
+    assert list(flow.redis.scan_iter(f"{prefix}deliveries:*")) == []
 
 
 def test_inline_images_over_the_spill_size_never_enter_redis(flow: Flow) -> None:

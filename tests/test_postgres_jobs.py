@@ -125,8 +125,9 @@ def test_a_final_result_is_written_once_in_one_statement(
     raw = store.result_json([jobs[1].id, "t2/none"])
     assert raw[1] is None and raw[0] is not None
     assert JobResult.model_validate_json(raw[0]) == ended[1]
-    # Bytes: REVIEW keeps the image for the reviewer, ALLOW drops it; nothing stays queued.
-    assert transients.inline_bytes_many([jobs[0].id, jobs[1].id]) == [None, b"x" * 100]
+    # Bytes: every ending drops them (a reviewer sees the evidence kept in the object store,
+    # not these); nothing stays queued.
+    assert transients.inline_bytes_many([jobs[0].id, jobs[1].id]) == [None, None]
     assert transients.pending == {} or all(not k.startswith("t2/") for k in transients.pending)
     outcome_ids = [i for i, _ in store.outcomes() if i.startswith("t2/")]
     assert sorted(outcome_ids) == sorted(j.id for j in jobs)  # one entry per job
@@ -287,3 +288,102 @@ def test_the_pending_index_is_the_unfinished_records(store: PostgresJobStore) ->
     store.finish(JobResult.ended(jobs[1], verdict=verdict(Decision.ALLOW)))
     assert [i for i in store.stale_pending(60) if i.startswith("t8/")] == []
     assert jobs[2].id in store.stale_pending(0)
+
+
+class RecordingCursor(psycopg.Cursor[Any]):
+    """Keeps every statement sent with its parameters (to EXPLAIN them afterwards)."""
+
+    sent: list[tuple[str, Any]] = []  # noqa: RUF012 - shared on purpose: one test reads it
+
+    def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
+        text = query if isinstance(query, str) else query.as_string(self.connection)
+        RecordingCursor.sent.append((text, params))
+        return super().execute(query, params, **kw)
+
+
+def _scanned(plan: dict[str, Any]) -> list[str]:
+    """The relations an executed plan read (scan nodes that ran at least once)."""
+    found = []
+    if plan.get("Relation Name") and plan.get("Actual Loops", 0) > 0:
+        found.append(str(plan["Relation Name"]))
+    for child in plan.get("Plans", []):
+        found.extend(_scanned(child))
+    return found
+
+
+def test_a_lookup_by_id_reads_one_partition(own_database: str) -> None:
+    """Ids are the callers' (no day in them): ``job_days`` names the partition, and every
+    statement by id reads that partition's primary key only, whatever the number of live
+    partitions (EXPLAIN ANALYZE of the statements the store sends)."""
+    with open_pool(DatabaseSettings(), url=own_database) as pool:
+        store = PostgresJobStore(pool, MemoryJobTransients(), retention_days=7, days_ahead=3)
+        today = datetime.now(UTC).date()
+        store.maintain(today - timedelta(days=5))
+        store.maintain(today)
+        for age in (5, 3, 0):
+            store.create(
+                job(f"d{age}", tenant="t9", created_at=datetime.now(UTC) - timedelta(days=age))
+            )
+        live = partitions(own_database)
+        assert len(live) >= 8
+        old = "t9/d3"
+        old_partition = f"jobs_{today - timedelta(days=3):%Y%m%d}"
+
+        def plans(call: Any) -> list[list[str]]:
+            """Run ``call`` on a store whose statements are recorded; EXPLAIN ANALYZE each
+            statement that names jobs (in a transaction rolled back: UPDATEs run)."""
+            RecordingCursor.sent.clear()
+            with psycopg.connect(own_database, cursor_factory=RecordingCursor) as rec:
+                recording = PostgresJobStore(
+                    _OneConnection(rec),
+                    MemoryJobTransients(),
+                    retention_days=7,  # type: ignore[arg-type]
+                )
+                call(recording)
+                rec.rollback()
+            out = []
+            with psycopg.connect(own_database) as conn:
+                for text, params in RecordingCursor.sent:
+                    if "jobs" not in text or text.startswith("SELECT 1"):
+                        continue
+                    row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + text, params).fetchone()
+                    assert row is not None
+                    out.append(_scanned(row[0][0]["Plan"]))
+                conn.rollback()
+            return out
+
+        for scans in (
+            plans(lambda s: s.get_jobs([old])),
+            plans(lambda s: s.get_results([old])),
+            plans(
+                lambda s: s.finish(
+                    JobResult.ended(store.get_job(old) or job("x"), verdict=verdict(Decision.ALLOW))
+                )
+            ),
+            plans(lambda s: s.mark_republished(old)),
+        ):
+            assert scans, "no statement recorded"
+            touched = [r for scanned in scans for r in scanned if r.startswith("jobs_")]
+            assert set(touched) == {old_partition}, scans
+        # A batch over two days reads those two partitions, no other.
+        two = plans(lambda s: s.get_jobs(["t9/d5", "t9/d0", "t9/none"]))
+        touched = sorted({r for scanned in two for r in scanned if r.startswith("jobs_")})
+        assert touched == [f"jobs_{today - timedelta(days=5):%Y%m%d}", f"jobs_{today:%Y%m%d}"]
+        found = store.get_jobs(["t9/d5", "t9/d0", "t9/none", "t9/d5"])
+        assert [j is not None for j in found] == [True, True, False, True]
+
+
+class _OneConnection:
+    """A pool stand-in that lends one connection (the recording one), without committing."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def connection(self) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def lend() -> Iterator[psycopg.Connection[Any]]:
+            yield self.conn
+
+        return lend()

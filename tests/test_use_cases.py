@@ -456,6 +456,27 @@ def test_a_crash_between_result_and_side_effects_is_repaired_by_the_redelivery(
     assert world.run(job_id) == "duplicate"
     assert [j for j, _, _ in world.callbacks.sent] == [job_id]
     assert world.deliveries.effects_done(job_id)
+    assert job_id not in world.deliveries.deliveries  # forgotten once its message was done
+
+
+def test_a_crash_after_the_side_effects_does_not_repeat_them(world: World) -> None:
+    """The effects mark lives as long as the message that ended the job: a worker that dies
+    after the side effects (before the message is done) leaves it, and the redelivery finds
+    the effects done."""
+    ref = world.images.put("c.png", png("block", 7))
+    job_id = world.submit(image_url=ref.uri, callback_url="https://hooks.example/y")
+    forget = world.deliveries.forget_ended
+
+    def dies(job_ids: Any) -> None:
+        raise QueueUnavailable("the worker died before its message was done")
+
+    world.deliveries.forget_ended = dies  # type: ignore[method-assign]
+    with pytest.raises(QueueUnavailable):
+        world.run(job_id)
+    assert world.deliveries.effects_done(job_id)
+    world.deliveries.forget_ended = forget  # type: ignore[method-assign]
+    assert world.run(job_id) == "duplicate"
+    assert [j for j, _, _ in world.callbacks.sent] == [job_id]  # once
 
 
 def test_every_ending_is_audited_errors_too(world: World) -> None:

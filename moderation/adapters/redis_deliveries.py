@@ -113,6 +113,20 @@ class RedisDeliveryLog(SingleDeliveryOps):
         if job_ids:
             self._call(run)
 
+    def forget_ended(self, job_ids: Sequence[str]) -> None:
+        """Delete the jobs' start counters; their effect marks expire after
+        ``ended_grace_s`` (one round trip)."""
+
+        def run() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(*(self.key("deliveries", i) for i in job_ids))
+            for job_id in job_ids:
+                pipe.expire(self.key("effects", job_id), self.settings.ended_grace_s)
+            pipe.execute()
+
+        if job_ids:
+            self._call(run)
+
     # --- dead letters ------------------------------------------------------------------------
 
     def dead_letter(self, job_id: str, *, reason: str, deliveries: int) -> None:

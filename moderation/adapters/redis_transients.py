@@ -6,8 +6,9 @@ queued-bytes accounting, in the key layout of :mod:`moderation.adapters.redis_jo
 the per-tenant share and backlog metrics read the same keys as with the Redis job store.
 
 No job record, no result and no outcome stream here: Redis memory is bounded by
-``queue.max_queued_bytes`` (inline bytes and records of jobs that have not ended) plus the
-review images kept for reviewers, not by traffic x retention.
+``queue.max_queued_bytes`` (inline bytes and records of jobs that have not ended; an ended job's
+bytes go at once, a REVIEW verdict's too: its reviewer sees the evidence in the object store),
+plus dead letters' bytes kept for a requeue, not by traffic x retention.
 
 Redis errors become :class:`~moderation.exceptions.QueueUnavailable` (transient).
 """

@@ -8,8 +8,11 @@ much of one) was right. With no keys configured (development mode only) every ca
 **Authenticate first** (:class:`AuthenticateFirst`, ASGI middleware outside the body limits of
 :mod:`moderation.api.edge`): a request to a protected path (``/v1/...``; in production also
 ``/docs`` and ``/openapi.json``) with a missing or wrong key is answered 401 from its headers,
-with ``Connection: close``; its body is never read, so an unauthenticated caller costs at most
-what the server reads ahead of the application (a few KiB), whatever ``Content-Length`` says.
+with ``Connection: close``; its body is never parsed or kept, so an unauthenticated caller
+costs at most what the server reads ahead of the application (a few KiB) in memory, whatever
+``Content-Length`` says. The close is a lingering one (:mod:`moderation.http.lingering`): what
+the client still sends is read and dropped for a bounded time, so it reads the 401 instead of a
+connection reset.
 The tenant of a good key is left in the request's state for the endpoints.
 
 **Client address** (:class:`TrustedProxies`): the socket peer is the client, unless it is
@@ -25,9 +28,10 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from moderation.http.lingering import refuse_lingering
 from moderation.http.problems import API_REALM, problem_for, problem_response
 
 __all__ = ["STATE_TENANT", "AuthenticateFirst", "TenantKeys", "TrustedProxies"]
@@ -90,14 +94,10 @@ class AuthenticateFirst:
                 ),
                 headers={"WWW-Authenticate": API_REALM, "Connection": "close"},
             )
-            await response(scope, _no_body, send)
+            await refuse_lingering(response, scope, receive, send)
             return
         scope.setdefault("state", {})[STATE_TENANT] = tenant
         await self.app(scope, receive, send)
-
-
-async def _no_body() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 class TrustedProxies:

@@ -4,7 +4,10 @@ per-route request metrics.
 **Body limits** (:class:`BodyLimit`). A request body is counted as it arrives, before any parser
 sees it: a ``Content-Length`` over the route's limit is refused at once without reading a byte,
 and a chunked body is refused as soon as the running count passes the limit, so an oversize
-request costs at most the limit in memory. The limits (:func:`body_limits`)::
+request costs at most the limit in memory. The refusal is a lingering close
+(:mod:`moderation.http.lingering`): what the client still sends is read and dropped for a
+bounded time, so the client reads the 413 instead of a reset connection.
+The limits (:func:`body_limits`)::
 
     POST /v1/jobs        4/3 x queue.max_inline_bytes (base64) + 6 x queue.max_metadata_bytes
                          (JSON escapes) + 16 KiB
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from moderation.http.lingering import refuse_lingering
 from moderation.http.problems import problem_for, problem_response
 from moderation.metrics import metrics, status_class
 from moderation.settings import Settings
@@ -79,7 +83,7 @@ class BodyLimit:
         limit = self.limits.get((scope["method"], scope["path"]), self.default)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await self._refuse(scope, send, limit)
+            await self._refuse(scope, receive, send, limit)
             return
         chunks: list[bytes] = []
         size = 0
@@ -90,7 +94,7 @@ class BodyLimit:
             body = message.get("body", b"")
             size += len(body)
             if size > limit:
-                await self._refuse(scope, send, limit)
+                await self._refuse(scope, receive, send, limit)
                 return
             if body:
                 chunks.append(body)
@@ -109,7 +113,7 @@ class BodyLimit:
         await self.app(scope, replayed, send)
 
     @staticmethod
-    async def _refuse(scope: Scope, send: Send, limit: int) -> None:
+    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         where = f"{scope['method']} {scope['path']}"
         hint = (
             "; send image_url instead of inline bytes, or smaller batches"
@@ -122,11 +126,7 @@ class BodyLimit:
             ),
             headers={"Connection": "close"},
         )
-        await response(scope, _no_body, send)
-
-
-async def _no_body() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
+        await refuse_lingering(response, scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:

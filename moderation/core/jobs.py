@@ -238,9 +238,9 @@ def final_decision(result: JobResult) -> Decision | None:
 
 
 def keeps_inline(result: JobResult) -> bool:
-    """Whether an ended job's inline image bytes stay in the store: only for a REVIEW verdict
-    (the reviewer looks at them) and a dead letter (``dlq requeue`` runs it again). Every other
-    ending, errors included, drops them at once."""
-    if result.verdict is not None and result.verdict.decision is Decision.REVIEW:
-        return True
+    """Whether an ended job's inline image bytes stay in the store: only for a dead letter
+    (``dlq requeue`` runs it again). Every other ending, REVIEW verdicts and errors included,
+    drops them at once: a reviewer is shown the scored bytes kept in the object store
+    (:mod:`moderation.pipeline.review_evidence`), never the inline bytes, and the transient
+    store must not grow with the jobs that ended."""
     return result.error is not None and result.error.code == "poison_message"

@@ -99,8 +99,10 @@ class Outcomes:
         review: the human-review queue (None in processes that never send to review).
         policies: the policies in service by id, for the review item's policy text.
         weights_sha256: the model weights' hash, recorded with every automated decision.
-        keep_inline_s: how long inline images of REVIEW verdicts are kept (only where there
-            is no ``evidence`` store).
+        keep_inline_s: how long inline images of REVIEW verdicts are kept where there is
+            no ``evidence`` store (a store that keeps them past the job's end: the Redis and
+            PostgreSQL stores drop them when the job ends:
+            :func:`~moderation.core.jobs.keeps_inline`).
         banks: carries out reviewers' "add to bank" requests (None: not offered).
         evidence: keeps the scored bytes of REVIEW verdicts for the reviewer.
         notices: the notices from outside, answered by each human decision (None: none kept).

@@ -66,6 +66,8 @@ T = TypeVar("T")
 PrepareMany = Callable[[Preparation, Sequence[bytes]], Sequence[PreparedImage | Exception]]
 
 Outcome = Literal["verdict", "error", "duplicate", "missing", "dead_letter", "retry", "split"]
+#: Outcomes after which a job needs nothing more from the delivery log.
+_ENDED: frozenset[Outcome] = frozenset({"verdict", "error", "duplicate", "dead_letter"})
 
 
 class RetryLater(Exception):
@@ -137,11 +139,17 @@ class Processor:
 
     def process_many(self, job_ids: Sequence[str], *, retries: int = 0) -> list[Processed]:
         """Process one delivery of a message carrying ``job_ids`` (see :meth:`_process_many`),
-        after waiting for a slot of its tenant's (:class:`TenantGate`, when there is one)."""
+        after waiting for a slot of its tenant's (:class:`TenantGate`, when there is one).
+        Then the delivery log forgets the jobs this message ended
+        (:meth:`~moderation.ports.DeliveryLog.forget_ended`), just before the task returns and
+        the broker's message is acknowledged."""
         if self.gate is None or not job_ids:
-            return self._process_many(job_ids, retries=retries)
-        with self.gate.hold(tenant_of(job_ids[0])):
-            return self._process_many(job_ids, retries=retries)
+            done = self._process_many(job_ids, retries=retries)
+        else:
+            with self.gate.hold(tenant_of(job_ids[0])):
+                done = self._process_many(job_ids, retries=retries)
+        self.deliveries.forget_ended([d.job_id for d in done if d.outcome in _ENDED])
+        return done
 
     def _process_many(self, job_ids: Sequence[str], *, retries: int = 0) -> list[Processed]:
         """Process one delivery of a message carrying ``job_ids``.

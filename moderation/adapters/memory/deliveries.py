@@ -42,6 +42,12 @@ class MemoryDeliveryLog(SingleDeliveryOps):
     def mark_effects_done_many(self, job_ids: Sequence[str]) -> None:
         self.effects.update(job_ids)
 
+    def forget_ended(self, job_ids: Sequence[str]) -> None:
+        """Start counts go; effect marks stay (a twin has no clock: within the grace)."""
+        with self.jobs.lock:
+            for job_id in job_ids:
+                self.deliveries.pop(job_id, None)
+
     def dead_letter(self, job_id: str, *, reason: str, deliveries: int) -> None:
         self.dlq[job_id] = DeadLetter(
             job_id=job_id, reason=reason, deliveries=deliveries, at=datetime.now(UTC)

@@ -8,8 +8,17 @@ day it was created; the record (``job``) and the result (``result``) as JSONB, w
 (:meth:`PostgresJobStore.maintain`, run by the workers' maintenance), never deletes rows.
 
 Every hot-path call is one statement for the whole batch: ``create_many`` one INSERT ... SELECT
-FROM unnest(...), ``finish_many`` one UPDATE ... FROM unnest(...), reads one
-``WHERE id = ANY(...)`` (each live partition answers from its primary-key index).
+FROM unnest(...), ``finish_many`` one UPDATE ... FROM unnest(...); a read of one job is one
+statement, of several jobs two (their days, then their rows).
+
+Lookups by id. Ids are the callers' (idempotency keys), so the day of a job's partition is
+kept beside its id in the unpartitioned table ``job_days`` (``migrations/0030_job_days.sql``),
+and every statement that names jobs by id names their partitions too: a lookup is one read of
+``job_days``'s primary key and one of the job's partition's, whatever the number of live
+partitions (``finish_many`` takes the days from the results' creation times and skips
+``job_days``). A create claims the id in ``job_days`` first (``ON CONFLICT (id) DO
+NOTHING``): an id is unique across partitions, even
+for concurrent creates on either side of midnight.
 
 Crash ordering. ``create_many`` commits the records first, then holds their bytes in Redis; if
 that fails (Redis down, the queued-bytes cap) the new records are deleted again and the error
@@ -56,15 +65,26 @@ WITH input AS (
     ) WITH ORDINALITY AS u(id, day, tenant, created_at, fingerprint, job, result, n)
 ),
 fresh AS (
-    SELECT DISTINCT ON (id) * FROM input
-    WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = input.id)
-    ORDER BY id, n
+    SELECT DISTINCT ON (id) * FROM input ORDER BY id, n
+),
+claimed AS (
+    INSERT INTO job_days (id, day) SELECT id, day FROM fresh
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
 )
 INSERT INTO jobs (id, day, tenant, created_at, fingerprint, job, result)
-SELECT id, day, tenant, created_at, fingerprint, job::jsonb, result::jsonb FROM fresh
-ON CONFLICT (id, day) DO NOTHING
+SELECT f.id, f.day, f.tenant, f.created_at, f.fingerprint, f.job::jsonb, f.result::jsonb
+FROM fresh f JOIN claimed USING (id)
 RETURNING id
 """
+
+# Statements by id name their partitions, so PostgreSQL reads one partition's primary key
+# instead of every live partition's. Where the days are parameters (``day = ANY(%(days)s)``:
+# the caller knows them, or read them from ``job_days`` just before) the planner prunes the
+# other partitions; for one job, ``day = (SELECT ... FROM job_days ...)`` is an init plan whose
+# value prunes them when the statement starts. (An array from a sub-select,
+# ``day = ANY(ARRAY(SELECT ...))``, prunes nothing: PostgreSQL 16 prunes on a scalar
+# parameter or a constant array only.)
 
 _FINISH = """
 UPDATE jobs AS j
@@ -72,8 +92,15 @@ SET status = u.status, decision = u.decision, result = u.result::jsonb, finished
 FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(decisions)s::text[], %(results)s::text[])
     AS u(id, status, decision, result)
 WHERE j.id = u.id AND j.finished_at IS NULL
-RETURNING j.id
 """
+_FINISH_DAYS = "AND j.day = ANY(%(days)s::date[])\n"
+
+_DELETE = """
+WITH gone AS (DELETE FROM job_days WHERE id = ANY(%s) RETURNING id, day)
+DELETE FROM jobs j USING gone WHERE j.id = gone.id AND j.day = gone.day
+"""
+
+_ONE_DAY = "day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)"
 
 
 def _day(moment: datetime) -> date:
@@ -175,16 +202,35 @@ class PostgresJobStore(SingleJobOps):
     def _delete(self, job_ids: Sequence[str]) -> None:
         if job_ids:
             with database_errors("job store"), self.pool.connection() as conn:
-                conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (list(job_ids),))
+                conn.execute(_DELETE, (list(job_ids),))
 
     def _column(self, column: str, job_ids: Sequence[str]) -> dict[str, str]:
-        if not job_ids:
+        """``column`` as text by job id: one job in one statement (its day an init plan);
+        several in two, their days from ``job_days`` first, then their partitions only."""
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
             return {}
-        query = sql.SQL("SELECT id, {}::text FROM jobs WHERE id = ANY(%s)").format(
-            sql.Identifier(column)
-        )
+        name = sql.Identifier(column)
         with database_errors("job store"), self.pool.connection() as conn:
-            rows = conn.execute(query, (list(job_ids),)).fetchall()
+            if len(ids) == 1:
+                query = sql.SQL("SELECT id, {}::text FROM jobs WHERE id = %(id)s AND {}").format(
+                    name, sql.SQL(_ONE_DAY)
+                )
+                rows = conn.execute(query, {"id": ids[0]}).fetchall()
+            else:
+                days = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT DISTINCT day FROM job_days WHERE id = ANY(%s)", (ids,)
+                    ).fetchall()
+                ]
+                if not days:
+                    return {}
+                query = sql.SQL(
+                    "SELECT id, {}::text FROM jobs WHERE id = ANY(%(ids)s) "
+                    "AND day = ANY(%(days)s::date[])"
+                ).format(name)
+                rows = conn.execute(query, {"ids": ids, "days": days}).fetchall()
         return {str(i): str(v) for i, v in rows}
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
@@ -236,8 +282,15 @@ class PostgresJobStore(SingleJobOps):
             params["statuses"].append(result.status.value)
             params["decisions"].append(decision.value if decision is not None else None)
             params["results"].append(result.model_dump_json())
+        # Every result made by JobResult.ended carries its job's creation time: the day of its
+        # partition. (One without it, which no caller makes, is looked for in every partition.)
+        days = {_day(r.created_at) for r in results if r.created_at is not None}
+        query = _FINISH
+        if len(days) and all(r.created_at is not None for r in results):
+            query += _FINISH_DAYS
+            params["days"] = sorted(days)
         with database_errors("job store"), self.pool.connection() as conn:
-            won = {row[0] for row in conn.execute(_FINISH, params).fetchall()}
+            won = {row[0] for row in conn.execute(query + "RETURNING j.id", params).fetchall()}
         out: list[bool] = []
         released: list[tuple[str, bool]] = []
         for result in results:
@@ -259,19 +312,22 @@ class PostgresJobStore(SingleJobOps):
         """
         with database_errors("job store"), self.pool.connection() as conn, conn.transaction():
             row = conn.execute(
-                "SELECT result::text FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
+                "SELECT result::text FROM jobs WHERE id = %(id)s "
+                "AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s) FOR UPDATE",
+                {"id": job_id},
             ).fetchone()
             if row is None:
                 return None
             updated = JobResult.model_validate_json(row[0]).model_copy(update={"human": human})
             decision = final_decision(updated)
             conn.execute(
-                "UPDATE jobs SET result = %s::jsonb, decision = %s WHERE id = %s",
-                (
-                    updated.model_dump_json(),
-                    decision.value if decision is not None else None,
-                    job_id,
-                ),
+                "UPDATE jobs SET result = %(result)s::jsonb, decision = %(decision)s "
+                "WHERE id = %(id)s AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)",
+                {
+                    "result": updated.model_dump_json(),
+                    "decision": decision.value if decision is not None else None,
+                    "id": job_id,
+                },
             )
         return updated
 
@@ -279,14 +335,19 @@ class PostgresJobStore(SingleJobOps):
         """Make an ended job runnable again (a dead letter taken back): its result back to
         queued, back in the pending index. None for an unknown job."""
         with database_errors("job store"), self.pool.connection() as conn:
-            row = conn.execute("SELECT job::text FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT job::text FROM jobs "
+                "WHERE id = %(id)s AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)",
+                {"id": job_id},
+            ).fetchone()
             if row is None:
                 return None
             job = Job.model_validate_json(row[0])
             conn.execute(
                 "UPDATE jobs SET status = 'queued', decision = NULL, finished_at = NULL, "
-                "published_at = now(), result = %s::jsonb WHERE id = %s",
-                (JobResult.queued(job).model_dump_json(), job_id),
+                "published_at = now(), result = %(result)s::jsonb WHERE id = %(id)s "
+                "AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)",
+                {"result": JobResult.queued(job).model_dump_json(), "id": job_id},
             )
         self.transients.hold_many([(job, None)])
         return job
@@ -326,8 +387,10 @@ class PostgresJobStore(SingleJobOps):
     def mark_republished(self, job_id: str) -> None:
         with database_errors("job store"), self.pool.connection() as conn:
             conn.execute(
-                "UPDATE jobs SET published_at = now() WHERE id = %s AND finished_at IS NULL",
-                (job_id,),
+                "UPDATE jobs SET published_at = now() "
+                "WHERE id = %(id)s AND finished_at IS NULL "
+                "AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)",
+                {"id": job_id},
             )
 
     def forget_pending(self, job_id: str) -> None:
