@@ -9,7 +9,10 @@ Each category's score falls in one of three bands cut by its two thresholds::
 The verdict of an image is the most severe decision over every category of every policy applied
 (BLOCK > REVIEW > ALLOW); ties go to the higher category severity, then to the larger margin past
 the threshold. Which signal scored a category does not matter here: prompts, hash banks and any
-other signal meet in the same bands and the same most-severe rule. Pure: no I/O.
+other signal meet in the same bands and the same most-severe rule. A combined category
+(``signal: combine``) takes its band from its members' bands by its rule
+(:class:`~moderation.core.policy.Combine`), and its members, inputs only, are held at allow.
+Pure: no I/O.
 
 Verdicts are frozen, slotted dataclasses: a worker builds thousands a second, and plain slotted
 objects cost a fraction of validated models (and of the garbage collector's time). Pydantic
@@ -27,8 +30,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moderation.core.data import Data
-from moderation.core.policy import Action, Severity
-from moderation.core.scoring import CategorySlot, Evidence, ScoreBatch
+from moderation.core.policy import COMBINE_SIGNAL, Action, Quorum, Severity
+from moderation.core.scoring import CategorySlot, Combined, Evidence, ScoreBatch, member_bands
 
 __all__ = [
     "CategoryResult",
@@ -183,7 +186,9 @@ class Verdict(Data):
             self.decision.value
         ]
         bound = (
-            f"≥ block {top.block_threshold:.2f}"
+            _combined_bound(top)
+            if top.signal == COMBINE_SIGNAL
+            else f"≥ block {top.block_threshold:.2f}"
             if self.decision is Decision.BLOCK
             else f"≥ review {top.review_threshold:.2f}"
             if self.decision is Decision.REVIEW
@@ -192,6 +197,15 @@ class Verdict(Data):
         best = top.evidence[0] if top.evidence else None
         tail = f"; best match {best.label!r} ({best.score:.2f})" if best else ""
         return f"{verb}: {top.key} ({top.severity.value}) score {top.score:.3f} {bound}{tail}"
+
+
+def _combined_bound(top: CategoryResult) -> str:
+    parts = [
+        f"{e.label} {e.score:.2f} {e.details.get('band', '?')}"
+        for e in top.evidence
+        if "band" in e.details
+    ]
+    return "by " + ", ".join(parts)
 
 
 def most_severe(items: Sequence[Verdict]) -> Verdict:
@@ -211,11 +225,36 @@ def _thresholds(slots: Sequence[CategorySlot]) -> tuple[NDArray[np.float32], NDA
 def bands(batch: ScoreBatch) -> NDArray[np.int8]:
     """(N, C) band per image and category: 0 allow, 1 review, 2 block; capped by the batch's
     ``ceiling`` where a signal set one (a quarantined bank entry's match: review at most)."""
-    review, block = _thresholds(batch.slots)
-    out = (batch.scores >= review).astype(np.int8) + (batch.scores >= block).astype(np.int8)
-    if batch.ceiling is not None:
-        out = np.minimum(out, batch.ceiling)
+    out = member_bands(batch.scores, batch.slots, batch.ceiling)
+    if not batch.combined:
+        return out
+    own = out.copy()
+    for combined in batch.combined:
+        out[:, combined.column] = combined_band(own, batch.scores, combined)
+        if batch.ceiling is not None:
+            out[:, combined.column] = np.minimum(
+                out[:, combined.column], batch.ceiling[:, combined.column]
+            )
+    for combined in batch.combined:
+        out[:, list(combined.members)] = 0  # inputs only: the combined category decides
     return out
+
+
+def combined_band(
+    own: NDArray[np.int8], scores: NDArray[np.float32], combined: Combined
+) -> NDArray[np.int8]:
+    """(N,) the band of a combined category from its members' own bands and scores."""
+    members = list(combined.members)
+    rule = combined.rule
+    member = own[:, members]
+    reached_block = member == 2
+    reached_review = member >= 1
+    block = reached_block.all(axis=1) if rule.block is Quorum.ALL else reached_block.any(axis=1)
+    review = reached_review.all(axis=1) if rule.review is Quorum.ALL else reached_review.any(axis=1)
+    if rule.disagree_review is not None:
+        spread = scores[:, members].max(axis=1) - scores[:, members].min(axis=1)
+        review = review | (spread > rule.disagree_review)
+    return np.where(block, 2, np.where(review, 1, 0)).astype(np.int8)
 
 
 def _policy_refs(batch: ScoreBatch) -> list[PolicyRef]:

@@ -11,6 +11,13 @@ categories of another signal; every other signal brings its own field: a hash-ba
 a classifier signal (``signals.classifiers`` in the settings, e.g. ``nsfw``) lists the labels that
 count against it, ``labels: [nsfw]``.
 
+**Combined categories** (``signal: combine``) decide from other categories of the same policy,
+each scored by its own signal against its own thresholds: ``combine: {of: [by_prompt,
+by_classifier], block: all, review: any, disagree_review: 0.3}`` blocks when *all* members reach
+their block threshold, sends to review when *any* reaches its review threshold or when the
+members' scores differ by more than ``disagree_review``. Members are inputs only: they never
+decide on their own. See :class:`Combine`.
+
 A policy file is either **live** (``mode: live``, the default: its verdicts are acted on) or a
 **shadow** version (``mode: shadow``: evaluated on live traffic, recorded and measured, never
 acted on; ``moderation policy promote`` makes it live). The mode is deployment state, not policy
@@ -43,6 +50,7 @@ from moderation.exceptions import (
 )
 
 __all__ = [
+    "COMBINE_SIGNAL",
     "DEFAULT_EXEMPLAR_RADIUS",
     "DEFAULT_SIGNAL",
     "DEFAULT_TEMPLATES",
@@ -52,12 +60,14 @@ __all__ = [
     "BandAction",
     "BankRef",
     "Category",
+    "Combine",
     "ExemplarImage",
     "Exemplars",
     "Policy",
     "PolicyDefaults",
     "PolicyMode",
     "PolicySet",
+    "Quorum",
     "Severity",
     "Thresholds",
     "VpdqShares",
@@ -77,6 +87,12 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 DEFAULT_SIGNAL = "prompts"
 #: The signal of categories backed by a bank of known-bad PDQ hashes.
 HASH_BANK_SIGNAL = "hash_bank"
+
+#: The pseudo-signal of a category decided by other categories' signals (:class:`Combine`).
+COMBINE_SIGNAL = "combine"
+#: The thresholds a combined category carries: never compared with a score (its band comes from
+#: its members' bands), kept so every category has the same shape.
+COMBINE_THRESHOLDS = {"review": 0.5, "block": 1.0}
 
 #: Cosine distance within which an exemplar image decides (see :mod:`moderation.signals.prompts`).
 DEFAULT_EXEMPLAR_RADIUS = 0.05
@@ -200,6 +216,52 @@ class BankRef(_Strict):
     )
 
 
+class Quorum(str, Enum):
+    """How many members of a combined category must reach a band."""
+
+    ALL = "all"
+    ANY = "any"
+
+
+class Combine(_Strict):
+    """How a combined category (``signal: combine``) decides from its member categories.
+
+    Each member is a category of the same policy with its own signal and thresholds; its band
+    (allow / review / block) is computed as usual, then::
+
+        block   when `block` (all | any) of the members are in their block band
+        review  when `review` (all | any) of the members are at least in their review band,
+                or when max(member score) - min(member score) > disagree_review
+        allow   otherwise
+
+    Members are inputs only: their own bands are not acted on (the combined category decides).
+    """
+
+    of: list[Identifier] = Field(
+        min_length=2, description="The member categories (ids in this policy), two or more."
+    )
+    block: Quorum = Field(
+        default=Quorum.ALL, description="all: every member must reach block; any: one suffices."
+    )
+    review: Quorum = Field(
+        default=Quorum.ANY,
+        description="all: every member must reach review; any: one suffices.",
+    )
+    disagree_review: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="Review when the members' scores differ by more than this (absent: never).",
+    )
+
+    @field_validator("of")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a member is listed twice")
+        return value
+
+
 def _check_templates(templates: list[str]) -> list[str]:
     for template in templates:
         if template.count("{}") != 1:
@@ -318,6 +380,12 @@ class Category(_Strict):
         description="For a classifier signal (signals.classifiers): the classifier's labels "
         "whose probabilities, summed, are this category's score, e.g. [nsfw].",
     )
+    combine: Combine | None = Field(
+        default=None,
+        validate_default=True,
+        description="For signal: combine: decide from other categories' signals "
+        "({of: [a, b], block: all, review: any, disagree_review: 0.3}).",
+    )
     thresholds: Thresholds
     actions: Actions = Actions()
     dsa_category: str | None = Field(
@@ -352,11 +420,35 @@ class Category(_Strict):
             )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _combined_thresholds(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("signal") == COMBINE_SIGNAL:
+            # A dumped policy carries the placeholder back: accept it, refuse any other.
+            if value.get("thresholds", COMBINE_THRESHOLDS) != COMBINE_THRESHOLDS:
+                raise ValueError(
+                    "a combine category takes no thresholds: its members' thresholds decide"
+                )
+            value = {**value, "thresholds": COMBINE_THRESHOLDS}
+        return value
+
+    @field_validator("combine")
+    @classmethod
+    def _combine_for_combine_signal(cls, value: Combine | None, info: Any) -> Combine | None:
+        signal = info.data.get("signal", DEFAULT_SIGNAL)
+        if signal == COMBINE_SIGNAL and value is None:
+            raise ValueError("a combine category needs combine: {of: [category, category], ...}")
+        if signal != COMBINE_SIGNAL and value is not None:
+            raise ValueError(
+                f"only for signal {COMBINE_SIGNAL!r} (this category's signal is {signal!r})"
+            )
+        return value
+
     @field_validator("labels")
     @classmethod
     def _labels_for_classifier_signal(cls, value: list[str] | None, info: Any) -> Any:
         signal = info.data.get("signal", DEFAULT_SIGNAL)
-        if value is not None and signal in (DEFAULT_SIGNAL, HASH_BANK_SIGNAL):
+        if value is not None and signal in (DEFAULT_SIGNAL, HASH_BANK_SIGNAL, COMBINE_SIGNAL):
             raise ValueError(f"only for a classifier signal (this category's signal is {signal!r})")
         if value is not None and len(set(value)) != len(value):
             raise ValueError("duplicate labels")
@@ -469,8 +561,13 @@ class Policy(_Strict):
         """
         problems: list[tuple[tuple[str | int, ...], str]] = []
         seen: dict[str, int] = {}
+        problems += self._combine_problems()
         for index, category in enumerate(self.categories):
-            if signals is not None and category.signal not in signals:
+            if (
+                signals is not None
+                and category.signal not in signals
+                and category.signal != COMBINE_SIGNAL
+            ):
                 known = ", ".join(sorted(signals))
                 problems.append(
                     (
@@ -501,6 +598,27 @@ class Policy(_Strict):
                 )
         return problems
 
+    def _combine_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        by_id = {c.id: c for c in self.categories}
+        for index, category in enumerate(self.categories):
+            if category.combine is None:
+                continue
+            for position, member in enumerate(category.combine.of):
+                path: tuple[str | int, ...] = ("categories", index, "combine", "of", position)
+                found = by_id.get(member)
+                if member == category.id:
+                    problems.append((path, "a combined category cannot be its own member"))
+                elif found is None:
+                    problems.append(
+                        (path, f"unknown category {member!r}; known: {', '.join(by_id)}")
+                    )
+                elif found.signal == COMBINE_SIGNAL:
+                    problems.append(
+                        (path, f"member {member!r} is itself combined; name its members instead")
+                    )
+        return problems
+
     @property
     def shadow(self) -> bool:
         return self.mode is PolicyMode.SHADOW
@@ -513,7 +631,7 @@ class Policy(_Strict):
         if data.get("video") is None:
             data.pop("video", None)
         for category in data["categories"]:
-            for optional in ("exemplars", "bank", "labels"):
+            for optional in ("exemplars", "bank", "labels", "combine"):
                 if category.get(optional) is None:
                     category.pop(optional, None)
             bank = category.get("bank")

@@ -11,6 +11,11 @@ Every category is scored independently, so adding a category never changes anoth
 Besides its scores, a signal explains them: :meth:`SignalScores.evidence` returns what made a
 category score high for an image (the top prompts, the matched bank entry), asked only for the
 categories a verdict shows.
+
+A combined category (``signal: combine``, :class:`~moderation.core.policy.Combine`) is scored by
+no signal of its own: its column holds the highest score of its members and its evidence lists
+each member's contribution (score, thresholds, band); its band comes from its members' bands
+(:func:`moderation.core.decision.bands`).
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ from numpy.typing import NDArray
 
 from moderation.core.compiled import CompiledCategory, CompiledPolicy
 from moderation.core.data import Data
+from moderation.core.policy import COMBINE_SIGNAL, Combine
 from moderation.exceptions import PolicyError
 
 __all__ = [
     "CategorySlot",
+    "Combined",
     "Evidence",
     "FeatureBatch",
     "ScoreBatch",
@@ -54,6 +61,79 @@ class Evidence(Data):
     label: str
     score: float
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Combined:
+    """A combined category's column, its members' columns and its rule."""
+
+    column: int
+    members: tuple[int, ...]
+    rule: Combine
+
+
+def member_bands(
+    scores: NDArray[np.float32], slots: Sequence[CategorySlot], ceiling: NDArray[np.int8] | None
+) -> NDArray[np.int8]:
+    """(N, C) each column's own band (0 allow, 1 review, 2 block) by its thresholds, capped by
+    ``ceiling``; combined columns are not resolved here."""
+    review = np.array([s.category.category.thresholds.review for s in slots], np.float32)
+    block = np.array([s.category.category.thresholds.block for s in slots], np.float32)
+    out = (scores >= review).astype(np.int8) + (scores >= block).astype(np.int8)
+    if ceiling is not None:
+        out = np.minimum(out, ceiling)
+    return out
+
+
+_BAND_NAMES = ("allow", "review", "block")
+
+
+class CombinedScores:
+    """The scores and evidence of the combined columns (members' contributions)."""
+
+    def __init__(
+        self,
+        combined: Sequence[Combined],
+        slots: Sequence[CategorySlot],
+        scores: NDArray[np.float32],
+        own_bands: NDArray[np.int8],
+    ) -> None:
+        self.combined = tuple(combined)
+        self.slots = slots
+        self._all = scores
+        self._bands = own_bands
+        self._scores = np.stack(
+            [scores[:, list(c.members)].max(axis=1) for c in self.combined], axis=1
+        ).astype(np.float32)
+
+    @property
+    def scores(self) -> NDArray[np.float32]:
+        return self._scores
+
+    def evidence(self, rows: NDArray[np.intp], cols: NDArray[np.intp]) -> list[list[Evidence]]:
+        out: list[list[Evidence]] = []
+        for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
+            rule = self.combined[col].rule
+            items = []
+            for member in self.combined[col].members:
+                slot = self.slots[member]
+                category = slot.category.category
+                items.append(
+                    Evidence(
+                        category.signal,
+                        category.id,
+                        float(self._all[row, member]),
+                        {
+                            "category": slot.key,
+                            "review_threshold": category.thresholds.review,
+                            "block_threshold": category.thresholds.block,
+                            "band": _BAND_NAMES[int(self._bands[row, member])],
+                            "rule": rule.model_dump(mode="json", exclude_none=True),
+                        },
+                    )
+                )
+            out.append(items)
+        return out
 
 
 class UnknownSignalError(PolicyError):
@@ -166,6 +246,8 @@ class ScoreBatch:
     ceiling: NDArray[np.int8] | None = None
     #: Why a (row, column) is suppressed (the allow-list's evidence, shown first).
     suppressed: Mapping[tuple[int, int], Evidence] = field(default_factory=dict)
+    #: The combined categories' columns (their bands come from their members').
+    combined: tuple[Combined, ...] = ()
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -219,6 +301,8 @@ class Scorer:
                 slots.append(slot)
                 groups.setdefault(category.signal, []).append(slot)
         self.slots = tuple(slots)
+        self.combined = _combined(groups.pop(COMBINE_SIGNAL, []), self.slots)
+        self._combined_columns = np.array([c.column for c in self.combined], np.intp)
         self._scorers: list[tuple[SignalScorer, NDArray[np.intp]]] = []
         self._part_of = np.zeros(len(slots), np.intp)
         self._local = np.zeros(len(slots), np.intp)
@@ -255,6 +339,13 @@ class Scorer:
                 ceiling = np.full((n, len(self.slots)), 2, np.int8)
             for row, col in suppression.pairs:
                 ceiling[row, col] = 0
+        if self.combined:
+            own = member_bands(scores, self.slots, ceiling)
+            part = CombinedScores(self.combined, self.slots, scores, own)
+            scores[:, self._combined_columns] = part.scores
+            self._part_of[self._combined_columns] = len(parts)
+            self._local[self._combined_columns] = np.arange(len(self.combined))
+            parts.append((part, self._combined_columns))
         return ScoreBatch(
             scores=scores,
             slots=self.slots,
@@ -263,4 +354,32 @@ class Scorer:
             local=self._local,
             ceiling=ceiling,
             suppressed=suppression.pairs if suppression is not None else {},
+            combined=self.combined,
         )
+
+
+def _combined(group: Sequence[CategorySlot], slots: Sequence[CategorySlot]) -> tuple[Combined, ...]:
+    """Each combined category's members resolved to columns of the same policy.
+
+    Raises:
+        PolicyError: a member is missing or combined itself (policy loading refuses both first,
+            with their lines).
+    """
+    out = []
+    for slot in group:
+        rule = slot.category.category.combine
+        columns = {(s.policy.id, s.category.id): s for s in slots}
+        members = []
+        for member in rule.of if rule is not None else ():
+            found = columns.get((slot.policy.id, member))
+            if found is None or found.category.signal == COMBINE_SIGNAL:
+                raise PolicyError(
+                    f"category {slot.key}: member {member!r} is not a scored category of "
+                    f"policy {slot.policy.id!r}",
+                    code="policy_invalid",
+                )
+            members.append(found.column)
+        if rule is None or len(members) < 2:
+            raise PolicyError(f"category {slot.key}: needs two members", code="policy_invalid")
+        out.append(Combined(slot.column, tuple(members), rule))
+    return tuple(out)
