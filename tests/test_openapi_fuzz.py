@@ -48,6 +48,11 @@ SEMANTIC = {
     (422, "source_not_allowed"),  # an s3:// reference outside the tenant's S3 sources
     (404, "job_not_found"),  # a well-formed id of no job
     (404, "appeal_not_found"),  # a well-formed id of no appeal
+    # A job the fuzzing of POST /v1/jobs created ("0", ...) exists but has not ended (no
+    # worker here): nothing to review or appeal yet.
+    (409, "notice_not_reviewable"),
+    (409, "appeal_not_allowed"),
+    (409, "appeal_limit_reached"),
     (400, "bad_options"),  # an upload's per-image options not one per image
 }
 #: Examples per operation (13 operations): a few hundred requests, well under a minute.

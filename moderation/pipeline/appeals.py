@@ -138,8 +138,9 @@ class Appeals:
                 used up (409), or no database (503).
             DatabaseUnavailable: transient.
         """
-        text = statement.replace("\x00", "\ufffd").strip()  # (PostgreSQL's jsonb takes no NUL)
-        if not text or len(text) > MAX_STATEMENT_CHARS:
+        text = statement.replace("\x00", "\ufffd")  # (PostgreSQL's jsonb takes no NUL)
+        text = text.strip() or text  # (only what Python calls space: kept as written)
+        if not text.strip(" \t\r\n") or len(text) > MAX_STATEMENT_CHARS:
             raise JobRejected(
                 f"the statement must have 1 to {MAX_STATEMENT_CHARS} characters",
                 status=422,
