@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import httpx
 
+from moderation.core.appeals import Appeal
 from moderation.core.jobs import JobResult
 from moderation.exceptions import (
     ApiUnavailable,
@@ -55,6 +56,7 @@ def _job_body(
     metadata: dict[str, Any] | None = None,
     callback_url: str | None = None,
     priority: Literal["normal", "high"] = "normal",
+    uploader_id: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if isinstance(image, Path):
@@ -73,6 +75,8 @@ def _job_body(
         body["callback_url"] = callback_url
     if priority != "normal":
         body["priority"] = priority
+    if uploader_id is not None:
+        body["uploader_id"] = uploader_id
     return body
 
 
@@ -155,9 +159,11 @@ class ModerationClient:
         metadata: dict[str, Any] | None = None,
         callback_url: str | None = None,
         priority: Literal["normal", "high"] = "normal",
+        uploader_id: str | None = None,
     ) -> str:
         """Enqueue one image; returns the job id. ``priority="high"``: the tenant's priority
-        lane, within its quota of priority jobs per minute.
+        lane, within its quota of priority jobs per minute. ``uploader_id``: your
+        pseudonymous id of who posted it (strikes; see docs/appeals.md).
 
         Raises:
             JobRejected: the API refused the request (4xx; 429 ``priority_quota_exceeded``
@@ -171,6 +177,7 @@ class ModerationClient:
             metadata=metadata,
             callback_url=callback_url,
             priority=priority,
+            uploader_id=uploader_id,
         )
         return str(self._request("POST", "/v1/jobs", json=body)["id"])
 
@@ -305,6 +312,33 @@ class ModerationClient:
         answer: dict[str, Any] = self._request("GET", f"/v1/notices/{notice_id}")
         return answer
 
+    def appeal(self, job_id: str, statement: str) -> Appeal:
+        """Appeal the decision that restricted one of your jobs' content, with the user's
+        statement (filing the same statement again returns the same appeal).
+
+        Raises:
+            JobNotFoundError: unknown or expired job id.
+            JobRejected: nothing to appeal, the window has closed or the appeals allowed are
+                used up (409; ``code`` says which), or a bad statement (422).
+            ApiUnavailable: the API is unreachable or failed (5xx), or has no database.
+        """
+        answer = self._request("POST", f"/v1/jobs/{job_id}/appeals", json={"statement": statement})
+        return Appeal.model_validate(answer)
+
+    def appeals(self, job_id: str) -> list[Appeal]:
+        """The appeals of one of your jobs, oldest first. Raises as :meth:`get`."""
+        return [
+            Appeal.model_validate(a) for a in self._request("GET", f"/v1/jobs/{job_id}/appeals")
+        ]
+
+    def get_appeal(self, appeal_id: str) -> Appeal:
+        """One of your appeals (``status``: open, upheld or overturned).
+
+        Raises:
+            JobNotFoundError: no such appeal of yours.
+        """
+        return Appeal.model_validate(self._request("GET", f"/v1/appeals/{appeal_id}"))
+
     def wait(self, job_id: str, timeout: float = 60.0, *, poll_s: float = 0.1) -> JobResult:
         """Poll until the job ends (verdict or error).
 
@@ -396,6 +430,7 @@ class AsyncModerationClient:
         metadata: dict[str, Any] | None = None,
         callback_url: str | None = None,
         priority: Literal["normal", "high"] = "normal",
+        uploader_id: str | None = None,
     ) -> str:
         """Enqueue one image; returns the job id. Raises as :meth:`ModerationClient.submit`."""
         body = _job_body(
@@ -405,6 +440,7 @@ class AsyncModerationClient:
             metadata=metadata,
             callback_url=callback_url,
             priority=priority,
+            uploader_id=uploader_id,
         )
         return str((await self._request("POST", "/v1/jobs", json=body))["id"])
 

@@ -20,7 +20,9 @@
         │   │   ├── JobConflict         the id exists with a different request (409)
         │   │   └── RateLimited         the tenant's rate or quota is used up (429)
         │   │       └── TenantQueueFull the tenant's share of the queued bytes is used up
+        │   │   └── AppealRefused       not appealable, window closed, appeals used up (409)
         │   └── JobNotFoundError        unknown or expired job id
+        │       └── AppealNotFound      no such appeal of this tenant
         ├── PolicyError
         │   ├── PolicyValidationError   file:line: field: message (one or many)
         │   ├── DuplicatePolicyError
@@ -372,6 +374,22 @@ class TenantQueueFull(RateLimited):
 
 class JobNotFoundError(JobRequestError):
     code = "job_not_found"
+
+
+class AppealRefused(JobRejected):
+    """An appeal cannot be filed (409): the decision restricts nothing (``appeal_not_allowed``),
+    its appeal window has closed (``appeal_window_closed``), or it has had every appeal the
+    settings allow (``appeal_limit_reached``); 503 ``appeals_unavailable`` where appeals need a
+    database this deployment lacks."""
+
+    code = "appeal_refused"
+
+    def __init__(self, message: str = "", *, code: str, status: int = 409) -> None:
+        super().__init__(message, status=status, code=code)
+
+
+class AppealNotFound(JobNotFoundError):
+    code = "appeal_not_found"
 
 
 class ConfigurationError(PermanentError):

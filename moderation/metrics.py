@@ -35,6 +35,7 @@ __all__ = [
     "metrics",
     "multiprocess_dir",
     "render",
+    "render_appeal_gauges",
     "render_review_gauges",
     "render_tenant_backlog",
     "status_class",
@@ -245,6 +246,31 @@ class PipelineMetrics:
             ["policy", "decision"],
             registry=registry,
         )
+        self.appeals_filed = Counter(
+            "moderation_appeals_filed_total",
+            "Appeals filed against decisions that restricted content, per policy.",
+            ["policy"],
+            registry=registry,
+        )
+        self.appeal_outcomes = Counter(
+            "moderation_appeal_outcomes_total",
+            "Appeals decided, per policy and outcome (uphold / overturn).",
+            ["policy", "outcome"],
+            registry=registry,
+        )
+        self.strikes = Counter(
+            "moderation_strikes_total",
+            "Strikes recorded against uploaders, per policy and source (automated / human).",
+            ["policy", "source"],
+            registry=registry,
+        )
+        self.uploader_actions = Counter(
+            "moderation_uploader_actions_total",
+            "Uploader action changes, per new action (none / warn / restrict / suspend) and "
+            "reason (strike / overturn).",
+            ["action", "reason"],
+            registry=registry,
+        )
         self.review_handling = Histogram(
             "moderation_review_handling_seconds",
             "Seconds from claiming a review item to deciding it (reviewer throughput).",
@@ -400,6 +426,23 @@ def render_review_gauges(
     """Exposition text of :class:`ReviewQueueGauges` (append it to :func:`render`'s body)."""
     registry = CollectorRegistry()
     registry.register(ReviewQueueGauges(read))
+    return generate_latest(registry)
+
+
+def render_appeal_gauges(open_appeals: int, oldest_age_s: float | None) -> bytes:
+    """Exposition text of the appeal backlog, read at scrape time (append it to
+    :func:`render`'s body): open appeals and the oldest one's age (0: none open)."""
+    registry = CollectorRegistry()
+    Gauge(
+        "moderation_appeals_open",
+        "Appeals waiting for their reviewer.",
+        registry=registry,
+    ).set(open_appeals)
+    Gauge(
+        "moderation_appeal_oldest_age_seconds",
+        "Age of the oldest appeal not yet decided (the complaint-handling SLA signal).",
+        registry=registry,
+    ).set(oldest_age_s or 0.0)
     return generate_latest(registry)
 
 

@@ -17,6 +17,8 @@ cases::
     RateLimiter      redis_limits.RedisRateLimiter             MemoryRateLimiter
     ReviewQueue      postgres.review.PostgresReviewQueue,      MemoryReviewQueue
                      redis_review.RedisReviewQueue
+    AppealStore      postgres.appeals.PostgresAppealStore      MemoryAppealStore
+    StrikeStore      postgres.strikes.PostgresStrikeStore      MemoryStrikeStore
     ReviewerStore    postgres.reviewers.PostgresReviewerStore, MemoryReviewerStore
                      redis_reviewers.RedisReviewerStore
     ReviewerSessions redis_sessions.RedisReviewerSessions      MemoryReviewerSessions
@@ -56,6 +58,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
 from moderation.core.admission import Admission, Tenant
+from moderation.core.appeals import Appeal
 from moderation.core.audit import AuditRecord, Retention
 from moderation.core.backtest import BacktestPartial, BacktestTask
 from moderation.core.bank_guard import EntryRate, EntryStatus, FloodRule
@@ -80,8 +83,10 @@ from moderation.core.review import (
 )
 from moderation.core.reviewers import LoginPolicy, ReviewerAccount, ReviewerSession
 from moderation.core.scoring import CategorySlot, SignalScorer
+from moderation.core.strikes import EnforcementAction, Strike
 
 __all__ = [
+    "AppealStore",
     "AuditSink",
     "BacklogReader",
     "BacktestRunner",
@@ -119,6 +124,7 @@ __all__ = [
     "SingleDeliveryOps",
     "SingleJobOps",
     "StateImportTarget",
+    "StrikeStore",
     "TaskPublisher",
     "WorkerRegistry",
 ]
@@ -701,7 +707,8 @@ class ReviewQueue(Protocol):
         queues: Sequence[str] = ("review",),
     ) -> Claim | None:
         """Lease the highest-priority item of ``queues`` (and ``policies``, if given) that
-        ``reviewer`` may take, or return the lease it already holds (whatever its queue)."""
+        ``reviewer`` may take (never one it is barred from: an appeal of its own decision), or
+        return the lease it already holds (whatever its queue)."""
         ...
 
     def move(self, review_id: str, *, reviewer: str, token: str, queue: str) -> bool:
@@ -792,7 +799,90 @@ class ReviewQueue(Protocol):
 
     def decisions_on(self, day: str | None = None) -> dict[str, int]: ...
 
-    def export(self) -> Iterator[dict[str, Any]]: ...
+    def export(self) -> Iterator[dict[str, Any]]:
+        """Reviewed items as labelled rows, labels corrected by their appeals
+        (:func:`moderation.core.appeals.corrected_row`)."""
+        ...
+
+
+class AppealStore(Protocol):
+    """Appeals (:mod:`moderation.core.appeals`), filed together with their review items.
+
+    Raises (every method): ``DatabaseUnavailable`` (transient).
+    """
+
+    def file(self, appeal: Appeal, item: ReviewItem) -> Appeal:
+        """Store ``appeal`` and queue its review ``item`` at once. The same appeal again (a
+        retried filing) returns the stored one.
+
+        Raises:
+            AppealRefused: another appeal took its number first (``appeal_limit_reached``).
+        """
+        ...
+
+    def count(self, job_id: str) -> int:
+        """Appeals filed against the (scoped) job."""
+        ...
+
+    def get(self, appeal_id: str) -> Appeal | None: ...
+
+    def for_job(self, job_id: str) -> list[Appeal]:
+        """The job's appeals, oldest first."""
+        ...
+
+    def decide(self, appeal_id: str, *, decision: HumanDecision) -> Appeal:
+        """Record the outcome (idempotent: the same outcome again changes nothing).
+
+        Raises:
+            AppealNotFound: no such appeal.
+        """
+        ...
+
+    def decided(self, *, since: float | None = None) -> list[Appeal]:
+        """Decided appeals (decided at or after ``since``, unix seconds), oldest first."""
+        ...
+
+    def backlog(self) -> tuple[int, float | None]:
+        """Open appeals and the oldest one's age in seconds (None: none open)."""
+        ...
+
+
+class StrikeStore(Protocol):
+    """Uploader strikes and the action each uploader is under (:mod:`moderation.core.strikes`).
+    Every key starts with the tenant: uploaders of two tenants never meet.
+
+    Raises (every method): ``DatabaseUnavailable`` (transient).
+    """
+
+    def add(self, strike: Strike) -> bool:
+        """Record a job's strike (replacing the job's earlier one, unless an overturn removed
+        it). Returns whether anything changed."""
+        ...
+
+    def remove(self, tenant: str, job_id: str, *, at: datetime) -> Strike | None:
+        """Remove a job's strike (an overturn); the strike, or None when there was none."""
+        ...
+
+    def strikes(self, tenant: str, uploader_id: str, *, limit: int = 200) -> list[Strike]:
+        """The uploader's strikes, removed ones included, newest first."""
+        ...
+
+    def action(self, tenant: str, uploader_id: str) -> tuple[EnforcementAction, bool]:
+        """The uploader's current action and whether it was ever warned."""
+        ...
+
+    def set_action(
+        self,
+        tenant: str,
+        uploader_id: str,
+        *,
+        expected: EnforcementAction,
+        action: EnforcementAction,
+        at: datetime,
+    ) -> bool:
+        """Change the uploader's action from ``expected`` to ``action`` (compare and set);
+        False when it was no longer ``expected``."""
+        ...
 
 
 class ReviewerStore(Protocol):

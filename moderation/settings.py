@@ -25,6 +25,7 @@ __all__ = [
     "MIN_SECRET_BYTES",
     "PLACEHOLDER_PATTERN",
     "ApiKey",
+    "AppealSettings",
     "AuditSettings",
     "BankSettings",
     "BlobSettings",
@@ -360,6 +361,26 @@ class ReviewSettings(BaseModel):
     skip_away_s: float = Field(default=30 * 60, ge=0)
 
 
+class AppealSettings(BaseModel):
+    """Appeals against decisions that restricted content (EU DSA Art. 20; ``docs/appeals.md``).
+    They need a database (``Settings.database``). A tenant may override the window and the
+    count (``TenantSettings.appeal_window_days``, ``appeal_max_per_decision``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Days after a decision during which it can be appealed (the DSA asks at least six months).
+    window_days: float = Field(default=183.0, gt=0)
+    #: Appeals per decision (1: once; an upheld decision is not appealed again).
+    max_per_decision: int = Field(default=1, ge=1, le=10)
+    #: Keep the scored bytes of automated blocks too (not only of review items), for the
+    #: window, so an appeal's reviewer sees what was blocked.
+    keep_block_evidence: bool = True
+
+    @property
+    def window_s(self) -> float:
+        return self.window_days * 86400.0
+
+
 class AuditSettings(BaseModel):
     """The append-only audit log. No bucket: segments go to ``local_dir``."""
 
@@ -512,6 +533,9 @@ class TenantSettings(BaseModel):
     #: Internal hosts (names or CIDRs, as ``queue.allow_private_hosts``) that only this
     #: tenant's image URLs may reach; ``queue.allow_private_hosts`` opens hosts to every tenant.
     allow_private_hosts: list[str] = Field(default_factory=list)
+    #: This tenant's appeal window and appeals per decision (None: ``Settings.appeals``).
+    appeal_window_days: float | None = Field(default=None, gt=0)
+    appeal_max_per_decision: int | None = Field(default=None, ge=1, le=10)
 
 
 class ApiKey(BaseModel):
@@ -754,6 +778,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     queue: QueueSettings = QueueSettings()
     review: ReviewSettings = ReviewSettings()
+    appeals: AppealSettings = AppealSettings()
     audit: AuditSettings = AuditSettings()
     blobs: BlobSettings = BlobSettings()
     banks: BankSettings = BankSettings()

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from pydantic import SecretStr
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from moderation.adapters.memory import MemoryNoticeStore
+from moderation.adapters.memory import MemoryAppealStore, MemoryNoticeStore, MemoryReviewQueue
 from moderation.settings import ApiKey, Settings
 from tests.pipeline_support import pipeline_settings, start_api, stop_api
 
@@ -47,9 +47,15 @@ SEMANTIC = {
     (403, "priority_not_allowed"),
     (422, "source_not_allowed"),  # an s3:// reference outside the tenant's S3 sources
     (404, "job_not_found"),  # a well-formed id of no job
+    (404, "appeal_not_found"),  # a well-formed id of no appeal
+    # A job the fuzzing of POST /v1/jobs created ("0", ...) exists but has not ended (no
+    # worker here): nothing to review or appeal yet.
+    (409, "notice_not_reviewable"),
+    (409, "appeal_not_allowed"),
+    (409, "appeal_limit_reached"),
     (400, "bad_options"),  # an upload's per-image options not one per image
 }
-#: Examples per operation (10 operations): a few hundred requests, well under a minute.
+#: Examples per operation (13 operations): a few hundred requests, well under a minute.
 EXAMPLES = 50
 
 
@@ -82,8 +88,15 @@ def fuzz_api(
             "api_keys": keys if request.param == "keyed" else [],
         }
     )
-    # Notices live in PostgreSQL; the twin stands in for it here (the API is what is fuzzed).
-    server, url = start_api(pipeline_settings(base, fuzz_redis), notices=MemoryNoticeStore())
+    # Notices and appeals live in PostgreSQL; twins stand in for it here (the API is what is
+    # fuzzed).
+    review = MemoryReviewQueue()
+    server, url = start_api(
+        pipeline_settings(base, fuzz_redis),
+        notices=MemoryNoticeStore(),
+        review_queue=review,
+        appeal_store=MemoryAppealStore(review),
+    )
     try:
         yield url, {"Authorization": f"Bearer {KEY}"} if request.param == "keyed" else {}
     finally:
@@ -98,6 +111,9 @@ OPERATIONS = [
     ("GET", "/v1/jobs/{job_id}"),
     ("POST", "/v1/jobs/{job_id}/notices"),
     ("GET", "/v1/notices/{notice_id}"),
+    ("POST", "/v1/jobs/{job_id}/appeals"),
+    ("GET", "/v1/jobs/{job_id}/appeals"),
+    ("GET", "/v1/appeals/{appeal_id}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),

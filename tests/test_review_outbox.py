@@ -142,15 +142,14 @@ def test_the_workers_run_the_delivery_loop_unless_switched_off() -> None:
     from moderation.compose.worker import _outbox_delivery
 
     handed = Handed()
-    outcomes = type("O", (), {"record_human_decision": handed})()
     queue = MemoryReviewQueue()
     evidence = ReviewEvidence(MemoryBlobStore(), retention_s=3600)
-    tasks = _outbox_delivery(Settings(), queue, outcomes, evidence)  # type: ignore[arg-type]
+    tasks = _outbox_delivery(Settings(), queue, handed, evidence)
     assert [(every, what) for every, _, what in tasks] == [(10.0, "review outbox delivery")]
     off = Settings().model_copy(
         update={"review": Settings().review.model_copy(update={"outbox_retry_s": 0})}
     )
-    assert _outbox_delivery(off, queue, outcomes, evidence) == []  # type: ignore[arg-type]
+    assert _outbox_delivery(off, queue, handed, evidence) == []
     queue.submit(make_item(world_policy(), "job-w"))
     claim = queue.claim("rv_a")
     assert claim is not None

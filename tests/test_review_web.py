@@ -518,7 +518,7 @@ def test_an_escalation_waits_in_its_own_queue_for_a_senior_reviewer(site: Review
     assert {q["queue"] for q in mine["queues"]} == {"review"}
     # The senior sees the count and the age, and may pick the queue.
     overview = sam.get("/review/api/overview").json()
-    assert overview["me"]["queues"] == ["review", "escalation"]
+    assert overview["me"]["queues"] == ["review", "escalation", "appeal"]
     (esc,) = [q for q in overview["queues"] if q["queue"] == "escalation"]
     assert esc["waiting"] == 1 and esc["oldest_age_s"] is not None
     page = sam.get("/review/")

@@ -264,7 +264,8 @@ class RedisReviewQueue:
         """Lease the highest-priority item the reviewer may take (or the one they already hold).
 
         ``reviewer`` is the pseudonymous id; ``queues`` the queues it may work; ``policies``
-        limits the policies looked at. Returns None when nothing is waiting.
+        limits the policies looked at. Returns None when nothing is waiting. (Appeals, whose
+        items bar earlier deciders, live only in PostgreSQL.)
 
         Raises:
             QueueUnavailable: Redis is unreachable.

@@ -38,6 +38,7 @@ from moderation.api.authn import STATE_TENANT, AuthenticateFirst, TenantKeys, Tr
 from moderation.api.edge import BodyLimit, HttpMetrics, body_limits
 from moderation.api.ops import operations_router, ready_status
 from moderation.api.schemas import (
+    AppealRequest,
     BatchAccepted,
     BatchRequest,
     Health,
@@ -52,6 +53,7 @@ from moderation.api.schemas import (
 )
 from moderation.compose.api import ApiProcess
 from moderation.core.admission import Tenant
+from moderation.core.appeals import Appeal
 from moderation.core.jobs import DEFAULT_TENANT, JOB_ID_PATTERN, JobResult
 from moderation.core.notices import Notice, ReporterType
 from moderation.exceptions import JobRejected, ModerationError
@@ -137,6 +139,7 @@ def _request(req: JobRequest, max_bytes: int) -> SubmitRequest:
         metadata=req.metadata,
         callback_url=req.callback_url,
         priority=req.priority,
+        uploader_id=req.uploader_id,
     )
 
 
@@ -237,6 +240,7 @@ async def _upload_requests(form: FormData) -> list[SubmitRequest]:
                 metadata=entry.metadata,
                 callback_url=entry.callback_url if "callback_url" in own else shared.callback_url,
                 priority=entry.priority,
+                uploader_id=entry.uploader_id,
             )
         )
     return requests
@@ -497,6 +501,62 @@ def create_app(api: ApiProcess) -> FastAPI:
     ) -> NoticeAnswer:
         """One of your notices: open, or answered with the reviewer's decision."""
         return _notice_answer(_notice_desk().get(tenant=caller, notice_id=notice_id))
+
+    appeals = api.appeals
+
+    @app.post(
+        "/v1/jobs/{job_id}/appeals",
+        status_code=201,
+        response_model=Appeal,
+        responses={
+            200: {"model": Appeal, "description": "This appeal was already filed."},
+            **_responses(401, 404, 409, 422, 500, 503),
+        },
+        tags=["appeals"],
+    )
+    def file_appeal(
+        job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN, description="Your job id.")],
+        req: AppealRequest,
+        response: Response,
+        caller: Caller,
+    ) -> Appeal:
+        """Appeal the decision that restricted one of your jobs' content (a block or a
+        removal), with the user's statement: a reviewer who did not decide it before looks at
+        it again. Within the appeal window only (409 ``appeal_window_closed``), once per
+        decision unless configured otherwise (409 ``appeal_limit_reached``); a decision that
+        restricted nothing answers 409 ``appeal_not_allowed``. The outcome comes as the
+        ``job.appeal_decided`` callback and in ``GET /v1/appeals/{appeal_id}``."""
+        before = len(appeals.for_job(job_id, tenant=caller.name))
+        appeal = appeals.file(job_id, tenant=caller.name, statement=req.statement)
+        if appeal.number <= before:
+            response.status_code = 200
+        return appeal.for_caller()
+
+    @app.get(
+        "/v1/jobs/{job_id}/appeals",
+        response_model=list[Appeal],
+        responses=_responses(401, 404, 422, 500, 503),
+        tags=["appeals"],
+    )
+    def job_appeals(
+        job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN, description="Your job id.")],
+        caller: Caller,
+    ) -> list[Appeal]:
+        """The appeals of one of your jobs, oldest first."""
+        return appeals.for_job(job_id, tenant=caller.name)
+
+    @app.get(
+        "/v1/appeals/{appeal_id}",
+        response_model=Appeal,
+        responses=_responses(401, 404, 422, 500, 503),
+        tags=["appeals"],
+    )
+    def get_appeal(
+        appeal_id: Annotated[str, Path(pattern=r"^apl_[0-9a-f]{24}$")],
+        caller: Caller,
+    ) -> Appeal:
+        """One of your appeals: ``status`` open, upheld or overturned, with the reason code."""
+        return appeals.get(appeal_id, tenant=caller.name)
 
     @app.get("/problems/{code}", response_class=HTMLResponse, include_in_schema=False)
     def problem_page(code: str) -> HTMLResponse:

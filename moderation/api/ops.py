@@ -22,7 +22,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from moderation.api.schemas import Health, Readiness
 from moderation.compose.api import ApiProcess
 from moderation.exceptions import ModerationError
-from moderation.metrics import render, render_review_gauges, render_tenant_backlog
+from moderation.metrics import (
+    render,
+    render_appeal_gauges,
+    render_review_gauges,
+    render_tenant_backlog,
+)
 from moderation.pipeline.backlog import tenant_backlog
 
 __all__ = ["create_ops_app", "operations_router", "ready_status"]
@@ -91,6 +96,10 @@ def operations_router(api: ApiProcess) -> APIRouter:
             )
         except ModerationError:
             log.warning("review queue stats unavailable for /metrics")
+        try:  # (0 open without a database: no appeals there)
+            body += render_appeal_gauges(*api.appeals.backlog())
+        except ModerationError:
+            log.warning("appeal backlog unavailable for /metrics")
         if api.backlog is not None:
             try:
                 rows = tenant_backlog(api.backlog, store, sorted(api.tenants))

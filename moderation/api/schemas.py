@@ -22,13 +22,16 @@ from pydantic import (
     model_validator,
 )
 
+from moderation.core.appeals import MAX_STATEMENT_CHARS
 from moderation.core.jobs import JOB_ID_PATTERN, JobResult, JobStatus
+from moderation.core.strikes import UPLOADER_ID_PATTERN
 
 __all__ = [
     "BASE64_PATTERN",
     "IMAGE_URL_PATTERN",
     "POLICY_ID_PATTERN",
     "URL_PATTERN",
+    "AppealRequest",
     "BatchAccepted",
     "BatchRequest",
     "Health",
@@ -116,6 +119,13 @@ class JobOptions(BaseModel):
         json_schema_extra={"pattern": URL_PATTERN},
         description="POSTed the HMAC-signed result when the job ends.",
     )
+    uploader_id: Annotated[str, StringConstraints(pattern=UPLOADER_ID_PATTERN)] | None = Field(
+        None,
+        description="Your pseudonymous id of who posted the content (never an e-mail or a "
+        "name): decisions against it accrue strikes, and reviewers see the uploader's earlier "
+        "decisions (your tenant's only).",
+        examples=["u-5f2c"],
+    )
     priority: Literal["normal", "high"] = Field(
         "normal",
         description='"high": the tenant\'s priority lane, served before every normal lane, '
@@ -129,6 +139,19 @@ class JobOptions(BaseModel):
         if value is None:
             raise ValueError("omit the field instead of sending null")
         return value
+
+
+class AppealRequest(BaseModel):
+    """An appeal against a decision: the user's own words."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    statement: str = Field(
+        min_length=1,
+        max_length=MAX_STATEMENT_CHARS,
+        pattern=r"\S",
+        description="Why the user thinks the decision is wrong (shown to the reviewer).",
+    )
 
 
 class JobRequest(JobOptions):

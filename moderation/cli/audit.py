@@ -18,6 +18,7 @@ import typer
 
 from moderation.cli.common import err, fail, out
 from moderation.cli.common import load_settings as _settings
+from moderation.core.appeals import statement_after_appeal
 from moderation.core.audit import (
     DSA_FIELDS,
     AuditRecord,
@@ -180,6 +181,13 @@ def export(
         writer = csv.DictWriter(stream, fieldnames=DSA_FIELDS) if as_csv else None
         if writer is not None:
             writer.writeheader()
+        # An appeal's outcome updates the statement of the decision it was against.
+        appeal_outcomes: dict[str, AuditRecord] = {}
+        for record in _records(settings, start, None):
+            if record.details.get("appeal_of"):
+                seen = appeal_outcomes.get(record.job_id)
+                if seen is None or seen.at <= record.at:
+                    appeal_outcomes[record.job_id] = record
         for record in _records(settings, start, end):
             if record.dsa_category is None and record.policy_id and record.category_id:
                 mapped = categories.get((record.policy_id, record.category_id))
@@ -188,6 +196,9 @@ def export(
             statement = dsa_statement(record)
             if statement is None:
                 continue
+            outcome = appeal_outcomes.get(record.job_id)
+            if outcome is not None and outcome.at >= record.at:
+                statement = statement_after_appeal(statement, outcome)
             count += 1
             if writer is not None:
                 writer.writerow(

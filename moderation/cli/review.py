@@ -45,6 +45,9 @@ CSV_FIELDS = [
     "reviewers",
     "decided_at",
     "source",
+    "appeal_outcome",
+    "appeal_reason_code",
+    "original_human_label",
 ]
 
 
@@ -244,6 +247,59 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(
         f"decisions today: {sum(today.values())} by {len(today)} reviewers; "
         f"undelivered final decisions: {undelivered}"
+    )
+
+
+@review_app.command("appeals")
+def appeals_report(
+    days: Annotated[float, typer.Option(help="Appeals decided in the last N days.")] = 90.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Appeal outcomes as a quality signal: the overturn rate per category and per policy
+    version (a high rate: the model or the reviewers get that category wrong), and the appeals
+    waiting now."""
+    from moderation.compose.appeals import open_appeal_store
+    from moderation.core.appeals import overturn_rates
+
+    settings = load_settings()
+    database = _database(settings)
+    store = open_appeal_store(settings, database=database)
+    if store is None:
+        err.print("[bold red]error[/]: appeals live in the database: set MODERATION_DATABASE__URL")
+        raise typer.Exit(2)
+    try:
+        decided = store.decided(since=time.time() - days * 86400)
+        waiting, oldest = store.backlog()
+    except ModerationError as exc:
+        raise _fail(exc) from exc
+    groups = {by: overturn_rates(decided, by=by) for by in ("category", "policy_version")}
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    by: [
+                        {
+                            "key": r.key,
+                            "decided": r.decided,
+                            "overturned": r.overturned,
+                            "overturn_rate": round(r.rate, 4),
+                        }
+                        for r in rows
+                    ]
+                    for by, rows in groups.items()
+                }
+                | {"open": waiting, "oldest_open_age_s": oldest, "days": days}
+            )
+        )
+        return
+    for by, rows in groups.items():
+        table = Table(by.replace("_", " "), "decided", "overturned", "overturn rate")
+        for r in rows:
+            table.add_row(r.key, str(r.decided), str(r.overturned), f"{r.rate:.1%}")
+        out.print(table)
+    age = "-" if oldest is None else f"{oldest / 3600:.1f} h"
+    out.print(
+        f"appeals decided in {days:g} days: {len(decided)}; open now: {waiting} (oldest {age})"
     )
 
 

@@ -13,6 +13,7 @@ from moderation.adapters.policy_files import load_policies
 from moderation.adapters.postgres.policies import PostgresPolicyStore
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.compose.access import build_reviewer_auth, build_tenants, enforce_security
+from moderation.compose.appeals import build_appeals, build_enforcement
 from moderation.compose.banks import build_banks, open_bank_guard
 from moderation.compose.callbacks import CallbackSending, build_callback_sending, sends_callbacks
 from moderation.compose.database import (
@@ -37,6 +38,7 @@ from moderation.compose.stores import (
     require_redis_url,
 )
 from moderation.core.admission import Tenant
+from moderation.pipeline.appeals import Appeals, route_final
 from moderation.pipeline.bank_guard import BankGuard
 from moderation.pipeline.banks import BankService
 from moderation.pipeline.notices import NoticeDesk
@@ -48,6 +50,7 @@ from moderation.pipeline.signin import ReviewerAuth
 from moderation.pipeline.sources import ImageSources
 from moderation.pipeline.submit import PolicyCatalog, Submitter
 from moderation.ports import (
+    AppealStore,
     AuditSink,
     BacklogReader,
     BlobStore,
@@ -86,6 +89,7 @@ class ApiProcess:
     audit: AuditSink
     review_queue: ReviewQueue
     review_desk: ReviewDesk
+    appeals: Appeals
     reviewers: ReviewerStore
     reviewer_auth: ReviewerAuth
     tenants: dict[str, Tenant]
@@ -129,6 +133,7 @@ def build_api(
     blobs: BlobStore | None = None,
     database: ConnectionPool | None = None,
     notices: NoticeStore | None = None,
+    appeal_store: AppealStore | None = None,
 ) -> ApiProcess:
     """The API process. Each collaborator can be replaced (tests pass in-memory twins).
 
@@ -191,6 +196,13 @@ def build_api(
     if banks is None and (database is not None or settings.redis_url):
         banks = build_banks(settings, open_bank_store(settings, database=database))
     notices = notices or open_notice_store(database)
+    enforcement = build_enforcement(
+        store=store,
+        audit=audit,
+        callbacks=callbacks,
+        policies=lambda: load_policies(paths),
+        database=database,
+    )
     outcomes = Outcomes(
         store,
         deliveries=deliveries,
@@ -199,6 +211,7 @@ def build_api(
         keep_inline_s=settings.queue.result_ttl_s,
         banks=banks,
         notices=notices,
+        enforcement=enforcement,
     )
     reviewers = reviewers or open_reviewers(settings, database=database)
     review_queue = review_queue or open_review_queue(settings, database=database)
@@ -214,11 +227,26 @@ def build_api(
         if notices is not None
         else None
     )
+    appeals = build_appeals(
+        settings,
+        store=store,
+        review=review_queue,
+        audit=audit,
+        callbacks=callbacks,
+        policies=lambda: load_policies(paths),
+        database=database,
+        appeals=appeal_store,
+        enforcement=enforcement,
+    )
     limits = settings.images
     desk = ReviewDesk(
         review_queue,
-        on_final=outcomes.record_human_decision,
-        evidence=ReviewEvidence(blobs, retention_s=settings.review.evidence_retention_s),
+        on_final=route_final(appeals, outcomes.record_human_decision),
+        evidence=ReviewEvidence(
+            blobs,
+            retention_s=settings.review.evidence_retention_s,
+            appeal_window_s=settings.appeals.window_s if appeals.appeals is not None else 0.0,
+        ),
         render_image=lambda data: safe_png(data, limits),
         banks=banks,
         backoff_s=settings.review.outbox_backoff_s,
@@ -227,6 +255,7 @@ def build_api(
             settings.review.undo_window_s if settings.review.outbox_retry_s > 0 else 0.0
         ),
         skip_away_s=settings.review.skip_away_s,
+        uploader_context=enforcement.context if enforcement is not None else None,
     )
     sending = None
     if sends_callbacks(settings, "api") and outbox is not None:
@@ -245,6 +274,7 @@ def build_api(
         audit=audit,
         review_queue=review_queue,
         review_desk=desk,
+        appeals=appeals,
         reviewers=reviewers,
         reviewer_auth=build_reviewer_auth(settings, reviewers, audit=audit),
         tenants=build_tenants(settings),

@@ -23,6 +23,7 @@ from moderation.adapters.postgres.jobs import PostgresJobStore
 from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
 from moderation.compose.access import enforce_security
+from moderation.compose.appeals import build_appeals, build_enforcement
 from moderation.compose.banks import build_bank_sync, build_banks, open_bank_guard
 from moderation.compose.callbacks import (
     CallbackSending,
@@ -59,6 +60,7 @@ from moderation.compose.stores import (
 from moderation.core.compiled import CompiledPolicy
 from moderation.exceptions import ConfigurationError
 from moderation.metrics import metrics
+from moderation.pipeline.appeals import route_final
 from moderation.pipeline.backtest_tasks import WorkerBacktests
 from moderation.pipeline.bank_sync import BankSync
 from moderation.pipeline.batching import BatchStats, MicroBatcher
@@ -71,7 +73,7 @@ from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.policies import ActivePolicies
 from moderation.pipeline.process import Processor
 from moderation.pipeline.review_evidence import ReviewEvidence
-from moderation.pipeline.review_outbox import ReviewOutbox
+from moderation.pipeline.review_outbox import OnFinal, ReviewOutbox
 from moderation.pipeline.spill import SpillSweep
 from moderation.pipeline.tenant_gate import TenantGate
 from moderation.ports import (
@@ -224,9 +226,20 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     blobs = open_blob_store(settings)
     sources = build_sources(settings, store, blobs=blobs)
     outbox = open_callbacks(settings)
-    evidence = ReviewEvidence(blobs, retention_s=settings.review.evidence_retention_s)
+    evidence = ReviewEvidence(
+        blobs,
+        retention_s=settings.review.evidence_retention_s,
+        appeal_window_s=settings.appeals.window_s if database is not None else 0.0,
+    )
     review_queue = open_review_queue(settings, database=database)
     guard = open_bank_guard(settings, database, loaded=banks)
+    enforcement = build_enforcement(
+        store=store,
+        audit=audit,
+        callbacks=outbox,
+        policies=lambda: policies.current.policies,
+        database=database,
+    )
     outcomes = Outcomes(
         store,
         deliveries=deliveries,
@@ -240,6 +253,18 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         evidence=evidence,
         notices=open_notice_store(database),
         bank_guard=guard,
+        keep_block_evidence=database is not None and settings.appeals.keep_block_evidence,
+        enforcement=enforcement,
+    )
+    appeals = build_appeals(
+        settings,
+        store=store,
+        review=review_queue,
+        audit=audit,
+        callbacks=outbox,
+        policies=lambda: policies.current.policies,
+        database=database,
+        enforcement=enforcement,
     )
     processor = Processor(
         store=store,
@@ -280,7 +305,12 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
             *_history_sweep(settings, shards, registry),
             *_evidence_sweep(settings, evidence, registry),
             *_spill_sweep(settings, blobs, registry),
-            *_outbox_delivery(settings, review_queue, outcomes, evidence),
+            *_outbox_delivery(
+                settings,
+                review_queue,
+                route_final(appeals, outcomes.record_human_decision),
+                evidence,
+            ),
         ],
     )
     compile_candidate = _candidate_compiler(settings, model, SafeDecoder(settings.images))
@@ -375,7 +405,7 @@ def _spill_sweep(
 
 
 def _outbox_delivery(
-    settings: Settings, queue: ReviewQueue, outcomes: Outcomes, evidence: ReviewEvidence
+    settings: Settings, queue: ReviewQueue, on_final: OnFinal, evidence: ReviewEvidence
 ) -> list[tuple[float, Callable[[], object], str]]:
     """The review outbox's automatic redelivery as a maintenance task (every worker takes its
     share of what is due), unless ``review.outbox_retry_s`` is 0."""
@@ -384,7 +414,7 @@ def _outbox_delivery(
         return []
     outbox = ReviewOutbox(
         queue,
-        outcomes.record_human_decision,
+        on_final,
         evidence=evidence,
         backoff_s=r.outbox_backoff_s,
         backoff_max_s=r.outbox_backoff_max_s,

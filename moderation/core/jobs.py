@@ -97,11 +97,20 @@ def request_fingerprint(
     policies: list[str] | None,
     metadata: dict[str, Any],
     callback_url: str | None,
+    uploader_id: str | None = None,
 ) -> str:
     """A hash of what a request asks for (``image``: the URL, or ``sha256:<hex>`` of inline
     bytes): the same id with a different fingerprint is a conflict, not a duplicate."""
+    fields: dict[str, Any] = {
+        "image": image,
+        "policies": policies,
+        "metadata": metadata,
+        "callback": callback_url,
+    }
+    if uploader_id is not None:  # (absent: the fingerprints of earlier requests stand)
+        fields["uploader"] = uploader_id
     canonical = json.dumps(
-        {"image": image, "policies": policies, "metadata": metadata, "callback": callback_url},
+        fields,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -141,6 +150,9 @@ class Job(BaseModel):
     #: :func:`request_fingerprint` of the request that created the job (None: stored before
     #: fingerprints existed; any resubmission then counts as a duplicate).
     fingerprint: str | None = None
+    #: The tenant's pseudonymous id of who posted the content (``moderation.core.strikes``:
+    #: strikes and repeat-offender context, per tenant); None: not given.
+    uploader_id: str | None = None
 
     @property
     def public_id(self) -> str:
@@ -227,6 +239,8 @@ _HUMAN = {
     ReviewDecision.ALLOW: Decision.ALLOW,
     ReviewDecision.REMOVE: Decision.BLOCK,
     ReviewDecision.ESCALATE: Decision.REVIEW,
+    ReviewDecision.UPHOLD: Decision.BLOCK,
+    ReviewDecision.OVERTURN: Decision.ALLOW,
 }
 
 

@@ -43,6 +43,7 @@ from pydantic import (
     model_validator,
 )
 
+from moderation.core.strikes import StrikeRules
 from moderation.exceptions import (
     DuplicatePolicyError,
     PolicyVersionConflict,
@@ -526,6 +527,11 @@ class Policy(_Strict):
         description="Videos and animations: the minimum in the block band before a video is "
         "blocked (min_block_frames, min_block_seconds).",
     )
+    strikes: StrikeRules | None = Field(
+        default=None,
+        description="Uploader strikes: points per severity, decay_days, and thresholds mapping "
+        "strike points in force to warn / restrict / suspend (moderation.core.strikes).",
+    )
 
     def category(self, category_id: str) -> Category:
         for category in self.categories:
@@ -628,8 +634,9 @@ class Policy(_Strict):
         state and left out; an absent optional block (``exemplars``, ``bank``) is left out too, so
         adding one to the schema does not change the hash of a policy that does not use it."""
         data = self.model_dump(mode="json", exclude={"mode"})
-        if data.get("video") is None:
-            data.pop("video", None)
+        for optional_block in ("video", "strikes"):
+            if data.get(optional_block) is None:
+                data.pop(optional_block, None)
         for category in data["categories"]:
             for optional in ("exemplars", "bank", "labels", "combine"):
                 if category.get(optional) is None:

@@ -55,7 +55,10 @@ __all__ = [
     "DEFAULT_QUEUE",
     "ESCALATION_QUEUE",
     "NOTICE_BOOST",
+    "QUEUE_APPEAL",
+    "QUEUE_REVIEW",
     "SEVERITY_WEIGHT",
+    "AppealContext",
     "FirstDecision",
     "HumanDecision",
     "Lease",
@@ -96,6 +99,17 @@ class ReviewDecision(str, Enum):
     ALLOW = "allow"
     REMOVE = "remove"
     ESCALATE = "escalate"
+    #: Outcomes of an appeal (:mod:`moderation.core.appeals`): the restriction stands, or it is
+    #: reversed. Only appeal items take them, and appeal items take nothing else.
+    UPHOLD = "uphold"
+    OVERTURN = "overturn"
+
+
+#: The queue of first (and second) reviews, and the appeals' own queue (an appeal item starts
+#: there; senior reviewers and admins work it, others by a grant).
+QUEUE_REVIEW = DEFAULT_QUEUE
+QUEUE_APPEAL = "appeal"
+APPEAL_DECISIONS = frozenset({ReviewDecision.UPHOLD, ReviewDecision.OVERTURN})
 
 
 class _Frozen(BaseModel):
@@ -118,6 +132,23 @@ class ReasonOption(_Frozen):
     label: str
     #: The category whose band gives this code (the item's own category's come first).
     category_id: str | None = None
+
+
+class AppealContext(_Frozen):
+    """What an appeal reviewer reads besides the item: the user's statement and the decision
+    appealed, with every earlier decision on the item."""
+
+    appeal_id: str
+    statement: str
+    filed_at: float  # unix seconds
+    #: The decision appealed: ``automated`` (the model blocked it) or ``human`` (a removal).
+    appealed_kind: str
+    appealed_decision: str
+    appealed_reason_code: str | None = None
+    #: The audit record of the decision appealed (the overturn's record links to it).
+    appealed_record_id: str
+    #: Earlier human decisions on the item (the first review's), oldest first.
+    earlier: list[HumanDecision] = Field(default_factory=list)
 
 
 class ReviewItem(_Frozen):
@@ -153,6 +184,13 @@ class ReviewItem(_Frozen):
     #: Added to the item's sort key (log2 units): a trusted flagger's notice jumps the queue
     #: (:data:`NOTICE_BOOST`). 0 for the model's own items.
     priority_boost: float = 0.0
+    #: Pseudonymous reviewers who may not claim or decide it (an appeal: everyone who decided
+    #: the item before).
+    barred: list[str] = Field(default_factory=list)
+    #: The appeal, on an appeal item.
+    appeal: AppealContext | None = None
+    #: The job's pseudonymous uploader (repeat-offender context on the review page).
+    uploader_id: str | None = None
 
     @property
     def critical(self) -> bool:
@@ -369,6 +407,7 @@ def item_from_verdict(
     source: DecisionSource = DecisionSource.AUTOMATED,
     category_id: str | None = None,
     priority_boost: float = 0.0,
+    uploader_id: str | None = None,
 ) -> ReviewItem:
     """Build the review item for a REVIEW verdict, with the deciding category's policy text.
 
@@ -415,6 +454,7 @@ def item_from_verdict(
         created_at=created_at if created_at is not None else datetime.now(UTC).timestamp(),
         source=source,
         priority_boost=priority_boost,
+        uploader_id=uploader_id,
     )
 
 
@@ -441,6 +481,20 @@ def apply_decision(
             non-removal, the first reviewer deciding the second review too, or "escalate" in
             the escalation queue.
     """
+    if reviewer in item.barred:
+        raise ReviewInvalidDecision(
+            "you decided this item before: its appeal goes to a different reviewer",
+            code="review_reviewer_barred",
+        )
+    if item.queue == QUEUE_APPEAL or decision in APPEAL_DECISIONS:
+        return _appeal_outcome(
+            item,
+            reviewer=reviewer,
+            decision=decision,
+            reason_code=reason_code,
+            now=now,
+            seen_sha256=seen_sha256,
+        )
     if decision is ReviewDecision.REMOVE:
         if reason_code not in item.reason_codes:
             raise ReviewInvalidDecision(
@@ -493,6 +547,43 @@ def apply_decision(
     return final(ReviewDecision.ESCALATE, None, [first.reviewer, reviewer])
 
 
+def _appeal_outcome(
+    item: ReviewItem,
+    *,
+    reviewer: str,
+    decision: ReviewDecision,
+    reason_code: str | None,
+    now: float,
+    seen_sha256: str | None,
+) -> ReviewOutcome:
+    """An appeal is decided by one reviewer: uphold or overturn, each with a reason code."""
+    if item.queue != QUEUE_APPEAL or decision not in APPEAL_DECISIONS:
+        raise ReviewInvalidDecision(
+            "an appeal is upheld or overturned, and only an appeal is"
+            if item.queue == QUEUE_APPEAL
+            else "only an appeal can be upheld or overturned"
+        )
+    if reason_code not in item.reason_codes:
+        raise ReviewInvalidDecision(
+            f"an appeal outcome needs a reason code: {', '.join(item.reason_codes)}"
+        )
+    return ReviewOutcome(
+        final=HumanDecision(
+            job_id=item.job_id,
+            review_id=item.review_id,
+            decision=decision,
+            reason_code=reason_code,
+            reviewers=[reviewer],
+            category_id=item.category_id,
+            policy_id=item.policy_id,
+            policy_version=item.policy_version,
+            decided_at=datetime.fromtimestamp(now, UTC),
+            seen_sha256=seen_sha256,
+            source=DecisionSource.APPEAL,
+        )
+    )
+
+
 def export_row(item: ReviewItem, final: HumanDecision) -> dict[str, Any]:
     """One reviewed item as a labelled row (``moderation review export``, the policy tools)."""
     deciding = next((c for c in item.verdict.categories if c.category_id == item.category_id), None)
@@ -524,3 +615,7 @@ def outbox_delay(attempts: int, *, base_s: float, max_s: float) -> float:
     if attempts <= 0:
         return 0.0
     return float(min(max_s, base_s * 2.0 ** min(attempts - 1, 60)))
+
+
+AppealContext.model_rebuild()
+ReviewItem.model_rebuild()

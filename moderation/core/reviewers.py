@@ -55,11 +55,12 @@ class Role(str, Enum):
 
 
 #: The review queues each role may work without a grant (``review`` is every item's first
-#: queue; ``escalation`` gets what a reviewer escalated). Admins work every queue.
+#: queue; ``escalation`` gets what a reviewer escalated; ``appeal``, the appeals, which a
+#: reviewer works by a grant). Admins work every queue.
 ROLE_QUEUES: dict[Role, tuple[str, ...]] = {
     Role.REVIEWER: ("review",),
-    Role.SENIOR: ("review", "escalation"),
-    Role.ADMIN: ("review", "escalation"),
+    Role.SENIOR: ("review", "escalation", "appeal"),
+    Role.ADMIN: ("review", "escalation", "appeal"),
 }
 
 _QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")

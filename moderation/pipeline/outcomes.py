@@ -39,7 +39,13 @@ from moderation.core.callbacks import callback_body
 from moderation.core.decision import Decision, Verdict
 from moderation.core.jobs import Job, JobError, JobResult
 from moderation.core.policy import Policy
-from moderation.core.review import HumanDecision, ReviewItem, item_from_verdict, review_id_for
+from moderation.core.review import (
+    HumanDecision,
+    ReviewDecision,
+    ReviewItem,
+    item_from_verdict,
+    review_id_for,
+)
 from moderation.core.shadow import ShadowVerdict
 from moderation.exceptions import JobNotFoundError, ModerationError, ReviewInvalidDecision
 from moderation.metrics import metrics
@@ -57,6 +63,7 @@ if TYPE_CHECKING:
     from moderation.pipeline.bank_guard import BankGuard
     from moderation.pipeline.banks import BankService
     from moderation.pipeline.review_evidence import ReviewEvidence
+    from moderation.pipeline.strikes import Enforcement
 
 __all__ = ["Decided", "Outcomes"]
 
@@ -107,6 +114,11 @@ class Outcomes:
         evidence: keeps the scored bytes of REVIEW verdicts for the reviewer.
         notices: the notices from outside, answered by each human decision (None: none kept).
         bank_guard: counts the bank entries the ended jobs matched (flood quarantine).
+        keep_block_evidence: also keep the scored bytes of BLOCK verdicts (for the reviewer of
+            an appeal; retired at once, so deleted when the appeal window has passed).
+        enforcement: uploader strikes (None: none recorded): a block or a removal of a job
+            that names its uploader records a strike; a repeat offender's review items get a
+            higher priority.
     """
 
     def __init__(
@@ -124,6 +136,8 @@ class Outcomes:
         evidence: ReviewEvidence | None = None,
         notices: NoticeStore | None = None,
         bank_guard: BankGuard | None = None,
+        keep_block_evidence: bool = False,
+        enforcement: Enforcement | None = None,
     ) -> None:
         self.store = store
         self.deliveries = deliveries
@@ -137,6 +151,8 @@ class Outcomes:
         self.evidence = evidence
         self.notices = notices
         self.bank_guard = bank_guard
+        self.keep_block_evidence = keep_block_evidence
+        self.enforcement = enforcement
 
     def finish_verdict(
         self,
@@ -328,6 +344,20 @@ class Outcomes:
             self.review.submit_many(items)
         finished = []
         for job, result in ended_now:
+            if result.verdict is not None and result.verdict.decision is Decision.BLOCK:
+                if self.keep_block_evidence:
+                    self._keep_blocked(job, result, (data or {}).get(job.id))
+                if self.enforcement is not None and job.uploader_id is not None:
+                    verdict = result.verdict
+                    self.enforcement.on_decision(
+                        job,
+                        decision=verdict.decision.value,
+                        source="automated",
+                        policy_id=verdict.policy_id,
+                        category_id=verdict.category_id,
+                        severity=verdict.severity.value if verdict.severity else None,
+                        at=result.finished_at,
+                    )
             if job.callback_url:
                 self.callbacks.send(
                     job.public_id,
@@ -361,6 +391,11 @@ class Outcomes:
         evidence_key = self._keep_evidence(job, result, data)
         if stills is not None:
             self._keep_filmstrip(job, result, *stills)
+        boost = (
+            self.enforcement.boost(job.tenant, job.uploader_id)
+            if self.enforcement is not None
+            else 0.0
+        )
         try:
             item = item_from_verdict(
                 job_id=job.id,
@@ -371,6 +406,8 @@ class Outcomes:
                 content_pdq=result.content_pdq,
                 content_pdq_quality=result.content_pdq_quality,
                 evidence_key=evidence_key,
+                uploader_id=job.uploader_id,
+                priority_boost=boost,
             )
         except ReviewInvalidDecision as exc:
             log.error("job %s: cannot build its review item: %s", job.id, exc)
@@ -413,6 +450,19 @@ class Outcomes:
             )
         except (ModerationError, ValueError) as exc:
             log.error("job %s: the sampled frames could not be kept for review: %s", job.id, exc)
+
+    def _keep_blocked(self, job: Job, result: JobResult, data: bytes | None) -> None:
+        """Keep a blocked image's scored bytes for an appeal's reviewer, marked for deletion
+        when the appeal window has passed (:meth:`ReviewEvidence.retire_key`)."""
+        key = self._keep_evidence(job, result, data)
+        if key is None or self.evidence is None:
+            return
+        try:
+            self.evidence.retire_key(key, result.finished_at or datetime.now(UTC))
+        except ModerationError as exc:
+            log.error(
+                "job %s: the blocked image's bytes were not marked to expire: %s", job.id, exc
+            )
 
     def _dsa_category(self, verdict: Verdict) -> str | None:
         policy = self.policies().get(verdict.policy_id or "")
@@ -460,6 +510,21 @@ class Outcomes:
             )
         if self.notices is not None:
             answer_notices(decision, job=job, notices=self.notices, callbacks=self.callbacks)
+        if (
+            self.enforcement is not None
+            and job.uploader_id is not None
+            and decision.decision is ReviewDecision.REMOVE
+        ):
+            verdict = result.verdict
+            self.enforcement.on_decision(
+                job,
+                decision=decision.decision.value,
+                source="human",
+                policy_id=decision.policy_id,
+                category_id=decision.category_id,
+                severity=verdict.severity.value if verdict and verdict.severity else None,
+                at=decision.decided_at,
+            )
         if self.banks is not None:
             self.banks.add_reviewed(
                 decision,

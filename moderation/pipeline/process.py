@@ -121,6 +121,13 @@ class Processor:
         #: Caps one tenant's messages in process at once (fairness inside the worker).
         self.gate = gate
 
+    def _keeps_bytes(self, decision: Decision) -> bool:
+        """Whether a verdict's scored bytes go on to the outcomes: a REVIEW verdict's (its
+        reviewer sees them), a BLOCK's where they are kept for an appeal's reviewer."""
+        return decision is Decision.REVIEW or (
+            decision is Decision.BLOCK and self.outcomes.keep_block_evidence
+        )
+
     def backoff(self, retries: int) -> float:
         q = self.settings
         return float(min(q.retry_backoff_max_s, q.retry_backoff_s * (2**retries)))
@@ -298,7 +305,7 @@ class Processor:
                 pool=self.pool,
             ),
         )
-        # The scored bytes, for the reviewer of a REVIEW verdict.
+        # The scored bytes, for the reviewer of a REVIEW verdict (and of a BLOCK's appeal).
         scored = {
             job.id: data
             for job, data in zip(wanted, fetched, strict=True)
@@ -367,7 +374,7 @@ class Processor:
                     image.content_sha256,
                     image.fingerprints,
                     tuple(shadow),
-                    scored.get(job.id) if verdict.decision is Decision.REVIEW else None,
+                    scored.get(job.id) if self._keeps_bytes(verdict.decision) else None,
                     image.stills if verdict.decision is Decision.REVIEW else (),
                     image.timeline.timestamps
                     if verdict.decision is Decision.REVIEW and image.timeline is not None

@@ -44,6 +44,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from moderation.core.review import (
     DEFAULT_QUEUE,
@@ -111,6 +112,9 @@ class ReviewDesk:
         undo_window_s: how long a reviewer may take a decision back before it is handed on
             (0: handed on at once, no undo).
         skip_away_s: how long an item a reviewer skipped is not offered to them again.
+        uploader_context: the repeat-offender context of an item's uploader (its earlier
+            decisions with the same tenant; :meth:`~moderation.pipeline.strikes.Enforcement.
+            context`), None where strikes are not kept.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class ReviewDesk:
         backoff_max_s: float = 600.0,
         undo_window_s: float = 0.0,
         skip_away_s: float = 0.0,
+        uploader_context: Callable[[ReviewItem], dict[str, Any] | None] | None = None,
     ) -> None:
         self.queue = queue
         self.undo_window_s = undo_window_s
@@ -136,6 +141,7 @@ class ReviewDesk:
         )
         self.render_image = render_image
         self.banks = banks
+        self._uploader_context = uploader_context
 
     @property
     def lease_s(self) -> float:
@@ -154,6 +160,13 @@ class ReviewDesk:
         leased to it. The caller checks that the reviewer may work those queues
         (:func:`moderation.core.reviewers.allowed_queues`)."""
         return self.queue.claim(reviewer, policies=policies, queues=queues)
+
+    def uploader_context(self, item: ReviewItem) -> dict[str, Any] | None:
+        """The item's uploader's earlier decisions with the same tenant (None: no uploader,
+        or strikes are not kept here)."""
+        if self._uploader_context is None or item.uploader_id is None:
+            return None
+        return self._uploader_context(item)
 
     def bank_targets(self, item: ReviewItem) -> list[str]:
         """The banks a removal of ``item`` may add its image to."""
@@ -255,10 +268,13 @@ class ReviewDesk:
         view = self.filmstrip(item)
         if view is not None and view.problem is not None:
             seen = None  # a video whose frames cannot be shown was not seen
-        if seen is None and decision is ReviewDecision.ALLOW:
+        if seen is None and decision in (ReviewDecision.ALLOW, ReviewDecision.OVERTURN):
             raise ReviewInvalidDecision(
                 "the scored image is gone or does not verify: this item can only be removed "
-                "or escalated",
+                "or escalated"
+                if decision is ReviewDecision.ALLOW
+                else "the scored image is gone or does not verify: this appeal can only be "
+                "upheld (nothing is reinstated unseen)",
                 code="review_evidence_unavailable",
             )
         if add_to_bank is not None:

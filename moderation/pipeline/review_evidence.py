@@ -58,11 +58,16 @@ class ReviewEvidence:
     Args:
         blobs: the object store.
         retention_s: how long the bytes outlive their item's final decision.
+        appeal_window_s: how long a decision can be appealed (0: no appeals): the bytes are
+            kept at least this long after a decision, for the appeal's reviewer.
     """
 
-    def __init__(self, blobs: BlobStore, *, retention_s: float) -> None:
+    def __init__(
+        self, blobs: BlobStore, *, retention_s: float, appeal_window_s: float = 0.0
+    ) -> None:
         self.blobs = blobs
         self.retention_s = retention_s
+        self.appeal_window_s = appeal_window_s
 
     def keep(self, *, tenant: str, review_id: str, content_sha256: str, data: bytes) -> str:
         """Store the scored bytes of a review; returns their key.
@@ -167,10 +172,23 @@ class ReviewEvidence:
             BlobStoreUnavailable, BlobError: the store refused the marker.
         """
         if item.evidence_key is not None:
-            self.blobs.put(retired_key(item.evidence_key, decided_at), b"")
+            self.retire_key(item.evidence_key, decided_at)
         if item.verdict.video is not None and item.content_sha256 is not None:
             frames = filmstrip_key(tenant_of(item.job_id), item.review_id, item.content_sha256)
-            self.blobs.put(retired_key(frames, decided_at), b"")
+            self.retire_key(frames, decided_at)
+
+    def retire_key(self, key: str, decided_at: datetime) -> None:
+        """Mark the bytes under ``key`` for deletion ``retention_s`` after ``decided_at`` (and
+        never before the appeal window has passed).
+
+        Raises:
+            BlobStoreUnavailable, BlobError: the store refused the marker.
+        """
+        # Deleted retention_s after the marker's day: at least the appeal window after the
+        # decision.
+        extra = max(0.0, self.appeal_window_s - self.retention_s)
+        marked = decided_at + timedelta(seconds=extra)
+        self.blobs.put(retired_key(key, marked), b"")
 
     def sweep(self, now: datetime | None = None, *, lookback_days: int = 30) -> int:
         """Delete the bytes (and markers) of items decided more than ``retention_s`` ago,

@@ -43,6 +43,7 @@ from moderation.core.jobs import (
     request_fingerprint,
     scoped_id,
 )
+from moderation.core.strikes import is_uploader_id
 from moderation.exceptions import (
     ImageFetchError,
     JobConflict,
@@ -77,6 +78,8 @@ class SubmitRequest:
     callback_url: str | None = None
     #: ``"high"``: the tenant's priority lane, within its ``high_priority_per_minute``.
     priority: str = NORMAL
+    #: The tenant's pseudonymous id of who posted it (strikes; ``UPLOADER_ID_PATTERN``).
+    uploader_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +298,13 @@ class Submitter:
             raise _reject(400, "bad_priority", f"priority must be {NORMAL!r} or {HIGH!r}")
         policies = self._policies(request, known, tenant)
         self._check_metadata(request.metadata)
+        if request.uploader_id is not None and not is_uploader_id(request.uploader_id):
+            raise _reject(
+                400,
+                "bad_uploader_id",
+                "uploader_id must be a pseudonymous id: 1-128 letters, digits, '.', '_', ':' "
+                "or '-', starting with a letter or digit",
+            )
         if request.callback_url is not None:
             try:
                 self.check_callback_url(request.callback_url)
@@ -313,7 +323,9 @@ class Submitter:
                 policies=policies,
                 metadata=request.metadata,
                 callback_url=request.callback_url,
+                uploader_id=request.uploader_id,
             ),
+            uploader_id=request.uploader_id,
         )
         return _Valid(job, inline, caller_id=request.id is not None)
 

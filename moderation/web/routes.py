@@ -311,6 +311,10 @@ def _claim_payload(claim: Claim, prefix: str, desk: ReviewDesk) -> dict[str, Any
             for e in c.evidence
             if e.details.get("quarantined") and "entry_id" in e.details
         ],
+        # An appeal: the user's statement, the decision appealed and the earlier decisions.
+        "appeal": item.appeal.model_dump(mode="json") if item.appeal else None,
+        # The uploader's earlier decisions (same tenant only), strike points and action.
+        "uploader": desk.uploader_context(item),
     }
 
 

@@ -6,6 +6,7 @@ once, review submission is idempotent, a lease is exclusive, ...) with plain dic
 They are not for production: nothing survives the process.
 """
 
+from moderation.adapters.memory.appeals import MemoryAppealStore
 from moderation.adapters.memory.audit import MemoryAuditSink
 from moderation.adapters.memory.bank_guard import MemoryEntryGuard
 from moderation.adapters.memory.banks import MemoryBankStore
@@ -29,10 +30,12 @@ from moderation.adapters.memory.segments import MemorySegmentStore
 from moderation.adapters.memory.sessions import MemoryReviewerSessions
 from moderation.adapters.memory.sources import MemorySource
 from moderation.adapters.memory.state_import import MemoryStateImport
+from moderation.adapters.memory.strikes import MemoryStrikeStore
 from moderation.adapters.memory.transients import MemoryJobTransients
 from moderation.adapters.memory.workers import MemoryWorkerRegistry
 
 __all__ = [
+    "MemoryAppealStore",
     "MemoryAuditSink",
     "MemoryBankStore",
     "MemoryBlobStore",
@@ -57,5 +60,6 @@ __all__ = [
     "MemorySegmentStore",
     "MemorySource",
     "MemoryStateImport",
+    "MemoryStrikeStore",
     "MemoryWorkerRegistry",
 ]

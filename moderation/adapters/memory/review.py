@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from moderation.core.appeals import export_with_appeals
 from moderation.core.review import (
     FirstDecision,
     HumanDecision,
@@ -18,7 +19,6 @@ from moderation.core.review import (
     ReviewItem,
     ReviewOutcome,
     apply_decision,
-    export_row,
     item_rank,
 )
 from moderation.exceptions import (
@@ -117,6 +117,7 @@ class MemoryReviewQueue:
                 for e in self.entries.values()
                 if e.state == "queued"
                 and e.queue in queues
+                and reviewer not in e.item.barred
                 and (not policies or e.item.policy_id in policies)
                 and (e.first is None or e.first.reviewer != reviewer)
                 and e.away.get(reviewer, 0.0) <= now
@@ -407,6 +408,8 @@ class MemoryReviewQueue:
 
     def export(self) -> Iterator[dict[str, Any]]:
         decided = [e for e in self.entries.values() if e.final is not None]
-        for entry in sorted(decided, key=lambda e: e.final.decided_at if e.final else 0):
-            assert entry.final is not None
-            yield export_row(entry.item, entry.final)
+        yield from export_with_appeals(
+            (e.item, e.final)
+            for e in sorted(decided, key=lambda e: e.final.decided_at if e.final else 0)
+            if e.final is not None
+        )

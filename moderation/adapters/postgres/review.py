@@ -42,6 +42,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from moderation.adapters.postgres.errors import database_errors
+from moderation.core.appeals import corrected_row
 from moderation.core.review import (
     FirstDecision,
     HumanDecision,
@@ -65,7 +66,7 @@ from moderation.exceptions import (
 from moderation.ports import Claim, DecideResult, OutboxEntry, ReviewStats
 from moderation.settings import ReviewSettings
 
-__all__ = ["PostgresReviewQueue"]
+__all__ = ["INSERT_ITEM", "PostgresReviewQueue", "item_row"]
 
 _WHAT = "review queue"
 #: Expired leases put back per claim (the rest on the next claims).
@@ -77,6 +78,33 @@ _PRUNE_EVERY_S = 3600.0
 
 def _dump(model: Any) -> Jsonb:
     return Jsonb(model.model_dump(mode="json"))
+
+
+#: Queue one review item (:func:`item_row` gives the values). The same id again is a no-op,
+#: unless it raises the rank of an item still waiting (a notice about it).
+INSERT_ITEM = (
+    "INSERT INTO review_items (review_id, policy_id, job_id, item, rank, created_at, queue,"
+    " queued_at, barred) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (review_id) DO UPDATE"
+    " SET item = EXCLUDED.item, rank = EXCLUDED.rank"
+    " WHERE review_items.state <> 'final' AND EXCLUDED.rank > review_items.rank"
+)
+
+
+def item_row(item: ReviewItem, *, age_doubling_s: float) -> tuple[Any, ...]:
+    """The values of :data:`INSERT_ITEM` for ``item``."""
+    rank = item_rank(item, age_doubling_s=age_doubling_s)
+    return (
+        item.review_id,
+        item.policy_id,
+        item.job_id,
+        _dump(item),
+        rank,
+        item.created_at,
+        item.queue,
+        item.created_at,
+        list(item.barred),
+    )
 
 
 class PostgresReviewQueue:
@@ -168,7 +196,8 @@ class PostgresReviewQueue:
         """Lease the highest-priority item the reviewer may take (or the one they already hold).
 
         ``reviewer`` is the pseudonymous id; ``queues`` are the queues it may work and
-        ``policies`` limits the policies looked at. Returns None when nothing is waiting.
+        ``policies`` limits the policies looked at; an item that bars ``reviewer`` (an appeal
+        of its own decision) is never offered to it. Returns None when nothing is waiting.
 
         Raises:
             DatabaseUnavailable: the database is unreachable.
@@ -205,12 +234,21 @@ class PostgresReviewQueue:
                 return self._claim(rid, reviewer, tok, expires, item_json, first_json, now, queue)
             row = conn.execute(
                 "SELECT review_id FROM review_items i WHERE state = 'queued'"
-                " AND queue = ANY(%s) AND first_reviewer IS DISTINCT FROM %s"
+                " AND queue = ANY(%s) AND NOT (%s = ANY(barred))"
+                " AND first_reviewer IS DISTINCT FROM %s"
                 " AND (%s::text[] IS NULL OR policy_id = ANY(%s::text[]))"
                 " AND NOT EXISTS (SELECT 1 FROM review_away a WHERE a.reviewer = %s"
                 "   AND a.review_id = i.review_id AND a.until > %s)"
                 " ORDER BY rank DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
-                (list(queues), reviewer, policies or None, policies or None, reviewer, now),
+                (
+                    list(queues),
+                    reviewer,
+                    reviewer,
+                    policies or None,
+                    policies or None,
+                    reviewer,
+                    now,
+                ),
             ).fetchone()
             if row is None:
                 return None
@@ -793,22 +831,38 @@ class PostgresReviewQueue:
         return {reviewer: int(n) for reviewer, n in rows}
 
     def export(self) -> Iterator[dict[str, Any]]:
-        """Reviewed items as labelled rows (oldest decision first), for threshold calibration;
-        read in pages of 500 (keyset pagination), so a long export holds no transaction."""
+        """Reviewed items as labelled rows (oldest decision first), for threshold calibration,
+        labels corrected by their latest appeal (:func:`~moderation.core.appeals.
+        export_with_appeals`: one row per job); read in pages of 500 (keyset pagination), so a
+        long export holds no transaction."""
         after: tuple[float, str] = (float("-inf"), "")
         while True:
             with database_errors(_WHAT), self._pool.connection() as conn:
                 rows = conn.execute(
-                    "SELECT decided_at, review_id, item, final_decision FROM review_items"
-                    " WHERE state = 'final' AND (decided_at, review_id) > (%s, %s)"
-                    " ORDER BY decided_at, review_id LIMIT 500",
+                    "SELECT i.decided_at, i.review_id, i.item, i.final_decision,"
+                    "  a.final_decision->>'decision', a.final_decision->>'reason_code'"
+                    " FROM review_items i LEFT JOIN LATERAL (SELECT l.review_id, l.final_decision"
+                    "   FROM review_items l WHERE l.job_id = i.job_id"
+                    "   AND l.item->>'queue' = 'appeal' AND l.state = 'final'"
+                    "   ORDER BY l.decided_at DESC LIMIT 1) a ON true"
+                    " WHERE i.state = 'final' AND (i.decided_at, i.review_id) > (%s, %s)"
+                    " AND (i.item->>'queue' IS DISTINCT FROM 'appeal'"
+                    "   OR (a.review_id = i.review_id AND NOT EXISTS ("
+                    "   SELECT 1 FROM review_items r WHERE r.job_id = i.job_id"
+                    "   AND r.item->>'queue' IS DISTINCT FROM 'appeal' AND r.state = 'final')))"
+                    " ORDER BY i.decided_at, i.review_id LIMIT 500",
                     after,
                 ).fetchall()
             if not rows:
                 return
-            for _, _, item_json, final_json in rows:
-                yield export_row(
-                    ReviewItem.model_validate(item_json), HumanDecision.model_validate(final_json)
+            for _, _, item_json, final_json, appeal_decision, appeal_code in rows:
+                yield corrected_row(
+                    export_row(
+                        ReviewItem.model_validate(item_json),
+                        HumanDecision.model_validate(final_json),
+                    ),
+                    appeal_decision,
+                    appeal_code,
                 )
             after = (float(rows[-1][0]), rows[-1][1])
 

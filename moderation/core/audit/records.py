@@ -55,8 +55,9 @@ class AuditRecord(BaseModel):
 
     record_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     #: ``security``: a sign-in event of the reviewers' pages (no job; ``job_id`` is empty);
-    #: ``policy``: a policy promotion (``job_id`` is ``policy/<id>``).
-    kind: Literal["automated", "human", "security", "policy"]
+    #: ``policy``: a policy promotion (``job_id`` is ``policy/<id>``); ``enforcement``: an
+    #: uploader's action changed (``moderation.pipeline.strikes``; ``decision`` names it).
+    kind: Literal["automated", "human", "security", "policy", "enforcement"]
     at: datetime = Field(default_factory=_now)
     job_id: str
     content_sha256: str | None
