@@ -226,7 +226,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     outbox = open_callbacks(settings)
     evidence = ReviewEvidence(blobs, retention_s=settings.review.evidence_retention_s)
     review_queue = open_review_queue(settings, database=database)
-    guard = open_bank_guard(settings, database, loaded=banks)
+    guard = open_bank_guard(settings, database, loaded=banks, audit=audit)
     outcomes = Outcomes(
         store,
         deliveries=deliveries,
