@@ -536,6 +536,12 @@ class BlobNotFound(BlobError):
     code = "blob_not_found"
 
 
+class ExchangeUnavailable(TransientError):
+    """A hash exchange could not be reached (connection error, timeout, 5xx, 429)."""
+
+    code = "exchange_unavailable"
+
+
 class BlobStoreUnavailable(TransientError):
     """The object store cannot be reached now (network, timeouts, throttling, 5xx, a full
     disk): the same call may succeed later."""
@@ -566,6 +572,24 @@ class BankBusy(BankError):
     """Another import or edit holds the bank's write lock; try again when it is done."""
 
     code = "bank_busy"
+
+
+class ExchangeError(BankError):
+    """A hash exchange (NCMEC, ThreatExchange, StopNCII) answered something the sync cannot use."""
+
+    code = "exchange_error"
+
+
+class ExchangeAuthError(ExchangeError):
+    """The exchange refused the configured credentials (401/403): nothing was applied."""
+
+    code = "exchange_auth"
+
+
+class ExchangeBusy(ExchangeError):
+    """Another process is syncing this bank now (the PostgreSQL advisory lock is held)."""
+
+    code = "exchange_busy"
 
 
 class InvalidHashError(BankError):

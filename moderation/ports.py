@@ -39,6 +39,8 @@ cases::
     PolicyStore      postgres.policies.PostgresPolicyStore     MemoryPolicyStore
     NoticeStore      postgres.notices.PostgresNoticeStore      MemoryNoticeStore
     EntryGuardStore  postgres.bank_guard.PostgresEntryGuard    MemoryEntryGuard
+    ExchangeFeed     exchanges.LibraryExchangeFeed             MemoryExchangeFeed
+    ExchangeSyncStore postgres.exchange_sync.PostgresExchangeSync MemoryExchangeSync
 
 Adapters translate their library's errors into :mod:`moderation.exceptions` (transient vs
 permanent) at the boundary; nothing outside an adapter sees a redis, boto3, httpx or kombu error.
@@ -1433,4 +1435,75 @@ class EntryGuardStore(Protocol):
     ) -> dict[int, EntryRate]:
         """Add matches to the entries' rates (atomically per entry; ``rule.observe``);
         the new rates."""
+        ...
+
+
+# --- hash exchanges ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExchangeDelta:
+    """One batch of a hash exchange's updates, in upstream order.
+
+    ``additions``: per upstream record key, the PDQ hashes it carries now (replacing what the key
+    carried before); ``removals``: keys deleted upstream (or no longer carrying a PDQ hash);
+    ``ignored``: records of other signal types; ``checkpoint``: where the next fetch resumes once
+    this batch is applied (opaque).
+    """
+
+    additions: dict[str, list[str]]
+    removals: list[str]
+    ignored: int
+    checkpoint: bytes
+
+
+class ExchangeFeed(Protocol):
+    """One exchange collaboration (NCMEC, a ThreatExchange privacy group, StopNCII).
+
+    Raises (while iterating): ``ExchangeAuthError`` (credentials refused), ``ExchangeUnavailable``
+    (transient), ``ExchangeError``.
+    """
+
+    def fetch(self, checkpoint: bytes | None) -> Iterator[ExchangeDelta]:
+        """The updates since ``checkpoint`` (None: everything), batch by batch."""
+        ...
+
+
+class ExchangeSyncStore(Protocol):
+    """Synced banks' checkpoints and the hashes each upstream record put into the bank.
+
+    Raises (every method): ``DatabaseUnavailable`` when the store cannot be reached.
+    """
+
+    def lock(self, source: str) -> AbstractContextManager[None]:
+        """Hold the one-syncer-per-source lock.
+
+        Raises:
+            ExchangeBusy: another process holds it.
+        """
+        ...
+
+    def checkpoint(self, source: str) -> bytes | None: ...
+
+    def records(self, source: str, keys: Iterable[str]) -> dict[str, list[str]]:
+        """The hashes that ``keys`` (those known) put into the bank."""
+        ...
+
+    def save(
+        self,
+        source: str,
+        *,
+        checkpoint: bytes,
+        records: Mapping[str, list[str] | None],
+        applied: int,
+    ) -> None:
+        """Keep the records (None: forget the key) and the new checkpoint, together."""
+        ...
+
+    def fetched(self, source: str) -> int:
+        """Records applied so far (0: never synced)."""
+        ...
+
+    def held(self, source: str, hashes: Iterable[str], *, besides: Iterable[str]) -> set[str]:
+        """Those of ``hashes`` that a record other than the keys ``besides`` still carries."""
         ...

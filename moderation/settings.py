@@ -31,6 +31,7 @@ __all__ = [
     "BlobSettings",
     "DatabaseSettings",
     "EmbeddingSettings",
+    "ExchangeSyncSettings",
     "ImageLimits",
     "ModelSettings",
     "QueueSettings",
@@ -563,6 +564,28 @@ class ApiKey(BaseModel):
 Environment = Literal["development", "production"]
 
 
+class ExchangeSyncSettings(BaseModel):
+    """One bank synced from a hash exchange (``moderation bank sync``;
+    :mod:`moderation.pipeline.exchange_sync`). The bank is created on the first sync."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["ncmec", "threatexchange", "stopncii"]
+    #: The local bank the exchange's PDQ hashes go into (its settings name when empty).
+    bank: str = ""
+    #: ThreatExchange: the privacy group (collaboration) id.
+    collaboration: str = ""
+    #: NCMEC: the environment (``Industry``, ``NGO``, ... of the library's NCMECEnvironment).
+    environment: str = ""
+    #: NCMEC ``user:password``; ThreatExchange the app access token; StopNCII
+    #: ``subscription key:fetch function key`` (from a secret: ``MODERATION_BANKS__EXCHANGES__*``).
+    credentials: SecretStr | None = None
+    #: Another base URL than the exchange's (a proxy); empty: the library's.
+    url: str = ""
+    #: Seconds between syncs of ``moderation bank sync --every``.
+    interval_s: float = Field(default=900.0, gt=0)
+
+
 class AllowListSettings(BaseModel):
     """One allow-list bank (known-benign hashes): what it suppresses and how near an image must
     be (:mod:`moderation.signals.hash_bank.allow_lists`)."""
@@ -623,6 +646,8 @@ class BankSettings(BaseModel):
     flood_min_matches: int = Field(default=50, ge=1)
     flood_factor: float = Field(default=10.0, gt=1)
     flood_floor: float = Field(default=2.0, gt=0)
+    #: Banks synced from hash exchanges, by name.
+    exchanges: dict[str, ExchangeSyncSettings] = Field(default_factory=dict)
 
 
 class EmbeddingSettings(BaseModel):

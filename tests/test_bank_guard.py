@@ -11,7 +11,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from moderation import testmodel
-from moderation.adapters.memory import MemoryEntryGuard
+from moderation.adapters.memory import MemoryAuditSink, MemoryEntryGuard
 from moderation.adapters.policy_files import load_policy_text
 from moderation.adapters.postgres.bank_guard import PostgresEntryGuard
 from moderation.core.bank_guard import EntryRate, EntryState, FloodRule
@@ -76,12 +76,14 @@ def test_a_flooding_bank_entry_is_quarantined_until_a_person_decides(
 ) -> None:
     moderator = banked["moderator"]
     now = [0.0]
+    audit = MemoryAuditSink()
     guard = BankGuard(
         guard_store,
         banks=banked["service"],
         loaded=banked["sync"].banks,
         rule=RULE,
         clock=lambda: now[0],
+        audit=audit,
     )
 
     def moderate() -> Verdict:
@@ -138,6 +140,19 @@ def test_a_flooding_bank_entry_is_quarantined_until_a_person_decides(
     assert after.scores["known/banked"] == 0.0 and after.decision is Decision.ALLOW
     assert guard_store.status("known-bad", 0) is not None
     assert guard_store.status("known-bad", 0).state is EntryState.DISABLED  # type: ignore[union-attr]
+
+    # Every change is in the audit log: who, which entry, why (the flood rule's, then a
+    # person's); an unknown entry changed nothing and wrote nothing.
+    rows = [(r.kind, r.job_id, r.decision, r.actor, r.details["reason"]) for r in audit.records]
+    assert rows == [
+        ("bank", "bank/known-bad/0", "bank_quarantined", "system", status.reason),
+        ("bank", "bank/known-bad/0", "bank_confirmed", "rv_reviewer01", "really bad"),
+        ("bank", "bank/known-bad/0", "bank_disabled", "rv_reviewer01", "benign meme"),
+    ]
+    assert audit.records[0].details["count"] == 5
+    assert all(
+        r.details["entry_id"] == 0 and r.details["bank"] == "known-bad" for r in audit.records
+    )
 
 
 # --- allow-lists (negative banks) -----------------------------------------------------------

@@ -10,6 +10,7 @@
     moderation bank export NAME [--format te|tx|hma|lines] [--tsv] [--out FILE]
     moderation bank match IMAGE... [--bank NAME...] [--max-distance 31] [--json]   (exit 0: a match)
     moderation bank delete NAME --yes
+    moderation bank sync [NAME...] [--every]   (banks.exchanges: NCMEC, ThreatExchange, StopNCII)
     moderation bank hash-video VIDEO [--format text|signal]          (a video's vPDQ hash)
     moderation bank import-video NAME FILE --video KEY [--format text|signal] [--label L] ...
     moderation bank export-video NAME KEY [--format text|signal]
@@ -71,6 +72,68 @@ def _service(settings: Settings) -> BankService:
     except ModerationError as exc:
         raise fail(exc) from exc
     return build_banks(settings, open_bank_store(settings, database=database))
+
+
+@bank_app.command()
+def sync(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Synced banks (banks.exchanges); default: all.")
+    ] = None,
+    every: Annotated[
+        bool,
+        typer.Option(help="Keep syncing, each bank every banks.exchanges.<name>.interval_s."),
+    ] = False,
+) -> None:
+    """Fetch synced banks' updates from their exchanges (incremental, from the checkpoint in
+    PostgreSQL; one syncer per bank at a time)."""
+    import time
+
+    from moderation.adapters.exchanges import open_exchange_feed
+    from moderation.compose.banks import open_exchange_sync
+    from moderation.compose.stores import command_database
+    from moderation.exceptions import ExchangeBusy, TransientError
+
+    settings = load_settings()
+    configured = settings.banks.exchanges
+    chosen = names or sorted(configured)
+    unknown = [n for n in chosen if n not in configured]
+    if unknown or not chosen:
+        raise fail(BankError(f"not in banks.exchanges: {', '.join(unknown) or '(none set)'}"), 2)
+    try:
+        database = command_database(settings)
+    except ModerationError as exc:
+        raise fail(exc) from exc
+    if database is None:
+        raise fail(BankError("exchange sync keeps its checkpoints in PostgreSQL: set database.url"))
+    syncer = open_exchange_sync(database, _service(settings))
+    due = dict.fromkeys(chosen, 0.0)
+    failed = False
+    while True:
+        for name in chosen:
+            if time.monotonic() < due[name]:
+                continue
+            conf = configured[name]
+            due[name] = time.monotonic() + conf.interval_s
+            try:
+                report = syncer.sync(name, open_exchange_feed(name, conf), bank=conf.bank or None)
+            except (ExchangeBusy, TransientError) as exc:
+                err.print(f"{name}: {exc} (next try in {conf.interval_s:.0f} s)")
+                failed = True
+                continue
+            except ModerationError as exc:
+                if not every:
+                    raise fail(exc, 1) from exc
+                err.print(f"{name}: {exc}")
+                failed = True
+                continue
+            out.print(
+                f"{name} -> bank {report.bank}: {report.added} added, {report.removed} removed,"
+                f" {report.ignored} ignored (other signal types), {report.batches} batches",
+                soft_wrap=True,
+            )
+        if not every:
+            raise typer.Exit(1 if failed else 0)
+        time.sleep(max(1.0, min(due.values()) - time.monotonic()))
 
 
 def _progress(label: str) -> Progress:

@@ -282,5 +282,5 @@ def build_api(
         backlog=store if isinstance(store, BacklogReader) else None,
         database=database,
         notice_desk=notice_desk,
-        bank_guard=open_bank_guard(settings, database, banks=banks),
+        bank_guard=open_bank_guard(settings, database, banks=banks, audit=audit),
     )

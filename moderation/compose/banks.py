@@ -12,14 +12,16 @@ from moderation.core.bank_guard import FloodRule
 from moderation.pipeline.bank_guard import BankGuard
 from moderation.pipeline.bank_sync import BankSync
 from moderation.pipeline.banks import BankService
-from moderation.ports import BankStore
+from moderation.ports import AuditSink, BankStore
 from moderation.settings import Settings
 from moderation.signals import LoadedBanks
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
-__all__ = ["build_bank_sync", "build_banks", "open_bank_guard"]
+    from moderation.pipeline.exchange_sync import ExchangeSync
+
+__all__ = ["build_bank_sync", "build_banks", "open_bank_guard", "open_exchange_sync"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ def open_bank_guard(
     *,
     loaded: LoadedBanks | None = None,
     banks: BankService | None = None,
+    audit: AuditSink | None = None,
 ) -> BankGuard | None:
     """Flood quarantine and per-entry states (None without a database, or switched off)."""
     b = settings.banks
@@ -69,4 +72,14 @@ def open_bank_guard(
         factor=b.flood_factor,
         floor=b.flood_floor,
     )
-    return BankGuard(PostgresEntryGuard(database), banks=banks, loaded=loaded, rule=rule)
+    return BankGuard(
+        PostgresEntryGuard(database), banks=banks, loaded=loaded, rule=rule, audit=audit
+    )
+
+
+def open_exchange_sync(database: ConnectionPool, banks: BankService) -> ExchangeSync:
+    """Exchange sync of named banks (``banks.exchanges``): state in PostgreSQL."""
+    from moderation.adapters.postgres.exchange_sync import PostgresExchangeSync
+    from moderation.pipeline.exchange_sync import ExchangeSync
+
+    return ExchangeSync(PostgresExchangeSync(database), banks)

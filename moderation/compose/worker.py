@@ -232,7 +232,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
         appeal_window_s=settings.appeals.window_s if database is not None else 0.0,
     )
     review_queue = open_review_queue(settings, database=database)
-    guard = open_bank_guard(settings, database, loaded=banks)
+    guard = open_bank_guard(settings, database, loaded=banks, audit=audit)
     enforcement = build_enforcement(
         store=store,
         audit=audit,

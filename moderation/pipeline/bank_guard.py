@@ -27,13 +27,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from moderation.core.audit import record_for_bank_entry
 from moderation.core.bank_guard import EntryState, EntryStatus, FloodRule
 from moderation.core.decision import Verdict
 from moderation.core.policy import HASH_BANK_SIGNAL
 from moderation.exceptions import BankEntryNotFound, BankError, ModerationError
 from moderation.metrics import metrics
 from moderation.pipeline.banks import BankService
-from moderation.ports import EntryGuardStore
+from moderation.ports import AuditSink, EntryGuardStore
 from moderation.signals.hash_bank import LoadedBanks
 
 __all__ = ["BankGuard", "matched_entries"]
@@ -69,6 +70,8 @@ class BankGuard:
         loaded: this process's loaded banks (quarantined ids are pushed into it), if it scores.
         rule: when matches count as a flood.
         clock: unix seconds.
+        audit: where every state change is recorded (who, which entry, why: a person's act
+            or the flood rule's quarantine); None: not audited (tests, tools without a log).
     """
 
     def __init__(
@@ -79,8 +82,10 @@ class BankGuard:
         loaded: LoadedBanks | None = None,
         rule: FloodRule | None = None,
         clock: Callable[[], float] = time.time,
+        audit: AuditSink | None = None,
     ) -> None:
         self.store = store
+        self.audit = audit
         self.banks = banks
         self.loaded = loaded
         self.rule = rule or FloodRule()
@@ -117,6 +122,7 @@ class BankGuard:
                         baseline=round(rate.baseline, 3),
                     )
                     self.store.set_status(status)
+                    self._audit(status, actor="system", details={"count": rate.count})
                     metrics().bank_entries_quarantined.labels(bank).inc()
                     log.warning("bank %s entry %d quarantined: %s", bank, entry_id, status.reason)
                     quarantined.append(status)
@@ -155,9 +161,32 @@ class BankGuard:
             bank=bank, entry_id=entry_id, state=state, by=by, reason=reason, at=self.clock()
         )
         self.store.set_status(status)
+        self._audit(status, actor=by)
         metrics().bank_entry_states.labels(bank, state.value).inc()
         self.refresh()
         return status
+
+    def _audit(
+        self, status: EntryStatus, *, actor: str, details: dict[str, object] | None = None
+    ) -> None:
+        """Record the change (the state is set first: a retried act sets it again, idempotent,
+        and writes the record it could not write before).
+
+        Raises:
+            AuditSinkUnavailable: the record could not be made durable (transient).
+        """
+        if self.audit is None:
+            return
+        self.audit.write(
+            record_for_bank_entry(
+                bank=status.bank,
+                entry_id=status.entry_id,
+                state=status.state.value,
+                actor=actor or "system",
+                reason=status.reason,
+                details=dict(details or {}),
+            )
+        )
 
     def confirm(self, bank: str, entry_id: int, *, by: str, reason: str = "") -> EntryStatus:
         """A person looked and the entry stays: it acts again and the flood rule leaves it be.

@@ -15,6 +15,7 @@ from moderation.adapters.memory.callback_outbox import MemoryCallbackOutbox
 from moderation.adapters.memory.callbacks import MemoryCallbacks
 from moderation.adapters.memory.classifier import MemoryClassifier
 from moderation.adapters.memory.deliveries import MemoryDeliveryLog
+from moderation.adapters.memory.exchanges import MemoryExchangeFeed, MemoryExchangeSync
 from moderation.adapters.memory.history import MemoryHistoryFormat
 from moderation.adapters.memory.jobs import MemoryJobStore
 from moderation.adapters.memory.legacy_state import MemoryLegacyState
@@ -44,6 +45,8 @@ __all__ = [
     "MemoryClassifier",
     "MemoryDeliveryLog",
     "MemoryEntryGuard",
+    "MemoryExchangeFeed",
+    "MemoryExchangeSync",
     "MemoryHistoryFormat",
     "MemoryJobStore",
     "MemoryJobTransients",

@@ -30,6 +30,7 @@ __all__ = [
     "AuditRecord",
     "SecurityEvent",
     "record_for_bank_addition",
+    "record_for_bank_entry",
     "record_for_error",
     "record_for_promotion",
     "record_for_review",
@@ -56,8 +57,9 @@ class AuditRecord(BaseModel):
     record_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     #: ``security``: a sign-in event of the reviewers' pages (no job; ``job_id`` is empty);
     #: ``policy``: a policy promotion (``job_id`` is ``policy/<id>``); ``enforcement``: an
-    #: uploader's action changed (``moderation.pipeline.strikes``; ``decision`` names it).
-    kind: Literal["automated", "human", "security", "policy", "enforcement"]
+    #: uploader's action changed (``moderation.pipeline.strikes``; ``decision`` names it);
+    #: ``bank``: a bank entry's state changed (``job_id`` is ``bank/<name>/<entry id>``).
+    kind: Literal["automated", "human", "security", "policy", "enforcement", "bank"]
     at: datetime = Field(default_factory=_now)
     job_id: str
     content_sha256: str | None
@@ -338,6 +340,50 @@ def record_for_bank_addition(
             "content_pdq_quality": quality,
             "new_entry": created,
             "reviewers": list(decision.reviewers),
+        },
+    )
+
+
+def record_for_bank_entry(
+    *,
+    bank: str,
+    entry_id: int,
+    state: str,
+    actor: str,
+    reason: str = "",
+    details: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> AuditRecord:
+    """The audit record of a bank entry's state changing (decision ``bank_<state>``:
+    ``bank_confirmed``, ``bank_disabled``, ``bank_quarantined``, ``bank_active``): who (a
+    reviewer's pseudonym, or ``system`` for the flood rule), which entry, and why. Restricts no
+    content, so it gives no statement of reasons.
+
+    Raises:
+        AuditError: ``actor`` is empty.
+    """
+    if not actor.strip():
+        raise AuditError("a bank entry change names who made it", code="audit_no_actor")
+    return AuditRecord(
+        kind="bank",
+        at=at or _now(),
+        job_id=f"bank/{bank}/{entry_id}",
+        content_sha256=None,
+        content_ref=None,
+        policy_id=None,
+        policy_version=None,
+        compiled_policy_hash=None,
+        model_id=None,
+        weights_sha256=None,
+        category_id=None,
+        decision=f"bank_{state}",
+        actor=actor.strip(),
+        details={
+            "bank": bank,
+            "entry_id": entry_id,
+            "state": state,
+            "reason": reason,
+            **(details or {}),
         },
     )
 

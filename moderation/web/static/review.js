@@ -140,6 +140,10 @@
     for (const e of item.evidence) {
       const li = document.createElement("li");
       li.textContent = e.signal === "hash_bank" ? bankEvidence(e) : genericEvidence(e);
+      if (e.signal === "hash_bank" && e.details && e.details.entry_id !== undefined) {
+        li.append(" ", entryButton(e.details, "confirm", "Confirm entry"),
+          " ", entryButton(e.details, "disable", "Disable entry"));
+      }
       matches.appendChild(li);
     }
     const targets = item.bank_targets || [];
@@ -169,6 +173,30 @@
   function genericEvidence(e) {
     const extra = Object.entries(e.details || {}).map(([k, v]) => k + "=" + fmt(v)).join(", ");
     return e.label + " — " + e.score.toFixed(2) + (extra ? " (" + extra + ")" : "");
+  }
+
+  // Confirm (keeps acting, never flood-quarantined) or disable (removed from its bank) the
+  // matched bank entry: POST /api/banks/entry, audited with this reviewer's pseudonym.
+  function entryButton(d, action, label) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "entry-" + action;
+    b.textContent = label;
+    b.setAttribute("aria-label", label + " #" + d.entry_id + " of bank " + d.bank);
+    b.addEventListener("click", async () => {
+      const reason = window.prompt(label + " #" + d.entry_id + " (" + d.bank + "): reason", "");
+      if (reason === null) return;
+      b.disabled = true;
+      try {
+        const r = await api("/api/banks/entry",
+          { bank: d.bank, entry_id: d.entry_id, action: action, reason: reason });
+        status("bank " + d.bank + " entry #" + d.entry_id + ": " + r.entry.state);
+      } catch (err) {
+        b.disabled = false;
+        status("bank entry not changed: " + err.message);
+      }
+    });
+    return b;
   }
 
   // A bank match: which bank and entry, how close, and the entry's metadata.
