@@ -15,7 +15,8 @@ from moderation.adapters.memory.callback_outbox import MemoryCallbackOutbox
 from moderation.adapters.memory.callbacks import MemoryCallbacks
 from moderation.adapters.memory.classifier import MemoryClassifier
 from moderation.adapters.memory.deliveries import MemoryDeliveryLog
-from moderation.adapters.memory.exchanges import MemoryExchangeFeed, MemoryExchangeSync
+from moderation.adapters.memory.exchange_feed import MemoryExchangeFeed
+from moderation.adapters.memory.exchange_sync import MemoryExchangeSync
 from moderation.adapters.memory.history import MemoryHistoryFormat
 from moderation.adapters.memory.jobs import MemoryJobStore
 from moderation.adapters.memory.legacy_state import MemoryLegacyState

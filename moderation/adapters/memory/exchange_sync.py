@@ -1,4 +1,4 @@
-"""Twins of the hash-exchange ports: a scripted feed and the sync store in a dict."""
+"""Twin of the exchange-sync store port: checkpoints and synced rows in a dict."""
 
 from __future__ import annotations
 
@@ -8,26 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from moderation.exceptions import ExchangeBusy
-from moderation.ports import ExchangeDelta
 
-__all__ = ["MemoryExchangeFeed", "MemoryExchangeSync"]
-
-
-@dataclass
-class MemoryExchangeFeed:
-    """The :class:`~moderation.ports.ExchangeFeed` twin: ``deltas[i]`` is the batch after
-    checkpoint ``str(i).encode()``; ``fail`` raises after the batches it lets through."""
-
-    deltas: list[ExchangeDelta] = field(default_factory=list)
-    fail: Exception | None = None
-
-    def fetch(self, checkpoint: bytes | None) -> Iterator[ExchangeDelta]:
-        start = int(checkpoint.decode()) if checkpoint else 0
-        for i in range(start, len(self.deltas)):
-            delta = self.deltas[i]
-            yield ExchangeDelta(delta.additions, delta.removals, delta.ignored, str(i + 1).encode())
-        if self.fail is not None:
-            raise self.fail
+__all__ = ["MemoryExchangeSync"]
 
 
 @dataclass
