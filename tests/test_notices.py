@@ -309,6 +309,22 @@ def test_a_tenant_reports_at_most_at_its_rate(world: World) -> None:
     assert {n.reporter for n in world.notices.for_tenant("acme")} == {"u-1", "u-2"}
 
 
+@pytest.mark.parametrize(
+    "bad", ["https://a.example/x\r\nX-Evil: 1", "https://a.example/\x00", "https://a.example/ x"]
+)
+def test_a_callback_url_with_control_characters_is_refused(world: World, bad: str) -> None:
+    """A CR/LF (or other control character, or a space) in the callback URL is refused when
+    the notice is filed (400 bad_callback_url), not left to fail in the callback sender."""
+    from moderation.compose.registries import check_callback_url
+
+    world.desk.check_callback_url = check_callback_url
+    world.job(ACME, "mine")
+    with pytest.raises(JobRejected) as refused:
+        world.report(ACME, "mine", callback_url=bad)
+    assert refused.value.code == "bad_callback_url"
+    assert world.notices.for_tenant("acme") == []
+
+
 def test_a_job_without_a_verdict_is_refused(world: World) -> None:
     job = Job(id=scoped_id("acme", "queued"), image=ImageRef(uri="s3://u/q.png"), tenant="acme")
     world.store.create_many([(job, None)])
