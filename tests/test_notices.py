@@ -289,6 +289,42 @@ def test_tenants_cannot_report_or_read_each_others(world: World) -> None:
     assert world.desk.get(tenant=ACME, notice_id=filed.notice.notice_id).reports == 1
 
 
+def test_a_tenant_reports_at_most_at_its_rate(world: World) -> None:
+    """Notices are admitted in a bucket of their own at the tenant's job rate: a tenant cannot
+    flood the shared review queue with reports, and another tenant is not held back."""
+    from moderation.adapters.memory.limits import MemoryRateLimiter
+    from moderation.exceptions import RateLimited
+
+    slow = Tenant(name="acme", rate_per_s=0.001, burst=2)
+    world.desk.limiter = MemoryRateLimiter(clock=lambda: 1000.0)
+    world.job(slow, "mine")
+    world.job(GLOBEX, "theirs")
+    world.report(slow, "mine", reporter="u-1")
+    world.report(slow, "mine", reporter="u-2")
+    with pytest.raises(RateLimited) as refused:
+        world.report(slow, "mine", reporter="u-3")
+    assert refused.value.code == "rate_limited" and refused.value.retry_after_s > 0
+    assert world.report(GLOBEX, "theirs").new
+    # The refused report was not kept.
+    assert {n.reporter for n in world.notices.for_tenant("acme")} == {"u-1", "u-2"}
+
+
+@pytest.mark.parametrize(
+    "bad", ["https://a.example/x\r\nX-Evil: 1", "https://a.example/\x00", "https://a.example/ x"]
+)
+def test_a_callback_url_with_control_characters_is_refused(world: World, bad: str) -> None:
+    """A CR/LF (or other control character, or a space) in the callback URL is refused when
+    the notice is filed (400 bad_callback_url), not left to fail in the callback sender."""
+    from moderation.compose.registries import check_callback_url
+
+    world.desk.check_callback_url = check_callback_url
+    world.job(ACME, "mine")
+    with pytest.raises(JobRejected) as refused:
+        world.report(ACME, "mine", callback_url=bad)
+    assert refused.value.code == "bad_callback_url"
+    assert world.notices.for_tenant("acme") == []
+
+
 def test_a_job_without_a_verdict_is_refused(world: World) -> None:
     job = Job(id=scoped_id("acme", "queued"), image=ImageRef(uri="s3://u/q.png"), tenant="acme")
     world.store.create_many([(job, None)])

@@ -582,6 +582,9 @@ def test_a_reviewer_confirms_or_disables_a_bank_entry(site: ReviewSite) -> None:
         assert client.post("/review/api/banks/entry", json=off, headers=headers).status_code == 200
         gone = {"bank": "imported", "entry_id": 7, "action": "disable"}
         assert client.post("/review/api/banks/entry", json=gone, headers=headers).status_code == 404
+        # Past the database's bigint: refused as input (422), never a database error.
+        huge = {"bank": "imported", "entry_id": 2**64, "action": "disable"}
+        assert client.post("/review/api/banks/entry", json=huge, headers=headers).status_code == 422
         states = {
             e["entry_id"]: e["state"]
             for e in client.get("/review/api/banks/entries").json()["entries"]

@@ -463,7 +463,7 @@ def create_app(api: ApiProcess) -> FastAPI:
         "/v1/jobs/{job_id}/notices",
         response_model=NoticeAnswer,
         status_code=201,
-        responses=_responses(400, 401, 404, 409, 422, 500, 503),
+        responses=_responses(400, 401, 404, 409, 422, 429, 500, 503),
         tags=["notices"],
     )
     def file_notice(

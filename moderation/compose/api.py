@@ -223,6 +223,7 @@ def build_api(
             callbacks=callbacks,
             policies=lambda: load_policies(paths),
             check_callback_url=check_callback_url,
+            limiter=submitter.limiter,
         )
         if notices is not None
         else None

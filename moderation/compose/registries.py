@@ -20,6 +20,7 @@ from moderation.adapters.s3_source import S3Source
 from moderation.adapters.support.classifier_input import Preprocessing
 from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
 from moderation.adapters.video import VideoDecoder
+from moderation.exceptions import UrlRefusedError
 from moderation.pipeline.sources import ImageSources, InlineSource, SpillSource
 from moderation.ports import (
     BlobStore,
@@ -145,6 +146,11 @@ def check_callback_url(url: str) -> None:
     """Scheme and syntax of a callback URL (addresses are vetted when it is called).
 
     Raises:
-        UrlRefusedError: not an http(s) URL.
+        UrlRefusedError: not an http(s) URL, or it holds a space or control character (CR, LF,
+            NUL: the sender could not send it; percent-encode them).
     """
+    if any(ch <= " " or ch == "\x7f" for ch in url):
+        raise UrlRefusedError(
+            "the URL holds a space or control character (CR, LF, ...); percent-encode it"
+        )
     check_url(url, ANY_ADDRESS)

@@ -45,10 +45,11 @@ from moderation.exceptions import (
     ImageFetchError,
     JobNotFoundError,
     JobRejected,
+    RateLimited,
     ReviewInvalidDecision,
     ReviewNotFound,
 )
-from moderation.ports import CallbackSender, JobStore, NoticeStore, ReviewQueue
+from moderation.ports import CallbackSender, JobStore, NoticeStore, RateLimiter, ReviewQueue
 
 __all__ = ["Filed", "NoticeDesk", "answer_notices"]
 
@@ -84,6 +85,9 @@ class NoticeDesk:
         callbacks: schedules the reporters' outcome callbacks.
         policies: the policies in service by id (the reviewed category's policy text).
         check_callback_url: refuses a callback URL the deployment would not call.
+        limiter: admits a tenant's notices at its job rate (``rate_per_s``, ``burst``), in a
+            bucket of their own (``<tenant>:notices``), so reports cannot flood the shared
+            review queue nor spend the tenant's job quota (None: no limit).
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class NoticeDesk:
         callbacks: CallbackSender,
         policies: Callable[[], Mapping[str, Policy]],
         check_callback_url: Callable[[str], None] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.store = store
         self.notices = notices
@@ -102,6 +107,7 @@ class NoticeDesk:
         self.callbacks = callbacks
         self.policies = policies
         self.check_callback_url = check_callback_url
+        self.limiter = limiter
 
     def file(
         self,
@@ -120,6 +126,7 @@ class NoticeDesk:
             JobNotFoundError: no such job of this tenant (another tenant's is not found either).
             JobRejected: 400 ``bad_callback_url``; 409 ``notice_not_reviewable`` (the job has
                 not ended, or ended without a verdict).
+            RateLimited: 429 ``rate_limited``, the tenant reports faster than its job rate.
             QueueUnavailable, DatabaseUnavailable: transient.
         """
         if callback_url is not None and self.check_callback_url is not None:
@@ -129,6 +136,7 @@ class NoticeDesk:
                 raise JobRejected(
                     f"callback_url: {exc}", status=400, code="bad_callback_url"
                 ) from exc
+        self._admit(tenant)
         scoped = scoped_id(tenant.name, job_id) if is_job_id(job_id) else None
         job = self.store.get_job(scoped) if scoped else None
         result = self.store.get_result(scoped) if scoped else None
@@ -161,6 +169,24 @@ class NoticeDesk:
         review_id = self._into_review(job, notice)
         self.notices.set_review(notice.notice_id, review_id)
         return Filed(notice=notice.model_copy(update={"review_id": review_id}), new=True)
+
+    def _admit(self, tenant: Tenant) -> None:
+        if self.limiter is None:
+            return
+        lane = Tenant(
+            name=f"{tenant.name}:notices",
+            rate_per_s=tenant.rate_per_s,
+            burst=tenant.burst,
+            high_per_minute=0,
+        )
+        admission = self.limiter.admit(lane, 1)
+        if not admission.granted:
+            raise RateLimited(
+                f"tenant {tenant.name} files more than {tenant.rate_per_s:g} notices/s "
+                f"(bursts of {tenant.burst}); retry in {admission.retry_after_s:.1f} s",
+                code="rate_limited",
+                retry_after_s=admission.retry_after_s,
+            )
 
     def _into_review(self, job: Job, notice: Notice) -> str:
         """Queue the item for review, or raise it there; its review id."""

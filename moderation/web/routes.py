@@ -161,9 +161,9 @@ class Principal:
 
 
 class _NextBody(BaseModel):
-    policies: list[str] | None = None
+    policies: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=64)
     #: The queues to take the next item from (None: every queue the reviewer may work).
-    queues: list[str] | None = Field(default=None, max_length=16)
+    queues: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=16)
 
 
 class _DecideBody(BaseModel):
@@ -199,7 +199,8 @@ class _UserBody(BaseModel):
 
 class _EntryBody(BaseModel):
     bank: str = Field(max_length=64)
-    entry_id: int = Field(ge=0)
+    #: A bigint in the database: a larger id is refused here (422), never a database error.
+    entry_id: int = Field(ge=0, le=2**63 - 1)
     #: confirm: it stays and acts; disable: taken out of the bank; quarantine: matches to review.
     action: Literal["confirm", "disable", "quarantine"]
     reason: str = Field(default="", max_length=500)
