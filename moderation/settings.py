@@ -529,6 +529,10 @@ class TenantSettings(BaseModel):
     #: ``queue.max_queued_bytes``).
     max_queued_bytes: int | None = Field(default=None, ge=1)
     high_priority_per_minute: int | None = Field(default=None, ge=0)
+    #: May it file notices as a trusted flagger's (EU DSA Art. 22), which go ahead of every
+    #: tenant's items in the shared review queue? Off: such a notice is refused (403
+    #: ``trusted_flagger_not_allowed``), so no tenant can lift its own items by saying so.
+    trusted_flagger_notices: bool = False
     #: S3 locations this tenant's jobs may read (empty: none).
     s3_sources: list[TenantS3Source] = Field(default_factory=list)
     #: Internal hosts (names or CIDRs, as ``queue.allow_private_hosts``) that only this

@@ -41,13 +41,13 @@ from moderation.exceptions import JobNotFoundError, JobRejected
 from moderation.pipeline.notices import NoticeDesk
 from moderation.pipeline.outcomes import Outcomes
 from moderation.ports import NoticeStore, ReviewQueue
-from moderation.settings import ApiKey, Settings
+from moderation.settings import ApiKey, Settings, TenantSettings
 from tests.pipeline_support import start_api, stop_api
 from tests.test_review_queue import make_verdict, world_policy
 
 pytestmark = pytest.mark.xdist_group("postgres")
 
-ACME = Tenant(name="acme")
+ACME = Tenant(name="acme", trusted_flagger_notices=True)
 GLOBEX = Tenant(name="globex")
 
 
@@ -289,6 +289,19 @@ def test_tenants_cannot_report_or_read_each_others(world: World) -> None:
     assert world.desk.get(tenant=ACME, notice_id=filed.notice.notice_id).reports == 1
 
 
+def test_only_a_tenant_allowed_to_files_trusted_flaggers_notices(world: World) -> None:
+    """A trusted flagger's notice goes ahead of every tenant's items in the shared queue, so a
+    tenant may file one only when the operator allows it (else any tenant could lift its own
+    items by saying so)."""
+    world.job(GLOBEX, "theirs", decision=Decision.REVIEW)
+    with pytest.raises(JobRejected) as refused:
+        world.report(GLOBEX, "theirs", reporter_type=ReporterType.TRUSTED_FLAGGER)
+    assert (refused.value.status, refused.value.code) == (403, "trusted_flagger_not_allowed")
+    assert world.notices.for_tenant("globex") == []
+    filed = world.report(GLOBEX, "theirs")  # as a user's notice it is taken
+    assert filed.new and filed.notice.reporter_type is ReporterType.USER
+
+
 def test_a_tenant_reports_at_most_at_its_rate(world: World) -> None:
     """Notices are admitted in a bucket of their own at the tenant's job rate: a tenant cannot
     flood the shared review queue with reports, and another tenant is not held back."""
@@ -344,6 +357,7 @@ def test_the_api_and_client_take_notices_per_tenant(settings: Settings, redis_ur
         update={
             "redis_url": redis_url,
             "api_keys": [ApiKey(tenant=t, key=SecretStr(k)) for t, k in keys.items()],
+            "tenants": {"acme": TenantSettings(trusted_flagger_notices=True)},
         }
     )
     world = _world(MemoryReviewQueue(lease_s=60, age_doubling_s=900), MemoryNoticeStore())
@@ -377,7 +391,17 @@ def test_the_api_and_client_take_notices_per_tenant(settings: Settings, redis_ur
             assert claim is not None and claim.item.source is DecisionSource.TRUSTED_FLAGGER
             # Another tenant: the same job id is not theirs, nor is the notice.
             other = {"authorization": f"Bearer {keys['globex']}"}
-            assert http.post("/v1/jobs/pic-1/notices", json=body, headers=other).status_code == 404
+            as_user = {**body, "reporter_type": "user"}
+            assert (
+                http.post("/v1/jobs/pic-1/notices", json=as_user, headers=other).status_code == 404
+            )
+            # Nor may globex call its own notices a trusted flagger's: not allowed to it.
+            world.job(GLOBEX, "theirs")
+            lifted = http.post("/v1/jobs/theirs/notices", json=body, headers=other)
+            assert (lifted.status_code, lifted.json()["code"]) == (
+                403,
+                "trusted_flagger_not_allowed",
+            )
             notice_url = f"/v1/notices/{first.json()['notice_id']}"
             assert http.get(notice_url, headers=other).status_code == 404
             wrong = {**body, "reporter_type": "moderator"}

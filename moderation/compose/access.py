@@ -48,6 +48,7 @@ def build_tenants(settings: Settings) -> dict[str, Tenant]:
             daily_jobs=own.daily_jobs if own and own.daily_jobs is not None else base.daily_jobs,
             max_queued_bytes=shares[name],
             high_per_minute=high if high is not None else base.high_priority_per_minute,
+            trusted_flagger_notices=own.trusted_flagger_notices if own else False,
         )
     return out
 

@@ -39,6 +39,8 @@ class Tenant:
     max_queued_bytes: int | None = None
     #: Jobs per minute it may send with ``priority: "high"`` (0: none).
     high_per_minute: int = 60
+    #: May it file trusted flaggers' notices (reviewed ahead of every tenant's items)?
+    trusted_flagger_notices: bool = False
 
     def high_lane(self) -> Tenant | None:
         """The bucket of its priority jobs (``high_per_minute``, as a burst of as many), as a

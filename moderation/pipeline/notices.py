@@ -124,8 +124,10 @@ class NoticeDesk:
 
         Raises:
             JobNotFoundError: no such job of this tenant (another tenant's is not found either).
-            JobRejected: 400 ``bad_callback_url``; 409 ``notice_not_reviewable`` (the job has
-                not ended, or ended without a verdict).
+            JobRejected: 400 ``bad_callback_url``; 403 ``trusted_flagger_not_allowed`` (a
+                trusted flagger's notice from a tenant not allowed to file them:
+                ``tenants.<name>.trusted_flagger_notices``); 409 ``notice_not_reviewable`` (the
+                job has not ended, or ended without a verdict).
             RateLimited: 429 ``rate_limited``, the tenant reports faster than its job rate.
             QueueUnavailable, DatabaseUnavailable: transient.
         """
@@ -136,6 +138,14 @@ class NoticeDesk:
                 raise JobRejected(
                     f"callback_url: {exc}", status=400, code="bad_callback_url"
                 ) from exc
+        if reporter_type is ReporterType.TRUSTED_FLAGGER and not tenant.trusted_flagger_notices:
+            raise JobRejected(
+                "this API key may not file trusted flaggers' notices (they are reviewed ahead "
+                "of every tenant's items); file it as a user's, or ask the operator to set "
+                f"tenants.{tenant.name}.trusted_flagger_notices",
+                status=403,
+                code="trusted_flagger_not_allowed",
+            )
         self._admit(tenant)
         scoped = scoped_id(tenant.name, job_id) if is_job_id(job_id) else None
         job = self.store.get_job(scoped) if scoped else None
