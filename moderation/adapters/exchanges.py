@@ -8,9 +8,9 @@ library's merge drops); other signal types are counted, not kept. The checkpoint
 library's dataclass, pickled: it only ever goes back to the same library (our own database).
 
 Errors: an HTTP 401/403 from the exchange is :class:`~moderation.exceptions.ExchangeAuthError`
-(permanent: fix the credentials), a connection error, timeout or 5xx
-:class:`~moderation.exceptions.ExchangeUnavailable` (transient), anything else the library
-raises :class:`~moderation.exceptions.ExchangeError`.
+(permanent: fix the credentials; also the Graph API's 400 with error code 190), a connection
+error, timeout or 5xx :class:`~moderation.exceptions.ExchangeUnavailable` (transient),
+anything else the library raises :class:`~moderation.exceptions.ExchangeError`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,20 @@ class _NCMEC(NCMECSignalExchangeAPI):
         return client
 
 
+def _graph_auth_error(response: requests.Response | None) -> bool:
+    """The Graph API (ThreatExchange) answers a bad or expired token with HTTP 400 and error
+    code 190 (``OAuthException``)."""
+    if response is None:
+        return False
+    try:
+        error = response.json().get("error", {})
+    except ValueError:
+        return False
+    return isinstance(error, dict) and (
+        error.get("code") == 190 or error.get("type") == "OAuthException"
+    )
+
+
 class LibraryExchangeFeed:
     """One synced bank's exchange, through the library's API object."""
 
@@ -67,7 +81,7 @@ class LibraryExchangeFeed:
                 yield self._delta(delta)
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
-            if status in (401, 403):
+            if status in (401, 403) or _graph_auth_error(exc.response):
                 raise ExchangeAuthError(
                     f"exchange {self.name}: credentials refused (HTTP {status})"
                 ) from None
