@@ -346,3 +346,94 @@ def test_a_threatexchange_privacy_group_syncs_through_the_library() -> None:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+# --- StopNCII (FetchHashes) through the library, against a stub --------------------------------
+
+
+def _hash_record(kind: str, value: str, at: int, status: str = "Active") -> dict[str, Any]:
+    return {
+        "lastModtimestamp": at,
+        "signalType": kind,
+        "hashValue": value,
+        "hashStatus": status,
+        "caseNumbers": {},
+        "CSPFeedbacks": [],
+    }
+
+
+def test_a_stopncii_bank_syncs_and_withdrawn_hashes_are_removed() -> None:
+    """``GET /FetchHashes?startTimestamp&pageSize[&nextPageToken]`` with the
+    ``Ocp-Apim-Subscription-Key`` and ``x-functions-key`` headers: JSON ``count``,
+    ``nextPageToken``, ``nextSetTimestamp``, ``hasMoreRecords``, ``hashRecords``."""
+    import json
+
+    records: list[dict[str, Any]] = []
+    starts: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            if (
+                self.headers.get("Ocp-Apim-Subscription-Key") != "sub"
+                or self.headers.get("x-functions-key") != "fn"
+            ):
+                self.send_response(401)
+                self.end_headers()
+                return
+            assert url.path == "/FetchHashes", url.path
+            start = int(parse_qs(url.query)["startTimestamp"][0])
+            starts.append(start)
+            rows = [r for r in records if r["lastModtimestamp"] >= start]
+            top = max((r["lastModtimestamp"] for r in rows), default=start)
+            data = json.dumps(
+                {
+                    "count": len(rows),
+                    "nextPageToken": None,
+                    "nextSetTimestamp": top + 1,
+                    "hasMoreRecords": False,
+                    "hashRecords": rows,
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        conf = ExchangeSyncSettings(
+            kind="stopncii",
+            credentials=SecretStr("sub:fn"),
+            url=f"http://127.0.0.1:{server.server_address[1]}",
+        )
+        banks = BankService(MemoryBankStore(), flat_max=100)
+        state = MemoryExchangeSync()
+        syncer = ExchangeSync(state, banks)
+        records[:] = [
+            _hash_record("ImagePDQ", A, 100),
+            _hash_record("VideoMD5", "4" * 32, 101),
+            _hash_record("ImagePDQ", B, 102),
+        ]
+        first = syncer.sync("stopncii", open_exchange_feed("stopncii", conf))
+        assert first.added == 2 and first.ignored == 1 and _live(banks, "stopncii") == {A, B}
+
+        records.append(_hash_record("ImagePDQ", B, 200, status="Withdrawn"))
+        second = syncer.sync("stopncii", open_exchange_feed("stopncii", conf))
+        assert starts[-1] == 103 and second.removed == 1
+        assert _live(banks, "stopncii") == {A}
+
+        wrong = conf.model_copy(update={"credentials": SecretStr("sub:nope")})
+        with pytest.raises(ExchangeAuthError):
+            syncer.sync("stopncii", open_exchange_feed("stopncii", wrong))
+        assert _live(banks, "stopncii") == {A}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -30,7 +30,11 @@ from threatexchange.exchanges.impl.fb_threatexchange_api import (
     FBThreatExchangeSignalExchangeAPI,
 )
 from threatexchange.exchanges.impl.ncmec_api import NCMECCollabConfig, NCMECSignalExchangeAPI
-from threatexchange.exchanges.impl.stop_ncii_api import StopNCIISignalExchangeAPI
+from threatexchange.exchanges.impl.stop_ncii_api import (
+    StopNCIICheckpoint,
+    StopNCIISignalExchangeAPI,
+    StopNCIISignalMetadata,
+)
 from threatexchange.exchanges.signal_exchange_api import SignalExchangeAPI
 from threatexchange.signal_type.pdq.signal import PdqSignal
 
@@ -65,6 +69,39 @@ def _graph_auth_error(response: requests.Response | None) -> bool:
     return isinstance(error, dict) and (
         error.get("code") == 190 or error.get("type") == "OAuthException"
     )
+
+
+class _StopNCII(StopNCIISignalExchangeAPI):
+    """StopNCII, with withdrawn and deleted hashes as removals: the library's ``fetch_iter``
+    compares the hash value (not its status) with Withdrawn/Deleted, so it never removes."""
+
+    def fetch_iter(
+        self, _supported_signal_types: Any, checkpoint: StopNCIICheckpoint | None
+    ) -> Iterator[fetch_state.FetchDelta[Any, Any, Any]]:
+        start = checkpoint.update_time if checkpoint is not None else None
+        gone = (stopncii_api.StopNCIICaseStatus.Withdrawn, stopncii_api.StopNCIICaseStatus.Deleted)
+        for result in self.api.fetch_hashes_iter(
+            start_timestamp=start or stopncii_api.StopNCIIAPI.DEFAULT_START_TIME
+        ):
+            updates: dict[tuple[str, str], StopNCIISignalMetadata | None] = {}
+            for record in result.hashRecords:
+                kind = record.signalType.value
+                updates[kind, record.hashValue] = (
+                    None
+                    if record.hashStatus in gone
+                    else StopNCIISignalMetadata(record.CSPFeedbacks)
+                )
+            yield fetch_state.FetchDelta(updates, StopNCIICheckpoint.from_stopncii_fetch(result))
+
+    @classmethod
+    def naive_convert_to_signal_type(
+        cls, signal_types: Any, collab: Any, fetched: Any
+    ) -> dict[Any, dict[str, Any]]:
+        return {
+            PdqSignal: {
+                value: meta for (kind, value), meta in fetched.items() if kind == "ImagePDQ"
+            }
+        }
 
 
 class LibraryExchangeFeed:
@@ -155,7 +192,5 @@ def open_exchange_feed(name: str, settings: ExchangeSyncSettings) -> LibraryExch
         sclient = stopncii_api.StopNCIIAPI(
             key, function_key, base_url_override=settings.url.rstrip("/") or None
         )
-        api = StopNCIISignalExchangeAPI(
-            CollaborationConfigWithDefaults(name=name, api="stop_ncii"), sclient
-        )
+        api = _StopNCII(CollaborationConfigWithDefaults(name=name, api="stop_ncii"), sclient)
     return LibraryExchangeFeed(api, name)
