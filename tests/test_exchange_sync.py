@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from psycopg_pool import ConnectionPool
+from pydantic import SecretStr
 
 from moderation.adapters.exchanges import open_exchange_feed
 from moderation.adapters.memory import MemoryBankStore, MemoryExchangeFeed, MemoryExchangeSync
@@ -239,11 +240,200 @@ def test_an_ncmec_bank_syncs_incrementally_through_the_library(
     before = state.checkpoint("ncmec")
     now[0] += 600
     stub.entries.append((now[0] - 100, _image("e4", "b" * 64)))
-    wrong = conf.model_copy(
-        update={
-            "credentials": ExchangeSyncSettings(kind="ncmec", credentials="esp:nope").credentials
-        }
-    )  # type: ignore[arg-type]
+    wrong = conf.model_copy(update={"credentials": SecretStr("esp:nope")})
     with pytest.raises(ExchangeAuthError, match="HTTP 401"):
         syncer.sync("ncmec", open_exchange_feed("ncmec", wrong))
     assert state.checkpoint("ncmec") == before and _live(banks, "ncmec") == {A, C}
+
+
+# --- ThreatExchange (Graph API threat_updates) through the library, against a stub --------------
+
+
+def _update(upd_id: int, kind: str, value: str, at: int, *, delete: bool = False) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": str(upd_id),
+        "indicator": value,
+        "type": kind,
+        "last_updated": at,
+        "should_delete": delete,
+    }
+    if not delete:
+        row["descriptors"] = {
+            "data": [{"id": str(upd_id * 10), "owner": {"id": "77"}, "status": "MALICIOUS"}]
+        }
+    return row
+
+
+def test_a_threatexchange_privacy_group_syncs_through_the_library() -> None:
+    """``GET /{privacy_group}/threat_updates/?access_token&start_time&limit&fields``: JSON
+    ``{"data": [...], "paging": {"next": url}}`` in ``last_updated`` order."""
+    updates: list[dict[str, Any]] = []
+    seen: list[dict[str, list[str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            q = parse_qs(url.query)
+            seen.append(q)
+            if q.get("access_token") != ["1234|secret"]:
+                self._send(400, {"error": {"message": "Invalid OAuth access token", "code": 190}})
+                return
+            assert url.path == "/555/threat_updates/", url.path
+            start = int(q.get("start_time", ["0"])[0])
+            rows = [u for u in updates if u["last_updated"] >= start]
+            offset = int(q.get("after", ["0"])[0])
+            page = rows[offset : offset + 2]
+            body: dict[str, Any] = {"data": page}
+            if offset + 2 < len(rows):
+                host = f"http://127.0.0.1:{self.server.server_address[1]}"
+                body["paging"] = {
+                    "next": f"{host}{url.path}?access_token=1234|secret"
+                    f"&start_time={start}&after={offset + 2}"
+                }
+            self._send(200, body)
+
+        def _send(self, code: int, body: dict[str, Any]) -> None:
+            import json
+
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        conf = ExchangeSyncSettings(
+            kind="threatexchange",
+            collaboration="555",
+            credentials=SecretStr("1234|secret"),
+            url=url,
+        )
+        banks = BankService(MemoryBankStore(), flat_max=100)
+        state = MemoryExchangeSync()
+        syncer = ExchangeSync(state, banks)
+        updates[:] = [
+            _update(1, "HASH_PDQ", A, 100),
+            _update(2, "HASH_MD5", "3" * 32, 101),
+            _update(3, "HASH_PDQ", B, 102),
+        ]
+        first = syncer.sync("te", open_exchange_feed("te", conf))
+        assert (first.added, first.ignored, first.batches) == (2, 1, 2)
+        assert _live(banks, "te") == {A, B}
+
+        # B deleted upstream, C added: the next sync starts at the highest time seen.
+        updates[:] = [*updates, _update(3, "HASH_PDQ", B, 200, delete=True)]
+        updates.append(_update(4, "HASH_PDQ", C, 201))
+        seen.clear()
+        second = syncer.sync("te", open_exchange_feed("te", conf))
+        assert seen[0]["start_time"] == ["102"]
+        assert second.added == 1 and second.removed == 1
+        assert _live(banks, "te") == {A, C}
+
+        wrong = conf.model_copy(update={"credentials": SecretStr("1234|nope")})
+        before = state.checkpoint("te")
+        with pytest.raises(ExchangeAuthError):
+            syncer.sync("te", open_exchange_feed("te", wrong))
+        assert state.checkpoint("te") == before and _live(banks, "te") == {A, C}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# --- StopNCII (FetchHashes) through the library, against a stub --------------------------------
+
+
+def _hash_record(kind: str, value: str, at: int, status: str = "Active") -> dict[str, Any]:
+    return {
+        "lastModtimestamp": at,
+        "signalType": kind,
+        "hashValue": value,
+        "hashStatus": status,
+        "caseNumbers": {},
+        "CSPFeedbacks": [],
+    }
+
+
+def test_a_stopncii_bank_syncs_and_withdrawn_hashes_are_removed() -> None:
+    """``GET /FetchHashes?startTimestamp&pageSize[&nextPageToken]`` with the
+    ``Ocp-Apim-Subscription-Key`` and ``x-functions-key`` headers: JSON ``count``,
+    ``nextPageToken``, ``nextSetTimestamp``, ``hasMoreRecords``, ``hashRecords``."""
+    import json
+
+    records: list[dict[str, Any]] = []
+    starts: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            if (
+                self.headers.get("Ocp-Apim-Subscription-Key") != "sub"
+                or self.headers.get("x-functions-key") != "fn"
+            ):
+                self.send_response(401)
+                self.end_headers()
+                return
+            assert url.path == "/FetchHashes", url.path
+            start = int(parse_qs(url.query)["startTimestamp"][0])
+            starts.append(start)
+            rows = [r for r in records if r["lastModtimestamp"] >= start]
+            top = max((r["lastModtimestamp"] for r in rows), default=start)
+            data = json.dumps(
+                {
+                    "count": len(rows),
+                    "nextPageToken": None,
+                    "nextSetTimestamp": top + 1,
+                    "hasMoreRecords": False,
+                    "hashRecords": rows,
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        conf = ExchangeSyncSettings(
+            kind="stopncii",
+            credentials=SecretStr("sub:fn"),
+            url=f"http://127.0.0.1:{server.server_address[1]}",
+        )
+        banks = BankService(MemoryBankStore(), flat_max=100)
+        state = MemoryExchangeSync()
+        syncer = ExchangeSync(state, banks)
+        records[:] = [
+            _hash_record("ImagePDQ", A, 100),
+            _hash_record("VideoMD5", "4" * 32, 101),
+            _hash_record("ImagePDQ", B, 102),
+        ]
+        first = syncer.sync("stopncii", open_exchange_feed("stopncii", conf))
+        assert first.added == 2 and first.ignored == 1 and _live(banks, "stopncii") == {A, B}
+
+        records.append(_hash_record("ImagePDQ", B, 200, status="Withdrawn"))
+        second = syncer.sync("stopncii", open_exchange_feed("stopncii", conf))
+        assert starts[-1] == 103 and second.removed == 1
+        assert _live(banks, "stopncii") == {A}
+
+        wrong = conf.model_copy(update={"credentials": SecretStr("sub:nope")})
+        with pytest.raises(ExchangeAuthError):
+            syncer.sync("stopncii", open_exchange_feed("stopncii", wrong))
+        assert _live(banks, "stopncii") == {A}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -8,9 +8,9 @@ library's merge drops); other signal types are counted, not kept. The checkpoint
 library's dataclass, pickled: it only ever goes back to the same library (our own database).
 
 Errors: an HTTP 401/403 from the exchange is :class:`~moderation.exceptions.ExchangeAuthError`
-(permanent: fix the credentials), a connection error, timeout or 5xx
-:class:`~moderation.exceptions.ExchangeUnavailable` (transient), anything else the library
-raises :class:`~moderation.exceptions.ExchangeError`.
+(permanent: fix the credentials; also the Graph API's 400 with error code 190), a connection
+error, timeout or 5xx :class:`~moderation.exceptions.ExchangeUnavailable` (transient),
+anything else the library raises :class:`~moderation.exceptions.ExchangeError`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ from threatexchange.exchanges.impl.fb_threatexchange_api import (
     FBThreatExchangeSignalExchangeAPI,
 )
 from threatexchange.exchanges.impl.ncmec_api import NCMECCollabConfig, NCMECSignalExchangeAPI
-from threatexchange.exchanges.impl.stop_ncii_api import StopNCIISignalExchangeAPI
+from threatexchange.exchanges.impl.stop_ncii_api import (
+    StopNCIICheckpoint,
+    StopNCIISignalExchangeAPI,
+    StopNCIISignalMetadata,
+)
 from threatexchange.exchanges.signal_exchange_api import SignalExchangeAPI
 from threatexchange.signal_type.pdq.signal import PdqSignal
 
@@ -53,6 +57,53 @@ class _NCMEC(NCMECSignalExchangeAPI):
         return client
 
 
+def _graph_auth_error(response: requests.Response | None) -> bool:
+    """The Graph API (ThreatExchange) answers a bad or expired token with HTTP 400 and error
+    code 190 (``OAuthException``)."""
+    if response is None:
+        return False
+    try:
+        error = response.json().get("error", {})
+    except ValueError:
+        return False
+    return isinstance(error, dict) and (
+        error.get("code") == 190 or error.get("type") == "OAuthException"
+    )
+
+
+class _StopNCII(StopNCIISignalExchangeAPI):
+    """StopNCII, with withdrawn and deleted hashes as removals: the library's ``fetch_iter``
+    compares the hash value (not its status) with Withdrawn/Deleted, so it never removes."""
+
+    def fetch_iter(
+        self, _supported_signal_types: Any, checkpoint: StopNCIICheckpoint | None
+    ) -> Iterator[fetch_state.FetchDelta[Any, Any, Any]]:
+        start = checkpoint.update_time if checkpoint is not None else None
+        gone = (stopncii_api.StopNCIICaseStatus.Withdrawn, stopncii_api.StopNCIICaseStatus.Deleted)
+        for result in self.api.fetch_hashes_iter(
+            start_timestamp=start or stopncii_api.StopNCIIAPI.DEFAULT_START_TIME
+        ):
+            updates: dict[tuple[str, str], StopNCIISignalMetadata | None] = {}
+            for record in result.hashRecords:
+                kind = record.signalType.value
+                updates[kind, record.hashValue] = (
+                    None
+                    if record.hashStatus in gone
+                    else StopNCIISignalMetadata(record.CSPFeedbacks)
+                )
+            yield fetch_state.FetchDelta(updates, StopNCIICheckpoint.from_stopncii_fetch(result))
+
+    @classmethod
+    def naive_convert_to_signal_type(
+        cls, signal_types: Any, collab: Any, fetched: Any
+    ) -> dict[Any, dict[str, Any]]:
+        return {
+            PdqSignal: {
+                value: meta for (kind, value), meta in fetched.items() if kind == "ImagePDQ"
+            }
+        }
+
+
 class LibraryExchangeFeed:
     """One synced bank's exchange, through the library's API object."""
 
@@ -67,7 +118,7 @@ class LibraryExchangeFeed:
                 yield self._delta(delta)
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
-            if status in (401, 403):
+            if status in (401, 403) or _graph_auth_error(exc.response):
                 raise ExchangeAuthError(
                     f"exchange {self.name}: credentials refused (HTTP {status})"
                 ) from None
@@ -141,7 +192,5 @@ def open_exchange_feed(name: str, settings: ExchangeSyncSettings) -> LibraryExch
         sclient = stopncii_api.StopNCIIAPI(
             key, function_key, base_url_override=settings.url.rstrip("/") or None
         )
-        api = StopNCIISignalExchangeAPI(
-            CollaborationConfigWithDefaults(name=name, api="stop_ncii"), sclient
-        )
+        api = _StopNCII(CollaborationConfigWithDefaults(name=name, api="stop_ncii"), sclient)
     return LibraryExchangeFeed(api, name)
