@@ -69,7 +69,13 @@ def _folder(tmp_path: Path, files: dict[str, str], images: dict[str, bytes] | No
     return folder
 
 
-def _publish(folder: Path, store: PolicyStore, blobs: BlobStore, actor: str = "alice") -> list[Any]:
+def _publish(
+    folder: Path,
+    store: PolicyStore,
+    blobs: BlobStore,
+    actor: str = "alice",
+    audit: MemoryAuditSink | None = None,
+) -> list[Any]:
     return publish_policies(
         load_policies([folder]),
         read_text=lambda source: Path(source).read_text(),
@@ -78,6 +84,7 @@ def _publish(folder: Path, store: PolicyStore, blobs: BlobStore, actor: str = "a
         store=store,
         blobs=blobs,
         actor=actor,
+        audit=audit if audit is not None else MemoryAuditSink(),
     )
 
 
@@ -87,14 +94,20 @@ def _publish(folder: Path, store: PolicyStore, blobs: BlobStore, actor: str = "a
 def test_publish_then_promote_is_audited_and_serves_the_new_version(tmp_path: Path) -> None:
     store, blobs, audit = MemoryPolicyStore(), MemoryBlobStore(), MemoryAuditSink()
     folder = _folder(tmp_path, {"testworld.yaml": TESTWORLD, "testworld.v2.yaml": _v2()})
-    done = _publish(folder, store, blobs)
+    done = _publish(folder, store, blobs, audit=audit)
     assert [(p.document.slot, p.document.version, p.changed) for p in done] == [
         ("live", 1, True),
         ("shadow", 2, True),
     ]
+    # The first live version is acted on from now: audited (the shadow is not acted on).
+    (published,) = audit.records
+    assert (published.kind, published.decision, published.actor) == ("policy", "publish", "alice")
+    assert (published.policy_id, published.policy_version) == ("testworld", 1)
     version = store.version()
-    assert [p.changed for p in _publish(folder, store, blobs)] == [False, False]
+    assert [p.changed for p in _publish(folder, store, blobs, audit=audit)] == [False, False]
     assert store.version() == version  # publishing the same files again changes nothing
+    assert len(audit.records) == 1  # nor is it audited again
+    audit.records.clear()
 
     files = StoredPolicyFolder(store, blobs, tmp_path / "served", actor="alice")
     served = files.load()
@@ -278,7 +291,9 @@ def test_a_worker_serves_a_promotion_from_the_database_without_a_restart(
     finally:
         worker.stop()
     records = [r for _, r in iter_records(open_segment_store(cfg)) if r.kind == "policy"]
-    assert [(r.decision, r.actor, r.policy_version) for r in records] == [("promote", "bob", 2)]
+    # The first live version's publication, then the promotion: each acted-on version audited.
+    assert [(r.decision, r.policy_version) for r in records] == [("publish", 1), ("promote", 2)]
+    assert records[1].actor == "bob"
 
 
 def test_the_api_knows_the_stored_policies_before_any_worker_reports(

@@ -22,7 +22,7 @@ from moderation.adapters.policy_files import (
 from moderation.adapters.postgres.policies import PostgresPolicyStore
 from moderation.adapters.postgres.pool import ConnectionPool
 from moderation.compose.registries import build_signals, image_check
-from moderation.compose.stores import command_database, open_blob_store
+from moderation.compose.stores import command_database, open_audit, open_blob_store
 from moderation.core.compiled import CompiledPolicy
 from moderation.core.policy import Policy, PolicySet
 from moderation.exceptions import ConfigurationError
@@ -184,12 +184,17 @@ def publish_policy_files(
         check_image=image_check(SafeDecoder(settings.images)),
     )
     blobs = open_blob_store(settings)
-    return publish_policies(
-        policies,
-        read_text=lambda source: Path(source).read_text(encoding="utf-8"),
-        read_exemplar=lambda source, path: read_file(exemplar_path(Path(source).parent, path)),
-        exemplar_key=exemplar_key,
-        store=PostgresPolicyStore(_store_database(settings)),
-        blobs=blobs,
-        actor=actor,
-    )
+    audit = open_audit(settings)
+    try:
+        return publish_policies(
+            policies,
+            read_text=lambda source: Path(source).read_text(encoding="utf-8"),
+            read_exemplar=lambda source, path: read_file(exemplar_path(Path(source).parent, path)),
+            exemplar_key=exemplar_key,
+            store=PostgresPolicyStore(_store_database(settings)),
+            blobs=blobs,
+            actor=actor,
+            audit=audit,
+        )
+    finally:
+        audit.close()

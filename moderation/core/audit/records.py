@@ -388,6 +388,42 @@ def record_for_bank_entry(
     )
 
 
+def record_for_publication(
+    *,
+    policy_id: str,
+    version: int,
+    body_sha256: str,
+    actor: str,
+    at: datetime | None = None,
+) -> AuditRecord:
+    """The audit record of publishing a policy's first live version to the policy store
+    (decision ``publish``): what is acted on changes there only by this or a promotion. Its id is
+    derived from the policy and the published text, so a retried publication rewrites it.
+
+    Raises:
+        AuditError: ``actor`` is empty.
+    """
+    if not actor.strip():
+        raise AuditError("a publication names who made it", code="audit_no_actor")
+    return AuditRecord(
+        record_id=_derived_id("publish", policy_id, str(version), body_sha256),
+        kind="policy",
+        at=at or _now(),
+        job_id=f"policy/{policy_id}",
+        content_sha256=None,
+        content_ref=None,
+        policy_id=policy_id,
+        policy_version=version,
+        compiled_policy_hash=None,
+        model_id=None,
+        weights_sha256=None,
+        category_id=None,
+        decision="publish",
+        actor=actor.strip(),
+        details={"body_sha256": body_sha256, "slot": "live"},
+    )
+
+
 def record_for_promotion(
     *,
     policy_id: str,
