@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from moderation.core.calibration import ThresholdProposal, propose_thresholds
 from moderation.core.data import Data
 from moderation.core.evaluation import Dataset
+from moderation.core.policy import COMBINE_SIGNAL
 from moderation.core.video_quality import VideoRuleProposal, propose_video_rule
 from moderation.exceptions import CalibrationUnsupported
 from moderation.pipeline.evaluate import ScoredItem, labelled_scores, labelled_videos
@@ -93,6 +94,11 @@ def calibrate(
     for category in policy.categories:
         key = f"{policy_id}/{category.id}"
         if categories and category.id not in categories and key not in categories:
+            untouched.append(key)
+            continue
+        if category.signal == COMBINE_SIGNAL:
+            # Decided by its members' thresholds (calibrated as categories of their own);
+            # its placeholder thresholds are never compared with a score.
             untouched.append(key)
             continue
         scores, truths, _ = labelled_scores(scored, key)

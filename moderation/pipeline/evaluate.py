@@ -26,6 +26,7 @@ from moderation.core.evaluation import (
     wilson,
 )
 from moderation.core.image_ref import ImageRef
+from moderation.core.policy import COMBINE_SIGNAL
 from moderation.core.video_quality import LabelledVideo, VideoMetrics, video_metrics
 from moderation.exceptions import ModerationError
 from moderation.pipeline.moderator import Moderator
@@ -116,6 +117,15 @@ def category_keys(
             thresholds = category.thresholds
             out[f"{pid}/{category.id}"] = (thresholds.review, thresholds.block)
     return out
+
+
+def _combined_keys(compiled: CompiledSet, policy_ids: Iterable[str] | None) -> set[str]:
+    return {
+        f"{pid}/{category.id}"
+        for pid in compiled.ids_for(policy_ids)
+        for category in compiled.by_id[pid].policy.categories
+        if category.signal == COMBINE_SIGNAL
+    }
 
 
 def labelled_videos(scored: Sequence[ScoredItem], key: str) -> list[LabelledVideo]:
@@ -242,7 +252,10 @@ def evaluate(
     categories: list[CategoryMetrics] = []
     unlabelled: list[str] = []
     videos: list[VideoMetrics] = []
+    combined = _combined_keys(compiled, policy_ids)
     for key, (review, block) in keys.items():
+        if key in combined:
+            continue  # its band is its members' rule, not a threshold on its score
         labelled = labelled_videos(scored, key)
         if labelled:
             videos.append(
@@ -273,6 +286,11 @@ def evaluate(
     errors = Counter(e.error.code for e in scored if e.error is not None)
     examples = [f"{e.item.name}: {e.error}" for e in scored if e.error is not None][:10]
     notes = []
+    if combined:
+        notes.append(
+            "not evaluated: combined categories (signal: combine), decided by their members' "
+            f"rule; their members are evaluated alone: {', '.join(sorted(combined))}"
+        )
     if dataset.from_review:
         notes.append(
             "labels come from human review: only images the model flagged were reviewed, so "
