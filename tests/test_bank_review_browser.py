@@ -223,11 +223,18 @@ def test_bank_match_metadata_and_remove_and_add_to_bank(site: Site, artifacts_di
             expect(page.locator("#signal")).to_have_text("(hash_bank)")
             expect(page.locator("#prompts")).to_be_hidden()  # a bank category has no prompts
             match = page.locator("#matches li").first
-            expect(match).to_have_text(
+            expect(match).to_contain_text(
                 "bank known-bad entry #3 · distance 20/256 (≤ 31) · quality 88 · "
                 "label: known meme · source: hash-sharing programme · added 2025-03-04 · "
                 "ref TE-77"
             )
+            # The entry's own controls: confirm or disable it (named for screen readers).
+            expect(
+                match.get_by_role("button", name="Confirm entry #3 of bank known-bad")
+            ).to_be_visible()
+            expect(
+                match.get_by_role("button", name="Disable entry #3 of bank known-bad")
+            ).to_be_visible()
             expect(page.locator("#pdq")).to_contain_text("PDQ cdcdcdcdcdcdcdcd… quality 88")
             expect(page.locator("#bank-key")).to_be_visible()
             expect(page.locator("#bank-name")).to_have_text("reviewer-removals")

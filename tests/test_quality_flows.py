@@ -30,7 +30,7 @@ from moderation.adapters.redis_workers import RedisWorkerRegistry
 from moderation.cli import app
 from moderation.client import ModerationClient
 from moderation.compose.scoring import Scoring
-from moderation.compose.stores import open_history, open_segment_store
+from moderation.compose.stores import open_blob_store, open_history, open_segment_store
 from moderation.core.admission import Tenant
 from moderation.core.policy import PolicyMode
 from moderation.core.review import ReviewDecision
@@ -39,6 +39,7 @@ from moderation.pipeline.audit import iter_records
 from moderation.pipeline.batching import MicroBatcher
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.process import Processor
+from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.score import score_local
 from moderation.pipeline.sources import ImageSources, InlineSource
 from moderation.pipeline.submit import PolicyCatalog, SubmitRequest, Submitter
@@ -255,6 +256,9 @@ def test_review_decisions_exported_from_the_queue_feed_eval_and_calibrate(
         callbacks=MemoryCallbacks(),
         review=queue,
         policies=lambda: scoring.policies.current.policies,
+        # As in the workers: the scored bytes are kept in the object store for the reviewer
+        # (the inline bytes go when the job ends), and the export names that copy.
+        evidence=ReviewEvidence(open_blob_store(cfg), retention_s=cfg.review.evidence_retention_s),
     )
     encoder = scoring.model.encoder
     batcher: MicroBatcher[Any, NDArray[np.float32]] = MicroBatcher(
@@ -306,6 +310,9 @@ def test_review_decisions_exported_from_the_queue_feed_eval_and_calibrate(
         export = tmp_path / name
         done = runner.invoke(app, ["review", "export", "--out", str(export)], env=env)
         assert done.exit_code == 0, done.output
+        if name.endswith(".jsonl"):  # the jobs' inline bytes are gone: rows name the evidence
+            rows = [json.loads(line) for line in export.read_text().splitlines()]
+            assert rows and all(r["image"].startswith("evidence:review-evidence/") for r in rows)
         evaluated = runner.invoke(
             app,
             [

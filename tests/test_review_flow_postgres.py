@@ -126,6 +126,10 @@ def test_a_review_in_postgres_from_the_worker_to_the_result(site: Site) -> None:
         headers = _login(alice)
         item = alice.post("/review/api/next", headers=headers).json()["item"]
         assert item is not None and item["review_id"] == review_id
+        revealed = alice.post(  # a critical item: one look unblurred before a decision
+            "/review/api/reveal", headers=headers, json={"review_id": review_id}
+        )
+        assert revealed.status_code == 200, revealed.text
         decided = alice.post(
             "/review/api/decide",
             headers=headers,

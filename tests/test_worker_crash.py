@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from moderation.adapters.redis_deliveries import RedisDeliveryLog
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.client import ModerationClient
 from moderation.core.jobs import JobStatus
@@ -53,6 +52,9 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
         prefetch_multiplier=4,
         visibility_timeout_s=6,
     )
+    # Two starts allowed: a job is dead-lettered at its third. One crash must cost one start, so
+    # every job of the killed worker's batches still ends DONE (below), not dead-lettered.
+    s = s.model_copy(update={"queue": s.queue.model_copy(update={"max_deliveries": 2})})
     store = RedisJobStore.from_url(redis_url, s.queue)
     first = WorkerProcess(s, tmp_path / "w1.log").start()
     server, base = start_api(s)
@@ -85,13 +87,12 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
         redelivered = unacked_at_kill - ended_before_kill
         assert redelivered, "no reserved-but-unfinished message to prove redelivery with"
         assert all(ended[j] == 1 for j in unacked_at_kill)
-        # One crash costs one delivery: a job of a batch the dead worker had started shows two
-        # starts, not three (the split of the redelivered batch is not counted as a crash), so
-        # it is dead-lettered only after queue.max_deliveries real crashes.
-        log = RedisDeliveryLog.from_url(redis_url, s.queue)
-        starts = {j: int(store.redis.get(log.key("deliveries", j)) or 0) for j in ids}
-        assert max(starts.values()) <= 2, sorted(starts.items(), key=lambda kv: -kv[1])[:5]
-        assert any(starts[j] == 2 for j in redelivered)
+        # One crash costs one delivery: a job of a batch the dead worker had started counts two
+        # starts, not three (the split of the redelivered batch is not counted as a crash). With
+        # queue.max_deliveries=2 a third start would have dead-lettered it, and every job ended
+        # DONE (above), the redelivered ones included. (The start counters themselves are
+        # forgotten once a job's message is done, so they are not read here.)
+        assert all(results[ids.index(j)].status is JobStatus.DONE for j in redelivered)
     finally:
         stop_api(server)
         first.stop()

@@ -21,7 +21,7 @@ from moderation.adapters.support.classifier_input import Preprocessing
 from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
 from moderation.adapters.video import VideoDecoder
 from moderation.exceptions import UrlRefusedError
-from moderation.pipeline.sources import ImageSources, InlineSource, SpillSource
+from moderation.pipeline.sources import EvidenceSource, ImageSources, InlineSource, SpillSource
 from moderation.ports import (
     BlobStore,
     ImageDecoder,
@@ -120,6 +120,7 @@ def build_sources(
         sources.append(InlineSource(store))
     if blobs is not None:  # large inline images the API spilled to the object store
         sources.append(SpillSource(blobs))
+        sources.append(EvidenceSource(blobs))  # review items' scored bytes (review exports)
     if local_files:
         sources.append(FileSource(max_bytes=fetching.images.max_bytes))
     return ImageSources(sources)

@@ -27,7 +27,12 @@ from moderation.compose.registries import (
     image_check,
     media_decoder,
 )
-from moderation.compose.stores import command_database, open_bank_store, open_job_store
+from moderation.compose.stores import (
+    command_database,
+    open_bank_store,
+    open_blob_store,
+    open_job_store,
+)
 from moderation.core.compiled import CompiledPolicy
 from moderation.pipeline.compile import compile_policy_set
 from moderation.pipeline.moderator import Moderator
@@ -60,9 +65,12 @@ class Scoring:
 
     def sources(self) -> ImageSources:
         """The image sources of the policy tools: local files, S3, HTTP(S) and, with a Redis
-        URL configured, the inline images of jobs (a review export names those)."""
+        URL configured, the inline images of jobs; and the review evidence kept in the object
+        store (a review export names those)."""
         store = open_job_store(self.settings) if self.settings.redis_url else None
-        return build_sources(self.settings, store, local_files=True)
+        return build_sources(
+            self.settings, store, local_files=True, blobs=open_blob_store(self.settings)
+        )
 
 
 @dataclass(frozen=True)

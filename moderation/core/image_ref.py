@@ -20,6 +20,9 @@ __all__ = ["INLINE_SCHEME", "SPILL_PREFIX", "SPILL_SCHEME", "ImageRef", "spill_k
 INLINE_SCHEME = "inline"
 #: Bytes uploaded with the request, too large for Redis: kept in the object store.
 SPILL_SCHEME = "spill"
+#: The scored bytes of a review item, kept in the object store (``evidence:<key>``): what a
+#: review export names for an image whose inline bytes went when its job ended. Never public.
+EVIDENCE_SCHEME = "evidence"
 #: Where in the object store: one folder per UTC day, so old days are dropped whole.
 SPILL_PREFIX = "spill/"
 

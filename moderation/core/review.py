@@ -46,7 +46,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from moderation.core.decision import Verdict
-from moderation.core.image_ref import ImageRef
+from moderation.core.image_ref import EVIDENCE_SCHEME, INLINE_SCHEME, SPILL_SCHEME, ImageRef
 from moderation.core.policy import Policy, Severity
 from moderation.core.sources import DecisionSource
 from moderation.exceptions import ReviewInvalidDecision
@@ -587,10 +587,17 @@ def _appeal_outcome(
 def export_row(item: ReviewItem, final: HumanDecision) -> dict[str, Any]:
     """One reviewed item as a labelled row (``moderation review export``, the policy tools)."""
     deciding = next((c for c in item.verdict.categories if c.category_id == item.category_id), None)
+    # Bytes sent with the request go when the job ends; the scored copy kept for the reviewer
+    # (in the object store until the evidence retention) is what the policy tools can read.
+    image = (
+        f"{EVIDENCE_SCHEME}:{item.evidence_key}"
+        if item.evidence_key and item.image.scheme in (INLINE_SCHEME, SPILL_SCHEME)
+        else item.image.uri
+    )
     return {
         "review_id": item.review_id,
         "job_id": item.job_id,
-        "image": item.image.uri,
+        "image": image,
         "content_sha256": item.content_sha256,
         "policy_id": item.policy_id,
         "policy_version": item.policy_version,

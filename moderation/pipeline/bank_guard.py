@@ -90,10 +90,22 @@ class BankGuard:
         self.loaded = loaded
         self.rule = rule or FloodRule()
         self.clock = clock
+        self._counted: set[str] = set()
+
+    def _count_from_zero(self) -> None:
+        """Export each served bank's quarantine counter at 0 before its first quarantine: a
+        series that appears at 1 has no increase() for the alert to see."""
+        if self.loaded is None:
+            return
+        for bank in self.loaded.names():
+            if bank not in self._counted:
+                metrics().bank_entries_quarantined.labels(bank)
+                self._counted.add(bank)
 
     def observe(self, verdicts: Sequence[Verdict]) -> list[EntryStatus]:
         """Count the verdicts' bank matches; quarantine entries that flood. The entries
         quarantined now (empty when none, or when the store could not be reached)."""
+        self._count_from_zero()
         matched = matched_entries(verdicts)
         if not matched:
             return []

@@ -12,7 +12,14 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 
 from moderation.core.blobs import check_key
-from moderation.core.image_ref import INLINE_SCHEME, SPILL_PREFIX, SPILL_SCHEME, ImageRef
+from moderation.core.evidence import EVIDENCE_PREFIX, verifies
+from moderation.core.image_ref import (
+    EVIDENCE_SCHEME,
+    INLINE_SCHEME,
+    SPILL_PREFIX,
+    SPILL_SCHEME,
+    ImageRef,
+)
 from moderation.exceptions import (
     BlobKeyInvalid,
     BlobNotFound,
@@ -22,7 +29,13 @@ from moderation.exceptions import (
 )
 from moderation.ports import BlobStore, ImageSource, JobStore
 
-__all__ = ["DuplicateSchemeError", "ImageSources", "InlineSource", "SpillSource"]
+__all__ = [
+    "DuplicateSchemeError",
+    "EvidenceSource",
+    "ImageSources",
+    "InlineSource",
+    "SpillSource",
+]
 
 
 class DuplicateSchemeError(ValueError):
@@ -95,6 +108,50 @@ class SpillSource:
             raise ImageFetchError(
                 f"the inline image {ref.uri} has expired", code="inline_expired"
             ) from exc
+
+
+class EvidenceSource:
+    """``evidence:<key>``: the scored bytes of a review item, kept in the object store for its
+    reviewer (:mod:`moderation.pipeline.review_evidence`); what a review export names when the
+    job's inline bytes are gone. Never public: no tenant can name one in a job."""
+
+    schemes = (EVIDENCE_SCHEME,)
+    public = False
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+
+    def check(self, ref: ImageRef, *, tenant: str | None) -> None:
+        key = ref.uri.partition(":")[2]
+        try:
+            check_key(key)
+        except BlobKeyInvalid as exc:
+            raise ImageFetchError(str(exc), code="bad_reference") from exc
+        if not key.startswith(EVIDENCE_PREFIX):
+            raise ImageFetchError(
+                "evidence reference outside the review evidence", code="bad_reference"
+            )
+
+    def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes:
+        """Raises:
+        ImageFetchError: the evidence is gone (past its retention: ``evidence_expired``), does
+            not match the hash its key names (``evidence_mismatch``), or the key is malformed.
+        BlobStoreUnavailable: the object store cannot be reached (transient).
+        """
+        self.check(ref, tenant=tenant)
+        key = ref.uri.partition(":")[2]
+        try:
+            data = self.blobs.get(key)
+        except BlobNotFound as exc:
+            raise ImageFetchError(
+                f"the review evidence {key} is gone (past review.evidence_retention_s)",
+                code="evidence_expired",
+            ) from exc
+        if not verifies(data, key.rsplit("/", 1)[-1]):
+            raise ImageFetchError(
+                f"the review evidence {key} does not match its hash", code="evidence_mismatch"
+            )
+        return data
 
 
 class ImageSources:
