@@ -77,6 +77,23 @@ class InlineSource:
         ]
 
 
+def _blob_key(ref: ImageRef, prefix: str, where: str) -> str:
+    """The object-store key ``ref`` names (``scheme:<key>``), which must be well formed and
+    inside ``prefix``.
+
+    Raises:
+        ImageFetchError: code ``bad_reference`` otherwise.
+    """
+    key = ref.uri.partition(":")[2]
+    try:
+        check_key(key)
+    except BlobKeyInvalid as exc:
+        raise ImageFetchError(str(exc), code="bad_reference") from exc
+    if not key.startswith(prefix):
+        raise ImageFetchError(f"{ref.scheme} reference outside {where}", code="bad_reference")
+    return key
+
+
 class SpillSource:
     """``spill:<key>``: bytes uploaded with the request that were larger than
     ``queue.inline_spill_bytes``, which the API wrote to the object store instead of Redis."""
@@ -88,13 +105,7 @@ class SpillSource:
         self.blobs = blobs
 
     def check(self, ref: ImageRef, *, tenant: str | None) -> None:
-        key = ref.uri.partition(":")[2]
-        try:
-            check_key(key)
-        except BlobKeyInvalid as exc:
-            raise ImageFetchError(str(exc), code="bad_reference") from exc
-        if not key.startswith(SPILL_PREFIX):
-            raise ImageFetchError("spill reference outside the spill folder", code="bad_reference")
+        _blob_key(ref, SPILL_PREFIX, "the spill folder")
 
     def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes:
         """Raises:
@@ -122,15 +133,7 @@ class EvidenceSource:
         self.blobs = blobs
 
     def check(self, ref: ImageRef, *, tenant: str | None) -> None:
-        key = ref.uri.partition(":")[2]
-        try:
-            check_key(key)
-        except BlobKeyInvalid as exc:
-            raise ImageFetchError(str(exc), code="bad_reference") from exc
-        if not key.startswith(EVIDENCE_PREFIX):
-            raise ImageFetchError(
-                "evidence reference outside the review evidence", code="bad_reference"
-            )
+        _blob_key(ref, EVIDENCE_PREFIX, "the review evidence")
 
     def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes:
         """Raises:

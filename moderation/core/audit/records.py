@@ -403,23 +403,13 @@ def record_for_publication(
     Raises:
         AuditError: ``actor`` is empty.
     """
-    if not actor.strip():
-        raise AuditError("a publication names who made it", code="audit_no_actor")
-    return AuditRecord(
-        record_id=_derived_id("publish", policy_id, str(version), body_sha256),
-        kind="policy",
-        at=at or _now(),
-        job_id=f"policy/{policy_id}",
-        content_sha256=None,
-        content_ref=None,
+    return _policy_record(
+        "publish",
         policy_id=policy_id,
-        policy_version=version,
-        compiled_policy_hash=None,
-        model_id=None,
-        weights_sha256=None,
-        category_id=None,
-        decision="publish",
-        actor=actor.strip(),
+        version=version,
+        content=body_sha256,
+        actor=actor,
+        at=at,
         details={"body_sha256": body_sha256, "slot": "live"},
     )
 
@@ -443,10 +433,39 @@ def record_for_promotion(
     Raises:
         AuditError: ``actor`` is empty.
     """
+    return _policy_record(
+        "promote",
+        policy_id=policy_id,
+        version=version,
+        content=policy_hash,
+        actor=actor,
+        at=at,
+        details={
+            "policy_hash": policy_hash,
+            "previous_version": previous_version,
+            "previous_policy_hash": previous_hash,
+            "files": files,
+            **({"note": note} if note else {}),
+        },
+    )
+
+
+def _policy_record(
+    decision: str,
+    *,
+    policy_id: str,
+    version: int,
+    content: str,
+    actor: str,
+    at: datetime | None,
+    details: dict[str, Any],
+) -> AuditRecord:
+    """A record of kind ``policy``: who changed which version is acted on. Its id is derived
+    from the decision, the policy and ``content`` (a retry rewrites the same record)."""
     if not actor.strip():
-        raise AuditError("a promotion names who made it", code="audit_no_actor")
+        raise AuditError(f"a policy {decision} names who made it", code="audit_no_actor")
     return AuditRecord(
-        record_id=_derived_id("promote", policy_id, str(version), policy_hash),
+        record_id=_derived_id(decision, policy_id, str(version), content),
         kind="policy",
         at=at or _now(),
         job_id=f"policy/{policy_id}",
@@ -458,13 +477,7 @@ def record_for_promotion(
         model_id=None,
         weights_sha256=None,
         category_id=None,
-        decision="promote",
+        decision=decision,
         actor=actor.strip(),
-        details={
-            "policy_hash": policy_hash,
-            "previous_version": previous_version,
-            "previous_policy_hash": previous_hash,
-            "files": files,
-            **({"note": note} if note else {}),
-        },
+        details=details,
     )
