@@ -45,6 +45,7 @@ SEMANTIC = {
     (429, "tenant_queue_full"),
     (429, "priority_quota_exceeded"),  # the tenant's priority-lane quota (settings)
     (403, "priority_not_allowed"),
+    (403, "trusted_flagger_not_allowed"),  # a tenant not allowed trusted flaggers' notices
     (422, "source_not_allowed"),  # an s3:// reference outside the tenant's S3 sources
     (404, "job_not_found"),  # a well-formed id of no job
     (404, "appeal_not_found"),  # a well-formed id of no appeal

@@ -76,6 +76,8 @@ _DESCRIPTIONS = {
     400: "The request is well formed but refused (problem details; `code` says why, e.g. "
     "policy_unknown, policy_not_allowed, metadata_too_deep).",
     401: "Missing or wrong API key (`WWW-Authenticate: Bearer`).",
+    403: "Your tenant may not do this: trusted_flagger_not_allowed (a trusted flagger's notice "
+    "from a tenant the operator has not allowed to file them).",
     404: "No such job (or notice) of your tenant (unknown, another tenant's, or expired).",
     409: "id_conflict: the id is taken by a job submitted with a different request; `job_id` "
     "names it. notice_not_reviewable: the reported job has no verdict to review yet.",
@@ -463,7 +465,7 @@ def create_app(api: ApiProcess) -> FastAPI:
         "/v1/jobs/{job_id}/notices",
         response_model=NoticeAnswer,
         status_code=201,
-        responses=_responses(400, 401, 404, 409, 422, 429, 500, 503),
+        responses=_responses(400, 401, 403, 404, 409, 422, 429, 500, 503),
         tags=["notices"],
     )
     def file_notice(
