@@ -113,6 +113,13 @@ def test_results_live_in_postgres_and_redis_keeps_no_record(flow: Flow) -> None:
     # No image stays in Redis, the REVIEW one included (its reviewer is shown the scored
     # bytes kept in the object store), and no job's start counter either.
     assert list(flow.redis.scan_iter(f"{prefix}inline:*")) == []
+    # Start counters go just before the task that ended the job returns, which is before its
+    # message is acknowledged (acks_late): once nothing is unacknowledged, none is left. (A
+    # client can see the result before that, so wait for the acknowledgements.)
+    deadline = time.monotonic() + 60
+    while flow.redis.hlen("unacked") or flow.redis.llen(flow.settings.queue.queue_name):
+        assert time.monotonic() < deadline, "messages still unacknowledged after 60 s"
+        time.sleep(0.05)
     assert list(flow.redis.scan_iter(f"{prefix}deliveries:*")) == []
 
 
