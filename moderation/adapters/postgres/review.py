@@ -478,32 +478,9 @@ class PostgresReviewQueue:
                     )
                 return DecideResult(ReviewOutcome(pending=first), replay=True)
             now = self._now(conn)
-            if lease_token == token:
-                if holder != reviewer:
-                    raise ReviewNotLeaseHolder("this lease belongs to another reviewer")
-                if float(expires) <= now:
-                    raise ReviewLeaseExpired(
-                        "your lease on this item expired; the decision was not recorded"
-                    )
-            else:
-                owner = conn.execute(
-                    "SELECT reviewer, taken_back FROM review_leases"
-                    " WHERE token = %s AND review_id = %s",
-                    (token, review_id),
-                ).fetchone()
-                if owner is None or owner[0] != reviewer:
-                    raise ReviewNotLeaseHolder("you do not hold a lease on this item")
-                if state == "final":
-                    raise ReviewAlreadyDecided("this item was already decided by someone else")
-                if owner[1]:
-                    raise ReviewTakenBack(
-                        "an admin took this item back and it went back to the queue; "
-                        "the decision was not recorded"
-                    )
-                raise ReviewLeaseExpired(
-                    "your lease on this item expired and it went back to the queue; "
-                    "the decision was not recorded"
-                )
+            self._check_lease(
+                conn, review_id, reviewer, token, state, lease_token, holder, expires, now
+            )
             item = ReviewItem.model_validate(item_json)
             outcome = apply_decision(
                 item,
