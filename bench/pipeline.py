@@ -140,10 +140,13 @@ def bench_pipeline(
     upload: str = "multipart",
     store: str = "redis",
     finish_times: bool = False,
+    worker_env: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The whole pipeline: this process is the client; the API (uvicorn) and each worker run in
     their own process, as in production. ``finish_times``: also report when each item's result
-    was written, seconds after the first submit (``finished_s``, in submit order)."""
+    was written, seconds after the first submit (``finished_s``, in submit order).
+    ``worker_env``: extra environment per worker process (e.g. a video worker's
+    ``MODERATION_QUEUE__WORKER_LANES=videos``)."""
     import contextlib
     import subprocess
 
@@ -173,7 +176,11 @@ def bench_pipeline(
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "moderation.cli", "worker", "--loglevel", "WARNING"],
-                env={**env, "MODERATION_WORKER_SLOT": str(i)},
+                env={
+                    **env,
+                    "MODERATION_WORKER_SLOT": str(i),
+                    **(worker_env[i] if worker_env and i < len(worker_env) else {}),
+                },
                 cwd=ROOT,
                 start_new_session=True,
                 stdout=subprocess.DEVNULL,

@@ -1,14 +1,17 @@
 """The photo pipeline with 10% videos in the traffic: do videos slow the photos down?
 
-Three runs of the whole pipeline (:func:`bench.pipeline.bench_pipeline`: client -> API ->
-Redis -> Celery worker process, the test model) in each round, interleaved so that machine
-noise hits all of them: **photos** only (N JPEGs), **mixed** (the same N JPEGs with M short
-H.264 clips spread among them, M = N x share / (1 - share)), and **videos** only (the M clips).
-For the photo share of the mixed run:
+Runs of the whole pipeline (:func:`bench.pipeline.bench_pipeline`: client -> API -> Redis ->
+Celery worker processes, the test model) in each round, interleaved so that machine noise hits
+all of them: **photos** only (N JPEGs, one worker), then per worker set-up (``--modes``) a
+**mixed** run (the same N JPEGs with M short H.264 clips spread among them,
+M = N x share / (1 - share)) and a **videos** only run (the M clips). Set-ups: ``shared``
+(videos on the photo lanes, one worker: before the video lanes), ``lanes`` (video lanes, one
+worker consuming both, photo lanes first) and ``video-worker`` (video lanes, a photo worker and
+a video worker: the deployed shape). For the photo share of each mixed run:
 
 * ``photo_images_per_s``: N / the time until the last photo's result was written;
-* ``photo_cpu_ms_per_image``: per process, (CPU of the mixed run - CPU of the videos-only run)
-  / N: what the photos cost once the videos' own cost is taken out.
+* ``photo_worker_cpu_ms_per_image``: (CPU of the workers in the mixed run - in the videos-only
+  run) / N: what the photos cost once the videos' own cost is taken out.
 
 Both are compared with the photos-only run (``*_vs_photos_only``, goal: within 10%). Medians over
 ``--rounds``. Run under the suite lock; prints JSON::
@@ -35,7 +38,7 @@ from bench.pipeline import _images, bench_pipeline  # noqa: E402
 from bench.video import make_clip  # noqa: E402
 
 
-def _settings(tmp: Path, batch_size: int) -> Any:
+def _settings(tmp: Path, batch_size: int, *, lanes: bool) -> Any:
     from moderation import testmodel
     from moderation.settings import Settings
 
@@ -46,23 +49,49 @@ def _settings(tmp: Path, batch_size: int) -> Any:
         cache_dir=tmp / "cache",
         rate_limits={"rate_per_s": 1e9, "burst": 10**9},
     )
-    return settings.model_copy(
-        update={
-            "queue": settings.queue.model_copy(
-                update={
-                    "batch_size": batch_size,
-                    "batch_wait_ms": 20,
-                    "concurrency": 2 * batch_size,
-                    "visibility_timeout_s": 1800,
-                }
-            )
-        }
+    update: dict[str, Any] = {
+        "batch_size": batch_size,
+        "batch_wait_ms": 20,
+        "concurrency": 2 * batch_size,
+        "visibility_timeout_s": 1800,
+    }
+    if not lanes:  # before: videos share the photo lanes
+        update["video_queue_name"] = None
+    return settings.model_copy(update={"queue": settings.queue.model_copy(update=update)})
+
+
+#: How the workers are set up in each mode: ``shared``, videos on the photo lanes (before);
+#: ``lanes``, one worker consuming both kinds of lanes (photo lanes first); ``video-worker``,
+#: a photo worker and a video worker (the deployed shape: deploy/k8s).
+MODES: dict[str, tuple[bool, list[dict[str, str]]]] = {
+    "shared": (False, [{}]),
+    "lanes": (True, [{}]),
+    "video-worker": (
+        True,
+        [
+            {"MODERATION_QUEUE__WORKER_LANES": "photos"},
+            {"MODERATION_QUEUE__WORKER_LANES": "videos"},
+        ],
+    ),
+}
+
+
+def _run(items: list[bytes], batch_size: int, mode: str) -> dict[str, Any]:
+    lanes, worker_env = MODES[mode]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-video-mix-"))
+    return bench_pipeline(
+        _settings(tmp, batch_size, lanes=lanes),
+        items,
+        tmp,
+        finish_times=True,
+        workers=len(worker_env),
+        worker_env=worker_env,
     )
 
 
-def _run(items: list[bytes], batch_size: int) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-video-mix-"))
-    return bench_pipeline(_settings(tmp, batch_size), items, tmp, finish_times=True)
+def _worker_cpu(run: dict[str, Any]) -> float:
+    """CPU ms per item of every worker process together."""
+    return float(sum(v for k, v in run["cpu_ms_per_image"].items() if k.startswith("worker-")))
 
 
 def main() -> None:
@@ -72,7 +101,11 @@ def main() -> None:
     parser.add_argument("--clip-seconds", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}"
+    )
     args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
     photos = _images(args.images)
     n_videos = max(1, round(args.images * args.share / (1 - args.share)))
     clips = [make_clip(640, 360, args.clip_seconds, 30, 60) for _ in range(1)] * n_videos
@@ -90,39 +123,31 @@ def main() -> None:
         is_photo.append(False)
     rounds: list[dict[str, Any]] = []
     for _ in range(args.rounds):
-        only = _run(photos, args.batch_size)
-        mix = _run(mixed, args.batch_size)
-        videos = _run(clips, args.batch_size)
-        photo_done = max(t for t, p in zip(mix["finished_s"], is_photo, strict=True) if p)
+        only = _run(photos, args.batch_size, "shared")
         only_rate = len(photos) / max(t for t in only["finished_s"] if t is not None)
-        cpu_only = only["cpu_ms_per_image"]
-        cpu_photo = {
-            name: round(
-                (
-                    mix["cpu_ms_per_image"][name] * len(mixed)
-                    - videos["cpu_ms_per_image"][name] * len(clips)
-                )
-                / len(photos),
-                3,
-            )
-            for name in ("api", "worker-0", "redis")
-        }
-        row = {
+        cpu_only = _worker_cpu(only)
+        row: dict[str, Any] = {
             "photos_only_images_per_s": round(only_rate, 1),
-            "photo_images_per_s": round(len(photos) / photo_done, 1),
-            "photos_only_cpu_ms_per_image": {k: cpu_only[k] for k in cpu_photo},
-            "photo_cpu_ms_per_image": cpu_photo,
-            "videos_only_cpu_ms_per_video": {
-                k: round(videos["cpu_ms_per_image"][k], 1) for k in cpu_photo
-            },
-            "errors": {"photos_only": only["pipeline_errors"], "mixed": mix["pipeline_errors"]},
+            "photos_only_worker_cpu_ms_per_image": round(cpu_only, 3),
         }
-        row["photo_images_per_s_vs_photos_only"] = round(
-            row["photo_images_per_s"] / row["photos_only_images_per_s"], 3
-        )
-        row["photo_worker_cpu_vs_photos_only"] = round(
-            cpu_photo["worker-0"] / cpu_only["worker-0"], 3
-        )
+        for mode in modes:
+            mix = _run(mixed, args.batch_size, mode)
+            videos = _run(clips, args.batch_size, mode)
+            photo_done = max(t for t, p in zip(mix["finished_s"], is_photo, strict=True) if p)
+            video_done = max(t for t, p in zip(mix["finished_s"], is_photo, strict=True) if not p)
+            cpu_photo = (_worker_cpu(mix) * len(mixed) - _worker_cpu(videos) * len(clips)) / len(
+                photos
+            )
+            rate = len(photos) / photo_done
+            row[mode] = {
+                "photo_images_per_s": round(rate, 1),
+                "photo_images_per_s_vs_photos_only": round(rate / only_rate, 3),
+                "last_video_done_s": round(video_done, 2),
+                "photo_worker_cpu_ms_per_image": round(cpu_photo, 3),
+                "photo_worker_cpu_vs_photos_only": round(cpu_photo / cpu_only, 3),
+                "videos_only_worker_cpu_ms_per_video": round(_worker_cpu(videos), 1),
+                "errors": mix["pipeline_errors"],
+            }
         print(json.dumps(row), flush=True)
         rounds.append(row)
     report = {
@@ -137,13 +162,21 @@ def main() -> None:
         "clip": f"640x360 H.264, {args.clip_seconds} s at 30 fps, keyframe every 2 s",
         "rounds": rounds,
         "median": {
-            key: statistics.median(r[key] for r in rounds)
-            for key in (
-                "photos_only_images_per_s",
-                "photo_images_per_s",
-                "photo_images_per_s_vs_photos_only",
-                "photo_worker_cpu_vs_photos_only",
-            )
+            "photos_only_images_per_s": statistics.median(
+                r["photos_only_images_per_s"] for r in rounds
+            ),
+            **{
+                mode: {
+                    key: statistics.median(r[mode][key] for r in rounds)
+                    for key in (
+                        "photo_images_per_s",
+                        "photo_images_per_s_vs_photos_only",
+                        "photo_worker_cpu_vs_photos_only",
+                        "last_video_done_s",
+                    )
+                }
+                for mode in modes
+            },
         },
     }
     print(json.dumps(report, indent=2))

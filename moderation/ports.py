@@ -580,11 +580,12 @@ class TaskPublisher(Protocol):
         retries: int = 0,
         countdown: float = 0.0,
         high: bool = False,
+        video: bool = False,
     ) -> None:
         """Publish ``job_ids`` (split into messages of at most ``jobs_per_message``) on their
         tenants' lanes (:mod:`moderation.core.fairness`); ``retries``: transient-error retries
         they already had; ``countdown``: run them no sooner than this many seconds from now;
-        ``high``: on the priority lanes."""
+        ``high``: on the priority lanes; ``video``: on the video lanes."""
         ...
 
     def in_flight(self, max_scan: int = 20_000) -> set[str] | None:

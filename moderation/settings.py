@@ -279,6 +279,18 @@ class QueueSettings(BaseModel):
     key_prefix: str = "mod:"
     queue_name: str = "moderation"
     callback_queue_name: str = "moderation-callbacks"
+    #: Video jobs' own lanes (this queue, ``.t.<tenant>``, ``.high.<tenant>``: docs/video.md,
+    #: "Videos in their own lanes"), so that a video's decode never holds up the photos behind
+    #: it. None: videos share the photo lanes.
+    video_queue_name: str | None = "moderation-video"
+    #: The job lanes this worker consumes: ``all`` (photo lanes before video lanes),
+    #: ``photos`` (a download that turns out to be a video is handed to the video lanes) or
+    #: ``videos`` (a video worker: ``video_concurrency`` messages at once).
+    worker_lanes: Literal["all", "photos", "videos"] = "all"
+    #: Messages a ``videos`` worker handles at once (each decodes on its own thread).
+    video_concurrency: int = Field(default=2, ge=1)
+    #: Video jobs per broker message (one video already fills forward passes with its samples).
+    video_jobs_per_message: int = Field(default=1, ge=1)
     #: Batch endpoint: most jobs in one request.
     max_batch_jobs: int = 1000
     #: Batch endpoint: most inline image bytes (decoded) in one request, all jobs together.

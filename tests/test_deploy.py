@@ -18,6 +18,7 @@ live processes in ``tests/test_observability.py``.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import re
@@ -32,7 +33,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from moderation.core.fairness import lanes
+from moderation.adapters.celery_queue import consumed_queues
 from moderation.settings import QueueSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -451,28 +452,32 @@ def test_keda_objects_scale_the_workers_on_the_celery_queues(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     queue = QueueSettings()
-    for name, docs in rendered.items():
+    for (name, docs), workers in itertools.product(
+        rendered.items(), ("moderation-worker", "moderation-worker-video")
+    ):
         namespaces = {d["metadata"].get("namespace") for d in docs} - {None}
         assert len(namespaces) == 1, name
         namespace = namespaces.pop()
-        scaled = one(docs, "ScaledObject", "moderation-worker")
+        scaled = one(docs, "ScaledObject", workers)
         jsonschema.validate(scaled, SCHEMAS["ScaledObject"])
         spec = scaled["spec"]
         target = spec["scaleTargetRef"]
         one(docs, target["kind"], target["name"])  # scales what exists: the worker StatefulSet
-        assert target["kind"] == "StatefulSet" and target["name"] == "moderation-worker"
+        assert target["kind"] == "StatefulSet" and target["name"] == workers
         assert spec["minReplicaCount"] <= spec["maxReplicaCount"]
-        # one trigger per lane the workers consume (the settings the pods get) and backtests,
-        # summed; never the callbacks queue (the API delivers callbacks: no GPU worker needed)
-        # (the lanes of the tenants the manifests declare; a site declares each tenant whose
-        # API key it puts in the Secret: docs/deployment.md, autoscaling)
-        worker_env = env_of(docs, _worker_container(docs))
+        # one trigger per lane the workers consume (the settings the pods get: photo lanes
+        # and backtests, or video lanes), summed; never the callbacks queue (the API delivers
+        # callbacks: no GPU worker needed) (the lanes of the tenants the manifests declare; a
+        # site declares each tenant whose API key it puts in the Secret: docs/deployment.md,
+        # autoscaling)
+        worker_env = env_of(docs, _worker_container(docs, workers))
         declared = {k: v for k, v in worker_env.items() if k not in SECRET_KEYS}
         settings = Settings(**_settings_kwargs(declared))
-        wanted = {lane.name for lane in lanes(queue.queue_name, settings.tenant_weights())}
-        wanted.add(settings.embeddings.backtest_queue)
+        consumed = set(consumed_queues(settings)) - {settings.queue.callback_queue_name}
         lists = {t["metadata"]["listName"] for t in spec["triggers"]}
-        assert lists == wanted, name
+        assert lists == consumed, (name, workers)
+        expected = "videos" if workers.endswith("-video") else "photos"
+        assert settings.queue.worker_lanes == expected, (name, workers)
         assert queue.callback_queue_name not in lists
         assert settings.queue.callback_senders == "api", name
         formula = spec["advanced"]["scalingModifiers"]["formula"]
@@ -585,7 +590,7 @@ def test_keda_owns_the_worker_count_and_no_manifest_sets_it(
 ) -> None:
     for name, docs in rendered.items():
         targets = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "ScaledObject"}
-        assert targets == {"moderation-worker"}, name
+        assert targets == {"moderation-worker", "moderation-worker-video"}, name
         for target in targets:
             assert "replicas" not in one(docs, "StatefulSet", target)["spec"], name
 
@@ -686,13 +691,18 @@ def test_every_pod_runs_as_its_own_service_account_without_an_api_token(
 ) -> None:
     for name, docs in rendered.items():
         accounts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
-        used = set()
+        used: dict[str, set[str]] = {}
         for workload, spec in pod_specs(docs):
             account = spec.get("serviceAccountName")
             assert account in accounts, (name, workload, account)
             assert spec["automountServiceAccountToken"] is False, (name, workload)
-            used.add(account)
-        assert len(used) == len(list(pod_specs(docs))), name  # one per component
+            component = one(docs, "StatefulSet", workload)["spec"]["template"]["metadata"][
+                "labels"
+            ]["app.kubernetes.io/component"]
+            used.setdefault(component, set()).add(account)
+        # one per component (the photo and the video workers are both `worker`: one identity)
+        assert all(len(a) == 1 for a in used.values()), name
+        assert len(set().union(*used.values())) == len(used), name
         assert all(a["automountServiceAccountToken"] is False for a in accounts.values())
 
 
@@ -1007,8 +1017,10 @@ def test_postgres_component_runs_a_backed_up_cluster_the_pods_reach_and_only_the
         assert not [d for d in rendered[name] if d["kind"] in CNPG_KINDS]
 
 
-def _worker_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    spec = one(docs, "StatefulSet", "moderation-worker")["spec"]["template"]["spec"]
+def _worker_container(
+    docs: list[dict[str, Any]], workers: str = "moderation-worker"
+) -> dict[str, Any]:
+    spec = one(docs, "StatefulSet", workers)["spec"]["template"]["spec"]
     return next(c for c in spec["containers"] if c["name"] == "worker")
 
 

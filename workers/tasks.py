@@ -2,7 +2,8 @@
 
 ``moderate(job_ids, retries=0)`` calls :meth:`moderation.pipeline.process.Processor.process_many`
 for a message's batch of jobs and publishes again what it asks for: jobs with a transient error
-(after their backoff, with ``retries + 1``) and, for a redelivered batch, each job on its own;
+(after their backoff, with ``retries + 1``), for a redelivered batch each job on its own, and
+on the video lanes the downloads a photo-lane worker found to be videos;
 ``deliver_callback(job_id, url, body)`` (messages from before the callback outbox) puts the
 callback in the outbox, which each worker's
 :class:`~moderation.pipeline.callback_dispatch.CallbackDispatcher` delivers on its own threads;
@@ -119,15 +120,20 @@ def moderate(self: Task, job_ids: list[str] | str, retries: int = 0) -> dict[str
     except (QueueUnavailable, DatabaseUnavailable, AuditSinkUnavailable) as exc:
         # cannot even end the jobs now (Redis, PostgreSQL or the audit store is away)
         raise self.retry(countdown=5.0, exc=exc) from exc
-    later: dict[float, list[str]] = defaultdict(list)
+    later: dict[tuple[float, bool], list[str]] = defaultdict(list)
+    videos: list[str] = []
     for item in done:
         if item.outcome == "retry" and item.retry_in is not None:
-            later[item.retry_in].append(item.job_id)
+            later[item.retry_in, item.video].append(item.job_id)
         elif item.outcome == "split":
-            w.publisher.publish([item.job_id], retries=retries)
-    for countdown, retry_ids in later.items():
+            w.publisher.publish([item.job_id], retries=retries, video=item.video)
+        elif item.outcome == "video":
+            videos.append(item.job_id)
+    if videos:  # downloads that are videos, met on a photo lane
+        w.publisher.publish(videos, retries=retries, video=True)
+    for (countdown, video), retry_ids in later.items():
         log.info("jobs %s: transient errors; retry in %.1fs", retry_ids[:5], countdown)
-        w.publisher.publish(retry_ids, retries=retries + 1, countdown=countdown)
+        w.publisher.publish(retry_ids, retries=retries + 1, countdown=countdown, video=video)
     return dict(Counter(item.outcome for item in done))
 
 

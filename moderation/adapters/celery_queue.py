@@ -4,7 +4,8 @@ the Celery configuration workers share.
 
 Task names are defined here, once: the API and the workers' lost-message sweep publish
 :data:`MODERATE_TASK` with a batch of job ids (a submitted batch becomes one message per
-``queue.jobs_per_message`` jobs), callbacks go out as :data:`CALLBACK_TASK` on their own queue.
+``queue.jobs_per_message`` jobs; videos go to the video lanes, ``queue.video_jobs_per_message``
+per message), callbacks go out as :data:`CALLBACK_TASK` on their own queue.
 A fanned-out backtest sends one :data:`BACKTEST_TASK` per group of history shards on its own
 queue (``embeddings.backtest_queue``) and reads each group's counts from the result backend (the
 same Redis; results expire after an hour and are deleted once read). The task functions
@@ -34,7 +35,7 @@ from kombu import Queue  # type: ignore[attr-defined]
 from moderation.adapters.support.fair_lanes import FAIR_CYCLE, declare_lanes
 from moderation.adapters.support.redis import connect, redis_errors
 from moderation.core.backtest import BacktestPartial, BacktestTask
-from moderation.core.fairness import lane_for, lanes
+from moderation.core.fairness import Lane, lane_for, lanes
 from moderation.core.jobs import tenant_of
 from moderation.exceptions import (
     BacktestMismatch,
@@ -56,6 +57,7 @@ __all__ = [
     "CeleryQueue",
     "celery_config",
     "consumed_queues",
+    "job_lanes",
     "message_job_ids",
     "worker_concurrency",
 ]
@@ -73,20 +75,41 @@ log = logging.getLogger(__name__)
 
 
 def worker_concurrency(q: QueueSettings) -> int:
-    """Messages a worker handles at once: ``queue.concurrency``, by default twice the batch size
+    """Messages a worker handles at once: for a video worker (``worker_lanes=videos``)
+    ``queue.video_concurrency``, else ``queue.concurrency``, by default twice the batch size
     (a deep queue keeps the micro-batcher fed while earlier messages are written back)."""
+    if q.worker_lanes == "videos" and q.video_queue_name:
+        return q.video_concurrency
     return q.concurrency or 2 * q.batch_size
 
 
+def job_lanes(settings: Settings) -> list[Lane]:
+    """Every lane of job messages: the photo lanes of the configured tenants (normal and
+    priority, :func:`~moderation.core.fairness.lanes`), then their video lanes (when
+    ``queue.video_queue_name`` is set)."""
+    q = settings.queue
+    weights = settings.tenant_weights()
+    out = lanes(q.queue_name, weights)
+    if q.video_queue_name:
+        out += lanes(q.video_queue_name, weights, video=True)
+    return out
+
+
 def consumed_queues(settings: Settings) -> list[str]:
-    """Every queue a worker consumes: the job lanes of the configured tenants (normal and
-    priority, :func:`~moderation.core.fairness.lanes`), callbacks and backtests."""
-    job_lanes = lanes(settings.queue.queue_name, settings.tenant_weights())
-    return [
-        *(lane.name for lane in job_lanes),
-        settings.queue.callback_queue_name,
-        settings.embeddings.backtest_queue,
+    """Every queue a worker consumes (``queue.worker_lanes``): ``all`` and ``photos``: the
+    photo lanes, callbacks and backtests; ``all`` and ``videos``: the video lanes (a video
+    worker takes nothing else, so its slots stay free for videos)."""
+    kind = settings.queue.worker_lanes
+    if not settings.queue.video_queue_name:
+        kind = "all"
+    wanted = [
+        lane.name
+        for lane in job_lanes(settings)
+        if kind == "all" or lane.video == (kind == "videos")
     ]
+    if kind == "videos":
+        return wanted
+    return [*wanted, settings.queue.callback_queue_name, settings.embeddings.backtest_queue]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -104,8 +127,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     q = settings.queue
     concurrency = worker_concurrency(q)
     backtests = settings.embeddings.backtest_queue
-    job_lanes = lanes(q.queue_name, settings.tenant_weights())
-    declare_lanes(job_lanes)
+    every_lane = job_lanes(settings)
+    declare_lanes(every_lane)
     return {
         "broker_url": settings.redis_url,
         # Only backtest tasks keep a result (their counts): every other task ignores it.
@@ -129,7 +152,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": False,
         "task_default_queue": q.queue_name,
         "task_queues": [
-            *(Queue(lane.name) for lane in job_lanes),  # type: ignore[no-untyped-call]
+            *(Queue(lane.name) for lane in every_lane),  # type: ignore[no-untyped-call]
             Queue(q.callback_queue_name),  # type: ignore[no-untyped-call]
             Queue(backtests),  # type: ignore[no-untyped-call]
         ],
@@ -179,9 +202,7 @@ class CeleryQueue:
         self._redis = connect(settings.redis_url or "")
         self._lock = threading.Lock()
         self._tenants = frozenset(settings.tenant_names())
-        self._lanes = [
-            lane.name for lane in lanes(settings.queue.queue_name, settings.tenant_weights())
-        ]
+        self._lanes = [lane.name for lane in job_lanes(settings)]
 
     # --- TaskPublisher -----------------------------------------------------------------------
 
@@ -192,10 +213,11 @@ class CeleryQueue:
         retries: int = 0,
         countdown: float = 0.0,
         high: bool = False,
+        video: bool = False,
     ) -> None:
         """Publish ``job_ids`` as messages of at most ``queue.jobs_per_message`` jobs, each on
         its tenant's lane (:func:`~moderation.core.fairness.lane_for`; ``high``: the
-        priority lane).
+        priority lane; ``video``: the video lanes, ``queue.video_jobs_per_message`` a message).
 
         Raises:
             QueueUnavailable: the broker refused a message.
@@ -203,11 +225,13 @@ class CeleryQueue:
         if isinstance(job_ids, str):
             raise TypeError("publish takes a sequence of job ids, not one id")
         q = self.settings.queue
+        video = video and bool(q.video_queue_name)
+        queue = q.video_queue_name if video and q.video_queue_name else q.queue_name
         by_lane: dict[str, list[str]] = {}
         for job_id in job_ids:
-            lane = lane_for(q.queue_name, tenant_of(job_id), high=high, known=self._tenants)
+            lane = lane_for(queue, tenant_of(job_id), high=high, known=self._tenants)
             by_lane.setdefault(lane, []).append(job_id)
-        step = max(1, q.jobs_per_message)
+        step = max(1, q.video_jobs_per_message if video else q.jobs_per_message)
         for lane, ids in by_lane.items():
             for start in range(0, len(ids), step):
                 chunk = ids[start : start + step]
@@ -271,7 +295,7 @@ class CeleryQueue:
         return True
 
     def queue_depth(self) -> int:
-        """Messages waiting in the moderation queue (every lane).
+        """Messages waiting in the moderation queue (every lane, photos and videos).
 
         Raises:
             QueueUnavailable: Redis is down.

@@ -55,6 +55,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from moderation.core.decision import Timeline
+from moderation.core.media import is_video_container
 from moderation.core.sampling import FrameSampler, SamplingRules, grid_signature, plan_samples
 from moderation.exceptions import (
     ImageDecodeError,
@@ -205,8 +206,9 @@ class VideoFrames(Protocol):
 
 
 def is_video(data: bytes) -> bool:
-    """Whether ``data`` looks like a video container the video decoder reads."""
-    return sniff_format(data) in VIDEO_KINDS
+    """Whether ``data`` looks like a video container the video decoder reads (the rule the
+    lanes route by: :func:`moderation.core.media.is_video_container`)."""
+    return is_video_container(data[:12])
 
 
 def sniff_format(data: bytes) -> str | None:

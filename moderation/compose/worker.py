@@ -283,6 +283,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
             if q.tenant_max_in_flight is not None and len(settings.tenant_names()) > 1
             else None
         ),
+        videos_elsewhere=q.worker_lanes == "photos" and q.video_queue_name is not None,
     )
     registry = open_worker_registry(settings)
     maintenance = WorkerMaintenance(

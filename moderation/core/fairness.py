@@ -12,6 +12,11 @@ Two guarantees, so that one tenant's backlog never refuses or delays another ten
   has its own lane (a broker queue) and a priority lane; workers take the next message from the
   lanes in the order :class:`FairOrder` gives, so a burst of one tenant waits behind its own
   lane, not in front of everyone else's.
+* **Videos in lanes of their own** (``lanes(..., video=True)``): a video costs the worker
+  about as much as twenty photos, so video jobs go to the video lanes (same shape: shared,
+  per tenant, priority) that video workers consume with their own concurrency; the tenants
+  take weighted turns there too. A worker that consumes both kinds orders every photo lane
+  before every video lane, so a backlog of videos never delays a waiting photo.
 
 :class:`FairOrder` is stride scheduling: every lane has a *pass*; taking a message from a lane
 advances its pass by ``1 / weight``; lanes are tried lowest pass first, priority lanes before
@@ -22,7 +27,7 @@ both have work, the messages taken from them differ from the ratio ``w_a : w_b``
 
 ::
 
-    order()      = lanes by (class, pass, name)            class 0: priority, 1: normal
+    order()      = lanes by (video, class, pass, name)     class 0: priority, 1: normal
     served(l)    : vt = max(vt, pass[l]);  pass[l] = max(pass[l], vt) + 1 / weight[l]
 """
 
@@ -65,12 +70,14 @@ class TenantBacklog:
 
 @dataclass(frozen=True, slots=True)
 class Lane:
-    """One broker queue of job messages: a tenant's normal or priority lane."""
+    """One broker queue of job messages: a tenant's normal or priority lane, of photos or of
+    videos."""
 
     name: str
     tenant: str | None
     weight: float = 1.0
     high: bool = False
+    video: bool = False
 
 
 def lane_for(queue_name: str, tenant: str, *, high: bool, known: Iterable[str]) -> str:
@@ -85,23 +92,25 @@ def lane_for(queue_name: str, tenant: str, *, high: bool, known: Iterable[str]) 
     return f"{queue_name}.{'high' if high else 't'}.{tenant}"
 
 
-def lanes(queue_name: str, weights: Mapping[str, float]) -> list[Lane]:
+def lanes(queue_name: str, weights: Mapping[str, float], *, video: bool = False) -> list[Lane]:
     """Every lane of job messages for the configured tenants and their weights: the shared
     queue (tenant ``default``'s normal lane; weight 1 unless it is configured), then per other
-    tenant its normal lane, and per tenant its priority lane.
+    tenant its normal lane, and per tenant its priority lane. ``video``: the lanes are video
+    lanes (``queue_name`` is then the video queue's name).
 
     Raises:
         ValueError: a weight is not a positive number.
     """
     default = DEFAULT_TENANT if DEFAULT_TENANT in weights else None
-    out = [Lane(queue_name, default, _weight(DEFAULT_TENANT, weights.get(DEFAULT_TENANT, 1.0)))]
+    shared = _weight(DEFAULT_TENANT, weights.get(DEFAULT_TENANT, 1.0))
+    out = [Lane(queue_name, default, shared, video=video)]
     for tenant in sorted(weights):
         weight = _weight(tenant, weights[tenant])
         if tenant != DEFAULT_TENANT:
             normal = lane_for(queue_name, tenant, high=False, known=weights)
-            out.append(Lane(normal, tenant, weight))
+            out.append(Lane(normal, tenant, weight, video=video))
         high = lane_for(queue_name, tenant, high=True, known=weights)
-        out.append(Lane(high, tenant, weight, high=True))
+        out.append(Lane(high, tenant, weight, high=True, video=video))
     return out
 
 
@@ -150,8 +159,12 @@ class FairOrder:
         return max(self._pass.get(name, 0.0), self._vt - 1.0 / self.lane(name).weight)
 
     def order(self, names: Iterable[str]) -> list[str]:
-        """``names`` in the order to try them: priority lanes first, then lowest pass."""
-        return sorted(names, key=lambda n: (0 if self.lane(n).high else 1, self.pass_of(n), n))
+        """``names`` in the order to try them: photo lanes before video lanes, priority lanes
+        first, then lowest pass."""
+        return sorted(
+            names,
+            key=lambda n: (self.lane(n).video, 0 if self.lane(n).high else 1, self.pass_of(n), n),
+        )
 
     def served(self, name: str) -> None:
         """A message was taken from lane ``name``."""

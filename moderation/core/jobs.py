@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from moderation.core.decision import Decision, Verdict
 from moderation.core.image_ref import ImageRef
+from moderation.core.media import IMAGE, Media
 from moderation.core.review import HumanDecision, ReviewDecision
 
 __all__ = [
@@ -153,6 +154,9 @@ class Job(BaseModel):
     #: The tenant's pseudonymous id of who posted the content (``moderation.core.strikes``:
     #: strikes and repeat-offender context, per tenant); None: not given.
     uploader_id: str | None = None
+    #: What the content was taken for at submit time (``moderation.core.media``): ``video``
+    #: jobs are published on the video lanes.
+    media: Media = IMAGE
 
     @property
     def public_id(self) -> str:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from moderation.core.media import VIDEO
 from moderation.exceptions import ModerationError
 from moderation.metrics import metrics
 from moderation.pipeline.policies import ActivePolicies
@@ -62,7 +63,10 @@ def sweep_lost(
             "jobs %s: their message was lost (worker died mid-delivery?); publishing them again",
             ", ".join(job.id for job in alive[:10]),
         )
-        publisher.publish([job.id for job in alive])
+        for video in (False, True):
+            ids = [job.id for job in alive if (job.media == VIDEO) == video]
+            if ids:
+                publisher.publish(ids, video=video)
     for job in alive:
         deliveries.mark_republished(job.id)
         metrics().retries.labels("lost_message").inc()

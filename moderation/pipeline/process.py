@@ -21,6 +21,10 @@ one message per job, so a poison image can only take itself down; it is dead-let
 ``queue.max_deliveries`` such crashes. Crashes are counted, not messages: the start of a batch
 that is split is taken back, so one crash shows as two deliveries of a job, never three. Every
 ending is audited.
+
+A worker that consumes only photo lanes (``videos_elsewhere``) hands a job whose download turns
+out to be a video to the video lanes (outcome ``video``: the task publishes it there) instead of
+decoding it, so that the photos behind it do not wait; that start is taken back like a split's.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from numpy.typing import NDArray
 from moderation.core.decision import Decision
 from moderation.core.fetch_errors import FETCH_FAILED, tenant_fetch_error
 from moderation.core.jobs import Job, JobError, tenant_of
+from moderation.core.media import VIDEO, media_of
 from moderation.exceptions import (
     ImageFetchError,
     ImageFetchTransient,
@@ -65,7 +70,9 @@ T = TypeVar("T")
 #: image's error as its result.
 PrepareMany = Callable[[Preparation, Sequence[bytes]], Sequence[PreparedImage | Exception]]
 
-Outcome = Literal["verdict", "error", "duplicate", "missing", "dead_letter", "retry", "split"]
+Outcome = Literal[
+    "verdict", "error", "duplicate", "missing", "dead_letter", "retry", "split", "video"
+]
 #: Outcomes after which a job needs nothing more from the delivery log.
 _ENDED: frozenset[Outcome] = frozenset({"verdict", "error", "duplicate", "dead_letter"})
 
@@ -87,6 +94,8 @@ class Processed:
     #: For ``retry``: publish the job again after this many seconds.
     retry_in: float | None = None
     error: TransientError | None = None
+    #: Publish it again (``retry``, ``split``, ``video``) on the video lanes.
+    video: bool = False
 
 
 class Processor:
@@ -107,6 +116,7 @@ class Processor:
         history: EmbeddingHistory | None = None,
         prepare_many: PrepareMany | None = None,
         gate: TenantGate | None = None,
+        videos_elsewhere: bool = False,
     ) -> None:
         self.store = store
         self.deliveries = deliveries
@@ -120,6 +130,8 @@ class Processor:
         self.prepare_many = prepare_many
         #: Caps one tenant's messages in process at once (fairness inside the worker).
         self.gate = gate
+        #: This worker consumes photo lanes only: videos go to the video lanes.
+        self.videos_elsewhere = videos_elsewhere
 
     def _keeps_bytes(self, decision: Decision) -> bool:
         """Whether a verdict's scored bytes go on to the outcomes: a REVIEW verdict's (its
@@ -168,7 +180,8 @@ class Processor:
         Returns:
             What happened to each job, in order. ``retry``: publish it again after
             ``retry_in`` seconds; ``split``: publish each of these jobs in its own message (a
-            redelivered batch); ``duplicate``: it had already ended (side effects completed).
+            redelivered batch); ``video``: publish it on the video lanes (its download is a
+            video); ``duplicate``: it had already ended (side effects completed).
 
         Raises:
             QueueUnavailable, AuditSinkUnavailable: the jobs cannot even be ended now (the
@@ -217,7 +230,7 @@ class Processor:
             # back, so the single message's start counts the crash once (not twice).
             self.deliveries.uncount_deliveries([job.id for job in runnable])
             for job in runnable:
-                out[job.id] = Processed(job.id, "split")
+                out[job.id] = Processed(job.id, "split", video=job.media == VIDEO)
             return [out[job_id] for job_id in job_ids]
         if runnable:
             metrics().latency.labels("queue_wait").observe(
@@ -236,15 +249,22 @@ class Processor:
 
     def _run(self, jobs: list[Job], retries: int) -> dict[str, Processed]:
         """Decide ``jobs`` and end each one: verdict, error, or a retry for transient errors."""
-        decided, embeddings, failed = self._decide(jobs)
+        decided, embeddings, failed, videos = self._decide(jobs)
         errors: list[tuple[Job, JobError, str | None]] = []
         out: dict[str, Processed] = {}
+        if videos:
+            # Not this worker's to decode: to the video lanes, and this start is taken back.
+            self.deliveries.uncount_deliveries([job.id for job in videos])
+            for job in videos:
+                out[job.id] = Processed(job.id, "video", video=True)
         m = metrics()
         for job, exc, digest in failed:
             m.errors.labels(getattr(exc, "code", "internal_error")).inc()
             if isinstance(exc, TransientError) and retries < self.settings.max_retries:
                 m.retries.labels(exc.code).inc()
-                out[job.id] = Processed(job.id, "retry", self.backoff(retries), exc)
+                out[job.id] = Processed(
+                    job.id, "retry", self.backoff(retries), exc, video=job.media == VIDEO
+                )
                 continue
             if isinstance(exc, ImageFetchError | ImageFetchTransient):
                 error = _fetch_error(job, exc, attempts=retries + 1)
@@ -284,10 +304,14 @@ class Processor:
     def _decide(
         self, jobs: list[Job]
     ) -> tuple[
-        list[Decided], dict[str, NDArray[np.float32]], list[tuple[Job, Exception, str | None]]
+        list[Decided],
+        dict[str, NDArray[np.float32]],
+        list[tuple[Job, Exception, str | None]],
+        list[Job],
     ]:
         """Verdicts of ``jobs`` (one policy set for all, with the shadow versions' verdicts),
-        their frame embeddings by job id, and the jobs that failed with why."""
+        their frame embeddings by job id, the jobs that failed with why, and the jobs whose
+        download is a video that belongs on the video lanes (``videos_elsewhere``)."""
         compiled = self.moderator.policies.current
         failed: list[tuple[Job, Exception, str | None]] = []
         wanted: list[Job] = []
@@ -305,6 +329,12 @@ class Processor:
                 pool=self.pool,
             ),
         )
+        videos: list[Job] = []
+        if self.videos_elsewhere:
+            is_video = [isinstance(d, bytes) and media_of(d) == VIDEO for d in fetched]
+            videos = [job for job, v in zip(wanted, is_video, strict=True) if v]
+            wanted = [job for job, v in zip(wanted, is_video, strict=True) if not v]
+            fetched = [data for data, v in zip(fetched, is_video, strict=True) if not v]
         # The scored bytes, for the reviewer of a REVIEW verdict (and of a BLOCK's appeal).
         scored = {
             job.id: data
@@ -383,7 +413,7 @@ class Processor:
                 for (job, image, _), verdict, shadow in zip(members, verdicts, shadows, strict=True)
             ]
         by_job = {job.id: e for members in groups.values() for job, _, e in members}
-        return decided, by_job, failed
+        return decided, by_job, failed, videos
 
 
 def _fetch_error(job: Job, exc: ModerationError, *, attempts: int) -> JobError:

@@ -40,15 +40,19 @@ class CoalescingPublisher:
         retries: int = 0,
         countdown: float = 0.0,
         high: bool = False,
+        video: bool = False,
     ) -> None:
         """Publish ``job_ids``; returns once their message is with the broker. Priority jobs
-        go at once; the gathered ones are split by tenant lane by the inner publisher.
+        and videos go at once; the gathered ones are split by tenant lane by the inner
+        publisher.
 
         Raises:
             QueueUnavailable: the broker refused the message.
         """
-        if high or retries or countdown or len(job_ids) * 2 >= self.max_jobs:
-            self.inner.publish(job_ids, retries=retries, countdown=countdown, high=high)
+        if high or video or retries or countdown or len(job_ids) * 2 >= self.max_jobs:
+            self.inner.publish(
+                job_ids, retries=retries, countdown=countdown, high=high, video=video
+            )
             return
         for future in [self._batcher.submit(job_id) for job_id in job_ids]:
             future.result()

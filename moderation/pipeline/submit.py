@@ -43,6 +43,7 @@ from moderation.core.jobs import (
     request_fingerprint,
     scoped_id,
 )
+from moderation.core.media import VIDEO, media_hint, media_of
 from moderation.core.strikes import is_uploader_id
 from moderation.exceptions import (
     ImageFetchError,
@@ -274,6 +275,7 @@ class Submitter:
             else:
                 image = ImageRef.for_inline(job_id)
             what = "sha256:" + hashlib.sha256(inline).hexdigest()
+            media = media_of(inline)
         else:
             uri = (request.image_url or "").strip()
             if not uri:
@@ -294,6 +296,7 @@ class Submitter:
             except ImageFetchError as exc:
                 raise _reject(400, exc.code, str(exc)) from exc
             what = uri
+            media = media_hint(uri)
         if request.priority not in (NORMAL, HIGH):
             raise _reject(400, "bad_priority", f"priority must be {NORMAL!r} or {HIGH!r}")
         policies = self._policies(request, known, tenant)
@@ -326,6 +329,7 @@ class Submitter:
                 uploader_id=request.uploader_id,
             ),
             uploader_id=request.uploader_id,
+            media=media,
         )
         return _Valid(job, inline, caller_id=request.id is not None)
 
@@ -517,13 +521,15 @@ class Submitter:
                     index=index if len(valid) > 1 else None,
                 )
         if created:
-            high = {job.id for job, won in stored if won and job.priority == HIGH}
+            # One publication per lane kind: photos or videos, normal or priority.
+            kinds: dict[tuple[bool, bool], list[str]] = {}
+            for job, won in stored:
+                if won:
+                    kind = (job.priority == HIGH, job.media == VIDEO)
+                    kinds.setdefault(kind, []).append(job.id)
             try:
-                normal = [job_id for job_id in created if job_id not in high]
-                if normal:
-                    self.publisher.publish(normal)
-                if high:
-                    self.publisher.publish([j for j in created if j in high], high=True)
+                for (high, video), ids in kinds.items():
+                    self.publisher.publish(ids, high=high, video=video)
             except ModerationError:
                 for job_id in created:
                     self.store.delete(job_id)

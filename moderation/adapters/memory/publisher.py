@@ -16,6 +16,8 @@ class MemoryPublisher:
     messages: list[tuple[list[str], int, float]] = field(default_factory=list)
     #: Job ids published on a priority lane.
     high: list[str] = field(default_factory=list)
+    #: Job ids published on a video lane.
+    video: list[str] = field(default_factory=list)
     fail: Exception | None = None
 
     @property
@@ -30,12 +32,15 @@ class MemoryPublisher:
         retries: int = 0,
         countdown: float = 0.0,
         high: bool = False,
+        video: bool = False,
     ) -> None:
         if self.fail is not None:
             raise self.fail
         self.messages.append((list(job_ids), retries, countdown))
         if high:
             self.high.extend(job_ids)
+        if video:
+            self.video.extend(job_ids)
 
     def in_flight(self, max_scan: int = 20_000) -> set[str] | None:
         return set(self.published)
