@@ -19,6 +19,7 @@ cases::
                      redis_review.RedisReviewQueue
     AppealStore      postgres.appeals.PostgresAppealStore      MemoryAppealStore
     StrikeStore      postgres.strikes.PostgresStrikeStore      MemoryStrikeStore
+    ImageHistory     postgres.image_history.PostgresImageHistory  MemoryImageHistory
     ReviewerStore    postgres.reviewers.PostgresReviewerStore, MemoryReviewerStore
                      redis_reviewers.RedisReviewerStore
     ReviewerSessions redis_sessions.RedisReviewerSessions      MemoryReviewerSessions
@@ -70,6 +71,7 @@ from moderation.core.compiled import CompiledPolicy, ModelIdentity
 from moderation.core.decision import Timeline
 from moderation.core.embeddings import HistoryBatch
 from moderation.core.fairness import TenantBacklog
+from moderation.core.image_history import EarlierDecision
 from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult
 from moderation.core.legacy_state import LegacyBankEntry, LegacyReviewRecord
@@ -106,6 +108,7 @@ __all__ = [
     "Encoder",
     "HistoryFormat",
     "ImageDecoder",
+    "ImageHistory",
     "ImageSource",
     "JobStore",
     "JobTransients",
@@ -805,6 +808,27 @@ class ReviewQueue(Protocol):
     def export(self) -> Iterator[dict[str, Any]]:
         """Reviewed items as labelled rows, labels corrected by their appeals
         (:func:`moderation.core.appeals.corrected_row`)."""
+        ...
+
+
+class ImageHistory(Protocol):
+    """Earlier jobs of one tenant on the same image (the reviewer's context panel).
+
+    Raises (every method): ``DatabaseUnavailable`` when the records cannot be read.
+    """
+
+    def earlier(
+        self,
+        tenant: str,
+        *,
+        content_sha256: str | None,
+        content_pdq: str | None,
+        exclude_job: str,
+        limit: int = 10,
+    ) -> list[EarlierDecision]:
+        """``tenant``'s jobs (never another tenant's) whose scored bytes had ``content_sha256``
+        or whose PDQ hash was ``content_pdq``, newest first, without ``exclude_job`` (a
+        scoped id), at most ``limit``."""
         ...
 
 

@@ -36,8 +36,8 @@ def _store(request: pytest.FixtureRequest) -> Iterator[ReviewQueue]:
         yield queue
 
 
-def _claim(queue: ReviewQueue, reviewer: str) -> Claim:
-    claim = queue.claim(reviewer)
+def _claim(queue: ReviewQueue, reviewer: str, queues: tuple[str, ...] = ("review",)) -> Claim:
+    claim = queue.claim(reviewer, queues=queues)
     assert claim is not None
     return claim
 
@@ -102,14 +102,21 @@ def test_a_critical_first_removal_is_undone_only_before_the_second_reviewer_has_
     assert second.first is not None and second.first.reviewer == "rv_a"
     with pytest.raises(ReviewUndoTooLate):
         queue.undo(claim.item.review_id, reviewer="rv_a", token=back.lease.token, within_s=3600)
-    # The second reviewer disagrees (final: escalate) and takes that back: the first removal
-    # still stands.
+    # The second reviewer disagrees (the item goes to the escalation queue) and takes that
+    # back before a senior has it: the first removal waits for its second review again.
     _decide(queue, second, ReviewDecision.ALLOW, None)
     again = queue.undo(
         claim.item.review_id, reviewer="rv_b", token=second.lease.token, within_s=3600
     )
     assert again.first is not None and again.first.reviewer == "rv_a"
+    assert again.first.disputes is None and again.queue == "review"
     assert queue.undelivered() == []
+    # Disagreeing again, then a senior takes it: too late to undo.
+    _decide(queue, again, ReviewDecision.ALLOW, None)
+    senior = _claim(queue, "rv_c", queues=("escalation",))
+    assert senior.first is not None and senior.first.deciders() == ["rv_a", "rv_b"]
+    with pytest.raises(ReviewUndoTooLate):
+        queue.undo(claim.item.review_id, reviewer="rv_b", token=again.lease.token, within_s=3600)
 
 
 class Clock:

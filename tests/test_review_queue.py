@@ -266,7 +266,36 @@ def test_second_reviewer_rule_in_the_pure_model() -> None:
         token="t2",
         now=2.0,
     )
-    assert disagree.final is not None and disagree.final.decision is ReviewDecision.ESCALATE
+    # A disagreement is not final: it goes to the escalation queue with both decisions.
+    assert disagree.final is None and disagree.disagreement
+    assert disagree.moved_to == "escalation" and disagree.pending is not None
+    assert disagree.pending.deciders() == ["rv_a", "rv_b"]
+    with pytest.raises(ReviewInvalidDecision, match="decided this item before"):
+        apply_decision(
+            critical,
+            disagree.pending,
+            reviewer="rv_a",
+            decision=ReviewDecision.ALLOW,
+            reason_code=None,
+            token="t3",
+            now=3.0,
+            queue="escalation",
+        )
+    settled = apply_decision(
+        critical,
+        disagree.pending,
+        reviewer="rv_c",
+        decision=ReviewDecision.REMOVE,
+        reason_code=code,
+        token="t3",
+        now=3.0,
+        queue="escalation",
+    )
+    assert settled.final is not None and settled.final.reviewers == ["rv_a", "rv_b", "rv_c"]
+    assert [(v.reviewer, v.decision) for v in settled.final.votes] == [
+        ("rv_a", ReviewDecision.REMOVE),
+        ("rv_b", ReviewDecision.ALLOW),
+    ]
     allow = apply_decision(
         critical,
         None,
@@ -526,7 +555,9 @@ def test_critical_removal_needs_a_second_independent_reviewer(queue: ReviewQueue
     assert [f.review_id for f in queue.undelivered()] == [second.item.review_id]
 
 
-def test_disagreement_on_critical_removal_escalates(queue: ReviewQueue) -> None:
+def test_a_disagreement_on_a_critical_removal_goes_to_the_escalation_queue(
+    queue: ReviewQueue,
+) -> None:
     queue.submit(make_item(world_policy(), "job-e", category_id="contraband_symbol"))
     _claim_decide(queue, "rv_a", ReviewDecision.REMOVE, "TW_CONTRABAND")
     claim = queue.claim("rv_b")
@@ -538,8 +569,9 @@ def test_disagreement_on_critical_removal_escalates(queue: ReviewQueue) -> None:
         decision=ReviewDecision.ALLOW,
         reason_code=None,
     )
-    assert result.outcome.final is not None
-    assert result.outcome.final.decision is ReviewDecision.ESCALATE
+    # Neither decision wins: nothing is final, nothing goes downstream.
+    assert result.outcome.final is None and result.outcome.disagreement
+    assert queue.undelivered() == []
     retry = queue.decide(
         claim.item.review_id,
         reviewer="rv_b",
@@ -547,7 +579,32 @@ def test_disagreement_on_critical_removal_escalates(queue: ReviewQueue) -> None:
         decision=ReviewDecision.ALLOW,
         reason_code=None,
     )
-    assert retry.replay and retry.outcome.final == result.outcome.final
+    assert retry.replay and retry.outcome.final is None
+    # Gone from the first-review queue, waiting in the escalation queue (counted there).
+    assert queue.claim("rv_x") is None
+    waiting = {(s.queue, s.waiting) for s in queue.stats() if s.waiting}
+    assert waiting == {("escalation", 1)}
+    # Neither of the two settles it, even with access to the escalation queue.
+    assert queue.claim("rv_a", queues=["escalation"]) is None
+    assert queue.claim("rv_b", queues=["escalation"]) is None
+    senior = queue.claim("rv_c", queues=["review", "escalation"])
+    assert senior is not None and senior.queue == "escalation" and senior.first is not None
+    assert [(v.reviewer, v.decision, v.reason_code) for v in senior.first.votes()] == [
+        ("rv_a", ReviewDecision.REMOVE, "TW_CONTRABAND"),
+        ("rv_b", ReviewDecision.ALLOW, None),
+    ]
+    settled = queue.decide(
+        senior.item.review_id,
+        reviewer="rv_c",
+        token=senior.lease.token,
+        decision=ReviewDecision.REMOVE,
+        reason_code="TW_CONTRABAND",
+    )
+    final = settled.outcome.final
+    assert final is not None and final.decision is ReviewDecision.REMOVE
+    assert final.reviewers == ["rv_a", "rv_b", "rv_c"]
+    assert [v.decision for v in final.votes] == [ReviewDecision.REMOVE, ReviewDecision.ALLOW]
+    assert queue.undelivered() == [final]
 
 
 def test_policy_filter_stats_and_release(queue: ReviewQueue) -> None:

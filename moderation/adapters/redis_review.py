@@ -134,7 +134,8 @@ for _, kq in ipairs(keys) do
     if best_rank ~= nil and rank <= best_rank then break end
     local away = redis.call('ZSCORE', P .. 'away:' .. reviewer, rid)
     if (not away or tonumber(away) <= now)
-       and redis.call('HGET', P .. 'item:' .. rid, 'first_reviewer') ~= reviewer then
+       and redis.call('HGET', P .. 'item:' .. rid, 'first_reviewer') ~= reviewer
+       and redis.call('HGET', P .. 'item:' .. rid, 'disputed_reviewer') ~= reviewer then
       best, best_rank, best_key, best_queue = rid, rank, q, kq[2]
       break
     end
@@ -525,6 +526,18 @@ class RedisReviewQueue:
                     "first_reviewer": reviewer,
                 },
             )
+            moved = outcome.moved_to
+            if moved is not None and moved != queue:  # a disagreement: to the escalation queue
+                disputes = outcome.pending.disputes
+                pipe.hset(ik, "queue", moved)
+                if disputes is not None:
+                    pipe.hset(ik, "disputed_reviewer", disputes.reviewer)
+                pipe.sadd(self._k("queues"), moved)
+                pipe.zrem(self._qk("open", item.policy_id, queue), item.review_id)
+                pipe.zadd(
+                    self._qk("open", item.policy_id, moved), {item.review_id: item.created_at}
+                )
+                queue = moved
             pipe.zadd(self._qk("q", item.policy_id, queue), {item.review_id: rank})
             return
         final = outcome.final
@@ -683,6 +696,25 @@ class RedisReviewQueue:
                             self._qk("open", item.policy_id, h.get("queue")),
                             {review_id: item.created_at},
                         )
+                    elif first is not None and first.disputes is not None:
+                        # A disagreement taken back: the first decision waits for its second
+                        # review again, in the item's own queue (no senior took it yet).
+                        current = h.get("queue") or DEFAULT_QUEUE
+                        pipe.hset(
+                            ik,
+                            mapping={
+                                "first": first.disputes.model_dump_json(),
+                                "first_reviewer": first.disputes.reviewer,
+                                "queue": item.queue,
+                            },
+                        )
+                        pipe.hdel(ik, "disputed_reviewer")
+                        pipe.zrem(self._qk("q", item.policy_id, current), review_id)
+                        pipe.zrem(self._qk("open", item.policy_id, current), review_id)
+                        pipe.zadd(
+                            self._qk("open", item.policy_id, item.queue),
+                            {review_id: item.created_at},
+                        )
                     else:
                         pipe.hdel(ik, "first", "first_reviewer")
                         pipe.zrem(self._qk("q", item.policy_id, h.get("queue")), review_id)
@@ -706,8 +738,12 @@ class RedisReviewQueue:
                         review_id=review_id, reviewer=reviewer, token=new_token, expires_at=expires
                     )
                     # A second reviewer's decision undone: the first one still stands.
-                    kept = first if final is not None else None
-                    queue = h.get("queue") or DEFAULT_QUEUE
+                    if final is not None:
+                        kept, queue = first, h.get("queue") or DEFAULT_QUEUE
+                    elif first is not None and first.disputes is not None:
+                        kept, queue = first.disputes, item.queue
+                    else:
+                        kept, queue = None, h.get("queue") or DEFAULT_QUEUE
                     return Claim(item=item, lease=lease, first=kept, now=now, queue=queue)
                 except WatchError:
                     continue

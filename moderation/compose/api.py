@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from moderation.adapters.images import safe_png
 from moderation.adapters.policy_files import load_policies
+from moderation.adapters.postgres.image_history import PostgresImageHistory
 from moderation.adapters.postgres.policies import PostgresPolicyStore
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.compose.access import build_reviewer_auth, build_tenants, enforce_security
@@ -257,6 +258,7 @@ def build_api(
         ),
         skip_away_s=settings.review.skip_away_s,
         uploader_context=enforcement.context if enforcement is not None else None,
+        image_history=PostgresImageHistory(database) if database is not None else None,
     )
     sending = None
     if sends_callbacks(settings, "api") and outbox is not None:

@@ -29,8 +29,12 @@ Decisions and the second-reviewer rule
 A reviewer decides ``allow``, ``remove`` (with a reason code from the policy) or ``escalate``.
 Every decision is final at once, except ``remove`` in a category of severity ``critical``: that
 needs a second, independent reviewer (not the first one). The second reviewer agreeing (``remove``)
-makes the removal final; any other second decision is a disagreement and the item is escalated
-(final decision ``escalate``, both reviewers recorded).
+makes the removal final; any other second decision is a **disagreement**: nothing is final, the
+item moves to the escalation queue with both decisions kept (the pending decision is the second
+reviewer's, with the first's in ``disputes``), and a third reviewer, a senior who is neither of
+the two, settles it there. That decision is final and names all three reviewers, and it carries
+both earlier decisions (``HumanDecision.votes``: the audit records keep them), so neither of the
+two is overwritten by the other.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ __all__ = [
     "ReviewDecision",
     "ReviewItem",
     "ReviewOutcome",
+    "ReviewerVote",
     "apply_decision",
     "export_row",
     "item_from_verdict",
@@ -211,13 +216,41 @@ class Lease:
 
 
 class FirstDecision(_Frozen):
-    """A recorded decision that is not final yet (a critical removal awaiting a second review)."""
+    """A recorded decision that is not final yet: a critical removal awaiting a second review,
+    or (``disputes`` set) a second reviewer's decision that disagreed with the first one's, the
+    item waiting in the escalation queue for a third reviewer."""
 
     reviewer: str
     decision: ReviewDecision
     reason_code: str | None
     token: str
     at: float
+    #: The first reviewer's decision this one disagreed with (a disagreement).
+    disputes: FirstDecision | None = None
+
+    def votes(self) -> list[ReviewerVote]:
+        """The decisions recorded so far, oldest first."""
+        own = ReviewerVote(
+            reviewer=self.reviewer,
+            decision=self.decision,
+            reason_code=self.reason_code,
+            decided_at=datetime.fromtimestamp(self.at, UTC),
+        )
+        return [*(self.disputes.votes() if self.disputes else []), own]
+
+    def deciders(self) -> list[str]:
+        """The reviewers who decided the item so far, oldest first."""
+        return [v.reviewer for v in self.votes()]
+
+
+class ReviewerVote(_Frozen):
+    """One reviewer's own decision on an item, kept in a final decision that settled a
+    disagreement (the audit records name what each reviewer decided)."""
+
+    reviewer: str
+    decision: ReviewDecision
+    reason_code: str | None = None
+    decided_at: datetime
 
 
 class HumanDecision(_Frozen):
@@ -240,14 +273,24 @@ class HumanDecision(_Frozen):
     seen_sha256: str | None = None
     #: What put the item into review (kept in the audit record and the statement of reasons).
     source: DecisionSource = DecisionSource.AUTOMATED
+    #: The two reviewers' own decisions when they disagreed and ``reviewers[-1]`` settled it in
+    #: the escalation queue (empty otherwise).
+    votes: list[ReviewerVote] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class ReviewOutcome:
-    """The result of applying one decision: either final or waiting for a second reviewer."""
+    """The result of applying one decision: final, or waiting for another reviewer (a second
+    review; or, ``moved_to`` set, a disagreement sent to the escalation queue)."""
 
     final: HumanDecision | None = None
     pending: FirstDecision | None = None
+    #: The queue the pending item moves to (None: it stays where it is).
+    moved_to: str | None = None
+
+    @property
+    def disagreement(self) -> bool:
+        return self.pending is not None and self.pending.disputes is not None
 
 
 def priority(severity: Severity, score: float, age_s: float, *, age_doubling_s: float) -> float:
@@ -503,7 +546,12 @@ def apply_decision(
     elif reason_code is not None:
         raise ReviewInvalidDecision("a reason code is only given with a removal")
 
-    def final(d: ReviewDecision, code: str | None, reviewers: list[str]) -> ReviewOutcome:
+    def final(
+        d: ReviewDecision,
+        code: str | None,
+        reviewers: list[str],
+        votes: list[ReviewerVote] | None = None,
+    ) -> ReviewOutcome:
         return ReviewOutcome(
             final=HumanDecision(
                 job_id=item.job_id,
@@ -517,6 +565,7 @@ def apply_decision(
                 decided_at=datetime.fromtimestamp(now, UTC),
                 seen_sha256=seen_sha256,
                 source=item.source,
+                votes=votes or [],
             )
         )
 
@@ -526,6 +575,14 @@ def apply_decision(
                 "the item is already in the escalation queue: allow or remove it",
                 code="review_already_escalated",
             )
+        if first is not None and first.disputes is not None:
+            # A disagreement: settled by a third reviewer, never by one of the two.
+            if reviewer in first.deciders():
+                raise ReviewInvalidDecision(
+                    "you decided this item before: its disagreement goes to another reviewer",
+                    code="review_reviewer_barred",
+                )
+            return final(decision, reason_code, [*first.deciders(), reviewer], first.votes())
         earlier = [first.reviewer] if first is not None and first.reviewer != reviewer else []
         return final(decision, reason_code, [*earlier, reviewer])
     if first is None:
@@ -544,7 +601,18 @@ def apply_decision(
         raise ReviewInvalidDecision("the second review must be done by a different reviewer")
     if decision is ReviewDecision.REMOVE:
         return final(decision, reason_code, [first.reviewer, reviewer])
-    return final(ReviewDecision.ESCALATE, None, [first.reviewer, reviewer])
+    # A disagreement: neither decision wins; both wait in the escalation queue.
+    return ReviewOutcome(
+        pending=FirstDecision(
+            reviewer=reviewer,
+            decision=decision,
+            reason_code=reason_code,
+            token=token,
+            at=now,
+            disputes=first,
+        ),
+        moved_to=ESCALATION_QUEUE,
+    )
 
 
 def _appeal_outcome(
@@ -624,5 +692,6 @@ def outbox_delay(attempts: int, *, base_s: float, max_s: float) -> float:
     return float(min(max_s, base_s * 2.0 ** min(attempts - 1, 60)))
 
 
+FirstDecision.model_rebuild()
 AppealContext.model_rebuild()
 ReviewItem.model_rebuild()

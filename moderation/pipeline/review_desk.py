@@ -28,6 +28,11 @@ closed tab neither loses nor skips it. Until then the deciding reviewer may take
 (:meth:`ReviewDesk.undo`: the item is leased to them again); a critical removal waiting for its
 second reviewer can be taken back while no second reviewer holds it.
 
+Disagreements: a second reviewer who does not remove a critical item the first one removed does
+not overwrite that removal (nor is it overwritten): the item goes to the escalation queue with
+both decisions (:attr:`Decided.disagreement`), shown to the senior reviewer who settles it; the
+final decision names all three and keeps both votes for the audit records.
+
 Escalations: ``escalate`` is not a final decision: the item moves to the escalation queue
 (:data:`~moderation.core.review.ESCALATION_QUEUE`), which senior reviewers and admins work and
 where one decision is final; it cannot be undone from the page (a senior has it now).
@@ -62,9 +67,10 @@ from moderation.exceptions import (
 )
 from moderation.metrics import metrics
 from moderation.pipeline.banks import BankService
+from moderation.pipeline.review_context import same_image
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.review_outbox import OnFinal, ReviewOutbox
-from moderation.ports import Claim, ReviewQueue, ReviewStats
+from moderation.ports import Claim, ImageHistory, ReviewQueue, ReviewStats
 
 #: Seconds after the undo window before the workers hand a decision on: an undo racing the
 #: window's end is decided by the queue, never after the hand-on started.
@@ -96,6 +102,9 @@ class Decided:
     replay: bool
     #: Whether the final decision was handed on now (None: not final, or a replay).
     delivered: bool | None
+    #: A second review that disagreed with the first: the item went to the escalation queue
+    #: with both decisions, for a third reviewer.
+    disagreement: bool = False
 
 
 class ReviewDesk:
@@ -115,6 +124,8 @@ class ReviewDesk:
         uploader_context: the repeat-offender context of an item's uploader (its earlier
             decisions with the same tenant; :meth:`~moderation.pipeline.strikes.Enforcement.
             context`), None where strikes are not kept.
+        image_history: earlier jobs on the same image (same tenant), for the context panel;
+            None where job records are not searchable (no database).
     """
 
     def __init__(
@@ -130,6 +141,7 @@ class ReviewDesk:
         undo_window_s: float = 0.0,
         skip_away_s: float = 0.0,
         uploader_context: Callable[[ReviewItem], dict[str, Any] | None] | None = None,
+        image_history: ImageHistory | None = None,
     ) -> None:
         self.queue = queue
         self.undo_window_s = undo_window_s
@@ -141,7 +153,9 @@ class ReviewDesk:
         )
         self.render_image = render_image
         self.banks = banks
-        self._uploader_context = uploader_context
+        #: The uploader's history and the same image's earlier decisions (the context panel).
+        self.uploader_lookup = uploader_context
+        self.image_history = image_history
 
     @property
     def lease_s(self) -> float:
@@ -164,9 +178,17 @@ class ReviewDesk:
     def uploader_context(self, item: ReviewItem) -> dict[str, Any] | None:
         """The item's uploader's earlier decisions with the same tenant (None: no uploader,
         or strikes are not kept here)."""
-        if self._uploader_context is None or item.uploader_id is None:
+        if self.uploader_lookup is None or item.uploader_id is None:
             return None
-        return self._uploader_context(item)
+        return self.uploader_lookup(item)
+
+    def same_image(self, item: ReviewItem) -> dict[str, Any] | None:
+        """Earlier decisions on the item's image with the same tenant (None: no hash, or
+        job records are not kept where they can be searched:
+        :func:`~moderation.pipeline.review_context.same_image`)."""
+        if self.image_history is None:
+            return None
+        return same_image(self.image_history, item)
 
     def bank_targets(self, item: ReviewItem) -> list[str]:
         """The banks a removal of ``item`` may add its image to."""
@@ -319,8 +341,16 @@ class ReviewDesk:
             )
         final = result.outcome.final
         delivered: bool | None = None
+        disagreement = result.outcome.disagreement
         if not result.replay:
-            self._count(review_id, final, result.handling_s)
+            self._count(
+                review_id,
+                final,
+                result.handling_s,
+                label="disagreement" if disagreement else None,
+            )
+            if disagreement:
+                log.info("review %s: second review disagreed, sent to escalation", review_id)
             if final is not None and self.undo_window_s > 0:
                 # Deferred: the workers hand it on once the undo window has passed.
                 self.queue.retry_later(
@@ -336,6 +366,7 @@ class ReviewDesk:
             decision=final.decision if final else decision,
             replay=result.replay,
             delivered=delivered,
+            disagreement=disagreement,
         )
 
     def extend(self, reviewer: str, *, review_id: str, token: str) -> float:
@@ -413,10 +444,17 @@ class ReviewDesk:
     def _deliver(self, final: HumanDecision) -> bool:
         return self.outbox.hand_on(final)
 
-    def _count(self, review_id: str, final: HumanDecision | None, handling_s: float | None) -> None:
+    def _count(
+        self,
+        review_id: str,
+        final: HumanDecision | None,
+        handling_s: float | None,
+        *,
+        label: str | None = None,
+    ) -> None:
         m = metrics()
         policy = final.policy_id if final else self.queue.item(review_id).policy_id
-        outcome = final.decision.value if final else "pending_second"
+        outcome = label or (final.decision.value if final else "pending_second")
         m.review_decisions.labels(policy, outcome).inc()
         if handling_s is not None:
             m.review_handling.labels(policy).observe(handling_s)

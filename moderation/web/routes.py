@@ -88,6 +88,7 @@ from moderation.pipeline.signin import ReviewerAuth
 from moderation.ports import Claim, ReviewStats
 from moderation.settings import Settings
 from moderation.web.auth import SessionCodec
+from moderation.web.context_view import disagreement_view
 
 __all__ = ["build_review_router"]
 
@@ -99,6 +100,8 @@ _STATIC = {
     "review.js": "text/javascript; charset=utf-8",
     "overview.js": "text/javascript; charset=utf-8",
     "filmstrip.js": "text/javascript; charset=utf-8",
+    "context.js": "text/javascript; charset=utf-8",
+    "context.css": "text/css; charset=utf-8",
 }
 SESSION_COOKIE = "mr_session"
 PRE_COOKIE = "mr_pre"
@@ -291,7 +294,10 @@ def _claim_payload(claim: Claim, prefix: str, desk: ReviewDesk) -> dict[str, Any
             for c in item.verdict.categories
         ],
         "age_s": round(max(0.0, claim.now - item.created_at), 1),
-        "second_review": claim.first is not None,
+        "second_review": claim.first is not None and claim.first.disputes is None,
+        # A disagreement in the escalation queue: both reviewers' decisions (never on a blind
+        # second review).
+        "disagreement": disagreement_view(claim),
         "image_url": image_url,
         "video": video,
         "queue": claim.queue,
@@ -316,6 +322,8 @@ def _claim_payload(claim: Claim, prefix: str, desk: ReviewDesk) -> dict[str, Any
         "appeal": item.appeal.model_dump(mode="json") if item.appeal else None,
         # The uploader's earlier decisions (same tenant only), strike points and action.
         "uploader": desk.uploader_context(item),
+        # Earlier decisions on the same image (same tenant only), newest first.
+        "same_image": desk.same_image(item),
     }
 
 
@@ -498,6 +506,8 @@ def build_review_router(
         escalated = done.final is None and done.decision is ReviewDecision.ESCALATE
         if done.final is not None:
             status = "final"
+        elif done.disagreement:
+            status = "disagreement"
         elif escalated:
             status = "escalated"
         else:

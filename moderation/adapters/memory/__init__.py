@@ -18,6 +18,7 @@ from moderation.adapters.memory.deliveries import MemoryDeliveryLog
 from moderation.adapters.memory.exchange_feed import MemoryExchangeFeed
 from moderation.adapters.memory.exchange_sync import MemoryExchangeSync
 from moderation.adapters.memory.history import MemoryHistoryFormat
+from moderation.adapters.memory.image_history import MemoryImageHistory
 from moderation.adapters.memory.jobs import MemoryJobStore
 from moderation.adapters.memory.legacy_state import MemoryLegacyState
 from moderation.adapters.memory.limits import MemoryRateLimiter
@@ -49,6 +50,7 @@ __all__ = [
     "MemoryExchangeFeed",
     "MemoryExchangeSync",
     "MemoryHistoryFormat",
+    "MemoryImageHistory",
     "MemoryJobStore",
     "MemoryJobTransients",
     "MemoryLegacyState",

@@ -119,7 +119,7 @@ class MemoryReviewQueue:
                 and e.queue in queues
                 and reviewer not in e.item.barred
                 and (not policies or e.item.policy_id in policies)
-                and (e.first is None or e.first.reviewer != reviewer)
+                and (e.first is None or reviewer not in e.first.deciders())
                 and e.away.get(reviewer, 0.0) <= now
             ]
             if not waiting:
@@ -252,6 +252,7 @@ class MemoryReviewQueue:
             counts[reviewer] = counts.get(reviewer, 0) + 1
             if outcome.pending is not None:
                 entry.first, entry.state = outcome.pending, "queued"
+                entry.queue = outcome.moved_to or entry.queue
             else:
                 entry.final, entry.state = outcome.final, "final"
                 entry.final_token = token
@@ -319,7 +320,11 @@ class MemoryReviewQueue:
                 and now - first.at <= within_s
             ):
                 decided_at = first.at
-                entry.first = None
+                # A disagreement taken back: the first decision waits for its second review
+                # again, in the item's own queue (no senior took it yet: it is "queued").
+                entry.first = first.disputes
+                if first.disputes is not None:
+                    entry.queue = entry.item.queue
             else:
                 raise ReviewUndoTooLate("this decision can no longer be undone")
             entry.submitted.pop(token, None)

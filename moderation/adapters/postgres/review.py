@@ -236,12 +236,14 @@ class PostgresReviewQueue:
                 "SELECT review_id FROM review_items i WHERE state = 'queued'"
                 " AND queue = ANY(%s) AND NOT (%s = ANY(barred))"
                 " AND first_reviewer IS DISTINCT FROM %s"
+                " AND (first_decision -> 'disputes' ->> 'reviewer') IS DISTINCT FROM %s"
                 " AND (%s::text[] IS NULL OR policy_id = ANY(%s::text[]))"
                 " AND NOT EXISTS (SELECT 1 FROM review_away a WHERE a.reviewer = %s"
                 "   AND a.review_id = i.review_id AND a.until > %s)"
                 " ORDER BY rank DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
                 (
                     list(queues),
+                    reviewer,
                     reviewer,
                     reviewer,
                     policies or None,
@@ -530,6 +532,11 @@ class PostgresReviewQueue:
                 " WHERE review_id = %s",
                 (_dump(outcome.pending), reviewer, item.review_id),
             )
+            if outcome.moved_to is not None:  # a disagreement: to the escalation queue
+                conn.execute(
+                    "UPDATE review_items SET queue = %s, queued_at = %s WHERE review_id = %s",
+                    (outcome.moved_to, now, item.review_id),
+                )
             return
         final = outcome.final
         if final is None:  # pragma: no cover - ReviewOutcome holds exactly one of the two
@@ -674,12 +681,24 @@ class PostgresReviewQueue:
                 and state == "queued"
                 and now - first.at <= within_s
             ):
+                # A disagreement taken back: the first decision waits for its second review
+                # again, in the item's own queue (no senior took it yet: it is "queued").
+                kept = first.disputes
                 conn.execute(
-                    "UPDATE review_items SET first_decision = NULL, first_reviewer = NULL"
+                    "UPDATE review_items SET first_decision = %s, first_reviewer = %s"
                     " WHERE review_id = %s",
-                    (review_id,),
+                    (
+                        _dump(kept) if kept else None,
+                        kept.reviewer if kept else None,
+                        review_id,
+                    ),
                 )
-                kept = None
+                if kept is not None:
+                    queue = ReviewItem.model_validate(item_json).queue
+                    conn.execute(
+                        "UPDATE review_items SET queue = %s, queued_at = %s WHERE review_id = %s",
+                        (queue, now, review_id),
+                    )
             else:
                 raise ReviewUndoTooLate("this decision can no longer be undone")
             conn.execute(

@@ -274,6 +274,7 @@ def record_for_review(
             "reviewers": len(decision.reviewers),
             # The bytes the (deciding) reviewer was shown, verified against content_sha256.
             "seen_sha256": decision.seen_sha256,
+            **_disagreement(decision, reviewer),
         },
         scores=dict(verdict.scores) if verdict else {},
         dsa_category=dsa_category,
@@ -281,6 +282,27 @@ def record_for_review(
         tenant=tenant,
         source=decision.source,
     )
+
+
+def _disagreement(decision: HumanDecision, reviewer: str) -> dict[str, Any]:
+    """A decision that settled a disagreement: what each of the two reviewers decided, and
+    what this one did (empty otherwise)."""
+    if not decision.votes:
+        return {}
+    own = next((v for v in decision.votes if v.reviewer == reviewer), None)
+    return {
+        "disagreement": [
+            {
+                "reviewer": v.reviewer,
+                "decision": v.decision.value,
+                "reason_code": v.reason_code,
+                "decided_at": v.decided_at.isoformat(),
+            }
+            for v in decision.votes
+        ],
+        "own_decision": own.decision.value if own else decision.decision.value,
+        "own_reason_code": own.reason_code if own else decision.reason_code,
+    }
 
 
 def record_for_security(

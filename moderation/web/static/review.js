@@ -324,6 +324,8 @@
       const reason = reasonCode ? " (" + reasonCode + ")" : "";
       const what = (data.status === "final" ? "Recorded: " + data.decision + reason + banked
         : data.status === "escalated" ? "Escalated: sent to the escalation queue"
+        : data.status === "disagreement" ? "Recorded: " + data.decision + reason
+          + " — it disagrees with the first reviewer: sent to the escalation queue with both decisions"
         : "Recorded: remove" + reason + banked + " (waits for a second reviewer)")
         + " — " + itemLabel(item);
       status(what);
