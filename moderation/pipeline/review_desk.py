@@ -64,6 +64,7 @@ from moderation.metrics import metrics
 from moderation.pipeline.banks import BankService
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.review_outbox import OnFinal, ReviewOutbox
+from moderation.pipeline.wellbeing import Wellbeing
 from moderation.ports import Claim, ReviewQueue, ReviewStats
 
 #: Seconds after the undo window before the workers hand a decision on: an undo racing the
@@ -115,6 +116,8 @@ class ReviewDesk:
         uploader_context: the repeat-offender context of an item's uploader (its earlier
             decisions with the same tenant; :meth:`~moderation.pipeline.strikes.Enforcement.
             context`), None where strikes are not kept.
+        wellbeing: records each reviewer's exposure (items shown, unblurred) as the desk hands
+            them out (:class:`~moderation.pipeline.wellbeing.Wellbeing`); None: not recorded.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class ReviewDesk:
         undo_window_s: float = 0.0,
         skip_away_s: float = 0.0,
         uploader_context: Callable[[ReviewItem], dict[str, Any] | None] | None = None,
+        wellbeing: Wellbeing | None = None,
     ) -> None:
         self.queue = queue
         self.undo_window_s = undo_window_s
@@ -142,6 +146,7 @@ class ReviewDesk:
         self.render_image = render_image
         self.banks = banks
         self._uploader_context = uploader_context
+        self.wellbeing = wellbeing
 
     @property
     def lease_s(self) -> float:
@@ -159,7 +164,10 @@ class ReviewDesk:
         """The next item for ``reviewer`` from ``queues`` (or the one it already holds),
         leased to it. The caller checks that the reviewer may work those queues
         (:func:`moderation.core.reviewers.allowed_queues`)."""
-        return self.queue.claim(reviewer, policies=policies, queues=queues)
+        claim = self.queue.claim(reviewer, policies=policies, queues=queues)
+        if claim is not None and self.wellbeing is not None:
+            self.wellbeing.shown(reviewer, claim.item)
+        return claim
 
     def uploader_context(self, item: ReviewItem) -> dict[str, Any] | None:
         """The item's uploader's earlier decisions with the same tenant (None: no uploader,
@@ -228,6 +236,8 @@ class ReviewDesk:
         if not self.queue.holds(reviewer, review_id):
             raise ReviewNotFound("no item with that id leased to you")
         self.queue.reveal(review_id, reviewer=reviewer)
+        if self.wellbeing is not None:
+            self.wellbeing.revealed(reviewer, self.queue.item(review_id))
 
     def revealed(self, reviewer: str, review_id: str) -> bool:
         """Whether ``reviewer`` ever looked at the item's image unblurred."""

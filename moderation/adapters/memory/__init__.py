@@ -34,6 +34,7 @@ from moderation.adapters.memory.sources import MemorySource
 from moderation.adapters.memory.state_import import MemoryStateImport
 from moderation.adapters.memory.strikes import MemoryStrikeStore
 from moderation.adapters.memory.transients import MemoryJobTransients
+from moderation.adapters.memory.wellbeing import MemoryWellbeingStore
 from moderation.adapters.memory.workers import MemoryWorkerRegistry
 
 __all__ = [
@@ -65,5 +66,6 @@ __all__ = [
     "MemorySource",
     "MemoryStateImport",
     "MemoryStrikeStore",
+    "MemoryWellbeingStore",
     "MemoryWorkerRegistry",
 ]
