@@ -13,9 +13,8 @@ from typing import cast
 
 import redis
 
-from moderation.adapters.memory.wellbeing import summarize
 from moderation.adapters.support.redis import connect, translated
-from moderation.core.wellbeing import ReviewerDay, WellbeingSettings
+from moderation.core.wellbeing import ReviewerDay, WellbeingSettings, summarize_day
 
 __all__ = ["DAY_TTL_S", "RedisWellbeingStore"]
 
@@ -87,7 +86,7 @@ class RedisWellbeingStore:
             c, r, at = value.split(",")
             items[review_id] = (c == "1", r == "1", float(at))
         last = breaks.get("last_break_at")
-        return summarize(
+        return summarize_day(
             reviewer,
             day,
             items,

@@ -32,6 +32,7 @@ __all__ = [
     "break_due",
     "day_of",
     "parse_settings",
+    "summarize_day",
 ]
 
 
@@ -127,3 +128,29 @@ def break_due(settings: WellbeingSettings, day: ReviewerDay, now: float) -> Brea
             message=f"You have been reviewing for {on_shift} minutes without a break.",
         )
     return None
+
+
+def summarize_day(
+    reviewer: str,
+    day: str,
+    items: dict[str, tuple[bool, bool, float]],
+    *,
+    last_break_at: float | None,
+    taken: int,
+    dismissed: int,
+) -> ReviewerDay:
+    """A reviewer's day from its recorded items (review id -> critical, revealed, first
+    shown at) and its break answers (the stores that keep items as a map use this)."""
+    since = last_break_at if last_break_at is not None else float("-inf")
+    return ReviewerDay(
+        reviewer=reviewer,
+        day=day,
+        shown=len(items),
+        critical=sum(1 for c, _, _ in items.values() if c),
+        revealed=sum(1 for _, r, _ in items.values() if r),
+        critical_since_break=sum(1 for c, _, at in items.values() if c and at > since),
+        first_at=min((at for _, _, at in items.values()), default=None),
+        last_break_at=last_break_at,
+        breaks_taken=taken,
+        breaks_dismissed=dismissed,
+    )

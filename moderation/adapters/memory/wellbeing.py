@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from moderation.core.wellbeing import ReviewerDay, WellbeingSettings
+from moderation.core.wellbeing import ReviewerDay, WellbeingSettings, summarize_day
 
 __all__ = ["MemoryWellbeingStore"]
 
@@ -17,31 +17,6 @@ class _Day:
     last_break_at: float | None = None
     taken: int = 0
     dismissed: int = 0
-
-
-def summarize(
-    reviewer: str,
-    day: str,
-    items: dict[str, tuple[bool, bool, float]],
-    *,
-    last_break_at: float | None,
-    taken: int,
-    dismissed: int,
-) -> ReviewerDay:
-    """A reviewer's day from its recorded items (shared by the twin and the Redis store)."""
-    since = last_break_at if last_break_at is not None else float("-inf")
-    return ReviewerDay(
-        reviewer=reviewer,
-        day=day,
-        shown=len(items),
-        critical=sum(1 for c, _, _ in items.values() if c),
-        revealed=sum(1 for _, r, _ in items.values() if r),
-        critical_since_break=sum(1 for c, _, at in items.values() if c and at > since),
-        first_at=min((at for _, _, at in items.values()), default=None),
-        last_break_at=last_break_at,
-        breaks_taken=taken,
-        breaks_dismissed=dismissed,
-    )
 
 
 class MemoryWellbeingStore:
@@ -81,7 +56,7 @@ class MemoryWellbeingStore:
     def day(self, reviewer: str, day: str) -> ReviewerDay:
         with self._lock:
             d = self._days.get((reviewer, day)) or _Day()
-            return summarize(
+            return summarize_day(
                 reviewer,
                 day,
                 dict(d.items),
