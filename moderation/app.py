@@ -23,6 +23,7 @@ def create_app(process: ApiProcess, *, review_prefix: str = "/review") -> FastAP
             process.reviewer_auth,
             prefix=review_prefix,
             bank_guard=process.bank_guard,
+            wellbeing=process.wellbeing,
         )
     )
     return app

@@ -88,6 +88,7 @@ from moderation.core.review import (
 from moderation.core.reviewers import LoginPolicy, ReviewerAccount, ReviewerSession
 from moderation.core.scoring import CategorySlot, SignalScorer
 from moderation.core.strikes import EnforcementAction, Strike
+from moderation.core.wellbeing import ReviewerDay, WellbeingSettings
 
 __all__ = [
     "AppealStore",
@@ -131,6 +132,7 @@ __all__ = [
     "StateImportTarget",
     "StrikeStore",
     "TaskPublisher",
+    "WellbeingStore",
     "WorkerRegistry",
 ]
 
@@ -762,6 +764,27 @@ class ReviewQueue(Protocol):
         to that reviewer again for ``away_s`` seconds (others get it at once)."""
         ...
 
+    def leases(self) -> list[Lease]:
+        """Every unexpired lease now (who holds which item, until when), soonest to expire
+        first: what an admin looks at to take items back or reassign them."""
+        ...
+
+    def assign(self, review_id: str, *, reviewer: str, queues: Sequence[str]) -> Lease:
+        """An admin leases ``review_id`` to ``reviewer`` (a new lease of ``lease_s``), taking
+        it back from whoever held it (that holder is told an admin took it back). ``queues``:
+        the queues ``reviewer`` may work (the item must be in one). Idempotent: the reviewer's
+        unexpired lease on it is returned as it is.
+
+        Raises:
+            ReviewNotFound: no such item.
+            ReviewAlreadyDecided: the item is final.
+            ReviewError: ``reviewer`` may not take it (not its queue, an appeal of its own
+                decision, or it made the first decision of a second review: code
+                ``review_assign_refused``) or holds
+                another item now (code ``review_assign_busy``).
+        """
+        ...
+
     def extend(self, review_id: str, *, reviewer: str, token: str) -> Lease:
         """Renew ``reviewer``'s unexpired lease ``token`` on ``review_id`` for another
         ``lease_s`` from now (same token).
@@ -957,6 +980,43 @@ class ReviewerSessions(Protocol):
 
     def count(self, username: str) -> int:
         """Live sessions of ``username``."""
+        ...
+
+
+class WellbeingStore(Protocol):
+    """Per-reviewer wellbeing (:mod:`moderation.core.wellbeing`): display settings, and each
+    day's exposure (items shown, critical ones, unblurred ones) and break answers. Reviewers are
+    known by their pseudonyms.
+
+    Raises (every method): ``QueueUnavailable`` or ``DatabaseUnavailable`` when the store
+    cannot be reached.
+    """
+
+    def settings(self, reviewer: str) -> WellbeingSettings | None:
+        """The reviewer's saved settings (None: never saved; the defaults apply)."""
+        ...
+
+    def save(self, reviewer: str, settings: WellbeingSettings) -> None: ...
+
+    def record(
+        self, reviewer: str, *, day: str, review_id: str, critical: bool, revealed: bool, at: float
+    ) -> None:
+        """The reviewer was shown ``review_id`` (``revealed``: and unblurred it) at ``at``. Each
+        item counts once per reviewer and day, from when it was first shown; a later
+        ``revealed=True`` marks it unblurred."""
+        ...
+
+    def answer_break(self, reviewer: str, *, day: str, taken: bool, at: float) -> None:
+        """The reviewer answered a break prompt (took the break or dismissed it): counted, and
+        the count towards the next prompt starts again at ``at``."""
+        ...
+
+    def day(self, reviewer: str, day: str) -> ReviewerDay:
+        """The reviewer's exposure on ``day`` (zeros when nothing was recorded)."""
+        ...
+
+    def days(self, day: str) -> list[ReviewerDay]:
+        """Every reviewer's exposure on ``day`` (those with anything recorded)."""
         ...
 
 

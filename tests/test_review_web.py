@@ -27,6 +27,7 @@ from moderation.adapters.passwords import hash_password
 from moderation.adapters.redis_review import RedisReviewQueue
 from moderation.adapters.redis_reviewers import RedisReviewerStore
 from moderation.adapters.redis_sessions import RedisLoginThrottle, RedisReviewerSessions
+from moderation.adapters.redis_wellbeing import RedisWellbeingStore
 from moderation.adapters.support.redis import connect as _connect
 from moderation.compose.access import build_reviewer_auth
 from moderation.core.review import HumanDecision, pseudonym
@@ -36,6 +37,7 @@ from moderation.pipeline.banks import BankService
 from moderation.pipeline.review_desk import ReviewDesk
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.signin import ReviewerAuth
+from moderation.pipeline.wellbeing import Wellbeing
 from moderation.settings import ReviewSettings, Settings
 from moderation.testmodel import sample_images
 from moderation.web import build_review_router
@@ -60,6 +62,8 @@ class ReviewSite:
     desk: ReviewDesk | None = None
     #: Bank entries' states behind the pages' bank-entry API (over in-memory twins).
     bank_guard: BankGuard | None = None
+    #: Reviewer wellbeing behind the pages (on the same valkey server).
+    wellbeing: Wellbeing | None = None
 
     def rv(self, username: str) -> str:
         return pseudonym(self.settings.review.pseudonym_secret.get_secret_value(), username)
@@ -139,6 +143,7 @@ def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[Rev
         sessions=sessions,
         auth=auth,
     )
+    state.wellbeing = Wellbeing(RedisWellbeingStore(client, prefix=review_settings.key_prefix))
     state.desk = ReviewDesk(
         queue,
         on_final=state.finals.append,
@@ -146,11 +151,16 @@ def review_site(redis_url: str, review_settings: ReviewSettings) -> Iterator[Rev
         render_image=lambda data: safe_png(data, settings.images),
         undo_window_s=review_settings.undo_window_s,
         skip_away_s=review_settings.skip_away_s,
+        wellbeing=state.wellbeing,
     )
     state.bank_guard = BankGuard(MemoryEntryGuard(), banks=BankService(MemoryBankStore()))
     app = FastAPI()
     app.add_exception_handler(HTTPException, handle_http_error)
-    app.include_router(build_review_router(settings, state.desk, auth, bank_guard=state.bank_guard))
+    app.include_router(
+        build_review_router(
+            settings, state.desk, auth, bank_guard=state.bank_guard, wellbeing=state.wellbeing
+        )
+    )
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")

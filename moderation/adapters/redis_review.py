@@ -54,9 +54,11 @@ from moderation.core.review import (
     export_row,
     item_rank,
 )
+from moderation.core.review_admin import refuse_assignment
 from moderation.core.reviewers import check_queue_name
 from moderation.exceptions import (
     ReviewAlreadyDecided,
+    ReviewError,
     ReviewInvalidDecision,
     ReviewLeaseExpired,
     ReviewNotFound,
@@ -601,6 +603,97 @@ class RedisReviewQueue:
                         pipe.expire(away, int(away_s) + 60)
                     pipe.execute()
                     return True
+                except WatchError:
+                    continue
+
+    @translated("review queue")
+    def leases(self) -> list[Lease]:
+        """Every unexpired lease, soonest to expire first."""
+        ids = cast(list[str], self._r.zrangebyscore(self._k("leases"), f"({self.now()!r}", "+inf"))
+        pipe = self._r.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hmget(self._k("item", rid), "lease_holder", "lease_token", "lease_expires")
+        held = []
+        for rid, (holder, token, expires) in zip(ids, pipe.execute(), strict=True):
+            if holder and token and expires:
+                held.append(
+                    Lease(review_id=rid, reviewer=holder, token=token, expires_at=float(expires))
+                )
+        return held
+
+    @translated("review queue")
+    def assign(self, review_id: str, *, reviewer: str, queues: Sequence[str]) -> Lease:
+        """An admin leases the item to ``reviewer`` (see :meth:`~moderation.ports.ReviewQueue.
+        assign`).
+
+        Raises:
+            ReviewNotFound, ReviewAlreadyDecided, ReviewError: as the port says.
+            QueueUnavailable: Redis is unreachable.
+        """
+        ik = self._k("item", review_id)
+        hk = self._k("holder", reviewer)
+        token = secrets.token_urlsafe(18)
+        with self._r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(ik, hk)  # type: ignore[no-untyped-call]
+                    h = cast(dict[str, str], pipe.hgetall(ik))
+                    if not h:
+                        raise ReviewNotFound(f"no review item {review_id}")
+                    if h.get("state") == "final":
+                        raise ReviewAlreadyDecided("the item is already decided")
+                    now = self.now()
+                    live = h.get("state") == "leased" and float(h.get("lease_expires", 0)) > now
+                    if live and h.get("lease_holder") == reviewer:
+                        pipe.unwatch()
+                        return Lease(
+                            review_id=review_id,
+                            reviewer=reviewer,
+                            token=h["lease_token"],
+                            expires_at=float(h["lease_expires"]),
+                        )
+                    first = FirstDecision.model_validate_json(h["first"]) if "first" in h else None
+                    refuse_assignment(
+                        ReviewItem.model_validate_json(h["item"]),
+                        first,
+                        reviewer,
+                        queue=h.get("queue") or DEFAULT_QUEUE,
+                        queues=queues,
+                    )
+                    other = cast(str | None, pipe.get(hk))
+                    if other is not None and other != review_id:
+                        o = cast(
+                            list[str | None],
+                            pipe.hmget(self._k("item", other), "lease_holder", "lease_expires"),
+                        )
+                        if o[0] == reviewer and o[1] is not None and float(o[1]) > now:
+                            raise ReviewError(
+                                f"{reviewer} is working on another item now",
+                                code="review_assign_busy",
+                            )
+                    expires = now + self.lease_s
+                    pipe.multi()
+                    pipe.zrem(self._qk("q", h["policy"], h.get("queue")), review_id)
+                    old = h.get("lease_holder")
+                    if old is not None and h.get("lease_token"):
+                        pipe.set(self._k("taken", h["lease_token"]), "1", ex=_TOKEN_TTL_S)
+                        pipe.delete(self._k("holder", old))
+                    pipe.hset(
+                        ik,
+                        mapping={
+                            "state": "leased",
+                            "lease_token": token,
+                            "lease_holder": reviewer,
+                            "lease_expires": repr(expires),
+                        },
+                    )
+                    pipe.zadd(self._k("leases"), {review_id: expires})
+                    pipe.set(hk, review_id, px=int(self.lease_s * 1000))
+                    pipe.set(self._k("tok", token), f"{review_id}|{reviewer}", ex=_TOKEN_TTL_S)
+                    pipe.execute()
+                    return Lease(
+                        review_id=review_id, reviewer=reviewer, token=token, expires_at=expires
+                    )
                 except WatchError:
                     continue
 

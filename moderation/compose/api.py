@@ -35,6 +35,7 @@ from moderation.compose.stores import (
     open_queue,
     open_review_queue,
     open_reviewers,
+    open_wellbeing_store,
     open_worker_registry,
     require_redis_url,
 )
@@ -50,6 +51,7 @@ from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.signin import ReviewerAuth
 from moderation.pipeline.sources import ImageSources
 from moderation.pipeline.submit import PolicyCatalog, Submitter
+from moderation.pipeline.wellbeing import Wellbeing
 from moderation.ports import (
     AppealStore,
     AuditSink,
@@ -63,6 +65,7 @@ from moderation.ports import (
     ReviewerStore,
     ReviewQueue,
     TaskPublisher,
+    WellbeingStore,
     WorkerRegistry,
 )
 from moderation.settings import Settings
@@ -106,6 +109,8 @@ class ApiProcess:
     callbacks: CallbackSending | None = None
     #: Bank entries' states: confirm, disable, quarantine (None: no database).
     bank_guard: BankGuard | None = None
+    #: Reviewer wellbeing: settings, exposure, break prompts (None: not kept).
+    wellbeing: Wellbeing | None = None
 
     def close(self) -> None:
         if self.callbacks is not None:
@@ -135,6 +140,7 @@ def build_api(
     database: ConnectionPool | None = None,
     notices: NoticeStore | None = None,
     appeal_store: AppealStore | None = None,
+    wellbeing_store: WellbeingStore | None = None,
 ) -> ApiProcess:
     """The API process. Each collaborator can be replaced (tests pass in-memory twins).
 
@@ -241,6 +247,9 @@ def build_api(
         enforcement=enforcement,
     )
     limits = settings.images
+    if wellbeing_store is None and (database is not None or settings.redis_url):
+        wellbeing_store = open_wellbeing_store(settings, database=database)
+    wellbeing = Wellbeing(wellbeing_store) if wellbeing_store is not None else None
     desk = ReviewDesk(
         review_queue,
         on_final=route_final(appeals, outcomes.record_human_decision),
@@ -259,6 +268,7 @@ def build_api(
         skip_away_s=settings.review.skip_away_s,
         uploader_context=enforcement.context if enforcement is not None else None,
         image_history=PostgresImageHistory(database) if database is not None else None,
+        wellbeing=wellbeing,
     )
     sending = None
     if sends_callbacks(settings, "api") and outbox is not None:
@@ -286,4 +296,5 @@ def build_api(
         database=database,
         notice_desk=notice_desk,
         bank_guard=open_bank_guard(settings, database, banks=banks, audit=audit),
+        wellbeing=wellbeing,
     )

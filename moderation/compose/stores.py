@@ -39,6 +39,7 @@ from moderation.ports import (
     ReviewerStore,
     ReviewQueue,
     SegmentStore,
+    WellbeingStore,
 )
 from moderation.settings import Settings
 
@@ -60,6 +61,7 @@ __all__ = [
     "open_reviewer_sessions",
     "open_reviewers",
     "open_segment_store",
+    "open_wellbeing_store",
     "open_worker_registry",
 ]
 
@@ -242,6 +244,26 @@ def open_reviewers(settings: Settings, *, database: ConnectionPool | None = None
 
         return PostgresReviewerStore(database)
     return RedisReviewerStore.from_url(
+        require_redis_url(settings), prefix=settings.review.key_prefix
+    )
+
+
+def open_wellbeing_store(
+    settings: Settings, *, database: ConnectionPool | None = None
+) -> WellbeingStore:
+    """Reviewer wellbeing (settings, exposure): in PostgreSQL when the process has a
+    ``database`` pool, else at ``settings.redis_url``.
+
+    Raises:
+        QueueUnavailable: neither a database nor a Redis URL.
+    """
+    if database is not None:
+        from moderation.adapters.postgres.wellbeing import PostgresWellbeingStore
+
+        return PostgresWellbeingStore(database)
+    from moderation.adapters.redis_wellbeing import RedisWellbeingStore
+
+    return RedisWellbeingStore.from_url(
         require_redis_url(settings), prefix=settings.review.key_prefix
     )
 

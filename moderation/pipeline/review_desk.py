@@ -70,6 +70,7 @@ from moderation.pipeline.banks import BankService
 from moderation.pipeline.review_context import same_image
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.review_outbox import OnFinal, ReviewOutbox
+from moderation.pipeline.wellbeing import Wellbeing
 from moderation.ports import Claim, ImageHistory, ReviewQueue, ReviewStats
 
 #: Seconds after the undo window before the workers hand a decision on: an undo racing the
@@ -126,6 +127,8 @@ class ReviewDesk:
             context`), None where strikes are not kept.
         image_history: earlier jobs on the same image (same tenant), for the context panel;
             None where job records are not searchable (no database).
+        wellbeing: records each reviewer's exposure (items shown, unblurred) as the desk hands
+            them out (:class:`~moderation.pipeline.wellbeing.Wellbeing`); None: not recorded.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class ReviewDesk:
         skip_away_s: float = 0.0,
         uploader_context: Callable[[ReviewItem], dict[str, Any] | None] | None = None,
         image_history: ImageHistory | None = None,
+        wellbeing: Wellbeing | None = None,
     ) -> None:
         self.queue = queue
         self.undo_window_s = undo_window_s
@@ -156,6 +160,7 @@ class ReviewDesk:
         #: The uploader's history and the same image's earlier decisions (the context panel).
         self.uploader_lookup = uploader_context
         self.image_history = image_history
+        self.wellbeing = wellbeing
 
     @property
     def lease_s(self) -> float:
@@ -173,7 +178,10 @@ class ReviewDesk:
         """The next item for ``reviewer`` from ``queues`` (or the one it already holds),
         leased to it. The caller checks that the reviewer may work those queues
         (:func:`moderation.core.reviewers.allowed_queues`)."""
-        return self.queue.claim(reviewer, policies=policies, queues=queues)
+        claim = self.queue.claim(reviewer, policies=policies, queues=queues)
+        if claim is not None and self.wellbeing is not None:
+            self.wellbeing.shown(reviewer, claim.item)
+        return claim
 
     def uploader_context(self, item: ReviewItem) -> dict[str, Any] | None:
         """The item's uploader's earlier decisions with the same tenant (None: no uploader,
@@ -250,6 +258,8 @@ class ReviewDesk:
         if not self.queue.holds(reviewer, review_id):
             raise ReviewNotFound("no item with that id leased to you")
         self.queue.reveal(review_id, reviewer=reviewer)
+        if self.wellbeing is not None:
+            self.wellbeing.revealed(reviewer, self.queue.item(review_id))
 
     def revealed(self, reviewer: str, review_id: str) -> bool:
         """Whether ``reviewer`` ever looked at the item's image unblurred."""

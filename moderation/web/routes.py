@@ -28,8 +28,15 @@ API (JSON; 401 when not signed in, 403 for a wrong role or a missing/wrong CSRF 
     GET  {prefix}/api/banks/entries   bank entries that are not simply active (quarantined first)
     POST {prefix}/api/banks/entry     {bank, entry_id, action: confirm|disable|quarantine, reason}
     GET  {prefix}/api/admin/stats     admin: queues, decisions per (pseudonymous) reviewer today
+    GET  {prefix}/api/admin/in-review admin: items held now, accounts to reassign to
     POST {prefix}/api/admin/requeue   admin: {review_id}, take an item back from its holder
+    POST {prefix}/api/admin/reassign  admin: {review_id, username}, lease it to that account
+    POST {prefix}/api/admin/release   admin: {reviewer}, take back what that pseudonym holds
     POST {prefix}/api/admin/redeliver admin: retry on_final for decisions whose delivery failed
+                                      (each admin action audited: :mod:`moderation.web.
+                                      admin_routes`)
+    GET  {prefix}/api/wellbeing ...   wellbeing settings, break prompts, exposure
+                                      (:mod:`moderation.web.wellbeing_routes`)
     POST {prefix}/api/admin/sessions/end  admin: {username}, end every session of that account
 
 Sessions are server-side (:class:`moderation.pipeline.signin.ReviewerAuth`): sign-out, an admin,
@@ -83,12 +90,16 @@ from moderation.http.problems import (
     validation_problem,
 )
 from moderation.pipeline.bank_guard import BankGuard
+from moderation.pipeline.review_admin import ReviewAdmin
 from moderation.pipeline.review_desk import ReviewDesk, VideoView
 from moderation.pipeline.signin import ReviewerAuth
+from moderation.pipeline.wellbeing import Wellbeing
 from moderation.ports import Claim, ReviewStats
 from moderation.settings import Settings
+from moderation.web.admin_routes import add_admin_routes
 from moderation.web.auth import SessionCodec
 from moderation.web.context_view import disagreement_view
+from moderation.web.wellbeing_routes import add_wellbeing_routes
 
 __all__ = ["build_review_router"]
 
@@ -102,6 +113,8 @@ _STATIC = {
     "filmstrip.js": "text/javascript; charset=utf-8",
     "context.js": "text/javascript; charset=utf-8",
     "context.css": "text/css; charset=utf-8",
+    "wellbeing.js": "text/javascript; charset=utf-8",
+    "admin.js": "text/javascript; charset=utf-8",
 }
 SESSION_COOKIE = "mr_session"
 PRE_COOKIE = "mr_pre"
@@ -334,6 +347,8 @@ def build_review_router(
     *,
     prefix: str = "/review",
     bank_guard: BankGuard | None = None,
+    wellbeing: Wellbeing | None = None,
+    review_admin: ReviewAdmin | None = None,
 ) -> APIRouter:
     """The reviewers' router over ``desk`` (what reviewers can do) and ``auth`` (sign-in and
     server-side sessions). Mount with ``app.include_router(router)``."""
@@ -462,6 +477,9 @@ def build_review_router(
             lease_s=int(desk.lease_s),
             undo_s=desk.undo_window_s,
             skip_away_s=desk.skip_away_s,
+            wellbeing=(
+                wellbeing.settings(who.pseudonym).model_dump(mode="json") if wellbeing else None
+            ),
         )
 
     @router.get("/overview")
@@ -621,15 +639,6 @@ def build_review_router(
         status = act[body.action](body.bank, body.entry_id, by=who.pseudonym, reason=body.reason)
         return {"entry": status.model_dump(mode="json")}
 
-    @router.post("/api/admin/requeue")
-    def admin_requeue(body: _ItemBody, who: Annotated[Principal, Depends(admin)]) -> dict[str, Any]:
-        return {"requeued": desk.requeue(body.review_id)}
-
-    @router.post("/api/admin/redeliver")
-    def admin_redeliver(who: Annotated[Principal, Depends(admin)]) -> dict[str, Any]:
-        pending, delivered = desk.deliver_outbox(older_than_s=30.0)
-        return {"pending": pending, "delivered": delivered}
-
     @router.post("/api/admin/sessions/end")
     def admin_end_sessions(
         body: _UserBody, who: Annotated[Principal, Depends(admin)]
@@ -639,6 +648,21 @@ def build_review_router(
             raise ReviewNotFound(f"no reviewer {name!r}", code="review_unknown_user")
         return {"username": name, "ended": auth.end_sessions(name, by=who.pseudonym)}
 
+    add_admin_routes(
+        router,
+        review_admin
+        or ReviewAdmin(desk, users=auth.users, pseudonym=codec.pseudonym, audit=auth.audit),
+        admin=admin,
+        admin_read=admin_read,
+    )
+    if wellbeing is not None:
+        add_wellbeing_routes(
+            router,
+            wellbeing,
+            principal=principal,
+            csrf_principal=csrf_principal,
+            admin_read=admin_read,
+        )
     return router
 
 

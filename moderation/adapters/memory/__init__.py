@@ -35,6 +35,7 @@ from moderation.adapters.memory.sources import MemorySource
 from moderation.adapters.memory.state_import import MemoryStateImport
 from moderation.adapters.memory.strikes import MemoryStrikeStore
 from moderation.adapters.memory.transients import MemoryJobTransients
+from moderation.adapters.memory.wellbeing import MemoryWellbeingStore
 from moderation.adapters.memory.workers import MemoryWorkerRegistry
 
 __all__ = [
@@ -67,5 +68,6 @@ __all__ = [
     "MemorySource",
     "MemoryStateImport",
     "MemoryStrikeStore",
+    "MemoryWellbeingStore",
     "MemoryWorkerRegistry",
 ]

@@ -21,8 +21,10 @@ from moderation.core.review import (
     apply_decision,
     item_rank,
 )
+from moderation.core.review_admin import refuse_assignment
 from moderation.exceptions import (
     ReviewAlreadyDecided,
+    ReviewError,
     ReviewInvalidDecision,
     ReviewLeaseExpired,
     ReviewNotFound,
@@ -274,6 +276,40 @@ class MemoryReviewQueue:
             if reviewer is not None and away_s > 0:
                 entry.away[reviewer] = self.clock() + away_s
             return True
+
+    def leases(self) -> list[Lease]:
+        with self._lock:
+            now = self.clock()
+            self._reap(now)
+            held = [e.lease for e in self.entries.values() if e.state == "leased" and e.lease]
+            return sorted(held, key=lambda lease: lease.expires_at)
+
+    def assign(self, review_id: str, *, reviewer: str, queues: Sequence[str]) -> Lease:
+        with self._lock:
+            entry = self.entries.get(review_id)
+            if entry is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            if entry.state == "final":
+                raise ReviewAlreadyDecided("the item is already decided")
+            now = self.clock()
+            self._reap(now)
+            if entry.lease is not None and entry.lease.reviewer == reviewer:
+                return entry.lease
+            refuse_assignment(entry.item, entry.first, reviewer, queue=entry.queue, queues=queues)
+            for other in self.entries.values():
+                if other.state == "leased" and other.lease and other.lease.reviewer == reviewer:
+                    raise ReviewError(
+                        f"{reviewer} is working on another item now", code="review_assign_busy"
+                    )
+            if entry.lease is not None:
+                entry.taken.add(entry.lease.token)
+            token = secrets.token_urlsafe(18)
+            entry.state = "leased"
+            entry.lease = Lease(
+                review_id=review_id, reviewer=reviewer, token=token, expires_at=now + self.lease_s
+            )
+            entry.tokens[token] = reviewer
+            return entry.lease
 
     def extend(self, review_id: str, *, reviewer: str, token: str) -> Lease:
         with self._lock:

@@ -54,8 +54,10 @@ from moderation.core.review import (
     export_row,
     item_rank,
 )
+from moderation.core.review_admin import refuse_assignment
 from moderation.exceptions import (
     ReviewAlreadyDecided,
+    ReviewError,
     ReviewInvalidDecision,
     ReviewLeaseExpired,
     ReviewNotFound,
@@ -592,6 +594,85 @@ class PostgresReviewQueue:
                     (reviewer, review_id, now + away_s),
                 )
             return True
+
+    def leases(self) -> list[Lease]:
+        """Every unexpired lease, soonest to expire first."""
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            now = self._now(conn)
+            rows = conn.execute(
+                "SELECT review_id, lease_holder, lease_token, lease_expires FROM review_items"
+                " WHERE state = 'leased' AND lease_expires > %s ORDER BY lease_expires",
+                (now,),
+            ).fetchall()
+        return [Lease(review_id=r, reviewer=h, token=t, expires_at=float(e)) for r, h, t, e in rows]
+
+    def assign(self, review_id: str, *, reviewer: str, queues: Sequence[str]) -> Lease:
+        """An admin leases the item to ``reviewer`` (see :meth:`~moderation.ports.ReviewQueue.
+        assign`): one transaction under the reviewer's claim lock, the item's row locked.
+
+        Raises:
+            ReviewNotFound, ReviewAlreadyDecided, ReviewError: as the port says.
+            DatabaseUnavailable: the database is unreachable.
+        """
+        token = secrets.token_urlsafe(18)
+        with database_errors(_WHAT), self._pool.connection() as conn, conn.transaction():
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('review-claim:' || %s, 0))",
+                (reviewer,),
+            )
+            now = self._now(conn)
+            row = conn.execute(
+                "SELECT state, lease_holder, lease_token, lease_expires, item, first_decision,"
+                " queue FROM review_items WHERE review_id = %s FOR UPDATE",
+                (review_id,),
+            ).fetchone()
+            if row is None:
+                raise ReviewNotFound(f"no review item {review_id}")
+            state, holder, old_token, expires, item_json, first_json, queue = row
+            if state == "final":
+                raise ReviewAlreadyDecided("the item is already decided")
+            live = state == "leased" and expires is not None and float(expires) > now
+            if live and holder == reviewer:
+                return Lease(
+                    review_id=review_id, reviewer=reviewer, token=old_token, expires_at=expires
+                )
+            first = FirstDecision.model_validate(first_json) if first_json else None
+            refuse_assignment(
+                ReviewItem.model_validate(item_json), first, reviewer, queue=queue, queues=queues
+            )
+            busy = conn.execute(
+                "SELECT 1 FROM review_items WHERE state = 'leased' AND lease_holder = %s"
+                " AND lease_expires > %s AND review_id <> %s",
+                (reviewer, now, review_id),
+            ).fetchone()
+            if busy is not None:
+                raise ReviewError(
+                    f"{reviewer} is working on another item now", code="review_assign_busy"
+                )
+            conn.execute(  # its own expired lease elsewhere would break one-lease-per-holder
+                "UPDATE review_items SET state = 'queued', lease_token = NULL,"
+                " lease_holder = NULL, lease_expires = NULL"
+                " WHERE state = 'leased' AND lease_holder = %s AND review_id <> %s",
+                (reviewer, review_id),
+            )
+            if old_token is not None:
+                conn.execute(
+                    "UPDATE review_leases SET taken_back = true WHERE token = %s", (old_token,)
+                )
+            new_expires = now + self.lease_s
+            conn.execute(
+                "UPDATE review_items SET state = 'leased', lease_token = %s, lease_holder = %s,"
+                " lease_expires = %s WHERE review_id = %s",
+                (token, reviewer, new_expires, review_id),
+            )
+            conn.execute(
+                "INSERT INTO review_leases (token, review_id, reviewer, claimed_at, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (token, review_id, reviewer, now, new_expires),
+            )
+            return Lease(
+                review_id=review_id, reviewer=reviewer, token=token, expires_at=new_expires
+            )
 
     def extend(self, review_id: str, *, reviewer: str, token: str) -> Lease:
         """Renew an unexpired lease for another ``lease_s`` (same token).

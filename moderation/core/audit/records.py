@@ -58,8 +58,9 @@ class AuditRecord(BaseModel):
     #: ``security``: a sign-in event of the reviewers' pages (no job; ``job_id`` is empty);
     #: ``policy``: a policy promotion (``job_id`` is ``policy/<id>``); ``enforcement``: an
     #: uploader's action changed (``moderation.pipeline.strikes``; ``decision`` names it);
-    #: ``bank``: a bank entry's state changed (``job_id`` is ``bank/<name>/<entry id>``).
-    kind: Literal["automated", "human", "security", "policy", "enforcement", "bank"]
+    #: ``bank``: a bank entry's state changed (``job_id`` is ``bank/<name>/<entry id>``);
+    #: ``admin``: a review admin's action on the queue (:mod:`moderation.core.review_admin`).
+    kind: Literal["automated", "human", "security", "policy", "enforcement", "bank", "admin"]
     at: datetime = Field(default_factory=_now)
     job_id: str
     content_sha256: str | None

@@ -1,7 +1,9 @@
 // A video item's sampled frames (the stills kept when it was scored) and its timeline with the
 // flagged segments; t jumps to the top frame, [ and ] step through the frames. The frame shown
 // large is the review page's image, so blur, unblur and greyscale work as for a photo; the
-// filmstrip is blurred and greyscale by default, and follows the large image.
+// filmstrip is blurred and greyscale by default, and follows the large image. Frames never step
+// on their own unless the reviewer turned autoplay on in the wellbeing settings (wellbeing.js
+// sets data-autoplay on the root element); a key or a click stops it.
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
@@ -10,6 +12,14 @@
   let video = null;     // the current item's video payload
   let index = 0;        // the frame shown large
   let autoGrey = false; // the page made the large image greyscale for this video
+  let playing = null;   // the autoplay timer (only when the reviewer asked for it)
+
+  function stop() { if (playing) { clearInterval(playing); playing = null; } }
+  function play() {
+    stop();
+    if (document.documentElement.dataset.autoplay !== "on" || !video || video.frames.length < 2) return;
+    playing = setInterval(() => show((index + 1) % video.frames.length), 1000);
+  }
 
   function flagged(t) {
     return video.segments.some((s) => t >= s.start_s - 1e-6 && t < s.end_s - 1e-6);
@@ -40,6 +50,7 @@
   }
 
   function render(item) {
+    stop();
     video = item.video || null;
     if (!video) {
       strip.hidden = true;
@@ -82,7 +93,7 @@
       thumb.draggable = false;
       li.appendChild(thumb);
       li.appendChild(document.createTextNode(f.t.toFixed(1) + " s"));
-      li.addEventListener("click", () => show(k));
+      li.addEventListener("click", () => { stop(); show(k); });
       list.appendChild(li);
     });
     const problem = $("film-problem");
@@ -90,13 +101,16 @@
     problem.textContent = video.problem || "";
     $("film-keys").hidden = video.frames.length === 0;
     if (video.frames.length) show(video.top_index === null ? 0 : video.top_index);
+    play();
   }
 
   document.addEventListener("review:item", (event) => render(event.detail));
+  document.addEventListener("wellbeing:settings", () => { if (video && !playing) play(); });
   document.addEventListener("keydown", (event) => {
     if (!video || !video.frames.length || event.ctrlKey || event.metaKey || event.altKey) return;
     // Choosing a reason (keys type into its filter) or reading the help: not ours.
     if ($("item").hidden || !$("reason-panel").hidden || !$("help").hidden) return;
+    stop();
     if (event.key === "t") show(video.top_index === null ? 0 : video.top_index);
     else if (event.key === "[") show(index - 1);
     else if (event.key === "]") show(index + 1);
