@@ -99,6 +99,7 @@ _STATIC = {
     "review.js": "text/javascript; charset=utf-8",
     "overview.js": "text/javascript; charset=utf-8",
     "filmstrip.js": "text/javascript; charset=utf-8",
+    "appeal.js": "text/javascript; charset=utf-8",
 }
 SESSION_COOKIE = "mr_session"
 PRE_COOKIE = "mr_pre"
