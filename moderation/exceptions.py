@@ -445,6 +445,14 @@ class ReviewInvalidDecision(ReviewError):
     code = "review_invalid_decision"
 
 
+class ReviewNeedsDatabase(ReviewError):
+    """An item the Redis review queue cannot keep its promises for: an appeal (it keeps no
+    bars against earlier deciders) or a notice's (it cannot raise an item already waiting).
+    Appeals and notices need the PostgreSQL review queue (``database.url``)."""
+
+    code = "review_needs_database"
+
+
 class ReviewUndoTooLate(ReviewAlreadyDecided):
     """A decision can no longer be taken back: its undo window passed, it was handed on, or a
     second reviewer already has the item."""

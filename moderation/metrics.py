@@ -36,6 +36,7 @@ __all__ = [
     "multiprocess_dir",
     "render",
     "render_appeal_gauges",
+    "render_exchange_gauges",
     "render_review_gauges",
     "render_tenant_backlog",
     "status_class",
@@ -443,6 +444,44 @@ def render_appeal_gauges(open_appeals: int, oldest_age_s: float | None) -> bytes
         "Age of the oldest appeal not yet decided (the complaint-handling SLA signal).",
         registry=registry,
     ).set(oldest_age_s or 0.0)
+    return generate_latest(registry)
+
+
+def render_exchange_gauges(rows: Iterable[tuple[str, float | None, int, int, float]]) -> bytes:
+    """Exposition text of the synced banks' health, read at scrape time (append it to
+    :func:`render`'s body). ``rows``: (exchange: its ``banks.exchanges`` name, seconds since its
+    last successful sync or None when it never succeeded (reported as +Inf, so a stale-sync
+    alert covers it), failed syncs since then, failed syncs ever, its sync interval)."""
+    registry = CollectorRegistry()
+    age = Gauge(
+        "moderation_exchange_sync_last_success_age_seconds",
+        "Seconds since the synced bank's last successful sync from its exchange (+Inf: never).",
+        ["exchange"],
+        registry=registry,
+    )
+    failures = Gauge(
+        "moderation_exchange_sync_failures",
+        "Failed syncs of the bank since its last successful one (fetch or apply errors).",
+        ["exchange"],
+        registry=registry,
+    )
+    errors = Gauge(
+        "moderation_exchange_sync_errors",
+        "Failed syncs of the bank, ever (kept in the database: it only grows).",
+        ["exchange"],
+        registry=registry,
+    )
+    interval = Gauge(
+        "moderation_exchange_sync_interval_seconds",
+        "The bank's configured sync interval (banks.exchanges.<name>.interval_s).",
+        ["exchange"],
+        registry=registry,
+    )
+    for name, age_s, failed, total, every_s in rows:
+        age.labels(exchange=name).set(float("inf") if age_s is None else age_s)
+        failures.labels(exchange=name).set(failed)
+        errors.labels(exchange=name).set(total)
+        interval.labels(exchange=name).set(every_s)
     return generate_latest(registry)
 
 

@@ -1542,6 +1542,22 @@ class ExchangeDelta:
     checkpoint: bytes
 
 
+@dataclass(frozen=True)
+class ExchangeHealth:
+    """How one synced bank's syncs go (the API's ``/metrics`` reads it at scrape time).
+
+    ``last_success_age_s``: seconds since its last successful sync (None: never);
+    ``failures``: failed syncs since then; ``errors_total``: failed syncs ever;
+    ``last_error_code``: the last failure's error code (``exchange_unavailable``, ...).
+    """
+
+    source: str
+    last_success_age_s: float | None
+    failures: int = 0
+    errors_total: int = 0
+    last_error_code: str | None = None
+
+
 class ExchangeFeed(Protocol):
     """One exchange collaboration (NCMEC, a ThreatExchange privacy group, StopNCII).
 
@@ -1591,4 +1607,14 @@ class ExchangeSyncStore(Protocol):
 
     def held(self, source: str, hashes: Iterable[str], *, besides: Iterable[str]) -> set[str]:
         """Those of ``hashes`` that a record other than the keys ``besides`` still carries."""
+        ...
+
+    def record_outcome(self, source: str, *, error_code: str | None) -> None:
+        """A sync of ``source`` ended: successfully (``error_code`` None: the failures since
+        the last success go back to 0) or with that error."""
+        ...
+
+    def health(self, sources: Iterable[str]) -> list[ExchangeHealth]:
+        """The health of each of ``sources`` (one that never tried: never succeeded, no
+        failures), in the order given."""
         ...

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -437,3 +438,146 @@ def test_a_stopncii_bank_syncs_and_withdrawn_hashes_are_removed() -> None:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+# --- the scheduled loop (``moderation bank sync --every``) and its health ---------------------
+
+
+def test_bank_sync_every_keeps_syncing_and_its_health_reaches_the_metrics(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The real CLI loop against a ThreatExchange stub: it syncs each interval, a failing
+    exchange counts failures (and the loop goes on), the next good sync resets them; the
+    health is what the API's /metrics renders."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from moderation.adapters.postgres.banks import PostgresBankStore
+    from moderation.metrics import render_exchange_gauges
+
+    updates = [_update(1, "HASH_PDQ", A, 100)]
+    down = threading.Event()
+    fetches: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            fetches.append(self.path)
+            start = int(parse_qs(urlparse(self.path).query).get("start_time", ["0"])[0])
+            code, body = (
+                (503, {"error": {"message": "down for maintenance"}})
+                if down.is_set()
+                else (200, {"data": [u for u in updates if u["last_updated"] >= start]})
+            )
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    conf = {
+        "kind": "threatexchange",
+        "collaboration": "555",
+        "credentials": "1234|secret",
+        "url": f"http://127.0.0.1:{server.server_address[1]}",
+        "interval_s": 0.2,
+    }
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")},
+        "MODERATION_ENVIRONMENT": "development",
+        "MODERATION_DATABASE__URL": pg_url,
+        "MODERATION_BANKS__EXCHANGES": json.dumps({"te-loop": conf}),
+        "MODERATION_AUDIT__LOCAL_DIR": str(tmp_path / "audit"),
+        "MODERATION_AUDIT__SPOOL_DIR": str(tmp_path / "spool"),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    pool = ConnectionPool(pg_url, min_size=1, max_size=2, open=True)
+    health = PostgresExchangeSync(pool)
+    bank = BankService(PostgresBankStore(pool), flat_max=100)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moderation.cli", "bank", "sync", "te-loop", "--every"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+    def until(done: Any) -> None:
+        """Poll the database until ``done()``; the loop must stay up meanwhile."""
+        while not done():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            time.sleep(0.05)
+
+    def te() -> Any:
+        return health.health(["te-loop"])[0]
+
+    try:
+        until(lambda: te().last_success_age_s is not None)
+        assert _live(bank, "te-loop") == {A} and te().failures == 0
+
+        down.set()  # the exchange fails: each round counts a failure, the loop goes on
+        until(lambda: te().failures >= 2)
+        failing = te()
+        assert failing.last_error_code == "exchange_unavailable"
+        text = render_exchange_gauges(
+            [("te-loop", failing.last_success_age_s, failing.failures, failing.errors_total, 0.2)]
+        ).decode()
+        failures = f'moderation_exchange_sync_failures{{exchange="te-loop"}} {failing.failures}.0'
+        assert failures in text
+        assert 'moderation_exchange_sync_interval_seconds{exchange="te-loop"} 0.2' in text
+
+        updates.append(_update(2, "HASH_PDQ", C, 200))
+        down.clear()  # back: the next round applies what came meanwhile and resets the count
+        until(lambda: te().failures == 0)
+        assert _live(bank, "te-loop") == {A, C}
+        assert te().errors_total >= 2 and te().last_success_age_s is not None
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        pool.close()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_health_of_a_never_synced_bank_is_never_and_renders_inf(
+    sync_store: ExchangeSyncStore,
+) -> None:
+    from moderation.metrics import render_exchange_gauges
+
+    assert sync_store.health(["nobody"])[0].last_success_age_s is None
+    sync_store.record_outcome("nobody", error_code="exchange_auth")
+    h = sync_store.health(["nobody"])[0]
+    assert (h.last_success_age_s, h.failures, h.errors_total, h.last_error_code) == (
+        None,
+        1,
+        1,
+        "exchange_auth",
+    )
+    text = render_exchange_gauges([("nobody", None, 1, 1, 900.0)]).decode()
+    assert 'moderation_exchange_sync_last_success_age_seconds{exchange="nobody"} +Inf' in text
+
+
+def test_a_sync_records_its_outcome_but_a_busy_lock_is_no_failure(
+    sync_store: ExchangeSyncStore,
+) -> None:
+    banks = BankService(MemoryBankStore(), flat_max=100)
+    syncer = ExchangeSync(sync_store, banks)
+    with pytest.raises(ExchangeAuthError):
+        syncer.sync("h", MemoryExchangeFeed(fail=ExchangeAuthError("refused")))
+    assert sync_store.health(["h"])[0].failures == 1
+    with sync_store.lock("h"), pytest.raises(ExchangeBusy):
+        syncer.sync("h", MemoryExchangeFeed([]))
+    assert sync_store.health(["h"])[0].failures == 1  # another syncer holds it: not a failure
+    syncer.sync("h", MemoryExchangeFeed([ExchangeDelta({"x": [A]}, [], 0, b"1")]))
+    ok = sync_store.health(["h"])[0]
+    assert (ok.failures, ok.errors_total) == (0, 1) and ok.last_success_age_s is not None

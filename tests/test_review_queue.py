@@ -783,3 +783,35 @@ def test_the_outbox_hands_out_due_decisions_once_and_backs_off(queue: ReviewQueu
         queue.delivered(entry.decision.review_id)
     assert queue.retry_later(first, delay_s=0.0, error="late") == 0  # delivered: nothing to do
     assert [f.job_id for f in queue.undelivered()] == ["out-2"]
+
+
+def test_the_redis_queue_refuses_appeal_and_notice_items_with_a_code(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Redis-only mode has no appeals and no notices (the API answers 503 for both); the Redis
+    queue itself refuses their items rather than queue an appeal an earlier decider could claim
+    or a report that cannot jump the queue. Nothing of a refused batch is queued."""
+    from moderation.core.review import QUEUE_APPEAL
+    from moderation.core.sources import DecisionSource
+    from moderation.exceptions import ReviewNeedsDatabase
+
+    policy = world_policy()
+    plain = make_item(policy, "redis-plain")
+    refused = [
+        make_item(policy, "redis-barred").model_copy(update={"barred": ["rv_a"]}),
+        make_item(policy, "redis-appeal").model_copy(update={"queue": QUEUE_APPEAL}),
+        make_item(policy, "redis-report").model_copy(
+            update={"source": DecisionSource.TRUSTED_FLAGGER}
+        ),
+        make_item(policy, "redis-user").model_copy(update={"source": DecisionSource.USER_REPORT}),
+    ]
+    with make_queue("redis", request) as queue:
+        for item in refused:
+            with pytest.raises(ReviewNeedsDatabase) as caught:
+                queue.submit_many([plain, item])
+            assert caught.value.code == "review_needs_database"
+            assert "database.url" in str(caught.value)
+        assert queue.claim("rv_b") is None  # not even the plain item of those batches
+        queue.submit(plain)
+        claim = queue.claim("rv_b")
+        assert claim is not None and claim.item.review_id == plain.review_id

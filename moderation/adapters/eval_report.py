@@ -168,6 +168,22 @@ over {{ r.accuracy.n }} images (the highest-scoring category must be the labelle
 <td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
 {% endif %}
 
+{% if r.appeals %}
+<h2 id="appeals">Appeals: overturn rate in production</h2>
+<p>Appeals decided in the last {{ r.appeals.days | round(1) }} days against these policies'
+decisions: {{ r.appeals.decided }}, of which {{ r.appeals.overturned }} overturned. A high
+overturn rate: the model or the first reviewers restrict what should stand.</p>
+{% for title, rows in (("category", r.appeals.by_category),
+                       ("policy version", r.appeals.by_policy_version)) %}
+<table class="overturns" data-by="{{ title }}"><tr><th class="l">{{ title }}</th>
+<th>appeals decided</th><th>overturned</th><th>overturn rate</th></tr>
+{% for o in rows %}<tr><td class="l">{{ o.key }}</td><td>{{ o.decided }}</td>
+<td>{{ o.overturned }}</td><td>{{ pct(o.rate) }} <span class="ci">{{ ci(o.interval) }}</span>
+</td></tr>{% else %}<tr><td class="l" colspan="4">no appeal decided</td></tr>{% endfor %}
+</table>
+{% endfor %}
+{% endif %}
+
 {% for c in cats %}
 <h2 id="cat-{{ c.slug }}">{{ c.m.key }}</h2>
 <table class="confusion"><tr><th class="l">truth \\ band</th><th>allow</th><th>review</th>

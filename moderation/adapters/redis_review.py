@@ -44,6 +44,7 @@ from moderation.adapters.support.redis import connect, translated
 from moderation.core.legacy_state import LegacyOutbox, LegacyReviewRecord
 from moderation.core.review import (
     DEFAULT_QUEUE,
+    QUEUE_APPEAL,
     FirstDecision,
     HumanDecision,
     Lease,
@@ -56,11 +57,13 @@ from moderation.core.review import (
 )
 from moderation.core.review_admin import refuse_assignment
 from moderation.core.reviewers import check_queue_name
+from moderation.core.sources import DecisionSource
 from moderation.exceptions import (
     ReviewAlreadyDecided,
     ReviewError,
     ReviewInvalidDecision,
     ReviewLeaseExpired,
+    ReviewNeedsDatabase,
     ReviewNotFound,
     ReviewNotLeaseHolder,
     ReviewTakenBack,
@@ -70,6 +73,32 @@ from moderation.ports import Claim, DecideResult, OutboxEntry, ReviewStats
 from moderation.settings import ReviewSettings
 
 __all__ = ["RedisReviewQueue"]
+
+#: Items started by a notice: a second notice must raise the item while it waits, which this
+#: queue cannot do (a resubmit of a waiting item is a no-op here).
+_NOTICE_SOURCES = frozenset({DecisionSource.USER_REPORT, DecisionSource.TRUSTED_FLAGGER})
+
+
+def _refuse_unsupported(item: ReviewItem) -> None:
+    """Appeals and notices live with the PostgreSQL queue only (the composition never gives
+    them this one): refuse their items here too, with a clear code, rather than queue an
+    appeal that its earlier deciders could claim, or a report that never jumps the queue.
+
+    Raises:
+        ReviewNeedsDatabase: ``item`` is an appeal's (it bars reviewers, or it is in the appeal
+            queue) or a notice's.
+    """
+    if item.barred or item.appeal is not None or item.queue == QUEUE_APPEAL:
+        raise ReviewNeedsDatabase(
+            "appeals need the PostgreSQL review queue (database.url): the Redis queue keeps no "
+            "bars against earlier deciders"
+        )
+    if item.source in _NOTICE_SOURCES:
+        raise ReviewNeedsDatabase(
+            "notices need the PostgreSQL review queue (database.url): the Redis queue cannot "
+            "raise an item already waiting"
+        )
+
 
 _TOKEN_TTL_S = 24 * 3600
 _SEEN_TTL_S = 30 * 24 * 3600
@@ -222,19 +251,24 @@ class RedisReviewQueue:
         """Enqueue an item. Submitting the same ``review_id`` again is a no-op.
 
         Raises:
+            ReviewNeedsDatabase: an appeal's or a notice's item (see :func:`_refuse_unsupported`).
             QueueUnavailable: Redis is unreachable.
         """
         self.submit_many([item])
 
     @translated("review queue")
     def submit_many(self, items: Sequence[ReviewItem]) -> None:
-        """:meth:`submit` for several items in one pipelined round trip.
+        """:meth:`submit` for several items in one pipelined round trip (none is queued when
+        one is refused).
 
         Raises:
+            ReviewNeedsDatabase: an appeal's or a notice's item.
             QueueUnavailable: Redis is unreachable.
         """
         if not items:
             return
+        for item in items:
+            _refuse_unsupported(item)
         with self._r.pipeline(transaction=False) as pipe:
             for item in items:
                 rank = item_rank(item, age_doubling_s=self.age_doubling_s)
@@ -268,7 +302,7 @@ class RedisReviewQueue:
 
         ``reviewer`` is the pseudonymous id; ``queues`` the queues it may work; ``policies``
         limits the policies looked at. Returns None when nothing is waiting. (Appeals, whose
-        items bar earlier deciders, live only in PostgreSQL.)
+        items bar earlier deciders, live only in PostgreSQL: :meth:`submit` refuses them.)
 
         Raises:
             QueueUnavailable: Redis is unreachable.

@@ -25,6 +25,7 @@ from moderation.exceptions import ModerationError
 from moderation.metrics import (
     render,
     render_appeal_gauges,
+    render_exchange_gauges,
     render_review_gauges,
     render_tenant_backlog,
 )
@@ -100,6 +101,15 @@ def operations_router(api: ApiProcess) -> APIRouter:
             body += render_appeal_gauges(*api.appeals.backlog())
         except ModerationError:
             log.warning("appeal backlog unavailable for /metrics")
+        if api.exchange_health is not None:
+            try:
+                every = {n: e.interval_s for n, e in api.settings.banks.exchanges.items()}
+                body += render_exchange_gauges(
+                    (h.source, h.last_success_age_s, h.failures, h.errors_total, every[h.source])
+                    for h in api.exchange_health(sorted(every))
+                )
+            except ModerationError:
+                log.warning("exchange sync health unavailable for /metrics")
         if api.backlog is not None:
             try:
                 rows = tenant_backlog(api.backlog, store, sorted(api.tenants))

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from moderation.compose.scoring import Scoring
     from moderation.core.evaluation import Dataset
     from moderation.core.policy import Policy
-    from moderation.pipeline.evaluate import EvaluationReport, ScoredItem
+    from moderation.pipeline.evaluate import AppealQuality, EvaluationReport, ScoredItem
 
 __all__ = ["backtest", "calibrate", "evaluate", "parse_since", "promote"]
 
@@ -111,10 +111,22 @@ def evaluate(
     confidence: Confidence = 0.95,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 32,
+    appeals_days: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="With a database: the overturn rate of appeals decided in the last N days, "
+            "per category and policy version (0: leave it out).",
+        ),
+    ] = 90.0,
 ) -> None:
     """Measure policies on labelled images: per category precision, recall and F1 at the current
     thresholds, ROC AUC, average precision, review load and a confusion table, with confidence
-    intervals; PR curves and score histograms (PNG) and one self-contained HTML report."""
+    intervals; PR curves and score histograms (PNG) and one self-contained HTML report. With a
+    database, the appeals' overturn rate per category and policy version (a production quality
+    signal) goes beside them."""
+    import dataclasses
+
     from moderation.adapters.eval_report import write_report
     from moderation.pipeline.evaluate import evaluate as evaluate_use_case
 
@@ -125,6 +137,11 @@ def evaluate(
         )
     except ModerationError as exc:
         raise fail(exc) from exc
+    if appeals_days > 0:
+        quality = _appeal_quality(
+            [str(p["id"]) for p in report.policies], days=appeals_days, confidence=confidence
+        )
+        report = dataclasses.replace(report, appeals=quality)
     files = write_report(report, out_dir, title=f"Policy evaluation: {dataset.name}")
     if as_json:
         print(json.dumps(report.to_dict()))
@@ -164,7 +181,48 @@ def evaluate(
             out.print(f"[yellow]note[/]: {note}", highlight=False)
         if report.unlabelled:
             out.print(f"no labelled images for: {', '.join(report.unlabelled)}", highlight=False)
+        if report.appeals is not None:
+            out.print(_overturn_table(report.appeals))
     err.print(f"report: {files.html} ({len(files.images)} plots, {files.json.name})")
+
+
+def _appeal_quality(
+    policy_ids: list[str], *, days: float, confidence: float
+) -> AppealQuality | None:
+    """The appeals' overturn rates of ``policy_ids`` (None without a database; a database that
+    cannot be read is a warning: the evaluation stands without them)."""
+    import time
+
+    from moderation.compose.appeals import open_appeal_store
+    from moderation.compose.stores import command_database
+    from moderation.pipeline.evaluate import appeal_quality
+
+    settings = load_settings()
+    try:
+        store = open_appeal_store(settings, database=command_database(settings))
+        if store is None:
+            return None
+        decided = store.decided(since=time.time() - days * 86400)
+    except ModerationError as exc:
+        err.print(f"[yellow]warning[/]: no overturn rates: {exc}", highlight=False)
+        return None
+    return appeal_quality(decided, policy_ids=policy_ids, days=days, confidence=confidence)
+
+
+def _overturn_table(quality: AppealQuality) -> Table:
+    table = Table(
+        "category / policy version",
+        "appeals decided",
+        "overturned",
+        "overturn rate",
+        title=f"appeals decided in the last {quality.days:g} days",
+    )
+    for rows in (quality.by_category, quality.by_policy_version):
+        for r in rows:
+            table.add_row(r.key, str(r.decided), str(r.overturned), _pct(r.rate))
+    if not quality.by_category:
+        table.add_row("(none)", "0", "0", "–")
+    return table
 
 
 def _video_table(report: EvaluationReport) -> Table:

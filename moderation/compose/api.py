@@ -5,6 +5,7 @@ review queue, reviewer sign-in, audit log. Imports no torch: an API image can le
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from moderation.adapters.postgres.policies import PostgresPolicyStore
 from moderation.adapters.redis_limits import RedisRateLimiter
 from moderation.compose.access import build_reviewer_auth, build_tenants, enforce_security
 from moderation.compose.appeals import build_appeals, build_enforcement
-from moderation.compose.banks import build_banks, open_bank_guard
+from moderation.compose.banks import build_banks, open_bank_guard, open_exchange_health
 from moderation.compose.callbacks import CallbackSending, build_callback_sending, sends_callbacks
 from moderation.compose.database import (
     database_configured,
@@ -59,6 +60,7 @@ from moderation.ports import (
     BlobStore,
     CallbackSender,
     DeliveryLog,
+    ExchangeHealth,
     JobStore,
     NoticeStore,
     RateLimiter,
@@ -111,6 +113,8 @@ class ApiProcess:
     bank_guard: BankGuard | None = None
     #: Reviewer wellbeing: settings, exposure, break prompts (None: not kept).
     wellbeing: Wellbeing | None = None
+    #: The synced banks' health for /metrics (None: no database or no ``banks.exchanges``).
+    exchange_health: Callable[[Iterable[str]], list[ExchangeHealth]] | None = None
 
     def close(self) -> None:
         if self.callbacks is not None:
@@ -297,4 +301,5 @@ def build_api(
         notice_desk=notice_desk,
         bank_guard=open_bank_guard(settings, database, banks=banks, audit=audit),
         wellbeing=wellbeing,
+        exchange_health=open_exchange_health(settings, database),
     )

@@ -5,6 +5,7 @@ process's bank synchroniser.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from moderation.compose.stores import open_bank_store
@@ -12,7 +13,7 @@ from moderation.core.bank_guard import FloodRule
 from moderation.pipeline.bank_guard import BankGuard
 from moderation.pipeline.bank_sync import BankSync
 from moderation.pipeline.banks import BankService
-from moderation.ports import AuditSink, BankStore
+from moderation.ports import AuditSink, BankStore, ExchangeHealth
 from moderation.settings import Settings
 from moderation.signals import LoadedBanks
 
@@ -21,7 +22,13 @@ if TYPE_CHECKING:
 
     from moderation.pipeline.exchange_sync import ExchangeSync
 
-__all__ = ["build_bank_sync", "build_banks", "open_bank_guard", "open_exchange_sync"]
+__all__ = [
+    "build_bank_sync",
+    "build_banks",
+    "open_bank_guard",
+    "open_exchange_health",
+    "open_exchange_sync",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +90,15 @@ def open_exchange_sync(database: ConnectionPool, banks: BankService) -> Exchange
     from moderation.pipeline.exchange_sync import ExchangeSync
 
     return ExchangeSync(PostgresExchangeSync(database), banks)
+
+
+def open_exchange_health(
+    settings: Settings, database: ConnectionPool | None
+) -> Callable[[Iterable[str]], list[ExchangeHealth]] | None:
+    """The synced banks' health for the API's /metrics (None: no database, or no bank is
+    synced from an exchange)."""
+    if database is None or not settings.banks.exchanges:
+        return None
+    from moderation.adapters.postgres.exchange_sync import PostgresExchangeSync
+
+    return PostgresExchangeSync(database).health

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from moderation.core.appeals import Appeal, overturn_rates
 from moderation.core.data import Data
 from moderation.core.decision import Timeline, Verdict
 from moderation.core.evaluation import (
@@ -36,8 +37,11 @@ from moderation.pipeline.sources import ImageSources
 
 __all__ = [
     "Accuracy",
+    "AppealQuality",
     "EvaluationReport",
+    "OverturnRow",
     "ScoredItem",
+    "appeal_quality",
     "category_keys",
     "evaluate",
     "fetcher",
@@ -183,6 +187,65 @@ class Accuracy(Data):
 
 
 @dataclass(frozen=True, slots=True)
+class OverturnRow(Data):
+    """Decided appeals of one category (``policy/category``) or policy version
+    (``policy@vN``): how many, how many overturned, the rate and its interval."""
+
+    key: str
+    decided: int
+    overturned: int
+    rate: float
+    interval: Interval | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppealQuality(Data):
+    """Appeal outcomes of the evaluated policies over the last ``days``: a quality signal
+    from production beside the labelled set's metrics. A high overturn rate says the model (or
+    the first reviewers) restrict what should stand, in that category or since that version."""
+
+    days: float
+    decided: int
+    overturned: int
+    by_category: list[OverturnRow]
+    by_policy_version: list[OverturnRow]
+
+
+def appeal_quality(
+    appeals: Iterable[Appeal],
+    *,
+    policy_ids: Iterable[str],
+    days: float,
+    confidence: float = 0.95,
+) -> AppealQuality:
+    """The overturn rates of the decided ``appeals`` of ``policy_ids``, per category and per
+    policy version (highest rate first), with Wilson intervals."""
+    wanted = set(policy_ids)
+    mine = [a for a in appeals if a.policy_id in wanted]
+
+    def rows(by: str) -> list[OverturnRow]:
+        return [
+            OverturnRow(
+                key=r.key,
+                decided=r.decided,
+                overturned=r.overturned,
+                rate=r.rate,
+                interval=wilson(r.overturned, r.decided, confidence),
+            )
+            for r in overturn_rates(mine, by=by)
+        ]
+
+    by_category = rows("category")
+    return AppealQuality(
+        days=days,
+        decided=sum(r.decided for r in by_category),
+        overturned=sum(r.overturned for r in by_category),
+        by_category=by_category,
+        by_policy_version=rows("policy_version"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class EvaluationReport(Data):
     """What ``moderation eval`` reports."""
 
@@ -204,6 +267,8 @@ class EvaluationReport(Data):
     #: the categories with labelled videos.
     videos: list[VideoMetrics] = field(default_factory=list)
     n_videos: int = 0
+    #: Appeal outcomes in production (``moderation eval`` with a database), None without.
+    appeals: AppealQuality | None = None
 
 
 def _accuracy(

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from moderation.core.banks import EntryData
-from moderation.exceptions import BankNotFound
+from moderation.exceptions import BankNotFound, ModerationError, TransientError
 from moderation.pipeline.banks import BankService
 from moderation.ports import ExchangeDelta, ExchangeFeed, ExchangeSyncStore
 
@@ -79,29 +79,47 @@ class ExchangeSync:
             ExchangeUnavailable, DatabaseUnavailable, QueueUnavailable: transient.
             BankBusy: an import holds the bank.
         """
-        name = bank or source
         with self.store.lock(source):
             try:
-                self.banks.info(name)
-            except BankNotFound:
-                self.banks.create(name, description=f"synced from exchange {source}")
-            batches = added = removed = ignored = 0
-            for delta in self._fetch(source, feed):
-                a, r = self._apply(source, name, delta.additions, delta.removals)
-                self.store.save(
-                    source,
-                    checkpoint=delta.checkpoint,
-                    records={
-                        **{k: None for k in delta.removals},
-                        **{k: v for k, v in delta.additions.items()},
-                    },
-                    applied=len(delta.additions) + len(delta.removals),
-                )
-                batches += 1
-                added += a
-                removed += r
-                ignored += delta.ignored
-        report = SyncReport(
+                report = self._sync(source, feed, bank or source)
+            except ModerationError as exc:
+                self._record(source, exc.code)
+                raise
+            self._record(source, None)
+        log.info("exchange %s synced into bank %s: %s", source, report.bank, report)
+        return report
+
+    def _record(self, source: str, error_code: str | None) -> None:
+        """Keep the sync's outcome for the health metrics; a store that cannot take it (the
+        database is down: most likely the error being recorded) does not hide the sync's own
+        outcome."""
+        try:
+            self.store.record_outcome(source, error_code=error_code)
+        except TransientError as exc:
+            log.warning("exchange %s: sync outcome not recorded: %s", source, exc)
+
+    def _sync(self, source: str, feed: ExchangeFeed, name: str) -> SyncReport:
+        try:
+            self.banks.info(name)
+        except BankNotFound:
+            self.banks.create(name, description=f"synced from exchange {source}")
+        batches = added = removed = ignored = 0
+        for delta in self._fetch(source, feed):
+            a, r = self._apply(source, name, delta.additions, delta.removals)
+            self.store.save(
+                source,
+                checkpoint=delta.checkpoint,
+                records={
+                    **{k: None for k in delta.removals},
+                    **{k: v for k, v in delta.additions.items()},
+                },
+                applied=len(delta.additions) + len(delta.removals),
+            )
+            batches += 1
+            added += a
+            removed += r
+            ignored += delta.ignored
+        return SyncReport(
             source=source,
             bank=name,
             batches=batches,
@@ -109,8 +127,6 @@ class ExchangeSync:
             removed=removed,
             ignored=ignored,
         )
-        log.info("exchange %s synced into bank %s: %s", source, name, report)
-        return report
 
     def _fetch(self, source: str, feed: ExchangeFeed) -> Iterator[ExchangeDelta]:
         return feed.fetch(self.store.checkpoint(source))

@@ -115,6 +115,7 @@ _STATIC = {
     "context.css": "text/css; charset=utf-8",
     "wellbeing.js": "text/javascript; charset=utf-8",
     "admin.js": "text/javascript; charset=utf-8",
+    "appeal.js": "text/javascript; charset=utf-8",
 }
 SESSION_COOKIE = "mr_session"
 PRE_COOKIE = "mr_pre"

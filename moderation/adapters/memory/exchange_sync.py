@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 from moderation.exceptions import ExchangeBusy
+from moderation.ports import ExchangeHealth
 
 __all__ = ["MemoryExchangeSync"]
 
@@ -20,6 +23,9 @@ class MemoryExchangeSync:
     rows: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     _held: set[str] = field(default_factory=set)
+    #: source -> [last success (clock seconds) or None, failures, errors_total, last code]
+    outcomes: dict[str, list[object]] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @contextmanager
@@ -71,3 +77,29 @@ class MemoryExchangeSync:
             for h in values
             if h in wanted
         }
+
+    def record_outcome(self, source: str, *, error_code: str | None) -> None:
+        with self._lock:
+            row = self.outcomes.setdefault(source, [None, 0, 0, None])
+            if error_code is None:
+                row[0], row[1] = self.clock(), 0
+            else:
+                row[1] = cast(int, row[1]) + 1
+                row[2] = cast(int, row[2]) + 1
+                row[3] = error_code
+
+    def health(self, sources: Iterable[str]) -> list[ExchangeHealth]:
+        now = self.clock()
+        out = []
+        for source in sources:
+            last, failures, total, code = self.outcomes.get(source, [None, 0, 0, None])
+            out.append(
+                ExchangeHealth(
+                    source=source,
+                    last_success_age_s=None if last is None else now - cast(float, last),
+                    failures=cast(int, failures),
+                    errors_total=cast(int, total),
+                    last_error_code=cast("str | None", code),
+                )
+            )
+        return out

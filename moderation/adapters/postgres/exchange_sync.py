@@ -1,6 +1,9 @@
 """Synced banks' checkpoints and upstream records on PostgreSQL (tables
 ``exchange_checkpoints`` and ``exchange_records``, ``migrations/0055_exchange_sync.sql``).
 
+Each sync's outcome (``record_outcome``) updates the source's health columns
+(``migrations/0100_exchange_sync_health.sql``), which ``health`` reads with the database's clock.
+
 One syncer per source: a session advisory lock on ``exchange-sync:<source>`` (tried, not waited
 for). ``save`` writes the records and the checkpoint in one transaction, so a crash between
 batches resumes from the last batch applied.
@@ -15,6 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from moderation.adapters.postgres.errors import database_errors
 from moderation.exceptions import ExchangeBusy
+from moderation.ports import ExchangeHealth
 
 __all__ = ["PostgresExchangeSync"]
 
@@ -110,3 +114,46 @@ class PostgresExchangeSync:
                 " fetched = exchange_checkpoints.fetched + EXCLUDED.fetched, updated_at = now()",
                 (source, checkpoint, applied),
             )
+
+    def record_outcome(self, source: str, *, error_code: str | None) -> None:
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            if error_code is None:
+                conn.execute(
+                    "INSERT INTO exchange_checkpoints (source, last_success_at, last_attempt_at)"
+                    " VALUES (%s, now(), now()) ON CONFLICT (source) DO UPDATE SET"
+                    " last_success_at = now(), last_attempt_at = now(), failures = 0",
+                    (source,),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO exchange_checkpoints (source, last_attempt_at, failures,"
+                    " errors_total, last_error_code) VALUES (%s, now(), 1, 1, %s)"
+                    " ON CONFLICT (source) DO UPDATE SET last_attempt_at = now(),"
+                    " failures = exchange_checkpoints.failures + 1,"
+                    " errors_total = exchange_checkpoints.errors_total + 1,"
+                    " last_error_code = EXCLUDED.last_error_code",
+                    (source, error_code),
+                )
+
+    def health(self, sources: Iterable[str]) -> list[ExchangeHealth]:
+        wanted = list(dict.fromkeys(sources))
+        if not wanted:
+            return []
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT source, EXTRACT(EPOCH FROM now() - last_success_at)::float8, failures,"
+                " errors_total, last_error_code FROM exchange_checkpoints"
+                " WHERE source = ANY(%s)",
+                (wanted,),
+            ).fetchall()
+        found = {
+            str(r[0]): ExchangeHealth(
+                source=str(r[0]),
+                last_success_age_s=None if r[1] is None else max(0.0, float(r[1])),
+                failures=int(r[2]),
+                errors_total=int(r[3]),
+                last_error_code=r[4],
+            )
+            for r in rows
+        }
+        return [found.get(s, ExchangeHealth(source=s, last_success_age_s=None)) for s in wanted]

@@ -342,6 +342,9 @@
     }
   }
 
+  // appeal.js decides an appeal item (uphold / overturn with a reason code) through here.
+  document.addEventListener("review:decide", (e) => { decide(e.detail.decision, e.detail.reason_code); });
+
   // Take the last decision back (within the undo window): that item comes back, leased again;
   // the item shown meanwhile goes back to the queue.
   async function undo() {
