@@ -72,9 +72,7 @@ class Signals(Mapping[str, Signal]):
     def costs(self) -> dict[str, float]:
         """Each signal's declared cost per image (the scorer runs the cheapest first); one that
         declares none counts as free (it always runs)."""
-        return {
-            name: float(getattr(signal, "cost", 0.0)) for name, signal in self._by_name.items()
-        }
+        return {name: float(getattr(signal, "cost", 0.0)) for name, signal in self._by_name.items()}
 
     @property
     def image_signals(self) -> list[Signal]:
