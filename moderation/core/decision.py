@@ -30,8 +30,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moderation.core.data import Data
-from moderation.core.policy import COMBINE_SIGNAL, Action, Quorum, Severity
-from moderation.core.scoring import CategorySlot, Combined, Evidence, ScoreBatch, member_bands
+from moderation.core.policy import COMBINE_SIGNAL, Action, Severity
+from moderation.core.scoring import (
+    CategorySlot,
+    Evidence,
+    ScoreBatch,
+    combined_band,
+    member_bands,
+)
 
 __all__ = [
     "CategoryResult",
@@ -39,6 +45,7 @@ __all__ = [
     "Evidence",
     "FrameHash",
     "PolicyRef",
+    "SkippedSignal",
     "Timeline",
     "Verdict",
     "VideoFindings",
@@ -155,6 +162,21 @@ class VideoFindings(Data):
 
 
 @dataclass(frozen=True, slots=True)
+class SkippedSignal(Data):
+    """A signal that did not run on an image, and why (cost control,
+    :mod:`moderation.core.scoring`): its categories have no score in the verdict."""
+
+    signal: str
+    #: Why: ``settled`` (a cheaper signal's category had already blocked with a severity at
+    #: least this signal's categories could reach).
+    reason: str
+    #: Its categories (``policy/category``), left unscored.
+    categories: list[str]
+    #: The category whose block settled the decision.
+    settled_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict(Data):
     """The outcome for one image, with enough context to explain and audit it."""
 
@@ -172,6 +194,8 @@ class Verdict(Data):
     #: A video's or an animation's findings (segments per category, the top frame); None for
     #: a still image.
     video: VideoFindings | None = None
+    #: Signals not run on this image because its decision was already settled (cost order).
+    skipped: list[SkippedSignal] = field(default_factory=list)
 
     @property
     def deciding(self) -> CategoryResult | None:
@@ -196,6 +220,10 @@ class Verdict(Data):
         )
         best = top.evidence[0] if top.evidence else None
         tail = f"; best match {best.label!r} ({best.score:.2f})" if best else ""
+        if self.skipped:
+            tail += "; not run (decision settled): " + ", ".join(
+                f"{s.signal} (by {s.settled_by})" for s in self.skipped
+            )
         return f"{verb}: {top.key} ({top.severity.value}) score {top.score:.3f} {bound}{tail}"
 
 
@@ -240,23 +268,6 @@ def bands(batch: ScoreBatch) -> NDArray[np.int8]:
     return out
 
 
-def combined_band(
-    own: NDArray[np.int8], scores: NDArray[np.float32], combined: Combined
-) -> NDArray[np.int8]:
-    """(N,) the band of a combined category from its members' own bands and scores."""
-    members = list(combined.members)
-    rule = combined.rule
-    member = own[:, members]
-    reached_block = member == 2
-    reached_review = member >= 1
-    block = reached_block.all(axis=1) if rule.block is Quorum.ALL else reached_block.any(axis=1)
-    review = reached_review.all(axis=1) if rule.review is Quorum.ALL else reached_review.any(axis=1)
-    if rule.disagree_review is not None:
-        spread = scores[:, members].max(axis=1) - scores[:, members].min(axis=1)
-        review = review | (spread > rule.disagree_review)
-    return np.where(block, 2, np.where(review, 1, 0)).astype(np.int8)
-
-
 def _policy_refs(batch: ScoreBatch) -> list[PolicyRef]:
     seen: dict[str, PolicyRef] = {}
     for slot in batch.slots:
@@ -297,6 +308,7 @@ def build_verdict(
     model: str,
     *,
     video: VideoFindings | None = None,
+    skipped: list[SkippedSignal] | None = None,
 ) -> Verdict:
     """The verdict of ``results`` (most severe first): the head band decides."""
     head = results[0]
@@ -313,7 +325,30 @@ def build_verdict(
         policies=refs,
         model=model,
         video=video,
+        skipped=skipped or [],
     )
+
+
+def _skipped(batch: ScoreBatch, row: int) -> list[SkippedSignal]:
+    return [
+        SkippedSignal(
+            signal=skip.signal,
+            reason="settled",
+            categories=[batch.slots[c].key for c in skip.columns.tolist()],
+            settled_by=batch.slots[by].key if by >= 0 else None,
+        )
+        for skip, by in batch.skipped(row)
+    ]
+
+
+def _scores_of(
+    keys: Sequence[str], row: Sequence[float], unscored: NDArray[np.bool_] | None
+) -> dict[str, float]:
+    if unscored is None:
+        return {k: round(v, 6) for k, v in zip(keys, row, strict=True)}
+    return {
+        k: round(v, 6) for k, v, skip in zip(keys, row, unscored.tolist(), strict=True) if not skip
+    }
 
 
 def verdict_at(batch: ScoreBatch, row: int) -> Verdict:
@@ -345,11 +380,17 @@ def verdict_at(batch: ScoreBatch, row: int) -> Verdict:
         _category_result(batch.slots[c], float(scores[c]), int(band_row[c]), ev)
         for c, ev in zip(shown, evidence, strict=True)
     ]
+    unscored = batch.unscored()
     return build_verdict(
         results,
-        {s.key: round(float(scores[c]), 6) for c, s in enumerate(batch.slots)},
+        _scores_of(
+            [s.key for s in batch.slots],
+            scores.astype(np.float64).tolist(),
+            None if unscored is None else unscored[row],
+        ),
         _policy_refs(batch),
         batch.slots[0].policy.model.id,
+        skipped=_skipped(batch, row),
     )
 
 
@@ -385,6 +426,7 @@ def verdicts(batch: ScoreBatch) -> list[Verdict]:
     pair_cols = cols.tolist()
     pair_bands = band_matrix[rows, cols].tolist()
     counts = n_shown.tolist()
+    unscored = batch.unscored()
     out: list[Verdict] = []
     start = 0
     for i in range(n):
@@ -400,9 +442,10 @@ def verdicts(batch: ScoreBatch) -> list[Verdict]:
         out.append(
             build_verdict(
                 results,
-                {k: round(v, 6) for k, v in zip(keys, row_scores, strict=True)},
+                _scores_of(keys, row_scores, None if unscored is None else unscored[i]),
                 refs,
                 model,
+                skipped=_skipped(batch, i) if unscored is not None else None,
             )
         )
     return out

@@ -342,8 +342,23 @@ class Exemplars(_Strict):
         return [*self.positive, *self.benign]
 
 
+def _category_schema(schema: dict[str, Any]) -> None:
+    """The JSON Schema of a category: ``thresholds`` is required except on a combine category,
+    which must not have any (its members' thresholds decide)."""
+    required = [name for name in schema.get("required", []) if name != "thresholds"]
+    schema["required"] = required
+    schema["if"] = {
+        "properties": {"signal": {"const": COMBINE_SIGNAL}},
+        "required": ["signal"],
+    }
+    schema["then"] = {"required": ["combine"], "not": {"required": ["thresholds"]}}
+    schema["else"] = {"required": ["thresholds"]}
+
+
 class Category(_Strict):
     """One kind of harm a policy detects."""
+
+    model_config = ConfigDict(json_schema_extra=_category_schema)
 
     id: Identifier
     description: str = Field(min_length=1)
@@ -424,13 +439,25 @@ class Category(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _combined_thresholds(cls, value: Any) -> Any:
-        if isinstance(value, dict) and value.get("signal") == COMBINE_SIGNAL:
-            # A dumped policy carries the placeholder back: accept it, refuse any other.
-            if value.get("thresholds", COMBINE_THRESHOLDS) != COMBINE_THRESHOLDS:
-                raise ValueError(
-                    "a combine category takes no thresholds: its members' thresholds decide"
-                )
+        # A combine category writes no thresholds: it carries the placeholder.
+        if (
+            isinstance(value, dict)
+            and value.get("signal") == COMBINE_SIGNAL
+            and "thresholds" not in value
+        ):
             value = {**value, "thresholds": COMBINE_THRESHOLDS}
+        return value
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _no_thresholds_on_combine(cls, value: Any, info: Any) -> Any:
+        # A dumped policy carries the placeholder back: accept it, refuse any other (at the
+        # thresholds' own line).
+        if info.data.get("signal") == COMBINE_SIGNAL and value != COMBINE_THRESHOLDS:
+            raise ValueError(
+                "a combine category takes no thresholds: its members' thresholds decide "
+                "(`moderation calibrate` tunes them together)"
+            )
         return value
 
     @field_validator("combine")

@@ -16,6 +16,18 @@ A combined category (``signal: combine``, :class:`~moderation.core.policy.Combin
 no signal of its own: its column holds the highest score of its members and its evidence lists
 each member's contribution (score, thresholds, band); its band comes from its members' bands
 (:func:`moderation.core.decision.bands`).
+
+**Cost order.** Each signal declares a ``cost`` per image (prompts 0: free once the image is
+embedded; hash banks 1; a classifier 10; OCR more). The scorer runs the signals cheapest first,
+and a signal of cost at least ``skip_cost`` (one that runs a model per image) runs only on the
+rows whose decision it could still change: a row is *settled* for it when a category already
+scored blocks it (after allow-lists and quarantine caps) with a severity at least the highest
+severity the signal could act with (its own categories', and those of the combined categories it
+is a member of). Block is the most severe decision, so a settled row's decision and severity
+cannot change; the signal's categories are left unscored on it (band allow, no score in the
+verdict) and the verdict lists the signal as skipped, with the category that settled it
+(:class:`SignalSkip`). ``complete=True`` scores every signal on every row (evaluation and
+calibration measure each signal alone).
 """
 
 from __future__ import annotations
@@ -29,10 +41,11 @@ from numpy.typing import NDArray
 
 from moderation.core.compiled import CompiledCategory, CompiledPolicy
 from moderation.core.data import Data
-from moderation.core.policy import COMBINE_SIGNAL, Combine
+from moderation.core.policy import COMBINE_SIGNAL, Combine, Quorum
 from moderation.exceptions import PolicyError
 
 __all__ = [
+    "SKIP_COST",
     "CategorySlot",
     "Combined",
     "Evidence",
@@ -42,9 +55,12 @@ __all__ = [
     "SignalScorer",
     "SignalScorerFactory",
     "SignalScores",
+    "SignalSkip",
     "Suppression",
     "Suppressor",
     "UnknownSignalError",
+    "combined_band",
+    "member_bands",
 ]
 
 
@@ -61,6 +77,23 @@ class Evidence(Data):
     label: str
     score: float
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSkip:
+    """A signal left unrun on some rows of a batch because their decision was settled.
+
+    Attributes:
+        signal: the signal's name.
+        columns: its categories' columns.
+        rows: (N,) whether it was skipped on each row.
+        settled_by: (N,) the column whose block settled each skipped row (-1 elsewhere).
+    """
+
+    signal: str
+    columns: NDArray[np.intp]
+    rows: NDArray[np.bool_]
+    settled_by: NDArray[np.intp]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +118,28 @@ def member_bands(
     return out
 
 
+def combined_band(
+    own: NDArray[np.int8], scores: NDArray[np.float32], combined: Combined
+) -> NDArray[np.int8]:
+    """(N,) the band of a combined category from its members' own bands and scores."""
+    members = list(combined.members)
+    rule = combined.rule
+    member = own[:, members]
+    reached_block = member == 2
+    reached_review = member >= 1
+    block = reached_block.all(axis=1) if rule.block is Quorum.ALL else reached_block.any(axis=1)
+    review = reached_review.all(axis=1) if rule.review is Quorum.ALL else reached_review.any(axis=1)
+    if rule.disagree_review is not None:
+        spread = scores[:, members].max(axis=1) - scores[:, members].min(axis=1)
+        review = review | (spread > rule.disagree_review)
+    return np.where(block, 2, np.where(review, 1, 0)).astype(np.int8)
+
+
 _BAND_NAMES = ("allow", "review", "block")
+
+#: Signals of at least this cost per image (a model run: a classifier, OCR) are skipped on rows
+#: whose decision is settled; cheaper ones (prompts 0, hash banks 1) always run.
+SKIP_COST = 5.0
 
 
 class CombinedScores:
@@ -248,6 +302,21 @@ class ScoreBatch:
     suppressed: Mapping[tuple[int, int], Evidence] = field(default_factory=dict)
     #: The combined categories' columns (their bands come from their members').
     combined: tuple[Combined, ...] = ()
+    #: Signals left unrun on settled rows (cost order), in the order they were considered.
+    skips: tuple[SignalSkip, ...] = ()
+
+    def skipped(self, row: int) -> list[tuple[SignalSkip, int]]:
+        """The signals skipped on ``row``, each with the column that settled it."""
+        return [(skip, int(skip.settled_by[row])) for skip in self.skips if skip.rows[row]]
+
+    def unscored(self) -> NDArray[np.bool_] | None:
+        """(N, C) the cells a skipped signal left unscored (None: none)."""
+        if not self.skips:
+            return None
+        out = np.zeros(self.scores.shape, bool)
+        for skip in self.skips:
+            out[np.ix_(skip.rows, skip.columns)] = True
+        return out
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -285,6 +354,8 @@ class Scorer:
         signals: Mapping[str, SignalScorerFactory],
         *,
         suppressor: Suppressor | None = None,
+        costs: Mapping[str, float] | None = None,
+        skip_cost: float = SKIP_COST,
     ) -> None:
         if not policies:
             raise ValueError("Scorer needs at least one compiled policy")
@@ -306,7 +377,16 @@ class Scorer:
         self._scorers: list[tuple[SignalScorer, NDArray[np.intp]]] = []
         self._part_of = np.zeros(len(slots), np.intp)
         self._local = np.zeros(len(slots), np.intp)
-        for name, group in groups.items():
+        cost_of = dict(costs or {})
+        #: Per scorer: its signal's name, and the severity rank it could act with when it may
+        #: be skipped on settled rows (None: always runs).
+        self._plans: list[tuple[str, int | None]] = []
+        member_of: dict[int, list[Combined]] = {}
+        for combined in self.combined:
+            for member in combined.members:
+                member_of.setdefault(member, []).append(combined)
+        # cheapest first (stable: equal costs keep the policies' order)
+        for name, group in sorted(groups.items(), key=lambda item: cost_of.get(item[0], 0.0)):
             factory = signals.get(name)
             if factory is None:
                 raise UnknownSignalError(
@@ -317,28 +397,63 @@ class Scorer:
             self._part_of[columns] = len(self._scorers)
             self._local[columns] = np.arange(len(group))
             self._scorers.append((factory(group), columns))
+            reach = [
+                *(s.category.category.severity.rank for s in group),
+                *(
+                    slots[c.column].category.category.severity.rank
+                    for s in group
+                    for c in member_of.get(s.column, [])
+                ),
+            ]
+            skippable = cost_of.get(name, 0.0) >= skip_cost
+            self._plans.append((name, max(reach) if skippable else None))
+        self._severity = np.array([s.category.category.severity.rank for s in slots], np.int8)
+        #: Columns that act on their own (not members, not combined: those are resolved
+        #: together once their members are scored).
+        self._acting = np.ones(len(slots), bool)
+        for combined in self.combined:
+            self._acting[list(combined.members)] = False
+            self._acting[combined.column] = False
 
-    def score(self, batch: FeatureBatch) -> ScoreBatch:
-        """Score every row of ``batch`` against every category."""
+    def score(self, batch: FeatureBatch, *, complete: bool = False) -> ScoreBatch:
+        """Score every row of ``batch`` against every category, signals cheapest first; a
+        costly signal is skipped on rows already settled (see the module docstring) unless
+        ``complete``."""
         n = len(batch)
-        scores = np.empty((n, len(self.slots)), dtype=np.float32)
+        scores = np.zeros((n, len(self.slots)), dtype=np.float32)
         parts: list[tuple[SignalScores, NDArray[np.intp]]] = []
         ceiling: NDArray[np.int8] | None = None
-        for scorer, columns in self._scorers:
-            part = scorer.score(batch)
+        suppression = self.suppressor.suppress(batch, self.slots) if self.suppressor else None
+        if suppression is not None and suppression.pairs:
+            ceiling = np.full((n, len(self.slots)), 2, np.int8)
+            for row, col in suppression.pairs:
+                ceiling[row, col] = 0
+        scored = np.zeros(len(self.slots), bool)
+        skips: list[SignalSkip] = []
+        for (scorer, columns), (name, reach) in zip(self._scorers, self._plans, strict=True):
+            rows: NDArray[np.intp] | None = None
+            if reach is not None and not complete and scored.any() and n:
+                settled, by = self._settled(scores, ceiling, scored, reach)
+                if settled.any():
+                    skips.append(SignalSkip(name, columns, settled, by))
+                    rows = np.flatnonzero(~settled)
+            part = (
+                scorer.score(batch)
+                if rows is None
+                else _Rows.score(scorer, batch, rows, name, len(columns))
+            )
             scores[:, columns] = part.scores
             parts.append((part, columns))
+            scored[columns] = True
             capped = getattr(part, "ceiling", None)  # a signal may cap bands (hash banks)
             if capped is not None:
                 if ceiling is None:
                     ceiling = np.full((n, len(self.slots)), 2, np.int8)
-                ceiling[:, columns] = capped
-        suppression = self.suppressor.suppress(batch, self.slots) if self.suppressor else None
-        if suppression is not None and suppression.pairs:
+                ceiling[:, columns] = np.minimum(ceiling[:, columns], capped)
+        for skip in skips:  # an unscored cell never reaches a band
             if ceiling is None:
                 ceiling = np.full((n, len(self.slots)), 2, np.int8)
-            for row, col in suppression.pairs:
-                ceiling[row, col] = 0
+            ceiling[np.ix_(skip.rows, skip.columns)] = 0
         if self.combined:
             own = member_bands(scores, self.slots, ceiling)
             part = CombinedScores(self.combined, self.slots, scores, own)
@@ -355,7 +470,99 @@ class Scorer:
             ceiling=ceiling,
             suppressed=suppression.pairs if suppression is not None else {},
             combined=self.combined,
+            skips=tuple(skips),
         )
+
+    def _settled(
+        self,
+        scores: NDArray[np.float32],
+        ceiling: NDArray[np.int8] | None,
+        scored: NDArray[np.bool_],
+        reach: int,
+    ) -> tuple[NDArray[np.bool_], NDArray[np.intp]]:
+        """(N,) rows already blocked by a scored category of severity ``>= reach``, and (N,)
+        the column that blocks each (the most severe; -1 where none)."""
+        bands = member_bands(scores, self.slots, ceiling)
+        blocking = (bands == 2) & (self._acting & scored)[None, :]
+        for combined in self.combined:
+            members = list(combined.members)
+            done = [m for m in members if scored[m]]
+            if len(done) == len(members):
+                band = combined_band(bands, scores, combined)
+            elif done and combined.rule.block is Quorum.ANY:
+                # one scored member in its block band blocks, whatever the others score
+                band = np.where((bands[:, done] == 2).any(axis=1), 2, 0).astype(np.int8)
+            else:
+                continue
+            if ceiling is not None:
+                band = np.minimum(band, ceiling[:, combined.column])
+            blocking[:, combined.column] = band == 2
+        strength = np.where(blocking, self._severity[None, :], 0)
+        by = strength.argmax(axis=1)
+        settled = strength[np.arange(len(by)), by] >= reach
+        return settled, np.where(settled, by, -1).astype(np.intp)
+
+
+class _Rows:
+    """A signal's scores of some rows of a batch, spread back over every row: the skipped rows
+    score 0 and explain themselves as skipped."""
+
+    def __init__(self, part: SignalScores, rows: NDArray[np.intp], n: int, signal: str) -> None:
+        self.part = part
+        self.rows = rows
+        self.signal = signal
+        self._local = np.full(n, -1, np.intp)
+        self._local[rows] = np.arange(len(rows))
+        inner = part.scores
+        self._scores = np.zeros((n, inner.shape[1]), np.float32)
+        self._scores[rows] = inner
+        capped = getattr(part, "ceiling", None)
+        if capped is not None:
+            self.ceiling = np.full((n, inner.shape[1]), 2, np.int8)
+            self.ceiling[rows] = capped
+
+    @classmethod
+    def score(
+        cls,
+        scorer: SignalScorer,
+        batch: FeatureBatch,
+        rows: NDArray[np.intp],
+        signal: str,
+        width: int,
+    ) -> SignalScores:
+        picked = rows.tolist()
+        subset = FeatureBatch(
+            embeddings=batch.embeddings[rows],
+            features={name: [values[i] for i in picked] for name, values in batch.features.items()},
+            groups=None if batch.groups is None else [batch.groups[i] for i in picked],
+        )
+        part = scorer.score(subset) if picked else _Empty(width)
+        return cls(part, rows, len(batch), signal)
+
+    @property
+    def scores(self) -> NDArray[np.float32]:
+        return self._scores
+
+    def evidence(self, rows: NDArray[np.intp], cols: NDArray[np.intp]) -> list[list[Evidence]]:
+        local = self._local[rows]
+        ran = local >= 0
+        found = iter(self.part.evidence(local[ran], cols[ran]) if ran.any() else [])
+        skipped = Evidence(self.signal, "not run: decision already settled", 0.0, {})
+        return [next(found) if r else [skipped] for r in ran.tolist()]
+
+
+class _Empty:
+    """No row to score: a signal's empty result (its model never runs)."""
+
+    def __init__(self, width: int) -> None:
+        self._scores = np.zeros((0, width), np.float32)
+
+    @property
+    def scores(self) -> NDArray[np.float32]:
+        return self._scores
+
+    def evidence(self, rows: NDArray[np.intp], cols: NDArray[np.intp]) -> list[list[Evidence]]:
+        return [[] for _ in range(len(rows))]
 
 
 def _combined(group: Sequence[CategorySlot], slots: Sequence[CategorySlot]) -> tuple[Combined, ...]:

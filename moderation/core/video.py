@@ -101,13 +101,18 @@ def video_verdict(
         )
     )
     top_index = best[results[0].key][2]
-    scores = {key: max(v.scores.get(key, 0.0) for v in frames) for key in frames[top_index].scores}
+    scores: dict[str, float] = {}
+    for frame in frames:  # a category a skipped signal left unscored on a frame: the others'
+        for key, value in frame.scores.items():
+            scores[key] = max(value, scores.get(key, value))
+    skipped = {s.signal: s for frame in frames for s in reversed(frame.skipped)}
     return build_verdict(
         results,
         scores,
         frames[top_index].policies,
         frames[top_index].model,
         video=_findings(timeline, segments, top_index, held),
+        skipped=list(skipped.values()),
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moderation.core.appeals import Appeal, overturn_rates
+from moderation.core.combined_evaluation import CombinedMetrics, combined_metrics
 from moderation.core.data import Data
 from moderation.core.decision import Timeline, Verdict
 from moderation.core.evaluation import (
@@ -27,7 +28,7 @@ from moderation.core.evaluation import (
     wilson,
 )
 from moderation.core.image_ref import ImageRef
-from moderation.core.policy import COMBINE_SIGNAL
+from moderation.core.policy import COMBINE_SIGNAL, Category, Combine
 from moderation.core.video_quality import LabelledVideo, VideoMetrics, video_metrics
 from moderation.exceptions import ModerationError
 from moderation.pipeline.moderator import Moderator
@@ -43,8 +44,10 @@ __all__ = [
     "ScoredItem",
     "appeal_quality",
     "category_keys",
+    "combined_members",
     "evaluate",
     "fetcher",
+    "labelled_member_scores",
     "labelled_scores",
     "labelled_videos",
     "score_dataset",
@@ -92,6 +95,7 @@ def score_dataset(
         batch_size=batch_size,
         on_done=on_done,
         frames=True,
+        complete=True,  # each signal is measured, even where a cheaper one settled the image
     )
     return [
         ScoredItem(
@@ -172,6 +176,42 @@ def labelled_scores(
         truths.append(truth)
         kept.append(entry)
     return np.asarray(scores, np.float64), np.asarray(truths, bool), kept
+
+
+def labelled_member_scores(
+    scored: Sequence[ScoredItem], key: str, members: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, k) the member scores and (N,) ground truths of the images labelled for the combined
+    category ``key`` (a video's member score: its highest sampled frame's, as
+    :func:`labelled_scores` takes it)."""
+    rows: list[list[float]] = []
+    truths: list[bool] = []
+    for entry in scored:
+        if entry.verdict is None:
+            continue
+        truth = entry.item.truth(key)
+        if truth is None or any(m not in entry.verdict.scores for m in members):
+            continue
+        row = []
+        for member in members:
+            frames = [f.scores[member] for f in entry.frames if member in f.scores]
+            row.append(max(frames) if frames else entry.verdict.scores[member])
+        rows.append(row)
+        truths.append(truth)
+    return (
+        np.asarray(rows, np.float64).reshape(len(rows), len(members)),
+        np.asarray(truths, bool),
+    )
+
+
+def combined_members(compiled: CompiledSet, key: str) -> tuple[Combine, list[Category]] | None:
+    """The rule and member categories of ``key`` when it is a combined category."""
+    policy_id, _, category_id = key.partition("/")
+    policy = compiled.by_id[policy_id].policy
+    category = policy.category(category_id)
+    if category.combine is None:
+        return None
+    return category.combine, [policy.category(m) for m in category.combine.of]
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +309,8 @@ class EvaluationReport(Data):
     n_videos: int = 0
     #: Appeal outcomes in production (``moderation eval`` with a database), None without.
     appeals: AppealQuality | None = None
+    #: Combined categories with labelled images: each member's signal alone, and the rule.
+    combined: list[CombinedMetrics] = field(default_factory=list)
 
 
 def _accuracy(
@@ -318,9 +360,31 @@ def evaluate(
     unlabelled: list[str] = []
     videos: list[VideoMetrics] = []
     combined = _combined_keys(compiled, policy_ids)
+    measured: list[CombinedMetrics] = []
     for key, (review, block) in keys.items():
         if key in combined:
-            continue  # its band is its members' rule, not a threshold on its score
+            # its band is its members' rule, not a threshold on its score: each member alone
+            # and the rule, against this category's labels
+            rule, members = combined_members(compiled, key) or (None, [])
+            policy_id = key.partition("/")[0]
+            member_keys = [f"{policy_id}/{m.id}" for m in members]
+            member_scores, member_truths = labelled_member_scores(scored, key, member_keys)
+            if rule is None or not len(member_truths):
+                unlabelled.append(key)
+                continue
+            measured.append(
+                combined_metrics(
+                    key=key,
+                    member_keys=member_keys,
+                    scores=member_scores,
+                    labels=member_truths,
+                    rule=rule,
+                    thresholds=[(m.thresholds.review, m.thresholds.block) for m in members],
+                    confidence=confidence,
+                    resamples=resamples,
+                )
+            )
+            continue
         labelled = labelled_videos(scored, key)
         if labelled:
             videos.append(
@@ -351,10 +415,11 @@ def evaluate(
     errors = Counter(e.error.code for e in scored if e.error is not None)
     examples = [f"{e.item.name}: {e.error}" for e in scored if e.error is not None][:10]
     notes = []
-    if combined:
+    if measured:
         notes.append(
-            "not evaluated: combined categories (signal: combine), decided by their members' "
-            f"rule; their members are evaluated alone: {', '.join(sorted(combined))}"
+            "combined categories (signal: combine) are measured as their rule and as each "
+            "member's signal alone, on the combined category's labels: "
+            + ", ".join(m.key for m in measured)
         )
     if dataset.from_review:
         notes.append(
@@ -387,5 +452,6 @@ def evaluate(
         accuracy=_accuracy(scored, list(keys), confidence),
         notes=notes,
         videos=videos,
+        combined=measured,
         n_videos=sum(e.is_video for e in scored),
     )

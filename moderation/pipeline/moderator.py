@@ -218,10 +218,12 @@ class Moderator:
         policy_ids: Iterable[str] | None = None,
         *,
         compiled: CompiledSet | None = None,
+        complete: bool = False,
     ) -> list[tuple[Verdict, list[Verdict]]]:
         """:meth:`decide`, each verdict with its frames' own verdicts (a video's sampled frames,
         in time order; a still image's one frame): what per-video evaluation and calibration
-        of the video rule need.
+        of the video rule need. ``complete``: every signal scores every frame (no signal is
+        skipped where the decision is settled: evaluation measures each signal alone).
 
         Raises:
             UnknownPolicyError: a named policy is not loaded.
@@ -229,7 +231,7 @@ class Moderator:
         if not images:
             return []
         compiled = compiled or self.policies.current
-        per_frame = compiled.verdicts(_batch(images, embeddings), policy_ids)
+        per_frame = compiled.verdicts(_batch(images, embeddings), policy_ids, complete=complete)
         rules = {pid: p.policy.video for pid, p in compiled.by_id.items()}
         verdicts = _per_image(images, per_frame, rules)
         out: list[tuple[Verdict, list[Verdict]]] = []
@@ -294,10 +296,13 @@ class Moderator:
         policy_ids: Iterable[str] | None = None,
         *,
         compiled: CompiledSet | None = None,
+        complete: bool = False,
     ) -> list[tuple[Verdict, list[Verdict]]]:
         """:meth:`moderate` with each image's frame verdicts (:meth:`decide_frames`)."""
         inputs = [x for image in images for x in image.inputs]
-        return self.decide_frames(images, self.embed(inputs), policy_ids, compiled=compiled)
+        return self.decide_frames(
+            images, self.embed(inputs), policy_ids, compiled=compiled, complete=complete
+        )
 
 
 def _batch(images: Sequence[PreparedImage], embeddings: NDArray[np.float32]) -> FeatureBatch:

@@ -221,6 +221,8 @@ class Outcomes:
                     d.verdict.decision.value,
                 ).inc()
                 m.latency.labels("total").observe((now - d.job.created_at).total_seconds())
+                for skipped in d.verdict.skipped:
+                    m.signal_skips.labels(skipped.signal, skipped.reason).inc()
                 for shadow in d.shadows:
                     m.shadow_decisions.labels(
                         shadow.policy_id,

@@ -128,17 +128,23 @@ class CompiledSet:
                     [self.by_id[pid] for pid in ids],
                     self.signals.scorer_factories,
                     suppressor=self.signals.suppressor,
+                    costs=self.signals.costs,
                 )
                 self._scorers[ids] = scorer
             return scorer
 
     def verdicts(
-        self, batch: FeatureBatch, policy_ids: Iterable[str] | None = None
+        self,
+        batch: FeatureBatch,
+        policy_ids: Iterable[str] | None = None,
+        *,
+        complete: bool = False,
     ) -> list[Verdict]:
-        """One verdict per row of ``batch``."""
+        """One verdict per row of ``batch`` (``complete``: every signal on every row, none
+        skipped by cost order: what evaluation measures)."""
         if len(batch) == 0:
             return []
-        return verdicts(self.scorer(policy_ids).score(batch))
+        return verdicts(self.scorer(policy_ids).score(batch, complete=complete))
 
     def shadow_ids_for(self, policy_ids: Iterable[str] | None) -> tuple[str, ...]:
         """The shadow versions a request is evaluated against: the shadow of each policy it
@@ -173,6 +179,7 @@ class CompiledSet:
                     [self.shadows[policy_id]],
                     self.signals.scorer_factories,
                     suppressor=self.signals.suppressor,
+                    costs=self.signals.costs,
                 )
                 self._shadow_scorers[policy_id] = scorer
             return scorer

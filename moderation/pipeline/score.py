@@ -44,6 +44,7 @@ def score_local(
     threads: int | None = None,
     on_done: Callable[[int], None] | None = None,
     frames: bool = False,
+    complete: bool = False,
 ) -> Iterator[LocalResult]:
     """Score ``(name, loader)`` items in order: decode on a thread pool, one forward pass per
     ``batch_size`` images.
@@ -57,6 +58,7 @@ def score_local(
         threads: decode threads (default: the CPU count, at most 8).
         on_done: called with the number of items finished after each batch (progress bars).
         frames: also give a video's (or an animation's) per-frame verdicts and timeline.
+        complete: run every signal on every image (no cost-order skip; evaluation).
     """
     workers = threads or max(1, min(8, os.cpu_count() or 1))
 
@@ -72,7 +74,9 @@ def score_local(
             prepared = list(pool.map(prepare, chunk))
             images = [p for p in prepared if isinstance(p, PreparedImage)]
             found = iter(
-                moderator.moderate_frames(images, policy_ids, compiled=compiled) if images else []
+                moderator.moderate_frames(images, policy_ids, compiled=compiled, complete=complete)
+                if images
+                else []
             )
             for (name, _), outcome in zip(chunk, prepared, strict=True):
                 if isinstance(outcome, PreparedImage):

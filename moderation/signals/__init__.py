@@ -69,6 +69,12 @@ class Signals(Mapping[str, Signal]):
         return {name: signal.scorer for name, signal in self._by_name.items()}
 
     @property
+    def costs(self) -> dict[str, float]:
+        """Each signal's declared cost per image (the scorer runs the cheapest first); one that
+        declares none counts as free (it always runs)."""
+        return {name: float(getattr(signal, "cost", 0.0)) for name, signal in self._by_name.items()}
+
+    @property
     def image_signals(self) -> list[Signal]:
         """The signals that read the decoded image themselves (not only the embedding)."""
         return [s for s in self._by_name.values() if s.needs_image]

@@ -56,6 +56,8 @@ class PromptSignal:
     name = DEFAULT_SIGNAL
     needs_image = False
     min_side = 0
+    #: Free once the image is embedded (the embedding is computed for every image anyway).
+    cost = 0.0
 
     def features(self, image: Any) -> None:
         """Nothing beyond the image embedding."""

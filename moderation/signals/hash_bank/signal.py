@@ -305,6 +305,9 @@ class HashBankSignal:
     needs_image = True
     #: Decoded frames must keep at least this short side (when the image has it) for hashing.
     min_side = PDQ_SIDE
+    #: A hash (on the decode threads) and an index search: cheap, and never skipped (a known
+    #: image is identified, and reported, whatever else decided).
+    cost = 1.0
 
     def __init__(self, banks: LoadedBanks | None = None) -> None:
         self.banks = banks or LoadedBanks()
