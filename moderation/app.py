@@ -24,6 +24,7 @@ def create_app(process: ApiProcess, *, review_prefix: str = "/review") -> FastAP
             prefix=review_prefix,
             bank_guard=process.bank_guard,
             wellbeing=process.wellbeing,
+            review_admin=process.review_admin,
         )
     )
     return app

@@ -293,6 +293,20 @@ class PipelineMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.review_breaks = Counter(
+            "moderation_review_break_prompts_total",
+            "Break prompts answered by reviewers, per trigger (critical / time) and answer "
+            "(taken / dismissed).",
+            ["trigger", "answer"],
+            registry=registry,
+        )
+        self.review_admin_actions = Counter(
+            "moderation_review_admin_actions_total",
+            "Admin actions on the review queue (review_requeued / review_released / "
+            "review_reassigned / outbox_redelivered), each also audited.",
+            ["action"],
+            registry=registry,
+        )
 
 
 _lock = threading.Lock()

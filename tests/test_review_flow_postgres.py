@@ -141,6 +141,10 @@ def test_a_review_in_postgres_from_the_worker_to_the_result(site: Site) -> None:
             },
         )
         assert decided.status_code == 200, decided.text
+        kept = alice.put(  # wellbeing settings: a PostgreSQL row when there is a database
+            "/review/api/wellbeing/settings", headers=headers, json={"blur_px": 20}
+        )
+        assert kept.status_code == 200 and kept.json()["settings"]["blur_px"] == 20, kept.text
     human = site.client.get(job_id).human
     assert human is not None and human.decision is ReviewDecision.ALLOW
     assert human.reviewers[0].startswith("rv_")
@@ -148,6 +152,13 @@ def test_a_review_in_postgres_from_the_worker_to_the_result(site: Site) -> None:
         [(state,)] = conn.execute("SELECT state FROM review_items").fetchall()
         decisions = conn.execute("SELECT reviewer, decision FROM review_decisions").fetchall()
     assert state == "final" and decisions == [(human.reviewers[0], "allow")]
+    with psycopg.connect(site.pg_url) as conn:
+        exposure = conn.execute(
+            "SELECT reviewer, review_id, critical, revealed FROM reviewer_exposure"
+        ).fetchall()
+        [(blur,)] = conn.execute("SELECT settings->>'blur_px' FROM reviewer_wellbeing").fetchall()
+    # the desk recorded what it showed (a critical item) and the reveal, in the database
+    assert exposure == [(human.reviewers[0], review_id, True, True)] and blur == "20"
     assert _outbox(site.pg_url) == []
 
     # The API "died" after on_final but before marking the decision handed on: the row is back

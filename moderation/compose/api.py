@@ -47,6 +47,7 @@ from moderation.pipeline.banks import BankService
 from moderation.pipeline.notices import NoticeDesk
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.publishing import CoalescingPublisher
+from moderation.pipeline.review_admin import ReviewAdmin
 from moderation.pipeline.review_desk import ReviewDesk
 from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.signin import ReviewerAuth
@@ -115,6 +116,8 @@ class ApiProcess:
     wellbeing: Wellbeing | None = None
     #: The synced banks' health for /metrics (None: no database or no ``banks.exchanges``).
     exchange_health: Callable[[Iterable[str]], list[ExchangeHealth]] | None = None
+    #: The review admin's audited actions (requeue, reassign, release, redeliver).
+    review_admin: ReviewAdmin | None = None
 
     def close(self) -> None:
         if self.callbacks is not None:
@@ -274,6 +277,10 @@ def build_api(
         image_history=PostgresImageHistory(database) if database is not None else None,
         wellbeing=wellbeing,
     )
+    reviewer_auth = build_reviewer_auth(settings, reviewers, audit=audit)
+    review_admin = ReviewAdmin(
+        desk, users=reviewers, pseudonym=reviewer_auth.pseudonym, audit=audit
+    )
     sending = None
     if sends_callbacks(settings, "api") and outbox is not None:
         sending = build_callback_sending(settings, outbox)
@@ -293,7 +300,8 @@ def build_api(
         review_desk=desk,
         appeals=appeals,
         reviewers=reviewers,
-        reviewer_auth=build_reviewer_auth(settings, reviewers, audit=audit),
+        reviewer_auth=reviewer_auth,
+        review_admin=review_admin,
         tenants=build_tenants(settings),
         banks=banks,
         backlog=store if isinstance(store, BacklogReader) else None,

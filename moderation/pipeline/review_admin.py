@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from moderation.core.review_admin import AdminAction, record_for_review_admin
 from moderation.core.reviewers import allowed_queues
 from moderation.exceptions import ReviewError, ReviewNotFound
+from moderation.metrics import metrics
 from moderation.pipeline.review_desk import ReviewDesk
 from moderation.ports import AuditSink, ReviewerStore
 
@@ -139,6 +140,7 @@ class ReviewAdmin:
         """Hand on again the final decisions waiting in the outbox at least ``older_than_s``:
         (waiting, delivered now). Audited."""
         pending, delivered = self.desk.deliver_outbox(older_than_s=older_than_s)
+        metrics().review_admin_actions.labels(AdminAction.REDELIVER.value).inc()
         if self.audit is not None:
             self.audit.write(
                 record_for_review_admin(
@@ -156,6 +158,7 @@ class ReviewAdmin:
     def _audit(
         self, action: AdminAction, by: str, review_id: str, details: dict[str, object]
     ) -> None:
+        metrics().review_admin_actions.labels(action.value).inc()
         if self.audit is None:
             return
         item = self.queue.item(review_id)

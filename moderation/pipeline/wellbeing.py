@@ -25,6 +25,7 @@ from moderation.core.wellbeing import (
     parse_settings,
 )
 from moderation.exceptions import ModerationError
+from moderation.metrics import metrics
 from moderation.ports import WellbeingStore
 
 __all__ = ["Wellbeing", "WellbeingState"]
@@ -87,10 +88,16 @@ class Wellbeing:
         )
 
     def answer_break(self, reviewer: str, *, taken: bool) -> WellbeingState:
-        """The reviewer took the break (``taken``) or dismissed the prompt: counted, and the
-        count towards the next prompt starts again."""
+        """The reviewer took the break (``taken``) or dismissed the prompt: counted (in the
+        store, and in ``moderation_review_break_prompts_total`` by what triggered it: ``critical``,
+        ``time``, or ``none`` when the reviewer took a break unprompted), and the count towards
+        the next prompt starts again."""
         now = self.clock()
+        due = self.state(reviewer).prompt
         self.store.answer_break(reviewer, day=day_of(now), taken=taken, at=now)
+        metrics().review_breaks.labels(
+            due.reason if due else "none", "taken" if taken else "dismissed"
+        ).inc()
         return self.state(reviewer)
 
     def exposure(self, day: str | None = None) -> list[ReviewerDay]:
