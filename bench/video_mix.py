@@ -146,6 +146,10 @@ def main() -> None:
                 "photo_worker_cpu_ms_per_image": round(cpu_photo, 3),
                 "photo_worker_cpu_vs_photos_only": round(cpu_photo / cpu_only, 3),
                 "videos_only_worker_cpu_ms_per_video": round(_worker_cpu(videos), 1),
+                # The photo worker's own CPU per photo where it takes photos only (video-worker)
+                "worker_0_cpu_ms_per_photo": round(
+                    mix["cpu_ms_per_image"]["worker-0"] * len(mixed) / len(photos), 3
+                ),
                 "errors": mix["pipeline_errors"],
             }
         print(json.dumps(row), flush=True)

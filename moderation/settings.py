@@ -311,6 +311,21 @@ class QueueSettings(BaseModel):
     #: the other tenant's latency (docs/performance.md, "Fairness between tenants").
     tenant_max_in_flight: int | None = Field(default=None, ge=1)
 
+    @model_validator(mode="after")
+    def _video_queue(self) -> QueueSettings:
+        video = self.video_queue_name
+        if video is not None and (
+            not video
+            or video in (self.queue_name, self.callback_queue_name)
+            or video.startswith(f"{self.queue_name}.")
+        ):
+            raise ValueError(
+                f"queue.video_queue_name {video!r} must be a queue of its own: not empty, not "
+                f"queue.queue_name or queue.callback_queue_name, and not one of the photo lanes "
+                f"({self.queue_name}.*)"
+            )
+        return self
+
 
 class ReviewSettings(BaseModel):
     """The human-review queue and the reviewers' pages."""

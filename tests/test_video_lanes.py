@@ -212,6 +212,12 @@ def test_photo_and_video_workers_consume_their_own_lanes_with_their_own_concurre
     }
 
 
+@pytest.mark.parametrize("name", ["", "moderation", "moderation-callbacks", "moderation.t.x"])
+def test_a_video_queue_that_is_not_a_queue_of_its_own_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="video_queue_name"):
+        QueueSettings(video_queue_name=name)
+
+
 def test_a_worker_of_both_kinds_takes_every_photo_lane_before_any_video_lane() -> None:
     every = job_lanes(_settings())
     order = FairOrder(every)
