@@ -3,7 +3,8 @@ goes through the real pipeline (API -> Redis -> Celery worker process); the poli
 one-second red star from block to review (``video.min_block_seconds: 2``); the reviewer sees
 the filmstrip of the sampled frames that were scored (the stills the worker kept, blurred and
 greyscale by default), the flagged segment on the timeline, jumps to the top frame with ``t``,
-steps with ``[``/``]``, and decides with the same keys as for a photo. Screenshots go to the
+steps with ``[``/``]``, frames step on their own only once the reviewer turned autoplay on
+(wellbeing settings), and decides with the same keys as for a photo. Screenshots go to the
 test's artifacts."""
 
 from __future__ import annotations
@@ -161,6 +162,22 @@ def test_a_video_is_reviewed_through_its_filmstrip(
             page.keyboard.up(" ")
             page.set_viewport_size({"width": 1280, "height": 720})
             page.screenshot(path=artifacts_dir / "review-video-1280x720.png")
+
+            # autoplay is off by default (wellbeing); turned on in the settings panel, the
+            # frames step on their own; a frame key stops it
+            expect(strip).to_have_attribute("data-autoplay", "off")
+            assert _frame_index(image.get_attribute("src")) == top
+            page.keyboard.press("w")
+            page.check("#wb-autoplay")
+            page.click("#wellbeing-save")
+            expect(page.locator("#wellbeing-panel")).to_be_hidden()
+            expect(strip).to_have_attribute("data-autoplay", "on")
+            page.wait_for_function(
+                f"() => !document.getElementById('image').src.endsWith('/{top}')"
+            )
+            page.keyboard.press("t")
+            expect(strip).to_have_attribute("data-autoplay", "off")
+            assert _frame_index(image.get_attribute("src")) == top
 
             # the keyboard flow is unchanged: remove with reason 1
             page.keyboard.press("r")

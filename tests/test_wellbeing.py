@@ -5,6 +5,7 @@ PostgreSQL) against the same contract."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -155,3 +156,20 @@ def test_the_desk_records_what_it_shows_and_the_prompt_follows() -> None:
     assert after.prompt is None and after.today.breaks_taken == 1
     [row] = wellbeing.exposure()
     assert (row.reviewer, row.critical, row.revealed) == ("rv_a", 2, 1)
+
+
+def test_postgres_keeps_a_week_of_exposure(pg_url: str) -> None:
+    pool = ConnectionPool(pg_url, min_size=1, max_size=2)
+    try:
+        store = PostgresWellbeingStore(pool)
+        with pool.connection() as conn:
+            conn.execute("TRUNCATE reviewer_wellbeing, reviewer_exposure, reviewer_breaks")
+        old, today = "2001-01-01", day_of(time.time())
+        for day in (old, today):
+            store.record("rv_a", day=day, review_id="r1", critical=True, revealed=True, at=T0)
+            store.answer_break("rv_a", day=day, taken=True, at=T0)
+        assert store.prune() == 2
+        assert store.days(old) == []
+        assert store.day("rv_a", today).critical == 1
+    finally:
+        pool.close()

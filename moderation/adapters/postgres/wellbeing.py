@@ -1,6 +1,8 @@
 """Reviewer wellbeing on PostgreSQL (``migrations/0110_reviewer_wellbeing.sql``): the
 :class:`~moderation.ports.WellbeingStore`. An item counts once per reviewer and day (primary
-key); a reveal only ever turns ``revealed`` on. Connection errors become
+key); a reveal only ever turns ``revealed`` on. A day's exposure and break rows are kept
+:data:`KEEP_DAYS` days (as on Redis), pruned by :meth:`PostgresWellbeingStore.prune`, which
+recording calls at most once an hour per process. Connection errors become
 :class:`~moderation.exceptions.DatabaseUnavailable` (transient)."""
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from psycopg_pool import ConnectionPool
 from moderation.adapters.postgres.errors import database_errors
 from moderation.core.wellbeing import ReviewerDay, WellbeingSettings
 
-__all__ = ["PostgresWellbeingStore"]
+__all__ = ["KEEP_DAYS", "PostgresWellbeingStore"]
 
 _WHAT = "reviewer wellbeing"
+#: Days of exposure and break rows kept (today's and the week before).
+KEEP_DAYS = 8
+_PRUNE_EVERY_S = 3600.0
 
 _DAY = """
 SELECT r.reviewer,
@@ -56,6 +61,21 @@ class PostgresWellbeingStore:
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
+        self._pruned_at = float("-inf")  # time.monotonic() of the last prune()
+
+    def prune(self, *, keep_days: int = KEEP_DAYS) -> int:
+        """Drop exposure and break rows of days more than ``keep_days`` before today (UTC);
+        returns how many rows went."""
+        with database_errors(_WHAT), self._pool.connection() as conn:
+            exposure = conn.execute(
+                "DELETE FROM reviewer_exposure WHERE day < (now() AT TIME ZONE 'UTC')::date - %s",
+                (keep_days,),
+            ).rowcount
+            breaks = conn.execute(
+                "DELETE FROM reviewer_breaks WHERE day < (now() AT TIME ZONE 'UTC')::date - %s",
+                (keep_days,),
+            ).rowcount
+            return exposure + breaks
 
     def settings(self, reviewer: str) -> WellbeingSettings | None:
         with database_errors(_WHAT), self._pool.connection() as conn:
@@ -76,6 +96,9 @@ class PostgresWellbeingStore:
     def record(
         self, reviewer: str, *, day: str, review_id: str, critical: bool, revealed: bool, at: float
     ) -> None:
+        if time.monotonic() - self._pruned_at >= _PRUNE_EVERY_S:
+            self._pruned_at = time.monotonic()
+            self.prune()
         with database_errors(_WHAT), self._pool.connection() as conn:
             conn.execute(
                 "INSERT INTO reviewer_exposure (reviewer, day, review_id, critical, revealed, at)"

@@ -14,11 +14,16 @@
   let autoGrey = false; // the page made the large image greyscale for this video
   let playing = null;   // the autoplay timer (only when the reviewer asked for it)
 
-  function stop() { if (playing) { clearInterval(playing); playing = null; } }
+  // data-autoplay on the filmstrip says whether its frames are stepping on their own.
+  function stop() {
+    if (playing) { clearInterval(playing); playing = null; }
+    strip.dataset.autoplay = "off";
+  }
   function play() {
     stop();
     if (document.documentElement.dataset.autoplay !== "on" || !video || video.frames.length < 2) return;
     playing = setInterval(() => show((index + 1) % video.frames.length), 1000);
+    strip.dataset.autoplay = "on";
   }
 
   function flagged(t) {

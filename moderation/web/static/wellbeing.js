@@ -148,4 +148,6 @@
 
   apply();
   check();
+  // A time on shift passes without new items too: ask again every minute.
+  setInterval(() => { if (prompt.hidden) check(); }, 60000);
 })();
