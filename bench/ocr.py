@@ -91,12 +91,21 @@ def _read(signal: TextSignal, image: Image.Image) -> tuple[list[str], float, flo
     return lines, (time.thread_time() - cpu) * 1000, (time.perf_counter() - wall) * 1000
 
 
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run(kinds: list[str], limit: int | None, seed: int) -> dict[str, Any]:
     signal = build_signals(Settings())["text"]
     assert isinstance(signal, TextSignal)
+    rss_before = _rss_mb()
     start = time.perf_counter()
     signal.features(Image.new("RGB", (64, 64)))
     load_s = time.perf_counter() - start
+    rss_loaded = _rss_mb()
     scenes = [(name, _fit(image)) for name, image in backgrounds()]
     banned = list(PHRASES)
     cpu_ms: list[float] = []
@@ -169,6 +178,11 @@ def run(kinds: list[str], limit: int | None, seed: int) -> dict[str, Any]:
             "wall_p90": round(sorted(wall_ms)[int(0.9 * (len(wall_ms) - 1))], 1),
         },
         "engine_load_s": round(load_s, 2),
+        "process_rss_mb": {
+            "before_engine": round(rss_before, 1),
+            "engine_loaded": round(rss_loaded, 1),
+            "after_all_images": round(_rss_mb(), 1),
+        },
     }
 
 
