@@ -88,6 +88,7 @@ from moderation.core.review import (
 from moderation.core.reviewers import LoginPolicy, ReviewerAccount, ReviewerSession
 from moderation.core.scoring import CategorySlot, SignalScorer
 from moderation.core.strikes import EnforcementAction, Strike
+from moderation.core.text import TextLine
 from moderation.core.wellbeing import ReviewerDay, WellbeingSettings
 
 __all__ = [
@@ -132,6 +133,7 @@ __all__ = [
     "StateImportTarget",
     "StrikeStore",
     "TaskPublisher",
+    "TextReader",
     "WellbeingStore",
     "WorkerRegistry",
 ]
@@ -261,6 +263,18 @@ class ImageClassifierModel(Protocol):
 
     def predict(self, inputs: NDArray[np.float32]) -> NDArray[np.float32]:
         """(N, L) probabilities, one row per input, columns in label order."""
+        ...
+
+
+class TextReader(Protocol):
+    """An OCR engine: the lines of text in one decoded RGB frame, each with its box and the
+    recogniser's confidence, in reading order. Loads its models once per process, on first use.
+
+    Raises (``read``): ``ModelUnavailableError`` when the engine cannot be loaded or run.
+    """
+
+    def read(self, image: Any) -> tuple[TextLine, ...]:
+        """The text lines of ``image`` (a PIL image), top to bottom, left to right."""
         ...
 
 

@@ -791,6 +791,28 @@ def _default_classifiers() -> dict[str, ClassifierSettings]:
     }
 
 
+class TextSignalSettings(BaseModel):
+    """The text signal (``signal: text``): OCR with RapidOCR (models inside the
+    ``rapidocr-onnxruntime`` wheel), run only where a policy in service has a text category."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Decoded frames keep at least this short side for OCR (small text stays legible).
+    min_side: int = Field(default=736, ge=32, le=4096)
+    #: Frames are shrunk to this long side before text detection.
+    max_side: int = Field(default=1280, ge=64, le=8192)
+    #: Lines recognised with less confidence are dropped by the engine.
+    min_score: float = Field(default=0.3, ge=0.0, le=1.0)
+    #: Run the angle classifier (text upside down).
+    use_angle_classifier: bool = True
+    #: Time limit of each text pattern (regular expression) on one frame's text.
+    regex_timeout_ms: float = Field(default=50.0, gt=0, le=10_000)
+    #: Lines kept per frame (the most confident).
+    max_lines: int = Field(default=200, ge=1, le=10_000)
+    #: Relative cost per image (cheaper signals are scored first).
+    cost: float = Field(default=50.0, ge=0)
+
+
 class SignalSettings(BaseModel):
     """Signals beyond CLIP prompts and hash banks (see docs/signals.md).
 
@@ -804,6 +826,9 @@ class SignalSettings(BaseModel):
     classifiers: dict[str, ClassifierSettings] = Field(
         default_factory=_default_classifiers,
         description="ONNX image classifiers, registered as signals by name.",
+    )
+    text: TextSignalSettings = Field(
+        default_factory=TextSignalSettings, description="The text signal (OCR)."
     )
     onnx_device: Literal["auto", "cuda", "cpu"] = "auto"
     #: Threads per ONNX session on CPU (0: onnxruntime's default).

@@ -17,3 +17,8 @@ command -v promtool >/dev/null 2>&1 || install prometheus --no-install-recommend
 # kubectl: the machine image's package when its repository is configured, else Debian's
 # kubernetes-client (the manifest tests need kustomize v5 and say so when it is older).
 command -v kubectl >/dev/null 2>&1 || install kubectl 2>/dev/null || install kubernetes-client
+# OpenCV (inside rapidocr-onnxruntime: the text signal's OCR) loads libGL and GLib; the OCR tests
+# and bench/ocr.py write text in the DejaVu faces (Pillow's own font when they are missing).
+ldconfig -p | grep -q "libGL.so.1 " || install libgl1 --no-install-recommends
+ldconfig -p | grep -q "libgthread-2.0.so.0 " || install libglib2.0-0 --no-install-recommends
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || install fonts-dejavu-core

@@ -142,7 +142,7 @@ def colour_signals(tmp_path: Path, test_model_settings: Settings) -> Signals:
 def test_another_classifier_is_configuration_not_code(
     scoring: Any, colour_signals: Signals
 ) -> None:
-    assert set(colour_signals) == {"prompts", "hash_bank", "colour"}  # replaces the default
+    assert set(colour_signals) == {"prompts", "hash_bank", "colour", "text"}  # replaces nsfw
     moderator = _moderator(scoring, colour_signals, COLOUR_POLICY)
     red, blue, grey = (
         moderator.prepare(_solid(c)) for c in [(230, 10, 10), (90, 90, 160), (128, 128, 128)]

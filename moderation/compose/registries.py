@@ -16,6 +16,7 @@ from moderation.adapters.file_source import FileSource
 from moderation.adapters.http_source import HttpSource
 from moderation.adapters.images import SafeDecoder
 from moderation.adapters.onnx_classifier import OnnxClassifier
+from moderation.adapters.rapid_ocr import RapidOcrReader
 from moderation.adapters.s3_source import S3Source
 from moderation.adapters.support.classifier_input import Preprocessing
 from moderation.adapters.support.ssrf import ANY_ADDRESS, check_url
@@ -27,9 +28,10 @@ from moderation.ports import (
     ImageDecoder,
     JobStore,
 )
-from moderation.settings import Settings, SignalSettings
+from moderation.settings import Settings, SignalSettings, TextSignalSettings
 from moderation.signals import AllowListRule, LoadedBanks, Signals, builtin_signals
 from moderation.signals.classifier import ClassifierSignal
+from moderation.signals.text import TextsEncoder, TextSignal
 
 __all__ = [
     "build_signals",
@@ -38,15 +40,23 @@ __all__ = [
     "classifier_signals",
     "image_check",
     "media_decoder",
+    "text_signal",
 ]
 
 log = logging.getLogger(__name__)
 
 
-def build_signals(settings: Settings, banks: LoadedBanks | None = None) -> Signals:
+def build_signals(
+    settings: Settings,
+    banks: LoadedBanks | None = None,
+    *,
+    text_encoder: TextsEncoder | None = None,
+) -> Signals:
     """Every signal this process knows (the policy files may name any of them); hash-bank
     categories match against ``banks`` (none: they match nothing). Each classifier of
-    ``signals.classifiers`` is a signal of its name; its model loads on first use."""
+    ``signals.classifiers`` is a signal of its name; its model loads on first use. The text
+    signal's OCR engine loads on first use too; its prompt rules embed the read text with
+    ``text_encoder`` (the model's text tower; None where nothing is scored)."""
     allow = {
         name: AllowListRule(
             suppresses=tuple(rule.suppresses),
@@ -56,7 +66,28 @@ def build_signals(settings: Settings, banks: LoadedBanks | None = None) -> Signa
         for name, rule in settings.banks.allow_lists.items()
     }
     return builtin_signals(
-        banks, classifiers=classifier_signals(settings.signals), allow_lists=allow or None
+        banks,
+        classifiers=classifier_signals(settings.signals),
+        text=text_signal(settings.signals.text, text_encoder),
+        allow_lists=allow or None,
+    )
+
+
+def text_signal(settings: TextSignalSettings, text_encoder: TextsEncoder | None) -> TextSignal:
+    """The text signal (OCR with RapidOCR; nothing loaded yet)."""
+    return TextSignal(
+        reader=partial(
+            RapidOcrReader,
+            threads=1,
+            max_side=settings.max_side,
+            min_score=settings.min_score,
+            use_cls=settings.use_angle_classifier,
+        ),
+        text_encoder=text_encoder,
+        min_side=settings.min_side,
+        regex_timeout_s=settings.regex_timeout_ms / 1000.0,
+        max_lines=settings.max_lines,
+        cost=settings.cost,
     )
 
 

@@ -128,7 +128,7 @@ def build_scoring(settings: Settings, *, policy_paths: Sequence[Path] | None = N
     policies = build_policies(
         settings,
         model.encoder,
-        build_signals(settings, banks),
+        build_signals(settings, banks, text_encoder=model.encoder),
         paths,
         lone_shadows_live=policy_paths is not None,
     )

@@ -182,7 +182,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
     banks = LoadedBanks()
     bank_store = open_bank_store(settings, database=database)
     sync = build_bank_sync(settings, bank_store, banks)
-    signals = build_signals(settings, banks)
+    signals = build_signals(settings, banks, text_encoder=model.encoder)
     stored = None
     if settings.policy_source == "database":
         if database is None:

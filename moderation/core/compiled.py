@@ -1,7 +1,8 @@
 """Compiled policies: per category, normalized prompt embeddings ready for a dot product.
 
-Only categories of the prompts signal have prompt embeddings; a category of another signal is
-compiled with empty ones (its signal brings its own data). A prompt's embedding is the
+Only categories of the prompts signal have prompt embeddings, and text categories with text
+prompts (``text.prompts``, encoded as written, without templates); a category of another signal
+is compiled with empty ones (its signal brings its own data). A prompt's embedding is the
 L2-normalized mean over the category's templates of the normalized
 text embeddings of ``template.format(prompt)`` (prompt ensembling, CLIP paper §3.1.4).
 
@@ -24,7 +25,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from moderation.core.policy import DEFAULT_SIGNAL, Category, Policy, policy_hash
+from moderation.core.policy import DEFAULT_SIGNAL, TEXT_SIGNAL, Category, Policy, policy_hash
 from moderation.exceptions import PolicyError
 
 __all__ = [
@@ -192,6 +193,13 @@ def compile_policy(
     wanted: dict[tuple[str, tuple[str, ...]], None] = {}
     plans: list[tuple[Category, tuple[str, ...], list[str], list[str]]] = []
     for category in policy.categories:
+        if category.signal == TEXT_SIGNAL and category.text is not None and category.text.prompts:
+            # Text rules' prompts describe text, not images: encoded as written, no templates.
+            text = category.text
+            plans.append((category, ("{}",), list(text.prompts), list(text.benign_prompts)))
+            for prompt in [*text.prompts, *text.benign_prompts]:
+                wanted[(prompt, ("{}",))] = None
+            continue
         if category.signal != DEFAULT_SIGNAL:
             plans.append((category, (), [], []))
             continue

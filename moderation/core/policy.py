@@ -34,6 +34,7 @@ from enum import Enum
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -44,6 +45,7 @@ from pydantic import (
 )
 
 from moderation.core.strikes import StrikeRules
+from moderation.core.text import TextRuleTimeout, compile_pattern, find_pattern, skeleton_tokens
 from moderation.exceptions import (
     DuplicatePolicyError,
     PolicyVersionConflict,
@@ -56,6 +58,7 @@ __all__ = [
     "DEFAULT_SIGNAL",
     "DEFAULT_TEMPLATES",
     "HASH_BANK_SIGNAL",
+    "TEXT_SIGNAL",
     "Action",
     "Actions",
     "BandAction",
@@ -70,6 +73,7 @@ __all__ = [
     "PolicySet",
     "Quorum",
     "Severity",
+    "TextRules",
     "Thresholds",
     "VpdqShares",
     "policy_hash",
@@ -88,6 +92,9 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 DEFAULT_SIGNAL = "prompts"
 #: The signal of categories backed by a bank of known-bad PDQ hashes.
 HASH_BANK_SIGNAL = "hash_bank"
+
+#: The signal of categories matched against text read from the image (OCR, :class:`TextRules`).
+TEXT_SIGNAL = "text"
 
 #: The pseudo-signal of a category decided by other categories' signals (:class:`Combine`).
 COMBINE_SIGNAL = "combine"
@@ -282,6 +289,118 @@ def _check_unique(prompts: list[str]) -> list[str]:
     return prompts
 
 
+#: How long a text rule's regular expression may run on one probe string when the policy is
+#: loaded (:meth:`TextRules._patterns_compile_and_terminate`).
+PATTERN_PROBE_TIMEOUT_S = 0.1
+
+Phrase = Annotated[str, StringConstraints(min_length=1, max_length=300, strip_whitespace=True)]
+
+
+def _pattern_probes(pattern: str) -> list[str]:
+    """Strings that make a backtracking pattern blow up: long runs of what it may match (its
+    own letters and digits, and the usual classes), then a character that fails the match."""
+    seeds = ["a", "1", " ", "a ", "ab", "a1", ".", "-", "_", "x@"]
+    seeds += sorted({ch for ch in pattern if ch.isalnum()})[:8]
+    return [seed * (2000 // len(seed)) + "!\n" for seed in seeds]
+
+
+def _check_pattern(pattern: str) -> str:
+    """A text rule's regular expression compiles, does not match empty text, and finishes on
+    the probes within :data:`PATTERN_PROBE_TIMEOUT_S`."""
+    try:
+        compiled = compile_pattern(pattern)
+    except Exception as exc:  # regex.error: the message says where
+        raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from exc
+    if compiled.search(""):
+        raise ValueError(f"pattern {pattern!r} matches empty text (it would match all)")
+    for probe in _pattern_probes(pattern):
+        try:
+            find_pattern(compiled, [probe], timeout_s=PATTERN_PROBE_TIMEOUT_S)
+        except TextRuleTimeout as exc:
+            raise ValueError(
+                f"pattern {pattern!r} ran past {PATTERN_PROBE_TIMEOUT_S * 1000:.0f} ms on a "
+                f"probe of {len(probe)} characters: it backtracks catastrophically (nested "
+                "quantifiers such as (a+)+); rewrite it"
+            ) from exc
+    return pattern
+
+
+TextPattern = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_check_pattern)]
+
+
+class TextRules(_Strict):
+    """What a text category (``signal: text``) looks for in the text read from an image (OCR).
+
+    ``phrases`` and ``keywords`` are compared after normalisation (case, diacritics, look-alike
+    letters, leetspeak, repeated letters, spacing and punctuation: see
+    :mod:`moderation.core.text`) against whole words; ``patterns`` are regular expressions on the
+    text as read (case-insensitive, each under a time limit); ``prompts`` score the read text's
+    similarity to these descriptions through the model's text tower, against ``benign_prompts``.
+    The category's score is the best of them: a phrase, keyword or pattern match scores the OCR
+    confidence of the lines it spans; prompt similarity scores like the prompts signal (the
+    softmax mass on ``prompts`` against ``benign_prompts``).
+    """
+
+    phrases: list[Phrase] = Field(
+        default_factory=list,
+        description="Phrases to find (normalised; spacing and OCR-dropped spaces tolerated).",
+    )
+    keywords: list[Phrase] = Field(
+        default_factory=list,
+        description="Single words to find as whole words (normalised like phrases).",
+    )
+    patterns: list[TextPattern] = Field(
+        default_factory=list,
+        description="Regular expressions on the text as read (case-insensitive, time-limited).",
+    )
+    prompts: list[Prompt] = Field(
+        default_factory=list,
+        description="Descriptions the read text is compared with (the model's text tower).",
+    )
+    benign_prompts: list[Prompt] = Field(
+        default_factory=list,
+        description="Contrast descriptions of allowed text (needed with prompts).",
+    )
+    min_confidence: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="OCR lines recognised with less confidence than this are ignored.",
+    )
+
+    _unique_prompts = field_validator("prompts", "benign_prompts")(_check_unique)
+
+    @field_validator("phrases", "keywords")
+    @classmethod
+    def _phrases_have_letters(cls, value: list[str], info: Any) -> list[str]:
+        seen: set[str] = set()
+        for item in value:
+            tokens = skeleton_tokens(item)
+            if not tokens:
+                raise ValueError(f"{item!r} has no letters or digits to match")
+            if info.field_name == "keywords" and len(tokens) > 1:
+                raise ValueError(f"keyword {item!r} is several words: list it under phrases")
+            key = "".join(tokens)
+            if key in seen:
+                raise ValueError(f"{item!r} is listed twice (after normalisation)")
+            seen.add(key)
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_find(self) -> TextRules:
+        if not (self.phrases or self.keywords or self.patterns or self.prompts):
+            raise ValueError("give phrases, keywords, patterns or prompts")
+        if self.prompts and not self.benign_prompts:
+            raise ValueError("prompts need benign_prompts to be scored against")
+        if self.benign_prompts and not self.prompts:
+            raise ValueError("benign_prompts without prompts score nothing")
+        positive = {p.casefold() for p in self.prompts}
+        for prompt in self.benign_prompts:
+            if prompt.casefold() in positive:
+                raise ValueError(f"prompt {prompt!r} is both positive and benign")
+        return self
+
+
 class ExemplarImage(_Strict):
     """One example image: its path, relative to the policy file, and the sha256 of its bytes.
 
@@ -396,6 +515,12 @@ class Category(_Strict):
         description="For a classifier signal (signals.classifiers): the classifier's labels "
         "whose probabilities, summed, are this category's score, e.g. [nsfw].",
     )
+    text: TextRules | None = Field(
+        default=None,
+        validate_default=True,
+        description="For signal: text: phrases, keywords, patterns and prompts to find in the "
+        "text read from the image (OCR).",
+    )
     combine: Combine | None = Field(
         default=None,
         validate_default=True,
@@ -472,11 +597,28 @@ class Category(_Strict):
             )
         return value
 
+    @field_validator("text")
+    @classmethod
+    def _text_for_text_signal(cls, value: TextRules | None, info: Any) -> TextRules | None:
+        signal = info.data.get("signal", DEFAULT_SIGNAL)
+        if signal == TEXT_SIGNAL and value is None:
+            raise ValueError("a text category needs text: {phrases: [...], patterns: [...]}")
+        if signal != TEXT_SIGNAL and value is not None:
+            raise ValueError(
+                f"only for signal {TEXT_SIGNAL!r} (this category's signal is {signal!r})"
+            )
+        return value
+
     @field_validator("labels")
     @classmethod
     def _labels_for_classifier_signal(cls, value: list[str] | None, info: Any) -> Any:
         signal = info.data.get("signal", DEFAULT_SIGNAL)
-        if value is not None and signal in (DEFAULT_SIGNAL, HASH_BANK_SIGNAL, COMBINE_SIGNAL):
+        if value is not None and signal in (
+            DEFAULT_SIGNAL,
+            HASH_BANK_SIGNAL,
+            COMBINE_SIGNAL,
+            TEXT_SIGNAL,
+        ):
             raise ValueError(f"only for a classifier signal (this category's signal is {signal!r})")
         if value is not None and len(set(value)) != len(value):
             raise ValueError("duplicate labels")
@@ -665,7 +807,7 @@ class Policy(_Strict):
             if data.get(optional_block) is None:
                 data.pop(optional_block, None)
         for category in data["categories"]:
-            for optional in ("exemplars", "bank", "labels", "combine"):
+            for optional in ("exemplars", "bank", "labels", "combine", "text"):
                 if category.get(optional) is None:
                     category.pop(optional, None)
             bank = category.get("bank")

@@ -167,14 +167,15 @@ class Moderator:
 
     def _image_signals(self, compiled: CompiledSet | None) -> tuple[Signal, ...]:
         """The image signals to run: those the policies in service use, plus (``fingerprint_all``)
-        the ones that give every image a content identifier (PDQ). A classifier runs only
-        where a policy uses it: it costs a model run per frame and identifies nothing."""
+        the ones that give every image a content identifier (PDQ). A classifier or OCR runs
+        only where a policy uses it: it costs a model run per frame and identifies nothing."""
         signals = self.policies.signals.image_signals
         used = (compiled or self.policies.current).used_signals
         return tuple(
             s
             for s in signals
-            if s.name in used or (self.fingerprint_all and not hasattr(s, "labels"))
+            if s.name in used
+            or (self.fingerprint_all and getattr(s, "identifies", not hasattr(s, "labels")))
         )
 
     def _preparation(self, signals: tuple[Signal, ...], crop: Callable[[Any], Any]) -> Preparation:

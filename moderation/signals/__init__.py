@@ -9,8 +9,9 @@ that explains them. Decisions, verdicts, review items and audit records treat ev
 
 Built in: :class:`~moderation.signals.prompts.PromptSignal` (CLIP zero-shot prompts),
 :class:`~moderation.signals.hash_bank.HashBankSignal` (PDQ hashes matched against banks of
-known-bad images), and :class:`~moderation.signals.classifier.ClassifierSignal` (an ONNX image
-classifier per entry of ``signals.classifiers``, e.g. ``nsfw``).
+known-bad images), :class:`~moderation.signals.classifier.ClassifierSignal` (an ONNX image
+classifier per entry of ``signals.classifiers``, e.g. ``nsfw``) and
+:class:`~moderation.signals.text.TextSignal` (text read from the image by OCR, ``signal: text``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from moderation.signals.classifier import ClassifierSignal
 from moderation.signals.hash_bank import HashBankSignal, LoadedBanks
 from moderation.signals.hash_bank.allow_lists import AllowListRule, AllowLists
 from moderation.signals.prompts import PromptSignal
+from moderation.signals.text import TextSignal
 
 __all__ = [
     "AllowListRule",
@@ -34,6 +36,7 @@ __all__ = [
     "LoadedBanks",
     "PromptSignal",
     "Signals",
+    "TextSignal",
     "builtin_signals",
 ]
 
@@ -84,13 +87,15 @@ def builtin_signals(
     banks: LoadedBanks | None = None,
     *,
     classifiers: Iterable[Signal] = (),
+    text: Signal | None = None,
     allow_lists: Mapping[str, AllowListRule] | None = None,
 ) -> Signals:
     """The signals every process has: CLIP prompts and hash banks (matched against ``banks``;
     none loaded: bank categories match nothing), plus the configured ``classifiers``, and the
-    ``allow_lists`` (banks of known-benign hashes suppressing categories) over the same banks."""
+    ``allow_lists`` (banks of known-benign hashes suppressing categories) over the same banks,
+    and the ``text`` signal (OCR) when given."""
     loaded = banks or LoadedBanks()
     return Signals(
-        [PromptSignal(), HashBankSignal(loaded), *classifiers],
+        [PromptSignal(), HashBankSignal(loaded), *classifiers, *([text] if text else [])],
         suppressor=AllowLists(loaded, allow_lists) if allow_lists else None,
     )

@@ -116,6 +116,7 @@ _STATIC = {
     "wellbeing.js": "text/javascript; charset=utf-8",
     "admin.js": "text/javascript; charset=utf-8",
     "appeal.js": "text/javascript; charset=utf-8",
+    "ocr_boxes.js": "text/javascript; charset=utf-8",
 }
 SESSION_COOKIE = "mr_session"
 PRE_COOKIE = "mr_pre"

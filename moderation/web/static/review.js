@@ -139,7 +139,8 @@
     matches.replaceChildren();
     for (const e of item.evidence) {
       const li = document.createElement("li");
-      li.textContent = e.signal === "hash_bank" ? bankEvidence(e) : genericEvidence(e);
+      li.textContent = e.signal === "hash_bank" ? bankEvidence(e)
+        : e.signal === "text" && window.textEvidence ? window.textEvidence(e) : genericEvidence(e);
       if (e.signal === "hash_bank" && e.details && e.details.entry_id !== undefined) {
         li.append(" ", entryButton(e.details, "confirm", "Confirm entry"),
           " ", entryButton(e.details, "disable", "Disable entry"));
