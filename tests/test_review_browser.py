@@ -74,9 +74,12 @@ def test_review_with_the_keyboard(site: ReviewSite, artifacts_dir: Path) -> None
             page.screenshot(path=artifacts_dir / "review-unblurred.png")
             page.keyboard.up(" ")
             assert "blur" in image.evaluate("e => getComputedStyle(e).filter")
-            page.keyboard.press("g")
+            # greyscale by default (the reviewer's wellbeing setting); g toggles it per item
             assert "grayscale" in image.evaluate("e => getComputedStyle(e).filter")
             page.keyboard.press("g")
+            assert "grayscale" not in image.evaluate("e => getComputedStyle(e).filter")
+            page.keyboard.press("g")
+            assert "grayscale" in image.evaluate("e => getComputedStyle(e).filter")
 
             # Remove with reason 1, by keyboard only; the next item loads by itself.
             page.keyboard.press("r")
