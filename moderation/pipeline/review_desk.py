@@ -26,7 +26,8 @@ consumed, the decision sits in the outbox) but not handed on: its first hand-on 
 ``undo_window_s`` (plus a short margin) later, made by the workers' outbox maintenance, so a
 closed tab neither loses nor skips it. Until then the deciding reviewer may take it back
 (:meth:`ReviewDesk.undo`: the item is leased to them again); a critical removal waiting for its
-second reviewer can be taken back while no second reviewer holds it.
+second reviewer can be taken back while no second reviewer holds it, and a second review that
+disagreed while no senior holds the escalation (the item returns to its second review).
 
 Disagreements: a second reviewer who does not remove a critical item the first one removed does
 not overwrite that removal (nor is it overwritten): the item goes to the escalation queue with
