@@ -88,6 +88,7 @@ from moderation.core.review import (
 )
 from moderation.core.reviewers import LoginPolicy, ReviewerAccount, ReviewerSession
 from moderation.core.scoring import CategorySlot, SignalScorer
+from moderation.core.sources import DecisionSource
 from moderation.core.strikes import EnforcementAction, Strike
 from moderation.core.text import TextLine
 from moderation.core.wellbeing import ReviewerDay, WellbeingSettings
@@ -114,6 +115,7 @@ __all__ = [
     "ImageDecoder",
     "ImageHistory",
     "ImageSource",
+    "JobRescorer",
     "JobStore",
     "JobTransients",
     "LegacyBankSource",
@@ -462,6 +464,11 @@ class DeliveryLog(Protocol):
 
     def mark_effects_done(self, job_id: str) -> None: ...
 
+    def reset(self, job_id: str) -> None:
+        """Forget the job's start count and side-effect mark: it runs again from the start (a
+        job scored again for a notice)."""
+        ...
+
     def forget_ended(self, job_ids: Sequence[str]) -> None:
         """The message that ended these jobs has done its work: their start counts go, and
         their side-effect marks expire ``queue.ended_grace_s`` later, so the store holds what
@@ -517,6 +524,19 @@ class WorkerRegistry(Protocol):
 
     def try_lock(self, name: str, ttl_s: float) -> bool:
         """Take a named lock for ``ttl_s`` seconds unless someone holds it."""
+        ...
+
+
+@runtime_checkable
+class JobRescorer(Protocol):
+    """A job store that can run an ended job again (a notice against a job without a verdict).
+
+    Raises (every method): ``DatabaseUnavailable``/``QueueUnavailable`` when unreachable.
+    """
+
+    def rescore(self, job_id: str, *, reported: DecisionSource) -> Job | None:
+        """Make the ended job ``job_id`` runnable again, marked ``reported`` (its result back to
+        queued, back in the pending index); the job, or None when it is unknown."""
         ...
 
 

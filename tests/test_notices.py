@@ -32,13 +32,13 @@ from moderation.core.admission import Tenant
 from moderation.core.audit import AuditRecord, dsa_statement
 from moderation.core.decision import Decision
 from moderation.core.image_ref import ImageRef
-from moderation.core.jobs import Job, scoped_id
+from moderation.core.jobs import Job, JobError, scoped_id
 from moderation.core.notices import NoticeState, ReporterType
 from moderation.core.policy import Action, Policy
-from moderation.core.review import ReviewDecision
+from moderation.core.review import NOTICE_BOOST, ReviewDecision, review_id_for
 from moderation.core.sources import DecisionSource
 from moderation.exceptions import JobNotFoundError, JobRejected
-from moderation.pipeline.notices import NoticeDesk
+from moderation.pipeline.notices import NoticeDesk, Rescoring
 from moderation.pipeline.outcomes import Outcomes
 from moderation.ports import NoticeStore, ReviewQueue
 from moderation.settings import ApiKey, Settings, TenantSettings
@@ -346,6 +346,61 @@ def test_a_job_without_a_verdict_is_refused(world: World) -> None:
     assert (refused.value.status, refused.value.code) == (409, "notice_not_reviewable")
     with pytest.raises(JobNotFoundError):
         world.report(ACME, "never-submitted")
+
+
+def _failed(world: World, job_id: str, uri: str = "s3://uploads/failed.png") -> Job:
+    """A job of acme that ended in an error (no verdict): its image could not be fetched."""
+    job = Job(id=scoped_id("acme", job_id), image=ImageRef(uri=uri), tenant="acme")
+    world.store.create_many([(job, None)])
+    world.outcomes.finish_error(job, JobError(code="fetch_failed", message="HTTP 503"))
+    return job
+
+
+def test_a_job_that_ended_without_a_verdict_is_scored_again_into_review(world: World) -> None:
+    publisher = MemoryPublisher()
+    world.desk.rescoring = Rescoring(world.store, world.outcomes.deliveries, publisher)
+    job = _failed(world, "failed")
+    filed = world.report(ACME, "failed")
+    assert filed.new and filed.notice.review_id == review_id_for(job.id)
+    again = world.store.get_job(job.id)
+    assert again is not None and again.reported is DecisionSource.USER_REPORT
+    result = world.store.get_result(job.id)
+    assert result is not None and not result.status.final
+    assert publisher.published == [job.id]
+    # Another reporter while it is scored again: kept, answered with the same decision.
+    second = world.report(ACME, "failed", reporter="u-2")
+    assert second.new and publisher.published == [job.id]  # not published twice
+
+    # The worker's new run: the model allows it, and it still goes to review, as reported.
+    verdict = dataclasses.replace(
+        make_verdict(world.policy, "restricted_logo", 0.1),
+        decision=Decision.ALLOW,
+        action=Action.NONE,
+    )
+    world.outcomes.finish_verdict(again, verdict, content_sha256="cd" * 32)
+    item = world.review.item(review_id_for(job.id))
+    assert item.source is DecisionSource.USER_REPORT
+    assert item.priority_boost == NOTICE_BOOST[DecisionSource.USER_REPORT]
+    reason = world.policy.category("restricted_logo").actions.block.reason_code
+    assert world.decide_next(ReviewDecision.REMOVE, reason_code=reason) == job.id
+    for notice in (filed.notice, second.notice):
+        answered = world.notices.get("acme", notice.notice_id)
+        assert answered is not None and answered.state is NoticeState.ANSWERED
+        assert answered.outcome == "remove"
+
+
+def test_a_job_without_a_verdict_whose_bytes_are_gone_is_a_coded_refusal(world: World) -> None:
+    world.desk.rescoring = Rescoring(world.store, world.outcomes.deliveries, MemoryPublisher())
+    _failed(world, "inline", uri="inline:acme/abc")
+    with pytest.raises(JobRejected) as gone:
+        world.report(ACME, "inline")
+    assert (gone.value.status, gone.value.code) == (409, "notice_source_gone")
+    assert "submit the image again" in str(gone.value)
+    world.desk.rescoring = None  # a deployment that cannot run jobs again
+    _failed(world, "no-rescoring")
+    with pytest.raises(JobRejected) as refused:
+        world.report(ACME, "no-rescoring")
+    assert (refused.value.status, refused.value.code) == (409, "notice_not_reviewable")
 
 
 # --- over HTTP: the API and the Python client ---------------------------------------------

@@ -254,6 +254,13 @@ def test_every_metric_of_the_alerts_and_the_dashboard_is_exported_by_a_live_proc
     # Per-bank series exist once the worker serves a bank (this one serves none): they are
     # declared in the code (exported at 0 from the first batch on; tests/test_bank_guard.py).
     per_bank = {"moderation_bank_entries_quarantined_total"}
+    # The synced banks' health is rendered by an API with a database and banks.exchanges (this
+    # one has neither; tests/test_exchange_sync.py reads them from a real sync loop).
+    per_bank |= {
+        "moderation_exchange_sync_failures",
+        "moderation_exchange_sync_interval_seconds",
+        "moderation_exchange_sync_last_success_age_seconds",
+    }
     assert all(n in Path(metrics_module.__file__).read_text() for n in per_bank)
     missing = sorted(n for n in named_metrics() - per_bank if n not in names and n not in helped)
     assert missing == [], f"named in alerts or dashboard, exported by no live process: {missing}"

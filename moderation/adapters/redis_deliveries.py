@@ -113,6 +113,12 @@ class RedisDeliveryLog(SingleDeliveryOps):
         if job_ids:
             self._call(run)
 
+    def reset(self, job_id: str) -> None:
+        """Delete the job's start counter and side-effect mark (it runs again from the start)."""
+        self._call(
+            lambda: self.redis.delete(self.key("deliveries", job_id), self.key("effects", job_id))
+        )
+
     def forget_ended(self, job_ids: Sequence[str]) -> None:
         """Delete the jobs' start counters; their effect marks expire after
         ``ended_grace_s`` (one round trip)."""

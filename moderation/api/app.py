@@ -504,7 +504,10 @@ def create_app(api: ApiProcess) -> FastAPI:
         """Report one of your jobs (a user's notice, or a trusted flagger's): the item goes to
         human review (a trusted flagger's first) and the reporter gets a signed
         `notice.outcome` callback once a reviewer decided. The same report again (same
-        reporter, job and reason) collapses into the first: 200 with `duplicate: true`."""
+        reporter, job and reason) collapses into the first: 200 with `duplicate: true`. A job
+        that ended without a verdict is scored again (its image fetched again) and reviewed; 409
+        `notice_source_gone` when its bytes were sent inline and are gone, 409
+        `notice_not_reviewable` when it has not ended yet."""
         filed = _notice_desk().file(
             tenant=caller,
             job_id=job_id,

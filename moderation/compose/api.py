@@ -44,7 +44,7 @@ from moderation.core.admission import Tenant
 from moderation.pipeline.appeals import Appeals, route_final
 from moderation.pipeline.bank_guard import BankGuard
 from moderation.pipeline.banks import BankService
-from moderation.pipeline.notices import NoticeDesk
+from moderation.pipeline.notices import NoticeDesk, Rescoring
 from moderation.pipeline.outcomes import Outcomes
 from moderation.pipeline.publishing import CoalescingPublisher
 from moderation.pipeline.review_admin import ReviewAdmin
@@ -63,6 +63,7 @@ from moderation.ports import (
     CallbackSender,
     DeliveryLog,
     ExchangeHealth,
+    JobRescorer,
     JobStore,
     NoticeStore,
     RateLimiter,
@@ -242,6 +243,9 @@ def build_api(
             policies=lambda: load_policies(paths),
             check_callback_url=check_callback_url,
             limiter=submitter.limiter,
+            rescoring=(
+                Rescoring(store, deliveries, publisher) if isinstance(store, JobRescorer) else None
+            ),
         )
         if notices is not None
         else None

@@ -30,6 +30,7 @@ from moderation.core.decision import Decision, Verdict
 from moderation.core.image_ref import ImageRef
 from moderation.core.media import IMAGE, Media
 from moderation.core.review import HumanDecision, ReviewDecision
+from moderation.core.sources import DecisionSource
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -157,6 +158,10 @@ class Job(BaseModel):
     #: What the content was taken for at submit time (``moderation.core.media``): ``video``
     #: jobs are published on the video lanes.
     media: Media = IMAGE
+    #: A notice asked for this job to be scored again (its first run ended without a verdict,
+    #: :class:`~moderation.pipeline.notices.NoticeDesk`): whatever the new verdict decides, the
+    #: item goes to human review under this source. None: an ordinary job.
+    reported: DecisionSource | None = None
 
     @property
     def public_id(self) -> str:

@@ -17,10 +17,19 @@ When the item's human decision is made, :func:`answer_notices` (called by
 it and sends each reporter's outcome callback (``notice.outcome``, signed like every callback) to
 the notice's ``callback_url``, or the job's. Answering is idempotent: a notice is answered once.
 
-Limits: a job that has not ended yet, or ended in an error (no verdict to review), is refused
-(409 ``notice_not_reviewable``): the reporter reports again once it has a result. An item the
-model allowed was scored without keeping its bytes, so its review shows no image and a reviewer
-can remove or escalate it, not allow it, as for any item whose bytes are gone.
+A job that ended without a verdict (an error: the source could not be fetched or decoded then)
+is **scored again** (:class:`Rescoring`): when its image can be fetched again (a URL or an object
+store key, not bytes sent inline, which went with the job), the job is reopened marked
+``reported`` and published again; the worker's new verdict, whatever it decides, puts the item
+into review under the notice's source with the bytes kept for the reviewer, and the notice is
+answered when it is decided. Inline bytes that are gone: 409 ``notice_source_gone`` (submit the
+image again and report the new job). A re-run that fails again leaves the job's error result and
+the notice open; another notice tries again.
+
+Limits: a job that has not ended yet is refused (409 ``notice_not_reviewable``): the reporter
+reports again once it has a result. An item the model allowed was scored without keeping its
+bytes, so its review shows no image and a reviewer can remove or escalate it, not allow it, as
+for any item whose bytes are gone.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from datetime import UTC, datetime
 from moderation.core.admission import Tenant
 from moderation.core.callbacks import notice_callback_body
 from moderation.core.jobs import Job, is_job_id, public_id, scoped_id
+from moderation.core.media import VIDEO
 from moderation.core.notices import Notice, NoticeState, ReporterType, notice_id_for
 from moderation.core.policy import Policy
 from moderation.core.review import (
@@ -41,6 +51,7 @@ from moderation.core.review import (
     item_from_verdict,
     review_id_for,
 )
+from moderation.core.sources import DecisionSource
 from moderation.exceptions import (
     ImageFetchError,
     JobNotFoundError,
@@ -49,9 +60,18 @@ from moderation.exceptions import (
     ReviewInvalidDecision,
     ReviewNotFound,
 )
-from moderation.ports import CallbackSender, JobStore, NoticeStore, RateLimiter, ReviewQueue
+from moderation.ports import (
+    CallbackSender,
+    DeliveryLog,
+    JobRescorer,
+    JobStore,
+    NoticeStore,
+    RateLimiter,
+    ReviewQueue,
+    TaskPublisher,
+)
 
-__all__ = ["Filed", "NoticeDesk", "answer_notices"]
+__all__ = ["Filed", "NoticeDesk", "Rescoring", "answer_notices"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +93,31 @@ def _category_named(policy: Policy, reason: str) -> str | None:
         if pid != policy.id:
             return None
     return next((c.id for c in policy.categories if c.id == word), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Rescoring:
+    """Run an ended job again for a notice: reopen it marked ``reported``, forget its delivery
+    count and side-effect mark, publish it on its lane. A crash between the reopen and the
+    publish leaves it pending: the lost-message sweep publishes it."""
+
+    jobs: JobRescorer
+    deliveries: DeliveryLog
+    publisher: TaskPublisher
+
+    def __call__(self, job: Job, source: DecisionSource) -> bool:
+        """False when the job is gone (expired between the read and now).
+
+        Raises:
+            QueueUnavailable, DatabaseUnavailable: transient.
+        """
+        again = self.jobs.rescore(job.id, reported=source)
+        if again is None:
+            return False
+        self.deliveries.reset(job.id)
+        self.publisher.publish([job.id], high=again.priority == "high", video=again.media == VIDEO)
+        log.info("job %s: scored again for a %s notice", job.id, source.value)
+        return True
 
 
 class NoticeDesk:
@@ -100,7 +145,9 @@ class NoticeDesk:
         policies: Callable[[], Mapping[str, Policy]],
         check_callback_url: Callable[[str], None] | None = None,
         limiter: RateLimiter | None = None,
+        rescoring: Rescoring | None = None,
     ) -> None:
+        self.rescoring = rescoring
         self.store = store
         self.notices = notices
         self.review = review
@@ -127,7 +174,9 @@ class NoticeDesk:
             JobRejected: 400 ``bad_callback_url``; 403 ``trusted_flagger_not_allowed`` (a
                 trusted flagger's notice from a tenant not allowed to file them:
                 ``tenants.<name>.trusted_flagger_notices``); 409 ``notice_not_reviewable`` (the
-                job has not ended, or ended without a verdict).
+                job has not ended, or ended without a verdict where nothing can score it
+                again); 409 ``notice_source_gone`` (it ended without a verdict and its bytes,
+                sent inline, are gone).
             RateLimited: 429 ``rate_limited``, the tenant reports faster than its job rate.
             QueueUnavailable, DatabaseUnavailable: transient.
         """
@@ -152,12 +201,18 @@ class NoticeDesk:
         result = self.store.get_result(scoped) if scoped else None
         if job is None or result is None or scoped is None:
             raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")
-        if result.human is None and (not result.status.final or result.verdict is None):
+        # Ended without a verdict: scored again (below); being scored again: its verdict goes
+        # to review whatever it is, so a notice now is kept and answered with it.
+        rescore = result.human is None and result.status.final and result.verdict is None
+        again = job.reported is not None and not result.status.final
+        if result.human is None and not result.status.final and not again:
             raise JobRejected(
                 f"job {job_id!r} has no verdict to review yet; report it again once it ended",
                 status=409,
                 code="notice_not_reviewable",
             )
+        if rescore:
+            self._check_rescorable(job)
         notice, new = self.notices.add(
             Notice(
                 notice_id=notice_id_for(scoped, reporter_type, reporter, reason),
@@ -176,9 +231,32 @@ class NoticeDesk:
             answer_notices(result.human, job=job, notices=self.notices, callbacks=self.callbacks)
             answered = self.notices.get(tenant.name, notice.notice_id)
             return Filed(notice=answered or notice, new=True)
-        review_id = self._into_review(job, notice)
+        if rescore or again:
+            if rescore and self.rescoring is not None and not self.rescoring(job, notice.source):
+                raise JobNotFoundError(f"no job {job_id!r} (unknown or expired)")
+            review_id = review_id_for(job.id)  # the item the new verdict puts into review
+        else:
+            review_id = self._into_review(job, notice)
         self.notices.set_review(notice.notice_id, review_id)
         return Filed(notice=notice.model_copy(update={"review_id": review_id}), new=True)
+
+    def _check_rescorable(self, job: Job) -> None:
+        """Raises JobRejected (409) when the job that ended without a verdict cannot be scored
+        again: its inline bytes went with it, or this deployment cannot re-run jobs."""
+        if job.image.inline:
+            raise JobRejected(
+                f"job {job.public_id!r} ended without a verdict and its bytes (sent inline) are "
+                "gone: submit the image again and report the new job",
+                status=409,
+                code="notice_source_gone",
+            )
+        if self.rescoring is None:
+            raise JobRejected(
+                f"job {job.public_id!r} ended without a verdict and cannot be scored again here "
+                "(its records need the database)",
+                status=409,
+                code="notice_not_reviewable",
+            )
 
     def _admit(self, tenant: Tenant) -> None:
         if self.limiter is None:

@@ -41,6 +41,7 @@ from moderation.core.jobs import Job, JobError, JobResult
 from moderation.core.payload import Payload
 from moderation.core.policy import Policy
 from moderation.core.review import (
+    NOTICE_BOOST,
     HumanDecision,
     ReviewDecision,
     ReviewItem,
@@ -48,6 +49,7 @@ from moderation.core.review import (
     review_id_for,
 )
 from moderation.core.shadow import ShadowVerdict
+from moderation.core.sources import DecisionSource
 from moderation.exceptions import JobNotFoundError, ModerationError, ReviewInvalidDecision
 from moderation.metrics import metrics
 from moderation.pipeline.notices import answer_notices
@@ -336,7 +338,7 @@ class Outcomes:
             for job, result in ended_now
             if self.review is not None
             and result.verdict is not None
-            and result.verdict.decision is Decision.REVIEW
+            and (result.verdict.decision is Decision.REVIEW or job.reported is not None)
             and (
                 item := self._review_item(
                     job, result, (data or {}).get(job.id), (stills or {}).get(job.id)
@@ -400,6 +402,8 @@ class Outcomes:
             if self.enforcement is not None
             else 0.0
         )
+        if job.reported is not None:  # scored again for a notice: reviewed whatever it decided
+            boost = max(boost, NOTICE_BOOST[job.reported])
         try:
             item = item_from_verdict(
                 job_id=job.id,
@@ -412,6 +416,9 @@ class Outcomes:
                 evidence_key=evidence_key,
                 uploader_id=job.uploader_id,
                 priority_boost=boost,
+                # scored again for a notice: its source; an allowed verdict names no category
+                source=job.reported or DecisionSource.AUTOMATED,
+                category_id=verdict.category_id or policy.categories[0].id,
             )
         except ReviewInvalidDecision as exc:
             log.error("job %s: cannot build its review item: %s", job.id, exc)

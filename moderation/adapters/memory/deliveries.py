@@ -42,6 +42,11 @@ class MemoryDeliveryLog(SingleDeliveryOps):
     def mark_effects_done_many(self, job_ids: Sequence[str]) -> None:
         self.effects.update(job_ids)
 
+    def reset(self, job_id: str) -> None:
+        with self.jobs.lock:
+            self.deliveries.pop(job_id, None)
+            self.effects.discard(job_id)
+
     def forget_ended(self, job_ids: Sequence[str]) -> None:
         """Start counts go; effect marks stay (a twin has no clock: within the grace)."""
         with self.jobs.lock:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from moderation.core.fairness import TenantBacklog
 from moderation.core.jobs import Job, JobResult, keeps_inline, tenant_of
 from moderation.core.review import HumanDecision
+from moderation.core.sources import DecisionSource
 from moderation.exceptions import QueueFull, TenantQueueFull
 from moderation.ports import SingleJobOps
 
@@ -127,6 +128,17 @@ class MemoryJobStore(SingleJobOps):
             updated = current.model_copy(update={"human": human})
             self.results[job_id] = updated
             return updated
+
+    def rescore(self, job_id: str, *, reported: DecisionSource) -> Job | None:
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return None
+            job = job.model_copy(update={"reported": reported})
+            self.jobs[job_id] = job
+            self.results[job_id] = JobResult.queued(job)
+            self.pending[job_id] = time.time()
+            return job
 
     def outcomes(self, count: int = 100_000) -> list[tuple[str, str]]:
         return list(self.ended[:count])

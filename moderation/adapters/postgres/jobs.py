@@ -47,6 +47,7 @@ from moderation.adapters.postgres.errors import database_errors
 from moderation.core.fairness import TenantBacklog
 from moderation.core.jobs import Job, JobResult, final_decision, keeps_inline
 from moderation.core.review import HumanDecision
+from moderation.core.sources import DecisionSource
 from moderation.exceptions import DatabaseUnavailable
 from moderation.ports import JobTransients, SingleJobOps
 
@@ -348,6 +349,33 @@ class PostgresJobStore(SingleJobOps):
                 "published_at = now(), result = %(result)s::jsonb WHERE id = %(id)s "
                 "AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)",
                 {"result": JobResult.queued(job).model_dump_json(), "id": job_id},
+            )
+        self.transients.hold_many([(job, None)])
+        return job
+
+    def rescore(self, job_id: str, *, reported: DecisionSource) -> Job | None:
+        """Run the ended job ``job_id`` again, marked ``reported`` (see
+        :class:`~moderation.ports.JobRescorer`): the job's record says so, its result is back to
+        queued and it is back in the pending index (the lost-message sweep republishes it if
+        the caller dies before publishing). None for an unknown job."""
+        with database_errors("job store"), self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT job::text FROM jobs "
+                "WHERE id = %(id)s AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)",
+                {"id": job_id},
+            ).fetchone()
+            if row is None:
+                return None
+            job = Job.model_validate_json(row[0]).model_copy(update={"reported": reported})
+            conn.execute(
+                "UPDATE jobs SET job = %(job)s::jsonb, status = 'queued', decision = NULL, "
+                "finished_at = NULL, published_at = now(), result = %(result)s::jsonb "
+                "WHERE id = %(id)s AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)",
+                {
+                    "job": job.model_dump_json(),
+                    "result": JobResult.queued(job).model_dump_json(),
+                    "id": job_id,
+                },
             )
         self.transients.hold_many([(job, None)])
         return job
