@@ -440,3 +440,33 @@ def test_the_documented_example_loads(signals: Signals) -> None:
     policy = load_policy_text(example, source="docs/signals.md", signals=signals)
     rules = policy.categories[0].text
     assert rules is not None and rules.phrases == ["send bitcoin", "double your money"]
+
+
+def test_text_rules_are_not_matched_where_a_cheaper_signal_already_blocked(scoring: Any) -> None:
+    """Cost order: the text signal (cost 50) is left unscored on an image a critical prompts
+    category already blocks, and the verdict says so."""
+    both = textwrap.dedent(
+        """\
+        id: mixed
+        version: 1
+        description: prompts first, text second
+        categories:
+          - id: red_things
+            description: anything red
+            severity: critical
+            prompts: [a red image]
+            benign_prompts: [a green image]
+            thresholds: {review: 0.01, block: 0.02}
+          - id: scam_text
+            description: crypto giveaway scams
+            severity: high
+            signal: text
+            text: {keywords: [giveaway]}
+            thresholds: {review: 0.5, block: 0.8}
+        """
+    )
+    moderator = _moderator(scoring, both, _twin())
+    (verdict,) = moderator.moderate([moderator.prepare(_solid(RED))])
+    assert verdict.decision is Decision.BLOCK and verdict.category_id == "red_things"
+    assert [(s.signal, s.settled_by) for s in verdict.skipped] == [("text", "mixed/red_things")]
+    assert "mixed/scam_text" not in verdict.scores or verdict.scores["mixed/scam_text"] == 0.0
