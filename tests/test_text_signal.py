@@ -440,3 +440,60 @@ def test_the_documented_example_loads(signals: Signals) -> None:
     policy = load_policy_text(example, source="docs/signals.md", signals=signals)
     rules = policy.categories[0].text
     assert rules is not None and rules.phrases == ["send bitcoin", "double your money"]
+
+
+def test_text_rules_are_not_matched_where_a_cheaper_signal_already_blocked(scoring: Any) -> None:
+    """Cost order: the text signal (cost 50) is left unscored on an image a critical prompts
+    category already blocks, and the verdict says so."""
+    both = textwrap.dedent(
+        """\
+        id: mixed
+        version: 1
+        description: prompts first, text second
+        categories:
+          - id: red_things
+            description: anything red
+            severity: critical
+            prompts: [a red image]
+            benign_prompts: [a green image]
+            thresholds: {review: 0.01, block: 0.02}
+          - id: scam_text
+            description: crypto giveaway scams
+            severity: high
+            signal: text
+            text: {keywords: [giveaway]}
+            thresholds: {review: 0.5, block: 0.8}
+        """
+    )
+    moderator = _moderator(scoring, both, _twin())
+    (verdict,) = moderator.moderate([moderator.prepare(_solid(RED))])
+    assert verdict.decision is Decision.BLOCK and verdict.category_id == "red_things"
+    assert [(s.signal, s.settled_by) for s in verdict.skipped] == [("text", "mixed/red_things")]
+    assert "mixed/scam_text" not in verdict.scores or verdict.scores["mixed/scam_text"] == 0.0
+
+
+def test_a_word_spelled_out_with_dots_keeps_its_boundaries() -> None:
+    assert _matches("kill yourself", "k.i.l.l y.o.u.r.s.e.l.f now") == (0,)
+    assert _matches("kill yourself", "s.k.i.l.l y.o.u.r.s.e.l.f") is None
+    assert _matches("cash app me", "c.a.s.h.a.p.p m.e.e.t.i.n.g") is None
+
+
+def test_lines_of_text_turned_15_degrees_are_read_along_it() -> None:
+    import math
+
+    def turned(text: str, x: float, y: float, w: float = 80, h: float = 20) -> TextLine:
+        a = math.radians(-15)  # rising to the right
+        ux, uy, nx, ny = math.cos(a), math.sin(a), -math.sin(a), math.cos(a)
+        corners = [(x, y), (x + w * ux, y + w * uy), (x + w * ux + h * nx, y + w * uy + h * ny)]
+        corners.append((x + h * nx, y + h * ny))
+        box = tuple((round(cx), round(cy)) for cx, cy in corners)
+        return TextLine(text, box, 0.9)  # type: ignore[arg-type]
+
+    kill = turned("kill", 0, 100)
+    # the next word along the same turned line: 90 px further along its direction
+    yourself = turned(
+        "yourself", 90 * math.cos(math.radians(-15)), 100 + 90 * math.sin(math.radians(-15))
+    )
+    below = turned("below", 0, 160)
+    found = reading_order([yourself, below, kill])
+    assert [ln.text for ln in found] == ["kill", "yourself", "below"]

@@ -13,7 +13,8 @@ way for the rule and for what was read::
     look-alike letters to Latin        Cyrillic "кіll", Greek "κιλλ"-style homoglyphs -> "kill"
     leetspeak to letters               "k1ll", "k!ll", "|<ill" -> "kill" (see LEET)
     repeated letters collapsed         "kiiiillll" -> "kil"  (the rule's "kill" -> "kil" too)
-    split on anything else             "k.i.l.l", "k i l l", "k-i-l-l" -> tokens k | i | l | l
+    split on anything else             "k i l l" -> tokens k | i | l | l; "kill-you" -> kill | you
+    a word spelled with dots           "k.i.l.l", "k-i-l-l" -> one token "kil"
 
 A rule matches where its skeleton, spaces removed, equals a run of whole tokens of the text,
 spaces removed: ``k i l l`` and ``killyourself`` (OCR often drops spaces) match "kill
@@ -110,27 +111,35 @@ _SYMBOLS = regex.compile(
 
 
 def reading_order(lines: Sequence[TextLine]) -> tuple[TextLine, ...]:
-    """``lines`` top to bottom, left to right; boxes that overlap vertically by more than half
-    the lower one's height are one row (slightly turned text, split by the detector, stays in
-    order)."""
+    """``lines`` top to bottom, left to right, along the text's own direction: a box whose
+    centre lies within about half a line height of another's baseline direction is on its row
+    (turned text, split by the detector into several boxes, stays in order)."""
 
-    def span(line: TextLine) -> tuple[float, float, float]:
-        ys = [y for _, y in line.box]
-        return min(ys), max(ys), min(x for x, _ in line.box)
+    def geometry(line: TextLine) -> tuple[float, float, float, float, float]:
+        (x0, y0), (x1, y1), _, (x3, y3) = line.box
+        cx = sum(x for x, _ in line.box) / 4
+        cy = sum(y for _, y in line.box) / 4
+        length = ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5
+        ux, uy = ((x1 - x0) / length, (y1 - y0) / length) if length else (1.0, 0.0)
+        height = max(((x3 - x0) ** 2 + (y3 - y0) ** 2) ** 0.5, 1.0)
+        return cx, cy, ux, uy, height
 
-    rows: list[list[tuple[float, float, float, TextLine]]] = []
-    for line in sorted(lines, key=lambda ln: (span(ln)[0] + span(ln)[1]) / 2):
-        top, bottom, left = span(line)
-        for row in rows:
-            r_top = min(item[0] for item in row)
-            r_bottom = max(item[1] for item in row)
-            overlap = min(bottom, r_bottom) - max(top, r_top)
-            if overlap > 0.5 * min(bottom - top, r_bottom - r_top):
-                row.append((top, bottom, left, line))
+    rows: list[tuple[tuple[float, float, float, float, float], list[TextLine]]] = []
+    for line in sorted(lines, key=lambda ln: geometry(ln)[1]):
+        cx, cy, _, _, height = geometry(line)
+        for (rx, ry, ux, uy, rh), members in rows:
+            across = abs(-(cx - rx) * uy + (cy - ry) * ux)  # distance from the row's line
+            if across < 0.5 * max(rh, height):
+                members.append(line)
                 break
         else:
-            rows.append([(top, bottom, left, line)])
-    return tuple(item[3] for row in rows for item in sorted(row, key=lambda item: item[2]))
+            rows.append((geometry(line), [line]))
+    out: list[TextLine] = []
+    for (rx, ry, ux, uy, _), members in rows:
+        out += sorted(
+            members, key=lambda ln: (geometry(ln)[0] - rx) * ux + (geometry(ln)[1] - ry) * uy
+        )
+    return tuple(out)
 
 
 def _fold(text: str) -> str:
@@ -153,8 +162,16 @@ _TOKEN = regex.compile(r"[\p{L}\p{N}]+")
 
 
 def skeleton_tokens(text: str) -> list[str]:
-    """The normalised tokens of ``text`` (see the module docstring)."""
-    return [_collapse(m.group()) for m in _TOKEN.finditer(_fold(text))]
+    """The normalised tokens of ``text`` (see the module docstring). A word spelled out with
+    punctuation between its letters (``s.k.i.l.l``, ``U.S.A.``) is one token."""
+    tokens: list[str] = []
+    for chunk in _fold(text).split():
+        pieces = _TOKEN.findall(chunk)
+        if len(pieces) > 1 and all(len(piece) == 1 for piece in pieces):
+            tokens.append("".join(pieces))
+        else:
+            tokens.extend(pieces)
+    return [_collapse(token) for token in tokens]
 
 
 @dataclass(frozen=True, slots=True)
