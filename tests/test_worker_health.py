@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from moderation.adapters.health_server import HealthServer
 from moderation.pipeline.health import Phase, WorkerHealth
@@ -99,6 +100,10 @@ def test_the_probe_endpoint_answers_200_or_503_with_the_reason() -> None:
         assert httpx.get(f"{base}/metrics", timeout=5).status_code == 404
     finally:
         server.close()
+    # Closed (a worker's last step before exiting): a probe is refused at once, not accepted
+    # by the kernel and left unanswered while the process ends.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base}/readyz", timeout=5)
 
 
 def test_a_celery_stop_nobody_asked_for_exits_non_zero() -> None:

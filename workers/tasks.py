@@ -102,6 +102,7 @@ def _shutdown(sender: Any = None, **_: Any) -> None:
             _worker.close()  # flushes the audit spool
     finally:
         lifecycle.on_stopped(sender)
+        lifecycle.before_exit()
 
 
 @app.task(  # type: ignore[untyped-decorator]
