@@ -138,6 +138,35 @@ def test_a_final_result_is_written_once_in_one_statement(
     assert decisions == [("allow", 10), ("review", 10)]
 
 
+def test_results_are_answered_as_written_and_rows_from_before_0140_read_the_same(
+    store: PostgresJobStore,
+) -> None:
+    """0140: the API's answer is the JSON text each write stored (read back without a JSONB
+    conversion), queryable by a cast; a row written before 0140 (JSONB only) reads the same."""
+    queued, ending = job("x1", tenant="t10"), job("x2", tenant="t10")
+    store.create_many([(queued, None), (ending, None)])
+    ended = JobResult.ended(ending, verdict=verdict(Decision.BLOCK))
+    store.finish(ended)
+    assert store.result_json([queued.id, ending.id]) == [
+        JobResult.queued(queued).model_dump_json().encode(),
+        ended.model_dump_json().encode(),
+    ]
+    with psycopg.connect(str(store.pool.conninfo), autocommit=True) as conn:
+        rows = dict(
+            conn.execute(
+                "SELECT id, result_text::jsonb->'verdict'->>'decision' FROM jobs "
+                "WHERE tenant = 't10' AND result IS NULL"
+            ).fetchall()
+        )
+        assert rows == {queued.id: None, ending.id: "block"}
+        conn.execute(  # as a release before 0140 left it
+            "UPDATE jobs SET result = result_text::jsonb, result_text = NULL WHERE id = %s",
+            (ending.id,),
+        )
+    assert store.get_results([ending.id, queued.id]) == [ended, JobResult.queued(queued)]
+    assert store.get_result(ending.id) == ended
+
+
 def test_concurrent_finishers_end_each_job_once(store: PostgresJobStore) -> None:
     jobs = [job(f"r{i}", tenant="t3") for i in range(40)]
     store.create_many([(j, None) for j in jobs])

@@ -357,9 +357,13 @@ def test_upgrade_from_the_previous_release_keeps_its_data(
     to the current schema and the current adapters read the same rows back."""
     from psycopg.types.json import Jsonb
 
+    from moderation.adapters.memory import MemoryJobTransients
     from moderation.adapters.postgres.banks import PostgresBankStore
+    from moderation.adapters.postgres.jobs import PostgresJobStore
     from moderation.adapters.postgres.review import PostgresReviewQueue
     from moderation.adapters.postgres.reviewers import PostgresReviewerStore
+    from moderation.core.image_ref import ImageRef
+    from moderation.core.jobs import Job, JobError, JobResult
     from moderation.core.review import rank_key
     from tests.test_review_queue import make_item, world_policy
 
@@ -370,6 +374,10 @@ def test_upgrade_from_the_previous_release_keeps_its_data(
         shutil.copy(MIGRATIONS_DIR / f"{name}.sql", older)
     url = pg_server.create_database()
     item = make_item(world_policy(), "upgrade-job", score=0.7)
+    old_job = Job(id="acme/old-job", image=ImageRef.for_inline("acme/old-job"), tenant="acme")
+    old_result = JobResult.ended(
+        old_job, error=JobError(code="image_corrupt", message="not an image")
+    )
     try:
         with open_pool(SETTINGS, url=url) as pool:
             assert upgrade(pool, directory=older) == PREVIOUS_RELEASE
@@ -397,6 +405,17 @@ def test_upgrade_from_the_previous_release_keeps_its_data(
                 )
                 conn.execute("INSERT INTO bank_segments VALUES ('old-bank', 0, 0, 2)")
                 conn.execute(
+                    "INSERT INTO jobs (id, day, tenant, created_at, job, result, status)"
+                    " VALUES (%s, %s, 'acme', %s, %s, %s, 'done')",
+                    (
+                        old_job.id,
+                        old_job.created_at.date(),
+                        old_job.created_at,
+                        old_job.model_dump_json(),
+                        old_result.model_dump_json(),
+                    ),
+                )
+                conn.execute(
                     "INSERT INTO bank_entries (bank, id, pdq, added_at, removed) VALUES"
                     " ('old-bank', 0, %s, now(), false), ('old-bank', 1, %s, now(), true)",
                     (b"\x01" * 32, b"\x02" * 32),
@@ -408,6 +427,9 @@ def test_upgrade_from_the_previous_release_keeps_its_data(
             banks = PostgresBankStore(pool)
             assert [e.pdq for e in banks.scan("old-bank")] == ["01" * 32]
             assert banks.manifest("old-bank").removed == frozenset({1})
+            jobs = PostgresJobStore(pool, MemoryJobTransients())
+            assert jobs.get_results([old_job.id]) == [old_result]  # JSONB only, before 0140
+            assert jobs.get_job(old_job.id) == old_job
             queue = PostgresReviewQueue(pool, lease_s=60, age_doubling_s=900)
             assert queue.item(item.review_id) == item
             claim = queue.claim("rv_upgrade")

@@ -3,13 +3,18 @@ running job keeps in Redis (inline bytes, queued bytes, the pending index) behin
 :class:`~moderation.ports.JobTransients` port.
 
 Table ``jobs`` (``migrations/0001_jobs.sql``): one row per job, in daily partitions by the UTC
-day it was created; the record (``job``) and the result (``result``) as JSONB, with ``status``,
-``decision``, ``tenant`` and timestamps as columns to query. Retention drops whole partitions
+day it was created; the record (``job``) as JSONB, the result as the JSON text the API answers
+(``result_text``, read back as is: ``migrations/0140_job_result_text.sql``; rows written before
+it have their result as JSONB in ``result``), with ``status``, ``decision``, ``tenant`` and
+timestamps as columns to query. Retention drops whole partitions
 (:meth:`PostgresJobStore.maintain`, run by the workers' maintenance), never deletes rows.
 
 Every hot-path call is one statement for the whole batch: ``create_many`` one INSERT ... SELECT
 FROM unnest(...), ``finish_many`` one UPDATE ... FROM unnest(...); a read of one job is one
-statement, of several jobs two (their days, then their rows).
+statement, of several jobs two (their days, then their rows). Arrays go as binary parameters
+(``%(ids)b``): in text format psycopg quotes and escapes every element in Python (an array of
+100 job records took 50 ms to dump, against 0.25 ms in binary, on the busy 2-vCPU build
+machine; docs/performance.md); in binary it copies their bytes.
 
 Lookups by id. Ids are the callers' (idempotency keys), so the day of a job's partition is
 kept beside its id in the unpartitioned table ``job_days`` (``migrations/0030_job_days.sql``),
@@ -61,9 +66,9 @@ PARTITION_LOCK = 7_461_032_118_520_418
 _CREATE = """
 WITH input AS (
     SELECT * FROM unnest(
-        %(ids)s::text[], %(days)s::date[], %(tenants)s::text[], %(created)s::timestamptz[],
-        %(fingerprints)s::text[], %(jobs)s::text[], %(results)s::text[]
-    ) WITH ORDINALITY AS u(id, day, tenant, created_at, fingerprint, job, result, n)
+        %(ids)b::text[], %(days)b::date[], %(tenants)b::text[], %(created)b::timestamptz[],
+        %(fingerprints)b::text[], %(jobs)b::text[], %(results)b::text[]
+    ) WITH ORDINALITY AS u(id, day, tenant, created_at, fingerprint, job, result_text, n)
 ),
 fresh AS (
     SELECT DISTINCT ON (id) * FROM input ORDER BY id, n
@@ -73,8 +78,8 @@ claimed AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 )
-INSERT INTO jobs (id, day, tenant, created_at, fingerprint, job, result)
-SELECT f.id, f.day, f.tenant, f.created_at, f.fingerprint, f.job::jsonb, f.result::jsonb
+INSERT INTO jobs (id, day, tenant, created_at, fingerprint, job, result_text)
+SELECT f.id, f.day, f.tenant, f.created_at, f.fingerprint, f.job::jsonb, f.result_text
 FROM fresh f JOIN claimed USING (id)
 RETURNING id
 """
@@ -89,19 +94,25 @@ RETURNING id
 
 _FINISH = """
 UPDATE jobs AS j
-SET status = u.status, decision = u.decision, result = u.result::jsonb, finished_at = now()
-FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(decisions)s::text[], %(results)s::text[])
+SET status = u.status, decision = u.decision, result = NULL, result_text = u.result,
+    finished_at = now()
+FROM unnest(%(ids)b::text[], %(statuses)b::text[], %(decisions)b::text[], %(results)b::text[])
     AS u(id, status, decision, result)
 WHERE j.id = u.id AND j.finished_at IS NULL
 """
-_FINISH_DAYS = "AND j.day = ANY(%(days)s::date[])\n"
+_FINISH_DAYS = "AND j.day = ANY(%(days)b::date[])\n"
 
 _DELETE = """
-WITH gone AS (DELETE FROM job_days WHERE id = ANY(%s) RETURNING id, day)
+WITH gone AS (DELETE FROM job_days WHERE id = ANY(%b) RETURNING id, day)
 DELETE FROM jobs j USING gone WHERE j.id = gone.id AND j.day = gone.day
 """
 
 _ONE_DAY = "day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)"
+
+_JOB_TEXT = sql.SQL("job::text")
+#: The result as the API answers it: its text as written (``result_text``, 0140), or for a row
+#: written before 0140 its JSONB as text.
+_RESULT_TEXT = sql.SQL("coalesce(result_text, result::text)")
 
 
 def _day(moment: datetime) -> date:
@@ -205,16 +216,17 @@ class PostgresJobStore(SingleJobOps):
             with database_errors("job store"), self.pool.connection() as conn:
                 conn.execute(_DELETE, (list(job_ids),))
 
-    def _column(self, column: str, job_ids: Sequence[str]) -> dict[str, str]:
-        """``column`` as text by job id: one job in one statement (its day an init plan);
-        several in two, their days from ``job_days`` first, then their partitions only."""
+    def _column(self, column: sql.SQL, job_ids: Sequence[str]) -> dict[str, str]:
+        """``column`` (a text expression: :data:`_JOB_TEXT`, :data:`_RESULT_TEXT`) by job id:
+        one job in one statement (its day an init plan); several in two, their days from
+        ``job_days`` first, then their partitions only."""
         ids = list(dict.fromkeys(job_ids))
         if not ids:
             return {}
-        name = sql.Identifier(column)
+        name = column
         with database_errors("job store"), self.pool.connection() as conn:
             if len(ids) == 1:
-                query = sql.SQL("SELECT id, {}::text FROM jobs WHERE id = %(id)s AND {}").format(
+                query = sql.SQL("SELECT id, {} FROM jobs WHERE id = %(id)s AND {}").format(
                     name, sql.SQL(_ONE_DAY)
                 )
                 rows = conn.execute(query, {"id": ids[0]}).fetchall()
@@ -222,20 +234,20 @@ class PostgresJobStore(SingleJobOps):
                 days = [
                     r[0]
                     for r in conn.execute(
-                        "SELECT DISTINCT day FROM job_days WHERE id = ANY(%s)", (ids,)
+                        "SELECT DISTINCT day FROM job_days WHERE id = ANY(%b)", (ids,)
                     ).fetchall()
                 ]
                 if not days:
                     return {}
                 query = sql.SQL(
-                    "SELECT id, {}::text FROM jobs WHERE id = ANY(%(ids)s) "
-                    "AND day = ANY(%(days)s::date[])"
+                    "SELECT id, {} FROM jobs WHERE id = ANY(%(ids)b) "
+                    "AND day = ANY(%(days)b::date[])"
                 ).format(name)
                 rows = conn.execute(query, {"ids": ids, "days": days}).fetchall()
         return {str(i): str(v) for i, v in rows}
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
-        found = self._column("job", job_ids)
+        found = self._column(_JOB_TEXT, job_ids)
         return [Job.model_validate_json(found[i]) if i in found else None for i in job_ids]
 
     def queued_bytes(self, tenant: str | None = None) -> int:
@@ -255,11 +267,11 @@ class PostgresJobStore(SingleJobOps):
     # --- results -----------------------------------------------------------------------------
 
     def get_results(self, job_ids: Sequence[str]) -> list[JobResult | None]:
-        found = self._column("result", job_ids)
+        found = self._column(_RESULT_TEXT, job_ids)
         return [JobResult.model_validate_json(found[i]) if i in found else None for i in job_ids]
 
     def result_json(self, job_ids: Sequence[str]) -> list[bytes | None]:
-        found = self._column("result", job_ids)
+        found = self._column(_RESULT_TEXT, job_ids)
         return [found[i].encode() if i in found else None for i in job_ids]
 
     def finish_many(self, results: Sequence[JobResult]) -> list[bool]:
@@ -313,7 +325,7 @@ class PostgresJobStore(SingleJobOps):
         """
         with database_errors("job store"), self.pool.connection() as conn, conn.transaction():
             row = conn.execute(
-                "SELECT result::text FROM jobs WHERE id = %(id)s "
+                "SELECT coalesce(result_text, result::text) FROM jobs WHERE id = %(id)s "
                 "AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s) FOR UPDATE",
                 {"id": job_id},
             ).fetchone()
@@ -322,7 +334,8 @@ class PostgresJobStore(SingleJobOps):
             updated = JobResult.model_validate_json(row[0]).model_copy(update={"human": human})
             decision = final_decision(updated)
             conn.execute(
-                "UPDATE jobs SET result = %(result)s::jsonb, decision = %(decision)s "
+                "UPDATE jobs SET result = NULL, result_text = %(result)s, "
+                "decision = %(decision)s "
                 "WHERE id = %(id)s AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)",
                 {
                     "result": updated.model_dump_json(),
@@ -346,7 +359,7 @@ class PostgresJobStore(SingleJobOps):
             job = Job.model_validate_json(row[0])
             conn.execute(
                 "UPDATE jobs SET status = 'queued', decision = NULL, finished_at = NULL, "
-                "published_at = now(), result = %(result)s::jsonb WHERE id = %(id)s "
+                "published_at = now(), result = NULL, result_text = %(result)s WHERE id = %(id)s "
                 "AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)",
                 {"result": JobResult.queued(job).model_dump_json(), "id": job_id},
             )
