@@ -76,6 +76,7 @@ from moderation.core.image_ref import ImageRef
 from moderation.core.jobs import Job, JobResult
 from moderation.core.legacy_state import LegacyBankEntry, LegacyReviewRecord
 from moderation.core.notices import Notice
+from moderation.core.payload import Payload
 from moderation.core.policy import Policy, PolicySet
 from moderation.core.review import (
     FirstDecision,
@@ -98,6 +99,7 @@ __all__ = [
     "BankRequest",
     "BankStore",
     "BlobStore",
+    "BlobUpload",
     "CallbackOutbox",
     "CallbackSender",
     "Claim",
@@ -130,6 +132,7 @@ __all__ = [
     "SingleDeliveryOps",
     "SingleJobOps",
     "StateImportTarget",
+    "StreamingImageSource",
     "StrikeStore",
     "TaskPublisher",
     "WellbeingStore",
@@ -164,6 +167,17 @@ class ImageSource(Protocol):
     def fetch(self, ref: ImageRef, *, tenant: str | None) -> bytes: ...
 
 
+@runtime_checkable
+class StreamingImageSource(ImageSource, Protocol):
+    """A source whose downloads may be large (a video): it streams them into a temporary file
+    past ``video.stream_above_bytes`` instead of holding them in memory."""
+
+    def fetch_media(self, ref: ImageRef, *, tenant: str | None) -> Payload:
+        """:meth:`fetch`, or the temporary file the bytes were streamed into (the caller
+        removes an ``owned`` one when done)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedMedia:
     """Decoded frames (Pillow images) and, for a video or an animation, when each was shown."""
@@ -181,8 +195,9 @@ class ImageDecoder(Protocol):
 
     def decode(self, data: bytes, *, min_side: int | None = None) -> list[Any]: ...
 
-    def decode_media(self, data: bytes, *, min_side: int | None = None) -> DecodedMedia:
-        """:meth:`decode` with the timeline of a video's or an animation's samples."""
+    def decode_media(self, data: Payload, *, min_side: int | None = None) -> DecodedMedia:
+        """:meth:`decode` with the timeline of a video's or an animation's samples; a video in
+        a file is decoded from the file (never read whole into memory)."""
         ...
 
 
@@ -1111,6 +1126,23 @@ class SegmentStore(Protocol):
 # --- bytes ---------------------------------------------------------------------------------------
 
 
+class BlobUpload(Protocol):
+    """One object being written chunk by chunk (:meth:`BlobStore.upload`). Not thread-safe.
+
+    Raises (every method): as :class:`BlobStore`.
+    """
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def commit(self) -> None:
+        """Make the object readable under its key (atomic: all of it or nothing)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop what was written (idempotent; nothing stays behind, not even parts)."""
+        ...
+
+
 class BlobStore(Protocol):
     """The object store for bytes: review evidence (the exact bytes a job was scored on),
     large uploads, frames, history shards. An S3 bucket under a prefix, or a local folder.
@@ -1136,6 +1168,23 @@ class BlobStore(Protocol):
         ...
 
     def exists(self, key: str) -> bool: ...
+
+    def get_media(self, key: str, *, memory_bytes: int) -> Payload:
+        """The bytes under ``key``, or, when there are more than ``memory_bytes``, a local file
+        holding them (streamed; the caller removes an ``owned`` one).
+
+        Raises: BlobNotFound when there is no object under ``key``.
+        """
+        ...
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Store the content of the local file ``path`` under ``key`` (streamed, atomic)."""
+        ...
+
+    def upload(self, key: str) -> BlobUpload:
+        """An upload to ``key`` fed chunk by chunk: nothing is readable under ``key`` until
+        :meth:`BlobUpload.commit`, and :meth:`BlobUpload.abort` leaves nothing behind."""
+        ...
 
     def delete(self, key: str) -> None:
         """Remove the object under ``key`` (nothing there: nothing to do)."""

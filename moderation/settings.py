@@ -146,6 +146,16 @@ class VideoSettings(BaseModel):
         description="Bytes per video (URL and S3 downloads stop here; uploads: "
         "queue.max_inline_bytes).",
     )
+    #: Uploads and downloads larger than this are streamed: the API writes a multipart upload's
+    #: part to the object store chunk by chunk (the job carries a ``spill:`` reference), and a
+    #: worker writes a URL or S3 download, or a spilled upload, to a temporary file that PyAV
+    #: decodes from, so no process holds a whole video in memory. Photos are smaller and stay
+    #: in memory (``images.max_bytes`` applies to them whatever this is).
+    stream_above_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    #: The largest video a multipart upload (``/v1/jobs:upload``) may stream to the object
+    #: store (413 ``video_upload_too_large`` past it, refused while streaming). None:
+    #: ``max_bytes``.
+    max_upload_bytes: int | None = Field(default=None, gt=0)
     max_duration_s: float = Field(default=600.0, gt=0, description="Longest video, seconds.")
     max_pixels: int = Field(default=3840 * 2160, gt=0, description="Pixels per frame.")
     max_side: int = Field(default=8192, gt=0, description="Longest side of a frame, pixels.")

@@ -105,6 +105,66 @@ def test_a_malformed_key_is_refused_with_a_code(store: BlobStore, key: str) -> N
         list(store.list("../"))
 
 
+def _leftovers(store: BlobStore) -> list[str]:
+    """What an aborted upload could leave: objects, S3 multipart uploads, local temp files."""
+    found = list(store.list())
+    if isinstance(store, S3BlobStore):
+        pending = store.client.list_multipart_uploads(Bucket=store.bucket)
+        found += [u["Key"] for u in pending.get("Uploads", [])]
+    if isinstance(store, LocalBlobStore) and store.root.exists():
+        found += [str(p) for p in store.root.rglob("*") if p.is_file()]
+    return found
+
+
+def test_an_upload_fed_in_chunks_is_readable_only_once_committed(store: BlobStore) -> None:
+    data = bytes(range(256)) * (80 * 1024)  # 20 MiB: a multipart upload of 8 MiB parts on S3
+    upload = store.upload("spill/day/u-big")
+    for start in range(0, len(data), 1024 * 1024):
+        upload.write(data[start : start + 1024 * 1024])
+    assert not store.exists("spill/day/u-big")
+    upload.commit()
+    assert store.get("spill/day/u-big") == data
+    small = store.upload("spill/day/u-small")
+    small.write(b"tiny")
+    small.commit()
+    assert store.get("spill/day/u-small") == b"tiny"
+
+
+def test_an_aborted_upload_leaves_nothing_behind(store: BlobStore) -> None:
+    upload = store.upload("spill/day/u-gone")
+    for _ in range(20):  # 20 MiB: parts already sent on S3
+        upload.write(b"x" * (1024 * 1024))
+    upload.abort()
+    upload.abort()  # idempotent
+    assert not store.exists("spill/day/u-gone")
+    assert _leftovers(store) == []
+
+
+def test_large_objects_are_read_into_a_file_and_small_ones_into_memory(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from moderation.core.payload import MediaFile
+
+    data = bytes(range(256)) * 4096  # 1 MiB
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    store.put_file("spill/day/u-file", source)
+    assert store.get("spill/day/u-file") == data
+    assert store.get_media("spill/day/u-file", memory_bytes=len(data)) == data
+    media = store.get_media("spill/day/u-file", memory_bytes=64 * 1024)
+    if isinstance(store, MemoryBlobStore):
+        assert media == data  # the twin holds everything in memory anyway
+        return
+    assert isinstance(media, MediaFile)
+    assert media.size == len(data) and media.path.read_bytes() == data
+    assert media.sha256 == hashlib.sha256(data).hexdigest()
+    assert media.owned == isinstance(store, S3BlobStore)  # the local store's own file is lent
+    with pytest.raises(BlobNotFound):
+        store.get_media("spill/day/none", memory_bytes=1)
+
+
 def test_a_local_put_is_atomic_and_leaves_no_temporary_files(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path)
     payloads = [bytes([i]) * 200_000 for i in range(8)]

@@ -33,14 +33,16 @@ from moderation.adapters.http_source import HttpSource
 from moderation.adapters.s3_source import S3Source, parse_s3_ref
 from moderation.adapters.support.ssrf import Allowlist, blocked_reason, check_url, guarded_client
 from moderation.core.image_ref import ImageRef
+from moderation.core.payload import MediaFile
 from moderation.exceptions import (
     ImageFetchError,
     ImageFetchTooLarge,
     ImageFetchTransient,
     ModerationError,
+    SourceNotAllowed,
     UrlRefusedError,
 )
-from moderation.pipeline.sources import ImageSources
+from moderation.pipeline.sources import ImageSources, release
 from moderation.settings import (
     ImageLimits,
     QueueSettings,
@@ -48,6 +50,7 @@ from moderation.settings import (
     Settings,
     TenantS3Source,
     TenantSettings,
+    VideoSettings,
 )
 from tests.servers import MotoServer
 
@@ -115,6 +118,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"x" * 10)
                 self.wfile.flush()
                 time.sleep(0.05)
+        elif path == "/stream":  # a large download (a video): N bytes, declared
+            n = int(query["n"][0])
+            self._send(200, bytes(range(256)) * (n // 256), {"Content-Type": "video/mp4"})
         elif path == "/big-declared":
             self.send_response(200)
             self.send_header("Content-Length", str(MAX_BYTES * 50))
@@ -303,6 +309,57 @@ def test_oversized_bodies_are_refused(
     assert str(MAX_BYTES) in str(info.value)
     if path == "/big-declared":
         assert "Content-Length" in str(info.value)
+
+
+def _streaming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, max_bytes: int) -> ImageFetcher:
+    """A fetcher whose downloads above 64 KiB go to files in ``tmp_path``."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    settings = make_settings("127.0.0.1/32").model_copy(
+        update={
+            "images": ImageLimits(max_bytes=max_bytes, connect_timeout_s=1.0),
+            "video": VideoSettings(stream_above_bytes=64 * 1024),
+        }
+    )
+    return ImageFetcher(settings)
+
+
+def test_a_large_download_streams_into_a_temporary_file(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    n = 1024 * 1024
+    with _streaming(tmp_path, monkeypatch, max_bytes=2 * n) as fetcher:
+        media = fetcher.sources.fetch_media(ImageRef(uri=server.url(f"/stream?n={n}")), tenant="t1")
+        assert isinstance(media, MediaFile) and media.owned
+        data = bytes(range(256)) * (n // 256)
+        assert media.size == n and media.path.parent == tmp_path
+        assert media.sha256 == hashlib.sha256(data).hexdigest()
+        assert media.path.read_bytes() == data
+        release([media])
+        assert list(tmp_path.iterdir()) == []
+        # Small downloads (photos) stay in memory, as before.
+        small = fetcher.sources.fetch_media(ImageRef(uri=server.url("/img.png")), tenant="t1")
+        assert small == PNG
+
+
+def test_a_streamed_download_over_the_cap_leaves_no_file(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _streaming(tmp_path, monkeypatch, max_bytes=300_000) as fetcher:
+        for path in ("/big-undeclared", "/stream?n=1048576"):
+            with pytest.raises(ImageFetchTooLarge):
+                fetcher.sources.fetch_media(ImageRef(uri=server.url(path)), tenant="t1")
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_streamed_downloads_keep_the_ssrf_guard(guarded: ImageFetcher, server: LocalServer) -> None:
+    before = len(server.recorder.paths)
+    with pytest.raises(UrlRefusedError):
+        guarded.sources.fetch_media(ImageRef(uri=server.url("/stream?n=1048576")), tenant="t1")
+    assert len(server.recorder.paths) == before
 
 
 # --- schemes and SSRF -----------------------------------------------------------------------
@@ -556,8 +613,22 @@ def test_s3_fetch_found_missing_and_down(s3_server: MotoServer) -> None:
     raw.create_bucket(Bucket="images")
     raw.put_object(Bucket="images", Key="cats/1.png", Body=PNG)
     raw.put_object(Bucket="images", Key="huge.bin", Body=b"\0" * (MAX_BYTES + 1))
+    raw.put_object(Bucket="images", Key="clip.mp4", Body=b"v" * (MAX_BYTES - 1))
     with ImageFetcher(settings) as fetcher:
         assert fetcher.fetch("s3://images/cats/1.png") == PNG
+        # A large object (a video) streams into a file; over the cap nothing is kept.
+        streaming = S3Source(
+            settings.model_copy(update={"video": VideoSettings(stream_above_bytes=64 * 1024)})
+        )
+        media = streaming.fetch_media(ImageRef(uri="s3://images/clip.mp4"), tenant="t1")
+        assert isinstance(media, MediaFile) and media.size == MAX_BYTES - 1
+        assert media.path.read_bytes() == b"v" * (MAX_BYTES - 1)
+        release([media])
+        assert not media.path.exists()
+        with pytest.raises(ImageFetchTooLarge):
+            streaming.fetch_media(ImageRef(uri="s3://images/huge.bin"), tenant="t1")
+        with pytest.raises(SourceNotAllowed):  # the tenant's grants still hold
+            streaming.fetch_media(ImageRef(uri="s3://images/clip.mp4"), tenant="t2")
         for ref, code in [
             ("s3://images/cats/missing.png", "not_found"),
             ("s3://no-such-bucket/x.png", "not_found"),

@@ -72,3 +72,49 @@ def test_decoded_frames_kept_are_bounded_whatever_the_length(monkeypatch: Any) -
     assert video.frames_decoded > 2 * video_adapter._RECENT_FRAMES
     assert max(seen) <= video_adapter._RECENT_FRAMES
     assert len(video.samples) <= VideoSettings().max_samples
+
+
+def test_the_pipeline_decoder_reads_a_downloaded_video_from_its_file(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A large download arrives as a file (MediaFile): the pipeline's decoder hands PyAV the
+    path (the file is never read whole), and a photo in a file decodes as before."""
+    import hashlib
+
+    import pytest
+
+    from moderation.adapters.images import SafeDecoder
+    from moderation.core.payload import MediaFile
+    from moderation.exceptions import ImageTooLargeError
+    from moderation.settings import ImageLimits
+    from tests.pipeline_support import png_bytes
+
+    data = clip([Shot(3, allow_image()), Shot(3, block_image())], fps=5, size=(96, 96))
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(data)
+    given: list[Any] = []
+    original = video_adapter.decode_video
+
+    def spy(source: Any, settings: VideoSettings, *, min_side: int = 448) -> Any:
+        given.append(source)
+        return original(source, settings, min_side=min_side)
+
+    monkeypatch.setattr(video_adapter, "decode_video", spy)
+    decoder = SafeDecoder(
+        ImageLimits(max_bytes=1000), video_frames=video_adapter.VideoDecoder(VideoSettings())
+    )
+    media = MediaFile(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    decoded = decoder.decode_media(media, min_side=64)
+    assert given == [path]  # the path, not the bytes
+    assert decoded.timeline is not None and decoded.timeline.duration_s >= 5.5
+    photo = png_bytes(block_image())
+    photo_path = tmp_path / "photo.png"
+    photo_path.write_bytes(photo)
+    as_file = MediaFile(path=photo_path, size=len(photo), sha256="0" * 64)
+    roomy = SafeDecoder(ImageLimits(), video_frames=video_adapter.VideoDecoder(VideoSettings()))
+    assert (
+        roomy.decode_media(as_file, min_side=64).frames[0].size
+        == roomy.decode_media(photo, min_side=64).frames[0].size
+    )
+    with pytest.raises(ImageTooLargeError):  # an image past images.max_bytes is never read
+        decoder.decode_media(as_file, min_side=64)

@@ -26,8 +26,10 @@ import time
 
 import httpx
 
+from moderation.adapters.support.spool import Spool
 from moderation.adapters.support.ssrf import ANY_ADDRESS, Allowlist, check_url, guarded_client
 from moderation.core.image_ref import ImageRef
+from moderation.core.payload import Payload
 from moderation.exceptions import (
     ImageFetchError,
     ImageFetchTooLarge,
@@ -78,7 +80,21 @@ class HttpSource:
             ImageFetchError: not found, forbidden, gone, bad request.
             ImageFetchTransient: timeout, connection error, 5xx, 429.
         """
-        return self._fetch_http(ref.uri, tenant if tenant in self._allowed else None)
+        data = self._fetch_http(
+            ref.uri, tenant if tenant in self._allowed else None, memory_bytes=self.max_bytes
+        )
+        assert isinstance(data, bytes)  # the whole cap fits in memory: never a file
+        return data
+
+    def fetch_media(self, ref: ImageRef, *, tenant: str | None) -> Payload:
+        """:meth:`fetch`, streamed into a temporary file once the body passes
+        ``video.stream_above_bytes`` (the caller :func:`discards
+        <moderation.adapters.support.spool.discard>` it)."""
+        return self._fetch_http(
+            ref.uri,
+            tenant if tenant in self._allowed else None,
+            memory_bytes=self.settings.video.stream_above_bytes,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -102,7 +118,7 @@ class HttpSource:
                 self._clients[who] = client
             return client
 
-    def _fetch_http(self, url: str, who: str | None) -> bytes:
+    def _fetch_http(self, url: str, who: str | None, *, memory_bytes: int) -> Payload:
         # Clear refusals before httpx parses the URL its way.
         check_url(url, self._allowlists[who])
         deadline = time.monotonic() + self.settings.images.fetch_deadline_s
@@ -115,20 +131,25 @@ class HttpSource:
                         f"{url[:200]}: Content-Length {int(declared)} exceeds the "
                         f"{self.max_bytes}-byte limit"
                     )
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > self.max_bytes:
-                        raise ImageFetchTooLarge(
-                            f"{url[:200]}: body exceeds the {self.max_bytes}-byte limit "
-                            "(stopped reading)"
-                        )
-                    if time.monotonic() > deadline:
-                        raise ImageFetchTransient(
-                            f"{url[:200]}: download took longer than "
-                            f"{self.settings.images.fetch_deadline_s}s"
-                        )
-                return bytes(body)
+                spool = Spool(
+                    max_bytes=self.max_bytes,
+                    memory_bytes=memory_bytes,
+                    too_large=lambda cap: ImageFetchTooLarge(
+                        f"{url[:200]}: body exceeds the {cap}-byte limit (stopped reading)"
+                    ),
+                )
+                try:
+                    for chunk in response.iter_bytes():
+                        spool.write(chunk)
+                        if time.monotonic() > deadline:
+                            raise ImageFetchTransient(
+                                f"{url[:200]}: download took longer than "
+                                f"{self.settings.images.fetch_deadline_s}s"
+                            )
+                except BaseException:
+                    spool.abort()
+                    raise
+                return spool.finish()
         except ModerationError:
             raise
         except httpx.TooManyRedirects as exc:
@@ -154,6 +175,8 @@ class HttpSource:
             ) from exc
         except httpx.HTTPError as exc:
             raise ImageFetchTransient(f"{url[:200]}: {type(exc).__name__}: {exc}") from exc
+        except OSError as exc:  # the temporary file of a large download (a full disk)
+            raise ImageFetchTransient(f"{url[:200]}: cannot keep the download: {exc}") from exc
 
     @staticmethod
     def _check_status(url: str, response: httpx.Response) -> None:

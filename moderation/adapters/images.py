@@ -49,6 +49,7 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -56,6 +57,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from moderation.core.decision import Timeline
 from moderation.core.media import is_video_container
+from moderation.core.payload import MediaFile, Payload
 from moderation.core.sampling import FrameSampler, SamplingRules, grid_signature, plan_samples
 from moderation.exceptions import (
     ImageDecodeError,
@@ -202,7 +204,7 @@ class VideoFrames(Protocol):
     """The video decoder :class:`SafeDecoder` hands videos to: bytes in, sampled RGB frames and
     their timeline out (``ImageError`` subclasses with ``video_*`` codes on failure)."""
 
-    def media(self, data: bytes, *, min_side: int) -> DecodedMedia: ...
+    def media(self, data: bytes | Path, *, min_side: int) -> DecodedMedia: ...
 
 
 def is_video(data: bytes) -> bool:
@@ -442,7 +444,7 @@ def decode_image(
 
 
 def decode_media(
-    data: bytes,
+    data: Payload,
     limits: ImageLimits,
     *,
     min_side: int | None = None,
@@ -453,7 +455,8 @@ def decode_media(
     or a video).
 
     Args:
-        data: the raw file.
+        data: the raw file, or a local file holding it (a video in a file is decoded from
+            the file; anything else is read, within ``limits.max_bytes``).
         limits: byte / pixel / side caps, format allowlist, frame sampling.
         min_side: shrink (cheaply, never enlarging) while the short side stays >= this;
             default ``limits.draft_size``; 0 keeps full size. Pass the model's input size
@@ -473,9 +476,19 @@ def decode_media(
         ImageDecodeError: empty, truncated, corrupt, or not an image at all.
         (video) the ``video_*`` subclasses of these three.
     """
+    target = limits.draft_size if min_side is None else min_side
+    if isinstance(data, MediaFile):
+        head = _head(data.path)
+        if video_frames is not None and is_video(head):
+            return video_frames.media(data.path, min_side=target)
+        if data.size > limits.max_bytes:
+            kind = sniff_format(head)
+            if kind is not None and unsupported_kind(kind):
+                raise UnsupportedFormatError(f"{kind} is not an image format this service reads")
+            raise ImageTooLargeError(f"{data.size} bytes exceeds the {limits.max_bytes}-byte limit")
+        data = _read(data.path)
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
-    target = limits.draft_size if min_side is None else min_side
     if video_frames is not None and is_video(data):
         return video_frames.media(data, min_side=target)
     if len(data) > limits.max_bytes:
@@ -505,6 +518,22 @@ def decode_media(
         image.close()
 
 
+def _head(path: Path) -> bytes:
+    """The first bytes of a file (what :func:`sniff_format` reads)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4096)
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read the downloaded file: {exc.strerror}") from exc
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read the downloaded file: {exc.strerror}") from exc
+
+
 class SafeDecoder:
     """The :class:`~moderation.ports.ImageDecoder` of the pipeline: :func:`decode_image` with
     fixed limits. Animations are sampled like video by default (``video``: the default
@@ -527,7 +556,7 @@ class SafeDecoder:
         frames: list[Image.Image] = self.decode_media(data, min_side=min_side).frames
         return frames
 
-    def decode_media(self, data: bytes, *, min_side: int | None = None) -> DecodedMedia:
+    def decode_media(self, data: Payload, *, min_side: int | None = None) -> DecodedMedia:
         """See :func:`decode_media`."""
         return decode_media(
             data,

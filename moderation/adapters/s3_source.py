@@ -34,7 +34,9 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
+from moderation.adapters.support.spool import Spool
 from moderation.core.image_ref import ImageRef
+from moderation.core.payload import Payload
 from moderation.core.source_access import S3Grant, grant_for
 from moderation.exceptions import (
     ImageFetchError,
@@ -139,9 +141,24 @@ class S3Source:
             ImageFetchError: no such key or bucket, forbidden, bad reference.
             ImageFetchTransient: throttling, 5xx, endpoint unreachable.
         """
+        data = self._fetch_s3(ref.uri, self._for(ref, tenant), memory_bytes=self.max_bytes)
+        assert isinstance(data, bytes)  # the whole cap fits in memory: never a file
+        return data
+
+    def fetch_media(self, ref: ImageRef, *, tenant: str | None) -> Payload:
+        """:meth:`fetch`, streamed into a temporary file once the object passes
+        ``video.stream_above_bytes`` (the caller :func:`discards
+        <moderation.adapters.support.spool.discard>` it)."""
+        return self._fetch_s3(
+            ref.uri,
+            self._for(ref, tenant),
+            memory_bytes=self.settings.video.stream_above_bytes,
+        )
+
+    def _for(self, ref: ImageRef, tenant: str | None) -> Any:
+        """The client that reads ``ref`` for ``tenant`` (inside its grants)."""
         grant = self.grant(ref, tenant=tenant)
-        client = self._client(None if grant is None or tenant is None else (tenant, grant.source))
-        return self._fetch_s3(ref.uri, client)
+        return self._client(None if grant is None or tenant is None else (tenant, grant.source))
 
     @property
     def s3(self) -> Any:
@@ -186,7 +203,7 @@ class S3Source:
                 self._clients[location] = client
             return client
 
-    def _fetch_s3(self, ref: str, client: Any) -> bytes:
+    def _fetch_s3(self, ref: str, client: Any, *, memory_bytes: int) -> Payload:
         bucket, key = parse_s3_ref(ref)
         try:
             obj: Any = client.get_object(Bucket=bucket, Key=key)
@@ -197,14 +214,20 @@ class S3Source:
                     raise ImageFetchTooLarge(
                         f"{ref[:200]}: {size} bytes exceeds the {self.max_bytes}-byte limit"
                     )
-                data = bytearray()
-                while chunk := body.read(_CHUNK):
-                    data += chunk
-                    if len(data) > self.max_bytes:
-                        raise ImageFetchTooLarge(
-                            f"{ref[:200]}: body exceeds the {self.max_bytes}-byte limit"
-                        )
-                return bytes(data)
+                spool = Spool(
+                    max_bytes=self.max_bytes,
+                    memory_bytes=memory_bytes,
+                    too_large=lambda cap: ImageFetchTooLarge(
+                        f"{ref[:200]}: body exceeds the {cap}-byte limit"
+                    ),
+                )
+                try:
+                    while chunk := body.read(_CHUNK):
+                        spool.write(chunk)
+                except BaseException:
+                    spool.abort()
+                    raise
+                return spool.finish()
             finally:
                 body.close()
         except ModerationError:
@@ -225,7 +248,7 @@ class S3Source:
             raise ImageFetchTransient(f"{ref[:200]}: S3 unreachable ({exc})") from exc
         except BotoCoreError as exc:
             raise ImageFetchTransient(f"{ref[:200]}: S3 error ({exc})") from exc
-        except OSError as exc:  # urllib3 errors surfacing while streaming the body
+        except OSError as exc:  # urllib3 errors while streaming the body; a full disk
             raise ImageFetchTransient(f"{ref[:200]}: S3 read failed ({exc})") from exc
 
 

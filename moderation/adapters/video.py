@@ -180,9 +180,10 @@ class VideoDecoder:
         """See :func:`decode_video`."""
         return decode_video(source, self.settings, min_side=min_side)
 
-    def media(self, data: bytes, *, min_side: int) -> DecodedMedia:
+    def media(self, data: bytes | Path, *, min_side: int) -> DecodedMedia:
         """The sampled frames and their timeline
-        (:class:`~moderation.adapters.images.VideoFrames`)."""
+        (:class:`~moderation.adapters.images.VideoFrames`); a path is decoded from the file,
+        never read whole."""
         video = decode_video(data, self.settings, min_side=min_side)
         return DecodedMedia(video.frames, video.timeline)
 

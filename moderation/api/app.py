@@ -30,12 +30,19 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter, ValidationError
-from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from moderation import exceptions
 from moderation.api.authn import STATE_TENANT, AuthenticateFirst, TenantKeys, TrustedProxies
-from moderation.api.edge import BodyLimit, HttpMetrics, body_limits
+from moderation.api.edge import (
+    STREAMED,
+    BodyLimit,
+    BodyRefused,
+    HttpMetrics,
+    body_limits,
+    max_upload_bytes,
+)
+from moderation.api.multipart import StreamedForm, read_upload
 from moderation.api.ops import operations_router, ready_status
 from moderation.api.schemas import (
     AppealRequest,
@@ -67,6 +74,7 @@ from moderation.http.problems import (
 )
 from moderation.pipeline.notices import NoticeDesk
 from moderation.pipeline.submit import Accepted, SubmitRequest
+from moderation.pipeline.uploads import StoredUpload, drop_upload
 
 __all__ = ["create_app"]
 
@@ -192,7 +200,7 @@ def _invalid(exc: ValidationError, *where: str | int) -> RequestValidationError:
     )
 
 
-async def _upload_requests(form: FormData) -> list[SubmitRequest]:
+def _upload_requests(form: StreamedForm) -> list[SubmitRequest]:
     """The submit requests of a multipart upload. Its options are validated by the model of the
     JSON endpoints (:class:`~moderation.api.schemas.JobOptions`): the same id pattern, policy
     list, metadata and callback limits.
@@ -202,27 +210,24 @@ async def _upload_requests(form: FormData) -> list[SubmitRequest]:
             validate, or ``jobs`` is not JSON (422).
         JobRejected: no image, or not one ``jobs`` entry per image part (400).
     """
-    files = [part for part in form.getlist("image") if isinstance(part, UploadFile)]
+    files = form.images
     if not files:
         raise JobRejected(
             "no image part: send each image as a form part named 'image'", code="missing_image"
         )
     given: dict[str, Any] = {}
-    if form.getlist("policies"):
-        given["policies"] = form.getlist("policies")
-    if "callback_url" in form:
-        given["callback_url"] = form["callback_url"]
+    if form.fields.get("policies"):
+        given["policies"] = form.fields["policies"]
+    if form.fields.get("callback_url"):
+        given["callback_url"] = form.fields["callback_url"][-1]
     try:
         shared = JobOptions.model_validate(given)
     except ValidationError as exc:
         raise _invalid(exc) from None
     entries = [JobOptions() for _ in files]
-    if "jobs" in form:
-        raw = form["jobs"]
+    if form.fields.get("jobs"):
         try:
-            entries = _UPLOAD_JOBS.validate_json(
-                await raw.read() if isinstance(raw, UploadFile) else raw
-            )
+            entries = _UPLOAD_JOBS.validate_json(form.fields["jobs"][-1])
         except ValidationError as exc:
             raise _invalid(exc, "jobs") from None
         if len(entries) != len(files):
@@ -236,7 +241,8 @@ async def _upload_requests(form: FormData) -> list[SubmitRequest]:
         own = entry.model_fields_set
         requests.append(
             SubmitRequest(
-                image_bytes=await part.read(),
+                image_bytes=part if isinstance(part, bytes) else None,
+                image_upload=part if isinstance(part, StoredUpload) else None,
                 id=entry.id,
                 policies=entry.policies if "policies" in own else shared.policies,
                 metadata=entry.metadata,
@@ -262,7 +268,9 @@ UPLOAD_SCHEMA: dict[str, Any] = {
             "type": "array",
             "minItems": 1,
             "items": {"type": "string", "format": "binary", "minLength": 1},
-            "description": "One part per image (raw bytes).",
+            "description": "One part per image or video (raw bytes). A part over "
+            "video.stream_above_bytes is streamed to the object store as it arrives, up to "
+            "video.max_upload_bytes (413 video_upload_too_large past it, nothing stored).",
         },
         "jobs": {
             "type": "array",
@@ -338,7 +346,10 @@ def create_app(api: ApiProcess) -> FastAPI:
     app.add_exception_handler(HTTPException, handle_http_error)
     app.add_exception_handler(Exception, handle_unexpected_error)
     limits, default_limit = body_limits(settings)
-    app.add_middleware(BodyLimit, limits=limits, default=default_limit)
+    app.add_middleware(BodyLimit, limits=limits, default=default_limit, streamed=STREAMED)
+    uploads = api.uploads
+    #: Non-image fields of an upload (``jobs``, ``policies``, ``callback_url``), all together.
+    upload_field_bytes = limits[("POST", "/v1/jobs:upload")] - max_upload_bytes(settings)
     keys = TenantKeys((k.key.get_secret_value(), k.tenant) for k in settings.api_keys)
     app.add_middleware(
         AuthenticateFirst,
@@ -420,11 +431,27 @@ def create_app(api: ApiProcess) -> FastAPI:
         ``metadata``, ``policies``, ``callback_url``), in the order of the images; ``policies``
         and ``callback_url`` fields apply to every image. Validated like ``/v1/jobs:batch``."""
         limit = settings.queue.max_batch_jobs
-        form = await request.form(max_files=limit, max_fields=limit + 16)
         try:
-            requests = await _upload_requests(form)
-        finally:
-            await form.close()
+            form = await read_upload(
+                request,
+                uploads,
+                max_inline_bytes=settings.queue.max_inline_bytes,
+                max_files=limit,
+                max_fields=limit + 16,
+                max_field_bytes=upload_field_bytes,
+            )
+        except JobRejected as exc:
+            if exc.status == 413:  # the body is still arriving: refuse it so the client reads it
+                raise BodyRefused(exc.status, exc.code, exc.message) from exc
+            raise
+        try:
+            requests = _upload_requests(form)
+        except BaseException:
+            for stored in form.stored():
+                if uploads is not None:
+                    await run_in_threadpool(drop_upload, uploads.blobs, stored)
+            raise
+        # The submit use case deletes the stored parts no new job refers to.
         accepted = await run_in_threadpool(submitter.submit, requests, tenant=caller)
         return BatchAccepted(jobs=[_accepted(a) for a in accepted])
 
@@ -626,7 +653,10 @@ def create_app(api: ApiProcess) -> FastAPI:
             "multipart/form-data"
         ]["schema"]["properties"]
         upload["image"]["maxItems"] = upload["jobs"]["maxItems"] = settings.queue.max_batch_jobs
-        upload["image"]["items"]["maxLength"] = settings.queue.max_inline_bytes
+        # (a part over video.stream_above_bytes streams to the object store, up to this)
+        upload["image"]["items"]["maxLength"] = max(
+            settings.queue.max_inline_bytes, max_upload_bytes(settings)
+        )
         if known:
             upload["policies"]["items"]["enum"] = known
             upload["jobs"]["items"]["properties"]["policies"]["items"]["enum"] = known

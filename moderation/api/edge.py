@@ -12,6 +12,9 @@ The limits (:func:`body_limits`)::
     POST /v1/jobs        4/3 x queue.max_inline_bytes (base64) + 6 x queue.max_metadata_bytes
                          (JSON escapes) + 16 KiB
     POST /v1/jobs:batch  4/3 x queue.max_batch_bytes + 4 MiB (URLs, ids, metadata of the jobs)
+    POST /v1/jobs:upload queue.max_batch_bytes + the jobs' options + 1 MiB + video.max_upload_bytes
+                         (not buffered: streamed to the route, counted as it is read; parts
+                         over video.stream_above_bytes go on to the object store)
     anything else        api_max_request_bytes (64 KiB: the reviewers' pages and API)
 
 The submit use case then checks the decoded sizes exactly (per job, per batch, metadata size and
@@ -37,13 +40,22 @@ from moderation.http.problems import problem_for, problem_response
 from moderation.metrics import metrics, status_class
 from moderation.settings import Settings
 
-__all__ = ["BodyLimit", "HttpMetrics", "body_limits"]
+__all__ = ["STREAMED", "BodyLimit", "BodyRefused", "HttpMetrics", "body_limits", "max_upload_bytes"]
+
+#: Routes whose body is streamed to the route, not buffered (:class:`BodyLimit`).
+STREAMED = frozenset({("POST", "/v1/jobs:upload")})
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _b64(n: int) -> int:
     return 4 * math.ceil(n / 3)
+
+
+def max_upload_bytes(settings: Settings) -> int:
+    """The largest part ``/v1/jobs:upload`` streams to the object store."""
+    v = settings.video
+    return v.max_upload_bytes if v.max_upload_bytes is not None else v.max_bytes
 
 
 def body_limits(settings: Settings) -> tuple[dict[tuple[str, str], int], int]:
@@ -55,6 +67,7 @@ def body_limits(settings: Settings) -> tuple[dict[tuple[str, str], int], int]:
         q.max_batch_bytes
         + q.max_batch_jobs * (1024 + 6 * q.max_metadata_bytes // 64)
         + (1024 * 1024)
+        + max_upload_bytes(settings)  # a streamed video (not buffered: see BodyLimit.streamed)
     )
     return {
         ("POST", "/v1/jobs"): job,
@@ -63,18 +76,36 @@ def body_limits(settings: Settings) -> tuple[dict[tuple[str, str], int], int]:
     }, (settings.api_max_request_bytes)
 
 
-class _TooLarge(Exception):
-    pass
+class BodyRefused(Exception):
+    """Raised by a streamed route (or its counted body) to refuse the request while its body is
+    still arriving: :class:`BodyLimit` answers ``problem`` with a lingering close, so the
+    client reads it (nothing more of the body is kept)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
 
 
 class BodyLimit:
     """Refuses request bodies over the route's limit while they stream in (see the module
     docstring). The body is buffered (at most the limit) and handed on once complete."""
 
-    def __init__(self, app: ASGIApp, *, limits: dict[tuple[str, str], int], default: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limits: dict[tuple[str, str], int],
+        default: int,
+        streamed: frozenset[tuple[str, str]] = frozenset(),
+    ) -> None:
         self.app = app
         self.limits = limits
         self.default = default
+        #: Routes whose body is not buffered: counted as the route reads it, refused
+        #: (:class:`BodyRefused`) by the read that passes the limit.
+        self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,6 +115,9 @@ class BodyLimit:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await self._refuse(scope, receive, send, limit)
+            return
+        if (scope["method"], scope["path"]) in self.streamed:
+            await self._streamed(scope, receive, send, limit)
             return
         chunks: list[bytes] = []
         size = 0
@@ -112,21 +146,53 @@ class BodyLimit:
 
         await self.app(scope, replayed, send)
 
+    async def _streamed(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """Hand the body on as it arrives, counted; refuse it (lingering) when it passes
+        ``limit`` or the route refuses it while reading."""
+        size = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal size
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > limit:
+                    raise BodyRefused(413, "request_too_large", _too_large(scope, limit))
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, sending)
+        except BodyRefused as exc:
+            if started:
+                raise
+            response = problem_response(
+                problem_for(exc.status, exc.code, exc.detail), headers={"Connection": "close"}
+            )
+            await refuse_lingering(response, scope, receive, send)
+
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        where = f"{scope['method']} {scope['path']}"
-        hint = (
-            "; send image_url instead of inline bytes, or smaller batches"
-            if scope["path"].startswith("/v1/")
-            else ""
-        )
         response = problem_response(
-            problem_for(
-                413, "request_too_large", f"request body exceeds {limit} bytes for {where}{hint}"
-            ),
+            problem_for(413, "request_too_large", _too_large(scope, limit)),
             headers={"Connection": "close"},
         )
         await refuse_lingering(response, scope, receive, send)
+
+
+def _too_large(scope: Scope, limit: int) -> str:
+    where = f"{scope['method']} {scope['path']}"
+    hint = (
+        "; send image_url instead of inline bytes, or smaller batches"
+        if scope["path"].startswith("/v1/")
+        else ""
+    )
+    return f"request body exceeds {limit} bytes for {where}{hint}"
 
 
 def _content_length(scope: Scope) -> int | None:

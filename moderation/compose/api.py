@@ -53,6 +53,7 @@ from moderation.pipeline.review_evidence import ReviewEvidence
 from moderation.pipeline.signin import ReviewerAuth
 from moderation.pipeline.sources import ImageSources
 from moderation.pipeline.submit import PolicyCatalog, Submitter
+from moderation.pipeline.uploads import Uploads
 from moderation.pipeline.wellbeing import Wellbeing
 from moderation.ports import (
     AppealStore,
@@ -118,6 +119,9 @@ class ApiProcess:
     exchange_health: Callable[[Iterable[str]], list[ExchangeHealth]] | None = None
     #: The review admin's audited actions (requeue, reassign, release, redeliver).
     review_admin: ReviewAdmin | None = None
+    #: Large parts of multipart uploads, streamed to the object store (None: kept in memory,
+    #: within ``queue.max_inline_bytes``).
+    uploads: Uploads | None = None
 
     def close(self) -> None:
         if self.callbacks is not None:
@@ -286,6 +290,15 @@ def build_api(
         sending = build_callback_sending(settings, outbox)
         sending.start()
     return ApiProcess(
+        uploads=Uploads(
+            blobs,
+            memory_bytes=min(settings.video.stream_above_bytes, settings.queue.max_inline_bytes),
+            max_bytes=(
+                settings.video.max_upload_bytes
+                if settings.video.max_upload_bytes is not None
+                else settings.video.max_bytes
+            ),
+        ),
         callbacks=sending,
         settings=settings,
         store=store,

@@ -119,7 +119,7 @@ def build_sources(
     if store is not None:
         sources.append(InlineSource(store))
     if blobs is not None:  # large inline images the API spilled to the object store
-        sources.append(SpillSource(blobs))
+        sources.append(SpillSource(blobs, memory_bytes=settings.video.stream_above_bytes))
         sources.append(EvidenceSource(blobs))  # review items' scored bytes (review exports)
     if local_files:
         sources.append(FileSource(max_bytes=fetching.images.max_bytes))

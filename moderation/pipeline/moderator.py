@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moderation.core.decision import FrameHash, Timeline, Verdict, most_severe
+from moderation.core.payload import Payload, payload_sha256
 from moderation.core.policy import VideoRule
 from moderation.core.scoring import FeatureBatch
 from moderation.core.shadow import ShadowVerdict, shadow_verdict
@@ -79,9 +80,9 @@ class Preparation:
     signals: tuple[Signal, ...]
     still: Callable[[Any], bytes] | None = None
 
-    def __call__(self, data: bytes) -> PreparedImage:
+    def __call__(self, data: Payload) -> PreparedImage:
         """Raises: ImageError: corrupt, too large, or a format outside the allowlist."""
-        digest = hashlib.sha256(data).hexdigest()
+        digest = payload_sha256(data)
         media = self.decoder.decode_media(data, min_side=self.min_side)
         frames = media.frames
         inputs = tuple(self.crop(frame) for frame in frames)
@@ -140,7 +141,7 @@ class Moderator:
         #: policy has a bank category). False: only the signals the policies in service use.
         self.fingerprint_all = fingerprint_all
 
-    def prepare(self, data: bytes, *, compiled: CompiledSet | None = None) -> PreparedImage:
+    def prepare(self, data: Payload, *, compiled: CompiledSet | None = None) -> PreparedImage:
         """Decode and preprocess untrusted bytes (CPU only), for ``compiled`` (default: the
         policy set in service now; pass the set the image will be decided with).
 
@@ -148,7 +149,7 @@ class Moderator:
             ImageError: corrupt, too large, or a format outside the allowlist.
         """
         signals = self._image_signals(compiled)
-        if not signals:  # the encoder may decode this file itself (a JPEG on a GPU)
+        if not signals and isinstance(data, bytes):  # the encoder may decode it (a JPEG, GPU)
             encoded = self.encoder.prepare_encoded(data)
             if encoded is not None:
                 digest = hashlib.sha256(data).hexdigest()

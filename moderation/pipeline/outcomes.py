@@ -38,6 +38,7 @@ from moderation.core.audit import record_for_error, record_for_review, record_fo
 from moderation.core.callbacks import callback_body
 from moderation.core.decision import Decision, Verdict
 from moderation.core.jobs import Job, JobError, JobResult
+from moderation.core.payload import Payload
 from moderation.core.policy import Policy
 from moderation.core.review import (
     HumanDecision,
@@ -80,8 +81,9 @@ class Decided(NamedTuple):
     fingerprints: Mapping[str, Any] | None = None
     #: The shadow policy versions' verdicts on the same image.
     shadows: tuple[ShadowVerdict, ...] = ()
-    #: The bytes that were scored (kept for the reviewer when the verdict is REVIEW).
-    data: bytes | None = None
+    #: The bytes that were scored (kept for the reviewer when the verdict is REVIEW), or the
+    #: local file a large video was streamed into.
+    data: Payload | None = None
     #: A video's sampled frames as stills, and when each was shown (kept with the bytes).
     stills: tuple[bytes, ...] = ()
     still_times: tuple[float, ...] = ()
@@ -310,7 +312,7 @@ class Outcomes:
         ended: Sequence[tuple[Job, JobResult]],
         others: Sequence[Job],
         *,
-        data: Mapping[str, bytes] | None = None,
+        data: Mapping[str, Payload] | None = None,
         stills: Mapping[str, tuple[tuple[float, ...], tuple[bytes, ...]]] | None = None,
     ) -> None:
         """Side effects of ``ended`` (their results just written by this call) and of
@@ -374,7 +376,7 @@ class Outcomes:
         self,
         job: Job,
         result: JobResult,
-        data: bytes | None,
+        data: Payload | None,
         stills: tuple[tuple[float, ...], tuple[bytes, ...]] | None = None,
     ) -> ReviewItem | None:
         """The review item of a REVIEW verdict (its bytes, and a video's stills, kept for the
@@ -416,7 +418,7 @@ class Outcomes:
             return None
         return item
 
-    def _keep_evidence(self, job: Job, result: JobResult, data: bytes | None) -> str | None:
+    def _keep_evidence(self, job: Job, result: JobResult, data: Payload | None) -> str | None:
         """Store the scored bytes for the reviewer; their key, or None when they cannot be
         kept (the item then says so and cannot be allowed)."""
         if self.evidence is None:
@@ -453,7 +455,7 @@ class Outcomes:
         except (ModerationError, ValueError) as exc:
             log.error("job %s: the sampled frames could not be kept for review: %s", job.id, exc)
 
-    def _keep_blocked(self, job: Job, result: JobResult, data: bytes | None) -> None:
+    def _keep_blocked(self, job: Job, result: JobResult, data: Payload | None) -> None:
         """Keep a blocked image's scored bytes for an appeal's reviewer, marked for deletion
         when the appeal window has passed (:meth:`ReviewEvidence.retire_key`)."""
         key = self._keep_evidence(job, result, data)

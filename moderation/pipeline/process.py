@@ -44,6 +44,7 @@ from moderation.core.decision import Decision
 from moderation.core.fetch_errors import FETCH_FAILED, tenant_fetch_error
 from moderation.core.jobs import Job, JobError, tenant_of
 from moderation.core.media import VIDEO, media_of
+from moderation.core.payload import MediaFile, Payload
 from moderation.exceptions import (
     ImageFetchError,
     ImageFetchTransient,
@@ -56,7 +57,7 @@ from moderation.pipeline.batching import MicroBatcher
 from moderation.pipeline.history import EmbeddingHistory
 from moderation.pipeline.moderator import Moderator, Preparation, PreparedImage
 from moderation.pipeline.outcomes import Decided, Outcomes
-from moderation.pipeline.sources import ImageSources
+from moderation.pipeline.sources import ImageSources, payload_head, release
 from moderation.pipeline.tenant_gate import TenantGate
 from moderation.ports import DeliveryLog, JobStore
 from moderation.settings import QueueSettings
@@ -68,7 +69,7 @@ T = TypeVar("T")
 
 #: Prepares many images at once elsewhere (the worker's prepare processes): results in order, an
 #: image's error as its result.
-PrepareMany = Callable[[Preparation, Sequence[bytes]], Sequence[PreparedImage | Exception]]
+PrepareMany = Callable[[Preparation, Sequence[Payload]], Sequence[PreparedImage | Exception]]
 
 Outcome = Literal[
     "verdict", "error", "duplicate", "missing", "dead_letter", "retry", "split", "video"
@@ -249,7 +250,16 @@ class Processor:
 
     def _run(self, jobs: list[Job], retries: int) -> dict[str, Processed]:
         """Decide ``jobs`` and end each one: verdict, error, or a retry for transient errors."""
-        decided, embeddings, failed, videos = self._decide(jobs)
+        fetched: list[object] = []  # the temporary files of large downloads, removed at the end
+        try:
+            return self._run_fetched(jobs, retries, fetched)
+        finally:
+            release(fetched)
+
+    def _run_fetched(
+        self, jobs: list[Job], retries: int, fetched: list[object]
+    ) -> dict[str, Processed]:
+        decided, embeddings, failed, videos = self._decide(jobs, fetched)
         errors: list[tuple[Job, JobError, str | None]] = []
         out: dict[str, Processed] = {}
         if videos:
@@ -302,7 +312,7 @@ class Processor:
         return out
 
     def _decide(
-        self, jobs: list[Job]
+        self, jobs: list[Job], kept: list[object]
     ) -> tuple[
         list[Decided],
         dict[str, NDArray[np.float32]],
@@ -311,7 +321,8 @@ class Processor:
     ]:
         """Verdicts of ``jobs`` (one policy set for all, with the shadow versions' verdicts),
         their frame embeddings by job id, the jobs that failed with why, and the jobs whose
-        download is a video that belongs on the video lanes (``videos_elsewhere``)."""
+        download is a video that belongs on the video lanes (``videos_elsewhere``). What was
+        fetched goes into ``kept`` (its temporary files are removed once the jobs have ended)."""
         compiled = self.moderator.policies.current
         failed: list[tuple[Job, Exception, str | None]] = []
         wanted: list[Job] = []
@@ -329,9 +340,12 @@ class Processor:
                 pool=self.pool,
             ),
         )
+        kept.extend(fetched)
         videos: list[Job] = []
         if self.videos_elsewhere:
-            is_video = [isinstance(d, bytes) and media_of(d) == VIDEO for d in fetched]
+            is_video = [
+                not isinstance(d, Exception) and media_of(payload_head(d)) == VIDEO for d in fetched
+            ]
             videos = [job for job, v in zip(wanted, is_video, strict=True) if v]
             wanted = [job for job, v in zip(wanted, is_video, strict=True) if not v]
             fetched = [data for data, v in zip(fetched, is_video, strict=True) if not v]
@@ -339,10 +353,10 @@ class Processor:
         scored = {
             job.id: data
             for job, data in zip(wanted, fetched, strict=True)
-            if isinstance(data, bytes)
+            if isinstance(data, bytes | MediaFile)
         }
 
-        def prepare(data: bytes | ModerationError) -> PreparedImage | Exception:
+        def prepare(data: Payload | ModerationError) -> PreparedImage | Exception:
             if isinstance(data, Exception):
                 return data
             try:

@@ -18,6 +18,7 @@ for the key layout and the retention rule):
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ from moderation.core.evidence import (
     verifies,
 )
 from moderation.core.jobs import tenant_of
+from moderation.core.payload import MediaFile, Payload
 from moderation.core.review import ReviewItem
 from moderation.exceptions import BlobNotFound, ReviewEvidenceUnavailable
 from moderation.ports import BlobStore
@@ -69,17 +71,24 @@ class ReviewEvidence:
         self.retention_s = retention_s
         self.appeal_window_s = appeal_window_s
 
-    def keep(self, *, tenant: str, review_id: str, content_sha256: str, data: bytes) -> str:
-        """Store the scored bytes of a review; returns their key.
+    def keep(self, *, tenant: str, review_id: str, content_sha256: str, data: Payload) -> str:
+        """Store the scored bytes of a review (a large video streamed from its local file,
+        whose hash was taken as it was downloaded); returns their key.
 
         Raises:
             ValueError: ``data`` do not hash to ``content_sha256`` (never stored).
             BlobStoreUnavailable, BlobError: the store refused them.
         """
-        if not verifies(data, content_sha256):
+        if isinstance(data, MediaFile):
+            if not hmac.compare_digest(data.sha256, content_sha256.lower()):
+                raise ValueError("the bytes do not match content_sha256")
+        elif not verifies(data, content_sha256):
             raise ValueError("the bytes do not match content_sha256")
         key = evidence_key(tenant, review_id, content_sha256)
-        self.blobs.put(key, data)
+        if isinstance(data, MediaFile):
+            self.blobs.put_file(key, data.path)
+        else:
+            self.blobs.put(key, data)
         return key
 
     def keep_filmstrip(

@@ -8,6 +8,7 @@ line in :mod:`moderation.compose`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 
@@ -20,6 +21,7 @@ from moderation.core.image_ref import (
     SPILL_SCHEME,
     ImageRef,
 )
+from moderation.core.payload import MediaFile, Payload
 from moderation.exceptions import (
     BlobKeyInvalid,
     BlobNotFound,
@@ -27,7 +29,7 @@ from moderation.exceptions import (
     ModerationError,
     UrlRefusedError,
 )
-from moderation.ports import BlobStore, ImageSource, JobStore
+from moderation.ports import BlobStore, ImageSource, JobStore, StreamingImageSource
 
 __all__ = [
     "DuplicateSchemeError",
@@ -35,7 +37,11 @@ __all__ = [
     "ImageSources",
     "InlineSource",
     "SpillSource",
+    "payload_head",
+    "release",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class DuplicateSchemeError(ValueError):
@@ -101,8 +107,10 @@ class SpillSource:
     schemes = (SPILL_SCHEME,)
     public = False
 
-    def __init__(self, blobs: BlobStore) -> None:
+    def __init__(self, blobs: BlobStore, *, memory_bytes: int = 8 * 1024 * 1024) -> None:
         self.blobs = blobs
+        #: Larger objects are streamed into a local file (``video.stream_above_bytes``).
+        self.memory_bytes = memory_bytes
 
     def check(self, ref: ImageRef, *, tenant: str | None) -> None:
         _blob_key(ref, SPILL_PREFIX, "the spill folder")
@@ -115,6 +123,21 @@ class SpillSource:
         self.check(ref, tenant=tenant)
         try:
             return self.blobs.get(ref.uri.partition(":")[2])
+        except BlobNotFound as exc:
+            raise ImageFetchError(
+                f"the inline image {ref.uri} has expired", code="inline_expired"
+            ) from exc
+
+    def fetch_media(self, ref: ImageRef, *, tenant: str | None) -> Payload:
+        """:meth:`fetch`, streamed into a local file past ``memory_bytes`` (a video uploaded
+        in a stream, :mod:`moderation.pipeline.uploads`).
+
+        Raises:
+            as :meth:`fetch`.
+        """
+        self.check(ref, tenant=tenant)
+        try:
+            return self.blobs.get_media(ref.uri.partition(":")[2], memory_bytes=self.memory_bytes)
         except BlobNotFound as exc:
             raise ImageFetchError(
                 f"the inline image {ref.uri} has expired", code="inline_expired"
@@ -206,19 +229,28 @@ class ImageSources:
         """
         return self.source_for(ref).fetch(ref, tenant=tenant)
 
+    def fetch_media(self, ref: ImageRef, *, tenant: str | None) -> Payload:
+        """:meth:`fetch`, or (a large download of a streaming source) the local file it was
+        streamed into: remove it with :func:`release` when done."""
+        source = self.source_for(ref)
+        if isinstance(source, StreamingImageSource):
+            return source.fetch_media(ref, tenant=tenant)
+        return source.fetch(ref, tenant=tenant)
+
     def fetch_many(
         self,
         refs: Sequence[ImageRef],
         *,
         tenants: Sequence[str | None],
         pool: Executor | None = None,
-    ) -> list[bytes | ModerationError]:
-        """Every ref's bytes (read on behalf of the tenant at the same index), or the error
-        that ref ended with: inline bytes in one store round trip, remote images concurrently
-        on ``pool``."""
+    ) -> list[Payload | ModerationError]:
+        """Every ref's bytes, or the local file a large one was streamed into (read on behalf
+        of the tenant at the same index), or the error that ref ended with: inline bytes in
+        one store round trip, remote images concurrently on ``pool``. The caller
+        :func:`releases <release>` the files."""
         if len(tenants) != len(refs):
             raise ValueError("fetch_many needs one tenant per reference")
-        out: list[bytes | ModerationError | None] = [None] * len(refs)
+        out: list[Payload | ModerationError | None] = [None] * len(refs)
         inline = [i for i, ref in enumerate(refs) if ref.inline]
         if inline:
             source = self.source_for(refs[inline[0]])
@@ -228,9 +260,9 @@ class ImageSources:
                 ):
                     out[i] = got
 
-        def one(i: int) -> bytes | ModerationError:
+        def one(i: int) -> Payload | ModerationError:
             try:
-                return self.fetch(refs[i], tenant=tenants[i])
+                return self.fetch_media(refs[i], tenant=tenants[i])
             except ModerationError as exc:
                 return exc
 
@@ -239,3 +271,26 @@ class ImageSources:
         for i, got in zip(rest, fetched, strict=True):
             out[i] = got
         return [x for x in out if x is not None]
+
+
+def release(fetched: Iterable[object]) -> None:
+    """Remove the temporary files among ``fetched`` (:class:`MediaFile`, ``owned``) once the
+    jobs they were fetched for have ended."""
+    for media in fetched:
+        if isinstance(media, MediaFile) and media.owned:
+            try:
+                media.path.unlink(missing_ok=True)
+            except OSError as exc:  # never fails a job: the temp folder's own cleanup remains
+                log.warning("cannot remove the temporary file %s: %s", media.path, exc)
+
+
+def payload_head(payload: Payload, n: int = 64) -> bytes:
+    """The first ``n`` bytes of what was fetched (read from the file of a large download; an
+    unreadable file gives ``b""``)."""
+    if isinstance(payload, MediaFile):
+        try:
+            with payload.path.open("rb") as fh:
+                return fh.read(n)
+        except OSError:
+            return b""
+    return payload[:n]

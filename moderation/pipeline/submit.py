@@ -59,6 +59,7 @@ from moderation.exceptions import (
 )
 from moderation.metrics import metrics
 from moderation.pipeline.sources import ImageSources
+from moderation.pipeline.uploads import StoredUpload, drop_upload
 from moderation.ports import BlobStore, JobStore, RateLimiter, TaskPublisher, WorkerRegistry
 from moderation.settings import QueueSettings
 
@@ -81,6 +82,9 @@ class SubmitRequest:
     priority: str = NORMAL
     #: The tenant's pseudonymous id of who posted it (strikes; ``UPLOADER_ID_PATTERN``).
     uploader_id: str | None = None
+    #: A large uploaded part the API already streamed to the object store (instead of
+    #: ``image_bytes``; :mod:`moderation.pipeline.uploads`).
+    image_upload: StoredUpload | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,9 +261,15 @@ class Submitter:
             )
         job_id = scoped_id(tenant.name, request.id or new_job_id())
         inline = request.image_bytes
-        if (request.image_url is None) == (inline is None):
+        given = [request.image_url, inline, request.image_upload]
+        if sum(x is not None for x in given) != 1:
             raise _reject(400, "missing_image", "give exactly one of image_url and image_base64")
-        if inline is not None:
+        if request.image_upload is not None:
+            # Streamed to the object store by the API, within video.max_upload_bytes.
+            image = ImageRef.for_spill(request.image_upload.key)
+            what = "sha256:" + request.image_upload.sha256
+            media = media_of(request.image_upload.head)
+        elif inline is not None:
             if not inline:
                 raise _reject(400, "empty_image", "the image is empty")
             if len(inline) > self.settings.max_inline_bytes:
@@ -382,6 +392,29 @@ class Submitter:
             raise
 
     def _submit(self, requests: Sequence[SubmitRequest], tenant: Tenant) -> list[Accepted]:
+        """:meth:`_admit_and_enqueue`; the streamed uploads no new job refers to (a refused
+        request, a duplicate) are deleted from the object store."""
+        uploads = {r.image_upload.key: r.image_upload for r in requests if r.image_upload}
+        if not uploads:
+            return self._admit_and_enqueue(requests, tenant)
+        kept: set[str] = set()
+        try:
+            accepted = self._admit_and_enqueue(requests, tenant)
+            kept = {
+                r.image_upload.key
+                for r, a in zip(requests, accepted, strict=True)
+                if r.image_upload is not None and not a.duplicate
+            }
+            return accepted
+        finally:
+            if self.blobs is not None:
+                for key, stored in uploads.items():
+                    if key not in kept:
+                        drop_upload(self.blobs, stored)
+
+    def _admit_and_enqueue(
+        self, requests: Sequence[SubmitRequest], tenant: Tenant
+    ) -> list[Accepted]:
         q = self.settings
         if len(requests) > q.max_batch_jobs:
             raise _reject(
@@ -501,6 +534,7 @@ class Submitter:
         the broker refuses. An id already stored for a different request is a conflict (409),
         and then nothing of the batch stays."""
         spilled = [v for v in valid if v.job.image.spilled and v.inline is not None]
+        # (a streamed upload is spilled already: its job carries the reference, no bytes)
         if spilled and self.blobs is not None:
             # Written before the job exists, so a worker never meets a reference to nothing.
             for v in spilled:

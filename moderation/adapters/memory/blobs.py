@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from moderation.core.blobs import check_key, check_prefix
+from moderation.core.payload import Payload
 from moderation.exceptions import (
     BlobNotFound,
     BlobStoreUnavailable,
@@ -44,6 +46,16 @@ class MemoryBlobStore:
         with self._lock:
             return self._check(key) in self.objects
 
+    def get_media(self, key: str, *, memory_bytes: int) -> Payload:
+        return self.get(key)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.put(key, path.read_bytes())
+
+    def upload(self, key: str) -> _MemoryUpload:
+        self._check(key)
+        return _MemoryUpload(self, key)
+
     def delete(self, key: str) -> None:
         with self._lock:
             self.objects.pop(self._check(key), None)
@@ -58,3 +70,22 @@ class MemoryBlobStore:
 
     def describe(self) -> str:
         return "memory"
+
+
+class _MemoryUpload:
+    def __init__(self, store: MemoryBlobStore, key: str) -> None:
+        self.store = store
+        self.key = key
+        self.buffer: bytearray | None = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        if self.buffer is not None:
+            self.buffer += chunk
+
+    def commit(self) -> None:
+        if self.buffer is not None:
+            self.store.put(self.key, bytes(self.buffer))
+            self.buffer = None
+
+    def abort(self) -> None:
+        self.buffer = None

@@ -28,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import repeat
 
+from moderation.core.payload import Payload
 from moderation.exceptions import ImageDecodeError, ModerationError
 from moderation.pipeline.moderator import Preparation, PreparedImage
 
@@ -51,7 +52,7 @@ def _start_process() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def _prepare(preparation: Preparation, data: bytes) -> PreparedImage | Exception:
+def _prepare(preparation: Preparation, data: Payload) -> PreparedImage | Exception:
     """One image, in a pool process. Errors come back as values (every job's error is its own)."""
     try:
         return preparation(data)
@@ -81,7 +82,7 @@ class PreparePool:
         )
 
     def prepare_many(
-        self, preparation: Preparation, images: Sequence[bytes]
+        self, preparation: Preparation, images: Sequence[Payload]
     ) -> list[PreparedImage | Exception]:
         """Prepare ``images`` (results in order; an image's error is its result)."""
         if not images:
@@ -95,7 +96,7 @@ class PreparePool:
         # A process died on one of these images (or on another thread's): find which, alone.
         return [self._isolated(preparation, data) for data in images]
 
-    def _isolated(self, preparation: Preparation, data: bytes) -> PreparedImage | Exception:
+    def _isolated(self, preparation: Preparation, data: Payload) -> PreparedImage | Exception:
         pool = self._pool
         try:
             return pool.submit(_prepare, preparation, data).result()
