@@ -891,9 +891,10 @@ class Settings(BaseSettings):
     #: Requests other than job submissions (the reviewers' pages and API): most body bytes.
     api_max_request_bytes: int = 64 * 1024
     #: Connections and requests the API serves at once; more are answered 503 (uvicorn's
-    #: ``limit_concurrency``). Bounds the disk uploads take: Starlette spools a multipart body
-    #: above 1 MiB to ``/tmp``, so ``/tmp`` needs this times ``queue.max_inline_bytes`` (the
-    #: manifests size the API's ``/tmp`` from it). None: no limit.
+    #: ``limit_concurrency``). Bounds the memory request bodies take (each at most
+    #: ``queue.max_inline_bytes`` held; a multipart part over ``video.stream_above_bytes``
+    #: streams on to the object store; the manifests size the API's ``/tmp`` from it too).
+    #: None: no limit.
     api_max_connections: int | None = Field(default=None, ge=1)
     #: ``production`` (the default) refuses to start with empty, short or development-default
     #: secrets or API keys; ``development`` (the demo, tests) starts with a loud warning.

@@ -391,11 +391,10 @@ def _evidence_sweep(
 def _spill_sweep(
     settings: Settings, blobs: BlobStore, registry: WorkerRegistry
 ) -> list[tuple[float, Callable[[], object], str]]:
-    """Dropping the days of spilled inline images no job can need any more (one worker at a
-    time, hourly), when ``queue.inline_spill_bytes`` is set."""
+    """Dropping the days of spilled inline images, and of videos the API streamed to the object
+    store (``video.stream_above_bytes``: always on), no job can need any more (one worker at a
+    time, hourly)."""
     q = settings.queue
-    if q.inline_spill_bytes is None:
-        return []
     sweep = SpillSweep(blobs, keep_s=max(q.inline_ttl_s, q.result_ttl_s))
 
     def run() -> None:

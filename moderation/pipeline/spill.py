@@ -1,11 +1,14 @@
-"""Dropping spilled inline images (``queue.inline_spill_bytes``) once no job can need them.
+"""Dropping spilled inline images (``queue.inline_spill_bytes``) and streamed uploads
+(``video.stream_above_bytes``) once no job can need them.
 
 The API writes an inline image larger than the setting to the object store under
-``spill/<UTC day>/<hash of the job id>`` (:func:`moderation.core.image_ref.spill_key`) and the
-job carries a ``spill:`` reference; :class:`~moderation.pipeline.sources.SpillSource` reads it
-back. Nothing deletes one image at a time: a job may be retried, redelivered or kept for review,
-so the bytes stay as long as the Redis-held ones could (``keep_s``) and then their whole day is
-dropped. On S3, a lifecycle rule expiring ``spill/`` after the same time does the same.
+``spill/<UTC day>/<hash of the job id>`` (:func:`moderation.core.image_ref.spill_key`), and a
+multipart part it streamed under ``spill/<UTC day>/u-<random>``
+(:mod:`moderation.pipeline.uploads`); the job carries a ``spill:`` reference;
+:class:`~moderation.pipeline.sources.SpillSource` reads it back. Nothing deletes one image at
+a time: a job may be retried, redelivered or kept for review, so the bytes stay as long as the
+Redis-held ones could (``keep_s``) and then their whole day is dropped. On S3, a lifecycle rule
+expiring ``spill/`` after the same time does the same.
 """
 
 from __future__ import annotations
