@@ -19,6 +19,7 @@ from moderation import testmodel
 from moderation.adapters.images import SafeDecoder
 from moderation.adapters.memory import MemoryBankStore, MemoryClassifier
 from moderation.adapters.policy_files import load_policy_text
+from moderation.core.audit import record_for_verdict
 from moderation.core.banks import EntryData
 from moderation.core.compiled import compile_policy
 from moderation.core.decision import Decision, SkippedSignal, verdict_at, verdicts
@@ -121,6 +122,11 @@ def test_a_costly_signal_skips_the_rows_a_cheaper_one_already_blocked() -> None:
     )
     # the verdict travels (job results, audit records) with what was skipped
     assert type(first).from_dict(first.to_dict()) == first
+    record = record_for_verdict(job_id="j", verdict=first, content_sha256=None, content_ref=None)
+    assert record.details["skipped"] == [s.to_dict() for s in first.skipped]
+    assert "p/costly" not in record.scores
+    plain = record_for_verdict(job_id="k", verdict=found[1], content_sha256=None, content_ref=None)
+    assert "skipped" not in plain.details
 
 
 def test_complete_scoring_runs_every_signal_on_every_row() -> None:

@@ -161,6 +161,8 @@ def record_for_verdict(
             "evidence": [e.to_dict() for e in deciding.evidence] if deciding else [],
             # a video or an animation: the segments per category and the top frame
             **({"video": verdict.video.to_dict()} if verdict.video is not None else {}),
+            # signals not run because the decision was settled (cost order)
+            **({"skipped": [s.to_dict() for s in verdict.skipped]} if verdict.skipped else {}),
             **(details or {}),
         },
     )
