@@ -108,9 +108,24 @@ def test_assign_keeps_the_claim_rules(queue: ReviewQueue) -> None:
     with pytest.raises(ReviewError) as caught:
         queue.assign(crit.review_id, reviewer="rv_first", queues=["review"])
     assert caught.value.code == "review_assign_refused"
-    assert queue.assign(crit.review_id, reviewer="rv_second", queues=["review"]).reviewer == (
-        "rv_second"
+    second = queue.assign(crit.review_id, reviewer="rv_second", queues=["review"])
+    assert second.reviewer == "rv_second"
+    # a disagreeing second review goes to the escalation queue: neither of the two who
+    # disagreed may be given it there, a third reviewer may
+    queue.decide(
+        crit.review_id,
+        reviewer="rv_second",
+        token=second.token,
+        decision=ReviewDecision.ALLOW,
+        reason_code=None,
     )
+    for decided in ("rv_first", "rv_second"):
+        with pytest.raises(ReviewError) as caught:
+            queue.assign(crit.review_id, reviewer=decided, queues=[ESCALATION_QUEUE])
+        assert caught.value.code == "review_assign_refused"
+        assert not queue.holds(decided, crit.review_id)
+    third = queue.assign(crit.review_id, reviewer="rv_senior", queues=[ESCALATION_QUEUE])
+    assert third.reviewer == "rv_senior"
 
 
 SECRET = "admin-test-secret"

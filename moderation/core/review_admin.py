@@ -53,9 +53,9 @@ def refuse_assignment(
             "this reviewer may not take the item (it appeals their own decision)",
             code="review_assign_refused",
         )
-    if first is not None and first.reviewer == reviewer:
+    if first is not None and reviewer in first.deciders():
         raise ReviewError(
-            "this reviewer made the first decision: the second review is someone else's",
+            "this reviewer already decided the item: its next review is someone else's",
             code="review_assign_refused",
         )
 
