@@ -76,10 +76,20 @@ def test_review_with_the_keyboard(site: ReviewSite, artifacts_dir: Path) -> None
             assert "blur" in image.evaluate("e => getComputedStyle(e).filter")
             # greyscale by default (the reviewer's wellbeing setting); g toggles it per item
             assert "grayscale" in image.evaluate("e => getComputedStyle(e).filter")
+            # the filter change is a CSS transition: the class flips at once, the computed
+            # style reaches its end state when the transition ends
             page.keyboard.press("g")
-            assert "grayscale" not in image.evaluate("e => getComputedStyle(e).filter")
+            expect(image).not_to_have_class(re.compile(r"\bgrey\b"))
+            page.wait_for_function(
+                "() => !getComputedStyle(document.getElementById('image'))"
+                ".filter.includes('grayscale')"
+            )
             page.keyboard.press("g")
-            assert "grayscale" in image.evaluate("e => getComputedStyle(e).filter")
+            expect(image).to_have_class(re.compile(r"\bgrey\b"))
+            page.wait_for_function(
+                "() => getComputedStyle(document.getElementById('image'))"
+                ".filter.includes('grayscale(1)')"
+            )
 
             # Remove with reason 1, by keyboard only; the next item loads by itself.
             page.keyboard.press("r")
