@@ -74,6 +74,7 @@ def test_an_appeal_is_overturned_on_the_review_page_by_another_reviewer(
             _sign_in(first, site.base, "alice")
             expect(first.locator("#empty")).to_be_visible()
             expect(first.locator("#appeal")).to_be_hidden()
+            expect(first.locator("#appeal-barred")).to_contain_text("a different reviewer")
 
             page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
             errors: list[str] = []

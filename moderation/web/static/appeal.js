@@ -88,6 +88,32 @@
     if (handled) { event.preventDefault(); event.stopImmediatePropagation(); }
   }, true);
 
+  // Nothing to review while appeals wait: say why (the reviewer decided them before, or skipped
+  // them), so an empty page with a waiting appeal queue is not a mystery.
+  const empty = $("empty");
+  const barred = document.createElement("p");
+  barred.id = "appeal-barred";
+  barred.className = "muted";
+  barred.hidden = true;
+  empty.appendChild(barred);
+  async function explainEmpty() {
+    if (empty.hidden) { barred.hidden = true; return; }
+    try {
+      const r = await fetch(document.body.dataset.base + "/api/overview", { credentials: "same-origin" });
+      if (!r.ok) return;
+      const data = await r.json();
+      const waiting = data.queues.filter((q) => q.queue === "appeal")
+        .reduce((n, q) => n + q.waiting, 0);
+      barred.textContent = waiting > 0
+        ? waiting + " appeal(s) wait, none for you: an appeal goes to a different reviewer than "
+          + "whoever decided the item before (or you skipped it)"
+        : "";
+      barred.hidden = empty.hidden || waiting === 0;
+    } catch (err) { /* a hint only */ }
+  }
+  new MutationObserver(explainEmpty).observe(empty, { attributes: true, attributeFilter: ["hidden"] });
+  explainEmpty();
+
   $("appeal-uphold").addEventListener("click", () => choose("uphold"));
   $("appeal-overturn").addEventListener("click", () => choose("overturn"));
   document.addEventListener("review:item", (event) => show(event.detail));
