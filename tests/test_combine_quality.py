@@ -258,3 +258,31 @@ def test_thresholds_on_a_combined_category_are_refused_at_their_line() -> None:
         load_policy_text(missing, source="policies/nudity.yaml", signals=SIGNALS)
     policy = load_policy_text(COMBINED, source="policies/nudity.yaml", signals=SIGNALS)
     assert PolicySet([(policy, "x")])["nudity"].category("nudity").combine is not None
+
+
+def test_the_terminal_tables_show_members_and_rule() -> None:
+    from rich.console import Console
+
+    from moderation.cli.quality import _calibration_table, _combined_table
+
+    compiled = _compiled(COMBINED)
+    s, y = _world()
+    scored = _scored(compiled, s, y)
+    console = Console(width=250, record=True)
+    console.print(_combined_table(evaluate(scored, compiled, dataset=DATASET, resamples=10)))
+    console.print(
+        _calibration_table(
+            calibrate(
+                scored,
+                compiled,
+                "nudity",
+                dataset=DATASET,
+                target_precision=0.95,
+                target_recall=0.95,
+            )
+        )
+    )
+    text = console.export_text()
+    assert "nudity/by_alpha alone" in text and "nudity/by_beta alone" in text
+    assert "the rule" in text and "nudity/nudity (combined)" in text
+    assert "by_alpha 0.8000 →" in text and "by_beta 0.4000 →" in text

@@ -192,6 +192,9 @@ def test_a_member_of_a_combined_category_runs_while_the_rule_could_still_block()
     assert verdict.skipped == [] and verdict.category_id == "agree"
     (blocked,) = verdicts(world.score([(0.995, 0.95)]))  # the rule blocks on the cheap member
     assert blocked.category_id == "agree" and blocked.skipped[0].settled_by == "p/agree"
+    assert blocked.deciding is not None
+    contributions = {e.label: e.details["band"] for e in blocked.deciding.evidence}
+    assert contributions == {"costly": "not run", "alone": "block"}
 
 
 def test_cheap_signals_are_never_skipped() -> None:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from moderation.compose.scoring import Scoring
     from moderation.core.evaluation import Dataset
     from moderation.core.policy import Policy
+    from moderation.pipeline.calibrate import CalibrationReport
     from moderation.pipeline.evaluate import AppealQuality, EvaluationReport, ScoredItem
 
 __all__ = ["backtest", "calibrate", "evaluate", "parse_since", "promote"]
@@ -265,6 +266,57 @@ def _combined_table(report: EvaluationReport) -> Table:
     return table
 
 
+def _calibration_table(report: CalibrationReport) -> Table:
+    """Current -> proposed thresholds per category, and per combined category its members'."""
+    table = Table(
+        "category",
+        "viol./benign",
+        "review",
+        "block",
+        "block precision (low)",
+        "block recall",
+        "flagged recall (low)",
+        "review load",
+        title=f"{report.policy_id}: target precision {report.target_precision:.1%}, recall "
+        f"{report.target_recall:.1%}, {report.confidence:.0%} confidence",
+    )
+    for p in report.proposals:
+        flag = "" if p.supported else " [bold red](unsupported)[/]"
+        table.add_row(
+            p.key + flag,
+            f"{p.positives}/{p.negatives}",
+            f"{p.current_review:.4f} → {p.review:.4f}",
+            f"{p.current_block:.4f} → {p.block:.4f}",
+            f"{_pct(p.current_block_precision)} → {_pct(p.block_precision)} "
+            f"({_pct(p.block_precision_low)})",
+            _pct(p.block_recall),
+            f"{_pct(p.current_flagged_recall)} → {_pct(p.flagged_recall)} "
+            f"({_pct(p.flagged_recall_low)})",
+            f"{_pct(p.current_review_load)} → {_pct(p.review_load)}",
+        )
+    for c in report.combined:
+        flag = "" if c.supported else " [bold red](unsupported)[/]"
+        table.add_row(
+            f"{c.key} (combined){flag}",
+            f"{c.positives}/{c.negatives}",
+            "\n".join(
+                f"{m.key.partition('/')[2]} {m.current_review:.4f} → {m.review:.4f}"
+                for m in c.members
+            ),
+            "\n".join(
+                f"{m.key.partition('/')[2]} {m.current_block:.4f} → {m.block:.4f}"
+                for m in c.members
+            ),
+            f"{_pct(c.current_block_precision)} → {_pct(c.block_precision)} "
+            f"({_pct(c.block_precision_low)})",
+            _pct(c.block_recall),
+            f"{_pct(c.current_flagged_recall)} → {_pct(c.flagged_recall)} "
+            f"({_pct(c.flagged_recall_low)})",
+            f"{_pct(c.current_review_load)} → {_pct(c.review_load)}",
+        )
+    return table
+
+
 def _video_table(report: EvaluationReport) -> Table:
     """Per-video metrics: each labelled video counts once, under its policy's video rule."""
     table = Table(
@@ -359,52 +411,7 @@ def calibrate(
         raise fail(exc) from exc
     if as_json:
         print(json.dumps(report.to_dict()))
-    table = Table(
-        "category",
-        "viol./benign",
-        "review",
-        "block",
-        "block precision (low)",
-        "block recall",
-        "flagged recall (low)",
-        "review load",
-        title=f"{policy_id}: target precision {target_precision:.1%}, recall "
-        f"{target_recall:.1%}, {confidence:.0%} confidence",
-    )
-    for p in report.proposals:
-        flag = "" if p.supported else " [bold red](unsupported)[/]"
-        table.add_row(
-            p.key + flag,
-            f"{p.positives}/{p.negatives}",
-            f"{p.current_review:.4f} → {p.review:.4f}",
-            f"{p.current_block:.4f} → {p.block:.4f}",
-            f"{_pct(p.current_block_precision)} → {_pct(p.block_precision)} "
-            f"({_pct(p.block_precision_low)})",
-            _pct(p.block_recall),
-            f"{_pct(p.current_flagged_recall)} → {_pct(p.flagged_recall)} "
-            f"({_pct(p.flagged_recall_low)})",
-            f"{_pct(p.current_review_load)} → {_pct(p.review_load)}",
-        )
-    for c in report.combined:
-        flag = "" if c.supported else " [bold red](unsupported)[/]"
-        table.add_row(
-            f"{c.key} (combined){flag}",
-            f"{c.positives}/{c.negatives}",
-            "\n".join(
-                f"{m.key.partition('/')[2]} {m.current_review:.4f} → {m.review:.4f}"
-                for m in c.members
-            ),
-            "\n".join(
-                f"{m.key.partition('/')[2]} {m.current_block:.4f} → {m.block:.4f}"
-                for m in c.members
-            ),
-            f"{_pct(c.current_block_precision)} → {_pct(c.block_precision)} "
-            f"({_pct(c.block_precision_low)})",
-            _pct(c.block_recall),
-            f"{_pct(c.current_flagged_recall)} → {_pct(c.flagged_recall)} "
-            f"({_pct(c.flagged_recall_low)})",
-            f"{_pct(c.current_review_load)} → {_pct(c.review_load)}",
-        )
+    table = _calibration_table(report)
     (err if as_json else out).print(table)
     rule = report.video_rule
     if rule is not None:

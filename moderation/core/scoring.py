@@ -151,11 +151,14 @@ class CombinedScores:
         slots: Sequence[CategorySlot],
         scores: NDArray[np.float32],
         own_bands: NDArray[np.int8],
+        unscored: NDArray[np.bool_] | None = None,
     ) -> None:
         self.combined = tuple(combined)
         self.slots = slots
         self._all = scores
         self._bands = own_bands
+        #: (N, C) cells a skipped signal left unscored (cost order), or None.
+        self._unscored = unscored
         self._scores = np.stack(
             [scores[:, list(c.members)].max(axis=1) for c in self.combined], axis=1
         ).astype(np.float32)
@@ -181,7 +184,11 @@ class CombinedScores:
                             "category": slot.key,
                             "review_threshold": category.thresholds.review,
                             "block_threshold": category.thresholds.block,
-                            "band": _BAND_NAMES[int(self._bands[row, member])],
+                            "band": (
+                                "not run"
+                                if self._unscored is not None and self._unscored[row, member]
+                                else _BAND_NAMES[int(self._bands[row, member])]
+                            ),
                             "rule": rule.model_dump(mode="json", exclude_none=True),
                         },
                     )
@@ -456,7 +463,12 @@ class Scorer:
             ceiling[np.ix_(skip.rows, skip.columns)] = 0
         if self.combined:
             own = member_bands(scores, self.slots, ceiling)
-            part = CombinedScores(self.combined, self.slots, scores, own)
+            unscored = None
+            if skips:
+                unscored = np.zeros(scores.shape, bool)
+                for skip in skips:
+                    unscored[np.ix_(skip.rows, skip.columns)] = True
+            part = CombinedScores(self.combined, self.slots, scores, own, unscored)
             scores[:, self._combined_columns] = part.scores
             self._part_of[self._combined_columns] = len(parts)
             self._local[self._combined_columns] = np.arange(len(self.combined))
