@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -223,31 +224,53 @@ class ModerationClient:
         ids: Sequence[str] | None = None,
         chunk: int = 500,
     ) -> list[str]:
-        """Enqueue many images as raw bytes (multipart ``/v1/jobs:upload``: no base64, no JSON
-        around the bytes), ``chunk`` per request; returns job ids in order.
+        """Enqueue many images (or videos) as raw bytes (multipart ``/v1/jobs:upload``: no
+        base64, no JSON around the bytes), ``chunk`` per request; returns job ids in order. A
+        :class:`~pathlib.Path` is streamed from its file, never read whole (a large video goes
+        on to the service's object store as it arrives, up to ``video.max_upload_bytes``).
 
         Raises:
             JobRejected: a chunk was refused (no job of that chunk was enqueued).
             ApiUnavailable: the API is unreachable or failed (5xx).
         """
-        blobs = [image.read_bytes() if isinstance(image, Path) else image for image in images]
+        blobs = list(images)
         out: list[str] = []
         for start in range(0, len(blobs), chunk):
-            part = blobs[start : start + chunk]
-            files = [
-                ("image", (f"{start + i}", data, "application/octet-stream"))
-                for i, data in enumerate(part)
-            ]
-            fields: dict[str, Any] = {}
-            if policies:
-                fields["policies"] = list(policies)
-            if ids is not None:
-                fields["jobs"] = json.dumps(
-                    [{"id": job_id} for job_id in ids[start : start + chunk]]
+            with contextlib.ExitStack() as opened:
+                files = [
+                    (
+                        "image",
+                        (
+                            f"{start + i}",
+                            opened.enter_context(data.open("rb"))
+                            if isinstance(data, Path)
+                            else data,
+                            "application/octet-stream",
+                        ),
+                    )
+                    for i, data in enumerate(blobs[start : start + chunk])
+                ]
+                out.extend(
+                    self._upload_chunk(files, start, policies=policies, ids=ids, chunk=chunk)
                 )
-            answer = self._request("POST", "/v1/jobs:upload", files=files, data=fields)
-            out.extend(str(j["id"]) for j in answer["jobs"])
         return out
+
+    def _upload_chunk(
+        self,
+        files: list[tuple[str, tuple[str, Any, str]]],
+        start: int,
+        *,
+        policies: Sequence[str] | None,
+        ids: Sequence[str] | None,
+        chunk: int,
+    ) -> list[str]:
+        fields: dict[str, Any] = {}
+        if policies:
+            fields["policies"] = list(policies)
+        if ids is not None:
+            fields["jobs"] = json.dumps([{"id": job_id} for job_id in ids[start : start + chunk]])
+        answer = self._request("POST", "/v1/jobs:upload", files=files, data=fields)
+        return [str(j["id"]) for j in answer["jobs"]]
 
     def lookup(self, job_ids: Sequence[str]) -> list[JobResult | None]:
         """The current results of many jobs in one request (None for an unknown id).

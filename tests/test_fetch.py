@@ -355,6 +355,20 @@ def test_a_streamed_download_over_the_cap_leaves_no_file(
         assert list(tmp_path.iterdir()) == []
 
 
+def test_the_sweep_removes_only_stale_spooled_downloads(tmp_path: Path) -> None:
+    import os
+
+    from moderation.adapters.support.spool import PREFIX, sweep_stale
+
+    old, young, other = (tmp_path / f"{PREFIX}old", tmp_path / f"{PREFIX}young", tmp_path / "x")
+    for path in (old, young, other):
+        path.write_bytes(b"v")
+    os.utime(old, (1_000_000, 1_000_000))
+    os.utime(other, (1_000_000, 1_000_000))
+    assert sweep_stale(3600.0, tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([young.name, other.name])
+
+
 def test_streamed_downloads_keep_the_ssrf_guard(guarded: ImageFetcher, server: LocalServer) -> None:
     before = len(server.recorder.paths)
     with pytest.raises(UrlRefusedError):

@@ -22,6 +22,7 @@ from moderation.adapters.policy_files import load_policy_text
 from moderation.adapters.postgres.jobs import PostgresJobStore
 from moderation.adapters.support.prepare_pool import PreparePool
 from moderation.adapters.support.slots import claim_slot
+from moderation.adapters.support.spool import sweep_stale
 from moderation.compose.access import enforce_security
 from moderation.compose.appeals import build_appeals, build_enforcement
 from moderation.compose.banks import build_bank_sync, build_banks, open_bank_guard
@@ -306,6 +307,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> WorkerProces
             *_history_sweep(settings, shards, registry),
             *_evidence_sweep(settings, evidence, registry),
             *_spill_sweep(settings, blobs, registry),
+            *_spool_sweep(settings),
             *_outbox_delivery(
                 settings,
                 review_queue,
@@ -402,6 +404,24 @@ def _spill_sweep(
             sweep.sweep()
 
     return [(3600.0, run, "spilled inline image retention sweep")]
+
+
+def _spool_sweep(settings: Settings) -> list[tuple[float, Callable[[], object], str]]:
+    """Removing the temporary files of large downloads a killed worker left behind (every
+    process of the host sweeps the shared temporary folder; only files far older than any live
+    job's are removed)."""
+    stale_s = max(
+        3600.0,
+        2 * (settings.images.fetch_deadline_s + settings.video.max_decode_s),
+        2.0 * settings.queue.visibility_timeout_s,
+    )
+
+    def run() -> None:
+        removed = sweep_stale(stale_s)
+        if removed:
+            log.info("removed %d stale temporary download file(s)", removed)
+
+    return [(3600.0, run, "stale temporary download sweep")]
 
 
 def _outbox_delivery(

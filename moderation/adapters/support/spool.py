@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from moderation.core.payload import MediaFile, Payload
 
-__all__ = ["Spool", "discard"]
+__all__ = ["Spool", "discard", "sweep_stale"]
 
 #: Temporary files of spooled downloads start with this (a sweep of the temp folder finds them).
 PREFIX = "moderation-media-"
@@ -102,3 +103,25 @@ def discard(media: Payload | object) -> None:
     """Remove ``media``'s temporary file, if it is one this process owns."""
     if isinstance(media, MediaFile) and media.owned:
         media.path.unlink(missing_ok=True)
+
+
+def sweep_stale(older_than_s: float, directory: Path | None = None) -> int:
+    """Remove the spooled downloads (``moderation-media-*``) in ``directory`` (None: the system's
+    temporary folder) last written more than ``older_than_s`` ago: what a worker killed mid-job
+    left (a live job's file is far younger: a download is bounded by its deadline and a decode
+    by ``video.max_decode_s``). Returns how many were removed; errors are skipped."""
+    folder = Path(directory or tempfile.gettempdir())
+    cutoff = time.time() - older_than_s
+    removed = 0
+    try:
+        entries = list(folder.glob(f"{PREFIX}*"))
+    except OSError:
+        return 0
+    for path in entries:
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
