@@ -286,10 +286,9 @@ class BankService:
     # --- reviewers: "remove and add to bank" ----------------------------------------------
 
     def bank_targets(self, item: ReviewItem) -> list[str]:
-        """The banks a reviewer may add this item's image to (none without a usable hash)."""
-        if item.content_pdq is None or (item.content_pdq_quality or 0) < QUALITY_THRESHOLD:
-            return []
-        return list(self.review_banks)
+        """The banks a reviewer may add this item's image to (none without a usable hash: the
+        image's, or for a video one of its scored frames')."""
+        return list(self.review_banks) if _bankable(item) else []
 
     def check_request(self, item: ReviewItem, *, bank: str) -> None:
         """Whether a reviewer may ask to add this item's image to ``bank``.
@@ -300,7 +299,7 @@ class BankService:
         if bank not in self.review_banks:
             allowed = ", ".join(self.review_banks) or "none configured"
             raise BankError(f"reviewers may add to these banks only: {allowed}")
-        if item.content_pdq is None or (item.content_pdq_quality or 0) < QUALITY_THRESHOLD:
+        if not _bankable(item):
             raise BankError(
                 "this image has no PDQ hash of usable quality "
                 f"(quality {item.content_pdq_quality}); it cannot be banked"
@@ -460,3 +459,14 @@ class BankService:
             )
         )
         return first
+
+
+def _bankable(item: ReviewItem) -> bool:
+    """Whether the item has a hash of usable quality: its image's, or (a video) a scored
+    frame's."""
+    if item.content_pdq is not None and (item.content_pdq_quality or 0) >= QUALITY_THRESHOLD:
+        return True
+    video = item.verdict.video
+    return video is not None and any(
+        h.quality >= VPDQ_QUALITY_THRESHOLD for h in video.frame_hashes
+    )
