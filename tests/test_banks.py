@@ -27,6 +27,7 @@ from moderation.core.decision import Decision
 from moderation.core.image_ref import ImageRef
 from moderation.core.policy import PolicySet
 from moderation.core.review import HumanDecision, ReviewDecision, item_from_verdict
+from moderation.core.vpdq import VpdqFrame, format_text
 from moderation.exceptions import (
     BankBusy,
     BankError,
@@ -47,6 +48,8 @@ from moderation.pipeline.bank_sync import BankSync
 from moderation.pipeline.banks import BankService, image_feature
 from moderation.pipeline.moderator import Moderator
 from moderation.pipeline.policies import ActivePolicies
+from moderation.pipeline.video_banks import export_video, videos
+from moderation.ports import BankRequest
 from moderation.settings import ImageLimits
 from moderation.signals import LoadedBanks, builtin_signals
 from moderation.signals.hash_bank import (
@@ -385,6 +388,73 @@ def test_a_reviewers_request_banks_the_image_once_the_removal_is_final(
     (record,) = records.values()
     assert (record.kind, record.decision, record.actor) == ("human", "add_to_bank", "rv_a")
     assert record.details["bank"] == "removals" and record.details["entry_id"] == 0
+
+
+def test_a_reviewers_request_on_a_video_banks_all_its_sampled_frames(
+    service: BankService,
+) -> None:
+    rng = np.random.default_rng(19)
+    hashes = _hex(rng, 3)
+    frames = [
+        VpdqFrame(0, 90, hashes[0], 0.0),
+        VpdqFrame(25, 20, hashes[1], 1.0),  # below quality 50: banked, not matched
+        VpdqFrame(50, 85, hashes[2], 2.0),
+        VpdqFrame(75, 85, hashes[2], 3.0),  # the same hash again: matched once
+    ]
+    service.create("removals")
+    service.store.request_addition(
+        BankRequest(review_id="rvw_v", bank="removals", reviewer="rv_a", at=datetime.now(UTC)),
+        60,
+    )
+    decision = HumanDecision(
+        job_id="jv",
+        review_id="rvw_v",
+        decision=ReviewDecision.REMOVE,
+        reason_code="TW_CONTRABAND",
+        reviewers=["rv_a", "rv_b"],
+        category_id="contraband_symbol",
+        policy_id="testworld",
+        policy_version=1,
+        decided_at=datetime.now(UTC),
+    )
+    audit = MemoryAuditSink()
+    kwargs: dict[str, Any] = {
+        "pdq": hashes[0],
+        "quality": 90,
+        "content_sha256": "cd" * 32,
+        "content_ref": "mem://jv",
+        "audit": audit,
+        "frames": frames,
+    }
+    entry = service.add_reviewed(decision, **kwargs)
+    assert entry is not None and (entry.video, entry.frame_number) == ("job:jv", 0)
+    assert (entry.label, entry.reference_id, entry.video_frames) == ("TW_CONTRABAND", "jv", 2)
+    assert videos(service.store, "removals") == {"job:jv": 4}
+    assert export_video(service.store, "removals", "job:jv") == format_text(frames)
+    (record,) = audit.records
+    assert record.decision == "add_to_bank" and record.details["new_entry"] is True
+    assert record.details["video"] == {
+        "video": "job:jv",
+        "frames": 4,
+        "matching_frames": 2,
+        "entry_ids": [entry.id + i for i in range(4)],
+    }
+
+    again = service.add_reviewed(decision, **kwargs)  # a redelivery: nothing banked twice
+    assert again is not None and again.id == entry.id
+    assert service.store.info("removals").entries == 4
+    assert {r.record_id for r in audit.records} == {record.record_id}
+    assert audit.records[-1].details["new_entry"] is False
+
+    # A video without a frame of usable quality is banked as its image was (one hash).
+    service.store.request_addition(
+        BankRequest(review_id="rvw_w", bank="removals", reviewer="rv_a", at=datetime.now(UTC)),
+        60,
+    )
+    flat = [VpdqFrame(0, 10, hashes[1], 0.0)]
+    other = decision.model_copy(update={"job_id": "jw", "review_id": "rvw_w"})
+    photo = service.add_reviewed(other, **{**kwargs, "pdq": hashes[1], "frames": flat})
+    assert photo is not None and photo.video is None and photo.pdq == hashes[1]
 
 
 # --- hot reload ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from moderation.core.audit import record_for_bank_addition
 from moderation.core.banks import BankEntry, BankInfo, EntryData
 from moderation.core.review import HumanDecision, ReviewDecision, ReviewItem
+from moderation.core.vpdq import VPDQ_QUALITY_THRESHOLD, VpdqFrame, prepared
 from moderation.exceptions import BankBusy, BankError, BankExists, BankNotFound
 from moderation.pipeline.bank_files import (
     BankFormat,
@@ -29,6 +30,7 @@ from moderation.pipeline.bank_files import (
     write_bank_file,
 )
 from moderation.pipeline.bank_index import load_codes, load_index
+from moderation.pipeline.video_banks import import_video
 from moderation.ports import AuditSink, BankRequest, BankStore, ImageDecoder
 from moderation.signals.hash_bank import (
     DEFAULT_FLAT_MAX,
@@ -284,10 +286,9 @@ class BankService:
     # --- reviewers: "remove and add to bank" ----------------------------------------------
 
     def bank_targets(self, item: ReviewItem) -> list[str]:
-        """The banks a reviewer may add this item's image to (none without a usable hash)."""
-        if item.content_pdq is None or (item.content_pdq_quality or 0) < QUALITY_THRESHOLD:
-            return []
-        return list(self.review_banks)
+        """The banks a reviewer may add this item's image to (none without a usable hash: the
+        image's, or for a video one of its scored frames')."""
+        return list(self.review_banks) if _bankable(item) else []
 
     def check_request(self, item: ReviewItem, *, bank: str) -> None:
         """Whether a reviewer may ask to add this item's image to ``bank``.
@@ -298,7 +299,7 @@ class BankService:
         if bank not in self.review_banks:
             allowed = ", ".join(self.review_banks) or "none configured"
             raise BankError(f"reviewers may add to these banks only: {allowed}")
-        if item.content_pdq is None or (item.content_pdq_quality or 0) < QUALITY_THRESHOLD:
+        if not _bankable(item):
             raise BankError(
                 "this image has no PDQ hash of usable quality "
                 f"(quality {item.content_pdq_quality}); it cannot be banked"
@@ -333,11 +334,18 @@ class BankService:
         content_sha256: str | None,
         content_ref: str | None,
         audit: AuditSink,
+        frames: Sequence[VpdqFrame] = (),
         wait_s: float = 10.0,
     ) -> BankEntry | None:
         """Carry out a reviewer's request for a final removal: add the image's hash to the bank
         and audit it. Idempotent (a redelivered decision finds the hash already banked and
         rewrites the same audit record). None when nothing was requested.
+
+        A video (``frames``: its sampled frames' vPDQ hashes, ``verdict.video.frame_hashes``)
+        is banked whole, as :func:`~moderation.pipeline.video_banks.import_video` banks one:
+        every frame an entry with the video key ``job:<job id>``, so a vPDQ category of the
+        bank matches the video again and a photo category matches any of its frames. The
+        returned entry is its first frame's.
 
         Raises:
             BankBusy: the bank stayed locked (an import) for ``wait_s``; the decision is
@@ -349,6 +357,16 @@ class BankService:
         request = self.store.addition_request(decision.review_id)
         if request is None:
             return None
+        if prepared(frames, VPDQ_QUALITY_THRESHOLD):
+            return self._add_reviewed_video(
+                decision,
+                request,
+                list(frames),
+                content_sha256=content_sha256,
+                content_ref=content_ref,
+                audit=audit,
+                wait_s=wait_s,
+            )
         if pdq is None or (quality or 0) < QUALITY_THRESHOLD:
             log.warning("review %s: no usable PDQ hash; not banked", decision.review_id)
             return None
@@ -384,3 +402,71 @@ class BankService:
             )
         )
         return BankEntry.of(request.bank, entry_id, entry)
+
+    def _add_reviewed_video(
+        self,
+        decision: HumanDecision,
+        request: BankRequest,
+        frames: list[VpdqFrame],
+        *,
+        content_sha256: str | None,
+        content_ref: str | None,
+        audit: AuditSink,
+        wait_s: float,
+    ) -> BankEntry:
+        video = f"job:{decision.job_id}"
+        created = True
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                import_video(
+                    self.store,
+                    request.bank,
+                    frames,
+                    video=video,
+                    source=f"review:{decision.policy_id}/{decision.category_id}",
+                    label=decision.reason_code or "",
+                    reference_id=decision.job_id,
+                )
+                break
+            except BankExists:  # a redelivered decision: the video is banked already
+                created = False
+                break
+            except BankBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+        banked = [e for e in self.store.scan(request.bank) if e.video == video]
+        banked.sort(key=lambda e: (e.frame_number or 0, e.id))
+        first = banked[0]
+        audit.write(
+            record_for_bank_addition(
+                decision,
+                reviewer=request.reviewer,
+                bank=request.bank,
+                entry_id=first.id,
+                pdq=first.pdq,
+                quality=first.quality,
+                created=created,
+                content_sha256=content_sha256,
+                content_ref=content_ref,
+                video={
+                    "video": video,
+                    "frames": len(banked),
+                    "matching_frames": first.video_frames,
+                    "entry_ids": [e.id for e in banked],
+                },
+            )
+        )
+        return first
+
+
+def _bankable(item: ReviewItem) -> bool:
+    """Whether the item has a hash of usable quality: its image's, or (a video) a scored
+    frame's."""
+    if item.content_pdq is not None and (item.content_pdq_quality or 0) >= QUALITY_THRESHOLD:
+        return True
+    video = item.verdict.video
+    return video is not None and any(
+        h.quality >= VPDQ_QUALITY_THRESHOLD for h in video.frame_hashes
+    )

@@ -53,6 +53,7 @@ from moderation.core.sources import DecisionSource
 from moderation.exceptions import JobNotFoundError, ModerationError, ReviewInvalidDecision
 from moderation.metrics import metrics
 from moderation.pipeline.notices import answer_notices
+from moderation.pipeline.video_banks import frames_of_verdict
 from moderation.ports import (
     AuditSink,
     CallbackSender,
@@ -544,5 +545,8 @@ class Outcomes:
                 content_sha256=result.content_sha256,
                 content_ref=job.image.uri,
                 audit=self.audit,
+                frames=frames_of_verdict(video.frame_hashes)
+                if (video := result.verdict.video if result.verdict else None) is not None
+                else (),
             )
         return updated

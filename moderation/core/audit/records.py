@@ -342,10 +342,13 @@ def record_for_bank_addition(
     created: bool,
     content_sha256: str | None,
     content_ref: str | None,
+    video: dict[str, Any] | None = None,
 ) -> AuditRecord:
     """The audit record of a reviewer's removal put into a bank ("remove and add to bank"):
     decision ``add_to_bank``, the bank, entry and hash in ``details``. Its id is derived from the
-    review and the bank, so a redelivered decision rewrites the same record.
+    review and the bank, so a redelivered decision rewrites the same record. A banked video
+    (``video``: its key, frame counts and entry ids) is under ``details["video"]``; the entry
+    and hash are its first frame's.
 
     Raises:
         AuditError: ``reviewer`` is not a pseudonymous reviewer id.
@@ -365,6 +368,7 @@ def record_for_bank_addition(
             "content_pdq_quality": quality,
             "new_entry": created,
             "reviewers": list(decision.reviewers),
+            **({"video": video} if video is not None else {}),
         },
     )
 
