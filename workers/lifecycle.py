@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps
 from celery.signals import task_postrun, task_prerun, worker_init, worker_shutting_down
 
+from moderation.adapters.support.fair_lanes import video_done
 from moderation.pipeline.health import WorkerHealth
 from workers.celery_app import current_settings
 
@@ -124,9 +125,12 @@ def _task_started(task_id: str | None = None, **_: Any) -> None:
 
 
 @task_postrun.connect  # type: ignore[untyped-decorator]
-def _task_finished(task_id: str | None = None, **_: Any) -> None:
+def _task_finished(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task_id:
         health().task_finished(task_id)
+    # A message from a video lane has run: a worker of both kinds may take the next video.
+    delivery = getattr(getattr(task, "request", None), "delivery_info", None) or {}
+    video_done(delivery.get("routing_key"))
 
 
 @worker_shutting_down.connect  # type: ignore[untyped-decorator]
