@@ -274,6 +274,15 @@ def test_a_worker_of_both_kinds_leaves_the_video_lanes_out_while_it_holds_its_ca
         fair_lanes.video_done("moderation-video")
         assert fair_lanes.videos_held() == 1
         assert any(n.startswith("moderation-video") for n in cycle.consume(len(names)))
+        # A lost connection drops the videos taken but not started: only running ones count.
+        cycle.rotate("moderation-video")
+        fair_lanes.video_started("moderation-video", "t-1")
+        fair_lanes.video_started("moderation", "t-2")  # a photo: not counted
+        fair_lanes.videos_restart()
+        assert fair_lanes.videos_held() == 1
+        fair_lanes.video_done("moderation-video", "t-1")
+        fair_lanes.videos_restart()
+        assert fair_lanes.videos_held() == 0
     finally:
         fair_lanes.declare_video_cap(None)
         fair_lanes.declare_lanes(())

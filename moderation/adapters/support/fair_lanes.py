@@ -33,7 +33,9 @@ __all__ = [
     "declare_lanes",
     "declare_video_cap",
     "video_done",
+    "video_started",
     "videos_held",
+    "videos_restart",
 ]
 
 #: The dotted name kombu imports (``broker_transport_options["queue_order_strategy"]``).
@@ -44,6 +46,7 @@ _declared: tuple[Lane, ...] = ()
 _video_lanes: frozenset[str] = frozenset()
 _video_cap: int | None = None
 _videos_held = 0
+_videos_running: set[str] = set()
 
 
 def declare_lanes(declared: Sequence[Lane]) -> None:
@@ -70,12 +73,28 @@ def videos_held() -> int:
         return _videos_held
 
 
-def video_done(queue: str | None) -> None:
+def video_started(queue: str | None, task_id: str) -> None:
+    """A task from ``queue`` starts running (for :func:`videos_restart`)."""
+    with _lock:
+        if _video_cap is not None and queue in _video_lanes:
+            _videos_running.add(task_id)
+
+
+def video_done(queue: str | None, task_id: str | None = None) -> None:
     """A task from ``queue`` has run (a video lane's frees a place under the cap)."""
     global _videos_held
     with _lock:
         if _video_cap is not None and queue in _video_lanes:
             _videos_held = max(0, _videos_held - 1)
+            _videos_running.discard(task_id or "")
+
+
+def videos_restart() -> None:
+    """The worker's consumer (re)connects: the messages it had taken but not started are
+    dropped (the broker delivers them again), so only the running videos still count."""
+    global _videos_held
+    with _lock:
+        _videos_held = len(_videos_running)
 
 
 class FairCycle:
