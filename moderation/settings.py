@@ -297,7 +297,8 @@ class QueueSettings(BaseModel):
     #: ``photos`` (a download that turns out to be a video is handed to the video lanes) or
     #: ``videos`` (a video worker: ``video_concurrency`` messages at once).
     worker_lanes: Literal["all", "photos", "videos"] = "all"
-    #: Messages a ``videos`` worker handles at once (each decodes on its own thread).
+    #: Messages a ``videos`` worker handles at once (each decodes on its own thread); for an
+    #: ``all`` worker, the most video messages it holds at once (less than its concurrency).
     video_concurrency: int = Field(default=2, ge=1)
     #: Video jobs per broker message (one video already fills forward passes with its samples).
     video_jobs_per_message: int = Field(default=1, ge=1)

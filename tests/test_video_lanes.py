@@ -25,7 +25,12 @@ import pytest
 from numpy.typing import NDArray
 
 from moderation import testmodel
-from moderation.adapters.celery_queue import consumed_queues, job_lanes, worker_concurrency
+from moderation.adapters.celery_queue import (
+    consumed_queues,
+    job_lanes,
+    video_cap,
+    worker_concurrency,
+)
 from moderation.adapters.memory import (
     MemoryAuditSink,
     MemoryCallbacks,
@@ -238,6 +243,51 @@ def test_a_worker_of_both_kinds_takes_every_photo_lane_before_any_video_lane() -
     assert Counter(taken) == {"moderation-video.t.acme": 20, "moderation-video": 10}
 
 
+def test_a_worker_of_both_kinds_leaves_the_video_lanes_out_while_it_holds_its_cap() -> None:
+    from moderation.adapters.support import fair_lanes
+
+    settings = _settings(concurrency=4, video_concurrency=2)
+    assert video_cap(settings.queue) == 2
+    # Photo-only and video-only workers have no cap; a cap always leaves a thread to photos.
+    assert video_cap(_settings(worker_lanes="photos").queue) is None
+    assert video_cap(_settings(worker_lanes="videos").queue) is None
+    assert video_cap(_settings(video_queue_name=None).queue) is None
+    assert video_cap(_settings(concurrency=2, video_concurrency=5).queue) == 1
+    every = job_lanes(settings)
+    names = [lane.name for lane in every]
+    fair_lanes.declare_lanes(every)
+    fair_lanes.declare_video_cap(2)
+    try:
+        cycle = fair_lanes.FairCycle(names)
+        assert set(cycle.consume(len(names))) == set(names)
+        cycle.rotate("moderation-video.t.acme")
+        cycle.rotate("moderation")  # photos never count
+        assert fair_lanes.videos_held() == 1
+        cycle.rotate("moderation-video")
+        # At the cap: the next BRPOP asks only the photo lanes.
+        offered = cycle.consume(len(names))
+        assert len(offered) == len(set(offered))
+        assert set(offered) == {lane.name for lane in every if not lane.video}
+        fair_lanes.declare_video_cap(2)  # declared again (another producer): the count stays
+        fair_lanes.video_done("moderation")  # a photo's task ending frees nothing
+        assert fair_lanes.videos_held() == 2
+        fair_lanes.video_done("moderation-video")
+        assert fair_lanes.videos_held() == 1
+        assert any(n.startswith("moderation-video") for n in cycle.consume(len(names)))
+        # A lost connection drops the videos taken but not started: only running ones count.
+        cycle.rotate("moderation-video")
+        fair_lanes.video_started("moderation-video", "t-1")
+        fair_lanes.video_started("moderation", "t-2")  # a photo: not counted
+        fair_lanes.videos_restart()
+        assert fair_lanes.videos_held() == 1
+        fair_lanes.video_done("moderation-video", "t-1")
+        fair_lanes.videos_restart()
+        assert fair_lanes.videos_held() == 0
+    finally:
+        fair_lanes.declare_video_cap(None)
+        fair_lanes.declare_lanes(())
+
+
 # --- real worker processes ------------------------------------------------------------------
 
 
@@ -329,3 +379,59 @@ def test_a_photo_is_not_queued_behind_a_backlog_of_videos(
     # acme's backlog (one message at a time, one reserved: at most a few of acme's first).
     order = ended[1:]
     assert order.index("globex/v-b") <= 3, order
+
+
+@pytest.mark.xdist_group("video_lanes")
+def test_a_worker_of_both_kinds_holds_at_most_its_cap_of_videos_and_still_ends_photos(
+    test_model_settings: Settings, tmp_path: Path, video: bytes
+) -> None:
+    from moderation.adapters.celery_queue import message_job_ids
+    from tests.attack_support import KEY_A, image_b64
+    from tests.pipeline_support import WorkerProcess
+
+    backlog, cap = 6, 1
+    with _site(test_model_settings, tmp_path) as site, site.client(KEY_A) as acme:
+        clip_b64 = base64.b64encode(video).decode()
+        for i in range(backlog):
+            answer = acme.post("/v1/jobs", json={"image_base64": clip_b64, "id": f"v-{i}"})
+            assert answer.status_code == 202, answer.text
+        redis = site.store.redis
+        videos = {f"acme/v-{i}" for i in range(backlog)}
+        most = 0
+
+        def held_videos() -> int:
+            """Video messages the worker took and has not acknowledged (kombu's ``unacked``)."""
+            nonlocal most
+            held = sum(1 for raw in redis.hvals("unacked") if set(message_job_ids(raw)) & videos)
+            most = max(most, held)
+            return held
+
+        both = WorkerProcess(
+            site.settings,
+            tmp_path / "both.log",
+            extra_env={
+                "MODERATION_QUEUE__WORKER_LANES": "all",
+                "MODERATION_QUEUE__CONCURRENCY": "4",
+                "MODERATION_QUEUE__PREFETCH_MULTIPLIER": "2",
+                "MODERATION_QUEUE__VIDEO_CONCURRENCY": str(cap),
+            },
+        ).start()
+        try:
+            both.wait_ready(site.store)
+            deadline = time.monotonic() + 300  # only keeps a broken build from hanging
+            while not held_videos() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # A video is in progress, the rest wait: now a photo arrives.
+            answer = acme.post("/v1/jobs", json={"image_base64": image_b64(1), "id": "p-1"})
+            assert answer.status_code == 202, answer.text
+            while "acme/p-1" not in {j for j, _ in site.store.outcomes()}:
+                held_videos()
+                assert time.monotonic() < deadline, both.log()
+                time.sleep(0.05)
+            ended = _wait_ended(site, videos | {"acme/p-1"}, both)
+            held_videos()
+        finally:
+            both.stop()
+    # Without the cap the worker would have taken up to concurrency x prefetch (8) videos.
+    assert 1 <= most <= cap, most
+    assert set(ended) == videos | {"acme/p-1"}

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps
 from celery.signals import task_postrun, task_prerun, worker_init, worker_shutting_down
 
+from moderation.adapters.support.fair_lanes import video_done, video_started, videos_restart
 from moderation.pipeline.health import WorkerHealth
 from workers.celery_app import current_settings
 
@@ -93,6 +94,9 @@ class LoopTick(bootsteps.StartStopStep):  # type: ignore[misc]
         self.tref: Any = None
 
     def start(self, c: Any) -> None:
+        # Before the consumer's loop reads again: the messages of a lost connection that had
+        # not started are gone from this process, so they no longer count under the video cap.
+        videos_restart()
         state = health()
         state.tick()
         every = max(0.1, min(TICK_S, state.stuck_after_s / 5))
@@ -118,15 +122,25 @@ def _serve_probes(**_: Any) -> None:
 
 
 @task_prerun.connect  # type: ignore[untyped-decorator]
-def _task_started(task_id: str | None = None, **_: Any) -> None:
+def _task_started(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task_id:
         health().task_started(task_id)
+        video_started(_queue_of(task), task_id)
 
 
 @task_postrun.connect  # type: ignore[untyped-decorator]
-def _task_finished(task_id: str | None = None, **_: Any) -> None:
+def _task_finished(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task_id:
         health().task_finished(task_id)
+    # A message from a video lane has run: a worker of both kinds may take the next video.
+    video_done(_queue_of(task), task_id)
+
+
+def _queue_of(task: Any) -> str | None:
+    """The lane the running task's message came from (its routing key)."""
+    delivery = getattr(getattr(task, "request", None), "delivery_info", None) or {}
+    key = delivery.get("routing_key")
+    return str(key) if key else None
 
 
 @worker_shutting_down.connect  # type: ignore[untyped-decorator]

@@ -32,7 +32,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
-from moderation.adapters.support.fair_lanes import FAIR_CYCLE, declare_lanes
+from moderation.adapters.support.fair_lanes import FAIR_CYCLE, declare_lanes, declare_video_cap
 from moderation.adapters.support.redis import connect, redis_errors
 from moderation.core.backtest import BacktestPartial, BacktestTask
 from moderation.core.fairness import Lane, lane_for, lanes
@@ -59,6 +59,7 @@ __all__ = [
     "consumed_queues",
     "job_lanes",
     "message_job_ids",
+    "video_cap",
     "worker_concurrency",
 ]
 
@@ -81,6 +82,15 @@ def worker_concurrency(q: QueueSettings) -> int:
     if q.worker_lanes == "videos" and q.video_queue_name:
         return q.video_concurrency
     return q.concurrency or 2 * q.batch_size
+
+
+def video_cap(q: QueueSettings) -> int | None:
+    """Video messages a worker of both kinds (``worker_lanes=all``) holds at once:
+    ``queue.video_concurrency``, less than its concurrency so that a thread is always left to
+    photos; None (no cap) for photo-only and video-only workers and without video lanes."""
+    if q.worker_lanes != "all" or not q.video_queue_name:
+        return None
+    return max(1, min(q.video_concurrency, worker_concurrency(q) - 1))
 
 
 def job_lanes(settings: Settings) -> list[Lane]:
@@ -129,6 +139,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     backtests = settings.embeddings.backtest_queue
     every_lane = job_lanes(settings)
     declare_lanes(every_lane)
+    declare_video_cap(video_cap(q))
     return {
         "broker_url": settings.redis_url,
         # Only backtest tasks keep a result (their counts): every other task ignores it.
