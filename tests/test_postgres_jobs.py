@@ -138,30 +138,32 @@ def test_a_final_result_is_written_once_in_one_statement(
     assert decisions == [("allow", 10), ("review", 10)]
 
 
-def test_results_are_answered_as_written_and_rows_from_before_0140_read_the_same(
+def test_a_queued_result_is_answered_as_written_and_a_final_one_is_queryable_jsonb(
     store: PostgresJobStore,
 ) -> None:
-    """0140: the API's answer is the JSON text each write stored (read back without a JSONB
-    conversion), queryable by a cast; a row written before 0140 (JSONB only) reads the same."""
+    """0140: a job not ended is answered from the JSON text its create stored (no JSONB
+    conversion per poll); an ended job's result is JSONB to query, one copy per row; a row
+    written before 0140 (JSONB only) reads the same."""
     queued, ending = job("x1", tenant="t10"), job("x2", tenant="t10")
     store.create_many([(queued, None), (ending, None)])
     ended = JobResult.ended(ending, verdict=verdict(Decision.BLOCK))
     store.finish(ended)
-    assert store.result_json([queued.id, ending.id]) == [
-        JobResult.queued(queued).model_dump_json().encode(),
-        ended.model_dump_json().encode(),
-    ]
+    as_text = store.result_json([queued.id, ending.id])
+    assert as_text[0] == JobResult.queued(queued).model_dump_json().encode()  # as written
+    assert as_text[1] is not None and JobResult.model_validate_json(as_text[1]) == ended
     with psycopg.connect(str(store.pool.conninfo), autocommit=True) as conn:
-        rows = dict(
-            conn.execute(
-                "SELECT id, result_text::jsonb->'verdict'->>'decision' FROM jobs "
-                "WHERE tenant = 't10' AND result IS NULL"
+        rows = {
+            str(i): (d, bool(t))
+            for i, d, t in conn.execute(
+                "SELECT id, result->'verdict'->>'decision', result_text IS NOT NULL FROM jobs "
+                "WHERE tenant = 't10'"
             ).fetchall()
-        )
-        assert rows == {queued.id: None, ending.id: "block"}
-        conn.execute(  # as a release before 0140 left it
+        }
+        # Not ended: the text only (no JSONB); ended: the JSONB only.
+        assert rows == {queued.id: (None, True), ending.id: ("block", False)}
+        conn.execute(  # a queued job as a release before 0140 left it: JSONB only
             "UPDATE jobs SET result = result_text::jsonb, result_text = NULL WHERE id = %s",
-            (ending.id,),
+            (queued.id,),
         )
     assert store.get_results([ending.id, queued.id]) == [ended, JobResult.queued(queued)]
     assert store.get_result(ending.id) == ended

@@ -3,10 +3,11 @@ running job keeps in Redis (inline bytes, queued bytes, the pending index) behin
 :class:`~moderation.ports.JobTransients` port.
 
 Table ``jobs`` (``migrations/0001_jobs.sql``): one row per job, in daily partitions by the UTC
-day it was created; the record (``job``) as JSONB, the result as the JSON text the API answers
-(``result_text``, read back as is: ``migrations/0140_job_result_text.sql``; rows written before
-it have their result as JSONB in ``result``), with ``status``, ``decision``, ``tenant`` and
-timestamps as columns to query. Retention drops whole partitions
+day it was created; the record (``job``) as JSONB; the result of a job not ended as the JSON
+text the API answers (``result_text``, read back as is by every status poll:
+``migrations/0140_job_result_text.sql``), the final result as JSONB to query (``result``: the
+image history, the reviewers' and auditors' queries), with ``status``, ``decision``, ``tenant``
+and timestamps as columns to query. Retention drops whole partitions
 (:meth:`PostgresJobStore.maintain`, run by the workers' maintenance), never deletes rows.
 
 Every hot-path call is one statement for the whole batch: ``create_many`` one INSERT ... SELECT
@@ -94,7 +95,7 @@ RETURNING id
 
 _FINISH = """
 UPDATE jobs AS j
-SET status = u.status, decision = u.decision, result = NULL, result_text = u.result,
+SET status = u.status, decision = u.decision, result = u.result::jsonb, result_text = NULL,
     finished_at = now()
 FROM unnest(%(ids)b::text[], %(statuses)b::text[], %(decisions)b::text[], %(results)b::text[])
     AS u(id, status, decision, result)
@@ -110,8 +111,8 @@ DELETE FROM jobs j USING gone WHERE j.id = gone.id AND j.day = gone.day
 _ONE_DAY = "day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)"
 
 _JOB_TEXT = sql.SQL("job::text")
-#: The result as the API answers it: its text as written (``result_text``, 0140), or for a row
-#: written before 0140 its JSONB as text.
+#: The result as the API answers it: a job not ended, its text as written (``result_text``,
+#: 0140); an ended job (or one written before 0140), its JSONB as text.
 _RESULT_TEXT = sql.SQL("coalesce(result_text, result::text)")
 
 
@@ -334,7 +335,7 @@ class PostgresJobStore(SingleJobOps):
             updated = JobResult.model_validate_json(row[0]).model_copy(update={"human": human})
             decision = final_decision(updated)
             conn.execute(
-                "UPDATE jobs SET result = NULL, result_text = %(result)s, "
+                "UPDATE jobs SET result = %(result)s::jsonb, result_text = NULL, "
                 "decision = %(decision)s "
                 "WHERE id = %(id)s AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)",
                 {
