@@ -392,9 +392,6 @@ def test_a_worker_of_both_kinds_holds_at_most_its_cap_of_videos_and_still_ends_p
     backlog, cap = 6, 1
     with _site(test_model_settings, tmp_path) as site, site.client(KEY_A) as acme:
         clip_b64 = base64.b64encode(video).decode()
-        for i in range(backlog):
-            answer = acme.post("/v1/jobs", json={"image_base64": clip_b64, "id": f"v-{i}"})
-            assert answer.status_code == 202, answer.text
         redis = site.store.redis
         videos = {f"acme/v-{i}" for i in range(backlog)}
         most = 0
@@ -417,9 +414,15 @@ def test_a_worker_of_both_kinds_holds_at_most_its_cap_of_videos_and_still_ends_p
             },
         ).start()
         try:
+            # The heartbeat can come after the worker starts consuming: the videos are sent
+            # once it is ready, so a backlog is there to hold back while it works.
             both.wait_ready(site.store)
-            deadline = time.monotonic() + 300  # only keeps a broken build from hanging
-            while not held_videos() and time.monotonic() < deadline:
+            for i in range(backlog):
+                answer = acme.post("/v1/jobs", json={"image_base64": clip_b64, "id": f"v-{i}"})
+                assert answer.status_code == 202, answer.text
+            deadline = time.monotonic() + 240  # only keeps a broken build from hanging
+            while not held_videos() and not videos & {j for j, _ in site.store.outcomes()}:
+                assert time.monotonic() < deadline, both.log()
                 time.sleep(0.05)
             # A video is in progress, the rest wait: now a photo arrives.
             answer = acme.post("/v1/jobs", json={"image_base64": image_b64(1), "id": "p-1"})

@@ -383,7 +383,7 @@ class PostgresJobStore(SingleJobOps):
             job = Job.model_validate_json(row[0]).model_copy(update={"reported": reported})
             conn.execute(
                 "UPDATE jobs SET job = %(job)s::jsonb, status = 'queued', decision = NULL, "
-                "finished_at = NULL, published_at = now(), result = %(result)s::jsonb "
+                "finished_at = NULL, published_at = now(), result = NULL, result_text = %(result)s "
                 "WHERE id = %(id)s AND day = (SELECT d.day FROM job_days d WHERE d.id = %(id)s)",
                 {
                     "job": job.model_dump_json(),
