@@ -23,7 +23,7 @@ from moderation.adapters.memory import MemoryBlobStore
 from moderation.adapters.redis_jobs import RedisJobStore
 from moderation.client import ModerationClient
 from moderation.exceptions import JobRejected
-from moderation.pipeline.uploads import StoredUpload, UploadBuffer
+from moderation.pipeline.uploads import StoredUpload, UploadBuffer, Uploads
 from moderation.settings import ApiKey, BlobSettings, S3Settings, Settings
 from moderation.testmodel.clips import Shot, allow_image, block_image, clip
 from tests.pipeline_support import WorkerProcess, pipeline_settings, start_api, stop_api
@@ -133,6 +133,75 @@ def _wait(condition: Any, what: str, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def _request(body: bytes, boundary: str) -> Any:
+    """A Starlette request whose body arrives in 1 KiB chunks."""
+    from starlette.requests import Request
+
+    chunks = [body[i : i + 1024] for i in range(0, len(body), 1024)]
+
+    async def receive() -> dict[str, Any]:
+        chunk = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/jobs:upload",
+        "headers": [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())],
+    }
+    return Request(scope, receive)
+
+
+def _parts(sizes: list[int], boundary: str) -> bytes:
+    body = b""
+    for i, size in enumerate(sizes):
+        body += (
+            (
+                f"--{boundary}\r\n"
+                f'Content-Disposition: form-data; name="image"; filename="p{i}.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + b"j" * size
+            + b"\r\n"
+        )
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def test_small_parts_together_are_held_to_a_memory_budget() -> None:
+    """Parts too small to stream stay in memory: one request may not hold more of them than
+    its budget (what submit accepts inline per request), refused while the body arrives."""
+    import asyncio
+
+    from moderation.api.multipart import read_upload
+
+    blobs = MemoryBlobStore()
+    uploads = Uploads(blobs, memory_bytes=STREAM_ABOVE, max_bytes=MAX_UPLOAD)
+    limits = {"max_inline_bytes": STREAM_ABOVE, "max_files": 64, "max_fields": 80}
+    part = STREAM_ABOVE - 1024  # each part stays in memory
+    ok = asyncio.run(
+        read_upload(
+            _request(_parts([part] * 3, "b1"), "b1"),
+            uploads,
+            max_field_bytes=4096,
+            max_memory_bytes=3 * part,
+            **limits,
+        )
+    )
+    assert [len(i) for i in ok.images if isinstance(i, bytes)] == [part] * 3
+    with pytest.raises(JobRejected) as refused:
+        asyncio.run(
+            read_upload(
+                _request(_parts([part] * 4, "b2"), "b2"),
+                uploads,
+                max_field_bytes=4096,
+                max_memory_bytes=3 * part,
+                **limits,
+            )
+        )
+    assert refused.value.status == 413 and refused.value.code == "batch_too_large"
+    assert list(blobs.list()) == []
 
 
 def test_a_large_video_upload_streams_to_s3_and_ends_in_a_verdict(

@@ -439,6 +439,10 @@ def create_app(api: ApiProcess) -> FastAPI:
                 max_files=limit,
                 max_fields=limit + 16,
                 max_field_bytes=upload_field_bytes,
+                # what submit accepts inline in one request (one job: its own inline cap)
+                max_memory_bytes=max(
+                    settings.queue.max_batch_bytes, settings.queue.max_inline_bytes
+                ),
             )
         except JobRejected as exc:
             if exc.status == 413:  # the body is still arriving: refuse it so the client reads it

@@ -145,14 +145,18 @@ async def read_upload(
     max_files: int,
     max_fields: int,
     max_field_bytes: int,
+    max_memory_bytes: int | None = None,
 ) -> StreamedForm:
     """The parts of ``request``'s multipart body, large images streamed to the object store
     (``uploads``; None: every image is kept in memory, within ``max_inline_bytes``).
+    ``max_memory_bytes``: the most image bytes one request may hold in memory in all (the
+    parts small enough not to stream); None: ``max_inline_bytes`` x the parts allowed.
 
     Raises:
         JobRejected: 400 ``bad_multipart`` (malformed), 413 ``video_upload_too_large`` (an
             image part over ``video.max_upload_bytes``), 413 ``batch_too_large`` /
-            ``request_too_large`` (too many parts, fields too large). Nothing stays stored.
+            ``request_too_large`` (too many parts, fields too large, small parts over
+            ``max_memory_bytes`` together). Nothing stays stored.
         ClientDisconnect: the client went away (nothing stays stored).
         BlobStoreUnavailable, BlobError: the object store refused a part (nothing stays).
     """
@@ -160,6 +164,9 @@ async def read_upload(
     boundary = params.get(b"boundary")
     if not boundary:
         raise _bad("no boundary in the Content-Type header")
+    memory_budget = (
+        max_memory_bytes if max_memory_bytes is not None else max_inline_bytes * max_files
+    )
     state = _Parser(
         uploads,
         max_inline_bytes=max_inline_bytes,
@@ -191,6 +198,15 @@ async def read_upload(
                 else:
                     buffer.write(data)
             state.pending.clear()
+            held = sum(b.size for b in state.images if not b.streamed)
+            if held > memory_budget:
+                raise JobRejected(
+                    f"the upload's image parts hold more than {memory_budget} bytes in memory "
+                    "(parts too small to be streamed count together, as a batch's inline "
+                    "images do)",
+                    status=413,
+                    code="batch_too_large",
+                )
         try:
             parser.finalize()
         except FormParserError as exc:
