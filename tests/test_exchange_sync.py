@@ -512,9 +512,12 @@ def test_bank_sync_every_keeps_syncing_and_its_health_reaches_the_metrics(
     )
 
     def until(done: Any) -> None:
-        """Poll the database until ``done()``; the loop must stay up meanwhile."""
+        """Poll the database until ``done()``; the loop must stay up meanwhile (the deadline
+        only keeps a broken build from hanging)."""
+        deadline = time.monotonic() + 120
         while not done():
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            assert time.monotonic() < deadline, "the sync loop never got there"
             time.sleep(0.05)
 
     def te() -> Any:
@@ -581,3 +584,8 @@ def test_a_sync_records_its_outcome_but_a_busy_lock_is_no_failure(
     syncer.sync("h", MemoryExchangeFeed([ExchangeDelta({"x": [A]}, [], 0, b"1")]))
     ok = sync_store.health(["h"])[0]
     assert (ok.failures, ok.errors_total) == (0, 1) and ok.last_success_age_s is not None
+    # an error no adapter translated (a library's, or a bug) is a failure too
+    with pytest.raises(KeyError):
+        syncer.sync("h", MemoryExchangeFeed(fail=KeyError("fetcher bug")))
+    broken = sync_store.health(["h"])[0]
+    assert (broken.failures, broken.last_error_code) == (1, "exchange_sync_unexpected")

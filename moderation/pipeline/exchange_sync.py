@@ -85,6 +85,10 @@ class ExchangeSync:
             except ModerationError as exc:
                 self._record(source, exc.code)
                 raise
+            except Exception:
+                # an error no adapter translated (a library's, or a bug): still a failure
+                self._record(source, "exchange_sync_unexpected")
+                raise
             self._record(source, None)
         log.info("exchange %s synced into bank %s: %s", source, report.bank, report)
         return report
