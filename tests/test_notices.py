@@ -403,6 +403,27 @@ def test_a_job_without_a_verdict_whose_bytes_are_gone_is_a_coded_refusal(world: 
     assert (refused.value.status, refused.value.code) == (409, "notice_not_reviewable")
 
 
+def test_a_job_without_a_verdict_whose_spilled_bytes_were_swept_is_a_coded_refusal(
+    world: World,
+) -> None:
+    """Spilled or streamed bytes (``spill:``) stay for a while after the job; once swept, a
+    report is refused at once rather than accepted and failed again."""
+    from moderation.adapters.memory import MemoryBlobStore
+
+    blobs = MemoryBlobStore()
+    publisher = MemoryPublisher()
+    world.desk.rescoring = Rescoring(world.store, world.outcomes.deliveries, publisher)
+    world.desk.blobs = blobs
+    blobs.put("spill/2026-12-07/u-kept", b"bytes")
+    _failed(world, "kept", uri="spill:spill/2026-12-07/u-kept")
+    assert world.report(ACME, "kept").new and publisher.published == [scoped_id("acme", "kept")]
+    _failed(world, "swept", uri="spill:spill/2026-12-07/u-swept")
+    with pytest.raises(JobRejected) as gone:
+        world.report(ACME, "swept")
+    assert (gone.value.status, gone.value.code) == (409, "notice_source_gone")
+    assert publisher.published == [scoped_id("acme", "kept")]
+
+
 # --- over HTTP: the API and the Python client ---------------------------------------------
 
 

@@ -246,6 +246,7 @@ def build_api(
             rescoring=(
                 Rescoring(store, deliveries, publisher) if isinstance(store, JobRescorer) else None
             ),
+            blobs=blobs,
         )
         if notices is not None
         else None

@@ -61,6 +61,7 @@ from moderation.exceptions import (
     ReviewNotFound,
 )
 from moderation.ports import (
+    BlobStore,
     CallbackSender,
     DeliveryLog,
     JobRescorer,
@@ -146,8 +147,12 @@ class NoticeDesk:
         check_callback_url: Callable[[str], None] | None = None,
         limiter: RateLimiter | None = None,
         rescoring: Rescoring | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.rescoring = rescoring
+        #: Where spilled and streamed bytes are kept (``spill:`` references): a job to score
+        #: again needs them still there.
+        self.blobs = blobs
         self.store = store
         self.notices = notices
         self.review = review
@@ -247,6 +252,17 @@ class NoticeDesk:
             raise JobRejected(
                 f"job {job.public_id!r} ended without a verdict and its bytes (sent inline) are "
                 "gone: submit the image again and report the new job",
+                status=409,
+                code="notice_source_gone",
+            )
+        if (
+            job.image.spilled
+            and self.blobs is not None
+            and not self.blobs.exists(job.image.uri.partition(":")[2])
+        ):
+            raise JobRejected(
+                f"job {job.public_id!r} ended without a verdict and its uploaded bytes are no "
+                "longer kept: submit the image again and report the new job",
                 status=409,
                 code="notice_source_gone",
             )
