@@ -256,19 +256,28 @@ class PostgresReviewQueue:
             ).fetchone()
             if row is None:
                 return None
-            expires = now + self.lease_s
-            taken = conn.execute(
-                "UPDATE review_items SET state = 'leased', lease_token = %s, lease_holder = %s,"
-                " lease_expires = %s WHERE review_id = %s RETURNING item, first_decision, queue",
-                (token, reviewer, expires, row[0]),
-            ).fetchone()
-            assert taken is not None
-            conn.execute(
-                "INSERT INTO review_leases (token, review_id, reviewer, claimed_at, expires_at)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (token, row[0], reviewer, now, expires),
-            )
+            expires, taken = self._lease(conn, row[0], reviewer, token, now)
             return self._claim(row[0], reviewer, token, expires, taken[0], taken[1], now, taken[2])
+
+    def _lease(
+        self, conn: Connection[Any], review_id: str, reviewer: str, token: str, now: float
+    ) -> tuple[float, Any]:
+        """Lease ``review_id`` to ``reviewer`` under ``token`` for ``lease_s`` from ``now``,
+        recorded in ``review_leases``; returns the expiry and the item's (item,
+        first_decision, queue) row."""
+        expires = now + self.lease_s
+        taken = conn.execute(
+            "UPDATE review_items SET state = 'leased', lease_token = %s, lease_holder = %s,"
+            " lease_expires = %s WHERE review_id = %s RETURNING item, first_decision, queue",
+            (token, reviewer, expires, review_id),
+        ).fetchone()
+        assert taken is not None
+        conn.execute(
+            "INSERT INTO review_leases (token, review_id, reviewer, claimed_at, expires_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (token, review_id, reviewer, now, expires),
+        )
+        return expires, taken
 
     @staticmethod
     def _claim(
@@ -659,17 +668,7 @@ class PostgresReviewQueue:
                 conn.execute(
                     "UPDATE review_leases SET taken_back = true WHERE token = %s", (old_token,)
                 )
-            new_expires = now + self.lease_s
-            conn.execute(
-                "UPDATE review_items SET state = 'leased', lease_token = %s, lease_holder = %s,"
-                " lease_expires = %s WHERE review_id = %s",
-                (token, reviewer, new_expires, review_id),
-            )
-            conn.execute(
-                "INSERT INTO review_leases (token, review_id, reviewer, claimed_at, expires_at)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (token, review_id, reviewer, now, new_expires),
-            )
+            new_expires, _ = self._lease(conn, review_id, reviewer, token, now)
             return Lease(
                 review_id=review_id, reviewer=reviewer, token=token, expires_at=new_expires
             )
@@ -786,17 +785,7 @@ class PostgresReviewQueue:
                 "DELETE FROM review_decisions WHERE token = %s AND review_id = %s",
                 (token, review_id),
             )
-            expires = now + self.lease_s
-            conn.execute(
-                "UPDATE review_items SET state = 'leased', lease_token = %s, lease_holder = %s,"
-                " lease_expires = %s WHERE review_id = %s",
-                (new_token, reviewer, expires, review_id),
-            )
-            conn.execute(
-                "INSERT INTO review_leases (token, review_id, reviewer, claimed_at, expires_at)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (new_token, review_id, reviewer, now, expires),
-            )
+            expires, _ = self._lease(conn, review_id, reviewer, new_token, now)
         return Claim(
             item=ReviewItem.model_validate(item_json),
             lease=Lease(
