@@ -111,6 +111,28 @@ def _variant(tmp: Path, overlay: str, components: list[str]) -> Path:
     return folder
 
 
+def _inside(tmp: Path, overlay: str, components: list[str]) -> Path:
+    """The overlay with components listed in it, as an operator adds a component that brings
+    workloads of its own (the overlay's namespace, images and ConfigMap names reach them)."""
+    import shutil
+
+    source = K8S / "overlays" / overlay
+    folder = tmp / f"{overlay}+in+{'+'.join(c.split('/')[-1] for c in components)}"
+    shutil.copytree(source, folder)
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+
+    def moved(path: str) -> str:
+        return os.path.relpath(source / path, folder) if path.startswith("..") else path
+
+    kustomization["resources"] = [moved(r) for r in kustomization.get("resources", [])]
+    kustomization["components"] = [
+        *(moved(c) for c in kustomization.get("components", [])),
+        *(os.path.relpath(K8S / c, folder) for c in components),
+    ]
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     if _kustomize_major() < 5:
@@ -129,6 +151,10 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
     out["prod-gpu+gpu-feature-discovery"] = kustomize(
         _variant(tmp, "prod-gpu", ["components/gpu-feature-discovery"])
     )
+    out["prod-gpu+exchange-sync+postgres-cnpg"] = kustomize(
+        _inside(tmp, "prod-gpu", ["components/exchange-sync", "components/postgres-cnpg"])
+    )
+    out["dev-cpu+exchange-sync"] = kustomize(_inside(tmp, "dev-cpu", ["components/exchange-sync"]))
     out["prod-gpu+postgres-cnpg+policy-store"] = kustomize(
         _variant(tmp, "prod-gpu", ["components/postgres-cnpg", "components/policy-store"])
     )
@@ -696,9 +722,7 @@ def test_every_pod_runs_as_its_own_service_account_without_an_api_token(
             account = spec.get("serviceAccountName")
             assert account in accounts, (name, workload, account)
             assert spec["automountServiceAccountToken"] is False, (name, workload)
-            component = one(docs, "StatefulSet", workload)["spec"]["template"]["metadata"][
-                "labels"
-            ]["app.kubernetes.io/component"]
+            component = _pod_labels(docs, spec)["app.kubernetes.io/component"]
             used.setdefault(component, set()).add(account)
         # one per component (the photo and the video workers are both `worker`: one identity)
         assert all(len(a) == 1 for a in used.values()), name
@@ -983,6 +1007,51 @@ def test_the_api_spreads_waits_for_endpoints_and_sizes_tmp_for_concurrent_upload
 
 
 @needs_kustomize
+def test_the_exchange_sync_component_runs_one_sync_loop_with_the_database_and_https(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        found = [d for d in docs if d["metadata"]["name"] == "moderation-exchange-sync"]
+        if "+exchange-sync" not in name:
+            assert not found, name  # an option: no overlay runs it by default
+            continue
+        deployment = one(docs, "Deployment", "moderation-exchange-sync")
+        assert deployment["spec"]["replicas"] == 1, name
+        assert deployment["spec"]["strategy"]["type"] == "Recreate", name
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        assert container["args"] == ["moderation", "bank", "sync", "--every"], name
+        env = env_of(docs, container)
+        assert env["MODERATION_AUDIT__SPOOL_DIR"].startswith("/var/lib/moderation/"), name
+        assert {m["mountPath"] for m in container["volumeMounts"]} == {
+            "/var/lib/moderation",
+            "/tmp",
+        }
+        assert spec["serviceAccountName"] == "moderation-exchange-sync", name
+        urls = [e for e in container["env"] if e["name"] == "MODERATION_DATABASE__URL"]
+        if "postgres-cnpg" in name:
+            assert urls[0]["valueFrom"]["secretKeyRef"] == {
+                "name": "moderation-db-app",
+                "key": "uri",
+            }
+            db = one(docs, "NetworkPolicy", "moderation-app-to-db")["spec"]
+            assert _selects(db["podSelector"], _pod_labels(docs, spec)), name
+        else:
+            assert not urls, name  # the external database: moderation-secrets holds the URL
+        policies = [
+            d["spec"]
+            for d in docs
+            if d["kind"] == "NetworkPolicy"
+            and _selects(d["spec"]["podSelector"], _pod_labels(docs, spec))
+        ]
+        assert not [rule for p in policies for rule in p.get("ingress", [])], name
+        egress = {
+            port["port"] for p in policies for rule in p.get("egress", []) for port in rule["ports"]
+        }
+        assert {53, 5432, 443} <= egress and 6379 not in egress, (name, egress)
+
+
+@needs_kustomize
 def test_postgres_component_runs_a_backed_up_cluster_the_pods_reach_and_only_they(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
@@ -1010,7 +1079,12 @@ def test_postgres_component_runs_a_backed_up_cluster_the_pods_reach_and_only_the
         if {"protocol": "TCP", "port": 5432} in rule["ports"]
         for peer in rule["from"]
     ]
-    assert {c.get("app.kubernetes.io/component") for c in clients} == {"api", "worker", None}
+    assert {c.get("app.kubernetes.io/component") for c in clients} == {
+        "api",
+        "worker",
+        "exchange-sync",
+        None,
+    }
     # without the component, no database objects and no URL in the manifests (external route:
     # MODERATION_DATABASE__URL in the Secret)
     for name in ("prod-gpu", "dev-cpu"):
@@ -1062,6 +1136,8 @@ def test_every_container_has_probes_resources_and_a_hardened_security_context(
                 assert security["capabilities"]["drop"] == ["ALL"], where
                 image = container["image"]
                 assert re.fullmatch(PINNED_IMAGE, image) and not image.endswith(":latest"), where
+            if workload == "moderation-exchange-sync":
+                continue  # serves nothing to probe: its alerts watch it (see its manifest)
             for container in spec["containers"]:
                 where = f"{name}: {workload}/{container['name']}"
                 assert "readinessProbe" in container and "livenessProbe" in container, where

@@ -489,7 +489,7 @@ def test_bank_sync_every_keeps_syncing_and_its_health_reaches_the_metrics(
         "collaboration": "555",
         "credentials": "1234|secret",
         "url": f"http://127.0.0.1:{server.server_address[1]}",
-        "interval_s": 0.2,
+        "interval_s": 3600,  # --interval overrides it: the loop below only goes on if it does
     }
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")},
@@ -504,7 +504,17 @@ def test_bank_sync_every_keeps_syncing_and_its_health_reaches_the_metrics(
     health = PostgresExchangeSync(pool)
     bank = BankService(PostgresBankStore(pool), flat_max=100)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moderation.cli", "bank", "sync", "te-loop", "--every"],
+        [
+            sys.executable,
+            "-m",
+            "moderation.cli",
+            "bank",
+            "sync",
+            "te-loop",
+            "--every",
+            "--interval",
+            "0.2",
+        ],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -550,6 +560,17 @@ def test_bank_sync_every_keeps_syncing_and_its_health_reaches_the_metrics(
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_bank_sync_interval_must_be_positive_seconds(value: str) -> None:
+    from typer.testing import CliRunner
+
+    from moderation.cli import app
+
+    result = CliRunner().invoke(app, ["bank", "sync", "--interval", value])
+    assert result.exit_code == 2
+    assert "--interval must be a number of seconds > 0" in result.output
 
 
 def test_health_of_a_never_synced_bank_is_never_and_renders_inf(

@@ -3,7 +3,8 @@
 URL answered 404 when it was submitted, so it ended in an error; the image is there now. A
 user's report scores the job again: the worker's new verdict puts the item into review as a
 user report, with the scored bytes for the reviewer, and the reviewer's decision answers the
-notice. A job sent inline that ended without a verdict is refused with a code."""
+notice. A job whose image is still missing when scored again answers its notice
+``not_reviewable``. A job sent inline that ended without a verdict is refused with a code."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_a_report_on_a_job_without_a_verdict_scores_it_again_into_review(
             pass
 
         def do_GET(self) -> None:
-            if not there.is_set():
+            if not there.is_set() or self.path == "/gone.png":
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -89,6 +90,21 @@ def test_a_report_on_a_job_without_a_verdict_scores_it_again_into_review(
         assert answered["outcome"] == "allow"
         result = site.acme.get(job_id)
         assert result.verdict is not None and result.human is not None
+
+        # Still 404 when scored again: the notice is answered not_reviewable with the code.
+        gone_id = site.acme.submit(f"http://localhost:{server.server_address[1]}/gone.png")
+        assert site.acme.wait(gone_id, 60).error is not None
+        lost = site.acme.report(gone_id, reporter="user-79", reason="restricted_logo")
+        unreviewable = _wait(
+            lambda: (n := site.acme.notice(lost["notice_id"]))["state"] == "answered" and n,
+            "the notice on a job failing again was never answered",
+        )
+        assert (unreviewable["outcome"], unreviewable["outcome_reason"]) == (
+            "not_reviewable",
+            "not_found",
+        )
+        again = site.acme.get(gone_id)
+        assert again.verdict is None and again.error is not None
 
         # Sent inline and ended without a verdict: its bytes are gone, a coded refusal.
         inline_id = site.acme.submit(b"not an image at all")

@@ -389,6 +389,64 @@ def test_a_job_that_ended_without_a_verdict_is_scored_again_into_review(world: W
         assert answered.outcome == "remove"
 
 
+def test_a_job_scored_again_that_fails_again_answers_its_notices_not_reviewable(
+    world: World,
+) -> None:
+    """The re-run ends in an error again: no reviewer can decide it, so every open notice on
+    the job is answered ``not_reviewable`` with the error's code, audited per notice, and each
+    reporter is called back; the job keeps its error result."""
+    publisher = MemoryPublisher()
+    world.desk.rescoring = Rescoring(world.store, world.outcomes.deliveries, publisher)
+    job = _failed(world, "failed-twice")
+    first = world.report(ACME, "failed-twice")
+    second = world.report(ACME, "failed-twice", reporter="u-2", callback_url=None)
+    again = world.store.get_job(job.id)
+    assert again is not None and again.reported is DecisionSource.USER_REPORT
+    world.callbacks.sent.clear()
+
+    world.outcomes.finish_error(again, JobError(code="fetch_failed", message="HTTP 404"))
+    result = world.store.get_result(job.id)
+    assert result is not None and result.error is not None and result.verdict is None
+    for notice in (first.notice, second.notice):
+        answered = world.notices.get("acme", notice.notice_id)
+        assert answered is not None and answered.state is NoticeState.ANSWERED
+        assert (answered.outcome, answered.outcome_reason) == ("not_reviewable", "fetch_failed")
+        assert answered.answered_at is not None
+    records = [
+        r for r in world.audit.records if r.decision == "not_reviewable" and r.job_id == job.id
+    ]
+    assert sorted(r.details["notice_id"] for r in records) == sorted(
+        (first.notice.notice_id, second.notice.notice_id)
+    )
+    assert {(r.reason_code, r.source, r.tenant) for r in records} == {
+        ("fetch_failed", DecisionSource.USER_REPORT, "acme")
+    }
+    from moderation.core.audit.transparency_report import transparency_report
+
+    # no decision on the content: the transparency report does not count it as one
+    assert "not_reviewable" not in transparency_report(world.audit.records)["automated_decisions"]
+    # The first reporter's callback URL is called with the outcome; the second gave none and
+    # the job has none: no callback.
+    outcomes = [
+        (url, json.loads(body))
+        for _, url, body in world.callbacks.sent
+        if b"notice.outcome" in body
+    ]
+    assert [(url, body["notice"]["notice_id"]) for url, body in outcomes] == [
+        ("https://reports.example/outcome", first.notice.notice_id)
+    ]
+    assert outcomes[0][1]["notice"]["outcome"] == "not_reviewable"
+    assert outcomes[0][1]["notice"]["job_id"] == "failed-twice"
+    # Answered once: running the job's side effects again answers and calls back nothing more.
+    world.callbacks.sent.clear()
+    world.outcomes.complete_effects(again)
+    assert not [b for _, _, b in world.callbacks.sent if b"notice.outcome" in b]
+    assert len([r for r in world.audit.records if r.decision == "not_reviewable"]) == 2
+    # A later notice tries again (the job is scored a third time).
+    third = world.report(ACME, "failed-twice", reporter="u-3")
+    assert third.new and publisher.published == [job.id, job.id]
+
+
 def test_a_job_without_a_verdict_whose_bytes_are_gone_is_a_coded_refusal(world: World) -> None:
     world.desk.rescoring = Rescoring(world.store, world.outcomes.deliveries, MemoryPublisher())
     _failed(world, "inline", uri="inline:acme/abc")

@@ -297,8 +297,11 @@ class NoticeAnswer(BaseModel):
     reports: int = Field(description="How many times this same report arrived.")
     duplicate: bool = Field(False, description="True when this report collapsed into it.")
     review_id: str | None = None
-    outcome: Literal["allow", "remove", "escalate"] | None = Field(
-        None, description="The reviewer's decision, once answered."
+    outcome: Literal["allow", "remove", "escalate", "not_reviewable"] | None = Field(
+        None,
+        description="The reviewer's decision, once answered; not_reviewable: the job ended "
+        "without a verdict and scoring it again for the notice failed again (outcome_reason: "
+        "the error's code).",
     )
     outcome_reason: str | None = None
     created_at: str

@@ -10,7 +10,7 @@
     moderation bank export NAME [--format te|tx|hma|lines] [--tsv] [--out FILE]
     moderation bank match IMAGE... [--bank NAME...] [--max-distance 31] [--json]   (exit 0: a match)
     moderation bank delete NAME --yes
-    moderation bank sync [NAME...] [--every]   (banks.exchanges: NCMEC, ThreatExchange, StopNCII)
+    moderation bank sync [NAME...] [--every | --interval SECONDS]   (banks.exchanges: NCMEC, TE, ..)
     moderation bank hash-video VIDEO [--format text|signal]          (a video's vPDQ hash)
     moderation bank import-video NAME FILE --video KEY [--format text|signal] [--label L] ...
     moderation bank export-video NAME KEY [--format text|signal]
@@ -83,6 +83,14 @@ def sync(
         bool,
         typer.Option(help="Keep syncing, each bank every banks.exchanges.<name>.interval_s."),
     ] = False,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Keep syncing every SECONDS (> 0) instead of each bank's interval_s"
+            " (implies --every).",
+        ),
+    ] = None,
 ) -> None:
     """Fetch synced banks' updates from their exchanges (incremental, from the checkpoint in
     PostgreSQL; one syncer per bank at a time)."""
@@ -93,6 +101,9 @@ def sync(
     from moderation.compose.stores import command_database
     from moderation.exceptions import ExchangeBusy, TransientError
 
+    if interval is not None and not (interval > 0 and interval != float("inf")):
+        raise fail(BankError(f"--interval must be a number of seconds > 0, not {interval}"), 2)
+    every = every or interval is not None
     settings = load_settings()
     configured = settings.banks.exchanges
     chosen = names or sorted(configured)
@@ -113,11 +124,12 @@ def sync(
             if time.monotonic() < due[name]:
                 continue
             conf = configured[name]
-            due[name] = time.monotonic() + conf.interval_s
+            period = conf.interval_s if interval is None else interval
+            due[name] = time.monotonic() + period
             try:
                 report = syncer.sync(name, open_exchange_feed(name, conf), bank=conf.bank or None)
             except (ExchangeBusy, TransientError) as exc:
-                err.print(f"{name}: {exc} (next try in {conf.interval_s:.0f} s)")
+                err.print(f"{name}: {exc} (next try in {period:.0f} s)")
                 failed = True
                 continue
             except ModerationError as exc:

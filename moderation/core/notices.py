@@ -26,6 +26,7 @@ from moderation.core.sources import DecisionSource
 
 __all__ = [
     "MAX_NOTICE_TEXT",
+    "NOT_REVIEWABLE",
     "Notice",
     "NoticeState",
     "ReporterType",
@@ -34,6 +35,10 @@ __all__ = [
 
 #: The longest text a reporter may send with a notice (characters).
 MAX_NOTICE_TEXT = 5000
+
+#: The outcome of a notice no reviewer can decide: the job it reported ended without a verdict
+#: and scoring it again for the notice ended in an error again (``outcome_reason``: its code).
+NOT_REVIEWABLE = "not_reviewable"
 
 
 class ReporterType(str, Enum):

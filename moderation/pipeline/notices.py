@@ -23,8 +23,10 @@ store key, not bytes sent inline, which went with the job), the job is reopened 
 ``reported`` and published again; the worker's new verdict, whatever it decides, puts the item
 into review under the notice's source with the bytes kept for the reviewer, and the notice is
 answered when it is decided. Inline bytes that are gone: 409 ``notice_source_gone`` (submit the
-image again and report the new job). A re-run that fails again leaves the job's error result and
-the notice open; another notice tries again.
+image again and report the new job). A re-run that ends in an error again keeps the job's error
+result and answers its open notices ``not_reviewable`` (``outcome_reason``: the error's code;
+:func:`answer_unreviewable`, audited per notice, each reporter called back); a later notice
+tries again.
 
 Limits: a job that has not ended yet is refused (409 ``notice_not_reviewable``): the reporter
 reports again once it has a result. An item the model allowed was scored without keeping its
@@ -35,15 +37,22 @@ for any item whose bytes are gone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from moderation.core.admission import Tenant
+from moderation.core.audit import record_for_unreviewable_notice
 from moderation.core.callbacks import notice_callback_body
-from moderation.core.jobs import Job, is_job_id, public_id, scoped_id
+from moderation.core.jobs import Job, JobError, is_job_id, public_id, scoped_id
 from moderation.core.media import VIDEO
-from moderation.core.notices import Notice, NoticeState, ReporterType, notice_id_for
+from moderation.core.notices import (
+    NOT_REVIEWABLE,
+    Notice,
+    NoticeState,
+    ReporterType,
+    notice_id_for,
+)
 from moderation.core.policy import Policy
 from moderation.core.review import (
     NOTICE_BOOST,
@@ -61,6 +70,7 @@ from moderation.exceptions import (
     ReviewNotFound,
 )
 from moderation.ports import (
+    AuditSink,
     BlobStore,
     CallbackSender,
     DeliveryLog,
@@ -72,7 +82,7 @@ from moderation.ports import (
     TaskPublisher,
 )
 
-__all__ = ["Filed", "NoticeDesk", "Rescoring", "answer_notices"]
+__all__ = ["Filed", "NoticeDesk", "Rescoring", "answer_notices", "answer_unreviewable"]
 
 log = logging.getLogger(__name__)
 
@@ -361,14 +371,79 @@ def answer_notices(
         QueueUnavailable, DatabaseUnavailable: transient (a retry answers the rest; a notice
             whose callback was scheduled but not marked answered is called back twice).
     """
+    return _answer(
+        job,
+        notices.open_for_job(decision.job_id),
+        outcome=decision.decision.value,
+        reason=decision.reason_code,
+        notices=notices,
+        callbacks=callbacks,
+        at=at,
+    )
+
+
+def answer_unreviewable(
+    job: Job,
+    error: JobError,
+    *,
+    notices: NoticeStore,
+    callbacks: CallbackSender,
+    audit: AuditSink,
+    at: datetime | None = None,
+) -> list[Notice]:
+    """Answer the open notices on ``job``, scored again for them and ended in ``error`` again,
+    with :data:`~moderation.core.notices.NOT_REVIEWABLE` (``outcome_reason``: the error's code):
+    an audit record per notice first, then each reporter's ``notice.outcome`` callback, as
+    :func:`answer_notices`. Idempotent. Returns the notices answered.
+
+    Raises:
+        AuditSinkUnavailable, QueueUnavailable, DatabaseUnavailable: transient.
+    """
+    open_ = notices.open_for_job(job.id)
+    if open_:
+        audit.write_many(
+            [
+                record_for_unreviewable_notice(
+                    notice_id=notice.notice_id,
+                    job_id=job.id,
+                    source=notice.source,
+                    code=error.code,
+                    message=error.message,
+                    content_ref=job.image.uri,
+                    tenant=job.tenant,
+                )
+                for notice in open_
+            ]
+        )
+    return _answer(
+        job,
+        open_,
+        outcome=NOT_REVIEWABLE,
+        reason=error.code,
+        notices=notices,
+        callbacks=callbacks,
+        at=at,
+    )
+
+
+def _answer(
+    job: Job,
+    open_: Sequence[Notice],
+    *,
+    outcome: str,
+    reason: str | None,
+    notices: NoticeStore,
+    callbacks: CallbackSender,
+    at: datetime | None,
+) -> list[Notice]:
     answered: list[Notice] = []
     when = at or datetime.now(UTC)
-    for notice in notices.open_for_job(decision.job_id):
-        outcome = notice.model_copy(
+    for notice in open_:
+        final = notice.model_copy(
             update={
                 "state": NoticeState.ANSWERED,
-                "outcome": decision.decision.value,
-                "outcome_reason": decision.reason_code,
+                "outcome": outcome,
+                "outcome_reason": reason,
                 "answered_at": when,
             }
         )
@@ -376,12 +451,10 @@ def answer_notices(
         # sends it again on the retry (at least once, as every callback), never not at all.
         url = notice.callback_url or job.callback_url
         if url:
-            callbacks.send(public_id(job.id), url, notice_callback_body(outcome), tenant=job.tenant)
-        done = notices.answer(
-            notice.notice_id, outcome=decision.decision.value, reason=decision.reason_code, at=when
-        )
+            callbacks.send(public_id(job.id), url, notice_callback_body(final), tenant=job.tenant)
+        done = notices.answer(notice.notice_id, outcome=outcome, reason=reason, at=when)
         if done is not None:
             answered.append(done)
     if answered:
-        log.info("job %s: %d notice(s) answered (%s)", job.id, len(answered), decision.decision)
+        log.info("job %s: %d notice(s) answered (%s)", job.id, len(answered), outcome)
     return answered

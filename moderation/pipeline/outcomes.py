@@ -52,7 +52,7 @@ from moderation.core.shadow import ShadowVerdict
 from moderation.core.sources import DecisionSource
 from moderation.exceptions import JobNotFoundError, ModerationError, ReviewInvalidDecision
 from moderation.metrics import metrics
-from moderation.pipeline.notices import answer_notices
+from moderation.pipeline.notices import answer_notices, answer_unreviewable
 from moderation.pipeline.video_banks import frames_of_verdict
 from moderation.ports import (
     AuditSink,
@@ -351,6 +351,19 @@ class Outcomes:
             self.review.submit_many(items)
         finished = []
         for job, result in ended_now:
+            if (
+                job.reported is not None
+                and result.error is not None
+                and result.verdict is None
+                and self.notices is not None
+            ):  # scored again for a notice and failed again: no reviewer can decide it
+                answer_unreviewable(
+                    job,
+                    result.error,
+                    notices=self.notices,
+                    callbacks=self.callbacks,
+                    audit=self.audit,
+                )
             if result.verdict is not None and result.verdict.decision is Decision.BLOCK:
                 if self.keep_block_evidence:
                     self._keep_blocked(job, result, (data or {}).get(job.id))

@@ -13,6 +13,7 @@ from moderation.core.audit.records import (
     record_for_publication,
     record_for_review,
     record_for_security,
+    record_for_unreviewable_notice,
     record_for_verdict,
 )
 from moderation.core.audit.segments import (
@@ -54,6 +55,7 @@ __all__ = [
     "record_for_publication",
     "record_for_review",
     "record_for_security",
+    "record_for_unreviewable_notice",
     "record_for_verdict",
     "report_table",
     "seal",

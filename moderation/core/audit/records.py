@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from moderation.core.decision import Verdict
+from moderation.core.notices import NOT_REVIEWABLE
 from moderation.core.review import HumanDecision
 from moderation.core.sources import DecisionSource
 from moderation.exceptions import AuditError
@@ -35,6 +36,7 @@ __all__ = [
     "record_for_promotion",
     "record_for_review",
     "record_for_security",
+    "record_for_unreviewable_notice",
     "record_for_verdict",
 ]
 
@@ -199,6 +201,40 @@ def record_for_error(
         actor="system",
         tenant=tenant,
         details={"error": message, "attempts": attempts, "transient": transient, **(details or {})},
+    )
+
+
+def record_for_unreviewable_notice(
+    *,
+    notice_id: str,
+    job_id: str,
+    source: DecisionSource,
+    code: str,
+    message: str,
+    content_ref: str | None,
+    tenant: str | None = None,
+) -> AuditRecord:
+    """The audit record of a notice answered ``not_reviewable`` without a reviewer: the job it
+    reported ended without a verdict, and scoring it again for the notice ended in the error
+    ``code`` again. One per notice (its id is derived from the notice's)."""
+    return AuditRecord(
+        record_id=_derived_id("notice", notice_id),
+        kind="automated",
+        job_id=job_id,
+        content_sha256=None,
+        content_ref=content_ref,
+        policy_id=None,
+        policy_version=None,
+        compiled_policy_hash=None,
+        model_id=None,
+        weights_sha256=None,
+        category_id=None,
+        decision=NOT_REVIEWABLE,
+        reason_code=code,
+        actor="system",
+        tenant=tenant,
+        source=source,
+        details={"notice_id": notice_id, "error": message},
     )
 
 

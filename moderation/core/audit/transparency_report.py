@@ -17,6 +17,7 @@ from typing import Any
 
 from moderation.core.audit.dsa import dsa_statement
 from moderation.core.audit.records import AuditRecord
+from moderation.core.notices import NOT_REVIEWABLE
 from moderation.core.sources import DecisionSource
 
 __all__ = ["report_table", "transparency_report"]
@@ -41,7 +42,7 @@ def transparency_report(
     human_records: list[AuditRecord] = []
     for record in records:
         if record.kind == "automated":
-            if record.decision == "error":
+            if record.decision in ("error", NOT_REVIEWABLE):  # no decision on the content
                 continue
             automated[record.decision] += 1
             verdict_at.setdefault(record.job_id, record.at)
