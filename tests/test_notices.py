@@ -421,7 +421,16 @@ def test_a_job_scored_again_that_fails_again_answers_its_notices_not_reviewable(
     assert {(r.reason_code, r.source, r.tenant) for r in records} == {
         ("fetch_failed", DecisionSource.USER_REPORT, "acme")
     }
+    from moderation.core.audit import dedupe
     from moderation.core.audit.transparency_report import transparency_report
+
+    # each run's error has a record of its own (not deduplicated as a retried write)
+    runs = [
+        r.details["error"]
+        for r in dedupe(world.audit.records)
+        if r.job_id == job.id and r.decision == "error"
+    ]
+    assert runs == ["HTTP 503", "HTTP 404"]
 
     # no decision on the content: the transparency report does not count it as one
     assert "not_reviewable" not in transparency_report(world.audit.records)["automated_decisions"]

@@ -418,3 +418,24 @@ class _OneConnection:
             yield self.conn
 
         return lend()
+
+
+def test_a_rescore_marks_the_job_reported_and_counts_its_runs(store: PostgresJobStore) -> None:
+    from moderation.core.jobs import JobError, JobResult
+    from moderation.core.sources import DecisionSource
+
+    first = job("rescored")
+    store.create_many([(first, None)])
+    store.finish_many([JobResult.ended(first, error=JobError(code="not_found", message="404"))])
+    again = store.rescore(first.id, reported=DecisionSource.USER_REPORT)
+    assert again is not None and (again.reported, again.rescores) == (
+        DecisionSource.USER_REPORT,
+        1,
+    )
+    stored = store.get_job(first.id)
+    assert stored is not None and stored.rescores == 1
+    result = store.get_result(first.id)
+    assert result is not None and result.status is JobStatus.QUEUED
+    third = store.rescore(first.id, reported=DecisionSource.TRUSTED_FLAGGER)
+    assert third is not None and third.rescores == 2
+    assert store.rescore("acme/never", reported=DecisionSource.USER_REPORT) is None

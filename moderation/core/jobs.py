@@ -162,6 +162,10 @@ class Job(BaseModel):
     #: :class:`~moderation.pipeline.notices.NoticeDesk`): whatever the new verdict decides, the
     #: item goes to human review under this source. None: an ordinary job.
     reported: DecisionSource | None = None
+    #: How many times a notice had the job scored again: each run's automated audit record
+    #: gets an id of its own (a re-run's record would otherwise be deduplicated away as a
+    #: retried write of the first run's).
+    rescores: int = Field(default=0, ge=0)
 
     @property
     def public_id(self) -> str:

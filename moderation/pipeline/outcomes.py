@@ -192,6 +192,7 @@ class Outcomes:
             [
                 record_for_verdict(
                     job_id=d.job.id,
+                    run=d.job.rescores,
                     verdict=d.verdict,
                     content_sha256=d.content_sha256,
                     content_ref=d.job.image.uri,
@@ -268,6 +269,7 @@ class Outcomes:
             [
                 record_for_error(
                     job_id=job.id,
+                    run=job.rescores,
                     code=error.code,
                     message=error.message,
                     attempts=error.attempts,

@@ -134,7 +134,7 @@ class MemoryJobStore(SingleJobOps):
             job = self.jobs.get(job_id)
             if job is None:
                 return None
-            job = job.model_copy(update={"reported": reported})
+            job = job.model_copy(update={"reported": reported, "rescores": job.rescores + 1})
             self.jobs[job_id] = job
             self.results[job_id] = JobResult.queued(job)
             self.pending[job_id] = time.time()

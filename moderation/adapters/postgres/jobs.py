@@ -380,7 +380,8 @@ class PostgresJobStore(SingleJobOps):
             ).fetchone()
             if row is None:
                 return None
-            job = Job.model_validate_json(row[0]).model_copy(update={"reported": reported})
+            job = Job.model_validate_json(row[0])
+            job = job.model_copy(update={"reported": reported, "rescores": job.rescores + 1})
             conn.execute(
                 "UPDATE jobs SET job = %(job)s::jsonb, status = 'queued', decision = NULL, "
                 "finished_at = NULL, published_at = now(), result = NULL, result_text = %(result)s "

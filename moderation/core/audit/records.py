@@ -112,6 +112,11 @@ def _derived_id(*parts: str) -> str:
     return hashlib.sha256(":".join(parts).encode()).hexdigest()[:32]
 
 
+def _auto_id(job_id: str, run: int) -> str:
+    """An automated record's id: the job's first run keeps the id it always had."""
+    return _derived_id("auto", job_id) if run == 0 else _derived_id("auto", job_id, str(run))
+
+
 def record_for_verdict(
     *,
     job_id: str,
@@ -124,9 +129,11 @@ def record_for_verdict(
     details: dict[str, Any] | None = None,
     tenant: str | None = None,
     source: DecisionSource = DecisionSource.AUTOMATED,
+    run: int = 0,
 ) -> AuditRecord:
-    """The audit record of an automated verdict; its id is derived from the job id.
-    ``source``: what started the scoring (a notice re-scores an item: its source)."""
+    """The audit record of an automated verdict; its id is derived from the job id and
+    ``run`` (:attr:`~moderation.core.jobs.Job.rescores`). ``source``: what started the
+    scoring (a notice re-scores an item: its source)."""
     deciding = verdict.deciding
     policy = next((p for p in verdict.policies if p.id == verdict.policy_id), None)
     thresholds = {
@@ -134,7 +141,7 @@ def record_for_verdict(
         for c in verdict.categories
     }
     return AuditRecord(
-        record_id=_derived_id("auto", job_id),
+        record_id=_auto_id(job_id, run),
         kind="automated",
         job_id=job_id,
         content_sha256=content_sha256,
@@ -181,11 +188,13 @@ def record_for_error(
     content_ref: str | None,
     details: dict[str, Any] | None = None,
     tenant: str | None = None,
+    run: int = 0,
 ) -> AuditRecord:
     """The audit record of a job that ended in an error (decision ``error``): the log accounts
-    for every job, not only the decided ones. Its id is derived from the job id."""
+    for every job, not only the decided ones. Its id is derived from the job id and ``run``
+    (:attr:`~moderation.core.jobs.Job.rescores`)."""
     return AuditRecord(
-        record_id=_derived_id("auto", job_id),
+        record_id=_auto_id(job_id, run),
         kind="automated",
         job_id=job_id,
         content_sha256=content_sha256,
